@@ -1,0 +1,50 @@
+# idhub developer entry points. `make run` and `make test` work on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+IDHUB := $(BIN)/idhub
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test install install-test system-deps node-deps bench lint typecheck clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP) $@
+
+install: $(STAMP)
+install-test: $(TEST_STAMP)
+
+run: $(STAMP)
+	$(IDHUB) init --demo
+	$(IDHUB) serve
+
+system-deps:
+	bash .ci/system-deps
+
+node-deps:
+	cd tests/rp_node && npm ci --no-audit --no-fund --silent
+
+test: install-test system-deps node-deps
+	$(BIN)/python -m pytest -q
+
+bench: install-test system-deps
+	$(BIN)/python bench/run_all.py
+
+lint: install-test
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install-test
+	$(BIN)/mypy src
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

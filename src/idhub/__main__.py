@@ -1,0 +1,3 @@
+from idhub.cli import main
+
+main()

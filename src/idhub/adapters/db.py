@@ -1,0 +1,362 @@
+"""The database tables (SQLAlchemy Core). Alembic migrations in `idhub/migrations` create them.
+
+Secrets never sit here in clear: client secrets and refresh tokens are stored as keyed
+hashes, authorization codes and session ids as SHA-256 digests, private keys encrypted.
+Times are UTC epoch seconds (float) so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = MetaData(naming_convention=NAMING)
+
+# ---------------------------------------------------------------- directory
+
+departments = Table(
+    "departments",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("parent_id", Integer, ForeignKey("departments.id"), nullable=True),
+    # Full path from the root, e.g. "/总部/财务部"; unique, what policies and tokens name.
+    Column("path", String(1000), nullable=False, unique=True),
+    Column("source", String(100), nullable=False, default="local"),
+    Column("external_id", String(200), nullable=True),
+    Column("manager_user_id", Integer, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_departments_parent", departments.c.parent_id)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    # Stable, opaque, never reused: the OIDC `sub`.
+    Column("sub", String(64), nullable=False, unique=True),
+    Column("username", String(200), nullable=False, unique=True),
+    Column("display_name", String(200), nullable=False, default=""),
+    Column("email", String(320), nullable=True),
+    Column("phone", String(64), nullable=True),
+    Column("employee_id", String(64), nullable=True),
+    Column("department_id", Integer, ForeignKey("departments.id"), nullable=True),
+    # "local", "ldap:<name>", "scim", "dingtalk:<name>", ...
+    Column("source", String(100), nullable=False, default="local"),
+    Column("external_id", String(200), nullable=True),
+    Column("dn", String(1000), nullable=True),
+    Column("password_hash", String(300), nullable=True),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("disabled_reason", String(200), nullable=True),
+    Column("disabled_at", Float, nullable=True),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", Float, nullable=True),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("source", "external_id", name="uq_users_source_external_id"),
+)
+Index("ix_users_department", users.c.department_id)
+
+groups = Table(
+    "groups",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("source", String(100), nullable=False, default="local"),
+    Column("external_id", String(200), nullable=True),
+    Column("dn", String(1000), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+group_members = Table(
+    "group_members",
+    metadata,
+    Column("group_id", Integer, ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+)
+Index("ix_group_members_user", group_members.c.user_id)
+
+# ---------------------------------------------------------------- clients
+
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(100), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    # HMAC-SHA-256 of the secret under a key derived from the server secret; never the secret.
+    Column("secret_hash", String(128), nullable=True),
+    Column("secret_rotated_at", Float, nullable=True),
+    Column("public", Boolean, nullable=False, default=False),
+    Column("first_party", Boolean, nullable=False, default=False),
+    Column("token_endpoint_auth_method", String(40), nullable=False),
+    Column("redirect_uris", JSON, nullable=False, default=list),
+    Column("post_logout_redirect_uris", JSON, nullable=False, default=list),
+    Column("grant_types", JSON, nullable=False, default=list),
+    Column("response_types", JSON, nullable=False, default=list),
+    Column("scope", String(1000), nullable=False, default="openid"),
+    Column("jwks", JSON, nullable=True),
+    Column("jwks_uri", String(1000), nullable=True),
+    Column("id_token_signed_response_alg", String(20), nullable=False, default="RS256"),
+    Column("access_token_signed_response_alg", String(20), nullable=False, default="ES256"),
+    # The resource system this client's tokens are for when it names none (RFC 8707).
+    Column("default_audience", String(200), nullable=True),
+    Column("allowed_audiences", JSON, nullable=False, default=list),
+    Column("backchannel_logout_uri", String(1000), nullable=True),
+    Column("backchannel_logout_session_required", Boolean, nullable=False, default=True),
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("client_id", String(100), primary_key=True),
+    Column("scope", String(1000), nullable=False),
+    Column("granted_at", Float, nullable=False),
+)
+
+# ---------------------------------------------------------------- keys
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("alg", String(20), nullable=False),
+    Column("public_jwk", JSON, nullable=False),
+    # AES-GCM under a key derived from IDHUB_SECRET_KEY.
+    Column("private_enc", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("activated_at", Float, nullable=True),
+    # After retirement the key signs nothing new but stays in JWKS until `expires_at`.
+    Column("retired_at", Float, nullable=True),
+    Column("expires_at", Float, nullable=True),
+)
+
+# ---------------------------------------------------------------- sessions and tokens
+
+sso_sessions = Table(
+    "sso_sessions",
+    metadata,
+    # SHA-256 of the random cookie value.
+    Column("id_hash", String(64), primary_key=True),
+    # The public session id put in ID tokens and logout tokens.
+    Column("sid", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("auth_time", Float, nullable=False),
+    Column("amr", JSON, nullable=False, default=list),
+    Column("acr", String(100), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("end_reason", String(100), nullable=True),
+    Column("ip", String(64), nullable=True),
+    Column("user_agent", String(500), nullable=True),
+)
+Index("ix_sso_sessions_user", sso_sessions.c.user_id)
+
+session_clients = Table(
+    "session_clients",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("client_id", String(100), primary_key=True),
+    Column("first_at", Float, nullable=False),
+)
+
+authorization_codes = Table(
+    "authorization_codes",
+    metadata,
+    Column("code_hash", String(64), primary_key=True),
+    Column("client_id", String(100), nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("redirect_uri", String(1000), nullable=False),
+    Column("scope", String(1000), nullable=False),
+    Column("nonce", String(500), nullable=True),
+    Column("code_challenge", String(200), nullable=True),
+    Column("code_challenge_method", String(10), nullable=True),
+    Column("resource", String(1000), nullable=True),
+    Column("sid", String(64), nullable=True),
+    Column("auth_time", Float, nullable=False),
+    Column("acr", String(100), nullable=True),
+    Column("amr", JSON, nullable=False, default=list),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+)
+
+refresh_families = Table(
+    "refresh_families",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("client_id", String(100), nullable=False),
+    Column("user_id", Integer, nullable=False),
+    Column("sid", String(64), nullable=True),
+    Column("scope", String(1000), nullable=False),
+    Column("audience", String(200), nullable=True),
+    Column("auth_time", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=True),
+    Column("revoked_reason", String(100), nullable=True),
+)
+Index("ix_refresh_families_sid", refresh_families.c.sid)
+Index("ix_refresh_families_user", refresh_families.c.user_id)
+
+refresh_tokens = Table(
+    "refresh_tokens",
+    metadata,
+    # Keyed hash of the token value.
+    Column("token_hash", String(64), primary_key=True),
+    Column("family_id", String(64), ForeignKey("refresh_families.id"), nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    # Set when the token was exchanged for a newer one; any later use is reuse.
+    Column("rotated_at", Float, nullable=True),
+)
+Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    # `jti` of a revoked access token; kept until the token would have expired anyway.
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+    Column("revoked_at", Float, nullable=False),
+)
+
+# Replay protection for private_key_jwt client assertions (RFC 7523 `jti`).
+used_assertions = Table(
+    "used_assertions",
+    metadata,
+    Column("client_id", String(100), primary_key=True),
+    Column("jti", String(200), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+logout_deliveries = Table(
+    "logout_deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("client_id", String(100), nullable=False),
+    Column("sid", String(64), nullable=True),
+    Column("user_sub", String(64), nullable=False),
+    Column("uri", String(1000), nullable=False),
+    Column("status", String(20), nullable=False),  # pending / delivered / failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", String(500), nullable=True),
+    Column("next_attempt_at", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("delivered_at", Float, nullable=True),
+)
+Index("ix_logout_deliveries_status", logout_deliveries.c.status)
+
+# ---------------------------------------------------------------- audit
+
+audit_events = Table(
+    "audit_events",
+    metadata,
+    # Position in the chain; assigned under the append lock, gap-free.
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column("ts", Float, nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("actor_type", String(20), nullable=False),
+    Column("actor_id", String(300), nullable=True),
+    Column("target", String(500), nullable=True),
+    Column("outcome", String(20), nullable=False),
+    Column("client_ip", String(64), nullable=True),
+    Column("user_agent", String(500), nullable=True),
+    Column("request_id", String(64), nullable=True),
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_events_ts", audit_events.c.ts)
+Index("ix_audit_events_type", audit_events.c.event_type)
+
+audit_anchor = Table(
+    "audit_anchor",
+    metadata,
+    # One row: where the live chain starts after an archive moved older events out.
+    Column("id", Integer, primary_key=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("archived_at", Float, nullable=True),
+    Column("archive_file", String(1000), nullable=True),
+)
+
+# ---------------------------------------------------------------- sync
+
+sync_runs = Table(
+    "sync_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("mode", String(20), nullable=False),  # full / incremental
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("status", String(20), nullable=False),  # running / succeeded / failed / aborted
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("counts", JSON, nullable=False, default=dict),
+    Column("error", Text, nullable=True),
+)
+Index("ix_sync_runs_source", sync_runs.c.source, sync_runs.c.started_at)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("source", String(100), primary_key=True),
+    Column("high_water", String(100), nullable=True),
+    Column("last_full_at", Float, nullable=True),
+    Column("last_incremental_at", Float, nullable=True),
+    # A lease so two replicas never sync the same source at once.
+    Column("lock_owner", String(100), nullable=True),
+    Column("lock_expires_at", Float, nullable=True),
+)
+
+# ---------------------------------------------------------------- policy
+
+policy_state = Table(
+    "policy_state",
+    metadata,
+    # One row per replica-visible policy version; replicas compare `version` to reload.
+    Column("id", Integer, primary_key=True),
+    Column("version", String(64), nullable=False),
+    Column("loaded_at", Float, nullable=False),
+    Column("file_hashes", JSON, nullable=False, default=dict),
+    Column("directory_version", BigInteger, nullable=False, default=0),
+)
+
+# A monotonically increasing counter bumped by every directory change the policy depends on
+# (group membership, department, manager), so replicas know when derived roles moved.
+change_counters = Table(
+    "change_counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

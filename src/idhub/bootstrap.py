@@ -1,0 +1,62 @@
+"""The composition root: the only place that knows which adapter implements which port.
+
+`Services` builds each part on first use, so a CLI command touching only the audit log
+does not load signing keys or policies. The web app builds what it serves at start-up.
+Each area keeps its wiring in its own block below.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
+
+from idhub.adapters.database import apply_migrations, create_db_engine
+from idhub.config import Settings
+from idhub.core.clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from idhub.core.audit import Auditor
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self._engine = engine
+
+    @cached_property
+    def engine(self) -> Engine:
+        return self._engine or create_db_engine(self.settings.database)
+
+    def migrate(self) -> None:
+        apply_migrations(self.engine)
+
+    def close(self) -> None:
+        if "engine" in self.__dict__ and self._engine is None:
+            self.engine.dispose()
+
+    # --- audit -----------------------------------------------------------------------------
+
+    @cached_property
+    def audit(self) -> Auditor:
+        from idhub.adapters.audit_store import SqlAuditLog
+
+        return SqlAuditLog(self.engine, self.clock)
+
+    # --- identity / directory store ----------------------------------------------------------
+
+    # --- oidc: keys, clients, tokens ---------------------------------------------------------
+
+    # --- sessions, login, logout ---------------------------------------------------------------
+
+    # --- authorization -------------------------------------------------------------------------
+
+    # --- directory sync --------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""`idhub init`, `idhub serve`, `idhub migrate` and `idhub config check`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from idhub.cli._context import CliContext
+from idhub.cli._output import print_json
+from idhub.config import describe
+from idhub.core.crypto import new_secret_key
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("init", help="create ./var, the secret key, the database and signing keys")
+    p.add_argument("--demo", action="store_true", help="also seed the demo directory and clients")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("serve", help="serve the provider over HTTP")
+    p.add_argument("--host", help="bind address (default from settings)")
+    p.add_argument("--port", type=int, help="port (default from settings)")
+    p.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    p.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="inspect settings")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
+    p = config_sub.add_parser("check", help="validate settings and print the effective values")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_config_check)
+
+
+def ensure_secret_key(ctx: CliContext) -> bool:
+    """Creates the secret key file (mode 0600) unless a key is configured. True if created."""
+    settings = ctx.settings
+    if settings.secret_key is not None:
+        return False
+    path = settings.secret_key_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(new_secret_key() + "\n")
+    # Settings are frozen; reload so the new key is seen.
+    del ctx.settings
+    return True
+
+
+def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.settings.var_dir.mkdir(parents=True, exist_ok=True)
+    if ensure_secret_key(ctx):
+        print(f"created secret key {ctx.settings.secret_key_file}")
+    services = ctx.services
+    services.migrate()
+    print("database schema is current")
+    for step in getattr(services, "init_steps", []):
+        step(print)
+    if args.demo:
+        for step in getattr(services, "demo_steps", []):
+            step(print)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.services.migrate()
+    print("database schema is current")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace, ctx: CliContext) -> int:
+    settings = ctx.settings
+    if args.json:
+        print_json(describe(settings))
+    else:
+        source = settings.config_file or "(no config file; defaults and environment)"
+        print(f"config: {source}")
+        _print_tree(describe(settings))
+    if settings.secret_key is None:
+        print("warning: no secret key yet; `idhub init` creates one", flush=True)
+    return 0
+
+
+def _print_tree(value: dict[str, Any], indent: str = "") -> None:
+    for key, item in value.items():
+        if isinstance(item, dict):
+            print(f"{indent}{key}:")
+            _print_tree(item, indent + "  ")
+        else:
+            print(f"{indent}{key} = {item}")
+
+
+def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
+    import uvicorn
+
+    settings = ctx.settings
+    settings.require_secret_key()
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
+    workers = args.workers or settings.server.workers
+    ctx.services.migrate()
+    print(f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)")
+    if workers > 1:
+        # Worker processes rebuild settings from the same file and environment.
+        if settings.config_file is not None:
+            os.environ["IDHUB_CONFIG"] = str(settings.config_file.resolve())
+        uvicorn.run(
+            "idhub.web.asgi:create",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            proxy_headers=False,
+        )
+    else:
+        from idhub.web.app import create_app
+
+        uvicorn.run(create_app(ctx.services), host=host, port=port, log_level="info")
+    return 0

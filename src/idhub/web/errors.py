@@ -1,0 +1,82 @@
+"""Maps errors to responses in one place. Nobody ever sees a traceback: unexpected errors
+are logged with the request id and answered with a short sentence carrying that id."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+
+from idhub import errors
+
+log = logging.getLogger("idhub.web")
+
+STATUS: Mapping[type[errors.IdhubError], int] = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.InvalidInput: 400,
+    errors.AuthenticationFailed: 401,
+    errors.PolicyError: 400,
+    errors.StorageError: 503,
+    errors.AuditError: 503,
+    errors.DirectoryError: 502,
+    errors.ConfigError: 500,
+}
+
+
+def status_for(exc: errors.IdhubError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "application/json" not in accept
+
+
+def error_response(request: Request, status: int, code: str, message: str) -> Response:
+    request_id = getattr(request.state, "request_id", None)
+    if wants_html(request):
+        from idhub.web.templating import render_error
+
+        return render_error(request, status=status, title=code, message=message)
+    body: dict[str, Any] = {"error": code, "error_description": message}
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=status)
+
+
+async def _idhub_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, errors.IdhubError)
+    status = status_for(exc)
+    if status >= 500:
+        log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc)
+    return error_response(request, status, exc.code, exc.message)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(request, exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = getattr(request.state, "request_id", "-")
+    log.exception("unexpected error in request %s", request_id)
+    return error_response(
+        request, 500, "server_error", f"An internal error occurred (request {request_id})."
+    )
+
+
+def exception_handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
+    return {
+        errors.IdhubError: _idhub_error,
+        HTTPException: _http_error,
+        Exception: _unexpected,
+    }

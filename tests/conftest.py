@@ -1,0 +1,270 @@
+"""Shared fixtures: real databases (an SQLite file and the local PostgreSQL), settings,
+services, the app served by a real uvicorn on a free port, and the CLI run in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from sqlalchemy import create_engine, text
+
+from idhub.adapters.database import apply_migrations, create_db_engine
+from idhub.adapters.db import metadata
+from idhub.bootstrap import Services
+from idhub.config import DatabaseSettings, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdefghijklmnop"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# ------------------------------------------------------------------ databases
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file; each test gets a copy (migrating per test is slow)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "idhub.db"
+    engine = create_db_engine(DatabaseSettings(url=f"sqlite:///{path}"))
+    apply_migrations(engine)
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    engine.dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database for this test session, migrated once."""
+    name = f"idhub_test_{secrets.token_hex(4)}"
+    admin = create_engine(f"{PG_SERVER}/test", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # noqa: BLE001 - any failure here means no PostgreSQL
+        pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for the suite: {exc}")
+    url = f"{PG_SERVER}/{name}"
+    engine = create_db_engine(DatabaseSettings(url=url))
+    apply_migrations(engine)
+    engine.dispose()
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_postgres(url: str) -> None:
+    engine = create_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated database: every test that takes it runs on both backends."""
+    if request.param == "sqlite":
+        return sqlite_url_for(request, tmp_path)
+    url: str = request.getfixturevalue("pg_database")
+    _truncate_postgres(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, migrated SQLite database, for tests whose subject is not the storage."""
+    return sqlite_url_for(request, tmp_path)
+
+
+def sqlite_url_for(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    template: Path = request.getfixturevalue("sqlite_template")
+    target = tmp_path / "idhub.db"
+    shutil.copyfile(template, target)
+    return f"sqlite:///{target}"
+
+
+# ------------------------------------------------------------------ settings and services
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Builds Settings the way a deployment would: an idhub.toml plus IDHUB_* variables."""
+
+    def factory(
+        db_url: str,
+        *,
+        issuer: str = "http://127.0.0.1:8000",
+        toml: str = "",
+        env: dict[str, str] | None = None,
+    ) -> Settings:
+        config = tmp_path / "idhub.toml"
+        config.write_text(toml, encoding="utf-8")
+        variables = {
+            "IDHUB_DATABASE_URL": db_url,
+            "IDHUB_ISSUER": issuer,
+            "IDHUB_SECRET_KEY": TEST_SECRET_KEY,
+            "IDHUB_VAR_DIR": str(tmp_path / "var"),
+            "IDHUB_POLICY_DIR": str(REPO / "policies"),
+        }
+        variables.update(env or {})
+        return load_settings(config, env=variables, cwd=tmp_path)
+
+    return factory
+
+
+@pytest.fixture
+def make_services() -> Iterator[Callable[..., Services]]:
+    made: list[Services] = []
+
+    def factory(settings: Settings, **kwargs: Any) -> Services:
+        services = Services(settings, **kwargs)
+        made.append(services)
+        return services
+
+    yield factory
+    for services in made:
+        services.close()
+
+
+@pytest.fixture
+def services(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services], db_url: str
+) -> Services:
+    return make_services(make_settings(db_url))
+
+
+# ------------------------------------------------------------------ a real server
+
+
+@dataclass
+class LiveServer:
+    url: str
+    services: Services
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+
+class _ThreadedServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # the test runner owns signals
+        pass
+
+
+@contextlib.contextmanager
+def serve(services: Services, port: int) -> Iterator[str]:
+    from idhub.web.app import create_app
+
+    app = create_app(services)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def make_live_server(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services]
+) -> Iterator[Callable[..., LiveServer]]:
+    """Starts idhub on a free port whose URL is the issuer. Pass `db_url` and settings kwargs."""
+    stack = contextlib.ExitStack()
+
+    def factory(db_url: str, **settings_kwargs: Any) -> LiveServer:
+        port = free_port()
+        settings = make_settings(db_url, issuer=f"http://127.0.0.1:{port}", **settings_kwargs)
+        services = make_services(settings)
+        services.migrate()
+        url = stack.enter_context(serve(services, port))
+        return LiveServer(url=url, services=services)
+
+    with stack:
+        yield factory
+
+
+@pytest.fixture
+def live_server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
+    return make_live_server(db_url)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
+    """Runs `idhub ARGS` in-process against a config file; returns exit code and output."""
+    from idhub.cli import main
+
+    def runner(*args: str, config: Path | None = None, stdin: str | None = None) -> CliResult:
+        argv = (["-c", str(config)] if config else []) + list(args)
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        old_stdin = None
+        if stdin is not None:
+            import sys
+
+            old_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+            if isinstance(exc.code, str):
+                err.write(exc.code)
+        finally:
+            if old_stdin is not None:
+                import sys
+
+                sys.stdin = old_stdin
+        return CliResult(code=code, out=out.getvalue(), err=err.getvalue())
+
+    return runner
+
+
+@pytest.fixture
+def cli_config(tmp_path: Path, sqlite_db_url: str) -> Path:
+    """An idhub.toml pointing at a fresh SQLite database, with a secret key file."""
+    var = tmp_path / "var"
+    var.mkdir(exist_ok=True)
+    (var / "secret.key").write_text(TEST_SECRET_KEY + "\n", encoding="utf-8")
+    config = tmp_path / "idhub.toml"
+    config.write_text(
+        f'var_dir = "{var}"\n\n[database]\nurl = "{sqlite_db_url}"\n\n'
+        f'[policy]\ndir = "{REPO / "policies"}"\nwatch = false\n',
+        encoding="utf-8",
+    )
+    return config
