@@ -7,6 +7,7 @@ Each area keeps its wiring in its own block below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,24 @@ class Services:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self._engine = engine
+        # Lifecycle hooks each area registers in `_register_hooks` (lazily: nothing is built
+        # until a hook runs). `echo` prints progress for `idhub init`.
+        self.init_steps: list[Callable[[Callable[[str], None]], None]] = []
+        self.demo_steps: list[Callable[[Callable[[str], None]], None]] = []
+        # Run by the web app's lifespan (start background workers / stop them); must be quick.
+        self.startup_hooks: list[Callable[[], None]] = []
+        self.shutdown_hooks: list[Callable[[], None]] = []
+        # name -> probe returning "ok" or a short reason, shown by /readyz.
+        self.readiness_checks: dict[str, Callable[[], str]] = {}
+        self._register_hooks()
+
+    def _register_hooks(self) -> None:
+        # --- oidc hooks (keys on init, demo clients) ---
+        # --- sessions/login hooks (demo users, logout delivery worker) ---
+        # --- authorization hooks (policy load/watch, readiness) ---
+        # --- directory sync hooks (scheduler) ---
+        # --- audit hooks (sinks) ---
+        pass
 
     @cached_property
     def engine(self) -> Engine:

@@ -55,10 +55,10 @@ def cmd_init(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     services.migrate()
     print("database schema is current")
-    for step in getattr(services, "init_steps", []):
+    for step in services.init_steps:
         step(print)
     if args.demo:
-        for step in getattr(services, "demo_steps", []):
+        for step in services.demo_steps:
             step(print)
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from idhub.bootstrap import Services
 from idhub.web.errors import exception_handlers
 from idhub.web.middleware import RequestContextMiddleware
 
-STATIC_DIR = __import__("pathlib").Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent / "static"
 
 # Modules exposing `routes(services) -> list[BaseRoute]`, in the order they are matched.
 ROUTE_MODULES = (
@@ -34,14 +35,13 @@ def create_app(services: Services) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        startups = getattr(services, "startup_hooks", [])
-        for hook in startups:
-            await hook()
+        for hook in services.startup_hooks:
+            hook()
         try:
             yield
         finally:
-            for hook in reversed(getattr(services, "shutdown_hooks", [])):
-                await hook()
+            for hook in reversed(services.shutdown_hooks):
+                hook()
 
     app = Starlette(
         routes=routes,

@@ -23,7 +23,7 @@ def routes(services: Services) -> list[BaseRoute]:
             checks["database"] = "ok"
         except SQLAlchemyError:
             checks["database"] = "unreachable"
-        for name, probe in getattr(services, "readiness_checks", {}).items():
+        for name, probe in services.readiness_checks.items():
             checks[name] = probe()
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
