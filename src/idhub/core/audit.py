@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 GENESIS_HASH = "0" * 64
@@ -117,6 +118,18 @@ def chain_hash(prev_hash: str, canonical: bytes) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event not yet placed in the chain (for `record_many`)."""
+
+    event_type: EventType
+    actor: Actor
+    target: str | None = None
+    outcome: Outcome = "success"
+    details: dict[str, Any] = field(default_factory=dict)
+    ctx: RequestContext | None = None
+
+
 class Auditor(Protocol):
     def record(
         self,
@@ -129,4 +142,8 @@ class Auditor(Protocol):
         ctx: RequestContext | None = None,
     ) -> None:
         """Appends one event. Raises `AuditError` if it could not be written durably."""
+        ...
+
+    def record_many(self, events: Sequence[PendingEvent]) -> None:
+        """Appends events in order, in one transaction: all or none."""
         ...
