@@ -18,6 +18,7 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.core.audit import Auditor
 
 
@@ -71,6 +72,12 @@ class Services:
         return SqlAuditLog(self.engine, self.clock)
 
     # --- identity / directory store ----------------------------------------------------------
+
+    @cached_property
+    def identity(self) -> SqlIdentityStore:
+        from idhub.adapters.identity_store import SqlIdentityStore
+
+        return SqlIdentityStore(self.engine, self.clock)
 
     # --- oidc: keys, clients, tokens ---------------------------------------------------------
 

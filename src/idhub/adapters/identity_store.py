@@ -1,0 +1,358 @@
+"""Users, departments and groups in the database (the single-row operations; directory sync
+writes in bulk through its own store)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from idhub.adapters.db import departments, group_members, groups, users
+from idhub.core.clock import Clock
+from idhub.core.identity import (
+    LOCAL_SOURCE,
+    Department,
+    Group,
+    User,
+    new_subject,
+    normalise_department_path,
+    parent_paths,
+)
+from idhub.errors import Conflict, InvalidInput, NotFound
+
+_UPDATABLE = {
+    "username",
+    "display_name",
+    "email",
+    "phone",
+    "employee_id",
+    "department_id",
+    "source",
+    "external_id",
+    "dn",
+    "attributes",
+}
+
+_USER_COLUMNS = [c for c in users.c if c.name != "password_hash"]
+
+
+def _user_query() -> Any:
+    return select(*_USER_COLUMNS, departments.c.path.label("department_path")).select_from(
+        users.outerjoin(departments, users.c.department_id == departments.c.id)
+    )
+
+
+def _to_user(row: Row[Any]) -> User:
+    m = row._mapping
+    return User(
+        id=m["id"],
+        sub=m["sub"],
+        username=m["username"],
+        display_name=m["display_name"] or "",
+        email=m["email"],
+        phone=m["phone"],
+        employee_id=m["employee_id"],
+        department_id=m["department_id"],
+        department_path=m["department_path"],
+        source=m["source"],
+        external_id=m["external_id"],
+        dn=m["dn"],
+        disabled=bool(m["disabled"]),
+        disabled_reason=m["disabled_reason"],
+        failed_logins=m["failed_logins"] or 0,
+        locked_until=m["locked_until"],
+        attributes=dict(m["attributes"] or {}),
+    )
+
+
+def _to_department(row: Row[Any]) -> Department:
+    m = row._mapping
+    return Department(
+        id=m["id"],
+        name=m["name"],
+        path=m["path"],
+        parent_id=m["parent_id"],
+        manager_user_id=m["manager_user_id"],
+        source=m["source"],
+        external_id=m["external_id"],
+    )
+
+
+class SqlIdentityStore:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    # ------------------------------------------------------------------ users
+
+    def get_user(self, user_id: int) -> User | None:
+        return self._one(_user_query().where(users.c.id == user_id))
+
+    def get_user_by_username(self, username: str) -> User | None:
+        return self._one(_user_query().where(users.c.username == username))
+
+    def get_user_by_sub(self, sub: str) -> User | None:
+        return self._one(_user_query().where(users.c.sub == sub))
+
+    def require_user(self, username: str) -> User:
+        user = self.get_user_by_username(username)
+        if user is None:
+            raise NotFound(f"no user named {username!r}")
+        return user
+
+    def password_hash(self, user_id: int) -> str | None:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(users.c.password_hash).where(users.c.id == user_id)
+            ).scalar()
+        return None if value is None else str(value)
+
+    def create_user(
+        self,
+        *,
+        username: str,
+        display_name: str = "",
+        email: str | None = None,
+        phone: str | None = None,
+        employee_id: str | None = None,
+        department_path: str | None = None,
+        source: str = LOCAL_SOURCE,
+        external_id: str | None = None,
+        password_hash: str | None = None,
+    ) -> User:
+        username = username.strip()
+        if not username or any(ord(ch) < 32 for ch in username) or len(username) > 200:
+            raise InvalidInput(f"{username!r} is not a usable username")
+        now = self._clock.now()
+        department_id = None
+        if department_path:
+            department_id = self.ensure_department(department_path).id
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(
+                    insert(users).values(
+                        sub=new_subject(),
+                        username=username,
+                        display_name=display_name,
+                        email=email,
+                        phone=phone,
+                        employee_id=employee_id,
+                        department_id=department_id,
+                        source=source,
+                        external_id=external_id,
+                        password_hash=password_hash,
+                        disabled=False,
+                        failed_logins=0,
+                        attributes={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                user_id = result.inserted_primary_key[0]  # type: ignore[index]
+        except IntegrityError:
+            raise Conflict(f"a user named {username!r} already exists") from None
+        created = self.get_user(int(user_id))
+        assert created is not None
+        return created
+
+    def update_user(self, user_id: int, **changes: Any) -> User:
+        unknown = set(changes) - _UPDATABLE - {"department_path"}
+        if unknown:
+            raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+        if "department_path" in changes:
+            path = changes.pop("department_path")
+            changes["department_id"] = self.ensure_department(path).id if path else None
+        try:
+            with self._engine.begin() as conn:
+                found = conn.execute(
+                    update(users)
+                    .where(users.c.id == user_id)
+                    .values(**changes, updated_at=self._clock.now())
+                ).rowcount
+        except IntegrityError:
+            raise Conflict("the change clashes with another user") from None
+        if not found:
+            raise NotFound(f"no user with id {user_id}")
+        user = self.get_user(user_id)
+        assert user is not None
+        return user
+
+    def set_password_hash(self, user_id: int, password_hash: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(password_hash=password_hash, updated_at=self._clock.now())
+            )
+
+    def set_disabled(self, user_id: int, disabled: bool, *, reason: str | None = None) -> User:
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(
+                    disabled=disabled,
+                    disabled_reason=reason if disabled else None,
+                    disabled_at=now if disabled else None,
+                    updated_at=now,
+                )
+            )
+        user = self.get_user(user_id)
+        if user is None:
+            raise NotFound(f"no user with id {user_id}")
+        return user
+
+    def register_failed_login(self, user_id: int, *, lock_after: int, lock_seconds: float) -> User:
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(failed_logins=users.c.failed_logins + 1)
+            )
+            count = conn.execute(
+                select(users.c.failed_logins).where(users.c.id == user_id)
+            ).scalar_one()
+            if count >= lock_after:
+                conn.execute(
+                    update(users)
+                    .where(users.c.id == user_id)
+                    .values(locked_until=now + lock_seconds, failed_logins=0)
+                )
+        user = self.get_user(user_id)
+        assert user is not None
+        return user
+
+    def clear_failed_logins(self, user_id: int) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(failed_logins=0, locked_until=None)
+            )
+
+    def list_users(
+        self, *, limit: int = 100, offset: int = 0, source: str | None = None
+    ) -> list[User]:
+        query = _user_query().order_by(users.c.username).limit(limit).offset(offset)
+        if source is not None:
+            query = query.where(users.c.source == source)
+        with self._engine.connect() as conn:
+            return [_to_user(row) for row in conn.execute(query)]
+
+    def count_users(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+    # ------------------------------------------------------------------ departments
+
+    def ensure_department(self, path: str, *, source: str = LOCAL_SOURCE) -> Department:
+        path = normalise_department_path(path)
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            parent_id: int | None = None
+            for partial in parent_paths(path):
+                parent_id = self._ensure_one(conn, partial, parent_id, source, now)
+        department = self.get_department(path)
+        assert department is not None
+        return department
+
+    def _ensure_one(
+        self, conn: Connection, path: str, parent_id: int | None, source: str, now: float
+    ) -> int:
+        found = conn.execute(select(departments.c.id).where(departments.c.path == path)).scalar()
+        if found is not None:
+            return int(found)
+        try:
+            with conn.begin_nested():
+                result = conn.execute(
+                    insert(departments).values(
+                        name=path.rsplit("/", 1)[-1],
+                        parent_id=parent_id,
+                        path=path,
+                        source=source,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+        except IntegrityError:
+            # Another writer created it between our read and insert.
+            return int(
+                conn.execute(select(departments.c.id).where(departments.c.path == path)).scalar_one()
+            )
+
+    def get_department(self, path: str) -> Department | None:
+        path = normalise_department_path(path)
+        with self._engine.connect() as conn:
+            row = conn.execute(select(departments).where(departments.c.path == path)).first()
+        return None if row is None else _to_department(row)
+
+    def list_departments(self) -> list[Department]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(departments).order_by(departments.c.path))
+            return [_to_department(row) for row in rows]
+
+    def set_department_manager(self, path: str, user_id: int | None) -> None:
+        department = self.ensure_department(path)
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(departments)
+                .where(departments.c.id == department.id)
+                .values(manager_user_id=user_id, updated_at=self._clock.now())
+            )
+
+    # ------------------------------------------------------------------ groups
+
+    def user_groups(self, user_id: int) -> list[str]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(groups.c.name)
+                .join(group_members, group_members.c.group_id == groups.c.id)
+                .where(group_members.c.user_id == user_id)
+                .order_by(groups.c.name)
+            )
+            return [str(r[0]) for r in rows]
+
+    def ensure_group(self, name: str, *, source: str = LOCAL_SOURCE) -> Group:
+        name = name.strip()
+        if not name:
+            raise InvalidInput("a group needs a name")
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            row = conn.execute(select(groups).where(groups.c.name == name)).first()
+            if row is None:
+                conn.execute(
+                    insert(groups).values(name=name, source=source, created_at=now, updated_at=now)
+                )
+                row = conn.execute(select(groups).where(groups.c.name == name)).first()
+        assert row is not None
+        m = row._mapping
+        return Group(id=m["id"], name=m["name"], source=m["source"], external_id=m["external_id"])
+
+    def set_group_members(self, group_id: int, user_ids: Sequence[int]) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(delete(group_members).where(group_members.c.group_id == group_id))
+            if user_ids:
+                conn.execute(
+                    insert(group_members),
+                    [{"group_id": group_id, "user_id": uid} for uid in sorted(set(user_ids))],
+                )
+
+    def add_group_member(self, group_id: int, user_id: int) -> None:
+        with self._engine.begin() as conn:
+            exists = conn.execute(
+                select(group_members.c.user_id).where(
+                    group_members.c.group_id == group_id, group_members.c.user_id == user_id
+                )
+            ).first()
+            if exists is None:
+                conn.execute(insert(group_members).values(group_id=group_id, user_id=user_id))
+
+    def _one(self, query: Any) -> User | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _to_user(row)
