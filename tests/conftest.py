@@ -58,7 +58,7 @@ def pg_database() -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure here means no PostgreSQL
+    except Exception as exc:  # any failure here means no usable PostgreSQL
         pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed for the suite: {exc}")
     url = f"{PG_SERVER}/{name}"
     engine = create_db_engine(DatabaseSettings(url=url))

@@ -12,13 +12,32 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "idhub"
 # layer -> modules it must never import (prefix match on the dotted name)
 FORBIDDEN: dict[str, tuple[str, ...]] = {
     "core": (
-        "idhub.adapters", "idhub.oidc", "idhub.web", "idhub.cli", "idhub.bootstrap",
-        "idhub.sdk", "starlette", "sqlalchemy", "ldap3", "uvicorn", "httpx", "alembic",
+        "idhub.adapters",
+        "idhub.oidc",
+        "idhub.web",
+        "idhub.cli",
+        "idhub.bootstrap",
+        "idhub.sdk",
+        "starlette",
+        "sqlalchemy",
+        "ldap3",
+        "uvicorn",
+        "httpx",
+        "alembic",
     ),
     "adapters": ("idhub.oidc", "idhub.web", "idhub.cli", "idhub.bootstrap", "starlette", "uvicorn"),
     "oidc": ("idhub.web", "idhub.cli", "starlette", "uvicorn"),
-    "sdk": ("idhub.core", "idhub.adapters", "idhub.oidc", "idhub.web", "idhub.cli",
-            "idhub.bootstrap", "idhub.config", "sqlalchemy", "authlib"),
+    "sdk": (
+        "idhub.core",
+        "idhub.adapters",
+        "idhub.oidc",
+        "idhub.web",
+        "idhub.cli",
+        "idhub.bootstrap",
+        "idhub.config",
+        "sqlalchemy",
+        "authlib",
+    ),
     "web": ("idhub.cli",),
 }
 STARLETTE_ALLOWED = ("web", "sdk/starlette.py", "cli")

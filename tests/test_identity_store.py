@@ -21,7 +21,10 @@ def test_user_lifecycle(services: Services) -> None:
     assert moved.sub == alice.sub and moved.department_path == "/总部/财务部"
     assert store.set_disabled(alice.id, True, reason="left").disabled
     assert [d.path for d in store.list_departments()] == [
-        "/总部", "/总部/华东区", "/总部/华东区/销售一部", "/总部/财务部",
+        "/总部",
+        "/总部/华东区",
+        "/总部/华东区/销售一部",
+        "/总部/财务部",
     ]
 
 

@@ -66,7 +66,10 @@ class DatabaseSettings:
     pool_size: int = 10
 
     def __repr__(self) -> str:
-        return f"DatabaseSettings(url={redact_url(self.url)!r}, echo={self.echo}, pool_size={self.pool_size})"
+        return (
+            f"DatabaseSettings(url={redact_url(self.url)!r}, echo={self.echo}, "
+            f"pool_size={self.pool_size})"
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class TokenSettings:
     refresh_token_ttl: int = 30 * 24 * 3600
     code_ttl: int = 60
     session_ttl: int = 10 * 3600
-    default_access_token_alg: str = "ES256"
+    default_access_token_alg: str = "ES256"  # noqa: S105 - an algorithm name
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,8 @@ def _coerce(value: Any, target: Any, *, base: Path, what: str) -> Any:
     if kind == "bool":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        words = {"1", "true", "yes", "on", "0", "false", "no", "off"}
+        if isinstance(value, str) and value.lower() in words:
             return value.lower() in {"1", "true", "yes", "on"}
         raise ValueError(f"{what} must be true or false")
     if kind == "int":

@@ -282,7 +282,9 @@ audit_events = Table(
     "audit_events",
     metadata,
     # Position in the chain; assigned under the append lock, gap-free.
-    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False
+    ),
     Column("ts", Float, nullable=False),
     Column("event_type", String(64), nullable=False),
     Column("actor_type", String(20), nullable=False),

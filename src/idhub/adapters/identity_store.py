@@ -282,7 +282,9 @@ class SqlIdentityStore:
         except IntegrityError:
             # Another writer created it between our read and insert.
             return int(
-                conn.execute(select(departments.c.id).where(departments.c.path == path)).scalar_one()
+                conn.execute(
+                    select(departments.c.id).where(departments.c.path == path)
+                ).scalar_one()
             )
 
     def get_department(self, path: str) -> Department | None:

@@ -34,4 +34,7 @@ def print_table(
 
 
 def print_json(value: Any, *, out: TextIO | None = None) -> None:
-    print(json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
+    print(
+        json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str),
+        file=out or sys.stdout,
+    )

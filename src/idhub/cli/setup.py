@@ -100,7 +100,9 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
     ctx.services.migrate()
-    print(f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)")
+    print(
+        f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)"
+    )
     if workers > 1:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:

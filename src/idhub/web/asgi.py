@@ -1,4 +1,4 @@
-"""Entry point for `uvicorn --factory idhub.web.asgi:create` (used by `idhub serve` with workers)."""
+"""Entry point for `uvicorn --factory idhub.web.asgi:create`, used by `idhub serve --workers N`."""
 
 from __future__ import annotations
 

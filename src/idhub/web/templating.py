@@ -18,7 +18,11 @@ _ENV = Environment(
 )
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:",
+    # form-action must allow the relying parties' redirect URIs: browsers apply it to the
+    # redirect that follows a form post (login, consent).
+    "Content-Security-Policy": (
+        "default-src 'self'; frame-ancestors 'none'; form-action 'self' http: https:"
+    ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
