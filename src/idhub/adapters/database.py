@@ -4,6 +4,10 @@ threadpool and several worker processes can share one file; PostgreSQL goes thro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,23 +63,49 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _alembic_config(engine: Engine) -> AlembicConfig:
+_MIGRATION_LOCK_KEY = 0x1D4B_0001
+# Alembic keeps its migration context in module globals: one migration per process at a time.
+_ALEMBIC_LOCK = threading.Lock()
+
+
+def _alembic_config() -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.attributes["engine"] = engine
     return cfg
 
 
 def apply_migrations(engine: Engine) -> None:
-    """Brings the schema to the newest revision; safe to call on every start."""
+    """Brings the schema to the newest revision; safe to call on every start, and from several
+    replicas at once (PostgreSQL: they queue on an advisory lock; SQLite: on its write lock)."""
+    cfg = _alembic_config()
     try:
-        command.upgrade(_alembic_config(engine), "head")
+        with _ALEMBIC_LOCK, _sqlite_file_lock(engine), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise StorageError(f"database migration failed: {exc}") from exc
 
 
+@contextlib.contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    """SQLite runs DDL outside a transaction, so processes sharing one file take turns via
+    an advisory file lock beside it."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def check_schema_current(engine: Engine) -> bool:
-    script = ScriptDirectory.from_config(_alembic_config(engine))
+    script = ScriptDirectory.from_config(_alembic_config())
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()
     return set(current) == set(script.get_heads())
