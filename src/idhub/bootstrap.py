@@ -18,6 +18,7 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.core.audit import Auditor
 
@@ -67,6 +68,12 @@ class Services:
 
     @cached_property
     def audit(self) -> Auditor:
+        """The port every area records through."""
+        return self.audit_log
+
+    @cached_property
+    def audit_log(self) -> SqlAuditLog:
+        """The same log with its admin side: search, verify, archive (CLI and audit API)."""
         from idhub.adapters.audit_store import SqlAuditLog
 
         return SqlAuditLog(self.engine, self.clock)

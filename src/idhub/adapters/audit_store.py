@@ -1,31 +1,79 @@
-"""The hash-chained audit table. Appends are serialised (SQLite: the database write lock,
-taken before the chain tail is read; PostgreSQL: a transaction-scoped advisory lock) so
-concurrent replicas still produce one unbroken chain.
+"""The hash-chained audit table.
+
+Appends are serialised so concurrent writers - threads, worker processes, replicas - still
+produce one unbroken chain: PostgreSQL takes a transaction-scoped advisory lock, SQLite its
+database write lock, before the chain tail is read. Inside one process, callers share a
+group commit: whoever arrives while a write is in flight queues, and the next writer takes
+the whole queue in one transaction (one lock, one commit), so throughput grows with load
+while a lone caller pays for exactly one transaction. `record` returns only once its event
+is committed; if the write fails every caller in that batch gets `AuditError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, Select, and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.db import audit_anchor, audit_events
 from idhub.core.audit import (
+    ACTOR_TYPES,
     GENESIS_HASH,
+    OUTCOMES,
     Actor,
     AuditEvent,
+    AuditFilter,
+    ChainVerifier,
     EventType,
     Outcome,
     PendingEvent,
     RequestContext,
+    VerifyReport,
+    canonical_bytes,
+    canonical_details,
+    canonical_tail,
+    chain_hash,
+    scrub_details,
 )
 from idhub.core.clock import Clock
-from idhub.errors import AuditError
+from idhub.errors import AuditError, InvalidInput
 
-_ADVISORY_LOCK_KEY = 0x1D4B_A0D1
+ADVISORY_LOCK_KEY = 0x1D4B_A0D1
+_COLUMNS = (
+    "seq", "ts", "event_type", "actor_type", "actor_id", "target", "outcome", "client_ip",
+    "user_agent", "request_id", "details", "prev_hash", "hash",
+)  # fmt: skip
+_VERIFY_CHUNK = 20_000
+
+
+@dataclass
+class _Prepared:
+    """An event with everything but its place in the chain computed (outside the lock)."""
+
+    values: tuple[Any, ...]  # ts .. details, in _COLUMNS order
+    tail: str
+
+
+class _Waiter:
+    __slots__ = ("done", "error", "events")
+
+    def __init__(self, events: list[_Prepared]) -> None:
+        self.events = events
+        self.done = False
+        self.error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class Anchor:
+    first_seq: int
+    prev_hash: str
+    archive_file: str | None = None
 
 
 class SqlAuditLog:
@@ -33,6 +81,17 @@ class SqlAuditLog:
         self._engine = engine
         self._clock = clock
         self._pg = engine.dialect.name == "postgresql"
+        mark = "%s" if self._pg else "?"
+        # Built from constants only; a pre-built driver statement keeps `record` cheap.
+        columns, marks = ", ".join(_COLUMNS), ", ".join([mark] * len(_COLUMNS))
+        self._insert_sql = f"INSERT INTO audit_events ({columns}) VALUES ({marks})"  # noqa: S608
+        self._cond = threading.Condition()
+        self._queue: list[_Waiter] = []
+        self._writing = False
+        # Called (without arguments) after each commit; sinks use it to wake up early.
+        self.listeners: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ writing
 
     def record(
         self,
@@ -44,79 +103,278 @@ class SqlAuditLog:
         details: dict[str, Any] | None = None,
         ctx: RequestContext | None = None,
     ) -> None:
-        self.record_many(
-            [PendingEvent(event_type, actor, target, outcome, details or {}, ctx)]
-        )
+        self._append([self._prepare(event_type, actor, target, outcome, details, ctx)])
 
     def record_many(self, events: Sequence[PendingEvent]) -> None:
-        if not events:
-            return
-        try:
-            with self._engine.begin() as conn:
-                seq, prev = self._lock_tail(conn)
-                now = self._clock.now()
-                rows = []
-                for pending in events:
-                    ctx = pending.ctx or RequestContext()
-                    event = AuditEvent(
-                        seq=seq,
-                        ts=now,
-                        event_type=str(pending.event_type),
-                        actor_type=pending.actor.type,
-                        actor_id=pending.actor.id,
-                        target=pending.target,
-                        outcome=pending.outcome,
-                        client_ip=ctx.client_ip,
-                        user_agent=ctx.user_agent,
-                        request_id=ctx.request_id,
-                        details=pending.details,
-                        prev_hash=prev,
-                    )
-                    digest = event.compute_hash()
-                    rows.append(
-                        {
-                            **{k: getattr(event, k) for k in _COLUMNS},
-                            "details": json.dumps(event.details, sort_keys=True, ensure_ascii=False),
-                            "hash": digest,
-                        }
-                    )
-                    seq, prev = seq + 1, digest
-                conn.execute(audit_events.insert(), rows)
-        except SQLAlchemyError as exc:
-            kinds = sorted({str(e.event_type) for e in events})
-            raise AuditError(f"audit events {', '.join(kinds)} could not be written: {exc}") from exc
+        prepared = [
+            self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
+            for e in events
+        ]
+        if prepared:
+            self._append(prepared)
 
-    def _lock_tail(self, conn: Connection) -> tuple[int, str]:
-        """Takes the append lock and returns (next seq, previous hash)."""
+    def _prepare(
+        self,
+        event_type: EventType | str,
+        actor: Actor,
+        target: str | None,
+        outcome: str,
+        details: dict[str, Any] | None,
+        ctx: RequestContext | None,
+    ) -> _Prepared:
+        # The vocabulary is closed: a typo in a caller must fail loudly, not log garbage.
+        try:
+            kind = EventType(event_type).value
+        except ValueError:
+            raise AuditError(f"unknown audit event type {event_type!r}") from None
+        if actor.type not in ACTOR_TYPES:
+            raise AuditError(f"unknown audit actor type {actor.type!r}")
+        if outcome not in OUTCOMES:
+            raise AuditError(f"unknown audit outcome {outcome!r}")
+        ctx = ctx or RequestContext()
+        try:
+            details_json = canonical_details(scrub_details(dict(details or {})))
+        except (TypeError, ValueError) as exc:
+            raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
+        values = (
+            self._clock.now(), kind, actor.type, _clip(actor.id, 300), _clip(target, 500),
+            outcome, _clip(ctx.client_ip, 64), _clip(ctx.user_agent, 500),
+            _clip(ctx.request_id, 64), details_json,
+        )  # fmt: skip
+        tail = canonical_tail(
+            ts=values[0], event_type=kind, actor_type=actor.type, actor_id=values[3],
+            target=values[4], outcome=outcome, client_ip=values[6], user_agent=values[7],
+            request_id=values[8], details_json=details_json,
+        )  # fmt: skip
+        return _Prepared(values, tail)
+
+    def _append(self, events: list[_Prepared]) -> None:
+        me = _Waiter(events)
+        with self._cond:
+            self._queue.append(me)
+            while self._writing and not me.done:
+                self._cond.wait()
+            if me.done:
+                if me.error is not None:
+                    raise _as_audit_error(me.error)
+                return
+            self._writing = True
+            batch, self._queue = self._queue, []
+        error: BaseException | None = None
+        try:
+            self._write([e for w in batch for e in w.events])
+        except BaseException as exc:  # every waiter must learn the outcome, whatever it was
+            error = exc
+        finally:
+            with self._cond:
+                for waiter in batch:
+                    waiter.done, waiter.error = True, error
+                self._writing = False
+                self._cond.notify_all()
+        if error is not None:
+            raise _as_audit_error(error)
+        for listener in self.listeners:
+            listener()
+
+    def _write(self, events: list[_Prepared]) -> None:
+        with self._engine.connect() as conn, conn.begin():
+            seq, prev = self.lock_tail(conn)
+            rows = []
+            for event in events:
+                digest = chain_hash(prev, canonical_bytes(seq, event.tail))
+                rows.append((seq, *event.values, prev, digest))
+                seq, prev = seq + 1, digest
+            conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
+
+    def lock_tail(self, conn: Connection) -> tuple[int, str]:
+        """Takes the append lock (held until the transaction ends) and returns
+        (next seq, previous hash)."""
         if self._pg:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK_KEY})
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
         else:
-            # A write statement makes SQLite take its write lock now, so reading the tail and
-            # inserting cannot interleave with another writer.
-            conn.execute(text("UPDATE audit_anchor SET id = id WHERE 0"))
-        last = conn.execute(
-            select(audit_events.c.seq, audit_events.c.hash)
-            .order_by(audit_events.c.seq.desc())
-            .limit(1)
+            # A write statement makes SQLite take its write lock now, so reading the tail
+            # and inserting cannot interleave with another writer (any process).
+            conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
+        last = conn.exec_driver_sql(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
         ).first()
         if last is not None:
             return int(last[0]) + 1, str(last[1])
-        anchor = conn.execute(select(audit_anchor.c.first_seq, audit_anchor.c.prev_hash)).first()
-        if anchor is not None:
-            return int(anchor[0]), str(anchor[1])
-        return 1, GENESIS_HASH
+        anchor = self._anchor(conn)
+        return anchor.first_seq, anchor.prev_hash
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Connection]:
+        """A transaction holding the append lock (for archiving)."""
+        try:
+            with self._engine.connect() as conn, conn.begin():
+                self.lock_tail(conn)
+                yield conn
+        except SQLAlchemyError as exc:
+            raise AuditError(f"audit log unavailable: {exc}") from exc
+
+    # ------------------------------------------------------------------ reading
+
+    def anchor(self) -> Anchor:
+        with self._reading() as conn:
+            return self._anchor(conn)
+
+    def _anchor(self, conn: Connection) -> Anchor:
+        row = conn.execute(
+            select(audit_anchor.c.first_seq, audit_anchor.c.prev_hash, audit_anchor.c.archive_file)
+            .order_by(audit_anchor.c.id)
+            .limit(1)
+        ).first()
+        if row is None:
+            return Anchor(1, GENESIS_HASH)
+        return Anchor(int(row[0]), str(row[1]), row[2])
+
+    def head(self) -> AuditEvent | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                select(*_cols()).order_by(audit_events.c.seq.desc()).limit(1)
+            ).first()
+        return _event(row) if row is not None else None
+
+    def count(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
+
+    def search(
+        self,
+        where: AuditFilter = AuditFilter(),  # noqa: B008 - frozen, so a shared default is safe
+        *,
+        after_seq: int | None = None,
+        before_seq: int | None = None,
+        limit: int = 100,
+        newest_first: bool = True,
+    ) -> list[AuditEvent]:
+        query = _filtered(select(*_cols()), where)
+        if after_seq is not None:
+            query = query.where(audit_events.c.seq > after_seq)
+        if before_seq is not None:
+            query = query.where(audit_events.c.seq < before_seq)
+        order = audit_events.c.seq.desc() if newest_first else audit_events.c.seq.asc()
+        with self._reading() as conn:
+            rows = conn.execute(query.order_by(order).limit(limit)).all()
+        return [_event(row) for row in rows]
+
+    def iter_events(
+        self,
+        where: AuditFilter = AuditFilter(),  # noqa: B008
+        *,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        chunk: int = 5_000,
+    ) -> Iterator[AuditEvent]:
+        """Every matching event in chain order, read in chunks (constant memory)."""
+        while True:
+            events = self.search(where, after_seq=after_seq, limit=chunk, newest_first=False)
+            for event in events:
+                if until_seq is not None and event.seq > until_seq:
+                    return
+                yield event
+            if len(events) < chunk:
+                return
+            after_seq = events[-1].seq
+
+    def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Walks the live chain from the anchor to the newest event."""
+        with self._reading() as conn:
+            anchor = self._anchor(conn)
+        verifier = ChainVerifier(first_seq=anchor.first_seq, prev_hash=anchor.prev_hash)
+        cols = ", ".join(_COLUMNS)
+        mark = "%s" if self._pg else "?"
+        sql = f"SELECT {cols} FROM audit_events WHERE seq > {mark} ORDER BY seq LIMIT {mark}"  # noqa: S608
+        # Read from the very bottom, not from the anchor: rows put back below it must show.
+        after = -(2**62)
+        while True:
+            with self._reading() as conn:
+                rows = conn.exec_driver_sql(sql, (after, _VERIFY_CHUNK)).all()
+            if not rows:
+                break
+            if not verifier.feed(rows):
+                break
+            after = rows[-1][0]
+            if progress is not None:
+                progress(verifier.checked)
+            if len(rows) < _VERIFY_CHUNK:
+                break
+        return verifier.report()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise AuditError(f"audit log unavailable: {exc}") from exc
 
 
-_COLUMNS = (
-    "seq",
-    "ts",
-    "event_type",
-    "actor_type",
-    "actor_id",
-    "target",
-    "outcome",
-    "client_ip",
-    "user_agent",
-    "request_id",
-    "prev_hash",
-)
+def _clip(value: str | None, size: int) -> str | None:
+    # Column sizes are limits of the schema; an over-long user agent must not lose the event.
+    return value if value is None or len(value) <= size else value[: size - 1] + "…"
+
+
+def _as_audit_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, AuditError) or not isinstance(exc, Exception):
+        return exc
+    error = AuditError(f"audit event could not be written: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _cols() -> list[Any]:
+    return [audit_events.c[name] for name in _COLUMNS]
+
+
+def _event(row: Sequence[Any]) -> AuditEvent:
+    return AuditEvent(
+        seq=int(row[0]), ts=float(row[1]), event_type=row[2], actor_type=row[3],
+        actor_id=row[4], target=row[5], outcome=row[6], client_ip=row[7], user_agent=row[8],
+        request_id=row[9], details=json.loads(row[10]), prev_hash=row[11], hash=row[12],
+    )  # fmt: skip
+
+
+def _filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
+    c = audit_events.c
+    conditions: list[Any] = []
+    if where.event_types:
+        exact = [t for t in where.event_types if not t.endswith(".*")]
+        prefixes = [t[:-1] for t in where.event_types if t.endswith(".*")]
+        options: list[Any] = [c.event_type.in_(exact)] if exact else []
+        options += [c.event_type.startswith(p, autoescape=True) for p in prefixes]
+        conditions.append(or_(*options))
+    if where.actor:
+        kind, sep, ident = where.actor.partition(":")
+        if sep and kind in ACTOR_TYPES:
+            conditions.append(and_(c.actor_type == kind, c.actor_id == ident))
+        elif where.actor in ACTOR_TYPES:
+            conditions.append(c.actor_type == where.actor)
+        else:
+            conditions.append(c.actor_id == where.actor)
+    if where.target:
+        conditions.append(c.target == where.target)
+    if where.outcome:
+        if where.outcome not in OUTCOMES:
+            raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}")
+        conditions.append(c.outcome == where.outcome)
+    if where.since is not None:
+        conditions.append(c.ts >= where.since)
+    if where.until is not None:
+        conditions.append(c.ts < where.until)
+    return query.where(*conditions) if conditions else query
+
+
+def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
+    """Validates `--type` values (exact names or `prefix.*`) against the closed list."""
+    known = {e.value for e in EventType}
+    for name in names:
+        if name.endswith(".*"):
+            if not any(k.startswith(name[:-1]) for k in known):
+                raise InvalidInput(f"no audit event type starts with {name[:-1]!r}")
+        elif name not in known:
+            raise InvalidInput(
+                f"unknown audit event type {name!r} (known: {', '.join(sorted(known))})"
+            )
+    return tuple(names)

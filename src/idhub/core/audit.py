@@ -1,23 +1,34 @@
-"""The audit vocabulary and the port every part records through.
+"""The audit vocabulary, the canonical form of an event, and chain verification.
 
 Each event is hash-chained: `hash = SHA-256(prev_hash || canonical(event))`, so an edited,
-deleted, inserted or reordered event breaks the chain at a point `verify` can name.
+deleted, inserted or reordered event breaks the chain at a point `ChainVerifier` can name.
 The closed list of event types lives here; adding one is a deliberate change.
+
+The canonical form (version 1, documented in docs/audit.md so an outside tool can check it):
+the UTF-8 bytes of the compact JSON array
+`[seq, ts, event_type, actor_type, actor_id, target, outcome, client_ip, user_agent,
+request_id, details]` where `ts` is the string `repr(float)` of the epoch seconds and
+`details` is the object serialised with sorted keys and no spaces. The store keeps `details`
+in exactly that text, so verification hashes the stored bytes without re-parsing them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 
 GENESIS_HASH = "0" * 64
+CANONICAL_VERSION = 1
 
 ActorType = Literal["user", "client", "admin", "system"]
 Outcome = Literal["success", "failure", "denied", "error"]
+ACTOR_TYPES: tuple[str, ...] = ("user", "client", "admin", "system")
+OUTCOMES: tuple[str, ...] = ("success", "failure", "denied", "error")
 
 
 class EventType(StrEnum):
@@ -74,6 +85,115 @@ class RequestContext:
 
 
 @dataclass(frozen=True)
+class PendingEvent:
+    """An event not yet placed in the chain (for `record_many`)."""
+
+    event_type: EventType
+    actor: Actor
+    target: str | None = None
+    outcome: Outcome = "success"
+    details: dict[str, Any] = field(default_factory=dict)
+    ctx: RequestContext | None = None
+
+
+# ------------------------------------------------------------------ canonical form
+
+# Keys whose value is never a thing the log may hold, whatever a caller passes by mistake.
+_SECRET_KEYS = frozenset(
+    {
+        "password", "passwd", "new_password", "secret", "client_secret", "access_token",
+        "refresh_token", "id_token", "token", "code", "code_verifier", "assertion",
+        "client_assertion", "subject_token", "actor_token", "logout_token", "private_key",
+        "authorization", "cookie", "secret_key",
+    }
+)  # fmt: skip
+# A JWS/JWT in compact form, or a PEM private key.
+SECRET_SHAPE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*|-----BEGIN [A-Z ]*PRIVATE KEY"
+)
+REDACTED = "[redacted]"
+
+
+def scrub_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Replaces values under secret-named keys and token-shaped strings with a marker, and
+    lists what it replaced under `_redacted`, so a careless caller cannot leak a secret into
+    an append-only log (where it could never be removed) and the gap stays visible."""
+    found: list[str] = []
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                sub = f"{path}.{key}" if path else str(key)
+                if str(key).lower() in _SECRET_KEYS and item not in (None, "", REDACTED):
+                    found.append(sub)
+                    out[key] = REDACTED
+                else:
+                    out[key] = clean(item, sub)
+            return out
+        if isinstance(value, list | tuple):
+            return [clean(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if isinstance(value, str) and SECRET_SHAPE.search(value):
+            found.append(path)
+            return REDACTED
+        return value
+
+    cleaned: dict[str, Any] = clean(details, "")
+    if found:
+        cleaned["_redacted"] = sorted(set(found))
+    return cleaned
+
+
+def canonical_details(details: dict[str, Any]) -> str:
+    """The stored and hashed text of `details` (raises ValueError for NaN/Infinity)."""
+    return json.dumps(
+        details,
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        allow_nan=False,
+        default=str,
+    )
+
+
+def canonical_tail(
+    *,
+    ts: float,
+    event_type: str,
+    actor_type: str,
+    actor_id: str | None,
+    target: str | None,
+    outcome: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    request_id: str | None,
+    details_json: str,
+) -> str:
+    """Everything of the canonical form after `seq`, so the slow part can be built before
+    the append lock is taken; `canonical_bytes` adds the sequence number in front."""
+    head = json.dumps(
+        [repr(float(ts)), event_type, actor_type, actor_id, target, outcome, client_ip,
+         user_agent, request_id],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )  # fmt: skip
+    return head[1:-1] + "," + details_json + "]"
+
+
+def canonical_bytes(seq: int, tail: str) -> bytes:
+    return f"[{seq},{tail}".encode()
+
+
+def chain_hash(prev_hash: str, canonical: bytes) -> str:
+    digest = hashlib.sha256(prev_hash.encode("ascii"))
+    digest.update(canonical)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------ stored events
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     seq: int
     ts: float
@@ -90,11 +210,32 @@ class AuditEvent:
     hash: str = ""
 
     def canonical(self) -> bytes:
-        """The bytes the hash covers: every field but `hash`, in a fixed order and form."""
-        body = {
+        """The bytes the hash covers: every field but `hash` and `prev_hash`."""
+        return canonical_bytes(self.seq, self._tail())
+
+    def _tail(self) -> str:
+        return canonical_tail(
+            ts=self.ts,
+            event_type=self.event_type,
+            actor_type=self.actor_type,
+            actor_id=self.actor_id,
+            target=self.target,
+            outcome=self.outcome,
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            request_id=self.request_id,
+            details_json=canonical_details(self.details),
+        )
+
+    def compute_hash(self) -> str:
+        return chain_hash(self.prev_hash, self.canonical())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The export form (JSON lines, API, archive): every field, hashes included."""
+        return {
             "seq": self.seq,
-            # repr of a float round-trips exactly; avoids locale and precision drift.
-            "ts": repr(float(self.ts)),
+            "ts": self.ts,
+            "time": iso_time(self.ts),
             "event_type": self.event_type,
             "actor_type": self.actor_type,
             "actor_id": self.actor_id,
@@ -104,30 +245,171 @@ class AuditEvent:
             "user_agent": self.user_agent,
             "request_id": self.request_id,
             "details": self.details,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
         }
-        return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def compute_hash(self) -> str:
-        return chain_hash(self.prev_hash, self.canonical())
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditEvent:
+        return cls(
+            seq=int(data["seq"]),
+            ts=float(data["ts"]),
+            event_type=str(data["event_type"]),
+            actor_type=str(data["actor_type"]),
+            actor_id=data.get("actor_id"),
+            target=data.get("target"),
+            outcome=str(data["outcome"]),
+            client_ip=data.get("client_ip"),
+            user_agent=data.get("user_agent"),
+            request_id=data.get("request_id"),
+            details=dict(data.get("details") or {}),
+            prev_hash=str(data["prev_hash"]),
+            hash=str(data["hash"]),
+        )
 
 
-def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    digest = hashlib.sha256()
-    digest.update(prev_hash.encode("ascii"))
-    digest.update(canonical)
-    return digest.hexdigest()
+def iso_time(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
-class PendingEvent:
-    """An event not yet placed in the chain (for `record_many`)."""
+class AuditFilter:
+    """What `search`, `export` and the API select; every field narrows, None means any."""
 
-    event_type: EventType
-    actor: Actor
+    event_types: tuple[str, ...] = ()
+    actor: str | None = None  # "type:id", "type" or a bare id
     target: str | None = None
-    outcome: Outcome = "success"
-    details: dict[str, Any] = field(default_factory=dict)
-    ctx: RequestContext | None = None
+    outcome: str | None = None
+    since: float | None = None  # inclusive
+    until: float | None = None  # exclusive
+
+
+# ------------------------------------------------------------------ verification
+
+# A stored row in the order the verifier reads it: the canonical fields with `details` as
+# its stored text, then prev_hash and hash.
+StoredRow = Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    seq: int
+    kind: Literal["missing", "altered", "unlinked"]
+    message: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    head_hash: str
+    problem: ChainBreak | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class ChainVerifier:
+    """Walks events in `seq` order (fed in chunks) and stops at the first broken link.
+
+    Three checks per event, most specific first: its seq follows the previous one (else
+    events were deleted), its content hashes to its stored hash (else it was edited, or
+    moved, since `seq` is part of the hashed content), and its `prev_hash` is the previous
+    event's hash (else something was inserted, deleted and renumbered, or reordered).
+    """
+
+    def __init__(self, *, first_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
+        self._expected_seq = first_seq
+        self._prev = prev_hash
+        self.first_seq: int | None = None
+        self.checked = 0
+        self.problem: ChainBreak | None = None
+
+    def feed(self, rows: Iterable[StoredRow]) -> bool:
+        """Checks rows; False once a break was found (later rows are ignored)."""
+        if self.problem is not None:
+            return False
+        expected, prev = self._expected_seq, self._prev
+        sha256, dumps = hashlib.sha256, json.dumps
+        checked = 0
+        try:
+            for row in rows:
+                seq = row[0]
+                if seq != expected:
+                    self.problem = _gap(expected, seq)
+                    return False
+                head = dumps(
+                    [repr(float(row[1])), *row[2:10]], ensure_ascii=False, separators=(",", ":")
+                )
+                canonical = f"[{seq},{head[1:-1]},{row[10]}]".encode()
+                digest = sha256(row[11].encode("ascii"))
+                digest.update(canonical)
+                if digest.hexdigest() != row[12]:
+                    self.problem = ChainBreak(
+                        seq,
+                        "altered",
+                        f"event {seq} does not match its hash: a field was edited "
+                        "or the event was moved to this position",
+                    )
+                    return False
+                if row[11] != prev:
+                    self.problem = ChainBreak(
+                        seq,
+                        "unlinked",
+                        f"event {seq} does not link to the event before it (its prev_hash "
+                        f"{row[11][:12]}... is not {prev[:12]}...): an event was inserted, "
+                        "deleted or reordered before it",
+                    )
+                    return False
+                if self.first_seq is None:
+                    self.first_seq = seq
+                prev = row[12]
+                expected = seq + 1
+                checked += 1
+        finally:
+            self.checked += checked
+            self._expected_seq, self._prev = expected, prev
+        return True
+
+    def report(self) -> VerifyReport:
+        last = self._expected_seq - 1 if self.checked else None
+        return VerifyReport(
+            checked=self.checked,
+            first_seq=self.first_seq,
+            last_seq=last,
+            head_hash=self._prev,
+            problem=self.problem,
+        )
+
+    @property
+    def next_seq(self) -> int:
+        return self._expected_seq
+
+    @property
+    def head_hash(self) -> str:
+        return self._prev
+
+
+def _gap(expected: int, seq: int) -> ChainBreak:
+    if seq > expected:
+        missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
+        return ChainBreak(
+            seq, "missing", f"event(s) {missing} are missing before event {seq}: deleted"
+        )
+    return ChainBreak(seq, "unlinked", f"event {seq} appears where {expected} was expected")
+
+
+def event_row(event: AuditEvent) -> tuple[Any, ...]:
+    """An `AuditEvent` (from an archive line) as the row the verifier reads."""
+    return (
+        event.seq, event.ts, event.event_type, event.actor_type, event.actor_id, event.target,
+        event.outcome, event.client_ip, event.user_agent, event.request_id,
+        canonical_details(event.details), event.prev_hash, event.hash,
+    )  # fmt: skip
 
 
 class Auditor(Protocol):
