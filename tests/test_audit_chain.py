@@ -263,7 +263,9 @@ def test_unknown_vocabulary_is_refused(services: Services) -> None:
     with pytest.raises(AuditError, match="outcome"):
         services.audit.record(EventType.LOGIN_FAILED, actor=Actor("user"), outcome="meh")  # type: ignore[arg-type]
     with pytest.raises(AuditError, match="not JSON"):
-        services.audit.record(EventType.LOGIN_FAILED, actor=Actor("user"), details={"x": float("nan")})
+        services.audit.record(
+            EventType.LOGIN_FAILED, actor=Actor("user"), details={"x": float("nan")}
+        )
     assert services.audit_log.count() == 0
 
 
