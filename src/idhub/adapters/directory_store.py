@@ -1,0 +1,599 @@
+"""Batched writes for directory sync: users, departments, groups, memberships, run records
+and the per-source lease.
+
+Sync writes tens of thousands of rows, so it does not go through the one-row-at-a-time
+identity store: each batch is one transaction of executemany statements. Subjects are made
+the same way as everywhere else (`new_subject`). Every write is keyed by (source, external
+id), so replaying a batch after a crash cannot create a duplicate.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from idhub.adapters.db import (
+    change_counters,
+    departments,
+    group_members,
+    groups,
+    sync_runs,
+    sync_state,
+    users,
+)
+from idhub.core.clock import Clock
+from idhub.core.directory import StoredUser, UserChange, plan_memberships
+from idhub.core.directory_mapping import SourceGroup, normalise_dn
+from idhub.core.directory_sync import PendingGroupChange, SyncState
+from idhub.core.identity import new_subject, parent_paths
+from idhub.errors import StorageError
+
+CHUNK = 500  # values per IN (...) list; well under every backend's parameter limit
+COUNTER = "directory"
+
+
+def lease_owner() -> str:
+    """host:pid:random, so a holder that died on this host can be recognised."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def _holder_is_dead(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _chunks(values: Collection[Any]) -> Iterator[list[Any]]:
+    items = list(values)
+    for start in range(0, len(items), CHUNK):
+        yield items[start : start + CHUNK]
+
+
+class SqlDirectoryStore:
+    def __init__(self, engine: Engine, clock: Clock) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    # ------------------------------------------------------------ lease and runs
+
+    def acquire_lease(self, source: str, owner: str, *, ttl: float) -> str | None:
+        now = self._clock.now()
+        try:
+            with self._engine.begin() as conn:
+                row = conn.execute(
+                    select(sync_state.c.lock_owner, sync_state.c.lock_expires_at).where(
+                        sync_state.c.source == source
+                    )
+                ).first()
+                if row is None:
+                    try:
+                        with conn.begin_nested():
+                            conn.execute(
+                                insert(sync_state).values(
+                                    source=source, lock_owner=owner, lock_expires_at=now + ttl
+                                )
+                            )
+                        return ""
+                    except IntegrityError:
+                        row = conn.execute(
+                            select(sync_state.c.lock_owner, sync_state.c.lock_expires_at).where(
+                                sync_state.c.source == source
+                            )
+                        ).first()
+                        assert row is not None
+                holder, expires = row
+                free = (
+                    holder is None
+                    or holder == owner
+                    or (expires or 0) < now
+                    or _holder_is_dead(holder)
+                )
+                if not free:
+                    return None
+                # Conditional on the holder we saw: two replicas racing cannot both win.
+                condition = (
+                    sync_state.c.lock_owner.is_(None)
+                    if holder is None
+                    else sync_state.c.lock_owner == holder
+                )
+                taken = conn.execute(
+                    update(sync_state)
+                    .where(sync_state.c.source == source, condition)
+                    .values(lock_owner=owner, lock_expires_at=now + ttl)
+                ).rowcount
+                if taken != 1:
+                    return None
+                return holder if holder not in (None, owner) else ""
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot take the sync lease for {source}: {exc}") from exc
+
+    def renew_lease(self, source: str, owner: str, *, ttl: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(sync_state)
+                .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
+                .values(lock_expires_at=self._clock.now() + ttl)
+            )
+
+    def release_lease(self, source: str, owner: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(sync_state)
+                .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
+                .values(lock_owner=None, lock_expires_at=None)
+            )
+
+    def start_run(self, run_id: str, source: str, *, mode: str, dry_run: bool) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                insert(sync_runs).values(
+                    id=run_id,
+                    source=source,
+                    mode=mode,
+                    dry_run=dry_run,
+                    status="running",
+                    started_at=self._clock.now(),
+                    counts={},
+                )
+            )
+
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        counts: Mapping[str, Any],
+        error: str | None,
+        mode: str | None = None,
+    ) -> None:
+        values: dict[str, Any] = {
+            "status": status,
+            "finished_at": self._clock.now(),
+            "counts": dict(counts),
+            "error": error,
+        }
+        if mode is not None:
+            values["mode"] = mode
+        with self._engine.begin() as conn:
+            conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
+
+    def fail_stale_runs(self, source: str) -> int:
+        with self._engine.begin() as conn:
+            return int(
+                conn.execute(
+                    update(sync_runs)
+                    .where(
+                        sync_runs.c.source == source,
+                        sync_runs.c.status == "running",
+                        sync_runs.c.dry_run.is_(False),
+                    )
+                    .values(
+                        status="failed",
+                        finished_at=self._clock.now(),
+                        error="interrupted (the process running it stopped)",
+                    )
+                ).rowcount
+            )
+
+    def recent_runs(self, source: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+        query = select(sync_runs).order_by(sync_runs.c.started_at.desc()).limit(limit)
+        if source is not None:
+            query = query.where(sync_runs.c.source == source)
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def state(self, source: str) -> SyncState:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(sync_state).where(sync_state.c.source == source)).first()
+            id_check = conn.execute(
+                select(func.max(sync_runs.c.started_at)).where(
+                    sync_runs.c.source == source,
+                    sync_runs.c.status == "succeeded",
+                    sync_runs.c.dry_run.is_(False),
+                    sync_runs.c.mode.in_(("full", "reconcile")),
+                )
+            ).scalar()
+        if row is None:
+            return SyncState(last_id_check_at=id_check)
+        return SyncState(
+            high_water=row.high_water,
+            last_full_at=row.last_full_at,
+            last_incremental_at=row.last_incremental_at,
+            last_id_check_at=id_check,
+        )
+
+    def all_states(self) -> list[dict[str, Any]]:
+        with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(select(sync_state))]
+
+    def save_state(self, source: str, *, high_water: str | None, full: bool) -> None:
+        now = self._clock.now()
+        values: dict[str, Any] = {"high_water": high_water}
+        values["last_full_at" if full else "last_incremental_at"] = now
+        with self._engine.begin() as conn:
+            conn.execute(update(sync_state).where(sync_state.c.source == source).values(**values))
+
+    # ------------------------------------------------------------ users
+
+    def stored_users(
+        self, source: str, external_ids: Collection[str] | None = None
+    ) -> dict[str, StoredUser]:
+        query = (
+            select(
+                users.c.id,
+                users.c.sub,
+                users.c.external_id,
+                users.c.username,
+                users.c.display_name,
+                users.c.email,
+                users.c.phone,
+                users.c.employee_id,
+                departments.c.path,
+                users.c.dn,
+                users.c.disabled,
+                users.c.disabled_reason,
+            )
+            .select_from(users.outerjoin(departments, users.c.department_id == departments.c.id))
+            .where(users.c.source == source)
+        )
+        out: dict[str, StoredUser] = {}
+        with self._engine.connect() as conn:
+            if external_ids is None:
+                rows: Any = conn.execute(query)
+                self._collect(rows, out)
+            else:
+                for chunk in _chunks(external_ids):
+                    self._collect(conn.execute(query.where(users.c.external_id.in_(chunk))), out)
+        return out
+
+    @staticmethod
+    def _collect(rows: Any, out: dict[str, StoredUser]) -> None:
+        for r in rows:
+            out[r[2]] = StoredUser(
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11]
+            )
+
+    def enabled_ids(self, source: str) -> set[str]:
+        with self._engine.connect() as conn:
+            return set(
+                conn.execute(
+                    select(users.c.external_id).where(
+                        users.c.source == source, users.c.disabled.is_(False)
+                    )
+                ).scalars()
+            )
+
+    def usernames_taken(self, usernames: Collection[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self._engine.connect() as conn:
+            for chunk in _chunks(usernames):
+                for name, src, ext in conn.execute(
+                    select(users.c.username, users.c.source, users.c.external_id).where(
+                        users.c.username.in_(chunk)
+                    )
+                ):
+                    out[name] = f"{src}|{ext or ''}"
+        return out
+
+    def apply_users(
+        self, changes: Sequence[UserChange], *, source: str, department_ids: Mapping[str, int]
+    ) -> None:
+        now = self._clock.now()
+        creates: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        gone: list[dict[str, Any]] = []
+        for change in changes:
+            entry = change.entry
+            disabled = change.disabled_reason is not None
+            state = {
+                "disabled": disabled,
+                "disabled_reason": change.disabled_reason,
+                "disabled_at": now if disabled else None,
+            }
+            if entry is None:
+                gone.append({"_id": change.user_id, **{f"v_{k}": v for k, v in state.items()}})
+                continue
+            fields = {
+                "username": entry.username,
+                "display_name": entry.display_name,
+                "email": entry.email,
+                "phone": entry.phone,
+                "employee_id": entry.employee_id,
+                "department_id": department_ids.get(entry.department) if entry.department else None,
+                "dn": entry.dn,
+                "updated_at": now,
+                **state,
+            }
+            if change.kind == "create":
+                creates.append(
+                    {
+                        **fields,
+                        "sub": new_subject(),
+                        "source": source,
+                        "external_id": entry.external_id,
+                        "password_hash": None,
+                        "failed_logins": 0,
+                        "attributes": {},
+                        "created_at": now,
+                    }
+                )
+            else:
+                if (
+                    change.kind not in ("disable", "enable")
+                    and "disabled_reason" not in change.fields
+                ):
+                    # Keep the disabled time of users this change does not enable or disable.
+                    fields.pop("disabled_at")
+                updates.append({"_id": change.user_id, **fields})
+        try:
+            with self._engine.begin() as conn:
+                if creates:
+                    conn.execute(insert(users), creates)
+                if updates:
+                    self._executemany_update(conn, updates)
+                if gone:
+                    conn.execute(
+                        update(users)
+                        .where(users.c.id == bindparam("_id"))
+                        .values(
+                            disabled=bindparam("v_disabled"),
+                            disabled_reason=bindparam("v_disabled_reason"),
+                            disabled_at=bindparam("v_disabled_at"),
+                            updated_at=now,
+                        ),
+                        gone,
+                    )
+        except SQLAlchemyError as exc:
+            raise StorageError(f"directory sync could not write users: {exc}") from exc
+
+    @staticmethod
+    def _executemany_update(conn: Any, rows: list[dict[str, Any]]) -> None:
+        # executemany needs one statement shape: group rows by the columns they set.
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            shapes.setdefault(tuple(sorted(k for k in row if k != "_id")), []).append(row)
+        for keys, batch in shapes.items():
+            # Bind names must differ from column names in an UPDATE's SET clause.
+            statement = (
+                update(users)
+                .where(users.c.id == bindparam("_id"))
+                .values(**{k: bindparam(f"v_{k}") for k in keys})
+            )
+            conn.execute(
+                statement, [{"_id": r["_id"], **{f"v_{k}": r[k] for k in keys}} for r in batch]
+            )
+
+    def user_ids_by_dn(self, source: str) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            return {
+                normalise_dn(dn): uid
+                for uid, dn in conn.execute(
+                    select(users.c.id, users.c.dn).where(
+                        users.c.source == source, users.c.dn.is_not(None)
+                    )
+                )
+            }
+
+    # ------------------------------------------------------------ departments
+
+    def missing_departments(self, paths: Collection[str]) -> set[str]:
+        found: set[str] = set()
+        with self._engine.connect() as conn:
+            for chunk in _chunks(paths):
+                found.update(
+                    conn.execute(
+                        select(departments.c.path).where(departments.c.path.in_(chunk))
+                    ).scalars()
+                )
+        return set(paths) - found
+
+    def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]:
+        """path -> id for every path given (and its ancestors), creating the missing ones."""
+        wanted = {p for path in paths for p in parent_paths(path)}
+        ids: dict[str, int] = {}
+        now = self._clock.now()
+        try:
+            with self._engine.begin() as conn:
+                for chunk in _chunks(wanted):
+                    for path, dept_id in conn.execute(
+                        select(departments.c.path, departments.c.id).where(
+                            departments.c.path.in_(chunk)
+                        )
+                    ):
+                        ids[path] = dept_id
+                for path in sorted(wanted - set(ids), key=lambda p: p.count("/")):
+                    parent = path.rsplit("/", 1)[0]
+                    ids[path] = conn.execute(
+                        insert(departments)
+                        .values(
+                            name=path.rsplit("/", 1)[1],
+                            parent_id=ids.get(parent) if parent else None,
+                            path=path,
+                            source=source,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(departments.c.id)
+                    ).scalar_one()
+        except SQLAlchemyError as exc:
+            raise StorageError(f"directory sync could not create departments: {exc}") from exc
+        return ids
+
+    def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]:
+        changed: dict[str, tuple[Any, Any]] = {}
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            for chunk in _chunks(managers):
+                for path, current in conn.execute(
+                    select(departments.c.path, departments.c.manager_user_id).where(
+                        departments.c.path.in_(chunk)
+                    )
+                ):
+                    if current != managers[path]:
+                        changed[path] = (current, managers[path])
+            if changed:
+                conn.execute(
+                    update(departments)
+                    .where(departments.c.path == bindparam("_path"))
+                    .values(manager_user_id=bindparam("manager"), updated_at=now),
+                    [{"_path": p, "manager": after} for p, (_, after) in changed.items()],
+                )
+        return changed
+
+    # ------------------------------------------------------------ groups
+
+    def sync_groups(
+        self, source: str, listing: Sequence[SourceGroup], members: Mapping[str, set[int]]
+    ) -> tuple[dict[str, Any], list[str], list[PendingGroupChange]]:
+        now = self._clock.now()
+        warnings: list[str] = []
+        changes: list[PendingGroupChange] = []
+        with self._engine.begin() as conn:
+            existing = {
+                r.external_id: r
+                for r in conn.execute(
+                    select(groups.c.id, groups.c.name, groups.c.external_id, groups.c.dn).where(
+                        groups.c.source == source
+                    )
+                )
+            }
+            names = {g.name for g in listing}
+            others: set[str] = set()
+            for chunk in _chunks(names):
+                others.update(
+                    conn.execute(
+                        select(groups.c.name).where(
+                            groups.c.name.in_(chunk), groups.c.source != source
+                        )
+                    ).scalars()
+                )
+            ids: dict[str, int] = {}
+            created: set[int] = set()
+            for group in listing:
+                if group.name in others:
+                    warnings.append(f"group {group.name!r} exists from another source; skipped")
+                    continue
+                row = existing.get(group.external_id)
+                if row is None:
+                    gid = conn.execute(
+                        insert(groups)
+                        .values(
+                            name=group.name,
+                            source=source,
+                            external_id=group.external_id,
+                            dn=group.dn,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(groups.c.id)
+                    ).scalar_one()
+                    created.add(gid)
+                elif row.name != group.name or row.dn != group.dn:
+                    conn.execute(
+                        update(groups)
+                        .where(groups.c.id == row.id)
+                        .values(name=group.name, dn=group.dn, updated_at=now)
+                    )
+                    gid = row.id
+                else:
+                    gid = row.id
+                ids[group.external_id] = gid
+            vanished = [r for ext, r in existing.items() if ext not in ids]
+            current: dict[int, set[int]] = {}
+            for gid, uid in conn.execute(
+                select(group_members.c.group_id, group_members.c.user_id)
+                .select_from(group_members.join(groups, groups.c.id == group_members.c.group_id))
+                .where(groups.c.source == source)
+            ):
+                current.setdefault(gid, set()).add(uid)
+            desired = {ids[ext]: set(members.get(ext, set())) for ext in ids}
+            adds, removes = plan_memberships(
+                desired, {g: u for g, u in current.items() if g in desired}
+            )
+            if adds:
+                conn.execute(
+                    insert(group_members), [{"group_id": g, "user_id": u} for g, u in adds]
+                )
+            if removes:
+                conn.execute(
+                    delete(group_members).where(
+                        and_(
+                            group_members.c.group_id == bindparam("g"),
+                            group_members.c.user_id == bindparam("u"),
+                        )
+                    ),
+                    [{"g": g, "u": u} for g, u in removes],
+                )
+            for row in vanished:
+                conn.execute(delete(group_members).where(group_members.c.group_id == row.id))
+                conn.execute(delete(groups).where(groups.c.id == row.id))
+        name_of = {gid: g.name for g in listing if (gid := ids.get(g.external_id)) is not None}
+        added: dict[int, list[int]] = {}
+        removed: dict[int, list[int]] = {}
+        for g, u in adds:
+            added.setdefault(g, []).append(u)
+        for g, u in removes:
+            removed.setdefault(g, []).append(u)
+        for gid in sorted(set(added) | set(removed) | created):
+            changes.append(
+                PendingGroupChange(
+                    group=name_of[gid],
+                    added=tuple(added.get(gid, ())),
+                    removed=tuple(removed.get(gid, ())),
+                    created=gid in created,
+                )
+            )
+        for row in vanished:
+            changes.append(
+                PendingGroupChange(
+                    group=row.name,
+                    added=(),
+                    removed=tuple(sorted(current.get(row.id, ()))),
+                    deleted=True,
+                )
+            )
+        counts = {
+            "groups_created": len(created),
+            "groups_deleted": len(vanished),
+            "memberships_added": len(adds),
+            "memberships_removed": len(removes),
+        }
+        return counts, warnings, changes
+
+    def bump_directory_counter(self) -> None:
+        with self._engine.begin() as conn:
+            bumped = conn.execute(
+                update(change_counters)
+                .where(change_counters.c.name == COUNTER)
+                .values(value=change_counters.c.value + 1)
+            ).rowcount
+            if not bumped:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(change_counters).values(name=COUNTER, value=1))
+                except IntegrityError:
+                    conn.execute(
+                        update(change_counters)
+                        .where(change_counters.c.name == COUNTER)
+                        .values(value=change_counters.c.value + 1)
+                    )
+
+    def directory_counter(self) -> int:
+        with self._engine.connect() as conn:
+            value = conn.execute(
+                select(change_counters.c.value).where(change_counters.c.name == COUNTER)
+            ).scalar()
+        return int(value or 0)

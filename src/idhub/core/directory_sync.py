@@ -1,0 +1,514 @@
+"""Running a directory sync: read the source, plan, check the brake, apply in batches.
+
+The source (`adapters/ldap.py`), the store (`adapters/directory_store.py`), the audit port
+and the logout service come in through the small Protocols below, so this module holds the
+order of things and nothing about LDAP or SQL.
+
+Order matters for safety and for kill -9: the whole plan is built before the first write (the
+brake can only refuse a plan it has seen whole); writes go in batches, each its own
+transaction keyed by the stable external id, so an interrupted run leaves a consistent prefix
+and the next run plans only what is still missing; the high-water mark moves only after
+a run finished, so nothing is skipped after a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from idhub.core.audit import Actor, EventType, PendingEvent
+from idhub.core.clock import Clock
+from idhub.core.directory import (
+    StoredUser,
+    SyncPlan,
+    UserChange,
+    check_brake,
+    check_username_conflicts,
+    plan_gone,
+    plan_user,
+    resolve_memberships,
+)
+from idhub.core.directory_mapping import (
+    ChangeMark,
+    SourceDepartment,
+    SourceGroup,
+    SourceUser,
+    later_mark,
+    normalise_dn,
+)
+from idhub.core.identity import parent_paths
+from idhub.errors import Conflict, DirectoryError, SyncAborted
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+LEASE_SECONDS = 120.0
+Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: unknown)
+
+
+class TruncatedResult(DirectoryError):
+    """The directory stopped a search early (size/time limit): the listing is partial."""
+
+    code = "directory_truncated"
+
+    def __init__(self, message: str, *, seen: int) -> None:
+        super().__init__(message)
+        self.seen = seen
+
+
+class UserPageLike(Protocol):
+    users: list[SourceUser]
+    problems: list[str]
+
+
+class DirectorySource(Protocol):
+    def user_pages(self, since: str | None = None) -> Iterator[UserPageLike]: ...
+    def user_id_pages(self) -> Iterator[list[str]]: ...
+    def groups(self, since: str | None = None) -> tuple[list[SourceGroup], list[str]]: ...
+    def departments(self, since: str | None = None) -> list[SourceDepartment]: ...
+    def member_of(self) -> dict[str, tuple[str, ...]]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SyncState:
+    high_water: str | None = None
+    last_full_at: float | None = None
+    last_incremental_at: float | None = None
+    last_id_check_at: float | None = None
+
+
+class SyncStore(Protocol):
+    def acquire_lease(self, source: str, owner: str, *, ttl: float) -> str | None:
+        """None when taken; otherwise the owner that held it before (or "")."""
+        ...
+
+    def renew_lease(self, source: str, owner: str, *, ttl: float) -> None: ...
+    def release_lease(self, source: str, owner: str) -> None: ...
+    def start_run(self, run_id: str, source: str, *, mode: str, dry_run: bool) -> None: ...
+    def finish_run(
+        self,
+        run_id: str,
+        *,
+        status: str,
+        counts: Mapping[str, Any],
+        error: str | None,
+        mode: str | None = None,
+    ) -> None: ...
+    def fail_stale_runs(self, source: str) -> int: ...
+    def state(self, source: str) -> SyncState: ...
+    def save_state(self, source: str, *, high_water: str | None, full: bool) -> None: ...
+    def stored_users(
+        self, source: str, external_ids: Collection[str] | None = None
+    ) -> dict[str, StoredUser]: ...
+    def enabled_ids(self, source: str) -> set[str]: ...
+    def usernames_taken(self, usernames: Collection[str]) -> dict[str, str]: ...
+    def missing_departments(self, paths: Collection[str]) -> set[str]: ...
+    def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]: ...
+    def apply_users(
+        self, changes: Sequence[UserChange], *, source: str, department_ids: Mapping[str, int]
+    ) -> None: ...
+    def user_ids_by_dn(self, source: str) -> dict[str, int]: ...
+    def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]: ...
+    def sync_groups(
+        self, source: str, groups: Sequence[SourceGroup], members: Mapping[str, set[int]]
+    ) -> tuple[dict[str, Any], list[str], list[PendingGroupChange]]: ...
+    def bump_directory_counter(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PendingGroupChange:
+    group: str
+    added: tuple[int, ...]
+    removed: tuple[int, ...]
+    created: bool = False
+    deleted: bool = False
+
+
+class AuditPort(Protocol):
+    def record_many(self, events: Sequence[PendingEvent]) -> None: ...
+
+
+class SessionTerminator(Protocol):
+    def logout_user_everywhere(
+        self, user_id: int, *, reason: str, actor: Actor, ctx: Any = None
+    ) -> int: ...
+
+
+@dataclass
+class SyncReport:
+    run_id: str
+    source: str
+    mode: str
+    dry_run: bool
+    status: str  # succeeded / aborted / failed / planned
+    plan: SyncPlan
+    counts: dict[str, Any]
+    error: str | None = None
+
+    def as_dict(self, *, limit: int | None = None) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "dry_run": self.dry_run,
+            "error": self.error,
+            **self.plan.as_dict(limit=limit),
+            "counts": self.counts,
+        }
+
+
+class DirectorySync:
+    """Syncs one source. Construct per run or keep; it holds no per-run state between runs."""
+
+    def __init__(
+        self,
+        *,
+        source_name: str,
+        directory: DirectorySource,
+        store: SyncStore,
+        audit: AuditPort,
+        clock: Clock,
+        logout: SessionTerminator | None,
+        max_disable_ratio: float,
+        change_mark: ChangeMark,
+        membership: str,
+        id_check_interval: float,
+        owner: str,
+    ) -> None:
+        self.source = source_name
+        self._dir = directory
+        self._store = store
+        self._audit = audit
+        self._clock = clock
+        self._logout = logout
+        self._ratio = max_disable_ratio
+        self._mark: ChangeMark = change_mark
+        self._membership = membership
+        self._id_interval = id_check_interval
+        self._owner = owner
+        self._actor = Actor("system", f"sync:{source_name}")
+
+    # ------------------------------------------------------------ entry point
+
+    def run(
+        self,
+        *,
+        full: bool = False,
+        dry_run: bool = False,
+        force: bool = False,
+        progress: Progress | None = None,
+    ) -> SyncReport:
+        progress = progress or (lambda phase, done, total: None)
+        state = self._store.state(self.source)
+        mode = "full" if (full or state.high_water is None) else "incremental"
+        run_id = secrets.token_hex(8)
+        if not dry_run:
+            previous = self._store.acquire_lease(self.source, self._owner, ttl=LEASE_SECONDS)
+            if previous is None:
+                raise Conflict(f"{self.source} is being synced by another process; try later")
+            if previous:
+                # The last holder died (kill -9, crash): its run row still says "running".
+                self._store.fail_stale_runs(self.source)
+        self._store.start_run(run_id, self.source, mode=mode, dry_run=dry_run)
+        try:
+            plan = self._plan(mode, state, progress)
+            if plan.brake is not None and not force:
+                return self._finish(run_id, plan, dry_run, status="aborted", error=plan.brake)
+            if dry_run:
+                return self._finish(run_id, plan, dry_run, status="planned")
+            counts = self._apply(run_id, plan, progress)
+            self._store.save_state(self.source, high_water=plan.high_water, full=mode == "full")
+            return self._finish(run_id, plan, dry_run, status="succeeded", extra=counts)
+        except SyncAborted:
+            raise
+        except Exception as exc:
+            message = (
+                str(exc) if isinstance(exc, DirectoryError) else f"{type(exc).__name__}: {exc}"
+            )
+            self._store.finish_run(run_id, status="failed", counts={}, error=message[:2000])
+            self._record_run(run_id, mode, "failed", {}, message, dry_run)
+            raise
+        finally:
+            self._dir.close()
+            if not dry_run:
+                self._store.release_lease(self.source, self._owner)
+
+    def _finish(
+        self,
+        run_id: str,
+        plan: SyncPlan,
+        dry_run: bool,
+        *,
+        status: str,
+        error: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> SyncReport:
+        counts: dict[str, Any] = {**plan.counts(), **(extra or {})}
+        self._store.finish_run(run_id, status=status, counts=counts, error=error, mode=plan.mode)
+        self._record_run(run_id, plan.mode, status, counts, error, dry_run)
+        report = SyncReport(run_id, self.source, plan.mode, dry_run, status, plan, counts, error)
+        if status == "aborted":
+            raise SyncAborted(error or "the sync was stopped by its safety brake")
+        return report
+
+    def _record_run(
+        self,
+        run_id: str,
+        mode: str,
+        status: str,
+        counts: Mapping[str, Any],
+        error: str | None,
+        dry_run: bool,
+    ) -> None:
+        outcome = {"succeeded": "success", "planned": "success", "aborted": "denied"}.get(
+            status, "error"
+        )
+        self._audit.record_many(
+            [
+                PendingEvent(
+                    EventType.SYNC_RUN,
+                    actor=self._actor,
+                    target=f"source:{self.source}",
+                    outcome=outcome,  # type: ignore[arg-type]
+                    details={
+                        "source": self.source,
+                        "run_id": run_id,
+                        "mode": mode,
+                        "status": status,
+                        "dry_run": dry_run,
+                        "counts": dict(counts),
+                        "error": error,
+                    },
+                )
+            ]
+        )
+
+    # ------------------------------------------------------------ planning
+
+    def _plan(self, mode: str, state: SyncState, progress: Progress) -> SyncPlan:
+        plan = SyncPlan(source=self.source, mode=mode)
+        since = None if mode == "full" else state.high_water
+        high = state.high_water if mode == "incremental" else None
+        entries: list[SourceUser] = []
+        seen_ids: set[str] = set()
+        try:
+            for page in self._dir.user_pages(since):
+                entries.extend(page.users)
+                plan.warnings.extend(page.problems)
+                plan.entries_seen += len(page.users) + len(page.problems)
+                for entry in page.users:
+                    seen_ids.add(entry.external_id)
+                    high = later_mark(high, entry.modified, self._mark)
+                progress("read", plan.entries_seen, None)
+        except TruncatedResult as exc:
+            plan.complete = False
+            plan.entries_seen = exc.seen
+            plan.brake = check_brake(
+                plan, enabled_in_store=0, max_disable_ratio=self._ratio, full_listing=True
+            )
+            return plan
+
+        stored = self._store.stored_users(
+            self.source, None if mode == "full" else {e.external_id for e in entries}
+        )
+        changes = [c for e in entries if (c := plan_user(stored.get(e.external_id), e))]
+        dn_changed = any(c.kind == "create" or "dn" in c.fields for c in changes)
+
+        full_listing = mode == "full"
+        if mode == "full":
+            enabled_in_store = sum(1 for s in stored.values() if not s.disabled)
+            gone = [s for ext, s in stored.items() if ext not in seen_ids]
+        else:
+            enabled_in_store, gone = self._id_pass(plan, state)
+            full_listing = enabled_in_store >= 0
+            enabled_in_store = max(enabled_in_store, 0)
+            if not plan.complete:
+                plan.brake = check_brake(
+                    plan,
+                    enabled_in_store=enabled_in_store,
+                    max_disable_ratio=self._ratio,
+                    full_listing=True,
+                )
+                return plan
+        changes.extend(c for s in gone if (c := plan_gone(s)))
+        del stored
+        if not enabled_in_store and any(c.kind == "disable" for c in changes):
+            enabled_in_store = len(self._store.enabled_ids(self.source))
+
+        changes, warnings = check_username_conflicts(
+            changes,
+            self._store.usernames_taken(
+                {c.username for c in changes if c.kind == "create" or "username" in c.fields}
+            ),
+        )
+        plan.warnings.extend(warnings)
+        plan.changes = changes
+
+        departments = self._dir.departments(since)
+        for department in departments:
+            high = later_mark(high, department.modified, self._mark)
+        wanted_paths = {
+            p
+            for c in changes
+            if c.entry and c.entry.department
+            for p in parent_paths(c.entry.department)
+        }
+        wanted_paths |= {p for d in departments for p in parent_paths(d.path)}
+        plan.new_departments = self._store.missing_departments(wanted_paths)
+        plan.managers = {d.path: d.manager_dn for d in departments}
+
+        changed_groups, problems = self._dir.groups(since) if since else ([], [])
+        for group in changed_groups:
+            high = later_mark(high, group.modified, self._mark)
+        users_changed = bool(entries) if self._membership == "memberOf" else dn_changed
+        if mode == "full" or changed_groups or users_changed:
+            groups, problems = self._dir.groups(None)
+            for group in groups:
+                high = later_mark(high, group.modified, self._mark)
+            plan.groups = groups
+        plan.warnings.extend(problems)
+        plan.high_water = high
+        plan.brake = check_brake(
+            plan,
+            enabled_in_store=enabled_in_store,
+            max_disable_ratio=self._ratio,
+            full_listing=full_listing,
+        )
+        return plan
+
+    def _id_pass(self, plan: SyncPlan, state: SyncState) -> tuple[int, list[StoredUser]]:
+        """Finds users gone from the source by listing only ids. (-1, []) when not due."""
+        last = max(state.last_id_check_at or 0.0, state.last_full_at or 0.0)
+        if self._clock.now() - last < self._id_interval:
+            return -1, []
+        plan.mode = "reconcile"
+        present: set[str] = set()
+        try:
+            for ids in self._dir.user_id_pages():
+                present.update(ids)
+        except TruncatedResult as exc:
+            plan.complete = False
+            plan.entries_seen = exc.seen
+            return 0, []
+        enabled = self._store.enabled_ids(self.source)
+        plan.entries_seen = max(plan.entries_seen, len(present))
+        missing = enabled - present
+        if not present:
+            plan.entries_seen = 0
+        stored = self._store.stored_users(self.source, missing) if missing else {}
+        return len(enabled), list(stored.values())
+
+    # ------------------------------------------------------------ applying
+
+    def _apply(self, run_id: str, plan: SyncPlan, progress: Progress) -> dict[str, Any]:
+        counts: dict[str, Any] = {}
+        directory_changed = False
+        events: list[PendingEvent] = []
+        if plan.new_departments:
+            self._store.ensure_departments(sorted(plan.new_departments), source=self.source)
+            directory_changed = True
+            events.extend(
+                self._event(
+                    run_id, f"department:{p}", {"kind": "department_created", "path": [None, p]}
+                )
+                for p in sorted(plan.new_departments)
+            )
+        paths = {c.entry.department for c in plan.changes if c.entry and c.entry.department}
+        department_ids = self._store.ensure_departments(paths, source=self.source) if paths else {}
+        total = len(plan.changes)
+        disabled_ids: list[int] = []
+        for start in range(0, total, BATCH):
+            batch = plan.changes[start : start + BATCH]
+            self._store.apply_users(batch, source=self.source, department_ids=department_ids)
+            events.extend(self._user_event(run_id, c) for c in batch)
+            self._audit.record_many(events)
+            events = []
+            disabled_ids.extend(c.user_id for c in batch if c.kind == "disable" and c.user_id)
+            if any("department" in c.fields for c in batch):
+                directory_changed = True
+            self._store.renew_lease(self.source, self._owner, ttl=LEASE_SECONDS)
+            progress("apply", min(start + BATCH, total), total)
+
+        dn_index: dict[str, int] | None = None
+        if plan.managers:
+            dn_index = self._store.user_ids_by_dn(self.source)
+            wanted = {
+                path: (dn_index.get(normalise_dn(dn)) if dn else None)
+                for path, dn in plan.managers.items()
+            }
+            moved = self._store.set_managers(wanted)
+            for path, (before, after) in moved.items():
+                events.append(
+                    self._event(
+                        run_id,
+                        f"department:{path}",
+                        {"kind": "manager", "manager_user_id": [before, after]},
+                    )
+                )
+            counts["managers_changed"] = len(moved)
+            directory_changed = directory_changed or bool(moved)
+
+        if plan.groups is not None:
+            dn_index = dn_index if dn_index is not None else self._store.user_ids_by_dn(self.source)
+            member_of = self._dir.member_of() if self._membership == "memberOf" else None
+            resolved = resolve_memberships(plan.groups, member_of)
+            members = {
+                ext: {dn_index[m] for m in dns if m in dn_index} for ext, dns in resolved.items()
+            }
+            group_counts, warnings, group_changes = self._store.sync_groups(
+                self.source, plan.groups, members
+            )
+            plan.warnings.extend(warnings)
+            counts.update(group_counts)
+            for change in group_changes:
+                events.append(
+                    self._event(
+                        run_id,
+                        f"group:{change.group}",
+                        {
+                            "kind": "group_deleted"
+                            if change.deleted
+                            else ("group_created" if change.created else "membership"),
+                            "members_added": list(change.added),
+                            "members_removed": list(change.removed),
+                        },
+                    )
+                )
+            directory_changed = directory_changed or bool(group_changes)
+        for start in range(0, len(events), BATCH):
+            self._audit.record_many(events[start : start + BATCH])
+        if directory_changed:
+            self._store.bump_directory_counter()
+
+        ended = 0
+        if self._logout is not None:
+            for user_id in disabled_ids:
+                ended += self._logout.logout_user_everywhere(
+                    user_id, reason="directory_deprovisioned", actor=self._actor
+                )
+        elif disabled_ids:
+            log.warning("no logout service: %d disabled users keep sessions", len(disabled_ids))
+        counts["sessions_ended"] = ended
+        return counts
+
+    def _event(self, run_id: str, target: str, details: dict[str, Any]) -> PendingEvent:
+        return PendingEvent(
+            EventType.SYNC_CHANGE,
+            actor=self._actor,
+            target=target,
+            details={"source": self.source, "run_id": run_id, **details},
+        )
+
+    def _user_event(self, run_id: str, change: UserChange) -> PendingEvent:
+        return self._event(
+            run_id,
+            f"user:{change.username}",
+            {
+                "kind": change.kind,
+                "external_id": change.external_id,
+                "changes": {k: [b, a] for k, (b, a) in change.fields.items()},
+            },
+        )
