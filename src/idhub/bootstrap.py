@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -18,6 +18,12 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.logout_delivery import DeliveryWorker
+    from idhub.adapters.session_store import SqlSessionStore
+    from idhub.core.authenticator import Authenticator
+    from idhub.core.logout import LogoutService
+    from idhub.core.passwords import PasswordHasher
+    from idhub.core.sessions import SsoSessions
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.core.audit import Auditor
@@ -48,6 +54,9 @@ class Services:
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
         # --- sessions/login hooks (demo users, logout delivery worker) ---
+        self.demo_steps.append(self._seed_demo)
+        self.startup_hooks.append(self._start_logout_worker)
+        self.shutdown_hooks.append(self._stop_logout_worker)
         # --- authorization hooks (policy load/watch, readiness) ---
         # --- directory sync hooks (scheduler) ---
         # --- audit hooks (sinks) ---
@@ -89,6 +98,78 @@ class Services:
     # --- oidc: keys, clients, tokens ---------------------------------------------------------
 
     # --- sessions, login, logout ---------------------------------------------------------------
+
+    @cached_property
+    def password_hasher(self) -> PasswordHasher:
+        from idhub.core.passwords import PasswordHasher
+
+        return PasswordHasher()
+
+    @cached_property
+    def session_store(self) -> SqlSessionStore:
+        from idhub.adapters.session_store import SqlSessionStore
+
+        return SqlSessionStore(self.engine)
+
+    @cached_property
+    def sessions(self) -> SsoSessions:
+        from idhub.core.sessions import SsoSessions
+
+        return SsoSessions(self.session_store, self.clock, ttl=self.settings.tokens.session_ttl)
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        from idhub.core.authenticator import Authenticator
+        from idhub.core.passwords import LocalPasswordVerifier
+
+        def verifier_for(source: str) -> Any:
+            # Filled by the directory area (contract 6); absent until a directory is configured.
+            return dict(getattr(self, "password_verifiers", None) or {}).get(source)
+
+        return Authenticator(
+            users=self.identity,
+            local_verifier=LocalPasswordVerifier(self.identity, self.password_hasher),
+            verifier_for=verifier_for,
+            hasher=self.password_hasher,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def logout(self) -> LogoutService:
+        from idhub.adapters.logout_delivery import HttpLogoutChannel
+        from idhub.adapters.session_store import SqlDeliveryStore
+        from idhub.core.logout import LogoutService
+
+        return LogoutService(
+            sessions=self.sessions,
+            users=self.identity,
+            clients=lambda: self.clients,
+            signer=lambda: self.id_tokens,
+            revoker=lambda: self.tokens_revoker,
+            deliveries=SqlDeliveryStore(self.engine),
+            channel=HttpLogoutChannel(),
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def logout_worker(self) -> DeliveryWorker:
+        from idhub.adapters.logout_delivery import DeliveryWorker
+
+        return DeliveryWorker(self.logout)
+
+    def _start_logout_worker(self) -> None:
+        self.logout_worker.start()
+
+    def _stop_logout_worker(self) -> None:
+        if "logout_worker" in self.__dict__:
+            self.logout_worker.stop()
+
+    def _seed_demo(self, echo: Callable[[str], None]) -> None:
+        from idhub.cli.demo import seed_demo
+
+        seed_demo(self, echo)
 
     # --- authorization -------------------------------------------------------------------------
 

@@ -1,0 +1,280 @@
+"""Ending sessions: RP-initiated logout, admin "log out everywhere" (contract 5) and OpenID
+Connect Back-Channel Logout 1.0 delivery with retries.
+
+Ending a session does three things, in this order, so a failure later never leaves a session
+half-alive: mark the session ended, revoke the refresh-token families issued under it, and queue
+one back-channel delivery per participating client that registered a `backchannel_logout_uri`.
+Deliveries are attempted at once by the worker and retried with backoff; each logout token is
+signed at attempt time (fresh `jti`, `iat`, `exp`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.clock import Clock
+from idhub.core.identity import User
+from idhub.core.sessions import SsoSession
+
+# Seconds to wait after the 1st, 2nd, ... failed attempt; after the last one the delivery fails.
+RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 3600)
+# How long a claimed delivery is reserved for the worker making the attempt.
+CLAIM_SECONDS = 60.0
+
+
+class DeliveryFailed(Exception):
+    """One attempt to deliver a logout token did not get a 200/204 back."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    client_id: str
+    sid: str | None
+    user_sub: str
+    uri: str
+    status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: float | None
+    created_at: float
+    delivered_at: float | None
+
+
+class DeliveryStore(Protocol):
+    def queue(
+        self, *, client_id: str, sid: str | None, user_sub: str, uri: str, now: float
+    ) -> int: ...
+    def due(self, now: float, *, limit: int = 50) -> list[Delivery]: ...
+    def claim(self, delivery: Delivery, *, until: float) -> bool: ...
+    def mark_delivered(self, delivery_id: int, *, attempts: int, now: float) -> None: ...
+    def mark_retry(
+        self, delivery_id: int, *, attempts: int, error: str, next_at: float
+    ) -> None: ...
+    def mark_failed(self, delivery_id: int, *, attempts: int, error: str) -> None: ...
+
+
+class LogoutChannel(Protocol):
+    def post(self, uri: str, logout_token: str) -> None:
+        """Sends `logout_token=...`; raises `DeliveryFailed` with a short reason."""
+        ...
+
+
+class LogoutTokenSigner(Protocol):
+    def sign_logout_token(self, client: Any, *, sub: str, sid: str | None) -> str: ...
+
+
+class ClientLookup(Protocol):
+    def get(self, client_id: str) -> Any: ...
+
+
+class RefreshRevoker(Protocol):
+    def revoke_families_for_session(self, sid: str) -> Any: ...
+    def revoke_families_for_user(self, user_id: int) -> Any: ...
+
+
+class SessionEnder(Protocol):
+    def get(self, sid: str) -> SsoSession | None: ...
+    def active_for_user(self, user_id: int) -> list[SsoSession]: ...
+    def end(self, sid: str, *, reason: str) -> bool: ...
+
+
+class UserById(Protocol):
+    def get_user(self, user_id: int) -> User | None: ...
+
+
+def retry_delay(attempts: int) -> float | None:
+    """Delay before the next attempt after `attempts` failed ones; None when out of retries."""
+    if attempts <= 0:
+        return 0.0
+    return RETRY_DELAYS[attempts - 1] if attempts <= len(RETRY_DELAYS) else None
+
+
+class LogoutService:
+    """`services.logout`."""
+
+    def __init__(
+        self,
+        *,
+        sessions: SessionEnder,
+        users: UserById,
+        clients: Callable[[], ClientLookup],
+        signer: Callable[[], LogoutTokenSigner],
+        revoker: Callable[[], RefreshRevoker],
+        deliveries: DeliveryStore,
+        channel: LogoutChannel,
+        audit: Auditor,
+        clock: Clock,
+    ) -> None:
+        # Token-side parts are passed as callables so building `services.logout` does not load
+        # signing keys until a delivery is actually made.
+        self._sessions = sessions
+        self._users = users
+        self._clients = clients
+        self._signer = signer
+        self._revoker = revoker
+        self._deliveries = deliveries
+        self._channel = channel
+        self._audit = audit
+        self._clock = clock
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_queued(self, listener: Callable[[], None]) -> None:
+        """`listener` is called after deliveries were queued (the worker wakes up)."""
+        self._listeners.append(listener)
+
+    # ------------------------------------------------------------------ ending sessions
+
+    def end_session(
+        self,
+        sid: str,
+        *,
+        reason: str,
+        actor: Actor,
+        ctx: RequestContext | None = None,
+        initiator: str | None = None,
+    ) -> bool:
+        """Ends one SSO session (RP-initiated or user logout). False if it had already ended.
+        `initiator` is the client that asked (RP-initiated logout), for the audit event."""
+        session = self._sessions.get(sid)
+        if session is None:
+            return False
+        ended = self._finish(session, reason=reason)
+        if ended:
+            details: dict[str, Any] = {
+                "sid": sid,
+                "reason": reason,
+                "clients": list(session.clients),
+            }
+            if initiator:
+                details["initiator"] = initiator
+            self._audit.record(
+                EventType.LOGOUT,
+                actor=actor,
+                target=self._sub(session.user_id),
+                details=details,
+                ctx=ctx,
+            )
+            self._notify()
+        return ended
+
+    def logout_user_everywhere(
+        self, user_id: int, *, reason: str, actor: Actor, ctx: RequestContext | None = None
+    ) -> int:
+        """Contract 5: ends every SSO session of the user, revokes all their refresh-token
+        families and queues back-channel logout to every client that took part."""
+        ended = 0
+        clients: list[str] = []
+        for session in self._sessions.active_for_user(user_id):
+            if self._finish(session, reason=reason):
+                ended += 1
+                clients.extend(c for c in session.clients if c not in clients)
+        # Families without a session (e.g. issued before a logout) go too.
+        self._revoker().revoke_families_for_user(user_id)
+        self._audit.record(
+            EventType.SESSION_REVOKED,
+            actor=actor,
+            target=self._sub(user_id),
+            details={"sessions": ended, "reason": reason, "clients": clients},
+            ctx=ctx,
+        )
+        if ended:
+            self._notify()
+        return ended
+
+    def _finish(self, session: SsoSession, *, reason: str) -> bool:
+        if not self._sessions.end(session.sid, reason=reason):
+            return False
+        self._revoker().revoke_families_for_session(session.sid)
+        sub = self._sub(session.user_id)
+        now = self._clock.now()
+        lookup = self._clients()
+        for client_id in session.clients:
+            client = lookup.get(client_id)
+            uri = getattr(client, "backchannel_logout_uri", None) if client is not None else None
+            if uri:
+                self._deliveries.queue(
+                    client_id=client_id, sid=session.sid, user_sub=sub, uri=uri, now=now
+                )
+        return True
+
+    def _sub(self, user_id: int) -> str:
+        user = self._users.get_user(user_id)
+        return user.sub if user is not None else f"user-id:{user_id}"
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # ------------------------------------------------------------------ delivering
+
+    def claim_due(self, *, limit: int = 50) -> list[Delivery]:
+        now = self._clock.now()
+        return [
+            d
+            for d in self._deliveries.due(now, limit=limit)
+            if self._deliveries.claim(d, until=now + CLAIM_SECONDS)
+        ]
+
+    def attempt(self, delivery: Delivery) -> bool:
+        """One delivery attempt; records and audits the outcome. True when delivered."""
+        attempts = delivery.attempts + 1
+        try:
+            client = self._clients().get(delivery.client_id)
+            if client is None:
+                raise DeliveryFailed("client no longer registered")
+            token = self._signer().sign_logout_token(
+                client, sub=delivery.user_sub, sid=delivery.sid
+            )
+            self._channel.post(delivery.uri, token)
+        except DeliveryFailed as exc:
+            self._record_failure(delivery, attempts, str(exc) or "delivery failed")
+            return False
+        except Exception as exc:  # a bad client or key must not kill the worker
+            self._record_failure(delivery, attempts, f"{type(exc).__name__}: {exc}")
+            return False
+        self._deliveries.mark_delivered(delivery.id, attempts=attempts, now=self._clock.now())
+        self._audit.record(
+            EventType.BACKCHANNEL_DELIVERED,
+            actor=Actor.system(),
+            target=delivery.client_id,
+            details={"sid": delivery.sid, "attempts": attempts, "delivery_id": delivery.id},
+        )
+        return True
+
+    def deliver_due(self, *, limit: int = 50) -> tuple[int, int]:
+        """Attempts every due delivery once, one after another; returns (delivered, failed)."""
+        ok = bad = 0
+        for delivery in self.claim_due(limit=limit):
+            if self.attempt(delivery):
+                ok += 1
+            else:
+                bad += 1
+        return ok, bad
+
+    def _record_failure(self, delivery: Delivery, attempts: int, error: str) -> None:
+        delay = retry_delay(attempts)
+        final = delay is None
+        if final:
+            self._deliveries.mark_failed(delivery.id, attempts=attempts, error=error)
+        else:
+            assert delay is not None
+            self._deliveries.mark_retry(
+                delivery.id, attempts=attempts, error=error, next_at=self._clock.now() + delay
+            )
+        self._audit.record(
+            EventType.BACKCHANNEL_FAILED,
+            actor=Actor.system(),
+            target=delivery.client_id,
+            outcome="failure" if final else "error",
+            details={
+                "sid": delivery.sid,
+                "attempts": attempts,
+                "delivery_id": delivery.id,
+                "error": error[:200],
+                "will_retry": not final,
+            },
+        )

@@ -1,0 +1,162 @@
+"""The login page over real HTTP (uvicorn) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+from sqlalchemy import select
+
+from idhub.adapters.db import sso_sessions
+from idhub.core.crypto import sha256_hex
+from idhub.core.sessions import COOKIE_NAME
+from tests.conftest import LiveServer, free_port, serve
+from tests.sso_support import csrf_token, events, hidden_fields, login, make_user, post_login
+
+
+def _set_cookie_headers(response: httpx.Response, name: str) -> list[str]:
+    return [h for h in response.headers.get_list("set-cookie") if h.startswith(name + "=")]
+
+
+def test_login_page_in_both_languages(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url) as client:
+        zh = client.get("/login", headers={"Accept-Language": "zh-CN,zh;q=0.9,en;q=0.5"})
+        en = client.get("/login", headers={"Accept-Language": "en-GB,en;q=0.9"})
+        switched = client.get("/login?lang=en", headers={"Accept-Language": "zh-CN"})
+    assert zh.status_code == 200 and '<html lang="zh-CN">' in zh.text
+    assert "用户名" in zh.text and "密码" in zh.text
+    assert '<html lang="en">' in en.text and "Username" in en.text
+    assert '<html lang="en">' in switched.text
+    for page in (zh, en):
+        assert 'name="username"' in page.text and 'name="password"' in page.text
+        assert '<button type="submit">' in page.text
+        assert csrf_token(page.text)
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["cache-control"] == "no-store"
+
+
+def test_sign_in_sets_a_hashed_rotating_session_cookie(live_server: LiveServer) -> None:
+    services = live_server.services
+    alice = make_user(services, "alice", "correct horse 1", display_name="王小丽")
+    with httpx.Client(base_url=live_server.url) as client:
+        first = login(client, "alice", "correct horse 1")
+        assert first.status_code == 200, first.text
+        assert "王小丽" in first.text
+        (header,) = _set_cookie_headers(first, COOKIE_NAME)
+        lowered = header.lower()
+        assert "httponly" in lowered and "samesite=lax" in lowered and "path=/" in lowered
+        assert "secure" not in lowered  # the issuer is plain http here
+        cookie1 = client.cookies[COOKIE_NAME]
+        second = login(client, "alice", "correct horse 1")
+        assert second.status_code == 200
+        cookie2 = client.cookies[COOKIE_NAME]
+    assert cookie1 != cookie2
+    with services.engine.connect() as conn:
+        rows = conn.execute(select(sso_sessions).where(sso_sessions.c.user_id == alice.id)).all()
+    # Signing in again rotates the cookie but keeps the one session (and its sid).
+    assert len(rows) == 1
+    assert rows[0].id_hash == sha256_hex(cookie2) and rows[0].id_hash != sha256_hex(cookie1)
+    assert services.sessions.resolve(cookie1) is None
+    assert services.sessions.resolve(cookie2) is not None
+    ok = events(services, "login.succeeded")
+    assert len(ok) == 2 and ok[0]["actor_id"] == alice.sub
+
+
+def test_failures_are_generic_and_audited_with_reasons(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "bob", "bob-password-1")
+    with httpx.Client(base_url=live_server.url, headers={"Accept-Language": "en"}) as client:
+        unknown = login(client, "nobody", "whatever-1")
+        wrong = login(client, "bob", "not-his-password")
+    assert unknown.status_code == wrong.status_code == 401
+    for page in (unknown, wrong):
+        assert "Wrong username or password." in page.text
+        assert COOKIE_NAME not in page.cookies
+    # The page keeps the typed name but says nothing about whether it exists.
+    assert unknown.text.replace("nobody", "X") == wrong.text.replace("bob", "X").replace(
+        csrf_token(wrong.text), csrf_token(unknown.text)
+    )
+    failed = events(services, "login.failed")
+    assert [e["details"]["reason"] for e in failed] == ["unknown_user", "bad_password"]
+    assert all("password" not in str(e["details"]).replace("bad_password", "") for e in failed)
+
+
+def test_lockout_after_repeated_failures(live_server: LiveServer) -> None:
+    services = live_server.services
+    carol = make_user(services, "carol", "carol-password-1")
+    limit = services.authenticator.lockout.max_failures
+    with httpx.Client(base_url=live_server.url) as client:
+        for _ in range(limit):
+            assert login(client, "carol", "guess-guess").status_code == 401
+        locked = login(client, "carol", "carol-password-1")
+    assert locked.status_code == 401
+    reasons = [e["details"]["reason"] for e in events(services, "login.failed")]
+    assert reasons[-1] == "locked" and reasons.count("bad_password") == limit
+    assert services.identity.get_user(carol.id).is_locked(services.clock.now())  # type: ignore[union-attr]
+
+
+def test_disabled_user_cannot_sign_in(live_server: LiveServer) -> None:
+    services = live_server.services
+    dave = make_user(services, "dave", "dave-password-1")
+    services.identity.set_disabled(dave.id, True, reason="left")
+    with httpx.Client(base_url=live_server.url) as client:
+        assert login(client, "dave", "dave-password-1").status_code == 401
+    assert events(services, "login.failed")[-1]["details"]["reason"] == "disabled"
+
+
+def test_csrf_token_is_required_and_bound_to_the_cookie(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "erin", "erin-password-1")
+    with httpx.Client(base_url=live_server.url) as client:
+        page = client.get("/login")
+        fields = hidden_fields(page.text)
+        no_token = client.post("/login", data={"username": "erin", "password": "erin-password-1"})
+        # The token from one browser is useless with another browser's cookie.
+        with httpx.Client(base_url=live_server.url) as other:
+            other.get("/login")
+            stolen = other.post(
+                "/login", data={**fields, "username": "erin", "password": "erin-password-1"}
+            )
+        good = post_login(client, page, "erin", "erin-password-1")
+    assert no_token.status_code == 400 and stolen.status_code == 400
+    assert COOKIE_NAME not in no_token.cookies and COOKIE_NAME not in stolen.cookies
+    assert good.status_code == 200 and COOKIE_NAME in good.cookies
+    assert len(events(services, "login.succeeded")) == 1
+
+
+def test_directory_unreachable_has_its_own_message(live_server: LiveServer) -> None:
+    services = live_server.services
+    services.identity.create_user(username="frank", source="ldap:corp", external_id="frank")
+    with httpx.Client(base_url=live_server.url) as client:
+        zh = login(client, "frank", "whatever-1")
+    assert zh.status_code == 503
+    assert "目录服务暂时无法连接" in zh.text
+    assert events(services, "login.failed")[-1]["details"]["reason"] == "directory_unreachable"
+
+
+def test_return_to_only_goes_back_to_authorize(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "gina", "gina-password-1")
+    with httpx.Client(base_url=live_server.url) as client:
+        outside = login(client, "gina", "gina-password-1", return_to="https://evil.example/")
+        assert outside.status_code == 200 and "location" not in outside.headers
+        back = login(client, "gina", "gina-password-1", return_to="/authorize?client_id=x")
+    assert back.status_code == 303 and back.headers["location"] == "/authorize?client_id=x"
+
+
+def test_secure_cookie_when_the_issuer_is_https(
+    make_settings: Callable[..., object], make_services: Callable[..., object], db_url: str
+) -> None:
+    settings = make_settings(db_url, issuer="https://sso.example.test")
+    services = make_services(settings)
+    make_user(services, "hana", "hana-password-1")  # type: ignore[arg-type]
+    with serve(services, free_port()) as url, httpx.Client(base_url=url) as client:  # type: ignore[arg-type]
+        page = client.get("/login")
+        (csrf_header,) = _set_cookie_headers(page, "idhub_csrf")
+        # httpx keeps Secure cookies away from http URLs, so send the form by hand.
+        csrf_cookie = csrf_header.split(";")[0].split("=", 1)[1]
+        fields = {**hidden_fields(page.text), "username": "hana", "password": "hana-password-1"}
+        done = client.post("/login", data=fields, headers={"Cookie": f"idhub_csrf={csrf_cookie}"})
+    assert "secure" in csrf_header.lower()
+    (header,) = _set_cookie_headers(done, COOKIE_NAME)
+    assert "secure" in header.lower() and "httponly" in header.lower()
