@@ -178,13 +178,27 @@ class SqlAuditLog:
 
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn, conn.begin():
-            seq, prev = self.lock_tail(conn)
-            rows = []
-            for event in events:
-                digest = chain_hash(prev, canonical_bytes(seq, event.tail))
-                rows.append((seq, *event.values, prev, digest))
-                seq, prev = seq + 1, digest
-            conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
+            self._insert(conn, events)
+
+    def _insert(self, conn: Connection, events: list[_Prepared]) -> None:
+        seq, prev = self.lock_tail(conn)
+        rows = []
+        for event in events:
+            digest = chain_hash(prev, canonical_bytes(seq, event.tail))
+            rows.append((seq, *event.values, prev, digest))
+            seq, prev = seq + 1, digest
+        conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
+
+    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
+        """Appends inside a transaction the caller opened with `locked()`, so the events
+        commit or roll back together with the caller's own changes (archiving)."""
+        self._insert(
+            conn,
+            [
+                self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
+                for e in events
+            ],
+        )
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns
@@ -200,7 +214,7 @@ class SqlAuditLog:
         ).first()
         if last is not None:
             return int(last[0]) + 1, str(last[1])
-        anchor = self._anchor(conn)
+        anchor = self.anchor_in(conn)
         return anchor.first_seq, anchor.prev_hash
 
     @contextlib.contextmanager
@@ -216,10 +230,10 @@ class SqlAuditLog:
     # ------------------------------------------------------------------ reading
 
     def anchor(self) -> Anchor:
-        with self._reading() as conn:
-            return self._anchor(conn)
+        with self.reading() as conn:
+            return self.anchor_in(conn)
 
-    def _anchor(self, conn: Connection) -> Anchor:
+    def anchor_in(self, conn: Connection) -> Anchor:
         row = conn.execute(
             select(audit_anchor.c.first_seq, audit_anchor.c.prev_hash, audit_anchor.c.archive_file)
             .order_by(audit_anchor.c.id)
@@ -230,14 +244,14 @@ class SqlAuditLog:
         return Anchor(int(row[0]), str(row[1]), row[2])
 
     def head(self) -> AuditEvent | None:
-        with self._reading() as conn:
+        with self.reading() as conn:
             row = conn.execute(
                 select(*_cols()).order_by(audit_events.c.seq.desc()).limit(1)
             ).first()
         return _event(row) if row is not None else None
 
     def count(self) -> int:
-        with self._reading() as conn:
+        with self.reading() as conn:
             return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
 
     def search(
@@ -255,7 +269,7 @@ class SqlAuditLog:
         if before_seq is not None:
             query = query.where(audit_events.c.seq < before_seq)
         order = audit_events.c.seq.desc() if newest_first else audit_events.c.seq.asc()
-        with self._reading() as conn:
+        with self.reading() as conn:
             rows = conn.execute(query.order_by(order).limit(limit)).all()
         return [_event(row) for row in rows]
 
@@ -280,8 +294,8 @@ class SqlAuditLog:
 
     def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
         """Walks the live chain from the anchor to the newest event."""
-        with self._reading() as conn:
-            anchor = self._anchor(conn)
+        with self.reading() as conn:
+            anchor = self.anchor_in(conn)
         verifier = ChainVerifier(first_seq=anchor.first_seq, prev_hash=anchor.prev_hash)
         cols = ", ".join(_COLUMNS)
         mark = "%s" if self._pg else "?"
@@ -289,7 +303,7 @@ class SqlAuditLog:
         # Read from the very bottom, not from the anchor: rows put back below it must show.
         after = -(2**62)
         while True:
-            with self._reading() as conn:
+            with self.reading() as conn:
                 rows = conn.exec_driver_sql(sql, (after, _VERIFY_CHUNK)).all()
             if not rows:
                 break
@@ -302,8 +316,30 @@ class SqlAuditLog:
                 break
         return verifier.report()
 
+    def check_head(self, head: str) -> str | None:
+        """Compares a head recorded earlier ("SEQ:HASH") with the table: a hash chain alone
+        cannot notice events cut off its end, a remembered head can. None when it matches."""
+        seq_text, _, expected = head.partition(":")
+        try:
+            seq = int(seq_text)
+        except ValueError:
+            raise InvalidInput(f"head {head!r} is not SEQ:HASH") from None
+        if len(expected) != 64:
+            raise InvalidInput(f"head {head!r} is not SEQ:HASH (a 64-digit hex hash)")
+        with self.reading() as conn:
+            anchor = self.anchor_in(conn)
+            row = conn.execute(select(audit_events.c.hash).where(audit_events.c.seq == seq)).first()
+            last = conn.execute(select(func.max(audit_events.c.seq))).scalar()
+        if row is not None:
+            return None if row[0] == expected else f"event {seq} no longer has hash {expected}"
+        if seq == anchor.first_seq - 1:
+            return None if anchor.prev_hash == expected else f"archived event {seq} differs"
+        if seq < anchor.first_seq:
+            return None  # archived: `verify --archive` checks it
+        return f"event {seq} existed but the chain now ends at {last or anchor.first_seq - 1}"
+
     @contextlib.contextmanager
-    def _reading(self) -> Iterator[Connection]:
+    def reading(self) -> Iterator[Connection]:
         try:
             with self._engine.connect() as conn:
                 yield conn

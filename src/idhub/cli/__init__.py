@@ -19,6 +19,8 @@ COMMAND_MODULES = (
     "idhub.cli.users",
     "idhub.cli.sessions",
     "idhub.cli.demo",
+    "idhub.cli.audit",
+    "idhub.cli.directory",
 )
 
 EXIT_ERROR = 2
