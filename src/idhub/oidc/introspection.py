@@ -1,0 +1,205 @@
+"""Introspection (RFC 7662), revocation (RFC 7009), userinfo, and the refresh-family revoker
+the logout side uses.
+
+Introspection answers `{"active": false}` for anything revoked, expired, tampered, foreign or
+not meant for the asking client, never saying which: the reason goes to the audit log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.consts import default_json_headers
+
+from idhub.core.audit import Actor, EventType, RequestContext
+from idhub.core.claims import role_claims, user_claims
+from idhub.core.clients import Client
+from idhub.oidc.client_auth import AuthlibClient
+from idhub.oidc.grants import Issuer
+from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+from idhub.oidc.tokens import InvalidToken
+
+_CLAIMS_OUT = (
+    "scope",
+    "client_id",
+    "sub",
+    "aud",
+    "iss",
+    "exp",
+    "iat",
+    "jti",
+    "act",
+    "roles",
+    "policy_version",
+    "auth_time",
+)
+
+
+def _json(
+    status: int, body: dict[str, Any], extra: list[tuple[str, str]] | None = None
+) -> OAuthResponseData:
+    return OAuthResponseData(status, [*default_json_headers, *(extra or [])], body)
+
+
+def _concerns(client: Client, claims: dict[str, Any]) -> bool:
+    """A client may learn about tokens issued to it or addressed to it, nothing else."""
+    if claims.get("client_id") == client.client_id:
+        return True
+    aud = claims.get("aud")
+    audiences = aud if isinstance(aud, list) else [aud]
+    return client.audience in audiences or client.client_id in audiences
+
+
+class TokenEndpoints:
+    def __init__(self, issuer: Issuer) -> None:
+        self._issuer = issuer
+
+    # ------------------------------------------------------------------ introspection
+
+    def introspect(self, data: OAuthRequestData, wrapper: AuthlibClient) -> OAuthResponseData:
+        client = wrapper.client
+        token = data.params.get("token")
+        if not token:
+            return _json(400, {"error": "invalid_request", "error_description": "missing 'token'"})
+        hint = data.params.get("token_type_hint")
+        looks_like_jwt = token.count(".") == 2
+        if looks_like_jwt and hint != "refresh_token":
+            result, reason = self._introspect_access(client, token)
+        else:
+            result, reason = self._introspect_refresh(client, token)
+        if result is None:
+            self._inactive(client, reason, data.ctx)
+            return _json(200, {"active": False})
+        return _json(200, result)
+
+    def _introspect_access(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
+        try:
+            claims = self._issuer.access_tokens.verify(token)
+        except InvalidToken as exc:
+            return None, exc.reason
+        if not _concerns(client, claims):
+            return None, "not addressed to the asking client"
+        out = {k: claims[k] for k in _CLAIMS_OUT if k in claims}
+        out.update(active=True, token_type="Bearer")  # noqa: S106
+        return out, ""
+
+    def _introspect_refresh(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
+        found = self._issuer.store.find_refresh(self._issuer.refresh_hasher.hash(token))
+        if found is None:
+            return None, "unknown token"
+        family, expires_at, rotated_at = found
+        if family.client_id != client.client_id:
+            return None, "refresh token of another client"
+        if family.revoked_at is not None or rotated_at is not None:
+            return None, "revoked or rotated refresh token"
+        if expires_at <= self._issuer.clock.now():
+            return None, "expired refresh token"
+        user = self._issuer.identity.get_user(family.user_id)
+        out: dict[str, Any] = {
+            "active": True,
+            "token_type": "refresh_token",
+            "client_id": family.client_id,
+            "scope": family.scope,
+            "exp": int(expires_at),
+        }
+        if user is not None:
+            out["sub"] = user.sub
+        return out, ""
+
+    def _inactive(self, client: Client, reason: str, ctx: RequestContext | None) -> None:
+        self._issuer.audit.record(
+            EventType.TOKEN_INTROSPECTED_INACTIVE,
+            actor=Actor("client", client.client_id),
+            outcome="failure",
+            details={"reason": reason},
+            ctx=ctx,
+        )
+
+    # ------------------------------------------------------------------ revocation
+
+    def revoke(self, data: OAuthRequestData, wrapper: AuthlibClient) -> OAuthResponseData:
+        client = wrapper.client
+        token = data.params.get("token")
+        if not token:
+            return _json(400, {"error": "invalid_request", "error_description": "missing 'token'"})
+        hint = data.params.get("token_type_hint")
+        if hint not in (None, "", "access_token", "refresh_token"):
+            return _json(
+                400, {"error": "unsupported_token_type", "error_description": "unknown token type"}
+            )
+        now = self._issuer.clock.now()
+        what: dict[str, Any] | None = None
+        if token.count(".") == 2 and hint != "refresh_token":
+            try:
+                claims = self._issuer.access_tokens.verify_offline(token)
+            except InvalidToken:
+                claims = None
+            if claims is not None and claims.get("client_id") == client.client_id:
+                self._issuer.store.revoke_jti(
+                    str(claims["jti"]), expires_at=float(claims["exp"]), now=now
+                )
+                what = {"token_type": "access_token", "jti": claims["jti"]}
+        else:
+            found = self._issuer.store.find_refresh(self._issuer.refresh_hasher.hash(token))
+            if found is not None and found[0].client_id == client.client_id:
+                self._issuer.store.revoke_family(found[0].id, now, "revoked_by_client")
+                what = {"token_type": "refresh_token", "family": found[0].id[:12]}
+        if what is not None:
+            self._issuer.audit.record(
+                EventType.TOKEN_REVOKED,
+                actor=Actor("client", client.client_id),
+                details=what,
+                ctx=data.ctx,
+            )
+        # RFC 7009 2.2: the answer is 200 whether or not the token was known or valid.
+        return _json(200, {})
+
+    # ------------------------------------------------------------------ userinfo
+
+    def userinfo(self, bearer_token: str) -> OAuthResponseData:
+        def refuse(status: int, error: str, description: str) -> OAuthResponseData:
+            challenge = f'Bearer error="{error}", error_description="{description}"'
+            return _json(
+                status,
+                {"error": error, "error_description": description},
+                [("WWW-Authenticate", challenge)],
+            )
+
+        if not bearer_token:
+            return OAuthResponseData(
+                401, [("WWW-Authenticate", "Bearer")], {"error": "invalid_token"}
+            )
+        try:
+            claims = self._issuer.access_tokens.verify(bearer_token)
+        except InvalidToken:
+            return refuse(401, "invalid_token", "the access token is not valid")
+        scopes = str(claims.get("scope", "")).split()
+        if "openid" not in scopes:
+            return refuse(403, "insufficient_scope", "the token was not issued with scope openid")
+        user = self._issuer.identity.get_user_by_sub(str(claims["sub"]))
+        if user is None or user.disabled:
+            return refuse(401, "invalid_token", "the user of this token is not active")
+        info = user_claims(user, scopes, groups=self._issuer.identity.user_groups)
+        aud = claims.get("aud")
+        if isinstance(aud, str):
+            info.update(
+                role_claims(user, aud, roles=self._issuer.roles(), domains=self._issuer.domains)
+            )
+        return _json(200, info)
+
+
+class TokensRevoker:
+    """`services.tokens_revoker`: ends refresh-token families when sessions end."""
+
+    def __init__(self, issuer: Issuer) -> None:
+        self._issuer = issuer
+
+    def revoke_families_for_session(self, sid: str, *, reason: str = "logout") -> int:
+        return self._issuer.store.revoke_families_where(
+            now=self._issuer.clock.now(), reason=reason, sid=sid
+        )
+
+    def revoke_families_for_user(self, user_id: int, *, reason: str = "logout_everywhere") -> int:
+        return self._issuer.store.revoke_families_where(
+            now=self._issuer.clock.now(), reason=reason, user_id=user_id
+        )

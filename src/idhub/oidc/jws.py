@@ -1,0 +1,103 @@
+"""Compact JWS signing and verification for the three algorithms idhub issues with.
+
+A lean path straight onto `cryptography`: token issuance and verification are the hot paths of
+the provider, and one place that fixes the header form keeps every token idhub signs alike.
+Keys are managed as JWKs by joserfc (`oidc/keys.py`); this module only sees native keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+ALGORITHMS = ("RS256", "ES256", "EdDSA")
+_MAX_TOKEN = 16_384
+
+
+class MalformedJWS(ValueError):
+    """The value is not a compact JWS idhub can read."""
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedJWS("bad base64url") from exc
+
+
+def _json(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
+    alg = header["alg"]
+    signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode("ascii")
+    if alg == "ES256":
+        der = key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    elif alg == "RS256":
+        signature = key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "EdDSA":
+        signature = key.sign(signing_input)
+    else:
+        raise ValueError(f"idhub does not sign with {alg}")
+    return signing_input.decode("ascii") + "." + b64url(signature)
+
+
+def parse(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
+    """Splits a compact JWS into (header, claims, signing input, signature) without verifying."""
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN or token.count(".") != 2:
+        raise MalformedJWS("not a compact JWS")
+    head, body, sig = token.split(".")
+    try:
+        header = json.loads(b64url_decode(head))
+        claims = json.loads(b64url_decode(body))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedJWS("header or payload is not JSON") from exc
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise MalformedJWS("header and payload must be JSON objects")
+    return header, claims, f"{head}.{body}".encode("ascii"), b64url_decode(sig)
+
+
+def check_signature(alg: str, public_key: Any, signing_input: bytes, signature: bytes) -> bool:
+    """True when `signature` over `signing_input` verifies under `public_key` with `alg`.
+
+    The caller has already matched `alg` to the key's registered algorithm, so an attacker
+    cannot pick the algorithm (no `none`, no RSA/HMAC confusion).
+    """
+    try:
+        if alg == "ES256":
+            if not isinstance(public_key, ec.EllipticCurvePublicKey) or len(signature) != 64:
+                return False
+            der = encode_dss_signature(
+                int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            )
+            public_key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        elif alg == "RS256":
+            if not isinstance(public_key, rsa.RSAPublicKey):
+                return False
+            public_key.verify(signature, signing_input, padding.PKCS1v15(), hashes.SHA256())
+        elif alg == "EdDSA":
+            if not isinstance(public_key, ed25519.Ed25519PublicKey):
+                return False
+            public_key.verify(signature, signing_input)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True

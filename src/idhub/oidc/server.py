@@ -1,0 +1,369 @@
+"""The provider facade: authlib's `AuthorizationServer` used framework-free.
+
+The web layer turns a Starlette request into an `OAuthRequestData` and sends back whatever
+`OAuthResponseData` comes out; nothing here knows about HTTP frameworks. `/authorize` is split
+in two for the login/consent pages: `validate_authorization` (before anyone signs in) and
+`authorize` (after), plus `error_redirect` for answers such as `login_required`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from authlib.common.urls import add_params_to_uri
+from authlib.oauth2.rfc6749 import (
+    AuthorizationServer,
+    InvalidClientError,
+    OAuth2Error,
+    OAuth2Request,
+)
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+
+from idhub.adapters.token_store import CodeRecord
+from idhub.core.audit import Actor, EventType
+from idhub.core.clients import ClientRegistry
+from idhub.core.crypto import new_token, sha256_hex
+from idhub.core.identity import User
+from idhub.errors import AuditError
+from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
+from idhub.oidc.exchange import TokenExchangeGrant
+from idhub.oidc.grants import (
+    CodeGrant,
+    Issuer,
+    RotatingRefreshGrant,
+    S256Only,
+    ServiceGrant,
+    TemporarilyUnavailable,
+)
+from idhub.oidc.messages import (
+    AuthorizationErrorRedirect,
+    AuthorizationPageError,
+    AuthorizationRequest,
+    Headers,
+    OAuthRequestData,
+    OAuthResponseData,
+)
+
+log = logging.getLogger("idhub.oidc")
+
+PROMPTS = frozenset({"none", "login", "consent", "select_account"})
+_SINGLE = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "prompt",
+    "max_age",
+    "code_challenge",
+    "code_challenge_method",
+    "resource",
+    "login_hint",
+)
+
+
+class _Payload(BasicOAuth2Payload):  # type: ignore[misc]
+    def __init__(self, params: dict[str, str], multi: dict[str, list[str]]) -> None:
+        super().__init__(params)
+        if multi:
+            self._datalist = defaultdict(list, multi)
+
+
+class IdhubRequest(OAuth2Request):  # type: ignore[misc]
+    """authlib's request built from `OAuthRequestData`."""
+
+    def __init__(self, data: OAuthRequestData) -> None:
+        super().__init__(data.method, data.uri, headers=Headers(data.headers))
+        params = dict(data.params)
+        self.payload = _Payload(params, {k: list(v) for k, v in data.multi.items()})
+        self._params = params
+        self.idhub_ctx = data.ctx
+        self.idhub_reason: str | None = None
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._params
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._params
+
+
+class _AuthlibServer(AuthorizationServer):  # type: ignore[misc]
+    def __init__(self, registry: ClientRegistry, issuer: Issuer) -> None:
+        super().__init__(scopes_supported=None)
+        self.registry = registry
+        self.issuer = issuer
+
+    def query_client(self, client_id: str) -> AuthlibClient | None:
+        client = self.registry.get(client_id) if isinstance(client_id, str) else None
+        return AuthlibClient(client, self.registry) if client else None
+
+    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+        try:
+            return super().authenticate_client(request, methods, endpoint)
+        except InvalidClientError as exc:
+            # authlib lists the methods it tried; a failed client learns only that it failed.
+            if exc.description and exc.description.startswith("The client cannot authenticate"):
+                exc.description = "client authentication failed"
+            raise
+
+    def save_token(self, token: Any, request: Any) -> None:
+        """Grants store what they issue themselves (refresh families, audit)."""
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """No signal bus: audit records are written by the grants."""
+
+    def validate_requested_scope(self, scope: Any) -> None:
+        """Scopes are narrowed per client by the grants, not against a global list."""
+
+    def create_oauth2_request(self, request: Any) -> OAuth2Request:
+        return request if isinstance(request, OAuth2Request) else IdhubRequest(request)
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> OAuthResponseData:
+        return OAuthResponseData(
+            status, list(headers), body if isinstance(body, dict) else str(body or "")
+        )
+
+
+class Provider:
+    """`services.oidc`."""
+
+    def __init__(
+        self,
+        *,
+        issuer_url: str,
+        registry: ClientRegistry,
+        issuer: Issuer,
+        code_ttl: int,
+        assertion_auth: PrivateKeyJWT,
+        userinfo: Callable[[str], OAuthResponseData],
+        introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
+        revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
+    ) -> None:
+        self.issuer_url = issuer_url
+        self.registry = registry
+        self.issuer = issuer
+        self.code_ttl = code_ttl
+        self._userinfo = userinfo
+        self._introspect = introspect
+        self._revoke = revoke
+        server = _AuthlibServer(registry, issuer)
+        server.register_grant(CodeGrant, [S256Only(required=True)])
+        server.register_grant(RotatingRefreshGrant)
+        server.register_grant(ServiceGrant)
+        server.register_grant(TokenExchangeGrant)
+        server.register_client_auth_method("private_key_jwt", assertion_auth)
+        self.server = server
+
+    # ------------------------------------------------------------------ /authorize
+
+    def validate_authorization(self, data: OAuthRequestData) -> AuthorizationRequest:
+        """Checks an authorization request before the user is asked anything.
+
+        Raises `AuthorizationPageError` when the client or redirect URI cannot be trusted
+        (show a page, never redirect) and `AuthorizationErrorRedirect` for every other
+        protocol error (send its 302).
+        """
+        params = data.params
+        if "request" in params or "request_uri" in params:
+            raise AuthorizationPageError(
+                "request_not_supported", "request objects are not supported"
+            )
+        client_id = params.get("client_id")
+        client = self.registry.get(client_id) if client_id else None
+        if client is None:
+            raise AuthorizationPageError("invalid_client", "the application is not registered")
+        redirect_uri = params.get("redirect_uri") or ""
+        if not client.allows_redirect_uri(redirect_uri):
+            raise AuthorizationPageError(
+                "invalid_request", "the redirect URI is not registered for this application"
+            )
+        state = params.get("state")
+
+        def fail(error: str, description: str) -> AuthorizationErrorRedirect:
+            response = self._redirect(
+                redirect_uri, state, error=error, error_description=description
+            )
+            return AuthorizationErrorRedirect(response, error, description)
+
+        for name in _SINGLE:
+            if len(data.multi.get(name, ())) > 1:
+                raise fail("invalid_request", f"'{name}' is repeated")
+        request = IdhubRequest(data)
+        try:
+            grant = self.server.get_authorization_grant(request)
+            grant.validate_consent_request()
+        except OAuth2Error as exc:
+            raise fail(exc.error or "invalid_request", exc.description or exc.error or "") from None
+        scopes = tuple(str(request.scope or "").split())
+        if not scopes:
+            raise fail("invalid_scope", "none of the requested scopes is allowed for this client")
+        challenge = params.get("code_challenge")
+        method = params.get("code_challenge_method")
+        if challenge and method != "S256":
+            raise fail("invalid_request", "code_challenge_method must be S256")
+        if client.public and not challenge:
+            raise fail("invalid_request", "public clients must use PKCE (S256)")
+        prompt = frozenset((params.get("prompt") or "").split())
+        if not prompt <= PROMPTS or ("none" in prompt and len(prompt) > 1):
+            raise fail("invalid_request", "prompt is not valid")
+        max_age = None
+        if params.get("max_age"):
+            try:
+                max_age = int(params["max_age"])
+            except ValueError:
+                raise fail("invalid_request", "max_age must be a whole number") from None
+            if max_age < 0:
+                raise fail("invalid_request", "max_age must not be negative")
+        resource = params.get("resource") or None
+        audience = client.resolve_audience(resource)
+        if audience is None:
+            raise fail("invalid_target", "this client may not obtain tokens for that resource")
+        if params.get("response_mode") not in (None, "", "query"):
+            raise fail("invalid_request", "only response_mode=query is supported")
+        return AuthorizationRequest(
+            client=client,
+            redirect_uri=redirect_uri,
+            response_type="code",
+            scopes=scopes,
+            state=state,
+            nonce=params.get("nonce") or None,
+            prompt=prompt,
+            max_age=max_age,
+            login_hint=params.get("login_hint") or None,
+            code_challenge=challenge or None,
+            code_challenge_method=method if challenge else None,
+            resource=resource,
+            audience=audience,
+            ui_locales=params.get("ui_locales") or None,
+        )
+
+    def authorize(
+        self,
+        req: AuthorizationRequest,
+        *,
+        user: User,
+        sid: str | None,
+        auth_time: float,
+        amr: list[str],
+        acr: str | None = None,
+    ) -> OAuthResponseData:
+        """Issues the code for a signed-in (and consenting) user: 302 with code, state, iss."""
+        code = new_token(32)
+        now = self.issuer.clock.now()
+        self.issuer.store.save_code(
+            CodeRecord(
+                code_hash=sha256_hex(code),
+                client_id=req.client.client_id,
+                user_id=user.id,
+                redirect_uri=req.redirect_uri,
+                scope=req.scope,
+                nonce=req.nonce,
+                code_challenge=req.code_challenge,
+                code_challenge_method=req.code_challenge_method,
+                resource=req.resource,
+                sid=sid,
+                auth_time=auth_time,
+                acr=acr,
+                amr=list(amr),
+                created_at=now,
+                expires_at=now + self.code_ttl,
+            )
+        )
+        return self._redirect(req.redirect_uri, req.state, code=code)
+
+    def error_redirect(
+        self, req: AuthorizationRequest, error: str, description: str | None = None
+    ) -> OAuthResponseData:
+        """e.g. `login_required`, `consent_required`, `access_denied`."""
+        extra = {"error_description": description} if description else {}
+        return self._redirect(req.redirect_uri, req.state, error=error, **extra)
+
+    def _redirect(self, redirect_uri: str, state: str | None, **params: str) -> OAuthResponseData:
+        pairs = list(params.items())
+        if state:
+            pairs.append(("state", state))
+        # RFC 9207: name the issuer so the client can detect mix-up attacks.
+        pairs.append(("iss", self.issuer_url))
+        location = add_params_to_uri(redirect_uri, pairs)
+        return OAuthResponseData(302, [("Location", location), ("Cache-Control", "no-store")])
+
+    # ------------------------------------------------------------------ token endpoint
+
+    def token(self, data: OAuthRequestData) -> OAuthResponseData:
+        request = IdhubRequest(data)
+        try:
+            response: OAuthResponseData = self.server.create_token_response(request)
+        except AuditError:
+            response = self._unavailable()
+        if response.status >= 400 and isinstance(response.body, dict):
+            try:
+                self._record_failure(request, response)
+            except AuditError:
+                return self._unavailable()
+        return response
+
+    def _record_failure(self, request: IdhubRequest, response: OAuthResponseData) -> None:
+        body = response.body if isinstance(response.body, dict) else {}
+        if body.get("error") == "temporarily_unavailable":
+            return
+        client = request.client.client_id if request.client is not None else None
+        details: dict[str, Any] = {
+            "grant_type": str(request.form.get("grant_type", ""))[:100],
+            "error": body.get("error"),
+            "description": str(body.get("error_description", ""))[:200],
+        }
+        if request.idhub_reason:
+            details["reason"] = request.idhub_reason
+        claimed = client or str(request.form.get("client_id") or "")[:100] or None
+        self.issuer.audit.record(
+            EventType.TOKEN_REQUEST_FAILED,
+            actor=Actor("client", claimed),
+            outcome="failure",
+            details=details,
+            ctx=request.idhub_ctx,
+        )
+
+    @staticmethod
+    def _unavailable() -> OAuthResponseData:
+        error = TemporarilyUnavailable("the audit trail cannot be written; try again later")
+        status, body, headers = error()
+        return OAuthResponseData(status, list(headers), body)
+
+    # ------------------------------------------------------------------ other endpoints
+
+    def _client_auth(self, data: OAuthRequestData, endpoint: str) -> tuple[IdhubRequest, Any]:
+        request = IdhubRequest(data)
+        client = self.server.authenticate_client(
+            request, ["client_secret_basic", "client_secret_post", "private_key_jwt"], endpoint
+        )
+        return request, client
+
+    def introspect(self, data: OAuthRequestData) -> OAuthResponseData:
+        return self._authenticated(data, "introspection", self._introspect)
+
+    def revoke(self, data: OAuthRequestData) -> OAuthResponseData:
+        return self._authenticated(data, "revocation", self._revoke)
+
+    def _authenticated(
+        self,
+        data: OAuthRequestData,
+        endpoint: str,
+        handler: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
+    ) -> OAuthResponseData:
+        try:
+            _, client = self._client_auth(data, endpoint)
+            return handler(data, client)
+        except OAuth2Error as exc:
+            status, body, headers = exc()
+            return OAuthResponseData(status, list(headers), body)
+        except AuditError:
+            return self._unavailable()
+
+    def userinfo(self, bearer_token: str) -> OAuthResponseData:
+        return self._userinfo(bearer_token)

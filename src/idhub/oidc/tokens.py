@@ -1,0 +1,220 @@
+"""The JWTs idhub signs: RFC 9068 access tokens, OpenID Connect ID tokens and back-channel
+logout tokens, and the verification of access tokens (contract 3).
+
+Access tokens carry a real `aud` (the resource system), so OA and reimbursement validate them
+offline against the JWKS; `verify` additionally consults the revocation list, which is what
+introspection and idhub's own APIs use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from idhub.core.clients import Client
+from idhub.core.clock import Clock
+from idhub.oidc import jws
+from idhub.oidc.jws import b64url
+from idhub.oidc.keys import KeyStore
+
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
+LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105
+BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+# Tolerated clock difference between idhub replicas for `iat`/`nbf` checks.
+LEEWAY = 5
+
+
+class InvalidToken(Exception):
+    """The token is not a valid, current idhub access token; `reason` says why (for logs)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RevocationList(Protocol):
+    def is_revoked(self, jti: str) -> bool: ...
+
+
+def new_jti() -> str:
+    return secrets.token_urlsafe(16)
+
+
+def half_hash(value: str, alg: str) -> str:
+    """`at_hash` / `c_hash`: the left half of the hash that matches the signing algorithm."""
+    digest = (hashlib.sha512 if alg == "EdDSA" else hashlib.sha256)(value.encode("ascii")).digest()
+    return b64url(digest[: len(digest) // 2])
+
+
+class AccessTokens:
+    def __init__(
+        self,
+        keys: KeyStore,
+        revocations: RevocationList,
+        *,
+        issuer: str,
+        clock: Clock,
+        ttl: int,
+    ) -> None:
+        self._keys = keys
+        self._revocations = revocations
+        self.issuer = issuer
+        self._clock = clock
+        self.ttl = ttl
+
+    def issue(
+        self,
+        client: Client,
+        *,
+        sub: str,
+        audience: str,
+        scopes: Iterable[str],
+        extra: dict[str, Any] | None = None,
+        ttl: int | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """Signs an access token with the client's access-token algorithm; returns it and its
+        claims (for the audit record and the token response)."""
+        now = int(self._clock.now())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": audience,
+            "client_id": client.client_id,
+            "iat": now,
+            "exp": now + (ttl or self.ttl),
+            "jti": new_jti(),
+            "scope": " ".join(scopes),
+        }
+        if extra:
+            claims.update(extra)
+        kid, key = self._keys.signer(client.access_token_alg)
+        header = {"typ": ACCESS_TOKEN_TYP, "alg": client.access_token_alg, "kid": kid}
+        return jws.sign(header, claims, key), claims
+
+    def verify(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """The claims of a valid, unexpired, unrevoked idhub access token (contract 3)."""
+        claims = self.verify_offline(token, audience=audience)
+        if self._revocations.is_revoked(str(claims["jti"])):
+            raise InvalidToken("revoked")
+        return claims
+
+    def verify_offline(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
+        """Everything `verify` checks except the revocation list (what a resource server does)."""
+        try:
+            header, claims, signing_input, signature = jws.parse(token)
+        except jws.MalformedJWS as exc:
+            raise InvalidToken(f"malformed: {exc}") from None
+        typ = str(header.get("typ", "")).lower()
+        if typ not in (ACCESS_TOKEN_TYP, "application/" + ACCESS_TOKEN_TYP):
+            raise InvalidToken("not an access token (typ)")
+        kid = header.get("kid")
+        found = self._keys.verification_key(kid) if isinstance(kid, str) else None
+        if found is None:
+            raise InvalidToken("unknown signing key")
+        alg, public_key = found
+        if header.get("alg") != alg:
+            raise InvalidToken("algorithm does not match the key")
+        if not jws.check_signature(alg, public_key, signing_input, signature):
+            raise InvalidToken("bad signature")
+        if claims.get("iss") != self.issuer:
+            raise InvalidToken("wrong issuer")
+        now = self._clock.now()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
+            raise InvalidToken("expired")
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and iat > now + LEEWAY:
+            raise InvalidToken("issued in the future")
+        if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("sub"), str):
+            raise InvalidToken("missing jti or sub")
+        if audience is not None:
+            aud = claims.get("aud")
+            audiences = aud if isinstance(aud, list) else [aud]
+            if audience not in audiences:
+                raise InvalidToken("wrong audience")
+        return claims
+
+
+class IdTokens:
+    def __init__(self, keys: KeyStore, *, issuer: str, clock: Clock, ttl: int) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self._clock = clock
+        self.ttl = ttl
+
+    def sign_id_token(
+        self,
+        client: Client,
+        *,
+        claims: dict[str, Any],
+        nonce: str | None = None,
+        auth_time: float | None = None,
+        acr: str | None = None,
+        amr: list[str] | None = None,
+        sid: str | None = None,
+        access_token: str | None = None,
+    ) -> str:
+        alg = client.id_token_alg
+        now = int(self._clock.now())
+        body: dict[str, Any] = {
+            **claims,
+            "iss": self.issuer,
+            "aud": client.client_id,
+            "azp": client.client_id,
+            "iat": now,
+            "exp": now + self.ttl,
+        }
+        if nonce:
+            body["nonce"] = nonce
+        if auth_time is not None:
+            body["auth_time"] = int(auth_time)
+        if acr:
+            body["acr"] = acr
+        if amr:
+            body["amr"] = list(amr)
+        if sid:
+            body["sid"] = sid
+        if access_token:
+            body["at_hash"] = half_hash(access_token, alg)
+        kid, key = self._keys.signer(alg)
+        return jws.sign({"typ": "JWT", "alg": alg, "kid": kid}, body, key)
+
+    def sign_logout_token(self, client: Client, *, sub: str, sid: str | None) -> str:
+        """An OpenID Connect Back-Channel Logout 1.0 logout token (never carries a nonce)."""
+        alg = client.id_token_alg
+        now = int(self._clock.now())
+        body: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client.client_id,
+            "iat": now,
+            "exp": now + 120,
+            "jti": new_jti(),
+            "sub": sub,
+            "events": {BACKCHANNEL_EVENT: {}},
+        }
+        if sid:
+            body["sid"] = sid
+        kid, key = self._keys.signer(alg)
+        return jws.sign({"typ": LOGOUT_TOKEN_TYP, "alg": alg, "kid": kid}, body, key)
+
+    def decode_id_token_hint(self, token: str) -> dict[str, Any] | None:
+        """The claims of an ID token idhub signed (signature and issuer checked, expiry NOT:
+        RP-initiated logout accepts an expired `id_token_hint`). None when not ours."""
+        try:
+            header, claims, signing_input, signature = jws.parse(token)
+        except jws.MalformedJWS:
+            return None
+        kid = header.get("kid")
+        found = self._keys.verification_key(kid) if isinstance(kid, str) else None
+        if found is None or header.get("alg") != found[0]:
+            return None
+        if not jws.check_signature(found[0], found[1], signing_input, signature):
+            return None
+        if (
+            claims.get("iss") != self.issuer
+            or str(header.get("typ", "JWT")).lower() == ACCESS_TOKEN_TYP
+        ):
+            return None
+        return claims

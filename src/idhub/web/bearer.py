@@ -1,0 +1,65 @@
+"""Bearer-token protection for idhub's own APIs (contract 3).
+
+`require_bearer(request, services, scope="authz")` returns the claims of a valid access token
+whose `aud` contains `idhub` and whose `scope` contains `scope`, or raises `BearerError`, which
+the route turns into an RFC 6750 answer with `error_response(exc)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from idhub.bootstrap import Services
+from idhub.core.clients import IDHUB_AUDIENCE
+from idhub.oidc.tokens import InvalidToken
+from idhub.web.oauth import bearer_token
+
+
+class BearerError(Exception):
+    def __init__(self, status: int, error: str, description: str, scope: str | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+        self.scope = scope
+
+    def response(self) -> JSONResponse:
+        challenge = 'Bearer realm="idhub"'
+        if self.error:
+            challenge += f', error="{self.error}", error_description="{self.description}"'
+        if self.scope:
+            challenge += f', scope="{self.scope}"'
+        body = {"error": self.error or "invalid_token", "error_description": self.description}
+        return JSONResponse(
+            body,
+            status_code=self.status,
+            headers={"WWW-Authenticate": challenge, "Cache-Control": "no-store"},
+        )
+
+
+def error_response(exc: BearerError) -> JSONResponse:
+    return exc.response()
+
+
+def check_bearer(token: str | None, services: Services, *, scope: str | None) -> dict[str, Any]:
+    """The synchronous check (touches the revocation list): for worker threads."""
+    if not token:
+        raise BearerError(401, "invalid_token", "an access token is required")
+    try:
+        claims = services.access_tokens.verify(token, audience=IDHUB_AUDIENCE)
+    except InvalidToken:
+        raise BearerError(401, "invalid_token", "the access token is not valid") from None
+    if scope is not None and scope not in str(claims.get("scope", "")).split():
+        raise BearerError(403, "insufficient_scope", f"the token lacks scope {scope}", scope=scope)
+    return claims
+
+
+async def require_bearer(
+    request: Request, services: Services, scope: str | None = None
+) -> dict[str, Any]:
+    """Claims of the request's bearer token for idhub's APIs; raises `BearerError`."""
+    return await run_in_threadpool(check_bearer, bearer_token(request), services, scope=scope)
