@@ -18,6 +18,13 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.token_store import SqlTokenStore
+    from idhub.core.clients import ClientRegistry
+    from idhub.oidc.grants import Issuer
+    from idhub.oidc.introspection import TokensRevoker
+    from idhub.oidc.keys import KeyStore
+    from idhub.oidc.server import Provider
+    from idhub.oidc.tokens import AccessTokens, IdTokens
     from idhub.adapters.logout_delivery import DeliveryWorker
     from idhub.adapters.session_store import SqlSessionStore
     from idhub.core.authenticator import Authenticator
@@ -53,6 +60,7 @@ class Services:
 
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
+        self.init_steps.append(self._ensure_signing_keys)
         # --- sessions/login hooks (demo users, logout delivery worker) ---
         self.demo_steps.append(self._seed_demo)
         self.startup_hooks.append(self._start_logout_worker)
@@ -96,6 +104,116 @@ class Services:
         return SqlIdentityStore(self.engine, self.clock)
 
     # --- oidc: keys, clients, tokens ---------------------------------------------------------
+
+    @cached_property
+    def clients(self) -> ClientRegistry:
+        from idhub.adapters.client_store import SqlClientStore
+        from idhub.core.clients import ClientRegistry
+        from idhub.core.crypto import KeyedHasher
+
+        return ClientRegistry(
+            SqlClientStore(self.engine),
+            KeyedHasher(self.settings.require_secret_key(), "client-secret"),
+            self.audit,
+            clock=self.clock,
+            default_access_token_alg=self.settings.tokens.default_access_token_alg,
+        )
+
+    @cached_property
+    def keys(self) -> KeyStore:
+        from idhub.adapters.key_store import SqlKeyStore
+        from idhub.core.crypto import Sealer
+        from idhub.oidc.keys import KeyStore
+
+        tokens = self.settings.tokens
+        return KeyStore(
+            SqlKeyStore(self.engine),
+            Sealer(self.settings.require_secret_key()),
+            self.audit,
+            clock=self.clock,
+            # A retired key stays published until the longest-lived token it signed expired.
+            retire_for=max(tokens.access_token_ttl, tokens.id_token_ttl) + 300,
+        )
+
+    @cached_property
+    def token_store(self) -> SqlTokenStore:
+        from idhub.adapters.token_store import SqlTokenStore
+
+        return SqlTokenStore(self.engine)
+
+    @cached_property
+    def access_tokens(self) -> AccessTokens:
+        from idhub.oidc.tokens import AccessTokens
+
+        return AccessTokens(
+            self.keys,
+            self.token_store,
+            issuer=self.settings.server.issuer,
+            clock=self.clock,
+            ttl=self.settings.tokens.access_token_ttl,
+        )
+
+    @cached_property
+    def id_tokens(self) -> IdTokens:
+        from idhub.oidc.tokens import IdTokens
+
+        return IdTokens(
+            self.keys,
+            issuer=self.settings.server.issuer,
+            clock=self.clock,
+            ttl=self.settings.tokens.id_token_ttl,
+        )
+
+    @cached_property
+    def token_issuer(self) -> Issuer:
+        from idhub.core.crypto import KeyedHasher
+        from idhub.oidc.grants import Issuer
+
+        return Issuer(
+            access_tokens=self.access_tokens,
+            id_tokens=self.id_tokens,
+            store=self.token_store,
+            identity=self.identity,
+            audit=self.audit,
+            clock=self.clock,
+            refresh_hasher=KeyedHasher(self.settings.require_secret_key(), "refresh-token"),
+            refresh_ttl=self.settings.tokens.refresh_token_ttl,
+            domains=tuple(self.settings.policy.domains),
+            # Roles arrive with the authorization service (contract 4); absent until it exists.
+            roles=lambda: getattr(self, "authz", None) if hasattr(type(self), "authz") else None,
+        )
+
+    @cached_property
+    def oidc(self) -> Provider:
+        from idhub.oidc.client_auth import PrivateKeyJWT
+        from idhub.oidc.introspection import TokenEndpoints
+        from idhub.oidc.server import Provider
+
+        issuer_url = self.settings.server.issuer.rstrip("/")
+        endpoints = TokenEndpoints(self.token_issuer)
+        return Provider(
+            issuer_url=self.settings.server.issuer,
+            registry=self.clients,
+            issuer=self.token_issuer,
+            code_ttl=self.settings.tokens.code_ttl,
+            assertion_auth=PrivateKeyJWT(
+                self.token_store,
+                clock=self.clock,
+                audiences=lambda: [issuer_url + "/token", issuer_url, issuer_url + "/"],
+            ),
+            userinfo=endpoints.userinfo,
+            introspect=endpoints.introspect,
+            revoke=endpoints.revoke,
+        )
+
+    @cached_property
+    def tokens_revoker(self) -> TokensRevoker:
+        from idhub.oidc.introspection import TokensRevoker
+
+        return TokensRevoker(self.token_issuer)
+
+    def _ensure_signing_keys(self, echo: Callable[[str], None]) -> None:
+        self.keys.ensure_active(echo)
 
     # --- sessions, login, logout ---------------------------------------------------------------
 

@@ -23,6 +23,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 # Modules exposing `routes(services) -> list[BaseRoute]`, in the order they are matched.
 ROUTE_MODULES = (
     "idhub.web.health",
+    "idhub.web.discovery",
+    "idhub.web.oauth",
     "idhub.web.login",
 )
 
