@@ -268,3 +268,43 @@ def cli_config(tmp_path: Path, sqlite_db_url: str) -> Path:
         encoding="utf-8",
     )
     return config
+
+
+# ------------------------------------------------------------ a real OpenLDAP (directory sync)
+
+
+@pytest.fixture(scope="session")
+def slapd_company(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A session-wide slapd holding the generated company directory; tests only read it.
+
+    Tests that edit entries use `make_slapd` for a server of their own."""
+    from tests.slapd import Slapd, company_ldif
+
+    company = company_ldif()
+    server = Slapd(tmp_path_factory.mktemp("slapd-company"))
+    server.slapadd(company.ldif)
+    server.start()
+    server.company = company  # type: ignore[attr-defined]
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def make_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """Starts a private slapd loaded with a generated company (kwargs go to company_ldif)."""
+    from tests.slapd import Slapd, company_ldif
+
+    made: list[Any] = []
+
+    def factory(**company_kwargs: Any) -> Any:
+        company = company_ldif(**company_kwargs)
+        server = Slapd(tmp_path_factory.mktemp("slapd"))
+        made.append(server)
+        server.slapadd(company.ldif)
+        server.start()
+        server.company = company
+        return server
+
+    yield factory
+    for server in made:
+        server.destroy()

@@ -18,6 +18,10 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.directory_store import SqlDirectoryStore
+    from idhub.core.directory_sync import DirectorySync
+    from idhub.core.identity import PasswordVerifier
+    from idhub.core.sync_scheduler import SyncScheduler
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.clients import ClientRegistry
     from idhub.oidc.grants import Issuer
@@ -67,6 +71,8 @@ class Services:
         self.shutdown_hooks.append(self._stop_logout_worker)
         # --- authorization hooks (policy load/watch, readiness) ---
         # --- directory sync hooks (scheduler) ---
+        self.startup_hooks.append(self._start_sync_scheduler)
+        self.shutdown_hooks.append(self._stop_sync_scheduler)
         # --- audit hooks (sinks) ---
         pass
 
@@ -292,3 +298,74 @@ class Services:
     # --- authorization -------------------------------------------------------------------------
 
     # --- directory sync --------------------------------------------------------------------------
+
+    @cached_property
+    def directory_store(self) -> SqlDirectoryStore:
+        from idhub.adapters.directory_store import SqlDirectoryStore
+
+        return SqlDirectoryStore(self.engine, self.clock)
+
+    def directory_sync(self, name: str) -> DirectorySync:
+        """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
+        from idhub.adapters.directory_store import lease_owner
+        from idhub.adapters.ldap import LdapDirectory
+        from idhub.core.directory_sync import DirectorySync
+        from idhub.errors import NotFound
+
+        source = self.settings.ldap_sources.get(name)
+        if source is None:
+            known = ", ".join(sorted(self.settings.ldap_sources)) or "none configured"
+            raise NotFound(f"no LDAP source named {name!r} (known: {known})")
+        ratio = source.max_disable_ratio
+        return DirectorySync(
+            source_name=source.source,
+            directory=LdapDirectory(source),
+            store=self.directory_store,
+            audit=self.audit,
+            clock=self.clock,
+            logout=self.logout if hasattr(type(self), "logout") else None,
+            max_disable_ratio=self.settings.sync.max_disable_ratio if ratio is None else ratio,
+            change_mark="usn" if source.change_mark == "usn" else "timestamp",
+            membership=source.membership,
+            id_check_interval=source.id_check_interval,
+            owner=lease_owner(),
+            batch_size=source.batch_size,
+            clock_skew=source.clock_skew,
+        )
+
+    @cached_property
+    def password_verifiers(self) -> dict[str, PasswordVerifier]:
+        """source -> verifier for users whose password lives elsewhere (contract 6)."""
+        from idhub.adapters.ldap_auth import LdapBindVerifier
+
+        return {s.source: LdapBindVerifier(s) for s in self.settings.ldap_sources.values()}
+
+    @cached_property
+    def sync_scheduler(self) -> SyncScheduler:
+        from idhub.core.sync_scheduler import SyncScheduler
+
+        def run(name: str, full: bool) -> object:
+            return self.directory_sync(name).run(full=full)
+
+        def last_full_at(name: str) -> float | None:
+            return self.directory_store.state(f"ldap:{name}").last_full_at
+
+        return SyncScheduler(
+            sources=sorted(self.settings.ldap_sources),
+            run=run,
+            last_full_at=last_full_at,
+            clock=self.clock,
+            interval=self.settings.sync.interval,
+            full_interval=self.settings.sync.full_interval,
+        )
+
+    def _start_sync_scheduler(self) -> None:
+        if self.settings.ldap_sources:
+            self.sync_scheduler.start()
+
+    def _stop_sync_scheduler(self) -> None:
+        if "sync_scheduler" in self.__dict__:
+            self.sync_scheduler.stop()
+        if "password_verifiers" in self.__dict__:
+            for verifier in self.password_verifiers.values():
+                verifier.close()

@@ -134,6 +134,9 @@ class LdapSourceSettings:
     max_disable_ratio: float | None = None
     pool_size: int = 4
     id_check_interval: int = 900
+    batch_size: int = 1000
+    # Seconds the directory's clock may be ahead of ours (see settled_mark).
+    clock_skew: int = 30
 
     @property
     def source(self) -> str:
@@ -533,8 +536,9 @@ def _ldap_source(
         raise locator.error(
             f"[{section}] max_disable_ratio must be between 0 and 1", section, "max_disable_ratio"
         )
-    if kwargs.get("page_size", 500) < 1:
-        raise locator.error(f"[{section}] page_size must be positive", section, "page_size")
+    for key in ("page_size", "batch_size", "pool_size"):
+        if kwargs.get(key, 1) < 1:
+            raise locator.error(f"[{section}] {key} must be positive", section, key)
     ca_file = kwargs.get("ca_file")
     if ca_file is not None and not Path(ca_file).is_file():
         raise locator.error(f"[{section}] ca_file {ca_file} does not exist", section, "ca_file")

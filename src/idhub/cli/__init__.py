@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "idhub.cli.sessions",
     "idhub.cli.demo",
     "idhub.cli.audit",
+    "idhub.cli.directory",
 )
 
 EXIT_ERROR = 2

@@ -37,6 +37,7 @@ from idhub.core.directory_mapping import (
     SourceGroup,
     SourceUser,
     later_mark,
+    settled_mark,
     normalise_dn,
 )
 from idhub.core.identity import parent_paths
@@ -44,7 +45,7 @@ from idhub.errors import Conflict, DirectoryError, SyncAborted
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000
+DEFAULT_BATCH = 1000
 LEASE_SECONDS = 120.0
 Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: unknown)
 
@@ -177,6 +178,8 @@ class DirectorySync:
         membership: str,
         id_check_interval: float,
         owner: str,
+        batch_size: int = DEFAULT_BATCH,
+        clock_skew: float = 30.0,
     ) -> None:
         self.source = source_name
         self._dir = directory
@@ -189,6 +192,8 @@ class DirectorySync:
         self._membership = membership
         self._id_interval = id_check_interval
         self._owner = owner
+        self._batch = max(1, batch_size)
+        self._skew = clock_skew
         self._actor = Actor("system", f"sync:{source_name}")
 
     # ------------------------------------------------------------ entry point
@@ -215,7 +220,7 @@ class DirectorySync:
         self._store.start_run(run_id, self.source, mode=mode, dry_run=dry_run)
         try:
             plan = self._plan(mode, state, progress)
-            if plan.brake is not None and not force:
+            if plan.brake is not None and not force and not dry_run:
                 return self._finish(run_id, plan, dry_run, status="aborted", error=plan.brake)
             if dry_run:
                 return self._finish(run_id, plan, dry_run, status="planned")
@@ -370,7 +375,7 @@ class DirectorySync:
                 high = later_mark(high, group.modified, self._mark)
             plan.groups = groups
         plan.warnings.extend(problems)
-        plan.high_water = high
+        plan.high_water = settled_mark(high, self._mark, now=self._clock.now(), skew=self._skew)
         plan.brake = check_brake(
             plan,
             enabled_in_store=enabled_in_store,
@@ -420,8 +425,8 @@ class DirectorySync:
         department_ids = self._store.ensure_departments(paths, source=self.source) if paths else {}
         total = len(plan.changes)
         disabled_ids: list[int] = []
-        for start in range(0, total, BATCH):
-            batch = plan.changes[start : start + BATCH]
+        for start in range(0, total, self._batch):
+            batch = plan.changes[start : start + self._batch]
             self._store.apply_users(batch, source=self.source, department_ids=department_ids)
             events.extend(self._user_event(run_id, c) for c in batch)
             self._audit.record_many(events)
@@ -430,7 +435,7 @@ class DirectorySync:
             if any("department" in c.fields for c in batch):
                 directory_changed = True
             self._store.renew_lease(self.source, self._owner, ttl=LEASE_SECONDS)
-            progress("apply", min(start + BATCH, total), total)
+            progress("apply", min(start + self._batch, total), total)
 
         dn_index: dict[str, int] | None = None
         if plan.managers:
@@ -478,17 +483,26 @@ class DirectorySync:
                     )
                 )
             directory_changed = directory_changed or bool(group_changes)
-        for start in range(0, len(events), BATCH):
-            self._audit.record_many(events[start : start + BATCH])
+        for start in range(0, len(events), DEFAULT_BATCH):
+            self._audit.record_many(events[start : start + DEFAULT_BATCH])
         if directory_changed:
             self._store.bump_directory_counter()
 
         ended = 0
+        failed = 0
         if self._logout is not None:
             for user_id in disabled_ids:
-                ended += self._logout.logout_user_everywhere(
-                    user_id, reason="directory_deprovisioned", actor=self._actor
-                )
+                try:
+                    ended += self._logout.logout_user_everywhere(
+                        user_id, reason="directory_deprovisioned", actor=self._actor
+                    )
+                except Exception:
+                    # The user is disabled already (sign-in and refresh check that); a failed
+                    # revocation is reported, not allowed to undo the run.
+                    failed += 1
+                    log.exception("could not end the sessions of user %s", user_id)
+            if failed:
+                counts["logout_failed"] = failed
         elif disabled_ids:
             log.warning("no logout service: %d disabled users keep sessions", len(disabled_ids))
         counts["sessions_ended"] = ended
