@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from idhub.core.logout import LogoutService
     from idhub.core.passwords import PasswordHasher
     from idhub.core.sessions import SsoSessions
+    from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.core.audit import Auditor
@@ -74,6 +75,10 @@ class Services:
         self.startup_hooks.append(self._start_sync_scheduler)
         self.shutdown_hooks.append(self._stop_sync_scheduler)
         # --- audit hooks (sinks) ---
+        if self.settings.audit.jsonl_path is not None or self.settings.audit.syslog:
+            self.startup_hooks.append(self._start_audit_sinks)
+            self.shutdown_hooks.append(self._stop_audit_sinks)
+            self.readiness_checks["audit_sinks"] = self._audit_sinks_ready
         pass
 
     @cached_property
@@ -100,6 +105,24 @@ class Services:
         from idhub.adapters.audit_store import SqlAuditLog
 
         return SqlAuditLog(self.engine, self.clock)
+
+    @cached_property
+    def audit_shipper(self) -> AuditShipper | None:
+        """Streams the trail to the configured JSON-lines file / syslog (None if neither)."""
+        from idhub.adapters.audit_sinks import build_shipper
+
+        return build_shipper(self.audit_log, self.settings)
+
+    def _start_audit_sinks(self) -> None:
+        if self.audit_shipper is not None:
+            self.audit_shipper.start()
+
+    def _stop_audit_sinks(self) -> None:
+        if self.audit_shipper is not None:
+            self.audit_shipper.stop()
+
+    def _audit_sinks_ready(self) -> str:
+        return "ok" if self.audit_shipper is None else self.audit_shipper.readiness()
 
     # --- identity / directory store ----------------------------------------------------------
 
