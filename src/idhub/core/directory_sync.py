@@ -37,8 +37,8 @@ from idhub.core.directory_mapping import (
     SourceGroup,
     SourceUser,
     later_mark,
-    settled_mark,
     normalise_dn,
+    settled_mark,
 )
 from idhub.core.identity import parent_paths
 from idhub.errors import Conflict, DirectoryError, SyncAborted
