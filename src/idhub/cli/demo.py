@@ -102,7 +102,7 @@ CLIENTS = (
     DemoClient("oa", "OA 办公系统", 8001, allowed_audiences=("reimburse",)),
     DemoClient("reimburse", "费用报销系统", 8002),
 )
-DEMO_SCOPE = "openid profile email phone offline_access"
+DEMO_SCOPE = "openid profile email phone groups offline_access"
 ACTOR = Actor("admin", "demo")
 
 

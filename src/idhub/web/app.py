@@ -26,6 +26,8 @@ ROUTE_MODULES = (
     "idhub.web.discovery",
     "idhub.web.oauth",
     "idhub.web.login",
+    "idhub.web.authorize",
+    "idhub.web.logout",
 )
 
 
