@@ -279,25 +279,22 @@ def resolve_memberships(
             parent_key = normalise_dn(parent)
             if parent_key in members_of:
                 members_of[parent_key].add(user_key)
+    # A walk per group, no memo: memoising inside a cycle would freeze partial answers, and
+    # real nesting is shallow, so this stays linear in practice.
     resolved: dict[str, set[str]] = {}
-
-    def expand(key: str, stack: set[str]) -> set[str]:
-        if key in resolved:
-            return resolved[key]
-        stack.add(key)
-        out: set[str] = set()
-        for member in members_of[key]:
-            if member in by_dn:
-                if member not in stack:
-                    out |= expand(member, stack)
-            else:
-                out.add(member)
-        stack.discard(key)
-        resolved[key] = out
-        return out
-
     for key in by_dn:
-        expand(key, set())
+        users: set[str] = set()
+        seen = {key}
+        stack = [key]
+        while stack:
+            for member in members_of[stack.pop()]:
+                if member in by_dn:
+                    if member not in seen:
+                        seen.add(member)
+                        stack.append(member)
+                else:
+                    users.add(member)
+        resolved[key] = users
     return {by_dn[key].external_id: members for key, members in resolved.items()}
 
 
