@@ -391,4 +391,6 @@ class Services:
             self.sync_scheduler.stop()
         if "password_verifiers" in self.__dict__:
             for verifier in self.password_verifiers.values():
-                verifier.close()
+                close = getattr(verifier, "close", None)
+                if close is not None:
+                    close()

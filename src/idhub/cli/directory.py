@@ -232,10 +232,10 @@ def cmd_sync_status(args: argparse.Namespace, ctx: CliContext) -> int:
     configured = [s.source for s in ctx.settings.ldap_sources.values()]
     states = {s["source"]: s for s in store.all_states()}
     sources = sorted(set(configured) | set(states))
-    out = []
+    out: list[dict[str, Any]] = []
     for source in sources:
         runs = store.recent_runs(source, limit=1)
-        last = runs[0] if runs else None
+        last: dict[str, Any] | None = runs[0] if runs else None
         state = states.get(source, {})
         out.append(
             {
@@ -256,25 +256,25 @@ def cmd_sync_status(args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
     rows = []
     for item in out:
-        last = item["last_run"] or {}
-        counts = last.get("counts") or {}
+        run: dict[str, Any] = item["last_run"] or {}
+        counts = run.get("counts") or {}
         summary = " ".join(
             f"{k}={counts[k]}"
             for k in ("create", "update", "move", "disable", "enable")
             if counts.get(k)
         )
         duration = ""
-        if last.get("finished_at") and last.get("started_at"):
-            duration = f"{last['finished_at'] - last['started_at']:.1f}s"
+        if run.get("finished_at") and run.get("started_at"):
+            duration = f"{run['finished_at'] - run['started_at']:.1f}s"
         rows.append(
             [
                 item["source"],
-                last.get("status", "never run"),
-                (last.get("mode") or "") + (" (dry run)" if last.get("dry_run") else ""),
-                _when(last.get("started_at")),
+                run.get("status", "never run"),
+                (run.get("mode") or "") + (" (dry run)" if run.get("dry_run") else ""),
+                _when(run.get("started_at")),
                 duration,
                 summary or "-",
-                (last.get("error") or "")[:80],
+                (run.get("error") or "")[:80],
             ]
         )
     print_table(["source", "status", "mode", "started", "took", "changes", "error"], rows)
