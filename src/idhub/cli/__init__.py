@@ -16,6 +16,9 @@ from idhub.errors import IdhubError
 # Modules exposing `register(subparsers)`; each adds one command or command group.
 COMMAND_MODULES = (
     "idhub.cli.setup",
+    "idhub.cli.policy",
+    "idhub.cli.client",
+    "idhub.cli.keys",
     "idhub.cli.users",
     "idhub.cli.sessions",
     "idhub.cli.demo",

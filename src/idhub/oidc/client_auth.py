@@ -24,8 +24,8 @@ from idhub.oidc import jws
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CONFIDENTIAL_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
 ALL_METHODS = [*CONFIDENTIAL_METHODS, "none"]
-# An assertion may live at most this long (its `exp` - now), which bounds the replay table.
-MAX_ASSERTION_LIFETIME = 600
+# An assertion may live at most an hour (authlib's client default), which bounds the replay table.
+MAX_ASSERTION_LIFETIME = 3600 + 60
 LEEWAY = 30
 
 

@@ -1,0 +1,122 @@
+"""Helpers shared by the OIDC token-side tests (not a test module itself)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+from authlib.integrations.httpx_client import OAuth2Client
+from authlib.oauth2.rfc7523 import PrivateKeyJWT
+from joserfc import jwk, jwt
+
+from idhub.bootstrap import Services
+from idhub.core.identity import User
+from idhub.oidc.messages import OAuthRequestData
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+RP = "http://127.0.0.1:9/cb"
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def prepare(services: Services) -> None:
+    services.keys.ensure_active(quiet)
+
+
+def make_user(services: Services, username: str = "zhangsan", **kw: Any) -> User:
+    return services.identity.create_user(
+        username=username,
+        display_name=kw.pop("display_name", "张三"),
+        email=kw.pop("email", f"{username}@example.com"),
+        phone=kw.pop("phone", "+86 10 5555 0100"),
+        employee_id=kw.pop("employee_id", "E1001"),
+        department_path=kw.pop("department_path", "/总部/财务部"),
+        **kw,
+    )
+
+
+def web_client(services: Services, client_id: str = "oa", **kw: Any) -> tuple[Any, str | None]:
+    kw.setdefault("redirect_uris", [RP])
+    kw.setdefault("grant_types", ["authorization_code", "refresh_token", TOKEN_EXCHANGE])
+    kw.setdefault("scope", "openid profile email phone groups offline_access")
+    return services.clients.register(client_id, **kw)
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def issue_code(
+    services: Services,
+    client_id: str,
+    user: User,
+    *,
+    challenge: str | None = None,
+    scope: str = "openid profile email",
+    nonce: str | None = "n-0S6_WzA2Mj",
+    resource: str | None = None,
+    sid: str = "sid-1",
+) -> str:
+    """Runs the real authorization-endpoint path (validate, then authorize) and returns the code."""
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": RP,
+        "scope": scope,
+        "state": "st-1",
+    }
+    if nonce:
+        params["nonce"] = nonce
+    if challenge:
+        params.update(code_challenge=challenge, code_challenge_method="S256")
+    if resource:
+        params["resource"] = resource
+    data = OAuthRequestData(
+        "GET",
+        services.settings.server.issuer + "/authorize",
+        {},
+        params,
+        {k: [v] for k, v in params.items()},
+    )
+    req = services.oidc.validate_authorization(data)
+    response = services.oidc.authorize(
+        req, user=user, sid=sid, auth_time=services.clock.now(), amr=["pwd"], acr="1"
+    )
+    assert response.status == 302 and response.location
+    query = parse_qs(urlsplit(response.location).query)
+    assert query["state"] == ["st-1"]
+    assert query["iss"] == [services.settings.server.issuer]
+    return query["code"][0]
+
+
+def oauth_client(
+    url: str, client_id: str, secret: Any = None, method: Any = None, **kw: Any
+) -> OAuth2Client:
+    if method is None:
+        method = "client_secret_basic" if secret else "none"
+    client = OAuth2Client(client_id, secret, token_endpoint_auth_method=method, **kw)
+    if isinstance(method, PrivateKeyJWT):
+        client.register_client_auth_method(method)
+    return client
+
+
+def jwks(url: str) -> jwk.KeySet:
+    return jwk.KeySet.import_key_set(httpx.get(url + "/jwks").json())
+
+
+def decode(token: str, url: str) -> jwt.Token:
+    """Validates a token the way a relying party does: against the published JWKS."""
+    return jwt.decode(token, jwks(url), algorithms=["RS256", "ES256"])
+
+
+def post(url: str, path: str, data: dict[str, str], **kw: Any) -> httpx.Response:
+    return httpx.post(url + path, data=data, **kw)
