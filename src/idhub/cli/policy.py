@@ -1,0 +1,384 @@
+"""`idhub policy check|test|explain|diff|reload`: the admin's tools for the policy files.
+
+`check` and `test` exit 1 when the policy has errors or a test fails, so a company's CI can
+gate policy changes on them; they read the directory from the database when one is
+configured, and skip the directory checks (with a note) when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+from pathlib import Path
+from typing import Any
+
+from idhub.cli._context import CliContext
+from idhub.cli._output import print_json, print_table
+from idhub.core.audit import Actor
+from idhub.core.authz import Engine
+from idhub.core.authz_checks import check_policy
+from idhub.core.authz_testing import run_policy_tests
+from idhub.core.policy_model import (
+    DirectorySnapshot,
+    Issue,
+    PolicySet,
+    user_subject,
+)
+from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError
+
+EXIT_FAILED = 1
+
+
+def register(sub: Any) -> None:
+    policy = sub.add_parser("policy", help="check, test, explain, diff and reload the policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--dir", help="policy directory (default: [policy] dir from settings)")
+
+    p = policy_sub.add_parser("check", help="report errors and warnings with file:line")
+    common(p)
+    p.add_argument("--strict", action="store_true", help="treat warnings as failures")
+    p.add_argument("--offline", action="store_true", help="do not read the directory")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_check)
+
+    p = policy_sub.add_parser("test", help="run the policy tests in <dir>/tests/")
+    common(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    p.set_defaults(func=cmd_test)
+
+    p = policy_sub.add_parser("explain", help="the decision for one request, and why")
+    common(p)
+    p.add_argument("user", help="username")
+    p.add_argument("domain", help="system, e.g. reimburse")
+    p.add_argument("type", help="resource type, e.g. expense_report")
+    p.add_argument("action", help="action, e.g. approve")
+    p.add_argument("--owner", default="", help="username owning the record")
+    p.add_argument("--dept", default="", help="department path of the record")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_explain)
+
+    p = policy_sub.add_parser(
+        "diff", help="who gains and loses which permissions against a git revision or directory"
+    )
+    common(p)
+    p.add_argument(
+        "other",
+        nargs="?",
+        default="HEAD",
+        help="git revision (default HEAD) or another policy directory",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_diff)
+
+    p = policy_sub.add_parser(
+        "reload", help="check and test the files, then tell every running server to load them"
+    )
+    p.set_defaults(func=cmd_reload)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _dir(args: argparse.Namespace, ctx: CliContext) -> Path:
+    return Path(args.dir) if getattr(args, "dir", None) else ctx.settings.policy.dir
+
+
+def _domains(ctx: CliContext) -> tuple[str, ...]:
+    return tuple(ctx.settings.policy.domains)
+
+
+def _directory(ctx: CliContext) -> DirectorySnapshot:
+    from idhub.adapters.directory_view import SqlDirectoryView
+
+    return SqlDirectoryView(ctx.services.engine).snapshot()
+
+
+def _where(root: Path, issue: Issue) -> str:
+    if issue.source is None:
+        return f"{issue.level}: {issue.message}"
+    return f"{root / issue.source.file}:{issue.source.line}: {issue.level}: {issue.message}"
+
+
+def _load(root: Path) -> tuple[PolicySet, list[Issue]]:
+    from idhub.adapters.policy_files import load_policy_dir
+
+    return load_policy_dir(root)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
+    root = _dir(args, ctx)
+    policy, issues = _load(root)
+    directory: DirectorySnapshot | None = None
+    note = ""
+    if not args.offline:
+        try:
+            directory = _directory(ctx)
+        except IdhubError as exc:
+            note = f"directory not read ({exc}); directory checks skipped"
+    issues = issues + check_policy(policy, _domains(ctx), directory)
+    errors = [i for i in issues if i.level == "error"]
+    warnings = [i for i in issues if i.level == "warning"]
+    failed = bool(errors) or (args.strict and bool(warnings))
+    if args.json:
+        print_json(
+            {
+                "ok": not failed,
+                "version": policy.version,
+                "issues": [
+                    {
+                        "level": i.level,
+                        "message": i.message,
+                        "file": str(root / i.source.file) if i.source else None,
+                        "line": i.source.line if i.source else None,
+                    }
+                    for i in issues
+                ],
+                "note": note or None,
+            }
+        )
+        return EXIT_FAILED if failed else 0
+    for issue in issues:
+        print(_where(root, issue))
+    if note:
+        print(f"note: {note}")
+    print(
+        f"{root}: {len(policy.rules)} policy lines, {len(policy.links)} role links, "
+        f"{len(policy.assignments)} assignment rules, {len(policy.cases)} tests; "
+        f"{len(errors)} error(s), {len(warnings)} warning(s); version {policy.version}"
+    )
+    return EXIT_FAILED if failed else 0
+
+
+def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
+    root = _dir(args, ctx)
+    policy, issues = _load(root)
+    issues = issues + check_policy(policy, _domains(ctx), policy.fixture)
+    errors = [i for i in issues if i.level == "error"]
+    for issue in errors:
+        print(_where(root, issue))
+    if errors:
+        print(f"{len(errors)} error(s) in the policy; tests not run")
+        return EXIT_FAILED
+    if not policy.cases:
+        print(f"no policy tests in {root / 'tests'}")
+        return EXIT_FAILED
+    results = run_policy_tests(policy, _domains(ctx))
+    failed = [r for r in results if not r.passed]
+    for result in results:
+        if args.verbose or not result.passed:
+            print(
+                str(result).replace(
+                    f" {result.case.source}",
+                    f" {root / result.case.source.file}:{result.case.source.line}",
+                )
+            )
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return EXIT_FAILED if failed else 0
+
+
+def _live_engine(args: argparse.Namespace, ctx: CliContext) -> Engine:
+    root = _dir(args, ctx)
+    policy, issues = _load(root)
+    errors = [i for i in issues if i.level == "error"]
+    if errors:
+        raise PolicyError(
+            errors[0].message,
+            file=str(root / errors[0].source.file) if errors[0].source else str(root),
+            line=errors[0].source.line if errors[0].source else None,
+        )
+    return Engine(policy, _directory(ctx), _domains(ctx))
+
+
+def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
+    engine = _live_engine(args, ctx)
+    user = engine.directory.users.get(args.user)
+    if user is None:
+        raise NotFound(f"no user {args.user!r} in the directory")
+    if args.domain not in engine.domains:
+        raise InvalidInput(
+            f"unknown domain {args.domain!r} (configured: {', '.join(engine.domains)})"
+        )
+    subject = user_subject(user.username)
+    result = engine.explain(subject, args.domain, args.type, args.action, args.owner, args.dept)
+    decision = result.decision
+    if user.disabled:
+        decision_text = "DENY (the user is disabled)"
+    else:
+        decision_text = ("ALLOW" if decision.allowed else "DENY") + f" ({decision.reason})"
+    if args.json:
+        print_json(
+            explanation_json(engine, user.username, args.domain, result, disabled=user.disabled)
+        )
+        return 0
+    print(f"decision: {decision_text}")
+    print(
+        f"user: {user.username} (department {user.department or '-'}); "
+        f"domain {args.domain}; policy {engine.version}"
+    )
+    print("roles:")
+    roles = engine.roles_of(subject, args.domain)
+    chains = result.chains
+    if not roles:
+        print("  (none)")
+    for role in sorted(roles):
+        chain = chains.get(role, ())
+        path = " <- ".join(
+            f"{link.role} [{link.origin if link.origin != 'policy line' else link.source}]"
+            for link in reversed(chain)
+        )
+        anchors = ", ".join(roles[role]) or "-"
+        print(f"  {role}: {path}; dept scopes relative to {anchors}")
+    print(f"lines for {args.type}/{args.action}:")
+    if not result.matches:
+        print("  none: no rule for this type and action applies to the user's roles")
+    rows = []
+    for match in result.matches:
+        rule = match.rule
+        rows.append(
+            [
+                rule.effect,
+                str(rule.source),
+                rule.subject,
+                str(rule.scope),
+                "yes" if match.in_scope else "no",
+                "WINS" if decision.rule is rule else "",
+            ]
+        )
+    if rows:
+        print_table(["effect", "where", "subject", "scope", "in scope", ""], rows)
+    return 0
+
+
+def explanation_json(
+    engine: Engine, username: str, domain: str, result: Any, *, disabled: bool = False
+) -> dict[str, Any]:
+    """The explanation as plain data (shared with the decision API)."""
+    decision = result.decision
+    subject = user_subject(username)
+    roles = engine.roles_of(subject, domain)
+    return {
+        "allowed": decision.allowed and not disabled,
+        "reason": "user is disabled" if disabled else decision.reason,
+        "rule": str(decision.rule.source) if decision.rule else None,
+        "policy_version": engine.version,
+        "roles": [
+            {
+                "role": role,
+                "anchors": list(roles[role]),
+                "chain": [
+                    {
+                        "role": link.role,
+                        "member": link.member,
+                        "from": link.origin,
+                        "source": str(link.source),
+                    }
+                    for link in result.chains.get(role, ())
+                ],
+            }
+            for role in sorted(roles)
+        ],
+        "lines": [
+            {
+                "effect": m.rule.effect,
+                "source": str(m.rule.source),
+                "subject": m.rule.subject,
+                "domain": m.rule.domain,
+                "type": m.rule.obj,
+                "action": m.rule.act,
+                "scope": str(m.rule.scope),
+                "in_scope": m.in_scope,
+                "decisive": decision.rule is m.rule,
+            }
+            for m in result.matches
+        ],
+    }
+
+
+def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
+    from idhub.adapters.policy_files import export_revision, temporary_dir
+
+    root = _dir(args, ctx)
+    directory = _directory(ctx)
+    domains = _domains(ctx)
+    other_path = Path(args.other)
+    with temporary_dir() as tmp:
+        if other_path.is_dir():
+            label = str(other_path)
+        else:
+            other_path = export_revision(root, args.other, Path(tmp))
+            label = f"git {args.other}"
+        old_policy, old_issues = _load(other_path)
+        new_policy, new_issues = _load(root)
+    for issues, where in ((old_issues, label), (new_issues, str(root))):
+        errors = [i for i in issues if i.level == "error"]
+        if errors:
+            raise PolicyError(f"{where}: {errors[0]}")
+    old = Engine(old_policy, directory, domains)
+    new = Engine(new_policy, directory, domains)
+    changes: list[dict[str, Any]] = []
+    for username in sorted(directory.users):
+        if directory.users[username].disabled:
+            continue
+        before, after = old.permissions(username), new.permissions(username)
+        gained, lost = sorted(after - before), sorted(before - after)
+        if gained or lost:
+            changes.append(
+                {
+                    "user": username,
+                    "gains": [_perm(p) for p in gained],
+                    "loses": [_perm(p) for p in lost],
+                }
+            )
+    if args.json:
+        print_json(
+            {
+                "from": label,
+                "to": str(root),
+                "from_version": old_policy.version,
+                "to_version": new_policy.version,
+                "users": changes,
+            }
+        )
+        return 0
+    print(
+        f"{label} ({old_policy.version}) -> {root} ({new_policy.version}), "
+        f"{len(directory.users)} users"
+    )
+    if not changes:
+        print("no user gains or loses any permission")
+    for change in changes:
+        print(f"{change['user']}:")
+        for perm in change["gains"]:
+            print(f"  + {perm}")
+        for perm in change["loses"]:
+            print(f"  - {perm}")
+    return 0
+
+
+def _perm(p: tuple[str, str, str, str, str]) -> str:
+    domain, obj, act, effect, scope = p
+    return f"{effect} {domain} {obj} {act} [{scope}]"
+
+
+def cmd_reload(args: argparse.Namespace, ctx: CliContext) -> int:
+    services = ctx.services
+    actor = Actor("admin", f"cli:{getpass.getuser()}")
+    outcome = services.authz.reload(trigger="idhub policy reload", actor=actor)
+    for line in outcome.errors + outcome.failed_tests:
+        print(line)
+    if not outcome.ok:
+        print("policy rejected; running servers keep their current policy")
+        return EXIT_FAILED
+    for line in outcome.warnings:
+        print(line)
+    assert outcome.engine is not None
+    print(
+        f"policy {outcome.engine.policy.version} checked, {outcome.tests_run} tests passed; "
+        "published: running servers load it within a few seconds"
+    )
+    return 0

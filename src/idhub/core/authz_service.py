@@ -1,0 +1,416 @@
+"""`services.authz`: the live policy, its reloads, and what the rest of idhub asks of it.
+
+A reload (file change, SIGHUP, `idhub policy reload`, another replica publishing a version)
+reads the files, checks them against the live directory, runs the policy tests and builds a
+new `Engine`, all off to the side; only when everything passes is the engine swapped in, in one
+attribute assignment, so a request sees either the old policy or the new one. On failure the
+old engine keeps serving, and the errors are logged with file:line, recorded in the audit
+trail and kept for the status endpoint and metrics.
+
+Directory changes that move derived roles (group membership, departments, managers) do not
+touch the files: the same `PolicySet` is recompiled with a fresh directory snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
+from idhub.core.authz import Decision, Engine
+from idhub.core.authz_checks import check_policy
+from idhub.core.authz_testing import run_policy_tests
+from idhub.core.clock import Clock
+from idhub.core.identity import User
+from idhub.core.policy_model import DirectorySnapshot, Issue, PolicySet
+from idhub.errors import IdhubError, PolicyError
+
+log = logging.getLogger("idhub.authz")
+
+Loader = Callable[[], tuple[PolicySet, list[Issue]]]
+
+
+class DirectoryReader(Protocol):
+    def snapshot(self) -> DirectorySnapshot: ...
+    def fingerprint(self) -> str: ...
+
+
+class Published(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+class PolicyStateStore(Protocol):
+    def latest(self) -> Published | None: ...
+    def publish(
+        self, version: str, file_hashes: Mapping[str, str], *, loaded_at: float
+    ) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of preparing a policy: the engine if it may serve, and why not otherwise."""
+
+    engine: Engine | None
+    policy: PolicySet | None
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    failed_tests: tuple[str, ...] = ()
+    tests_run: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.engine is not None
+
+
+@dataclass
+class Metrics:
+    reloads_ok: int = 0
+    reloads_rejected: int = 0
+    directory_rebuilds: int = 0
+    last_reload_ok: bool = True
+    last_reload_at: float = 0.0
+    last_reload_seconds: float = 0.0
+    last_error: list[str] = field(default_factory=list)
+
+
+def prepare_policy(
+    load: Loader,
+    directory: DirectorySnapshot,
+    domains: tuple[str, ...],
+    *,
+    warm: bool = True,
+) -> Outcome:
+    """Loads, checks, tests and compiles a policy without touching what is serving."""
+    started = time.perf_counter()
+    try:
+        policy, issues = load()
+    except IdhubError as exc:
+        return Outcome(None, None, errors=(str(exc),), seconds=time.perf_counter() - started)
+    issues = issues + check_policy(policy, domains, directory)
+    errors = tuple(str(i) for i in issues if i.level == "error")
+    warnings = tuple(str(i) for i in issues if i.level == "warning")
+    if errors:
+        return Outcome(None, policy, errors, warnings, seconds=time.perf_counter() - started)
+    results = run_policy_tests(policy, domains)
+    failed = tuple(str(r) for r in results if not r.passed)
+    if failed:
+        return Outcome(
+            None, policy, (), warnings, failed, len(results), time.perf_counter() - started
+        )
+    engine = Engine(policy, directory, domains)
+    if warm:
+        engine.warm()
+    return Outcome(engine, policy, (), warnings, (), len(results), time.perf_counter() - started)
+
+
+class AuthzService:
+    def __init__(
+        self,
+        *,
+        domains: tuple[str, ...],
+        load: Loader,
+        directory: DirectoryReader,
+        audit: Auditor,
+        clock: Clock,
+        state: PolicyStateStore | None = None,
+        decisions: str = "sampled",
+        sample_rate: float = 0.01,
+        poll_interval: float = 5.0,
+        watch: Callable[[Callable[[set[str]], None], threading.Event], None] | None = None,
+    ) -> None:
+        self.domains = domains
+        self._load = load
+        self._directory = directory
+        self._audit = audit
+        self._clock = clock
+        self._state = state
+        self._decisions = decisions
+        self._sample_rate = sample_rate
+        self._poll_interval = poll_interval
+        self._watch = watch
+        self._engine: Engine | None = None
+        self._attempted = False
+        self._directory_fp = ""
+        self._reload_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._rejected_published: str | None = None
+        self.metrics = Metrics()
+        self._random = random.Random()  # noqa: S311 - sampling, not security
+
+    # ------------------------------------------------------------------ the live engine
+
+    @property
+    def engine(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            # Only the first use loads; after a failure, reloads come from the watcher,
+            # SIGHUP, `idhub policy reload` or a published version, not from every request.
+            if not self._attempted:
+                self._attempted = True
+                self.reload(trigger="startup")
+            engine = self._engine
+            if engine is None:
+                raise PolicyError(
+                    "no policy could be loaded: " + "; ".join(self.metrics.last_error[:3])
+                )
+        return engine
+
+    @property
+    def version(self) -> str:
+        try:
+            return self.engine.version
+        except PolicyError:
+            return "none"
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    def roles_for(self, user: User, domain: str) -> list[str]:
+        if user.disabled:
+            return []
+        try:
+            engine = self.engine
+        except PolicyError:
+            # Fail closed: a token without roles grants nothing offline.
+            return []
+        return engine.roles_for(user.username, domain)
+
+    # ------------------------------------------------------------------ reloads
+
+    def reload(self, *, trigger: str, actor: Actor | None = None) -> Outcome:
+        """Prepares the policy off to the side; swaps it in only if everything passes."""
+        with self._reload_lock:
+            try:
+                snapshot = self._directory.snapshot()
+            except IdhubError as exc:
+                outcome = Outcome(None, None, errors=(f"directory: {exc}",))
+            else:
+                outcome = prepare_policy(self._load, snapshot, self.domains)
+            self._finish(outcome, trigger, actor or Actor.system())
+            if outcome.engine is not None:
+                self._directory_fp = outcome.engine.directory.version
+            return outcome
+
+    def _finish(self, outcome: Outcome, trigger: str, actor: Actor) -> None:
+        m = self.metrics
+        m.last_reload_at = self._clock.now()
+        m.last_reload_seconds = outcome.seconds
+        hashes = dict(outcome.policy.file_hashes) if outcome.policy else {}
+        previous = self._engine.version if self._engine else None
+        if outcome.engine is None:
+            m.reloads_rejected += 1
+            m.last_reload_ok = False
+            m.last_error = list(outcome.errors + outcome.failed_tests)
+            for line in m.last_error[:20]:
+                log.error("policy rejected (%s): %s", trigger, line)
+            log.error("still serving policy %s", previous or "(none)")
+            self._record(
+                EventType.POLICY_REJECTED,
+                actor,
+                "failure",
+                {
+                    "trigger": trigger,
+                    "serving": previous,
+                    "errors": list(outcome.errors[:20]),
+                    "failed_tests": list(outcome.failed_tests[:20]),
+                    "files": hashes,
+                },
+            )
+            return
+        self._engine = outcome.engine
+        m.reloads_ok += 1
+        m.last_reload_ok = True
+        m.last_error = []
+        for line in outcome.warnings[:20]:
+            log.warning("policy: %s", line)
+        log.info(
+            "policy %s loaded (%s) in %.2fs, %d tests passed",
+            outcome.engine.version,
+            trigger,
+            outcome.seconds,
+            outcome.tests_run,
+        )
+        if previous != outcome.engine.version:
+            self._record(
+                EventType.POLICY_RELOADED,
+                actor,
+                "success",
+                {
+                    "trigger": trigger,
+                    "version": outcome.engine.version,
+                    "previous": previous,
+                    "files": hashes,
+                    "tests": outcome.tests_run,
+                    "warnings": len(outcome.warnings),
+                },
+            )
+        if self._state is not None and outcome.policy is not None:
+            try:
+                self._state.publish(outcome.policy.version, hashes, loaded_at=self._clock.now())
+            except IdhubError as exc:
+                log.warning("could not publish policy version: %s", exc)
+
+    def _record(
+        self, event: EventType, actor: Actor, outcome: Any, details: dict[str, Any]
+    ) -> None:
+        try:
+            self._audit.record(
+                event, actor=actor, target="policy", outcome=outcome, details=details
+            )
+        except IdhubError as exc:
+            log.error("could not record %s: %s", event, exc)
+
+    def refresh_directory(self) -> bool:
+        """Recompiles the serving policy if the directory moved; True if it did."""
+        engine = self._engine
+        if engine is None:
+            return False
+        fingerprint = self._directory.fingerprint()
+        if fingerprint == self._directory_fp:
+            return False
+        with self._reload_lock:
+            engine = self._engine
+            if engine is None:
+                return False
+            snapshot = self._directory.snapshot()
+            fresh = Engine(engine.policy, snapshot, self.domains)
+            fresh.warm()
+            self._engine = fresh
+            self._directory_fp = snapshot.version
+            self.metrics.directory_rebuilds += 1
+            log.info("directory changed: roles recomputed, policy version %s", fresh.version)
+        return True
+
+    def poll_once(self) -> None:
+        """One round of the background loop: published versions, then the directory."""
+        if self._state is not None:
+            latest = self._state.latest()
+            serving = self._engine.policy.version if self._engine is not None else None
+            if (
+                latest is not None
+                and latest.version != serving
+                and latest.version != self._rejected_published
+            ):
+                outcome = self.reload(trigger="published")
+                if not outcome.ok:
+                    # Do not retry the same published version every poll.
+                    self._rejected_published = latest.version
+        self.refresh_directory()
+
+    # ------------------------------------------------------------------ background
+
+    def start(self) -> None:
+        """Loads the policy now and starts watching files, published versions and SIGHUP."""
+        self._stop.clear()
+        try:
+            _ = self.engine
+        except PolicyError as exc:
+            # Serve unready rather than not at all: a fixed file is picked up by the watcher.
+            log.error("%s", exc)
+        poller = threading.Thread(target=self._poll_loop, name="idhub-policy-poll", daemon=True)
+        self._threads = [poller]
+        if self._watch is not None:
+            watch = self._watch
+            watcher = threading.Thread(
+                target=lambda: watch(self._on_files_changed, self._stop),
+                name="idhub-policy-watch",
+                daemon=True,
+            )
+            self._threads.append(watcher)
+        for thread in self._threads:
+            thread.start()
+        try:
+            signal.signal(signal.SIGHUP, self._on_sighup)
+        except (ValueError, AttributeError, OSError):
+            log.debug("SIGHUP reload not available outside the main thread")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+
+    def _on_files_changed(self, paths: set[str]) -> None:
+        self.reload(trigger="files changed")
+
+    def _on_sighup(self, _signum: int, _frame: object) -> None:
+        threading.Thread(target=self.reload, kwargs={"trigger": "SIGHUP"}, daemon=True).start()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self._poll_interval):
+            try:
+                self.poll_once()
+            except IdhubError as exc:
+                log.warning("policy poll failed: %s", exc)
+
+    def readiness(self) -> str:
+        if self._engine is None:
+            return "no policy loaded" + (
+                f": {self.metrics.last_error[0]}" if self.metrics.last_error else ""
+            )
+        return "ok"
+
+    def status(self) -> dict[str, Any]:
+        m = self.metrics
+        engine = self._engine
+        return {
+            "version": engine.version if engine else None,
+            "policy_version": engine.policy.version if engine else None,
+            "files": dict(engine.policy.file_hashes) if engine else {},
+            "rules": len(engine.policy.rules) if engine else 0,
+            "role_links": len(engine.links) if engine else 0,
+            "last_reload_ok": m.last_reload_ok,
+            "last_reload_at": m.last_reload_at,
+            "last_reload_seconds": round(m.last_reload_seconds, 3),
+            "last_error": m.last_error[:20],
+            "reloads_ok": m.reloads_ok,
+            "reloads_rejected": m.reloads_rejected,
+            "directory_rebuilds": m.directory_rebuilds,
+        }
+
+    # ------------------------------------------------------------------ decision audit
+
+    def record_decisions(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> int:
+        """Records every denial and the allows `[audit] decisions` asks for, in one batch."""
+        events: list[PendingEvent] = []
+        for request, decision in decisions:
+            if decision.allowed:
+                if self._decisions == "none":
+                    continue
+                if self._decisions == "sampled" and self._random.random() >= self._sample_rate:
+                    continue
+            details = {k: v for k, v in request.items() if v not in (None, "")}
+            details["allowed"] = decision.allowed
+            details["policy_version"] = version
+            if decision.rule is not None:
+                details["rule"] = str(decision.rule.source)
+            events.append(
+                PendingEvent(
+                    event_type=EventType.AUTHZ_DECISION,
+                    actor=actor,
+                    target=f"{request.get('domain')}:{request.get('type')}",
+                    outcome="success" if decision.allowed else "denied",
+                    details=details,
+                    ctx=ctx,
+                )
+            )
+        if events:
+            self._audit.record_many(events)
+        return len(events)
