@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.core.audit import Auditor
+    from idhub.core.authz_service import AuthzService
 
 
 class Services:
@@ -71,6 +72,9 @@ class Services:
         self.startup_hooks.append(self._start_logout_worker)
         self.shutdown_hooks.append(self._stop_logout_worker)
         # --- authorization hooks (policy load/watch, readiness) ---
+        self.startup_hooks.append(self._start_authz)
+        self.shutdown_hooks.append(self._stop_authz)
+        self.readiness_checks["policy"] = self._authz_ready
         # --- directory sync hooks (scheduler) ---
         self.startup_hooks.append(self._start_sync_scheduler)
         self.shutdown_hooks.append(self._stop_sync_scheduler)
@@ -319,6 +323,38 @@ class Services:
         seed_demo(self, echo)
 
     # --- authorization -------------------------------------------------------------------------
+
+    @cached_property
+    def authz(self) -> AuthzService:
+        from functools import partial
+
+        from idhub.adapters.directory_view import SqlDirectoryView
+        from idhub.adapters.policy_files import load_policy_dir, watch_policy_dir
+        from idhub.adapters.policy_state import SqlPolicyState
+        from idhub.core.authz_service import AuthzService
+
+        policy = self.settings.policy
+        return AuthzService(
+            domains=tuple(policy.domains),
+            load=partial(load_policy_dir, policy.dir),
+            directory=SqlDirectoryView(self.engine),
+            audit=self.audit,
+            clock=self.clock,
+            state=SqlPolicyState(self.engine),
+            decisions=self.settings.audit.decisions,
+            sample_rate=self.settings.audit.sample_rate,
+            watch=partial(watch_policy_dir, policy.dir) if policy.watch else None,
+        )
+
+    def _start_authz(self) -> None:
+        self.authz.start()
+
+    def _stop_authz(self) -> None:
+        if "authz" in self.__dict__:
+            self.authz.stop()
+
+    def _authz_ready(self) -> str:
+        return self.authz.readiness() if "authz" in self.__dict__ else "not started"
 
     # --- directory sync --------------------------------------------------------------------------
 
