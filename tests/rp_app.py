@@ -19,7 +19,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
@@ -35,6 +35,7 @@ class LogoutRp:
     # Answer this many deliveries with 503 before accepting (to exercise retries).
     fail_next: int = 0
     hits: int = 0
+    callbacks: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def uri(self, client_id: str) -> str:
@@ -84,7 +85,21 @@ class LogoutRp:
                 self.received.append({**claims, "_client": client_id})
             return Response(status_code=200, headers={"Cache-Control": "no-store"})
 
-        return Starlette(routes=[Route("/backchannel/{client_id}", backchannel, methods=["POST"])])
+        async def callback(request: Request) -> Response:
+            # Where the browser lands after signing in; the test exchanges the code itself.
+            with self._lock:
+                self.callbacks.append(str(request.url))
+            ok = "code" in request.query_params
+            title = "RP callback: signed in" if ok else "RP callback: error"
+            body = f"<!doctype html><title>{title}</title><h1 id=result>{title}</h1>"
+            return HTMLResponse(body, status_code=200 if ok else 400)
+
+        return Starlette(
+            routes=[
+                Route("/backchannel/{client_id}", backchannel, methods=["POST"]),
+                Route("/callback", callback, methods=["GET"]),
+            ]
+        )
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
