@@ -308,3 +308,36 @@ def make_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     yield factory
     for server in made:
         server.destroy()
+
+
+# ------------------------------------------------------------ audit: never in the log
+
+from tests.audit_scan import EngineTracker, KnownSecrets, Scanner, sink_files  # noqa: E402
+
+_KNOWN_SECRETS = KnownSecrets()
+_ENGINES = EngineTracker()
+
+
+@pytest.fixture
+def known_secrets() -> KnownSecrets:
+    """Register every secret a test handles in clear (passwords, client secrets, codes,
+    tokens): `known_secrets.add(value, ...)`. After the test, the audit trail of every
+    database it touched and every *.jsonl(.gz) under its tmp_path must not contain them."""
+    return _KNOWN_SECRETS
+
+
+@pytest.fixture(autouse=True)
+def _audit_holds_no_secrets(request: pytest.FixtureRequest) -> Iterator[None]:
+    _ENGINES.take()
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    urls = _ENGINES.take()
+    if not urls and tmp is None:
+        return
+    scanner = Scanner(TEST_SECRET_KEY, _KNOWN_SECRETS)
+    problems = [p for url in sorted(urls) for p in scanner.scan_database(url)]
+    if tmp is not None:
+        problems += scanner.scan_files(sink_files(tmp))
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        pytest.fail(f"secrets reached the audit trail ({len(problems)}):\n  {shown}")

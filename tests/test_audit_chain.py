@@ -269,9 +269,16 @@ def test_unknown_vocabulary_is_refused(services: Services) -> None:
     assert services.audit_log.count() == 0
 
 
-def test_write_failure_raises_audit_error(services: Services) -> None:
-    _fill(services, 1)
-    _sql(services, "DROP TABLE audit_events")
+@pytest.mark.parametrize("where", ["unmigrated sqlite", "unreachable postgresql"])
+def test_write_failure_raises_audit_error(
+    where: str, make_settings: Any, make_services: Any, tmp_path: Any
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'empty.db'}"
+        if where.startswith("unmigrated")
+        else "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    )
+    services = make_services(make_settings(url))
     with pytest.raises(AuditError, match="could not be written"):
         services.audit.record(EventType.LOGIN_SUCCEEDED, actor=Actor("user", "u"))
 
