@@ -265,6 +265,9 @@ def test_token_exchange_oa_to_reimburse(server: LiveServer) -> None:
     claims = decode(exchanged["access_token"], server.url).claims
     assert claims["aud"] == "reimburse" and claims["sub"] == user.sub
     assert claims["act"] == {"sub": "oa"} and claims["client_id"] == "oa"
+    # Contract 4: a token for a policy domain carries that domain's roles and the policy version.
+    assert claims["roles"] == services.authz.roles_for(user, "reimburse")
+    assert claims["policy_version"] == services.authz.version
     subject = decode(user_token, server.url).claims
     assert claims["exp"] <= subject["exp"]
     assert services.access_tokens.verify(exchanged["access_token"], audience="reimburse")
