@@ -1,0 +1,130 @@
+"""`GET /api/v1/audit`: the audit trail for admins, with the CLI's filters and cursor paging.
+
+Authorised by an idhub access token (`aud` idhub, scope `audit:read`, contract 3) issued to
+a client listed in `[server] admin_clients`: until idhub's own authorization policy governs
+its APIs, that list is what makes a client an admin. Both are required, so a client that
+was merely registered with the scope reads nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from idhub.bootstrap import Services
+from idhub.core.audit import OUTCOMES, AuditFilter, parse_when
+from idhub.errors import InvalidInput
+from idhub.web.bearer import BearerError, require_bearer
+
+SCOPE = "audit:read"
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+
+
+def _cursor(order: str, seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{order}:{seq}".encode()).decode().rstrip("=")
+
+
+def _read_cursor(value: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
+        order, _, seq = raw.partition(":")
+        if order in ("asc", "desc"):
+            return order, int(seq)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidInput("cursor is not one this API returned")
+
+
+def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str, Any]]:
+    from idhub.adapters.audit_store import check_event_types
+
+    params = request.query_params
+    known = {"type", "actor", "target", "outcome", "since", "until", "limit", "cursor", "order"}
+    unknown = sorted(set(params.keys()) - known)
+    if unknown:
+        raise InvalidInput(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    types = [t.strip() for value in params.getlist("type") for t in value.split(",") if t.strip()]
+    outcome = params.get("outcome") or None
+    if outcome is not None and outcome not in OUTCOMES:
+        raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}")
+    now = services.clock.now()
+
+    def when(name: str) -> float | None:
+        value = params.get(name)
+        if not value:
+            return None
+        try:
+            return parse_when(value, now=now)
+        except ValueError as exc:
+            raise InvalidInput(f"{name}: {exc}") from None
+
+    try:
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+    except ValueError:
+        raise InvalidInput("limit must be a whole number") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIMIT}")
+    order = params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidInput("order must be asc or desc")
+    after: int | None = None
+    before: int | None = None
+    if params.get("cursor"):
+        order, seq = _read_cursor(params["cursor"])
+        after, before = (seq, None) if order == "asc" else (None, seq)
+    where = AuditFilter(
+        event_types=check_event_types(types),
+        actor=params.get("actor") or None,
+        target=params.get("target") or None,
+        outcome=outcome,
+        since=when("since"),
+        until=when("until"),
+    )
+    return where, {"after_seq": after, "before_seq": before, "limit": limit, "order": order}
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    admins = frozenset(services.settings.server.admin_clients)
+
+    async def audit_events(request: Request) -> Response:
+        try:
+            claims = await require_bearer(request, services, scope=SCOPE)
+        except BearerError as exc:
+            return exc.response()
+        client_id = str(claims.get("client_id", ""))
+        if client_id not in admins:
+            return JSONResponse(
+                {
+                    "error": "access_denied",
+                    "error_description": f"client {client_id!r} is not an admin client "
+                    "([server] admin_clients)",
+                },
+                status_code=403,
+                headers={"Cache-Control": "no-store"},
+            )
+        where, page = _query(request, services)
+        limit, order = page["limit"], page["order"]
+        events = await run_in_threadpool(
+            services.audit_log.search,
+            where,
+            after_seq=page["after_seq"],
+            before_seq=page["before_seq"],
+            limit=limit + 1,
+            newest_first=order == "desc",
+        )
+        more = len(events) > limit
+        events = events[:limit]
+        body = {
+            "events": [e.to_dict() for e in events],
+            "next_cursor": _cursor(order, events[-1].seq) if more else None,
+        }
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    return [Route("/api/v1/audit", audit_events, methods=["GET"])]
