@@ -146,6 +146,7 @@ def company_ldif(
     disabled_every: int = 15,
     seed: int = 7,
     hash_passwords: bool = True,
+    members_per_group: int = 0,
 ) -> Company:
     """A realistic company: 总部 with top departments, sub-groups, people spread over them."""
     rng = random.Random(seed)
@@ -220,6 +221,7 @@ def company_ldif(
     for person in company.people:
         company.managers.setdefault(person.department, person.uid)
 
+    dn_of = {p.uid: p.dn for p in company.people}
     dept_entries = []
     for path in paths:
         attrs: dict[str, list[str]] = {
@@ -229,7 +231,7 @@ def company_ldif(
         manager = company.managers.get(path)
         if manager is not None:
             attrs["objectClass"].append("extensibleObject")
-            attrs["manager"] = [company.person(manager).dn]
+            attrs["manager"] = [dn_of[manager]]
         dept_entries.append(ldif_entry(_department_dn(path), attrs))
 
     user_entries = []
@@ -254,7 +256,8 @@ def company_ldif(
     people_dns = [p.dn for p in company.people]
     names = [f"g{n:05d}" for n in range(groups)]
     for n, cn in enumerate(names):
-        members = rng.sample(people_dns, k=min(len(people_dns), 3 + (n % 5)))
+        size = members_per_group + (n % 11) - 5 if members_per_group else 3 + (n % 5)
+        members = rng.sample(people_dns, k=min(len(people_dns), max(1, size)))
         # Every fourth group nests the next one, so effective membership needs resolution.
         if n % 4 == 0 and n + 1 < len(names):
             members.append(f"cn={names[n + 1]},{GROUPS_BASE}")

@@ -125,6 +125,8 @@ def test_full_sync_mirrors_the_company(make_corp: Callable[..., Corp]) -> None:
     user_changes = [json.loads(e.details) for e in changes if e.target.startswith("user:")]
     assert len(user_changes) == len(company.people)
     assert all(c["run_id"] == report.run_id and c["source"] == "ldap:corp" for c in user_changes)
+    assert {c["after"]["username"] for c in user_changes} == {p.uid for p in company.people}
+    assert all(c["kind"] == "create" and c["after"]["dn"] for c in user_changes)
     assert corp.rows(select(audit_events).where(audit_events.c.event_type == "sync.run"))
 
     # A second run right away finds nothing to do.

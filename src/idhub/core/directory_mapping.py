@@ -242,6 +242,15 @@ def _unescape(value: str) -> str:
 
 def parse_dn(dn: str) -> list[tuple[str, str]]:
     """`uid=a,ou=财务部,dc=x` -> [("uid","a"), ("ou","财务部"), ("dc","x")] (first AVA per RDN)."""
+    if "\\" not in dn and "+" not in dn and ";" not in dn:
+        # No escapes: a plain split is exact, and far cheaper on every synced entry.
+        simple: list[tuple[str, str]] = []
+        for part in dn.split(","):
+            attr, sep, value = part.partition("=")
+            if not sep:
+                raise MappingProblem(f"not a distinguished name component: {part[:80]!r}")
+            simple.append((attr.strip().lower(), value.strip()))
+        return simple
     rdns: list[tuple[str, str]] = []
     current: list[str] = []
     escaped = False

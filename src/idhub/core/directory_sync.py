@@ -520,9 +520,17 @@ class DirectorySync:
         return self._event(
             run_id,
             f"user:{change.username}",
-            {
-                "kind": change.kind,
-                "external_id": change.external_id,
-                "changes": {k: [b, a] for k, (b, a) in change.fields.items()},
-            },
+            _change_details(change),
         )
+
+
+def _change_details(change: UserChange) -> dict[str, Any]:
+    """What an audit reader needs: for a new user its values, otherwise before/after of each
+    changed field (a create's "before" would be all nulls; leaving it out keeps the trail of
+    a 100,000-user first load small)."""
+    details: dict[str, Any] = {"kind": change.kind, "external_id": change.external_id}
+    if change.kind == "create":
+        details["after"] = {k: a for k, (_, a) in change.fields.items()}
+    else:
+        details["changes"] = {k: [b, a] for k, (b, a) in change.fields.items()}
+    return details
