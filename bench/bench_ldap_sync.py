@@ -83,7 +83,6 @@ def make_template(path: Path) -> None:
 
 def bare_ldap3_read(url_port: int, page_size: int) -> tuple[float, int]:
     import ldap3
-
     from tests.slapd import PEOPLE_BASE, SERVICE_DN, SERVICE_PASSWORD
 
     server = ldap3.Server("127.0.0.1", port=url_port, get_info=ldap3.NONE)
