@@ -124,9 +124,8 @@ class KeyStore:
 
     def _fresh(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._checked_at < self._recheck:
-            return
-        if force and now - self._forced_at < 1.0:
+        stale = self._version is None or now - self._checked_at >= self._recheck
+        if not stale and (not force or now - self._forced_at < 1.0):
             # Unknown kids from strangers must not turn into a database read each.
             return
         version = self._store.version()
@@ -181,7 +180,8 @@ class KeyStore:
         return self._jwks
 
     def list(self) -> builtins.list[KeyInfo]:
-        self._fresh(force=True)
+        self.invalidate()
+        self._fresh()
         return sorted((k.info for k in self._keys.values()), key=lambda i: i.created_at)
 
     # ------------------------------------------------------------------ changes
@@ -207,7 +207,8 @@ class KeyStore:
 
     def ensure_active(self, echo: Callable[[str], None]) -> None:
         """Creates an active key for each algorithm that has none (used by `idhub init`)."""
-        self._fresh(force=True)
+        self.invalidate()
+        self._fresh()
         for alg in ALGS:
             if alg in self._active:
                 echo(f"signing key {alg} present ({self._active[alg].info.kid})")
