@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -166,3 +167,15 @@ def query_of(url: str) -> dict[str, str]:
     from urllib.parse import parse_qsl, urlsplit
 
     return dict(parse_qsl(urlsplit(url).query))
+
+
+def cli_config_for(tmp_path: Path, db_url: str) -> Path:
+    """An idhub.toml for the CLI on the same database (and secret key) as the test services."""
+    from tests.conftest import TEST_SECRET_KEY
+
+    var = tmp_path / "cli-var"
+    var.mkdir(exist_ok=True)
+    (var / "secret.key").write_text(TEST_SECRET_KEY + "\n", encoding="utf-8")
+    config = tmp_path / "cli.toml"
+    config.write_text(f'var_dir = "{var}"\n\n[database]\nurl = "{db_url}"\n', encoding="utf-8")
+    return config

@@ -21,9 +21,10 @@ from idhub.core.audit import Actor
 from idhub.core.clock import FrozenClock
 from idhub.core.logout import RETRY_DELAYS
 from idhub.core.sessions import COOKIE_NAME
-from tests.conftest import TEST_SECRET_KEY, LiveServer, free_port, serve
+from tests.conftest import LiveServer, free_port, serve
 from tests.rp_app import LogoutRp, running_rp
 from tests.sso_support import (
+    cli_config_for,
     csrf_token,
     events,
     follow,
@@ -234,15 +235,6 @@ def test_deliveries_are_retried_then_given_up(
     assert len(events(services, "logout.backchannel_delivered")) == 1
 
 
-def _cli_config(tmp_path: Path, db_url: str) -> Path:
-    var = tmp_path / "cli-var"
-    var.mkdir(exist_ok=True)
-    (var / "secret.key").write_text(TEST_SECRET_KEY + "\n", encoding="utf-8")
-    config = tmp_path / "cli.toml"
-    config.write_text(f'var_dir = "{var}"\n\n[database]\nurl = "{db_url}"\n', encoding="utf-8")
-    return config
-
-
 def test_session_revoke_logs_a_user_out_everywhere(
     live_server: LiveServer, run_cli: Callable[..., Any], tmp_path: Path, db_url: str
 ) -> None:
@@ -259,7 +251,7 @@ def test_session_revoke_logs_a_user_out_everywhere(
             _sign_in(pc2, issuer, oa, user="frank", password="frank-password-1")
             _sign_in(pc3, issuer, oa, user="gina", password="gina-password-1")
             result = run_cli("session", "revoke", "--user", "frank",
-                             config=_cli_config(tmp_path, db_url))  # fmt: skip
+                             config=cli_config_for(tmp_path, db_url))  # fmt: skip
             assert result.code == 0, result.err
             assert "ended 2 session(s)" in result.out
             received = rp.wait_for(2)
@@ -279,5 +271,7 @@ def test_session_revoke_logs_a_user_out_everywhere(
             .all()
         )
     assert reasons == ["revoked by an admin"] * 2
-    unknown = run_cli("session", "revoke", "--user", "nobody", config=_cli_config(tmp_path, db_url))
+    unknown = run_cli(
+        "session", "revoke", "--user", "nobody", config=cli_config_for(tmp_path, db_url)
+    )
     assert unknown.code == 2 and "no user named 'nobody'" in unknown.err

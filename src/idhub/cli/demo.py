@@ -162,7 +162,7 @@ def seed_demo(services: Services, echo: Callable[[str], None]) -> None:
 def _seed_clients(services: Services, echo: Callable[[str], None]) -> None:
     from idhub.core.clients import TOKEN_EXCHANGE
 
-    registry: Any = services.clients  # type: ignore[attr-defined]
+    registry = services.clients
     for demo in CLIENTS:
         if registry.get(demo.client_id) is not None:
             echo(

@@ -88,7 +88,7 @@ def routes(services: Services) -> list[BaseRoute]:
         )
         if session is not None and not (confirmed or hint_matches):
             token, new_cookie = guard.token(request)
-            response = render(
+            confirm = render(
                 request,
                 "logout.html",
                 {
@@ -100,8 +100,8 @@ def routes(services: Services) -> list[BaseRoute]:
                     "cancel_uri": None,
                 },
             )
-            guard.set_cookie(response, new_cookie)
-            return response
+            guard.set_cookie(confirm, new_cookie)
+            return confirm
 
         if session is not None:
             services.logout.end_session(
