@@ -172,13 +172,18 @@ def canonical_tail(
 ) -> str:
     """Everything of the canonical form after `seq`, so the slow part can be built before
     the append lock is taken; `canonical_bytes` adds the sequence number in front."""
-    head = json.dumps(
-        [repr(float(ts)), event_type, actor_type, actor_id, target, outcome, client_ip,
-         user_agent, request_id],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )  # fmt: skip
-    return head[1:-1] + "," + details_json + "]"
+    fields = (event_type, actor_type, actor_id, target, outcome, client_ip, user_agent, request_id)
+    return _tail(ts, fields, details_json)
+
+
+# json.dumps(..., ensure_ascii=False) encodes strings with exactly this function; calling it
+# per field is twice as fast as dumping a list, which matters when verifying millions.
+_encode = json.encoder.encode_basestring
+
+
+def _tail(ts: float, fields: Sequence[str | None], details_json: str) -> str:
+    parts = ",".join([_encode(v) if v is not None else "null" for v in fields])
+    return f'"{float(ts)!r}",{parts},{details_json}]'
 
 
 def canonical_bytes(seq: int, tail: str) -> bytes:
@@ -360,7 +365,7 @@ class ChainVerifier:
         if self.problem is not None:
             return False
         expected, prev = self._expected_seq, self._prev
-        sha256, dumps = hashlib.sha256, json.dumps
+        sha256, encode = hashlib.sha256, _encode
         checked = 0
         try:
             for row in rows:
@@ -368,10 +373,8 @@ class ChainVerifier:
                 if seq != expected:
                     self.problem = _gap(expected, seq)
                     return False
-                head = dumps(
-                    [repr(float(row[1])), *row[2:10]], ensure_ascii=False, separators=(",", ":")
-                )
-                canonical = f"[{seq},{head[1:-1]},{row[10]}]".encode()
+                fields = ",".join([encode(v) if v is not None else "null" for v in row[2:10]])
+                canonical = f'[{seq},"{float(row[1])!r}",{fields},{row[10]}]'.encode()
                 digest = sha256(row[11].encode("ascii"))
                 digest.update(canonical)
                 if digest.hexdigest() != row[12]:

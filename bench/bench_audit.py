@@ -1,0 +1,342 @@
+"""Audit trail speed on SQLite and PostgreSQL (the local server), each figure the median of
+several runs:
+
+  append   sustained events/s: one thread calling `record` back to back; 8 threads at once
+           (their appends share group commits); `record_many` in batches of 100
+  latency  `record` p50 / p99 for a lone caller (what a token request pays)
+  verify   `audit verify` (the store's chain walk) over 1,000,000 events generated with
+           batched inserts
+  token    /token client-credentials p50 over real HTTP (uvicorn, one worker) with the audit
+           write and, for comparison, with a no-op recorder (run with --token)
+
+Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--token]
+Traffic goes only to 127.0.0.1; the PostgreSQL database is a throwaway one, dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import secrets
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from idhub.adapters.audit_store import SqlAuditLog
+from idhub.adapters.database import apply_migrations, create_db_engine
+from idhub.config import DatabaseSettings
+from idhub.core.audit import (
+    GENESIS_HASH,
+    Actor,
+    EventType,
+    PendingEvent,
+    RequestContext,
+    canonical_bytes,
+    canonical_tail,
+    chain_hash,
+)
+from idhub.core.clock import SystemClock
+
+REPO = Path(__file__).resolve().parents[1]
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+CTX = RequestContext("10.0.0.1", "bench/1.0", "req-00000000")
+DETAILS = {"grant_type": "client_credentials", "audience": "reimburse", "scope": "authz"}
+
+
+@contextmanager
+def database(kind: str) -> Iterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+            engine = create_db_engine(DatabaseSettings(url=url))
+            apply_migrations(engine)
+            engine.dispose()
+            yield url
+        return
+    name = f"idhub_bench_{secrets.token_hex(4)}"
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"{PG_SERVER}/{name}"
+    try:
+        engine = create_db_engine(DatabaseSettings(url=url))
+        apply_migrations(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def empty(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events"))
+        conn.execute(text("DELETE FROM audit_anchor"))
+    if url.startswith("sqlite"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql("VACUUM")
+    engine.dispose()
+
+
+def new_log(url: str) -> tuple[SqlAuditLog, Any]:
+    engine = create_db_engine(DatabaseSettings(url=url))
+    return SqlAuditLog(engine, SystemClock()), engine
+
+
+def one(log: SqlAuditLog, i: int) -> None:
+    log.record(EventType.TOKEN_ISSUED, actor=Actor("client", f"c{i % 50}"), target="reimburse",
+               details={**DETAILS, "jti": f"j{i}"}, ctx=CTX)  # fmt: skip
+
+
+def append_single(url: str, seconds: float) -> float:
+    log, engine = new_log(url)
+    one(log, 0)  # warm the pool
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        one(log, count)
+        count += 1
+    rate = count / (time.perf_counter() - start)
+    engine.dispose()
+    return rate
+
+
+def append_threads(url: str, seconds: float, threads: int = 8) -> float:
+    log, engine = new_log(url)
+    one(log, 0)
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(t: int) -> None:
+        while time.perf_counter() < stop:
+            one(log, counts[t])
+            counts[t] += 1
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rate = sum(counts) / (time.perf_counter() - start)
+    engine.dispose()
+    return rate
+
+
+def append_batches(url: str, seconds: float, size: int = 100) -> float:
+    log, engine = new_log(url)
+    batch = [PendingEvent(EventType.SYNC_CHANGE, Actor.system("sync"), f"user:{i}",
+                          details={"field": "department", "before": "/a", "after": "/b"})
+             for i in range(size)]  # fmt: skip
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        log.record_many(batch)
+        count += size
+    rate = count / (time.perf_counter() - start)
+    engine.dispose()
+    return rate
+
+
+def latency(url: str, n: int) -> tuple[float, float]:
+    log, engine = new_log(url)
+    for i in range(20):
+        one(log, i)
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        one(log, i)
+        samples.append(time.perf_counter() - t)
+    engine.dispose()
+    samples.sort()
+    return samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99)] * 1000
+
+
+def generate(url: str, n: int, batch: int = 50_000) -> float:
+    """Writes a valid chain of n events straight into the table, in big batches."""
+    engine = create_db_engine(DatabaseSettings(url=url))
+    pg = engine.dialect.name == "postgresql"
+    started = time.perf_counter()
+    prev, seq, ts = GENESIS_HASH, 1, 1_790_000_000.0
+    cols = ("seq, ts, event_type, actor_type, actor_id, target, outcome, client_ip, user_agent,"
+            " request_id, details, prev_hash, hash")  # fmt: skip
+    while seq <= n:
+        rows = []
+        for _ in range(min(batch, n - seq + 1)):
+            actor = f"c{seq % 50}"
+            details = f'{{"audience":"reimburse","grant_type":"client_credentials","jti":"j{seq}"}}'
+            tail = canonical_tail(ts=ts, event_type="token.issued", actor_type="client",
+                                  actor_id=actor, target="reimburse", outcome="success",
+                                  client_ip="10.0.0.1", user_agent="bench/1.0",
+                                  request_id=None, details_json=details)  # fmt: skip
+            digest = chain_hash(prev, canonical_bytes(seq, tail))
+            rows.append((seq, ts, "token.issued", "client", actor, "reimburse", "success",
+                         "10.0.0.1", "bench/1.0", None, details, prev, digest))  # fmt: skip
+            prev, seq, ts = digest, seq + 1, ts + 0.001
+        raw = engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if pg:
+                with cur.copy(f"COPY audit_events ({cols}) FROM STDIN") as copy:  # type: ignore[attr-defined]
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                marks = ",".join("?" * 13)
+                insert = f"INSERT INTO audit_events ({cols}) VALUES ({marks})"  # noqa: S608
+                cur.executemany(insert, rows)
+            raw.commit()
+        finally:
+            raw.close()
+    if pg:
+        with engine.connect() as conn:
+            conn.execute(text("ANALYZE audit_events"))
+            conn.commit()
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def verify_time(url: str) -> tuple[float, int]:
+    log, engine = new_log(url)
+    start = time.perf_counter()
+    report = log.verify()
+    took = time.perf_counter() - start
+    engine.dispose()
+    if not report.ok:
+        raise SystemExit(f"generated chain does not verify: {report.problem}")
+    return took, report.checked
+
+
+def token_p50(url: str, n: int) -> tuple[float, float]:
+    """p50 of /token (client_credentials, ES256) with the real audit write and with none."""
+    import httpx
+    import uvicorn
+
+    from idhub.bootstrap import Services
+    from idhub.config import load_settings
+    from idhub.web.app import create_app
+
+    class NoAudit:
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def record_many(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    results = []
+    for audited in (True, False):
+        empty(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            port = _free_port()
+            settings = load_settings(None, cwd=Path(tmp), env={
+                "IDHUB_DATABASE_URL": url, "IDHUB_ISSUER": f"http://127.0.0.1:{port}",
+                "IDHUB_SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop",
+                "IDHUB_VAR_DIR": tmp, "IDHUB_POLICY_DIR": str(REPO / "policies"),
+            })  # fmt: skip
+            services = Services(settings)
+            if not audited:
+                services.__dict__["audit"] = NoAudit()
+            services.keys.ensure_active(lambda _: None)
+            client_id = f"bench{secrets.token_hex(3)}"
+            _, secret = services.clients.register(
+                client_id, grant_types=["client_credentials"], scope="authz",
+                token_endpoint_auth_method="client_secret_basic",
+            )  # fmt: skip
+            config = uvicorn.Config(create_app(services), host="127.0.0.1", port=port,
+                                    log_level="warning", lifespan="on")  # fmt: skip
+            server = uvicorn.Server(config)
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            while not server.started:
+                time.sleep(0.02)
+            samples = []
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+                form = {"grant_type": "client_credentials", "resource": "idhub", "scope": "authz"}
+                for i in range(n + 50):
+                    t = time.perf_counter()
+                    r = http.post("/token", data=form, auth=(client_id, str(secret)))
+                    if i >= 50:
+                        samples.append(time.perf_counter() - t)
+                    assert r.status_code == 200, r.text
+            server.should_exit = True
+            thread.join(10)
+            services.close()
+        results.append(statistics.median(samples) * 1000)
+    return results[0], results[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def median_of(runs: int, fn: Callable[[], float]) -> float:
+    return statistics.median(fn() for _ in range(runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs, 100,000 events")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--verify-events", type=int)
+    parser.add_argument("--token", action="store_true", help="also measure /token p50")
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    args = parser.parse_args()
+    seconds = 1.0 if args.quick else 3.0
+    n_verify = args.verify_events or (100_000 if args.quick else 1_000_000)
+    rows: list[tuple[str, str, str]] = []
+    for kind in args.backends.split(","):
+        with database(kind) as url:
+
+            def fresh(fn: Callable[[str, float], float]) -> Callable[[], float]:
+                def run() -> float:
+                    empty(url)
+                    return fn(url, seconds)
+
+                return run
+
+            for label, fn in (
+                ("append, 1 thread", append_single),
+                ("append, 8 threads", append_threads),
+                ("record_many x100", append_batches),
+            ):
+                rate = median_of(args.runs, fresh(fn))
+                rows.append((kind, label, f"{rate:,.0f} events/s"))
+            empty(url)
+            lat = [latency(url, 500 if args.quick else 2000) for _ in range(args.runs)]
+            p50 = statistics.median(x[0] for x in lat)
+            p99 = statistics.median(x[1] for x in lat)
+            rows.append((kind, "record latency", f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"))
+            empty(url)
+            built = generate(url, n_verify)
+            runs = [verify_time(url) for _ in range(args.runs)]
+            took = statistics.median(r[0] for r in runs)
+            count = runs[0][1]
+            result = f"{took:.1f} s ({count / took:,.0f}/s; generated in {built:.0f} s)"
+            rows.append((kind, f"verify {count:,} events", result))
+            if args.token:
+                with_audit, without = token_p50(url, 300 if args.quick else 1000)
+                added = with_audit - without
+                result = f"{with_audit:.2f} / {without:.2f} ms (+{added:.2f} ms)"
+                rows.append((kind, "/token p50 with / without audit", result))
+            print(f"# {kind} done", file=sys.stderr, flush=True)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    width = max(len(r[1]) for r in rows)
+    print(f"{'backend':<11} {'operation':<{width}}  result")
+    for kind, op, result in rows:
+        print(f"{kind:<11} {op:<{width}}  {result}")
+    print(f"peak RSS {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
