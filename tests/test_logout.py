@@ -56,9 +56,10 @@ def _sign_in(
         response = sign_in_at(browser, response, user, password)
     assert response.status_code == 302, response.text[:300]
     token: dict[str, Any] = client.fetch_token(
-        f"{issuer}/token", authorization_response=response.headers["location"],
+        f"{issuer}/token",
+        authorization_response=response.headers["location"],
         code_verifier=verifier,
-    )  # fmt: skip
+    )
     validate_id_token(issuer, token["id_token"], client_id=client.client_id, nonce=nonce)
     return token
 
@@ -90,9 +91,14 @@ def test_rp_initiated_logout_with_id_token_hint(live_server: LiveServer) -> None
     with httpx.Client(base_url=issuer) as browser:
         token = _sign_in(browser, issuer, oa, user="alice", password="alice-password-1")
         (session,) = services.sessions.active_for_user(alice.id)
-        response = browser.get("/logout", params={
-            "id_token_hint": token["id_token"], "state": "st-1",
-            "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out"})  # fmt: skip
+        response = browser.get(
+            "/logout",
+            params={
+                "id_token_hint": token["id_token"],
+                "state": "st-1",
+                "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out",
+            },
+        )
         assert response.status_code == 303
         assert response.headers["location"] == "http://127.0.0.1:8001/logged-out?state=st-1"
         assert COOKIE_NAME not in browser.cookies
@@ -111,12 +117,20 @@ def test_unregistered_post_logout_uri_gets_a_page(live_server: LiveServer) -> No
     oa = oauth_client(issuer, "oa", secret, scope=SCOPE)
     with httpx.Client(base_url=issuer, headers={"Accept-Language": "en"}) as browser:
         token = _sign_in(browser, issuer, oa, user="bob", password="bob-password-1")
-        response = browser.get("/logout", params={
-            "id_token_hint": token["id_token"],
-            "post_logout_redirect_uri": "https://evil.example/"})  # fmt: skip
-        forged = browser.get("/logout", params={
-            "id_token_hint": token["id_token"][:-4] + "AAAA",
-            "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out"})  # fmt: skip
+        response = browser.get(
+            "/logout",
+            params={
+                "id_token_hint": token["id_token"],
+                "post_logout_redirect_uri": "https://evil.example/",
+            },
+        )
+        forged = browser.get(
+            "/logout",
+            params={
+                "id_token_hint": token["id_token"][:-4] + "AAAA",
+                "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out",
+            },
+        )
     assert response.status_code == 400 and "location" not in response.headers
     assert "not registered" in response.text
     # A tampered hint is no hint: without client_id the target cannot be trusted either.
@@ -131,9 +145,14 @@ def test_logout_without_hint_asks_first(live_server: LiveServer) -> None:
     oa = oauth_client(issuer, "oa", secret, scope=SCOPE)
     with httpx.Client(base_url=issuer, headers={"Accept-Language": "zh-CN"}) as browser:
         _sign_in(browser, issuer, oa, user="carol", password="carol-password-1")
-        page = browser.get("/logout", params={
-            "client_id": "oa", "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out",
-            "state": "s2"})  # fmt: skip
+        page = browser.get(
+            "/logout",
+            params={
+                "client_id": "oa",
+                "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out",
+                "state": "s2",
+            },
+        )
         assert page.status_code == 200 and "确定要退出吗" in page.text
         assert len(services.sessions.active_for_user(carol.id)) == 1
         fields = hidden_fields(page.text)
@@ -157,10 +176,12 @@ def test_back_channel_logout_reaches_every_system_of_the_session(live_server: Li
     services, issuer = live_server.services, live_server.url
     dave = make_user(services, "dave", "dave-password-1")
     with _rp(issuer) as rp:
-        _, oa_secret = register_client(services, "oa", port=8001,
-                                       backchannel_logout_uri=rp.uri("oa"))  # fmt: skip
-        _, rb_secret = register_client(services, "reimburse", port=8002,
-                                       backchannel_logout_uri=rp.uri("reimburse"))  # fmt: skip
+        _, oa_secret = register_client(
+            services, "oa", port=8001, backchannel_logout_uri=rp.uri("oa")
+        )
+        _, rb_secret = register_client(
+            services, "reimburse", port=8002, backchannel_logout_uri=rp.uri("reimburse")
+        )
         oa = oauth_client(issuer, "oa", oa_secret, port=8001, scope=SCOPE)
         rb = oauth_client(issuer, "reimburse", rb_secret, port=8002, scope=SCOPE)
         with httpx.Client(base_url=issuer) as browser:
@@ -245,13 +266,17 @@ def test_session_revoke_logs_a_user_out_everywhere(
         _, secret = register_client(services, "oa", backchannel_logout_uri=rp.uri("oa"))
         oa = oauth_client(issuer, "oa", secret, scope=SCOPE)
         # frank on two computers, gina on a third: only frank's sessions end.
-        with httpx.Client(base_url=issuer) as pc1, httpx.Client(base_url=issuer) as pc2, \
-                httpx.Client(base_url=issuer) as pc3:  # fmt: skip
+        with (
+            httpx.Client(base_url=issuer) as pc1,
+            httpx.Client(base_url=issuer) as pc2,
+            httpx.Client(base_url=issuer) as pc3,
+        ):
             t1 = _sign_in(pc1, issuer, oa, user="frank", password="frank-password-1")
             _sign_in(pc2, issuer, oa, user="frank", password="frank-password-1")
             _sign_in(pc3, issuer, oa, user="gina", password="gina-password-1")
-            result = run_cli("session", "revoke", "--user", "frank",
-                             config=cli_config_for(tmp_path, db_url))  # fmt: skip
+            result = run_cli(
+                "session", "revoke", "--user", "frank", config=cli_config_for(tmp_path, db_url)
+            )
             assert result.code == 0, result.err
             assert "ended 2 session(s)" in result.out
             received = rp.wait_for(2)

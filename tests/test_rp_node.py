@@ -46,8 +46,9 @@ def _read(process: subprocess.Popen[str]) -> dict[str, Any]:
 def test_openid_client_code_flow_with_pkce(live_server: LiveServer) -> None:
     node = _node_ready()
     services, issuer = live_server.services, live_server.url
-    alice = make_user(services, "alice", "alice-demo-1", display_name="王小丽",
-                      email="alice@example.com")  # fmt: skip
+    alice = make_user(
+        services, "alice", "alice-demo-1", display_name="王小丽", email="alice@example.com"
+    )
     _, secret = register_client(services, "oa", port=8001)
     process = subprocess.Popen(
         [node, "rp.mjs", issuer, "oa", secret, "http://127.0.0.1:8001/callback"],
@@ -93,9 +94,12 @@ def test_openid_client_rejects_a_tampered_callback(live_server: LiveServer) -> N
     _, secret = register_client(services, "oa", port=8001)
     process = subprocess.Popen(
         [node, "rp.mjs", issuer, "oa", secret, "http://127.0.0.1:8001/callback"],
-        cwd=RP_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=RP_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-    )  # fmt: skip
+    )
     try:
         url = _read(process)["authorization_url"]
         with httpx.Client(base_url=issuer) as browser:

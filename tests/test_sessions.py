@@ -21,9 +21,13 @@ NOW = 1_800_000_000.0
 
 def _session(**changes: Any) -> SsoSession:
     values: dict[str, Any] = {
-        "sid": "s1", "user_id": 1, "auth_time": NOW - 100, "created_at": NOW - 100,
-        "last_seen_at": NOW - 100, "expires_at": NOW + 3600,
-    }  # fmt: skip
+        "sid": "s1",
+        "user_id": 1,
+        "auth_time": NOW - 100,
+        "created_at": NOW - 100,
+        "last_seen_at": NOW - 100,
+        "expires_at": NOW + 3600,
+    }
     values.update(changes)
     return SsoSession(**values)
 
@@ -59,8 +63,13 @@ USER = User(id=1, sub="sub-1", username="alice", email="alice@example.com")
 def test_decide_login(
     session: SsoSession | None, user: User | None, kwargs: dict[str, Any], expected: str | None
 ) -> None:
-    args: dict[str, Any] = {"prompt": set(), "max_age": None, "login_hint": None,
-                            "fresh_since": None, "now": NOW}  # fmt: skip
+    args: dict[str, Any] = {
+        "prompt": set(),
+        "max_age": None,
+        "login_hint": None,
+        "fresh_since": None,
+        "now": NOW,
+    }
     args.update(kwargs)
     decision = decide_login(session, user, **args)
     assert decision.needs_login is (expected is not None)

@@ -23,9 +23,21 @@ def test_user_commands(
 ) -> None:
     services = live_server.services
     config = cli_config_for(tmp_path, db_url)
-    added = run_cli("user", "add", "zhang", "--name", "张伟", "--department", "/总部/财务部",
-                    "--email", "zhang@example.com", "--password-stdin", "--json",
-                    config=config, stdin="zhang-secret-1\n")  # fmt: skip
+    added = run_cli(
+        "user",
+        "add",
+        "zhang",
+        "--name",
+        "张伟",
+        "--department",
+        "/总部/财务部",
+        "--email",
+        "zhang@example.com",
+        "--password-stdin",
+        "--json",
+        config=config,
+        stdin="zhang-secret-1\n",
+    )
     assert added.code == 0, added.err
     info = json.loads(added.out)
     assert info["username"] == "zhang" and info["department"] == "/总部/财务部"
@@ -49,8 +61,9 @@ def test_user_commands(
         assert disabled.code == 0 and "ended 1 session(s)" in disabled.out
         assert login(browser, "zhang", "zhang-secret-1").status_code == 401
     assert run_cli("user", "enable", "zhang", config=config).code == 0
-    changed = run_cli("user", "set-password", "zhang", "--password-stdin", config=config,
-                      stdin="zhang-secret-2\n")  # fmt: skip
+    changed = run_cli(
+        "user", "set-password", "zhang", "--password-stdin", config=config, stdin="zhang-secret-2\n"
+    )
     assert changed.code == 0, changed.err
     with httpx.Client(base_url=live_server.url) as browser:
         assert login(browser, "zhang", "zhang-secret-1").status_code == 401
@@ -100,14 +113,19 @@ def test_demo_seeds_a_company_that_can_sign_in(
     # The printed secret and password really work: a full code flow with the demo client.
     from authlib.integrations.httpx_client import OAuth2Client
 
-    client = OAuth2Client(client_id="oa", client_secret=secrets_found["oa"], scope="openid profile",
-                          redirect_uri="http://127.0.0.1:8001/callback",
-                          code_challenge_method="S256")  # fmt: skip
+    client = OAuth2Client(
+        client_id="oa",
+        client_secret=secrets_found["oa"],
+        scope="openid profile",
+        redirect_uri="http://127.0.0.1:8001/callback",
+        code_challenge_method="S256",
+    )
     verifier = "v" * 64
     url, _ = client.create_authorization_url(f"{issuer}/authorize", code_verifier=verifier)
     with httpx.Client(base_url=issuer) as browser:
         done = sign_in_at(browser, follow(browser, url), "alice", passwords["alice"])
     assert done.status_code == 302 and "code" in query_of(done.headers["location"])
-    token = client.fetch_token(f"{issuer}/token", authorization_response=done.headers["location"],
-                               code_verifier=verifier)  # fmt: skip
+    token = client.fetch_token(
+        f"{issuer}/token", authorization_response=done.headers["location"], code_verifier=verifier
+    )
     assert token["id_token"]

@@ -88,8 +88,9 @@ def test_single_sign_on_across_two_systems(live_server: LiveServer) -> None:
     assert second.status_code == 302, second.text[:300]
     location = second.headers["location"]
     assert location.startswith("http://127.0.0.1:8002/callback?") and "code=" in location
-    token = rb.fetch_token(f"{issuer}/token", authorization_response=location,
-                           code_verifier=verifier2)  # fmt: skip
+    token = rb.fetch_token(
+        f"{issuer}/token", authorization_response=location, code_verifier=verifier2
+    )
     claims = validate_id_token(issuer, token["id_token"], client_id="reimburse", nonce=nonce2)
     bob = services.identity.get_user_by_username("bob")
     assert bob is not None
@@ -110,13 +111,15 @@ def test_prompt_none_with_and_without_a_session(live_server: LiveServer) -> None
         params = query_of(refused.headers["location"])
         assert params["error"] == "login_required" and params["iss"] == issuer
         assert params["state"] == query_of(url)["state"]
-        sign_in_at(browser, follow(browser, _authorization_url(oa, issuer)[0]), "carol",
-                   "carol-password-1")  # fmt: skip
+        sign_in_at(
+            browser, follow(browser, _authorization_url(oa, issuer)[0]), "carol", "carol-password-1"
+        )
         url, verifier, nonce = _authorization_url(oa, issuer, prompt="none")
         silent = follow(browser, url)
     assert silent.status_code == 302 and "code" in query_of(silent.headers["location"])
-    token = oa.fetch_token(f"{issuer}/token", authorization_response=silent.headers["location"],
-                           code_verifier=verifier)  # fmt: skip
+    token = oa.fetch_token(
+        f"{issuer}/token", authorization_response=silent.headers["location"], code_verifier=verifier
+    )
     validate_id_token(issuer, token["id_token"], client_id="oa", nonce=nonce)
 
 
@@ -126,8 +129,9 @@ def test_prompt_login_and_max_age_ask_again(live_server: LiveServer) -> None:
     _, secret = register_client(services, "oa")
     oa = oauth_client(issuer, "oa", secret)
     with httpx.Client(base_url=issuer) as browser:
-        sign_in_at(browser, follow(browser, _authorization_url(oa, issuer)[0]), "dave",
-                   "dave-password-1")  # fmt: skip
+        sign_in_at(
+            browser, follow(browser, _authorization_url(oa, issuer)[0]), "dave", "dave-password-1"
+        )
         first_auth = services.sessions.resolve(browser.cookies[COOKIE_NAME]).auth_time  # type: ignore[union-attr]
         # prompt=login: the login page again although the session is fine ...
         url, verifier, nonce = _authorization_url(oa, issuer, prompt="login")
@@ -137,8 +141,11 @@ def test_prompt_login_and_max_age_ask_again(live_server: LiveServer) -> None:
         done = sign_in_at(browser, page, "dave", "dave-password-1")
         # ... and coming back from it yields a code (no loop), with a newer auth_time.
         assert done.status_code == 302 and "code=" in done.headers["location"]
-        token = oa.fetch_token(f"{issuer}/token", authorization_response=done.headers["location"],
-                               code_verifier=verifier)  # fmt: skip
+        token = oa.fetch_token(
+            f"{issuer}/token",
+            authorization_response=done.headers["location"],
+            code_verifier=verifier,
+        )
         claims = validate_id_token(issuer, token["id_token"], client_id="oa", nonce=nonce)
         assert claims["auth_time"] > first_auth
         # max_age: a fresh enough session passes silently, an older one must sign in again.
@@ -174,15 +181,34 @@ def test_unknown_client_and_bad_redirect_uri_never_redirect(live_server: LiveSer
     services, issuer = live_server.services, live_server.url
     register_client(services, "oa")
     with httpx.Client(base_url=issuer, headers={"Accept-Language": "en"}) as browser:
-        unknown = browser.get("/authorize", params={
-            "client_id": "nope", "response_type": "code", "scope": "openid",
-            "redirect_uri": "http://127.0.0.1:8001/callback"})  # fmt: skip
-        bad = browser.get("/authorize", params={
-            "client_id": "oa", "response_type": "code", "scope": "openid",
-            "redirect_uri": "http://127.0.0.1:8001/callback/../evil"})  # fmt: skip
-        wrong_scope = browser.get("/authorize", params={
-            "client_id": "oa", "response_type": "token", "scope": "openid", "state": "s1",
-            "redirect_uri": "http://127.0.0.1:8001/callback"})  # fmt: skip
+        unknown = browser.get(
+            "/authorize",
+            params={
+                "client_id": "nope",
+                "response_type": "code",
+                "scope": "openid",
+                "redirect_uri": "http://127.0.0.1:8001/callback",
+            },
+        )
+        bad = browser.get(
+            "/authorize",
+            params={
+                "client_id": "oa",
+                "response_type": "code",
+                "scope": "openid",
+                "redirect_uri": "http://127.0.0.1:8001/callback/../evil",
+            },
+        )
+        wrong_scope = browser.get(
+            "/authorize",
+            params={
+                "client_id": "oa",
+                "response_type": "token",
+                "scope": "openid",
+                "state": "s1",
+                "redirect_uri": "http://127.0.0.1:8001/callback",
+            },
+        )
     for page in (unknown, bad):
         assert page.status_code == 400 and "location" not in page.headers
         assert "text/html" in page.headers["content-type"]
@@ -212,17 +238,20 @@ def test_consent_for_third_party_clients_is_asked_once(live_server: LiveServer) 
 
         fields = hidden_fields(consent.text)
         # Without the CSRF token the decision is refused.
-        forged = browser.post("/authorize", data={**fields, "csrf_token": "x",
-                                                   "idhub_consent": "allow"})  # fmt: skip
+        forged = browser.post(
+            "/authorize", data={**fields, "csrf_token": "x", "idhub_consent": "allow"}
+        )
         assert forged.status_code == 400
         denied_fields = dict(fields)
         denied = browser.post("/authorize", data={**denied_fields, "idhub_consent": "deny"})
         assert query_of(denied.headers["location"])["error"] == "access_denied"
         allowed = browser.post("/authorize", data={**fields, "idhub_consent": "allow"})
         assert allowed.status_code == 302 and "code=" in allowed.headers["location"]
-        token = vendor.fetch_token(f"{issuer}/token",
-                                   authorization_response=allowed.headers["location"],
-                                   code_verifier=verifier)  # fmt: skip
+        token = vendor.fetch_token(
+            f"{issuer}/token",
+            authorization_response=allowed.headers["location"],
+            code_verifier=verifier,
+        )
         validate_id_token(issuer, token["id_token"], client_id="vendor", nonce=nonce)
         # Remembered: the next request goes straight through.
         remembered = follow(browser, _authorization_url(vendor, issuer)[0])
