@@ -212,3 +212,31 @@ def test_bad_syslog_url_is_a_config_error(
         ConfigError, match=r"idhub.toml: \[audit\] syslog = 'syslog.example' must start"
     ):
         _ = services.audit_shipper
+
+
+def test_two_workers_shipping_one_file_never_duplicate(
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    """`idhub serve --workers 2` starts a shipper in each worker, both on the same file."""
+    sink = tmp_path / "audit.jsonl"
+    toml = f'[audit]\njsonl_path = "{sink}"\n'
+    workers = [make_services(make_settings(db_url, toml=toml)) for _ in range(2)]
+    shippers = [w.audit_shipper for w in workers]
+    for shipper in shippers:
+        assert shipper is not None
+        shipper._interval = 0.01  # poll hard so the two really race
+        shipper.start()
+    try:
+        for i in range(150):
+            workers[i % 2].audit.record(EventType.TOKEN_ISSUED, actor=Actor("client", "oa"),
+                                        target=str(i))  # fmt: skip
+        _wait(lambda: sink.exists() and len(sink.read_text().splitlines()) >= 150)
+    finally:
+        for shipper in shippers:
+            assert shipper is not None
+            shipper.stop()
+    seqs = [json.loads(line)["seq"] for line in sink.read_text(encoding="utf-8").splitlines()]
+    assert seqs == list(range(1, 151))

@@ -10,6 +10,7 @@ chain. Local appends wake the shipper at once; others' are picked up by polling.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ _MAX_DATAGRAM = 60_000
 
 class Sink(Protocol):
     name: str
+    # Held (flock) while a process reads the position and delivers, so the workers of one
+    # `idhub serve --workers N` never send the same event twice or interleave lines.
+    lock_file: Path
 
     def position(self) -> int | None:
         """The last seq delivered, or None when the sink has never delivered anything."""
@@ -55,14 +59,11 @@ class JsonlFileSink:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.name = f"jsonl:{path}"
-        self._last: int | None = None
-        self._loaded = False
+        self.lock_file = path.with_name(path.name + ".lock")
 
     def position(self) -> int | None:
-        if not self._loaded:
-            self._last = _last_seq(self.path)
-            self._loaded = True
-        return self._last
+        # Read every time, not cached: another worker process may have appended.
+        return _last_seq(self.path)
 
     def deliver(self, events: Sequence[AuditEvent]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +72,6 @@ class JsonlFileSink:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        self._last = events[-1].seq
-        self._loaded = True
 
     def close(self) -> None:
         pass
@@ -102,6 +101,7 @@ class SyslogSink:
         self.url = url
         self.name = f"syslog:{url}"
         self._cursor_file = cursor_file
+        self.lock_file = cursor_file.with_name(cursor_file.name + ".lock")
         self._hostname = (hostname or socket.gethostname() or "-")[:255]
         parts = urlsplit(url)
         self._scheme = parts.scheme
@@ -259,17 +259,26 @@ class AuditShipper:
         return delivered
 
     def _ship(self, sink: Sink) -> int:
-        after = sink.position()
-        if after is None:
-            after = self._start_position(sink)
-        delivered = 0
-        while True:
-            events = self._audit.search(after_seq=after, limit=_BATCH, newest_first=False)
-            if not events:
-                return delivered
-            sink.deliver(events)
-            delivered += len(events)
-            after = events[-1].seq
+        sink.lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(sink.lock_file, "a+b") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return 0  # another process of this host is shipping right now
+            try:
+                after = sink.position()
+                if after is None:
+                    after = self._start_position(sink)
+                delivered = 0
+                while True:
+                    events = self._audit.search(after_seq=after, limit=_BATCH, newest_first=False)
+                    if not events:
+                        return delivered
+                    sink.deliver(events)
+                    delivered += len(events)
+                    after = events[-1].seq
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _start_position(self, sink: Sink) -> int:
         # A new file gets the whole live chain (a full copy the verifier can compare with);
