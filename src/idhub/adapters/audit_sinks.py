@@ -68,7 +68,9 @@ class JsonlFileSink:
     def deliver(self, events: Sequence[AuditEvent]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in events)
-        with self.path.open("a", encoding="utf-8") as handle:
+        # Owner-only: the trail names users, addresses and clients.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
