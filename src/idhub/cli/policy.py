@@ -15,7 +15,7 @@ from typing import Any
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
-from idhub.core.authz import Engine
+from idhub.core.authz import Engine, explanation_json
 from idhub.core.authz_checks import check_policy
 from idhub.core.authz_testing import run_policy_tests
 from idhub.core.policy_model import (
@@ -252,51 +252,6 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
     if rows:
         print_table(["effect", "where", "subject", "scope", "in scope", ""], rows)
     return 0
-
-
-def explanation_json(
-    engine: Engine, username: str, domain: str, result: Any, *, disabled: bool = False
-) -> dict[str, Any]:
-    """The explanation as plain data (shared with the decision API)."""
-    decision = result.decision
-    subject = user_subject(username)
-    roles = engine.roles_of(subject, domain)
-    return {
-        "allowed": decision.allowed and not disabled,
-        "reason": "user is disabled" if disabled else decision.reason,
-        "rule": str(decision.rule.source) if decision.rule else None,
-        "policy_version": engine.version,
-        "roles": [
-            {
-                "role": role,
-                "anchors": list(roles[role]),
-                "chain": [
-                    {
-                        "role": link.role,
-                        "member": link.member,
-                        "from": link.origin,
-                        "source": str(link.source),
-                    }
-                    for link in result.chains.get(role, ())
-                ],
-            }
-            for role in sorted(roles)
-        ],
-        "lines": [
-            {
-                "effect": m.rule.effect,
-                "source": str(m.rule.source),
-                "subject": m.rule.subject,
-                "domain": m.rule.domain,
-                "type": m.rule.obj,
-                "action": m.rule.act,
-                "scope": str(m.rule.scope),
-                "in_scope": m.in_scope,
-                "decisive": decision.rule is m.rule,
-            }
-            for m in result.matches
-        ],
-    }
 
 
 def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from idhub.core.identity import is_within
 from idhub.core.policy_model import (
@@ -36,7 +37,6 @@ from idhub.core.policy_model import (
 )
 from idhub.core.scopes import ScopeSet, build_scope_set
 
-_Bucket = dict[tuple[str, str], tuple[Rule, ...]]
 _EMPTY: tuple[str, ...] = ()
 
 
@@ -89,38 +89,69 @@ def derive_links(
     for link in policy.links:
         add(link)
     enabled = [u for u in directory.users.values() if not u.disabled]
+    # Indexes first: a rule per group over 20,000 users would otherwise scan them all.
+    by_group: dict[str, list[str]] = {}
+    by_dept: dict[str, list[str]] = {}
+    for user in enabled:
+        for group in user.groups:
+            by_group.setdefault(group, []).append(user.username)
+        if user.department is not None:
+            by_dept.setdefault(user.department, []).append(user.username)
     for rule in policy.assignments:
         origin = f"{rule.describe()} ({rule.source})"
+        members: list[tuple[str, str | None]]
         if rule.kind == "everyone":
-            members: list[tuple[str, str | None]] = [(u.username, None) for u in enabled]
+            members = [(u.username, None) for u in enabled]
         elif rule.kind == "group":
-            members = [(u.username, None) for u in enabled if rule.match in u.groups]
+            members = [(name, None) for name in by_group.get(rule.match, ())]
         elif rule.kind == "department":
-            members = [
-                (u.username, None)
-                for u in enabled
-                if u.department is not None
-                and (
-                    is_within(u.department, rule.match)
-                    if rule.subtree
-                    else u.department == rule.match
-                )
-            ]
+            if rule.subtree:
+                paths = [p for p in by_dept if is_within(p, rule.match)]
+            else:
+                paths = [rule.match]
+            members = [(name, None) for p in paths for name in by_dept.get(p, ())]
         else:
             members = []
             for path, manager in sorted(directory.departments.items()):
-                user = directory.users.get(manager) if manager else None
-                if user is not None and not user.disabled:
-                    members.append((user.username, path))
+                boss = directory.users.get(manager) if manager else None
+                if boss is not None and not boss.disabled:
+                    members.append((boss.username, path))
         for username, anchor in members:
             where = origin if anchor is None else f"manager of {anchor} ({rule.source})"
             add(Link(user_subject(username), rule.role, rule.domain, rule.source, anchor, where))
     return out
 
 
+class RuleIndex:
+    """Policy lines bucketed by (domain, subject), then (type, action), in file order.
+
+    Depends on the policy only, so one index serves the policy tests, the live engine and
+    every recompilation after a directory change."""
+
+    def __init__(self, rules: tuple[Rule, ...]) -> None:
+        buckets: dict[tuple[str, str], dict[tuple[str, str], list[Rule]]] = {}
+        for rule in rules:
+            key = (rule.domain, rule.subject)
+            per = buckets.get(key)
+            if per is None:
+                per = buckets[key] = {}
+            inner = (rule.obj, rule.act)
+            found = per.get(inner)
+            if found is None:
+                per[inner] = [rule]
+            else:
+                found.append(rule)
+        self.buckets = buckets
+
+
 class Engine:
     def __init__(
-        self, policy: PolicySet, directory: DirectorySnapshot, domains: tuple[str, ...]
+        self,
+        policy: PolicySet,
+        directory: DirectorySnapshot,
+        domains: tuple[str, ...],
+        *,
+        index: RuleIndex | None = None,
     ) -> None:
         self.policy = policy
         self.directory = directory
@@ -136,14 +167,8 @@ class Engine:
             self._graph.setdefault(link.domain, {}).setdefault(link.member, []).append(
                 (link.role, link)
             )
-        # (domain, subject) -> (type, action) -> rules, in file order
-        buckets: dict[tuple[str, str], dict[tuple[str, str], list[Rule]]] = {}
-        for rule in policy.rules:
-            per = buckets.setdefault((rule.domain, rule.subject), {})
-            per.setdefault((rule.obj, rule.act), []).append(rule)
-        self._buckets: dict[tuple[str, str], _Bucket] = {
-            key: {k: tuple(v) for k, v in per.items()} for key, per in buckets.items()
-        }
+        self.index = index or RuleIndex(policy.rules)
+        self._buckets = self.index.buckets
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[
             tuple[str, frozenset[tuple[str, str | None]]], dict[str, tuple[str, ...]]
@@ -157,11 +182,11 @@ class Engine:
         """Roles reachable from `role` within the depth pycasbin follows after the first link
         (the role itself at distance 0)."""
         key = (domain, role)
-        found = self._reach_memo.get(key)
-        if found is not None:
-            return found
+        cached = self._reach_memo.get(key)
+        if cached is not None:
+            return cached
         graph = self._graph.get(domain, {})
-        found = {role: 0}
+        found: dict[str, int] = {role: 0}
         queue = deque([role])
         while queue:
             node = queue.popleft()
@@ -337,3 +362,48 @@ class Engine:
         return [r.row() for r in self.policy.rules], [
             [link.member, link.role, link.domain] for link in self.links
         ]
+
+
+def explanation_json(
+    engine: Engine, username: str, domain: str, result: Explanation, *, disabled: bool = False
+) -> dict[str, Any]:
+    """The explanation as plain data (shared with the decision API)."""
+    decision = result.decision
+    subject = user_subject(username)
+    roles = engine.roles_of(subject, domain)
+    return {
+        "allowed": decision.allowed and not disabled,
+        "reason": "user is disabled" if disabled else decision.reason,
+        "rule": str(decision.rule.source) if decision.rule else None,
+        "policy_version": engine.version,
+        "roles": [
+            {
+                "role": role,
+                "anchors": list(roles[role]),
+                "chain": [
+                    {
+                        "role": link.role,
+                        "member": link.member,
+                        "from": link.origin,
+                        "source": str(link.source),
+                    }
+                    for link in result.chains.get(role, ())
+                ],
+            }
+            for role in sorted(roles)
+        ],
+        "lines": [
+            {
+                "effect": m.rule.effect,
+                "source": str(m.rule.source),
+                "subject": m.rule.subject,
+                "domain": m.rule.domain,
+                "type": m.rule.obj,
+                "action": m.rule.act,
+                "scope": str(m.rule.scope),
+                "in_scope": m.in_scope,
+                "decisive": decision.rule is m.rule,
+            }
+            for m in result.matches
+        ],
+    }

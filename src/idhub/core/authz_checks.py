@@ -66,16 +66,20 @@ def check_policy(
             warn(f"user {name!r} is not in the directory", source)
 
     # ---- policy lines
+    # type -> actions, per domain; for `*` lines, the union over every domain
+    types_of: dict[str, dict[str, frozenset[str]]] = {}
+    for domain, per in catalog.resources.items():
+        types_of[domain] = dict(per)
+        union = types_of.setdefault(ANY, {})
+        for obj, actions in per.items():
+            union[obj] = union.get(obj, frozenset()) | actions
     seen: dict[tuple[str, ...], Source] = {}
     for rule in policy.rules:
         src = rule.source
         check_member(rule.subject, src)
         if not check_domain(rule.domain, src):
             continue
-        types: dict[str, frozenset[str]] = {}
-        for domain in _expand(rule.domain, tuple(catalog.resources)):
-            for obj, actions in catalog.resources.get(domain, {}).items():
-                types[obj] = types.get(obj, frozenset()) | actions
+        types = types_of.get(rule.domain, {})
         if rule.obj != ANY and rule.obj not in types:
             err(f"unknown resource type {rule.obj!r} in domain {rule.domain!r}", src)
         elif rule.act != ANY and rule.obj != ANY and rule.act not in types[rule.obj]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
-from idhub.core.authz import Decision, Engine
+from idhub.core.authz import Decision, Engine, RuleIndex
 from idhub.core.authz_checks import check_policy
 from idhub.core.authz_testing import run_policy_tests
 from idhub.core.clock import Clock
@@ -99,13 +99,14 @@ def prepare_policy(
     warnings = tuple(str(i) for i in issues if i.level == "warning")
     if errors:
         return Outcome(None, policy, errors, warnings, seconds=time.perf_counter() - started)
-    results = run_policy_tests(policy, domains)
+    index = RuleIndex(policy.rules)
+    results = run_policy_tests(policy, domains, index=index)
     failed = tuple(str(r) for r in results if not r.passed)
     if failed:
         return Outcome(
             None, policy, (), warnings, failed, len(results), time.perf_counter() - started
         )
-    engine = Engine(policy, directory, domains)
+    engine = Engine(policy, directory, domains, index=index)
     if warm:
         engine.warm()
     return Outcome(engine, policy, (), warnings, (), len(results), time.perf_counter() - started)
@@ -195,10 +196,11 @@ class AuthzService:
             except IdhubError as exc:
                 outcome = Outcome(None, None, errors=(f"directory: {exc}",))
             else:
-                outcome = prepare_policy(self._load, snapshot, self.domains)
+                outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
             self._finish(outcome, trigger, actor or Actor.system())
             if outcome.engine is not None:
                 self._directory_fp = outcome.engine.directory.version
+                self._warm_later(outcome.engine)
             return outcome
 
     def _finish(self, outcome: Outcome, trigger: str, actor: Actor) -> None:
@@ -270,6 +272,12 @@ class AuthzService:
         except IdhubError as exc:
             log.error("could not record %s: %s", event, exc)
 
+    def _warm_later(self, engine: Engine) -> None:
+        """Computes every user's roles after the swap instead of before it: reloads stay short,
+        and a request arriving first computes its own user's roles (microseconds)."""
+        if self._threads:  # only in a serving process
+            threading.Thread(target=engine.warm, name="idhub-policy-warm", daemon=True).start()
+
     def refresh_directory(self) -> bool:
         """Recompiles the serving policy if the directory moved; True if it did."""
         engine = self._engine
@@ -283,9 +291,9 @@ class AuthzService:
             if engine is None:
                 return False
             snapshot = self._directory.snapshot()
-            fresh = Engine(engine.policy, snapshot, self.domains)
-            fresh.warm()
+            fresh = Engine(engine.policy, snapshot, self.domains, index=engine.index)
             self._engine = fresh
+            self._warm_later(fresh)
             self._directory_fp = snapshot.version
             self.metrics.directory_rebuilds += 1
             log.info("directory changed: roles recomputed, policy version %s", fresh.version)

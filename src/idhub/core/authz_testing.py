@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from idhub.core.authz import Engine
+from idhub.core.authz import Engine, RuleIndex
 from idhub.core.policy_model import DirectorySnapshot, PolicyCase, PolicySet, user_subject
 from idhub.core.scopes import DeptRef, ScopeSet
 
@@ -96,8 +96,12 @@ def run_case(engine: Engine, case: PolicyCase) -> CaseResult:
 
 
 def run_policy_tests(
-    policy: PolicySet, domains: tuple[str, ...], fixture: DirectorySnapshot | None = None
+    policy: PolicySet,
+    domains: tuple[str, ...],
+    fixture: DirectorySnapshot | None = None,
+    *,
+    index: RuleIndex | None = None,
 ) -> list[CaseResult]:
     directory = fixture or policy.fixture or DirectorySnapshot()
-    engine = Engine(policy, directory, domains)
+    engine = Engine(policy, directory, domains, index=index)
     return [run_case(engine, case) for case in policy.cases]

@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from idhub.core.identity import is_within
 
@@ -50,8 +50,7 @@ def canonical_model_text() -> str:
     return "\n".join(out)
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where something was written: shown to admins as `file:line`."""
 
     file: str
@@ -108,9 +107,10 @@ def scope_matches(
     return is_within(dept, scope.path or "/")
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """One `p` line: subject may (or may not) do action on a resource type within a scope."""
+class Rule(NamedTuple):
+    """One `p` line: subject may (or may not) do action on a resource type within a scope.
+
+    Tuples, not dataclasses: a large policy creates a hundred thousand of these per load."""
 
     subject: str
     domain: str
@@ -124,8 +124,7 @@ class Rule:
         return [self.subject, self.domain, self.obj, self.act, str(self.scope), self.effect]
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
+class Link(NamedTuple):
     """One `g` edge: member holds role in domain (`*` = every configured domain).
 
     `anchor` is the department `dept`/`dept_tree` scopes are relative to for this assignment;
@@ -228,7 +227,7 @@ class PolicySet:
     cases: tuple[PolicyCase, ...] = ()
     fixture: DirectorySnapshot | None = None
     file_hashes: Mapping[str, str] = field(default_factory=dict)
-    model_source: Source = Source("model.conf", 1)
+    model_source: Source = field(default_factory=lambda: Source("model.conf", 1))
 
     @property
     def version(self) -> str:

@@ -29,6 +29,7 @@ ROUTE_MODULES = (
     "idhub.web.authorize",
     "idhub.web.logout",
     "idhub.web.audit_api",
+    "idhub.web.pdp_api",
 )
 
 

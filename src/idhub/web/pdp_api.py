@@ -1,0 +1,466 @@
+"""The decision API for systems (`/api/v1/authz/*`) and the OpenAPI description idhub serves.
+
+Systems call it with their client-credentials access token (`aud` idhub, scope `authz`;
+`authz:admin` for explain and the policy status). A batch is decided against one engine, so
+every answer in it carries the same policy version. Denials, and allows as `[audit] decisions`
+says, go to the audit trail in one `record_many` per request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from idhub.bootstrap import Services
+from idhub.core.audit import Actor
+from idhub.core.authz import Decision, Engine, explanation_json
+from idhub.core.policy_model import user_subject
+from idhub.errors import InvalidInput
+from idhub.web.bearer import BearerError, check_bearer
+from idhub.web.middleware import request_context
+from idhub.web.oauth import bearer_token
+
+MAX_BATCH = 1000
+MAX_BODY = 2_000_000
+_FIELDS = ("user", "sub", "domain", "type", "action", "owner", "dept", "resource_id")
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": code, "error_description": message},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the body is not valid JSON") from None
+
+
+def _text(item: Mapping[str, Any], key: str, where: str, *, required: bool) -> str:
+    value = item.get(key)
+    if value is None or value == "":
+        if required:
+            raise InvalidInput(f"{where}.{key} is required")
+        return ""
+    if not isinstance(value, str) or len(value) > 1000:
+        raise InvalidInput(f"{where}.{key} must be a string of at most 1000 characters")
+    return value
+
+
+def _parse(
+    item: Any, where: str, engine: Engine, *, default_domain: str | None, needs: tuple[str, ...]
+) -> dict[str, str]:
+    if not isinstance(item, Mapping):
+        raise InvalidInput(f"{where} must be an object")
+    unknown = sorted(set(item) - set(_FIELDS) - {"resource"})
+    if unknown:
+        raise InvalidInput(f"{where}: unknown field {unknown[0]!r}")
+    resource = item.get("resource") or {}
+    if not isinstance(resource, Mapping):
+        raise InvalidInput(f"{where}.resource must be an object")
+    merged = {**{k: v for k, v in resource.items() if k in ("owner", "dept", "id")}, **item}
+    if "id" in merged and "resource_id" not in merged:
+        merged["resource_id"] = merged["id"]
+    if not merged.get("user") and not merged.get("sub"):
+        raise InvalidInput(f"{where}: give the user as `user` (username) or `sub`")
+    parsed = {key: _text(merged, key, where, required=False) for key in _FIELDS}
+    if not parsed["domain"]:
+        if default_domain is None:
+            raise InvalidInput(f"{where}.domain is required")
+        parsed["domain"] = default_domain
+    if parsed["domain"] not in engine.domains:
+        raise InvalidInput(
+            f"{where}.domain: unknown domain {parsed['domain']!r} "
+            f"(configured: {', '.join(engine.domains)})"
+        )
+    for key in needs:
+        _text(merged, key, where, required=True)
+    if parsed["resource_id"] == "" and isinstance(merged.get("resource_id"), int):
+        parsed["resource_id"] = str(merged["resource_id"])
+    return parsed
+
+
+def _resolve(engine: Engine, parsed: dict[str, str]) -> tuple[str | None, str]:
+    """(username or None, why not) from `user` or `sub`."""
+    users = engine.directory.users
+    if parsed["sub"]:
+        name = _sub_index(engine).get(parsed["sub"])
+        if name is None:
+            return None, "unknown user"
+    else:
+        name = parsed["user"]
+        if name not in users:
+            return None, "unknown user"
+    if users[name].disabled:
+        return None, "user is disabled"
+    return name, ""
+
+
+_SUB_CACHE: dict[int, dict[str, str]] = {}
+
+
+def _sub_index(engine: Engine) -> dict[str, str]:
+    # One index per engine; the engine is immutable so the index never goes stale.
+    key = id(engine)
+    index = _SUB_CACHE.get(key)
+    if index is None:
+        _SUB_CACHE.clear()
+        index = _SUB_CACHE[key] = engine.directory.by_sub()
+    return index
+
+
+def _decide(engine: Engine, parsed: dict[str, str]) -> tuple[Decision, str, str | None]:
+    username, problem = _resolve(engine, parsed)
+    if username is None:
+        return Decision(False), problem, None
+    decision = engine.check(
+        user_subject(username),
+        parsed["domain"],
+        parsed["type"],
+        parsed["action"],
+        parsed["owner"],
+        parsed["dept"],
+    )
+    return decision, decision.reason, username
+
+
+def _client_of(claims: Mapping[str, Any]) -> str:
+    return str(claims.get("client_id") or claims.get("sub") or "unknown")
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    def authorise(request: Request, scope: str) -> dict[str, Any]:
+        return check_bearer(bearer_token(request), services, scope=scope)
+
+    def do_check(request: Request, body: Any) -> Response:
+        claims = authorise(request, "authz")
+        engine = services.authz.engine
+        client = _client_of(claims)
+        default = client if client in engine.domains else None
+        batch = isinstance(body, Mapping) and "requests" in body
+        items = body["requests"] if batch else [body]
+        if not isinstance(items, list) or not items:
+            raise InvalidInput("`requests` must be a non-empty list")
+        if len(items) > MAX_BATCH:
+            raise InvalidInput(f"at most {MAX_BATCH} requests per batch, got {len(items)}")
+        results: list[dict[str, Any]] = []
+        audited: list[tuple[Mapping[str, Any], Decision]] = []
+        for index, item in enumerate(items):
+            where = f"requests[{index}]" if batch else "request"
+            parsed = _parse(item, where, engine, default_domain=default, needs=("type", "action"))
+            decision, reason, username = _decide(engine, parsed)
+            results.append({"allowed": decision.allowed, "reason": reason})
+            audited.append(
+                (
+                    {
+                        **parsed,
+                        "user": username or parsed["user"] or None,
+                        "sub": parsed["sub"] or None,
+                    },
+                    decision,
+                )
+            )
+        services.authz.record_decisions(
+            audited,
+            actor=Actor("client", client),
+            version=engine.version,
+            ctx=request_context(request),
+        )
+        if batch:
+            return JSONResponse({"policy_version": engine.version, "results": results})
+        return JSONResponse({**results[0], "policy_version": engine.version})
+
+    def do_scopes(request: Request, body: Any) -> Response:
+        claims = authorise(request, "authz")
+        engine = services.authz.engine
+        client = _client_of(claims)
+        parsed = _parse(
+            body,
+            "request",
+            engine,
+            default_domain=client if client in engine.domains else None,
+            needs=("type", "action"),
+        )
+        username, problem = _resolve(engine, parsed)
+        if username is None:
+            return JSONResponse(
+                {
+                    "all": False,
+                    "self": False,
+                    "departments": [],
+                    "exclude": {"self": False, "departments": []},
+                    "reason": problem,
+                    "policy_version": engine.version,
+                }
+            )
+        scope = engine.scopes(
+            user_subject(username), parsed["domain"], parsed["type"], parsed["action"]
+        )
+        return JSONResponse({**scope.to_json(), "user": username, "policy_version": engine.version})
+
+    def do_explain(request: Request, body: Any) -> Response:
+        authorise(request, "authz:admin")
+        engine = services.authz.engine
+        parsed = _parse(body, "request", engine, default_domain=None, needs=("type", "action"))
+        username, problem = _resolve(engine, parsed)
+        if username is None:
+            return JSONResponse(
+                {"allowed": False, "reason": problem, "policy_version": engine.version}
+            )
+        result = engine.explain(
+            user_subject(username),
+            parsed["domain"],
+            parsed["type"],
+            parsed["action"],
+            parsed["owner"],
+            parsed["dept"],
+        )
+        return JSONResponse(explanation_json(engine, username, parsed["domain"], result))
+
+    def do_status(request: Request, _body: Any) -> Response:
+        authorise(request, "authz:admin")
+        return JSONResponse(services.authz.status())
+
+    def endpoint(handler: Any, *, read_body: bool = True) -> Any:
+        async def run(request: Request) -> Response:
+            try:
+                body = await _body(request) if read_body else None
+                return await run_in_threadpool(handler, request, body)
+            except BearerError as exc:
+                return exc.response()
+            except InvalidInput as exc:
+                return _error(400, "invalid_request", exc.message)
+
+        return run
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document(services.settings.server.issuer))
+
+    return [
+        Route("/api/v1/authz/check", endpoint(do_check), methods=["POST"]),
+        Route("/api/v1/authz/scopes", endpoint(do_scopes), methods=["POST"]),
+        Route("/api/v1/authz/explain", endpoint(do_explain), methods=["POST"]),
+        Route("/api/v1/authz/policy", endpoint(do_status, read_body=False), methods=["GET"]),
+        Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+# ---------------------------------------------------------------------- OpenAPI
+
+
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {
+        "required": True,
+        "content": {"application/json": {"schema": schema, "example": example}},
+    }
+
+
+def _ok(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": {
+        "description": "invalid_request: the body names the offending field",
+        "content": {"application/json": {"schema": _schema_ref("Error")}},
+    },
+    "401": {
+        "description": "invalid_token (RFC 6750), with a WWW-Authenticate challenge",
+        "content": {"application/json": {"schema": _schema_ref("Error")}},
+    },
+    "403": {
+        "description": "insufficient_scope (RFC 6750)",
+        "content": {"application/json": {"schema": _schema_ref("Error")}},
+    },
+}
+
+_EXAMPLE = {
+    "user": "bob",
+    "domain": "reimburse",
+    "type": "expense_report",
+    "action": "approve",
+    "resource": {"id": "789", "owner": "alice", "dept": "/总部/华东区/销售一部"},
+}
+
+
+def openapi_document(issuer: str) -> dict[str, Any]:
+    """OpenAPI 3.1 description of the decision API (served at /api/v1/openapi.json)."""
+    dept_ref = {
+        "type": "object",
+        "required": ["path", "subtree"],
+        "properties": {
+            "path": {"type": "string", "example": "/总部/华东区"},
+            "subtree": {"type": "boolean", "description": "true: the path and everything below"},
+        },
+    }
+    request_schema = {
+        "type": "object",
+        "required": ["type", "action"],
+        "description": "Give the user as `user` (username) or `sub` (the OIDC subject). "
+        "`domain` defaults to the calling client's id when that is a domain.",
+        "properties": {
+            "user": {"type": "string"},
+            "sub": {"type": "string"},
+            "domain": {"type": "string", "example": "reimburse"},
+            "type": {"type": "string", "example": "expense_report"},
+            "action": {"type": "string", "example": "approve"},
+            "owner": {"type": "string", "description": "username owning the record"},
+            "dept": {"type": "string", "description": "department path of the record"},
+            "resource_id": {"type": "string", "description": "recorded in the audit trail"},
+            "resource": {
+                "type": "object",
+                "description": "alternative place for id/owner/dept",
+                "properties": {
+                    "id": {"type": "string"},
+                    "owner": {"type": "string"},
+                    "dept": {"type": "string"},
+                },
+            },
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "idhub decision API",
+            "version": "1",
+            "description": "Ask idhub whether a user may act on a record, and which records a "
+            "user may see. Authenticate with an idhub access token obtained "
+            "by client credentials with resource=idhub (scope `authz`; "
+            "`authz:admin` for explain and policy status). Every answer "
+            "carries the policy version it was decided on.",
+        },
+        "servers": [{"url": issuer.rstrip("/")}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/v1/authz/check": {
+                "post": {
+                    "summary": "Decide one request or a batch of up to 1,000",
+                    "requestBody": _json_body(
+                        {"oneOf": [_schema_ref("Request"), _schema_ref("Batch")]}, _EXAMPLE
+                    ),
+                    "responses": {
+                        "200": _ok(
+                            {"oneOf": [_schema_ref("Decision"), _schema_ref("BatchDecision")]},
+                            "the decision(s)",
+                        ),
+                        **_ERRORS,
+                    },
+                }
+            },
+            "/api/v1/authz/scopes": {
+                "post": {
+                    "summary": "Which records of a type may the user act on: a filter for SQL",
+                    "description": "visible = (all OR (self AND owner = user) OR dept IN "
+                    "departments) AND NOT (exclude.self AND owner = user) AND NOT "
+                    "(dept IN exclude.departments)",
+                    "requestBody": _json_body(
+                        _schema_ref("Request"),
+                        {
+                            "user": "bob",
+                            "domain": "reimburse",
+                            "type": "expense_report",
+                            "action": "read",
+                        },
+                    ),
+                    "responses": {"200": _ok(_schema_ref("Scope"), "the data scope"), **_ERRORS},
+                }
+            },
+            "/api/v1/authz/explain": {
+                "post": {
+                    "summary": "The decision and why: role chains and matching lines (admins)",
+                    "requestBody": _json_body(_schema_ref("Request"), _EXAMPLE),
+                    "responses": {"200": _ok({"type": "object"}, "the explanation"), **_ERRORS},
+                }
+            },
+            "/api/v1/authz/policy": {
+                "get": {
+                    "summary": "The serving policy version and the last reload's result (admins)",
+                    "responses": {"200": _ok({"type": "object"}, "policy status"), **_ERRORS},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT (RFC 9068)"}
+            },
+            "schemas": {
+                "Request": request_schema,
+                "Batch": {
+                    "type": "object",
+                    "required": ["requests"],
+                    "properties": {
+                        "requests": {
+                            "type": "array",
+                            "maxItems": MAX_BATCH,
+                            "items": _schema_ref("Request"),
+                        }
+                    },
+                },
+                "Decision": {
+                    "type": "object",
+                    "required": ["allowed", "policy_version"],
+                    "properties": {
+                        "allowed": {"type": "boolean"},
+                        "reason": {"type": "string"},
+                        "policy_version": {"type": "string"},
+                    },
+                },
+                "BatchDecision": {
+                    "type": "object",
+                    "properties": {
+                        "policy_version": {"type": "string"},
+                        "results": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "allowed": {"type": "boolean"},
+                                    "reason": {"type": "string"},
+                                },
+                            },
+                        },
+                    },
+                },
+                "Scope": {
+                    "type": "object",
+                    "properties": {
+                        "all": {"type": "boolean"},
+                        "self": {"type": "boolean"},
+                        "departments": {"type": "array", "items": dept_ref},
+                        "exclude": {
+                            "type": "object",
+                            "properties": {
+                                "self": {"type": "boolean"},
+                                "departments": {"type": "array", "items": dept_ref},
+                            },
+                        },
+                        "policy_version": {"type": "string"},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "properties": {
+                        "error": {"type": "string"},
+                        "error_description": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
