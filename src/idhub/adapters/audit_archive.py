@@ -98,6 +98,8 @@ def archive_before(
     verifier = ChainVerifier(first_seq=anchor.first_seq, prev_hash=anchor.prev_hash)
     count = 0
     try:
+        # Owner-only from the first byte: the trail names users, addresses and clients.
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         with gzip.open(partial, "wt", encoding="utf-8", compresslevel=6) as handle:
             header = {
                 "format": FORMAT,
