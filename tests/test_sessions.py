@@ -146,3 +146,21 @@ def test_consents_are_remembered_per_user_and_client(services: Services) -> None
     assert store.granted_scopes(alice.id, "other") == set()
     assert store.revoke_consents(alice.id) == 1
     assert store.granted_scopes(alice.id, "vendor") == set()
+
+
+def test_purge_removes_only_old_finished_sessions(
+    make_settings: Callable[..., Any], make_services: Callable[..., Services], db_url: str
+) -> None:
+    clock = FrozenClock(NOW)
+    services = make_services(make_settings(db_url), clock=clock)
+    alice = services.identity.create_user(username="alice")
+    _c1, old = services.sessions.start(alice, amr=["pwd"])
+    services.sessions.add_client(old.sid, "oa")
+    services.sessions.end(old.sid, reason="test")
+    clock.advance(10)
+    cookie, live = services.sessions.start(alice, amr=["pwd"])
+    services.sessions.add_client(live.sid, "oa")
+    assert services.session_store.purge_ended(NOW + 5) == 1
+    assert services.sessions.get(old.sid) is None and services.sessions.clients(old.sid) == []
+    assert services.sessions.resolve(cookie) is not None
+    assert services.sessions.clients(live.sid) == ["oa"]

@@ -308,7 +308,11 @@ class Services:
     def logout_worker(self) -> DeliveryWorker:
         from idhub.adapters.logout_delivery import DeliveryWorker
 
-        return DeliveryWorker(self.logout)
+        # Ended or expired sessions are kept a week (for support questions), then removed.
+        return DeliveryWorker(
+            self.logout,
+            housekeeping=lambda: self.session_store.purge_ended(self.clock.now() - 7 * 86400),
+        )
 
     def _start_logout_worker(self) -> None:
         self.logout_worker.start()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -62,8 +64,20 @@ class DeliveryWorker:
     """A daemon thread that delivers due logout tokens, woken at once when a logout queued
     some and otherwise polling every `interval` seconds (for retries and other replicas)."""
 
-    def __init__(self, service: LogoutService, *, interval: float = 2.0, parallel: int = 4) -> None:
+    def __init__(
+        self,
+        service: LogoutService,
+        *,
+        interval: float = 2.0,
+        parallel: int = 4,
+        housekeeping: Callable[[], object] | None = None,
+        housekeeping_interval: float = 3600.0,
+    ) -> None:
         self._service = service
+        # Old ended sessions are removed from the same thread, about once an hour.
+        self._housekeeping = housekeeping
+        self._housekeeping_interval = housekeeping_interval
+        self._next_housekeeping = time.monotonic() + 60.0
         self._interval = interval
         self._parallel = parallel
         self._wake = threading.Event()
@@ -106,3 +120,13 @@ class DeliveryWorker:
                     list(pool.map(self._service.attempt, due))
                 except Exception:  # the worker outlives a database hiccup; it retries later
                     log.exception("logout delivery pass failed")
+                self._maybe_housekeep()
+
+    def _maybe_housekeep(self) -> None:
+        if self._housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + self._housekeeping_interval
+        try:
+            self._housekeeping()
+        except Exception:
+            log.exception("session housekeeping failed")
