@@ -1,0 +1,285 @@
+"""The decision API end to end: a real uvicorn serving idhub, a real client-credentials token
+from /token, the shipped policy, and the demo company in SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from idhub.adapters.db import audit_events
+from idhub.bootstrap import Services
+from idhub.core.audit import EventType
+from tests.conftest import LiveServer
+from tests.oidc_support import prepare
+
+NO_WATCH = "[policy]\nwatch = false\n"
+SALES1 = "/总部/华东区/销售一部"
+
+
+@dataclass
+class Api:
+    live: LiveServer
+    token: str
+    admin_token: str
+
+    def post(self, path: str, body: object, token: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token or self.token}"}
+        return httpx.post(self.live.url + path, json=body, headers=headers, timeout=10)
+
+
+def seed_company(services: Services) -> None:
+    """The demo company (see src/idhub/cli/demo.py) plus erin and a disabled ivan."""
+    people = {
+        "alice": SALES1,
+        "bob": "/总部/华东区",
+        "carol": "/总部/财务部/费用核算组",
+        "dave": "/总部/信息技术部",
+        "erin": "/总部/华东区/销售二部",
+        "ivan": SALES1,
+    }
+    ident = services.identity
+    ids = {}
+    for name, dept in people.items():
+        ids[name] = ident.create_user(username=name, department_path=dept).id
+    ident.set_department_manager("/总部/华东区", ids["bob"])
+    ident.set_group_members(ident.ensure_group("财务审核组").id, [ids["carol"]])
+    ident.set_group_members(ident.ensure_group("系统管理员").id, [ids["dave"]])
+    ident.set_disabled(ids["ivan"], True, reason="left")
+
+
+def client_token(live: LiveServer, client_id: str, scope: str, resource: str = "idhub") -> str:
+    _, secret = live.services.clients.register(
+        client_id, grant_types=["client_credentials"], scope=scope
+    )
+    response = httpx.post(
+        live.url + "/token",
+        data={"grant_type": "client_credentials", "resource": resource, "scope": scope},
+        auth=(client_id, secret or ""),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+@pytest.fixture
+def api(make_live_server: Callable[..., LiveServer], db_url: str) -> Api:
+    live = make_live_server(db_url, toml=NO_WATCH)
+    prepare(live.services)
+    seed_company(live.services)
+    # What the background poll does every few seconds, done now.
+    assert live.services.authz.refresh_directory()
+    return Api(
+        live,
+        client_token(live, "reimburse", "authz"),
+        client_token(live, "pdp-admin", "authz authz:admin"),
+    )
+
+
+def decisions(live: LiveServer) -> list[dict[str, object]]:
+    with live.services.engine.connect() as conn:
+        rows = conn.execute(
+            select(audit_events).where(audit_events.c.event_type == EventType.AUTHZ_DECISION.value)
+        ).all()
+    return [{**row._mapping, "details": json.loads(row.details)} for row in rows]
+
+
+def test_single_and_batch_decisions(api: Api) -> None:
+    version = api.live.services.authz.version
+    one = api.post(
+        "/api/v1/authz/check",
+        {
+            "user": "bob",
+            "domain": "reimburse",
+            "type": "expense_report",
+            "action": "approve",
+            "resource": {"id": "789", "owner": "alice", "dept": SALES1},
+        },
+    )
+    assert one.status_code == 200, one.text
+    assert one.json() == {
+        "allowed": True,
+        "reason": "allowed by reimburse.csv:13",
+        "policy_version": version,
+    }
+
+    alice_sub = api.live.services.identity.get_user_by_username("alice").sub  # type: ignore[union-attr]
+    batch = [
+        # bob approves alice's report; not his own (deny beats allow); not outside 华东区
+        {
+            "user": "bob",
+            "type": "expense_report",
+            "action": "approve",
+            "owner": "alice",
+            "dept": SALES1,
+        },
+        {
+            "user": "bob",
+            "type": "expense_report",
+            "action": "approve",
+            "owner": "bob",
+            "dept": "/总部/华东区",
+        },
+        {
+            "user": "bob",
+            "type": "expense_report",
+            "action": "approve",
+            "owner": "x",
+            "dept": "/总部/财务部",
+        },
+        # alice, named by her OIDC subject, submits her own report but not erin's
+        {"sub": alice_sub, "type": "expense_report", "action": "submit", "owner": "alice"},
+        {"sub": alice_sub, "type": "expense_report", "action": "submit", "owner": "erin"},
+        # carol (财务审核组) reviews anything; dave (系统管理员) does anything in the ERP
+        {"user": "carol", "type": "expense_report", "action": "review", "owner": "erin"},
+        {"user": "dave", "domain": "erp", "type": "voucher", "action": "approve"},
+        {"user": "ivan", "type": "expense_report", "action": "read", "owner": "ivan"},
+        {"user": "nobody", "type": "expense_report", "action": "read"},
+    ]
+    response = api.post("/api/v1/authz/check", {"requests": batch})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["policy_version"] == version
+    assert [r["allowed"] for r in body["results"]] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert body["results"][1]["reason"].startswith("denied by reimburse.csv:")
+    assert body["results"][2]["reason"] == "no rule matched"
+    assert body["results"][7]["reason"] == "user is disabled"
+    assert body["results"][8]["reason"] == "unknown user"
+
+    # Every denial is in the audit trail, attributed to the calling system, with the rule.
+    recorded = decisions(api.live)
+    denied = [e for e in recorded if e["outcome"] == "denied"]
+    assert len(denied) == 5
+    assert {e["actor_id"] for e in recorded} == {"reimburse"}
+    own = next(e for e in denied if e["details"].get("owner") == "bob")
+    assert own["details"]["rule"].startswith("reimburse.csv:")
+    assert own["details"]["policy_version"] == version
+    assert own["target"] == "reimburse:expense_report"
+    assert api.token not in json.dumps([e["details"] for e in recorded])
+
+
+def test_scopes_answer_the_where_clause(api: Api) -> None:
+    response = api.post(
+        "/api/v1/authz/scopes", {"user": "bob", "type": "expense_report", "action": "read"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["all"] is False and body["self"] is True
+    assert body["departments"] == [{"path": "/总部/华东区", "subtree": True}]
+    assert body["policy_version"] == api.live.services.authz.version
+    carol = api.post(
+        "/api/v1/authz/scopes", {"user": "carol", "type": "expense_report", "action": "read"}
+    ).json()
+    assert carol["all"] is True
+    approve = api.post(
+        "/api/v1/authz/scopes", {"user": "bob", "type": "expense_report", "action": "approve"}
+    ).json()
+    assert approve["self"] is False and approve["exclude"]["self"] is True
+
+
+def test_explain_and_status_need_the_admin_scope(api: Api) -> None:
+    request = {
+        "user": "bob",
+        "domain": "reimburse",
+        "type": "expense_report",
+        "action": "approve",
+        "owner": "bob",
+        "dept": "/总部/华东区",
+    }
+    refused = api.post("/api/v1/authz/explain", request)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "insufficient_scope"
+    assert 'error="insufficient_scope"' in refused.headers["www-authenticate"]
+    explained = api.post("/api/v1/authz/explain", request, token=api.admin_token)
+    assert explained.status_code == 200, explained.text
+    body = explained.json()
+    assert body["allowed"] is False and body["rule"].startswith("reimburse.csv:")
+    roles = {r["role"]: r for r in body["roles"]}
+    assert roles["dept_manager"]["anchors"] == ["/总部/华东区"]
+    assert roles["dept_manager"]["chain"][0]["from"].startswith("manager of /总部/华东区")
+    assert any(line["decisive"] and line["effect"] == "deny" for line in body["lines"])
+    status = httpx.get(
+        api.live.url + "/api/v1/authz/policy",
+        headers={"Authorization": f"Bearer {api.admin_token}"},
+        timeout=10,
+    )
+    assert status.status_code == 200
+    assert status.json()["version"] == api.live.services.authz.version
+    assert status.json()["last_reload_ok"] is True
+
+
+def test_bad_callers_and_bad_input_get_clear_errors(api: Api) -> None:
+    url = api.live.url + "/api/v1/authz/check"
+    ok = {"user": "bob", "domain": "reimburse", "type": "expense_report", "action": "read"}
+    anonymous = httpx.post(url, json=ok, timeout=10)
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "invalid_token"
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    forged = api.post("/api/v1/authz/check", ok, token=api.token[:-4] + "AAAA")
+    assert forged.status_code == 401
+    # A token for another audience is not a token for idhub's APIs.
+    other = client_token(api.live, "erp", "authz", resource="erp")
+    assert api.post("/api/v1/authz/check", ok, token=other).status_code == 401
+
+    cases = [
+        (b"{not json", "not valid JSON"),
+        (json.dumps({**ok, "domain": "payroll"}).encode(), "request.domain: unknown domain"),
+        (json.dumps({"user": "bob", "domain": "oa"}).encode(), "request.type is required"),
+        (json.dumps({"requests": [ok] * 1001}).encode(), "at most 1000 requests"),
+        (
+            json.dumps({"requests": [ok, {**ok, "color": 1}]}).encode(),
+            "requests[1]: unknown field 'color'",
+        ),
+        (json.dumps({"requests": []}).encode(), "non-empty list"),
+        (json.dumps({"domain": "oa", "type": "t", "action": "a"}).encode(), "`user`"),
+    ]
+    for raw, message in cases:
+        response = httpx.post(
+            url,
+            content=raw,
+            timeout=10,
+            headers={"Authorization": f"Bearer {api.token}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, (raw[:40], response.text)
+        assert response.json()["error"] == "invalid_request"
+        assert message in response.json()["error_description"], response.text
+
+
+def test_openapi_document_describes_the_api(api: Api) -> None:
+    response = httpx.get(api.live.url + "/api/v1/openapi.json", timeout=10)
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["openapi"].startswith("3.1")
+    assert set(doc["paths"]) >= {
+        "/api/v1/authz/check",
+        "/api/v1/authz/scopes",
+        "/api/v1/authz/explain",
+        "/api/v1/authz/policy",
+    }
+    assert doc["servers"] == [{"url": api.live.url}]
+    assert doc["components"]["schemas"]["Batch"]["properties"]["requests"]["maxItems"] == 1000
+
+
+def test_access_tokens_carry_roles_and_policy_version(api: Api) -> None:
+    """Contract 4: what the token side reads from services.authz."""
+    services = api.live.services
+    bob = services.identity.get_user_by_username("bob")
+    ivan = services.identity.get_user_by_username("ivan")
+    assert bob is not None and ivan is not None
+    assert services.authz.roles_for(bob, "reimburse") == ["dept_manager", "employee"]
+    assert services.authz.roles_for(ivan, "reimburse") == []
+    assert services.authz.version == services.authz.engine.version
