@@ -225,7 +225,7 @@ class SqlAuditLog:
                 self.lock_tail(conn)
                 yield conn
         except SQLAlchemyError as exc:
-            raise AuditError(f"audit log unavailable: {exc}") from exc
+            raise AuditError("the audit log cannot be read", hint=_driver_error(exc)) from exc
 
     # ------------------------------------------------------------------ reading
 
@@ -344,7 +344,7 @@ class SqlAuditLog:
             with self._engine.connect() as conn:
                 yield conn
         except SQLAlchemyError as exc:
-            raise AuditError(f"audit log unavailable: {exc}") from exc
+            raise AuditError("the audit log cannot be read", hint=_driver_error(exc)) from exc
 
 
 def _clip(value: str | None, size: int) -> str | None:
@@ -355,9 +355,18 @@ def _clip(value: str | None, size: int) -> str | None:
 def _as_audit_error(exc: BaseException) -> BaseException:
     if isinstance(exc, AuditError) or not isinstance(exc, Exception):
         return exc
-    error = AuditError(f"audit event could not be written: {exc}")
+    # The message reaches HTTP clients (503); the driver's words go to the hint (CLI, logs),
+    # never the SQL statement and its parameters.
+    error = AuditError("the audit event could not be written, so nothing was done",
+                       hint=_driver_error(exc))  # fmt: skip
     error.__cause__ = exc
     return error
+
+
+def _driver_error(exc: BaseException) -> str:
+    original = getattr(exc, "orig", None) or exc
+    text = str(original).strip().splitlines()
+    return (text[0] if text else type(original).__name__)[:200]
 
 
 def _cols() -> list[Any]:
