@@ -300,3 +300,16 @@ def test_session_revoke_logs_a_user_out_everywhere(
         "session", "revoke", "--user", "nobody", config=cli_config_for(tmp_path, db_url)
     )
     assert unknown.code == 2 and "no user named 'nobody'" in unknown.err
+
+
+def test_readiness_reports_the_delivery_worker(live_server: LiveServer) -> None:
+    services = live_server.services
+    ready = httpx.get(f"{live_server.url}/readyz").json()
+    assert ready["checks"]["logout_delivery"] == "ok"
+    services.logout_worker.stop()
+    try:
+        stopped = httpx.get(f"{live_server.url}/readyz")
+        assert stopped.status_code == 503
+        assert stopped.json()["checks"]["logout_delivery"] == "back-channel logout worker stopped"
+    finally:
+        services.logout_worker.start()

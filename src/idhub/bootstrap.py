@@ -71,6 +71,7 @@ class Services:
         self.demo_steps.append(self._seed_demo)
         self.startup_hooks.append(self._start_logout_worker)
         self.shutdown_hooks.append(self._stop_logout_worker)
+        self.readiness_checks["logout_delivery"] = self._logout_delivery_ready
         # --- authorization hooks (policy load/watch, readiness) ---
         self.startup_hooks.append(self._start_authz)
         self.shutdown_hooks.append(self._stop_authz)
@@ -316,6 +317,11 @@ class Services:
 
     def _start_logout_worker(self) -> None:
         self.logout_worker.start()
+
+    def _logout_delivery_ready(self) -> str:
+        if "logout_worker" not in self.__dict__ or self.logout_worker.running:
+            return "ok"
+        return "back-channel logout worker stopped"
 
     def _stop_logout_worker(self) -> None:
         if "logout_worker" in self.__dict__:
