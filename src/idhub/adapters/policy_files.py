@@ -547,12 +547,7 @@ def export_revision(policy_dir: Path, revision: str, into: Path) -> Path:
     if revision.startswith("-"):
         raise PolicyError(f"{revision!r} is not a git revision")
     try:
-        top = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            ["git", "-C", str(policy_dir), "rev-parse", "--show-prefix"],  # noqa: S607
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        # Run from inside the directory, git archives just that subtree, paths relative to it.
         archive = subprocess.run(  # noqa: S603 - fixed argv, no shell
             ["git", "-C", str(policy_dir), "archive", "--format=tar", revision, "--", "."],  # noqa: S607
             check=True,
@@ -567,7 +562,7 @@ def export_revision(policy_dir: Path, revision: str, into: Path) -> Path:
         ) from exc
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
-    return into / top if top else into
+    return into
 
 
 def temporary_dir() -> tempfile.TemporaryDirectory[str]:
@@ -585,7 +580,9 @@ def watch_policy_dir(
     except ImportError:  # pragma: no cover - watchfiles ships with uvicorn[standard]
         _poll_dir(root, on_change, stop)
         return
-    for changes in watch(root, stop_event=stop, debounce=300, raise_interrupt=False):
+    for changes in watch(
+        root, stop_event=stop, debounce=300, rust_timeout=500, raise_interrupt=False
+    ):
         on_change({path for _kind, path in changes})
 
 

@@ -144,6 +144,7 @@ class AuthzService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._rejected_published: str | None = None
+        self._previous_sighup: Any = None
         self.metrics = Metrics()
         self._random = random.Random()  # noqa: S311 - sampling, not security
 
@@ -338,11 +339,17 @@ class AuthzService:
         for thread in self._threads:
             thread.start()
         try:
-            signal.signal(signal.SIGHUP, self._on_sighup)
+            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
         except (ValueError, AttributeError, OSError):
             log.debug("SIGHUP reload not available outside the main thread")
 
     def stop(self) -> None:
+        if self._previous_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._previous_sighup)
+            except (ValueError, OSError):
+                pass
+            self._previous_sighup = None
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
