@@ -146,7 +146,11 @@ class Scanner:
             return []
         engine = create_engine(url)
         try:
-            with engine.connect() as conn:
+            try:
+                conn = engine.connect()
+            except SQLAlchemyError:
+                return []  # the database itself is gone (a test made and dropped it)
+            with conn:
                 try:
                     rows = conn.execute(
                         text(
