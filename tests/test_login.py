@@ -160,3 +160,12 @@ def test_secure_cookie_when_the_issuer_is_https(
     assert "secure" in csrf_header.lower()
     (header,) = _set_cookie_headers(done, COOKIE_NAME)
     assert "secure" in header.lower() and "httponly" in header.lower()
+
+
+def test_username_case_does_not_matter(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "ivan", "ivan-password-1")
+    with httpx.Client(base_url=live_server.url) as client:
+        assert login(client, "Ivan", "ivan-password-1").status_code == 200
+        assert login(client, "IVAN ", "wrong-password").status_code == 401
+    assert [e["details"]["reason"] for e in events(services, "login.failed")] == ["bad_password"]

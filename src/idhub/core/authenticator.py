@@ -67,11 +67,7 @@ class Authenticator:
     def authenticate(self, username: str, password: str, *, ctx: RequestContext | None) -> User:
         """Returns the signed-in user or raises `AuthenticationFailed` (reason inside)."""
         username = username.strip()
-        user = (
-            self._users.get_user_by_username(username)
-            if username and len(username) <= MAX_USERNAME
-            else None
-        )
+        user = self._find(username)
         if user is None:
             # Spend the time a real check takes so response time does not reveal existence.
             self._hasher.spend_equal_time(password)
@@ -112,6 +108,15 @@ class Authenticator:
             details={"source": user.source, "amr": ["pwd"]},
             ctx=ctx,
         )
+        return user
+
+    def _find(self, username: str) -> User | None:
+        if not username or len(username) > MAX_USERNAME:
+            return None
+        user = self._users.get_user_by_username(username)
+        if user is None and username != username.lower():
+            # People type "Alice" for alice; directories compare names case-insensitively too.
+            user = self._users.get_user_by_username(username.lower())
         return user
 
     def _fail(
