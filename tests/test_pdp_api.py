@@ -15,7 +15,7 @@ from idhub.adapters.db import audit_events
 from idhub.bootstrap import Services
 from idhub.core.audit import EventType
 from tests.conftest import LiveServer
-from tests.oidc_support import prepare
+from tests.oidc_support import RP, decode, issue_code, pkce_pair, prepare, web_client
 
 NO_WATCH = "[policy]\nwatch = false\n"
 SALES1 = "/总部/华东区/销售一部"
@@ -275,11 +275,28 @@ def test_openapi_document_describes_the_api(api: Api) -> None:
 
 
 def test_access_tokens_carry_roles_and_policy_version(api: Api) -> None:
-    """Contract 4: what the token side reads from services.authz."""
+    """Contract 4: a user's access token for a policy domain carries their roles there."""
     services = api.live.services
+    _, secret = web_client(services, "oa")
     bob = services.identity.get_user_by_username("bob")
     ivan = services.identity.get_user_by_username("ivan")
     assert bob is not None and ivan is not None
-    assert services.authz.roles_for(bob, "reimburse") == ["dept_manager", "employee"]
+    verifier, challenge = pkce_pair()
+    code = issue_code(services, "oa", bob, challenge=challenge)
+    response = httpx.post(
+        api.live.url + "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": RP,
+            "code_verifier": verifier,
+        },
+        auth=("oa", secret or ""),
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
+    claims = decode(response.json()["access_token"], api.live.url).claims
+    assert claims["aud"] == "oa"
+    assert claims["roles"] == ["dept_manager", "employee"]
+    assert claims["policy_version"] == services.authz.version
     assert services.authz.roles_for(ivan, "reimburse") == []
-    assert services.authz.version == services.authz.engine.version
