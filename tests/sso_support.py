@@ -16,6 +16,7 @@ from idhub.bootstrap import Services
 from idhub.core.identity import User
 
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_LOGIN_ACTION = re.compile(r'<form method="post" action="(/login[^"]*)"')
 _HIDDEN = re.compile(r'<input type="hidden" name="([^"]+)" value="([^"]*)">')
 
 
@@ -41,7 +42,8 @@ def post_login(
     """Submits the login form found in `page` the way a browser would."""
     fields = hidden_fields(page.text)
     fields.update({"username": username, "password": password})
-    return client.post("/login", data=fields)
+    action = _LOGIN_ACTION.search(page.text)
+    return client.post(html.unescape(action.group(1)) if action else "/login", data=fields)
 
 
 def login(

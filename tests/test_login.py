@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Callable
 
 import httpx
@@ -169,3 +171,18 @@ def test_username_case_does_not_matter(live_server: LiveServer) -> None:
         assert login(client, "Ivan", "ivan-password-1").status_code == 200
         assert login(client, "IVAN ", "wrong-password").status_code == 401
     assert [e["details"]["reason"] for e in events(services, "login.failed")] == ["bad_password"]
+
+
+def test_language_switch_after_a_failed_attempt_keeps_the_request(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "jack", "jack-password-1")
+    return_to = "/authorize?client_id=oa&state=a%26b"
+    with httpx.Client(base_url=live_server.url, headers={"Accept-Language": "zh-CN"}) as client:
+        page = client.get("/login", params={"return_to": return_to})
+        failed = post_login(client, page, "jack", "nope-nope-nope")
+        assert failed.status_code == 401
+        switch = re.search(r'class="lang" href="([^"]+)"', failed.text)
+        assert switch is not None
+        english = client.get("/login" + html.unescape(switch.group(1)))
+    assert '<html lang="en">' in english.text
+    assert hidden_fields(english.text)["return_to"] == return_to
