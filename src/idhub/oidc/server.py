@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import (
     AuthorizationServer,
@@ -27,7 +28,7 @@ from idhub.core.audit import Actor, EventType
 from idhub.core.clients import ClientRegistry
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
-from idhub.errors import AuditError
+from idhub.errors import AuditError, ConfigError
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import (
@@ -77,7 +78,19 @@ class IdhubRequest(OAuth2Request):  # type: ignore[misc]
     """authlib's request built from `OAuthRequestData`."""
 
     def __init__(self, data: OAuthRequestData) -> None:
-        super().__init__(data.method, data.uri, headers=Headers(data.headers))
+        # authlib's constructor re-checks the URI's transport (an ipaddress parse) on every
+        # request; idhub builds the URI from its configured issuer, checked once at start-up.
+        self.method = data.method
+        self.uri = data.uri
+        self.headers = Headers(data.headers)
+        self._body = None
+        self.client = None
+        self.auth_method = None
+        self.user = None
+        self.authorization_code = None
+        self.refresh_token = None
+        self.credential = None
+        self._scope = None
         params = dict(data.params)
         self.payload = _Payload(params, {k: list(v) for k, v in data.multi.items()})
         self._params = params
@@ -145,6 +158,11 @@ class Provider:
         introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
     ) -> None:
+        if not is_secure_transport(issuer_url):
+            raise ConfigError(
+                f"the issuer {issuer_url} is plain http on a non-loopback host",
+                hint="OAuth 2.0 needs https; plain http is for 127.0.0.1/localhost only",
+            )
         self.issuer_url = issuer_url
         self.registry = registry
         self.issuer = issuer

@@ -24,6 +24,8 @@ LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # Tolerated clock difference between idhub replicas for `iat`/`nbf` checks.
 LEEWAY = 5
+# Signature-checked tokens remembered per process (cleared when full).
+VERIFIED_CACHE_SIZE = 20_000
 
 
 class InvalidToken(Exception):
@@ -63,6 +65,7 @@ class AccessTokens:
         self.issuer = issuer
         self._clock = clock
         self.ttl = ttl
+        self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(
         self,
@@ -102,6 +105,33 @@ class AccessTokens:
 
     def verify_offline(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """Everything `verify` checks except the revocation list (what a resource server does)."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._check_signed(token)
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        now = self._clock.now()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
+            raise InvalidToken("expired")
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and iat > now + LEEWAY:
+            raise InvalidToken("issued in the future")
+        if audience is not None:
+            aud = claims.get("aud")
+            audiences = aud if isinstance(aud, list) else [aud]
+            if audience not in audiences:
+                raise InvalidToken("wrong audience")
+        return dict(claims)
+
+    def _check_signed(self, token: str) -> dict[str, Any]:
+        """Claims of a token whose form, signature and issuer are right (time not checked).
+
+        Results are remembered per process: the same token is typically presented many times
+        (introspection, API calls) and its signature cannot change; time, audience and
+        revocation are still checked on every use.
+        """
         try:
             header, claims, signing_input, signature = jws.parse(token)
         except jws.MalformedJWS as exc:
@@ -120,20 +150,8 @@ class AccessTokens:
             raise InvalidToken("bad signature")
         if claims.get("iss") != self.issuer:
             raise InvalidToken("wrong issuer")
-        now = self._clock.now()
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
-            raise InvalidToken("expired")
-        iat = claims.get("iat")
-        if isinstance(iat, int | float) and iat > now + LEEWAY:
-            raise InvalidToken("issued in the future")
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("sub"), str):
             raise InvalidToken("missing jti or sub")
-        if audience is not None:
-            aud = claims.get("aud")
-            audiences = aud if isinstance(aud, list) else [aud]
-            if audience not in audiences:
-                raise InvalidToken("wrong audience")
         return claims
 
 

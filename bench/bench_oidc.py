@@ -1,0 +1,370 @@
+"""OIDC token-side throughput: `idhub serve --workers 2` on SQLite, loaded by wrk on 127.0.0.1.
+
+Scenarios: client-credentials tokens (client_secret_basic, ES256, one audit event each),
+introspection of an active access token, refresh-token grants (each request rotates a
+different refresh family), discovery and JWKS. Each scenario runs RUNS times for DURATION
+seconds; the table shows the median run's rate and latency and the total of non-2xx answers
+and socket errors over all runs. Traffic goes only to 127.0.0.1; everything lives in a
+temporary directory that is removed afterwards.
+
+    .venv/bin/python bench/bench_oidc.py [--duration 5] [--runs 3] [--connections 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+GOALS = {
+    "client_credentials": 1000,
+    "introspection": 2000,
+    "refresh": 400,
+    "discovery": 5000,
+    "jwks": 5000,
+}
+
+
+REFRESH_LUA = """
+local tokens = {}
+local i = 0
+function init(args)
+  local offset = tonumber(args[1])
+  local n = 0
+  for line in io.lines("%s") do
+    n = n + 1
+    if n > offset then tokens[#tokens + 1] = line end
+  end
+end
+function request()
+  i = i + 1
+  local body = "grant_type=refresh_token&refresh_token=" .. tokens[i]
+  return wrk.format("POST", "/token", {
+    ["Content-Type"] = "application/x-www-form-urlencoded",
+    ["Authorization"] = "%s"}, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def lua_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_post_script(path: Path, body: str, auth: str) -> Path:
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {lua_quote(body)}\n"
+        'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+        f'wrk.headers["Authorization"] = {lua_quote(auth)}\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def basic(client_id: str, secret: str) -> str:
+    return "Basic " + base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+def _ms(value: str) -> float:
+    match = re.match(r"([\d.]+)(us|ms|s)", value)
+    if not match:
+        return float("nan")
+    number, unit = float(match.group(1)), match.group(2)
+    return number / 1000 if unit == "us" else number * 1000 if unit == "s" else number
+
+
+def run_wrk(
+    url: str,
+    *,
+    duration: int,
+    connections: int,
+    script: Path | None = None,
+    args: tuple[str, ...] = (),
+) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
+    if script is not None:
+        cmd += ["-s", str(script)]
+    cmd.append(url)
+    if args:
+        cmd += ["--", *args]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=True, timeout=duration + 30
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    return {"rate": rate, "p50": p50, "p99": p99, "errors": errors, "requests": total}
+
+
+def prepare(root: Path, refresh_count: int) -> dict[str, Any]:
+    """Creates the config, runs `idhub init`, registers clients and pre-issues refresh tokens."""
+    var = root / "var"
+    config = root / "idhub.toml"
+    config.write_text(
+        f'var_dir = "{var}"\n[database]\nurl = "sqlite:///{var / "idhub.db"}"\n'
+        f'[policy]\ndir = "{Path(__file__).resolve().parents[1] / "policies"}"\nwatch = false\n',
+        encoding="utf-8",
+    )
+    env = {**os.environ, "IDHUB_CONFIG": str(config)}
+    subprocess.run(
+        [sys.executable, "-m", "idhub", "-c", str(config), "init"],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+
+    from sqlalchemy import insert
+
+    from idhub.adapters.db import refresh_families, refresh_tokens
+    from idhub.bootstrap import Services
+    from idhub.config import load_settings
+
+    services = Services(load_settings(config, env={}))
+    _, cc_secret = services.clients.register(
+        "bench-cc",
+        grant_types=["client_credentials"],
+        scope="authz",
+        allowed_audiences=["reimburse"],
+    )
+    _, web_secret = services.clients.register(
+        "bench-web",
+        redirect_uris=["http://127.0.0.1:9/cb"],
+        scope="openid profile",
+        grant_types=["authorization_code", "refresh_token"],
+    )
+    user = services.identity.create_user(username="bench-user", display_name="Bench")
+    client = services.clients.get("bench-cc")
+    assert client is not None and cc_secret and web_secret
+    access, _ = services.access_tokens.issue(
+        client, sub="bench-cc", audience="idhub", scopes=["authz"], ttl=3600
+    )
+    now = time.time()
+    tokens_file = root / "refresh.txt"
+    families, rows, lines = [], [], []
+    for n in range(refresh_count):
+        token, token_hash, expires_at = services.token_issuer.new_refresh_token()
+        family_id = f"bench-{n:08d}"
+        families.append(
+            {
+                "id": family_id,
+                "client_id": "bench-web",
+                "user_id": user.id,
+                "sid": None,
+                "scope": "openid profile",
+                "audience": "bench-web",
+                "auth_time": now,
+                "created_at": now,
+                "revoked_at": None,
+                "revoked_reason": None,
+            }
+        )
+        rows.append(
+            {
+                "token_hash": token_hash,
+                "family_id": family_id,
+                "issued_at": now,
+                "expires_at": expires_at,
+                "rotated_at": None,
+            }
+        )
+        lines.append(token)
+    with services.engine.begin() as conn:
+        conn.execute(insert(refresh_families), families)
+        conn.execute(insert(refresh_tokens), rows)
+    tokens_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    services.close()
+    return {
+        "config": config,
+        "env": env,
+        "cc_secret": cc_secret,
+        "web_secret": web_secret,
+        "access": access,
+        "tokens_file": tokens_file,
+    }
+
+
+@contextlib.contextmanager
+def serve(config: Path, env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "idhub",
+            "-c",
+            str(config),
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("idhub serve did not start")
+            time.sleep(0.2)
+        time.sleep(1.5)  # let both workers finish starting
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Largest VmHWM among the server process's children (the workers)."""
+    peak = 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return float("nan")
+    for child in [str(pid), *children]:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{child}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+    return peak / 1024
+
+
+def warm(base: str, data: dict[str, Any]) -> None:
+    auth = {"Authorization": basic("bench-cc", data["cc_secret"])}
+    for _ in range(50):
+        httpx.post(base + "/token", data={"grant_type": "client_credentials"}, headers=auth)
+        httpx.post(base + "/introspect", data={"token": data["access"]}, headers=auth)
+        httpx.get(base + "/jwks")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--only", nargs="*", default=None)
+    opts = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="idhub-bench-oidc-"))
+    try:
+        per_run = 3000 * opts.duration
+        data = prepare(root, refresh_count=per_run * opts.runs + 1000)
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cc_auth = basic("bench-cc", data["cc_secret"])
+        scripts = {
+            "client_credentials": (
+                write_post_script(root / "cc.lua", "grant_type=client_credentials", cc_auth),
+                base + "/token",
+            ),
+            "introspection": (
+                write_post_script(root / "in.lua", f"token={data['access']}", cc_auth),
+                base + "/introspect",
+            ),
+            "discovery": (None, base + "/.well-known/openid-configuration"),
+            "jwks": (None, base + "/jwks"),
+        }
+        refresh_lua = root / "refresh.lua"
+        refresh_lua.write_text(
+            REFRESH_LUA % (data["tokens_file"], basic("bench-web", data["web_secret"])),
+            encoding="utf-8",
+        )
+        order = ["client_credentials", "introspection", "refresh", "discovery", "jwks"]
+        if opts.only:
+            order = [o for o in order if o in opts.only]
+        results: dict[str, list[dict[str, float]]] = {}
+        with serve(data["config"], data["env"], port) as proc:
+            warm(base, data)
+            for name in order:
+                runs = []
+                for run in range(opts.runs):
+                    if name == "refresh":
+                        runs.append(
+                            run_wrk(
+                                base + "/token",
+                                duration=opts.duration,
+                                connections=opts.connections,
+                                script=refresh_lua,
+                                args=(str(run * per_run),),
+                            )
+                        )
+                    else:
+                        script, url = scripts[name]
+                        runs.append(
+                            run_wrk(
+                                url,
+                                duration=opts.duration,
+                                connections=opts.connections,
+                                script=script,
+                            )
+                        )
+                results[name] = runs
+            rss = peak_rss_mb(proc.pid)
+        print(
+            f"idhub serve --workers 2, SQLite, wrk -t1 -c{opts.connections} "
+            f"{opts.duration}s x {opts.runs} runs (median run), {os.cpu_count()} CPUs"
+        )
+        header = (
+            f"{'operation':20} {'req/s':>9} {'goal':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+        )
+        print(header)
+        print("-" * len(header))
+        ok = True
+        for name, runs in results.items():
+            median = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+            errors = int(sum(r["errors"] for r in runs))
+            met = median["rate"] >= GOALS[name] and errors == 0
+            ok = ok and met
+            print(
+                f"{name:20} {median['rate']:9.0f} {GOALS[name]:7d} {median['p50']:8.2f} "
+                f"{median['p99']:8.2f} {errors:7d}{'' if met else '  (goal not met)'}"
+            )
+        print(f"peak worker RSS: {rss:.0f} MiB")
+        spread = {n: [round(r["rate"]) for r in rs] for n, rs in results.items()}
+        print(f"all runs (req/s): {spread}")
+        return 0 if ok else 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
