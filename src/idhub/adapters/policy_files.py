@@ -581,7 +581,7 @@ def watch_policy_dir(
         _poll_dir(root, on_change, stop)
         return
     for changes in watch(
-        root, stop_event=stop, debounce=300, rust_timeout=500, raise_interrupt=False
+        root, stop_event=stop, debounce=300, rust_timeout=200, raise_interrupt=False
     ):
         on_change({path for _kind, path in changes})
 

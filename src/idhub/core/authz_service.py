@@ -331,7 +331,8 @@ class AuthzService:
         if self._watch is not None:
             watch = self._watch
             watcher = threading.Thread(
-                target=lambda: watch(self._on_files_changed, self._stop),
+                target=self._watch_loop,
+                args=(watch,),
                 name="idhub-policy-watch",
                 daemon=True,
             )
@@ -355,6 +356,16 @@ class AuthzService:
             thread.join(timeout=5)
         self._threads = []
 
+    def _watch_loop(
+        self, watch: Callable[[Callable[[set[str]], None], threading.Event], None]
+    ) -> None:
+        try:
+            watch(self._on_files_changed, self._stop)
+        except Exception:
+            log.exception(
+                "policy file watcher stopped; SIGHUP and `idhub policy reload` still work"
+            )
+
     def _on_files_changed(self, paths: set[str]) -> None:
         self.reload(trigger="files changed")
 
@@ -367,6 +378,9 @@ class AuthzService:
                 self.poll_once()
             except IdhubError as exc:
                 log.warning("policy poll failed: %s", exc)
+            except Exception:
+                # A background thread must never die silently or take the process with it.
+                log.exception("policy poll failed")
 
     def readiness(self) -> str:
         if self._engine is None:
