@@ -313,3 +313,25 @@ def test_readiness_reports_the_delivery_worker(live_server: LiveServer) -> None:
         assert stopped.json()["checks"]["logout_delivery"] == "back-channel logout worker stopped"
     finally:
         services.logout_worker.start()
+
+
+@pytest.mark.parametrize(
+    "hint",
+    ["a.b.c", "....", "x", "ä.ö.ü", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "e30.e30.e30", "%00"],
+)
+def test_malformed_hints_never_break_logout(live_server: LiveServer, hint: str) -> None:
+    register_client(live_server.services, "oa")
+    with httpx.Client(base_url=live_server.url) as browser:
+        response = browser.get("/logout", params={"id_token_hint": hint})
+        posted = browser.post("/logout", data={"id_token_hint": hint, "confirm": "yes"})
+        with_target = browser.get(
+            "/logout",
+            params={
+                "id_token_hint": hint,
+                "post_logout_redirect_uri": "http://127.0.0.1:8001/logged-out",
+            },
+        )
+    # No session in this browser: nothing to confirm, nothing ends; never a server error.
+    assert response.status_code == 200 and "Traceback" not in response.text
+    assert posted.status_code == 400  # a confirmation without the CSRF token
+    assert with_target.status_code == 400 and "location" not in with_target.headers
