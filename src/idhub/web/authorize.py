@@ -51,7 +51,8 @@ class LoginTickets:
         self._hasher = KeyedHasher(services.settings.require_secret_key(), "login-after")
 
     def issue(self, now: float) -> str:
-        ts = str(int(now))
+        # Milliseconds: a session started earlier within the same second must not count.
+        ts = str(int(now * 1000))
         return f"{ts}.{self._hasher.hash(ts)[:32]}"
 
     def since(self, ticket: str | None, now: float) -> float | None:
@@ -61,7 +62,7 @@ class LoginTickets:
         ts, mac = ticket.split(".", 1)
         if not ts.isdigit() or not hmac.compare_digest(self._hasher.hash(ts)[:32], mac):
             return None
-        issued = float(ts)
+        issued = int(ts) / 1000
         return issued if 0 <= now - issued <= TICKET_TTL else None
 
 
