@@ -30,12 +30,12 @@ from idhub.oidc.messages import (
     AuthorizationPageError,
     AuthorizationRequest,
     OAuthRequestData,
-    OAuthResponseData,
 )
 from idhub.web.csrf import CSRF_FIELD
 from idhub.web.i18n import pick_locale, translator
 from idhub.web.login import csrf_guard
 from idhub.web.middleware import request_context
+from idhub.web.oauth import to_response
 from idhub.web.templating import default_locale, render
 
 # Set by this module on the way to the login page: "signed in at or after <ts>" (HMAC-signed),
@@ -68,20 +68,6 @@ class LoginTickets:
 
 def zip_pairs(multi: dict[str, list[str]]) -> list[tuple[str, str]]:
     return [(key, value) for key, values in multi.items() for value in values]
-
-
-def to_response(data: OAuthResponseData) -> Response:
-    if isinstance(data.body, dict):
-        headers = [(k, v) for k, v in data.headers if k.lower() != "content-type"]
-        response = Response(
-            data.json_bytes(), status_code=data.status, media_type="application/json"
-        )
-    else:
-        headers = list(data.headers)
-        response = Response(data.body, status_code=data.status)
-    for name, value in headers:
-        response.headers[name] = value
-    return response
 
 
 def routes(services: Services) -> list[BaseRoute]:
