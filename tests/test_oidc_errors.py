@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 import httpx
@@ -60,6 +61,16 @@ def test_unsupported_grant_and_missing_parameters(server: LiveServer) -> None:
     assert as_json.status_code == 400 and as_json.json()["error"] == "invalid_request"
     # GET is not a token request.
     assert httpx.get(url).status_code == 405
+    # Basic credentials that are not UTF-8.
+    garbled = "Basic " + base64.b64encode(b"\xff\xfe:secret").decode()
+    for path in ("/token", "/introspect", "/revoke"):
+        response = httpx.post(
+            server.url + path,
+            data={"grant_type": "client_credentials", "token": "x"},
+            headers={"Authorization": garbled},
+        )
+        assert response.status_code == 401, path
+        assert response.json()["error"] == "invalid_client"
 
 
 def test_audit_failure_fails_the_token_request(server: LiveServer) -> None:

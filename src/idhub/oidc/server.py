@@ -22,6 +22,7 @@ from authlib.oauth2.rfc6749 import (
     OAuth2Request,
 )
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.token_store import CodeRecord
 from idhub.core.audit import Actor, EventType
@@ -319,6 +320,11 @@ class Provider:
             response: OAuthResponseData = self.server.create_token_response(request)
         except AuditError:
             response = self._unavailable()
+        except UnicodeDecodeError:
+            response = self._bad_credentials()
+        except SQLAlchemyError:
+            log.exception("token request failed on the database")
+            return self._unavailable("the database is not reachable; try again later")
         if response.status >= 400 and isinstance(response.body, dict):
             try:
                 self._record_failure(request, response)
@@ -348,8 +354,16 @@ class Provider:
         )
 
     @staticmethod
-    def _unavailable() -> OAuthResponseData:
-        error = TemporarilyUnavailable("the audit trail cannot be written; try again later")
+    def _unavailable(
+        description: str = "the audit trail cannot be written; try again later",
+    ) -> OAuthResponseData:
+        status, body, headers = TemporarilyUnavailable(description)()
+        return OAuthResponseData(status, list(headers), body)
+
+    @staticmethod
+    def _bad_credentials() -> OAuthResponseData:
+        """HTTP Basic credentials that are not UTF-8 (authlib would raise on them)."""
+        error = InvalidClientError(status_code=401, description="client authentication failed")
         status, body, headers = error()
         return OAuthResponseData(status, list(headers), body)
 
@@ -382,6 +396,11 @@ class Provider:
             return OAuthResponseData(status, list(headers), body)
         except AuditError:
             return self._unavailable()
+        except UnicodeDecodeError:
+            return self._bad_credentials()
+        except SQLAlchemyError:
+            log.exception("%s request failed on the database", endpoint)
+            return self._unavailable("the database is not reachable; try again later")
 
     def userinfo(self, bearer_token: str) -> OAuthResponseData:
         return self._userinfo(bearer_token)
