@@ -129,7 +129,8 @@ def test_active_directory_group_and_ou() -> None:
         attributes=AD,
     )
     assert group.external_id == "03020100-0504-0706-0809-0a0b0c0d0e0f"
-    assert group.members == (RECORDED_AD_DN,)
+    assert group.members == (normalise_dn(RECORDED_AD_DN),)
+    assert normalise_dn(RECORDED_AD_DN).startswith("cn=zhang\\, san,ou=费用核算组,")
     ou = map_department(
         f"OU=财务部,OU=总部,{AD_BASE}",
         {"objectguid": [GUID_BYTES], "managedby": [RECORDED_AD_DN.encode()]},
@@ -175,6 +176,8 @@ def test_dn_parsing_handles_escapes_and_utf8_hex() -> None:
     assert parse_dn("ou=\\E8\\B4\\A2,dc=x")[0] == ("ou", "财")
     assert normalise_dn("UID=Bob, OU=People ,DC=Example") == "uid=bob,ou=people,dc=example"
     assert normalise_dn("uid=a\\,b,dc=x") == normalise_dn("UID=A\\2Cb,DC=X")
+    # An escaped comma can never make one entry's key equal another's.
+    assert normalise_dn("cn=a\\,ou=b,dc=x") != normalise_dn("cn=a,ou=b,dc=x")
     assert department_from_dn("uid=a,ou=people,dc=x", "ou=people,dc=x") is None
     assert department_from_dn("uid=a,ou=b,dc=other", "ou=people,dc=x") is None
     assert department_from_value("总部/财务部/") == "/总部/财务部"

@@ -386,3 +386,46 @@ def test_two_replicas_never_sync_one_source_at_once(make_corp: Callable[..., Cor
     assert corp.sync().status == "succeeded"
     stale = corp.rows(select(sync_runs).where(sync_runs.c.id == "stale"))[0]
     assert stale.status == "failed" and "interrupted" in stale.error
+
+
+def test_serve_runs_syncs_in_the_background(
+    make_slapd: Callable[..., Slapd], make_live_server: Callable[..., Any], db_url: str
+) -> None:
+    ldap = make_slapd(users=15, departments=4, groups=2)
+    toml = "[sync]\ninterval = 1\n\n" + source_toml(ldap)
+    server = make_live_server(db_url, toml=toml, env=SOURCE_ENV)
+    services: Services = server.services
+    scheduler = services.sync_scheduler
+    assert scheduler.running
+
+    def synced_users() -> int:
+        with services.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+    deadline = time.monotonic() + 20
+    while synced_users() < 15 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert synced_users() == 15
+    first = services.directory_store.state("ldap:corp")
+    assert first.last_full_at is not None  # the first round is a full reconcile
+    # Later rounds are incremental: a modification shows up without anyone running a command.
+    next_second()
+    admin = ldap.admin()
+    admin.modify(
+        ldap.company.people[4].dn,  # type: ignore[attr-defined]
+        {"mail": [(ldap3.MODIFY_REPLACE, ["bg@example.com"])]},
+    )
+    admin.unbind()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        row = _first_user(services, ldap.company.people[4].uid)  # type: ignore[attr-defined]
+        if row.email == "bg@example.com":
+            break
+        time.sleep(0.2)
+    assert row.email == "bg@example.com"
+    assert services.directory_store.state("ldap:corp").last_incremental_at is not None
+
+
+def _first_user(services: Services, username: str) -> Any:
+    with services.engine.connect() as conn:
+        return conn.execute(select(users).where(users.c.username == username)).first()

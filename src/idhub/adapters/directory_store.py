@@ -28,7 +28,7 @@ from idhub.adapters.db import (
 )
 from idhub.core.clock import Clock
 from idhub.core.directory import StoredUser, UserChange, plan_memberships
-from idhub.core.directory_mapping import SourceGroup, normalise_dn
+from idhub.core.directory_mapping import SourceGroup, dn_key
 from idhub.core.directory_sync import PendingGroupChange, SyncState
 from idhub.core.identity import new_subject, parent_paths
 from idhub.errors import StorageError
@@ -379,7 +379,7 @@ class SqlDirectoryStore:
     def user_ids_by_dn(self, source: str) -> dict[str, int]:
         with self._engine.connect() as conn:
             return {
-                normalise_dn(dn): uid
+                dn_key(dn): uid
                 for uid, dn in conn.execute(
                     select(users.c.id, users.c.dn).where(
                         users.c.source == source, users.c.dn.is_not(None)
@@ -519,15 +519,17 @@ class SqlDirectoryStore:
                 .where(groups.c.source == source)
             ):
                 current.setdefault(gid, set()).add(uid)
-            desired = {ids[ext]: set(members.get(ext, set())) for ext in ids}
+            desired = {ids[ext]: members.get(ext, set()) for ext in ids}
             adds, removes = plan_memberships(
                 desired, {g: u for g, u in current.items() if g in desired}
             )
-            if adds:
+            # In slices: 250,000 parameter dicts at once were the peak of a first load.
+            for start in range(0, len(adds), 5 * CHUNK):
                 conn.execute(
-                    insert(group_members), [{"group_id": g, "user_id": u} for g, u in adds]
+                    insert(group_members),
+                    [{"group_id": g, "user_id": u} for g, u in adds[start : start + 5 * CHUNK]],
                 )
-            if removes:
+            for start in range(0, len(removes), 5 * CHUNK):
                 conn.execute(
                     delete(group_members).where(
                         and_(
@@ -535,7 +537,7 @@ class SqlDirectoryStore:
                             group_members.c.user_id == bindparam("u"),
                         )
                     ),
-                    [{"g": g, "u": u} for g, u in removes],
+                    [{"g": g, "u": u} for g, u in removes[start : start + 5 * CHUNK]],
                 )
             for row in vanished:
                 conn.execute(delete(group_members).where(group_members.c.group_id == row.id))

@@ -169,7 +169,7 @@ def cmd_sync_ldap(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def describe_change(change: UserChange) -> str:
     if change.kind == "create":
-        after = {k: a for k, (_, a) in change.fields.items()}
+        after = {k: a for k, (_, a) in change.diff().items()}
         extra = " (disabled)" if after.get("disabled") else ""
         return f"{after.get('display_name', '')} {after.get('department') or ''}{extra}".strip()
     if change.kind == "disable" and change.entry is None:

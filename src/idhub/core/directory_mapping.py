@@ -16,6 +16,7 @@ Two presets carry the conventions of each server:
 from __future__ import annotations
 
 import re
+import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
@@ -137,7 +138,7 @@ class SourceGroup:
     external_id: str
     dn: str
     name: str
-    members: tuple[str, ...]  # member DNs (users or groups)
+    members: tuple[str, ...]  # member DNs (users or groups), as `dn_key`s
     member_of: tuple[str, ...] = ()
     modified: str | None = None
 
@@ -289,7 +290,19 @@ def normalise_dn(dn: str) -> str:
             attr, _, value = part.partition("=")
             out.append(f"{attr.strip().lower()}={value.strip().lower()}")
         return ",".join(out)
-    return ",".join(f"{a}={v.lower()}" for a, v in parse_dn(dn))
+    # Escape separators again so "cn=a\\,ou=b" and "cn=a,ou=b" keep distinct keys.
+    return ",".join(f"{a}={_key_escape(v.lower())}" for a, v in parse_dn(dn))
+
+
+def _key_escape(value: str) -> str:
+    for ch in ("\\", ",", "+", ";"):
+        value = value.replace(ch, "\\" + ch)
+    return value
+
+
+def dn_key(dn: str) -> str:
+    """`normalise_dn`, interned so equal DNs share one string object."""
+    return sys.intern(normalise_dn(dn))
 
 
 def department_from_dn(dn: str, base: str, *, include_self: bool = False) -> str | None:
@@ -371,7 +384,12 @@ def map_group(dn: str, raw: RawAttributes, *, attributes: AttributeMap) -> Sourc
         raise MappingProblem(
             f"{dn}: a group needs {attributes.external_id} and {attributes.group_name}"
         )
-    members = texts(raw.get(attributes.member.lower())) + texts(raw.get("uniquemember"))
+    # Stored as interned comparison keys: 5,000 groups repeat the same 100,000 user DNs, and
+    # one shared string per DN is what keeps a large sync's memory in bounds.
+    members = tuple(
+        dn_key(m)
+        for m in texts(raw.get(attributes.member.lower())) + texts(raw.get("uniquemember"))
+    )
     return SourceGroup(
         external_id=external_id,
         dn=dn,

@@ -297,16 +297,32 @@ class DirectorySync:
         plan = SyncPlan(source=self.source, mode=mode)
         since = None if mode == "full" else state.high_water
         high = state.high_water if mode == "incremental" else None
-        entries: list[SourceUser] = []
-        seen_ids: set[str] = set()
+        # Pages are planned as they arrive and then dropped: only the changes are kept. In a
+        # full run the stored users are loaded once and each one seen is taken out, so what is
+        # left at the end is exactly the users the directory no longer has.
+        stored_all = self._store.stored_users(self.source) if mode == "full" else None
+        enabled_in_store = (
+            sum(1 for s in stored_all.values() if not s.disabled) if stored_all is not None else 0
+        )
+        changes: list[UserChange] = []
         try:
             for page in self._dir.user_pages(since):
-                entries.extend(page.users)
                 plan.warnings.extend(page.problems)
                 plan.entries_seen += len(page.users) + len(page.problems)
+                known = (
+                    self._store.stored_users(self.source, {e.external_id for e in page.users})
+                    if stored_all is None
+                    else None
+                )
                 for entry in page.users:
-                    seen_ids.add(entry.external_id)
                     high = later_mark(high, entry.modified, self._mark)
+                    if stored_all is not None:
+                        previous = stored_all.pop(entry.external_id, None)
+                    else:
+                        previous = known.get(entry.external_id) if known else None
+                    change = plan_user(previous, entry)
+                    if change is not None:
+                        changes.append(change)
                 progress("read", plan.entries_seen, None)
         except TruncatedResult as exc:
             plan.complete = False
@@ -315,17 +331,12 @@ class DirectorySync:
                 plan, enabled_in_store=0, max_disable_ratio=self._ratio, full_listing=True
             )
             return plan
-
-        stored = self._store.stored_users(
-            self.source, None if mode == "full" else {e.external_id for e in entries}
-        )
-        changes = [c for e in entries if (c := plan_user(stored.get(e.external_id), e))]
+        users_read = plan.entries_seen > 0
         dn_changed = any(c.kind == "create" or "dn" in c.fields for c in changes)
 
         full_listing = mode == "full"
-        if mode == "full":
-            enabled_in_store = sum(1 for s in stored.values() if not s.disabled)
-            gone = [s for ext, s in stored.items() if ext not in seen_ids]
+        if stored_all is not None:
+            gone = list(stored_all.values())
         else:
             enabled_in_store, gone = self._id_pass(plan, state)
             full_listing = enabled_in_store >= 0
@@ -339,7 +350,7 @@ class DirectorySync:
                 )
                 return plan
         changes.extend(c for s in gone if (c := plan_gone(s)))
-        del stored
+        del stored_all, gone
         if not enabled_in_store and any(c.kind == "disable" for c in changes):
             enabled_in_store = len(self._store.enabled_ids(self.source))
 
@@ -368,7 +379,7 @@ class DirectorySync:
         changed_groups, problems = self._dir.groups(since) if since else ([], [])
         for group in changed_groups:
             high = later_mark(high, group.modified, self._mark)
-        users_changed = bool(entries) if self._membership == "memberOf" else dn_changed
+        users_changed = users_read if self._membership == "memberOf" else dn_changed
         if mode == "full" or changed_groups or users_changed:
             groups, problems = self._dir.groups(None)
             for group in groups:
@@ -463,6 +474,8 @@ class DirectorySync:
             members = {
                 ext: {dn_index[m] for m in dns if m in dn_index} for ext, dns in resolved.items()
             }
+            del resolved, dn_index, member_of
+            dn_index = None
             group_counts, warnings, group_changes = self._store.sync_groups(
                 self.source, plan.groups, members
             )
@@ -530,7 +543,7 @@ def _change_details(change: UserChange) -> dict[str, Any]:
     a 100,000-user first load small)."""
     details: dict[str, Any] = {"kind": change.kind, "external_id": change.external_id}
     if change.kind == "create":
-        details["after"] = {k: a for k, (_, a) in change.fields.items()}
+        details["after"] = {k: a for k, (_, a) in change.diff().items()}
     else:
         details["changes"] = {k: [b, a] for k, (b, a) in change.fields.items()}
     return details
