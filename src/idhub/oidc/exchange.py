@@ -22,7 +22,8 @@ from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from idhub.core.audit import EventType
 from idhub.core.clients import TOKEN_EXCHANGE, Client
 from idhub.oidc.client_auth import CONFIDENTIAL_METHODS
-from idhub.oidc.grants import InvalidTarget, _ctx, _issuer, issued_details, require_param
+from idhub.oidc.grants import _ctx, _issuer
+from idhub.oidc.issuer import InvalidTarget, issued_details, require_param
 from idhub.oidc.tokens import InvalidToken
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105

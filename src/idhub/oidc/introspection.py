@@ -15,7 +15,7 @@ from idhub.core.audit import Actor, EventType, RequestContext
 from idhub.core.claims import role_claims, user_claims
 from idhub.core.clients import Client
 from idhub.oidc.client_auth import AuthlibClient
-from idhub.oidc.grants import Issuer
+from idhub.oidc.issuer import Issuer
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from idhub.oidc.tokens import InvalidToken
 

@@ -9,19 +9,15 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import (
-    AuthorizationServer,
     InvalidClientError,
     OAuth2Error,
-    OAuth2Request,
 )
-from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.token_store import CodeRecord
@@ -30,6 +26,7 @@ from idhub.core.clients import ClientRegistry
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
 from idhub.errors import AuditError, ConfigError
+from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import (
@@ -44,7 +41,6 @@ from idhub.oidc.messages import (
     AuthorizationErrorRedirect,
     AuthorizationPageError,
     AuthorizationRequest,
-    Headers,
     OAuthRequestData,
     OAuthResponseData,
 )
@@ -66,82 +62,6 @@ _SINGLE = (
     "resource",
     "login_hint",
 )
-
-
-class _Payload(BasicOAuth2Payload):  # type: ignore[misc]
-    def __init__(self, params: dict[str, str], multi: dict[str, list[str]]) -> None:
-        super().__init__(params)
-        if multi:
-            self._datalist = defaultdict(list, multi)
-
-
-class IdhubRequest(OAuth2Request):  # type: ignore[misc]
-    """authlib's request built from `OAuthRequestData`."""
-
-    def __init__(self, data: OAuthRequestData) -> None:
-        # authlib's constructor re-checks the URI's transport (an ipaddress parse) on every
-        # request; idhub builds the URI from its configured issuer, checked once at start-up.
-        self.method = data.method
-        self.uri = data.uri
-        self.headers = Headers(data.headers)
-        self._body = None
-        self.client = None
-        self.auth_method = None
-        self.user = None
-        self.authorization_code = None
-        self.refresh_token = None
-        self.credential = None
-        self._scope = None
-        params = dict(data.params)
-        self.payload = _Payload(params, {k: list(v) for k, v in data.multi.items()})
-        self._params = params
-        self.idhub_ctx = data.ctx
-        self.idhub_reason: str | None = None
-
-    @property
-    def form(self) -> dict[str, str]:
-        return self._params
-
-    @property
-    def args(self) -> dict[str, str]:
-        return self._params
-
-
-class _AuthlibServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, registry: ClientRegistry, issuer: Issuer) -> None:
-        super().__init__(scopes_supported=None)
-        self.registry = registry
-        self.issuer = issuer
-
-    def query_client(self, client_id: str) -> AuthlibClient | None:
-        client = self.registry.get(client_id) if isinstance(client_id, str) else None
-        return AuthlibClient(client, self.registry) if client else None
-
-    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
-        try:
-            return super().authenticate_client(request, methods, endpoint)
-        except InvalidClientError as exc:
-            # authlib lists the methods it tried; a failed client learns only that it failed.
-            if exc.description and exc.description.startswith("The client cannot authenticate"):
-                exc.description = "client authentication failed"
-            raise
-
-    def save_token(self, token: Any, request: Any) -> None:
-        """Grants store what they issue themselves (refresh families, audit)."""
-
-    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
-        """No signal bus: audit records are written by the grants."""
-
-    def validate_requested_scope(self, scope: Any) -> None:
-        """Scopes are narrowed per client by the grants, not against a global list."""
-
-    def create_oauth2_request(self, request: Any) -> OAuth2Request:
-        return request if isinstance(request, OAuth2Request) else IdhubRequest(request)
-
-    def handle_response(self, status: int, body: Any, headers: Any) -> OAuthResponseData:
-        return OAuthResponseData(
-            status, list(headers), body if isinstance(body, dict) else str(body or "")
-        )
 
 
 class Provider:
@@ -171,7 +91,7 @@ class Provider:
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
-        server = _AuthlibServer(registry, issuer)
+        server = AuthlibServer(registry, issuer)
         server.register_grant(CodeGrant, [S256Only(required=True)])
         server.register_grant(RotatingRefreshGrant)
         server.register_grant(ServiceGrant)
