@@ -160,6 +160,26 @@ def latency(url: str, n: int) -> tuple[float, float]:
     return samples[len(samples) // 2] * 1000, samples[int(len(samples) * 0.99)] * 1000
 
 
+def bare_commit(url: str, n: int) -> float:
+    """p50 of the cheapest durable write this database can do (one-row INSERT + COMMIT on a
+    scratch table): the floor under any synchronous audit write, measured in the same run
+    so a busy disk shows up as such."""
+    engine = create_db_engine(DatabaseSettings(url=url))
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE bench_commit (id INTEGER PRIMARY KEY, v TEXT)"))
+    samples = []
+    with engine.connect() as conn:
+        for i in range(n):
+            t = time.perf_counter()
+            conn.execute(text("INSERT INTO bench_commit (id, v) VALUES (:i, 'x')"), {"i": i})
+            conn.commit()
+            samples.append(time.perf_counter() - t)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE bench_commit"))
+    engine.dispose()
+    return statistics.median(samples) * 1000
+
+
 def generate(url: str, n: int, batch: int = 50_000) -> float:
     """Writes a valid chain of n events straight into the table, in big batches."""
     engine = create_db_engine(DatabaseSettings(url=url))
@@ -317,6 +337,10 @@ def main() -> None:
             p50 = statistics.median(x[0] for x in lat)
             p99 = statistics.median(x[1] for x in lat)
             rows.append((kind, "record latency", f"p50 {p50:.3f} ms, p99 {p99:.3f} ms"))
+            floor = statistics.median(
+                bare_commit(url, 300 if args.quick else 1000) for _ in range(args.runs)
+            )
+            rows.append((kind, "bare INSERT+COMMIT (floor)", f"p50 {floor:.3f} ms"))
             empty(url)
             built = generate(url, n_verify)
             runs = [verify_time(url) for _ in range(args.runs)]
