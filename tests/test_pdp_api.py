@@ -4,8 +4,10 @@ from /token, the shipped policy, and the demo company in SQLite and PostgreSQL."
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +16,7 @@ from sqlalchemy import select
 from idhub.adapters.db import audit_events
 from idhub.bootstrap import Services
 from idhub.core.audit import EventType
-from tests.conftest import LiveServer
+from tests.conftest import REPO, LiveServer
 from tests.oidc_support import RP, decode, issue_code, pkce_pair, prepare, web_client
 
 NO_WATCH = "[policy]\nwatch = false\n"
@@ -300,3 +302,25 @@ def test_access_tokens_carry_roles_and_policy_version(api: Api) -> None:
     assert claims["roles"] == ["dept_manager", "employee"]
     assert claims["policy_version"] == services.authz.version
     assert services.authz.roles_for(ivan, "reimburse") == []
+
+
+def test_without_any_loadable_policy_the_api_says_unavailable(
+    make_live_server: Callable[..., LiveServer], db_url: str, tmp_path: Path
+) -> None:
+    broken = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", broken)
+    (broken / "oa.csv").write_text("p, employee, oa\n", encoding="utf-8")
+    live = make_live_server(db_url, toml=NO_WATCH, env={"IDHUB_POLICY_DIR": str(broken)})
+    prepare(live.services)
+    ready = httpx.get(live.url + "/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["policy"].startswith("no policy loaded: oa.csv:1: error")
+    token = client_token(live, "reimburse", "authz")
+    response = httpx.post(
+        live.url + "/api/v1/authz/check",
+        json={"user": "bob", "type": "expense_report", "action": "read"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    assert response.status_code == 503
+    assert response.json()["error"] == "policy_unavailable"

@@ -175,6 +175,7 @@ class Engine:
         ] = {}
         self._subject_roles: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
         self._scope_cache: dict[str, Scope] = {}
+        self._by_sub: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ roles
 
@@ -227,6 +228,13 @@ class Engine:
         roles = {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
         self._subject_roles[key] = roles
         return roles
+
+    def username_for_sub(self, sub: str) -> str | None:
+        """The username of the directory user with this OIDC subject."""
+        index = self._by_sub
+        if index is None:
+            index = self._by_sub = self.directory.by_sub()
+        return index.get(sub)
 
     def warm(self) -> None:
         """Computes every directory user's roles now, so no request pays for it."""

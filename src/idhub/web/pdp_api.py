@@ -21,7 +21,7 @@ from idhub.bootstrap import Services
 from idhub.core.audit import Actor
 from idhub.core.authz import Decision, Engine, explanation_json
 from idhub.core.policy_model import user_subject
-from idhub.errors import InvalidInput
+from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, check_bearer
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
@@ -97,7 +97,7 @@ def _resolve(engine: Engine, parsed: dict[str, str]) -> tuple[str | None, str]:
     """(username or None, why not) from `user` or `sub`."""
     users = engine.directory.users
     if parsed["sub"]:
-        name = _sub_index(engine).get(parsed["sub"])
+        name = engine.username_for_sub(parsed["sub"])
         if name is None:
             return None, "unknown user"
     else:
@@ -107,19 +107,6 @@ def _resolve(engine: Engine, parsed: dict[str, str]) -> tuple[str | None, str]:
     if users[name].disabled:
         return None, "user is disabled"
     return name, ""
-
-
-_SUB_CACHE: dict[int, dict[str, str]] = {}
-
-
-def _sub_index(engine: Engine) -> dict[str, str]:
-    # One index per engine; the engine is immutable so the index never goes stale.
-    key = id(engine)
-    index = _SUB_CACHE.get(key)
-    if index is None:
-        _SUB_CACHE.clear()
-        index = _SUB_CACHE[key] = engine.directory.by_sub()
-    return index
 
 
 def _decide(engine: Engine, parsed: dict[str, str]) -> tuple[Decision, str, str | None]:
@@ -243,6 +230,9 @@ def routes(services: Services) -> list[BaseRoute]:
                 return exc.response()
             except InvalidInput as exc:
                 return _error(400, "invalid_request", exc.message)
+            except PolicyError as exc:
+                # No policy could be loaded at all (a rejected reload keeps the old one).
+                return _error(503, "policy_unavailable", exc.message)
 
         return run
 
