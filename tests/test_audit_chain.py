@@ -317,3 +317,17 @@ def test_verifier_reads_rows_in_chunks() -> None:
     assert not verifier.feed(broken[2:])
     report = verifier.report()
     assert report.problem is not None and report.problem.seq == 5 and report.checked == 4
+
+
+def test_record_in_commits_or_rolls_back_with_the_callers_change(services: Services) -> None:
+    log = services.audit_log
+    event = PendingEvent(EventType.USER_DISABLED, Actor("admin", "root"), target="user:7")
+    with pytest.raises(RuntimeError), log.locked() as conn:
+        log.record_in(conn, [event])
+        raise RuntimeError("the caller's own change failed")
+    assert log.count() == 0
+    with services.engine.connect() as conn, conn.begin():
+        log.record_in(conn, [event, event])  # takes the append lock itself
+    services.audit.record(EventType.USER_ENABLED, actor=Actor("admin", "root"), target="user:7")
+    assert [e.seq for e in log.search(newest_first=False)] == [1, 2, 3]
+    assert log.verify().ok
