@@ -223,6 +223,11 @@ def test_deleted_user_is_disabled_and_signed_out_everywhere(
     user = corp.services.identity.get_user(row.id)
     assert user is not None
     _cookie, session = corp.services.sessions.start(user, amr=["pwd"])
+    # The user had signed in to OA, which takes back-channel logout.
+    from tests.sso_support import register_client
+
+    register_client(corp.services, "oa", backchannel_logout_uri="http://127.0.0.1:9/bc-logout")
+    corp.services.sessions.add_client(session.sid, "oa")
     admin = corp.ldap.admin()
     assert admin.delete(leaver.dn)
     admin.unbind()
@@ -235,6 +240,10 @@ def test_deleted_user_is_disabled_and_signed_out_everywhere(
     ended = corp.services.sessions.get(session.sid)
     assert ended is not None and ended.ended_at is not None
     assert report.counts["sessions_ended"] == 1
+    from idhub.adapters.db import logout_deliveries
+
+    queued = corp.rows(select(logout_deliveries).where(logout_deliveries.c.client_id == "oa"))
+    assert len(queued) == 1 and queued[0].sid == session.sid and queued[0].user_sub == row.sub
 
 
 def test_user_leaving_the_base_and_coming_back_is_re_enabled(
