@@ -7,11 +7,11 @@ changes), so they cost about as much as a static file.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from idhub.bootstrap import Services
 from idhub.core.claims import CLAIMS_SUPPORTED, STANDARD_SCOPES
@@ -57,23 +57,45 @@ def configuration(issuer: str) -> dict[str, Any]:
     }
 
 
+class _StaticJson:
+    """A bare ASGI endpoint answering GET with pre-built bytes: discovery and JWKS are fetched
+    by every relying party and load balancer, so they skip the Request/Response machinery."""
+
+    def __init__(self, body: Callable[[], bytes], media_type: str) -> None:
+        self._body = body
+        self._media_type = media_type.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = self._body()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", self._media_type),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"public, max-age=300"),
+                    (b"access-control-allow-origin", b"*"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
 def routes(services: Services) -> list[BaseRoute]:
     config_body = json.dumps(configuration(services.settings.server.issuer)).encode()
-    headers = {"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*"}
     cached: dict[str, Any] = {"source": None, "body": b""}
 
-    async def openid_configuration(request: Request) -> Response:
-        return Response(config_body, media_type=JSON, headers=headers)
-
-    async def jwks(request: Request) -> Response:
+    def jwks_body() -> bytes:
         current = services.keys.jwks()
         if current is not cached["source"]:
             cached["body"] = json.dumps(current).encode()
             cached["source"] = current
-        return Response(cached["body"], media_type="application/jwk-set+json", headers=headers)
+        return bytes(cached["body"])
 
+    metadata = _StaticJson(lambda: config_body, JSON)
     return [
-        Route("/.well-known/openid-configuration", openid_configuration, methods=["GET"]),
-        Route("/.well-known/oauth-authorization-server", openid_configuration, methods=["GET"]),
-        Route("/jwks", jwks, methods=["GET"]),
+        Route("/.well-known/openid-configuration", metadata, methods=["GET"]),
+        Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
+        Route("/jwks", _StaticJson(jwks_body, "application/jwk-set+json"), methods=["GET"]),
     ]
