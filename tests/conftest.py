@@ -173,7 +173,14 @@ class _ThreadedServer(uvicorn.Server):
 def serve(services: Services, port: int) -> Iterator[str]:
     from idhub.web.app import create_app
 
-    app = create_app(services)
+    with serve_asgi(create_app(services), port) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serves any ASGI app with a real uvicorn in a thread on 127.0.0.1; yields its URL."""
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
