@@ -397,9 +397,14 @@ def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
     }
     services = make_service(work)
     services.keys.ensure_active(lambda _line: None)
-    _, secret = services.clients.register(
-        "bench-pdp", grant_types=["client_credentials"], scope="authz"
-    )
+    from idhub.errors import Conflict
+
+    try:
+        _, secret = services.clients.register(
+            "bench-pdp", grant_types=["client_credentials"], scope="authz"
+        )
+    except Conflict:  # a kept --work directory from an earlier run
+        _, secret = services.clients.rotate_secret("bench-pdp")
     bodies = http_requests(work, size, 100 * 50)
     batches = [{"requests": bodies[i : i + 100]} for i in range(0, len(bodies), 100)]
     server = subprocess.Popen(
