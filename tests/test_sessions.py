@@ -164,3 +164,23 @@ def test_purge_removes_only_old_finished_sessions(
     assert services.sessions.get(old.sid) is None and services.sessions.clients(old.sid) == []
     assert services.sessions.resolve(cookie) is not None
     assert services.sessions.clients(live.sid) == ["oa"]
+
+
+def test_old_deliveries_are_purged(services: Services) -> None:
+    from idhub.adapters.session_store import SqlDeliveryStore
+
+    store = SqlDeliveryStore(services.engine)
+    ids = {
+        name: store.queue(client_id=name, sid="s", user_sub="u", uri="http://x/", now=NOW)
+        for name in ("done-old", "failed-old", "pending-old")
+    }
+    store.mark_delivered(ids["done-old"], attempts=1, now=NOW)
+    store.mark_failed(ids["failed-old"], attempts=6, error="HTTP 500")
+    recent = store.queue(client_id="done-new", sid="s", user_sub="u", uri="http://x/", now=NOW + 50)
+    store.mark_delivered(recent, attempts=1, now=NOW + 50)
+    assert store.purge(delivered_before=NOW + 10, failed_before=NOW - 10) == 1
+    assert store.get(ids["done-old"]) is None
+    assert store.get(ids["failed-old"]) is not None  # failed rows are kept longer
+    assert store.get(ids["pending-old"]) is not None  # pending rows are never purged
+    assert store.purge(delivered_before=NOW + 10, failed_before=NOW + 10) == 1
+    assert store.get(ids["failed-old"]) is None and store.get(recent) is not None

@@ -309,11 +309,18 @@ class Services:
     def logout_worker(self) -> DeliveryWorker:
         from idhub.adapters.logout_delivery import DeliveryWorker
 
-        # Ended or expired sessions are kept a week (for support questions), then removed.
-        return DeliveryWorker(
-            self.logout,
-            housekeeping=lambda: self.session_store.purge_ended(self.clock.now() - 7 * 86400),
-        )
+        from idhub.adapters.session_store import SqlDeliveryStore
+
+        deliveries = SqlDeliveryStore(self.engine)
+
+        def housekeeping() -> None:
+            # Ended sessions are kept a week (support questions), delivered logouts 30 days,
+            # failed ones 90 days; then they are removed.
+            now = self.clock.now()
+            self.session_store.purge_ended(now - 7 * 86400)
+            deliveries.purge(delivered_before=now - 30 * 86400, failed_before=now - 90 * 86400)
+
+        return DeliveryWorker(self.logout, housekeeping=housekeeping)
 
     def _start_logout_worker(self) -> None:
         self.logout_worker.start()

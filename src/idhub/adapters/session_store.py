@@ -317,6 +317,27 @@ class SqlDeliveryStore:
         with self._engine.connect() as conn:
             return [_to_delivery(r) for r in conn.execute(query)]
 
+    def purge(self, *, delivered_before: float, failed_before: float) -> int:
+        """Deletes delivered rows older than one cut-off and failed rows older than another
+        (failed ones are kept longer: an admin may still be looking into them)."""
+        with self._engine.begin() as conn:
+            return int(
+                conn.execute(
+                    delete(logout_deliveries).where(
+                        or_(
+                            and_(
+                                logout_deliveries.c.status == "delivered",
+                                logout_deliveries.c.created_at < delivered_before,
+                            ),
+                            and_(
+                                logout_deliveries.c.status == "failed",
+                                logout_deliveries.c.created_at < failed_before,
+                            ),
+                        )
+                    )
+                ).rowcount
+            )
+
     def _update(self, delivery_id: int, **values: Any) -> None:
         with self._engine.begin() as conn:
             conn.execute(
