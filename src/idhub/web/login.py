@@ -102,8 +102,7 @@ def routes(services: Services) -> list[BaseRoute]:
         if not return_to:
             return None
         client_id = parse_qs(urlsplit(return_to).query).get("client_id", [""])[0]
-        clients = getattr(services, "clients", None)
-        client = clients.get(client_id) if clients is not None and client_id else None
+        client = services.clients.get(client_id) if client_id else None
         return (client.name or client.client_id) if client is not None else None
 
     async def login_get(request: Request) -> Response:
