@@ -201,12 +201,14 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
 def make_live_server(
     make_settings: Callable[..., Settings], make_services: Callable[..., Services]
 ) -> Iterator[Callable[..., LiveServer]]:
-    """Starts idhub on a free port whose URL is the issuer. Pass `db_url` and settings kwargs."""
+    """Starts idhub on a free port whose URL is the issuer (unless `issuer` names another, as
+    for a second replica behind the same name). Pass `db_url` and settings kwargs."""
     stack = contextlib.ExitStack()
 
-    def factory(db_url: str, **settings_kwargs: Any) -> LiveServer:
+    def factory(db_url: str, *, issuer: str | None = None, **settings_kwargs: Any) -> LiveServer:
         port = free_port()
-        settings = make_settings(db_url, issuer=f"http://127.0.0.1:{port}", **settings_kwargs)
+        issuer = issuer or f"http://127.0.0.1:{port}"
+        settings = make_settings(db_url, issuer=issuer, **settings_kwargs)
         services = make_services(settings)
         services.migrate()
         url = stack.enter_context(serve(services, port))
