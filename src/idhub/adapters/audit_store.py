@@ -177,8 +177,39 @@ class SqlAuditLog:
             listener()
 
     def _write(self, events: list[_Prepared]) -> None:
-        with self._engine.connect() as conn, conn.begin():
-            self._insert(conn, events)
+        with self._engine.connect() as conn:
+            if self._pg:
+                self._write_pipelined(conn, events)
+                return
+            with conn.begin():
+                self._insert(conn, events)
+
+    def _write_pipelined(self, conn: Connection, events: list[_Prepared]) -> None:
+        """The same transaction as `_insert`, in two round trips instead of five: psycopg's
+        pipeline sends BEGIN, the lock and the tail read together, then the insert and the
+        COMMIT together. Each round trip is a wake-up of the server process, which is what
+        costs most on a busy machine; the commit's fsync stays, durability is the point."""
+        raw: Any = conn.connection.driver_connection
+        with raw.pipeline() as pipeline:
+            lock, tail = raw.cursor(), raw.cursor()
+            lock.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            tail.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+            pipeline.sync()
+            last = tail.fetchone()
+            if last is not None:
+                seq, prev = int(last[0]) + 1, str(last[1])
+            else:
+                tail.execute("SELECT first_seq, prev_hash FROM audit_anchor ORDER BY id LIMIT 1")
+                pipeline.sync()
+                anchor = tail.fetchone()
+                seq, prev = (int(anchor[0]), str(anchor[1])) if anchor else (1, GENESIS_HASH)
+            rows = []
+            for event in events:
+                digest = chain_hash(prev, canonical_bytes(seq, event.tail))
+                rows.append((seq, *event.values, prev, digest))
+                seq, prev = seq + 1, digest
+            lock.executemany(self._insert_sql, rows)
+            raw.commit()
 
     def _insert(self, conn: Connection, events: list[_Prepared]) -> None:
         seq, prev = self.lock_tail(conn)
