@@ -305,9 +305,9 @@ def make_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
 
     made: list[Any] = []
 
-    def factory(**company_kwargs: Any) -> Any:
+    def factory(*, memberof: bool = False, **company_kwargs: Any) -> Any:
         company = company_ldif(**company_kwargs)
-        server = Slapd(tmp_path_factory.mktemp("slapd"))
+        server = Slapd(tmp_path_factory.mktemp("slapd"), memberof=memberof)
         made.append(server)
         server.slapadd(company.ldif)
         server.start()

@@ -367,7 +367,10 @@ def make_tls(directory: Path) -> TlsFiles:
 class Slapd:
     """One slapd process over a temp directory. Load LDIF before `start()`."""
 
-    def __init__(self, workdir: Path, *, tls: bool = True, map_size: int = 1 << 30) -> None:
+    def __init__(
+        self, workdir: Path, *, tls: bool = True, map_size: int = 1 << 30, memberof: bool = False
+    ) -> None:
+        self.memberof = memberof
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.data = workdir / "data"
@@ -395,6 +398,7 @@ class Slapd:
             "modulepath /usr/lib/ldap",
             "moduleload back_mdb",
             "moduleload refint",
+            "moduleload memberof",
             # ppolicy brings pwdAccountLockedTime, the usual "account disabled" mark in OpenLDAP.
             "moduleload ppolicy",
             f"pidfile {self.workdir / 'slapd.pid'}",
@@ -426,6 +430,8 @@ class Slapd:
             f'limits dn.exact="{LIMITED_DN}" size.soft=20 size.hard=20 size.prtotal=20',
             "access to attrs=userPassword by self =xw by anonymous auth by * none",
             "access to * by * read",
+            # memberOf on users, kept by the server for groups changed over LDAP (not slapadd).
+            *(["overlay memberof"] if self.memberof else []),
             "overlay refint",
             "refint_attributes member manager",
         ]

@@ -172,7 +172,8 @@ def test_incremental_touches_only_changed_entries(make_corp: Callable[..., Corp]
 
     report = corp.sync()
     assert report.mode == "incremental"
-    assert report.counts["seen"] == 2  # only the two entries changed since the last run
+    # Only the two entries changed since the last run are read.
+    assert report.counts["seen"] == 2, (settle.plan.high_water, report.plan.as_dict())
     assert report.counts["update"] == 1 and report.counts["create"] == 1
     row = corp.user(target.uid)
     assert row.email == "new.mail@example.com" and row.display_name == "新名字"
@@ -438,3 +439,42 @@ def test_serve_runs_syncs_in_the_background(
 def _first_user(services: Services, username: str) -> Any:
     with services.engine.connect() as conn:
         return conn.execute(select(users).where(users.c.username == username)).first()
+
+
+def test_memberof_mode_reads_memberships_from_users(make_corp: Callable[..., Corp]) -> None:
+    from tests.slapd import GROUPS_BASE, Slapd
+
+    corp = make_corp(
+        # Groups list their members under an attribute idhub is told to ignore here, so only
+        # the users' memberOf (kept by slapd's memberof overlay) can place them in groups.
+        extra='membership = "memberOf"\n\n[directory.ldap.corp.attributes]\nmember = "seeAlso"\n',
+        memberof=True,
+    )
+    assert isinstance(corp.ldap, Slapd) and corp.ldap.memberof
+    people = corp.company.people
+    admin = corp.ldap.admin()
+    assert admin.add(
+        f"cn=审计组,{GROUPS_BASE}",
+        ["groupOfNames"],
+        {"cn": "审计组", "member": [people[1].dn, people[2].dn]},
+    )
+    assert admin.add(
+        f"cn=内审,{GROUPS_BASE}",
+        ["groupOfNames"],
+        {"cn": "内审", "member": [people[3].dn, f"cn=审计组,{GROUPS_BASE}"]},
+    )
+    admin.unbind()
+    corp.sync()
+    with corp.services.engine.connect() as conn:
+        from idhub.adapters.db import group_members
+
+        rows = conn.execute(
+            select(groups.c.name, users.c.username)
+            .select_from(group_members.join(groups).join(users))
+            .where(groups.c.name.in_(["审计组", "内审"]))
+        ).all()
+    found = {(g, u) for g, u in rows}
+    assert {("审计组", people[1].uid), ("审计组", people[2].uid)} <= found
+    # 内审 holds 审计组 (its memberOf), so its members are inside 内审 as well.
+    assert {("内审", people[3].uid), ("内审", people[1].uid), ("内审", people[2].uid)} <= found
+    assert len(found) == 5
