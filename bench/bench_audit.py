@@ -234,13 +234,25 @@ def verify_time(url: str) -> tuple[float, int]:
     return took, report.checked
 
 
-def token_p50(url: str, n: int) -> tuple[float, float]:
-    """p50 of /token (client_credentials, ES256) with the real audit write and with none."""
-    import httpx
+BENCH_KEY = "bench-secret-key-0123456789abcdefghijklmnop"
+
+
+def _settings(url: str, port: int, tmp: str) -> Any:
+    from idhub.config import load_settings
+
+    return load_settings(None, cwd=Path(tmp), env={
+        "IDHUB_DATABASE_URL": url, "IDHUB_ISSUER": f"http://127.0.0.1:{port}",
+        "IDHUB_SECRET_KEY": BENCH_KEY, "IDHUB_VAR_DIR": tmp,
+        "IDHUB_POLICY_DIR": str(REPO / "policies"),
+    })  # fmt: skip
+
+
+def serve(url: str, port: int, tmp: str, audited: bool) -> None:
+    """The server half of `token_p50`, in its own process like a real deployment (a client
+    in the same process would fight the server for the GIL and inflate every wait)."""
     import uvicorn
 
     from idhub.bootstrap import Services
-    from idhub.config import load_settings
     from idhub.web.app import create_app
 
     class NoAudit:
@@ -250,44 +262,61 @@ def token_p50(url: str, n: int) -> tuple[float, float]:
         def record_many(self, *args: Any, **kwargs: Any) -> None:
             pass
 
+    services = Services(_settings(url, port, tmp))
+    if not audited:
+        services.__dict__["audit"] = NoAudit()
+    uvicorn.run(create_app(services), host="127.0.0.1", port=port, log_level="warning")
+
+
+def token_p50(url: str, n: int) -> tuple[float, float]:
+    """p50 of /token (client_credentials, ES256) with the real audit write and with none."""
+    import subprocess
+
+    import httpx
+
+    from idhub.bootstrap import Services
+
     results = []
     for audited in (True, False):
         empty(url)
         with tempfile.TemporaryDirectory() as tmp:
             port = _free_port()
-            settings = load_settings(None, cwd=Path(tmp), env={
-                "IDHUB_DATABASE_URL": url, "IDHUB_ISSUER": f"http://127.0.0.1:{port}",
-                "IDHUB_SECRET_KEY": "bench-secret-key-0123456789abcdefghijklmnop",
-                "IDHUB_VAR_DIR": tmp, "IDHUB_POLICY_DIR": str(REPO / "policies"),
-            })  # fmt: skip
-            services = Services(settings)
-            if not audited:
-                services.__dict__["audit"] = NoAudit()
+            services = Services(_settings(url, port, tmp))
             services.keys.ensure_active(lambda _: None)
             client_id = f"bench{secrets.token_hex(3)}"
             _, secret = services.clients.register(
                 client_id, grant_types=["client_credentials"], scope="authz",
                 token_endpoint_auth_method="client_secret_basic",
             )  # fmt: skip
-            config = uvicorn.Config(create_app(services), host="127.0.0.1", port=port,
-                                    log_level="warning", lifespan="on")  # fmt: skip
-            server = uvicorn.Server(config)
-            thread = threading.Thread(target=server.run, daemon=True)
-            thread.start()
-            while not server.started:
-                time.sleep(0.02)
-            samples = []
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
-                form = {"grant_type": "client_credentials", "resource": "idhub", "scope": "authz"}
-                for i in range(n + 50):
-                    t = time.perf_counter()
-                    r = http.post("/token", data=form, auth=(client_id, str(secret)))
-                    if i >= 50:
-                        samples.append(time.perf_counter() - t)
-                    assert r.status_code == 200, r.text
-            server.should_exit = True
-            thread.join(10)
             services.close()
+            mode = "audited" if audited else "unaudited"
+            child = subprocess.Popen(
+                [sys.executable, __file__, "--serve", url, str(port), tmp, mode],
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        httpx.get(f"{base}/healthz")
+                        break
+                    except httpx.TransportError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
+                samples = []
+                form = {"grant_type": "client_credentials", "resource": "idhub", "scope": "authz"}
+                with httpx.Client(base_url=base) as http:
+                    for i in range(n + 50):
+                        t = time.perf_counter()
+                        r = http.post("/token", data=form, auth=(client_id, str(secret)))
+                        if i >= 50:
+                            samples.append(time.perf_counter() - t)
+                        assert r.status_code == 200, r.text
+            finally:
+                child.terminate()
+                child.wait(10)
         results.append(statistics.median(samples) * 1000)
     return results[0], results[1]
 
@@ -305,6 +334,9 @@ def median_of(runs: int, fn: Callable[[], float]) -> float:
 
 
 def main() -> None:
+    if len(sys.argv) == 6 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5] == "audited")
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, 100,000 events")
     parser.add_argument("--runs", type=int, default=3)
