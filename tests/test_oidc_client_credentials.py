@@ -170,3 +170,33 @@ def test_resource_and_scope_limits(server: LiveServer) -> None:
     scope = httpx.post(url, data={"grant_type": "client_credentials", "scope": "read admin"},
                        auth=("svc", secret or ""))  # fmt: skip
     assert scope.status_code == 400 and scope.json()["error"] == "invalid_scope"
+
+
+@pytest.mark.parametrize("alg", ["EdDSA", "RS256"])
+def test_per_client_access_token_algorithm(server: LiveServer, alg: str) -> None:
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.hashes import SHA256
+
+    _, secret = server.services.clients.register(
+        "svc", grant_types=["client_credentials"], scope="authz", access_token_alg=alg
+    )
+    response = httpx.post(
+        server.url + "/token", data={"grant_type": "client_credentials"}, auth=("svc", secret or "")
+    )
+    token = response.json()["access_token"]
+    head, body, sig = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    assert header["alg"] == alg and header["typ"] == "at+jwt"
+    # Verify against the published JWKS with the raw primitives, as a relying party would.
+    published = {k["kid"]: k for k in httpx.get(server.url + "/jwks").json()["keys"]}
+    key = jwk.import_key(published[header["kid"]])
+    assert published[header["kid"]]["alg"] == alg
+    signature = base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4))
+    signed = f"{head}.{body}".encode()
+    if alg == "EdDSA":
+        key.public_key.verify(signature, signed)
+    else:
+        key.public_key.verify(signature, signed, padding.PKCS1v15(), SHA256())
+    assert server.services.access_tokens.verify(token)["sub"] == "svc"
