@@ -318,3 +318,35 @@ def test_token_exchange_oa_to_reimburse(server: LiveServer) -> None:
         auth=("oa", oa_secret or ""),
     )
     assert missing.status_code == 400 and missing.json()["error"] == "invalid_request"
+
+
+def test_per_client_id_token_alg_and_disabled_user(server: LiveServer) -> None:
+    import time
+
+    services = server.services
+    user = make_user(services)
+    _, secret = web_client(services, "oa", id_token_alg="ES256")
+    client = oauth_client(server.url, "oa", secret, redirect_uri=RP)
+    token = client.fetch_token(
+        server.url + "/token",
+        grant_type="authorization_code",
+        code=issue_code(services, "oa", user),
+    )
+    id_token = decode(token["id_token"], server.url)
+    assert id_token.header["alg"] == "ES256"
+    from idhub.oidc.tokens import half_hash
+
+    assert id_token.claims["at_hash"] == half_hash(token["access_token"], "ES256")
+    services.identity.set_disabled(user.id, True, reason="left")
+    time.sleep(2.1)  # the issuer remembers users for 2 s (docs/oidc.md, Decisions)
+    with pytest.raises(OAuthError) as exc:
+        client.refresh_token(server.url + "/token", refresh_token=token["refresh_token"])
+    assert exc.value.error == "invalid_grant"
+    # A disabled user's code is refused as well.
+    services.identity.set_disabled(user.id, False)
+    code = issue_code(services, "oa", user)
+    services.identity.set_disabled(user.id, True, reason="left")
+    time.sleep(2.1)
+    with pytest.raises(OAuthError) as exc:
+        client.fetch_token(server.url + "/token", grant_type="authorization_code", code=code)
+    assert exc.value.error == "invalid_grant"
