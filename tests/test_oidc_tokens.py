@@ -1,0 +1,81 @@
+"""Token formats without HTTP: logout tokens, id_token_hint decoding, access-token checks
+that depend on time (an injected clock)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from joserfc import jwk, jwt
+
+from idhub.bootstrap import Services
+from idhub.config import Settings
+from idhub.core.clock import FrozenClock
+from idhub.oidc.tokens import BACKCHANNEL_EVENT, InvalidToken
+from tests.oidc_support import make_user, prepare, web_client
+
+
+@pytest.fixture
+def clocked(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services], db_url: str
+) -> tuple[Services, FrozenClock]:
+    clock = FrozenClock()
+    services = make_services(make_settings(db_url), clock=clock)
+    prepare(services)
+    return services, clock
+
+
+def _keyset(services: Services) -> jwk.KeySet:
+    return jwk.KeySet.import_key_set(services.keys.jwks())
+
+
+def test_logout_token(clocked: tuple[Services, FrozenClock]) -> None:
+    services, clock = clocked
+    client, _ = web_client(services, "oa", backchannel_logout_uri="http://127.0.0.1:9/bc")
+    token = services.id_tokens.sign_logout_token(client, sub="subject-1", sid="sid-1")
+    decoded = jwt.decode(token, _keyset(services), algorithms=["RS256"])
+    assert decoded.header["typ"] == "logout+jwt"
+    claims = decoded.claims
+    assert claims["aud"] == "oa" and claims["sub"] == "subject-1" and claims["sid"] == "sid-1"
+    assert claims["events"] == {BACKCHANNEL_EVENT: {}} and "nonce" not in claims
+    assert claims["iat"] == int(clock.now()) and claims["exp"] > claims["iat"] and claims["jti"]
+    again = services.id_tokens.sign_logout_token(client, sub="subject-1", sid=None)
+    assert "sid" not in jwt.decode(again, _keyset(services), algorithms=["RS256"]).claims
+
+
+def test_id_token_hint_is_accepted_after_expiry_but_not_forged(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, clock = clocked
+    client, _ = web_client(services, "oa")
+    user = make_user(services)
+    id_token = services.id_tokens.sign_id_token(client, claims={"sub": user.sub}, sid="sid-7")
+    clock.advance(3600)
+    claims = services.id_tokens.decode_id_token_hint(id_token)
+    assert claims is not None and claims["sid"] == "sid-7" and claims["aud"] == "oa"
+    forged = jwt.encode(
+        {"alg": "ES256", "kid": "x"},
+        {"iss": services.settings.server.issuer, "sub": user.sub},
+        jwk.generate_key("EC", "P-256"),
+    )
+    assert services.id_tokens.decode_id_token_hint(forged) is None
+    access, _ = services.access_tokens.issue(client, sub=user.sub, audience="oa", scopes=["openid"])
+    assert services.id_tokens.decode_id_token_hint(access) is None
+    assert services.id_tokens.decode_id_token_hint("garbage") is None
+
+
+def test_access_token_time_and_audience(clocked: tuple[Services, FrozenClock]) -> None:
+    services, clock = clocked
+    client, _ = web_client(services, "oa")
+    token, claims = services.access_tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    assert services.access_tokens.verify(token, audience="oa")["jti"] == claims["jti"]
+    with pytest.raises(InvalidToken):
+        services.access_tokens.verify(token, audience="reimburse")
+    clock.advance(services.settings.tokens.access_token_ttl + 1)
+    with pytest.raises(InvalidToken) as exc:
+        services.access_tokens.verify(token)
+    assert exc.value.reason == "expired"
+    future, _ = services.access_tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    clock.advance(-120)
+    with pytest.raises(InvalidToken):
+        services.access_tokens.verify(future)
