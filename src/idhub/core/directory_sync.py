@@ -295,6 +295,9 @@ class DirectorySync:
 
     def _plan(self, mode: str, state: SyncState, progress: Progress) -> SyncPlan:
         plan = SyncPlan(source=self.source, mode=mode)
+        # Marks are settled against the time the searches began, not ended: a second that was
+        # still running when a search started may hold changes that search did not see.
+        searched_at = self._clock.now()
         since = None if mode == "full" else state.high_water
         high = state.high_water if mode == "incremental" else None
         # Pages are planned as they arrive and then dropped: only the changes are kept. In a
@@ -386,7 +389,7 @@ class DirectorySync:
                 high = later_mark(high, group.modified, self._mark)
             plan.groups = groups
         plan.warnings.extend(problems)
-        plan.high_water = settled_mark(high, self._mark, now=self._clock.now(), skew=self._skew)
+        plan.high_water = settled_mark(high, self._mark, now=searched_at, skew=self._skew)
         plan.brake = check_brake(
             plan,
             enabled_in_store=enabled_in_store,
