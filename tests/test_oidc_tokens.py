@@ -79,3 +79,46 @@ def test_access_token_time_and_audience(clocked: tuple[Services, FrozenClock]) -
     clock.advance(-120)
     with pytest.raises(InvalidToken):
         services.access_tokens.verify(future)
+
+
+def test_housekeeping_drops_only_what_can_no_longer_matter(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    from sqlalchemy import func, select
+
+    from idhub.adapters.db import refresh_families, refresh_tokens, revoked_tokens, used_assertions
+    from idhub.adapters.token_store import Family
+    from tests.oidc_support import issue_code
+
+    services, clock = clocked
+    store = services.token_store
+    web_client(services, "oa")
+    user = make_user(services)
+    issue_code(services, "oa", user)
+    now = clock.now()
+    for name, ttl in (("old", 60.0), ("live", 10 * 86400.0)):
+        _, token_hash, _ = services.token_issuer.new_refresh_token()
+        store.start_family(
+            Family(name, "oa", user.id, None, "openid", "oa", now, None),
+            token_hash=token_hash,
+            issued_at=now,
+            expires_at=now + ttl,
+        )
+    store.revoke_jti("j1", expires_at=now + 60, now=now)
+    store.revoke_jti("j2", expires_at=now + 10 * 86400, now=now)
+    assert store.use_assertion("oa", "a1", expires_at=now + 60)
+    clock.advance(2 * 86400)
+    removed = services.token_housekeeping.run_once()
+    assert removed == {
+        "codes": 1,
+        "refresh_tokens": 1,
+        "refresh_families": 1,
+        "revoked_tokens": 1,
+        "used_assertions": 1,
+    }
+    with services.engine.connect() as conn:
+        assert conn.execute(select(refresh_families.c.id)).scalars().all() == ["live"]
+        assert conn.execute(select(func.count()).select_from(refresh_tokens)).scalar_one() == 1
+        assert conn.execute(select(revoked_tokens.c.jti)).scalars().all() == ["j2"]
+        assert conn.execute(select(func.count()).select_from(used_assertions)).scalar_one() == 0
+    assert store.is_revoked("j2") and not store.is_revoked("j1")

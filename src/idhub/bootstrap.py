@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.clients import ClientRegistry
     from idhub.oidc.grants import Issuer
+    from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.server import Provider
@@ -67,6 +68,8 @@ class Services:
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
         self.init_steps.append(self._ensure_signing_keys)
+        self.startup_hooks.append(self._start_token_housekeeping)
+        self.shutdown_hooks.append(self._stop_token_housekeeping)
         # --- sessions/login hooks (demo users, logout delivery worker) ---
         self.demo_steps.append(self._seed_demo)
         self.startup_hooks.append(self._start_logout_worker)
@@ -248,6 +251,19 @@ class Services:
 
     def _ensure_signing_keys(self, echo: Callable[[str], None]) -> None:
         self.keys.ensure_active(echo)
+
+    @cached_property
+    def token_housekeeping(self) -> TokenHousekeeping:
+        from idhub.oidc.housekeeping import TokenHousekeeping
+
+        return TokenHousekeeping(self.token_store, self.clock)
+
+    def _start_token_housekeeping(self) -> None:
+        self.token_housekeeping.start()
+
+    def _stop_token_housekeeping(self) -> None:
+        if "token_housekeeping" in self.__dict__:
+            self.token_housekeeping.stop()
 
     # --- sessions, login, logout ---------------------------------------------------------------
 

@@ -138,14 +138,6 @@ class SqlTokenStore:
             return "expired", record
         return "ok", record
 
-    def purge_codes(self, before: float) -> int:
-        with self._engine.begin() as conn:
-            return int(
-                conn.execute(
-                    delete(authorization_codes).where(authorization_codes.c.expires_at < before)
-                ).rowcount
-            )
-
     # ------------------------------------------------------------------ refresh families
 
     def start_family(
@@ -319,11 +311,33 @@ class SqlTokenStore:
             return False
         return True
 
-    def purge(self, now: float) -> None:
-        """Drops rows that can no longer matter (expired codes, revocations, assertion ids)."""
-        with self._engine.begin() as conn:
-            conn.execute(
-                delete(authorization_codes).where(authorization_codes.c.expires_at < now - 3600)
-            )
-            conn.execute(delete(revoked_tokens).where(revoked_tokens.c.expires_at < now))
-            conn.execute(delete(used_assertions).where(used_assertions.c.expires_at < now))
+    def purge(self, now: float, *, grace: float = 86400.0) -> dict[str, int]:
+        """Drops rows that can no longer matter; returns how many of each.
+
+        Expired codes and refresh tokens are kept for `grace` more seconds (a late replay is
+        still recognised as one), revocations and assertion ids until their tokens expired.
+        A family goes when none of its tokens is left.
+        """
+        counts: dict[str, int] = {}
+        with self._serial, self._engine.begin() as conn:
+            counts["codes"] = conn.execute(
+                delete(authorization_codes).where(authorization_codes.c.expires_at < now - grace)
+            ).rowcount
+            counts["refresh_tokens"] = conn.execute(
+                delete(refresh_tokens).where(refresh_tokens.c.expires_at < now - grace)
+            ).rowcount
+            counts["refresh_families"] = conn.execute(
+                delete(refresh_families).where(
+                    refresh_families.c.created_at < now - grace,
+                    ~select(refresh_tokens.c.token_hash)
+                    .where(refresh_tokens.c.family_id == refresh_families.c.id)
+                    .exists(),
+                )
+            ).rowcount
+            counts["revoked_tokens"] = conn.execute(
+                delete(revoked_tokens).where(revoked_tokens.c.expires_at < now)
+            ).rowcount
+            counts["used_assertions"] = conn.execute(
+                delete(used_assertions).where(used_assertions.c.expires_at < now)
+            ).rowcount
+        return {k: int(v) for k, v in counts.items()}
