@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from idhub.core.change_marks import later_mark, settled_mark
 from idhub.core.directory import (
     DISABLED_IN_SOURCE,
     GONE_FROM_SOURCE,
@@ -21,18 +22,18 @@ from idhub.core.directory import (
 )
 from idhub.core.directory_mapping import (
     PRESETS,
-    MappingProblem,
     SourceGroup,
     SourceUser,
-    department_from_dn,
-    department_from_value,
-    later_mark,
     map_department,
     map_group,
     map_user,
+)
+from idhub.core.dn import (
+    MappingProblem,
+    department_from_dn,
+    department_from_value,
     normalise_dn,
     parse_dn,
-    settled_mark,
 )
 
 AD = PRESETS["active_directory"].attributes

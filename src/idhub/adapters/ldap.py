@@ -20,16 +20,17 @@ from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError, LDAPStartT
 
 from idhub.config import LdapSourceSettings
 from idhub.core.directory_mapping import (
-    MappingProblem,
     SourceDepartment,
     SourceGroup,
     SourceUser,
     map_department,
     map_group,
     map_user,
+    stable_id,
     texts,
 )
-from idhub.core.directory_sync import TruncatedResult
+from idhub.core.directory_ports import TruncatedResult
+from idhub.core.dn import MappingProblem
 from idhub.errors import DirectoryError
 
 # Result codes that mean "you did not get everything" (RFC 4511 4.1.9).
@@ -254,8 +255,6 @@ class LdapDirectory:
 
     def user_id_pages(self) -> Iterator[list[str]]:
         """Only the stable ids of every user: the cheap pass that finds deletions."""
-        from idhub.core.directory_mapping import stable_id
-
         s = self.settings
         key = s.attributes.external_id
         for page in self._pages(s.user_base, s.user_filter, [key]):

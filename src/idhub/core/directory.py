@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from idhub.core.directory_mapping import SourceGroup, SourceUser, dn_key, normalise_dn
+from idhub.core.directory_mapping import SourceGroup, SourceUser
+from idhub.core.dn import dn_key, normalise_dn
 
 ChangeKind = Literal["create", "update", "move", "disable", "enable"]
 # Why the sync disabled someone; only users disabled for one of these are re-enabled by it.

@@ -15,15 +15,21 @@ Two presets carry the conventions of each server:
 
 from __future__ import annotations
 
-import re
-import sys
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
+from idhub.core.change_marks import ChangeMark
+from idhub.core.dn import (
+    MappingProblem,
+    department_from_dn,
+    department_from_value,
+    dn_key,
+    normalise_dn,
+)
+
 RawAttributes = Mapping[str, Sequence[bytes]]  # lower-cased attribute name -> raw values
-ChangeMark = Literal["timestamp", "usn"]
 
 # userAccountControl flag ACCOUNTDISABLE ([MS-ADTS] 2.2.16).
 AD_ACCOUNTDISABLE = 0x0002
@@ -152,10 +158,6 @@ class SourceDepartment:
     modified: str | None = None
 
 
-class MappingProblem(ValueError):
-    """An entry that cannot become a user (no username, no stable id ...)."""
-
-
 # ------------------------------------------------------------------ values
 
 
@@ -212,126 +214,6 @@ def is_disabled(attributes: AttributeMap, raw: RawAttributes) -> bool:
         return True
     wanted = {v.lower() for v in attributes.disabled_values}
     return any(v.lower() in wanted for v in texts(values))
-
-
-# ------------------------------------------------------------------ DNs (RFC 4514)
-
-_HEX_PAIR = re.compile(r"\\([0-9A-Fa-f]{2})")
-
-
-def _unescape(value: str) -> str:
-    """Undoes RFC 4514 escapes, including hex pairs that spell UTF-8 bytes."""
-    if "\\" not in value:
-        return value.strip()
-    out = bytearray()
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            pair = value[i + 1 : i + 3]
-            if _HEX_PAIR.fullmatch("\\" + pair):
-                out.append(int(pair, 16))
-                i += 3
-                continue
-            out.extend(value[i + 1].encode("utf-8"))
-            i += 2
-            continue
-        out.extend(ch.encode("utf-8"))
-        i += 1
-    return out.decode("utf-8", errors="replace").strip()
-
-
-def parse_dn(dn: str) -> list[tuple[str, str]]:
-    """`uid=a,ou=财务部,dc=x` -> [("uid","a"), ("ou","财务部"), ("dc","x")] (first AVA per RDN)."""
-    if "\\" not in dn and "+" not in dn and ";" not in dn:
-        # No escapes: a plain split is exact, and far cheaper on every synced entry.
-        simple: list[tuple[str, str]] = []
-        for part in dn.split(","):
-            attr, sep, value = part.partition("=")
-            if not sep:
-                raise MappingProblem(f"not a distinguished name component: {part[:80]!r}")
-            simple.append((attr.strip().lower(), value.strip()))
-        return simple
-    rdns: list[tuple[str, str]] = []
-    current: list[str] = []
-    escaped = False
-    for ch in dn:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            current.append(ch)
-            escaped = True
-        elif ch in ",;":
-            rdns.append(_split_rdn("".join(current)))
-            current = []
-        else:
-            current.append(ch)
-    if current or rdns:
-        rdns.append(_split_rdn("".join(current)))
-    return rdns
-
-
-def _split_rdn(rdn: str) -> tuple[str, str]:
-    # Multi-valued RDNs ("cn=a+uid=b") keep their first value; departments never use them.
-    first = re.split(r"(?<!\\)\+", rdn, maxsplit=1)[0]
-    attr, sep, value = first.partition("=")
-    if not sep:
-        raise MappingProblem(f"not a distinguished name component: {rdn[:80]!r}")
-    return attr.strip().lower(), _unescape(value)
-
-
-def normalise_dn(dn: str) -> str:
-    """A comparison key: attribute types and values lower-cased, escapes undone."""
-    if "\\" not in dn and "+" not in dn and ";" not in dn:
-        # The common case, kept cheap: a sync normalises every user DN once per run.
-        out = []
-        for part in dn.split(","):
-            attr, _, value = part.partition("=")
-            out.append(f"{attr.strip().lower()}={value.strip().lower()}")
-        return ",".join(out)
-    # Escape separators again so "cn=a\\,ou=b" and "cn=a,ou=b" keep distinct keys.
-    return ",".join(f"{a}={_key_escape(v.lower())}" for a, v in parse_dn(dn))
-
-
-def _key_escape(value: str) -> str:
-    for ch in ("\\", ",", "+", ";"):
-        value = value.replace(ch, "\\" + ch)
-    return value
-
-
-def dn_key(dn: str) -> str:
-    """`normalise_dn`, interned so equal DNs share one string object."""
-    return sys.intern(normalise_dn(dn))
-
-
-def department_from_dn(dn: str, base: str, *, include_self: bool = False) -> str | None:
-    """The OU names between `base` and the entry, outermost first, as a path.
-
-    `uid=z,ou=费用核算组,ou=财务部,ou=总部,ou=people,dc=example,dc=com` under base
-    `ou=people,dc=example,dc=com` -> `/总部/财务部/费用核算组`. For an OU entry itself
-    pass `include_self=True`. Entries not under `base`, or directly in it, have none.
-    """
-    rdns = parse_dn(dn)
-    base_rdns = [(a, v.lower()) for a, v in parse_dn(base)] if base else []
-    if base_rdns:
-        tail = [(a, v.lower()) for a, v in rdns[-len(base_rdns) :]]
-        if len(rdns) < len(base_rdns) or tail != base_rdns:
-            return None
-        inner = rdns[: len(rdns) - len(base_rdns)]
-    else:
-        inner = rdns
-    if not include_self:
-        inner = inner[1:]
-    names = [v for a, v in reversed(inner) if a == "ou" and v]
-    return "/" + "/".join(names) if names else None
-
-
-def department_from_value(value: str | None) -> str | None:
-    if not value:
-        return None
-    parts = [p.strip() for p in value.replace("\\", "/").split("/") if p.strip()]
-    return "/" + "/".join(parts) if parts else None
 
 
 # ------------------------------------------------------------------ entries
@@ -414,45 +296,3 @@ def map_department(
         manager_dn=text(raw.get(attributes.manager.lower())) if attributes.manager else None,
         modified=text(raw.get(attributes.modified.lower())) if attributes.modified else None,
     )
-
-
-def later_mark(a: str | None, b: str | None, kind: ChangeMark) -> str | None:
-    """The later of two change marks (GeneralizedTime strings or AD USNs)."""
-    if a is None:
-        return b
-    if b is None:
-        return a
-    if kind == "usn":
-        try:
-            return a if int(a) >= int(b) else b
-        except ValueError:
-            return a
-    # GeneralizedTime from one server has one format; compare without the zone suffix.
-    return a if a.rstrip("Z") >= b.rstrip("Z") else b
-
-
-def settled_mark(mark: str | None, kind: ChangeMark, *, now: float, skew: float) -> str | None:
-    """The lower bound (inclusive) the next incremental search may use.
-
-    A GeneralizedTime mark has one-second resolution, so entries changed later in the same
-    second as the newest one seen would be missed by a strict "after". The mark therefore
-    moves past a second only once that second lies `skew` seconds in the past by our clock
-    (so it is certainly over on the directory's clock too); until then the boundary second is
-    read again, which is harmless because applying an unchanged entry is a no-op.
-    USNs are strictly increasing counters and need none of this.
-    """
-    if mark is None or kind == "usn":
-        return mark
-    found = re.match(r"^(\d{14})", mark)
-    if not found:
-        return mark
-    import calendar
-    import time as _time
-
-    try:
-        moment = calendar.timegm(_time.strptime(found.group(1), "%Y%m%d%H%M%S"))
-    except ValueError:
-        return mark
-    if moment + 1 + skew > now:
-        return mark
-    return _time.strftime("%Y%m%d%H%M%SZ", _time.gmtime(moment + 1))

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent
+from idhub.core.change_marks import ChangeMark, later_mark, settled_mark
 from idhub.core.clock import Clock
 from idhub.core.directory import (
     StoredUser,
@@ -31,15 +32,15 @@ from idhub.core.directory import (
     plan_user,
     resolve_memberships,
 )
-from idhub.core.directory_mapping import (
-    ChangeMark,
-    SourceDepartment,
-    SourceGroup,
-    SourceUser,
-    later_mark,
-    normalise_dn,
-    settled_mark,
+from idhub.core.directory_ports import (
+    AuditPort,
+    DirectorySource,
+    SessionTerminator,
+    SyncState,
+    SyncStore,
+    TruncatedResult,
 )
+from idhub.core.dn import normalise_dn
 from idhub.core.identity import parent_paths
 from idhub.errors import Conflict, DirectoryError, SyncAborted
 
@@ -48,95 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH = 1000
 LEASE_SECONDS = 120.0
 Progress = Callable[[str, int, int | None], None]  # phase, done, total (None: unknown)
-
-
-class TruncatedResult(DirectoryError):
-    """The directory stopped a search early (size/time limit): the listing is partial."""
-
-    code = "directory_truncated"
-
-    def __init__(self, message: str, *, seen: int) -> None:
-        super().__init__(message)
-        self.seen = seen
-
-
-class UserPageLike(Protocol):
-    users: list[SourceUser]
-    problems: list[str]
-
-
-class DirectorySource(Protocol):
-    def user_pages(self, since: str | None = None) -> Iterator[UserPageLike]: ...
-    def user_id_pages(self) -> Iterator[list[str]]: ...
-    def groups(self, since: str | None = None) -> tuple[list[SourceGroup], list[str]]: ...
-    def departments(self, since: str | None = None) -> list[SourceDepartment]: ...
-    def member_of(self) -> dict[str, tuple[str, ...]]: ...
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SyncState:
-    high_water: str | None = None
-    last_full_at: float | None = None
-    last_incremental_at: float | None = None
-    last_id_check_at: float | None = None
-
-
-class SyncStore(Protocol):
-    def acquire_lease(self, source: str, owner: str, *, ttl: float) -> str | None:
-        """None when taken; otherwise the owner that held it before (or "")."""
-        ...
-
-    def renew_lease(self, source: str, owner: str, *, ttl: float) -> None: ...
-    def release_lease(self, source: str, owner: str) -> None: ...
-    def start_run(self, run_id: str, source: str, *, mode: str, dry_run: bool) -> None: ...
-    def finish_run(
-        self,
-        run_id: str,
-        *,
-        status: str,
-        counts: Mapping[str, Any],
-        error: str | None,
-        mode: str | None = None,
-    ) -> None: ...
-    def fail_stale_runs(self, source: str) -> int: ...
-    def state(self, source: str) -> SyncState: ...
-    def save_state(self, source: str, *, high_water: str | None, full: bool) -> None: ...
-    def stored_users(
-        self, source: str, external_ids: Collection[str] | None = None
-    ) -> dict[str, StoredUser]: ...
-    def enabled_ids(self, source: str) -> set[str]: ...
-    def usernames_taken(self, usernames: Collection[str]) -> dict[str, str]: ...
-    def missing_departments(self, paths: Collection[str]) -> set[str]: ...
-    def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]: ...
-    def apply_users(
-        self, changes: Sequence[UserChange], *, source: str, department_ids: Mapping[str, int]
-    ) -> None: ...
-    def user_ids_by_dn(self, source: str) -> dict[str, int]: ...
-    def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]: ...
-    def sync_groups(
-        self, source: str, groups: Sequence[SourceGroup], members: Mapping[str, set[int]]
-    ) -> tuple[dict[str, Any], list[str], list[PendingGroupChange]]: ...
-    def bump_directory_counter(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class PendingGroupChange:
-    group: str
-    added: tuple[int, ...]
-    removed: tuple[int, ...]
-    created: bool = False
-    deleted: bool = False
-
-
-class AuditPort(Protocol):
-    def record_many(self, events: Sequence[PendingEvent]) -> None: ...
-
-
-class SessionTerminator(Protocol):
-    def logout_user_everywhere(
-        self, user_id: int, *, reason: str, actor: Actor, ctx: Any = None
-    ) -> int: ...
 
 
 @dataclass
