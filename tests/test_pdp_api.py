@@ -222,6 +222,11 @@ def test_explain_and_status_need_the_admin_scope(api: Api) -> None:
     assert status.status_code == 200
     assert status.json()["version"] == api.live.services.authz.version
     assert status.json()["last_reload_ok"] is True
+    metrics = httpx.get(api.live.url + "/api/v1/authz/metrics", timeout=10)
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    version = api.live.services.authz.version
+    assert f'idhub_policy_loaded{{version="{version}"}} 1' in metrics.text
+    assert "idhub_policy_last_reload_ok 1" in metrics.text
 
 
 def test_bad_callers_and_bad_input_get_clear_errors(api: Api) -> None:
@@ -324,3 +329,7 @@ def test_without_any_loadable_policy_the_api_says_unavailable(
     )
     assert response.status_code == 503
     assert response.json()["error"] == "policy_unavailable"
+    metrics = httpx.get(live.url + "/api/v1/authz/metrics", timeout=10).text
+    assert "idhub_policy_last_reload_ok 0" in metrics
+    assert 'idhub_policy_reloads_total{result="rejected"} 1' in metrics
+    assert 'idhub_policy_loaded{version="none"} 0' in metrics

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
@@ -236,6 +236,11 @@ def routes(services: Services) -> list[BaseRoute]:
 
         return run
 
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(
+            prometheus_text(services.authz.status()), media_type="text/plain; version=0.0.4"
+        )
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(services.settings.server.issuer))
 
@@ -244,8 +249,40 @@ def routes(services: Services) -> list[BaseRoute]:
         Route("/api/v1/authz/scopes", endpoint(do_scopes), methods=["POST"]),
         Route("/api/v1/authz/explain", endpoint(do_explain), methods=["POST"]),
         Route("/api/v1/authz/policy", endpoint(do_status, read_body=False), methods=["GET"]),
+        Route("/api/v1/authz/metrics", metrics, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
     ]
+
+
+def prometheus_text(status: Mapping[str, Any]) -> str:
+    """Reload health in the Prometheus text format, for alerting on rejected policy edits.
+    Counters and the version only: nothing here is secret."""
+    version = str(status.get("version") or "none").replace('"', "")
+    lines = [
+        "# HELP idhub_policy_reloads_total Policy reloads by result.",
+        "# TYPE idhub_policy_reloads_total counter",
+        f'idhub_policy_reloads_total{{result="ok"}} {status["reloads_ok"]}',
+        f'idhub_policy_reloads_total{{result="rejected"}} {status["reloads_rejected"]}',
+        "# HELP idhub_policy_last_reload_ok 1 if the last reload was accepted.",
+        "# TYPE idhub_policy_last_reload_ok gauge",
+        f"idhub_policy_last_reload_ok {int(bool(status['last_reload_ok']))}",
+        "# HELP idhub_policy_last_reload_timestamp_seconds When the last reload finished.",
+        "# TYPE idhub_policy_last_reload_timestamp_seconds gauge",
+        f"idhub_policy_last_reload_timestamp_seconds {status['last_reload_at']}",
+        "# HELP idhub_policy_last_reload_duration_seconds How long the last reload took.",
+        "# TYPE idhub_policy_last_reload_duration_seconds gauge",
+        f"idhub_policy_last_reload_duration_seconds {status['last_reload_seconds']}",
+        "# HELP idhub_policy_directory_rebuilds_total Role recomputations after directory changes.",
+        "# TYPE idhub_policy_directory_rebuilds_total counter",
+        f"idhub_policy_directory_rebuilds_total {status['directory_rebuilds']}",
+        "# HELP idhub_policy_loaded 1 while a policy is serving, labelled with its version.",
+        "# TYPE idhub_policy_loaded gauge",
+        f'idhub_policy_loaded{{version="{version}"}} {int(status.get("version") is not None)}',
+        "# HELP idhub_policy_rules Policy lines in the serving policy.",
+        "# TYPE idhub_policy_rules gauge",
+        f"idhub_policy_rules {status['rules']}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------- OpenAPI
