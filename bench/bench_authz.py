@@ -11,9 +11,9 @@ RSS figures are honest:
           role manager (the linear scan), and the default domain role manager's time to its
           first decision, bounded by --casbin-timeout
   http    the decision API over real HTTP: uvicorn with 2 workers, batches of 100, a real
-          client-credentials token from /token (run with --http)
+          client-credentials token from /token (skip with --no-http)
 
-Usage: python bench/bench_authz.py [--quick] [--http] [--runs N]
+Usage: python bench/bench_authz.py [--quick] [--no-http] [--runs N] [--work DIR] [--skip PHASE]
 """
 
 from __future__ import annotations
@@ -496,7 +496,9 @@ def run_phase(name: str, work: Path, args: argparse.Namespace, timeout: float) -
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a tenth of the size")
-    parser.add_argument("--http", action="store_true", help="also measure the decision API")
+    parser.add_argument(
+        "--no-http", dest="http", action="store_false", help="skip the decision API over HTTP"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--casbin-timeout", type=float, default=60.0)
     parser.add_argument("--phase")
