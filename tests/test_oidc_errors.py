@@ -160,3 +160,43 @@ def test_authorization_request_validation(server: LiveServer) -> None:
     assert ok.max_age == 60 and ok.audience == "reimburse" and ok.nonce == "n"
     denied = services.oidc.error_redirect(ok, "login_required")
     assert denied.status == 302 and "error=login_required" in (denied.location or "")
+
+
+def test_audit_failure_leaves_codes_and_refresh_tokens_usable(server: LiveServer) -> None:
+    from tests.oidc_support import issue_code, oauth_client
+
+    services = server.services
+    user = make_user(services)
+    _, secret = web_client(services, "oa")
+    client = oauth_client(server.url, "oa", secret, redirect_uri=RP)
+    first = client.fetch_token(
+        server.url + "/token",
+        grant_type="authorization_code",
+        code=issue_code(services, "oa", user),
+    )
+    code = issue_code(services, "oa", user)
+    auth = ("oa", secret or "")
+    with services.engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_events RENAME TO audit_events_away"))
+    try:
+        refused_code = httpx.post(
+            server.url + "/token",
+            data={"grant_type": "authorization_code", "code": code, "redirect_uri": RP},
+            auth=auth,
+        )
+        refused_refresh = httpx.post(
+            server.url + "/token",
+            data={"grant_type": "refresh_token", "refresh_token": first["refresh_token"]},
+            auth=auth,
+        )
+    finally:
+        with services.engine.begin() as conn:
+            conn.execute(text("ALTER TABLE audit_events_away RENAME TO audit_events"))
+    for response in (refused_code, refused_refresh):
+        assert response.status_code == 503
+        assert response.json()["error"] == "temporarily_unavailable"
+    # The retry works: the code was not used up, the refresh token not rotated (no "reuse").
+    again = client.fetch_token(server.url + "/token", grant_type="authorization_code", code=code)
+    assert again["access_token"] and again["refresh_token"]
+    refreshed = client.refresh_token(server.url + "/token", refresh_token=first["refresh_token"])
+    assert refreshed["refresh_token"] != first["refresh_token"]

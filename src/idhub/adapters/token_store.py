@@ -234,6 +234,28 @@ class SqlTokenStore:
             tx.commit()
         return status, family
 
+    def undo_rotation(self, old_hash: str, new_hash: str) -> None:
+        """Puts a rotation back (the answer carrying the new token could not be sent)."""
+        with self._serial, self._engine.begin() as conn:
+            conn.execute(delete(refresh_tokens).where(refresh_tokens.c.token_hash == new_hash))
+            conn.execute(
+                update(refresh_tokens)
+                .where(refresh_tokens.c.token_hash == old_hash)
+                .values(rotated_at=None)
+            )
+
+    def release_code(self, code_hash: str) -> None:
+        """Makes a consumed code usable again and drops the family its use started (the
+        token answer could not be sent)."""
+        with self._serial, self._engine.begin() as conn:
+            conn.execute(delete(refresh_tokens).where(refresh_tokens.c.family_id == code_hash))
+            conn.execute(delete(refresh_families).where(refresh_families.c.id == code_hash))
+            conn.execute(
+                update(authorization_codes)
+                .where(authorization_codes.c.code_hash == code_hash)
+                .values(used_at=None)
+            )
+
     def find_refresh(self, token_hash: str) -> tuple[Family, float, float | None] | None:
         """(family, expires_at, rotated_at) of a refresh token, for introspection/revocation."""
         with self._engine.connect() as conn:

@@ -132,13 +132,18 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
                 amr=record.amr,
                 sid=record.sid,
             )
-        issuer.record(
-            EventType.TOKEN_ISSUED,
-            client,
-            target=user.sub,
-            ctx=_ctx(self),
-            details=issued_details(self.GRANT_TYPE, claims, refresh_token=bool(refresh)),
-        )
+        try:
+            issuer.record(
+                EventType.TOKEN_ISSUED,
+                client,
+                target=user.sub,
+                ctx=_ctx(self),
+                details=issued_details(self.GRANT_TYPE, claims, refresh_token=bool(refresh)),
+            )
+        except TemporarilyUnavailable:
+            # Nothing leaves, so nothing may stay used up: the client can simply retry.
+            issuer.store.release_code(record.code_hash)
+            raise
         body = issuer.body(token, claims, refresh=refresh, id_token=id_token)
         return 200, body, default_json_headers
 
@@ -207,13 +212,21 @@ class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             scopes=scopes,
             auth_time=int(family.auth_time) if family.auth_time else None,
         )
-        issuer.record(
-            EventType.TOKEN_REFRESHED,
-            client,
-            target=user.sub,
-            ctx=_ctx(self),
-            details=issued_details(self.GRANT_TYPE, claims, family=family.id[:12]),
-        )
+        try:
+            issuer.record(
+                EventType.TOKEN_REFRESHED,
+                client,
+                target=user.sub,
+                ctx=_ctx(self),
+                details=issued_details(self.GRANT_TYPE, claims, family=family.id[:12]),
+            )
+        except TemporarilyUnavailable:
+            # The new refresh token never reaches the client: put the old one back, or its
+            # retry would look like reuse and revoke the whole family.
+            issuer.store.undo_rotation(
+                issuer.refresh_hasher.hash(self.request.refresh_token), new_hash
+            )
+            raise
         # No new ID token: OIDC Core 12.2 lets a refresh response omit it, and an RS256
         # signature would double the cost of every refresh.
         body = issuer.body(token, claims, refresh=refresh)
