@@ -481,3 +481,16 @@ def test_memberof_mode_reads_memberships_from_users(make_corp: Callable[..., Cor
     # 内审 holds 审计组 (its memberOf), so its members are inside 内审 as well.
     assert {("内审", people[3].uid), ("内审", people[1].uid), ("内审", people[2].uid)} <= found
     assert len(found) == 5
+
+
+def test_department_from_an_attribute(make_corp: Callable[..., Corp]) -> None:
+    corp = make_corp(extra='department_from = "attribute"')
+    person, other = corp.company.people[2], corp.company.people[3]
+    admin = corp.ldap.admin()
+    admin.modify(person.dn, {"departmentNumber": [(ldap3.MODIFY_REPLACE, ["总部/采购部/询价组"])]})
+    admin.unbind()
+    corp.sync()
+    assert corp.dept_path(corp.user(person.uid).department_id) == "/总部/采购部/询价组"
+    assert corp.user(other.uid).department_id is None  # no attribute: no department
+    paths = {r.path for r in corp.rows(select(departments))}
+    assert {"/总部", "/总部/采购部", "/总部/采购部/询价组"} <= paths
