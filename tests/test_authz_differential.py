@@ -276,3 +276,43 @@ def test_large_policy_has_both_answers() -> None:
         )
         answers.add(LARGE.check(*req).allowed)
     assert answers == {True, False}
+
+
+def test_shipped_policy_decides_like_pycasbin_reading_the_shipped_model_file() -> None:
+    """Every user of the test directory, every declared type and action in every domain, over
+    a grid of owners and departments: the index and pycasbin loading policies/model.conf agree,
+    and every scope filter agrees with the decisions."""
+    from pathlib import Path
+
+    import casbin
+
+    from idhub.adapters.policy_files import load_policy_dir
+    from idhub.core.authz_reference import _RowsAdapter
+
+    root = Path(__file__).resolve().parents[1] / "policies"
+    policy, issues = load_policy_dir(root)
+    assert not [i for i in issues if i.level == "error"]
+    assert policy.fixture is not None
+    domains = ("oa", "reimburse", "erp", "archive")
+    shipped = Engine(policy, policy.fixture, domains)
+    p_rows, g_rows = shipped.casbin_rows()
+    enforcer = casbin.Enforcer(str(root / "model.conf"), _RowsAdapter(p_rows, g_rows))
+    enforcer.add_function("scopeMatch", shipped.scope_function())
+    users = sorted(policy.fixture.users)
+    depts = [*sorted(policy.fixture.departments), ""]
+    compared = allowed = 0
+    for domain, types in policy.catalog.resources.items():
+        for obj, actions in types.items():
+            for act in sorted(actions):
+                for user in users:
+                    subject = user_subject(user)
+                    scope = shipped.scopes(subject, domain, obj, act)
+                    for owner in (user, "alice", ""):
+                        for dept in depts:
+                            req = (subject, domain, obj, act, owner, dept)
+                            ours = shipped.check(*req).allowed
+                            assert ours is enforcer.enforce(*req), req
+                            assert scope.allows(user, owner, dept) is ours, req
+                            compared += 1
+                            allowed += ours
+    assert compared > 10_000 and 0 < allowed < compared
