@@ -18,23 +18,19 @@ import logging
 import random
 import signal
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
-from idhub.core.authz import Decision, Engine, RuleIndex
-from idhub.core.authz_checks import check_policy
-from idhub.core.authz_testing import run_policy_tests
+from idhub.core.authz import Decision, Engine
+from idhub.core.authz_build import Loader, Outcome, prepare_policy
 from idhub.core.clock import Clock
 from idhub.core.identity import User
-from idhub.core.policy_model import DirectorySnapshot, Issue, PolicySet
+from idhub.core.policy_model import DirectorySnapshot
 from idhub.errors import IdhubError, PolicyError
 
 log = logging.getLogger("idhub.authz")
-
-Loader = Callable[[], tuple[PolicySet, list[Issue]]]
 
 
 class DirectoryReader(Protocol):
@@ -54,23 +50,6 @@ class PolicyStateStore(Protocol):
     ) -> bool: ...
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The result of preparing a policy: the engine if it may serve, and why not otherwise."""
-
-    engine: Engine | None
-    policy: PolicySet | None
-    errors: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    failed_tests: tuple[str, ...] = ()
-    tests_run: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.engine is not None
-
-
 @dataclass
 class Metrics:
     reloads_ok: int = 0
@@ -80,51 +59,6 @@ class Metrics:
     last_reload_at: float = 0.0
     last_reload_seconds: float = 0.0
     last_error: list[str] = field(default_factory=list)
-
-
-def prepare_policy(
-    load: Loader,
-    directory: DirectorySnapshot,
-    domains: tuple[str, ...],
-    *,
-    warm: bool = True,
-) -> Outcome:
-    """Loads, checks, tests and compiles a policy without touching what is serving."""
-    # A large policy allocates millions of small objects that all stay alive; the cyclic
-    # collector would rescan them over and over (measured: 40% of a 100,000-line load).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return _prepare(load, directory, domains, warm=warm)
-    finally:
-        if collecting:
-            gc.enable()
-
-
-def _prepare(
-    load: Loader, directory: DirectorySnapshot, domains: tuple[str, ...], *, warm: bool
-) -> Outcome:
-    started = time.perf_counter()
-    try:
-        policy, issues = load()
-    except IdhubError as exc:
-        return Outcome(None, None, errors=(str(exc),), seconds=time.perf_counter() - started)
-    issues = issues + check_policy(policy, domains, directory)
-    errors = tuple(str(i) for i in issues if i.level == "error")
-    warnings = tuple(str(i) for i in issues if i.level == "warning")
-    if errors:
-        return Outcome(None, policy, errors, warnings, seconds=time.perf_counter() - started)
-    index = RuleIndex(policy.rules)
-    results = run_policy_tests(policy, domains, index=index)
-    failed = tuple(str(r) for r in results if not r.passed)
-    if failed:
-        return Outcome(
-            None, policy, (), warnings, failed, len(results), time.perf_counter() - started
-        )
-    engine = Engine(policy, directory, domains, index=index)
-    if warm:
-        engine.warm()
-    return Outcome(engine, policy, (), warnings, (), len(results), time.perf_counter() - started)
 
 
 class AuthzService:
