@@ -24,7 +24,7 @@ from idhub.core.policy_model import (
     PolicySet,
     user_subject,
 )
-from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError
+from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError, StorageError
 
 EXIT_FAILED = 1
 
@@ -92,6 +92,10 @@ def _domains(ctx: CliContext) -> tuple[str, ...]:
 def _directory(ctx: CliContext) -> DirectorySnapshot:
     from idhub.adapters.directory_view import SqlDirectoryView
 
+    url = ctx.settings.database.url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        # Do not create an empty database file just to find it has no directory in it.
+        raise StorageError(f"no database at {url[len('sqlite:///') :]}")
     return SqlDirectoryView(ctx.services.engine).snapshot()
 
 
