@@ -24,8 +24,8 @@ LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 # Tolerated clock difference between idhub replicas for `iat`/`nbf` checks.
 LEEWAY = 5
-# Signature-checked tokens remembered per process (cleared when full).
-VERIFIED_CACHE_SIZE = 20_000
+# Signature-checked tokens remembered per process (cleared when full; ~1 KiB each).
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class InvalidToken(Exception):
