@@ -179,6 +179,8 @@ def test_replicas_follow_published_versions_and_directory_changes(
     a, b = make(), make()
     seed(a)
     assert a.authz.engine.version == b.authz.engine.version
+    # One policy version, one audit event: the replica loading it again adds none.
+    assert len(events(a, EventType.POLICY_RELOADED)) == 1
     csv = policy_dir / "oa.csv"
     csv.write_text(csv.read_text(encoding="utf-8") + NEW_LINE, encoding="utf-8")
     assert a.authz.reload(trigger="idhub policy reload").ok
@@ -186,6 +188,8 @@ def test_replicas_follow_published_versions_and_directory_changes(
     b.authz.poll_once()
     assert can_publish_notice(b)
     assert b.authz.engine.policy.version == a.authz.engine.policy.version
+    reloaded = events(a, EventType.POLICY_RELOADED)
+    assert [e["details"]["trigger"] for e in reloaded] == ["startup", "idhub policy reload"]
 
     # carol joins 财务审核组: after the next poll she holds finance_reviewer in reimburse.
     carol = b.identity.get_user_by_username("carol")

@@ -195,7 +195,17 @@ class AuthzService:
             outcome.seconds,
             outcome.tests_run,
         )
-        if previous != outcome.engine.version:
+        # The first process to publish a version records it; replicas that follow the
+        # published version (or restart on it) do not repeat the event.
+        first = True
+        if self._state is not None and outcome.policy is not None:
+            try:
+                first = self._state.publish(
+                    outcome.policy.version, hashes, loaded_at=self._clock.now()
+                )
+            except IdhubError as exc:
+                log.warning("could not publish policy version: %s", exc)
+        if previous != outcome.engine.version and first:
             self._record(
                 EventType.POLICY_RELOADED,
                 actor,
@@ -209,11 +219,6 @@ class AuthzService:
                     "warnings": len(outcome.warnings),
                 },
             )
-        if self._state is not None and outcome.policy is not None:
-            try:
-                self._state.publish(outcome.policy.version, hashes, loaded_at=self._clock.now())
-            except IdhubError as exc:
-                log.warning("could not publish policy version: %s", exc)
 
     def _record(
         self, event: EventType, actor: Actor, outcome: Any, details: dict[str, Any]
