@@ -34,11 +34,13 @@ from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.database import apply_migrations, create_db_engine
 from idhub.config import DatabaseSettings
 from idhub.core.audit import (
-    GENESIS_HASH,
     Actor,
     EventType,
     PendingEvent,
     RequestContext,
+)
+from idhub.core.audit_chain import (
+    GENESIS_HASH,
     canonical_bytes,
     canonical_tail,
     chain_hash,

@@ -12,18 +12,20 @@ from sqlalchemy import text
 
 from idhub.bootstrap import Services
 from idhub.core.audit import (
-    GENESIS_HASH,
     Actor,
     AuditEvent,
-    ChainVerifier,
     EventType,
     PendingEvent,
     RequestContext,
+    scrub_details,
+)
+from idhub.core.audit_chain import (
+    GENESIS_HASH,
+    ChainVerifier,
     canonical_bytes,
     canonical_details,
     canonical_tail,
     chain_hash,
-    scrub_details,
 )
 from idhub.core.clock import FrozenClock
 from idhub.errors import AuditError

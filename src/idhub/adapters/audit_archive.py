@@ -27,17 +27,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.db import audit_anchor, audit_events
 from idhub.core.audit import (
-    GENESIS_HASH,
     Actor,
     AuditEvent,
     AuditFilter,
-    ChainBreak,
-    ChainVerifier,
     EventType,
     PendingEvent,
+    iso_time,
+)
+from idhub.core.audit_chain import (
+    GENESIS_HASH,
+    ChainBreak,
+    ChainVerifier,
     canonical_details,
     event_row,
-    iso_time,
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, InvalidInput

@@ -12,43 +12,41 @@ is committed; if the write fails every caller in that batch gets `AuditError`.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, func, or_, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
 from idhub.core.audit import (
     ACTOR_TYPES,
-    GENESIS_HASH,
     OUTCOMES,
     Actor,
     AuditEvent,
     AuditFilter,
-    ChainVerifier,
     EventType,
     Outcome,
     PendingEvent,
     RequestContext,
+    scrub_details,
+)
+from idhub.core.audit_chain import (
+    GENESIS_HASH,
+    ChainVerifier,
     VerifyReport,
     canonical_bytes,
     canonical_details,
     canonical_tail,
     chain_hash,
-    scrub_details,
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, InvalidInput
 
 ADVISORY_LOCK_KEY = 0x1D4B_A0D1
-_COLUMNS = (
-    "seq", "ts", "event_type", "actor_type", "actor_id", "target", "outcome", "client_ip",
-    "user_agent", "request_id", "details", "prev_hash", "hash",
-)  # fmt: skip
 _VERIFY_CHUNK = 20_000
 
 
@@ -56,7 +54,7 @@ _VERIFY_CHUNK = 20_000
 class _Prepared:
     """An event with everything but its place in the chain computed (outside the lock)."""
 
-    values: tuple[Any, ...]  # ts .. details, in _COLUMNS order
+    values: tuple[Any, ...]  # ts .. details, in COLUMNS order
     tail: str
 
 
@@ -83,7 +81,7 @@ class SqlAuditLog:
         self._pg = engine.dialect.name == "postgresql"
         mark = "%s" if self._pg else "?"
         # Built from constants only; a pre-built driver statement keeps `record` cheap.
-        columns, marks = ", ".join(_COLUMNS), ", ".join([mark] * len(_COLUMNS))
+        columns, marks = ", ".join(COLUMNS), ", ".join([mark] * len(COLUMNS))
         self._insert_sql = f"INSERT INTO audit_events ({columns}) VALUES ({marks})"  # noqa: S608
         self._cond = threading.Condition()
         self._queue: list[_Waiter] = []
@@ -277,9 +275,9 @@ class SqlAuditLog:
     def head(self) -> AuditEvent | None:
         with self.reading() as conn:
             row = conn.execute(
-                select(*_cols()).order_by(audit_events.c.seq.desc()).limit(1)
+                select(*columns()).order_by(audit_events.c.seq.desc()).limit(1)
             ).first()
-        return _event(row) if row is not None else None
+        return row_event(row) if row is not None else None
 
     def count(self) -> int:
         with self.reading() as conn:
@@ -294,7 +292,7 @@ class SqlAuditLog:
         limit: int = 100,
         newest_first: bool = True,
     ) -> list[AuditEvent]:
-        query = _filtered(select(*_cols()), where)
+        query = filtered(select(*columns()), where)
         if after_seq is not None:
             query = query.where(audit_events.c.seq > after_seq)
         if before_seq is not None:
@@ -302,7 +300,7 @@ class SqlAuditLog:
         order = audit_events.c.seq.desc() if newest_first else audit_events.c.seq.asc()
         with self.reading() as conn:
             rows = conn.execute(query.order_by(order).limit(limit)).all()
-        return [_event(row) for row in rows]
+        return [row_event(row) for row in rows]
 
     def iter_events(
         self,
@@ -328,7 +326,7 @@ class SqlAuditLog:
         with self.reading() as conn:
             anchor = self.anchor_in(conn)
         verifier = ChainVerifier(first_seq=anchor.first_seq, prev_hash=anchor.prev_hash)
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(COLUMNS)
         mark = "%s" if self._pg else "?"
         sql = f"SELECT {cols} FROM audit_events WHERE seq > {mark} ORDER BY seq LIMIT {mark}"  # noqa: S608
         # Read from the very bottom, not from the anchor: rows put back below it must show.
@@ -398,59 +396,3 @@ def _driver_error(exc: BaseException) -> str:
     original = getattr(exc, "orig", None) or exc
     text = str(original).strip().splitlines()
     return (text[0] if text else type(original).__name__)[:200]
-
-
-def _cols() -> list[Any]:
-    return [audit_events.c[name] for name in _COLUMNS]
-
-
-def _event(row: Sequence[Any]) -> AuditEvent:
-    return AuditEvent(
-        seq=int(row[0]), ts=float(row[1]), event_type=row[2], actor_type=row[3],
-        actor_id=row[4], target=row[5], outcome=row[6], client_ip=row[7], user_agent=row[8],
-        request_id=row[9], details=json.loads(row[10]), prev_hash=row[11], hash=row[12],
-    )  # fmt: skip
-
-
-def _filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
-    c = audit_events.c
-    conditions: list[Any] = []
-    if where.event_types:
-        exact = [t for t in where.event_types if not t.endswith(".*")]
-        prefixes = [t[:-1] for t in where.event_types if t.endswith(".*")]
-        options: list[Any] = [c.event_type.in_(exact)] if exact else []
-        options += [c.event_type.startswith(p, autoescape=True) for p in prefixes]
-        conditions.append(or_(*options))
-    if where.actor:
-        kind, sep, ident = where.actor.partition(":")
-        if sep and kind in ACTOR_TYPES:
-            conditions.append(and_(c.actor_type == kind, c.actor_id == ident))
-        elif where.actor in ACTOR_TYPES:
-            conditions.append(c.actor_type == where.actor)
-        else:
-            conditions.append(c.actor_id == where.actor)
-    if where.target:
-        conditions.append(c.target == where.target)
-    if where.outcome:
-        if where.outcome not in OUTCOMES:
-            raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}")
-        conditions.append(c.outcome == where.outcome)
-    if where.since is not None:
-        conditions.append(c.ts >= where.since)
-    if where.until is not None:
-        conditions.append(c.ts < where.until)
-    return query.where(*conditions) if conditions else query
-
-
-def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
-    """Validates `--type` values (exact names or `prefix.*`) against the closed list."""
-    known = {e.value for e in EventType}
-    for name in names:
-        if name.endswith(".*"):
-            if not any(k.startswith(name[:-1]) for k in known):
-                raise InvalidInput(f"no audit event type starts with {name[:-1]!r}")
-        elif name not in known:
-            raise InvalidInput(
-                f"unknown audit event type {name!r} (known: {', '.join(sorted(known))})"
-            )
-    return tuple(names)

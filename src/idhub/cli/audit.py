@@ -89,7 +89,7 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
-    from idhub.adapters.audit_store import check_event_types
+    from idhub.adapters.audit_query import check_event_types
 
     def when(value: str | None, flag: str) -> float | None:
         if value is None:

@@ -1,30 +1,27 @@
-"""The audit vocabulary, the canonical form of an event, and chain verification.
+"""The audit vocabulary and the port every part records through.
 
-Each event is hash-chained: `hash = SHA-256(prev_hash || canonical(event))`, so an edited,
-deleted, inserted or reordered event breaks the chain at a point `ChainVerifier` can name.
-The closed list of event types lives here; adding one is a deliberate change.
-
-The canonical form (version 1, documented in docs/audit.md so an outside tool can check it):
-the UTF-8 bytes of the compact JSON array
-`[seq, ts, event_type, actor_type, actor_id, target, outcome, client_ip, user_agent,
-request_id, details]` where `ts` is the string `repr(float)` of the epoch seconds and
-`details` is the object serialised with sorted keys and no spaces. The store keeps `details`
-in exactly that text, so verification hashes the stored bytes without re-parsing them.
+Each event is hash-chained (see `idhub.core.audit_chain`): an edited, deleted, inserted or
+reordered event breaks the chain at a point the verifier can name. The closed list of event
+types lives here; adding one is a deliberate change. Secrets never belong in an event:
+`scrub_details` is the last line of defence when a caller forgets.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
-GENESIS_HASH = "0" * 64
-CANONICAL_VERSION = 1
+from idhub.core.audit_chain import (
+    GENESIS_HASH,
+    canonical_bytes,
+    canonical_details,
+    canonical_tail,
+    chain_hash,
+)
 
 ActorType = Literal["user", "client", "admin", "system"]
 Outcome = Literal["success", "failure", "denied", "error"]
@@ -97,7 +94,7 @@ class PendingEvent:
     ctx: RequestContext | None = None
 
 
-# ------------------------------------------------------------------ canonical form
+# ------------------------------------------------------------------ redaction
 
 # Keys whose value is never a thing the log may hold, whatever a caller passes by mistake.
 _SECRET_KEYS = frozenset(
@@ -143,57 +140,6 @@ def scrub_details(details: dict[str, Any]) -> dict[str, Any]:
     if found:
         cleaned["_redacted"] = sorted(set(found))
     return cleaned
-
-
-def canonical_details(details: dict[str, Any]) -> str:
-    """The stored and hashed text of `details` (raises ValueError for NaN/Infinity)."""
-    return json.dumps(
-        details,
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-        default=str,
-    )
-
-
-def canonical_tail(
-    *,
-    ts: float,
-    event_type: str,
-    actor_type: str,
-    actor_id: str | None,
-    target: str | None,
-    outcome: str,
-    client_ip: str | None,
-    user_agent: str | None,
-    request_id: str | None,
-    details_json: str,
-) -> str:
-    """Everything of the canonical form after `seq`, so the slow part can be built before
-    the append lock is taken; `canonical_bytes` adds the sequence number in front."""
-    fields = (event_type, actor_type, actor_id, target, outcome, client_ip, user_agent, request_id)
-    return _tail(ts, fields, details_json)
-
-
-# json.dumps(..., ensure_ascii=False) encodes strings with exactly this function; calling it
-# per field is twice as fast as dumping a list, which matters when verifying millions.
-_encode = json.encoder.encode_basestring
-
-
-def _tail(ts: float, fields: Sequence[str | None], details_json: str) -> str:
-    parts = ",".join([_encode(v) if v is not None else "null" for v in fields])
-    return f'"{float(ts)!r}",{parts},{details_json}]'
-
-
-def canonical_bytes(seq: int, tail: str) -> bytes:
-    return f"[{seq},{tail}".encode()
-
-
-def chain_hash(prev_hash: str, canonical: bytes) -> str:
-    digest = hashlib.sha256(prev_hash.encode("ascii"))
-    digest.update(canonical)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------ stored events
@@ -315,130 +261,6 @@ class AuditFilter:
     outcome: str | None = None
     since: float | None = None  # inclusive
     until: float | None = None  # exclusive
-
-
-# ------------------------------------------------------------------ verification
-
-# A stored row in the order the verifier reads it: the canonical fields with `details` as
-# its stored text, then prev_hash and hash.
-StoredRow = Sequence[Any]
-
-
-@dataclass(frozen=True)
-class ChainBreak:
-    seq: int
-    kind: Literal["missing", "altered", "unlinked"]
-    message: str
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    checked: int
-    first_seq: int | None
-    last_seq: int | None
-    head_hash: str
-    problem: ChainBreak | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.problem is None
-
-
-class ChainVerifier:
-    """Walks events in `seq` order (fed in chunks) and stops at the first broken link.
-
-    Three checks per event, most specific first: its seq follows the previous one (else
-    events were deleted), its content hashes to its stored hash (else it was edited, or
-    moved, since `seq` is part of the hashed content), and its `prev_hash` is the previous
-    event's hash (else something was inserted, deleted and renumbered, or reordered).
-    """
-
-    def __init__(self, *, first_seq: int = 1, prev_hash: str = GENESIS_HASH) -> None:
-        self._expected_seq = first_seq
-        self._prev = prev_hash
-        self.first_seq: int | None = None
-        self.checked = 0
-        self.problem: ChainBreak | None = None
-
-    def feed(self, rows: Iterable[StoredRow]) -> bool:
-        """Checks rows; False once a break was found (later rows are ignored)."""
-        if self.problem is not None:
-            return False
-        expected, prev = self._expected_seq, self._prev
-        sha256, encode = hashlib.sha256, _encode
-        checked = 0
-        try:
-            for row in rows:
-                seq = row[0]
-                if seq != expected:
-                    self.problem = _gap(expected, seq)
-                    return False
-                fields = ",".join([encode(v) if v is not None else "null" for v in row[2:10]])
-                canonical = f'[{seq},"{float(row[1])!r}",{fields},{row[10]}]'.encode()
-                digest = sha256(row[11].encode("ascii"))
-                digest.update(canonical)
-                if digest.hexdigest() != row[12]:
-                    self.problem = ChainBreak(
-                        seq,
-                        "altered",
-                        f"event {seq} does not match its hash: a field was edited "
-                        "or the event was moved to this position",
-                    )
-                    return False
-                if row[11] != prev:
-                    self.problem = ChainBreak(
-                        seq,
-                        "unlinked",
-                        f"event {seq} does not link to the event before it (its prev_hash "
-                        f"{row[11][:12]}... is not {prev[:12]}...): an event was inserted, "
-                        "deleted or reordered before it",
-                    )
-                    return False
-                if self.first_seq is None:
-                    self.first_seq = seq
-                prev = row[12]
-                expected = seq + 1
-                checked += 1
-        finally:
-            self.checked += checked
-            self._expected_seq, self._prev = expected, prev
-        return True
-
-    def report(self) -> VerifyReport:
-        last = self._expected_seq - 1 if self.checked else None
-        return VerifyReport(
-            checked=self.checked,
-            first_seq=self.first_seq,
-            last_seq=last,
-            head_hash=self._prev,
-            problem=self.problem,
-        )
-
-    @property
-    def next_seq(self) -> int:
-        return self._expected_seq
-
-    @property
-    def head_hash(self) -> str:
-        return self._prev
-
-
-def _gap(expected: int, seq: int) -> ChainBreak:
-    if seq > expected:
-        missing = f"{expected}" if seq == expected + 1 else f"{expected}..{seq - 1}"
-        return ChainBreak(
-            seq, "missing", f"event(s) {missing} are missing before event {seq}: deleted"
-        )
-    return ChainBreak(seq, "unlinked", f"event {seq} appears where {expected} was expected")
-
-
-def event_row(event: AuditEvent) -> tuple[Any, ...]:
-    """An `AuditEvent` (from an archive line) as the row the verifier reads."""
-    return (
-        event.seq, event.ts, event.event_type, event.actor_type, event.actor_id, event.target,
-        event.outcome, event.client_ip, event.user_agent, event.request_id,
-        canonical_details(event.details), event.prev_hash, event.hash,
-    )  # fmt: skip
 
 
 class Auditor(Protocol):

@@ -43,7 +43,7 @@ def _read_cursor(value: str) -> tuple[str, int]:
 
 
 def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str, Any]]:
-    from idhub.adapters.audit_store import check_event_types
+    from idhub.adapters.audit_query import check_event_types
 
     params = request.query_params
     known = {"type", "actor", "target", "outcome", "since", "until", "limit", "cursor", "order"}
