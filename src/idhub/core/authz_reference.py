@@ -1,8 +1,7 @@
 """A plain pycasbin enforcer on the same model and effective policy as an `Engine`.
 
-Not used to answer requests (it scans every line); it is the yardstick: the differential
-test and the benchmark compare `Engine` with it, and `idhub policy explain --casbin` asks
-it for a second opinion.
+Not used to answer requests (it scans every line); it is the yardstick the differential tests
+and the benchmark compare `Engine` with.
 """
 
 from __future__ import annotations
