@@ -202,3 +202,33 @@ def test_replicas_follow_published_versions_and_directory_changes(
     assert b.authz.metrics.directory_rebuilds == 1
     b.authz.poll_once()  # nothing moved: no rebuild
     assert b.authz.metrics.directory_rebuilds == 1
+
+
+def test_a_start_with_broken_files_serves_the_last_good_copy(
+    make: Callable[..., Services], policy_dir: Path
+) -> None:
+    first = make()
+    seed(first)
+    good = first.authz.engine
+    kept = first.settings.var_dir / "policy-last-good"
+    assert (kept / "oa.csv").read_bytes() == (policy_dir / "oa.csv").read_bytes()
+
+    csv = policy_dir / "oa.csv"
+    good_text = csv.read_text(encoding="utf-8")
+    csv.write_text(good_text + "p, employee, oa\n", encoding="utf-8")
+    restarted = make()  # a new process starting on the broken files
+    engine = restarted.authz.engine
+    assert restarted.authz.serving_fallback
+    assert engine.policy.version == good.policy.version
+    assert engine.policy.root == str(kept)
+    assert restarted.authz.readiness() == "ok"
+    status = restarted.authz.status()
+    assert status["last_reload_ok"] is False and status["serving_last_good_copy"] is True
+    assert any("oa.csv:" in e for e in status["last_error"])
+    # the broken files were not kept
+    assert (kept / "oa.csv").read_text(encoding="utf-8") == good_text
+
+    csv.write_text(good_text + NEW_LINE, encoding="utf-8")
+    assert restarted.authz.reload(trigger="test").ok
+    assert not restarted.authz.serving_fallback and can_publish_notice(restarted)
+    assert (kept / "oa.csv").read_text(encoding="utf-8") == good_text + NEW_LINE

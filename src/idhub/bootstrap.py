@@ -18,10 +18,6 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
-    from idhub.adapters.directory_store import SqlDirectoryStore
-    from idhub.core.directory_sync import DirectorySync
-    from idhub.core.identity import PasswordVerifier
-    from idhub.core.sync_scheduler import SyncScheduler
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.clients import ClientRegistry
     from idhub.oidc.grants import Issuer
@@ -30,6 +26,10 @@ if TYPE_CHECKING:
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
+    from idhub.adapters.directory_store import SqlDirectoryStore
+    from idhub.core.directory_sync import DirectorySync
+    from idhub.core.identity import PasswordVerifier
+    from idhub.core.sync_scheduler import SyncScheduler
     from idhub.adapters.logout_delivery import DeliveryWorker
     from idhub.adapters.session_store import SqlSessionStore
     from idhub.core.authenticator import Authenticator
@@ -362,11 +362,12 @@ class Services:
         from functools import partial
 
         from idhub.adapters.directory_view import SqlDirectoryView
-        from idhub.adapters.policy_files import load_policy_dir, watch_policy_dir
+        from idhub.adapters.policy_files import keep_last_good, load_policy_dir, watch_policy_dir
         from idhub.adapters.policy_state import SqlPolicyState
         from idhub.core.authz_service import AuthzService
 
         policy = self.settings.policy
+        last_good = self.settings.var_dir / "policy-last-good"
         return AuthzService(
             domains=tuple(policy.domains),
             load=partial(load_policy_dir, policy.dir),
@@ -377,6 +378,8 @@ class Services:
             decisions=self.settings.audit.decisions,
             sample_rate=self.settings.audit.sample_rate,
             watch=partial(watch_policy_dir, policy.dir) if policy.watch else None,
+            keep=partial(keep_last_good, into=last_good),
+            fallback=partial(load_policy_dir, last_good),
         )
 
     def _start_authz(self) -> None:

@@ -15,8 +15,11 @@ Also: exporting a git revision of the directory (for `idhub policy diff REV`) an
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import re
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -259,6 +262,34 @@ def export_revision(policy_dir: Path, revision: str, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
+
+
+def keep_last_good(policy: PolicySet, into: Path) -> None:
+    """Copies the files of a policy that passed into `into`, replacing the previous copy.
+
+    Only bytes whose hash matches what was checked are kept (a file edited again since the
+    load is not), and the copy is swapped in whole, so `into` always holds one good policy."""
+    root = Path(policy.root)
+    into.parent.mkdir(parents=True, exist_ok=True)
+    staging = into.with_name(f"{into.name}.new-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        for name, digest in policy.file_hashes.items():
+            data = (root / name).read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise PolicyError("changed since it was checked; not kept", file=name)
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        previous = into.with_name(f"{into.name}.old-{os.getpid()}")
+        if into.exists():
+            into.rename(previous)
+        staging.rename(into)
+        shutil.rmtree(previous, ignore_errors=True)
+    except OSError as exc:
+        raise PolicyError(f"cannot keep a copy of the policy: {exc}", file=str(into)) from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def temporary_dir() -> tempfile.TemporaryDirectory[str]:

@@ -27,7 +27,7 @@ from idhub.core.authz import Decision, Engine
 from idhub.core.authz_build import Loader, Outcome, prepare_policy
 from idhub.core.clock import Clock
 from idhub.core.identity import User
-from idhub.core.policy_model import DirectorySnapshot
+from idhub.core.policy_model import DirectorySnapshot, PolicySet
 from idhub.errors import IdhubError, PolicyError
 
 log = logging.getLogger("idhub.authz")
@@ -75,6 +75,8 @@ class AuthzService:
         sample_rate: float = 0.01,
         poll_interval: float = 5.0,
         watch: Callable[[Callable[[set[str]], None], threading.Event], None] | None = None,
+        keep: Callable[[PolicySet], None] | None = None,
+        fallback: Loader | None = None,
     ) -> None:
         self.domains = domains
         self._load = load
@@ -86,6 +88,10 @@ class AuthzService:
         self._sample_rate = sample_rate
         self._poll_interval = poll_interval
         self._watch = watch
+        # `keep` saves a copy of each policy that passed; `fallback` loads that copy.
+        self._keep = keep
+        self._fallback = fallback
+        self.serving_fallback = False
         self._engine: Engine | None = None
         self._attempted = False
         self._directory_fp = ""
@@ -148,10 +154,36 @@ class AuthzService:
             else:
                 outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
             self._finish(outcome, trigger, actor or Actor.system())
+            if outcome.engine is None and self._engine is None and self._fallback is not None:
+                self._serve_last_good(snapshot, outcome)
             if outcome.engine is not None:
                 self._directory_fp = outcome.engine.directory.version
                 self._warm_later(outcome.engine)
+                if self._keep is not None and outcome.policy is not None:
+                    try:
+                        self._keep(outcome.policy)
+                    except IdhubError as exc:
+                        log.warning("could not keep a copy of the good policy: %s", exc)
             return outcome
+
+    def _serve_last_good(self, snapshot: DirectorySnapshot, failed: Outcome) -> None:
+        """With nothing serving (a start with broken files), serves the copy of the last
+        policy that passed here, rather than no policy at all; the failure stays visible."""
+        assert self._fallback is not None
+        outcome = prepare_policy(self._fallback, snapshot, self.domains, warm=False)
+        if outcome.engine is None:
+            log.error(
+                "the last good policy does not load either: %s",
+                "; ".join((outcome.errors + outcome.failed_tests)[:3]),
+            )
+            return
+        self._engine = outcome.engine
+        self._directory_fp = outcome.engine.directory.version
+        gc.freeze()
+        self.serving_fallback = True
+        log.error(
+            "serving the last good policy %s until the files are fixed", outcome.engine.version
+        )
 
     def _finish(self, outcome: Outcome, trigger: str, actor: Actor) -> None:
         m = self.metrics
@@ -180,6 +212,7 @@ class AuthzService:
             )
             return
         self._engine = outcome.engine
+        self.serving_fallback = False
         # The engine lives until the next reload: keep the collector from rescanning it
         # (freed objects still go by reference counting).
         gc.freeze()
@@ -363,6 +396,7 @@ class AuthzService:
             "rules": len(engine.policy.rules) if engine else 0,
             "role_links": len(engine.links) if engine else 0,
             "last_reload_ok": m.last_reload_ok,
+            "serving_last_good_copy": self.serving_fallback,
             "last_reload_at": m.last_reload_at,
             "last_reload_seconds": round(m.last_reload_seconds, 3),
             "last_error": m.last_error[:20],
