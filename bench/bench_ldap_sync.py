@@ -76,6 +76,42 @@ def run_child(config: Path, mode: str, timeout: float) -> dict[str, Any]:
     return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+class PostgresTarget:
+    """A throwaway database on a local PostgreSQL server, emptied before each full run."""
+
+    def __init__(self, server: str) -> None:
+        from sqlalchemy import create_engine, text
+
+        self.server = server.rstrip("/")
+        self.name = f"idhub_bench_{os.urandom(4).hex()}"
+        self._admin = create_engine(f"{self.server}/postgres", isolation_level="AUTOCOMMIT")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        self.url = f"{self.server}/{self.name}"
+        from idhub.adapters.database import apply_migrations, create_db_engine
+        from idhub.config import DatabaseSettings
+
+        self._engine = create_db_engine(DatabaseSettings(url=self.url))
+        apply_migrations(self._engine)
+
+    def empty(self) -> None:
+        from sqlalchemy import text
+
+        from idhub.adapters.db import metadata
+
+        names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+        with self._engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        self._engine.dispose()
+        with self._admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self._admin.dispose()
+
+
 def fresh_database(template: Path, target: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(target) + suffix).unlink(missing_ok=True)
@@ -157,6 +193,11 @@ def main() -> int:
     parser.add_argument("--changes", type=int, default=1_000)
     parser.add_argument("--page-size", type=int, default=1_000)
     parser.add_argument("--max-seconds", type=float, default=1_500)
+    parser.add_argument(
+        "--postgres",
+        help="sync into PostgreSQL at this server URL instead of SQLite "
+        "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432)",
+    )
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--config")
     parser.add_argument("--mode")
@@ -178,6 +219,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="idhub-bench-ldap-"))
     rows: list[tuple[str, str, str, str]] = []
     slapd = None
+    pg: PostgresTarget | None = None
     try:
         started = time.perf_counter()
         company = company_ldif(
@@ -205,11 +247,16 @@ def main() -> int:
         password = work / "bind.pw"
         password.write_text(SERVICE_PASSWORD, encoding="utf-8")
         template = work / "template.db"
-        make_template(template)
         db = work / "idhub.db"
+        if args.postgres:
+            pg = PostgresTarget(args.postgres)
+            db_url = pg.url
+        else:
+            make_template(template)
+            db_url = f"sqlite:///{db}"
         config = work / "idhub.toml"
         config.write_text(
-            f'var_dir = "{work / "var"}"\n\n[database]\nurl = "sqlite:///{db}"\n\n'
+            f'var_dir = "{work / "var"}"\n\n[database]\nurl = "{db_url}"\n\n'
             f"[directory.ldap.bench]\n"
             f'url = "{slapd.url}"\nbind_dn = "{SERVICE_DN}"\n'
             f'bind_password_file = "{password}"\n'
@@ -234,7 +281,10 @@ def main() -> int:
         for run in range(args.runs):
             if time.monotonic() > deadline:
                 break
-            fresh_database(template, db)
+            if pg is not None:
+                pg.empty()
+            else:
+                fresh_database(template, db)
             result = run_child(config, "full", timeout=max(60, deadline - time.monotonic()))
             fulls.append(result)
             print(
@@ -308,6 +358,8 @@ def main() -> int:
     finally:
         if slapd is not None:
             slapd.stop()
+        if pg is not None:
+            pg.drop()
         shutil.rmtree(work, ignore_errors=True)
 
     print()
@@ -318,7 +370,8 @@ def main() -> int:
     for row in [("operation", "median", "rate", "peak RSS"), *rows]:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)))
     print(
-        f"(medians of up to {args.runs} runs; SQLite; {os.cpu_count()} CPUs; "
+        f"(medians of up to {args.runs} runs; {'PostgreSQL' if args.postgres else 'SQLite'}; "
+        f"{os.cpu_count()} CPUs; "
         "peer: authentik's ldap3 sync is reported at ~10 users/s)"
     )
     return 0

@@ -494,3 +494,25 @@ def test_department_from_an_attribute(make_corp: Callable[..., Corp]) -> None:
     assert corp.user(other.uid).department_id is None  # no attribute: no department
     paths = {r.path for r in corp.rows(select(departments))}
     assert {"/总部", "/总部/采购部", "/总部/采购部/询价组"} <= paths
+
+
+def test_group_renamed_keeps_its_id_and_deleted_group_goes(make_corp: Callable[..., Corp]) -> None:
+    from tests.slapd import GROUPS_BASE
+
+    corp = make_corp()
+    corp.sync()
+    before = {r.name: r.id for r in corp.rows(select(groups))}
+    admin = corp.ldap.admin()
+    assert admin.modify_dn(f"cn=g00002,{GROUPS_BASE}", "cn=报销审批组")
+    assert admin.delete(f"cn=g00003,{GROUPS_BASE}")
+    admin.unbind()
+    report = corp.sync(full=True)
+    after = {r.name: r.id for r in corp.rows(select(groups))}
+    assert after["报销审批组"] == before["g00002"]
+    assert "g00002" not in after and "g00003" not in after
+    assert report.counts["groups_deleted"] == 1
+    events = [
+        json.loads(e.details)
+        for e in corp.rows(select(audit_events).where(audit_events.c.target == "group:g00003"))
+    ]
+    assert events[-1]["kind"] == "group_deleted"

@@ -233,20 +233,32 @@ class SqlDirectoryStore(SqlSyncLedger):
                         )
                     ):
                         ids[path] = dept_id
-                for path in sorted(wanted - set(ids), key=lambda p: p.count("/")):
-                    parent = path.rsplit("/", 1)[0]
-                    ids[path] = conn.execute(
-                        insert(departments)
-                        .values(
-                            name=path.rsplit("/", 1)[1],
-                            parent_id=ids.get(parent) if parent else None,
-                            path=path,
-                            source=source,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        .returning(departments.c.id)
-                    ).scalar_one()
+                # One executemany per depth (parents first), then read the new ids back:
+                # a row-at-a-time INSERT ... RETURNING cost a round trip per department.
+                missing = sorted(wanted - set(ids), key=lambda p: (p.count("/"), p))
+                for depth in sorted({p.count("/") for p in missing}):
+                    level = [p for p in missing if p.count("/") == depth]
+                    conn.execute(
+                        insert(departments),
+                        [
+                            {
+                                "name": path.rsplit("/", 1)[1],
+                                "parent_id": ids.get(path.rsplit("/", 1)[0]),
+                                "path": path,
+                                "source": source,
+                                "created_at": now,
+                                "updated_at": now,
+                            }
+                            for path in level
+                        ],
+                    )
+                    for chunk in _chunks(level):
+                        for path, dept_id in conn.execute(
+                            select(departments.c.path, departments.c.id).where(
+                                departments.c.path.in_(chunk)
+                            )
+                        ):
+                            ids[path] = dept_id
         except SQLAlchemyError as exc:
             raise StorageError(f"directory sync could not create departments: {exc}") from exc
         return ids
@@ -301,35 +313,45 @@ class SqlDirectoryStore(SqlSyncLedger):
                 )
             ids: dict[str, int] = {}
             created: set[int] = set()
+            fresh: list[dict[str, Any]] = []
+            renamed: list[dict[str, Any]] = []
             for group in listing:
                 if group.name in others:
                     warnings.append(f"group {group.name!r} exists from another source; skipped")
                     continue
                 row = existing.get(group.external_id)
                 if row is None:
-                    gid = conn.execute(
-                        insert(groups)
-                        .values(
-                            name=group.name,
-                            source=source,
-                            external_id=group.external_id,
-                            dn=group.dn,
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        .returning(groups.c.id)
-                    ).scalar_one()
-                    created.add(gid)
-                elif row.name != group.name or row.dn != group.dn:
-                    conn.execute(
-                        update(groups)
-                        .where(groups.c.id == row.id)
-                        .values(name=group.name, dn=group.dn, updated_at=now)
+                    fresh.append(
+                        {
+                            "name": group.name,
+                            "source": source,
+                            "external_id": group.external_id,
+                            "dn": group.dn,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
                     )
-                    gid = row.id
-                else:
-                    gid = row.id
-                ids[group.external_id] = gid
+                    continue
+                if row.name != group.name or row.dn != group.dn:
+                    renamed.append({"_id": row.id, "v_name": group.name, "v_dn": group.dn})
+                ids[group.external_id] = row.id
+            if renamed:
+                conn.execute(
+                    update(groups)
+                    .where(groups.c.id == bindparam("_id"))
+                    .values(name=bindparam("v_name"), dn=bindparam("v_dn"), updated_at=now),
+                    renamed,
+                )
+            if fresh:
+                conn.execute(insert(groups), fresh)
+                for chunk in _chunks([row["external_id"] for row in fresh]):
+                    for gid, ext in conn.execute(
+                        select(groups.c.id, groups.c.external_id).where(
+                            groups.c.source == source, groups.c.external_id.in_(chunk)
+                        )
+                    ):
+                        ids[ext] = gid
+                        created.add(gid)
             vanished = [r for ext, r in existing.items() if ext not in ids]
             current: dict[int, set[int]] = {}
             for gid, uid in conn.execute(
