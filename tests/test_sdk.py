@@ -67,6 +67,25 @@ def test_resource_system_validates_tokens_offline(live_server: LiveServer, known
         validator.validate("not-a-token")
 
 
+# pytest re-installs its own warning filters per test, over the SDK's import-time one.
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
+@pytest.mark.parametrize("alg", ["EdDSA", "RS256"])
+def test_every_signing_algorithm_validates(
+    live_server: LiveServer, known_secrets, alg: str
+) -> None:
+    _client, secret = live_server.services.clients.register(
+        f"batch-{alg.lower()}",
+        grant_types=("client_credentials",),
+        allowed_audiences=("reimburse",),
+        access_token_alg=alg,
+    )
+    assert secret is not None
+    known_secrets.add(secret)
+    token = _token(live_server, f"batch-{alg.lower()}", secret, "reimburse", known_secrets)
+    validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")
+    assert validator.validate(token)["client_id"] == f"batch-{alg.lower()}"
+
+
 def test_validator_follows_key_rotation(live_server: LiveServer, known_secrets) -> None:
     secret = _system_client(live_server, known_secrets)
     validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")

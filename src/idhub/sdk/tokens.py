@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import httpx
 from joserfc import jws, jwt
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
 
 from idhub.sdk.jwks import JwksCache, JwksError
+
+# idhub signs with `EdDSA` (Ed25519) for clients that ask for it; RFC 9864 names the fully
+# specified `Ed25519` instead, and joserfc warns on the older name. The key type is pinned by
+# the JWKS (OKP / Ed25519), so the polymorphism RFC 9864 worries about does not arise here.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
 ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
 DEFAULT_ALGORITHMS = ("ES256", "EdDSA", "RS256")
