@@ -195,3 +195,47 @@ def test_reload_publishes_only_a_good_policy(
     bad = run_cli("policy", "reload", config=config)
     assert bad.code == 1
     assert "reimburse.csv:" in bad.out and "policy rejected" in bad.out
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new"),
+    [
+        ("reimburse.csv", "approve, dept_tree, allow", "approve, dept, allow"),
+        ("roles.csv", "g, dept_manager, employee, *", "g, dept_manager, auditor, oa"),
+        (
+            "assignments.yaml",
+            "{group: 财务审核组, role: finance_reviewer",
+            "{group: 审计组, role: finance_reviewer",
+        ),
+        ("assignments.yaml", "- {role: dept_manager, domain: oa}", "- {role: auditor, domain: oa}"),
+    ],
+)
+def test_diff_only_skips_users_whose_permissions_cannot_change(
+    tmp_path: Path, file: str, old: str, new: str
+) -> None:
+    """The shortcut in `policy diff` never hides a change a full comparison would show."""
+    from idhub.adapters.policy_files import load_policy_dir
+    from idhub.cli.policy import _affected_users
+    from idhub.core.authz import Engine
+
+    domains = ("oa", "reimburse", "erp", "archive")
+    edited = tmp_path / "edited"
+    shutil.copytree(REPO / "policies", edited)
+    path = edited / file
+    text = path.read_text(encoding="utf-8")
+    assert old in text
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
+    before, _ = load_policy_dir(REPO / "policies")
+    after, _ = load_policy_dir(edited)
+    assert before.fixture is not None
+    a = Engine(before, before.fixture, domains)
+    b = Engine(after, before.fixture, domains)
+    changed = {
+        u
+        for u, user in before.fixture.users.items()
+        if not user.disabled and a.permissions(u) != b.permissions(u)
+    }
+    assert changed, "the edit should change someone's permissions"
+    affected = set(_affected_users(a, b))
+    assert changed <= affected
+    assert len(affected) < len(before.fixture.users)

@@ -8,6 +8,7 @@ configured, and skip the directory checks (with a note) when it cannot be reache
 from __future__ import annotations
 
 import argparse
+import gc
 import getpass
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,10 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
     from idhub.adapters.policy_files import export_revision, temporary_dir
 
+    # A short-lived process building two large indexes: the cyclic collector would only
+    # rescan objects that all stay alive until exit.
+    gc.disable()
+
     root = _dir(args, ctx)
     directory = _directory(ctx)
     domains = _domains(ctx)
@@ -280,9 +285,7 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
     old = Engine(old_policy, directory, domains)
     new = Engine(new_policy, directory, domains)
     changes: list[dict[str, Any]] = []
-    for username in sorted(directory.users):
-        if directory.users[username].disabled:
-            continue
+    for username in _affected_users(old, new):
         before, after = old.permissions(username), new.permissions(username)
         gained, lost = sorted(after - before), sorted(before - after)
         if gained or lost:
@@ -317,6 +320,36 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
         for perm in change["loses"]:
             print(f"  - {perm}")
     return 0
+
+
+def _affected_users(old: Engine, new: Engine) -> list[str]:
+    """The enabled users whose permissions can differ between two engines on one directory.
+
+    A user's permissions follow from the subjects they reach (themselves and their roles, with
+    anchor departments) and those subjects' lines. So only users reaching a subject whose lines
+    changed, or reaching the member of a role link that changed, need comparing; the rest are
+    equal by construction. Comparing 20,000 users in full takes ~15 s at 100,000 lines."""
+
+    def rows(engine: Engine) -> set[tuple[object, ...]]:
+        return {rule[:6] for rule in engine.policy.rules}
+
+    touched = {row[0] for row in rows(old) ^ rows(new)}
+    links_old = {(lk.member, lk.role, lk.domain, lk.anchor) for lk in old.links}
+    links_new = {(lk.member, lk.role, lk.domain, lk.anchor) for lk in new.links}
+    touched |= {str(link[0]) for link in links_old ^ links_new}
+    out = []
+    for username, user in sorted(old.directory.users.items()):
+        if user.disabled:
+            continue
+        subject = user_subject(username)
+        if subject in touched or any(
+            name in touched
+            for engine in (old, new)
+            for domain in engine.domains
+            for name in engine.roles_of(subject, domain)
+        ):
+            out.append(username)
+    return out
 
 
 def _perm(p: tuple[str, str, str, str, str]) -> str:
