@@ -165,6 +165,8 @@ def test_file_watcher_and_sighup_reload(make: Callable[..., Services], policy_di
     try:
         second = authz2.engine.version
         csv.write_text(csv.read_text(encoding="utf-8").replace(NEW_LINE, ""), encoding="utf-8")
+        # Never send SIGHUP unless our handler is in place: the default action ends the process.
+        assert signal.getsignal(signal.SIGHUP) == authz2._on_sighup
         os.kill(os.getpid(), signal.SIGHUP)
         assert wait_for(lambda: authz2.engine.version != second), "SIGHUP did not reload"
         assert not can_publish_notice(services2)
