@@ -125,6 +125,7 @@ def test_single_and_batch_decisions(api: Api) -> None:
             "action": "approve",
             "owner": "bob",
             "dept": "/总部/华东区",
+            "resource_id": 790,
         },
         {
             "user": "bob",
@@ -168,6 +169,7 @@ def test_single_and_batch_decisions(api: Api) -> None:
     assert len(denied) == 5
     assert {e["actor_id"] for e in recorded} == {"reimburse"}
     own = next(e for e in denied if e["details"].get("owner") == "bob")
+    assert own["details"]["resource_id"] == "790"
     assert own["details"]["rule"].startswith("reimburse.csv:")
     assert own["details"]["policy_version"] == version
     assert own["target"] == "reimburse:expense_report"

@@ -74,6 +74,9 @@ def _parse(
     merged = {**{k: v for k, v in resource.items() if k in ("owner", "dept", "id")}, **item}
     if "id" in merged and "resource_id" not in merged:
         merged["resource_id"] = merged["id"]
+    rid = merged.get("resource_id")
+    if isinstance(rid, int) and not isinstance(rid, bool):
+        merged["resource_id"] = str(rid)  # systems often number their records
     if not merged.get("user") and not merged.get("sub"):
         raise InvalidInput(f"{where}: give the user as `user` (username) or `sub`")
     parsed = {key: _text(merged, key, where, required=False) for key in _FIELDS}
@@ -88,8 +91,6 @@ def _parse(
         )
     for key in needs:
         _text(merged, key, where, required=True)
-    if parsed["resource_id"] == "" and isinstance(merged.get("resource_id"), int):
-        parsed["resource_id"] = str(merged["resource_id"])
     return parsed
 
 
