@@ -62,7 +62,8 @@ class PolicyReader:
             return None
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
         try:
-            return data.decode("utf-8")
+            # Editors on Windows like to start files with a byte-order mark.
+            return data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             self.error("not UTF-8 text", rel, line)
