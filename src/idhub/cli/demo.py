@@ -1,6 +1,6 @@
 """`idhub demo` and the `idhub init --demo` step: a small but realistic company to try idhub on.
 
-Departments, four people with known passwords, a group, and the two demo systems `oa` and
+Departments, five people with known passwords, groups, and the two demo systems `oa` and
 `reimburse` registered as confidential first-party clients with redirect URIs on 127.0.0.1.
 Running it again changes nothing that exists (passwords and client secrets are not reset).
 """
@@ -26,6 +26,7 @@ DEPARTMENTS = (
     "/总部/华东区",
     "/总部/华东区/销售一部",
     "/总部/信息技术部",
+    "/总部/审计部",
 )
 ADMIN_GROUP = "系统管理员"
 
@@ -82,6 +83,16 @@ USERS = (
         "13800000004",
         "E1004",
         groups=(ADMIN_GROUP,),
+    ),
+    DemoUser(
+        "grace",
+        "周敏",
+        "/总部/审计部",
+        "grace-demo-1",
+        "grace@example.com",
+        "13800000005",
+        "E1005",
+        groups=("审计组",),
     ),
 )
 
