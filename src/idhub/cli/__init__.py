@@ -8,7 +8,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
 from idhub import __version__
 from idhub.errors import IdhubError
@@ -31,9 +31,10 @@ EXIT_FAILED_CHECK = 1
 
 
 class CliParser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        raise SystemExit(f"idhub: error: {message}")
+        print(f"idhub: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
 
 
 def build_parser() -> argparse.ArgumentParser:
