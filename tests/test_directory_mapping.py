@@ -308,3 +308,32 @@ def test_nested_groups_resolve_with_cycles() -> None:
     # a, b and c contain each other: all three have the same effective members.
     assert resolved["ga"] == resolved["gb"] == resolved["gc"] == everyone
     assert resolved["gd"] == {"uid=4,dc=x"}
+
+
+def test_incremental_filters_per_change_mark() -> None:
+    from idhub.adapters.ldap import LdapDirectory
+    from idhub.config import LdapSourceSettings
+
+    def source(preset: str) -> LdapDirectory:
+        chosen = PRESETS[preset]
+        return LdapDirectory(
+            LdapSourceSettings(
+                name="x",
+                url="ldap://h",
+                user_base="dc=x",
+                attributes=chosen.attributes,
+                user_filter=chosen.user_filter,
+                group_filter=chosen.group_filter,
+                department_filter=chosen.department_filter,
+                change_mark=chosen.change_mark,
+            )
+        )
+
+    ad = source("active_directory")
+    # A USN counter: strictly after the last one seen.
+    assert ad._since("(objectClass=user)", "204817") == "(&(objectClass=user)(uSNChanged>=204818))"
+    assert ad._since("(objectClass=user)", None) == "(objectClass=user)"
+    ol = source("openldap")
+    assert ol._since("(objectClass=inetOrgPerson)", "20260101000001Z") == (
+        "(&(objectClass=inetOrgPerson)(modifyTimestamp>=20260101000001Z))"
+    )

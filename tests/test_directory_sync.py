@@ -516,3 +516,19 @@ def test_group_renamed_keeps_its_id_and_deleted_group_goes(make_corp: Callable[.
         for e in corp.rows(select(audit_events).where(audit_events.c.target == "group:g00003"))
     ]
     assert events[-1]["kind"] == "group_deleted"
+
+
+def test_incremental_runs_find_deletions_with_an_id_pass(make_corp: Callable[..., Corp]) -> None:
+    corp = make_corp(extra="id_check_interval = 0")
+    corp.sync()
+    leaver = next(p for p in corp.company.people[1:] if not p.disabled)
+    admin = corp.ldap.admin()
+    assert admin.delete(leaver.dn)
+    admin.unbind()
+    report = corp.sync()  # incremental: the deleted entry has no modifyTimestamp to find
+    assert report.mode == "reconcile"
+    assert report.counts["disable"] == 1
+    assert corp.user(leaver.uid).disabled_reason == GONE_FROM_SOURCE
+    # Without the pass being due, an incremental run does not list every id.
+    quiet = make_corp(ldap=corp.ldap)
+    assert quiet.sync().mode == "incremental"
