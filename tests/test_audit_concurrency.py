@@ -126,3 +126,27 @@ def test_archiving_while_others_append(services: Services, tmp_path: Any) -> Non
     assert result.count + report.checked == 200 + written[0] + 1
     (archive,) = verify_archives(services.audit_log, [result.path])
     assert archive.ok, archive.problem
+
+
+def test_writers_with_stale_tails_and_big_batches_keep_one_chain(services: Services) -> None:
+    """Two logs on one database take turns, so each one's remembered tail is always stale
+    (the PostgreSQL fast path must notice and fall back); big batches go the long way."""
+    url = services.settings.database.url
+    engines = [create_db_engine(DatabaseSettings(url=url)) for _ in range(2)]
+    logs = [SqlAuditLog(engine, SystemClock()) for engine in engines]
+    try:
+        for i in range(30):
+            logs[i % 2].record(EventType.TOKEN_ISSUED, actor=Actor("client", f"r{i % 2}"))
+            if i % 3 == 0:  # the same writer twice in a row: its tail is current
+                logs[i % 2].record(EventType.TOKEN_REFRESHED, actor=Actor("client", "again"))
+        logs[0].record_many(
+            [PendingEvent(EventType.SYNC_CHANGE, Actor.system("sync"), str(i)) for i in range(6000)]
+        )
+        logs[0].record(EventType.SYNC_RUN, actor=Actor.system("sync"))
+        logs[1].record(EventType.SYNC_RUN, actor=Actor.system("sync"))
+    finally:
+        for engine in engines:
+            engine.dispose()
+    report = services.audit_log.verify()
+    assert report.ok, report.problem
+    assert report.checked == 30 + 10 + 6000 + 2

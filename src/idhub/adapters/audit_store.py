@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY, PgAppender, chain_rows
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
 from idhub.core.audit import (
@@ -38,15 +39,12 @@ from idhub.core.audit_chain import (
     GENESIS_HASH,
     ChainVerifier,
     VerifyReport,
-    canonical_bytes,
     canonical_details,
     canonical_tail,
-    chain_hash,
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, InvalidInput
 
-ADVISORY_LOCK_KEY = 0x1D4B_A0D1
 _VERIFY_CHUNK = 20_000
 
 
@@ -88,6 +86,7 @@ class SqlAuditLog:
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
         self.listeners: list[Callable[[], None]] = []
+        self._pg_append = PgAppender(COLUMNS)
 
     # ------------------------------------------------------------------ writing
 
@@ -177,45 +176,14 @@ class SqlAuditLog:
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
             if self._pg:
-                self._write_pipelined(conn, events)
+                self._pg_append.append(conn.connection.driver_connection, events)
                 return
             with conn.begin():
                 self._insert(conn, events)
 
-    def _write_pipelined(self, conn: Connection, events: list[_Prepared]) -> None:
-        """The same transaction as `_insert`, in two round trips instead of five: psycopg's
-        pipeline sends BEGIN, the lock and the tail read together, then the insert and the
-        COMMIT together. Each round trip is a wake-up of the server process, which is what
-        costs most on a busy machine; the commit's fsync stays, durability is the point."""
-        raw: Any = conn.connection.driver_connection
-        with raw.pipeline() as pipeline:
-            lock, tail = raw.cursor(), raw.cursor()
-            lock.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
-            tail.execute("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            pipeline.sync()
-            last = tail.fetchone()
-            if last is not None:
-                seq, prev = int(last[0]) + 1, str(last[1])
-            else:
-                tail.execute("SELECT first_seq, prev_hash FROM audit_anchor ORDER BY id LIMIT 1")
-                pipeline.sync()
-                anchor = tail.fetchone()
-                seq, prev = (int(anchor[0]), str(anchor[1])) if anchor else (1, GENESIS_HASH)
-            rows = []
-            for event in events:
-                digest = chain_hash(prev, canonical_bytes(seq, event.tail))
-                rows.append((seq, *event.values, prev, digest))
-                seq, prev = seq + 1, digest
-            lock.executemany(self._insert_sql, rows)
-            raw.commit()
-
     def _insert(self, conn: Connection, events: list[_Prepared]) -> None:
         seq, prev = self.lock_tail(conn)
-        rows = []
-        for event in events:
-            digest = chain_hash(prev, canonical_bytes(seq, event.tail))
-            rows.append((seq, *event.values, prev, digest))
-            seq, prev = seq + 1, digest
+        rows = chain_rows(events, seq, prev)
         conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
 
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
