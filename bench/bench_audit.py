@@ -7,9 +7,9 @@ several runs:
   verify   `audit verify` (the store's chain walk) over 1,000,000 events generated with
            batched inserts
   token    /token client-credentials p50 over real HTTP (uvicorn, one worker) with the audit
-           write and, for comparison, with a no-op recorder (run with --token)
+           write and, for comparison, with a no-op recorder (skip with --no-token)
 
-Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--token]
+Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--no-token]
 Traffic goes only to 127.0.0.1; the PostgreSQL database is a throwaway one, dropped after.
 """
 
@@ -372,7 +372,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs, 100,000 events")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--verify-events", type=int)
-    parser.add_argument("--token", action="store_true", help="also measure /token p50")
+    parser.add_argument(
+        "--no-token",
+        dest="token",
+        action="store_false",
+        help="skip the /token comparison (two servers, ~1 min per backend)",
+    )
     parser.add_argument("--backends", default="sqlite,postgresql")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
