@@ -157,3 +157,45 @@ def test_every_database_a_test_touches_is_tracked(
     services = make_services(make_settings(sqlite_db_url))
     services.audit.record(EventType.USER_CREATED, actor=Actor("admin", "root"))
     assert sqlite_db_url in _ENGINES.urls
+
+
+def test_the_after_test_scan_fails_a_leaking_test(tmp_path: Path) -> None:
+    """End to end: a throwaway test that leaks a registered password through the real
+    fixtures errors at teardown with the scan's message; a clean one passes."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "conftest.py").write_text(
+        "from tests.conftest import *  # noqa: F403\n"
+        "from tests.conftest import _audit_holds_no_secrets  # noqa: F401\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "test_leaky.py").write_text(
+        "from idhub.core.audit import Actor, EventType\n\n"
+        "def _services(make_settings, make_services, sqlite_db_url):\n"
+        "    return make_services(make_settings(sqlite_db_url))\n\n"
+        "def test_leaks(make_settings, make_services, sqlite_db_url, known_secrets):\n"
+        "    known_secrets.add('Leaky-Passw0rd-42')\n"
+        "    s = _services(make_settings, make_services, sqlite_db_url)\n"
+        "    s.audit.record(EventType.LOGIN_FAILED, actor=Actor('user'),\n"
+        "                   target='alice Leaky-Passw0rd-42', outcome='failure')\n\n"
+        "def test_clean(make_settings, make_services, sqlite_db_url):\n"
+        "    s = _services(make_settings, make_services, sqlite_db_url)\n"
+        "    s.audit.record(EventType.LOGIN_FAILED, actor=Actor('user'), target='alice',\n"
+        "                   outcome='failure')\n",
+        encoding="utf-8",
+    )
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         "-c", os.devnull, str(tmp_path / "test_leaky.py")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    # pytest counts the leaking test's call as passed and its teardown as the error.
+    assert "2 passed, 1 error" in out, out
+    assert "ERROR at teardown of test_leaks" in out
+    assert "target: holds a registered secret value" in out
+    assert "Leaky-Passw0rd-42" not in out.split("secrets reached the audit trail", 1)[1]
