@@ -18,29 +18,29 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.audit_sinks import AuditShipper
+    from idhub.adapters.audit_store import SqlAuditLog
+    from idhub.adapters.directory_store import SqlDirectoryStore
+    from idhub.adapters.identity_store import SqlIdentityStore
+    from idhub.adapters.logout_delivery import DeliveryWorker
+    from idhub.adapters.session_store import SqlSessionStore
     from idhub.adapters.token_store import SqlTokenStore
+    from idhub.core.audit import Auditor
+    from idhub.core.authenticator import Authenticator
+    from idhub.core.authz_service import AuthzService
     from idhub.core.clients import ClientRegistry
+    from idhub.core.directory_sync import DirectorySync
+    from idhub.core.identity import PasswordVerifier
+    from idhub.core.logout import LogoutService
+    from idhub.core.passwords import PasswordHasher
+    from idhub.core.sessions import SsoSessions
+    from idhub.core.sync_scheduler import SyncScheduler
     from idhub.oidc.grants import Issuer
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
-    from idhub.adapters.directory_store import SqlDirectoryStore
-    from idhub.core.directory_sync import DirectorySync
-    from idhub.core.identity import PasswordVerifier
-    from idhub.core.sync_scheduler import SyncScheduler
-    from idhub.adapters.logout_delivery import DeliveryWorker
-    from idhub.adapters.session_store import SqlSessionStore
-    from idhub.core.authenticator import Authenticator
-    from idhub.core.logout import LogoutService
-    from idhub.core.passwords import PasswordHasher
-    from idhub.core.sessions import SsoSessions
-    from idhub.adapters.audit_sinks import AuditShipper
-    from idhub.adapters.audit_store import SqlAuditLog
-    from idhub.adapters.identity_store import SqlIdentityStore
-    from idhub.core.audit import Auditor
-    from idhub.core.authz_service import AuthzService
 
 
 class Services:
@@ -324,7 +324,6 @@ class Services:
     @cached_property
     def logout_worker(self) -> DeliveryWorker:
         from idhub.adapters.logout_delivery import DeliveryWorker
-
         from idhub.adapters.session_store import SqlDeliveryStore
 
         deliveries = SqlDeliveryStore(self.engine)

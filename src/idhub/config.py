@@ -513,8 +513,10 @@ def _ldap_source(
         kind = str(types[key])
         try:
             if kind == "float | None":
-                kwargs[key] = None if value in (None, "") else _coerce(
-                    value, "float", base=base, what=f"[{section}] {key}"
+                kwargs[key] = (
+                    None
+                    if value in (None, "")
+                    else _coerce(value, "float", base=base, what=f"[{section}] {key}")
                 )
             else:
                 kwargs[key] = _coerce(value, kind, base=base, what=f"[{section}] {key}")
@@ -589,8 +591,11 @@ def _ldap_password(
         )
     if variable:
         if not isinstance(variable, str):
-            raise locator.error(f"[{section}] bind_password_env must be a variable name", section,
-                                "bind_password_env")
+            raise locator.error(
+                f"[{section}] bind_password_env must be a variable name",
+                section,
+                "bind_password_env",
+            )
         if not env.get(variable):
             raise locator.error(
                 f"[{section}] bind_password_env names {variable}, which is not set",
