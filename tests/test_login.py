@@ -81,6 +81,15 @@ def test_failures_are_generic_and_audited_with_reasons(live_server: LiveServer) 
     failed = events(services, "login.failed")
     assert [e["details"]["reason"] for e in failed] == ["unknown_user", "bad_password"]
     assert all("password" not in str(e["details"]).replace("bad_password", "") for e in failed)
+    # A name that is no account is never stored as typed (it may be a misplaced password),
+    # only as a keyed fingerprint that is the same for the same text.
+    assert failed[0]["target"] is None and "nobody" not in str(failed[0])
+    assert failed[1]["target"] == "bob"
+    with httpx.Client(base_url=live_server.url) as client:
+        login(client, "nobody", "again-2")
+        login(client, "nobody-else", "again-3")
+    prints = [e["details"].get("typed_name_fingerprint") for e in events(services, "login.failed")]
+    assert prints[0] == prints[2] != prints[3] and prints[0] and prints[1] is None
 
 
 def test_lockout_after_repeated_failures(live_server: LiveServer) -> None:

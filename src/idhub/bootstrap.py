@@ -288,6 +288,7 @@ class Services:
     @cached_property
     def authenticator(self) -> Authenticator:
         from idhub.core.authenticator import Authenticator
+        from idhub.core.crypto import KeyedHasher
         from idhub.core.passwords import LocalPasswordVerifier
 
         def verifier_for(source: str) -> Any:
@@ -301,6 +302,7 @@ class Services:
             hasher=self.password_hasher,
             audit=self.audit,
             clock=self.clock,
+            fingerprint=KeyedHasher(self.settings.require_secret_key(), "typed-username").hash,
         )
 
     @cached_property

@@ -51,6 +51,7 @@ class Authenticator:
         audit: Auditor,
         clock: Clock,
         lockout: LockoutPolicy | None = None,
+        fingerprint: Callable[[str], str] | None = None,
     ) -> None:
         self._users = users
         self._local = local_verifier
@@ -59,6 +60,7 @@ class Authenticator:
         self._audit = audit
         self._clock = clock
         self._lockout = lockout or LockoutPolicy()
+        self._fingerprint = fingerprint
 
     @property
     def lockout(self) -> LockoutPolicy:
@@ -129,15 +131,21 @@ class Authenticator:
         detail: str | None = None,
     ) -> NoReturn:
         details: dict[str, object] = {"reason": reason}
+        target: str | None = None
         if user is not None:
             details["source"] = user.source
+            target = user.username
+        elif username and self._fingerprint is not None:
+            # What was typed is not an account name and may be a password typed in the wrong
+            # box: the append-only log keeps only a keyed fingerprint, enough to see repeated
+            # guesses at the same name without ever holding the text.
+            details["typed_name_fingerprint"] = self._fingerprint(username)[:16]
         if detail:
             details["detail"] = detail[:200]
         self._audit.record(
             EventType.LOGIN_FAILED,
             actor=Actor("user", user.sub if user is not None else None),
-            # The typed name is kept (truncated) so admins can see guessing against a name.
-            target=username[:MAX_USERNAME] or None,
+            target=target,
             outcome="failure",
             details=details,
             ctx=ctx,
