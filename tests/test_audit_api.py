@@ -1,6 +1,7 @@
 """`GET /api/v1/audit` end to end: a live server, a real client-credentials token from
 `/token` (aud idhub, scope audit:read) for a client listed in `[server] admin_clients`,
-filters and cursor paging over real HTTP, on SQLite and PostgreSQL."""
+filters and cursor paging over real HTTP, and users' tokens from the real code flow (login
+form, authlib's client) decided by idhub's shipped policy; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
+from authlib.common.security import generate_token
 
 from idhub.core.audit import Actor, EventType, RequestContext
 from tests.audit_scan import KnownSecrets
 from tests.conftest import LiveServer
 from tests.oidc_support import prepare
+from tests.sso_support import events, follow, make_user, oauth_client, sign_in_at
 
 ADMIN_TOML = '[server]\nadmin_clients = ["auditor"]\n'
 
@@ -159,3 +162,130 @@ def test_bad_parameters_are_400_not_500(server: LiveServer, known_secrets: Known
         response = _get(server, token, **{name: value})
         assert response.status_code == 400, (name, response.text)
         assert message in response.json()["error_description"], name
+
+
+# ------------------------------------------------------------------ users' own tokens
+
+CONSOLE = "console"  # a first-party audit console; deliberately not in admin_clients
+PASSWORDS = {"grace": "grace-password-1", "alice": "alice-password-1"}
+
+
+@pytest.fixture
+def console(server: LiveServer, known_secrets: KnownSecrets) -> str:
+    """The console's client secret; grace (in 审计组, so auditor) and alice (a plain
+    employee) exist and the policy engine has seen them."""
+    services = server.services
+    _, secret = services.clients.register(
+        CONSOLE,
+        name="Audit console",
+        redirect_uris=["http://127.0.0.1:8001/callback"],
+        first_party=True,
+        scope="openid audit:read",
+        allowed_audiences=("idhub",),
+    )
+    assert secret is not None
+    known_secrets.add(secret, *PASSWORDS.values())
+    grace = make_user(services, "grace", PASSWORDS["grace"], department_path="/总部/审计部")
+    make_user(services, "alice", PASSWORDS["alice"], department_path="/总部/华东区/销售一部")
+    services.identity.set_group_members(services.identity.ensure_group("审计组").id, [grace.id])
+    # What the background poll does every few seconds, done now.
+    services.authz.refresh_directory()
+    return str(secret)
+
+
+def _user_token(server: LiveServer, known: KnownSecrets, secret: str, username: str) -> str:
+    """The user's access token for idhub, through the real login form and code flow."""
+    rp = oauth_client(server.url, CONSOLE, secret, scope="openid audit:read")
+    verifier = generate_token(48)
+    url, _state = rp.create_authorization_url(
+        f"{server.url}/authorize", code_verifier=verifier, nonce=generate_token(16),
+        resource="idhub",
+    )  # fmt: skip
+    with httpx.Client(base_url=server.url) as browser:
+        callback = sign_in_at(browser, follow(browser, url), username, PASSWORDS[username])
+    assert callback.status_code == 302, callback.text[:300]
+    location = callback.headers["location"]
+    known.add(location, verifier)
+    token = rp.fetch_token(
+        f"{server.url}/token", authorization_response=location, code_verifier=verifier
+    )
+    known.add(*(token.get(k) for k in ("access_token", "id_token", "refresh_token")))
+    return str(token["access_token"])
+
+
+def test_an_auditor_reads_the_trail_with_her_own_token(
+    server: LiveServer, known_secrets: KnownSecrets, console: str
+) -> None:
+    services = server.services
+    _seed(server, 3)
+    token = _user_token(server, known_secrets, console, "grace")
+    claims = services.access_tokens.verify(token, audience="idhub")
+    grace = services.identity.get_user_by_username("grace")
+    assert grace is not None and claims["sub"] == grace.sub
+    assert claims["client_id"] == CONSOLE and "audit:read" in claims["scope"].split()
+    assert CONSOLE not in services.settings.server.admin_clients
+
+    response = _get(server, token, type="login.*", limit=1000)
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    logins = response.json()["events"]
+    assert {e["details"].get("i") for e in logins} >= {0, 1, 2}
+    assert ("user", grace.sub) in {(e["actor_type"], e["actor_id"]) for e in logins}  # her login
+
+
+def test_an_employee_is_refused_and_the_denial_is_audited(
+    server: LiveServer, known_secrets: KnownSecrets, console: str
+) -> None:
+    services = server.services
+    _seed(server, 3)
+    token = _user_token(server, known_secrets, console, "alice")
+    alice = services.identity.get_user_by_username("alice")
+    assert alice is not None
+    assert services.access_tokens.verify(token, audience="idhub")["sub"] == alice.sub
+    before = len(events(services, "authz.decision"))
+
+    refused = _get(server, token)
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["cache-control"] == "no-store"
+    body = refused.json()
+    assert body == {
+        "error": "access_denied",
+        "error_description": "user 'alice' may not read the audit trail: no rule matched "
+        "(policy domain idhub, audit_event read)",
+    }
+
+    decisions = events(services, "authz.decision")
+    assert len(decisions) == before + 1
+    denial = decisions[-1]
+    assert (denial["actor_type"], denial["actor_id"]) == ("user", alice.sub)
+    assert denial["outcome"] == "denied" and denial["target"] == "idhub:audit_event"
+    details = denial["details"]
+    assert (details["user"], details["sub"], details["client_id"]) == ("alice", alice.sub, CONSOLE)
+    assert (details["domain"], details["type"], details["action"]) == (
+        "idhub",
+        "audit_event",
+        "read",
+    )
+    assert details["allowed"] is False
+    assert details["policy_version"] == services.authz.engine.version
+    assert "rule" not in details  # nothing matched
+    assert token not in str(denial)
+
+
+def test_a_disabled_users_token_reads_nothing(
+    server: LiveServer, known_secrets: KnownSecrets, console: str
+) -> None:
+    services = server.services
+    token = _user_token(server, known_secrets, console, "grace")
+    assert _get(server, token, limit=1).status_code == 200
+    grace = services.identity.get_user_by_username("grace")
+    assert grace is not None
+    # Disabled in the store; the token itself stays valid until it expires.
+    services.identity.set_disabled(grace.id, True, reason="left")
+    assert services.access_tokens.verify(token, audience="idhub")["sub"] == grace.sub
+    refused = _get(server, token, limit=1)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error_description"] == (
+        "user 'grace' may not read the audit trail: user is disabled "
+        "(policy domain idhub, audit_event read)"
+    )

@@ -293,7 +293,7 @@ def test_shipped_policy_decides_like_pycasbin_reading_the_shipped_model_file() -
     policy, issues = load_policy_dir(root)
     assert not [i for i in issues if i.level == "error"]
     assert policy.fixture is not None
-    domains = ("oa", "reimburse", "erp", "archive")
+    domains = ("oa", "reimburse", "erp", "archive", "idhub")
     shipped = Engine(policy, policy.fixture, domains)
     p_rows, g_rows = shipped.casbin_rows()
     enforcer = casbin.Enforcer(str(root / "model.conf"), _RowsAdapter(p_rows, g_rows))

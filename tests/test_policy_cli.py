@@ -218,7 +218,7 @@ def test_diff_only_skips_users_whose_permissions_cannot_change(
     from idhub.cli.policy import _affected_users
     from idhub.core.authz import Engine
 
-    domains = ("oa", "reimburse", "erp", "archive")
+    domains = ("oa", "reimburse", "erp", "archive", "idhub")
     edited = tmp_path / "edited"
     shutil.copytree(REPO / "policies", edited)
     path = edited / file

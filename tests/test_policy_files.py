@@ -15,7 +15,7 @@ from idhub.core.policy_model import DirectorySnapshot, DirectoryUser, Issue
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "policies"
-DOMAINS = ("oa", "reimburse", "erp", "archive")
+DOMAINS = ("oa", "reimburse", "erp", "archive", "idhub")
 
 
 @pytest.fixture

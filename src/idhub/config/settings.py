@@ -50,7 +50,7 @@ class TokenSettings:
 @dataclass(frozen=True)
 class PolicySettings:
     dir: Path = Path("policies")
-    domains: tuple[str, ...] = ("oa", "reimburse", "erp", "archive")
+    domains: tuple[str, ...] = ("oa", "reimburse", "erp", "archive", "idhub")
     watch: bool = True
 
 

@@ -1,9 +1,17 @@
 """`GET /api/v1/audit`: the audit trail for admins, with the CLI's filters and cursor paging.
 
-Authorised by an idhub access token (`aud` idhub, scope `audit:read`, contract 3) issued to
-a client listed in `[server] admin_clients`: until idhub's own authorization policy governs
-its APIs, that list is what makes a client an admin. Both are required, so a client that
-was merely registered with the scope reads nothing.
+Every caller needs an idhub access token (`aud` idhub, scope `audit:read`, contract 3). Who may
+then read depends on whom the token was issued to:
+
+* a user (authorization code, refresh or token exchange: `sub` is a user's subject): idhub's
+  own policy decides, as the decision API would for `user:<username>` in domain `idhub`, type
+  `audit_event`, action `read`. Disabled and unknown users are denied. The decision goes to the
+  audit trail like the decision API's (denials always, allows as `[audit] decisions` says);
+* a client (client credentials: `sub` is the client_id): only a client listed in `[server]
+  admin_clients`, the machine path that predates the policy.
+
+Scope and permission are both required, so a client merely registered with the scope reads
+nothing, and a user's token from an admin client still reads only what the user may.
 """
 
 from __future__ import annotations
@@ -18,11 +26,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import OUTCOMES, AuditFilter, parse_when
-from idhub.errors import InvalidInput
+from idhub.core.audit import OUTCOMES, Actor, AuditFilter, parse_when
+from idhub.core.authz import Decision
+from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, require_bearer
+from idhub.web.middleware import request_context
+from idhub.web.pdp_api import decide
 
 SCOPE = "audit:read"
+# What a user's token is checked for in idhub's own policy (policies/idhub.csv).
+DOMAIN, RESOURCE_TYPE, ACTION = "idhub", "audit_event", "read"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 
@@ -90,25 +103,73 @@ def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str,
     return where, {"after_seq": after, "before_seq": before, "limit": limit, "order": order}
 
 
+def _refuse(status: int, error: str, description: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "error_description": description},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
 def routes(services: Services) -> list[BaseRoute]:
     admins = frozenset(services.settings.server.admin_clients)
+
+    def authorise(request: Request, claims: dict[str, Any]) -> JSONResponse | None:
+        """None if the token's holder may read the trail, else the answer refusing it."""
+        client_id = str(claims.get("client_id", ""))
+        sub = str(claims.get("sub", ""))
+        user = services.identity.get_user_by_sub(sub) if sub and sub != client_id else None
+        if user is None:
+            if client_id in admins:
+                return None
+            return _refuse(
+                403,
+                "access_denied",
+                f"client {client_id!r} is not an admin client ([server] admin_clients)",
+            )
+        try:
+            engine = services.authz.engine
+        except PolicyError as exc:
+            return _refuse(503, "policy_unavailable", exc.message)
+        asked = {
+            "user": "",
+            "sub": sub,
+            "domain": DOMAIN,
+            "type": RESOURCE_TYPE,
+            "action": ACTION,
+            "owner": "",
+            "dept": "",
+            "resource_id": "",
+        }
+        decision: Decision
+        if user.disabled:
+            # The directory the engine holds may be a poll behind the identity store.
+            decision, reason = Decision(False), "user is disabled"
+        else:
+            decision, reason, _ = decide(engine, asked)
+        services.authz.record_decisions(
+            [({**asked, "user": user.username, "client_id": client_id}, decision)],
+            actor=Actor("user", user.sub),
+            version=engine.version,
+            ctx=request_context(request),
+        )
+        if decision.allowed:
+            return None
+        return _refuse(
+            403,
+            "access_denied",
+            f"user {user.username!r} may not read the audit trail: {reason} "
+            f"(policy domain {DOMAIN}, {RESOURCE_TYPE} {ACTION})",
+        )
 
     async def audit_events(request: Request) -> Response:
         try:
             claims = await require_bearer(request, services, scope=SCOPE)
         except BearerError as exc:
             return exc.response()
-        client_id = str(claims.get("client_id", ""))
-        if client_id not in admins:
-            return JSONResponse(
-                {
-                    "error": "access_denied",
-                    "error_description": f"client {client_id!r} is not an admin client "
-                    "([server] admin_clients)",
-                },
-                status_code=403,
-                headers={"Cache-Control": "no-store"},
-            )
+        refused = await run_in_threadpool(authorise, request, claims)
+        if refused is not None:
+            return refused
         where, page = _query(request, services)
         limit, order = page["limit"], page["order"]
         events = await run_in_threadpool(

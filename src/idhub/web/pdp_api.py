@@ -110,7 +110,9 @@ def _resolve(engine: Engine, parsed: dict[str, str]) -> tuple[str | None, str]:
     return name, ""
 
 
-def _decide(engine: Engine, parsed: dict[str, str]) -> tuple[Decision, str, str | None]:
+def decide(engine: Engine, parsed: dict[str, str]) -> tuple[Decision, str, str | None]:
+    """(decision, reason, username): the one way a request about a user is decided, shared with
+    the audit API. Unknown and disabled users are denied before the policy is asked."""
     username, problem = _resolve(engine, parsed)
     if username is None:
         return Decision(False), problem, None
@@ -149,7 +151,7 @@ def routes(services: Services) -> list[BaseRoute]:
         for index, item in enumerate(items):
             where = f"requests[{index}]" if batch else "request"
             parsed = _parse(item, where, engine, default_domain=default, needs=("type", "action"))
-            decision, reason, username = _decide(engine, parsed)
+            decision, reason, username = decide(engine, parsed)
             results.append({"allowed": decision.allowed, "reason": reason})
             audited.append(
                 (
