@@ -37,6 +37,7 @@ test: install-test system-deps node-deps
 	$(BIN)/python -m pytest -q
 
 bench: install-test system-deps
+	bash .ci/system-deps --bench
 	$(BIN)/python bench/run_all.py
 
 lint: install-test
