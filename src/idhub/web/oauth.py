@@ -3,6 +3,7 @@ requests/responses and the provider's framework-free shapes (also used by `/auth
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
 from starlette.concurrency import run_in_threadpool
@@ -94,26 +95,19 @@ def bearer_token(request: Request) -> str | None:
 def routes(services: Services) -> list[BaseRoute]:
     provider = services.oidc
 
-    async def token(request: Request) -> Response:
-        try:
-            data = await oauth_request(request, services)
-        except BadForm as exc:
-            return _bad_request(str(exc))
-        return to_response(await run_in_threadpool(provider.token, data))
+    def form_endpoint(
+        handle: Callable[[OAuthRequestData], OAuthResponseData],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A form-posting endpoint (RFC 6749 token, RFC 7662, RFC 7009) run in the threadpool."""
 
-    async def introspect(request: Request) -> Response:
-        try:
-            data = await oauth_request(request, services)
-        except BadForm as exc:
-            return _bad_request(str(exc))
-        return to_response(await run_in_threadpool(provider.introspect, data))
+        async def endpoint(request: Request) -> Response:
+            try:
+                data = await oauth_request(request, services)
+            except BadForm as exc:
+                return _bad_request(str(exc))
+            return to_response(await run_in_threadpool(handle, data))
 
-    async def revoke(request: Request) -> Response:
-        try:
-            data = await oauth_request(request, services)
-        except BadForm as exc:
-            return _bad_request(str(exc))
-        return to_response(await run_in_threadpool(provider.revoke, data))
+        return endpoint
 
     async def userinfo(request: Request) -> Response:
         token = bearer_token(request)
@@ -128,8 +122,8 @@ def routes(services: Services) -> list[BaseRoute]:
         return to_response(response)
 
     return [
-        Route("/token", token, methods=["POST"]),
-        Route("/introspect", introspect, methods=["POST"]),
-        Route("/revoke", revoke, methods=["POST"]),
+        Route("/token", form_endpoint(provider.token), methods=["POST"]),
+        Route("/introspect", form_endpoint(provider.introspect), methods=["POST"]),
+        Route("/revoke", form_endpoint(provider.revoke), methods=["POST"]),
         Route("/userinfo", userinfo, methods=["GET", "POST"]),
     ]
