@@ -223,6 +223,13 @@ def live_server(make_live_server: Callable[..., LiveServer], db_url: str) -> Liv
     return make_live_server(db_url)
 
 
+@pytest.fixture
+def server(live_server: LiveServer) -> LiveServer:
+    """A live server whose signing keys exist, ready to issue tokens."""
+    live_server.services.keys.ensure_active(lambda _line: None)
+    return live_server
+
+
 # ------------------------------------------------------------------ the CLI
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,14 +13,7 @@ from joserfc import jwk
 
 from idhub.core.audit import EventType
 from tests.conftest import LiveServer
-from tests.oidc_support import decode, oauth_client, prepare
-
-
-@pytest.fixture
-def server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
-    live = make_live_server(db_url)
-    prepare(live.services)
-    return live
+from tests.oidc_support import decode, oauth_client
 
 
 def _events(live: LiveServer, kind: EventType) -> list[dict[str, object]]:

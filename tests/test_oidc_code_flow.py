@@ -6,7 +6,6 @@ then `authorize`, what `/authorize` calls once the user has signed in)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -24,16 +23,8 @@ from tests.oidc_support import (
     make_user,
     oauth_client,
     pkce_pair,
-    prepare,
     web_client,
 )
-
-
-@pytest.fixture
-def server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
-    live = make_live_server(db_url)
-    prepare(live.services)
-    return live
 
 
 def _count(live: LiveServer, kind: EventType) -> int:

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import httpx
-import pytest
 
 from tests.conftest import LiveServer
-from tests.oidc_support import RP, decode, issue_code, make_user, oauth_client, prepare, web_client
-
-
-@pytest.fixture
-def server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
-    live = make_live_server(db_url)
-    prepare(live.services)
-    return live
+from tests.oidc_support import RP, decode, issue_code, make_user, oauth_client, web_client
 
 
 def test_discovery_document_names_everything_an_rp_needs(server: LiveServer) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -15,14 +14,7 @@ from idhub.oidc.messages import (
     OAuthRequestData,
 )
 from tests.conftest import LiveServer
-from tests.oidc_support import RP, make_user, pkce_pair, prepare, web_client
-
-
-@pytest.fixture
-def server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
-    live = make_live_server(db_url)
-    prepare(live.services)
-    return live
+from tests.oidc_support import RP, make_user, pkce_pair, web_client
 
 
 def _secret_client(live: LiveServer) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -14,14 +13,7 @@ from joserfc import jwk, jwt
 from idhub.core.audit import EventType
 from idhub.oidc.tokens import InvalidToken
 from tests.conftest import LiveServer
-from tests.oidc_support import RP, issue_code, make_user, oauth_client, prepare, web_client
-
-
-@pytest.fixture
-def server(make_live_server: Callable[..., LiveServer], db_url: str) -> LiveServer:
-    live = make_live_server(db_url)
-    prepare(live.services)
-    return live
+from tests.oidc_support import RP, issue_code, make_user, oauth_client, web_client
 
 
 def _service_token(live: LiveServer, client_id: str = "svc", **kw: object) -> tuple[str, str]:

@@ -18,12 +18,6 @@ from idhub.sdk.starlette import BearerAuthMiddleware
 from tests.conftest import LiveServer, serve_asgi
 
 
-@pytest.fixture
-def live_server(live_server: LiveServer) -> LiveServer:
-    live_server.services.keys.ensure_active(lambda _line: None)
-    return live_server
-
-
 def _system_client(server: LiveServer, known_secrets, client_id: str = "oa-batch") -> str:
     _client, secret = server.services.clients.register(
         client_id,
@@ -48,17 +42,17 @@ def _token(server: LiveServer, client_id: str, secret: str, resource: str, known
     return token
 
 
-def test_resource_system_validates_tokens_offline(live_server: LiveServer, known_secrets) -> None:
-    secret = _system_client(live_server, known_secrets)
-    token = _token(live_server, "oa-batch", secret, "reimburse", known_secrets)
+def test_resource_system_validates_tokens_offline(server: LiveServer, known_secrets) -> None:
+    secret = _system_client(server, known_secrets)
+    token = _token(server, "oa-batch", secret, "reimburse", known_secrets)
 
-    validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")
+    validator = TokenValidator.from_discovery(server.url, audience="reimburse")
     claims = validator.validate(token)
     assert claims["aud"] == "reimburse" and claims["client_id"] == "oa-batch"
     assert validator.validate(token) == claims  # served from the cache the second time
 
     with pytest.raises(InvalidToken, match="not 'oa'"):
-        TokenValidator.from_discovery(live_server.url, audience="oa").validate(token)
+        TokenValidator.from_discovery(server.url, audience="oa").validate(token)
     header, payload, signature = token.split(".")
     forged = f"{header}.{payload}.{signature[:-4]}AAAA"
     with pytest.raises(InvalidToken):
@@ -70,10 +64,8 @@ def test_resource_system_validates_tokens_offline(live_server: LiveServer, known
 # pytest re-installs its own warning filters per test, over the SDK's import-time one.
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 @pytest.mark.parametrize("alg", ["EdDSA", "RS256"])
-def test_every_signing_algorithm_validates(
-    live_server: LiveServer, known_secrets, alg: str
-) -> None:
-    _client, secret = live_server.services.clients.register(
+def test_every_signing_algorithm_validates(server: LiveServer, known_secrets, alg: str) -> None:
+    _client, secret = server.services.clients.register(
         f"batch-{alg.lower()}",
         grant_types=("client_credentials",),
         allowed_audiences=("reimburse",),
@@ -81,50 +73,50 @@ def test_every_signing_algorithm_validates(
     )
     assert secret is not None
     known_secrets.add(secret)
-    token = _token(live_server, f"batch-{alg.lower()}", secret, "reimburse", known_secrets)
-    validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")
+    token = _token(server, f"batch-{alg.lower()}", secret, "reimburse", known_secrets)
+    validator = TokenValidator.from_discovery(server.url, audience="reimburse")
     assert validator.validate(token)["client_id"] == f"batch-{alg.lower()}"
 
 
-def test_validator_follows_key_rotation(live_server: LiveServer, known_secrets) -> None:
-    secret = _system_client(live_server, known_secrets)
-    validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")
-    before = _token(live_server, "oa-batch", secret, "reimburse", known_secrets)
+def test_validator_follows_key_rotation(server: LiveServer, known_secrets) -> None:
+    secret = _system_client(server, known_secrets)
+    validator = TokenValidator.from_discovery(server.url, audience="reimburse")
+    before = _token(server, "oa-batch", secret, "reimburse", known_secrets)
     validator.validate(before)
-    live_server.services.keys.rotate()
-    after = _token(live_server, "oa-batch", secret, "reimburse", known_secrets)
+    server.services.keys.rotate()
+    after = _token(server, "oa-batch", secret, "reimburse", known_secrets)
     # A new key id is looked up at most once a second (forged kids cannot flood idhub).
     time.sleep(1.05)
     assert after.split(".")[0] != before.split(".")[0]  # another kid in the header
     assert validator.validate(after)["jti"] != validator.validate(before)["jti"]
 
 
-def test_logout_token_validation(live_server: LiveServer) -> None:
-    services = live_server.services
+def test_logout_token_validation(server: LiveServer) -> None:
+    services = server.services
     client, _ = services.clients.register(
         "oa-web", redirect_uris=("http://127.0.0.1:9/cb",), first_party=True
     )
     token = services.id_tokens.sign_logout_token(client, sub="subject-1", sid="sid-1")
-    validator = LogoutTokenValidator(live_server.url, client_id="oa-web")
+    validator = LogoutTokenValidator(server.url, client_id="oa-web")
     event = validator.validate(token)
     assert (event.sub, event.sid) == ("subject-1", "sid-1")
     with pytest.raises(InvalidToken, match="replayed"):
         validator.validate(token)
     with pytest.raises(InvalidToken):
-        LogoutTokenValidator(live_server.url, client_id="reimburse").validate(
+        LogoutTokenValidator(server.url, client_id="reimburse").validate(
             services.id_tokens.sign_logout_token(client, sub="subject-1", sid="sid-2")
         )
 
 
-def test_pdp_client_and_sql_filter(live_server: LiveServer, known_secrets) -> None:
-    identity = live_server.services.identity
+def test_pdp_client_and_sql_filter(server: LiveServer, known_secrets) -> None:
+    identity = server.services.identity
     alice = identity.create_user(username="alice", department_path="/总部/华东区/销售一部")
     bob = identity.create_user(username="bob", department_path="/总部/华东区")
     identity.create_user(username="henry", department_path="/总部/华南区")
     identity.set_department_manager("/总部/华东区", bob.id)
-    live_server.services.authz.refresh_directory()
-    secret = _system_client(live_server, known_secrets, "reimburse-pdp")
-    pdp = PdpClient(live_server.url, client_id="reimburse-pdp", client_secret=secret)
+    server.services.authz.refresh_directory()
+    secret = _system_client(server, known_secrets, "reimburse-pdp")
+    pdp = PdpClient(server.url, client_id="reimburse-pdp", client_secret=secret)
 
     allowed = pdp.check(
         "bob", "reimburse", "expense_report", "approve", owner="alice", dept=alice.department_path
@@ -166,20 +158,20 @@ def test_pdp_client_and_sql_filter(live_server: LiveServer, known_secrets) -> No
     assert visible == expected and 1 in visible and 3 not in visible and 4 not in visible
 
     with pytest.raises(PdpError, match="invalid_client"):
-        PdpClient(live_server.url, client_id="reimburse-pdp", client_secret="wrong").check(
+        PdpClient(server.url, client_id="reimburse-pdp", client_secret="wrong").check(
             "bob", "reimburse", "expense_report", "read"
         )
 
 
-def test_bearer_middleware_guards_a_system(live_server: LiveServer, known_secrets) -> None:
-    secret = _system_client(live_server, known_secrets)
-    token = _token(live_server, "oa-batch", secret, "reimburse", known_secrets)
-    other = _token(live_server, "oa-batch", secret, "idhub", known_secrets)
+def test_bearer_middleware_guards_a_system(server: LiveServer, known_secrets) -> None:
+    secret = _system_client(server, known_secrets)
+    token = _token(server, "oa-batch", secret, "reimburse", known_secrets)
+    other = _token(server, "oa-batch", secret, "idhub", known_secrets)
 
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse({"client": request.state.idhub_claims["client_id"]})
 
-    validator = TokenValidator.from_discovery(live_server.url, audience="reimburse")
+    validator = TokenValidator.from_discovery(server.url, audience="reimburse")
     app = Starlette(routes=[Route("/me", whoami)])
     guarded = BearerAuthMiddleware(app, validator=validator)
     with serve_asgi(guarded) as url, httpx.Client(base_url=url) as client:
