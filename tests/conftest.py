@@ -8,6 +8,7 @@ import io
 import secrets
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -241,32 +242,25 @@ class CliResult:
 
 
 @pytest.fixture
-def run_cli(tmp_path: Path) -> Callable[..., CliResult]:
+def run_cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
     """Runs `idhub ARGS` in-process against a config file; returns exit code and output."""
     from idhub.cli import main
 
     def runner(*args: str, config: Path | None = None, stdin: str | None = None) -> CliResult:
         argv = (["-c", str(config)] if config else []) + list(args)
         out, err = io.StringIO(), io.StringIO()
-        code = 0
-        old_stdin = None
         if stdin is not None:
-            import sys
-
-            old_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                main(argv)
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
-            if isinstance(exc.code, str):
-                err.write(exc.code)
-        finally:
-            if old_stdin is not None:
-                import sys
-
-                sys.stdin = old_stdin
-        return CliResult(code=code, out=out.getvalue(), err=err.getvalue())
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        # `main` always ends in sys.exit, with 0 on success.
+        with (
+            pytest.raises(SystemExit) as ended,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            main(argv)
+        code = ended.value.code
+        assert isinstance(code, int) or code is None, f"exit with a message: {code!r}"
+        return CliResult(code=code or 0, out=out.getvalue(), err=err.getvalue())
 
     return runner
 
