@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -216,8 +216,8 @@ class Services:
             refresh_hasher=KeyedHasher(self.settings.require_secret_key(), "refresh-token"),
             refresh_ttl=self.settings.tokens.refresh_token_ttl,
             domains=tuple(self.settings.policy.domains),
-            # Roles arrive with the authorization service (contract 4); absent until it exists.
-            roles=lambda: getattr(self, "authz", None) if hasattr(type(self), "authz") else None,
+            # Resolved at the first token, not when the issuer is built.
+            roles=lambda: self.authz,
         )
 
     @cached_property
@@ -291,9 +291,9 @@ class Services:
         from idhub.core.crypto import KeyedHasher
         from idhub.core.passwords import LocalPasswordVerifier
 
-        def verifier_for(source: str) -> Any:
-            # Filled by the directory area (contract 6); absent until a directory is configured.
-            return dict(getattr(self, "password_verifiers", None) or {}).get(source)
+        def verifier_for(source: str) -> PasswordVerifier | None:
+            # Looked up at sign-in, so LDAP connections are made only when an LDAP user signs in.
+            return self.password_verifiers.get(source)
 
         return Authenticator(
             users=self.identity,
