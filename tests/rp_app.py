@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -113,24 +112,10 @@ class LogoutRp:
         )
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def running_rp(issuer: str, port: int) -> Iterator[LogoutRp]:
+    from tests.conftest import serve_asgi
+
     rp = LogoutRp(issuer=issuer, url=f"http://127.0.0.1:{port}")
-    server = _Server(uvicorn.Config(rp.app(), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test RP did not start")
-        time.sleep(0.02)
-    try:
+    with serve_asgi(rp.app(), port):
         yield rp
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
