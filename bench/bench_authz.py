@@ -75,7 +75,7 @@ def departments(n: int) -> list[str]:
 def write_policy(root: Path, size: dict[str, int], rnd: random.Random) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "tests").mkdir(exist_ok=True)
-    from idhub.core.policy_model import canonical_model_text
+    from idhub.core.authz.model import canonical_model_text
 
     (root / "model.conf").write_text(canonical_model_text(), encoding="utf-8")
     roles = [f"role{i}" for i in range(size["roles"])]
@@ -307,7 +307,7 @@ def phase_casbin(work: Path, size: dict[str, int], runs: int, timeout: float) ->
     dicts so the figure is the matcher scan alone (its default one is measured separately)."""
     import casbin
 
-    from idhub.core.authz_reference import reference_enforcer
+    from idhub.core.authz.reference import reference_enforcer
 
     services = make_service(work)
     engine = services.authz.engine
@@ -347,7 +347,7 @@ def reference_enforcer_fast(engine: Any, casbin: Any, reference_enforcer: Any) -
 
 
 def phase_casbin_default(work: Path, size: dict[str, int]) -> dict[str, Any]:
-    from idhub.core.authz_reference import reference_enforcer
+    from idhub.core.authz.reference import reference_enforcer
 
     services = make_service(work)
     engine = services.authz.engine

@@ -13,9 +13,8 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from idhub.core.authz import Engine
-from idhub.core.authz_reference import reference_enforcer
-from idhub.core.policy_model import (
+from idhub.core.authz.engine import Engine
+from idhub.core.authz.model import (
     AssignmentRule,
     Catalog,
     DirectorySnapshot,
@@ -27,6 +26,7 @@ from idhub.core.policy_model import (
     parse_scope,
     user_subject,
 )
+from idhub.core.authz.reference import reference_enforcer
 
 DOMAINS = ("d1", "d2")
 ROLES = ("r0", "r1", "r2", "r3")
@@ -287,7 +287,7 @@ def test_shipped_policy_decides_like_pycasbin_reading_the_shipped_model_file() -
     import casbin
 
     from idhub.adapters.policy_files import load_policy_dir
-    from idhub.core.authz_reference import _RowsAdapter
+    from idhub.core.authz.reference import _RowsAdapter
 
     root = Path(__file__).resolve().parents[1] / "policies"
     policy, issues = load_policy_dir(root)

@@ -4,9 +4,8 @@ disabled users, users named like roles, and the data-scope answer systems turn i
 
 from __future__ import annotations
 
-from idhub.core.authz import Engine
-from idhub.core.authz_reference import reference_enforcer
-from idhub.core.policy_model import (
+from idhub.core.authz.engine import Engine
+from idhub.core.authz.model import (
     AssignmentRule,
     Catalog,
     DirectorySnapshot,
@@ -17,6 +16,7 @@ from idhub.core.policy_model import (
     Source,
     parse_scope,
 )
+from idhub.core.authz.reference import reference_enforcer
 
 SRC = Source("t.csv", 1)
 DOMAINS = ("oa", "reimburse")

@@ -21,7 +21,7 @@ from idhub.adapters.policy_state import SqlPolicyState
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.core.audit import EventType
-from idhub.core.policy_model import user_subject
+from idhub.core.authz.model import user_subject
 from tests.conftest import REPO
 
 NEW_LINE = "p, employee, oa, notice, publish, dept, allow\n"

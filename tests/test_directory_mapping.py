@@ -8,8 +8,23 @@ import time
 
 import pytest
 
-from idhub.core.change_marks import later_mark, settled_mark
-from idhub.core.directory import (
+from idhub.core.directory.change_marks import later_mark, settled_mark
+from idhub.core.directory.dn import (
+    MappingProblem,
+    department_from_dn,
+    department_from_value,
+    normalise_dn,
+    parse_dn,
+)
+from idhub.core.directory.mapping import (
+    PRESETS,
+    SourceGroup,
+    SourceUser,
+    map_department,
+    map_group,
+    map_user,
+)
+from idhub.core.directory.plan import (
     DISABLED_IN_SOURCE,
     GONE_FROM_SOURCE,
     StoredUser,
@@ -19,21 +34,6 @@ from idhub.core.directory import (
     plan_gone,
     plan_user,
     resolve_memberships,
-)
-from idhub.core.directory_mapping import (
-    PRESETS,
-    SourceGroup,
-    SourceUser,
-    map_department,
-    map_group,
-    map_user,
-)
-from idhub.core.dn import (
-    MappingProblem,
-    department_from_dn,
-    department_from_value,
-    normalise_dn,
-    parse_dn,
 )
 
 AD = PRESETS["active_directory"].attributes

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from idhub.adapters.db import audit_events, change_counters, departments, groups, sync_runs, users
 from idhub.bootstrap import Services
 from idhub.config import Settings
-from idhub.core.directory import GONE_FROM_SOURCE
+from idhub.core.directory.plan import GONE_FROM_SOURCE
 from idhub.errors import DirectoryError, SyncAborted
 from tests.slapd import (
     LIMITED_DN,

@@ -216,7 +216,7 @@ def test_diff_only_skips_users_whose_permissions_cannot_change(
     """The shortcut in `policy diff` never hides a change a full comparison would show."""
     from idhub.adapters.policy_files import load_policy_dir
     from idhub.cli.policy import _affected_users
-    from idhub.core.authz import Engine
+    from idhub.core.authz.engine import Engine
 
     domains = ("oa", "reimburse", "erp", "archive", "idhub")
     edited = tmp_path / "edited"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from idhub.adapters.policy_files import load_policy_dir
-from idhub.core.authz_checks import check_policy
-from idhub.core.authz_testing import run_policy_tests
-from idhub.core.policy_model import DirectorySnapshot, DirectoryUser, Issue
+from idhub.core.authz.checks import check_policy
+from idhub.core.authz.model import DirectorySnapshot, DirectoryUser, Issue
+from idhub.core.authz.testing import run_policy_tests
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "policies"

@@ -27,14 +27,14 @@ if TYPE_CHECKING:
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.audit import Auditor
     from idhub.core.authenticator import Authenticator
-    from idhub.core.authz_service import AuthzService
+    from idhub.core.authz.service import AuthzService
     from idhub.core.clients import ClientRegistry
-    from idhub.core.directory_sync import DirectorySync
+    from idhub.core.directory.scheduler import SyncScheduler
+    from idhub.core.directory.sync import DirectorySync
     from idhub.core.identity import PasswordVerifier
     from idhub.core.logout import LogoutService
     from idhub.core.passwords import PasswordHasher
     from idhub.core.sessions import SsoSessions
-    from idhub.core.sync_scheduler import SyncScheduler
     from idhub.oidc.grants import Issuer
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
@@ -365,7 +365,7 @@ class Services:
         from idhub.adapters.directory_view import SqlDirectoryView
         from idhub.adapters.policy_files import keep_last_good, load_policy_dir, watch_policy_dir
         from idhub.adapters.policy_state import SqlPolicyState
-        from idhub.core.authz_service import AuthzService
+        from idhub.core.authz.service import AuthzService
 
         policy = self.settings.policy
         last_good = self.settings.var_dir / "policy-last-good"
@@ -405,7 +405,7 @@ class Services:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
         from idhub.adapters.directory_store import lease_owner
         from idhub.adapters.ldap import LdapDirectory
-        from idhub.core.directory_sync import DirectorySync
+        from idhub.core.directory.sync import DirectorySync
         from idhub.errors import NotFound
 
         source = self.settings.ldap_sources.get(name)
@@ -438,7 +438,7 @@ class Services:
 
     @cached_property
     def sync_scheduler(self) -> SyncScheduler:
-        from idhub.core.sync_scheduler import SyncScheduler
+        from idhub.core.directory.scheduler import SyncScheduler
 
         def run(name: str, full: bool) -> object:
             return self.directory_sync(name).run(full=full)

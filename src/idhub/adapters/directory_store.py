@@ -23,10 +23,10 @@ from idhub.adapters.db import (
     users,
 )
 from idhub.adapters.sync_ledger import SqlSyncLedger, lease_owner
-from idhub.core.directory import StoredUser, UserChange, plan_memberships
-from idhub.core.directory_mapping import SourceGroup
-from idhub.core.directory_ports import PendingGroupChange
-from idhub.core.dn import dn_key
+from idhub.core.directory.dn import dn_key
+from idhub.core.directory.mapping import SourceGroup
+from idhub.core.directory.plan import StoredUser, UserChange, plan_memberships
+from idhub.core.directory.ports import PendingGroupChange
 from idhub.core.identity import new_subject, parent_paths
 from idhub.errors import StorageError
 

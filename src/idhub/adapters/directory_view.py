@@ -14,7 +14,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.db import change_counters, departments, group_members, groups, users
-from idhub.core.policy_model import DirectorySnapshot, DirectoryUser
+from idhub.core.authz.model import DirectorySnapshot, DirectoryUser
 from idhub.errors import StorageError
 
 COUNTER = "directory"

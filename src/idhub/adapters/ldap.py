@@ -19,7 +19,8 @@ import ldap3
 from ldap3.core.exceptions import LDAPException, LDAPSocketOpenError, LDAPStartTLSError
 
 from idhub.config import LdapSourceSettings
-from idhub.core.directory_mapping import (
+from idhub.core.directory.dn import MappingProblem
+from idhub.core.directory.mapping import (
     SourceDepartment,
     SourceGroup,
     SourceUser,
@@ -29,8 +30,7 @@ from idhub.core.directory_mapping import (
     stable_id,
     texts,
 )
-from idhub.core.directory_ports import TruncatedResult
-from idhub.core.dn import MappingProblem
+from idhub.core.directory.ports import TruncatedResult
 from idhub.errors import DirectoryError
 
 # Result codes that mean "you did not get everything" (RFC 4511 4.1.9).

@@ -27,8 +27,8 @@ from ldap3.utils.conv import escape_filter_chars
 
 from idhub.adapters.ldap import DirectoryUnreachable, make_server, open_connection
 from idhub.config import LdapSourceSettings
-from idhub.core.directory_mapping import stable_id
-from idhub.core.dn import MappingProblem
+from idhub.core.directory.dn import MappingProblem
+from idhub.core.directory.mapping import stable_id
 from idhub.core.identity import User
 from idhub.errors import AuthenticationFailed, DirectoryError, DirectoryUnavailable
 

@@ -34,7 +34,7 @@ from idhub.adapters.policy_yaml import (
     read_catalog,
     read_fixture,
 )
-from idhub.core.policy_model import (
+from idhub.core.authz.model import (
     ANY,
     CANONICAL_MODEL,
     NAME_RE,

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from idhub.core.policy_model import (
+from idhub.core.authz.model import (
     ANY,
     NAME_RE,
     AssignmentKind,

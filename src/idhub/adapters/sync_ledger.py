@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from idhub.adapters.db import sync_runs, sync_state
 from idhub.core.clock import Clock
-from idhub.core.directory_ports import SyncState
+from idhub.core.directory.ports import SyncState
 from idhub.errors import StorageError
 
 

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
-from idhub.core.directory import SyncPlan, UserChange
+from idhub.core.directory.plan import SyncPlan, UserChange
 
 EXIT_FAILED_CHECK = 1
 SYMBOLS = {"create": "+", "update": "~", "move": ">", "disable": "-", "enable": "^"}

@@ -16,15 +16,15 @@ from typing import Any
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
-from idhub.core.authz import Engine, explanation_json
-from idhub.core.authz_checks import check_policy
-from idhub.core.authz_testing import run_policy_tests
-from idhub.core.policy_model import (
+from idhub.core.authz.checks import check_policy
+from idhub.core.authz.engine import Engine, explanation_json
+from idhub.core.authz.model import (
     DirectorySnapshot,
     Issue,
     PolicySet,
     user_subject,
 )
+from idhub.core.authz.testing import run_policy_tests
 from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError, StorageError
 
 EXIT_FAILED = 1

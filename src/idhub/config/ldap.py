@@ -10,7 +10,7 @@ from typing import Any
 
 from idhub.config._values import Locator, Secret, coerce, field_types
 from idhub.config.settings import LdapSourceSettings
-from idhub.core.directory_mapping import PRESETS, AttributeMap, attribute_map
+from idhub.core.directory.mapping import PRESETS, AttributeMap, attribute_map
 
 _LDAP_CHOICES = {
     "preset": tuple(PRESETS),

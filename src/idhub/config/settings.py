@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from idhub.config._values import Secret, redact_url
-from idhub.core.directory_mapping import AttributeMap
+from idhub.core.directory.mapping import AttributeMap
 from idhub.errors import ConfigError
 
 

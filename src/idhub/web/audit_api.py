@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.core.audit import OUTCOMES, Actor, AuditFilter, parse_when
-from idhub.core.authz import Decision
+from idhub.core.authz.engine import Decision
 from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, require_bearer
 from idhub.web.middleware import request_context

@@ -19,8 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.core.audit import Actor
-from idhub.core.authz import Decision, Engine, explanation_json
-from idhub.core.policy_model import user_subject
+from idhub.core.authz.engine import Decision, Engine, explanation_json
+from idhub.core.authz.model import user_subject
 from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, check_bearer
 from idhub.web.middleware import request_context

@@ -9,8 +9,8 @@ from __future__ import annotations
 import casbin
 from casbin.persist.adapter import Adapter
 
-from idhub.core.authz import Engine
-from idhub.core.policy_model import canonical_model_text
+from idhub.core.authz.engine import Engine
+from idhub.core.authz.model import canonical_model_text
 
 
 class _RowsAdapter(Adapter):  # type: ignore[misc]

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
-from idhub.core.authz import Decision, Engine
-from idhub.core.authz_build import Loader, Outcome, prepare_policy
+from idhub.core.authz.build import Loader, Outcome, prepare_policy
+from idhub.core.authz.engine import Decision, Engine
+from idhub.core.authz.model import DirectorySnapshot, PolicySet
 from idhub.core.clock import Clock
 from idhub.core.identity import User
-from idhub.core.policy_model import DirectorySnapshot, PolicySet
 from idhub.errors import IdhubError, PolicyError
 
 log = logging.getLogger("idhub.authz")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
-from idhub.core.policy_model import (
+from idhub.core.authz.model import (
     ANY,
     MAX_ROLE_DEPTH,
     USER_PREFIX,

@@ -1,7 +1,7 @@
 """Planning a directory sync: what must change in idhub so it mirrors the source.
 
 Everything here is pure: the source entries and the stored state come in, a `SyncPlan`
-comes out. Applying it (`core/directory_sync.py`) is a separate step, so a dry run shows
+comes out. Applying it (`core/directory/sync.py`) is a separate step, so a dry run shows
 exactly what a real run would do, and the safety brake can refuse a plan before any row moves.
 
 A user is matched by the source's stable id (entryUUID / objectGUID), never by DN or
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from idhub.core.directory_mapping import SourceGroup, SourceUser
-from idhub.core.dn import dn_key, normalise_dn
+from idhub.core.directory.dn import dn_key, normalise_dn
+from idhub.core.directory.mapping import SourceGroup, SourceUser
 
 ChangeKind = Literal["create", "update", "move", "disable", "enable"]
 # Why the sync disabled someone; only users disabled for one of these are re-enabled by it.

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent
-from idhub.core.change_marks import ChangeMark, later_mark, settled_mark
 from idhub.core.clock import Clock
-from idhub.core.directory import (
+from idhub.core.directory.change_marks import ChangeMark, later_mark, settled_mark
+from idhub.core.directory.dn import normalise_dn
+from idhub.core.directory.plan import (
     StoredUser,
     SyncPlan,
     UserChange,
@@ -32,7 +33,7 @@ from idhub.core.directory import (
     plan_user,
     resolve_memberships,
 )
-from idhub.core.directory_ports import (
+from idhub.core.directory.ports import (
     AuditPort,
     DirectorySource,
     SessionTerminator,
@@ -40,7 +41,6 @@ from idhub.core.directory_ports import (
     SyncStore,
     TruncatedResult,
 )
-from idhub.core.dn import normalise_dn
 from idhub.core.identity import parent_paths
 from idhub.errors import Conflict, DirectoryError, SyncAborted
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from idhub.core.authz import Engine, RuleIndex
-from idhub.core.policy_model import DirectorySnapshot, PolicyCase, PolicySet, user_subject
-from idhub.core.scopes import DeptRef, ScopeSet
+from idhub.core.authz.data_scopes import DeptRef, ScopeSet
+from idhub.core.authz.engine import Engine, RuleIndex
+from idhub.core.authz.model import DirectorySnapshot, PolicyCase, PolicySet, user_subject
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from idhub.core.audit import Actor, PendingEvent
-from idhub.core.directory import StoredUser, UserChange
-from idhub.core.directory_mapping import SourceDepartment, SourceGroup, SourceUser
+from idhub.core.directory.mapping import SourceDepartment, SourceGroup, SourceUser
+from idhub.core.directory.plan import StoredUser, UserChange
 from idhub.errors import DirectoryError
 
 

@@ -2,7 +2,7 @@
 resources, policy tests, and the directory facts roles are derived from.
 
 Everything here is plain frozen data; files are read by `adapters/policy_files.py`, and the
-engine (`core/authz.py`) compiles a `PolicySet` plus a `DirectorySnapshot` into an index.
+engine (`core/authz/engine.py`) compiles a `PolicySet` plus a `DirectorySnapshot` into an index.
 Subjects that are people carry the prefix `user:` so a user can never be mistaken for a role
 (a user called "admin" is `user:admin`, not the role `admin`).
 """

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from idhub.core.authz.model import Rule
 from idhub.core.identity import is_within
-from idhub.core.policy_model import Rule
 
 
 @dataclass(frozen=True, slots=True, order=True)

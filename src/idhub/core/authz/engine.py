@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from idhub.core.identity import is_within
-from idhub.core.policy_model import (
+from idhub.core.authz.data_scopes import ScopeSet, build_scope_set
+from idhub.core.authz.model import (
     ANY,
     MAX_ROLE_DEPTH,
     DirectorySnapshot,
@@ -35,7 +35,7 @@ from idhub.core.policy_model import (
     user_subject,
     username_of,
 )
-from idhub.core.scopes import ScopeSet, build_scope_set
+from idhub.core.identity import is_within
 
 _EMPTY: tuple[str, ...] = ()
 

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from idhub.core.authz import Engine, RuleIndex
-from idhub.core.authz_checks import check_policy
-from idhub.core.authz_testing import run_policy_tests
-from idhub.core.policy_model import DirectorySnapshot, Issue, PolicySet
+from idhub.core.authz.checks import check_policy
+from idhub.core.authz.engine import Engine, RuleIndex
+from idhub.core.authz.model import DirectorySnapshot, Issue, PolicySet
+from idhub.core.authz.testing import run_policy_tests
 from idhub.errors import IdhubError
 
 Loader = Callable[[], tuple[PolicySet, list[Issue]]]

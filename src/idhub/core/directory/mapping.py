@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
-from idhub.core.change_marks import ChangeMark
-from idhub.core.dn import (
+from idhub.core.directory.change_marks import ChangeMark
+from idhub.core.directory.dn import (
     MappingProblem,
     department_from_dn,
     department_from_value,

@@ -1,0 +1,1 @@
+"""Directory sync: mapping source entries, planning, applying in batches, and scheduling."""
