@@ -13,7 +13,8 @@ from idhub.core.crypto import sha256_hex
 from idhub.core.identity import User
 from idhub.core.logout import RETRY_DELAYS, retry_delay
 from idhub.core.passwords import PasswordHasher, require_acceptable
-from idhub.core.sessions import SsoSession, decide_login
+from idhub.core.sessions import SsoSession
+from idhub.core.signin import decide_login
 from idhub.errors import InvalidInput
 
 NOW = 1_800_000_000.0

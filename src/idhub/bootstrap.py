@@ -29,12 +29,14 @@ if TYPE_CHECKING:
     from idhub.core.authenticator import Authenticator
     from idhub.core.authz.service import AuthzService
     from idhub.core.clients import ClientRegistry
+    from idhub.core.consent import Consents
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
     from idhub.core.identity import PasswordVerifier
     from idhub.core.logout import LogoutService
     from idhub.core.passwords import PasswordHasher
     from idhub.core.sessions import SsoSessions
+    from idhub.core.signin import SignInCore
     from idhub.oidc.grants import Issuer
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
@@ -284,6 +286,29 @@ class Services:
         from idhub.core.sessions import SsoSessions
 
         return SsoSessions(self.session_store, self.clock, ttl=self.settings.tokens.session_ttl)
+
+    @cached_property
+    def consents(self) -> Consents:
+        from idhub.core.consent import Consents
+
+        return Consents(self.session_store, self.audit, self.clock)
+
+    @cached_property
+    def signin(self) -> SignInCore:
+        """The one sign-in decision every front door asks (core/signin.py)."""
+        from idhub.core.crypto import KeyedHasher
+        from idhub.core.login_tickets import LoginTickets
+        from idhub.core.signin import SignInCore
+
+        return SignInCore(
+            sessions=self.sessions,
+            users=self.identity,
+            consents=self.consents,
+            authenticator=self.authenticator,
+            logout=self.logout,
+            tickets=LoginTickets(KeyedHasher(self.settings.require_secret_key(), "login-after")),
+            clock=self.clock,
+        )
 
     @cached_property
     def authenticator(self) -> Authenticator:

@@ -188,6 +188,8 @@ session_clients = Table(
     Column("sid", String(64), primary_key=True),
     Column("client_id", String(100), primary_key=True),
     Column("first_at", Float, nullable=False),
+    # How the system signed in ("oidc", "cas", "saml", ...): decides how it is told of a logout.
+    Column("protocol", String(16), nullable=False, server_default="oidc"),
 )
 
 authorization_codes = Table(

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters.db import consents, logout_deliveries, session_clients, sso_sessions
 from idhub.core.logout import Delivery
-from idhub.core.sessions import SsoSession
+from idhub.core.sessions import Participant, SsoSession
 
 
-def _to_session(row: Row[Any], clients: Sequence[str] = ()) -> SsoSession:
+def _to_session(row: Row[Any], participants: Sequence[Participant] = ()) -> SsoSession:
     m = row._mapping
     return SsoSession(
         sid=m["sid"],
@@ -29,7 +29,7 @@ def _to_session(row: Row[Any], clients: Sequence[str] = ()) -> SsoSession:
         end_reason=m["end_reason"],
         ip=m["ip"],
         user_agent=m["user_agent"],
-        clients=tuple(clients),
+        participants=tuple(participants),
     )
 
 
@@ -99,7 +99,7 @@ class SqlSessionStore:
                 )
                 .order_by(sso_sessions.c.created_at)
             ).all()
-            return [_to_session(row, self._clients(conn, row._mapping["sid"])) for row in rows]
+            return [_to_session(row, self._participants(conn, row._mapping["sid"])) for row in rows]
 
     def touch(self, sid: str, now: float) -> None:
         with self._engine.begin() as conn:
@@ -117,7 +117,7 @@ class SqlSessionStore:
             ).rowcount
         return bool(changed)
 
-    def add_client(self, sid: str, client_id: str, now: float) -> None:
+    def add_client(self, sid: str, client_id: str, now: float, *, protocol: str = "oidc") -> None:
         try:
             with self._engine.begin() as conn:
                 exists = conn.execute(
@@ -127,14 +127,16 @@ class SqlSessionStore:
                 ).first()
                 if exists is None:
                     conn.execute(
-                        insert(session_clients).values(sid=sid, client_id=client_id, first_at=now)
+                        insert(session_clients).values(
+                            sid=sid, client_id=client_id, first_at=now, protocol=protocol
+                        )
                     )
         except IntegrityError:
             pass  # a parallel request recorded the same pair first
 
     def clients(self, sid: str) -> list[str]:
         with self._engine.connect() as conn:
-            return self._clients(conn, sid)
+            return [p.client_id for p in self._participants(conn, sid)]
 
     def purge_ended(self, before: float) -> int:
         """Deletes sessions that ended or expired before `before` (housekeeping)."""
@@ -152,20 +154,20 @@ class SqlSessionStore:
             )
 
     @staticmethod
-    def _clients(conn: Any, sid: str) -> list[str]:
+    def _participants(conn: Any, sid: str) -> list[Participant]:
         rows = conn.execute(
-            select(session_clients.c.client_id)
+            select(session_clients.c.client_id, session_clients.c.protocol)
             .where(session_clients.c.sid == sid)
             .order_by(session_clients.c.first_at, session_clients.c.client_id)
         )
-        return [str(r[0]) for r in rows]
+        return [Participant(str(r[0]), str(r[1])) for r in rows]
 
     def _one(self, condition: Any) -> SsoSession | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(sso_sessions).where(condition)).first()
             if row is None:
                 return None
-            return _to_session(row, self._clients(conn, row._mapping["sid"]))
+            return _to_session(row, self._participants(conn, row._mapping["sid"]))
 
     # ------------------------------------------------------------------ consents
 

@@ -1,9 +1,12 @@
 """Ending sessions: RP-initiated logout, admin "log out everywhere" (contract 5) and OpenID
 Connect Back-Channel Logout 1.0 delivery with retries.
 
-Ending a session does three things, in this order, so a failure later never leaves a session
-half-alive: mark the session ended, revoke the refresh-token families issued under it, and queue
-one back-channel delivery per participating client that registered a `backchannel_logout_uri`.
+This is the one place a session ends, whichever front asked (OIDC RP-initiated logout, a CAS or
+SAML logout, the console, a directory sync disabling a leaver). Ending a session does three
+things, in this order, so a failure later never leaves a session half-alive: mark the session
+ended, revoke the refresh-token families issued under it, and tell every system that took part,
+each through the notifier for the protocol it signed in with (OpenID Connect: one back-channel
+delivery per client that registered a `backchannel_logout_uri`).
 Deliveries are attempted at once by the worker and retried with backoff; each logout token is
 signed at attempt time (fresh `jti`, `iat`, `exp`).
 """
@@ -17,7 +20,7 @@ from typing import Any, Protocol
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.identity import User
-from idhub.core.sessions import SsoSession
+from idhub.core.sessions import Participant, SsoSession
 
 # Seconds to wait after the 1st, 2nd, ... failed attempt; after the last one the delivery fails.
 RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 3600)
@@ -86,6 +89,33 @@ class UserById(Protocol):
     def get_user(self, user_id: int) -> User | None: ...
 
 
+class LogoutNotifier(Protocol):
+    """Tells one participating system that a session ended, in its protocol's way."""
+
+    def queue(self, participant: Participant, *, sid: str, user_sub: str, now: float) -> bool:
+        """Queues (or sends) the notice; False when this system asked not to be told."""
+        ...
+
+
+class BackChannelQueue:
+    """OpenID Connect Back-Channel Logout: a durable delivery per client with a
+    `backchannel_logout_uri`; the delivery worker signs and posts the logout token."""
+
+    def __init__(self, clients: Callable[[], ClientLookup], deliveries: DeliveryStore) -> None:
+        self._clients = clients
+        self._deliveries = deliveries
+
+    def queue(self, participant: Participant, *, sid: str, user_sub: str, now: float) -> bool:
+        client = self._clients().get(participant.client_id)
+        uri = getattr(client, "backchannel_logout_uri", None) if client is not None else None
+        if not uri:
+            return False
+        self._deliveries.queue(
+            client_id=participant.client_id, sid=sid, user_sub=user_sub, uri=uri, now=now
+        )
+        return True
+
+
 def retry_delay(attempts: int) -> float | None:
     """Delay before the next attempt after `attempts` failed ones; None when out of retries."""
     if attempts <= 0:
@@ -108,6 +138,7 @@ class LogoutService:
         channel: LogoutChannel,
         audit: Auditor,
         clock: Clock,
+        notifiers: dict[str, LogoutNotifier] | None = None,
     ) -> None:
         # Token-side parts are passed as callables so building `services.logout` does not load
         # signing keys until a delivery is actually made.
@@ -121,6 +152,9 @@ class LogoutService:
         self._audit = audit
         self._clock = clock
         self._listeners: list[Callable[[], None]] = []
+        # protocol -> how its systems are told; a front for a new protocol adds its own.
+        self._notifiers: dict[str, LogoutNotifier] = {"oidc": BackChannelQueue(clients, deliveries)}
+        self._notifiers.update(notifiers or {})
 
     def on_queued(self, listener: Callable[[], None]) -> None:
         """`listener` is called after deliveries were queued (the worker wakes up)."""
@@ -191,14 +225,10 @@ class LogoutService:
         self._revoker().revoke_families_for_session(session.sid)
         sub = self._sub(session.user_id)
         now = self._clock.now()
-        lookup = self._clients()
-        for client_id in session.clients:
-            client = lookup.get(client_id)
-            uri = getattr(client, "backchannel_logout_uri", None) if client is not None else None
-            if uri:
-                self._deliveries.queue(
-                    client_id=client_id, sid=session.sid, user_sub=sub, uri=uri, now=now
-                )
+        for participant in session.participants:
+            notifier = self._notifiers.get(participant.protocol)
+            if notifier is not None:
+                notifier.queue(participant, sid=session.sid, user_sub=sub, now=now)
         return True
 
     def _sub(self, user_id: int) -> str:

@@ -1,5 +1,6 @@
 """Single sign-on sessions: what a browser's session cookie stands for, how long it lives, and
-when an authorization request needs the person to sign in again.
+which systems took part in it. When a request may use a session is decided by the sign-in core
+(`core/signin.py`).
 
 The cookie holds a random value; the database holds only its SHA-256, so a copy of the
 database cannot be replayed as cookies. Each session also has a public `sid` (put in ID tokens
@@ -10,7 +11,7 @@ this session are still told when it ends.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,6 +23,15 @@ from idhub.core.identity import User
 COOKIE_NAME = "idhub_session"
 # last_seen_at is written at most this often, so busy SSO traffic does not write every request.
 TOUCH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Participant:
+    """A system that signed in through a session, and the protocol it used (which decides how
+    it is told when the session ends)."""
+
+    client_id: str
+    protocol: str = "oidc"
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,11 @@ class SsoSession:
     end_reason: str | None = None
     ip: str | None = None
     user_agent: str | None = None
-    clients: tuple[str, ...] = field(default_factory=tuple)
+    participants: tuple[Participant, ...] = field(default_factory=tuple)
+
+    @property
+    def clients(self) -> tuple[str, ...]:
+        return tuple(p.client_id for p in self.participants)
 
     def is_active(self, now: float) -> bool:
         return self.ended_at is None and self.expires_at > now
@@ -62,51 +76,10 @@ class SessionStore(Protocol):
     def active_for_user(self, user_id: int, now: float) -> list[SsoSession]: ...
     def touch(self, sid: str, now: float) -> None: ...
     def end(self, sid: str, *, reason: str, now: float) -> bool: ...
-    def add_client(self, sid: str, client_id: str, now: float) -> None: ...
+    def add_client(
+        self, sid: str, client_id: str, now: float, *, protocol: str = "oidc"
+    ) -> None: ...
     def clients(self, sid: str) -> list[str]: ...
-
-
-@dataclass(frozen=True)
-class LoginDecision:
-    """Whether an authorization request may use the current session, and if not why."""
-
-    needs_login: bool
-    reason: str | None = None
-
-
-def decide_login(
-    session: SsoSession | None,
-    user: User | None,
-    *,
-    prompt: Collection[str],
-    max_age: int | None,
-    login_hint: str | None,
-    fresh_since: float | None,
-    now: float,
-) -> LoginDecision:
-    """Pure rule for /authorize. `fresh_since` is set when the browser comes back from the login
-    page for this very request: a sign-in at or after that moment satisfies `prompt=login` and
-    `max_age` (otherwise `max_age=0` or `prompt=login` would send it round in circles)."""
-    if session is None or user is None or not session.is_active(now):
-        return LoginDecision(True, "no_session")
-    if user.disabled:
-        return LoginDecision(True, "user_disabled")
-    fresh = fresh_since is not None and session.auth_time >= fresh_since
-    if fresh:
-        return LoginDecision(False)
-    if "login" in prompt:
-        return LoginDecision(True, "prompt_login")
-    # OIDC Core 3.1.2.1: max_age=0 means the same as prompt=login.
-    if max_age is not None and now - session.auth_time > max_age:
-        return LoginDecision(True, "max_age")
-    if max_age == 0:
-        return LoginDecision(True, "max_age")
-    if login_hint and login_hint.strip().casefold() not in {
-        user.username.casefold(),
-        (user.email or "").casefold(),
-    }:
-        return LoginDecision(True, "login_hint_mismatch")
-    return LoginDecision(False)
 
 
 class SsoSessions:
@@ -180,8 +153,8 @@ class SsoSessions:
     def active_for_user(self, user_id: int) -> list[SsoSession]:
         return self._store.active_for_user(user_id, self._clock.now())
 
-    def add_client(self, sid: str, client_id: str) -> None:
-        self._store.add_client(sid, client_id, self._clock.now())
+    def add_client(self, sid: str, client_id: str, *, protocol: str = "oidc") -> None:
+        self._store.add_client(sid, client_id, self._clock.now(), protocol=protocol)
 
     def clients(self, sid: str) -> list[str]:
         return self._store.clients(sid)

@@ -1,15 +1,13 @@
-"""`/logout`: OpenID Connect RP-Initiated Logout 1.0 (GET and POST).
+"""`/logout`: the OpenID Connect RP-Initiated Logout front (GET and POST).
 
-With a valid `id_token_hint` for the browser's session the session ends at once; without one
-(or for another user) the person confirms on a page first (a CSRF-protected POST), so a link
-on some web page cannot log people out. `post_logout_redirect_uri` must be registered for the
-client named by the hint or by `client_id` (exact match); otherwise an error page is shown and
-nothing redirects.
+What the request may do is planned in `oidc/end_session.py`; ending the session and telling
+every system that took part is the sign-in core's. This module parses, asks and renders: the
+confirmation page, the error page, or the redirect to the registered post-logout URI.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -18,16 +16,13 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import Actor, RequestContext
-from idhub.core.clients import Client
-from idhub.core.sessions import COOKIE_NAME
-from idhub.web.i18n import pick_locale, translator
-from idhub.web.login import clear_session_cookie, csrf_guard
+from idhub.core.audit import RequestContext
+from idhub.core.clients import ClientRegistry
+from idhub.core.signin import SignedIn, SignInCore
+from idhub.oidc.end_session import PARAMS, EndSessionError, HintDecoder, plan_end_session
+from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
-from idhub.web.templating import default_locale, render
-
-_PASSED_ON = ("id_token_hint", "post_logout_redirect_uri", "state", "client_id", "ui_locales")
-MAX_PARAM = 8000
+from idhub.web.templating import render
 
 
 def with_params(uri: str, params: list[tuple[str, str]]) -> str:
@@ -36,107 +31,83 @@ def with_params(uri: str, params: list[tuple[str, str]]) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def hint_audiences(claims: dict[str, Any]) -> list[str]:
-    aud = claims.get("aud")
-    if isinstance(aud, str):
-        return [aud]
-    if isinstance(aud, list):
-        return [a for a in aud if isinstance(a, str)]
-    return []
+class Logout:
+    def __init__(
+        self,
+        *,
+        signin: SignInCore,
+        hints: HintDecoder,
+        clients: ClientRegistry,
+        browser: Browser,
+    ) -> None:
+        self._signin = signin
+        self._hints = hints
+        self._clients = clients
+        self._browser = browser
+
+    async def get(self, request: Request) -> Response:
+        params = {k: v for k, v in request.query_params.items() if k in PARAMS}
+        ctx = request_context(request)
+        return await run_in_threadpool(self.handle, request, params, confirmed=False, ctx=ctx)
+
+    async def post(self, request: Request) -> Response:
+        form = await request.form()
+        params = {k: v for k, v in form.items() if k in PARAMS and isinstance(v, str)}
+        wants = form.get("confirm") == "yes"
+        if wants and not self._browser.guard.check(request, form):
+            return self._browser.error_page(request, "form_expired", "csrf")
+        ctx = request_context(request)
+        return await run_in_threadpool(self.handle, request, params, confirmed=wants, ctx=ctx)
+
+    def handle(
+        self, request: Request, params: Mapping[str, str], *, confirmed: bool, ctx: RequestContext
+    ) -> Response:
+        cookie = self._browser.session_cookie(request)
+        current = self._signin.current(cookie, include_disabled=True)
+        try:
+            plan = plan_end_session(
+                params, current=current, confirmed=confirmed, hints=self._hints,
+                clients=self._clients,
+            )  # fmt: skip
+        except EndSessionError as exc:
+            return self._browser.error_page(request, exc.message_key, exc.code)
+        if plan.confirm:
+            assert current is not None
+            return self.confirm_page(request, params, current)
+        if current is not None:
+            initiator = plan.client.client_id if plan.client else None
+            self._signin.sign_out(current, reason=plan.reason, ctx=ctx, initiator=initiator)
+        response: Response
+        if plan.redirect_to is not None:
+            extra = [("state", plan.state)] if plan.state else []
+            response = RedirectResponse(with_params(plan.redirect_to, extra), status_code=303)
+        else:
+            response = render(request, "logout.html", {"done": True, "return_uri": None})
+        self._browser.clear_session_cookie(response)
+        return response
+
+    def confirm_page(
+        self, request: Request, params: Mapping[str, str], current: SignedIn
+    ) -> Response:
+        user = current.user
+        context = {
+            "done": False,
+            "params": [(k, params[k]) for k in PARAMS if params.get(k)],
+            "username": user.username,
+            "display_name": user.display_name or user.username,
+            "cancel_uri": None,
+        }
+        return self._browser.form_page(request, "logout.html", context)
 
 
 def routes(services: Services) -> list[BaseRoute]:
-    guard = csrf_guard(services)
-
-    def error_page(request: Request, key: str, code: str) -> Response:
-        t = translator(pick_locale(request, default_locale(request)))
-        return render(request, "error.html", {"code": code, "message": t[key]}, status=400)
-
-    def handle(
-        request: Request, params: dict[str, str], *, confirmed: bool, ctx: RequestContext
-    ) -> Response:
-        if any(len(v) > MAX_PARAM for v in params.values()):
-            return error_page(request, "bad_request", "invalid_request")
-        hint = params.get("id_token_hint") or None
-        claims = services.id_tokens.decode_id_token_hint(hint) if hint else None
-        client_id = params.get("client_id") or None
-        if claims is not None:
-            audiences = hint_audiences(claims)
-            if client_id is not None and client_id not in audiences:
-                # OIDC RP-Initiated Logout §2: client_id must match the hint's audience.
-                return error_page(request, "bad_request", "invalid_request")
-            client_id = client_id or (audiences[0] if audiences else None)
-        client: Client | None = services.clients.get(client_id) if client_id else None
-        if client_id and client is None:
-            return error_page(request, "unknown_client", "invalid_client")
-
-        target = params.get("post_logout_redirect_uri") or None
-        registered = (
-            client is not None
-            and target is not None
-            and (client.allows_post_logout_redirect_uri(target))
-        )
-        if target is not None and not registered:
-            return error_page(request, "bad_post_logout_uri", "invalid_request")
-
-        session = services.sessions.resolve(request.cookies.get(COOKIE_NAME))
-        user = services.identity.get_user(session.user_id) if session is not None else None
-        hint_matches = claims is not None and (
-            session is None
-            or claims.get("sid") == session.sid
-            or (user is not None and claims.get("sub") == user.sub)
-        )
-        if session is not None and not (confirmed or hint_matches):
-            token, new_cookie = guard.token(request)
-            confirm = render(
-                request,
-                "logout.html",
-                {
-                    "done": False,
-                    "csrf_token": token,
-                    "params": [(k, params[k]) for k in _PASSED_ON if params.get(k)],
-                    "username": user.username if user else "",
-                    "display_name": (user.display_name or user.username) if user else "",
-                    "cancel_uri": None,
-                },
-            )
-            guard.set_cookie(confirm, new_cookie)
-            return confirm
-
-        if session is not None:
-            services.logout.end_session(
-                session.sid,
-                reason="rp_initiated" if claims is not None else "user_logout",
-                actor=Actor("user", user.sub if user else None),
-                ctx=ctx,
-                initiator=client.client_id if client else None,
-            )
-        response: Response
-        if target is not None:
-            state = params.get("state")
-            response = RedirectResponse(
-                with_params(target, [("state", state)] if state else []), status_code=303
-            )
-        else:
-            response = render(request, "logout.html", {"done": True, "return_uri": None})
-        clear_session_cookie(response, services)
-        return response
-
-    async def logout_get(request: Request) -> Response:
-        params = {k: v for k, v in request.query_params.items() if k in _PASSED_ON}
-        ctx = request_context(request)
-        return await run_in_threadpool(handle, request, params, confirmed=False, ctx=ctx)
-
-    async def logout_post(request: Request) -> Response:
-        form = await request.form()
-        params = {k: v for k, v in form.items() if k in _PASSED_ON and isinstance(v, str)}
-        wants = form.get("confirm") == "yes"
-        if wants and not guard.check(request, form):
-            return error_page(request, "form_expired", "csrf")
-        ctx = request_context(request)
-        return await run_in_threadpool(handle, request, params, confirmed=wants, ctx=ctx)
-
+    endpoint = Logout(
+        signin=services.signin,
+        hints=services.id_tokens,
+        clients=services.clients,
+        browser=browser_for(services),
+    )
     return [
-        Route("/logout", logout_get, methods=["GET"]),
-        Route("/logout", logout_post, methods=["POST"]),
+        Route("/logout", endpoint.get, methods=["GET"]),
+        Route("/logout", endpoint.post, methods=["POST"]),
     ]
