@@ -78,3 +78,28 @@ def test_replicas_migrating_at_once_do_not_clash(empty_db_url: str) -> None:
     engine = create_db_engine(DatabaseSettings(url=db_url))
     assert check_schema_current(engine)
     engine.dispose()
+
+
+def test_participants_recorded_before_the_protocol_column_count_as_oidc(
+    empty_db_url: str,
+) -> None:
+    """Sessions a running 0001 database already holds keep notifying their systems by OIDC
+    back-channel logout after the upgrade."""
+    from alembic import command
+
+    from idhub.adapters.database import _alembic_config
+
+    engine = create_db_engine(DatabaseSettings(url=empty_db_url))
+    cfg = _alembic_config()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO session_clients (sid, client_id, first_at) VALUES ('s1', 'oa', 1)")
+        )
+    apply_migrations(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT client_id, protocol FROM session_clients")).all()
+    assert [tuple(r) for r in rows] == [("oa", "oidc")]
+    engine.dispose()

@@ -156,6 +156,10 @@ class LogoutService:
         self._notifiers: dict[str, LogoutNotifier] = {"oidc": BackChannelQueue(clients, deliveries)}
         self._notifiers.update(notifiers or {})
 
+    def register_notifier(self, protocol: str, notifier: LogoutNotifier) -> None:
+        """How systems that signed in with `protocol` are told of a logout (one per protocol)."""
+        self._notifiers[protocol] = notifier
+
     def on_queued(self, listener: Callable[[], None]) -> None:
         """`listener` is called after deliveries were queued (the worker wakes up)."""
         self._listeners.append(listener)
