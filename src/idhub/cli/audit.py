@@ -19,6 +19,7 @@ from idhub.core.audit import (
     Actor,
     AuditEvent,
     AuditFilter,
+    check_event_types,
     iso_time,
     parse_when,
 )
@@ -89,8 +90,6 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
-    from idhub.adapters.audit_query import check_event_types
-
     def when(value: str | None, flag: str) -> float | None:
         if value is None:
             return None

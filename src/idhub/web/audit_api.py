@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import OUTCOMES, Actor, AuditFilter, parse_when
+from idhub.core.audit import OUTCOMES, Actor, AuditFilter, check_event_types, parse_when
 from idhub.core.authz.engine import Decision
 from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, require_bearer
@@ -56,8 +56,6 @@ def _read_cursor(value: str) -> tuple[str, int]:
 
 
 def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str, Any]]:
-    from idhub.adapters.audit_query import check_event_types
-
     params = request.query_params
     known = {"type", "actor", "target", "outcome", "since", "until", "limit", "cursor", "order"}
     unknown = sorted(set(params.keys()) - known)
