@@ -352,7 +352,7 @@ class Services:
             self.logout_worker.stop()
 
     def _seed_demo(self, echo: Callable[[str], None]) -> None:
-        from idhub.cli.demo import seed_demo
+        from idhub.demo import seed_demo
 
         seed_demo(self, echo)
 
