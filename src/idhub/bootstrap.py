@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.audit import Auditor
     from idhub.core.authenticator import Authenticator
+    from idhub.core.authz.audit_access import AuditReaders
+    from idhub.core.authz.decisions import Decisions
     from idhub.core.authz.service import AuthzService, DirectoryReader
     from idhub.core.clients import ClientRegistry
     from idhub.core.directory.scheduler import SyncScheduler
@@ -513,3 +515,23 @@ class Services:
             known = ", ".join(sorted(self.settings.ldap_sources)) or "none configured"
             raise NotFound(f"no LDAP source named {name!r} (known: {known})")
         return LdapDirectory(source)
+
+    # --- decisions: what the decision and audit APIs ask the policy ----------------------------
+
+    @cached_property
+    def decisions(self) -> Decisions:
+        from idhub.core.authz.decisions import Decisions
+
+        # Resolved per request, so building the web app does not build the policy service.
+        return Decisions(lambda: self.authz)
+
+    @cached_property
+    def audit_readers(self) -> AuditReaders:
+        """Who may read the trail through the audit API (policy for users, admin_clients)."""
+        from idhub.core.authz.audit_access import AuditReaders
+
+        return AuditReaders(
+            find_user=lambda sub: self.identity.get_user_by_sub(sub),
+            decisions=self.decisions,
+            admin_clients=self.settings.server.admin_clients,
+        )
