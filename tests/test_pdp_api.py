@@ -35,7 +35,7 @@ class Api:
 
 
 def seed_company(services: Services) -> None:
-    """The demo company (see src/idhub/cli/demo.py) plus erin and a disabled ivan."""
+    """The demo company (see src/idhub/demo.py) plus erin and a disabled ivan."""
     people = {
         "alice": SALES1,
         "bob": "/总部/华东区",

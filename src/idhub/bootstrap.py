@@ -18,16 +18,21 @@ from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
 
 if TYPE_CHECKING:
+    from idhub.adapters.audit_archive import AuditArchives
     from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.directory_store import SqlDirectoryStore
     from idhub.adapters.identity_store import SqlIdentityStore
+    from idhub.adapters.ldap import LdapDirectory
     from idhub.adapters.logout_delivery import DeliveryWorker
-    from idhub.adapters.session_store import SqlSessionStore
+    from idhub.adapters.policy_files import PolicyFiles
+    from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.audit import Auditor
     from idhub.core.authenticator import Authenticator
-    from idhub.core.authz.service import AuthzService
+    from idhub.core.authz.audit_access import AuditReaders
+    from idhub.core.authz.decisions import Decisions
+    from idhub.core.authz.service import AuthzService, DirectoryReader
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
     from idhub.core.directory.scheduler import SyncScheduler
@@ -377,7 +382,7 @@ class Services:
             self.logout_worker.stop()
 
     def _seed_demo(self, echo: Callable[[str], None]) -> None:
-        from idhub.cli.demo import seed_demo
+        from idhub.demo import seed_demo
 
         seed_demo(self, echo)
 
@@ -492,3 +497,66 @@ class Services:
                 close = getattr(verifier, "close", None)
                 if close is not None:
                     close()
+
+    # --- admin tools: what the CLI reads and runs beyond the services above -----------------
+
+    @cached_property
+    def audit_archives(self) -> AuditArchives:
+        """Moves old events into archive files under VAR/audit-archive and checks such files."""
+        from idhub.adapters.audit_archive import AuditArchives
+
+        return AuditArchives(
+            self.audit_log, directory=self.settings.var_dir / "audit-archive", clock=self.clock
+        )
+
+    @cached_property
+    def policy_files(self) -> PolicyFiles:
+        """Reads policy directories, and git revisions of them, for `idhub policy`."""
+        from idhub.adapters.policy_files import PolicyFiles
+
+        return PolicyFiles()
+
+    @cached_property
+    def directory_view(self) -> DirectoryReader:
+        """The directory as the policy sees it (users, departments, groups) from the database."""
+        from idhub.adapters.directory_view import SqlDirectoryView
+
+        return SqlDirectoryView(self.engine)
+
+    @cached_property
+    def logout_deliveries(self) -> SqlDeliveryStore:
+        """The back-channel logout queue, for `idhub session deliveries`."""
+        from idhub.adapters.session_store import SqlDeliveryStore
+
+        return SqlDeliveryStore(self.engine)
+
+    def ldap_directory(self, name: str) -> LdapDirectory:
+        """A fresh connection to `[directory.ldap.<name>]`; the caller closes it."""
+        from idhub.adapters.ldap import LdapDirectory
+        from idhub.errors import NotFound
+
+        source = self.settings.ldap_sources.get(name)
+        if source is None:
+            known = ", ".join(sorted(self.settings.ldap_sources)) or "none configured"
+            raise NotFound(f"no LDAP source named {name!r} (known: {known})")
+        return LdapDirectory(source)
+
+    # --- decisions: what the decision and audit APIs ask the policy ----------------------------
+
+    @cached_property
+    def decisions(self) -> Decisions:
+        from idhub.core.authz.decisions import Decisions
+
+        # Resolved per request, so building the web app does not build the policy service.
+        return Decisions(lambda: self.authz)
+
+    @cached_property
+    def audit_readers(self) -> AuditReaders:
+        """Who may read the trail through the audit API (policy for users, admin_clients)."""
+        from idhub.core.authz.audit_access import AuditReaders
+
+        return AuditReaders(
+            find_user=lambda sub: self.identity.get_user_by_sub(sub),
+            decisions=self.decisions,
+            admin_clients=self.settings.server.admin_clients,
+        )

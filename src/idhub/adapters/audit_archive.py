@@ -75,6 +75,31 @@ class ArchiveReport:
         return self.problem is None and self.linked_by is not None
 
 
+class AuditArchives:
+    """The archive side of one log: where new archives go, and the checks of archive files."""
+
+    def __init__(self, log: SqlAuditLog, *, directory: Path, clock: Clock) -> None:
+        self._log = log
+        self._directory = directory
+        self._clock = clock
+
+    def archive_before(
+        self, before: float, *, actor: Actor, output: Path | None = None
+    ) -> ArchiveResult | None:
+        """See `archive_before`; the archive goes to `output` or a new file in the directory."""
+        return archive_before(
+            self._log,
+            before=before,
+            directory=self._directory,
+            clock=self._clock,
+            actor=actor,
+            output=output,
+        )
+
+    def verify(self, paths: Sequence[Path]) -> list[ArchiveReport]:
+        return verify_archives(self._log, paths)
+
+
 def archive_before(
     log: SqlAuditLog,
     *,

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Select, and_, or_
 
 from idhub.adapters.db import audit_events
-from idhub.core.audit import ACTOR_TYPES, OUTCOMES, AuditEvent, AuditFilter, EventType
+from idhub.core.audit import ACTOR_TYPES, OUTCOMES, AuditEvent, AuditFilter
 from idhub.errors import InvalidInput
 
 COLUMNS = (
@@ -59,17 +59,3 @@ def filtered(query: Select[Any], where: AuditFilter) -> Select[Any]:
     if where.until is not None:
         conditions.append(c.ts < where.until)
     return query.where(*conditions) if conditions else query
-
-
-def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
-    """Validates `--type` values (exact names or `prefix.*`) against the closed list."""
-    known = {e.value for e in EventType}
-    for name in names:
-        if name.endswith(".*"):
-            if not any(k.startswith(name[:-1]) for k in known):
-                raise InvalidInput(f"no audit event type starts with {name[:-1]!r}")
-        elif name not in known:
-            raise InvalidInput(
-                f"unknown audit event type {name!r} (known: {', '.join(sorted(known))})"
-            )
-    return tuple(names)

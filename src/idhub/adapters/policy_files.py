@@ -15,6 +15,7 @@ Also: exporting a git revision of the directory (for `idhub policy diff REV`) an
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -24,7 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from idhub.adapters.policy_yaml import (
@@ -294,6 +295,19 @@ def keep_last_good(policy: PolicySet, into: Path) -> None:
 
 def temporary_dir() -> tempfile.TemporaryDirectory[str]:
     return tempfile.TemporaryDirectory(prefix="idhub-policy-")
+
+
+class PolicyFiles:
+    """What the admin's policy tools read: a policy directory, or a git revision of one."""
+
+    def load(self, root: Path) -> tuple[PolicySet, list[Issue]]:
+        return load_policy_dir(root)
+
+    @contextlib.contextmanager
+    def revision(self, policy_dir: Path, revision: str) -> Iterator[Path]:
+        """The directory as it was at git `revision`, in a temporary copy removed on exit."""
+        with temporary_dir() as tmp:
+            yield export_revision(policy_dir, revision, Path(tmp))
 
 
 def watch_policy_dir(

@@ -19,6 +19,7 @@ from idhub.core.audit import (
     Actor,
     AuditEvent,
     AuditFilter,
+    check_event_types,
     iso_time,
     parse_when,
 )
@@ -89,8 +90,6 @@ def _filters(p: argparse.ArgumentParser) -> None:
 
 
 def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
-    from idhub.adapters.audit_query import check_event_types
-
     def when(value: str | None, flag: str) -> float | None:
         if value is None:
             return None
@@ -193,8 +192,6 @@ def cmd_export(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
-    from idhub.adapters.audit_archive import verify_archives
-
     services = ctx.services
     log = services.audit_log
     started = time.monotonic()
@@ -225,7 +222,7 @@ def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
             print(f"head check against {source} FAILED: {problem}")
         else:
             print(f"head check against {source} OK")
-    for archive in verify_archives(log, [Path(p) for p in args.archive]):
+    for archive in services.audit_archives.verify([Path(p) for p in args.archive]):
         if archive.ok:
             print(
                 f"archive {archive.path} OK: {archive.count} events "
@@ -254,8 +251,6 @@ def _last_line(path: Path) -> dict[str, Any] | None:
 
 
 def cmd_archive(args: argparse.Namespace, ctx: CliContext) -> int:
-    from idhub.adapters.audit_archive import archive_before
-
     services = ctx.services
     try:
         before = parse_when(args.before, now=services.clock.now())
@@ -263,11 +258,8 @@ def cmd_archive(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidInput(f"--before: {exc}") from None
     if before > services.clock.now():
         raise InvalidInput("--before is in the future; archiving keeps every recent event")
-    result = archive_before(
-        services.audit_log,
-        before=before,
-        directory=services.settings.var_dir / "audit-archive",
-        clock=services.clock,
+    result = services.audit_archives.archive_before(
+        before,
         actor=Actor("admin", f"cli:{getpass.getuser()}"),
         output=Path(args.output) if args.output else None,
     )

@@ -49,14 +49,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_directory_test(args: argparse.Namespace, ctx: CliContext) -> int:
-    from idhub.adapters.ldap import LdapDirectory
-    from idhub.errors import NotFound
-
-    source = ctx.settings.ldap_sources.get(args.name)
-    if source is None:
-        known = ", ".join(sorted(ctx.settings.ldap_sources)) or "none configured"
-        raise NotFound(f"no LDAP source named {args.name!r} (known: {known})")
-    directory = LdapDirectory(source)
+    directory = ctx.services.ldap_directory(args.name)
     try:
         started = time.monotonic()
         info = directory.probe()

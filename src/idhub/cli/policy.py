@@ -8,6 +8,7 @@ configured, and skip the directory checks (with a note) when it cannot be reache
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import getpass
 from pathlib import Path
@@ -91,13 +92,11 @@ def _domains(ctx: CliContext) -> tuple[str, ...]:
 
 
 def _directory(ctx: CliContext) -> DirectorySnapshot:
-    from idhub.adapters.directory_view import SqlDirectoryView
-
     url = ctx.settings.database.url
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         # Do not create an empty database file just to find it has no directory in it.
         raise StorageError(f"no database at {url[len('sqlite:///') :]}")
-    return SqlDirectoryView(ctx.services.engine).snapshot()
+    return ctx.services.directory_view.snapshot()
 
 
 def _where(root: Path, issue: Issue) -> str:
@@ -106,10 +105,8 @@ def _where(root: Path, issue: Issue) -> str:
     return f"{root / issue.source.file}:{issue.source.line}: {issue.level}: {issue.message}"
 
 
-def _load(root: Path) -> tuple[PolicySet, list[Issue]]:
-    from idhub.adapters.policy_files import load_policy_dir
-
-    return load_policy_dir(root)
+def _load(ctx: CliContext, root: Path) -> tuple[PolicySet, list[Issue]]:
+    return ctx.services.policy_files.load(root)
 
 
 # ---------------------------------------------------------------------- commands
@@ -117,7 +114,7 @@ def _load(root: Path) -> tuple[PolicySet, list[Issue]]:
 
 def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
     root = _dir(args, ctx)
-    policy, issues = _load(root)
+    policy, issues = _load(ctx, root)
     directory: DirectorySnapshot | None = None
     note = ""
     if not args.offline:
@@ -161,7 +158,7 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
     root = _dir(args, ctx)
-    policy, issues = _load(root)
+    policy, issues = _load(ctx, root)
     issues = issues + check_policy(policy, _domains(ctx), policy.fixture)
     errors = [i for i in issues if i.level == "error"]
     for issue in errors:
@@ -188,7 +185,7 @@ def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def _live_engine(args: argparse.Namespace, ctx: CliContext) -> Engine:
     root = _dir(args, ctx)
-    policy, issues = _load(root)
+    policy, issues = _load(ctx, root)
     errors = [i for i in issues if i.level == "error"]
     if errors:
         raise PolicyError(
@@ -260,8 +257,6 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
-    from idhub.adapters.policy_files import export_revision, temporary_dir
-
     # A short-lived process building two large indexes: the cyclic collector would only
     # rescan objects that all stay alive until exit.
     gc.disable()
@@ -270,14 +265,15 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
     directory = _directory(ctx)
     domains = _domains(ctx)
     other_path = Path(args.other)
-    with temporary_dir() as tmp:
+    with contextlib.ExitStack() as stack:
         if other_path.is_dir():
             label = str(other_path)
         else:
-            other_path = export_revision(root, args.other, Path(tmp))
+            files = ctx.services.policy_files
+            other_path = stack.enter_context(files.revision(root, args.other))
             label = f"git {args.other}"
-        old_policy, old_issues = _load(other_path)
-        new_policy, new_issues = _load(root)
+        old_policy, old_issues = _load(ctx, other_path)
+        new_policy, new_issues = _load(ctx, root)
     for issues, where in ((old_issues, label), (new_issues, str(root))):
         errors = [i for i in issues if i.level == "error"]
         if errors:

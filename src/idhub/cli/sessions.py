@@ -94,9 +94,7 @@ def cmd_revoke(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_deliveries(args: argparse.Namespace, ctx: CliContext) -> int:
-    from idhub.adapters.session_store import SqlDeliveryStore
-
-    rows = SqlDeliveryStore(ctx.services.engine).list(status=args.status, limit=args.limit)
+    rows = ctx.services.logout_deliveries.list(status=args.status, limit=args.limit)
     if args.json:
         print_json([row.__dict__ for row in rows])
         return 0

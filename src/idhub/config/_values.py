@@ -1,5 +1,6 @@
-"""Values shared by the settings readers: the redacting `Secret`, typed coercion of TOML and
-environment values, and the locator that turns a section or key into `file:line`."""
+"""Values shared by the settings readers: the redacting `Secret` (defined in core, which takes
+it as given), typed coercion of TOML and environment values, and the locator that turns a
+section or key into `file:line`."""
 
 from __future__ import annotations
 
@@ -8,33 +9,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from idhub.core.secret import Secret
 from idhub.errors import ConfigError
 
-
-class Secret:
-    """A string that does not show itself in reprs, logs or tracebacks."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
+__all__ = ["Locator", "Secret", "coerce", "field_types", "redact_url"]
 
 
 class Locator:

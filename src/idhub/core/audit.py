@@ -22,6 +22,7 @@ from idhub.core.audit_chain import (
     canonical_tail,
     chain_hash,
 )
+from idhub.errors import InvalidInput
 
 ActorType = Literal["user", "client", "admin", "system"]
 Outcome = Literal["success", "failure", "denied", "error"]
@@ -63,6 +64,21 @@ class EventType(StrEnum):
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"
     AUDIT_ARCHIVED = "audit.archived"
+
+
+def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
+    """Validates `--type` / `type=` filter values (exact names or `prefix.*`) against the
+    closed list; raises `InvalidInput` naming the first one that matches no event type."""
+    known = {e.value for e in EventType}
+    for name in names:
+        if name.endswith(".*"):
+            if not any(k.startswith(name[:-1]) for k in known):
+                raise InvalidInput(f"no audit event type starts with {name[:-1]!r}")
+        elif name not in known:
+            raise InvalidInput(
+                f"unknown audit event type {name!r} (known: {', '.join(sorted(known))})"
+            )
+    return tuple(names)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from idhub.config import Secret
+from idhub.core.secret import Secret
 from idhub.errors import ConfigError
 
 

@@ -1,23 +1,18 @@
 """`GET /api/v1/audit`: the audit trail for admins, with the CLI's filters and cursor paging.
 
 Every caller needs an idhub access token (`aud` idhub, scope `audit:read`, contract 3). Who may
-then read depends on whom the token was issued to:
-
-* a user (authorization code, refresh or token exchange: `sub` is a user's subject): idhub's
-  own policy decides, as the decision API would for `user:<username>` in domain `idhub`, type
-  `audit_event`, action `read`. Disabled and unknown users are denied. The decision goes to the
-  audit trail like the decision API's (denials always, allows as `[audit] decisions` says);
-* a client (client credentials: `sub` is the client_id): only a client listed in `[server]
-  admin_clients`, the machine path that predates the policy.
-
-Scope and permission are both required, so a client merely registered with the scope reads
-nothing, and a user's token from an admin client still reads only what the user may.
+then read depends on whom the token was issued to (`core.authz.audit_access`): a user reads if
+idhub's own policy lets them (`idhub` / `audit_event` / `read`), a client only if it is listed
+in `[server] admin_clients`. Scope and permission are both required, so a client merely
+registered with the scope reads nothing, and a user's token from an admin client still reads
+only what the user may.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -26,18 +21,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import OUTCOMES, Actor, AuditFilter, parse_when
-from idhub.core.authz.engine import Decision
+from idhub.core.audit import OUTCOMES, AuditEvent, AuditFilter, check_event_types, parse_when
+from idhub.core.authz.audit_access import READ_SCOPE, AuditReaders
+from idhub.core.clock import Clock
 from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, require_bearer
 from idhub.web.middleware import request_context
-from idhub.web.pdp_api import decide
 
-SCOPE = "audit:read"
-# What a user's token is checked for in idhub's own policy (policies/idhub.csv).
-DOMAIN, RESOURCE_TYPE, ACTION = "idhub", "audit_event", "read"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+# Claims of a valid idhub access token carrying `audit:read`, or `BearerError`.
+Authorise = Callable[[Request], Awaitable[dict[str, Any]]]
+Search = Callable[..., list[AuditEvent]]
 
 
 def _cursor(order: str, seq: int) -> str:
@@ -55,9 +50,7 @@ def _read_cursor(value: str) -> tuple[str, int]:
     raise InvalidInput("cursor is not one this API returned")
 
 
-def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str, Any]]:
-    from idhub.adapters.audit_query import check_event_types
-
+def _query(request: Request, clock: Clock) -> tuple[AuditFilter, dict[str, Any]]:
     params = request.query_params
     known = {"type", "actor", "target", "outcome", "since", "until", "limit", "cursor", "order"}
     unknown = sorted(set(params.keys()) - known)
@@ -67,7 +60,7 @@ def _query(request: Request, services: Services) -> tuple[AuditFilter, dict[str,
     outcome = params.get("outcome") or None
     if outcome is not None and outcome not in OUTCOMES:
         raise InvalidInput(f"outcome must be one of {', '.join(OUTCOMES)}")
-    now = services.clock.now()
+    now = clock.now()
 
     def when(name: str) -> float | None:
         value = params.get(name)
@@ -111,69 +104,41 @@ def _refuse(status: int, error: str, description: str) -> JSONResponse:
     )
 
 
-def routes(services: Services) -> list[BaseRoute]:
-    admins = frozenset(services.settings.server.admin_clients)
+class AuditApi:
+    """The handler of `GET /api/v1/audit`."""
 
-    def authorise(request: Request, claims: dict[str, Any]) -> JSONResponse | None:
+    def __init__(
+        self, *, authorise: Authorise, readers: AuditReaders, search: Search, clock: Clock
+    ) -> None:
+        self._authorise = authorise
+        self._readers = readers
+        self._search = search
+        self._clock = clock
+
+    def _refused(self, request: Request, claims: dict[str, Any]) -> JSONResponse | None:
         """None if the token's holder may read the trail, else the answer refusing it."""
-        client_id = str(claims.get("client_id", ""))
-        sub = str(claims.get("sub", ""))
-        user = services.identity.get_user_by_sub(sub) if sub and sub != client_id else None
-        if user is None:
-            if client_id in admins:
-                return None
-            return _refuse(
-                403,
-                "access_denied",
-                f"client {client_id!r} is not an admin client ([server] admin_clients)",
-            )
         try:
-            engine = services.authz.engine
+            access = self._readers.access(
+                client_id=str(claims.get("client_id", "")),
+                sub=str(claims.get("sub", "")),
+                ctx=request_context(request),
+            )
         except PolicyError as exc:
             return _refuse(503, "policy_unavailable", exc.message)
-        asked = {
-            "user": "",
-            "sub": sub,
-            "domain": DOMAIN,
-            "type": RESOURCE_TYPE,
-            "action": ACTION,
-            "owner": "",
-            "dept": "",
-            "resource_id": "",
-        }
-        decision: Decision
-        if user.disabled:
-            # The directory the engine holds may be a poll behind the identity store.
-            decision, reason = Decision(False), "user is disabled"
-        else:
-            decision, reason, _ = decide(engine, asked)
-        services.authz.record_decisions(
-            [({**asked, "user": user.username, "client_id": client_id}, decision)],
-            actor=Actor("user", user.sub),
-            version=engine.version,
-            ctx=request_context(request),
-        )
-        if decision.allowed:
-            return None
-        return _refuse(
-            403,
-            "access_denied",
-            f"user {user.username!r} may not read the audit trail: {reason} "
-            f"(policy domain {DOMAIN}, {RESOURCE_TYPE} {ACTION})",
-        )
+        return None if access.allowed else _refuse(403, "access_denied", access.refusal)
 
-    async def audit_events(request: Request) -> Response:
+    async def events(self, request: Request) -> Response:
         try:
-            claims = await require_bearer(request, services, scope=SCOPE)
+            claims = await self._authorise(request)
         except BearerError as exc:
             return exc.response()
-        refused = await run_in_threadpool(authorise, request, claims)
+        refused = await run_in_threadpool(self._refused, request, claims)
         if refused is not None:
             return refused
-        where, page = _query(request, services)
+        where, page = _query(request, self._clock)
         limit, order = page["limit"], page["order"]
         events = await run_in_threadpool(
-            services.audit_log.search,
+            self._search,
             where,
             after_seq=page["after_seq"],
             before_seq=page["before_seq"],
@@ -188,4 +153,16 @@ def routes(services: Services) -> list[BaseRoute]:
         }
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
-    return [Route("/api/v1/audit", audit_events, methods=["GET"])]
+
+def routes(services: Services) -> list[BaseRoute]:
+    async def authorise(request: Request) -> dict[str, Any]:
+        return await require_bearer(request, services, scope=READ_SCOPE)
+
+    def search(where: AuditFilter, **page: Any) -> list[AuditEvent]:
+        # The log is built at the first request, not with the app.
+        return services.audit_log.search(where, **page)
+
+    api = AuditApi(
+        authorise=authorise, readers=services.audit_readers, search=search, clock=services.clock
+    )
+    return [Route("/api/v1/audit", api.events, methods=["GET"])]

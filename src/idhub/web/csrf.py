@@ -14,8 +14,8 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from idhub.config import Secret
 from idhub.core.crypto import KeyedHasher, new_token
+from idhub.core.secret import Secret
 
 CSRF_COOKIE = "idhub_csrf"
 CSRF_FIELD = "csrf_token"

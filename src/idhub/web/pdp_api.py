@@ -9,7 +9,7 @@ says, go to the audit trail in one `record_many` per request.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -18,17 +18,25 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import Actor
-from idhub.core.authz.engine import Decision, Engine, explanation_json
-from idhub.core.authz.model import user_subject
+from idhub.core.authz.decisions import (
+    ADMIN_SCOPE,
+    ASK_SCOPE,
+    Decisions,
+    PolicyAnswers,
+    Question,
+    require_batch_size,
+    resource_id_text,
+)
 from idhub.errors import InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, check_bearer
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
+from idhub.web.pdp_openapi import openapi_document
 
-MAX_BATCH = 1000
 MAX_BODY = 2_000_000
 _FIELDS = ("user", "sub", "domain", "type", "action", "owner", "dept", "resource_id")
+# Claims of a valid idhub access token carrying the scope, or `BearerError`.
+Authorise = Callable[[Request, str], Mapping[str, Any]]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -60,9 +68,9 @@ def _text(item: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
     return value
 
 
-def _parse(
-    item: Any, where: str, engine: Engine, *, default_domain: str | None, needs: tuple[str, ...]
-) -> dict[str, str]:
+def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | None) -> Question:
+    """One request object as a question; `client` is the asker whose own domain is the
+    default, None when the domain must be given."""
     if not isinstance(item, Mapping):
         raise InvalidInput(f"{where} must be an object")
     unknown = sorted(set(item) - set(_FIELDS) - {"resource"})
@@ -74,186 +82,105 @@ def _parse(
     merged = {**{k: v for k, v in resource.items() if k in ("owner", "dept", "id")}, **item}
     if "id" in merged and "resource_id" not in merged:
         merged["resource_id"] = merged["id"]
-    rid = merged.get("resource_id")
-    if isinstance(rid, int) and not isinstance(rid, bool):
-        merged["resource_id"] = str(rid)  # systems often number their records
+    merged["resource_id"] = resource_id_text(merged.get("resource_id"))
     if not merged.get("user") and not merged.get("sub"):
         raise InvalidInput(f"{where}: give the user as `user` (username) or `sub`")
     parsed = {key: _text(merged, key, where, required=False) for key in _FIELDS}
-    if not parsed["domain"]:
-        if default_domain is None:
-            raise InvalidInput(f"{where}.domain is required")
-        parsed["domain"] = default_domain
-    if parsed["domain"] not in engine.domains:
-        raise InvalidInput(
-            f"{where}.domain: unknown domain {parsed['domain']!r} "
-            f"(configured: {', '.join(engine.domains)})"
-        )
-    for key in needs:
+    try:
+        parsed["domain"] = answers.domain_for(parsed["domain"], client=client)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.{exc.message}") from None
+    for key in ("type", "action"):
         _text(merged, key, where, required=True)
-    return parsed
-
-
-def _resolve(engine: Engine, parsed: dict[str, str]) -> tuple[str | None, str]:
-    """(username or None, why not) from `user` or `sub`."""
-    users = engine.directory.users
-    if parsed["sub"]:
-        name = engine.username_for_sub(parsed["sub"])
-        if name is None:
-            return None, "unknown user"
-    else:
-        name = parsed["user"]
-        if name not in users:
-            return None, "unknown user"
-    if users[name].disabled:
-        return None, "user is disabled"
-    return name, ""
-
-
-def decide(engine: Engine, parsed: dict[str, str]) -> tuple[Decision, str, str | None]:
-    """(decision, reason, username): the one way a request about a user is decided, shared with
-    the audit API. Unknown and disabled users are denied before the policy is asked."""
-    username, problem = _resolve(engine, parsed)
-    if username is None:
-        return Decision(False), problem, None
-    decision = engine.check(
-        user_subject(username),
-        parsed["domain"],
-        parsed["type"],
-        parsed["action"],
-        parsed["owner"],
-        parsed["dept"],
-    )
-    return decision, decision.reason, username
+    return Question(**parsed)
 
 
 def _client_of(claims: Mapping[str, Any]) -> str:
     return str(claims.get("client_id") or claims.get("sub") or "unknown")
 
 
-def routes(services: Services) -> list[BaseRoute]:
-    def authorise(request: Request, scope: str) -> dict[str, Any]:
-        return check_bearer(bearer_token(request), services, scope=scope)
+class DecisionApi:
+    """The handlers of `/api/v1/authz/*`; each runs in a worker thread."""
 
-    def do_check(request: Request, body: Any) -> Response:
-        claims = authorise(request, "authz")
-        engine = services.authz.engine
-        client = _client_of(claims)
-        default = client if client in engine.domains else None
+    def __init__(self, *, decisions: Decisions, authorise: Authorise) -> None:
+        self._decisions = decisions
+        self._authorise = authorise
+
+    def check(self, request: Request, body: Any) -> Response:
+        client = _client_of(self._authorise(request, ASK_SCOPE))
+        answers = self._decisions.current()
         batch = isinstance(body, Mapping) and "requests" in body
         items = body["requests"] if batch else [body]
-        if not isinstance(items, list) or not items:
+        if not isinstance(items, list):
             raise InvalidInput("`requests` must be a non-empty list")
-        if len(items) > MAX_BATCH:
-            raise InvalidInput(f"at most {MAX_BATCH} requests per batch, got {len(items)}")
-        results: list[dict[str, Any]] = []
-        audited: list[tuple[Mapping[str, Any], Decision]] = []
-        for index, item in enumerate(items):
-            where = f"requests[{index}]" if batch else "request"
-            parsed = _parse(item, where, engine, default_domain=default, needs=("type", "action"))
-            decision, reason, username = decide(engine, parsed)
-            results.append({"allowed": decision.allowed, "reason": reason})
-            audited.append(
-                (
-                    {
-                        **parsed,
-                        "user": username or parsed["user"] or None,
-                        "sub": parsed["sub"] or None,
-                    },
-                    decision,
-                )
-            )
-        services.authz.record_decisions(
-            audited,
-            actor=Actor("client", client),
-            version=engine.version,
-            ctx=request_context(request),
-        )
+        require_batch_size(len(items))
+        questions = [
+            _question(item, f"requests[{i}]" if batch else "request", answers, client=client)
+            for i, item in enumerate(items)
+        ]
+        decided = answers.check(questions, client=client, ctx=request_context(request))
+        results = [{"allowed": a.allowed, "reason": a.reason} for a in decided]
         if batch:
-            return JSONResponse({"policy_version": engine.version, "results": results})
-        return JSONResponse({**results[0], "policy_version": engine.version})
+            return JSONResponse({"policy_version": answers.version, "results": results})
+        return JSONResponse({**results[0], "policy_version": answers.version})
 
-    def do_scopes(request: Request, body: Any) -> Response:
-        claims = authorise(request, "authz")
-        engine = services.authz.engine
-        client = _client_of(claims)
-        parsed = _parse(
-            body,
-            "request",
-            engine,
-            default_domain=client if client in engine.domains else None,
-            needs=("type", "action"),
-        )
-        username, problem = _resolve(engine, parsed)
-        if username is None:
-            return JSONResponse(
-                {
-                    "all": False,
-                    "self": False,
-                    "departments": [],
-                    "exclude": {"self": False, "departments": []},
-                    "reason": problem,
-                    "policy_version": engine.version,
-                }
-            )
-        scope = engine.scopes(
-            user_subject(username), parsed["domain"], parsed["type"], parsed["action"]
-        )
-        return JSONResponse({**scope.to_json(), "user": username, "policy_version": engine.version})
+    def scopes(self, request: Request, body: Any) -> Response:
+        client = _client_of(self._authorise(request, ASK_SCOPE))
+        answers = self._decisions.current()
+        answer = answers.scopes(_question(body, "request", answers, client=client))
+        if answer.username is None:
+            who = {"reason": answer.reason}
+        else:
+            who = {"user": answer.username}
+        return JSONResponse({**answer.scope.to_json(), **who, "policy_version": answers.version})
 
-    def do_explain(request: Request, body: Any) -> Response:
-        authorise(request, "authz:admin")
-        engine = services.authz.engine
-        parsed = _parse(body, "request", engine, default_domain=None, needs=("type", "action"))
-        username, problem = _resolve(engine, parsed)
-        if username is None:
-            return JSONResponse(
-                {"allowed": False, "reason": problem, "policy_version": engine.version}
-            )
-        result = engine.explain(
-            user_subject(username),
-            parsed["domain"],
-            parsed["type"],
-            parsed["action"],
-            parsed["owner"],
-            parsed["dept"],
-        )
-        return JSONResponse(explanation_json(engine, username, parsed["domain"], result))
+    def explain(self, request: Request, body: Any) -> Response:
+        self._authorise(request, ADMIN_SCOPE)
+        answers = self._decisions.current()
+        return JSONResponse(answers.explain(_question(body, "request", answers, client=None)))
 
-    def do_status(request: Request, _body: Any) -> Response:
-        authorise(request, "authz:admin")
-        return JSONResponse(services.authz.status())
+    def policy(self, request: Request, _body: Any) -> Response:
+        self._authorise(request, ADMIN_SCOPE)
+        return JSONResponse(self._decisions.policy_status())
 
-    def endpoint(handler: Any, *, read_body: bool = True) -> Any:
-        async def run(request: Request) -> Response:
-            try:
-                body = await _body(request) if read_body else None
-                return await run_in_threadpool(handler, request, body)
-            except BearerError as exc:
-                return exc.response()
-            except InvalidInput as exc:
-                return _error(400, "invalid_request", exc.message)
-            except PolicyError as exc:
-                # No policy could be loaded at all (a rejected reload keeps the old one).
-                return _error(503, "policy_unavailable", exc.message)
 
-        return run
+def _endpoint(handler: Callable[[Request, Any], Response], *, read_body: bool = True) -> Any:
+    async def run(request: Request) -> Response:
+        try:
+            body = await _body(request) if read_body else None
+            return await run_in_threadpool(handler, request, body)
+        except BearerError as exc:
+            return exc.response()
+        except InvalidInput as exc:
+            return _error(400, "invalid_request", exc.message)
+        except PolicyError as exc:
+            # No policy could be loaded at all (a rejected reload keeps the old one).
+            return _error(503, "policy_unavailable", exc.message)
+
+    return run
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    def authorise(request: Request, scope: str) -> Mapping[str, Any]:
+        return check_bearer(bearer_token(request), services, scope=scope)
+
+    decisions = services.decisions
+    api = DecisionApi(decisions=decisions, authorise=authorise)
+    issuer = services.settings.server.issuer
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(
-            prometheus_text(services.authz.status()), media_type="text/plain; version=0.0.4"
+            prometheus_text(decisions.policy_status()), media_type="text/plain; version=0.0.4"
         )
 
     async def openapi(request: Request) -> Response:
-        from idhub.web.pdp_openapi import openapi_document
-
-        return JSONResponse(openapi_document(services.settings.server.issuer))
+        return JSONResponse(openapi_document(issuer))
 
     return [
-        Route("/api/v1/authz/check", endpoint(do_check), methods=["POST"]),
-        Route("/api/v1/authz/scopes", endpoint(do_scopes), methods=["POST"]),
-        Route("/api/v1/authz/explain", endpoint(do_explain), methods=["POST"]),
-        Route("/api/v1/authz/policy", endpoint(do_status, read_body=False), methods=["GET"]),
+        Route("/api/v1/authz/check", _endpoint(api.check), methods=["POST"]),
+        Route("/api/v1/authz/scopes", _endpoint(api.scopes), methods=["POST"]),
+        Route("/api/v1/authz/explain", _endpoint(api.explain), methods=["POST"]),
+        Route("/api/v1/authz/policy", _endpoint(api.policy, read_body=False), methods=["GET"]),
         Route("/api/v1/authz/metrics", metrics, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
     ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from idhub.web.pdp_api import MAX_BATCH
+from idhub.core.authz.decisions import MAX_BATCH
 
 
 def _schema_ref(name: str) -> dict[str, str]:

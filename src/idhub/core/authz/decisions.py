@@ -1,0 +1,246 @@
+"""The questions systems and admins ask the policy about a user, and how they are answered.
+
+The decision API (`/api/v1/authz/*`) and the audit API parse their requests into `Question`s
+and ask `Decisions.current()`, which answers them all against one engine, so every answer of a
+request carries the same policy version. The rules about asking live here:
+
+* a user is named by username (`user`) or OIDC subject (`sub`); unknown and disabled users are
+  denied before the policy is asked;
+* a client whose client_id names a policy domain asks about that domain unless it names
+  another; any other client, and every explain, must name the domain;
+* systems often number their records, so an integer resource id is the same record as its
+  decimal text;
+* a batch holds 1 to `MAX_BATCH` questions and is recorded in the audit trail in one write
+  (denials always, allows as `[audit] decisions` says).
+
+Messages of the `InvalidInput` raised here name the field (`domain ...`); the caller says
+where in its request that field was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from idhub.core.audit import Actor, RequestContext
+from idhub.core.authz.data_scopes import NOTHING, ScopeSet
+from idhub.core.authz.engine import Decision, Engine, explanation_json
+from idhub.core.authz.model import user_subject
+from idhub.errors import InvalidInput
+
+MAX_BATCH = 1000
+# Token scopes: asking about users, and the admin's questions (explain, policy status).
+ASK_SCOPE = "authz"
+ADMIN_SCOPE = "authz:admin"
+
+
+@dataclass(frozen=True)
+class Question:
+    """May this user do `action` on a `type` record in `domain`? "" means "not given"."""
+
+    domain: str
+    type: str
+    action: str
+    user: str = ""
+    sub: str = ""
+    owner: str = ""
+    dept: str = ""
+    resource_id: str = ""
+
+    def fields(self) -> dict[str, str]:
+        """Every field by name, in the order the audit trail shows them."""
+        return {
+            "user": self.user,
+            "sub": self.sub,
+            "domain": self.domain,
+            "type": self.type,
+            "action": self.action,
+            "owner": self.owner,
+            "dept": self.dept,
+            "resource_id": self.resource_id,
+        }
+
+
+@dataclass(frozen=True)
+class Answer:
+    decision: Decision
+    reason: str
+    # The user the question was about, None when no enabled directory user matched.
+    username: str | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+@dataclass(frozen=True)
+class ScopeAnswer:
+    """The records the user may see; NOTHING (with the reason) for an unknown or disabled user."""
+
+    scope: ScopeSet
+    username: str | None
+    reason: str = ""
+
+
+def resource_id_text(value: object) -> object:
+    """An integer resource id as its decimal text; any other value as given, for the caller
+    to validate (a boolean is not a number here)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def require_batch_size(count: int) -> None:
+    if count < 1:
+        raise InvalidInput("`requests` must be a non-empty list")
+    if count > MAX_BATCH:
+        raise InvalidInput(f"at most {MAX_BATCH} requests per batch, got {count}")
+
+
+class DecisionSource(Protocol):
+    """The live policy (`AuthzService`): its engine and the audit of its decisions."""
+
+    @property
+    def engine(self) -> Engine:
+        """Raises `PolicyError` while no policy could be loaded."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def record_decisions(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> int: ...
+
+
+class Decisions:
+    """`services.decisions`: questions about users, answered against the serving policy."""
+
+    def __init__(self, source: Callable[[], DecisionSource]) -> None:
+        # Resolved per request, so building the web app does not build the policy service.
+        self._source = source
+
+    def current(self) -> PolicyAnswers:
+        """Answers bound to the engine serving now; raises `PolicyError` if there is none."""
+        source = self._source()
+        return PolicyAnswers(source.engine, source)
+
+    def policy_status(self) -> dict[str, Any]:
+        return self._source().status()
+
+
+class PolicyAnswers:
+    """Every answer of one request, from one engine (one policy version)."""
+
+    def __init__(self, engine: Engine, source: DecisionSource) -> None:
+        self.engine = engine
+        self._source = source
+
+    @property
+    def version(self) -> str:
+        return self.engine.version
+
+    def domain_for(self, asked: str, *, client: str | None) -> str:
+        """The domain a question is about: the one asked, else the asking client's own."""
+        domains = self.engine.domains
+        domain = asked or (client if client in domains else "")
+        if not domain:
+            raise InvalidInput("domain is required")
+        if domain not in domains:
+            raise InvalidInput(
+                f"domain: unknown domain {domain!r} (configured: {', '.join(domains)})"
+            )
+        return domain
+
+    def username_of(self, question: Question) -> tuple[str | None, str]:
+        """(username or None, why not) for the user a question names by `sub` or `user`."""
+        users = self.engine.directory.users
+        if question.sub:
+            name = self.engine.username_for_sub(question.sub)
+            if name is None:
+                return None, "unknown user"
+        else:
+            name = question.user
+            if name not in users:
+                return None, "unknown user"
+        if users[name].disabled:
+            return None, "user is disabled"
+        return name, ""
+
+    def decide(self, question: Question) -> Answer:
+        """The one way a question about a user is decided (the decision and audit APIs)."""
+        username, problem = self.username_of(question)
+        if username is None:
+            return Answer(Decision(False), problem, None)
+        decision = self.engine.check(
+            user_subject(username),
+            question.domain,
+            question.type,
+            question.action,
+            question.owner,
+            question.dept,
+        )
+        return Answer(decision, decision.reason, username)
+
+    def check(
+        self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
+    ) -> list[Answer]:
+        """Decides a batch a client asked and records it in the audit trail in one write."""
+        require_batch_size(len(questions))
+        answers = [self.decide(question) for question in questions]
+        self.record(
+            [
+                (
+                    {
+                        **question.fields(),
+                        "user": answer.username or question.user or None,
+                        "sub": question.sub or None,
+                    },
+                    answer.decision,
+                )
+                for question, answer in zip(questions, answers, strict=True)
+            ],
+            actor=Actor("client", client),
+            ctx=ctx,
+        )
+        return answers
+
+    def scopes(self, question: Question) -> ScopeAnswer:
+        """Which records of `type` the user may `action` (not audited: no single record)."""
+        username, problem = self.username_of(question)
+        if username is None:
+            return ScopeAnswer(NOTHING, None, problem)
+        scope = self.engine.scopes(
+            user_subject(username), question.domain, question.type, question.action
+        )
+        return ScopeAnswer(scope, username)
+
+    def explain(self, question: Question) -> dict[str, Any]:
+        """The decision with the roles and lines behind it, as plain data."""
+        username, problem = self.username_of(question)
+        if username is None:
+            return {"allowed": False, "reason": problem, "policy_version": self.version}
+        result = self.engine.explain(
+            user_subject(username),
+            question.domain,
+            question.type,
+            question.action,
+            question.owner,
+            question.dept,
+        )
+        return explanation_json(self.engine, username, question.domain, result)
+
+    def record(
+        self,
+        entries: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        ctx: RequestContext | None,
+    ) -> None:
+        """Records decisions under this policy version, as `[audit] decisions` says."""
+        self._source.record_decisions(entries, actor=actor, version=self.version, ctx=ctx)
