@@ -18,25 +18,18 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     OAuth2Error,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters.token_store import CodeRecord
-from idhub.core.audit import Actor, EventType
+from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clients import ClientRegistry
+from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
-from idhub.errors import AuditError, ConfigError
+from idhub.core.token_storage import CodeRecord, TokenStorage
+from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
 from idhub.oidc.exchange import TokenExchangeGrant
-from idhub.oidc.grants import (
-    CodeGrant,
-    Issuer,
-    RotatingRefreshGrant,
-    S256Only,
-    ServiceGrant,
-    TemporarilyUnavailable,
-)
+from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
     AuthorizationErrorRedirect,
     AuthorizationPageError,
@@ -44,6 +37,9 @@ from idhub.oidc.messages import (
     OAuthRequestData,
     OAuthResponseData,
 )
+from idhub.oidc.minter import TokenMinter
+from idhub.oidc.protocol_errors import TemporarilyUnavailable
+from idhub.oidc.tokens import AccessTokens
 
 log = logging.getLogger("idhub.oidc")
 
@@ -72,7 +68,11 @@ class Provider:
         *,
         issuer_url: str,
         registry: ClientRegistry,
-        issuer: Issuer,
+        minter: TokenMinter,
+        tokens: TokenStorage,
+        access_tokens: AccessTokens,
+        audit: Auditor,
+        clock: Clock,
         code_ttl: int,
         assertion_auth: PrivateKeyJWT,
         userinfo: Callable[[str], OAuthResponseData],
@@ -86,12 +86,16 @@ class Provider:
             )
         self.issuer_url = issuer_url
         self.registry = registry
-        self.issuer = issuer
         self.code_ttl = code_ttl
+        self._tokens = tokens
+        self._audit = audit
+        self._clock = clock
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
-        server = AuthlibServer(registry, issuer)
+        server = AuthlibServer(
+            registry, minter=minter, tokens=tokens, access_tokens=access_tokens, clock=clock
+        )
         server.register_grant(CodeGrant, [S256Only(required=True)])
         server.register_grant(RotatingRefreshGrant)
         server.register_grant(ServiceGrant)
@@ -194,8 +198,8 @@ class Provider:
     ) -> OAuthResponseData:
         """Issues the code for a signed-in (and consenting) user: 302 with code, state, iss."""
         code = new_token(32)
-        now = self.issuer.clock.now()
-        self.issuer.store.save_code(
+        now = self._clock.now()
+        self._tokens.save_code(
             CodeRecord(
                 code_hash=sha256_hex(code),
                 client_id=req.client.client_id,
@@ -242,7 +246,7 @@ class Provider:
             response = self._unavailable()
         except UnicodeDecodeError:
             response = self._bad_credentials()
-        except SQLAlchemyError:
+        except StorageError:
             log.exception("token request failed on the database")
             return self._unavailable("the database is not reachable; try again later")
         if response.status >= 400 and isinstance(response.body, dict):
@@ -265,7 +269,7 @@ class Provider:
         if request.idhub_reason:
             details["reason"] = request.idhub_reason
         claimed = client or str(request.form.get("client_id") or "")[:100] or None
-        self.issuer.audit.record(
+        self._audit.record(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
@@ -318,7 +322,7 @@ class Provider:
             return self._unavailable()
         except UnicodeDecodeError:
             return self._bad_credentials()
-        except SQLAlchemyError:
+        except StorageError:
             log.exception("%s request failed on the database", endpoint)
             return self._unavailable("the database is not reachable; try again later")
 
