@@ -477,3 +477,11 @@ class Services:
                 close = getattr(verifier, "close", None)
                 if close is not None:
                     close()
+
+    # --- health -----------------------------------------------------------------------------------
+
+    def database_ping(self) -> bool:
+        """True when the database answers a trivial query (for `/readyz`)."""
+        from idhub.adapters.database import check_database_reachable
+
+        return check_database_reachable(self.engine)
