@@ -289,17 +289,19 @@ class SqlTokenStore:
     def is_revoked(self, jti: str) -> bool:
         # On the path of every introspection and API call: a plain driver query on a pooled
         # connection costs about a seventh of the same query through the Core layer.
-        connection = self._engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            cursor.execute(self._revoked_sql, (jti,))
-            found = cursor.fetchone()
-            cursor.close()
+            connection = self._engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self._revoked_sql, (jti,))
+                found = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()
         except self._driver_error as exc:
-            # The raw cursor raises the driver's own errors, which SQLAlchemy does not wrap.
+            # The raw connection raises the driver's own errors, which SQLAlchemy leaves as
+            # they are.
             raise storage_error(exc, "SqlTokenStore.is_revoked") from exc
-        finally:
-            connection.close()
         return found is not None
 
     # ------------------------------------------------------------------ client assertions
