@@ -9,7 +9,7 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from authlib.common.security import is_secure_transport
@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749 import (
 )
 
 from idhub.core.audit import Actor, Auditor, EventType
-from idhub.core.clients import ClientRegistry
+from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
@@ -58,6 +58,27 @@ _SINGLE = (
     "resource",
     "login_hint",
 )
+
+
+class _Refused(Exception):
+    """An authorization request refused after its redirect URI was trusted (sent back there)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def _max_age(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        max_age = int(value)
+    except ValueError:
+        raise _Refused("invalid_request", "max_age must be a whole number") from None
+    if max_age < 0:
+        raise _Refused("invalid_request", "max_age must not be negative")
+    return max_age
 
 
 class Provider:
@@ -112,7 +133,18 @@ class Provider:
         (show a page, never redirect) and `AuthorizationErrorRedirect` for every other
         protocol error (send its 302).
         """
-        params = data.params
+        client, redirect_uri = self._require_trusted_target(data.params)
+        state = data.params.get("state")
+        try:
+            return self._checked_request(data, client, redirect_uri)
+        except _Refused as refused:
+            response = self._redirect(
+                redirect_uri, state, error=refused.error, error_description=refused.description
+            )
+            raise AuthorizationErrorRedirect(response, refused.error, refused.description) from None
+
+    def _require_trusted_target(self, params: Mapping[str, str]) -> tuple[Client, str]:
+        """The client and redirect URI an error may be sent back to; a page error otherwise."""
         if "request" in params or "request_uri" in params:
             raise AuthorizationPageError(
                 "request_not_supported", "request objects are not supported"
@@ -126,55 +158,35 @@ class Provider:
             raise AuthorizationPageError(
                 "invalid_request", "the redirect URI is not registered for this application"
             )
-        state = params.get("state")
+        return client, redirect_uri
 
-        def fail(error: str, description: str) -> AuthorizationErrorRedirect:
-            response = self._redirect(
-                redirect_uri, state, error=error, error_description=description
-            )
-            return AuthorizationErrorRedirect(response, error, description)
-
-        for name in _SINGLE:
-            if len(data.multi.get(name, ())) > 1:
-                raise fail("invalid_request", f"'{name}' is repeated")
-        request = IdhubRequest(data)
-        try:
-            grant = self.server.get_authorization_grant(request)
-            grant.validate_consent_request()
-        except OAuth2Error as exc:
-            raise fail(exc.error or "invalid_request", exc.description or exc.error or "") from None
-        scopes = tuple(str(request.scope or "").split())
-        if not scopes:
-            raise fail("invalid_scope", "none of the requested scopes is allowed for this client")
+    def _checked_request(
+        self, data: OAuthRequestData, client: Client, redirect_uri: str
+    ) -> AuthorizationRequest:
+        params = data.params
+        scopes = self._granted_scopes(data)
         challenge = params.get("code_challenge")
         method = params.get("code_challenge_method")
         if challenge and method != "S256":
-            raise fail("invalid_request", "code_challenge_method must be S256")
+            raise _Refused("invalid_request", "code_challenge_method must be S256")
         if client.public and not challenge:
-            raise fail("invalid_request", "public clients must use PKCE (S256)")
+            raise _Refused("invalid_request", "public clients must use PKCE (S256)")
         prompt = frozenset((params.get("prompt") or "").split())
         if not prompt <= PROMPTS or ("none" in prompt and len(prompt) > 1):
-            raise fail("invalid_request", "prompt is not valid")
-        max_age = None
-        if params.get("max_age"):
-            try:
-                max_age = int(params["max_age"])
-            except ValueError:
-                raise fail("invalid_request", "max_age must be a whole number") from None
-            if max_age < 0:
-                raise fail("invalid_request", "max_age must not be negative")
+            raise _Refused("invalid_request", "prompt is not valid")
+        max_age = _max_age(params.get("max_age"))
         resource = params.get("resource") or None
         audience = client.resolve_audience(resource)
         if audience is None:
-            raise fail("invalid_target", "this client may not obtain tokens for that resource")
+            raise _Refused("invalid_target", "this client may not obtain tokens for that resource")
         if params.get("response_mode") not in (None, "", "query"):
-            raise fail("invalid_request", "only response_mode=query is supported")
+            raise _Refused("invalid_request", "only response_mode=query is supported")
         return AuthorizationRequest(
             client=client,
             redirect_uri=redirect_uri,
             response_type="code",
             scopes=scopes,
-            state=state,
+            state=params.get("state"),
             nonce=params.get("nonce") or None,
             prompt=prompt,
             max_age=max_age,
@@ -185,6 +197,26 @@ class Provider:
             audience=audience,
             ui_locales=params.get("ui_locales") or None,
         )
+
+    def _granted_scopes(self, data: OAuthRequestData) -> tuple[str, ...]:
+        """authlib's checks of the request; the scopes left after narrowing to the client."""
+        for name in _SINGLE:
+            if len(data.multi.get(name, ())) > 1:
+                raise _Refused("invalid_request", f"'{name}' is repeated")
+        request = IdhubRequest(data)
+        try:
+            grant = self.server.get_authorization_grant(request)
+            grant.validate_consent_request()
+        except OAuth2Error as exc:
+            raise _Refused(
+                exc.error or "invalid_request", exc.description or exc.error or ""
+            ) from None
+        scopes = tuple(str(request.scope or "").split())
+        if not scopes:
+            raise _Refused(
+                "invalid_scope", "none of the requested scopes is allowed for this client"
+            )
+        return scopes
 
     def authorize(
         self,
