@@ -170,7 +170,7 @@ def prepare(root: Path, refresh_count: int) -> dict[str, Any]:
     tokens_file = root / "refresh.txt"
     families, rows, lines = [], [], []
     for n in range(refresh_count):
-        token, token_hash, expires_at = services.token_issuer.new_refresh_token()
+        token, token_hash, expires_at = services.token_minter.new_refresh_token()
         family_id = f"bench-{n:08d}"
         families.append(
             {

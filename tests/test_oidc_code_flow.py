@@ -147,8 +147,8 @@ def test_expired_code_and_wrong_redirect(server: LiveServer) -> None:
     services = server.services
     user = make_user(services)
     _, secret = web_client(services, "oa")
-    from idhub.adapters.token_store import CodeRecord
     from idhub.core.crypto import sha256_hex
+    from idhub.core.token_storage import CodeRecord
 
     now = services.clock.now()
     services.token_store.save_code(

@@ -87,7 +87,7 @@ def test_housekeeping_drops_only_what_can_no_longer_matter(
     from sqlalchemy import func, select
 
     from idhub.adapters.db import refresh_families, refresh_tokens, revoked_tokens, used_assertions
-    from idhub.adapters.token_store import Family
+    from idhub.core.token_storage import RefreshFamily
     from tests.oidc_support import issue_code
 
     services, clock = clocked
@@ -97,9 +97,9 @@ def test_housekeeping_drops_only_what_can_no_longer_matter(
     issue_code(services, "oa", user)
     now = clock.now()
     for name, ttl in (("old", 60.0), ("live", 10 * 86400.0)):
-        _, token_hash, _ = services.token_issuer.new_refresh_token()
+        _, token_hash, _ = services.token_minter.new_refresh_token()
         store.start_family(
-            Family(name, "oa", user.id, None, "openid", "oa", now, None),
+            RefreshFamily(name, "oa", user.id, None, "openid", "oa", now, None),
             token_hash=token_hash,
             issued_at=now,
             expires_at=now + ttl,

@@ -42,10 +42,10 @@ if TYPE_CHECKING:
     from idhub.core.passwords import PasswordHasher
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore
-    from idhub.oidc.grants import Issuer
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
+    from idhub.oidc.minter import TokenMinter
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
 
@@ -209,21 +209,20 @@ class Services:
         )
 
     @cached_property
-    def token_issuer(self) -> Issuer:
+    def token_minter(self) -> TokenMinter:
         from idhub.core.crypto import KeyedHasher
-        from idhub.oidc.grants import Issuer
+        from idhub.oidc.minter import TokenMinter
 
-        return Issuer(
+        return TokenMinter(
             access_tokens=self.access_tokens,
             id_tokens=self.id_tokens,
-            store=self.token_store,
             identity=self.identity,
             audit=self.audit,
             clock=self.clock,
             refresh_hasher=KeyedHasher(self.settings.require_secret_key(), "refresh-token"),
             refresh_ttl=self.settings.tokens.refresh_token_ttl,
             domains=tuple(self.settings.policy.domains),
-            # Resolved at the first token, not when the issuer is built.
+            # Resolved at the first token, not when the minter is built.
             roles=lambda: self.authz,
         )
 
@@ -234,11 +233,22 @@ class Services:
         from idhub.oidc.server import Provider
 
         issuer_url = self.settings.server.issuer.rstrip("/")
-        endpoints = TokenEndpoints(self.token_issuer)
+        endpoints = TokenEndpoints(
+            access_tokens=self.access_tokens,
+            minter=self.token_minter,
+            tokens=self.token_store,
+            identity=self.identity,
+            audit=self.audit,
+            clock=self.clock,
+        )
         return Provider(
             issuer_url=self.settings.server.issuer,
             registry=self.clients,
-            issuer=self.token_issuer,
+            minter=self.token_minter,
+            tokens=self.token_store,
+            access_tokens=self.access_tokens,
+            audit=self.audit,
+            clock=self.clock,
             code_ttl=self.settings.tokens.code_ttl,
             assertion_auth=PrivateKeyJWT(
                 self.token_store,
@@ -254,7 +264,7 @@ class Services:
     def tokens_revoker(self) -> TokensRevoker:
         from idhub.oidc.introspection import TokensRevoker
 
-        return TokensRevoker(self.token_issuer)
+        return TokensRevoker(self.token_store, self.clock)
 
     def _ensure_signing_keys(self, echo: Callable[[str], None]) -> None:
         self.keys.ensure_active(echo)
@@ -560,3 +570,11 @@ class Services:
             decisions=self.decisions,
             admin_clients=self.settings.server.admin_clients,
         )
+
+    # --- health -----------------------------------------------------------------------------------
+
+    def database_ping(self) -> bool:
+        """True when the database answers a trivial query (for `/readyz`)."""
+        from idhub.adapters.database import check_database_reachable
+
+        return check_database_reachable(self.engine)

@@ -3,7 +3,8 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
 
     IdhubError
     ├── ConfigError            bad settings file or environment (file:line when known)
-    ├── StorageError           database unreachable or a write that could not be made
+    ├── StorageError           a database statement failed (a write that could not be made)
+    │   └── StorageUnavailable     the database cannot be reached right now (retry later)
     ├── NotFound               a named user, client, key, source ... does not exist
     ├── Conflict               the thing exists already / concurrent change
     ├── InvalidInput           a value an admin or system supplied is not acceptable
@@ -65,6 +66,12 @@ class ConfigError(Located):
 
 class StorageError(IdhubError):
     code = "storage_error"
+
+
+class StorageUnavailable(StorageError):
+    """Connection refused, lost or timed out: nothing is wrong with the request itself."""
+
+    code = "storage_unavailable"
 
 
 class NotFound(IdhubError):

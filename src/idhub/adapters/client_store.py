@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import translate_storage_errors
 from idhub.adapters.db import change_counters, clients
 from idhub.core.clients import Client
 from idhub.errors import Conflict
@@ -99,16 +100,19 @@ class SqlClientStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
+    @translate_storage_errors
     def get(self, client_id: str) -> Client | None:
         with self._engine.connect() as conn:
             row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
         return None if row is None else _to_client(row)
 
+    @translate_storage_errors
     def list(self) -> list[Client]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(clients).order_by(clients.c.client_id))
             return [_to_client(row) for row in rows]
 
+    @translate_storage_errors
     def insert(self, client: Client) -> None:
         try:
             with self._engine.begin() as conn:
@@ -117,6 +121,7 @@ class SqlClientStore:
         except IntegrityError:
             raise Conflict(f"a client {client.client_id!r} already exists") from None
 
+    @translate_storage_errors
     def update(self, client: Client) -> None:
         values = _to_row(client)
         values.pop("client_id")
@@ -127,12 +132,14 @@ class SqlClientStore:
             )
             bump_counter(conn, COUNTER)
 
+    @translate_storage_errors
     def delete(self, client_id: str) -> bool:
         with self._engine.begin() as conn:
             found = conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount
             bump_counter(conn, COUNTER)
         return bool(found)
 
+    @translate_storage_errors
     def version(self) -> int:
         with self._engine.connect() as conn:
             return read_counter(conn, COUNTER)

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import translate_storage_errors
 from idhub.adapters.db import departments, group_members, groups, users
 from idhub.core.clock import Clock
 from idhub.core.identity import (
@@ -87,12 +88,14 @@ class SqlIdentityStore:
 
     # ------------------------------------------------------------------ users
 
+    @translate_storage_errors
     def get_user(self, user_id: int) -> User | None:
         return self._one(_user_query().where(users.c.id == user_id))
 
     def get_user_by_username(self, username: str) -> User | None:
         return self._one(_user_query().where(users.c.username == username))
 
+    @translate_storage_errors
     def get_user_by_sub(self, sub: str) -> User | None:
         return self._one(_user_query().where(users.c.sub == sub))
 
@@ -309,6 +312,7 @@ class SqlIdentityStore:
 
     # ------------------------------------------------------------------ groups
 
+    @translate_storage_errors
     def user_groups(self, user_id: int) -> list[str]:
         with self._engine.connect() as conn:
             rows = conn.execute(

@@ -1,39 +1,28 @@
-"""Signing keys in the `signing_keys` table (private halves arrive here already sealed)."""
+"""`SigningKeyStorage` (core/signing_keys.py) in the `signing_keys` table (private halves
+arrive here already sealed)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from sqlalchemy import Engine, insert, select, update
 
+from idhub.adapters._storage_errors import translate_storage_errors
 from idhub.adapters.client_store import bump_counter, read_counter
 from idhub.adapters.db import signing_keys
+from idhub.core.signing_keys import SigningKeyRecord
 
 COUNTER = "signing_keys"
-
-
-@dataclass(frozen=True)
-class KeyRow:
-    kid: str
-    alg: str
-    public_jwk: dict[str, Any]
-    private_enc: bytes
-    created_at: float
-    activated_at: float | None
-    retired_at: float | None
-    expires_at: float | None
 
 
 class SqlKeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def all(self) -> list[KeyRow]:
+    @translate_storage_errors
+    def all(self) -> list[SigningKeyRecord]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(signing_keys).order_by(signing_keys.c.created_at))
             return [
-                KeyRow(
+                SigningKeyRecord(
                     kid=r.kid,
                     alg=r.alg,
                     public_jwk=dict(r.public_jwk),
@@ -46,8 +35,9 @@ class SqlKeyStore:
                 for r in rows
             ]
 
-    def add_active(self, row: KeyRow, *, retire_until: float | None) -> list[str]:
-        """Stores `row` as the active key for its algorithm and retires the previous active
+    @translate_storage_errors
+    def add_active(self, record: SigningKeyRecord, *, retire_until: float | None) -> list[str]:
+        """Stores `record` as the active key for its algorithm and retires the previous active
         key(s) of that algorithm (kept for verification until `retire_until`), atomically.
         Returns the retired kids."""
         with self._engine.begin() as conn:
@@ -55,7 +45,7 @@ class SqlKeyStore:
                 str(kid)
                 for kid in conn.execute(
                     select(signing_keys.c.kid).where(
-                        signing_keys.c.alg == row.alg, signing_keys.c.retired_at.is_(None)
+                        signing_keys.c.alg == record.alg, signing_keys.c.retired_at.is_(None)
                     )
                 ).scalars()
             ]
@@ -63,16 +53,16 @@ class SqlKeyStore:
                 conn.execute(
                     update(signing_keys)
                     .where(signing_keys.c.kid.in_(retired))
-                    .values(retired_at=row.created_at, expires_at=retire_until)
+                    .values(retired_at=record.created_at, expires_at=retire_until)
                 )
             conn.execute(
                 insert(signing_keys).values(
-                    kid=row.kid,
-                    alg=row.alg,
-                    public_jwk=row.public_jwk,
-                    private_enc=row.private_enc,
-                    created_at=row.created_at,
-                    activated_at=row.activated_at,
+                    kid=record.kid,
+                    alg=record.alg,
+                    public_jwk=record.public_jwk,
+                    private_enc=record.private_enc,
+                    created_at=record.created_at,
+                    activated_at=record.activated_at,
                     retired_at=None,
                     expires_at=None,
                 )
@@ -80,6 +70,7 @@ class SqlKeyStore:
             bump_counter(conn, COUNTER)
         return retired
 
+    @translate_storage_errors
     def version(self) -> int:
         with self._engine.connect() as conn:
             return read_counter(conn, COUNTER)

@@ -1,5 +1,5 @@
-"""Authorization codes, refresh-token families, revoked access-token ids and used client
-assertions.
+"""`TokenStorage` (core/token_storage.py) in SQL: authorization codes, refresh-token families,
+revoked access-token ids and used client assertions.
 
 Nothing here holds a usable credential: codes are stored by SHA-256, refresh tokens by keyed
 hash; every state change that decides "first use or replay" is one conditional UPDATE or a
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import storage_error, translate_storage_errors
 from idhub.adapters.db import (
     authorization_codes,
     refresh_families,
@@ -23,46 +23,12 @@ from idhub.adapters.db import (
     revoked_tokens,
     used_assertions,
 )
+from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, RefreshStatus
 
 
-@dataclass(frozen=True)
-class CodeRecord:
-    code_hash: str
-    client_id: str
-    user_id: int
-    redirect_uri: str
-    scope: str
-    nonce: str | None
-    code_challenge: str | None
-    code_challenge_method: str | None
-    resource: str | None
-    sid: str | None
-    auth_time: float
-    acr: str | None
-    amr: list[str]
-    created_at: float
-    expires_at: float
-
-
-@dataclass(frozen=True)
-class Family:
-    id: str
-    client_id: str
-    user_id: int
-    sid: str | None
-    scope: str
-    audience: str | None
-    auth_time: float | None
-    revoked_at: float | None
-
-
-CodeStatus = Literal["ok", "unknown", "used", "expired"]
-RefreshStatus = Literal["ok", "unknown", "reused", "revoked", "expired", "invalid_scope"]
-
-
-def _family(row: Any) -> Family:
+def _family(row: Any) -> RefreshFamily:
     m = row._mapping
-    return Family(
+    return RefreshFamily(
         id=m["id"],
         client_id=m["client_id"],
         user_id=m["user_id"],
@@ -75,6 +41,9 @@ def _family(row: Any) -> Family:
 
 
 class SqlTokenStore:
+    """Every public method raises `StorageError` (or `StorageUnavailable`), never a
+    SQLAlchemy error."""
+
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._mark = mark = "%s" if engine.dialect.name == "postgresql" else "?"
@@ -85,9 +54,11 @@ class SqlTokenStore:
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._revoked_sql = f"SELECT 1 FROM revoked_tokens WHERE jti = {mark}"  # noqa: S608
+        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
     # ------------------------------------------------------------------ codes
 
+    @translate_storage_errors
     def save_code(self, record: CodeRecord) -> None:
         with self._engine.begin() as conn:
             conn.execute(
@@ -111,6 +82,7 @@ class SqlTokenStore:
                 )
             )
 
+    @translate_storage_errors
     def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
         """Marks the code used (first use only) and returns it with what happened."""
         with self._serial, self._engine.begin() as conn:
@@ -140,8 +112,9 @@ class SqlTokenStore:
 
     # ------------------------------------------------------------------ refresh families
 
+    @translate_storage_errors
     def start_family(
-        self, family: Family, *, token_hash: str, issued_at: float, expires_at: float
+        self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
     ) -> None:
         with self._serial, self._engine.begin() as conn:
             conn.execute(
@@ -167,6 +140,7 @@ class SqlTokenStore:
                 )
             )
 
+    @translate_storage_errors
     def rotate(
         self,
         token_hash: str,
@@ -176,7 +150,7 @@ class SqlTokenStore:
         expires_at: float,
         client_id: str,
         scope: list[str] | None = None,
-    ) -> tuple[RefreshStatus, Family | None]:
+    ) -> tuple[RefreshStatus, RefreshFamily | None]:
         """Swaps a current refresh token of `client_id` for a new one in its family, in one
         transaction.
 
@@ -208,7 +182,7 @@ class SqlTokenStore:
             if row is None or row[1] != client_id:
                 tx.rollback()
                 return "unknown", None
-            family = Family(*row[:8])
+            family = RefreshFamily(*row[:8])
             status: RefreshStatus
             if won == 1:
                 if scope and not set(scope) <= set(family.scope.split()):
@@ -234,6 +208,7 @@ class SqlTokenStore:
             tx.commit()
         return status, family
 
+    @translate_storage_errors
     def undo_rotation(self, old_hash: str, new_hash: str) -> None:
         """Puts a rotation back (the answer carrying the new token could not be sent)."""
         with self._serial, self._engine.begin() as conn:
@@ -244,6 +219,7 @@ class SqlTokenStore:
                 .values(rotated_at=None)
             )
 
+    @translate_storage_errors
     def release_code(self, code_hash: str) -> None:
         """Makes a consumed code usable again and drops the family its use started (the
         token answer could not be sent)."""
@@ -256,7 +232,8 @@ class SqlTokenStore:
                 .values(used_at=None)
             )
 
-    def find_refresh(self, token_hash: str) -> tuple[Family, float, float | None] | None:
+    @translate_storage_errors
+    def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
         """(family, expires_at, rotated_at) of a refresh token, for introspection/revocation."""
         with self._engine.connect() as conn:
             row = conn.execute(
@@ -268,10 +245,12 @@ class SqlTokenStore:
             return None
         return _family(row), row._mapping["expires_at"], row._mapping["rotated_at"]
 
+    @translate_storage_errors
     def revoke_family(self, family_id: str, now: float, reason: str) -> int:
         with self._engine.begin() as conn:
             return self._revoke(conn, [family_id], now, reason)
 
+    @translate_storage_errors
     def revoke_families_where(
         self, *, now: float, reason: str, sid: str | None = None, user_id: int | None = None
     ) -> int:
@@ -296,6 +275,7 @@ class SqlTokenStore:
 
     # ------------------------------------------------------------------ access tokens
 
+    @translate_storage_errors
     def revoke_jti(self, jti: str, *, expires_at: float, now: float) -> None:
         try:
             with self._engine.begin() as conn:
@@ -305,21 +285,28 @@ class SqlTokenStore:
         except IntegrityError:
             pass  # already revoked: revocation is idempotent (RFC 7009)
 
+    @translate_storage_errors
     def is_revoked(self, jti: str) -> bool:
         # On the path of every introspection and API call: a plain driver query on a pooled
         # connection costs about a seventh of the same query through the Core layer.
-        connection = self._engine.raw_connection()
         try:
-            cursor = connection.cursor()
-            cursor.execute(self._revoked_sql, (jti,))
-            found = cursor.fetchone()
-            cursor.close()
-        finally:
-            connection.close()
+            connection = self._engine.raw_connection()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self._revoked_sql, (jti,))
+                found = cursor.fetchone()
+                cursor.close()
+            finally:
+                connection.close()
+        except self._driver_error as exc:
+            # The raw connection raises the driver's own errors, which SQLAlchemy leaves as
+            # they are.
+            raise storage_error(exc, "SqlTokenStore.is_revoked") from exc
         return found is not None
 
     # ------------------------------------------------------------------ client assertions
 
+    @translate_storage_errors
     def use_assertion(self, client_id: str, jti: str, *, expires_at: float) -> bool:
         """Records a private_key_jwt assertion id; False if it was seen before (a replay)."""
         try:
@@ -333,6 +320,7 @@ class SqlTokenStore:
             return False
         return True
 
+    @translate_storage_errors
     def purge(self, now: float, *, grace: float = 86400.0) -> dict[str, int]:
         """Drops rows that can no longer matter; returns how many of each.
 

@@ -14,9 +14,12 @@ from authlib.oauth2.rfc6749 import (
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 
 from idhub.core.clients import ClientRegistry
+from idhub.core.clock import Clock
+from idhub.core.token_storage import TokenStorage
 from idhub.oidc.client_auth import AuthlibClient
-from idhub.oidc.issuer import Issuer
 from idhub.oidc.messages import Headers, OAuthRequestData, OAuthResponseData
+from idhub.oidc.minter import TokenMinter
+from idhub.oidc.tokens import AccessTokens
 
 
 class _Payload(BasicOAuth2Payload):  # type: ignore[misc]
@@ -59,10 +62,24 @@ class IdhubRequest(OAuth2Request):  # type: ignore[misc]
 
 
 class AuthlibServer(AuthorizationServer):  # type: ignore[misc]
-    def __init__(self, registry: ClientRegistry, issuer: Issuer) -> None:
+    """authlib's server over idhub's registry; it also carries what idhub's grants need, since
+    authlib builds each grant from the request and the server alone."""
+
+    def __init__(
+        self,
+        registry: ClientRegistry,
+        *,
+        minter: TokenMinter,
+        tokens: TokenStorage,
+        access_tokens: AccessTokens,
+        clock: Clock,
+    ) -> None:
         super().__init__(scopes_supported=None)
         self.registry = registry
-        self.issuer = issuer
+        self.minter = minter
+        self.tokens = tokens
+        self.access_tokens = access_tokens
+        self.clock = clock
 
     def query_client(self, client_id: str) -> AuthlibClient | None:
         client = self.registry.get(client_id) if isinstance(client_id, str) else None

@@ -16,9 +16,9 @@ from authlib.oauth2.rfc6749 import InvalidClientError
 from joserfc import jwk
 from joserfc.errors import JoseError
 
-from idhub.adapters.token_store import SqlTokenStore
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
+from idhub.core.token_storage import AssertionLedger
 from idhub.oidc import jws
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -73,12 +73,12 @@ class PrivateKeyJWT:
 
     def __init__(
         self,
-        store: SqlTokenStore,
+        assertions: AssertionLedger,
         *,
         clock: Clock,
         audiences: Callable[[], list[str]],
     ) -> None:
-        self._store = store
+        self._assertions = assertions
         self._clock = clock
         self._audiences = audiences
 
@@ -151,5 +151,5 @@ class PrivateKeyJWT:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise InvalidClientError(status_code=401, description="assertion has no jti")
-        if not self._store.use_assertion(client_id, jti, expires_at=float(exp) + LEEWAY):
+        if not self._assertions.use_assertion(client_id, jti, expires_at=float(exp) + LEEWAY):
             raise InvalidClientError(status_code=401, description="assertion was used before")

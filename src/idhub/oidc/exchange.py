@@ -22,15 +22,16 @@ from authlib.oauth2.rfc6749.grants.base import BaseGrant, TokenEndpointMixin
 from idhub.core.audit import EventType
 from idhub.core.clients import TOKEN_EXCHANGE, Client
 from idhub.oidc.client_auth import CONFIDENTIAL_METHODS
-from idhub.oidc.grants import _ctx, _issuer
-from idhub.oidc.issuer import InvalidTarget, issued_details, require_param
+from idhub.oidc.grants import GrantSupport
+from idhub.oidc.minter import issued_details, token_body
+from idhub.oidc.protocol_errors import InvalidTarget, require_param
 from idhub.oidc.tokens import InvalidToken
 
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105
 
 
-class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
+class TokenExchangeGrant(GrantSupport, BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
     GRANT_TYPE = TOKEN_EXCHANGE
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_METHODS
 
@@ -50,9 +51,8 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         requested_type = form.get("requested_token_type")
         if requested_type and requested_type not in (ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE):
             raise InvalidRequestError("only access tokens can be requested")
-        issuer = _issuer(self)
         try:
-            subject = issuer.access_tokens.verify(subject_token)
+            subject = self.access_tokens.verify(subject_token)
         except InvalidToken as exc:
             raise InvalidGrantError(f"the subject token is not valid ({exc.reason})") from None
         # The caller must be the system the user's token was issued for (or the client that
@@ -64,7 +64,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         self.request.idhub_subject = subject
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        issuer = _issuer(self)
+        minter = self.minter
         client: Client = self.request.client.client
         subject: dict[str, Any] = self.request.idhub_subject
         form = self.request.form
@@ -82,13 +82,13 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
         act: dict[str, Any] = {"sub": client.client_id}
         if isinstance(subject.get("act"), dict):
             act["act"] = subject["act"]
-        remaining = int(subject["exp"] - issuer.clock.now())
-        ttl = max(1, min(issuer.access_tokens.ttl, remaining))
-        user = issuer.identity.get_user_by_sub(str(subject["sub"]))
+        remaining = int(subject["exp"] - self.clock.now())
+        ttl = max(1, min(self.access_tokens.ttl, remaining))
+        user = minter.user_by_sub(str(subject["sub"]))
         if user is not None:
             if user.disabled:
                 raise InvalidGrantError("the user of the subject token is disabled")
-            token, claims = issuer.user_access_token(
+            token, claims = minter.user_access_token(
                 client,
                 user,
                 audience=audience,
@@ -99,7 +99,7 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
             )
         else:
             # A service token (client credentials) being passed along: no user, no roles.
-            token, claims = issuer.access_tokens.issue(
+            token, claims = minter.service_access_token(
                 client,
                 sub=str(subject["sub"]),
                 audience=audience,
@@ -107,11 +107,11 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 extra={"act": act},
                 ttl=ttl,
             )
-        issuer.record(
+        minter.record_issuance(
             EventType.TOKEN_EXCHANGED,
             client,
             target=str(subject["sub"]),
-            ctx=_ctx(self),
+            ctx=self.audit_ctx,
             details=issued_details(
                 self.GRANT_TYPE,
                 claims,
@@ -119,6 +119,6 @@ class TokenExchangeGrant(BaseGrant, TokenEndpointMixin):  # type: ignore[misc]
                 subject_client=subject.get("client_id"),
             ),
         )
-        body = issuer.body(token, claims)
+        body = token_body(token, claims)
         body["issued_token_type"] = ACCESS_TOKEN_TYPE
         return 200, body, default_json_headers

@@ -2,9 +2,9 @@
 
 authlib validates the protocol (client authentication, grant-type permission, code/redirect
 binding, PKCE through `CodeChallenge`); idhub's storage and tokens come in through the hooks it
-leaves open, and each grant's `create_token_response` issues through `Issuer` (oidc/issuer.py),
-which also writes the audit record: when that write fails the request fails (503) and no token
-leaves.
+leaves open, and each grant's `create_token_response` issues through `TokenMinter`
+(oidc/minter.py), which also writes the audit record: when that write fails the request fails
+(503) and no token leaves.
 """
 
 from __future__ import annotations
@@ -20,29 +20,47 @@ from authlib.oauth2.rfc6749.grants import (
 )
 from authlib.oauth2.rfc7636 import CodeChallenge
 
-from idhub.adapters.token_store import CodeRecord, Family
 from idhub.core.audit import EventType, RequestContext
 from idhub.core.clients import Client
+from idhub.core.clock import Clock
 from idhub.core.crypto import sha256_hex
+from idhub.core.token_storage import CodeRecord, RefreshFamily, TokenStorage
 from idhub.oidc.client_auth import ALL_METHODS, CONFIDENTIAL_METHODS
-from idhub.oidc.issuer import (
-    InvalidTarget,
-    Issuer,
-    TemporarilyUnavailable,
-    issued_details,
-    require_param,
-)
-
-__all__ = ["InvalidTarget", "Issuer", "TemporarilyUnavailable", "issued_details", "require_param"]
+from idhub.oidc.minter import TokenMinter, issued_details, token_body
+from idhub.oidc.protocol_errors import InvalidTarget, TemporarilyUnavailable, require_param
+from idhub.oidc.tokens import AccessTokens
 
 
-def _ctx(grant: Any) -> RequestContext | None:
-    return getattr(grant.request, "idhub_ctx", None)
+class GrantSupport:
+    """What idhub's grants read from the server authlib hands them (see `AuthlibServer`)."""
 
+    server: Any
+    request: Any
 
-def _issuer(grant: Any) -> Issuer:
-    issuer: Issuer = grant.server.issuer
-    return issuer
+    @property
+    def minter(self) -> TokenMinter:
+        minter: TokenMinter = self.server.minter
+        return minter
+
+    @property
+    def tokens(self) -> TokenStorage:
+        tokens: TokenStorage = self.server.tokens
+        return tokens
+
+    @property
+    def access_tokens(self) -> AccessTokens:
+        access_tokens: AccessTokens = self.server.access_tokens
+        return access_tokens
+
+    @property
+    def clock(self) -> Clock:
+        clock: Clock = self.server.clock
+        return clock
+
+    @property
+    def audit_ctx(self) -> RequestContext | None:
+        ctx: RequestContext | None = getattr(self.request, "idhub_ctx", None)
+        return ctx
 
 
 # ---------------------------------------------------------------- authorization code
@@ -74,17 +92,16 @@ class S256Only(CodeChallenge):  # type: ignore[misc]
         return authorization_code.record.code_challenge_method
 
 
-class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
 
     def query_authorization_code(self, code: str, client: Any) -> _Code | None:
-        issuer = _issuer(self)
-        status, record = issuer.store.consume_code(sha256_hex(code), issuer.clock.now())
+        status, record = self.tokens.consume_code(sha256_hex(code), self.clock.now())
         if record is None or record.client_id != client.client_id:
             raise InvalidGrantError("the authorization code is not valid")
         if status == "used":
             # RFC 6749 4.1.2: a code used twice revokes what it granted.
-            issuer.store.revoke_family(record.code_hash, issuer.clock.now(), "code_reuse")
+            self.tokens.revoke_family(record.code_hash, self.clock.now(), "code_reuse")
             self.request.idhub_reason = "code_reuse"
             raise InvalidGrantError("the authorization code was already used")
         if status == "expired":
@@ -92,20 +109,20 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
         return _Code(record)
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        issuer = _issuer(self)
+        minter = self.minter
         client: Client = self.request.client.client
         record: CodeRecord = self.request.authorization_code.record
-        user = issuer.user(record.user_id)
+        user = minter.active_user(record.user_id)
         scopes = record.scope.split()
         audience = client.resolve_audience(record.resource) or client.audience
-        token, claims = issuer.user_access_token(
+        token, claims = minter.user_access_token(
             client, user, audience=audience, scopes=scopes, auth_time=int(record.auth_time)
         )
         refresh = None
         if client.allows_grant("refresh_token"):
-            refresh, refresh_hash, expires_at = issuer.new_refresh_token()
-            issuer.store.start_family(
-                Family(
+            refresh, refresh_hash, expires_at = minter.new_refresh_token()
+            self.tokens.start_family(
+                RefreshFamily(
                     id=record.code_hash,
                     client_id=client.client_id,
                     user_id=user.id,
@@ -116,12 +133,12 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
                     revoked_at=None,
                 ),
                 token_hash=refresh_hash,
-                issued_at=issuer.clock.now(),
+                issued_at=self.clock.now(),
                 expires_at=expires_at,
             )
         id_token = None
         if "openid" in scopes:
-            id_token = issuer.id_token(
+            id_token = minter.id_token(
                 client,
                 user,
                 scopes,
@@ -133,29 +150,29 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
                 sid=record.sid,
             )
         try:
-            issuer.record(
+            minter.record_issuance(
                 EventType.TOKEN_ISSUED,
                 client,
                 target=user.sub,
-                ctx=_ctx(self),
+                ctx=self.audit_ctx,
                 details=issued_details(self.GRANT_TYPE, claims, refresh_token=bool(refresh)),
             )
         except TemporarilyUnavailable:
             # Nothing leaves, so nothing may stay used up: the client can simply retry.
-            issuer.store.release_code(record.code_hash)
+            self.tokens.release_code(record.code_hash)
             raise
-        body = issuer.body(token, claims, refresh=refresh, id_token=id_token)
+        body = token_body(token, claims, refresh=refresh, id_token=id_token)
         return 200, body, default_json_headers
 
 
 # ---------------------------------------------------------------- refresh token
 
 
-class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
     """Refresh with rotation on every use; a rotated token presented again revokes its family.
 
     Lookup, reuse detection, scope check and rotation happen in one transaction
-    (`SqlTokenStore.rotate`), so two racing requests with one token cannot both succeed.
+    (`RefreshStorage.rotate`), so two racing requests with one token cannot both succeed.
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
@@ -165,35 +182,35 @@ class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         self.request.client = client
         self.request.refresh_token = require_param(self.request.form, "refresh_token")
 
-    def _reuse(self, issuer: Issuer, family: Family) -> None:
+    def _reuse(self, minter: TokenMinter, family: RefreshFamily) -> None:
         """An already-rotated token came back: the family is revoked; record it, refuse."""
         client = self.request.client.client
-        issuer.record(
+        minter.record_issuance(
             EventType.REFRESH_REUSE_DETECTED,
             client,
             target=str(family.user_id),
             outcome="denied",
-            ctx=_ctx(self),
+            ctx=self.audit_ctx,
             details={"family": family.id[:12], "client_id": family.client_id},
         )
         self.request.idhub_reason = "refresh_token_reuse"
         raise InvalidGrantError("the refresh token was already used; the grant is revoked")
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        issuer = _issuer(self)
+        minter = self.minter
         client: Client = self.request.client.client
         requested = (self.request.payload.scope or "").split()
-        refresh, new_hash, expires_at = issuer.new_refresh_token()
-        status, family = issuer.store.rotate(
-            issuer.refresh_hasher.hash(self.request.refresh_token),
+        refresh, new_hash, expires_at = minter.new_refresh_token()
+        status, family = self.tokens.rotate(
+            minter.refresh_hash(self.request.refresh_token),
             new_hash=new_hash,
-            now=issuer.clock.now(),
+            now=self.clock.now(),
             expires_at=expires_at,
             client_id=client.client_id,
             scope=requested,
         )
         if status == "reused" and family is not None:
-            self._reuse(issuer, family)
+            self._reuse(minter, family)
         if status == "invalid_scope":
             raise InvalidScopeError("the scope exceeds what was originally granted")
         if status != "ok" or family is None:
@@ -202,10 +219,10 @@ class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
                 if status == "unknown"
                 else f"the refresh token is {status}"
             )
-        user = issuer.user(family.user_id)
+        user = minter.active_user(family.user_id)
         scopes = requested or family.scope.split()
         audience = family.audience or client.audience
-        token, claims = issuer.user_access_token(
+        token, claims = minter.user_access_token(
             client,
             user,
             audience=audience,
@@ -213,34 +230,32 @@ class RotatingRefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
             auth_time=int(family.auth_time) if family.auth_time else None,
         )
         try:
-            issuer.record(
+            minter.record_issuance(
                 EventType.TOKEN_REFRESHED,
                 client,
                 target=user.sub,
-                ctx=_ctx(self),
+                ctx=self.audit_ctx,
                 details=issued_details(self.GRANT_TYPE, claims, family=family.id[:12]),
             )
         except TemporarilyUnavailable:
             # The new refresh token never reaches the client: put the old one back, or its
             # retry would look like reuse and revoke the whole family.
-            issuer.store.undo_rotation(
-                issuer.refresh_hasher.hash(self.request.refresh_token), new_hash
-            )
+            self.tokens.undo_rotation(minter.refresh_hash(self.request.refresh_token), new_hash)
             raise
         # No new ID token: OIDC Core 12.2 lets a refresh response omit it, and an RS256
         # signature would double the cost of every refresh.
-        body = issuer.body(token, claims, refresh=refresh)
+        body = token_body(token, claims, refresh=refresh)
         return 200, body, default_json_headers
 
 
 # ---------------------------------------------------------------- client credentials
 
 
-class ServiceGrant(ClientCredentialsGrant):  # type: ignore[misc]
+class ServiceGrant(GrantSupport, ClientCredentialsGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_METHODS
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        issuer = _issuer(self)
+        minter = self.minter
         client: Client = self.request.client.client
         form = self.request.form
         audience = client.resolve_audience(form.get("resource") or form.get("audience"))
@@ -255,14 +270,14 @@ class ServiceGrant(ClientCredentialsGrant):  # type: ignore[misc]
             # Without a scope the client gets what it is registered for, minus sign-in scopes.
             user_only = {"openid", "profile", "email", "phone", "groups", "offline_access"}
             scopes = [s for s in client.scopes if s not in user_only]
-        token, claims = issuer.access_tokens.issue(
+        token, claims = minter.service_access_token(
             client, sub=client.client_id, audience=audience, scopes=scopes
         )
-        issuer.record(
+        minter.record_issuance(
             EventType.TOKEN_ISSUED,
             client,
             target=client.client_id,
-            ctx=_ctx(self),
+            ctx=self.audit_ctx,
             details=issued_details(self.GRANT_TYPE, claims),
         )
-        return 200, issuer.body(token, claims), default_json_headers
+        return 200, token_body(token, claims), default_json_headers

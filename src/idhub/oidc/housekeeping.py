@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from idhub.adapters.token_store import SqlTokenStore
 from idhub.core.clock import Clock
+from idhub.core.token_storage import TokenPurge
 
 log = logging.getLogger("idhub.oidc")
 
 
 class TokenHousekeeping:
-    def __init__(self, store: SqlTokenStore, clock: Clock, *, interval: float = 600.0) -> None:
+    def __init__(self, store: TokenPurge, clock: Clock, *, interval: float = 600.0) -> None:
         self._store = store
         self._clock = clock
         self._interval = interval

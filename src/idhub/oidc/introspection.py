@@ -11,13 +11,15 @@ from typing import Any
 
 from authlib.consts import default_json_headers
 
-from idhub.core.audit import Actor, EventType, RequestContext
-from idhub.core.claims import role_claims, user_claims
+from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clients import Client
+from idhub.core.clock import Clock
+from idhub.core.identity import IdentityStore
+from idhub.core.token_storage import RefreshStorage, TokenStorage
 from idhub.oidc.client_auth import AuthlibClient
-from idhub.oidc.issuer import Issuer
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
-from idhub.oidc.tokens import InvalidToken
+from idhub.oidc.minter import TokenMinter
+from idhub.oidc.tokens import AccessTokens, InvalidToken
 
 _CLAIMS_OUT = (
     "scope",
@@ -51,8 +53,22 @@ def _concerns(client: Client, claims: dict[str, Any]) -> bool:
 
 
 class TokenEndpoints:
-    def __init__(self, issuer: Issuer) -> None:
-        self._issuer = issuer
+    def __init__(
+        self,
+        *,
+        access_tokens: AccessTokens,
+        minter: TokenMinter,
+        tokens: TokenStorage,
+        identity: IdentityStore,
+        audit: Auditor,
+        clock: Clock,
+    ) -> None:
+        self._access_tokens = access_tokens
+        self._minter = minter
+        self._tokens = tokens
+        self._identity = identity
+        self._audit = audit
+        self._clock = clock
 
     # ------------------------------------------------------------------ introspection
 
@@ -74,7 +90,7 @@ class TokenEndpoints:
 
     def _introspect_access(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
         try:
-            claims = self._issuer.access_tokens.verify(token)
+            claims = self._access_tokens.verify(token)
         except InvalidToken as exc:
             return None, exc.reason
         if not _concerns(client, claims):
@@ -84,7 +100,7 @@ class TokenEndpoints:
         return out, ""
 
     def _introspect_refresh(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
-        found = self._issuer.store.find_refresh(self._issuer.refresh_hasher.hash(token))
+        found = self._tokens.find_refresh(self._minter.refresh_hash(token))
         if found is None:
             return None, "unknown token"
         family, expires_at, rotated_at = found
@@ -92,9 +108,9 @@ class TokenEndpoints:
             return None, "refresh token of another client"
         if family.revoked_at is not None or rotated_at is not None:
             return None, "revoked or rotated refresh token"
-        if expires_at <= self._issuer.clock.now():
+        if expires_at <= self._clock.now():
             return None, "expired refresh token"
-        user = self._issuer.identity.get_user(family.user_id)
+        user = self._identity.get_user(family.user_id)
         out: dict[str, Any] = {
             "active": True,
             "token_type": "refresh_token",
@@ -107,7 +123,7 @@ class TokenEndpoints:
         return out, ""
 
     def _inactive(self, client: Client, reason: str, ctx: RequestContext | None) -> None:
-        self._issuer.audit.record(
+        self._audit.record(
             EventType.TOKEN_INTROSPECTED_INACTIVE,
             actor=Actor("client", client.client_id),
             outcome="failure",
@@ -127,25 +143,25 @@ class TokenEndpoints:
             return _json(
                 400, {"error": "unsupported_token_type", "error_description": "unknown token type"}
             )
-        now = self._issuer.clock.now()
+        now = self._clock.now()
         what: dict[str, Any] | None = None
         if token.count(".") == 2 and hint != "refresh_token":
             try:
-                claims = self._issuer.access_tokens.verify_offline(token)
+                claims = self._access_tokens.verify_offline(token)
             except InvalidToken:
                 claims = None
             if claims is not None and claims.get("client_id") == client.client_id:
-                self._issuer.store.revoke_jti(
+                self._tokens.revoke_jti(
                     str(claims["jti"]), expires_at=float(claims["exp"]), now=now
                 )
                 what = {"token_type": "access_token", "jti": claims["jti"]}
         else:
-            found = self._issuer.store.find_refresh(self._issuer.refresh_hasher.hash(token))
+            found = self._tokens.find_refresh(self._minter.refresh_hash(token))
             if found is not None and found[0].client_id == client.client_id:
-                self._issuer.store.revoke_family(found[0].id, now, "revoked_by_client")
+                self._tokens.revoke_family(found[0].id, now, "revoked_by_client")
                 what = {"token_type": "refresh_token", "family": found[0].id[:12]}
         if what is not None:
-            self._issuer.audit.record(
+            self._audit.record(
                 EventType.TOKEN_REVOKED,
                 actor=Actor("client", client.client_id),
                 details=what,
@@ -170,36 +186,29 @@ class TokenEndpoints:
                 401, [("WWW-Authenticate", "Bearer")], {"error": "invalid_token"}
             )
         try:
-            claims = self._issuer.access_tokens.verify(bearer_token)
+            claims = self._access_tokens.verify(bearer_token)
         except InvalidToken:
             return refuse(401, "invalid_token", "the access token is not valid")
         scopes = str(claims.get("scope", "")).split()
         if "openid" not in scopes:
             return refuse(403, "insufficient_scope", "the token was not issued with scope openid")
-        user = self._issuer.identity.get_user_by_sub(str(claims["sub"]))
+        user = self._identity.get_user_by_sub(str(claims["sub"]))
         if user is None or user.disabled:
             return refuse(401, "invalid_token", "the user of this token is not active")
-        info = user_claims(user, scopes, groups=self._issuer.identity.user_groups)
-        aud = claims.get("aud")
-        if isinstance(aud, str):
-            info.update(
-                role_claims(user, aud, roles=self._issuer.roles(), domains=self._issuer.domains)
-            )
-        return _json(200, info)
+        return _json(200, self._minter.userinfo_claims(user, scopes, claims.get("aud")))
 
 
 class TokensRevoker:
     """`services.tokens_revoker`: ends refresh-token families when sessions end."""
 
-    def __init__(self, issuer: Issuer) -> None:
-        self._issuer = issuer
+    def __init__(self, families: RefreshStorage, clock: Clock) -> None:
+        self._families = families
+        self._clock = clock
 
     def revoke_families_for_session(self, sid: str, *, reason: str = "logout") -> int:
-        return self._issuer.store.revoke_families_where(
-            now=self._issuer.clock.now(), reason=reason, sid=sid
-        )
+        return self._families.revoke_families_where(now=self._clock.now(), reason=reason, sid=sid)
 
     def revoke_families_for_user(self, user_id: int, *, reason: str = "logout_everywhere") -> int:
-        return self._issuer.store.revoke_families_where(
-            now=self._issuer.clock.now(), reason=reason, user_id=user_id
+        return self._families.revoke_families_where(
+            now=self._clock.now(), reason=reason, user_id=user_id
         )

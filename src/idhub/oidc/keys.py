@@ -18,10 +18,10 @@ from typing import Any
 
 from joserfc import jwk
 
-from idhub.adapters.key_store import KeyRow, SqlKeyStore
 from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
 from idhub.core.crypto import Sealer
+from idhub.core.signing_keys import SigningKeyRecord, SigningKeyStorage
 from idhub.errors import ConfigError, InvalidInput
 
 ALGS = ("RS256", "ES256", "EdDSA")
@@ -63,7 +63,7 @@ class _Loaded:
 class KeyStore:
     def __init__(
         self,
-        store: SqlKeyStore,
+        store: SigningKeyStorage,
         sealer: Sealer,
         audit: Auditor,
         *,
@@ -102,7 +102,7 @@ class KeyStore:
         self._keys, self._active = keys, active
         self._jwks = self._build_jwks()
 
-    def _open(self, row: KeyRow) -> _Loaded:
+    def _open(self, row: SigningKeyRecord) -> _Loaded:
         pem = self._sealer.open(row.private_enc, aad=row.kid.encode())
         key_type = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}[row.alg]
         private = jwk.import_key(pem, key_type)  # type: ignore[call-overload]
@@ -193,7 +193,7 @@ class KeyStore:
         public = {**key.as_dict(private=False), "kid": kid, "alg": alg, "use": "sig"}
         sealed = self._sealer.seal(key.as_pem(private=True), aad=kid.encode())
         retired = self._store.add_active(
-            KeyRow(kid, alg, public, sealed, now, now, None, None),
+            SigningKeyRecord(kid, alg, public, sealed, now, now, None, None),
             retire_until=now + self._retire_for,
         )
         self.invalidate()

@@ -9,7 +9,7 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from authlib.common.security import is_secure_transport
@@ -18,25 +18,18 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     OAuth2Error,
 )
-from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters.token_store import CodeRecord
-from idhub.core.audit import Actor, EventType
-from idhub.core.clients import ClientRegistry
+from idhub.core.audit import Actor, Auditor, EventType
+from idhub.core.clients import Client, ClientRegistry
+from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
-from idhub.errors import AuditError, ConfigError
+from idhub.core.token_storage import CodeRecord, TokenStorage
+from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
 from idhub.oidc.exchange import TokenExchangeGrant
-from idhub.oidc.grants import (
-    CodeGrant,
-    Issuer,
-    RotatingRefreshGrant,
-    S256Only,
-    ServiceGrant,
-    TemporarilyUnavailable,
-)
+from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
     AuthorizationErrorRedirect,
     AuthorizationPageError,
@@ -44,6 +37,9 @@ from idhub.oidc.messages import (
     OAuthRequestData,
     OAuthResponseData,
 )
+from idhub.oidc.minter import TokenMinter
+from idhub.oidc.protocol_errors import TemporarilyUnavailable
+from idhub.oidc.tokens import AccessTokens
 
 log = logging.getLogger("idhub.oidc")
 
@@ -64,6 +60,27 @@ _SINGLE = (
 )
 
 
+class _Refused(Exception):
+    """An authorization request refused after its redirect URI was trusted (sent back there)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def _max_age(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        max_age = int(value)
+    except ValueError:
+        raise _Refused("invalid_request", "max_age must be a whole number") from None
+    if max_age < 0:
+        raise _Refused("invalid_request", "max_age must not be negative")
+    return max_age
+
+
 class Provider:
     """`services.oidc`."""
 
@@ -72,7 +89,11 @@ class Provider:
         *,
         issuer_url: str,
         registry: ClientRegistry,
-        issuer: Issuer,
+        minter: TokenMinter,
+        tokens: TokenStorage,
+        access_tokens: AccessTokens,
+        audit: Auditor,
+        clock: Clock,
         code_ttl: int,
         assertion_auth: PrivateKeyJWT,
         userinfo: Callable[[str], OAuthResponseData],
@@ -86,12 +107,16 @@ class Provider:
             )
         self.issuer_url = issuer_url
         self.registry = registry
-        self.issuer = issuer
         self.code_ttl = code_ttl
+        self._tokens = tokens
+        self._audit = audit
+        self._clock = clock
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
-        server = AuthlibServer(registry, issuer)
+        server = AuthlibServer(
+            registry, minter=minter, tokens=tokens, access_tokens=access_tokens, clock=clock
+        )
         server.register_grant(CodeGrant, [S256Only(required=True)])
         server.register_grant(RotatingRefreshGrant)
         server.register_grant(ServiceGrant)
@@ -108,7 +133,18 @@ class Provider:
         (show a page, never redirect) and `AuthorizationErrorRedirect` for every other
         protocol error (send its 302).
         """
-        params = data.params
+        client, redirect_uri = self._require_trusted_target(data.params)
+        state = data.params.get("state")
+        try:
+            return self._checked_request(data, client, redirect_uri)
+        except _Refused as refused:
+            response = self._redirect(
+                redirect_uri, state, error=refused.error, error_description=refused.description
+            )
+            raise AuthorizationErrorRedirect(response, refused.error, refused.description) from None
+
+    def _require_trusted_target(self, params: Mapping[str, str]) -> tuple[Client, str]:
+        """The client and redirect URI an error may be sent back to; a page error otherwise."""
         if "request" in params or "request_uri" in params:
             raise AuthorizationPageError(
                 "request_not_supported", "request objects are not supported"
@@ -122,55 +158,35 @@ class Provider:
             raise AuthorizationPageError(
                 "invalid_request", "the redirect URI is not registered for this application"
             )
-        state = params.get("state")
+        return client, redirect_uri
 
-        def fail(error: str, description: str) -> AuthorizationErrorRedirect:
-            response = self._redirect(
-                redirect_uri, state, error=error, error_description=description
-            )
-            return AuthorizationErrorRedirect(response, error, description)
-
-        for name in _SINGLE:
-            if len(data.multi.get(name, ())) > 1:
-                raise fail("invalid_request", f"'{name}' is repeated")
-        request = IdhubRequest(data)
-        try:
-            grant = self.server.get_authorization_grant(request)
-            grant.validate_consent_request()
-        except OAuth2Error as exc:
-            raise fail(exc.error or "invalid_request", exc.description or exc.error or "") from None
-        scopes = tuple(str(request.scope or "").split())
-        if not scopes:
-            raise fail("invalid_scope", "none of the requested scopes is allowed for this client")
+    def _checked_request(
+        self, data: OAuthRequestData, client: Client, redirect_uri: str
+    ) -> AuthorizationRequest:
+        params = data.params
+        scopes = self._granted_scopes(data)
         challenge = params.get("code_challenge")
         method = params.get("code_challenge_method")
         if challenge and method != "S256":
-            raise fail("invalid_request", "code_challenge_method must be S256")
+            raise _Refused("invalid_request", "code_challenge_method must be S256")
         if client.public and not challenge:
-            raise fail("invalid_request", "public clients must use PKCE (S256)")
+            raise _Refused("invalid_request", "public clients must use PKCE (S256)")
         prompt = frozenset((params.get("prompt") or "").split())
         if not prompt <= PROMPTS or ("none" in prompt and len(prompt) > 1):
-            raise fail("invalid_request", "prompt is not valid")
-        max_age = None
-        if params.get("max_age"):
-            try:
-                max_age = int(params["max_age"])
-            except ValueError:
-                raise fail("invalid_request", "max_age must be a whole number") from None
-            if max_age < 0:
-                raise fail("invalid_request", "max_age must not be negative")
+            raise _Refused("invalid_request", "prompt is not valid")
+        max_age = _max_age(params.get("max_age"))
         resource = params.get("resource") or None
         audience = client.resolve_audience(resource)
         if audience is None:
-            raise fail("invalid_target", "this client may not obtain tokens for that resource")
+            raise _Refused("invalid_target", "this client may not obtain tokens for that resource")
         if params.get("response_mode") not in (None, "", "query"):
-            raise fail("invalid_request", "only response_mode=query is supported")
+            raise _Refused("invalid_request", "only response_mode=query is supported")
         return AuthorizationRequest(
             client=client,
             redirect_uri=redirect_uri,
             response_type="code",
             scopes=scopes,
-            state=state,
+            state=params.get("state"),
             nonce=params.get("nonce") or None,
             prompt=prompt,
             max_age=max_age,
@@ -181,6 +197,26 @@ class Provider:
             audience=audience,
             ui_locales=params.get("ui_locales") or None,
         )
+
+    def _granted_scopes(self, data: OAuthRequestData) -> tuple[str, ...]:
+        """authlib's checks of the request; the scopes left after narrowing to the client."""
+        for name in _SINGLE:
+            if len(data.multi.get(name, ())) > 1:
+                raise _Refused("invalid_request", f"'{name}' is repeated")
+        request = IdhubRequest(data)
+        try:
+            grant = self.server.get_authorization_grant(request)
+            grant.validate_consent_request()
+        except OAuth2Error as exc:
+            raise _Refused(
+                exc.error or "invalid_request", exc.description or exc.error or ""
+            ) from None
+        scopes = tuple(str(request.scope or "").split())
+        if not scopes:
+            raise _Refused(
+                "invalid_scope", "none of the requested scopes is allowed for this client"
+            )
+        return scopes
 
     def authorize(
         self,
@@ -194,8 +230,8 @@ class Provider:
     ) -> OAuthResponseData:
         """Issues the code for a signed-in (and consenting) user: 302 with code, state, iss."""
         code = new_token(32)
-        now = self.issuer.clock.now()
-        self.issuer.store.save_code(
+        now = self._clock.now()
+        self._tokens.save_code(
             CodeRecord(
                 code_hash=sha256_hex(code),
                 client_id=req.client.client_id,
@@ -242,7 +278,7 @@ class Provider:
             response = self._unavailable()
         except UnicodeDecodeError:
             response = self._bad_credentials()
-        except SQLAlchemyError:
+        except StorageError:
             log.exception("token request failed on the database")
             return self._unavailable("the database is not reachable; try again later")
         if response.status >= 400 and isinstance(response.body, dict):
@@ -265,7 +301,7 @@ class Provider:
         if request.idhub_reason:
             details["reason"] = request.idhub_reason
         claimed = client or str(request.form.get("client_id") or "")[:100] or None
-        self.issuer.audit.record(
+        self._audit.record(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
@@ -318,7 +354,7 @@ class Provider:
             return self._unavailable()
         except UnicodeDecodeError:
             return self._bad_credentials()
-        except SQLAlchemyError:
+        except StorageError:
             log.exception("%s request failed on the database", endpoint)
             return self._unavailable("the database is not reachable; try again later")
 

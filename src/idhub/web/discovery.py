@@ -82,20 +82,29 @@ class _StaticJson:
         await send({"type": "http.response.body", "body": body})
 
 
+class _JwksBody:
+    """The JWKS as bytes, serialised again only when the key set object changes."""
+
+    def __init__(self, jwks: Callable[[], dict[str, Any]]) -> None:
+        self._jwks = jwks
+        self._source: dict[str, Any] | None = None
+        self._body = b""
+
+    def __call__(self) -> bytes:
+        current = self._jwks()
+        if current is not self._source:
+            self._body = json.dumps(current).encode()
+            self._source = current
+        return self._body
+
+
 def routes(services: Services) -> list[BaseRoute]:
     config_body = json.dumps(configuration(services.settings.server.issuer)).encode()
-    cached: dict[str, Any] = {"source": None, "body": b""}
-
-    def jwks_body() -> bytes:
-        current = services.keys.jwks()
-        if current is not cached["source"]:
-            cached["body"] = json.dumps(current).encode()
-            cached["source"] = current
-        return bytes(cached["body"])
-
     metadata = _StaticJson(lambda: config_body, JSON)
+    # Looked up per request: the key store (and the secret it needs) is built on first use.
+    jwks = _StaticJson(_JwksBody(lambda: services.keys.jwks()), "application/jwk-set+json")
     return [
         Route("/.well-known/openid-configuration", metadata, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", metadata, methods=["GET"]),
-        Route("/jwks", _StaticJson(jwks_body, "application/jwk-set+json"), methods=["GET"]),
+        Route("/jwks", jwks, methods=["GET"]),
     ]

@@ -21,10 +21,17 @@ STATUS: Mapping[type[errors.IdhubError], int] = {
     errors.InvalidInput: 400,
     errors.AuthenticationFailed: 401,
     errors.PolicyError: 400,
+    errors.StorageUnavailable: 503,
     errors.StorageError: 503,
     errors.AuditError: 503,
     errors.DirectoryError: 502,
     errors.ConfigError: 500,
+}
+
+# What a user reads instead of the error's own message, which names internals (the store
+# method that failed) that belong in the log only.
+MESSAGES: Mapping[type[errors.IdhubError], str] = {
+    errors.StorageUnavailable: "The database cannot be reached right now; try again shortly.",
 }
 
 
@@ -33,6 +40,13 @@ def status_for(exc: errors.IdhubError) -> int:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+def message_for(exc: errors.IdhubError) -> str:
+    for cls in type(exc).__mro__:
+        if cls in MESSAGES:
+            return MESSAGES[cls]
+    return exc.message
 
 
 def wants_html(request: Request) -> bool:
@@ -57,7 +71,7 @@ async def _idhub_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc)
-    return error_response(request, status, exc.code, exc.message)
+    return error_response(request, status, exc.code, message_for(exc))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

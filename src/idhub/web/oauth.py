@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+from idhub.oidc.server import Provider
 from idhub.web.middleware import request_context
 
 FORM_TYPE = "application/x-www-form-urlencoded"
@@ -33,22 +34,18 @@ class BadForm(Exception):
 
 
 async def oauth_request(request: Request, services: Services) -> OAuthRequestData:
+    """The provider's view of a request (see `read_oauth_request`) for `services`' issuer."""
+    return await read_oauth_request(request, issuer=services.settings.server.issuer)
+
+
+async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestData:
     """The provider's view of a request: query parameters for GET, the urlencoded form for POST.
 
     The URI is built from the configured issuer, never from the Host header.
     """
-    uri = services.settings.server.issuer.rstrip("/") + request.url.path
+    uri = issuer.rstrip("/") + request.url.path
     if request.method == "POST":
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != FORM_TYPE:
-            raise BadForm(f"the request body must be {FORM_TYPE}")
-        body = await request.body()
-        if len(body) > MAX_FORM:
-            raise BadForm("the request body is too large")
-        try:
-            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
-        except UnicodeDecodeError:
-            raise BadForm("the request body is not UTF-8") from None
+        pairs = await _form_pairs(request)
     else:
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
     params, multi = _collect(pairs)
@@ -60,6 +57,19 @@ async def oauth_request(request: Request, services: Services) -> OAuthRequestDat
         multi=multi,
         ctx=request_context(request),
     )
+
+
+async def _form_pairs(request: Request) -> list[tuple[str, str]]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != FORM_TYPE:
+        raise BadForm(f"the request body must be {FORM_TYPE}")
+    body = await request.body()
+    if len(body) > MAX_FORM:
+        raise BadForm("the request body is too large")
+    try:
+        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError:
+        raise BadForm("the request body is not UTF-8") from None
 
 
 def to_response(data: OAuthResponseData) -> Response:
@@ -92,38 +102,47 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
-def routes(services: Services) -> list[BaseRoute]:
-    provider = services.oidc
+class OAuthEndpoints:
+    """`/token`, `/introspect`, `/revoke` (form posts, RFC 6749 / 7662 / 7009) and `/userinfo`;
+    the provider's work runs in the threadpool."""
+
+    def __init__(self, *, provider: Provider, issuer: str) -> None:
+        self._provider = provider
+        self._issuer = issuer
 
     def form_endpoint(
-        handle: Callable[[OAuthRequestData], OAuthResponseData],
+        self, handle: Callable[[OAuthRequestData], OAuthResponseData]
     ) -> Callable[[Request], Awaitable[Response]]:
-        """A form-posting endpoint (RFC 6749 token, RFC 7662, RFC 7009) run in the threadpool."""
-
         async def endpoint(request: Request) -> Response:
             try:
-                data = await oauth_request(request, services)
+                data = await read_oauth_request(request, issuer=self._issuer)
             except BadForm as exc:
                 return _bad_request(str(exc))
             return to_response(await run_in_threadpool(handle, data))
 
         return endpoint
 
-    async def userinfo(request: Request) -> Response:
+    async def userinfo(self, request: Request) -> Response:
         token = bearer_token(request)
         if token is None and request.method == "POST":
             # RFC 6750 2.2: the token may come as a form field instead.
             try:
-                data = await oauth_request(request, services)
+                data = await read_oauth_request(request, issuer=self._issuer)
                 token = data.params.get("access_token")
             except BadForm:
                 token = None
-        response = await run_in_threadpool(provider.userinfo, token or "")
-        return to_response(response)
+        return to_response(await run_in_threadpool(self._provider.userinfo, token or ""))
 
-    return [
-        Route("/token", form_endpoint(provider.token), methods=["POST"]),
-        Route("/introspect", form_endpoint(provider.introspect), methods=["POST"]),
-        Route("/revoke", form_endpoint(provider.revoke), methods=["POST"]),
-        Route("/userinfo", userinfo, methods=["GET", "POST"]),
-    ]
+    def routes(self) -> list[BaseRoute]:
+        provider = self._provider
+        return [
+            Route("/token", self.form_endpoint(provider.token), methods=["POST"]),
+            Route("/introspect", self.form_endpoint(provider.introspect), methods=["POST"]),
+            Route("/revoke", self.form_endpoint(provider.revoke), methods=["POST"]),
+            Route("/userinfo", self.userinfo, methods=["GET", "POST"]),
+        ]
+
+
+def routes(services: Services) -> list[BaseRoute]:
+    endpoints = OAuthEndpoints(provider=services.oidc, issuer=services.settings.server.issuer)
+    return endpoints.routes()

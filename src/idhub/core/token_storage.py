@@ -1,0 +1,119 @@
+"""What the token side keeps between requests, as records and the storage interfaces the
+adapters implement: authorization codes, refresh-token families, revoked access-token ids and
+used client-assertion ids.
+
+Nothing in these records is a usable credential: codes are kept by SHA-256, refresh tokens by
+keyed hash. Every "first use or replay" decision is the store's to make atomically, so two
+replicas racing on one code or refresh token cannot both win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+CodeStatus = Literal["ok", "unknown", "used", "expired"]
+RefreshStatus = Literal["ok", "unknown", "reused", "revoked", "expired", "invalid_scope"]
+
+
+@dataclass(frozen=True)
+class CodeRecord:
+    code_hash: str
+    client_id: str
+    user_id: int
+    redirect_uri: str
+    scope: str
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    resource: str | None
+    sid: str | None
+    auth_time: float
+    acr: str | None
+    amr: list[str]
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class RefreshFamily:
+    """The refresh tokens descending from one grant; revoking it ends them all."""
+
+    id: str
+    client_id: str
+    user_id: int
+    sid: str | None
+    scope: str
+    audience: str | None
+    auth_time: float | None
+    revoked_at: float | None
+
+
+class CodeStorage(Protocol):
+    def save_code(self, record: CodeRecord) -> None: ...
+
+    def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
+        """Marks the code used (first use only) and returns it with what happened."""
+        ...
+
+    def release_code(self, code_hash: str) -> None:
+        """Makes a consumed code usable again and drops the family its use started."""
+        ...
+
+
+class RefreshStorage(Protocol):
+    def start_family(
+        self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
+    ) -> None: ...
+
+    def rotate(
+        self,
+        token_hash: str,
+        *,
+        new_hash: str,
+        now: float,
+        expires_at: float,
+        client_id: str,
+        scope: list[str] | None = None,
+    ) -> tuple[RefreshStatus, RefreshFamily | None]:
+        """Swaps a current refresh token for a new one in one transaction; a rotated token
+        presented again revokes its family ("reused")."""
+        ...
+
+    def undo_rotation(self, old_hash: str, new_hash: str) -> None: ...
+
+    def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
+        """(family, expires_at, rotated_at) of a refresh token."""
+        ...
+
+    def revoke_family(self, family_id: str, now: float, reason: str) -> int: ...
+
+    def revoke_families_where(
+        self, *, now: float, reason: str, sid: str | None = None, user_id: int | None = None
+    ) -> int: ...
+
+
+class AccessTokenRevocations(Protocol):
+    def revoke_jti(self, jti: str, *, expires_at: float, now: float) -> None:
+        """Idempotent (RFC 7009): revoking twice is not an error."""
+        ...
+
+    def is_revoked(self, jti: str) -> bool: ...
+
+
+class AssertionLedger(Protocol):
+    def use_assertion(self, client_id: str, jti: str, *, expires_at: float) -> bool:
+        """Records a client assertion id; False if it was seen before (a replay)."""
+        ...
+
+
+class TokenPurge(Protocol):
+    def purge(self, now: float, *, grace: float = 86400.0) -> dict[str, int]:
+        """Drops rows that can no longer matter; returns how many of each kind."""
+        ...
+
+
+class TokenStorage(
+    CodeStorage, RefreshStorage, AccessTokenRevocations, AssertionLedger, TokenPurge, Protocol
+):
+    """Everything above in one store (what the SQL adapter provides)."""

@@ -1,0 +1,27 @@
+"""The OAuth error answers authlib does not ship, and the parameter check every grant uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
+
+
+class TemporarilyUnavailable(OAuth2Error):  # type: ignore[misc]
+    """A 503 the client may simply retry: the audit trail or the database is down."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+
+
+class InvalidTarget(OAuth2Error):  # type: ignore[misc]
+    """RFC 8707: the requested resource is unknown or not allowed for this client."""
+
+    error = "invalid_target"
+
+
+def require_param(form: Any, name: str) -> str:
+    value = form.get(name)
+    if not value:
+        raise InvalidRequestError(f"missing '{name}' parameter")
+    return str(value)

@@ -1,0 +1,115 @@
+"""A database that cannot be reached surfaces as `StorageUnavailable` from the stores the token
+side uses, and the token endpoint answers it with a 503 `temporarily_unavailable`, not a 500."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, create_engine
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from idhub.adapters.client_store import SqlClientStore
+from idhub.adapters.database import check_database_reachable
+from idhub.adapters.key_store import SqlKeyStore
+from idhub.adapters.token_store import SqlTokenStore
+from idhub.bootstrap import Services
+from idhub.config import Settings
+from idhub.core.token_storage import RefreshFamily
+from idhub.errors import StorageError, StorageUnavailable
+from idhub.web.errors import exception_handlers
+from tests.conftest import free_port, serve, serve_asgi
+from tests.oidc_support import RP, web_client
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def unreachable_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An engine whose every connection fails: an SQLite file in a directory that does not
+    exist, or PostgreSQL on a 127.0.0.1 port nobody listens on."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'idhub.db'}"
+        engine = create_engine(url)
+    else:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/idhub"
+        engine = create_engine(url, connect_args={"connect_timeout": 2})
+    yield engine
+    engine.dispose()
+
+
+def test_store_calls_raise_storage_unavailable(unreachable_engine: Engine) -> None:
+    tokens = SqlTokenStore(unreachable_engine)
+    calls: list[Callable[[], object]] = [
+        lambda: tokens.consume_code("h", 0.0),
+        lambda: tokens.is_revoked("jti"),
+        lambda: tokens.use_assertion("oa", "jti", expires_at=1.0),
+        lambda: tokens.revoke_jti("jti", expires_at=1.0, now=0.0),
+        lambda: tokens.rotate("h", new_hash="n", now=0.0, expires_at=1.0, client_id="oa"),
+        lambda: tokens.start_family(
+            RefreshFamily("f", "oa", 1, None, "openid", "oa", 0.0, None),
+            token_hash="h",
+            issued_at=0.0,
+            expires_at=1.0,
+        ),
+        lambda: tokens.purge(0.0),
+        lambda: SqlKeyStore(unreachable_engine).all(),
+        lambda: SqlKeyStore(unreachable_engine).version(),
+        lambda: SqlClientStore(unreachable_engine).get("oa"),
+    ]
+    for call in calls:
+        with pytest.raises(StorageUnavailable) as raised:
+            call()
+        assert raised.value.code == "storage_unavailable"
+        assert isinstance(raised.value, StorageError)
+        assert raised.value.__cause__ is not None
+    assert check_database_reachable(unreachable_engine) is False
+
+
+def test_token_endpoint_answers_503_when_the_token_store_is_unreachable(
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    sqlite_db_url: str,
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    services = make_services(make_settings(sqlite_db_url, issuer=f"http://127.0.0.1:{port}"))
+    services.migrate()
+    services.keys.ensure_active(lambda _line: None)
+    _, secret = web_client(services, "oa")
+    broken = create_engine(f"sqlite:///{tmp_path / 'missing' / 'idhub.db'}")
+    # Clients, keys and audit stay on the working database: only the token store is cut off.
+    services.token_store = SqlTokenStore(broken)  # type: ignore[misc]
+    auth = ("oa", secret or "")
+    with serve(services, port) as url:
+        code = httpx.post(
+            url + "/token",
+            data={"grant_type": "authorization_code", "code": "c", "redirect_uri": RP},
+            auth=auth,
+        )
+        refresh = httpx.post(
+            url + "/token", data={"grant_type": "refresh_token", "refresh_token": "r"}, auth=auth
+        )
+        revoke = httpx.post(url + "/revoke", data={"token": "r"}, auth=auth)
+    broken.dispose()
+    for response in (code, refresh, revoke):
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "temporarily_unavailable"
+        assert "database" in response.json()["error_description"]
+
+
+def test_storage_unavailable_is_a_503_with_a_plain_sentence() -> None:
+    def fail(request: Request) -> Response:
+        raise StorageUnavailable("SqlTokenStore.rotate: the database cannot be reached")
+
+    app = Starlette(routes=[Route("/x", fail)], exception_handlers=exception_handlers())
+    with serve_asgi(app) as url:
+        response = httpx.get(url + "/x")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["error"] == "storage_unavailable"
+    assert "SqlTokenStore" not in body["error_description"]
+    assert body["error_description"].endswith(".")
