@@ -255,18 +255,19 @@ class Runtime:
         )
 
     def readiness_of(self, name: str, *, stopped: str | None = None) -> str:
-        """ "ok", or why `name` is not: stopped while the runtime runs, or failing."""
-        if name not in self._slots or not self.started:
+        """`ok`, or why `name` is not: stopped while the runtime runs, or failing (its last
+        run raised). A process that never started the runtime (the CLI) is not unready."""
+        if name not in self._slots:
             return "ok"
         health = self.health(name)
-        if not health.running:
+        if self.started and not health.running:
             return stopped or f"{name} stopped"
         if health.failures:
             return f"{name} failing ({health.failures} in a row): {health.last_error}"
         return "ok"
 
     def readiness(self, names: Iterable[str] | None = None) -> str:
-        """ "ok", or every job that is stopped or failing, one after another."""
+        """`ok`, or every job that is stopped or failing, one after another."""
         problems = [
             state
             for state in (self.readiness_of(name) for name in (names or self._slots))
