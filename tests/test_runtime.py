@@ -210,3 +210,15 @@ def test_readyz_shows_a_failing_background_job(live_server: LiveServer) -> None:
     finally:
         services.runtime.remove("flaky")
     assert httpx.get(f"{live_server.url}/readyz").status_code == 200
+
+
+def test_a_failed_prepare_fails_the_start_and_leaves_nothing_running(runtime: Runtime) -> None:
+    def broken() -> None:
+        raise RuntimeError("cannot prepare")
+
+    runtime.add(Job(name="first", run_once=lambda: None, interval=1.0))
+    runtime.add(Job(name="second", run_once=lambda: None, interval=1.0, prepare=broken))
+    with pytest.raises(RuntimeError, match="cannot prepare"):
+        runtime.start()
+    assert not runtime.started
+    assert not runtime.health("first").running and not runtime.health("second").running

@@ -124,8 +124,13 @@ class Runtime:
             if self.started:
                 return
             self.started = True
-        for name in self._slots:
-            self.start_job(name)
+        try:
+            for name in self._slots:
+                self.start_job(name)
+        except BaseException:
+            # A job that cannot even prepare fails the start; nothing is left running.
+            self.stop()
+            raise
         for signum in self._signals:
             try:
                 self._previous_handlers[signum] = signal.signal(signum, self.handle_signal)

@@ -72,7 +72,6 @@ class AuthzService:
         state: PolicyStateStore | None = None,
         decisions: str = "sampled",
         sample_rate: float = 0.01,
-        poll_interval: float = 5.0,
         changes: Callable[[], set[str]] | None = None,
         keep: Callable[[PolicySet], None] | None = None,
         fallback: Loader | None = None,
@@ -85,7 +84,6 @@ class AuthzService:
         self._state = state
         self._decisions = decisions
         self._sample_rate = sample_rate
-        self.poll_interval = poll_interval
         # Returns the policy files changed since the last call (waiting briefly for some).
         self._changes = changes
         # `keep` saves a copy of each policy that passed; `fallback` loads that copy.

@@ -35,14 +35,10 @@ class SyncScheduler:
         self._run = run
         self._last_full_at = last_full_at
         self._clock = clock
-        self.interval = max(1.0, interval)
-        self._full_interval = max(self.interval, full_interval)
+        self._interval = max(1.0, interval)
+        self._full_interval = max(self._interval, full_interval)
         # Checked between sources, so a shutdown does not wait for every source's round.
         self._stopping = stopping
-
-    @property
-    def sources(self) -> list[str]:
-        return list(self._sources)
 
     def run_due(self) -> None:
         for name in self._sources:
