@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def test_syslog_udp_sink_sends_rfc5424(
     services.audit.record(EventType.KEY_CREATED, actor=Actor.system())  # before the sink existed
     shipper = services.audit_shipper
     assert shipper is not None
-    shipper.start()
+    services.runtime.start_job("audit-sinks")
     try:
         services.audit.record(
             EventType.LOGIN_FAILED,
@@ -76,7 +77,7 @@ def test_syslog_udp_sink_sends_rfc5424(
         services.audit.record(EventType.TOKEN_ISSUED, actor=Actor("client", "oa"), target="oa")
         messages = [udp_listener.recv(65535) for _ in range(2)]
     finally:
-        shipper.stop()
+        services.runtime.stop_job("audit-sinks")
     first = RFC5424.match(messages[0])
     assert first is not None, messages[0]
     assert int(first["pri"]) == 10 * 8 + 5  # authpriv.notice for a failure
@@ -132,7 +133,7 @@ def test_syslog_tcp_sink_retries_until_the_collector_is_up(
         assert shipper.ship_once() == 3
         assert shipper.readiness() == "ok"
     finally:
-        shipper.stop()
+        shipper.close()
         reader.join(10)
         server.close()
     # Octet counting (RFC 6587): "LEN SP MSG" repeated.
@@ -159,10 +160,10 @@ def test_jsonl_sink_copies_the_chain_and_resumes_after_restart(
         services.audit.record(EventType.SYNC_CHANGE, actor=Actor.system("sync"), target=f"a{i}")
     shipper = services.audit_shipper
     assert shipper is not None
-    shipper.start()
+    services.runtime.start_job("audit-sinks")
     services.audit.record(EventType.SYNC_RUN, actor=Actor.system("sync"))
     _wait(lambda: sink.exists() and len(sink.read_text().splitlines()) == 4)
-    shipper.stop()
+    services.runtime.stop_job("audit-sinks")
 
     # Another process (a fresh Services) appends while nothing ships; a restarted shipper
     # picks up exactly where the file ends.
@@ -225,18 +226,18 @@ def test_two_workers_shipping_one_file_never_duplicate(
     toml = f'[audit]\njsonl_path = "{sink}"\n'
     workers = [make_services(make_settings(db_url, toml=toml)) for _ in range(2)]
     shippers = [w.audit_shipper for w in workers]
-    for shipper in shippers:
+    for worker, shipper in zip(workers, shippers, strict=True):
         assert shipper is not None
-        shipper._interval = 0.01  # poll hard so the two really race
-        shipper.start()
+        job = worker.runtime.job("audit-sinks")
+        worker.runtime.replace(replace(job, interval=0.01))  # poll hard so the two really race
+        worker.runtime.start_job("audit-sinks")
     try:
         for i in range(150):
             workers[i % 2].audit.record(EventType.TOKEN_ISSUED, actor=Actor("client", "oa"),
                                         target=str(i))  # fmt: skip
         _wait(lambda: sink.exists() and len(sink.read_text().splitlines()) >= 150)
     finally:
-        for shipper in shippers:
-            assert shipper is not None
-            shipper.stop()
+        for worker in workers:
+            worker.runtime.stop_job("audit-sinks")
     seqs = [json.loads(line)["seq"] for line in sink.read_text(encoding="utf-8").splitlines()]
     assert seqs == list(range(1, 151))

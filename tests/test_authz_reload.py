@@ -148,7 +148,7 @@ def test_file_watcher_and_sighup_reload(make: Callable[..., Services], policy_di
     services = make(watch=True)
     seed(services)
     authz = services.authz
-    authz.start()
+    services.runtime.start()
     try:
         first = authz.engine.version
         csv = policy_dir / "oa.csv"
@@ -156,23 +156,23 @@ def test_file_watcher_and_sighup_reload(make: Callable[..., Services], policy_di
         assert wait_for(lambda: authz.engine.version != first), "watcher did not reload"
         assert can_publish_notice(services)
     finally:
-        authz.stop()
+        services.runtime.stop()
 
     # SIGHUP (the watcher is stopped now, so only the signal can trigger this reload)
     services2 = make(watch=False)
     authz2 = services2.authz
-    authz2.start()
+    services2.runtime.start()
     try:
         second = authz2.engine.version
         csv.write_text(csv.read_text(encoding="utf-8").replace(NEW_LINE, ""), encoding="utf-8")
         # Never send SIGHUP unless our handler is in place: the default action ends the process.
-        assert signal.getsignal(signal.SIGHUP) == authz2._on_sighup
+        assert signal.getsignal(signal.SIGHUP) == services2.runtime.handle_signal
         os.kill(os.getpid(), signal.SIGHUP)
         assert wait_for(lambda: authz2.engine.version != second), "SIGHUP did not reload"
         assert not can_publish_notice(services2)
     finally:
-        authz2.stop()
-    assert signal.getsignal(signal.SIGHUP) is not authz2._on_sighup
+        services2.runtime.stop()
+    assert signal.getsignal(signal.SIGHUP) is not services2.runtime.handle_signal
 
 
 def test_replicas_follow_published_versions_and_directory_changes(

@@ -405,8 +405,7 @@ def test_serve_runs_syncs_in_the_background(
     toml = "[sync]\ninterval = 1\n\n" + source_toml(ldap)
     server = make_live_server(db_url, toml=toml, env=SOURCE_ENV)
     services: Services = server.services
-    scheduler = services.sync_scheduler
-    assert scheduler.running
+    assert services.runtime.health("directory-sync").running
 
     def synced_users() -> int:
         with services.engine.connect() as conn:

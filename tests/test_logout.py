@@ -217,7 +217,7 @@ def test_deliveries_are_retried_then_given_up(
     clock = FrozenClock(time.time() - 30)
     services = make_services(make_settings(db_url, issuer=f"http://127.0.0.1:{port}"), clock=clock)
     # This test drives deliveries itself, step by step, instead of the server's worker.
-    services.startup_hooks.remove(services._start_logout_worker)
+    services.runtime.remove("logout-delivery")
     with serve(services, port) as issuer, _rp(issuer) as rp:
         dead = f"http://127.0.0.1:{free_port()}/nobody-listens"
         register_client(services, "oa", backchannel_logout_uri=rp.uri("oa"))
@@ -306,13 +306,13 @@ def test_readiness_reports_the_delivery_worker(live_server: LiveServer) -> None:
     services = live_server.services
     ready = httpx.get(f"{live_server.url}/readyz").json()
     assert ready["checks"]["logout_delivery"] == "ok"
-    services.logout_worker.stop()
+    services.runtime.stop_job("logout-delivery")
     try:
         stopped = httpx.get(f"{live_server.url}/readyz")
         assert stopped.status_code == 503
         assert stopped.json()["checks"]["logout_delivery"] == "back-channel logout worker stopped"
     finally:
-        services.logout_worker.start()
+        services.runtime.start_job("logout-delivery")
 
 
 @pytest.mark.parametrize(

@@ -108,7 +108,7 @@ def test_housekeeping_drops_only_what_can_no_longer_matter(
     store.revoke_jti("j2", expires_at=now + 10 * 86400, now=now)
     assert store.use_assertion("oa", "a1", expires_at=now + 60)
     clock.advance(2 * 86400)
-    removed = services.token_housekeeping.run_once()
+    removed = services.token_housekeeping.purge_once()
     assert removed == {
         "codes": 1,
         "refresh_tokens": 1,

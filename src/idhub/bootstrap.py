@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from idhub.adapters.database import apply_migrations, create_db_engine
 from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
+from idhub.runtime import Job, Runtime
 
 if TYPE_CHECKING:
     from idhub.adapters.audit_archive import AuditArchives
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from idhub.adapters.ldap import LdapDirectory
     from idhub.adapters.logout_delivery import DeliveryWorker
     from idhub.adapters.policy_files import PolicyFiles
+    from idhub.adapters.policy_watch import PolicyDirChanges
     from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.core.audit import Auditor
@@ -65,9 +67,9 @@ class Services:
         # until a hook runs). `echo` prints progress for `idhub init`.
         self.init_steps: list[Callable[[Callable[[str], None]], None]] = []
         self.demo_steps: list[Callable[[Callable[[str], None]], None]] = []
-        # Run by the web app's lifespan (start background workers / stop them); must be quick.
-        self.startup_hooks: list[Callable[[], None]] = []
-        self.shutdown_hooks: list[Callable[[], None]] = []
+        # The background jobs of a server process, started and stopped by the web app's
+        # lifespan; registering one builds nothing until the runtime starts it.
+        self.runtime = Runtime(now=self.clock.now)
         # name -> probe returning "ok" or a short reason, shown by /readyz.
         self.readiness_checks: dict[str, Callable[[], str]] = {}
         self._register_hooks()
@@ -75,26 +77,23 @@ class Services:
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
         self.init_steps.append(self._ensure_signing_keys)
-        self.startup_hooks.append(self._start_token_housekeeping)
-        self.shutdown_hooks.append(self._stop_token_housekeeping)
-        # --- sessions/login hooks (demo users, logout delivery worker) ---
+        self._add_token_housekeeping_job()
+        # --- sessions/login hooks (demo users, logout delivery and session housekeeping) ---
         self.demo_steps.append(self._seed_demo)
-        self.startup_hooks.append(self._start_logout_worker)
-        self.shutdown_hooks.append(self._stop_logout_worker)
+        self._add_logout_jobs()
         self.readiness_checks["logout_delivery"] = self._logout_delivery_ready
-        # --- authorization hooks (policy load/watch, readiness) ---
-        self.startup_hooks.append(self._start_authz)
-        self.shutdown_hooks.append(self._stop_authz)
+        # --- authorization hooks (policy load, poll, watch, SIGHUP, warm-up; readiness) ---
+        self._add_authz_jobs()
         self.readiness_checks["policy"] = self._authz_ready
         # --- directory sync hooks (scheduler) ---
-        self.startup_hooks.append(self._start_sync_scheduler)
-        self.shutdown_hooks.append(self._stop_sync_scheduler)
+        if self.settings.ldap_sources:
+            self._add_sync_job()
         # --- audit hooks (sinks) ---
         if self.settings.audit.jsonl_path is not None or self.settings.audit.syslog:
-            self.startup_hooks.append(self._start_audit_sinks)
-            self.shutdown_hooks.append(self._stop_audit_sinks)
+            self._add_audit_sinks_job()
             self.readiness_checks["audit_sinks"] = self._audit_sinks_ready
-        pass
+        # --- background jobs: any stopped or failing one shows in /readyz ---
+        self.readiness_checks["background_jobs"] = self.runtime.readiness
 
     @cached_property
     def engine(self) -> Engine:
@@ -128,16 +127,28 @@ class Services:
 
         return build_shipper(self.audit_log, self.settings)
 
-    def _start_audit_sinks(self) -> None:
-        if self.audit_shipper is not None:
-            self.audit_shipper.start()
+    def _add_audit_sinks_job(self) -> None:
+        def shipper() -> AuditShipper:
+            shipper = self.audit_shipper
+            assert shipper is not None, "registered only when a sink is configured"
+            return shipper
 
-    def _stop_audit_sinks(self) -> None:
-        if self.audit_shipper is not None:
-            self.audit_shipper.stop()
+        self.runtime.add(
+            Job(
+                name="audit-sinks",
+                run_once=lambda: shipper().ship_once(),
+                interval=1.0,
+                wake_on=lambda listener: self.audit_log.listeners.append(listener),
+                prepare=lambda: shipper().prepare(),
+                finish=lambda: shipper().close(),
+            )
+        )
 
     def _audit_sinks_ready(self) -> str:
-        return "ok" if self.audit_shipper is None else self.audit_shipper.readiness()
+        if "audit_shipper" not in self.__dict__ or self.audit_shipper is None:
+            return "ok"
+        stopped = self.runtime.readiness_of("audit-sinks", stopped="audit shipper stopped")
+        return stopped if stopped != "ok" else self.audit_shipper.readiness()
 
     # --- identity / directory store ----------------------------------------------------------
 
@@ -275,12 +286,18 @@ class Services:
 
         return TokenHousekeeping(self.token_store, self.clock)
 
-    def _start_token_housekeeping(self) -> None:
-        self.token_housekeeping.start()
-
-    def _stop_token_housekeeping(self) -> None:
-        if "token_housekeeping" in self.__dict__:
-            self.token_housekeeping.stop()
+    def _add_token_housekeeping_job(self) -> None:
+        # Waits a full interval first: start-up is busy enough, and a restart loop must not
+        # purge in a burst.
+        self.runtime.add(
+            Job(
+                name="token-housekeeping",
+                run_once=lambda: self.token_housekeeping.purge_once(),
+                interval=600.0,
+                delay=600.0,
+                retry=30.0,
+            )
+        )
 
     # --- sessions, login, logout ---------------------------------------------------------------
 
@@ -366,30 +383,47 @@ class Services:
     @cached_property
     def logout_worker(self) -> DeliveryWorker:
         from idhub.adapters.logout_delivery import DeliveryWorker
+
+        return DeliveryWorker(self.logout)
+
+    def _purge_old_sessions(self) -> None:
         from idhub.adapters.session_store import SqlDeliveryStore
 
-        deliveries = SqlDeliveryStore(self.engine)
+        # Ended sessions are kept a week (support questions), delivered logouts 30 days,
+        # failed ones 90 days; then they are removed.
+        now = self.clock.now()
+        self.session_store.purge_ended(now - 7 * 86400)
+        SqlDeliveryStore(self.engine).purge(
+            delivered_before=now - 30 * 86400, failed_before=now - 90 * 86400
+        )
 
-        def housekeeping() -> None:
-            # Ended sessions are kept a week (support questions), delivered logouts 30 days,
-            # failed ones 90 days; then they are removed.
-            now = self.clock.now()
-            self.session_store.purge_ended(now - 7 * 86400)
-            deliveries.purge(delivered_before=now - 30 * 86400, failed_before=now - 90 * 86400)
-
-        return DeliveryWorker(self.logout, housekeeping=housekeeping)
-
-    def _start_logout_worker(self) -> None:
-        self.logout_worker.start()
+    def _add_logout_jobs(self) -> None:
+        # Woken at once when a logout queued deliveries; the poll catches retries that came
+        # due and other replicas' logouts.
+        self.runtime.add(
+            Job(
+                name="logout-delivery",
+                run_once=lambda: self.logout_worker.deliver_due(),
+                interval=2.0,
+                delay=2.0,
+                wake_on=lambda listener: self.logout.on_queued(listener),
+                retry=2.0,
+            )
+        )
+        self.runtime.add(
+            Job(
+                name="session-housekeeping",
+                run_once=self._purge_old_sessions,
+                interval=3600.0,
+                delay=60.0,
+                retry=60.0,
+            )
+        )
 
     def _logout_delivery_ready(self) -> str:
-        if "logout_worker" not in self.__dict__ or self.logout_worker.running:
-            return "ok"
-        return "back-channel logout worker stopped"
-
-    def _stop_logout_worker(self) -> None:
-        if "logout_worker" in self.__dict__:
-            self.logout_worker.stop()
+        return self.runtime.readiness_of(
+            "logout-delivery", stopped="back-channel logout worker stopped"
+        )
 
     def _seed_demo(self, echo: Callable[[str], None]) -> None:
         from idhub.demo import seed_demo
@@ -403,7 +437,7 @@ class Services:
         from functools import partial
 
         from idhub.adapters.directory_view import SqlDirectoryView
-        from idhub.adapters.policy_files import keep_last_good, load_policy_dir, watch_policy_dir
+        from idhub.adapters.policy_files import keep_last_good, load_policy_dir
         from idhub.adapters.policy_state import SqlPolicyState
         from idhub.core.authz.service import AuthzService
 
@@ -418,17 +452,59 @@ class Services:
             state=SqlPolicyState(self.engine),
             decisions=self.settings.audit.decisions,
             sample_rate=self.settings.audit.sample_rate,
-            watch=partial(watch_policy_dir, policy.dir) if policy.watch else None,
+            changes=self.policy_changes.take if policy.watch else None,
             keep=partial(keep_last_good, into=last_good),
             fallback=partial(load_policy_dir, last_good),
         )
 
-    def _start_authz(self) -> None:
-        self.authz.start()
+    @cached_property
+    def policy_changes(self) -> PolicyDirChanges:
+        from idhub.adapters.policy_watch import PolicyDirChanges
 
-    def _stop_authz(self) -> None:
-        if "authz" in self.__dict__:
-            self.authz.stop()
+        return PolicyDirChanges(self.settings.policy.dir)
+
+    def _add_authz_jobs(self) -> None:
+        import signal
+
+        # Registered first: the policy is loaded (prepare) before the warm-up listens, so
+        # the start-up load is not warmed, only the engines swapped in later.
+        self.runtime.add(
+            Job(
+                name="policy-poll",
+                run_once=lambda: self.authz.poll_once(),
+                interval=5.0,
+                delay=5.0,
+                prepare=lambda: self.authz.load_for_serving(),
+            )
+        )
+        self.runtime.add(
+            Job(
+                name="policy-warm",
+                run_once=lambda: self.authz.warm_once(),
+                interval=None,
+                wake_on=lambda listener: self.authz.on_swapped(listener),
+            )
+        )
+        if self.settings.policy.watch:
+            self.runtime.add(
+                Job(
+                    name="policy-watch",
+                    run_once=lambda: self.authz.check_files_once(),
+                    interval=0.5,
+                    retry=1.0,
+                    finish=lambda: self.policy_changes.close(),
+                )
+            )
+        # SIGHUP reloads the policy: the handler only wakes this job.
+        self.runtime.add(
+            Job(
+                name="policy-reload",
+                run_once=lambda: self.authz.reload(trigger="SIGHUP"),
+                interval=None,
+            )
+        )
+        if hasattr(signal, "SIGHUP"):
+            self.runtime.on_signal(signal.SIGHUP, "policy-reload")
 
     def _authz_ready(self) -> str:
         return self.authz.readiness() if "authz" in self.__dict__ else "not started"
@@ -493,15 +569,24 @@ class Services:
             clock=self.clock,
             interval=self.settings.sync.interval,
             full_interval=self.settings.sync.full_interval,
+            stopping=lambda: self.runtime.check_stopping("directory-sync"),
         )
 
-    def _start_sync_scheduler(self) -> None:
-        if self.settings.ldap_sources:
-            self.sync_scheduler.start()
+    def _add_sync_job(self) -> None:
+        # The same floor the scheduler applies; a short pause first so start-up (migrations,
+        # key loading) is not slowed down.
+        interval = max(1.0, self.settings.sync.interval)
+        self.runtime.add(
+            Job(
+                name="directory-sync",
+                run_once=lambda: self.sync_scheduler.run_due(),
+                interval=interval,
+                delay=min(5.0, interval),
+                finish=self._close_password_verifiers,
+            )
+        )
 
-    def _stop_sync_scheduler(self) -> None:
-        if "sync_scheduler" in self.__dict__:
-            self.sync_scheduler.stop()
+    def _close_password_verifiers(self) -> None:
         if "password_verifiers" in self.__dict__:
             for verifier in self.password_verifiers.values():
                 close = getattr(verifier, "close", None)

@@ -1,6 +1,6 @@
 """Streaming copies of the audit trail for a SIEM: a JSON-lines file and syslog (RFC 5424).
 
-A shipper thread tails the audit table in chain order - so it sees the events of every
+A shipper tails the audit table in chain order - so it sees the events of every
 process and replica writing to the database, not only its own - and hands new events to
 each sink. Each sink remembers how far it got (the JSON-lines file by its own last line,
 syslog by a cursor file), so a restart resumes where it stopped: delivery is at-least-once,
@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import socket
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -202,50 +201,28 @@ def _sd_escape(value: str) -> str:
 
 
 class AuditShipper:
-    """The background thread feeding the sinks; `ship_once` is the whole job, the thread
-    only repeats it when woken by a local append or after `interval` seconds."""
+    """Feeds the sinks; `ship_once` is the whole job. A server runs it as a background job,
+    woken by a local append (`SqlAuditLog.listeners`) or after a second for others' appends."""
 
-    def __init__(self, audit: SqlAuditLog, sinks: Sequence[Sink], *, interval: float = 1.0) -> None:
+    def __init__(self, audit: SqlAuditLog, sinks: Sequence[Sink]) -> None:
         self._audit = audit
         self.sinks = list(sinks)
-        self._interval = interval
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.errors: dict[str, str] = {}
-        audit.listeners.append(self._wake.set)
 
-    def start(self) -> None:
-        if self._thread is None:
-            # Fixed now, not when the thread first runs: what is recorded after `start`
-            # returns is always shipped.
-            for sink in self.sinks:
-                try:
-                    if sink.position() is None:
-                        self._start_position(sink)
-                except (OSError, AuditError) as exc:
-                    self.errors[sink.name] = str(exc)
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._run, name="idhub-audit-shipper", daemon=True
-            )
-            self._thread.start()
+    def prepare(self) -> None:
+        """Fixes each new sink's start position now, not at the first round: what is
+        recorded after a server started is always shipped."""
+        for sink in self.sinks:
+            try:
+                if sink.position() is None:
+                    self._start_position(sink)
+            except (OSError, AuditError) as exc:
+                self.errors[sink.name] = str(exc)
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+    def close(self) -> None:
         self.ship_once()  # what arrived during shutdown still goes out
         for sink in self.sinks:
             sink.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.clear()
-            self.ship_once()
-            self._wake.wait(self._interval)
 
     def ship_once(self) -> int:
         """Delivers everything new to every sink; returns the number of events delivered."""

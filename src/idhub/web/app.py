@@ -42,13 +42,13 @@ def create_app(services: Services) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        for hook in services.startup_hooks:
-            hook()
+        # Background jobs (logout delivery, syncs, policy reloads, audit sinks, ...) run
+        # while the app serves; stopping joins them within a bound.
+        services.runtime.start()
         try:
             yield
         finally:
-            for hook in reversed(services.shutdown_hooks):
-                hook()
+            services.runtime.stop()
 
     app = Starlette(
         routes=routes,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import logging
 import random
-import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -73,8 +72,7 @@ class AuthzService:
         state: PolicyStateStore | None = None,
         decisions: str = "sampled",
         sample_rate: float = 0.01,
-        poll_interval: float = 5.0,
-        watch: Callable[[Callable[[set[str]], None], threading.Event], None] | None = None,
+        changes: Callable[[], set[str]] | None = None,
         keep: Callable[[PolicySet], None] | None = None,
         fallback: Loader | None = None,
     ) -> None:
@@ -86,8 +84,8 @@ class AuthzService:
         self._state = state
         self._decisions = decisions
         self._sample_rate = sample_rate
-        self._poll_interval = poll_interval
-        self._watch = watch
+        # Returns the policy files changed since the last call (waiting briefly for some).
+        self._changes = changes
         # `keep` saves a copy of each policy that passed; `fallback` loads that copy.
         self._keep = keep
         self._fallback = fallback
@@ -96,10 +94,10 @@ class AuthzService:
         self._attempted = False
         self._directory_fp = ""
         self._reload_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._rejected_published: str | None = None
-        self._previous_sighup: Any = None
+        self._swap_listeners: list[Callable[[], None]] = []
+        self._to_warm: Engine | None = None
+        self._warmed: Engine | None = None
         self.metrics = Metrics()
         self._random = random.Random()  # noqa: S311 - sampling, not security
 
@@ -263,11 +261,27 @@ class AuthzService:
         except IdhubError as exc:
             log.error("could not record %s: %s", event, exc)
 
+    def on_swapped(self, listener: Callable[[], None]) -> None:
+        """`listener` is called after a new engine was swapped in (a server then runs
+        `warm_once` in the background)."""
+        self._swap_listeners.append(listener)
+
     def _warm_later(self, engine: Engine) -> None:
         """Computes every user's roles after the swap instead of before it: reloads stay short,
         and a request arriving first computes its own user's roles (microseconds)."""
-        if self._threads:  # only in a serving process
-            threading.Thread(target=engine.warm, name="idhub-policy-warm", daemon=True).start()
+        if self._swap_listeners:  # only in a serving process
+            self._to_warm = engine
+            for listener in self._swap_listeners:
+                listener()
+
+    def warm_once(self) -> bool:
+        """Warms the engine swapped in last, if not done yet; True if there was one."""
+        engine = self._to_warm
+        if engine is None or engine is self._warmed or engine is not self._engine:
+            return False  # done already, or replaced meanwhile by a newer one (queued itself)
+        self._warmed = engine
+        engine.warm()
+        return True
 
     def refresh_directory(self) -> bool:
         """Recompiles the serving policy if the directory moved; True if it did."""
@@ -298,7 +312,7 @@ class AuthzService:
         return True
 
     def poll_once(self) -> None:
-        """One round of the background loop: published versions, then the directory."""
+        """One round of the background poll: published versions, then the directory."""
         if self._state is not None:
             latest = self._state.latest()
             serving = self._engine.policy.version if self._engine is not None else None
@@ -313,71 +327,24 @@ class AuthzService:
                     self._rejected_published = latest.version
         self.refresh_directory()
 
-    # ------------------------------------------------------------------ background
+    # ------------------------------------------------------------------ serving
 
-    def start(self) -> None:
-        """Loads the policy now and starts watching files, published versions and SIGHUP."""
-        self._stop.clear()
+    def load_for_serving(self) -> None:
+        """Loads the policy now, at server start; a failure leaves the server unready (the
+        next file change, published version or SIGHUP may fix it) rather than down."""
         try:
             _ = self.engine
         except PolicyError as exc:
-            # Serve unready rather than not at all: a fixed file is picked up by the watcher.
             log.error("%s", exc)
-        poller = threading.Thread(target=self._poll_loop, name="idhub-policy-poll", daemon=True)
-        self._threads = [poller]
-        if self._watch is not None:
-            watch = self._watch
-            watcher = threading.Thread(
-                target=self._watch_loop,
-                args=(watch,),
-                name="idhub-policy-watch",
-                daemon=True,
-            )
-            self._threads.append(watcher)
-        for thread in self._threads:
-            thread.start()
-        try:
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
-        except (ValueError, AttributeError, OSError):
-            log.debug("SIGHUP reload not available outside the main thread")
 
-    def stop(self) -> None:
-        if self._previous_sighup is not None:
-            try:
-                signal.signal(signal.SIGHUP, self._previous_sighup)
-            except (ValueError, OSError):
-                pass
-            self._previous_sighup = None
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-
-    def _watch_loop(
-        self, watch: Callable[[Callable[[set[str]], None], threading.Event], None]
-    ) -> None:
-        try:
-            watch(self._on_files_changed, self._stop)
-        except Exception:
-            log.exception(
-                "policy file watcher stopped; SIGHUP and `idhub policy reload` still work"
-            )
-
-    def _on_files_changed(self, paths: set[str]) -> None:
-        self.reload(trigger="files changed")
-
-    def _on_sighup(self, _signum: int, _frame: object) -> None:
-        threading.Thread(target=self.reload, kwargs={"trigger": "SIGHUP"}, daemon=True).start()
-
-    def _poll_loop(self) -> None:
-        while not self._stop.wait(self._poll_interval):
-            try:
-                self.poll_once()
-            except IdhubError as exc:
-                log.warning("policy poll failed: %s", exc)
-            except Exception:
-                # A background thread must never die silently or take the process with it.
-                log.exception("policy poll failed")
+    def check_files_once(self) -> bool:
+        """Reloads if policy files changed since the last call; True if they had."""
+        if self._changes is None:
+            return False
+        changed = self._changes()
+        if changed:
+            self.reload(trigger="files changed")
+        return bool(changed)
 
     def readiness(self) -> str:
         if self._engine is None:

@@ -1,14 +1,13 @@
-"""The background loop of `idhub serve`: an incremental sync of every source each
+"""The background sync of `idhub serve`: an incremental sync of every source each
 `interval` seconds, a full reconcile each `full_interval` seconds.
 
-Several replicas (or uvicorn workers) may all run this loop; the per-source lease in the
+Several replicas (or uvicorn workers) may all run this job; the per-source lease in the
 database makes sure only one of them syncs a source at a time, the others skip that round.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 
 from idhub.core.clock import Clock
@@ -18,6 +17,9 @@ log = logging.getLogger(__name__)
 
 
 class SyncScheduler:
+    """Decides, per source and round, between an incremental sync and a full reconcile; a
+    server runs `run_due` as a background job every `interval` seconds."""
+
     def __init__(
         self,
         *,
@@ -27,6 +29,7 @@ class SyncScheduler:
         clock: Clock,
         interval: float,
         full_interval: float,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sources = list(sources)
         self._run = run
@@ -34,29 +37,12 @@ class SyncScheduler:
         self._clock = clock
         self._interval = max(1.0, interval)
         self._full_interval = max(self._interval, full_interval)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Checked between sources, so a shutdown does not wait for every source's round.
+        self._stopping = stopping
 
-    def start(self) -> None:
-        if not self._sources or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="idhub-sync", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def run_once(self) -> None:
+    def run_due(self) -> None:
         for name in self._sources:
-            if self._stop.is_set():
+            if self._stopping():
                 return
             last = self._last_full_at(name)
             full = last is None or self._clock.now() - last >= self._full_interval
@@ -69,11 +55,3 @@ class SyncScheduler:
                 log.warning("sync of %s did not complete: %s", name, exc)
             except Exception:
                 log.exception("sync of %s failed unexpectedly", name)
-
-    def _loop(self) -> None:
-        # A short pause first so start-up (migrations, key loading) is not slowed down.
-        if self._stop.wait(min(5.0, self._interval)):
-            return
-        while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(self._interval)
