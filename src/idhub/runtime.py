@@ -260,25 +260,33 @@ class Runtime:
         )
 
     def readiness_of(self, name: str, *, stopped: str | None = None) -> str:
-        """`ok`, or why `name` is not: stopped while the runtime runs, or failing (its last
-        run raised). A process that never started the runtime (the CLI) is not unready."""
+        """`ok`, or why `name` stops this process from serving: stopped while the runtime runs.
+        A process that never started the runtime (the CLI) is not unready. A job that runs but
+        fails is a warning (`warnings`), not a reason to take the replica out of the balancer:
+        LDAP or a sink being down must not take every replica out at once."""
         if name not in self._slots:
             return "ok"
-        health = self.health(name)
-        if self.started and not health.running:
+        if self.started and not self.health(name).running:
             return stopped or f"{name} stopped"
-        if health.failures:
-            return f"{name} failing ({health.failures} in a row): {health.last_error}"
         return "ok"
 
     def readiness(self, names: Iterable[str] | None = None) -> str:
-        """`ok`, or every job that is stopped or failing, one after another."""
+        """`ok`, or every job that is stopped, one after another."""
         problems = [
             state
             for state in (self.readiness_of(name) for name in (names or self._slots))
             if state != "ok"
         ]
         return "; ".join(problems) or "ok"
+
+    def warnings(self) -> list[str]:
+        """Every job whose last run failed, with the error: shown by `/readyz`, not failing it."""
+        found = []
+        for name in list(self._slots):
+            health = self.health(name)
+            if health.failures:
+                found.append(f"{name} failing ({health.failures} in a row): {health.last_error}")
+        return found
 
     @staticmethod
     def _alive(slot: _Slot) -> bool:
