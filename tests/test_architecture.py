@@ -24,9 +24,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "uvicorn",
         "httpx",
         "alembic",
+        # Settings are read by config and passed in as values, never looked up from core.
+        "idhub.config",
     ),
     "adapters": ("idhub.oidc", "idhub.web", "idhub.cli", "idhub.bootstrap", "starlette", "uvicorn"),
-    "oidc": ("idhub.web", "idhub.cli", "starlette", "uvicorn"),
+    # The provider works on storage Protocols; which database sits behind them is bootstrap's.
+    "oidc": ("idhub.web", "idhub.cli", "idhub.adapters", "sqlalchemy", "starlette", "uvicorn"),
     "sdk": (
         "idhub.core",
         "idhub.adapters",
@@ -38,8 +41,24 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "sqlalchemy",
         "authlib",
     ),
-    "web": ("idhub.cli",),
+    # Routes parse, call a service and render; storage is reached only through Services.
+    "web": ("idhub.cli", "idhub.adapters", "sqlalchemy"),
+    "cli": ("idhub.adapters", "sqlalchemy"),
+    "bootstrap": ("idhub.cli", "idhub.web"),
+    # The supervisor runs the jobs it is handed; it knows nothing of what they do.
+    "runtime": (
+        "idhub.core",
+        "idhub.adapters",
+        "idhub.oidc",
+        "idhub.web",
+        "idhub.cli",
+        "idhub.bootstrap",
+        "starlette",
+        "sqlalchemy",
+    ),
 }
+# Route handlers stay short: a longer one is holding a decision that belongs in core/ or oidc/.
+MAX_WEB_FUNCTION_LINES = 60
 STARLETTE_ALLOWED = ("web", "sdk/starlette.py", "cli")
 
 
@@ -56,6 +75,105 @@ def _imports(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append((node.lineno, node.module))
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """Every name an import may load when the module runs (inside functions too), without the
+    `if TYPE_CHECKING:` blocks, which never run."""
+    found: set[str] = set()
+
+    class Visitor(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if _is_type_checking(node.test):
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node: ast.Import) -> None:
+            found.update(alias.name for alias in node.names)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.module and node.level == 0:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)
+
+    Visitor().visit(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
+    return found
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """module -> the project modules it imports at run time."""
+    paths = {
+        _module_name(p, root): p for p in sorted(root.rglob("*.py")) if "migrations" not in p.parts
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for imported in _runtime_imports(path):
+            while imported and imported not in paths:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name:
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return cycles
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        f"{path.name}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
 
 
 def _layer(path: Path) -> str:
@@ -102,3 +220,37 @@ def test_rule_catches_a_wrong_arrow(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from idhub.web.app import create_app\n", encoding="utf-8")
     assert _matches(_imports(bad)[0][1], FORBIDDEN["core"])
+
+
+def test_no_import_cycles() -> None:
+    cycles = find_cycles(import_graph(SRC))
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_web_functions_are_short() -> None:
+    found = [
+        line
+        for path in sorted((SRC / "web").rglob("*.py"))
+        for line in long_functions(path, MAX_WEB_FUNCTION_LINES)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_cycle_and_length_checks_can_fail(tmp_path: Path) -> None:
+    """The checkers themselves must be able to fail."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "a.py").write_text("from pkg.b import x\n", encoding="utf-8")
+    (pkg / "b.py").write_text("def f():\n    from pkg import a\n", encoding="utf-8")
+    (pkg / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n",
+        encoding="utf-8",
+    )
+    (pkg / "d.py").write_text("import pkg.c\n", encoding="utf-8")
+    assert find_cycles(import_graph(pkg)) == [["pkg.a", "pkg.b"]]
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    (pkg / "long.py").write_text(f"def handler():\n{body}\n", encoding="utf-8")
+    assert long_functions(pkg / "long.py", MAX_WEB_FUNCTION_LINES) == [
+        "long.py:1 handler is 62 lines"
+    ]
