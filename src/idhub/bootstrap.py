@@ -520,22 +520,18 @@ class Services:
     def directory_sync(self, name: str) -> DirectorySync:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
         from idhub.adapters.directory_store import lease_owner
-        from idhub.adapters.ldap import LdapDirectory
         from idhub.core.directory.sync import DirectorySync
-        from idhub.errors import NotFound
 
-        source = self.settings.ldap_sources.get(name)
-        if source is None:
-            known = ", ".join(sorted(self.settings.ldap_sources)) or "none configured"
-            raise NotFound(f"no LDAP source named {name!r} (known: {known})")
+        directory = self.ldap_directory(name)  # raises NotFound naming the configured sources
+        source = self.settings.ldap_sources[name]
         ratio = source.max_disable_ratio
         return DirectorySync(
             source_name=source.source,
-            directory=LdapDirectory(source),
+            directory=directory,
             store=self.directory_store,
             audit=self.audit,
             clock=self.clock,
-            logout=self.logout if hasattr(type(self), "logout") else None,
+            logout=self.logout,
             max_disable_ratio=self.settings.sync.max_disable_ratio if ratio is None else ratio,
             change_mark="usn" if source.change_mark == "usn" else "timestamp",
             membership=source.membership,

@@ -24,8 +24,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from idhub.adapters.policy_yaml import (
@@ -308,33 +307,3 @@ class PolicyFiles:
         """The directory as it was at git `revision`, in a temporary copy removed on exit."""
         with temporary_dir() as tmp:
             yield export_revision(policy_dir, revision, Path(tmp))
-
-
-def watch_policy_dir(
-    root: Path, on_change: Callable[[set[str]], None], stop: threading.Event
-) -> None:
-    """Calls `on_change(changed paths)` after each settled burst of edits until `stop` is set.
-
-    Uses watchfiles (inotify) and falls back to polling modification times."""
-    try:
-        from watchfiles import watch
-    except ImportError:  # pragma: no cover - watchfiles ships with uvicorn[standard]
-        _poll_dir(root, on_change, stop)
-        return
-    for changes in watch(
-        root, stop_event=stop, debounce=300, rust_timeout=200, raise_interrupt=False
-    ):
-        on_change({path for _kind, path in changes})
-
-
-def _poll_dir(root: Path, on_change: Callable[[set[str]], None], stop: threading.Event) -> None:
-    def stamp() -> dict[str, float]:
-        return {str(p): p.stat().st_mtime for p in root.rglob("*") if p.is_file()}
-
-    before = stamp()
-    while not stop.wait(1.0):
-        now = stamp()
-        if now != before:
-            changed = {k for k in now.keys() | before.keys() if now.get(k) != before.get(k)}
-            before = now
-            on_change(changed)
