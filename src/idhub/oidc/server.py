@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.token_store import CodeRecord
 from idhub.core.audit import Actor, EventType
+from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import ClientRegistry
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
@@ -78,6 +79,7 @@ class Provider:
         userinfo: Callable[[str], OAuthResponseData],
         introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
+        client_guard: ClientAuthGuard | None = None,
     ) -> None:
         if not is_secure_transport(issuer_url):
             raise ConfigError(
@@ -91,7 +93,7 @@ class Provider:
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
-        server = AuthlibServer(registry, issuer)
+        server = AuthlibServer(registry, issuer, client_guard)
         server.register_grant(CodeGrant, [S256Only(required=True)])
         server.register_grant(RotatingRefreshGrant)
         server.register_grant(ServiceGrant)

@@ -27,7 +27,12 @@ def routes(services: Services) -> list[BaseRoute]:
             checks[name] = probe()
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "checks": checks},
+            {
+                "status": "ready" if ready else "not_ready",
+                "checks": checks,
+                # This process's counters (throttle refusals, failures, locks) until /metrics.
+                "counters": services.status_counts(),
+            },
             status_code=200 if ready else 503,
         )
 
