@@ -74,6 +74,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_HOST": ("server", "host"),
     "IDHUB_PORT": ("server", "port"),
     "IDHUB_WORKERS": ("server", "workers"),
+    "IDHUB_TRUSTED_PROXIES": ("server", "trusted_proxies"),
     "IDHUB_DATABASE_URL": ("database", "url"),
     "IDHUB_POLICY_DIR": ("policy", "dir"),
     "IDHUB_VAR_DIR": ("", "var_dir"),
