@@ -200,18 +200,21 @@ def cmd_enable(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     user = _require(ctx, args.username)
     services.identity.set_disabled(user.id, False)
-    services.identity.clear_failed_logins(user.id)
+    apply_unlock(ctx, user, audit_always=False)
     services.audit.record(EventType.USER_ENABLED, actor=ADMIN, target=user.sub)
     print(f"enabled {user.username}")
     return 0
 
 
-def apply_unlock(ctx: CliContext, user: User) -> int:
-    """Clears the user's lock and account counters; returns how many counters existed."""
+def apply_unlock(ctx: CliContext, user: User, *, audit_always: bool = True) -> int:
+    """Clears the user's lock and account counters; returns how many counters existed. Audited
+    as `throttle.cleared` (by `enable` and `set-password` only when there was something)."""
     services = ctx.services
-    keys = [k for k in services.authenticator.keys_for(user.username, user, None)]
+    keys = services.authenticator.keys_for(user.username, user, None)
     removed = services.throttle.apply_clear(keys)
     services.identity.clear_failed_logins(user.id)
+    if not (audit_always or removed):
+        return removed
     services.audit.record(
         EventType.THROTTLE_CLEARED,
         actor=ADMIN,
@@ -237,7 +240,7 @@ def cmd_set_password(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidInput(f"{user.username}'s password is kept by {user.source}; change it there")
     password = read_password(from_stdin=args.password_stdin)
     services.local_passwords.apply_password(user.id, password, username=user.username)
-    services.identity.clear_failed_logins(user.id)
+    apply_unlock(ctx, user, audit_always=False)
     services.audit.record(EventType.USER_PASSWORD_SET, actor=ADMIN, target=user.sub)
     print(f"password set for {user.username}")
     return 0
