@@ -182,7 +182,10 @@ def serve(services: Services, port: int) -> Iterator[str]:
 def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
     """Serves any ASGI app with a real uvicorn in a thread on 127.0.0.1; yields its URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # As `idhub serve` runs it: the app's own middleware decides what a forwarding header is worth.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False
+    )
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -39,3 +39,21 @@ def test_dockerfile_copies_what_the_example_config_names() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
     assert "COPY policies /etc/idhub/policies" in dockerfile
     assert "deploy/idhub.toml.example /etc/idhub/idhub.toml" in dockerfile
+
+
+def test_the_balancer_is_a_trusted_proxy_and_appends_the_client_address() -> None:
+    import ipaddress
+
+    settings = load_settings(
+        DEPLOY / "idhub.toml.example",
+        env={"IDHUB_SECRET_KEY": "x" * 43, "IDHUB_DATABASE_URL": "postgresql://idhub:pw@db/idhub"},
+    )
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    assert settings.server.trusted_proxies == (subnet,)
+    assert ipaddress.ip_network(subnet).is_private
+    for name in (n for n in compose["services"] if n.startswith("idhub-")):
+        assert compose["services"][name]["environment"]["IDHUB_TRUSTED_PROXIES"] == subnet
+    nginx = (DEPLOY / "nginx.conf").read_text(encoding="utf-8")
+    assert "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;" in nginx
+    assert settings.server.proxy_header == "x-forwarded-for"

@@ -12,7 +12,8 @@ from idhub.core.clock import FrozenClock
 from idhub.core.crypto import sha256_hex
 from idhub.core.identity import User
 from idhub.core.logout import RETRY_DELAYS, retry_delay
-from idhub.core.passwords import PasswordHasher, require_acceptable
+from idhub.core.password_policy import PasswordPolicy
+from idhub.core.passwords import PasswordHasher
 from idhub.core.sessions import SsoSession
 from idhub.core.signin import decide_login
 from idhub.errors import InvalidInput
@@ -94,7 +95,9 @@ def test_passwords_use_owasp_argon2id() -> None:
     assert hasher.needs_rehash(weak.hash("x" * 10)) and not hasher.needs_rehash(stored)
     for bad in ("short", "alice", "abc\x00defgh"):
         with pytest.raises(InvalidInput):
-            require_acceptable(bad if bad != "alice" else "Alice", username="alice")
+            PasswordPolicy().require_acceptable(
+                bad if bad != "alice" else "Alice", username="alice"
+            )
 
 
 def test_weak_hash_is_upgraded_at_sign_in(services: Services) -> None:

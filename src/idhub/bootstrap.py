@@ -35,15 +35,18 @@ if TYPE_CHECKING:
     from idhub.core.authz.audit_access import AuditReaders
     from idhub.core.authz.decisions import Decisions
     from idhub.core.authz.service import AuthzService, DirectoryReader
+    from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
     from idhub.core.identity import PasswordVerifier
     from idhub.core.logout import LogoutService
+    from idhub.core.password_policy import LocalPasswords
     from idhub.core.passwords import PasswordHasher
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore
+    from idhub.core.throttle import Throttle
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
@@ -269,6 +272,7 @@ class Services:
             userinfo=endpoints.userinfo,
             introspect=endpoints.introspect,
             revoke=endpoints.revoke,
+            client_guard=self.client_guard,
         )
 
     @cached_property
@@ -305,7 +309,12 @@ class Services:
     def password_hasher(self) -> PasswordHasher:
         from idhub.core.passwords import PasswordHasher
 
-        return PasswordHasher()
+        passwords = self.settings.passwords
+        return PasswordHasher(
+            time_cost=passwords.argon2_time_cost,
+            memory_cost=passwords.argon2_memory_kib,
+            parallelism=passwords.argon2_parallelism,
+        )
 
     @cached_property
     def session_store(self) -> SqlSessionStore:
@@ -359,6 +368,7 @@ class Services:
             hasher=self.password_hasher,
             audit=self.audit,
             clock=self.clock,
+            throttle=self.throttle,
             fingerprint=KeyedHasher(self.settings.require_secret_key(), "typed-username").hash,
         )
 
@@ -659,3 +669,50 @@ class Services:
         from idhub.adapters.database import check_database_reachable
 
         return check_database_reachable(self.engine)
+
+    # --- sign-in defences: throttle, client-auth guard, password policy ------------------------
+
+    @cached_property
+    def throttle(self) -> Throttle:
+        """Failure counters per address, account and client, shared through the database."""
+        from idhub.adapters.throttle_store import SqlThrottleStore
+        from idhub.core.throttle import Throttle, ThrottlePolicy, ThrottleRule
+
+        t = self.settings.throttle
+
+        def rule(free: int, limit: int, lock: int) -> ThrottleRule:
+            return ThrottleRule(
+                max_failures=limit,
+                lock_seconds=lock,
+                free_failures=free,
+                delay_max=t.delay_max,
+                window=t.window,
+            )
+
+        policy = ThrottlePolicy(
+            ip=rule(t.ip_free, t.ip_limit, t.ip_lock),
+            account=rule(t.account_free, t.account_limit, t.account_lock),
+            client=rule(t.client_free, t.client_limit, t.client_lock),
+            client_ip=rule(t.client_ip_free, t.client_ip_limit, t.client_ip_lock),
+        )
+        return Throttle(SqlThrottleStore(self.engine), policy=policy, clock=self.clock)
+
+    @cached_property
+    def client_guard(self) -> ClientAuthGuard:
+        from idhub.core.client_guard import ClientAuthGuard
+
+        return ClientAuthGuard(self.throttle, self.audit)
+
+    @cached_property
+    def local_passwords(self) -> LocalPasswords:
+        """The one way a local password is set (policy, common list, history)."""
+        from idhub.adapters.password_list import common_passwords
+        from idhub.core.password_policy import LocalPasswords, PasswordPolicy
+
+        passwords = self.settings.passwords
+        policy = PasswordPolicy(
+            min_length=passwords.min_length,
+            history=passwords.history,
+            common=common_passwords(),
+        )
+        return LocalPasswords(self.identity, self.password_hasher, policy)

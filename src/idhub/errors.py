@@ -9,7 +9,8 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
     ├── Conflict               the thing exists already / concurrent change
     ├── InvalidInput           a value an admin or system supplied is not acceptable
     ├── AuthenticationFailed   sign-in refused (reason kept for the audit log, not the user)
-    │   └── DirectoryUnavailable   the user's directory could not be reached
+    │   ├── DirectoryUnavailable   the user's directory could not be reached
+    │   └── TooManyAttempts        refused by the throttle, whatever the password
     ├── PolicyError            a policy file is wrong (file:line)
     ├── DirectoryError         an LDAP / OA directory could not be read as configured
     │   └── SyncAborted        a sync stopped by its safety brake; nothing was changed
@@ -101,6 +102,21 @@ class DirectoryUnavailable(AuthenticationFailed):
 
     def __init__(self, message: str = "The directory service cannot be reached") -> None:
         super().__init__("directory_unreachable", message)
+
+
+class TooManyAttempts(AuthenticationFailed):
+    """Too many failures from this source or for this account: the attempt was refused before
+    the password was looked at. `retry_after` (seconds) is what the person may be told."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, reason: str, *, retry_after: float) -> None:
+        super().__init__(reason, "Too many attempts")
+        self.retry_after = retry_after
+
+    @property
+    def minutes(self) -> int:
+        return max(1, int(-(-self.retry_after // 60)))
 
 
 class PolicyError(Located):

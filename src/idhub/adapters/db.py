@@ -364,3 +364,31 @@ change_counters = Table(
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# ---------------------------------------------------------------- sign-in defences
+
+# Failure counters of the throttle (core/throttle.py): one row per key, shared by replicas.
+throttle_counters = Table(
+    "throttle_counters",
+    metadata,
+    # "ip", "account", "client", "client_ip"
+    Column("kind", String(16), primary_key=True),
+    # An address, "user:<id>", "name:<keyed fingerprint>" or "<client_id>@<address>".
+    Column("value", String(300), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("first_failed_at", Float, nullable=False),
+    Column("last_failed_at", Float, nullable=False),
+    Column("locked_until", Float, nullable=True),
+)
+Index("ix_throttle_counters_last_failed_at", throttle_counters.c.last_failed_at)
+
+# Earlier password hashes of local users, so a password is not set again too soon.
+password_history = Table(
+    "password_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("password_hash", String(300), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+Index("ix_password_history_user_id", password_history.c.user_id)

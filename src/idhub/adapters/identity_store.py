@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, up
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import translate_storage_errors
-from idhub.adapters.db import departments, group_members, groups, users
+from idhub.adapters.db import departments, group_members, groups, password_history, users
 from idhub.core.clock import Clock
 from idhub.core.identity import (
     LOCAL_SOURCE,
@@ -190,6 +190,53 @@ class SqlIdentityStore:
                 .values(password_hash=password_hash, updated_at=self._clock.now())
             )
 
+    def replace_password_hash(self, user_id: int, password_hash: str, *, keep: int) -> None:
+        """Sets a new password hash and keeps the one it replaces among the user's `keep`
+        most recent earlier hashes (older ones are removed), in one transaction."""
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            current = conn.execute(
+                select(users.c.password_hash).where(users.c.id == user_id)
+            ).scalar()
+            if current and keep > 0:
+                conn.execute(
+                    insert(password_history).values(
+                        user_id=user_id, password_hash=current, created_at=now
+                    )
+                )
+            kept = (
+                select(password_history.c.id)
+                .where(password_history.c.user_id == user_id)
+                .order_by(password_history.c.id.desc())
+                .limit(max(keep, 0))
+            )
+            conn.execute(
+                delete(password_history).where(
+                    password_history.c.user_id == user_id,
+                    password_history.c.id.not_in(kept.scalar_subquery()),
+                )
+            )
+            conn.execute(
+                update(users)
+                .where(users.c.id == user_id)
+                .values(password_hash=password_hash, updated_at=now)
+            )
+
+    def previous_password_hashes(self, user_id: int, *, limit: int) -> list[str]:
+        """The user's current hash and up to `limit` - 1 earlier ones, newest first."""
+        if limit <= 0:
+            return []
+        current = self.password_hash(user_id)
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(password_history.c.password_hash)
+                .where(password_history.c.user_id == user_id)
+                .order_by(password_history.c.id.desc())
+                .limit(limit)
+            ).all()
+        found = ([current] if current else []) + [str(r[0]) for r in rows]
+        return found[:limit]
+
     def set_disabled(self, user_id: int, disabled: bool, *, reason: str | None = None) -> User:
         now = self._clock.now()
         with self._engine.begin() as conn:
@@ -228,6 +275,11 @@ class SqlIdentityStore:
         user = self.get_user(user_id)
         assert user is not None
         return user
+
+    def set_locked_until(self, user_id: int, until: float | None) -> None:
+        """Marks the account locked until `until` (the throttle decided; None unlocks)."""
+        with self._engine.begin() as conn:
+            conn.execute(update(users).where(users.c.id == user_id).values(locked_until=until))
 
     def clear_failed_logins(self, user_id: int) -> None:
         with self._engine.begin() as conn:

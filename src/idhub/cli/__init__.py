@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "idhub.cli.client",
     "idhub.cli.keys",
     "idhub.cli.users",
+    "idhub.cli.throttle",
     "idhub.cli.sessions",
     "idhub.cli.demo",
     "idhub.cli.audit",

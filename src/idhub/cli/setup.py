@@ -119,5 +119,13 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         from idhub.web.app import create_app
 
-        uvicorn.run(create_app(ctx.services), host=host, port=port, log_level="info")
+        # As with several workers: uvicorn would otherwise believe X-Forwarded-For from
+        # loopback by itself; idhub's middleware decides, from `[server] trusted_proxies`.
+        uvicorn.run(
+            create_app(ctx.services),
+            host=host,
+            port=port,
+            log_level="info",
+            proxy_headers=False,
+        )
     return 0

@@ -1,8 +1,9 @@
-"""`idhub user add|list|show|disable|enable|set-password`: local accounts for admins.
+"""`idhub user add|list|show|disable|enable|unlock|set-password`: local accounts for admins.
 
 Passwords are read from a terminal prompt (typed twice) or from standard input with
 `--password-stdin`; never from the command line, where they would land in shell history and in
-`ps` output.
+`ps` output. They are set through `services.local_passwords`, which applies the password policy
+(length, the common-password list, the last N passwords).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor, EventType
 from idhub.core.identity import LOCAL_SOURCE, User
-from idhub.core.passwords import require_acceptable
 from idhub.errors import InvalidInput, NotFound
 
 ADMIN = Actor("admin", "cli")
@@ -59,7 +59,13 @@ def register(sub: Any) -> None:
     p.add_argument("username")
     p.set_defaults(func=cmd_enable)
 
-    p = user_sub.add_parser("set-password", help="set a local user's password")
+    p = user_sub.add_parser(
+        "unlock", help="end a lockout of a user's account (too many failed sign-ins)"
+    )
+    p.add_argument("username")
+    p.set_defaults(func=cmd_unlock)
+
+    p = user_sub.add_parser("set-password", aliases=["passwd"], help="set a local user's password")
     p.add_argument("username")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_set_password)
@@ -115,8 +121,7 @@ def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
     password_hash = None
     if not args.no_password:
         password = read_password(from_stdin=args.password_stdin)
-        require_acceptable(password, username=args.username)
-        password_hash = services.password_hasher.hash(password)
+        password_hash = services.local_passwords.hash_new(password, username=args.username)
     user = services.identity.create_user(
         username=args.username,
         display_name=args.name,
@@ -195,9 +200,36 @@ def cmd_enable(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     user = _require(ctx, args.username)
     services.identity.set_disabled(user.id, False)
-    services.identity.clear_failed_logins(user.id)
+    apply_unlock(ctx, user, audit_always=False)
     services.audit.record(EventType.USER_ENABLED, actor=ADMIN, target=user.sub)
     print(f"enabled {user.username}")
+    return 0
+
+
+def apply_unlock(ctx: CliContext, user: User, *, audit_always: bool = True) -> int:
+    """Clears the user's lock and account counters; returns how many counters existed. Audited
+    as `throttle.cleared` (by `enable` and `set-password` only when there was something)."""
+    services = ctx.services
+    keys = services.authenticator.keys_for(user.username, user, None)
+    removed = services.throttle.apply_clear(keys)
+    services.identity.clear_failed_logins(user.id)
+    if not (audit_always or removed):
+        return removed
+    services.audit.record(
+        EventType.THROTTLE_CLEARED,
+        actor=ADMIN,
+        target=user.username,
+        details={"scope": "account", "counters": removed},
+    )
+    return removed
+
+
+def cmd_unlock(args: argparse.Namespace, ctx: CliContext) -> int:
+    user = _require(ctx, args.username)
+    locked = user.is_locked(ctx.services.clock.now())
+    removed = apply_unlock(ctx, user)
+    state = "was locked" if locked else "was not locked"
+    print(f"unlocked {user.username} ({state}; {removed} failure counter(s) cleared)")
     return 0
 
 
@@ -207,9 +239,8 @@ def cmd_set_password(args: argparse.Namespace, ctx: CliContext) -> int:
     if user.source != LOCAL_SOURCE:
         raise InvalidInput(f"{user.username}'s password is kept by {user.source}; change it there")
     password = read_password(from_stdin=args.password_stdin)
-    require_acceptable(password, username=user.username)
-    services.identity.set_password_hash(user.id, services.password_hasher.hash(password))
-    services.identity.clear_failed_logins(user.id)
+    services.local_passwords.apply_password(user.id, password, username=user.username)
+    apply_unlock(ctx, user, audit_always=False)
     services.audit.record(EventType.USER_PASSWORD_SET, actor=ADMIN, target=user.sub)
     print(f"password set for {user.username}")
     return 0

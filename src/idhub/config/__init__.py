@@ -17,15 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
+from idhub.config.defences import check_defences
 from idhub.config.ldap import ldap_sources
 from idhub.config.settings import (
     AuditSettings,
     DatabaseSettings,
     LdapSourceSettings,
+    PasswordSettings,
     PolicySettings,
     ServerSettings,
     Settings,
     SyncSettings,
+    ThrottleSettings,
     TokenSettings,
 )
 from idhub.errors import ConfigError
@@ -36,11 +39,13 @@ __all__ = [
     "AuditSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
+    "PasswordSettings",
     "PolicySettings",
     "Secret",
     "ServerSettings",
     "Settings",
     "SyncSettings",
+    "ThrottleSettings",
     "TokenSettings",
     "describe",
     "find_config_file",
@@ -58,6 +63,8 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicySettings,
     "audit": AuditSettings,
     "sync": SyncSettings,
+    "throttle": ThrottleSettings,
+    "passwords": PasswordSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -67,6 +74,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_HOST": ("server", "host"),
     "IDHUB_PORT": ("server", "port"),
     "IDHUB_WORKERS": ("server", "workers"),
+    "IDHUB_TRUSTED_PROXIES": ("server", "trusted_proxies"),
     "IDHUB_DATABASE_URL": ("database", "url"),
     "IDHUB_POLICY_DIR": ("policy", "dir"),
     "IDHUB_VAR_DIR": ("", "var_dir"),
@@ -76,6 +84,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
     ("tokens", "default_access_token_alg"): ("RS256", "ES256", "EdDSA"),
+    ("server", "proxy_header"): ("x-forwarded-for", "forwarded"),
 }
 
 
@@ -206,6 +215,7 @@ def load_settings(
     if "url" not in doc.get("database", {}):
         database = replace(database, url=f"sqlite:///{var_dir / 'idhub.db'}")
     sections["database"] = database
+    check_defences(sections["server"], sections["throttle"], sections["passwords"], fail=fail)
 
     secret: Secret | None = None
     if env.get("IDHUB_SECRET_KEY"):
@@ -224,6 +234,8 @@ def load_settings(
         policy=sections["policy"],
         audit=sections["audit"],
         sync=sections["sync"],
+        throttle=sections["throttle"],
+        passwords=sections["passwords"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -22,6 +22,12 @@ class ServerSettings:
     default_locale: str = "zh-CN"
     # Systems allowed to read the audit API before the authorization policy governs it.
     admin_clients: tuple[str, ...] = ()
+    # Addresses (CIDR) of the reverse proxies whose forwarding header is believed; the client
+    # is the right-most address in it that is not one of these (docs/login-and-sessions.md).
+    trusted_proxies: tuple[str, ...] = ()
+    # The header those proxies set: "x-forwarded-for" or "forwarded" (RFC 7239). Only this
+    # one is read, so a client cannot slip in the other one past a proxy that leaves it alone.
+    proxy_header: str = "x-forwarded-for"
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,39 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class ThrottleSettings:
+    """`[throttle]`: failures allowed without delay (`*_free`), failures that lock (`*_limit`)
+    and how long the lock lasts (`*_lock`, seconds), per source address and per account at
+    sign-in and per client id and per address at client authentication."""
+
+    window: int = 900
+    delay_max: int = 60
+    ip_free: int = 10
+    ip_limit: int = 30
+    ip_lock: int = 900
+    account_free: int = 5
+    account_limit: int = 5
+    account_lock: int = 900
+    client_free: int = 3
+    client_limit: int = 10
+    client_lock: int = 900
+    client_ip_free: int = 5
+    client_ip_limit: int = 20
+    client_ip_lock: int = 900
+
+
+@dataclass(frozen=True)
+class PasswordSettings:
+    """`[passwords]`: the policy for local passwords and the argon2id parameters."""
+
+    min_length: int = 8
+    history: int = 5
+    argon2_time_cost: int = 2
+    argon2_memory_kib: int = 19 * 1024
+    argon2_parallelism: int = 1
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -115,6 +154,8 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
+    passwords: PasswordSettings = field(default_factory=PasswordSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

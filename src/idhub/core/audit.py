@@ -64,6 +64,12 @@ class EventType(StrEnum):
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"
     AUDIT_ARCHIVED = "audit.archived"
+    # Sign-in defences (core/throttle.py): refusals, locks starting, an admin's unlock.
+    LOGIN_THROTTLED = "login.throttled"
+    LOGIN_LOCKOUT = "login.lockout"
+    CLIENT_AUTH_THROTTLED = "client.auth_throttled"
+    CLIENT_AUTH_LOCKOUT = "client.auth_lockout"
+    THROTTLE_CLEARED = "throttle.cleared"
 
 
 def check_event_types(names: Sequence[str]) -> tuple[str, ...]:

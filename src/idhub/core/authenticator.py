@@ -1,43 +1,64 @@
-"""The sign-in chain (contract 6): find the user, refuse disabled or locked accounts, check the
-password with the verifier for the user's source, count failures and lock after too many.
+"""The sign-in chain (contract 6): ask the throttle, find the user, refuse disabled or locked
+accounts, check the password with the verifier for the user's source, and count failures per
+source address and per account (core/throttle.py).
 
 Every outcome is audited with a reason (`unknown_user`, `bad_password`, `disabled`, `locked`,
-`directory_unreachable`); the person at the login page only ever learns "wrong username or
-password" or "the directory is unreachable", so the page never tells whether a user exists.
+`throttled`, `directory_unreachable`); the person at the login page only ever learns "wrong
+username or password", "the directory is unreachable" or "too many attempts, try again in N
+minutes", so the page never tells whether a user exists or whether a refused password was right.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
+from idhub.core.crypto import sha256_hex
 from idhub.core.identity import LOCAL_SOURCE, PasswordVerifier, User
 from idhub.core.passwords import PasswordHasher
-from idhub.errors import AuthenticationFailed, DirectoryUnavailable
+from idhub.core.throttle import (
+    ACCOUNT,
+    IP,
+    Counter,
+    Reading,
+    Refusal,
+    Throttle,
+    ThrottleKey,
+    ThrottleRule,
+    source_of,
+)
+from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 
-REASONS = ("unknown_user", "bad_password", "disabled", "locked", "directory_unreachable")
+REASONS = (
+    "unknown_user",
+    "bad_password",
+    "disabled",
+    "locked",
+    "throttled",
+    "directory_unreachable",
+)
+# Failures that count against the address and the account. A disabled account and a name that
+# is no account count like a wrong password, so lockouts cannot tell them apart.
+COUNTED = ("unknown_user", "bad_password", "disabled")
 MAX_USERNAME = 200
-
-
-@dataclass(frozen=True)
-class LockoutPolicy:
-    """Five wrong passwords lock an account for fifteen minutes (the counter restarts after a
-    lock and after a successful sign-in). Locking slows guessing against one account without
-    letting an attacker lock someone out for long."""
-
-    max_failures: int = 5
-    lock_seconds: float = 15 * 60
 
 
 class UserLookup(Protocol):
     def get_user_by_username(self, username: str) -> User | None: ...
-    def register_failed_login(
-        self, user_id: int, *, lock_after: int, lock_seconds: float
-    ) -> User: ...
+    def set_locked_until(self, user_id: int, until: float | None) -> None: ...
     def clear_failed_logins(self, user_id: int) -> None: ...
+
+
+def account_key(username: str, user: User | None, fingerprint: Callable[[str], str]) -> str:
+    """The throttle key of the account a sign-in names: the user's id, or a keyed fingerprint
+    of the name as typed (NFKC, case-folded), never the text itself."""
+    if user is not None:
+        return f"user:{user.id}"
+    canonical = unicodedata.normalize("NFKC", username).strip().casefold()
+    return f"name:{fingerprint(canonical)[:32]}"
 
 
 class Authenticator:
@@ -50,7 +71,7 @@ class Authenticator:
         hasher: PasswordHasher,
         audit: Auditor,
         clock: Clock,
-        lockout: LockoutPolicy | None = None,
+        throttle: Throttle,
         fingerprint: Callable[[str], str] | None = None,
     ) -> None:
         self._users = users
@@ -59,24 +80,29 @@ class Authenticator:
         self._hasher = hasher
         self._audit = audit
         self._clock = clock
-        self._lockout = lockout or LockoutPolicy()
+        self._throttle = throttle
         self._fingerprint = fingerprint
 
     @property
-    def lockout(self) -> LockoutPolicy:
-        return self._lockout
+    def lockout(self) -> ThrottleRule:
+        """The per-account rule (failures before a lock, its length)."""
+        return self._throttle.policy.account
 
     def authenticate(self, username: str, password: str, *, ctx: RequestContext | None) -> User:
-        """Returns the signed-in user or raises `AuthenticationFailed` (reason inside)."""
+        """Returns the signed-in user or raises `AuthenticationFailed` (reason inside);
+        `TooManyAttempts` when the throttle refused the attempt."""
         username = username.strip()
         user = self._find(username)
+        reading = self._throttle.read(self.keys_for(username, user, ctx))
+        if reading.refusal is not None:
+            self._refuse(username, user, reading.refusal, ctx)
         if user is None:
             # Spend the time a real check takes so response time does not reveal existence.
             self._hasher.spend_equal_time(password)
-            self._fail(username, None, "unknown_user", ctx)
+            self._fail(username, None, "unknown_user", ctx, reading=reading)
         if user.disabled:
             self._hasher.spend_equal_time(password)
-            self._fail(username, user, "disabled", ctx)
+            self._fail(username, user, "disabled", ctx, reading=reading)
         if user.is_locked(self._clock.now()):
             self._hasher.spend_equal_time(password)
             self._fail(username, user, "locked", ctx)
@@ -91,18 +117,11 @@ class Authenticator:
             self._fail(username, user, "directory_unreachable", ctx, detail=exc.message)
         except AuthenticationFailed as exc:
             reason = exc.reason if exc.reason in REASONS else "bad_password"
-            if reason == "bad_password":
-                user = self._users.register_failed_login(
-                    user.id,
-                    lock_after=self._lockout.max_failures,
-                    lock_seconds=self._lockout.lock_seconds,
-                )
-                if user.is_locked(self._clock.now()):
-                    self._fail(username, user, "bad_password", ctx, detail="account now locked")
-            self._fail(username, user, reason, ctx)
+            self._fail(username, user, reason, ctx, reading=reading)
 
         if user.failed_logins or user.locked_until is not None:
             self._users.clear_failed_logins(user.id)
+        self._throttle.apply_success(reading, kinds=(ACCOUNT,))
         self._audit.record(
             EventType.LOGIN_SUCCEEDED,
             actor=Actor("user", user.sub),
@@ -111,6 +130,20 @@ class Authenticator:
             ctx=ctx,
         )
         return user
+
+    def keys_for(
+        self, username: str, user: User | None, ctx: RequestContext | None
+    ) -> list[ThrottleKey]:
+        """The address first: it is what stops spraying across many names."""
+        keys = []
+        source = source_of(ctx.client_ip if ctx is not None else None)
+        if source is not None:
+            keys.append(ThrottleKey(IP, source))
+        keys.append(ThrottleKey(ACCOUNT, account_key(username, user, self._typed_fingerprint)))
+        return keys
+
+    def _typed_fingerprint(self, value: str) -> str:
+        return self._fingerprint(value) if self._fingerprint is not None else sha256_hex(value)
 
     def _find(self, username: str) -> User | None:
         if not username or len(username) > MAX_USERNAME:
@@ -121,6 +154,21 @@ class Authenticator:
             user = self._users.get_user_by_username(username.lower())
         return user
 
+    def _refuse(
+        self, username: str, user: User | None, refusal: Refusal, ctx: RequestContext | None
+    ) -> NoReturn:
+        details: dict[str, object] = {
+            "scope": refusal.key.kind,
+            "locked": refusal.locked,
+            "retry_after": round(refusal.retry_after),
+        }
+        if refusal.key.kind == ACCOUNT and refusal.locked:
+            # Kept as a failed sign-in with reason "locked", as before there was a throttle.
+            self._record(EventType.LOGIN_FAILED, username, user, "locked", ctx, extra=details)
+            raise TooManyAttempts("locked", retry_after=refusal.retry_after)
+        self._record(EventType.LOGIN_THROTTLED, username, user, "throttled", ctx, extra=details)
+        raise TooManyAttempts("throttled", retry_after=refusal.retry_after)
+
     def _fail(
         self,
         username: str,
@@ -129,8 +177,49 @@ class Authenticator:
         ctx: RequestContext | None,
         *,
         detail: str | None = None,
+        reading: Reading | None = None,
     ) -> NoReturn:
-        details: dict[str, object] = {"reason": reason}
+        locked: list[Counter] = []
+        if reading is not None and reason in COUNTED:
+            locked = self._throttle.apply_failure(reading)
+        for counter in locked:
+            if counter.kind == ACCOUNT and user is not None and counter.locked_until is not None:
+                # Mirrored on the user so `idhub user show` and every reader of the user see it.
+                self._users.set_locked_until(user.id, counter.locked_until)
+                detail = "account now locked"
+        self._record(EventType.LOGIN_FAILED, username, user, reason, ctx, detail=detail)
+        for counter in locked:
+            self._record(
+                EventType.LOGIN_LOCKOUT,
+                username,
+                user,
+                "locked",
+                ctx,
+                extra={
+                    "scope": counter.kind,
+                    "failures": counter.failures,
+                    "locked_until": counter.locked_until,
+                },
+            )
+        if reason == "directory_unreachable":
+            raise DirectoryUnavailable()
+        if locked:
+            until = max(c.locked_until or 0.0 for c in locked)
+            raise TooManyAttempts(reason, retry_after=until - self._clock.now())
+        raise AuthenticationFailed(reason)
+
+    def _record(
+        self,
+        event: EventType,
+        username: str,
+        user: User | None,
+        reason: str,
+        ctx: RequestContext | None,
+        *,
+        detail: str | None = None,
+        extra: dict[str, object] | None = None,
+    ) -> None:
+        details: dict[str, object] = {"reason": reason, **(extra or {})}
         target: str | None = None
         if user is not None:
             details["source"] = user.source
@@ -143,13 +232,10 @@ class Authenticator:
         if detail:
             details["detail"] = detail[:200]
         self._audit.record(
-            EventType.LOGIN_FAILED,
+            event,
             actor=Actor("user", user.sub if user is not None else None),
             target=target,
             outcome="failure",
             details=details,
             ctx=ctx,
         )
-        if reason == "directory_unreachable":
-            raise DirectoryUnavailable()
-        raise AuthenticationFailed(reason)

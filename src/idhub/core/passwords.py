@@ -1,9 +1,11 @@
-"""Human passwords: argon2id with the OWASP Password Storage Cheat Sheet parameters.
+"""Human passwords: argon2id, by default with the OWASP Password Storage Cheat Sheet parameters.
 
 OWASP's first recommended argon2id setting is m=19 MiB, t=2, p=1; measured here it costs about
 21 ms a hash, which a person signing in never notices and which still makes offline guessing
-expensive. These hashes are for passwords people choose, never for client secrets (those are
-long random values kept as HMACs, see `core/crypto.py`).
+expensive. The parameters are settings (`[passwords]`); a stored hash made with other
+parameters is rehashed with the configured ones at the user's next successful sign-in. What a
+password must be is `core/password_policy.py`. These hashes are for passwords people choose,
+never for client secrets (those are long random values kept as HMACs, see `core/crypto.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from argon2 import Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from idhub.core.identity import User
-from idhub.errors import AuthenticationFailed, InvalidInput
+from idhub.errors import AuthenticationFailed
 
 # OWASP Password Storage Cheat Sheet, argon2id option 1.
 TIME_COST = 2
@@ -33,19 +35,6 @@ def normalise(password: str) -> str:
     """NFKC so that the same password typed on a Chinese IME (full-width characters) and on a
     Latin keyboard hashes the same way; NIST SP 800-63B recommends normalising."""
     return unicodedata.normalize("NFKC", password)
-
-
-def require_acceptable(password: str, *, username: str | None = None) -> None:
-    """Raises `InvalidInput` for a password an admin should not set."""
-    value = normalise(password)
-    if len(value) < MIN_LENGTH:
-        raise InvalidInput(f"a password needs at least {MIN_LENGTH} characters")
-    if len(value) > MAX_LENGTH:
-        raise InvalidInput(f"a password may have at most {MAX_LENGTH} characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in value):
-        raise InvalidInput("a password must not contain control characters")
-    if username and value.casefold() == username.casefold():
-        raise InvalidInput("a password must not be the username")
 
 
 class PasswordHasher:
@@ -105,7 +94,8 @@ class PasswordStore(Protocol):
 class LocalPasswordVerifier:
     """`PasswordVerifier` for users whose source is "local": argon2id hashes in the users table.
 
-    A hash made with weaker parameters than today's is upgraded on the next successful sign-in.
+    A hash made with other parameters than the configured ones (older defaults, or settings
+    changed since) is rehashed with the configured ones on the next successful sign-in.
     """
 
     def __init__(self, store: PasswordStore, hasher: PasswordHasher) -> None:

@@ -13,6 +13,7 @@ from authlib.oauth2.rfc6749 import (
 )
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 
+from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.token_storage import TokenStorage
@@ -73,6 +74,7 @@ class AuthlibServer(AuthorizationServer):  # type: ignore[misc]
         tokens: TokenStorage,
         access_tokens: AccessTokens,
         clock: Clock,
+        client_guard: ClientAuthGuard | None = None,
     ) -> None:
         super().__init__(scopes_supported=None)
         self.registry = registry
@@ -80,19 +82,31 @@ class AuthlibServer(AuthorizationServer):  # type: ignore[misc]
         self.tokens = tokens
         self.access_tokens = access_tokens
         self.clock = clock
+        self.client_guard = client_guard
 
     def query_client(self, client_id: str) -> AuthlibClient | None:
         client = self.registry.get(client_id) if isinstance(client_id, str) else None
         return AuthlibClient(client, self.registry) if client else None
 
     def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+        # Every client authentication (token, introspection, revocation) passes here, so the
+        # throttle of secret guessing (core/client_guard.py) is hooked here and nowhere else.
+        guard = self.client_guard
+        attempt = guard.begin(request.headers, request.form, request.idhub_ctx) if guard else None
+        if attempt is not None and attempt.refused:
+            raise InvalidClientError(status_code=401, description="too many failed attempts")
         try:
-            return super().authenticate_client(request, methods, endpoint)
+            client = super().authenticate_client(request, methods, endpoint)
         except InvalidClientError as exc:
+            if attempt is not None:
+                attempt.failed()
             # authlib lists the methods it tried; a failed client learns only that it failed.
             if exc.description and exc.description.startswith("The client cannot authenticate"):
                 exc.description = "client authentication failed"
             raise
+        if attempt is not None:
+            attempt.succeeded()
+        return client
 
     def save_token(self, token: Any, request: Any) -> None:
         """Grants store what they issue themselves (refresh families, audit)."""

@@ -20,6 +20,7 @@ from authlib.oauth2.rfc6749 import (
 )
 
 from idhub.core.audit import Actor, Auditor, EventType
+from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
@@ -99,6 +100,7 @@ class Provider:
         userinfo: Callable[[str], OAuthResponseData],
         introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
+        client_guard: ClientAuthGuard | None = None,
     ) -> None:
         if not is_secure_transport(issuer_url):
             raise ConfigError(
@@ -115,7 +117,12 @@ class Provider:
         self._introspect = introspect
         self._revoke = revoke
         server = AuthlibServer(
-            registry, minter=minter, tokens=tokens, access_tokens=access_tokens, clock=clock
+            registry,
+            minter=minter,
+            tokens=tokens,
+            access_tokens=access_tokens,
+            clock=clock,
+            client_guard=client_guard,
         )
         server.register_grant(CodeGrant, [S256Only(required=True)])
         server.register_grant(RotatingRefreshGrant)

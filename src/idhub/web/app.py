@@ -17,6 +17,7 @@ from starlette.staticfiles import StaticFiles
 from idhub.bootstrap import Services
 from idhub.web.errors import exception_handlers
 from idhub.web.middleware import RequestContextMiddleware
+from idhub.web.proxies import TrustedProxies
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -52,9 +53,14 @@ def create_app(services: Services) -> Starlette:
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[Middleware(RequestContextMiddleware, proxies=_proxies(services))],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.services = services
     return app
+
+
+def _proxies(services: Services) -> TrustedProxies:
+    server = services.settings.server
+    return TrustedProxies(server.trusted_proxies, header=server.proxy_header)

@@ -19,7 +19,7 @@ from idhub.bootstrap import Services
 from idhub.core.clients import ClientRegistry
 from idhub.core.identity import User
 from idhub.core.signin import SignInCore
-from idhub.errors import AuthenticationFailed, DirectoryUnavailable
+from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
 
@@ -55,12 +55,14 @@ class Login:
         error: str | None = None,
         status: int = 200,
         client_name: str | None = None,
+        minutes: int | None = None,
     ) -> Response:
         context = {
             "return_to": return_to or "",
             "username": username,
             "error": error,
             "client_name": client_name,
+            "minutes": minutes,
         }
         return self._browser.form_page(request, "login.html", context, status=status)
 
@@ -111,6 +113,14 @@ class Login:
                 error="directory_unreachable",
                 status=503,
             )
+        except TooManyAttempts as exc:
+            # The same page whatever the password was: the throttle refused before checking it.
+            refused = self.page(
+                request, return_to=return_to, username=username, error="too_many_attempts",
+                status=401, minutes=exc.minutes,
+            )  # fmt: skip
+            refused.headers["Retry-After"] = str(exc.minutes * 60)
+            return refused
         except AuthenticationFailed:
             return self.page(
                 request, return_to=return_to, username=username, error="login_failed", status=401

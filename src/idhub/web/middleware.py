@@ -1,5 +1,6 @@
 """Per-request context: a request id (honouring a sane inbound `X-Request-ID`) and the
-client address and user agent that audit events carry."""
+client address and user agent that audit events carry. The client address is the one
+`TrustedProxies` (web/proxies.py) decides, the same with one worker or many."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub.core.audit import RequestContext
+from idhub.web.proxies import TrustedProxies
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, proxies: TrustedProxies | None = None) -> None:
         self.app = app
+        self.proxies = proxies or TrustedProxies(())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,7 +32,14 @@ class RequestContextMiddleware:
                 inbound = value.decode("latin-1")
                 break
         request_id = inbound if _REQUEST_ID.match(inbound) else secrets.token_hex(8)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        peer = scope.get("client")
+        client = self.proxies.client_address(peer[0] if peer else None, scope.get("headers", []))
+        state["client_ip"] = client
+        if peer and client and client != peer[0]:
+            # The access log and anything reading `request.client` see the same address.
+            scope["client"] = (client, 0)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -40,7 +50,9 @@ class RequestContextMiddleware:
 
 
 def request_context(request: Request) -> RequestContext:
-    client = request.client.host if request.client else None
+    client = getattr(request.state, "client_ip", None)
+    if client is None and request.client:
+        client = request.client.host
     agent = request.headers.get("user-agent")
     return RequestContext(
         client_ip=client,

@@ -1,0 +1,130 @@
+"""The throttle's counters in the database (`throttle_counters`), shared by every replica.
+
+A failure is one upsert per key (`INSERT ... ON CONFLICT DO UPDATE` on SQLite and PostgreSQL)
+whose update restarts the count when the window has passed or a lock has run out, so two
+replicas counting the same key at once never lose a failure. Database errors are left to the
+caller's handling of them (the token endpoint answers 503, as for any other table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, case, delete, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from idhub.adapters.db import throttle_counters as t
+from idhub.core.throttle import CLIENT, CLIENT_IP, IP, Counter, ThrottleKey
+
+
+def _to_counter(row: Any) -> Counter:
+    m = row._mapping
+    return Counter(
+        kind=m["kind"],
+        value=m["value"],
+        failures=int(m["failures"]),
+        last_failed_at=float(m["last_failed_at"]),
+        locked_until=None if m["locked_until"] is None else float(m["locked_until"]),
+    )
+
+
+class SqlThrottleStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def counters(self, keys: Sequence[ThrottleKey]) -> list[Counter]:
+        if not keys:
+            return []
+        wanted = [(k.kind, k.value) for k in keys]
+        query = select(t).where(tuple_(t.c.kind, t.c.value).in_(wanted))
+        with self._engine.connect() as conn:
+            return [_to_counter(row) for row in conn.execute(query)]
+
+    def add_failure(self, key: ThrottleKey, *, now: float, window: float) -> Counter:
+        with self._engine.begin() as conn:
+            self._upsert(conn, key, now=now, window=window)
+            row = conn.execute(select(t).where(t.c.kind == key.kind, t.c.value == key.value)).one()
+        return _to_counter(row)
+
+    def _upsert(self, conn: Connection, key: ThrottleKey, *, now: float, window: float) -> None:
+        restart = or_(
+            t.c.last_failed_at < now - window,
+            and_(t.c.locked_until.is_not(None), t.c.locked_until <= now),
+        )
+        changes = {
+            "failures": case((restart, 1), else_=t.c.failures + 1),
+            "first_failed_at": case((restart, now), else_=t.c.first_failed_at),
+            "locked_until": case((restart, None), else_=t.c.locked_until),
+            "last_failed_at": now,
+        }
+        fresh = {
+            "kind": key.kind,
+            "value": key.value,
+            "failures": 1,
+            "first_failed_at": now,
+            "last_failed_at": now,
+            "locked_until": None,
+        }
+        name = conn.dialect.name
+        if name in ("postgresql", "sqlite"):
+            dialect_insert: Any = postgresql.insert if name == "postgresql" else sqlite.insert
+            conn.execute(
+                dialect_insert(t)
+                .values(**fresh)
+                .on_conflict_do_update(index_elements=[t.c.kind, t.c.value], set_=changes)
+            )
+            return
+        mine = and_(t.c.kind == key.kind, t.c.value == key.value)
+        if conn.execute(update(t).where(mine).values(**changes)).rowcount:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(t.insert().values(**fresh))
+        except IntegrityError:
+            conn.execute(update(t).where(mine).values(**changes))
+
+    def lock(self, key: ThrottleKey, *, until: float) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(t)
+                .where(t.c.kind == key.kind, t.c.value == key.value)
+                .values(locked_until=until)
+            )
+
+    def clear(self, keys: Sequence[ThrottleKey]) -> int:
+        if not keys:
+            return 0
+        wanted = [(k.kind, k.value) for k in keys]
+        with self._engine.begin() as conn:
+            result = conn.execute(delete(t).where(tuple_(t.c.kind, t.c.value).in_(wanted)))
+        return int(result.rowcount or 0)
+
+    def clear_source(self, source: str) -> int:
+        """Every counter of an address: its sign-in and client-auth counters, and the client
+        ids tried from it."""
+        condition = or_(
+            and_(t.c.kind.in_((IP, CLIENT_IP)), t.c.value == source),
+            and_(t.c.kind == CLIENT, t.c.value.endswith("@" + source, autoescape=True)),
+        )
+        with self._engine.begin() as conn:
+            result = conn.execute(delete(t).where(condition))
+        return int(result.rowcount or 0)
+
+    def active(self, *, now: float, limit: int) -> list[Counter]:
+        """The counters that exist, those locked now first, then by most recent failure."""
+        locked_now = case((and_(t.c.locked_until.is_not(None), t.c.locked_until > now), 0), else_=1)
+        query = select(t).order_by(locked_now, t.c.last_failed_at.desc()).limit(limit)
+        with self._engine.connect() as conn:
+            return [_to_counter(row) for row in conn.execute(query)]
+
+    def purge(self, *, before: float, now: float) -> int:
+        """Removes counters whose last failure is older than `before` and that hold no lock."""
+        condition = and_(
+            t.c.last_failed_at < before,
+            or_(t.c.locked_until.is_(None), t.c.locked_until <= now),
+        )
+        with self._engine.begin() as conn:
+            result = conn.execute(delete(t).where(condition))
+        return int(result.rowcount or 0)

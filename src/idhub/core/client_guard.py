@@ -1,0 +1,123 @@
+"""Throttling of client authentication (`invalid_client`) at the token, introspection and
+revocation endpoints: per client id tried from an address, and per address.
+
+The OAuth layer asks `begin` before it authenticates a client and reports the outcome on the
+returned attempt; it never sees the counters. The client id is the one the request claims
+(HTTP Basic user name, `client_id` field or the assertion's subject as authlib reads it).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from urllib.parse import unquote
+
+from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.throttle import (
+    CLIENT,
+    CLIENT_IP,
+    Reading,
+    Throttle,
+    ThrottleKey,
+    client_key,
+    source_of,
+)
+
+MAX_CLIENT_ID = 100
+
+
+def claimed_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> str | None:
+    """The client id a request names, from `Authorization: Basic` (RFC 6749 2.3.1: the id is
+    form-urlencoded inside) or the `client_id` field; None if it names none."""
+    header = headers.get("authorization") or headers.get("Authorization") or ""
+    scheme, _, value = str(header).partition(" ")
+    if scheme.lower() == "basic" and value.strip():
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return None
+        name = unquote(decoded.partition(":")[0])
+        return name[:MAX_CLIENT_ID] or None
+    named = form.get("client_id")
+    return str(named)[:MAX_CLIENT_ID] if named else None
+
+
+class ClientAttempt:
+    """One client authentication: refused already, or to be reported as failed or succeeded."""
+
+    def __init__(
+        self,
+        guard: ClientAuthGuard,
+        reading: Reading,
+        client_id: str | None,
+        ctx: RequestContext | None,
+    ) -> None:
+        self._guard = guard
+        self.reading = reading
+        self.client_id = client_id
+        self.ctx = ctx
+
+    @property
+    def refused(self) -> bool:
+        return self.reading.refusal is not None
+
+    @property
+    def retry_after(self) -> float:
+        return self.reading.refusal.retry_after if self.reading.refusal is not None else 0.0
+
+    def failed(self) -> None:
+        self._guard.apply_failure(self)
+
+    def succeeded(self) -> None:
+        self._guard.apply_success(self)
+
+
+class ClientAuthGuard:
+    def __init__(self, throttle: Throttle, audit: Auditor) -> None:
+        self._throttle = throttle
+        self._audit = audit
+
+    def begin(
+        self, headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
+    ) -> ClientAttempt:
+        """Reads the counters (one query); a refused attempt is audited here."""
+        client_id = claimed_client_id(headers, form)
+        source = source_of(ctx.client_ip if ctx is not None else None)
+        keys = []
+        if source is not None:
+            keys.append(ThrottleKey(CLIENT_IP, source))
+        if client_id:
+            keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
+        attempt = ClientAttempt(self, self._throttle.read(keys), client_id, ctx)
+        refusal = attempt.reading.refusal
+        if refusal is not None:
+            self._audit.record(
+                EventType.CLIENT_AUTH_THROTTLED,
+                actor=Actor("client", client_id),
+                outcome="failure",
+                details={
+                    "scope": refusal.key.kind,
+                    "locked": refusal.locked,
+                    "retry_after": round(refusal.retry_after),
+                },
+                ctx=ctx,
+            )
+        return attempt
+
+    def apply_failure(self, attempt: ClientAttempt) -> None:
+        for counter in self._throttle.apply_failure(attempt.reading):
+            self._audit.record(
+                EventType.CLIENT_AUTH_LOCKOUT,
+                actor=Actor("client", attempt.client_id),
+                outcome="failure",
+                details={
+                    "scope": counter.kind,
+                    "failures": counter.failures,
+                    "locked_until": counter.locked_until,
+                },
+                ctx=attempt.ctx,
+            )
+
+    def apply_success(self, attempt: ClientAttempt) -> None:
+        self._throttle.apply_success(attempt.reading, kinds=(CLIENT,))
