@@ -18,10 +18,12 @@ from typing import Any
 
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.ldap import ldap_sources
+from idhub.config.production import production_problem, require_production_ready
 from idhub.config.settings import (
     AuditSettings,
     DatabaseSettings,
     LdapSourceSettings,
+    LimitsSettings,
     PolicySettings,
     ServerSettings,
     Settings,
@@ -36,6 +38,7 @@ __all__ = [
     "AuditSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
+    "LimitsSettings",
     "PolicySettings",
     "Secret",
     "ServerSettings",
@@ -45,7 +48,9 @@ __all__ = [
     "describe",
     "find_config_file",
     "load_settings",
+    "production_problem",
     "redact_url",
+    "require_production_ready",
 ]
 
 DEFAULT_CONFIG_NAME = "idhub.toml"
@@ -58,6 +63,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicySettings,
     "audit": AuditSettings,
     "sync": SyncSettings,
+    "limits": LimitsSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -72,10 +78,13 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_VAR_DIR": ("", "var_dir"),
     "IDHUB_SECRET_KEY_FILE": ("", "secret_key_file"),
     "IDHUB_AUDIT_DECISIONS": ("audit", "decisions"),
+    "IDHUB_ENV": ("server", "mode"),
+    "IDHUB_DEBUG": ("server", "debug"),
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
     ("tokens", "default_access_token_alg"): ("RS256", "ES256", "EdDSA"),
+    ("server", "mode"): ("development", "production"),
 }
 
 
@@ -224,6 +233,7 @@ def load_settings(
         policy=sections["policy"],
         audit=sections["audit"],
         sync=sections["sync"],
+        limits=sections["limits"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -22,6 +22,29 @@ class ServerSettings:
     default_locale: str = "zh-CN"
     # Systems allowed to read the audit API before the authorization policy governs it.
     admin_clients: tuple[str, ...] = ()
+    # "production" refuses to start on settings that are only fit for a developer's machine
+    # (see `production_problem`).
+    mode: str = "development"
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """What one HTTP request may cost before it is refused (docs/deployment.md)."""
+
+    # Bodies of the JSON APIs (`/api/...`): a decision batch of 1000 questions fits.
+    max_api_body: int = 2_000_000
+    # Every other body: OAuth forms, login and consent posts.
+    max_form_body: int = 64 * 1024
+    # The request line and all headers together, and the request target alone.
+    max_header_bytes: int = 16 * 1024
+    max_request_line: int = 8 * 1024
+    max_headers: int = 100
+    # Seconds a client may take to send a whole request (headers and body); slower or idle
+    # partial requests are cut off.
+    request_timeout: float = 10.0
+    # Seconds an idle keep-alive connection is held open between requests.
+    keep_alive_timeout: int = 5
 
 
 @dataclass(frozen=True)
@@ -115,6 +138,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None
@@ -131,3 +155,7 @@ class Settings:
                 hint=f"run `idhub init` to create {self.secret_key_file} or set IDHUB_SECRET_KEY",
             )
         return self.secret_key
+
+    @property
+    def production(self) -> bool:
+        return self.server.mode == "production"
