@@ -9,6 +9,7 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidRequestError,
     OAuth2Error,
+    UnsupportedGrantTypeError,
 )
 
 from idhub.core.audit import Actor, Auditor, EventType
@@ -68,6 +70,12 @@ def _max_age(value: str | None) -> int | None:
     return max_age
 
 
+# RFC 6749 A.3 and A.10: what a response_type and a grant_type may be spelled with. authlib
+# echoes both into error descriptions, which may hold only printable ASCII without `"` or `\`.
+_RESPONSE_TYPE = re.compile(r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$")
+_GRANT_TYPE = re.compile(r"^[A-Za-z0-9._:/?#\[\]@!$&'()*+,;=%~-]+$")
+
+
 def _repeated(data: OAuthRequestData) -> str | None:
     """The first parameter given more than once (RFC 6749 3.1, 3.2), or None."""
     for name, values in data.multi.items():
@@ -89,10 +97,18 @@ def _require_well_formed(data: OAuthRequestData) -> None:
     """A token-side request gives each parameter once and one way of authenticating."""
     repeated = _repeated(data)
     if repeated is not None:
-        raise InvalidRequestError(f"'{repeated}' is repeated")
+        raise InvalidRequestError(f"'{_printable(repeated)}' is repeated")
+    grant_type = data.params.get("grant_type")
+    if grant_type and not _GRANT_TYPE.match(grant_type):
+        raise UnsupportedGrantTypeError("this grant_type is not supported")
     problem = credential_problem(data.headers, data.params)
     if problem is not None:
         raise problem
+
+
+def _printable(name: str) -> str:
+    """A parameter name fit for an error description (RFC 6749 5.2)."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in name)
 
 
 def _error_response(exc: OAuth2Error) -> OAuthResponseData:
@@ -225,7 +241,12 @@ class Provider:
         # RFC 6749 3.1: no parameter may be given twice, whichever one it is.
         repeated = _repeated(data)
         if repeated is not None:
-            raise _Refused("invalid_request", f"'{repeated}' is repeated")
+            raise _Refused("invalid_request", f"'{_printable(repeated)}' is repeated")
+        response_type = data.params.get("response_type")
+        if response_type and not _RESPONSE_TYPE.match(response_type):
+            raise _Refused(
+                "unsupported_response_type", "response_type is not one this server knows"
+            )
         request = IdhubRequest(data)
         try:
             grant = self.server.get_authorization_grant(request)
@@ -234,6 +255,9 @@ class Provider:
             raise _Refused(
                 exc.error or "invalid_request", exc.description or exc.error or ""
             ) from None
+        except ValueError:
+            # authlib refusing to put our input into an error description.
+            raise _Refused("invalid_request", "the request is not valid") from None
         scopes = tuple(str(request.scope or "").split())
         if not scopes:
             raise _Refused(

@@ -55,6 +55,7 @@ def request_limits(services: Services) -> RequestLimits:
         max_form_body=limits.max_form_body,
         max_request_line=limits.max_request_line,
         max_headers=limits.max_headers,
+        max_header_bytes=limits.max_header_bytes,
     )
 
 

@@ -89,7 +89,8 @@ class RedactingAccessFilter(logging.Filter):
 def log_config() -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"redact": {"()": f"{__name__}.RedactingAccessFilter"}}
-    config["handlers"]["access"]["filters"] = ["redact"]
+    # On the logger, so every handler anyone attaches sees the redacted target only.
+    config["loggers"]["uvicorn.access"]["filters"] = ["redact"]
     return config
 
 

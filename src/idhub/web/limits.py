@@ -1,7 +1,8 @@
 """What a request may cost, refused before the application reads it.
 
 - a request target longer than `max_request_line` is a 414, more than `max_headers` header
-  lines a 431 (the total header size is capped by the server, see `web/http_server.py`);
+  lines or more than `max_header_bytes` of them a 431 (the server also stops buffering an
+  incomplete head at that size, see `web/http_server.py`);
 - a declared `Content-Length` over the path's limit is a 413 at once, without reading;
 - a body without a length (chunked) is counted as it arrives and refused with a 413 once it
   passes the limit, so no handler ever holds more than the limit in memory;
@@ -32,6 +33,7 @@ class RequestLimits:
     max_form_body: int
     max_request_line: int
     max_headers: int
+    max_header_bytes: int
 
     def body_limit(self, path: str) -> int:
         return self.max_api_body if path.startswith(API_PREFIX) else self.max_form_body
@@ -84,8 +86,12 @@ class LimitsMiddleware:
             too_long = f"the request target is longer than {limits.max_request_line} bytes"
             await _refuse(send, 414, too_long)
             return
-        if len(scope.get("headers", [])) > limits.max_headers:
+        headers = scope.get("headers", [])
+        if len(headers) > limits.max_headers:
             await _refuse(send, 431, f"more than {limits.max_headers} header lines")
+            return
+        if target + sum(len(k) + len(v) + 4 for k, v in headers) > limits.max_header_bytes:
+            await _refuse(send, 431, f"the request head is larger than {limits.max_header_bytes}")
             return
         limit = limits.body_limit(str(scope.get("path", "")))
         declared = _declared_length(scope)
