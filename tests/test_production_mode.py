@@ -78,3 +78,14 @@ def test_serve_refuses_in_one_line(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], result.err
     assert "Traceback" not in result.err and result.out == ""
+
+
+def test_the_example_deployment_config_is_fit_for_production() -> None:
+    from tests.conftest import REPO
+
+    settings = load_settings(
+        REPO / "deploy" / "idhub.toml.example",
+        env={"IDHUB_SECRET_KEY": STRONG_KEY, "IDHUB_DATABASE_URL": "postgresql://db/idhub"},
+    )
+    assert settings.production and production_problem(settings) is None
+    assert settings.limits.request_timeout == 10
