@@ -252,6 +252,16 @@ revoked_tokens = Table(
     Column("revoked_at", Float, nullable=False),
 )
 
+# The access tokens (by `jti`) each grant produced, so reusing its authorization code can revoke
+# them (RFC 6749 4.1.2); the grant id is the family id, the code's hash. Kept until expiry.
+grant_access_tokens = Table(
+    "grant_access_tokens",
+    metadata,
+    Column("grant_id", String(64), primary_key=True),
+    Column("jti", String(64), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
 # Replay protection for private_key_jwt client assertions (RFC 7523 `jti`).
 used_assertions = Table(
     "used_assertions",

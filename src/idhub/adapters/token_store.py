@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from idhub.adapters._storage_errors import storage_error, translate_storage_errors
 from idhub.adapters.db import (
     authorization_codes,
+    grant_access_tokens,
     refresh_families,
     refresh_tokens,
     revoked_tokens,
@@ -227,6 +228,9 @@ class SqlTokenStore:
             conn.execute(delete(refresh_tokens).where(refresh_tokens.c.family_id == code_hash))
             conn.execute(delete(refresh_families).where(refresh_families.c.id == code_hash))
             conn.execute(
+                delete(grant_access_tokens).where(grant_access_tokens.c.grant_id == code_hash)
+            )
+            conn.execute(
                 update(authorization_codes)
                 .where(authorization_codes.c.code_hash == code_hash)
                 .values(used_at=None)
@@ -304,6 +308,44 @@ class SqlTokenStore:
             raise storage_error(exc, "SqlTokenStore.is_revoked") from exc
         return found is not None
 
+    # ------------------------------------------------------------------ a grant's access tokens
+
+    @translate_storage_errors
+    def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None:
+        with self._serial, self._engine.begin() as conn:
+            conn.execute(
+                insert(grant_access_tokens).values(
+                    grant_id=grant_id, jti=jti[:64], expires_at=expires_at
+                )
+            )
+
+    @translate_storage_errors
+    def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:
+        """Copies the grant's unexpired access-token ids onto the revocation list in one
+        transaction; ids already there stay as they are."""
+        with self._serial, self._engine.begin() as conn:
+            rows = conn.execute(
+                select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at).where(
+                    grant_access_tokens.c.grant_id == grant_id,
+                    grant_access_tokens.c.expires_at > now,
+                )
+            ).all()
+            known = set(
+                conn.execute(
+                    select(revoked_tokens.c.jti).where(
+                        revoked_tokens.c.jti.in_([row.jti for row in rows])
+                    )
+                ).scalars()
+            )
+            fresh = [
+                {"jti": row.jti, "expires_at": row.expires_at, "revoked_at": now}
+                for row in rows
+                if row.jti not in known
+            ]
+            if fresh:
+                conn.execute(insert(revoked_tokens), fresh)
+        return len(fresh)
+
     # ------------------------------------------------------------------ client assertions
 
     @translate_storage_errors
@@ -347,6 +389,8 @@ class SqlTokenStore:
             counts["revoked_tokens"] = conn.execute(
                 delete(revoked_tokens).where(revoked_tokens.c.expires_at < now)
             ).rowcount
+            # Bookkeeping for revocation, not a kind of credential: dropped, not counted.
+            conn.execute(delete(grant_access_tokens).where(grant_access_tokens.c.expires_at < now))
             counts["used_assertions"] = conn.execute(
                 delete(used_assertions).where(used_assertions.c.expires_at < now)
             ).rowcount

@@ -8,7 +8,7 @@ from typing import Any
 
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json
-from idhub.config import describe
+from idhub.config import describe, require_production_ready
 from idhub.core.crypto import new_secret_key
 
 
@@ -92,9 +92,10 @@ def _print_tree(value: dict[str, Any], indent: str = "") -> None:
 
 
 def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
-    import uvicorn
+    from idhub.web import http_server
 
     settings = ctx.settings
+    require_production_ready(settings)
     settings.require_secret_key()
     host = args.host or settings.server.host
     port = args.port or settings.server.port
@@ -107,9 +108,10 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:
             os.environ["IDHUB_CONFIG"] = str(settings.config_file.resolve())
-        uvicorn.run(
+        config = http_server.server_config(
             "idhub.web.asgi:create",
             factory=True,
+            limits=settings.limits,
             host=host,
             port=port,
             workers=workers,
@@ -121,11 +123,12 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
 
         # As with several workers: uvicorn would otherwise believe X-Forwarded-For from
         # loopback by itself; idhub's middleware decides, from `[server] trusted_proxies`.
-        uvicorn.run(
+        config = http_server.server_config(
             create_app(ctx.services),
+            limits=settings.limits,
             host=host,
             port=port,
-            log_level="info",
             proxy_headers=False,
         )
+    http_server.run(config)
     return 0

@@ -19,10 +19,12 @@ from typing import Any
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.defences import check_defences
 from idhub.config.ldap import ldap_sources
+from idhub.config.production import production_problem, require_production_ready
 from idhub.config.settings import (
     AuditSettings,
     DatabaseSettings,
     LdapSourceSettings,
+    LimitsSettings,
     PasswordSettings,
     PolicySettings,
     ServerSettings,
@@ -39,6 +41,7 @@ __all__ = [
     "AuditSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
+    "LimitsSettings",
     "PasswordSettings",
     "PolicySettings",
     "Secret",
@@ -50,7 +53,9 @@ __all__ = [
     "describe",
     "find_config_file",
     "load_settings",
+    "production_problem",
     "redact_url",
+    "require_production_ready",
 ]
 
 DEFAULT_CONFIG_NAME = "idhub.toml"
@@ -65,6 +70,7 @@ _SECTIONS: dict[str, type] = {
     "sync": SyncSettings,
     "throttle": ThrottleSettings,
     "passwords": PasswordSettings,
+    "limits": LimitsSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -80,11 +86,14 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_VAR_DIR": ("", "var_dir"),
     "IDHUB_SECRET_KEY_FILE": ("", "secret_key_file"),
     "IDHUB_AUDIT_DECISIONS": ("audit", "decisions"),
+    "IDHUB_ENV": ("server", "mode"),
+    "IDHUB_DEBUG": ("server", "debug"),
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
     ("tokens", "default_access_token_alg"): ("RS256", "ES256", "EdDSA"),
     ("server", "proxy_header"): ("x-forwarded-for", "forwarded"),
+    ("server", "mode"): ("development", "production"),
 }
 
 
@@ -236,6 +245,7 @@ def load_settings(
         sync=sections["sync"],
         throttle=sections["throttle"],
         passwords=sections["passwords"],
+        limits=sections["limits"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

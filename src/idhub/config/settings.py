@@ -28,6 +28,29 @@ class ServerSettings:
     # The header those proxies set: "x-forwarded-for" or "forwarded" (RFC 7239). Only this
     # one is read, so a client cannot slip in the other one past a proxy that leaves it alone.
     proxy_header: str = "x-forwarded-for"
+    # "production" refuses to start on settings that are only fit for a developer's machine
+    # (see `production_problem`).
+    mode: str = "development"
+    debug: bool = False
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """What one HTTP request may cost before it is refused (docs/deployment.md)."""
+
+    # Bodies of the JSON APIs (`/api/...`): a decision batch of 1000 questions fits.
+    max_api_body: int = 2_000_000
+    # Every other body: OAuth forms, login and consent posts.
+    max_form_body: int = 64 * 1024
+    # The request line and all headers together, and the request target alone.
+    max_header_bytes: int = 16 * 1024
+    max_request_line: int = 8 * 1024
+    max_headers: int = 100
+    # Seconds a client may take to send a whole request (headers and body); slower or idle
+    # partial requests are cut off.
+    request_timeout: float = 10.0
+    # Seconds an idle keep-alive connection is held open between requests.
+    keep_alive_timeout: int = 5
 
 
 @dataclass(frozen=True)
@@ -156,6 +179,7 @@ class Settings:
     sync: SyncSettings = field(default_factory=SyncSettings)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     passwords: PasswordSettings = field(default_factory=PasswordSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None
@@ -172,3 +196,7 @@ class Settings:
                 hint=f"run `idhub init` to create {self.secret_key_file} or set IDHUB_SECRET_KEY",
             )
         return self.secret_key
+
+    @property
+    def production(self) -> bool:
+        return self.server.mode == "production"

@@ -1,6 +1,6 @@
 """What the token side keeps between requests, as records and the storage interfaces the
-adapters implement: authorization codes, refresh-token families, revoked access-token ids and
-used client-assertion ids.
+adapters implement: authorization codes, refresh-token families, revoked access-token ids, the
+access-token ids each grant produced and used client-assertion ids.
 
 Nothing in these records is a usable credential: codes are kept by SHA-256, refresh tokens by
 keyed hash. Every "first use or replay" decision is the store's to make atomically, so two
@@ -101,6 +101,17 @@ class AccessTokenRevocations(Protocol):
     def is_revoked(self, jti: str) -> bool: ...
 
 
+class GrantAccessTokens(Protocol):
+    """The access tokens a grant (an authorization code and the refresh family it started)
+    produced, so that reusing the code can revoke them all (RFC 6749 4.1.2)."""
+
+    def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None: ...
+
+    def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:
+        """Puts every unexpired access token of the grant on the revocation list."""
+        ...
+
+
 class AssertionLedger(Protocol):
     def use_assertion(self, client_id: str, jti: str, *, expires_at: float) -> bool:
         """Records a client assertion id; False if it was seen before (a replay)."""
@@ -114,6 +125,12 @@ class TokenPurge(Protocol):
 
 
 class TokenStorage(
-    CodeStorage, RefreshStorage, AccessTokenRevocations, AssertionLedger, TokenPurge, Protocol
+    CodeStorage,
+    RefreshStorage,
+    AccessTokenRevocations,
+    GrantAccessTokens,
+    AssertionLedger,
+    TokenPurge,
+    Protocol,
 ):
     """Everything above in one store (what the SQL adapter provides)."""

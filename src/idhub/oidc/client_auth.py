@@ -9,10 +9,13 @@ endpoint or the issuer, and its `jti` is accepted once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import base64
+import binascii
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
-from authlib.oauth2.rfc6749 import InvalidClientError
+from authlib.oauth2.rfc6749 import InvalidClientError, InvalidRequestError, OAuth2Error
 from joserfc import jwk
 from joserfc.errors import JoseError
 
@@ -27,6 +30,43 @@ ALL_METHODS = [*CONFIDENTIAL_METHODS, "none"]
 # An assertion may live at most an hour (authlib's client default), which bounds the replay table.
 MAX_ASSERTION_LIFETIME = 3600 + 60
 LEEWAY = 30
+
+
+def _basic_client_id(header: str) -> str | None:
+    """The client id of `Authorization: Basic ...`; None when nothing usable follows."""
+    _, _, credentials = header.strip().partition(" ")
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    client_id, colon, _ = decoded.partition(":")
+    return unquote(client_id) if colon and client_id else None
+
+
+def credential_problem(headers: Mapping[str, str], form: Mapping[str, str]) -> OAuth2Error | None:
+    """What is wrong with how a request presents client credentials, before any is checked.
+
+    `Authorization: Basic` with nothing usable after it is `invalid_client` (RFC 6749 5.2);
+    more than one authentication method in one request (a Basic header and a secret or an
+    assertion in the body, or a body `client_id` naming another client) is `invalid_request`
+    (RFC 6749 2.3: "MUST NOT use more than one authentication method").
+    """
+    header = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+    basic = header.strip().lower().startswith("basic")
+    basic_id = _basic_client_id(header) if basic else None
+    if basic and basic_id is None:
+        return InvalidClientError(status_code=401, description="the Basic credentials are unusable")
+    methods = [
+        basic,
+        "client_secret" in form,
+        "client_assertion" in form or "client_assertion_type" in form,
+    ]
+    if sum(methods) > 1:
+        return InvalidRequestError("use one client authentication method per request")
+    named = form.get("client_id")
+    if basic_id is not None and named and named != basic_id:
+        return InvalidRequestError("client_id does not match the Basic credentials")
+    return None
 
 
 class AuthlibClient:

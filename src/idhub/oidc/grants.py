@@ -100,8 +100,11 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
         if record is None or record.client_id != client.client_id:
             raise InvalidGrantError("the authorization code is not valid")
         if status == "used":
-            # RFC 6749 4.1.2: a code used twice revokes what it granted.
-            self.tokens.revoke_family(record.code_hash, self.clock.now(), "code_reuse")
+            # RFC 6749 4.1.2: a code used twice revokes what it granted: the refresh family
+            # it started and every access token it (or that family) produced.
+            now = self.clock.now()
+            self.tokens.revoke_family(record.code_hash, now, "code_reuse")
+            self.tokens.revoke_grant_tokens(record.code_hash, now=now)
             self.request.idhub_reason = "code_reuse"
             raise InvalidGrantError("the authorization code was already used")
         if status == "expired":
@@ -117,6 +120,9 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
         audience = client.resolve_audience(record.resource) or client.audience
         token, claims = minter.user_access_token(
             client, user, audience=audience, scopes=scopes, auth_time=int(record.auth_time)
+        )
+        self.tokens.record_grant_token(
+            record.code_hash, str(claims["jti"]), expires_at=float(claims["exp"])
         )
         refresh = None
         if client.allows_grant("refresh_token"):
@@ -228,6 +234,9 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
             audience=audience,
             scopes=scopes,
             auth_time=int(family.auth_time) if family.auth_time else None,
+        )
+        self.tokens.record_grant_token(
+            family.id, str(claims["jti"]), expires_at=float(claims["exp"])
         )
         try:
             minter.record_issuance(

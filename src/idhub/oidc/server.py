@@ -9,6 +9,7 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +17,9 @@ from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
+    InvalidRequestError,
     OAuth2Error,
+    UnsupportedGrantTypeError,
 )
 
 from idhub.core.audit import Actor, Auditor, EventType
@@ -28,7 +31,7 @@ from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
-from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT
+from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
@@ -45,20 +48,6 @@ from idhub.oidc.tokens import AccessTokens
 log = logging.getLogger("idhub.oidc")
 
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
-_SINGLE = (
-    "response_type",
-    "client_id",
-    "redirect_uri",
-    "scope",
-    "state",
-    "nonce",
-    "prompt",
-    "max_age",
-    "code_challenge",
-    "code_challenge_method",
-    "resource",
-    "login_hint",
-)
 
 
 class _Refused(Exception):
@@ -80,6 +69,52 @@ def _max_age(value: str | None) -> int | None:
     if max_age < 0:
         raise _Refused("invalid_request", "max_age must not be negative")
     return max_age
+
+
+# RFC 6749 A.3 and A.10: what a response_type and a grant_type may be spelled with. authlib
+# echoes both into error descriptions, which may hold only printable ASCII without `"` or `\`.
+_RESPONSE_TYPE = re.compile(r"^[A-Za-z0-9_]+( [A-Za-z0-9_]+)*$")
+_GRANT_TYPE = re.compile(r"^[A-Za-z0-9._:/?#\[\]@!$&'()*+,;=%~-]+$")
+
+
+def _repeated(data: OAuthRequestData) -> str | None:
+    """The first parameter given more than once (RFC 6749 3.1, 3.2), or None."""
+    for name, values in data.multi.items():
+        if len(values) > 1:
+            return name[:50]
+    return None
+
+
+def _require_supported_request(params: Mapping[str, str]) -> None:
+    """OIDC Core 6: request objects are not supported; the client hears so at its redirect
+    URI (3.1.2.6), like any other error once the client and the URI are known."""
+    if "request" in params:
+        raise _Refused("request_not_supported", "request objects are not supported")
+    if "request_uri" in params:
+        raise _Refused("request_uri_not_supported", "request_uri is not supported")
+
+
+def _require_well_formed(data: OAuthRequestData) -> None:
+    """A token-side request gives each parameter once and one way of authenticating."""
+    repeated = _repeated(data)
+    if repeated is not None:
+        raise InvalidRequestError(f"'{_printable(repeated)}' is repeated")
+    grant_type = data.params.get("grant_type")
+    if grant_type and not _GRANT_TYPE.match(grant_type):
+        raise UnsupportedGrantTypeError("this grant_type is not supported")
+    problem = credential_problem(data.headers, data.params)
+    if problem is not None:
+        raise problem
+
+
+def _printable(name: str) -> str:
+    """A parameter name fit for an error description (RFC 6749 5.2)."""
+    return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in name)
+
+
+def _error_response(exc: OAuth2Error) -> OAuthResponseData:
+    status, body, headers = exc()
+    return OAuthResponseData(status, list(headers), body)
 
 
 class Provider:
@@ -140,9 +175,11 @@ class Provider:
         (show a page, never redirect) and `AuthorizationErrorRedirect` for every other
         protocol error (send its 302).
         """
-        client, redirect_uri = self._require_trusted_target(data.params)
+        client, redirect_uri = self._require_trusted_target(data)
+        # A repeated state is refused below; the error still echoes the first one.
         state = data.params.get("state")
         try:
+            _require_supported_request(data.params)
             return self._checked_request(data, client, redirect_uri)
         except _Refused as refused:
             response = self._redirect(
@@ -150,12 +187,13 @@ class Provider:
             )
             raise AuthorizationErrorRedirect(response, refused.error, refused.description) from None
 
-    def _require_trusted_target(self, params: Mapping[str, str]) -> tuple[Client, str]:
+    def _require_trusted_target(self, data: OAuthRequestData) -> tuple[Client, str]:
         """The client and redirect URI an error may be sent back to; a page error otherwise."""
-        if "request" in params or "request_uri" in params:
-            raise AuthorizationPageError(
-                "request_not_supported", "request objects are not supported"
-            )
+        params = data.params
+        for name in ("client_id", "redirect_uri"):
+            if len(data.multi.get(name, ())) > 1:
+                # Which of them would an error go back to? Neither can be trusted.
+                raise AuthorizationPageError("invalid_request", f"'{name}' is repeated")
         client_id = params.get("client_id")
         client = self.registry.get(client_id) if client_id else None
         if client is None:
@@ -207,9 +245,15 @@ class Provider:
 
     def _granted_scopes(self, data: OAuthRequestData) -> tuple[str, ...]:
         """authlib's checks of the request; the scopes left after narrowing to the client."""
-        for name in _SINGLE:
-            if len(data.multi.get(name, ())) > 1:
-                raise _Refused("invalid_request", f"'{name}' is repeated")
+        # RFC 6749 3.1: no parameter may be given twice, whichever one it is.
+        repeated = _repeated(data)
+        if repeated is not None:
+            raise _Refused("invalid_request", f"'{_printable(repeated)}' is repeated")
+        response_type = data.params.get("response_type")
+        if response_type and not _RESPONSE_TYPE.match(response_type):
+            raise _Refused(
+                "unsupported_response_type", "response_type is not one this server knows"
+            )
         request = IdhubRequest(data)
         try:
             grant = self.server.get_authorization_grant(request)
@@ -218,6 +262,9 @@ class Provider:
             raise _Refused(
                 exc.error or "invalid_request", exc.description or exc.error or ""
             ) from None
+        except ValueError:
+            # authlib refusing to put our input into an error description.
+            raise _Refused("invalid_request", "the request is not valid") from None
         scopes = tuple(str(request.scope or "").split())
         if not scopes:
             raise _Refused(
@@ -280,7 +327,10 @@ class Provider:
     def token(self, data: OAuthRequestData) -> OAuthResponseData:
         request = IdhubRequest(data)
         try:
+            _require_well_formed(data)
             response: OAuthResponseData = self.server.create_token_response(request)
+        except OAuth2Error as exc:
+            response = _error_response(exc)
         except AuditError:
             response = self._unavailable()
         except UnicodeDecodeError:
@@ -352,11 +402,11 @@ class Provider:
         handler: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
     ) -> OAuthResponseData:
         try:
+            _require_well_formed(data)
             _, client = self._client_auth(data, endpoint)
             return handler(data, client)
         except OAuth2Error as exc:
-            status, body, headers = exc()
-            return OAuthResponseData(status, list(headers), body)
+            return _error_response(exc)
         except AuditError:
             return self._unavailable()
         except UnicodeDecodeError:

@@ -13,11 +13,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from idhub.bootstrap import Services
 from idhub.web.errors import exception_handlers
+from idhub.web.limits import LimitsMiddleware, RequestLimits
 from idhub.web.middleware import RequestContextMiddleware
 from idhub.web.proxies import TrustedProxies
+from idhub.web.security_headers import SecurityHeadersMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -32,6 +35,29 @@ ROUTE_MODULES = (
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
 )
+
+
+class IdhubApp(Starlette):
+    """Starlette with the security headers outside its error handling, so even the answer to
+    an unexpected error carries them."""
+
+    def __init__(self, *, issuer: str, **kwargs: Any) -> None:
+        self._issuer = issuer
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack(), issuer=self._issuer)
+
+
+def request_limits(services: Services) -> RequestLimits:
+    limits = services.settings.limits
+    return RequestLimits(
+        max_api_body=limits.max_api_body,
+        max_form_body=limits.max_form_body,
+        max_request_line=limits.max_request_line,
+        max_headers=limits.max_headers,
+        max_header_bytes=limits.max_header_bytes,
+    )
 
 
 def create_app(services: Services) -> Starlette:
@@ -51,9 +77,14 @@ def create_app(services: Services) -> Starlette:
         finally:
             services.runtime.stop()
 
-    app = Starlette(
+    app = IdhubApp(
+        issuer=services.settings.server.issuer,
+        debug=services.settings.server.debug,
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware, proxies=_proxies(services))],
+        middleware=[
+            Middleware(RequestContextMiddleware, proxies=_proxies(services)),
+            Middleware(LimitsMiddleware, limits=request_limits(services)),
+        ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

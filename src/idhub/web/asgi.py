@@ -5,9 +5,11 @@ from __future__ import annotations
 from starlette.applications import Starlette
 
 from idhub.bootstrap import Services
-from idhub.config import load_settings
+from idhub.config import load_settings, require_production_ready
 from idhub.web.app import create_app
 
 
 def create() -> Starlette:
-    return create_app(Services(load_settings()))
+    settings = load_settings()
+    require_production_ready(settings)
+    return create_app(Services(settings))

@@ -30,6 +30,10 @@ from idhub.web.middleware import request_context
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+# Sequence numbers are BIGINT; times are epoch seconds a float column holds exactly.
+MAX_SEQ = 2**63 - 1
+MAX_TIME = 2.0**53
+MAX_VALUE = 500
 # Claims of a valid idhub access token carrying `audit:read`, or `BearerError`.
 Authorise = Callable[[Request], Awaitable[dict[str, Any]]]
 Search = Callable[..., list[AuditEvent]]
@@ -43,7 +47,7 @@ def _read_cursor(value: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode("ascii")
         order, _, seq = raw.partition(":")
-        if order in ("asc", "desc"):
+        if order in ("asc", "desc") and seq.isdigit() and int(seq) <= MAX_SEQ:
             return order, int(seq)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
@@ -55,7 +59,13 @@ def _query(request: Request, clock: Clock) -> tuple[AuditFilter, dict[str, Any]]
     known = {"type", "actor", "target", "outcome", "since", "until", "limit", "cursor", "order"}
     unknown = sorted(set(params.keys()) - known)
     if unknown:
-        raise InvalidInput(f"unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        raise InvalidInput(
+            f"unknown parameter {unknown[0][:50]!r} (known: {', '.join(sorted(known))})"
+        )
+    for name, value in params.multi_items():
+        # No database takes a NUL in a string, and no filter needs a novel.
+        if len(value) > MAX_VALUE or not value.isprintable():
+            raise InvalidInput(f"{name} must be printable text of at most {MAX_VALUE} characters")
     types = [t.strip() for value in params.getlist("type") for t in value.split(",") if t.strip()]
     outcome = params.get("outcome") or None
     if outcome is not None and outcome not in OUTCOMES:
@@ -67,9 +77,12 @@ def _query(request: Request, clock: Clock) -> tuple[AuditFilter, dict[str, Any]]
         if not value:
             return None
         try:
-            return parse_when(value, now=now)
-        except ValueError as exc:
+            moment = parse_when(value, now=now)
+        except (ValueError, OverflowError) as exc:
             raise InvalidInput(f"{name}: {exc}") from None
+        if not -MAX_TIME <= moment <= MAX_TIME:  # also refuses nan and infinities
+            raise InvalidInput(f"{name} is out of range")
+        return moment
 
     try:
         limit = int(params.get("limit", DEFAULT_LIMIT))

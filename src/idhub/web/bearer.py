@@ -45,17 +45,26 @@ def error_response(exc: BearerError) -> JSONResponse:
     return exc.response()
 
 
-def check_bearer(token: str | None, services: Services, *, scope: str | None) -> dict[str, Any]:
-    """The synchronous check (touches the revocation list): for worker threads."""
+def verify_bearer(token: str | None, services: Services) -> dict[str, Any]:
+    """Claims of a valid idhub access token, whatever its scope (touches the revocation list:
+    for worker threads); raises `BearerError`."""
     if not token:
         raise BearerError(401, "invalid_token", "an access token is required")
     try:
-        claims = services.access_tokens.verify(token, audience=IDHUB_AUDIENCE)
+        return services.access_tokens.verify(token, audience=IDHUB_AUDIENCE)
     except InvalidToken:
         raise BearerError(401, "invalid_token", "the access token is not valid") from None
+
+
+def require_scope(claims: dict[str, Any], scope: str | None) -> dict[str, Any]:
     if scope is not None and scope not in str(claims.get("scope", "")).split():
         raise BearerError(403, "insufficient_scope", f"the token lacks scope {scope}", scope=scope)
     return claims
+
+
+def check_bearer(token: str | None, services: Services, *, scope: str | None) -> dict[str, Any]:
+    """The synchronous check (touches the revocation list): for worker threads."""
+    return require_scope(verify_bearer(token, services), scope)
 
 
 async def require_bearer(

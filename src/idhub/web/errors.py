@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from idhub import errors
+from idhub.web.security_headers import allowed_methods
 
 log = logging.getLogger("idhub.web")
 
@@ -54,16 +55,24 @@ def wants_html(request: Request) -> bool:
     return "text/html" in accept and "application/json" not in accept
 
 
-def error_response(request: Request, status: int, code: str, message: str) -> Response:
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
     request_id = getattr(request.state, "request_id", None)
     if wants_html(request):
         from idhub.web.templating import render_error
 
-        return render_error(request, status=status, title=code, message=message)
+        page = render_error(request, status=status, title=code, message=message)
+        page.headers.update(headers or {})
+        return page
     body: dict[str, Any] = {"error": code, "error_description": message}
     if request_id:
         body["request_id"] = request_id
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def _idhub_error(request: Request, exc: Exception) -> Response:
@@ -77,7 +86,11 @@ async def _idhub_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(request, exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # RFC 9110 15.5.6; a path served by one route per method needs all of them named.
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return error_response(request, exc.status_code, code, str(exc.detail), headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -28,7 +28,7 @@ from idhub.core.authz.decisions import (
     resource_id_text,
 )
 from idhub.errors import InvalidInput, PolicyError
-from idhub.web.bearer import BearerError, check_bearer
+from idhub.web.bearer import BearerError, check_bearer, require_scope, verify_bearer
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
 from idhub.web.pdp_openapi import openapi_document
@@ -37,6 +37,8 @@ MAX_BODY = 2_000_000
 _FIELDS = ("user", "sub", "domain", "type", "action", "owner", "dept", "resource_id")
 # Claims of a valid idhub access token carrying the scope, or `BearerError`.
 Authorise = Callable[[Request, str], Mapping[str, Any]]
+# Verifies the request's bearer token (any scope) before its body is read; `BearerError`.
+Authenticate = Callable[[Request], None]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -48,6 +50,7 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 async def _body(request: Request) -> Any:
+    # The server caps what is read (web/limits.py); this bounds what is parsed.
     raw = await request.body()
     if len(raw) > MAX_BODY:
         raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
@@ -55,6 +58,8 @@ async def _body(request: Request) -> Any:
         return json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("the body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidInput("the body is nested too deeply") from None
 
 
 def _text(item: Mapping[str, Any], key: str, where: str, *, required: bool) -> str:
@@ -144,9 +149,16 @@ class DecisionApi:
         return JSONResponse(self._decisions.policy_status())
 
 
-def _endpoint(handler: Callable[[Request, Any], Response], *, read_body: bool = True) -> Any:
+def _endpoint(
+    handler: Callable[[Request, Any], Response],
+    *,
+    authenticate: Authenticate,
+    read_body: bool = True,
+) -> Any:
     async def run(request: Request) -> Response:
         try:
+            # Nobody without a valid token gets the body parsed.
+            await run_in_threadpool(authenticate, request)
             body = await _body(request) if read_body else None
             return await run_in_threadpool(handler, request, body)
         except BearerError as exc:
@@ -161,8 +173,14 @@ def _endpoint(handler: Callable[[Request, Any], Response], *, read_body: bool = 
 
 
 def routes(services: Services) -> list[BaseRoute]:
+    def authenticate(request: Request) -> None:
+        request.state.bearer_claims = verify_bearer(bearer_token(request), services)
+
     def authorise(request: Request, scope: str) -> Mapping[str, Any]:
-        return check_bearer(bearer_token(request), services, scope=scope)
+        claims = getattr(request.state, "bearer_claims", None)
+        if claims is None:
+            return check_bearer(bearer_token(request), services, scope=scope)
+        return require_scope(claims, scope)
 
     decisions = services.decisions
     api = DecisionApi(decisions=decisions, authorise=authorise)
@@ -176,11 +194,14 @@ def routes(services: Services) -> list[BaseRoute]:
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document(issuer))
 
+    def guarded(handler: Callable[[Request, Any], Response], *, read_body: bool = True) -> Any:
+        return _endpoint(handler, authenticate=authenticate, read_body=read_body)
+
     return [
-        Route("/api/v1/authz/check", _endpoint(api.check), methods=["POST"]),
-        Route("/api/v1/authz/scopes", _endpoint(api.scopes), methods=["POST"]),
-        Route("/api/v1/authz/explain", _endpoint(api.explain), methods=["POST"]),
-        Route("/api/v1/authz/policy", _endpoint(api.policy, read_body=False), methods=["GET"]),
+        Route("/api/v1/authz/check", guarded(api.check), methods=["POST"]),
+        Route("/api/v1/authz/scopes", guarded(api.scopes), methods=["POST"]),
+        Route("/api/v1/authz/explain", guarded(api.explain), methods=["POST"]),
+        Route("/api/v1/authz/policy", guarded(api.policy, read_body=False), methods=["GET"]),
         Route("/api/v1/authz/metrics", metrics, methods=["GET"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
     ]

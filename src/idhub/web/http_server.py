@@ -1,0 +1,191 @@
+"""How `idhub serve` runs uvicorn: size limits and timeouts enforced before the application
+reads anything, no `Server` banner, and an access log without credentials in it.
+
+uvicorn on its own caps header size (h11's incomplete-event limit) and closes idle keep-alive
+connections, but lets a client that sends one header byte a second hold a connection (and a
+slot) for ever. `GuardedH11Protocol` gives every request a deadline from its first byte (or
+from the connection opening) until its last; a request still incomplete then gets a 408 and
+the connection is closed. Sizes of bodies and the request target are checked by
+`web/limits.py` inside the application.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import h11
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from idhub.config import LimitsSettings
+
+log = logging.getLogger("idhub.web")
+
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\n"
+    b"content-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 16\r\n"
+    b"x-content-type-options: nosniff\r\n"
+    b"connection: close\r\n\r\n"
+    b"request timeout\n"
+)
+
+# Query parameters whose values may appear in the access log; every other value (codes,
+# state, tokens, hints, login tickets, return URLs carrying all of these) is replaced.
+LOGGED_PARAMETERS = frozenset(
+    {
+        "response_type",
+        "response_mode",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "prompt",
+        "max_age",
+        "display",
+        "ui_locales",
+        "acr_values",
+        "code_challenge_method",
+        "grant_type",
+        "lang",
+        "limit",
+        "order",
+        "outcome",
+        "type",
+        "error",
+    }
+)
+REDACTED = "-"
+
+
+def redact_target(target: str) -> str:
+    """A request target (path and query) with every value outside `LOGGED_PARAMETERS` hidden."""
+    path, sep, query = target.partition("?")
+    if not sep:
+        return target
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not pairs:
+        return path + "?" + REDACTED
+    kept = [(k, v if k in LOGGED_PARAMETERS else REDACTED) for k, v in pairs]
+    return path + "?" + urlencode(kept, safe="-:/")
+
+
+class RedactingAccessFilter(logging.Filter):
+    """uvicorn's access record is `'%s - "%s %s HTTP/%s" %d'` with the target third."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_target(args[2]), *args[3:])
+        elif isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = re.sub(r"\?\S*", "?" + REDACTED, record.msg)
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"redact": {"()": f"{__name__}.RedactingAccessFilter"}}
+    # On the logger, so every handler anyone attaches sees the redacted target only.
+    config["loggers"]["uvicorn.access"]["filters"] = ["redact"]
+    return config
+
+
+class IdhubServerConfig(uvicorn.Config):
+    """uvicorn's settings plus the request deadline; pickled as is into worker processes."""
+
+    def __init__(self, app: Any, *, request_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.request_timeout = request_timeout
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for receiving each whole request."""
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self._request_timeout = float(getattr(config, "request_timeout", 10.0))
+        self._deadline: Any = None
+        self._partial = False
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()
+        self._partial = True
+        super().data_received(data)
+        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._partial = False
+        self._deadline = self.loop.call_later(self._request_timeout, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        started = self.cycle is not None and self.cycle.response_started
+        if self._partial and not started:
+            log.info("request not complete within %.0fs: connection closed", self._request_timeout)
+            self.transport.write(REQUEST_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def server_config(
+    app: Any,
+    *,
+    limits: LimitsSettings,
+    host: str,
+    port: int,
+    workers: int = 1,
+    log_level: str = "info",
+    factory: bool = False,
+    proxy_headers: bool = True,
+) -> IdhubServerConfig:
+    """The uvicorn configuration `idhub serve` runs (and the tests serve with)."""
+    return IdhubServerConfig(
+        app,
+        request_timeout=limits.request_timeout,
+        host=host,
+        port=port,
+        workers=workers,
+        factory=factory,
+        http=GuardedH11Protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
+        timeout_keep_alive=limits.keep_alive_timeout,
+        server_header=False,
+        proxy_headers=proxy_headers,
+        log_level=log_level,
+        log_config=log_config(),
+        lifespan="on",
+    )
+
+
+def run(config: IdhubServerConfig) -> None:
+    """What `uvicorn.run` does with a ready configuration: one process, or a supervisor of
+    `config.workers` processes sharing one socket."""
+    from uvicorn.supervisors import Multiprocess
+
+    server = uvicorn.Server(config)
+    if config.workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run()
