@@ -20,6 +20,7 @@ from idhub.config._values import Locator, Secret, coerce, field_types, redact_ur
 from idhub.config.ldap import ldap_sources
 from idhub.config.settings import (
     AuditSettings,
+    CasSettings,
     DatabaseSettings,
     LdapSourceSettings,
     PolicySettings,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_CONFIG_NAME",
     "ENV_OVERRIDES",
     "AuditSettings",
+    "CasSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
     "PolicySettings",
@@ -58,6 +60,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicySettings,
     "audit": AuditSettings,
     "sync": SyncSettings,
+    "cas": CasSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -224,6 +227,7 @@ def load_settings(
         policy=sections["policy"],
         audit=sections["audit"],
         sync=sections["sync"],
+        cas=sections["cas"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -63,6 +63,12 @@ class EventType(StrEnum):
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"
     AUDIT_ARCHIVED = "audit.archived"
+    # --- CAS server front ---
+    CAS_SERVICE_CREATED = "cas.service_created"
+    CAS_SERVICE_REMOVED = "cas.service_removed"
+    CAS_TICKET_ISSUED = "cas.ticket_issued"
+    CAS_TICKET_VALIDATED = "cas.ticket_validated"
+    CAS_TICKET_REJECTED = "cas.ticket_rejected"
 
 
 @dataclass(frozen=True)
