@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, insert, select, update
+from sqlalchemy import Engine, Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters.db import cas_services, cas_tickets
@@ -87,6 +87,20 @@ def _to_ticket(row: Row[Any]) -> TicketRecord:
     )
 
 
+# Built once: validation is the hot path and building the statement costs more than running it.
+_CONSUME = (
+    update(cas_tickets)
+    .where(
+        cas_tickets.c.ticket_hash == bindparam("hash"),
+        cas_tickets.c.consumed_at.is_(None),
+        cas_tickets.c.kind.in_((TicketKind.SERVICE.value, TicketKind.PROXY.value)),
+    )
+    .values(consumed_at=bindparam("now"))
+    .returning(*cas_tickets.c)
+)
+_GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
+
+
 class SqlCasTicketStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -114,23 +128,12 @@ class SqlCasTicketStore:
     def consume(self, ticket_hash: str, now: float) -> TicketRecord | None:
         # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins.
         with self._engine.begin() as conn:
-            row = conn.execute(
-                update(cas_tickets)
-                .where(
-                    cas_tickets.c.ticket_hash == ticket_hash,
-                    cas_tickets.c.consumed_at.is_(None),
-                    cas_tickets.c.kind.in_((TicketKind.SERVICE.value, TicketKind.PROXY.value)),
-                )
-                .values(consumed_at=now)
-                .returning(*cas_tickets.c)
-            ).first()
+            row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
         return None if row is None else _to_ticket(row)
 
     def get(self, ticket_hash: str) -> TicketRecord | None:
         with self._engine.connect() as conn:
-            row = conn.execute(
-                select(cas_tickets).where(cas_tickets.c.ticket_hash == ticket_hash)
-            ).first()
+            row = conn.execute(_GET, {"hash": ticket_hash}).first()
         return None if row is None else _to_ticket(row)
 
     def for_session(self, sid: str, service_name: str) -> list[TicketRecord]:

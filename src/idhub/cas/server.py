@@ -143,7 +143,7 @@ class CasServer:
         self, request: ValidationRequest, *, ctx: RequestContext | None = None
     ) -> Validated | Failure:
         try:
-            record, user, service = self._redeem(request)
+            record, session, user, service = self._redeem(request)
         except _Refused as refused:
             self._audit.record(
                 EventType.CAS_TICKET_REJECTED,
@@ -154,15 +154,13 @@ class CasServer:
                 ctx=ctx,
             )
             return refused.failure
-        pgt_iou = self._grant_proxy(request.pgt_url, record, service) if request.pgt_url else None
+        pgt_iou = None
+        if request.pgt_url:
+            pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
         attributes = {}
         if request.attributes:
-            session = self._sessions.get(record.sid) if record.sid else None
             attributes = self._attributes.release(
-                user,
-                service,
-                auth_time=session.auth_time if session else record.created_at,
-                from_new_login=record.from_new_login,
+                user, service, auth_time=session.auth_time, from_new_login=record.from_new_login
             )
         self._audit.record(
             EventType.CAS_TICKET_VALIDATED,
@@ -180,7 +178,9 @@ class CasServer:
             user=user.username, attributes=attributes, pgt_iou=pgt_iou, proxies=record.proxies
         )
 
-    def _redeem(self, request: ValidationRequest) -> tuple[TicketRecord, User, CasService]:
+    def _redeem(
+        self, request: ValidationRequest
+    ) -> tuple[TicketRecord, SsoSession, User, CasService]:
         if not request.ticket or not request.service:
             raise _Refused("INVALID_REQUEST", "ticket and service are both required")
         kind = ticket_kind(request.ticket)
@@ -203,12 +203,12 @@ class CasServer:
         user = self._users.get_user(record.user_id)
         if user is None or user.disabled:
             raise _Refused("INVALID_TICKET", "the account is no longer active")
-        service = self.registry.get(record.service_name)
+        service = self.registry.named(record.service_name)
         if service is None:
             raise _Refused("INVALID_SERVICE", "the service is no longer registered")
         if request.pgt_url:
             self._require_callback(service, request.pgt_url)
-        return record, user, service
+        return record, session, user, service
 
     def _require_callback(self, service: CasService, url: str) -> None:
         if not service.proxy_callbacks:
@@ -218,10 +218,9 @@ class CasServer:
         if not (secure or local) or not service.check_proxy_callback(url):
             raise _Refused("INVALID_PROXY_CALLBACK", "the proxy callback is not acceptable")
 
-    def _grant_proxy(self, url: str, record: TicketRecord, service: CasService) -> str | None:
-        session = self._sessions.get(record.sid) if record.sid else None
-        if session is None:
-            return None
+    def _grant_proxy(
+        self, url: str, record: TicketRecord, session: SsoSession, service: CasService
+    ) -> str | None:
         parsed = parse_service_url(url)
         assert parsed is not None, "checked by _require_callback"
         pgt = self._tickets.issue(
