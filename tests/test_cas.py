@@ -402,3 +402,33 @@ def test_expired_ticket_is_refused(
         ticket = _ticket(_login(browser, client, known_secrets), known_secrets)
     time.sleep(1.2)
     assert client.verify_ticket(ticket)[0] is None
+
+
+def test_one_sign_in_and_one_logout_for_an_oidc_client_and_a_cas_service(
+    cas_idhub: LiveServer, cas_service: CasService, known_secrets: KnownSecrets
+) -> None:
+    """The CAS service and an OIDC client share the SSO session: no second password prompt,
+    and one CAS logout reaches the OIDC client's back channel as well as the CAS service."""
+    from tests.conftest import free_port
+    from tests.rp_app import running_rp
+    from tests.sso_support import register_client
+
+    with running_rp(cas_idhub.url, free_port()) as rp:
+        register_client(cas_idhub.services, "reimburse", backchannel_logout_uri=rp.uri("reimburse"))
+        client = _client(cas_idhub, cas_service)
+        with httpx.Client(base_url=cas_idhub.url) as browser:
+            ticket = _ticket(_login(browser, client, known_secrets), known_secrets)
+            authorize = browser.get(
+                "/authorize",
+                params={
+                    "client_id": "reimburse", "response_type": "code", "scope": "openid",
+                    "redirect_uri": "http://127.0.0.1:8001/callback", "state": "s",
+                    "code_challenge": "E9Melhoe2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+                    "code_challenge_method": "S256",
+                },
+            )  # fmt: skip
+            assert authorize.status_code == 302, authorize.text[:300]
+            known_secrets.add(query_of(authorize.headers["location"])["code"])
+            assert browser.get("/cas/logout").status_code == 200
+        assert _wait(lambda: cas_service.logged_out == [ticket])
+        assert _wait(lambda: [r["_client"] for r in rp.received] == ["reimburse"])
