@@ -8,8 +8,7 @@ from sqlalchemy import Engine, Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters.db import cas_services, cas_tickets
-from idhub.cas.services import CasService
-from idhub.cas.tickets import TicketKind, TicketRecord
+from idhub.core.cas import CasService, TicketKind, TicketRecord
 from idhub.errors import Conflict
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
-from idhub.cas.services import CasService
+from idhub.core.cas import CasService
 from idhub.core.claims import RoleSource, role_claims, user_claims
 from idhub.core.identity import User
 

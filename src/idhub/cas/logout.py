@@ -10,8 +10,8 @@ from typing import Protocol
 from xml.sax.saxutils import escape
 
 from idhub.cas.attributes import iso_instant
-from idhub.cas.services import CasService
 from idhub.cas.tickets import CasTickets
+from idhub.core.cas import CasService
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token
 from idhub.core.logout import Delivery, DeliveryFailed, DeliveryStore

@@ -23,9 +23,10 @@ from urllib.parse import urlsplit
 
 from idhub.cas.attributes import AttributeRelease
 from idhub.cas.responses import Failure, ProxyGranted, Validated
-from idhub.cas.services import CasService, CasServiceRegistry, parse_service_url
+from idhub.cas.services import CasServiceRegistry, check_proxy_callback, parse_service_url
 from idhub.cas.tickets import CasTickets, TicketKind, TicketRecord, ticket_kind
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.cas import CasService
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token
 from idhub.core.identity import User
@@ -215,7 +216,7 @@ class CasServer:
             raise _Refused("UNAUTHORIZED_SERVICE_PROXY", "the service may not act as a proxy")
         secure = url.lower().startswith("https://")
         local = self._allow_http_loopback and check_loopback_http(url)
-        if not (secure or local) or not service.check_proxy_callback(url):
+        if not (secure or local) or not check_proxy_callback(service, url):
             raise _Refused("INVALID_PROXY_CALLBACK", "the proxy callback is not acceptable")
 
     def _grant_proxy(

@@ -1,4 +1,4 @@
-"""Registered CAS services and how a `service` URL is matched to one.
+"""The registry of CAS services and how a `service` URL is matched to one.
 
 A service is registered with one or more URL patterns. A requested service URL matches a
 pattern when:
@@ -20,15 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.cas import ATTRIBUTES, CasService, ServiceStore
 from idhub.core.clock import Clock
 from idhub.errors import Conflict, InvalidInput, NotFound
 
-# What a service may be given about a person (protocol 3.0 `cas:attributes`).
-ATTRIBUTES = ("username", "name", "email", "employeeNumber", "department", "groups", "roles")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 MAX_SERVICE_URL = 2000
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
@@ -95,47 +93,12 @@ def check_service_match(pattern: str, url: str) -> bool:
     return not want.has_query or want.query == got.query
 
 
-@dataclass(frozen=True)
-class CasService:
-    """A system that signs in through CAS. Its `name` is its id in sessions, consent and the
-    audit trail; `domain` is the policy domain its roles come from."""
-
-    name: str
-    urls: tuple[str, ...]
-    domain: str
-    display_name: str = ""
-    attributes: tuple[str, ...] = ATTRIBUTES
-    first_party: bool = False
-    # pgtUrl patterns this service may ask proxy-granting tickets for; empty: no proxying.
-    proxy_callbacks: tuple[str, ...] = ()
-    single_logout: bool = True
-    created_at: float = 0.0
-
-    def check_url(self, url: str) -> bool:
-        return any(check_service_match(p, url) for p in self.urls)
-
-    def check_proxy_callback(self, url: str) -> bool:
-        return any(check_service_match(p, url) for p in self.proxy_callbacks)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "display_name": self.display_name,
-            "urls": list(self.urls),
-            "domain": self.domain,
-            "attributes": list(self.attributes),
-            "first_party": self.first_party,
-            "proxy_callbacks": list(self.proxy_callbacks),
-            "single_logout": self.single_logout,
-            "created_at": self.created_at,
-        }
+def check_service_url(service: CasService, url: str) -> bool:
+    return any(check_service_match(p, url) for p in service.urls)
 
 
-class ServiceStore(Protocol):
-    def all(self) -> list[CasService]: ...
-    def get(self, name: str) -> CasService | None: ...
-    def insert(self, service: CasService) -> None: ...
-    def delete(self, name: str) -> bool: ...
+def check_proxy_callback(service: CasService, url: str) -> bool:
+    return any(check_service_match(p, url) for p in service.proxy_callbacks)
 
 
 @dataclass
@@ -211,7 +174,7 @@ class CasServiceRegistry:
 
     def find(self, url: str) -> CasService | None:
         """The registered service `url` belongs to, or None (an unknown service)."""
-        return next((s for s in self._current() if s.check_url(url)), None)
+        return next((s for s in self._current() if check_service_url(s, url)), None)
 
     def named(self, name: str) -> CasService | None:
         """Like `get`, from the list `find` uses (validation is the hot path)."""

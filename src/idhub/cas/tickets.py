@@ -11,60 +11,21 @@ it came from.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
 
+from idhub.core.cas import TicketKind, TicketRecord, TicketStore
 from idhub.core.crypto import Sealer, new_token, sha256_hex
 from idhub.errors import ConfigError
+
+__all__ = ["CasTickets", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
 
 MAX_TICKET = 256
 # Tickets kept for single logout are removed once no session they belong to can still be alive.
 PURGE_INTERVAL = 3600.0
 
 
-class TicketKind(enum.StrEnum):
-    SERVICE = "ST"
-    PROXY = "PT"
-    PROXY_GRANTING = "PGT"
-
-
 # Random bytes per kind: 20 bytes is 27 characters, "ST-" + 27 fits the 32 clients must take.
 _BYTES = {TicketKind.SERVICE: 20, TicketKind.PROXY: 20, TicketKind.PROXY_GRANTING: 32}
-
-
-@dataclass(frozen=True)
-class TicketRecord:
-    ticket_hash: str
-    kind: TicketKind
-    service_name: str
-    service_url: str
-    sid: str | None
-    user_id: int
-    created_at: float
-    expires_at: float
-    consumed_at: float | None = None
-    from_new_login: bool = False
-    parent_hash: str | None = None
-    # Proxy callback URLs this ticket passed through, most recent first (CAS `cas:proxies`).
-    proxies: tuple[str, ...] = ()
-    sealed: bytes | None = None
-
-
-class TicketStore(Protocol):
-    def insert(self, record: TicketRecord) -> None: ...
-    def consume(self, ticket_hash: str, now: float) -> TicketRecord | None:
-        """Marks the ticket used and returns it as it was; None when unknown or used before.
-        Of two concurrent calls only one gets the record."""
-        ...
-
-    def get(self, ticket_hash: str) -> TicketRecord | None: ...
-    def for_session(self, sid: str, service_name: str) -> list[TicketRecord]:
-        """The service tickets issued to `service_name` under session `sid`."""
-        ...
-
-    def purge(self, before: float) -> int: ...
 
 
 def ticket_kind(ticket: str) -> TicketKind | None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from idhub.cas.services import ATTRIBUTES
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
+from idhub.core.cas import ATTRIBUTES
 
 
 def register(sub: Any) -> None:

@@ -28,8 +28,8 @@ from idhub.cas.responses import (
     validation_xml,
 )
 from idhub.cas.server import PROTOCOL, CasServer, ValidationRequest
-from idhub.cas.services import CasService
 from idhub.core.audit import RequestContext
+from idhub.core.cas import CasService
 from idhub.core.signin import (
     ConsentNeeded,
     LoginNeeded,
