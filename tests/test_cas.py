@@ -432,3 +432,43 @@ def test_one_sign_in_and_one_logout_for_an_oidc_client_and_a_cas_service(
             assert browser.get("/cas/logout").status_code == 200
         assert _wait(lambda: cas_service.logged_out == [ticket])
         assert _wait(lambda: [r["_client"] for r in rp.received] == ["reimburse"])
+
+
+def test_a_replica_validates_what_another_issued(
+    make_live_server: Callable[..., LiveServer],
+    db_url: str,
+    cas_service: CasService,
+    known_secrets: KnownSecrets,
+) -> None:
+    """Two idhub processes on one database behind one name: the ticket issued by one is
+    validated by the other, once."""
+    first = make_live_server(db_url)
+    second = make_live_server(db_url, issuer=first.url)
+    _setup(first, cas_service)
+    with httpx.Client(base_url=first.url) as browser:
+        ticket = _ticket(_login(browser, _client(first, cas_service), known_secrets), known_secrets)
+    at_second = _client(second, cas_service)
+    user, attributes, _ = at_second.verify_ticket(ticket)
+    assert user == "alice" and attributes["email"] == "alice@example.com"
+    assert _client(first, cas_service).verify_ticket(ticket)[0] is None
+
+
+@pytest.mark.parametrize(
+    ("pattern", "url", "expected"),
+    [
+        ("https://oa.example.com/", "https://OA.example.com:443/any/page?x=1", True),
+        ("https://oa.example.com/oa", "https://oa.example.com/oa/", True),
+        ("https://oa.example.com/oa/", "https://oa.example.com/oa", False),
+        ("https://oa.example.com/oa", "https://oa.example.com/oa-evil", False),
+        ("https://oa.example.com", "https://oa.example.com.evil", False),
+        ("https://oa.example.com", "https://oa.example.com@evil.example", False),
+        ("https://oa.example.com/", "https://oa.example.com/%2e%2e/admin", False),
+        ("http://oa.example.com/", "https://oa.example.com/", False),
+        ("https://oa.example.com/a?x=1&y=2", "https://oa.example.com/a?y=2&x=1", True),
+        ("https://oa.example.com/a?x=1", "https://oa.example.com/a?x=1&y=2", False),
+    ],
+)
+def test_service_matching_rule(pattern: str, url: str, expected: bool) -> None:
+    from idhub.cas.services import check_service_match
+
+    assert check_service_match(pattern, url) is expected
