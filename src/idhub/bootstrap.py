@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from idhub.adapters.policy_watch import PolicyDirChanges
     from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
     from idhub.adapters.token_store import SqlTokenStore
+    from idhub.cas.server import CasServer
+    from idhub.cas.services import CasServiceRegistry
+    from idhub.cas.tickets import CasTickets
     from idhub.core.audit import Auditor
     from idhub.core.authenticator import Authenticator
     from idhub.core.authz.audit_access import AuditReaders
@@ -378,7 +381,7 @@ class Services:
         from idhub.adapters.session_store import SqlDeliveryStore
         from idhub.core.logout import LogoutService
 
-        return LogoutService(
+        service = LogoutService(
             sessions=self.sessions,
             users=self.identity,
             clients=lambda: self.clients,
@@ -389,6 +392,8 @@ class Services:
             audit=self.audit,
             clock=self.clock,
         )
+        self._register_cas_logout(service)
+        return service
 
     @cached_property
     def logout_worker(self) -> DeliveryWorker:
@@ -716,3 +721,63 @@ class Services:
             common=common_passwords(),
         )
         return LocalPasswords(self.identity, self.password_hasher, policy)
+
+    # --- CAS server front -------------------------------------------------------------------------
+
+    @cached_property
+    def cas_services(self) -> CasServiceRegistry:
+        from idhub.adapters.cas_store import SqlCasServiceStore
+        from idhub.cas.services import CasServiceRegistry
+
+        return CasServiceRegistry(SqlCasServiceStore(self.engine), self.audit, self.clock)
+
+    @cached_property
+    def cas_tickets(self) -> CasTickets:
+        from idhub.adapters.cas_store import SqlCasTicketStore
+        from idhub.cas.tickets import CasTickets
+        from idhub.core.crypto import Sealer
+
+        return CasTickets(
+            SqlCasTicketStore(self.engine),
+            Sealer(self.settings.require_secret_key(), "cas-tickets"),
+            ttl=self.settings.cas.ticket_ttl,
+            # Service tickets stay (encrypted) while their session may live, for single logout.
+            keep_for=self.settings.tokens.session_ttl + 3600,
+        )
+
+    @cached_property
+    def cas(self) -> CasServer:
+        from idhub.adapters.cas_callback import HttpProxyCallback
+        from idhub.cas.attributes import AttributeRelease
+        from idhub.cas.server import CasServer, check_loopback_http
+
+        issuer = self.settings.server.issuer
+        return CasServer(
+            registry=self.cas_services,
+            tickets=self.cas_tickets,
+            users=self.identity,
+            sessions=self.sessions,
+            attributes=AttributeRelease(
+                groups=self.identity.user_groups,
+                roles=lambda: self.authz,
+                domains=tuple(self.settings.policy.domains),
+            ),
+            callback=HttpProxyCallback(),
+            audit=self.audit,
+            clock=self.clock,
+            # Development: idhub itself on loopback http may call back proxies on loopback http.
+            allow_http_loopback=issuer.startswith("http://") and check_loopback_http(issuer),
+        )
+
+    def _register_cas_logout(self, logout: LogoutService) -> None:
+        from idhub.adapters.session_store import SqlDeliveryStore
+        from idhub.cas.logout import PROTOCOL, CasLogoutQueue, CasLogoutRequests
+
+        notifier = CasLogoutQueue(
+            services=lambda: self.cas_services,
+            tickets=lambda: self.cas_tickets,
+            deliveries=SqlDeliveryStore(self.engine),
+            enabled=self.settings.cas.single_logout,
+        )
+        builder = CasLogoutRequests(lambda: self.cas_tickets, self.clock)
+        logout.register_notifier(PROTOCOL, notifier, builder=builder)

@@ -285,8 +285,52 @@ logout_deliveries = Table(
     Column("next_attempt_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("delivered_at", Float, nullable=True),
+    # Which protocol's message the delivery carries ("oidc" logout token, "cas" logoutRequest
+    # ...), and that protocol's own reference for building it (e.g. the CAS ticket it names).
+    Column("protocol", String(16), nullable=False, server_default="oidc"),
+    Column("ref", String(100), nullable=True),
 )
 Index("ix_logout_deliveries_status", logout_deliveries.c.status)
+
+# ---------------------------------------------------------------- CAS
+
+cas_services = Table(
+    "cas_services",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("display_name", String(200), nullable=False, default=""),
+    # Service URL patterns (see idhub/cas/services.py for the matching rules).
+    Column("urls", JSON, nullable=False, default=list),
+    Column("domain", String(100), nullable=False),
+    Column("attributes", JSON, nullable=False, default=list),
+    Column("first_party", Boolean, nullable=False, default=False),
+    Column("proxy_callbacks", JSON, nullable=False, default=list),
+    Column("single_logout", Boolean, nullable=False, default=True),
+    Column("created_at", Float, nullable=False),
+)
+
+cas_tickets = Table(
+    "cas_tickets",
+    metadata,
+    # SHA-256 of the ticket: a copy of the database cannot be replayed as tickets.
+    Column("ticket_hash", String(64), primary_key=True),
+    Column("kind", String(4), nullable=False),  # ST / PT / PGT
+    Column("service_name", String(100), nullable=False),
+    Column("service_url", String(2000), nullable=False),
+    Column("sid", String(64), nullable=True),
+    Column("user_id", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("consumed_at", Float, nullable=True),
+    Column("from_new_login", Boolean, nullable=False, default=False),
+    # PT: the PGT it was granted from; PGT: the ticket whose validation granted it.
+    Column("parent_hash", String(64), nullable=True),
+    Column("proxies", JSON, nullable=False, default=list),
+    # ST only, encrypted: the single-logout request names the ticket the service received.
+    Column("sealed", LargeBinary, nullable=True),
+)
+Index("ix_cas_tickets_sid", cas_tickets.c.sid)
+Index("ix_cas_tickets_created_at", cas_tickets.c.created_at)
 
 # ---------------------------------------------------------------- audit
 

@@ -2,13 +2,15 @@
 
 OpenID Connect Back-Channel Logout 1.0 §2.5: the OP POSTs `logout_token=<JWT>` as
 `application/x-www-form-urlencoded` to the RP's `backchannel_logout_uri`; the RP answers 200
-(many answer 204, which we accept too). Anything else, a timeout or a refused connection is a
+(many answer 204, which we accept too). CAS single logout posts `logoutRequest=<xml>` the same
+way to the service URL. Anything else, a timeout or a refused connection is a
 failed attempt that the worker retries with backoff (see `core/logout.py`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -35,10 +37,13 @@ class HttpLogoutChannel:
             return self._client
 
     def post(self, uri: str, logout_token: str) -> None:
+        self.send(uri, {"logout_token": logout_token})
+
+    def send(self, uri: str, fields: Mapping[str, str]) -> None:
         try:
             response = self._http().post(
                 uri,
-                data={"logout_token": logout_token},
+                data=dict(fields),
                 headers={"Cache-Control": "no-store", "Accept": "application/json"},
             )
         except httpx.TimeoutException:

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "idhub.cli.demo",
     "idhub.cli.audit",
     "idhub.cli.directory",
+    "idhub.cli.cas",
 )
 
 EXIT_ERROR = 2

@@ -22,6 +22,7 @@ from idhub.config.ldap import ldap_sources
 from idhub.config.production import production_problem, require_production_ready
 from idhub.config.settings import (
     AuditSettings,
+    CasSettings,
     DatabaseSettings,
     LdapSourceSettings,
     LimitsSettings,
@@ -39,6 +40,7 @@ __all__ = [
     "DEFAULT_CONFIG_NAME",
     "ENV_OVERRIDES",
     "AuditSettings",
+    "CasSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
     "LimitsSettings",
@@ -71,6 +73,7 @@ _SECTIONS: dict[str, type] = {
     "throttle": ThrottleSettings,
     "passwords": PasswordSettings,
     "limits": LimitsSettings,
+    "cas": CasSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -246,6 +249,7 @@ def load_settings(
         throttle=sections["throttle"],
         passwords=sections["passwords"],
         limits=sections["limits"],
+        cas=sections["cas"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -133,6 +133,16 @@ class PasswordSettings:
 
 
 @dataclass(frozen=True)
+class CasSettings:
+    """`[cas]`: the CAS server front (see docs/cas.md)."""
+
+    # Seconds a service or proxy ticket may wait to be validated (CAS 3.0 suggests 10 s).
+    ticket_ttl: int = 10
+    # Whether services that took part in a session receive the CAS logoutRequest when it ends.
+    single_logout: bool = True
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -180,6 +190,7 @@ class Settings:
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     passwords: PasswordSettings = field(default_factory=PasswordSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    cas: CasSettings = field(default_factory=CasSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

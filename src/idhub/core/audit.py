@@ -71,6 +71,13 @@ class EventType(StrEnum):
     CLIENT_AUTH_LOCKOUT = "client.auth_lockout"
     THROTTLE_CLEARED = "throttle.cleared"
 
+    # --- CAS server front ---
+    CAS_SERVICE_CREATED = "cas.service_created"
+    CAS_SERVICE_REMOVED = "cas.service_removed"
+    CAS_TICKET_ISSUED = "cas.ticket_issued"
+    CAS_TICKET_VALIDATED = "cas.ticket_validated"
+    CAS_TICKET_REJECTED = "cas.ticket_rejected"
+
 
 def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
     """Validates `--type` / `type=` filter values (exact names or `prefix.*`) against the

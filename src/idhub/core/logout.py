@@ -6,14 +6,16 @@ SAML logout, the console, a directory sync disabling a leaver). Ending a session
 things, in this order, so a failure later never leaves a session half-alive: mark the session
 ended, revoke the refresh-token families issued under it, and tell every system that took part,
 each through the notifier for the protocol it signed in with (OpenID Connect: one back-channel
-delivery per client that registered a `backchannel_logout_uri`).
-Deliveries are attempted at once by the worker and retried with backoff; each logout token is
-signed at attempt time (fresh `jti`, `iat`, `exp`).
+delivery per client that registered a `backchannel_logout_uri`; CAS: one `logoutRequest` per
+service ticket).
+Deliveries are attempted at once by the worker and retried with backoff, whatever their
+protocol; each message is built at attempt time by that protocol's builder (an OIDC logout token
+is signed then, with a fresh `jti`, `iat`, `exp`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,7 +31,7 @@ CLAIM_SECONDS = 60.0
 
 
 class DeliveryFailed(Exception):
-    """One attempt to deliver a logout token did not get a 200/204 back."""
+    """One attempt to deliver a logout message did not get a 200/204 back."""
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,22 @@ class Delivery:
     next_attempt_at: float | None
     created_at: float
     delivered_at: float | None
+    protocol: str = "oidc"
+    # The protocol's own reference for building the message (e.g. the CAS ticket it names).
+    ref: str | None = None
 
 
 class DeliveryStore(Protocol):
     def queue(
-        self, *, client_id: str, sid: str | None, user_sub: str, uri: str, now: float
+        self,
+        *,
+        client_id: str,
+        sid: str | None,
+        user_sub: str,
+        uri: str,
+        now: float,
+        protocol: str = "oidc",
+        ref: str | None = None,
     ) -> int: ...
     def due(self, now: float, *, limit: int = 50) -> list[Delivery]: ...
     def claim(self, delivery: Delivery, *, until: float) -> bool: ...
@@ -61,8 +74,16 @@ class DeliveryStore(Protocol):
 
 
 class LogoutChannel(Protocol):
-    def post(self, uri: str, logout_token: str) -> None:
-        """Sends `logout_token=...`; raises `DeliveryFailed` with a short reason."""
+    def send(self, uri: str, fields: Mapping[str, str]) -> None:
+        """POSTs `fields` as a form; raises `DeliveryFailed` with a short reason."""
+        ...
+
+
+class LogoutMessageBuilder(Protocol):
+    """Builds the form one delivery posts, in its protocol's words (at attempt time)."""
+
+    def build(self, delivery: Delivery) -> dict[str, str]:
+        """The form fields; raises `DeliveryFailed` when the message cannot be made."""
         ...
 
 
@@ -116,6 +137,23 @@ class BackChannelQueue:
         return True
 
 
+class LogoutTokens:
+    """OpenID Connect Back-Channel Logout 1.0 §2.5: `logout_token=<signed JWT>`."""
+
+    def __init__(
+        self, clients: Callable[[], ClientLookup], signer: Callable[[], LogoutTokenSigner]
+    ) -> None:
+        self._clients = clients
+        self._signer = signer
+
+    def build(self, delivery: Delivery) -> dict[str, str]:
+        client = self._clients().get(delivery.client_id)
+        if client is None:
+            raise DeliveryFailed("client no longer registered")
+        token = self._signer().sign_logout_token(client, sub=delivery.user_sub, sid=delivery.sid)
+        return {"logout_token": token}
+
+
 def retry_delay(attempts: int) -> float | None:
     """Delay before the next attempt after `attempts` failed ones; None when out of retries."""
     if attempts <= 0:
@@ -155,10 +193,21 @@ class LogoutService:
         # protocol -> how its systems are told; a front for a new protocol adds its own.
         self._notifiers: dict[str, LogoutNotifier] = {"oidc": BackChannelQueue(clients, deliveries)}
         self._notifiers.update(notifiers or {})
+        # protocol -> how its queued deliveries become the form that is posted.
+        self._builders: dict[str, LogoutMessageBuilder] = {"oidc": LogoutTokens(clients, signer)}
 
-    def register_notifier(self, protocol: str, notifier: LogoutNotifier) -> None:
-        """How systems that signed in with `protocol` are told of a logout (one per protocol)."""
+    def register_notifier(
+        self,
+        protocol: str,
+        notifier: LogoutNotifier,
+        *,
+        builder: LogoutMessageBuilder | None = None,
+    ) -> None:
+        """How systems that signed in with `protocol` are told of a logout (one per protocol);
+        `builder` makes the messages of the deliveries its notifier queues."""
         self._notifiers[protocol] = notifier
+        if builder is not None:
+            self._builders[protocol] = builder
 
     def on_queued(self, listener: Callable[[], None]) -> None:
         """`listener` is called after deliveries were queued (the worker wakes up)."""
@@ -257,13 +306,10 @@ class LogoutService:
         """One delivery attempt; records and audits the outcome. True when delivered."""
         attempts = delivery.attempts + 1
         try:
-            client = self._clients().get(delivery.client_id)
-            if client is None:
-                raise DeliveryFailed("client no longer registered")
-            token = self._signer().sign_logout_token(
-                client, sub=delivery.user_sub, sid=delivery.sid
-            )
-            self._channel.post(delivery.uri, token)
+            builder = self._builders.get(delivery.protocol)
+            if builder is None:
+                raise DeliveryFailed(f"no logout message for protocol {delivery.protocol!r}")
+            self._channel.send(delivery.uri, builder.build(delivery))
         except DeliveryFailed as exc:
             self._record_failure(delivery, attempts, str(exc) or "delivery failed")
             return False
@@ -271,11 +317,18 @@ class LogoutService:
             self._record_failure(delivery, attempts, f"{type(exc).__name__}: {exc}")
             return False
         self._deliveries.mark_delivered(delivery.id, attempts=attempts, now=self._clock.now())
+        details: dict[str, Any] = {
+            "sid": delivery.sid,
+            "attempts": attempts,
+            "delivery_id": delivery.id,
+        }
+        if delivery.protocol != "oidc":
+            details["protocol"] = delivery.protocol
         self._audit.record(
             EventType.BACKCHANNEL_DELIVERED,
             actor=Actor.system(),
             target=delivery.client_id,
-            details={"sid": delivery.sid, "attempts": attempts, "delivery_id": delivery.id},
+            details=details,
         )
         return True
 
@@ -310,5 +363,6 @@ class LogoutService:
                 "delivery_id": delivery.id,
                 "error": error[:200],
                 "will_retry": not final,
+                **({"protocol": delivery.protocol} if delivery.protocol != "oidc" else {}),
             },
         )

@@ -32,6 +32,7 @@ ROUTE_MODULES = (
     "idhub.web.login",
     "idhub.web.authorize",
     "idhub.web.logout",
+    "idhub.web.cas",
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
 )

@@ -49,6 +49,13 @@ MESSAGES: dict[str, dict[str, str]] = {
         "bad_redirect_uri": "应用提供的回调地址与注册信息不一致，为安全起见已停止跳转。",
         "bad_post_logout_uri": "退出后的跳转地址未在 idhub 注册，已停止跳转。",
         "bad_request": "请求参数不正确。",
+        # --- CAS server front ---
+        "cas_unknown_service": (
+            "发起登录请求的系统（CAS 服务地址）未在 idhub 注册，为安全起见已停止跳转。"
+        ),
+        "cas_access_denied": "您拒绝了该系统的访问请求。",
+        "cas_post_continue": "继续",
+        "scope_groups": "您所在的用户组",
     },
     "en": {
         "app_name": "idhub single sign-on",
@@ -99,6 +106,14 @@ MESSAGES: dict[str, dict[str, str]] = {
             "so idhub will not send you there."
         ),
         "bad_request": "The request is not valid.",
+        # --- CAS server front ---
+        "cas_unknown_service": (
+            "The system that sent you here (its CAS service address) is not registered with "
+            "idhub, so idhub will not send you there."
+        ),
+        "cas_access_denied": "You denied this system access.",
+        "cas_post_continue": "Continue",
+        "scope_groups": "The groups you belong to",
     },
 }
 

@@ -1,0 +1,293 @@
+"""The CAS server's decisions for the validation and proxy endpoints, and service tickets for
+`/cas/login` once the sign-in core has answered `SignedIn`.
+
+Validation (`/validate`, `/serviceValidate`, `/proxyValidate` and their `p3/` forms):
+
+1. the ticket is consumed first, so it is spent whatever the outcome;
+2. it must be unexpired, of a kind the endpoint accepts (service tickets only on
+   `serviceValidate`), for the very service URL it was issued to (normalized, see
+   `services.py`), from a fresh sign-in when `renew=true`, and its session still alive;
+3. a `pgtUrl` is honoured only for a service registered with matching proxy callbacks, over
+   https (http to a loopback address when idhub itself runs on loopback http, i.e. in
+   development), and only if the callback answers 200 to `?pgtId=...&pgtIou=...`.
+
+Every issued and validated ticket, and every refusal, is audited, never the ticket itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from idhub.cas.attributes import AttributeRelease
+from idhub.cas.responses import Failure, ProxyGranted, Validated
+from idhub.cas.services import CasServiceRegistry, check_proxy_callback, parse_service_url
+from idhub.cas.tickets import CasTickets, TicketKind, TicketRecord, ticket_kind
+from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.cas import CasService
+from idhub.core.clock import Clock
+from idhub.core.crypto import new_token
+from idhub.core.identity import User
+from idhub.core.sessions import SsoSession
+
+PROTOCOL = "cas"
+
+
+class UserById(Protocol):
+    def get_user(self, user_id: int) -> User | None: ...
+
+
+class SessionLookup(Protocol):
+    def get(self, sid: str) -> SsoSession | None: ...
+
+
+class ProxyCallback(Protocol):
+    def deliver(self, url: str, *, pgt_id: str, pgt_iou: str) -> bool:
+        """GETs `url?pgtId=...&pgtIou=...`; True when it answered 200."""
+        ...
+
+
+@dataclass(frozen=True)
+class ValidationRequest:
+    ticket: str | None
+    service: str | None
+    renew: bool = False
+    pgt_url: str | None = None
+    # proxyValidate accepts proxy tickets as well; serviceValidate and validate do not.
+    proxy_tickets: bool = False
+    # Protocol 3.0 (`/p3/...`) releases attributes.
+    attributes: bool = False
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description)
+        self.failure = Failure(code, description)
+
+
+def check_loopback_http(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class CasServer:
+    """`services.cas`."""
+
+    def __init__(
+        self,
+        *,
+        registry: CasServiceRegistry,
+        tickets: CasTickets,
+        users: UserById,
+        sessions: SessionLookup,
+        attributes: AttributeRelease,
+        callback: ProxyCallback,
+        audit: Auditor,
+        clock: Clock,
+        allow_http_loopback: bool = False,
+    ) -> None:
+        self.registry = registry
+        self._tickets = tickets
+        self._users = users
+        self._sessions = sessions
+        self._attributes = attributes
+        self._callback = callback
+        self._audit = audit
+        self._clock = clock
+        self._allow_http_loopback = allow_http_loopback
+
+    # ------------------------------------------------------------------ login and logout
+
+    def service_for(self, url: str | None) -> CasService | None:
+        return self.registry.find(url) if url else None
+
+    def issue_service_ticket(
+        self,
+        service: CasService,
+        url: str,
+        *,
+        session: SsoSession,
+        user: User,
+        from_new_login: bool,
+        ctx: RequestContext | None,
+    ) -> str:
+        parsed = parse_service_url(url)
+        assert parsed is not None, "service_for() matched it"
+        ticket = self._tickets.issue(
+            TicketKind.SERVICE,
+            service_name=service.name,
+            service_url=parsed.normalized,
+            sid=session.sid,
+            user_id=user.id,
+            now=self._clock.now(),
+            from_new_login=from_new_login,
+        )
+        self._audit.record(
+            EventType.CAS_TICKET_ISSUED,
+            actor=Actor("user", user.sub),
+            target=service.name,
+            details={"kind": "ST", "sid": session.sid, "from_new_login": from_new_login},
+            ctx=ctx,
+        )
+        return ticket
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(
+        self, request: ValidationRequest, *, ctx: RequestContext | None = None
+    ) -> Validated | Failure:
+        try:
+            record, session, user, service = self._redeem(request)
+        except _Refused as refused:
+            self._audit.record(
+                EventType.CAS_TICKET_REJECTED,
+                actor=Actor("system", PROTOCOL),
+                target=request.service[:200] if request.service else None,
+                outcome="failure",
+                details={"error": refused.failure.code, "reason": refused.failure.description},
+                ctx=ctx,
+            )
+            return refused.failure
+        pgt_iou = None
+        if request.pgt_url:
+            pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
+        attributes = {}
+        if request.attributes:
+            attributes = self._attributes.release(
+                user, service, auth_time=session.auth_time, from_new_login=record.from_new_login
+            )
+        self._audit.record(
+            EventType.CAS_TICKET_VALIDATED,
+            actor=Actor("user", user.sub),
+            target=service.name,
+            details={
+                "kind": record.kind.value,
+                "sid": record.sid,
+                "proxies": len(record.proxies),
+                "proxy_granted": pgt_iou is not None,
+            },
+            ctx=ctx,
+        )
+        return Validated(
+            user=user.username, attributes=attributes, pgt_iou=pgt_iou, proxies=record.proxies
+        )
+
+    def _redeem(
+        self, request: ValidationRequest
+    ) -> tuple[TicketRecord, SsoSession, User, CasService]:
+        if not request.ticket or not request.service:
+            raise _Refused("INVALID_REQUEST", "ticket and service are both required")
+        kind = ticket_kind(request.ticket)
+        if kind not in (TicketKind.SERVICE, TicketKind.PROXY):
+            raise _Refused("INVALID_TICKET_SPEC", "not a service or proxy ticket")
+        now = self._clock.now()
+        record = self._tickets.redeem(request.ticket, now)
+        if record is None:
+            raise _Refused("INVALID_TICKET", "ticket not recognized, used or expired")
+        if kind is TicketKind.PROXY and not request.proxy_tickets:
+            raise _Refused("INVALID_TICKET", "a proxy ticket must be validated at proxyValidate")
+        parsed = parse_service_url(request.service)
+        if parsed is None or parsed.normalized != record.service_url:
+            raise _Refused("INVALID_SERVICE", "the ticket was not issued for this service")
+        if request.renew and not record.from_new_login:
+            raise _Refused("INVALID_TICKET_SPEC", "renew: the ticket is not from a new sign-in")
+        session = self._sessions.get(record.sid) if record.sid else None
+        if session is None or not session.is_active(now):
+            raise _Refused("INVALID_TICKET", "the session the ticket came from has ended")
+        user = self._users.get_user(record.user_id)
+        if user is None or user.disabled:
+            raise _Refused("INVALID_TICKET", "the account is no longer active")
+        service = self.registry.named(record.service_name)
+        if service is None:
+            raise _Refused("INVALID_SERVICE", "the service is no longer registered")
+        if request.pgt_url:
+            self._require_callback(service, request.pgt_url)
+        return record, session, user, service
+
+    def _require_callback(self, service: CasService, url: str) -> None:
+        if not service.proxy_callbacks:
+            raise _Refused("UNAUTHORIZED_SERVICE_PROXY", "the service may not act as a proxy")
+        secure = url.lower().startswith("https://")
+        local = self._allow_http_loopback and check_loopback_http(url)
+        if not (secure or local) or not check_proxy_callback(service, url):
+            raise _Refused("INVALID_PROXY_CALLBACK", "the proxy callback is not acceptable")
+
+    def _grant_proxy(
+        self, url: str, record: TicketRecord, session: SsoSession, service: CasService
+    ) -> str | None:
+        parsed = parse_service_url(url)
+        assert parsed is not None, "checked by _require_callback"
+        pgt = self._tickets.issue(
+            TicketKind.PROXY_GRANTING,
+            service_name=service.name,
+            service_url=parsed.normalized,
+            sid=record.sid,
+            user_id=record.user_id,
+            now=self._clock.now(),
+            expires_at=session.expires_at,
+            parent_hash=record.ticket_hash,
+            proxies=(url, *record.proxies),
+        )
+        iou = f"PGTIOU-{new_token(20)}"
+        # CAS 3.0 §2.5.4: no PGT in the answer unless the callback took it.
+        return iou if self._callback.deliver(url, pgt_id=pgt, pgt_iou=iou) else None
+
+    # ------------------------------------------------------------------ proxy tickets
+
+    def proxy(
+        self, pgt: str | None, target: str | None, *, ctx: RequestContext | None = None
+    ) -> ProxyGranted | Failure:
+        if not pgt or not target:
+            return Failure("INVALID_REQUEST", "pgt and targetService are both required")
+        now = self._clock.now()
+        record = (
+            self._tickets.granting(pgt, now)
+            if ticket_kind(pgt) is TicketKind.PROXY_GRANTING
+            else None
+        )
+        session = self._sessions.get(record.sid) if record and record.sid else None
+        if record is None or session is None or not session.is_active(now):
+            return self._proxy_refused(Failure("INVALID_TICKET", "pgt not recognized"), ctx)
+        service = self.service_for(target)
+        if service is None:
+            return self._proxy_refused(
+                Failure("UNAUTHORIZED_SERVICE", "the target service is not registered"), ctx
+            )
+        parsed = parse_service_url(target)
+        assert parsed is not None
+        ticket = self._tickets.issue(
+            TicketKind.PROXY,
+            service_name=service.name,
+            service_url=parsed.normalized,
+            sid=record.sid,
+            user_id=record.user_id,
+            now=now,
+            parent_hash=record.ticket_hash,
+            proxies=record.proxies,
+        )
+        user = self._users.get_user(record.user_id)
+        self._audit.record(
+            EventType.CAS_TICKET_ISSUED,
+            actor=Actor("user", user.sub if user else None),
+            target=service.name,
+            details={"kind": "PT", "sid": record.sid, "proxy_of": record.service_name},
+            ctx=ctx,
+        )
+        return ProxyGranted(ticket)
+
+    def _proxy_refused(self, failure: Failure, ctx: RequestContext | None) -> Failure:
+        self._audit.record(
+            EventType.CAS_TICKET_REJECTED,
+            actor=Actor("system", PROTOCOL),
+            outcome="failure",
+            details={"error": failure.code, "reason": failure.description, "endpoint": "proxy"},
+            ctx=ctx,
+        )
+        return failure

@@ -1,0 +1,137 @@
+"""CAS tickets: service (`ST-`), proxy (`PT-`) and proxy-granting (`PGT-`) tickets.
+
+Every ticket is 160 or more random bits behind its prefix (an ST or PT stays within the 32
+characters every CAS client must accept). The store keeps only its SHA-256, so a copy of the
+database cannot be replayed; a service ticket is also kept encrypted, because the single-logout
+request must name it to the service. Service and proxy tickets are single use: the first
+validation attempt consumes the ticket whatever its outcome (CAS 3.0 §3.1.2, §3.2.2), and the
+store makes that atomic across replicas. A proxy-granting ticket lives as long as the SSO session
+it came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from idhub.core.cas import TicketKind, TicketRecord, TicketStore
+from idhub.core.crypto import Sealer, new_token, sha256_hex
+from idhub.errors import ConfigError
+
+__all__ = ["CasTickets", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
+
+MAX_TICKET = 256
+# Tickets kept for single logout are removed once no session they belong to can still be alive.
+PURGE_INTERVAL = 3600.0
+
+
+# Random bytes per kind: 20 bytes is 27 characters, "ST-" + 27 fits the 32 clients must take.
+_BYTES = {TicketKind.SERVICE: 20, TicketKind.PROXY: 20, TicketKind.PROXY_GRANTING: 32}
+
+
+def ticket_kind(ticket: str) -> TicketKind | None:
+    """The kind a ticket's prefix names, or None when it is not a ticket idhub issues."""
+    if not ticket or len(ticket) > MAX_TICKET or not ticket.isascii():
+        return None
+    prefix, _, rest = ticket.partition("-")
+    if not rest:
+        return None
+    try:
+        return TicketKind(prefix)
+    except ValueError:
+        return None
+
+
+class CasTickets:
+    """Issues and redeems tickets (the CAS server's only access to the ticket store)."""
+
+    def __init__(
+        self,
+        store: TicketStore,
+        sealer: Sealer,
+        *,
+        ttl: float,
+        keep_for: float,
+    ) -> None:
+        if ttl <= 0:
+            raise ConfigError("[cas] ticket_ttl must be a positive number of seconds")
+        self._store = store
+        self._sealer = sealer
+        self._ttl = ttl
+        # How long a service ticket's record stays for single logout (the session lifetime).
+        self._keep_for = keep_for
+        self._next_purge = 0.0
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    def issue(
+        self,
+        kind: TicketKind,
+        *,
+        service_name: str,
+        service_url: str,
+        sid: str | None,
+        user_id: int,
+        now: float,
+        expires_at: float | None = None,
+        from_new_login: bool = False,
+        parent_hash: str | None = None,
+        proxies: Sequence[str] = (),
+    ) -> str:
+        ticket = f"{kind.value}-{new_token(_BYTES[kind])}"
+        ticket_hash = sha256_hex(ticket)
+        sealed = None
+        if kind is TicketKind.SERVICE:
+            sealed = self._sealer.seal(ticket.encode("ascii"), ticket_hash.encode("ascii"))
+        self._store.insert(
+            TicketRecord(
+                ticket_hash=ticket_hash,
+                kind=kind,
+                service_name=service_name,
+                service_url=service_url,
+                sid=sid,
+                user_id=user_id,
+                created_at=now,
+                expires_at=expires_at if expires_at is not None else now + self._ttl,
+                from_new_login=from_new_login,
+                parent_hash=parent_hash,
+                proxies=tuple(proxies),
+                sealed=sealed,
+            )
+        )
+        self._maybe_purge(now)
+        return ticket
+
+    def redeem(self, ticket: str, now: float) -> TicketRecord | None:
+        """Consumes a service or proxy ticket; the record if it existed unused and unexpired."""
+        record = self._store.consume(sha256_hex(ticket), now)
+        if record is None or record.expires_at <= now:
+            return None
+        return record
+
+    def granting(self, ticket: str, now: float) -> TicketRecord | None:
+        """A live proxy-granting ticket's record (not consumed: it grants many proxy tickets)."""
+        record = self._store.get(sha256_hex(ticket))
+        if record is None or record.kind is not TicketKind.PROXY_GRANTING:
+            return None
+        return record if record.expires_at > now else None
+
+    def for_session(self, sid: str, service_name: str) -> list[TicketRecord]:
+        return self._store.for_session(sid, service_name)
+
+    def get(self, ticket_hash: str) -> TicketRecord | None:
+        return self._store.get(ticket_hash)
+
+    def reveal(self, record: TicketRecord) -> str:
+        """The service ticket itself, for the single-logout request that must name it."""
+        if record.sealed is None:
+            raise ValueError("only service tickets are kept for single logout")
+        return self._sealer.open(record.sealed, record.ticket_hash.encode("ascii")).decode("ascii")
+
+    def _maybe_purge(self, now: float) -> None:
+        # Issuing is frequent and cheap to piggyback on; no background thread is needed.
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_INTERVAL
+        self._store.purge(now - self._keep_for)
