@@ -368,7 +368,7 @@ def test_admin_session_revoke_reaches_the_service(
     config = cli_config_for(tmp_path, cas_idhub.settings.database.url)
     result = run_cli("session", "revoke", "--user", "alice", config=config)
     assert result.code == 0, result.err
-    cas_idhub.services.logout_worker.wake()
+    cas_idhub.services.runtime.wake("logout-delivery")
     assert _wait(lambda: cas_service.logged_out == [ticket])
 
 
