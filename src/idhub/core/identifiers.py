@@ -34,14 +34,20 @@ SEPARATOR = "/"
 _DOT_SEGMENTS = frozenset((".", ".."))
 
 
+def _compatible(text: str) -> str:
+    """NFKC without format characters (zero-width spaces and joiners, soft hyphens)."""
+    if text.isascii():
+        return text
+    value = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in value if unicodedata.category(ch) != "Cf")
+
+
 def canonical_name(text: str) -> str:
     """The canonical form of a case-insensitive name ("" stays "")."""
     if text.isascii():
         # ASCII is already NFKC and has no format characters; folding is lowercasing.
         return text.strip().lower()
-    value = unicodedata.normalize("NFKC", text)
-    value = "".join(ch for ch in value if unicodedata.category(ch) != "Cf")
-    return unicodedata.normalize("NFKC", value.casefold()).strip()
+    return unicodedata.normalize("NFKC", _compatible(text).casefold()).strip()
 
 
 def canonical_subject(text: str) -> str:
@@ -59,7 +65,9 @@ def canonical_sub(text: str) -> str:
 
 def path_segments(text: str) -> tuple[str, ...]:
     """The canonical segments of a department path; `InvalidInput` naming what is wrong."""
-    value = text.strip()
+    # The whole path first: a full-width solidus is a separator, not part of a segment that
+    # would turn into `/../` once it is normalised on its own.
+    value = _compatible(text).strip()
     if not value.startswith(SEPARATOR):
         raise InvalidInput(f"department path {text!r} must start with / (like /总部/华东区)")
     segments = tuple(canonical_name(part) for part in value[1:].split(SEPARATOR))
@@ -70,7 +78,7 @@ def path_segments(text: str) -> tuple[str, ...]:
             )
         if segment in _DOT_SEGMENTS:
             raise InvalidInput(f"department path {text!r} has a {segment!r} segment")
-        if any(unicodedata.category(ch) == "Cc" for ch in segment):
+        if SEPARATOR in segment or any(unicodedata.category(ch) == "Cc" for ch in segment):
             raise InvalidInput(f"department path {text!r} contains control characters")
     return segments
 

@@ -23,26 +23,32 @@ class InvalidPath(ValueError):
     """Not a department path idhub accepts (dot or empty segments, no leading `/`)."""
 
 
+def _compatible(text: str) -> str:
+    if text.isascii():
+        return text
+    value = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in value if unicodedata.category(ch) != "Cf")
+
+
 def canonical_name(text: str) -> str:
     """NFKC, format characters removed, case folded, NFKC again, trimmed."""
     if text.isascii():
         return text.strip().lower()
-    value = unicodedata.normalize("NFKC", text)
-    value = "".join(ch for ch in value if unicodedata.category(ch) != "Cf")
-    return unicodedata.normalize("NFKC", value.casefold()).strip()
+    return unicodedata.normalize("NFKC", _compatible(text).casefold()).strip()
 
 
 def canonical_path(text: str) -> str:
     """`/A/B/C` with every segment a canonical name ("" stays ""); `InvalidPath` otherwise."""
     if text == "":
         return ""
-    value = text.strip()
+    # The whole path first, so a full-width solidus separates segments.
+    value = _compatible(text).strip()
     if not value.startswith(SEPARATOR):
         raise InvalidPath(f"department path {text!r} must start with /")
     segments = [canonical_name(part) for part in value[1:].split(SEPARATOR)]
     for segment in segments:
         if segment in ("", ".", ".."):
             raise InvalidPath(f"department path {text!r} has an empty, '.' or '..' segment")
-        if any(unicodedata.category(ch) == "Cc" for ch in segment):
+        if SEPARATOR in segment or any(unicodedata.category(ch) == "Cc" for ch in segment):
             raise InvalidPath(f"department path {text!r} contains control characters")
     return SEPARATOR + SEPARATOR.join(segments)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
@@ -81,8 +82,10 @@ def parse_scope(text: str) -> Scope:
     if kind in ("all", "self", "dept", "dept_tree"):
         return Scope(kind)  # type: ignore[arg-type]
     if kind.startswith("dept:"):
+        # The colon as written (full-width or not): the path is what follows it.
+        colon = next(i for i, ch in enumerate(value) if unicodedata.normalize("NFKC", ch) == ":")
         try:
-            return Scope("subtree", canonical_path(value[len("dept:") :]))
+            return Scope("subtree", canonical_path(value[colon + 1 :]))
         except InvalidInput as exc:
             raise ValueError(
                 f"department scope {text!r} must look like dept:/总部/华东区: {exc.message}"
