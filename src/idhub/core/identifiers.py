@@ -25,6 +25,8 @@ both agree.
 
 from __future__ import annotations
 
+import functools
+import re
 import unicodedata
 
 from idhub.errors import InvalidInput
@@ -32,6 +34,10 @@ from idhub.errors import InvalidInput
 USER_PREFIX = "user:"
 SEPARATOR = "/"
 _DOT_SEGMENTS = frozenset((".", ".."))
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly
+# Requests repeat the same few thousand department paths and non-ASCII names: each is worked
+# out once per process (bounded, so a stream of made-up names only evicts).
+_CACHED = 32768
 
 
 def _compatible(text: str) -> str:
@@ -47,6 +53,11 @@ def canonical_name(text: str) -> str:
     if text.isascii():
         # ASCII is already NFKC and has no format characters; folding is lowercasing.
         return text.strip().lower()
+    return _folded(text)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _folded(text: str) -> str:
     return unicodedata.normalize("NFKC", _compatible(text).casefold()).strip()
 
 
@@ -78,7 +89,7 @@ def path_segments(text: str) -> tuple[str, ...]:
             )
         if segment in _DOT_SEGMENTS:
             raise InvalidInput(f"department path {text!r} has a {segment!r} segment")
-        if SEPARATOR in segment or any(unicodedata.category(ch) == "Cc" for ch in segment):
+        if SEPARATOR in segment or _CONTROL.search(segment):
             raise InvalidInput(f"department path {text!r} contains control characters")
     return segments
 
@@ -87,6 +98,12 @@ def canonical_path(text: str) -> str:
     """The canonical form of a department path ("" stays "": no department given)."""
     if text == "":
         return ""
+    return _canonical_path(text)
+
+
+@functools.lru_cache(maxsize=_CACHED)
+def _canonical_path(text: str) -> str:
+    # A refused path raises, and lru_cache keeps only returned values.
     return SEPARATOR + SEPARATOR.join(path_segments(text))
 
 
