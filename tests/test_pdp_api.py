@@ -335,3 +335,82 @@ def test_without_any_loadable_policy_the_api_says_unavailable(
     assert "idhub_policy_last_reload_ok 0" in metrics
     assert 'idhub_policy_reloads_total{result="rejected"} 1' in metrics
     assert 'idhub_policy_loaded{version="none"} 0' in metrics
+
+
+def test_spellings_and_dot_segments_do_not_talk_a_decision_round(api: Api) -> None:
+    """Issue 9: the owner in another spelling bypassed "nobody approves their own report", and
+    /总部/华东区/../财务部 was taken for a department under /总部/华东区."""
+    own = {"user": "bob", "domain": "reimburse", "type": "expense_report", "action": "approve"}
+    batch = [
+        {**own, "owner": owner, "dept": "/总部/华东区"}
+        for owner in ("bob", "Bob", " bob ", "ｂｏｂ", "BOB\u200b")
+    ]
+    response = api.post("/api/v1/authz/check", {"requests": batch})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["allowed"] for r in results] == [False] * 5
+    assert len({r["reason"] for r in results}) == 1
+    assert results[0]["reason"].startswith("denied by reimburse.csv:")
+    # An owner who is nobody might be bob himself.
+    nobody = api.post("/api/v1/authz/check", {**own, "owner": "b0b", "dept": "/总部/华东区"})
+    assert nobody.json()["allowed"] is False
+    assert nobody.json()["reason"].startswith("unknown owner")
+
+    climbed = {**own, "owner": "carol", "dept": "/总部/华东区/../财务部"}
+    single = api.post("/api/v1/authz/check", climbed)
+    assert single.status_code == 400
+    assert single.json()["error"] == "invalid_request"
+    assert single.json()["error_description"].startswith("request.dept: department path")
+    assert "'..' segment" in single.json()["error_description"]
+    doubled = api.post(
+        "/api/v1/authz/check",
+        {"requests": [{**own, "owner": "alice", "dept": SALES1}, {**climbed, "dept": "/总部//x"}]},
+    )
+    assert doubled.status_code == 400
+    assert doubled.json()["error_description"].startswith("requests[1].dept: ")
+    # The same report spelled differently is still alice's, in bob's 华东区.
+    fine = api.post(
+        "/api/v1/authz/check", {**own, "user": "Ｂｏｂ", "owner": "Alice", "dept": SALES1}
+    )
+    assert fine.json()["allowed"] is True
+
+
+def _user_token(api: Api, username: str) -> str:
+    """An access token for idhub issued to a user (not a system's client credentials)."""
+    services = api.live.services
+    user = services.identity.get_user_by_username(username)
+    client = services.clients.get("pdp-admin")
+    assert user is not None and client is not None
+    token, _claims = services.access_tokens.issue(
+        client, sub=user.sub, audience="idhub", scopes=["authz", "authz:admin"]
+    )
+    return token
+
+
+def test_a_users_token_asks_only_about_its_own_user(api: Api) -> None:
+    about = {"domain": "reimburse", "type": "expense_report", "action": "read", "owner": "alice"}
+    alice = _user_token(api, "alice")
+    mine = api.post("/api/v1/authz/check", {**about, "user": "alice"}, token=alice)
+    assert mine.status_code == 200, mine.text
+    assert mine.json()["allowed"] is True
+    for other in ({"user": "bob"}, {"user": "nobody"}, {"requests": [{**about, "user": "bob"}]}):
+        body = other if "requests" in other else {**about, **other}
+        refused = api.post("/api/v1/authz/check", body, token=alice)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"] == "access_denied"
+        assert "permission query" in refused.json()["error_description"]
+    assert (
+        api.post("/api/v1/authz/scopes", {**about, "user": "bob"}, token=alice).status_code == 403
+    )
+    assert (
+        api.post("/api/v1/authz/explain", {**about, "user": "bob"}, token=alice).status_code == 403
+    )
+    # bob manages alice's department, but the shipped policy lets only admins ask about others.
+    bob = _user_token(api, "bob")
+    assert api.post("/api/v1/authz/check", {**about, "user": "alice"}, token=bob).status_code == 403
+    # dave (系统管理员) may: policies/idhub.csv grants admins `permission query`.
+    dave = _user_token(api, "dave")
+    asked = api.post("/api/v1/authz/check", {**about, "user": "alice"}, token=dave)
+    assert asked.status_code == 200 and asked.json()["allowed"] is True
+    # A system's own client-credentials token asks about anyone, as before.
+    assert api.post("/api/v1/authz/check", {**about, "user": "alice"}).status_code == 200

@@ -184,3 +184,33 @@ def test_bearer_middleware_guards_a_system(server: LiveServer, known_secrets) ->
         wrong_audience = client.get("/me", headers={"Authorization": f"Bearer {other}"})
         assert wrong_audience.status_code == 401
         assert 'error="invalid_token"' in wrong_audience.headers["www-authenticate"]
+
+
+def test_the_sql_filter_compares_department_paths_segment_by_segment() -> None:
+    from idhub.sdk.identifiers import canonical_name, canonical_path
+    from idhub.sdk.pdp import DataScope, DepartmentScope
+
+    scope = DataScope(
+        all=False,
+        self=True,
+        departments=(DepartmentScope("/总部/华东区", True),),
+        exclude_self=False,
+    )
+    # `me` in any spelling is the canonical username the owner column holds.
+    where, params = scope.sql_where(owner_column="owner", dept_column="dept", me=" ＢＯＢ ")
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE reports (id INTEGER, owner TEXT, dept TEXT)")
+    rows = [
+        (1, "alice", "/总部/华东区/销售一部"),
+        (2, "x", "/总部/华东区"),
+        (3, "x", "/总部/华东区/../财务部"),  # not a path: below nothing
+        (4, "x", "/总部/华东区//财务部"),
+        (5, "x", "/总部/华东区/"),
+        (6, "x", "/总部/华东区/./财务部"),
+        (7, "x", "/总部/华东"),  # a prefix as text, not as a department
+        (8, "x", "/总部/华东区二部"),
+        (9, canonical_name("Bob"), canonical_path("/总部/ 财务部")),
+    ]
+    db.executemany("INSERT INTO reports VALUES (?, ?, ?)", rows)
+    visible = {r[0] for r in db.execute(f"SELECT id FROM reports WHERE {where}", params)}  # noqa: S608
+    assert visible == {1, 2, 9}

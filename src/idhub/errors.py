@@ -8,6 +8,7 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
     ├── NotFound               a named user, client, key, source ... does not exist
     ├── Conflict               the thing exists already / concurrent change
     ├── InvalidInput           a value an admin or system supplied is not acceptable
+    ├── AccessDenied           the caller is known but may not ask this
     ├── AuthenticationFailed   sign-in refused (reason kept for the audit log, not the user)
     │   ├── DirectoryUnavailable   the user's directory could not be reached
     │   └── TooManyAttempts        refused by the throttle, whatever the password
@@ -85,6 +86,10 @@ class Conflict(IdhubError):
 
 class InvalidInput(IdhubError):
     code = "invalid_input"
+
+
+class AccessDenied(IdhubError):
+    code = "access_denied"
 
 
 class AuthenticationFailed(IdhubError):

@@ -34,6 +34,7 @@ from idhub.adapters.policy_yaml import (
     read_catalog,
     read_fixture,
 )
+from idhub.core.authz.canonical import canonical_policy
 from idhub.core.authz.model import (
     ANY,
     CANONICAL_MODEL,
@@ -48,7 +49,8 @@ from idhub.core.authz.model import (
     Source,
     parse_scope,
 )
-from idhub.errors import PolicyError
+from idhub.core.identifiers import canonical_name, canonical_subject
+from idhub.errors import InvalidInput, PolicyError
 
 # ---------------------------------------------------------------------- model.conf
 
@@ -146,6 +148,12 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
         fields = [f.strip() for f in line.split(",")]
         source = Source(rel, number)
         kind = fields[0]
+        # Names are matched in their canonical spelling (core/identifiers.py); scopes and
+        # effects are parsed from the text as written.
+        names = [
+            canonical_subject(f) if i == 1 else canonical_name(f) if i < 5 else f
+            for i, f in enumerate(fields)
+        ]
         if kind == "p":
             if len(fields) != 7:
                 reader.error(
@@ -155,7 +163,8 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                     number,
                 )
                 continue
-            subject, domain, obj, act, scope_text, effect = fields[1:]
+            subject, domain, obj, act = names[1:5]
+            scope_text, effect = fields[5], canonical_name(fields[6])
             problems = []
             if not subject_ok(subject):
                 problems.append(f"subject {subject!r} is not a role name or user:<username>")
@@ -187,7 +196,7 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                     number,
                 )
                 continue
-            member, role, domain = fields[1:]
+            member, role, domain = names[1:]
             if not _subject_ok(member):
                 reader.error(
                     f"member {member!r} is not a role name or user:<username>", rel, number
@@ -238,6 +247,10 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
         file_hashes=dict(reader.hashes),
         model_source=model_source,
     )
+    try:
+        policy = canonical_policy(policy)
+    except InvalidInput as exc:  # the readers report bad paths with file:line first
+        reader.error(exc.message, root.name)
     return policy, reader.issues
 
 

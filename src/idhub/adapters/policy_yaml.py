@@ -21,6 +21,8 @@ from idhub.core.authz.model import (
     PolicyCase,
     Source,
 )
+from idhub.core.identifiers import canonical_name, canonical_path
+from idhub.errors import InvalidInput
 
 LINE = "__line__"
 
@@ -89,10 +91,22 @@ def _line(item: Any) -> int:
 
 
 def _name(reader: PolicyReader, value: Any, what: str, rel: str, line: int) -> str | None:
-    if isinstance(value, str) and (value == ANY or NAME_RE.match(value)):
-        return value
+    """The canonical spelling of a valid name, else None (reported)."""
+    if isinstance(value, str):
+        name = canonical_name(value)
+        if name == ANY or NAME_RE.match(name):
+            return name
     reader.error(f"{what} {value!r} is not a valid name", rel, line)
     return None
+
+
+def _path(reader: PolicyReader, value: str, what: str, rel: str, line: int) -> str | None:
+    """The canonical form of a department path, else None (reported as file:line)."""
+    try:
+        return canonical_path(value)
+    except InvalidInput as exc:
+        reader.error(f"{what}: {exc.message}", rel, line)
+        return None
 
 
 def read_catalog(reader: PolicyReader) -> Catalog:
@@ -117,9 +131,10 @@ def read_catalog(reader: PolicyReader) -> Catalog:
     for name, description in raw_roles.items():
         if name == LINE:
             continue
-        if _name(reader, name, "role", "catalog.yaml", _line(raw_roles)) and name != ANY:
-            roles[name] = "" if description is None else str(description)
-            sources[f"role:{name}"] = Source("catalog.yaml", _line(raw_roles))
+        role = _name(reader, name, "role", "catalog.yaml", _line(raw_roles))
+        if role and role != ANY:
+            roles[role] = "" if description is None else str(description)
+            sources[f"role:{role}"] = Source("catalog.yaml", _line(raw_roles))
     resources: dict[str, dict[str, frozenset[str]]] = {}
     raw_resources = doc.get("resources") or {}
     if not isinstance(raw_resources, dict):
@@ -145,9 +160,10 @@ def read_catalog(reader: PolicyReader) -> Catalog:
                     f"actions of {domain}/{obj} must be a list of names", "catalog.yaml", line
                 )
                 continue
-            if _name(reader, obj, "resource type", "catalog.yaml", line):
-                per[obj] = frozenset(actions)
-        resources[str(domain)] = per
+            type_name = _name(reader, obj, "resource type", "catalog.yaml", line)
+            if type_name:
+                per[type_name] = frozenset(canonical_name(a) for a in actions)
+        resources[canonical_name(str(domain))] = per
     return Catalog(roles=roles, resources=resources, sources=sources)
 
 
@@ -199,14 +215,19 @@ def read_assignments(reader: PolicyReader) -> list[AssignmentRule]:
                 if not isinstance(value, str) or not value.strip():
                     reader.error(f"`{match_key}` is required", "assignments.yaml", line)
                     continue
-                match = value.strip()
-                if kind == "department" and not match.startswith("/"):
-                    reader.error(
-                        f"department {match!r} must be a path like /总部/财务部",
-                        "assignments.yaml",
-                        line,
-                    )
-                    continue
+                match = canonical_name(value)
+                if kind == "department":
+                    if not value.strip().startswith("/"):
+                        reader.error(
+                            f"department {value.strip()!r} must be a path like /总部/财务部",
+                            "assignments.yaml",
+                            line,
+                        )
+                        continue
+                    dept_path = _path(reader, value, "department", "assignments.yaml", line)
+                    if dept_path is None:
+                        continue
+                    match = dept_path
             known = {"role", "domain", "subtree", LINE} | ({match_key} if match_key else set())
             for extra in sorted(set(item) - known):
                 reader.error(f"unknown key {extra!r}", "assignments.yaml", line)
@@ -237,21 +258,28 @@ def read_fixture(reader: PolicyReader) -> DirectorySnapshot | None:
         if not isinstance(item, dict) or not isinstance(item.get("path"), str):
             reader.error("each department needs a `path`", rel, _line(item))
             continue
+        dept_path = _path(reader, item["path"], "department", rel, _line(item))
+        if dept_path is None:
+            continue
         manager = item.get("manager")
-        departments[item["path"]] = manager if isinstance(manager, str) else None
+        departments[dept_path] = canonical_name(manager) if isinstance(manager, str) else None
     groups: dict[str, list[str]] = {}
     raw_groups = doc.get("groups") or {}
     if isinstance(raw_groups, dict):
         for name, members in raw_groups.items():
             if name != LINE:
-                groups[str(name)] = [str(m) for m in (members or [])]
+                groups[canonical_name(str(name))] = [
+                    canonical_name(str(m)) for m in (members or [])
+                ]
     users: dict[str, DirectoryUser] = {}
     for item in doc.get("users") or []:
         if not isinstance(item, dict) or not isinstance(item.get("username"), str):
             reader.error("each user needs a `username`", rel, _line(item))
             continue
-        name = item["username"]
+        name = canonical_name(item["username"])
         dept = item.get("department")
+        if isinstance(dept, str):
+            dept = _path(reader, dept, f"user {name}: department", rel, _line(item))
         if dept is not None and dept not in departments:
             reader.error(f"user {name}: department {dept!r} is not listed", rel, _line(item))
         users[name] = DirectoryUser(
@@ -303,6 +331,9 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
         if missing:
             reader.error(f"case is missing {', '.join(dict.fromkeys(missing))}", rel, line)
             continue
+        dept = str(item.get("dept", "") or "")
+        if dept and _path(reader, dept, "dept", rel, line) is None:
+            continue
         clean_scope = None
         if isinstance(scope, dict):
             clean_scope = {k: v for k, v in scope.items() if k != LINE}
@@ -315,7 +346,7 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
                 obj=str(item.get("type", "")),
                 act=str(item.get("action", "")),
                 owner=str(item.get("owner", "") or ""),
-                dept=str(item.get("dept", "") or ""),
+                dept=dept,
                 expect=expect,
                 expect_scope=clean_scope,
                 expect_roles=tuple(str(r) for r in roles) if isinstance(roles, list) else None,

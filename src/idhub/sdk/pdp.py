@@ -2,7 +2,8 @@
 
 It gets its own client-credentials token (`resource=idhub`, scope `authz`) and renews it
 shortly before it expires. `DataScope.sql_where` turns a scope answer into a parameterised
-SQL condition for the system's own tables.
+SQL condition for the system's own tables, whose owner and department columns hold the
+canonical spelling (`idhub.sdk.identifiers`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from idhub.sdk.identifiers import canonical_name, canonical_path
 
 
 class PdpError(Exception):
@@ -48,8 +51,11 @@ class DataScope:
     ) -> tuple[str, dict[str, Any]]:
         """A condition and its parameters, e.g. for SQLAlchemy `text()` (named style).
 
-        Column names are the caller's own identifiers; values always go in parameters."""
-        params: dict[str, Any] = {"idhub_me": me}
+        Column names are the caller's own identifiers; values always go in parameters. The
+        columns hold canonical names and paths (`idhub.sdk.identifiers`); `me` may be spelled
+        any way. A department is below another segment by segment, and a stored path that is
+        not canonical (`/a/../b`, `/a//b`, a trailing `/`) is below nothing."""
+        params: dict[str, Any] = {"idhub_me": canonical_name(me)}
         allow: list[str] = []
         if self.all:
             allow.append("1=1")
@@ -68,14 +74,24 @@ class DataScope:
         return condition, params
 
 
+# Stored paths that `LIKE '/a/%'` would take for being below /a although they are not paths:
+# dot segments (`/a/../b`), doubled separators and a trailing separator.
+_NOT_PATHS = ("%/./%", "%/../%", "%/.", "%/..", "%//%", "%/")
+
+
 def _dept_condition(dept: DepartmentScope, column: str, name: str, params: dict[str, Any]) -> str:
-    params[name] = dept.path
+    path = canonical_path(dept.path)
+    params[name] = path
     if not dept.subtree:
         return f"{column} = :{name}"
     # LIKE wildcards inside a department name must match literally.
-    escaped = dept.path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    escaped = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     params[name + "_below"] = escaped + "/%"
-    return f"({column} = :{name} OR {column} LIKE :{name}_below ESCAPE '\\')"
+    guards = ""
+    for i, pattern in enumerate(_NOT_PATHS):
+        params[f"idhub_not_path{i}"] = pattern
+        guards += f" AND {column} NOT LIKE :idhub_not_path{i}"
+    return f"({column} = :{name} OR ({column} LIKE :{name}_below ESCAPE '\\'{guards}))"
 
 
 class PdpClient:

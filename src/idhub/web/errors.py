@@ -20,6 +20,7 @@ STATUS: Mapping[type[errors.IdhubError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.InvalidInput: 400,
+    errors.AccessDenied: 403,
     errors.AuthenticationFailed: 401,
     errors.PolicyError: 400,
     errors.StorageUnavailable: 503,

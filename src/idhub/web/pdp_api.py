@@ -1,9 +1,10 @@
 """The decision API for systems (`/api/v1/authz/*`) and the OpenAPI description idhub serves.
 
 Systems call it with their client-credentials access token (`aud` idhub, scope `authz`;
-`authz:admin` for explain and the policy status). A batch is decided against one engine, so
-every answer in it carries the same policy version. Denials, and allows as `[audit] decisions`
-says, go to the audit trail in one `record_many` per request.
+`authz:admin` for explain and the policy status); a user's token may ask about that user only,
+unless idhub's own policy lets the user query others (`core.authz.decisions`). A batch is
+decided against one engine, so every answer in it carries the same policy version. Denials, and
+allows as `[audit] decisions` says, go to the audit trail in one `record_many` per request.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from idhub.bootstrap import Services
 from idhub.core.authz.decisions import (
     ADMIN_SCOPE,
     ASK_SCOPE,
+    Asker,
     Decisions,
     PolicyAnswers,
     Question,
+    canonical_question,
     require_batch_size,
     resource_id_text,
 )
-from idhub.errors import InvalidInput, PolicyError
+from idhub.errors import AccessDenied, InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, check_bearer, require_scope, verify_bearer
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
@@ -91,17 +94,32 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
     if not merged.get("user") and not merged.get("sub"):
         raise InvalidInput(f"{where}: give the user as `user` (username) or `sub`")
     parsed = {key: _text(merged, key, where, required=False) for key in _FIELDS}
-    try:
-        parsed["domain"] = answers.domain_for(parsed["domain"], client=client)
-    except InvalidInput as exc:
-        raise InvalidInput(f"{where}.{exc.message}") from None
     for key in ("type", "action"):
         _text(merged, key, where, required=True)
-    return Question(**parsed)
+    try:
+        parsed["domain"] = answers.domain_for(parsed["domain"], client=client)
+        return canonical_question(
+            Question(
+                domain=parsed["domain"],
+                type=parsed["type"],
+                action=parsed["action"],
+                user=parsed["user"],
+                sub=parsed["sub"],
+                owner=parsed["owner"],
+                dept=parsed["dept"],
+                resource_id=parsed["resource_id"],
+            )
+        )
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.{exc.message}") from None
 
 
 def _client_of(claims: Mapping[str, Any]) -> str:
     return str(claims.get("client_id") or claims.get("sub") or "unknown")
+
+
+def _asker(claims: Mapping[str, Any]) -> Asker:
+    return Asker(client_id=_client_of(claims), sub=str(claims.get("sub") or ""))
 
 
 class DecisionApi:
@@ -112,7 +130,8 @@ class DecisionApi:
         self._authorise = authorise
 
     def check(self, request: Request, body: Any) -> Response:
-        client = _client_of(self._authorise(request, ASK_SCOPE))
+        asker = _asker(self._authorise(request, ASK_SCOPE))
+        client = asker.client_id
         answers = self._decisions.current()
         batch = isinstance(body, Mapping) and "requests" in body
         items = body["requests"] if batch else [body]
@@ -123,6 +142,7 @@ class DecisionApi:
             _question(item, f"requests[{i}]" if batch else "request", answers, client=client)
             for i, item in enumerate(items)
         ]
+        answers.require_may_ask(asker, questions)
         decided = answers.check(questions, client=client, ctx=request_context(request))
         results = [{"allowed": a.allowed, "reason": a.reason} for a in decided]
         if batch:
@@ -130,9 +150,11 @@ class DecisionApi:
         return JSONResponse({**results[0], "policy_version": answers.version})
 
     def scopes(self, request: Request, body: Any) -> Response:
-        client = _client_of(self._authorise(request, ASK_SCOPE))
+        asker = _asker(self._authorise(request, ASK_SCOPE))
         answers = self._decisions.current()
-        answer = answers.scopes(_question(body, "request", answers, client=client))
+        question = _question(body, "request", answers, client=asker.client_id)
+        answers.require_may_ask(asker, [question])
+        answer = answers.scopes(question)
         if answer.username is None:
             who = {"reason": answer.reason}
         else:
@@ -140,9 +162,11 @@ class DecisionApi:
         return JSONResponse({**answer.scope.to_json(), **who, "policy_version": answers.version})
 
     def explain(self, request: Request, body: Any) -> Response:
-        self._authorise(request, ADMIN_SCOPE)
+        asker = _asker(self._authorise(request, ADMIN_SCOPE))
         answers = self._decisions.current()
-        return JSONResponse(answers.explain(_question(body, "request", answers, client=None)))
+        question = _question(body, "request", answers, client=None)
+        answers.require_may_ask(asker, [question])
+        return JSONResponse(answers.explain(question))
 
     def policy(self, request: Request, _body: Any) -> Response:
         self._authorise(request, ADMIN_SCOPE)
@@ -165,6 +189,8 @@ def _endpoint(
             return exc.response()
         except InvalidInput as exc:
             return _error(400, "invalid_request", exc.message)
+        except AccessDenied as exc:
+            return _error(403, "access_denied", exc.message)
         except PolicyError as exc:
             # No policy could be loaded at all (a rejected reload keeps the old one).
             return _error(503, "policy_unavailable", exc.message)

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from idhub.core.authz.canonical import canonical_directory, canonical_policy
 from idhub.core.authz.checks import check_policy
 from idhub.core.authz.engine import Engine, RuleIndex
 from idhub.core.authz.model import DirectorySnapshot, Issue, PolicySet
@@ -59,8 +60,11 @@ def _prepare(
     started = time.perf_counter()
     try:
         policy, issues = load()
+        # Checks, tests and the index all see the one spelling requests are matched in.
+        policy = canonical_policy(policy)
     except IdhubError as exc:
         return Outcome(None, None, errors=(str(exc),), seconds=time.perf_counter() - started)
+    directory = canonical_directory(directory)
     issues = issues + check_policy(policy, domains, directory)
     errors = tuple(str(i) for i in issues if i.level == "error")
     warnings = tuple(str(i) for i in issues if i.level == "warning")

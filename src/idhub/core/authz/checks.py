@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+from idhub.core.authz.canonical import canonical_directory, canonical_policy
 from idhub.core.authz.model import (
     ANY,
     MAX_ROLE_DEPTH,
@@ -32,6 +33,9 @@ def check_policy(
     policy: PolicySet, domains: tuple[str, ...], directory: DirectorySnapshot | None = None
 ) -> list[Issue]:
     issues: list[Issue] = []
+    # Names in the policy and the directory are compared in their canonical spelling.
+    policy = canonical_policy(policy)
+    directory = canonical_directory(directory) if directory is not None else None
 
     def err(message: str, source: Source) -> None:
         issues.append(Issue("error", message, source))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idhub.core.authz.model import Rule
-from idhub.core.identity import is_within
+from idhub.core.identifiers import is_under
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -26,19 +26,19 @@ class DeptRef:
     subtree: bool
 
     def covers(self, dept: str) -> bool:
-        return is_within(dept, self.path) if self.subtree else dept == self.path
+        return is_under(dept, self.path) if self.subtree else dept == self.path
 
     def covered_by(self, other: DeptRef) -> bool:
         """Everything this entry matches is matched by `other` too."""
         if other.subtree:
-            return is_within(self.path, other.path)
+            return is_under(self.path, other.path)
         return not self.subtree and self.path == other.path
 
     def overlaps(self, other: DeptRef) -> bool:
         return (
             self.covered_by(other)
             or other.covered_by(self)
-            or (self.subtree and other.subtree and is_within(other.path, self.path))
+            or (self.subtree and other.subtree and is_under(other.path, self.path))
         )
 
     def to_json(self) -> dict[str, Any]:

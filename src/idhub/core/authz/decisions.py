@@ -4,8 +4,18 @@ The decision API (`/api/v1/authz/*`) and the audit API parse their requests into
 and ask `Decisions.current()`, which answers them all against one engine, so every answer of a
 request carries the same policy version. The rules about asking live here:
 
+* every field is brought to its canonical spelling once (`canonical_question`, rules in
+  `core/identifiers.py`) before anything is matched; a department path with `.`, `..` or
+  empty segments is invalid input, never resolved;
 * a user is named by username (`user`) or OIDC subject (`sub`); unknown and disabled users are
-  denied before the policy is asked;
+  denied before the policy is asked. A record whose `owner` is not given or names no
+  directory user is denied where a deny on the user's own records (`self`) applies: such a
+  deny must never miss because the owner was left out or spelled as nobody;
+* who may ask about whom (`require_may_ask`): a system (a client-credentials token, whose
+  `sub` is its client_id) about anyone in its own domain (the domain its client_id names), and
+  in any domain only with the `authz:admin` scope; a user's token about its own user only,
+  unless the policy grants that user `permission` `query` in domain `idhub` over the person
+  asked about;
 * a client whose client_id names a policy domain asks about that domain unless it names
   another; any other client, and every explain, must name the domain;
 * systems often number their records, so an integer resource id is the same record as its
@@ -20,19 +30,23 @@ where in its request that field was.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from idhub.core.audit import Actor, RequestContext
 from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
-from idhub.errors import InvalidInput
+from idhub.core.identifiers import canonical_name, canonical_path, canonical_sub
+from idhub.errors import AccessDenied, InvalidInput
 
 MAX_BATCH = 1000
 # Token scopes: asking about users, and the admin's questions (explain, policy status).
 ASK_SCOPE = "authz"
 ADMIN_SCOPE = "authz:admin"
+# The right, in idhub's own policy, to ask about someone else with a user's token: the record
+# is the person asked about (owner: their username, dept: their department).
+QUERY_DOMAIN, QUERY_TYPE, QUERY_ACTION = "idhub", "permission", "query"
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class Question:
     owner: str = ""
     dept: str = ""
     resource_id: str = ""
+    # True once every field is in its canonical spelling (`canonical_question`).
+    canonical: bool = field(default=False, compare=False)
 
     def fields(self) -> dict[str, str]:
         """Every field by name, in the order the audit trail shows them."""
@@ -81,6 +97,43 @@ class ScopeAnswer:
     scope: ScopeSet
     username: str | None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who holds the token that asks. A client-credentials token is the system's own: its
+    `sub` is its client_id. Any other token was issued to the user whose subject it carries."""
+
+    client_id: str
+    sub: str
+    # The token carries `authz:admin`: an admin tool, which may ask about every domain.
+    admin: bool = False
+
+    @property
+    def is_system(self) -> bool:
+        return not self.sub or self.sub == self.client_id
+
+
+def canonical_question(question: Question) -> Question:
+    """The question in canonical spelling; `InvalidInput` naming the field otherwise."""
+    if question.canonical:
+        return question
+    try:
+        dept = canonical_path(question.dept)
+    except InvalidInput as exc:
+        raise InvalidInput(f"dept: {exc.message}") from None
+    return replace(
+        question,
+        domain=canonical_name(question.domain),
+        type=canonical_name(question.type),
+        action=canonical_name(question.action),
+        user=canonical_name(question.user),
+        sub=canonical_sub(question.sub),
+        owner=canonical_name(question.owner),
+        dept=dept,
+        resource_id=question.resource_id.strip(),
+        canonical=True,
+    )
 
 
 def resource_id_text(value: object) -> object:
@@ -148,7 +201,9 @@ class PolicyAnswers:
     def domain_for(self, asked: str, *, client: str | None) -> str:
         """The domain a question is about: the one asked, else the asking client's own."""
         domains = self.engine.domains
-        domain = asked or (client if client in domains else "")
+        asked = canonical_name(asked)
+        own = canonical_name(client) if client else ""
+        domain = asked or (own if own in domains else "")
         if not domain:
             raise InvalidInput("domain is required")
         if domain not in domains:
@@ -157,27 +212,93 @@ class PolicyAnswers:
             )
         return domain
 
+    def _named(self, question: Question) -> str | None:
+        """The canonical username of the directory user a canonical question names."""
+        if question.sub:
+            return self.engine.username_for_sub(question.sub)
+        return question.user if question.user in self.engine.directory.users else None
+
     def username_of(self, question: Question) -> tuple[str | None, str]:
         """(username or None, why not) for the user a question names by `sub` or `user`."""
-        users = self.engine.directory.users
-        if question.sub:
-            name = self.engine.username_for_sub(question.sub)
-            if name is None:
-                return None, "unknown user"
-        else:
-            name = question.user
-            if name not in users:
-                return None, "unknown user"
-        if users[name].disabled:
+        question = canonical_question(question)
+        name = self._named(question)
+        if name is None:
+            if not question.sub and question.user in self.engine.directory.ambiguous:
+                return None, "ambiguous user name"
+            return None, "unknown user"
+        if self.engine.directory.users[name].disabled:
             return None, "user is disabled"
         return name, ""
 
+    def owner_refusal(self, username: str, question: Question, decision: Decision) -> Answer | None:
+        """The denial of an allow that a deny on the user's own records would have beaten, had
+        the owner been a known directory user; None when there is nothing to deny."""
+        if not decision.allowed:
+            return None
+        rule = self.engine.owner_deny(
+            user_subject(username), question.domain, question.type, question.action, question.owner
+        )
+        if rule is None:
+            return None
+        why = "unknown owner" if question.owner else "owner not given"
+        if question.owner in self.engine.directory.ambiguous:
+            why = "ambiguous owner name"
+        return Answer(
+            Decision(False, rule),
+            f"{why}: the record may be the user's own, which {rule.source} denies",
+            username,
+        )
+
+    def require_may_ask(self, asker: Asker, questions: Sequence[Question]) -> None:
+        """Raises `AccessDenied` unless the token's holder may ask about each person named."""
+        if asker.is_system:
+            self._require_own_domain(asker, questions)
+            return
+        users = self.engine.directory.users
+        me = self.engine.username_for_sub(asker.sub)
+        if me is None or users[me].disabled:
+            raise AccessDenied("the token's user is not an enabled directory user")
+        for question in questions:
+            target = self._named(canonical_question(question))
+            if target == me:
+                continue
+            whom = users.get(target) if target is not None else None
+            decision = self.engine.decide(
+                user_subject(me),
+                QUERY_DOMAIN,
+                QUERY_TYPE,
+                QUERY_ACTION,
+                target or "",
+                (whom.department or "") if whom is not None else "",
+            )
+            if not decision.allowed:
+                raise AccessDenied(
+                    f"a user's token may ask only about that user; {me!r} may not ask about "
+                    f"others (policy domain {QUERY_DOMAIN}, {QUERY_TYPE} {QUERY_ACTION})"
+                )
+
+    @staticmethod
+    def _require_own_domain(asker: Asker, questions: Sequence[Question]) -> None:
+        """A system learns the rights people hold in its own domain, not in the others'
+        (which would tell the OA system who may pay in the ERP)."""
+        if asker.admin:
+            return
+        own = canonical_name(asker.client_id)
+        for question in questions:
+            domain = canonical_name(question.domain)
+            if domain != own:
+                raise AccessDenied(
+                    f"system {asker.client_id!r} may ask only about its own domain {own!r}, "
+                    f"not {domain!r} (asking about every domain needs the {ADMIN_SCOPE} scope)"
+                )
+
     def decide(self, question: Question) -> Answer:
         """The one way a question about a user is decided (the decision and audit APIs)."""
+        question = canonical_question(question)
         username, problem = self.username_of(question)
         if username is None:
             return Answer(Decision(False), problem, None)
-        decision = self.engine.check(
+        decision = self.engine.decide(
             user_subject(username),
             question.domain,
             question.type,
@@ -185,7 +306,8 @@ class PolicyAnswers:
             question.owner,
             question.dept,
         )
-        return Answer(decision, decision.reason, username)
+        refused = self.owner_refusal(username, question, decision)
+        return refused or Answer(decision, decision.reason, username)
 
     def check(
         self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
@@ -212,6 +334,7 @@ class PolicyAnswers:
 
     def scopes(self, question: Question) -> ScopeAnswer:
         """Which records of `type` the user may `action` (not audited: no single record)."""
+        question = canonical_question(question)
         username, problem = self.username_of(question)
         if username is None:
             return ScopeAnswer(NOTHING, None, problem)
@@ -222,6 +345,7 @@ class PolicyAnswers:
 
     def explain(self, question: Question) -> dict[str, Any]:
         """The decision with the roles and lines behind it, as plain data."""
+        question = canonical_question(question)
         username, problem = self.username_of(question)
         if username is None:
             return {"allowed": False, "reason": problem, "policy_version": self.version}
@@ -233,7 +357,11 @@ class PolicyAnswers:
             question.owner,
             question.dept,
         )
-        return explanation_json(self.engine, username, question.domain, result)
+        explained = explanation_json(self.engine, username, question.domain, result)
+        refused = self.owner_refusal(username, question, result.decision)
+        if refused is not None:
+            explained.update(allowed=False, reason=refused.reason)
+        return explained
 
     def record(
         self,

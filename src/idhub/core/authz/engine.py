@@ -12,6 +12,9 @@ milliseconds. `Engine` gives the same answers (a differential test pins this aga
 * deny beats allow (`some(allow) && !some(deny)`), so the first matching deny decides.
 
 An `Engine` is built off to the side and never changes; `AuthzService` swaps whole engines.
+It compiles the canonical spelling of the policy and the directory (`core/authz/canonical.py`);
+`check`, `scopes`, `explain` and `roles_for` take any spelling and canonicalise their arguments
+once, `decide` takes arguments that are canonical already (the decision API's questions are).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from idhub.core.authz.canonical import canonical_directory, canonical_policy
 from idhub.core.authz.data_scopes import ScopeSet, build_scope_set
 from idhub.core.authz.model import (
     ANY,
@@ -35,7 +39,13 @@ from idhub.core.authz.model import (
     user_subject,
     username_of,
 )
-from idhub.core.identity import is_within
+from idhub.core.identifiers import (
+    canonical_name,
+    canonical_path,
+    canonical_sub,
+    canonical_subject,
+    is_under,
+)
 
 _EMPTY: tuple[str, ...] = ()
 
@@ -106,7 +116,7 @@ def derive_links(
             members = [(name, None) for name in by_group.get(rule.match, ())]
         elif rule.kind == "department":
             if rule.subtree:
-                paths = [p for p in by_dept if is_within(p, rule.match)]
+                paths = [p for p in by_dept if is_under(p, rule.match)]
             else:
                 paths = [rule.match]
             members = [(name, None) for p in paths for name in by_dept.get(p, ())]
@@ -153,9 +163,12 @@ class Engine:
         *,
         index: RuleIndex | None = None,
     ) -> None:
+        """`index`, when given, was built from the rules of `canonical_policy(policy)`."""
+        policy = canonical_policy(policy)
+        directory = canonical_directory(directory)
         self.policy = policy
         self.directory = directory
-        self.domains = domains
+        self.domains = tuple(dict.fromkeys(canonical_name(d) for d in domains))
         self.version = f"{policy.version}.{directory.version[:8]}"
         self.links = tuple(derive_links(policy, directory, domains))
         self._homes: dict[str, str] = {
@@ -202,8 +215,8 @@ class Engine:
         return found
 
     def roles_of(self, subject: str, domain: str) -> dict[str, tuple[str, ...]]:
-        """Every role `subject` holds in `domain` (not the subject itself), each with the
-        departments its `dept`/`dept_tree` scopes are relative to."""
+        """Every role canonical `subject` holds in canonical `domain` (not the subject itself),
+        each with the departments its `dept`/`dept_tree` scopes are relative to."""
         key = (domain, subject)
         cached = self._subject_roles.get(key)
         if cached is not None:
@@ -234,7 +247,7 @@ class Engine:
         index = self._by_sub
         if index is None:
             index = self._by_sub = self.directory.by_sub()
-        return index.get(sub)
+        return index.get(canonical_sub(sub))
 
     def warm(self) -> None:
         """Computes every directory user's roles now, so no request pays for it."""
@@ -244,7 +257,7 @@ class Engine:
                 self.roles_of(subject, domain)
 
     def roles_for(self, username: str, domain: str) -> list[str]:
-        return sorted(self.roles_of(user_subject(username), domain))
+        return sorted(self.roles_of(user_subject(canonical_name(username)), canonical_name(domain)))
 
     def anchors(self, subject: str, domain: str, policy_subject: str) -> tuple[str, ...]:
         if policy_subject == subject:
@@ -262,6 +275,21 @@ class Engine:
     def check(
         self, subject: str, domain: str, obj: str, act: str, owner: str = "", dept: str = ""
     ) -> Decision:
+        """The decision on a request in any spelling; `InvalidInput` for a department path
+        that is not one (`..`, empty segments)."""
+        return self.decide(
+            canonical_subject(subject),
+            canonical_name(domain),
+            canonical_name(obj),
+            canonical_name(act),
+            canonical_name(owner),
+            canonical_path(dept),
+        )
+
+    def decide(
+        self, subject: str, domain: str, obj: str, act: str, owner: str = "", dept: str = ""
+    ) -> Decision:
+        """The decision on a request whose every argument is canonical."""
         username = username_of(subject)
         keys = ((obj, act), (obj, ANY), (ANY, act), (ANY, ANY))
         allow: Rule | None = None
@@ -283,10 +311,23 @@ class Engine:
                                 allow = rule
         return Decision(allow is not None, allow)
 
+    def owner_deny(self, subject: str, domain: str, obj: str, act: str, owner: str) -> Rule | None:
+        """The deny on the user's own records (a `self` line) that would apply to canonical
+        (subject, domain, type, action) when `owner` is not given or names no directory user:
+        such a record may well be the user's own, so a deny on it must not miss; None when the
+        owner is a directory user or no such line applies."""
+        if owner and owner in self.directory.users:
+            return None
+        for rule, _anchors in self.candidates(subject, domain, obj, act):
+            if rule.effect == "deny" and rule.scope.kind == "self":
+                return rule
+        return None
+
     def candidates(
         self, subject: str, domain: str, obj: str, act: str
     ) -> list[tuple[Rule, tuple[str, ...]]]:
-        """Every line that matches subject, domain, type and action (scope not yet applied)."""
+        """Every line that matches canonical subject, domain, type and action (scope not yet
+        applied)."""
         keys = dict.fromkeys(((obj, act), (obj, ANY), (ANY, act), (ANY, ANY)))
         out: list[tuple[Rule, tuple[str, ...]]] = []
         for name, anchors in self._subjects(subject, domain):
@@ -299,18 +340,28 @@ class Engine:
         return out
 
     def scopes(self, subject: str, domain: str, obj: str, act: str) -> ScopeSet:
-        return build_scope_set(self.candidates(subject, domain, obj, act))
+        return build_scope_set(
+            self.candidates(
+                canonical_subject(subject),
+                canonical_name(domain),
+                canonical_name(obj),
+                canonical_name(act),
+            )
+        )
 
     def explain(
         self, subject: str, domain: str, obj: str, act: str, owner: str = "", dept: str = ""
     ) -> Explanation:
+        subject, domain = canonical_subject(subject), canonical_name(domain)
+        obj, act = canonical_name(obj), canonical_name(act)
+        owner, dept = canonical_name(owner), canonical_path(dept)
         username = username_of(subject)
         matches = tuple(
             Match(rule, anchors, scope_matches(rule.scope, username, anchors, owner, dept))
             for rule, anchors in self.candidates(subject, domain, obj, act)
         )
         return Explanation(
-            decision=self.check(subject, domain, obj, act, owner, dept),
+            decision=self.decide(subject, domain, obj, act, owner, dept),
             chains=self.chains(subject, domain),
             matches=matches,
         )
@@ -333,7 +384,7 @@ class Engine:
     def permissions(self, username: str) -> set[tuple[str, str, str, str, str]]:
         """(domain, type, action, effect, resolved scope) for every line that applies to the
         user, the unit `policy diff` compares."""
-        subject = user_subject(username)
+        subject = user_subject(canonical_name(username))
         out: set[tuple[str, str, str, str, str]] = set()
         for domain in self.domains:
             for name, anchors in self._subjects(subject, domain):

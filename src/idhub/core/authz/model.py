@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
-from idhub.core.identity import is_within
+from idhub.core.identifiers import canonical_name, canonical_path, is_under
+from idhub.errors import InvalidInput
 
 USER_PREFIX = "user:"
 ANY = "*"
@@ -73,15 +75,21 @@ ALL = Scope("all")
 
 
 def parse_scope(text: str) -> Scope:
-    """`all`, `self`, `dept`, `dept_tree` or `dept:/A/B` (that subtree); ValueError otherwise."""
-    if text in ("all", "self", "dept", "dept_tree"):
-        return Scope(text)  # type: ignore[arg-type]
-    if text.startswith("dept:"):
-        path = text[len("dept:") :]
-        parts = path.strip("/").split("/")
-        if not path.startswith("/") or path.endswith("/") or any(p.strip() == "" for p in parts):
-            raise ValueError(f"department scope {text!r} must look like dept:/总部/华东区")
-        return Scope("subtree", path)
+    """`all`, `self`, `dept`, `dept_tree` or `dept:/A/B` (that subtree, its path canonical);
+    ValueError otherwise."""
+    value = text.strip()
+    kind = canonical_name(value)
+    if kind in ("all", "self", "dept", "dept_tree"):
+        return Scope(kind)  # type: ignore[arg-type]
+    if kind.startswith("dept:"):
+        # The colon as written (full-width or not): the path is what follows it.
+        colon = next(i for i, ch in enumerate(value) if unicodedata.normalize("NFKC", ch) == ":")
+        try:
+            return Scope("subtree", canonical_path(value[colon + 1 :]))
+        except InvalidInput as exc:
+            raise ValueError(
+                f"department scope {text!r} must look like dept:/总部/华东区: {exc.message}"
+            ) from None
     raise ValueError(f"unknown data scope {text!r} (use all, self, dept, dept_tree or dept:/path)")
 
 
@@ -91,7 +99,8 @@ def scope_matches(
     """Whether a resource (owner, department path) lies inside `scope` for this user.
 
     `anchors` are the departments the scope is relative to: the user's own department, or
-    the department a manager-derived role is scoped to.
+    the department a manager-derived role is scoped to. Every argument is canonical
+    (`core/identifiers.py`), so equal text is the same name and "under" is segment-wise.
     """
     kind = scope.kind
     if kind == "all":
@@ -103,8 +112,8 @@ def scope_matches(
     if kind == "dept":
         return dept in anchors
     if kind == "dept_tree":
-        return any(is_within(dept, anchor) for anchor in anchors)
-    return is_within(dept, scope.path or "/")
+        return any(is_under(dept, anchor) for anchor in anchors)
+    return is_under(dept, scope.path or "")
 
 
 class Rule(NamedTuple):
@@ -210,6 +219,10 @@ class DirectorySnapshot:
     departments: Mapping[str, str | None] = field(default_factory=dict)
     groups: frozenset[str] = frozenset()
     version: str = "0"
+    # Canonical usernames more than one directory user folds to: none of them is decided on.
+    ambiguous: frozenset[str] = frozenset()
+    # True once every name in it is canonical (`core/authz/canonical.py`).
+    canonical: bool = field(default=False, compare=False)
 
     def by_sub(self) -> dict[str, str]:
         return {u.sub: u.username for u in self.users.values() if u.sub}
@@ -228,6 +241,8 @@ class PolicySet:
     fixture: DirectorySnapshot | None = None
     file_hashes: Mapping[str, str] = field(default_factory=dict)
     model_source: Source = field(default_factory=lambda: Source("model.conf", 1))
+    # True once every name and path in it is canonical (`core/authz/canonical.py`).
+    canonical: bool = field(default=False, compare=False)
 
     @property
     def version(self) -> str:

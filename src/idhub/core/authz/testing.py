@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from idhub.core.authz.canonical import canonical_policy
 from idhub.core.authz.data_scopes import DeptRef, ScopeSet
-from idhub.core.authz.engine import Engine, RuleIndex
+from idhub.core.authz.engine import Decision, Engine, RuleIndex
 from idhub.core.authz.model import DirectorySnapshot, PolicyCase, PolicySet, user_subject
+from idhub.core.identifiers import canonical_name, canonical_path
+from idhub.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,17 @@ def _refs(value: object) -> list[DeptRef] | None:
     if not isinstance(value, list):
         return None
     out: list[DeptRef] = []
-    for item in value:
-        if isinstance(item, str):
-            out.append(DeptRef(item, True))
-        elif isinstance(item, Mapping) and isinstance(item.get("path"), str):
-            out.append(DeptRef(str(item["path"]), bool(item.get("subtree", True))))
-        else:
-            return None
+    try:
+        for item in value:
+            if isinstance(item, str):
+                out.append(DeptRef(canonical_path(item), True))
+            elif isinstance(item, Mapping) and isinstance(item.get("path"), str):
+                path = canonical_path(str(item["path"]))
+                out.append(DeptRef(path, bool(item.get("subtree", True))))
+            else:
+                return None
+    except InvalidInput:
+        return None
     return sorted(out)
 
 
@@ -71,12 +78,23 @@ def _compare_scope(expected: Mapping[str, object], got: ScopeSet) -> str | None:
 
 
 def run_case(engine: Engine, case: PolicyCase) -> CaseResult:
-    if case.user not in engine.directory.users:
+    username = canonical_name(case.user)
+    if username not in engine.directory.users:
         return CaseResult(case, False, f"user {case.user!r} is not in tests/directory.yaml")
-    subject = user_subject(case.user)
+    subject = user_subject(username)
     problems: list[str] = []
     if case.expect is not None:
         decision = engine.check(subject, case.domain, case.obj, case.act, case.owner, case.dept)
+        if decision.allowed:
+            # As the decision API decides: an unknown or missing owner may be the user.
+            denial = engine.owner_deny(
+                subject,
+                canonical_name(case.domain),
+                canonical_name(case.obj),
+                canonical_name(case.act),
+                canonical_name(case.owner),
+            )
+            decision = Decision(False, denial) if denial is not None else decision
         got = "allow" if decision.allowed else "deny"
         if got != case.expect:
             problems.append(f"expected {case.expect}, got {got} ({decision.reason})")
@@ -87,8 +105,8 @@ def run_case(engine: Engine, case: PolicyCase) -> CaseResult:
         if problem:
             problems.append(problem)
     if case.expect_roles is not None:
-        have = engine.roles_for(case.user, case.domain)
-        if sorted(case.expect_roles) != have:
+        have = engine.roles_for(username, case.domain)
+        if sorted(canonical_name(r) for r in case.expect_roles) != have:
             problems.append(
                 f"roles are [{', '.join(have)}], expected [{', '.join(sorted(case.expect_roles))}]"
             )
@@ -102,6 +120,7 @@ def run_policy_tests(
     *,
     index: RuleIndex | None = None,
 ) -> list[CaseResult]:
+    policy = canonical_policy(policy)
     directory = fixture or policy.fixture or DirectorySnapshot()
     engine = Engine(policy, directory, domains, index=index)
     return [run_case(engine, case) for case in policy.cases]
