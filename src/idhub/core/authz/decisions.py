@@ -12,10 +12,8 @@ request carries the same policy version. The rules about asking live here:
   directory user is denied where a deny on the user's own records (`self`) applies: such a
   deny must never miss because the owner was left out or spelled as nobody;
 * who may ask about whom (`require_may_ask`): a system (a client-credentials token, whose
-  `sub` is its client_id) about anyone in its own domain (the domain its client_id names), and
-  in any domain only with the `authz:admin` scope; a user's token about its own user only,
-  unless the policy grants that user `permission` `query` in domain `idhub` over the person
-  asked about;
+  `sub` is its client_id) about anyone; a user's token about its own user only, unless the
+  policy grants that user `permission` `query` in domain `idhub` over the person asked about;
 * a client whose client_id names a policy domain asks about that domain unless it names
   another; any other client, and every explain, must name the domain;
 * systems often number their records, so an integer resource id is the same record as its
@@ -106,8 +104,6 @@ class Asker:
 
     client_id: str
     sub: str
-    # The token carries `authz:admin`: an admin tool, which may ask about every domain.
-    admin: bool = False
 
     @property
     def is_system(self) -> bool:
@@ -252,7 +248,6 @@ class PolicyAnswers:
     def require_may_ask(self, asker: Asker, questions: Sequence[Question]) -> None:
         """Raises `AccessDenied` unless the token's holder may ask about each person named."""
         if asker.is_system:
-            self._require_own_domain(asker, questions)
             return
         users = self.engine.directory.users
         me = self.engine.username_for_sub(asker.sub)
@@ -275,21 +270,6 @@ class PolicyAnswers:
                 raise AccessDenied(
                     f"a user's token may ask only about that user; {me!r} may not ask about "
                     f"others (policy domain {QUERY_DOMAIN}, {QUERY_TYPE} {QUERY_ACTION})"
-                )
-
-    @staticmethod
-    def _require_own_domain(asker: Asker, questions: Sequence[Question]) -> None:
-        """A system learns the rights people hold in its own domain, not in the others'
-        (which would tell the OA system who may pay in the ERP)."""
-        if asker.admin:
-            return
-        own = canonical_name(asker.client_id)
-        for question in questions:
-            domain = canonical_name(question.domain)
-            if domain != own:
-                raise AccessDenied(
-                    f"system {asker.client_id!r} may ask only about its own domain {own!r}, "
-                    f"not {domain!r} (asking about every domain needs the {ADMIN_SCOPE} scope)"
                 )
 
     def decide(self, question: Question) -> Answer:
