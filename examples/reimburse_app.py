@@ -6,7 +6,8 @@
 - `/backchannel-logout` ends local sessions when the user signs out anywhere.
 
 Run against `make run` (after `idhub client add reimburse-pdp --grant client_credentials
---scope authz --allowed-audience idhub --json` for the PDP credentials):
+--scope authz --allowed-audience reimburse --allowed-audience idhub --json` for the PDP
+credentials; the `reimburse` audience is what lets it ask about that domain):
 
     IDHUB=http://127.0.0.1:8000 PDP_SECRET=... python examples/reimburse_app.py
 """

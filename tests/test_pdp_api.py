@@ -137,9 +137,8 @@ def test_single_and_batch_decisions(api: Api) -> None:
         # alice, named by her OIDC subject, submits her own report but not erin's
         {"sub": alice_sub, "type": "expense_report", "action": "submit", "owner": "alice"},
         {"sub": alice_sub, "type": "expense_report", "action": "submit", "owner": "erin"},
-        # carol (财务审核组) reviews anything; dave (系统管理员) does anything in the ERP
+        # carol (财务审核组) reviews anything
         {"user": "carol", "type": "expense_report", "action": "review", "owner": "erin"},
-        {"user": "dave", "domain": "erp", "type": "voucher", "action": "approve"},
         {"user": "ivan", "type": "expense_report", "action": "read", "owner": "ivan"},
         {"user": "nobody", "type": "expense_report", "action": "read"},
     ]
@@ -154,14 +153,13 @@ def test_single_and_batch_decisions(api: Api) -> None:
         True,
         False,
         True,
-        True,
         False,
         False,
     ]
     assert body["results"][1]["reason"].startswith("denied by reimburse.csv:")
     assert body["results"][2]["reason"] == "no rule matched"
-    assert body["results"][7]["reason"] == "user is disabled"
-    assert body["results"][8]["reason"] == "unknown user"
+    assert body["results"][6]["reason"] == "user is disabled"
+    assert body["results"][7]["reason"] == "unknown user"
 
     # Every denial is in the audit trail, attributed to the calling system, with the rule.
     recorded = decisions(api.live)
@@ -414,3 +412,37 @@ def test_a_users_token_asks_only_about_its_own_user(api: Api) -> None:
     assert asked.status_code == 200 and asked.json()["allowed"] is True
     # A system's own client-credentials token asks about anyone, as before.
     assert api.post("/api/v1/authz/check", {**about, "user": "alice"}).status_code == 200
+
+
+def test_a_system_asks_only_about_the_domains_it_is_registered_for(api: Api) -> None:
+    """dave (系统管理员) does anything in the ERP, but the reimbursement system has no business
+    learning that; the ERP itself, a system registered for it, or an admin tool may ask."""
+    about_erp = {"user": "dave", "domain": "erp", "type": "voucher", "action": "approve"}
+    refused = api.post("/api/v1/authz/check", about_erp)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["error"] == "access_denied"
+    assert "'erp'" in refused.json()["error_description"]
+    # A batch with one such question is refused whole: nothing about the ERP leaks.
+    mixed = {"requests": [{**about_erp, "domain": "reimburse"}, about_erp]}
+    assert api.post("/api/v1/authz/check", mixed).status_code == 403
+    # The same spelling trick as everywhere else does not change whose domain it is.
+    spelled = api.post("/api/v1/authz/check", {**about_erp, "domain": " ＥＲＰ "})
+    assert spelled.status_code == 403
+    erp = client_token(api.live, "erp", "authz")
+    assert api.post("/api/v1/authz/check", about_erp, token=erp).json()["allowed"] is True
+    _, secret = api.live.services.clients.register(
+        "erp-batch",
+        grant_types=["client_credentials"],
+        scope="authz",
+        allowed_audiences=["erp", "idhub"],
+    )
+    assert secret is not None
+    token = httpx.post(
+        api.live.url + "/token",
+        data={"grant_type": "client_credentials", "resource": "idhub", "scope": "authz"},
+        auth=("erp-batch", secret),
+        timeout=10,
+    ).json()["access_token"]
+    assert api.post("/api/v1/authz/check", about_erp, token=token).json()["allowed"] is True
+    admin = api.post("/api/v1/authz/check", about_erp, token=api.admin_token)
+    assert admin.json()["allowed"] is True

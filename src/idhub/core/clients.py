@@ -260,6 +260,14 @@ class ClientRegistry:
                 self._version = version
             self._checked_at = now
 
+    def party_domains(self, client_id: str) -> frozenset[str]:
+        """The audiences a client is registered for (its default and allowed ones): where a
+        system takes part, and so the policy domains it may ask the decision API about."""
+        client = self.get(client_id)
+        if client is None:
+            return frozenset()
+        return frozenset((client.audience, *client.allowed_audiences))
+
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()

@@ -118,19 +118,32 @@ def _client_of(claims: Mapping[str, Any]) -> str:
     return str(claims.get("client_id") or claims.get("sub") or "unknown")
 
 
-def _asker(claims: Mapping[str, Any]) -> Asker:
-    return Asker(client_id=_client_of(claims), sub=str(claims.get("sub") or ""))
+def _asker(claims: Mapping[str, Any], parties: Callable[[str], frozenset[str]]) -> Asker:
+    client_id = _client_of(claims)
+    return Asker(
+        client_id=client_id,
+        sub=str(claims.get("sub") or ""),
+        domains=parties(client_id),
+        admin=ADMIN_SCOPE in str(claims.get("scope") or "").split(),
+    )
 
 
 class DecisionApi:
     """The handlers of `/api/v1/authz/*`; each runs in a worker thread."""
 
-    def __init__(self, *, decisions: Decisions, authorise: Authorise) -> None:
+    def __init__(
+        self,
+        *,
+        decisions: Decisions,
+        authorise: Authorise,
+        parties: Callable[[str], frozenset[str]],
+    ) -> None:
         self._decisions = decisions
         self._authorise = authorise
+        self._parties = parties
 
     def check(self, request: Request, body: Any) -> Response:
-        asker = _asker(self._authorise(request, ASK_SCOPE))
+        asker = _asker(self._authorise(request, ASK_SCOPE), self._parties)
         client = asker.client_id
         answers = self._decisions.current()
         batch = isinstance(body, Mapping) and "requests" in body
@@ -150,7 +163,7 @@ class DecisionApi:
         return JSONResponse({**results[0], "policy_version": answers.version})
 
     def scopes(self, request: Request, body: Any) -> Response:
-        asker = _asker(self._authorise(request, ASK_SCOPE))
+        asker = _asker(self._authorise(request, ASK_SCOPE), self._parties)
         answers = self._decisions.current()
         question = _question(body, "request", answers, client=asker.client_id)
         answers.require_may_ask(asker, [question])
@@ -162,7 +175,7 @@ class DecisionApi:
         return JSONResponse({**answer.scope.to_json(), **who, "policy_version": answers.version})
 
     def explain(self, request: Request, body: Any) -> Response:
-        asker = _asker(self._authorise(request, ADMIN_SCOPE))
+        asker = _asker(self._authorise(request, ADMIN_SCOPE), self._parties)
         answers = self._decisions.current()
         question = _question(body, "request", answers, client=None)
         answers.require_may_ask(asker, [question])
@@ -209,7 +222,9 @@ def routes(services: Services) -> list[BaseRoute]:
         return require_scope(claims, scope)
 
     decisions = services.decisions
-    api = DecisionApi(decisions=decisions, authorise=authorise)
+    api = DecisionApi(
+        decisions=decisions, authorise=authorise, parties=services.clients.party_domains
+    )
     issuer = services.settings.server.issuer
 
     async def metrics(request: Request) -> Response:

@@ -12,8 +12,10 @@ request carries the same policy version. The rules about asking live here:
   directory user is denied where a deny on the user's own records (`self`) applies: such a
   deny must never miss because the owner was left out or spelled as nobody;
 * who may ask about whom (`require_may_ask`): a system (a client-credentials token, whose
-  `sub` is its client_id) about anyone; a user's token about its own user only, unless the
-  policy grants that user `permission` `query` in domain `idhub` over the person asked about;
+  `sub` is its client_id) about anyone in the domains it is a party to — its own client_id and
+  the audiences it is registered to obtain tokens for — and about every domain only with the
+  `authz:admin` scope; a user's token about its own user only, unless the policy grants that
+  user `permission` `query` in domain `idhub` over the person asked about;
 * a client whose client_id names a policy domain asks about that domain unless it names
   another; any other client, and every explain, must name the domain;
 * systems often number their records, so an integer resource id is the same record as its
@@ -104,6 +106,11 @@ class Asker:
 
     client_id: str
     sub: str
+    # The policy domains the system is a party to besides its own client_id: the audiences
+    # it is registered for (`allowed_audiences`, `default_audience`).
+    domains: frozenset[str] = frozenset()
+    # The token carries `authz:admin` (an admin tool): it may ask about every domain.
+    admin: bool = False
 
     @property
     def is_system(self) -> bool:
@@ -248,6 +255,7 @@ class PolicyAnswers:
     def require_may_ask(self, asker: Asker, questions: Sequence[Question]) -> None:
         """Raises `AccessDenied` unless the token's holder may ask about each person named."""
         if asker.is_system:
+            self._require_party_to(asker, questions)
             return
         users = self.engine.directory.users
         me = self.engine.username_for_sub(asker.sub)
@@ -270,6 +278,22 @@ class PolicyAnswers:
                 raise AccessDenied(
                     f"a user's token may ask only about that user; {me!r} may not ask about "
                     f"others (policy domain {QUERY_DOMAIN}, {QUERY_TYPE} {QUERY_ACTION})"
+                )
+
+    @staticmethod
+    def _require_party_to(asker: Asker, questions: Sequence[Question]) -> None:
+        """A system learns the rights people hold where it takes part, not elsewhere (the OA
+        system has no business learning who may pay in the ERP)."""
+        if asker.admin:
+            return
+        mine = {canonical_name(d) for d in asker.domains} | {canonical_name(asker.client_id)}
+        for question in questions:
+            domain = canonical_name(question.domain)
+            if domain not in mine:
+                raise AccessDenied(
+                    f"system {asker.client_id!r} may ask only about the domains it is registered "
+                    f"for ({', '.join(sorted(mine))}), not {domain!r}; every domain needs the "
+                    f"{ADMIN_SCOPE} scope"
                 )
 
     def decide(self, question: Question) -> Answer:
