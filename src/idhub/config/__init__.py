@@ -22,6 +22,7 @@ from idhub.config.settings import (
     AuditSettings,
     DatabaseSettings,
     LdapSourceSettings,
+    MfaSettings,
     PolicySettings,
     ServerSettings,
     Settings,
@@ -36,6 +37,7 @@ __all__ = [
     "AuditSettings",
     "DatabaseSettings",
     "LdapSourceSettings",
+    "MfaSettings",
     "PolicySettings",
     "Secret",
     "ServerSettings",
@@ -58,6 +60,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicySettings,
     "audit": AuditSettings,
     "sync": SyncSettings,
+    "mfa": MfaSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -76,6 +79,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
     ("tokens", "default_access_token_alg"): ("RS256", "ES256", "EdDSA"),
+    ("mfa", "required"): ("all", "policy", "off"),
 }
 
 
@@ -224,6 +228,7 @@ def load_settings(
         policy=sections["policy"],
         audit=sections["audit"],
         sync=sections["sync"],
+        mfa=sections["mfa"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

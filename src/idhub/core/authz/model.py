@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from idhub.core.authz.mfa_roles import MfaRoleRule
 from idhub.core.identity import is_within
 
 USER_PREFIX = "user:"
@@ -228,6 +229,8 @@ class PolicySet:
     fixture: DirectorySnapshot | None = None
     file_hashes: Mapping[str, str] = field(default_factory=dict)
     model_source: Source = field(default_factory=lambda: Source("model.conf", 1))
+    # Roles whose holders must use a second factor (mfa.yaml, core/authz/mfa_roles.py).
+    mfa_roles: tuple[MfaRoleRule, ...] = ()
 
     @property
     def version(self) -> str:
