@@ -381,6 +381,9 @@ mfa_accounts = Table(
     Column("totp_confirmed_at", Float, nullable=True),
     # The last time step a code was accepted for: a code is never accepted twice.
     Column("totp_last_step", BigInteger, nullable=True),
+    # Wrong second factors in a row; at the limit the second factor is refused for a while.
+    Column("failed_attempts", Integer, nullable=False, default=0),
+    Column("blocked_until", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
 )
 

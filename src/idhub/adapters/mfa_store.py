@@ -71,6 +71,8 @@ class SqlMfaStore:
             totp_secret_enc=bytes(m["totp_secret_enc"]) if m["totp_secret_enc"] else None,
             totp_confirmed_at=m["totp_confirmed_at"],
             totp_last_step=m["totp_last_step"],
+            failed_attempts=int(m["failed_attempts"] or 0),
+            blocked_until=m["blocked_until"],
         )
 
     def _upsert(self, conn: Connection, user_id: int, now: float, **values: Any) -> None:
@@ -85,7 +87,13 @@ class SqlMfaStore:
             with conn.begin_nested():
                 conn.execute(
                     insert(mfa_accounts).values(
-                        user_id=user_id, required=False, updated_at=now, **values
+                        **{
+                            "user_id": user_id,
+                            "required": False,
+                            "failed_attempts": 0,
+                            "updated_at": now,
+                            **values,
+                        }
                     )
                 )
         except IntegrityError:
@@ -160,6 +168,39 @@ class SqlMfaStore:
                 )
             ).rowcount
         return bool(changed)
+
+    @translate_storage_errors
+    def record_failure(self, user_id: int, now: float, *, limit: int, block_for: float) -> None:
+        with self._engine.begin() as conn:
+            if self._exists(conn, user_id):
+                conn.execute(
+                    update(mfa_accounts)
+                    .where(mfa_accounts.c.user_id == user_id)
+                    .values(failed_attempts=mfa_accounts.c.failed_attempts + 1)
+                )
+            else:
+                self._upsert(conn, user_id, now, failed_attempts=1)
+            conn.execute(
+                update(mfa_accounts)
+                .where(mfa_accounts.c.user_id == user_id, mfa_accounts.c.failed_attempts >= limit)
+                .values(failed_attempts=0, blocked_until=now + block_for)
+            )
+
+    @translate_storage_errors
+    def clear_failures(self, user_id: int) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(mfa_accounts)
+                .where(mfa_accounts.c.user_id == user_id, mfa_accounts.c.failed_attempts > 0)
+                .values(failed_attempts=0)
+            )
+
+    @staticmethod
+    def _exists(conn: Connection, user_id: int) -> bool:
+        found = conn.execute(
+            select(mfa_accounts.c.user_id).where(mfa_accounts.c.user_id == user_id)
+        ).first()
+        return found is not None
 
     # ------------------------------------------------------------------ recovery codes
 

@@ -29,6 +29,10 @@ from idhub.errors import InvalidInput
 TOTP_STEP = 30
 TOTP_DRIFT_STEPS = 1
 RECOVERY_CODE_COUNT = 10
+# Wrong second factors in a row before the second factor is refused for BLOCK_FOR seconds: with
+# one-in-a-million codes, five tries per quarter hour keep guessing hopeless.
+FAILURE_LIMIT = 5
+BLOCK_FOR = 900.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class MfaAccount:
     totp_secret_enc: bytes | None = None
     totp_confirmed_at: float | None = None
     totp_last_step: int | None = None
+    failed_attempts: int = 0
+    blocked_until: float | None = None
 
     @property
     def totp_enrolled(self) -> bool:
@@ -78,6 +84,8 @@ class MfaStore(Protocol):
         ...
 
     def remove_totp(self, user_id: int, now: float) -> bool: ...
+    def record_failure(self, user_id: int, now: float, *, limit: int, block_for: float) -> None: ...
+    def clear_failures(self, user_id: int) -> None: ...
     def replace_recovery_codes(self, user_id: int, hashes: Sequence[str], now: float) -> None: ...
     def use_recovery_code(self, user_id: int, code_hash: str, now: float) -> bool: ...
     def recovery_codes_left(self, user_id: int) -> int: ...
@@ -251,6 +259,23 @@ class SecondFactors:
             details={"left": self._store.recovery_codes_left(user.id)}, ctx=ctx,
         )  # fmt: skip
         return True
+
+    # ------------------------------------------------------------------ guessing
+
+    def check_blocked(self, user: User, *, ctx: RequestContext | None) -> bool:
+        account = self._store.account(user.id)
+        blocked = account is not None and (account.blocked_until or 0) > self._clock.now()
+        if blocked:
+            self._failed(user, "any", "too_many_attempts", ctx)
+        return blocked
+
+    def note_failure(self, user: User) -> None:
+        self._store.record_failure(
+            user.id, self._clock.now(), limit=FAILURE_LIMIT, block_for=BLOCK_FOR
+        )
+
+    def clear_failures(self, user: User) -> None:
+        self._store.clear_failures(user.id)
 
     # ------------------------------------------------------------------ admin
 

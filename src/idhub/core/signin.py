@@ -488,6 +488,19 @@ class SignInCore:
     def _check_factor(
         self, user: User, *, method: str, answer: str, handle: str, ctx: RequestContext | None
     ) -> str:
+        factors = self._require_mfa().factors
+        if factors.check_blocked(user, ctx=ctx):
+            raise AuthenticationFailed("second_factor")
+        factor = self._verify_factor(user, method=method, answer=answer, handle=handle, ctx=ctx)
+        if factor is None:
+            factors.note_failure(user)
+            raise AuthenticationFailed("second_factor")
+        factors.clear_failures(user)
+        return factor
+
+    def _verify_factor(
+        self, user: User, *, method: str, answer: str, handle: str, ctx: RequestContext | None
+    ) -> str | None:
         mfa = self._require_mfa()
         if method == "totp" and mfa.factors.check_totp(user, answer, ctx=ctx):
             return AMR_OTP
@@ -497,7 +510,30 @@ class SignInCore:
             used = mfa.passkeys.finish_authentication(handle, answer, user_id=user.id, ctx=ctx)
             if used is not None:
                 return AMR_HARDWARE_KEY
-        raise AuthenticationFailed("second_factor")
+        return None
+
+    def pending_step(self, pending: str | None) -> SecondFactorNeeded | None:
+        """The step a pending login still waits for (to show it again after a wrong code)."""
+        mfa = self._require_mfa()
+        step = mfa.pending.read(pending, self._clock.now())
+        user = self._users.get_user(step.user_id) if step is not None else None
+        if step is None or user is None or pending is None:
+            return None
+        asked = self._ask_second_factor(user, amr=step.amr, needed=step.needed)
+        assert isinstance(asked, SecondFactorNeeded)
+        # The same token: a wrong answer must not extend the time the first factor counts.
+        return SecondFactorNeeded(user=user, pending=pending, methods=asked.methods)
+
+    def security_page_access(self, cookie: str | None) -> tuple[SignedIn | None, bool]:
+        """The person of the account security page, and whether they must first present a
+        second factor: someone who has one changes their factors only at the MFA level."""
+        current = self.current(cookie)
+        if current is None or self._mfa is None:
+            return current, False
+        owes = level_of(current.session.acr) < 2 and self._mfa.factors.check_enrolled(
+            current.user.id
+        )
+        return current, owes
 
     def passkey_options(self, pending: str | None) -> dict[str, object]:
         """A WebAuthn ceremony for the person of a pending login, or (no pending login) for

@@ -33,6 +33,8 @@ def upgrade() -> None:
         sa.Column("totp_secret_enc", sa.LargeBinary(), nullable=True),
         sa.Column("totp_confirmed_at", sa.Float(), nullable=True),
         sa.Column("totp_last_step", sa.BigInteger(), nullable=True),
+        sa.Column("failed_attempts", sa.Integer(), nullable=False),
+        sa.Column("blocked_until", sa.Float(), nullable=True),
         sa.Column("updated_at", sa.Float(), nullable=False),
         _user_fk("mfa_accounts"),
         sa.PrimaryKeyConstraint("user_id", name=op.f("pk_mfa_accounts")),
