@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.adapters.ldap import LdapDirectory
     from idhub.adapters.logout_delivery import DeliveryWorker
+    from idhub.adapters.mfa_store import SqlMfaStore
     from idhub.adapters.policy_files import PolicyFiles
     from idhub.adapters.policy_watch import PolicyDirChanges
     from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
@@ -37,18 +38,22 @@ if TYPE_CHECKING:
     from idhub.core.authenticator import Authenticator
     from idhub.core.authz.audit_access import AuditReaders
     from idhub.core.authz.decisions import Decisions
+    from idhub.core.authz.mfa_roles import MfaRoleRule
     from idhub.core.authz.service import AuthzService, DirectoryReader
     from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
-    from idhub.core.identity import PasswordVerifier
+    from idhub.core.identity import PasswordVerifier, User
     from idhub.core.logout import LogoutService
+    from idhub.core.mfa import SecondFactors
+    from idhub.core.passkeys import Passkeys
     from idhub.core.password_policy import LocalPasswords
     from idhub.core.passwords import PasswordHasher
+    from idhub.core.remembered_devices import RememberedDevices
     from idhub.core.sessions import SsoSessions
-    from idhub.core.signin import SignInCore
+    from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
@@ -352,6 +357,7 @@ class Services:
             logout=self.logout,
             tickets=LoginTickets(KeyedHasher(self.settings.require_secret_key(), "login-after")),
             clock=self.clock,
+            mfa=self.signin_factors,
         )
 
     @cached_property
@@ -781,3 +787,96 @@ class Services:
         )
         builder = CasLogoutRequests(lambda: self.cas_tickets, self.clock)
         logout.register_notifier(PROTOCOL, notifier, builder=builder)
+
+    # --- second factors: TOTP, recovery codes, passkeys, remembered devices ------------------
+
+    @cached_property
+    def mfa_store(self) -> SqlMfaStore:
+        from idhub.adapters.mfa_store import SqlMfaStore
+
+        return SqlMfaStore(self.engine)
+
+    @cached_property
+    def mfa(self) -> SecondFactors:
+        from idhub.core.crypto import KeyedHasher, Sealer
+        from idhub.core.mfa import SecondFactors
+
+        secret = self.settings.require_secret_key()
+        return SecondFactors(
+            self.mfa_store,
+            sealer=Sealer(secret, "mfa-at-rest"),
+            recovery_hasher=KeyedHasher(secret, "mfa-recovery-code"),
+            audit=self.audit,
+            clock=self.clock,
+            issuer_name=self.settings.mfa.totp_issuer,
+        )
+
+    @cached_property
+    def passkeys(self) -> Passkeys:
+        from idhub.core.passkeys import Passkeys
+
+        return Passkeys(
+            self.mfa_store,
+            issuer=self.settings.server.issuer,
+            rp_name=self.settings.mfa.totp_issuer,
+            audit=self.audit,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def remembered_devices(self) -> RememberedDevices:
+        from idhub.core.crypto import KeyedHasher
+        from idhub.core.remembered_devices import RememberedDevices
+
+        return RememberedDevices(
+            self.mfa_store,
+            signer=KeyedHasher(self.settings.require_secret_key(), "remembered-device"),
+            audit=self.audit,
+            clock=self.clock,
+            ttl=self.settings.mfa.remember_device_days * 86400,
+        )
+
+    @cached_property
+    def signin_factors(self) -> SignInFactors:
+        from idhub.core.assurance import MfaRequirements
+        from idhub.core.crypto import KeyedHasher
+        from idhub.core.pending_logins import PendingLogins
+        from idhub.core.signin import SignInFactors
+
+        def system_requires(client_id: str) -> bool:
+            client = self.clients.get(client_id)
+            return client is not None and client.require_mfa
+
+        return SignInFactors(
+            requirements=MfaRequirements(
+                mode=self.settings.mfa.required,
+                flagged=self.mfa.check_flagged,
+                rules=self._mfa_role_rules,
+                roles=_LazyRoles(lambda: self.authz),
+                domains=tuple(self.settings.policy.domains),
+            ),
+            factors=self.mfa,
+            passkeys=self.passkeys,
+            devices=self.remembered_devices,
+            pending=PendingLogins(KeyedHasher(self.settings.require_secret_key(), "mfa-pending")),
+            system_requires=system_requires,
+        )
+
+    def _mfa_role_rules(self) -> tuple[MfaRoleRule, ...]:
+        from idhub.errors import PolicyError
+
+        try:
+            return self.authz.engine.policy.mfa_roles
+        except PolicyError:
+            # No policy at all: nothing is derived from roles (they grant nothing either).
+            return ()
+
+
+class _LazyRoles:
+    """The policy's roles, resolved at the first question rather than at wiring."""
+
+    def __init__(self, authz: Callable[[], AuthzService]) -> None:
+        self._authz = authz
+
+    def roles_for(self, user: User, domain: str) -> list[str]:
+        return self._authz().roles_for(user, domain)

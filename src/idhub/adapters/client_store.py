@@ -62,6 +62,7 @@ def _to_client(row: Row[Any]) -> Client:
         backchannel_logout_uri=m["backchannel_logout_uri"],
         backchannel_logout_session_required=bool(m["backchannel_logout_session_required"]),
         disabled=bool(m["disabled"]),
+        require_mfa=bool(m["require_mfa"]),
         created_at=m["created_at"],
         updated_at=m["updated_at"],
         secret_rotated_at=m["secret_rotated_at"],
@@ -91,6 +92,7 @@ def _to_row(client: Client) -> dict[str, Any]:
         "backchannel_logout_uri": client.backchannel_logout_uri,
         "backchannel_logout_session_required": client.backchannel_logout_session_required,
         "disabled": client.disabled,
+        "require_mfa": client.require_mfa,
         "created_at": client.created_at,
         "updated_at": client.updated_at,
     }

@@ -131,6 +131,8 @@ clients = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Every person signing in to this system presents a second factor.
+    Column("require_mfa", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 consents = Table(
@@ -446,3 +448,76 @@ password_history = Table(
     Column("created_at", Float, nullable=False),
 )
 Index("ix_password_history_user_id", password_history.c.user_id)
+
+# ---------------------------------------------------------------- second factors
+
+mfa_accounts = Table(
+    "mfa_accounts",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    # Set by an admin: this person must use a second factor wherever they sign in.
+    Column("required", Boolean, nullable=False, default=False),
+    # AES-GCM under a key derived from IDHUB_SECRET_KEY, bound to the user id.
+    Column("totp_secret_enc", LargeBinary, nullable=True),
+    # NULL while an enrolment waits for its first code.
+    Column("totp_confirmed_at", Float, nullable=True),
+    # The last time step a code was accepted for: a code is never accepted twice.
+    Column("totp_last_step", BigInteger, nullable=True),
+    # Wrong second factors in a row; at the limit the second factor is refused for a while.
+    Column("failed_attempts", Integer, nullable=False, default=0),
+    Column("blocked_until", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+)
+
+mfa_recovery_codes = Table(
+    "mfa_recovery_codes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # Keyed hash of the code; never the code.
+    Column("code_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("used_at", Float, nullable=True),
+    UniqueConstraint("user_id", "code_hash", name="uq_mfa_recovery_codes_user_code"),
+)
+
+mfa_passkeys = Table(
+    "mfa_passkeys",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    # base64url of the credential id the authenticator chose.
+    Column("credential_id", String(1400), nullable=False, unique=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("sign_count", BigInteger, nullable=False, default=0),
+    Column("name", String(100), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+)
+Index("ix_mfa_passkeys_user", mfa_passkeys.c.user_id)
+
+mfa_challenges = Table(
+    "mfa_challenges",
+    metadata,
+    # SHA-256 of the handle the browser holds; the row is deleted when it is used.
+    Column("handle_hash", String(64), primary_key=True),
+    Column("purpose", String(20), nullable=False),
+    Column("user_id", Integer, nullable=True),
+    Column("challenge", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+mfa_devices = Table(
+    "mfa_devices",
+    metadata,
+    # The public id named in the signed cookie and on the account page.
+    Column("id", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=True),
+    Column("revoked_at", Float, nullable=True),
+    Column("user_agent", String(500), nullable=True),
+    Column("ip", String(64), nullable=True),
+)
+Index("ix_mfa_devices_user", mfa_devices.c.user_id)

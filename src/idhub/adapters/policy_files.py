@@ -6,6 +6,7 @@ Layout (all names relative to the policy directory):
     *.csv               policy lines: `p, role, domain, type, action, scope, effect`
                         and role links: `g, member, role, domain`
     catalog.yaml        the roles and, per domain, resource types and their actions
+    mfa.yaml            roles whose holders must use a second factor (optional)
     assignments.yaml    rules deriving roles from the directory (groups, departments, managers)
     tests/directory.yaml  the small directory the policy tests run against
     tests/*.yaml        policy tests
@@ -27,6 +28,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from idhub.adapters.mfa_policy_yaml import read_mfa_roles
 from idhub.adapters.policy_yaml import (
     PolicyReader,
     read_assignments,
@@ -230,6 +232,7 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
     catalog = read_catalog(reader)
     assignments = read_assignments(reader)
     fixture = read_fixture(reader)
+    mfa_roles = read_mfa_roles(reader)
     cases: list[PolicyCase] = []
     tests_dir = root / "tests"
     if tests_dir.is_dir():
@@ -246,6 +249,7 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
         fixture=fixture,
         file_hashes=dict(reader.hashes),
         model_source=model_source,
+        mfa_roles=mfa_roles,
     )
     try:
         policy = canonical_policy(policy)

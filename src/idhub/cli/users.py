@@ -1,4 +1,4 @@
-"""`idhub user add|list|show|disable|enable|unlock|set-password`: local accounts for admins.
+"""`idhub user add|list|show|disable|enable|unlock|set-password|mfa`: local accounts for admins.
 
 Passwords are read from a terminal prompt (typed twice) or from standard input with
 `--password-stdin`; never from the command line, where they would land in shell history and in
@@ -69,6 +69,8 @@ def register(sub: Any) -> None:
     p.add_argument("username")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.set_defaults(func=cmd_set_password)
+
+    register_mfa(user_sub)
 
 
 def read_password(*, from_stdin: bool) -> str:
@@ -243,4 +245,70 @@ def cmd_set_password(args: argparse.Namespace, ctx: CliContext) -> int:
     apply_unlock(ctx, user, audit_always=False)
     services.audit.record(EventType.USER_PASSWORD_SET, actor=ADMIN, target=user.sub)
     print(f"password set for {user.username}")
+    return 0
+
+
+# ---------------------------------------------------------------- second factors
+
+
+def register_mfa(user_sub: Any) -> None:
+    mfa = user_sub.add_parser("mfa", help="a person's second factors")
+    mfa_sub = mfa.add_subparsers(dest="mfa_command", metavar="ACTION", required=True)
+
+    p = mfa_sub.add_parser("show", help="which second factors a person has")
+    p.add_argument("username")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_mfa_show)
+
+    p = mfa_sub.add_parser(
+        "reset", help="remove every second factor and remembered browser (lost phone)"
+    )
+    p.add_argument("username")
+    p.set_defaults(func=cmd_mfa_reset)
+
+    p = mfa_sub.add_parser("require", help="make a person use a second factor everywhere")
+    p.add_argument("username")
+    p.add_argument("--off", action="store_true", help="lift the requirement again")
+    p.set_defaults(func=cmd_mfa_require)
+
+
+def describe_mfa(ctx: CliContext, user: User) -> dict[str, Any]:
+    services = ctx.services
+    status = services.mfa.status(user)
+    return {
+        "username": user.username,
+        "required_by_admin": status.required,
+        "totp": status.totp,
+        "passkeys": [
+            {"id": p.id, "name": p.name, "created_at": p.created_at, "last_used_at": p.last_used_at}
+            for p in status.passkeys
+        ],
+        "recovery_codes_left": status.recovery_codes_left,
+        "remembered_devices": len(services.remembered_devices.devices(user)),
+    }
+
+
+def cmd_mfa_show(args: argparse.Namespace, ctx: CliContext) -> int:
+    info = describe_mfa(ctx, _require(ctx, args.username))
+    if args.json:
+        print_json(info)
+        return 0
+    for key, value in info.items():
+        shown = ", ".join(p["name"] for p in value) if key == "passkeys" else value
+        print(f"{key}: {shown}")
+    return 0
+
+
+def cmd_mfa_reset(args: argparse.Namespace, ctx: CliContext) -> int:
+    user = _require(ctx, args.username)
+    ctx.services.mfa.reset(user, actor=ADMIN)
+    print(f"second factors and remembered browsers of {user.username} removed")
+    return 0
+
+
+def cmd_mfa_require(args: argparse.Namespace, ctx: CliContext) -> int:
+    user = _require(ctx, args.username)
+    ctx.services.mfa.apply_required(user, not args.off, actor=ADMIN)
+    state = "no longer required" if args.off else "required"
+    print(f"a second factor is {state} for {user.username}")
     return 0

@@ -26,6 +26,7 @@ from idhub.config.settings import (
     DatabaseSettings,
     LdapSourceSettings,
     LimitsSettings,
+    MfaSettings,
     PasswordSettings,
     PolicySettings,
     ServerSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "DatabaseSettings",
     "LdapSourceSettings",
     "LimitsSettings",
+    "MfaSettings",
     "PasswordSettings",
     "PolicySettings",
     "Secret",
@@ -74,6 +76,7 @@ _SECTIONS: dict[str, type] = {
     "passwords": PasswordSettings,
     "limits": LimitsSettings,
     "cas": CasSettings,
+    "mfa": MfaSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -97,6 +100,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("tokens", "default_access_token_alg"): ("RS256", "ES256", "EdDSA"),
     ("server", "proxy_header"): ("x-forwarded-for", "forwarded"),
     ("server", "mode"): ("development", "production"),
+    ("mfa", "required"): ("all", "policy", "off"),
 }
 
 
@@ -250,6 +254,7 @@ def load_settings(
         passwords=sections["passwords"],
         limits=sections["limits"],
         cas=sections["cas"],
+        mfa=sections["mfa"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

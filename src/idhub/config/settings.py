@@ -143,6 +143,16 @@ class CasSettings:
 
 
 @dataclass(frozen=True)
+class MfaSettings:
+    # "all": everyone; "policy": per person (admin flag), per role (policies/mfa.yaml) and per
+    # system (`require_mfa`); "off": only people who enrolled, systems and step-up requests.
+    required: str = "policy"
+    remember_device_days: float = 30.0
+    # The name authenticator apps show next to the code.
+    totp_issuer: str = "idhub"
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -191,6 +201,7 @@ class Settings:
     passwords: PasswordSettings = field(default_factory=PasswordSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     cas: CasSettings = field(default_factory=CasSettings)
+    mfa: MfaSettings = field(default_factory=MfaSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

@@ -52,6 +52,8 @@ class Client:
     backchannel_logout_uri: str | None = None
     backchannel_logout_session_required: bool = True
     disabled: bool = False
+    # Everyone signing in to this system presents a second factor (docs/login-and-sessions.md).
+    require_mfa: bool = False
     created_at: float = 0.0
     updated_at: float = 0.0
     secret_rotated_at: float | None = None
@@ -117,6 +119,7 @@ class Client:
             "backchannel_logout_uri": self.backchannel_logout_uri,
             "jwks": dict(self.jwks) if self.jwks else None,
             "disabled": self.disabled,
+            "require_mfa": self.require_mfa,
             "created_at": self.created_at,
             "secret_rotated_at": self.secret_rotated_at,
         }

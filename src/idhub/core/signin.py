@@ -12,21 +12,41 @@ it gets back:
 - `Refused`: answer the system with this error (e.g. `login_required` for a passive request).
 
 Session freshness, `prompt`/`max_age` semantics, consent and "another person signs in on this
-browser" are decided here once, so no front re-implements them.
+browser" are decided here once, so no front re-implements them. So is the second factor: a
+session whose level (`acr`, core/assurance.py) is below what the request needs gets
+`LoginNeeded("second_factor")`, and the login page asks for it (`begin_password_sign_in`,
+`complete_second_factor`, `passkey_sign_in`, `login_page_step`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from idhub.core.assurance import (
+    ACR_MFA,
+    ACR_PASSWORD,
+    ACR_REMEMBERED,
+    AMR_HARDWARE_KEY,
+    AMR_OTP,
+    AMR_PASSWORD,
+    AMR_USER_PRESENCE,
+    MfaRequirements,
+    level_of,
+    plan_required_level,
+)
 from idhub.core.audit import Actor, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.consent import ConsentNeed, Consents
 from idhub.core.identity import User
 from idhub.core.login_tickets import LoginTickets
+from idhub.core.mfa import SecondFactors
+from idhub.core.passkeys import Passkeys
+from idhub.core.pending_logins import PendingLogin, PendingLogins
+from idhub.core.remembered_devices import RememberedDevices
 from idhub.core.sessions import SsoSession, SsoSessions
+from idhub.errors import AuthenticationFailed
 
 
 class UserById(Protocol):
@@ -57,7 +77,8 @@ class SignInRequest:
 
     `force_login` is OIDC `prompt=login`, CAS `renew`, SAML `ForceAuthn`; `passive` is OIDC
     `prompt=none`, CAS `gateway`, SAML `IsPassive`; `fresh_since` comes from the front's login
-    ticket when the browser returns from the login page for this very request.
+    ticket when the browser returns from the login page for this very request; `acr_values` are
+    the assurance levels the system would accept (OIDC `acr_values`, core/assurance.py).
     """
 
     client_id: str
@@ -70,6 +91,7 @@ class SignInRequest:
     max_age: int | None = None
     login_hint: str | None = None
     fresh_since: float | None = None
+    acr_values: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,6 +172,42 @@ class PasswordSignIn:
     cookie: str
     user: User
     session: SsoSession
+    # Set when the person asked to be remembered on this browser (the device cookie).
+    device_cookie: str | None = None
+
+
+@dataclass(frozen=True)
+class SecondFactorNeeded:
+    """The first factor passed (or the browser's session is this person's): ask for a second.
+    `pending` goes into the form and comes back with the answer."""
+
+    user: User
+    pending: str
+    methods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EnrolmentNeeded:
+    """The person must use a second factor and has none: send them to enrol
+    (`/account/security`). `sign_in` is the password-level session started for that page."""
+
+    user: User
+    sign_in: PasswordSignIn | None = None
+
+
+PasswordStep = PasswordSignIn | SecondFactorNeeded | EnrolmentNeeded
+
+
+@dataclass(frozen=True)
+class SignInFactors:
+    """What the second-factor rules need; built in bootstrap.py."""
+
+    requirements: MfaRequirements
+    factors: SecondFactors
+    passkeys: Passkeys
+    devices: RememberedDevices
+    pending: PendingLogins
+    system_requires: Callable[[str], bool]
 
 
 class SignInCore:
@@ -165,7 +223,9 @@ class SignInCore:
         logout: SessionEnder,
         tickets: LoginTickets,
         clock: Clock,
+        mfa: SignInFactors | None = None,
     ) -> None:
+        self._mfa = mfa
         self._sessions = sessions
         self._users = users
         self._consents = consents
@@ -218,6 +278,10 @@ class SignInCore:
                 return Refused("login_required", "the user must sign in")
             return LoginNeeded(decision.reason or "no_session")
         assert session is not None and user is not None
+        if level_of(session.acr) < self._needed_level(user, request.client_id, request.acr_values):
+            if request.passive:
+                return Refused("login_required", "the user must present a second factor")
+            return LoginNeeded("second_factor")
         need = self._consents.need(
             user,
             client_id=request.client_id,
@@ -275,6 +339,17 @@ class SignInCore:
         """Checks the password and starts (or renews) the browser's session. Raises
         `AuthenticationFailed` or `DirectoryUnavailable` as the authenticator does."""
         user = self._authenticator.authenticate(username, password, ctx=ctx)
+        return self._start(user, amr=amr, acr=None, cookie=cookie, ctx=ctx)
+
+    def _start(
+        self,
+        user: User,
+        *,
+        amr: Sequence[str],
+        acr: str | None,
+        cookie: str | None,
+        ctx: RequestContext | None,
+    ) -> PasswordSignIn:
         previous = self._sessions.resolve(cookie)
         if previous is not None and previous.user_id != user.id:
             # Another person signs in on this browser: the previous person is logged out
@@ -283,7 +358,9 @@ class SignInCore:
                 previous.sid, reason="replaced", actor=Actor("user", user.sub), ctx=ctx
             )
             previous = None
-        new_cookie, session = self._sessions.start(user, amr=list(amr), ctx=ctx, previous=previous)
+        new_cookie, session = self._sessions.start(
+            user, amr=list(amr), acr=acr, ctx=ctx, previous=previous
+        )
         return PasswordSignIn(new_cookie, user, session)
 
     def sign_out(
@@ -305,3 +382,191 @@ class SignInCore:
         return self._logout.end_session(
             session.sid, reason=reason, actor=actor, ctx=ctx, initiator=initiator
         )
+
+    # ------------------------------------------------------------------ second factors
+
+    def _needed_level(self, user: User, client_id: str | None, acr_values: Sequence[str]) -> int:
+        mfa = self._mfa
+        if mfa is None:
+            return 0
+        return plan_required_level(
+            person_required=mfa.requirements.check_person_required(user),
+            enrolled=mfa.factors.check_enrolled(user.id),
+            system_requires=bool(client_id) and mfa.system_requires(client_id or ""),
+            acr_values=acr_values,
+        )
+
+    def _require_mfa(self) -> SignInFactors:
+        if self._mfa is None:
+            raise AuthenticationFailed("mfa_not_configured")
+        return self._mfa
+
+    def _ask_second_factor(self, user: User, *, amr: Sequence[str], needed: int) -> PasswordStep:
+        mfa = self._require_mfa()
+        status = mfa.factors.status(user)
+        methods = (("totp",) if status.totp else ()) + (("passkey",) if status.passkeys else ())
+        if status.recovery_codes_left:
+            methods += ("recovery_code",)
+        pending = mfa.pending.issue(
+            PendingLogin(user.id, tuple(amr), max(needed, 1), self._clock.now())
+        )
+        return SecondFactorNeeded(user=user, pending=pending, methods=methods)
+
+    def begin_password_sign_in(
+        self,
+        username: str,
+        password: str,
+        *,
+        cookie: str | None,
+        ctx: RequestContext | None,
+        device_cookie: str | None = None,
+        client_id: str | None = None,
+        acr_values: Sequence[str] = (),
+    ) -> PasswordStep:
+        """The password step of the login page: signed in (no second factor needed, or this
+        browser is remembered for the person), a second factor to ask for, or enrolment
+        first. A person who enrolled a factor is always asked, whatever the system needs."""
+        user = self._authenticator.authenticate(username, password, ctx=ctx)
+        needed = self._needed_level(user, client_id, acr_values)
+        amr = (AMR_PASSWORD,)
+        if needed == 0:
+            return self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx)
+        mfa = self._require_mfa()
+        if not mfa.factors.check_enrolled(user.id):
+            started = self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx)
+            return EnrolmentNeeded(user=user, sign_in=started)
+        if needed <= 1 and mfa.devices.check(device_cookie, user.id):
+            return self._start(user, amr=amr, acr=ACR_REMEMBERED, cookie=cookie, ctx=ctx)
+        return self._ask_second_factor(user, amr=amr, needed=needed)
+
+    def login_page_step(
+        self, cookie: str | None, *, client_id: str | None, acr_values: Sequence[str]
+    ) -> SecondFactorNeeded | EnrolmentNeeded | None:
+        """For the login page when the browser already has a session: the second factor its
+        person still owes the request (step-up), enrolment, or None (show the password form)."""
+        current = self.current(cookie)
+        if current is None or self._mfa is None:
+            return None
+        user, session = current.user, current.session
+        needed = self._needed_level(user, client_id, acr_values)
+        if level_of(session.acr) >= needed:
+            return None
+        if not self._mfa.factors.check_enrolled(user.id):
+            return EnrolmentNeeded(user=user)
+        step = self._ask_second_factor(user, amr=session.amr or (AMR_PASSWORD,), needed=needed)
+        assert isinstance(step, SecondFactorNeeded)
+        return step
+
+    def complete_second_factor(
+        self,
+        pending: str | None,
+        *,
+        method: str,
+        answer: str,
+        handle: str = "",
+        remember: bool = False,
+        cookie: str | None,
+        ctx: RequestContext | None,
+    ) -> PasswordSignIn:
+        """Checks the second factor (`totp` code, `recovery_code`, or a `passkey` assertion with
+        its ceremony `handle`) and starts or renews the session at the MFA level. Raises
+        `AuthenticationFailed` (reason `pending_expired` or `second_factor`)."""
+        mfa = self._require_mfa()
+        step = mfa.pending.read(pending, self._clock.now())
+        user = self._users.get_user(step.user_id) if step is not None else None
+        if step is None or user is None or user.disabled:
+            raise AuthenticationFailed("pending_expired")
+        factor = self._check_factor(user, method=method, answer=answer, handle=handle, ctx=ctx)
+        amr = [a for a in step.amr if a != factor] + [factor]
+        started = self._start(user, amr=amr, acr=ACR_MFA, cookie=cookie, ctx=ctx)
+        mfa.factors.record_used(user, method, ctx=ctx)
+        if remember and mfa.devices.ttl > 0:
+            device = mfa.devices.remember(user, ctx=ctx)
+            return PasswordSignIn(started.cookie, user, started.session, device_cookie=device)
+        return started
+
+    def _check_factor(
+        self, user: User, *, method: str, answer: str, handle: str, ctx: RequestContext | None
+    ) -> str:
+        factors = self._require_mfa().factors
+        if factors.check_blocked(user, ctx=ctx):
+            raise AuthenticationFailed("second_factor")
+        factor = self._verify_factor(user, method=method, answer=answer, handle=handle, ctx=ctx)
+        if factor is None:
+            factors.note_failure(user)
+            raise AuthenticationFailed("second_factor")
+        factors.clear_failures(user)
+        return factor
+
+    def _verify_factor(
+        self, user: User, *, method: str, answer: str, handle: str, ctx: RequestContext | None
+    ) -> str | None:
+        mfa = self._require_mfa()
+        if method == "totp" and mfa.factors.check_totp(user, answer, ctx=ctx):
+            return AMR_OTP
+        if method == "recovery_code" and mfa.factors.use_recovery_code(user, answer, ctx=ctx):
+            return AMR_OTP
+        if method == "passkey":
+            used = mfa.passkeys.finish_authentication(handle, answer, user_id=user.id, ctx=ctx)
+            if used is not None:
+                return AMR_HARDWARE_KEY
+        return None
+
+    def pending_step(self, pending: str | None) -> SecondFactorNeeded | None:
+        """The step a pending login still waits for (to show it again after a wrong code)."""
+        mfa = self._require_mfa()
+        step = mfa.pending.read(pending, self._clock.now())
+        user = self._users.get_user(step.user_id) if step is not None else None
+        if step is None or user is None or pending is None:
+            return None
+        asked = self._ask_second_factor(user, amr=step.amr, needed=step.needed)
+        assert isinstance(asked, SecondFactorNeeded)
+        # The same token: a wrong answer must not extend the time the first factor counts.
+        return SecondFactorNeeded(user=user, pending=pending, methods=asked.methods)
+
+    def security_page_access(self, cookie: str | None) -> tuple[SignedIn | None, bool]:
+        """The person of the account security page, and whether they must first present a
+        second factor: someone who has one changes their factors only at the MFA level."""
+        current = self.current(cookie)
+        if current is None or self._mfa is None:
+            return current, False
+        owes = level_of(current.session.acr) < 2 and self._mfa.factors.check_enrolled(
+            current.user.id
+        )
+        return current, owes
+
+    def passkey_options(self, pending: str | None) -> dict[str, object]:
+        """A WebAuthn ceremony for the person of a pending login, or (no pending login) for
+        passwordless sign-in; the browser sends `handle` back with its answer."""
+        mfa = self._require_mfa()
+        step = mfa.pending.read(pending, self._clock.now()) if pending else None
+        if pending and step is None:
+            raise AuthenticationFailed("pending_expired")
+        ceremony = mfa.passkeys.begin_authentication(step.user_id if step else None)
+        return {"handle": ceremony.handle, "publicKey": ceremony.options}
+
+    def passkey_sign_in(
+        self, handle: str, response: str, *, cookie: str | None, ctx: RequestContext | None
+    ) -> PasswordSignIn:
+        """Passwordless: a passkey with user verification is both factors (amr hwk + user)."""
+        mfa = self._require_mfa()
+        used = mfa.passkeys.finish_authentication(handle, response, user_id=None, ctx=ctx)
+        user = self._users.get_user(used.user_id) if used is not None else None
+        if used is None or user is None or user.disabled or user.is_locked(self._clock.now()):
+            raise AuthenticationFailed("passkey")
+        started = self._start(
+            user, amr=[AMR_HARDWARE_KEY, AMR_USER_PRESENCE], acr=ACR_MFA, cookie=cookie, ctx=ctx
+        )
+        mfa.factors.record_used(user, "passkey", ctx=ctx, passwordless=True)
+        return started
+
+    def raise_after_enrolment(
+        self, cookie: str | None, factor: str, *, ctx: RequestContext | None
+    ) -> PasswordSignIn:
+        """The person just proved a new factor on the account page over their session: the
+        session (same `sid`, new cookie value) now counts as signed in with it."""
+        current = self.current(cookie)
+        if current is None:
+            raise AuthenticationFailed("no_session")
+        amr = [a for a in current.session.amr or (AMR_PASSWORD,) if a != factor] + [factor]
+        return self._start(current.user, amr=amr, acr=ACR_MFA, cookie=cookie, ctx=ctx)

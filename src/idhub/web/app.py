@@ -30,6 +30,7 @@ ROUTE_MODULES = (
     "idhub.web.discovery",
     "idhub.web.oauth",
     "idhub.web.login",
+    "idhub.web.account",
     "idhub.web.authorize",
     "idhub.web.logout",
     "idhub.web.cas",

@@ -55,8 +55,11 @@ def zip_pairs(multi: dict[str, list[str]]) -> Params:
     return [(key, value) for key, values in multi.items() for value in values]
 
 
-def sign_in_request(req: AuthorizationRequest, fresh_since: float | None) -> SignInRequest:
-    """OIDC's words in the sign-in core's: prompt, max_age and login_hint (OIDC Core 3.1.2.1)."""
+def sign_in_request(
+    req: AuthorizationRequest, fresh_since: float | None, *, acr_values: str | None = None
+) -> SignInRequest:
+    """OIDC's words in the sign-in core's: prompt, max_age, login_hint and acr_values (OIDC
+    Core 3.1.2.1; the core decides whether the session's `acr` satisfies them)."""
     return SignInRequest(
         client_id=req.client.client_id,
         first_party=req.client.first_party,
@@ -68,6 +71,7 @@ def sign_in_request(req: AuthorizationRequest, fresh_since: float | None) -> Sig
         max_age=req.max_age,
         login_hint=req.login_hint,
         fresh_since=fresh_since,
+        acr_values=tuple((acr_values or "").split()[:10]),
     )
 
 
@@ -127,7 +131,8 @@ class Authorize:
             return self.page_error(request, exc)
         except AuthorizationErrorRedirect as exc:
             return to_response(exc.response)
-        wanted = sign_in_request(req, self._signin.fresh_since(single.get(TICKET_PARAM)))
+        fresh_since = self._signin.fresh_since(single.get(TICKET_PARAM))
+        wanted = sign_in_request(req, fresh_since, acr_values=single.get("acr_values"))
         cookie = self._browser.session_cookie(request)
         outcome: SignInOutcome
         if consent is not None:

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from idhub.bootstrap import Services
+from idhub.core.assurance import ACR_VALUES
 from idhub.core.claims import CLAIMS_SUPPORTED, STANDARD_SCOPES
 from idhub.core.clients import AUTH_METHODS, GRANT_TYPES, IDHUB_API_SCOPES, SIGNING_ALGS
 
@@ -54,6 +55,7 @@ def configuration(issuer: str) -> dict[str, Any]:
         "frontchannel_logout_supported": False,
         "access_token_signing_alg_values_supported": list(SIGNING_ALGS),
         "ui_locales_supported": ["zh-CN", "en"],
+        "acr_values_supported": list(ACR_VALUES),
     }
 
 

@@ -3,7 +3,8 @@
 The page is where a front door sends a browser that needs to sign in; `return_to` brings it
 back to the same request afterwards. Only local paths of idhub's own fronts are accepted as
 `return_to`, so the page cannot be used as an open redirect. What signing in means (checking the
-password, replacing another person's session on this browser) is the sign-in core's.
+password, replacing another person's session on this browser, whether a second factor is
+owed) is the sign-in core's; the second-factor step itself is in `web/second_factor.py`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from starlette.routing import BaseRoute, Route
 from idhub.bootstrap import Services
 from idhub.core.clients import ClientRegistry
 from idhub.core.identity import User
-from idhub.core.signin import SignInCore
+from idhub.core.remembered_devices import DEVICE_COOKIE
+from idhub.core.signin import PasswordSignIn, PasswordStep, SignInCore
 from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
+from idhub.web.second_factor import SecondFactorStep, requested_by, second_factor_step
 
-RETURN_PATHS = ("/authorize", "/cas/login")
+RETURN_PATHS = ("/authorize", "/cas/login", "/account/security")
 MAX_RETURN_TO = 8000
 MAX_USERNAME = 200
 
@@ -41,10 +44,18 @@ def safe_return_to(value: str | None) -> str | None:
 
 
 class Login:
-    def __init__(self, *, signin: SignInCore, clients: ClientRegistry, browser: Browser) -> None:
+    def __init__(
+        self,
+        *,
+        signin: SignInCore,
+        clients: ClientRegistry,
+        browser: Browser,
+        steps: SecondFactorStep,
+    ) -> None:
         self._signin = signin
         self._clients = clients
         self._browser = browser
+        self._steps = steps
 
     def page(
         self,
@@ -85,6 +96,10 @@ class Login:
             current = await run_in_threadpool(self._signin.current, cookie)
             if current is not None:
                 return self.signed_in_page(request, current.user)
+        elif request.query_params.get("switch") != "1":
+            owed = await self.step_owed(request, return_to, hint)
+            if owed is not None:
+                return owed
         name = await run_in_threadpool(self.client_name_for, return_to)
         return self.page(request, return_to=return_to, username=hint, client_name=name)
 
@@ -97,13 +112,17 @@ class Login:
             return self.page(
                 request, return_to=return_to, username=username, error="form_expired", status=400
             )
+        client_id, acr_values = requested_by(return_to)
         try:
             result = await run_in_threadpool(
-                self._signin.password_sign_in,
+                self._signin.begin_password_sign_in,
                 username,
                 password,
                 cookie=self._browser.session_cookie(request),
                 ctx=request_context(request),
+                device_cookie=request.cookies.get(DEVICE_COOKIE),
+                client_id=client_id,
+                acr_values=acr_values,
             )
         except DirectoryUnavailable:
             return self.page(
@@ -125,6 +144,8 @@ class Login:
             return self.page(
                 request, return_to=return_to, username=username, error="login_failed", status=401
             )
+        if not isinstance(result, PasswordSignIn):
+            return self._steps.answer(request, result, return_to=return_to)
         response: Response
         if return_to:
             response = RedirectResponse(return_to, status_code=303)
@@ -133,14 +154,41 @@ class Login:
         self._browser.set_session_cookie(response, result.cookie)
         return response
 
+    async def step_owed(self, request: Request, return_to: str, hint: str) -> Response | None:
+        """The browser's own session owes this request a second factor (step-up) or
+        enrolment: that step instead of the password form, unless the request names
+        someone else (`login_hint`)."""
+        client_id, acr_values = requested_by(return_to)
+        step: PasswordStep | None = await run_in_threadpool(
+            self._signin.login_page_step,
+            self._browser.session_cookie(request),
+            client_id=client_id,
+            acr_values=acr_values,
+        )
+        if step is None:
+            return None
+        if hint and hint.strip().casefold() not in {
+            step.user.username.casefold(),
+            (step.user.email or "").casefold(),
+        }:
+            return None
+        return self._steps.answer(request, step, return_to=return_to)
+
 
 def routes(services: Services) -> list[BaseRoute]:
+    steps = second_factor_step(services, check_return_to=safe_return_to)
     endpoint = Login(
-        signin=services.signin, clients=services.clients, browser=browser_for(services)
+        signin=services.signin,
+        clients=services.clients,
+        browser=browser_for(services),
+        steps=steps,
     )
     return [
         Route("/login", endpoint.get, methods=["GET"]),
         Route("/login", endpoint.post, methods=["POST"]),
+        Route("/login/second-factor", steps.post, methods=["POST"]),
+        Route("/login/passkey/options", steps.passkey_options, methods=["POST"]),
+        Route("/login/passkey", steps.passkey_sign_in, methods=["POST"]),
     ]
 
 

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
+from idhub.core.authz.mfa_roles import MfaRoleRule
 from idhub.core.identifiers import canonical_name, canonical_path, is_under
 from idhub.errors import InvalidInput
 
@@ -243,6 +244,8 @@ class PolicySet:
     model_source: Source = field(default_factory=lambda: Source("model.conf", 1))
     # True once every name and path in it is canonical (`core/authz/canonical.py`).
     canonical: bool = field(default=False, compare=False)
+    # Roles whose holders must use a second factor (mfa.yaml, core/authz/mfa_roles.py).
+    mfa_roles: tuple[MfaRoleRule, ...] = ()
 
     @property
     def version(self) -> str:

@@ -1,0 +1,190 @@
+"""The second-factor step of the login page (`POST /login/second-factor`), passkey sign-in
+(`POST /login/passkey`, passwordless) and the WebAuthn options both ask for
+(`POST /login/passkey/options`).
+
+What is asked, and whether the answer counts, is the sign-in core's (`core/signin.py`); this
+module renders the step, carries the signed pending login through the form and sets the
+session and remembered-device cookies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from idhub.bootstrap import Services
+from idhub.core.remembered_devices import DEVICE_COOKIE
+from idhub.core.signin import (
+    EnrolmentNeeded,
+    PasswordSignIn,
+    PasswordStep,
+    SecondFactorNeeded,
+    SignInCore,
+)
+from idhub.errors import AuthenticationFailed
+from idhub.web.browser import Browser, browser_for
+from idhub.web.middleware import request_context
+from idhub.web.templating import SECURITY_HEADERS
+
+MAX_ANSWER = 64 * 1024
+ACCOUNT_PAGE = "/account/security"
+
+
+def requested_by(return_to: str | None) -> tuple[str | None, tuple[str, ...]]:
+    """The system and the assurance a return path asks for (its `client_id` and
+    `acr_values`), so the login page asks the core about the same request."""
+    if not return_to:
+        return None, ()
+    query = parse_qs(urlsplit(return_to).query)
+    client_id = query.get("client_id", [""])[0] or None
+    return client_id, tuple(query.get("acr_values", [""])[0].split())
+
+
+def _text(value: object, limit: int = 2000) -> str:
+    return value[:limit] if isinstance(value, str) else ""
+
+
+class SecondFactorStep:
+    def __init__(
+        self,
+        *,
+        signin: SignInCore,
+        browser: Browser,
+        remember_days: float,
+        check_return_to: Callable[[str | None], str | None],
+    ) -> None:
+        self._signin = signin
+        self._browser = browser
+        self._remember_days = remember_days
+        self._check_return_to = check_return_to
+
+    # ------------------------------------------------------------------ rendering
+
+    def page(
+        self,
+        request: Request,
+        step: SecondFactorNeeded,
+        *,
+        return_to: str | None,
+        error: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        context = {
+            "pending": step.pending,
+            "methods": list(step.methods),
+            "return_to": return_to or "",
+            "display_name": step.user.display_name or step.user.username,
+            "remember_days": int(self._remember_days) if self._remember_days >= 1 else 0,
+            "error": error,
+        }
+        return self._browser.form_page(request, "second_factor.html", context, status=status)
+
+    def answer(self, request: Request, step: PasswordStep, *, return_to: str | None) -> Response:
+        """What the login page answers after the password (or for a session owing a step)."""
+        if isinstance(step, SecondFactorNeeded):
+            return self.page(request, step, return_to=return_to)
+        if isinstance(step, EnrolmentNeeded):
+            query = {"required": "1", **({"return_to": return_to} if return_to else {})}
+            response = RedirectResponse(f"{ACCOUNT_PAGE}?{urlencode(query)}", status_code=303)
+            if step.sign_in is not None:
+                self._browser.set_session_cookie(response, step.sign_in.cookie)
+            return response
+        return self.signed_in(step, return_to=return_to, request=request)
+
+    def signed_in(
+        self, result: PasswordSignIn, *, return_to: str | None, request: Request
+    ) -> Response:
+        target = return_to or "/login"
+        response = RedirectResponse(target, status_code=303)
+        self._browser.set_session_cookie(response, result.cookie)
+        if result.device_cookie:
+            response.set_cookie(
+                DEVICE_COOKIE,
+                result.device_cookie,
+                max_age=int(self._remember_days * 86400),
+                httponly=True,
+                samesite="lax",
+                secure=self._browser.secure,
+                path="/login",
+            )
+        return response
+
+    # ------------------------------------------------------------------ handlers
+
+    async def post(self, request: Request) -> Response:
+        form = await request.form()
+        return_to = self._check_return_to(_text(form.get("return_to"), 8000))
+        pending = _text(form.get("pending"))
+        if not self._browser.guard.check(request, form):
+            return self._browser.error_page(request, "form_expired", "csrf")
+        try:
+            result = await run_in_threadpool(
+                self._signin.complete_second_factor,
+                pending,
+                method=_text(form.get("method"), 20),
+                answer=_text(form.get("answer"), MAX_ANSWER),
+                handle=_text(form.get("handle"), 100),
+                remember=form.get("remember") == "1",
+                cookie=self._browser.session_cookie(request),
+                ctx=request_context(request),
+            )
+        except AuthenticationFailed as exc:
+            return await self.failed(request, exc, pending=pending, return_to=return_to)
+        return self.signed_in(result, return_to=return_to, request=request)
+
+    async def failed(
+        self, request: Request, exc: AuthenticationFailed, *, pending: str, return_to: str | None
+    ) -> Response:
+        if exc.reason == "pending_expired":
+            return self._browser.error_page(request, "form_expired", "expired", status=400)
+        step = await run_in_threadpool(self._signin.pending_step, pending)
+        if step is None:
+            return self._browser.error_page(request, "form_expired", "expired", status=400)
+        return self.page(
+            request, step, return_to=return_to, error="second_factor_failed", status=401
+        )
+
+    async def passkey_options(self, request: Request) -> Response:
+        form = await request.form()
+        if not self._browser.guard.check(request, form):
+            return JSONResponse({"error": "csrf"}, status_code=400, headers=SECURITY_HEADERS)
+        try:
+            options = await run_in_threadpool(
+                self._signin.passkey_options, _text(form.get("pending")) or None
+            )
+        except AuthenticationFailed:
+            return JSONResponse({"error": "expired"}, status_code=400, headers=SECURITY_HEADERS)
+        return JSONResponse(options, headers=SECURITY_HEADERS)
+
+    async def passkey_sign_in(self, request: Request) -> Response:
+        form = await request.form()
+        return_to = self._check_return_to(_text(form.get("return_to"), 8000))
+        if not self._browser.guard.check(request, form):
+            return self._browser.error_page(request, "form_expired", "csrf")
+        try:
+            result = await run_in_threadpool(
+                self._signin.passkey_sign_in,
+                _text(form.get("handle"), 100),
+                _text(form.get("answer"), MAX_ANSWER),
+                cookie=self._browser.session_cookie(request),
+                ctx=request_context(request),
+            )
+        except AuthenticationFailed:
+            return self._browser.error_page(request, "passkey_failed", "passkey", status=401)
+        return self.signed_in(result, return_to=return_to, request=request)
+
+
+def second_factor_step(
+    services: Services, *, check_return_to: Callable[[str | None], str | None]
+) -> SecondFactorStep:
+    """Built by `web/login.py`, which serves the step under `/login/...`."""
+    return SecondFactorStep(
+        signin=services.signin,
+        browser=browser_for(services),
+        remember_days=services.settings.mfa.remember_device_days,
+        check_return_to=check_return_to,
+    )
