@@ -46,7 +46,7 @@ def cas_idhub(
 def _setup(server: LiveServer, service: CasService, **kwargs: Any) -> None:
     make_user(
         server.services, "alice", PASSWORD, display_name="Alice Wang", email="alice@example.com",
-        employee_id="E1001", department_path="/总部/财务部",
+        employee_id="E1001", department_path="/总部/行政部",
     )  # fmt: skip
     # The policy engine reads the directory when it loads; alice is new.
     server.services.authz.reload(trigger="test")
@@ -101,7 +101,7 @@ def test_login_ticket_and_p3_validation_with_attributes(
     assert attributes["name"] == "Alice Wang"
     assert attributes["email"] == "alice@example.com"
     assert attributes["employeeNumber"] == "E1001"
-    assert attributes["department"] == "/总部/财务部"
+    assert attributes["department"] == "/总部/行政部"
     assert "employee" in ([attributes["roles"]] if isinstance(attributes["roles"], str)
                           else attributes["roles"])  # fmt: skip
     assert attributes["isFromNewLogin"] == "true"
