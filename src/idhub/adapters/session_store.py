@@ -221,6 +221,7 @@ def _to_delivery(row: Row[Any]) -> Delivery:
         next_attempt_at=m["next_attempt_at"],
         created_at=m["created_at"],
         delivered_at=m["delivered_at"],
+        protocol=m["protocol"] or "oidc",
     )
 
 
@@ -230,10 +231,20 @@ class SqlDeliveryStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def queue(self, *, client_id: str, sid: str | None, user_sub: str, uri: str, now: float) -> int:
+    def queue(
+        self,
+        *,
+        client_id: str,
+        sid: str | None,
+        user_sub: str,
+        uri: str,
+        now: float,
+        protocol: str = "oidc",
+    ) -> int:
         with self._engine.begin() as conn:
             result = conn.execute(
                 insert(logout_deliveries).values(
+                    protocol=protocol,
                     client_id=client_id,
                     sid=sid,
                     user_sub=user_sub,

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "idhub.cli.demo",
     "idhub.cli.audit",
     "idhub.cli.directory",
+    "idhub.cli.saml",
 )
 
 EXIT_ERROR = 2

@@ -23,6 +23,7 @@ from idhub.config.settings import (
     DatabaseSettings,
     LdapSourceSettings,
     PolicySettings,
+    SamlSettings,
     ServerSettings,
     Settings,
     SyncSettings,
@@ -37,6 +38,7 @@ __all__ = [
     "DatabaseSettings",
     "LdapSourceSettings",
     "PolicySettings",
+    "SamlSettings",
     "Secret",
     "ServerSettings",
     "Settings",
@@ -58,6 +60,7 @@ _SECTIONS: dict[str, type] = {
     "policy": PolicySettings,
     "audit": AuditSettings,
     "sync": SyncSettings,
+    "saml": SamlSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -224,6 +227,7 @@ def load_settings(
         policy=sections["policy"],
         audit=sections["audit"],
         sync=sections["sync"],
+        saml=sections["saml"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

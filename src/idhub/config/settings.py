@@ -71,6 +71,26 @@ class SyncSettings:
 
 
 @dataclass(frozen=True)
+class SamlSettings:
+    """`[saml]`: the SAML 2.0 identity provider (docs/saml.md)."""
+
+    # Empty: `<issuer>/saml/metadata`, the metadata URL itself (the usual choice).
+    entity_id: str = ""
+    # Seconds an assertion is valid (NotOnOrAfter); capped at 300.
+    assertion_ttl: int = 300
+    # Seconds an AuthnRequest's IssueInstant may be old (or ahead, for clock skew).
+    request_max_age: int = 300
+    # Refuse AuthnRequests without a valid signature from every SP, not only from SPs whose
+    # metadata says AuthnRequestsSigned="true".
+    require_signed_requests: bool = False
+    # Days the self-signed certificate around the signing key is valid.
+    certificate_days: int = 3650
+
+    def entity_id_for(self, issuer: str) -> str:
+        return self.entity_id or issuer.rstrip("/") + "/saml/metadata"
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -115,6 +135,7 @@ class Settings:
     policy: PolicySettings = field(default_factory=PolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    saml: SamlSettings = field(default_factory=SamlSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

@@ -63,6 +63,11 @@ class EventType(StrEnum):
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"
     AUDIT_ARCHIVED = "audit.archived"
+    SAML_RESPONSE_ISSUED = "saml.response_issued"
+    SAML_REQUEST_REJECTED = "saml.request_rejected"
+    SAML_LOGOUT_ANSWERED = "saml.logout_answered"
+    SAML_SP_ADDED = "saml.sp_added"
+    SAML_SP_REMOVED = "saml.sp_removed"
 
 
 @dataclass(frozen=True)

@@ -45,11 +45,19 @@ class Delivery:
     next_attempt_at: float | None
     created_at: float
     delivered_at: float | None
+    protocol: str = "oidc"
 
 
 class DeliveryStore(Protocol):
     def queue(
-        self, *, client_id: str, sid: str | None, user_sub: str, uri: str, now: float
+        self,
+        *,
+        client_id: str,
+        sid: str | None,
+        user_sub: str,
+        uri: str,
+        now: float,
+        protocol: str = "oidc",
     ) -> int: ...
     def due(self, now: float, *, limit: int = 50) -> list[Delivery]: ...
     def claim(self, delivery: Delivery, *, until: float) -> bool: ...
@@ -87,6 +95,13 @@ class SessionEnder(Protocol):
 
 class UserById(Protocol):
     def get_user(self, user_id: int) -> User | None: ...
+
+
+class LogoutSender(Protocol):
+    """Builds and sends one queued delivery in its protocol's words (the OpenID Connect logout
+    token is built by `LogoutService` itself); raises `DeliveryFailed` with a short reason."""
+
+    def send(self, delivery: Delivery) -> None: ...
 
 
 class LogoutNotifier(Protocol):
@@ -155,10 +170,16 @@ class LogoutService:
         # protocol -> how its systems are told; a front for a new protocol adds its own.
         self._notifiers: dict[str, LogoutNotifier] = {"oidc": BackChannelQueue(clients, deliveries)}
         self._notifiers.update(notifiers or {})
+        self._senders: dict[str, LogoutSender] = {}
 
-    def register_notifier(self, protocol: str, notifier: LogoutNotifier) -> None:
-        """How systems that signed in with `protocol` are told of a logout (one per protocol)."""
+    def register_notifier(
+        self, protocol: str, notifier: LogoutNotifier, *, sender: LogoutSender | None = None
+    ) -> None:
+        """How systems that signed in with `protocol` are told of a logout (one per protocol);
+        `sender` delivers what the notifier queued with that protocol (retried like OIDC's)."""
         self._notifiers[protocol] = notifier
+        if sender is not None:
+            self._senders[protocol] = sender
 
     def on_queued(self, listener: Callable[[], None]) -> None:
         """`listener` is called after deliveries were queued (the worker wakes up)."""
@@ -257,13 +278,13 @@ class LogoutService:
         """One delivery attempt; records and audits the outcome. True when delivered."""
         attempts = delivery.attempts + 1
         try:
-            client = self._clients().get(delivery.client_id)
-            if client is None:
-                raise DeliveryFailed("client no longer registered")
-            token = self._signer().sign_logout_token(
-                client, sub=delivery.user_sub, sid=delivery.sid
-            )
-            self._channel.post(delivery.uri, token)
+            if delivery.protocol == "oidc":
+                self._send_logout_token(delivery)
+            else:
+                sender = self._senders.get(delivery.protocol)
+                if sender is None:
+                    raise DeliveryFailed(f"no sender for protocol {delivery.protocol!r}")
+                sender.send(delivery)
         except DeliveryFailed as exc:
             self._record_failure(delivery, attempts, str(exc) or "delivery failed")
             return False
@@ -278,6 +299,13 @@ class LogoutService:
             details={"sid": delivery.sid, "attempts": attempts, "delivery_id": delivery.id},
         )
         return True
+
+    def _send_logout_token(self, delivery: Delivery) -> None:
+        client = self._clients().get(delivery.client_id)
+        if client is None:
+            raise DeliveryFailed("client no longer registered")
+        token = self._signer().sign_logout_token(client, sub=delivery.user_sub, sid=delivery.sid)
+        self._channel.post(delivery.uri, token)
 
     def deliver_due(self, *, limit: int = 50) -> tuple[int, int]:
         """Attempts every due delivery once, one after another; returns (delivered, failed)."""

@@ -28,6 +28,7 @@ ROUTE_MODULES = (
     "idhub.web.login",
     "idhub.web.authorize",
     "idhub.web.logout",
+    "idhub.web.saml",
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
 )

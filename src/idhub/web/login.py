@@ -23,7 +23,7 @@ from idhub.errors import AuthenticationFailed, DirectoryUnavailable
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
 
-RETURN_PATHS = ("/authorize",)
+RETURN_PATHS = ("/authorize", "/saml/sso")
 MAX_RETURN_TO = 8000
 MAX_USERNAME = 200
 
