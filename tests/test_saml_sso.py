@@ -32,14 +32,17 @@ def idhub(make_live_server: Callable[..., LiveServer], sqlite_db_url: str) -> Li
         email="alice@example.com",
         employee_id="E1001",
     )
+    # The policy engine picks the new person up (as its poller would within seconds).
+    live.services.authz.refresh_directory()
     return live
 
 
 @pytest.fixture
 def sp(idhub: LiveServer) -> Iterator[SamlSp]:
     with running_sp(idhub.url) as sp:
+        # Everyone holds `employee` in the oa domain (policies/assignments.yaml).
         idhub.services.saml_sps.add(
-            "erp", metadata_xml=sp.metadata(), domain="erp", first_party=True
+            "erp", metadata_xml=sp.metadata(), domain="oa", first_party=True
         )
         yield sp
 
@@ -78,6 +81,7 @@ def test_sp_initiated_redirect_binding_through_the_login_page(
     assert friendly["mail"] == ["alice@example.com"]
     assert friendly["displayName"] == ["王小丽"]
     assert friendly["employeeNumber"] == ["E1001"]
+    assert friendly["roles"] == ["employee"]
     assert verdict["attributes"][ATTRIBUTE_URIS["uid"]] == ["alice"]
     issued = events(idhub.services, "saml.response_issued")
     assert issued and issued[-1]["target"] == "erp"

@@ -10,10 +10,12 @@ AuthnRequest id is answered once and each assertion id is issued once, on every 
 from __future__ import annotations
 
 import base64
+import contextvars
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import saml2.assertion
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
 from saml2.attribute_converter import AttributeConverter
 from saml2.config import IdPConfig
@@ -40,6 +42,23 @@ from idhub.saml.requests import (
 
 MAX_ASSERTION_TTL = 300
 PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # noqa: S105
+
+
+# pysaml2 gives every AuthnStatement a random SessionIndex; idhub's is derived from the SSO
+# session, so the LogoutRequest sent when that session ends can name it without storing it. The
+# value is handed over through a context variable (per thread), so concurrent responses never mix.
+_SESSION_INDEX: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "saml_session_index", default=None
+)
+_random_sid = saml2.assertion.sid
+
+
+def _session_index() -> str:
+    chosen = _SESSION_INDEX.get()
+    return chosen if chosen is not None else str(_random_sid())
+
+
+saml2.assertion.sid = _session_index
 
 
 class MessageIds(Protocol):
@@ -275,24 +294,13 @@ class IdentityProvider:
             now=now,
         ):
             raise SamlRequestRejected("this AuthnRequest was answered already")
-        sign_alg, digest_alg = self._algorithms(sp)
-        response = self.server().create_authn_response(
-            attributes,
-            in_response_to=pending.request_id,
-            destination=pending.acs_url,
-            sp_entity_id=sp.entity_id,
-            name_id=NameID(format=name_id.format, text=name_id.value),
-            authn={
-                "class_ref": PASSWORD_CLASS,
-                "authn_instant": int(auth_time),
-            },
-            sign_response=True,
-            sign_assertion=True,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
-            session_not_on_or_after=None,
-            session_index=session_index,
-        )
+        token = _SESSION_INDEX.set(session_index)
+        try:
+            response = self._authn_response(
+                pending, sp, attributes, name_id=name_id, auth_time=auth_time
+            )
+        finally:
+            _SESSION_INDEX.reset(token)
         xml = str(response)
         assertion_id = _assertion_id(xml)
         if not self._ids.remember(
@@ -302,6 +310,29 @@ class IdentityProvider:
         encoded = base64.b64encode(xml.encode()).decode()
         return SamlMessage(pending.acs_url, "SAMLResponse", encoded, pending.relay_state), (
             assertion_id
+        )
+
+    def _authn_response(
+        self,
+        pending: PendingRequest,
+        sp: ServiceProvider,
+        attributes: dict[str, list[str]],
+        *,
+        name_id: NameIdValue,
+        auth_time: float,
+    ) -> Any:
+        sign_alg, digest_alg = self._algorithms(sp)
+        return self.server().create_authn_response(
+            attributes,
+            in_response_to=pending.request_id,
+            destination=pending.acs_url,
+            sp_entity_id=sp.entity_id,
+            name_id=NameID(format=name_id.format, text=name_id.value),
+            authn={"class_ref": PASSWORD_CLASS, "authn_instant": int(auth_time)},
+            sign_response=True,
+            sign_assertion=True,
+            sign_alg=sign_alg,
+            digest_alg=digest_alg,
         )
 
     def refuse(self, pending: PendingRequest, sp: ServiceProvider, *, passive: bool) -> SamlMessage:
