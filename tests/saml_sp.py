@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
+from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.logout_request import OneLogin_Saml2_Logout_Request
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
@@ -81,6 +82,7 @@ class SamlSp:
     entity_path: str = "/metadata"
     sign_requests: bool = True
     binding: str = REDIRECT
+    key_name: str = "sp"
     seen_request_ids: dict[str, bool] = field(default_factory=dict)
     seen_assertions: set[str] = field(default_factory=set)
     logout_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -95,7 +97,7 @@ class SamlSp:
         return self.url + self.entity_path
 
     def settings(self, *, query_signed: bool = True) -> OneLogin_Saml2_Settings:
-        key, cert = keypair()
+        key, cert = keypair(self.key_name)
         if not self.idp_metadata:
             self.idp_metadata = httpx.get(f"{self.idp_url}/saml/metadata").text
         idp = OneLogin_Saml2_IdPMetadataParser.parse(
@@ -154,6 +156,31 @@ class SamlSp:
         url = auth.login(return_to=relay_state, **kwargs)
         self.seen_request_ids[auth.get_last_request_id()] = True
         return str(url)
+
+    def authn_request_xml(self, **kwargs: Any) -> tuple[str, str]:
+        """(request id, AuthnRequest XML) as the toolkit writes it, for tests that alter it."""
+        request = OneLogin_Saml2_Authn_Request(self.settings(), **kwargs)
+        self.seen_request_ids[request.get_id()] = True
+        return request.get_id(), request.get_xml().decode() if isinstance(
+            request.get_xml(), bytes
+        ) else request.get_xml()
+
+    def redirect_for(
+        self, xml: str, *, relay_state: str = "/after", sign: bool = True, alg: str = RSA_SHA256
+    ) -> str:
+        """The Redirect-binding URL for `xml`, signed with this SP's key the toolkit's way."""
+        auth = OneLogin_Saml2_Auth(
+            {"https": "off", "http_host": f"127.0.0.1:{self.port}", "script_name": "/login",
+             "get_data": {}, "post_data": {}},
+            self.settings(),
+        )  # fmt: skip
+        parameters = {
+            "SAMLRequest": OneLogin_Saml2_Utils.deflate_and_base64_encode(xml),
+            "RelayState": relay_state,
+        }
+        if sign:
+            auth.add_request_signature(parameters, alg)
+        return str(auth.redirect_to(f"{self.idp_url}/saml/sso", parameters))
 
     def consume(self, post: dict[str, str], *, request_id: str | None = "any") -> dict[str, Any]:
         """Processes a response the way `/acs` does; returns the verdict."""

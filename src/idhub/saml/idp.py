@@ -10,6 +10,7 @@ AuthnRequest id is answered once and each assertion id is issued once, on every 
 from __future__ import annotations
 
 import base64
+import calendar
 import contextvars
 import threading
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from saml2.config import IdPConfig
 from saml2.saml import NameID
 from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED, STATUS_SUCCESS
 from saml2.server import Server
+from saml2.time_util import str_to_time
 
 from idhub.core.clock import Clock
 from idhub.errors import SamlRequestRejected
@@ -214,6 +216,7 @@ class IdentityProvider:
         if sp is None:
             raise SamlRequestRejected("the AuthnRequest comes from an unknown service provider")
         self._require_request_signature(sp, binding, message, raw_query, "SAMLRequest")
+        self._require_recent(message)
         acs = self._acs_for(sp, message)
         return PendingRequest(
             sp=sp.name,
@@ -246,6 +249,15 @@ class IdentityProvider:
         algorithm = signature.signed_info.signature_method.algorithm
         if not check_algorithm(sp, algorithm):
             raise SamlRequestRejected(f"signature algorithm {algorithm} is not accepted")
+
+    def _require_recent(self, message: Any) -> None:
+        """IssueInstant within `request_max_age` of now, either way (clock skew)."""
+        try:
+            issued = calendar.timegm(str_to_time(str(message.issue_instant)))
+        except (TypeError, ValueError) as exc:
+            raise SamlRequestRejected("the request has no valid IssueInstant") from exc
+        if abs(self._clock.now() - issued) > self._settings.request_max_age:
+            raise SamlRequestRejected("the request is too old (or from the future)")
 
     @staticmethod
     def _acs_for(sp: ServiceProvider, message: Any) -> str:
@@ -371,6 +383,7 @@ class IdentityProvider:
         if sp is None:
             raise SamlRequestRejected("the LogoutRequest comes from an unknown service provider")
         self._require_request_signature(sp, binding, message, raw_query, "SAMLRequest")
+        self._require_recent(message)
         name_id = message.name_id.text.strip() if message.name_id is not None else ""
         return LogoutRequestInfo(sp, message, name_id, relay_state, binding)
 
