@@ -30,14 +30,14 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from idhub.bootstrap import Services
 from idhub.config import load_settings
 from idhub.core.crypto import new_secret_key
-from idhub.core.identity import User
 from idhub.saml.attributes import NameIdValue
 from idhub.saml.registry import NAMEID_PERSISTENT
 from idhub.saml.requests import PendingRequest
 
 SP = "http://127.0.0.1:9/sp"
 SP_METADATA = f"""<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata"
- entityID="{SP}"><md:SPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+ entityID="{SP}"><md:SPSSODescriptor
+ protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
 <md:AssertionConsumerService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
  Location="http://127.0.0.1:9/acs" index="0"/></md:SPSSODescriptor></md:EntityDescriptor>"""
 TEMPLATE = """<?xml version="1.0"?>
@@ -85,7 +85,6 @@ def main() -> int:
         services.keys.ensure_active(lambda _line: None)
         sp = services.saml_sps.add("bench", metadata_xml=SP_METADATA, domain="oa")
         idp = services.saml_idp
-        user = User(id=1, sub="0" * 32, username="alice", email="alice@example.com")
         counter = iter(range(10**9))
 
         def respond() -> object:
