@@ -157,6 +157,27 @@ def test_request_altered_after_signing_is_refused(sp: SamlSp) -> None:
         _refused(client, forged)
 
 
+def test_post_bound_request_altered_after_signing_is_refused(idhub: LiveServer, sp: SamlSp) -> None:
+    settings = sp.settings()
+    _, xml = sp.authn_request_xml()
+    signed = OneLogin_Saml2_Utils.add_sign(
+        xml,
+        settings.get_sp_key(),
+        settings.get_sp_cert(),
+        sign_algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+        digest_algorithm="http://www.w3.org/2001/04/xmlenc#sha256",
+    ).decode()
+    forged = signed.replace('ForceAuthn="false"', 'ForceAuthn="true"')
+    if forged == signed:
+        forged = signed.replace(f"{sp.url}/acs", f"{sp.url}/acs2")
+    assert forged != signed
+    with httpx.Client(base_url=idhub.url) as client:
+        response = client.post(
+            "/saml/sso", data={"SAMLRequest": base64.b64encode(forged.encode()).decode()}
+        )
+    assert response.status_code == 400 and "location" not in response.headers
+
+
 def test_unlisted_acs_url_is_refused_even_when_signed(sp: SamlSp) -> None:
     _, xml = sp.authn_request_xml()
     evil = xml.replace(f"{sp.url}/acs", "https://evil.example/acs")

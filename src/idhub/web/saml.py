@@ -316,7 +316,8 @@ class SamlFront:
             ctx=ctx,
         )
         response = self.post_page(request, message)
-        self._browser.clear_session_cookie(response)
+        if ended:
+            self._browser.clear_session_cookie(response)
         return response
 
     def end_session_for(
