@@ -5,6 +5,7 @@ retried and recorded like OpenID Connect back-channel logout."""
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterator
 
@@ -112,3 +113,37 @@ def test_an_unreachable_sp_is_retried_and_recorded(
     assert failed["target"] == "gone"
     assert failed["details"]["will_retry"] is True
     del erp
+
+
+def test_sp_initiated_logout_over_the_post_binding(
+    idhub: LiveServer, sps: tuple[SamlSp, SamlSp]
+) -> None:
+    from onelogin.saml2.logout_request import OneLogin_Saml2_Logout_Request
+    from onelogin.saml2.utils import OneLogin_Saml2_Utils
+
+    erp, _ = sps
+    settings = erp.settings()
+    with httpx.Client(base_url=idhub.url) as client:
+        session = deliver(erp, sign_in(client, client.get(erp.login_url())))
+        request = OneLogin_Saml2_Logout_Request(
+            settings,
+            name_id=session["name_id"],
+            session_index=session["session_index"],
+            nq=None,
+            name_id_format="urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+        )
+        signed = OneLogin_Saml2_Utils.add_sign(
+            request.get_xml(),
+            settings.get_sp_key(),
+            settings.get_sp_cert(),
+            sign_algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+            digest_algorithm="http://www.w3.org/2001/04/xmlenc#sha256",
+        )
+        answer = client.post(
+            "/saml/slo",
+            data={"SAMLRequest": base64.b64encode(signed).decode(), "RelayState": "/bye"},
+        )
+        assert answer.status_code == 303, answer.text[:300]
+        assert answer.headers["location"].startswith(erp.url + "/sls?SAMLResponse=")
+        assert httpx.get(answer.headers["location"]).json()["errors"] == []
+        assert "/login" in str(follow(client, client.get(erp.login_url())).url)

@@ -195,7 +195,9 @@ class IdentityProvider:
         conf = IdPConfig()
         conf.load(config)
         conf.attribute_converters = [_converter()]
-        return Server(config=conf)
+        server = Server(config=conf)
+        server.session_db = _NoAssertionStore()
+        return server
 
     # ------------------------------------------------------------------ AuthnRequests
 
@@ -448,6 +450,14 @@ class IdentityProvider:
             slo=self.endpoint("/saml/slo"),
             want_signed=self._settings.require_signed_requests,
         )
+
+
+class _NoAssertionStore:
+    """pysaml2 keeps every issued assertion in process memory for AssertionIDRequest / AuthnQuery,
+    which idhub does not offer: a long-running server would only grow. Nothing is kept."""
+
+    def store_assertion(self, assertion: Any, to_sign: Any) -> None:
+        return None
 
 
 def back_channel_endpoint(sp: ServiceProvider) -> Endpoint | None:
