@@ -147,3 +147,18 @@ def test_sp_initiated_logout_over_the_post_binding(
         assert answer.headers["location"].startswith(erp.url + "/sls?SAMLResponse=")
         assert httpx.get(answer.headers["location"]).json()["errors"] == []
         assert "/login" in str(follow(client, client.get(erp.login_url())).url)
+
+
+def test_an_unsigned_logout_request_is_refused(
+    idhub: LiveServer, sps: tuple[SamlSp, SamlSp]
+) -> None:
+    from onelogin.saml2.logout_request import OneLogin_Saml2_Logout_Request
+
+    erp, _ = sps
+    with httpx.Client(base_url=idhub.url) as client:
+        session = deliver(erp, sign_in(client, client.get(erp.login_url())))
+        request = OneLogin_Saml2_Logout_Request(erp.settings(), name_id=session["name_id"])
+        answer = client.get("/saml/slo", params={"SAMLRequest": request.get_request()})
+        assert answer.status_code == 400 and "location" not in answer.headers
+        # Still signed in: the next sign-in needs no password.
+        assert deliver(erp, follow(client, client.get(erp.login_url())))["ok"]

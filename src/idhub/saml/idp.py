@@ -231,10 +231,18 @@ class IdentityProvider:
         )
 
     def _require_request_signature(
-        self, sp: ServiceProvider, binding: str, message: Any, raw_query: str, field: str
+        self,
+        sp: ServiceProvider,
+        binding: str,
+        message: Any,
+        raw_query: str,
+        field: str,
+        *,
+        always: bool = False,
     ) -> None:
         must = (
-            sp.require_signed_requests
+            always
+            or sp.require_signed_requests
             or sp.metadata.authn_requests_signed
             or self._settings.require_signed_requests
         )
@@ -384,7 +392,11 @@ class IdentityProvider:
         sp = self._registry.by_entity_id(issuer)
         if sp is None:
             raise SamlRequestRejected("the LogoutRequest comes from an unknown service provider")
-        self._require_request_signature(sp, binding, message, raw_query, "SAMLRequest")
+        # SAML profiles 4.4.4.1: a LogoutRequest must be authenticated; an SP that has a
+        # signing key must sign it (else anyone could sign a person out of every system).
+        self._require_request_signature(
+            sp, binding, message, raw_query, "SAMLRequest", always=bool(sp.metadata.signing_certs)
+        )
         self._require_recent(message)
         name_id = message.name_id.text.strip() if message.name_id is not None else ""
         return LogoutRequestInfo(sp, message, name_id, relay_state, binding)
