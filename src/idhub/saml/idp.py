@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import base64
 import calendar
-import contextvars
 import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import saml2.assertion
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
-from saml2.attribute_converter import AttributeConverter
 from saml2.config import IdPConfig
 from saml2.saml import NameID
 from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED, STATUS_SUCCESS
@@ -27,7 +24,14 @@ from saml2.time_util import str_to_time
 
 from idhub.core.clock import Clock
 from idhub.errors import SamlRequestRejected
-from idhub.saml.attributes import ATTRIBUTE_URIS, NAME_FORMAT_URI, NameIdValue
+from idhub.saml._pysaml2 import (
+    SESSION_INDEX,
+    NoAssertionStore,
+    assertion_id_in,
+    attribute_converter,
+    status_of,
+)
+from idhub.saml.attributes import NAME_FORMAT_URI, NameIdValue
 from idhub.saml.keys import SamlKeys
 from idhub.saml.metadata import BINDING_POST, Endpoint
 from idhub.saml.metadata_idp import render_idp_metadata
@@ -44,23 +48,6 @@ from idhub.saml.requests import (
 
 MAX_ASSERTION_TTL = 300
 PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # noqa: S105
-
-
-# pysaml2 gives every AuthnStatement a random SessionIndex; idhub's is derived from the SSO
-# session, so the LogoutRequest sent when that session ends can name it without storing it. The
-# value is handed over through a context variable (per thread), so concurrent responses never mix.
-_SESSION_INDEX: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "saml_session_index", default=None
-)
-_random_sid = saml2.assertion.sid
-
-
-def _session_index() -> str:
-    chosen = _SESSION_INDEX.get()
-    return chosen if chosen is not None else str(_random_sid())
-
-
-saml2.assertion.sid = _session_index
 
 
 class MessageIds(Protocol):
@@ -96,18 +83,6 @@ class IdpSettings:
     assertion_ttl: int = MAX_ASSERTION_TTL
     request_max_age: int = 300
     require_signed_requests: bool = False
-
-
-def _converter() -> AttributeConverter:
-    converter = AttributeConverter(NAME_FORMAT_URI)
-    converter.from_dict(
-        {
-            "identifier": NAME_FORMAT_URI,
-            "fro": {uri: name for name, uri in ATTRIBUTE_URIS.items()},
-            "to": dict(ATTRIBUTE_URIS),
-        }
-    )
-    return converter
 
 
 class IdentityProvider:
@@ -194,9 +169,9 @@ class IdentityProvider:
             config["xmlsec_binary"] = self._xmlsec
         conf = IdPConfig()
         conf.load(config)
-        conf.attribute_converters = [_converter()]
+        conf.attribute_converters = [attribute_converter()]
         server = Server(config=conf)
-        server.session_db = _NoAssertionStore()
+        server.session_db = NoAssertionStore()
         return server
 
     # ------------------------------------------------------------------ AuthnRequests
@@ -316,15 +291,15 @@ class IdentityProvider:
             now=now,
         ):
             raise SamlRequestRejected("this AuthnRequest was answered already")
-        token = _SESSION_INDEX.set(session_index)
+        token = SESSION_INDEX.set(session_index)
         try:
             response = self._authn_response(
                 pending, sp, attributes, name_id=name_id, auth_time=auth_time
             )
         finally:
-            _SESSION_INDEX.reset(token)
+            SESSION_INDEX.reset(token)
         xml = str(response)
-        assertion_id = _assertion_id(xml)
+        assertion_id = assertion_id_in(xml)
         if not self._ids.remember(
             f"assertion:{assertion_id}", kind="assertion", expires_at=now + ttl + 60, now=now
         ):
@@ -412,7 +387,7 @@ class IdentityProvider:
         response = server.create_logout_response(
             info.request,
             bindings=[endpoint.binding],
-            status=_status(status),
+            status=status_of(status),
             sign=endpoint.binding == BINDING_POST,
             sign_alg=sign_alg,
             digest_alg=digest_alg,
@@ -464,28 +439,7 @@ class IdentityProvider:
         )
 
 
-class _NoAssertionStore:
-    """pysaml2 keeps every issued assertion in process memory for AssertionIDRequest / AuthnQuery,
-    which idhub does not offer: a long-running server would only grow. Nothing is kept."""
-
-    def store_assertion(self, assertion: Any, to_sign: Any) -> None:
-        return None
-
-
 def back_channel_endpoint(sp: ServiceProvider) -> Endpoint | None:
     """Where a server-to-server LogoutRequest goes: the SOAP SLO endpoint, else the HTTP-POST
     one (posted as a form, which SPs built on the common toolkits accept)."""
     return sp.metadata.slo_for(BINDING_SOAP, BINDING_POST)
-
-
-def _status(code: str) -> Any:
-    from saml2.samlp import Status, StatusCode
-
-    return Status(status_code=StatusCode(value=code))
-
-
-def _assertion_id(xml: str) -> str:
-    marker = xml.find("Assertion ")
-    start = xml.find('ID="', marker)
-    end = xml.find('"', start + 4)
-    return xml[start + 4 : end] if marker >= 0 and start >= 0 and end > start else ""
