@@ -24,6 +24,7 @@ install: $(STAMP)
 install-test: $(TEST_STAMP)
 
 run: $(STAMP)
+	bash .ci/system-deps --run
 	$(IDHUB) init --demo
 	$(IDHUB) serve
 

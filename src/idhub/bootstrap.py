@@ -61,6 +61,10 @@ if TYPE_CHECKING:
     from idhub.oidc.minter import TokenMinter
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
+    from idhub.saml.idp import IdentityProvider
+    from idhub.saml.keys import SamlKeys
+    from idhub.saml.registry import SpRegistry
+    from idhub.saml.requests import PendingRequests
 
 
 class Services:
@@ -399,6 +403,7 @@ class Services:
             clock=self.clock,
         )
         self._register_cas_logout(service)
+        self._register_saml_logout(service)
         return service
 
     @cached_property
@@ -870,6 +875,81 @@ class Services:
         except PolicyError:
             # No policy at all: nothing is derived from roles (they grant nothing either).
             return ()
+
+    # --- saml identity provider ----------------------------------------------------------------
+
+    @cached_property
+    def saml_sps(self) -> SpRegistry:
+        from idhub.adapters.saml_store import SqlSpStore
+        from idhub.saml.registry import SpRegistry
+
+        return SpRegistry(SqlSpStore(self.engine), self.audit, clock=self.clock)
+
+    @cached_property
+    def saml_keys(self) -> SamlKeys:
+        from urllib.parse import urlsplit
+
+        from idhub.adapters.saml_store import SqlSamlCertificates
+        from idhub.saml.keys import SamlKeys
+
+        return SamlKeys(
+            self.keys,
+            SqlSamlCertificates(self.engine),
+            clock=self.clock,
+            common_name=urlsplit(self.settings.server.issuer).hostname or "idhub",
+            days=self.settings.saml.certificate_days,
+        )
+
+    @cached_property
+    def saml_idp(self) -> IdentityProvider:
+        from idhub.adapters.saml_store import SqlMessageIds
+        from idhub.saml.idp import IdentityProvider, IdpSettings
+
+        saml = self.settings.saml
+        issuer = self.settings.server.issuer
+        return IdentityProvider(
+            IdpSettings(
+                entity_id=saml.entity_id_for(issuer),
+                base_url=issuer,
+                assertion_ttl=saml.assertion_ttl,
+                request_max_age=saml.request_max_age,
+                require_signed_requests=saml.require_signed_requests,
+            ),
+            registry=self.saml_sps,
+            keys=self.saml_keys,
+            message_ids=SqlMessageIds(self.engine),
+            clock=self.clock,
+        )
+
+    @cached_property
+    def saml_pending(self) -> PendingRequests:
+        from idhub.core.crypto import KeyedHasher
+        from idhub.saml.requests import PendingRequests
+
+        return PendingRequests(KeyedHasher(self.settings.require_secret_key(), "saml-pending"))
+
+    def saml_opaque(self, value: str) -> str:
+        """Persistent NameIDs and SessionIndexes: keyed so SPs cannot correlate people."""
+        from idhub.core.crypto import KeyedHasher
+
+        return KeyedHasher(self.settings.require_secret_key(), "saml-subject").hash(value)
+
+    def _register_saml_logout(self, service: LogoutService) -> None:
+        from idhub.adapters.saml_store import HttpSamlLogoutChannel
+        from idhub.adapters.session_store import SqlDeliveryStore
+        from idhub.saml.logout import PROTOCOL, SamlLogoutNotifier, SamlLogoutSender
+
+        service.register_notifier(
+            PROTOCOL,
+            SamlLogoutNotifier(lambda: self.saml_sps, SqlDeliveryStore(self.engine)),
+            sender=SamlLogoutSender(
+                registry=lambda: self.saml_sps,
+                idp=lambda: self.saml_idp,
+                users=self.identity,
+                channel=HttpSamlLogoutChannel(),
+                opaque=self.saml_opaque,
+            ),
+        )
 
 
 class _LazyRoles:

@@ -8,6 +8,7 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
     ├── NotFound               a named user, client, key, source ... does not exist
     ├── Conflict               the thing exists already / concurrent change
     ├── InvalidInput           a value an admin or system supplied is not acceptable
+    │   └── SamlRequestRejected    a SAML message idhub refuses to answer
     ├── AccessDenied           the caller is known but may not ask this
     ├── AuthenticationFailed   sign-in refused (reason kept for the audit log, not the user)
     │   ├── DirectoryUnavailable   the user's directory could not be reached
@@ -138,3 +139,10 @@ class SyncAborted(DirectoryError):
 
 class AuditError(IdhubError):
     code = "audit_error"
+
+
+class SamlRequestRejected(InvalidInput):
+    """A SAML message idhub will not answer (unknown SP, bad or missing signature, an ACS or
+    destination the metadata does not list, a replay, an expired request)."""
+
+    code = "saml_request_rejected"

@@ -521,3 +521,46 @@ mfa_devices = Table(
     Column("ip", String(64), nullable=True),
 )
 Index("ix_mfa_devices_user", mfa_devices.c.user_id)
+
+# ---------------------------------------------------------------- saml
+
+# Service providers registered from their metadata; `name` is the system's id (participant and
+# consent key), `domain` its policy domain, `entity_id` the audience of its assertions.
+saml_service_providers = Table(
+    "saml_service_providers",
+    metadata,
+    Column("name", String(100), primary_key=True),
+    Column("entity_id", String(500), nullable=False, unique=True),
+    Column("domain", String(100), nullable=False),
+    Column("metadata_xml", Text, nullable=False),
+    Column("name_id_format", String(20), nullable=False),
+    Column("legacy_sha1", Boolean, nullable=False, default=False),
+    Column("require_signed_requests", Boolean, nullable=False, default=False),
+    # First-party SPs (the company's own systems) are not asked consent for.
+    Column("first_party", Boolean, nullable=False, default=False),
+    # Attribute names released (comma-separated friendly names); empty means all of them.
+    Column("attributes", String(500), nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# The self-signed certificate wrapped around each RS256 signing key that signed SAML messages
+# (public data: it is published in the IdP metadata while the key is).
+saml_certificates = Table(
+    "saml_certificates",
+    metadata,
+    Column("kid", String(100), primary_key=True),
+    Column("certificate_pem", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Message ids seen once (AuthnRequest ids from SPs, assertion ids issued), kept until they
+# could no longer be accepted anyway, so a replay is refused on every replica.
+saml_message_ids = Table(
+    "saml_message_ids",
+    metadata,
+    Column("id", String(300), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_saml_message_ids_expires_at", saml_message_ids.c.expires_at)

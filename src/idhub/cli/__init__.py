@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "idhub.cli.audit",
     "idhub.cli.directory",
     "idhub.cli.cas",
+    "idhub.cli.saml",
 )
 
 EXIT_ERROR = 2

@@ -29,6 +29,7 @@ from idhub.config.settings import (
     MfaSettings,
     PasswordSettings,
     PolicySettings,
+    SamlSettings,
     ServerSettings,
     Settings,
     SyncSettings,
@@ -48,6 +49,7 @@ __all__ = [
     "MfaSettings",
     "PasswordSettings",
     "PolicySettings",
+    "SamlSettings",
     "Secret",
     "ServerSettings",
     "Settings",
@@ -77,6 +79,7 @@ _SECTIONS: dict[str, type] = {
     "limits": LimitsSettings,
     "cas": CasSettings,
     "mfa": MfaSettings,
+    "saml": SamlSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -255,6 +258,7 @@ def load_settings(
         limits=sections["limits"],
         cas=sections["cas"],
         mfa=sections["mfa"],
+        saml=sections["saml"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -153,6 +153,26 @@ class MfaSettings:
 
 
 @dataclass(frozen=True)
+class SamlSettings:
+    """`[saml]`: the SAML 2.0 identity provider (docs/saml.md)."""
+
+    # Empty: `<issuer>/saml/metadata`, the metadata URL itself (the usual choice).
+    entity_id: str = ""
+    # Seconds an assertion is valid (NotOnOrAfter); capped at 300.
+    assertion_ttl: int = 300
+    # Seconds an AuthnRequest's IssueInstant may be old (or ahead, for clock skew).
+    request_max_age: int = 300
+    # Refuse AuthnRequests without a valid signature from every SP, not only from SPs whose
+    # metadata says AuthnRequestsSigned="true".
+    require_signed_requests: bool = False
+    # Days the self-signed certificate around the signing key is valid.
+    certificate_days: int = 3650
+
+    def entity_id_for(self, issuer: str) -> str:
+        return self.entity_id or issuer.rstrip("/") + "/saml/metadata"
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -202,6 +222,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     cas: CasSettings = field(default_factory=CasSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)
+    saml: SamlSettings = field(default_factory=SamlSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

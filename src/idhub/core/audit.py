@@ -86,6 +86,13 @@ class EventType(StrEnum):
     CAS_TICKET_VALIDATED = "cas.ticket_validated"
     CAS_TICKET_REJECTED = "cas.ticket_rejected"
 
+    # --- SAML identity provider front ---
+    SAML_RESPONSE_ISSUED = "saml.response_issued"
+    SAML_REQUEST_REJECTED = "saml.request_rejected"
+    SAML_LOGOUT_ANSWERED = "saml.logout_answered"
+    SAML_SP_ADDED = "saml.sp_added"
+    SAML_SP_REMOVED = "saml.sp_removed"
+
 
 def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
     """Validates `--type` / `type=` filter values (exact names or `prefix.*`) against the

@@ -110,6 +110,14 @@ class UserById(Protocol):
     def get_user(self, user_id: int) -> User | None: ...
 
 
+class LogoutSender(Protocol):
+    """Builds and sends one queued delivery in its protocol's words, for a protocol whose
+    notice is not a form post (SAML's SOAP LogoutRequest); raises `DeliveryFailed` with a
+    short reason."""
+
+    def send(self, delivery: Delivery) -> None: ...
+
+
 class LogoutNotifier(Protocol):
     """Tells one participating system that a session ended, in its protocol's way."""
 
@@ -193,8 +201,10 @@ class LogoutService:
         # protocol -> how its systems are told; a front for a new protocol adds its own.
         self._notifiers: dict[str, LogoutNotifier] = {"oidc": BackChannelQueue(clients, deliveries)}
         self._notifiers.update(notifiers or {})
-        # protocol -> how its queued deliveries become the form that is posted.
+        # protocol -> how its queued deliveries become the form that is posted, or (for a
+        # protocol that is not a form post, such as SAML's SOAP) who sends them itself.
         self._builders: dict[str, LogoutMessageBuilder] = {"oidc": LogoutTokens(clients, signer)}
+        self._senders: dict[str, LogoutSender] = {}
 
     def register_notifier(
         self,
@@ -202,12 +212,16 @@ class LogoutService:
         notifier: LogoutNotifier,
         *,
         builder: LogoutMessageBuilder | None = None,
+        sender: LogoutSender | None = None,
     ) -> None:
-        """How systems that signed in with `protocol` are told of a logout (one per protocol);
-        `builder` makes the messages of the deliveries its notifier queues."""
+        """How systems that signed in with `protocol` are told of a logout (one per protocol).
+        The deliveries its notifier queues are posted as the form `builder` makes, or handed to
+        `sender` when the protocol sends its own way; either way retried and recorded alike."""
         self._notifiers[protocol] = notifier
         if builder is not None:
             self._builders[protocol] = builder
+        if sender is not None:
+            self._senders[protocol] = sender
 
     def on_queued(self, listener: Callable[[], None]) -> None:
         """`listener` is called after deliveries were queued (the worker wakes up)."""
@@ -306,10 +320,14 @@ class LogoutService:
         """One delivery attempt; records and audits the outcome. True when delivered."""
         attempts = delivery.attempts + 1
         try:
+            sender = self._senders.get(delivery.protocol)
             builder = self._builders.get(delivery.protocol)
-            if builder is None:
+            if sender is not None:
+                sender.send(delivery)
+            elif builder is not None:
+                self._channel.send(delivery.uri, builder.build(delivery))
+            else:
                 raise DeliveryFailed(f"no logout message for protocol {delivery.protocol!r}")
-            self._channel.send(delivery.uri, builder.build(delivery))
         except DeliveryFailed as exc:
             self._record_failure(delivery, attempts, str(exc) or "delivery failed")
             return False

@@ -34,6 +34,7 @@ ROUTE_MODULES = (
     "idhub.web.authorize",
     "idhub.web.logout",
     "idhub.web.cas",
+    "idhub.web.saml",
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
 )

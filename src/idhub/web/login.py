@@ -26,7 +26,7 @@ from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
 from idhub.web.second_factor import SecondFactorStep, requested_by, second_factor_step
 
-RETURN_PATHS = ("/authorize", "/cas/login", "/account/security")
+RETURN_PATHS = ("/authorize", "/cas/login", "/saml/sso", "/account/security")
 MAX_RETURN_TO = 8000
 MAX_USERNAME = 200
 

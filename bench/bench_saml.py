@@ -1,0 +1,148 @@
+"""SAML response issuance speed, against its floor: the bare xmlsec1 signing cost.
+
+  response   `IdentityProvider.respond`: a signed Response around a signed Assertion for a
+             registered SP (pysaml2 building the XML, xmlsec1 signing twice, the single-use ids
+             written to SQLite) - responses issued per second, one thread
+  xmlsec1    the same xmlsec1 binary signing one enveloped signature on a template document
+             (what pysaml2 runs twice per response) - the floor
+  rsa        one RSA-2048 PKCS#1 v1.5 signature in-process (cryptography), for scale
+
+Usage: python bench/bench_saml.py [--count N] [--seconds S]
+Bounded: each part stops after N operations or S seconds, whichever comes first. Nothing goes
+over the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+# pysaml2 names a cipher mode cryptography has deprecated, at import.
+warnings.filterwarnings("ignore", message="CFB has been moved")
+
+from cryptography.hazmat.primitives import hashes  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import padding  # noqa: E402
+
+from idhub.bootstrap import Services  # noqa: E402
+from idhub.config import load_settings  # noqa: E402
+from idhub.core.crypto import new_secret_key  # noqa: E402
+from idhub.saml.attributes import NameIdValue  # noqa: E402
+from idhub.saml.registry import NAMEID_PERSISTENT  # noqa: E402
+from idhub.saml.requests import PendingRequest  # noqa: E402
+
+SP = "http://127.0.0.1:9/sp"
+SP_METADATA = f"""<md:EntityDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata"
+ entityID="{SP}"><md:SPSSODescriptor
+ protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">
+<md:AssertionConsumerService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+ Location="http://127.0.0.1:9/acs" index="0"/></md:SPSSODescriptor></md:EntityDescriptor>"""
+TEMPLATE = """<?xml version="1.0"?>
+<doc xmlns="urn:bench" ID="id1"><value>x</value>
+<Signature xmlns="http://www.w3.org/2000/09/xmldsig#"><SignedInfo>
+<CanonicalizationMethod Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/>
+<SignatureMethod Algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"/>
+<Reference URI="#id1"><Transforms>
+<Transform Algorithm="http://www.w3.org/2000/09/xmldsig#enveloped-signature"/>
+<Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></Transforms>
+<DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><DigestValue/></Reference>
+</SignedInfo><SignatureValue/></Signature></doc>"""
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the xmlsec1 runs)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(op: Callable[[], object], *, count: int, seconds: float) -> tuple[list[float], float]:
+    """Wall-clock samples, and CPU seconds per operation (steadier on a shared machine)."""
+    op()  # warm up (key files, pysaml2 server, caches)
+    samples: list[float] = []
+    deadline = time.monotonic() + seconds
+    cpu = _cpu()
+    while len(samples) < count and time.monotonic() < deadline:
+        started = time.perf_counter()
+        op()
+        samples.append(time.perf_counter() - started)
+    return samples, (_cpu() - cpu) / max(len(samples), 1)
+
+
+def row(name: str, measured: tuple[list[float], float]) -> float:
+    samples, cpu = measured
+    median = statistics.median(samples)
+    print(
+        f"{name:<12} {len(samples):>6} {1 / median:>12.1f} {median * 1000:>10.2f}"
+        f" {cpu * 1000:>10.2f}"
+    )
+    return cpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {
+            "IDHUB_DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "IDHUB_SECRET_KEY": new_secret_key(),
+            "IDHUB_VAR_DIR": tmp,
+        }
+        services = Services(load_settings(None, env=env, cwd=Path(tmp)))
+        services.migrate()
+        services.keys.ensure_active(lambda _line: None)
+        sp = services.saml_sps.add("bench", metadata_xml=SP_METADATA, domain="oa")
+        idp = services.saml_idp
+        counter = iter(range(10**9))
+
+        def respond() -> object:
+            pending = PendingRequest(
+                sp="bench", request_id=f"req-{next(counter)}", acs_url="http://127.0.0.1:9/acs",
+                issued_at=time.time(),
+            )  # fmt: skip
+            return idp.respond(
+                pending, sp, name_id=NameIdValue(NAMEID_PERSISTENT, "opaque"),
+                attributes={"uid": ["alice"], "mail": ["alice@example.com"]},
+                auth_time=time.time(), session_index="s1",
+            )  # fmt: skip
+
+        material = services.saml_keys.current()
+        template = Path(tmp) / "template.xml"
+        template.write_text(TEMPLATE, encoding="utf-8")
+
+        def xmlsec1() -> object:
+            return subprocess.run(
+                ["xmlsec1", "--sign", "--privkey-pem", str(material.key_file),
+                 "--id-attr:ID", "doc", str(template)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+
+        _, private_key = services.keys.signer("RS256")
+
+        def rsa() -> object:
+            return private_key.sign(b"x" * 64, padding.PKCS1v15(), hashes.SHA256())
+
+        print(f"{'operation':<12} {'n':>6} {'per second':>12} {'ms (p50)':>10} {'cpu ms/op':>10}")
+        response = row("response", timed(respond, count=args.count, seconds=args.seconds))
+        floor = row("xmlsec1", timed(xmlsec1, count=args.count, seconds=args.seconds))
+        row("rsa", timed(rsa, count=args.count, seconds=args.seconds / 4))
+        services.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\nCPU per response / (2 x CPU per bare xmlsec1 signature) = {response / (2 * floor):.2f}"
+    )
+    print(f"peak RSS {peak:.0f} MiB; goal >= 150 responses/s (see docs/performance.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""The SAML 2.0 identity provider front (framework-free, like `idhub.oidc`).
+
+- `metadata`: what an SP's metadata says (entity id, ACS and SLO endpoints, certificates);
+- `registry`: the registered service providers, each tied to a policy domain;
+- `keys`: the signing key (idhub's RS256 key) wrapped in a published certificate;
+- `attributes`: the NameID and attributes released to an SP;
+- `requests`: AuthnRequest / LogoutRequest parsing and every check made on them;
+- `idp`: responses, assertions, logout messages and the IdP metadata, built with pysaml2;
+- `logout`: telling SAML SPs that a session ended (LogoutRequest over SOAP, retried).
+
+See docs/saml.md.
+"""

@@ -1,0 +1,166 @@
+"""The registered SAML service providers (`idhub saml sp add NAME --metadata ... --domain D`).
+
+An SP's `name` is its id inside idhub (what sessions, consent and the audit trail name), its
+`domain` the policy domain its roles come from, and its metadata's entity id the audience of
+every assertion it gets. Everything an SP is sent goes to an endpoint its metadata lists.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from idhub.core.audit import Actor, Auditor, EventType
+from idhub.core.clock import Clock
+from idhub.errors import Conflict, InvalidInput, NotFound
+from idhub.saml.attributes import ATTRIBUTE_URIS
+from idhub.saml.metadata import SpMetadata, parse_sp_metadata
+
+NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
+NAME_ID_FORMATS = {
+    "persistent": NAMEID_PERSISTENT,
+    "email": NAMEID_EMAIL,
+    "unspecified": NAMEID_UNSPECIFIED,
+}
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class ServiceProvider:
+    name: str
+    domain: str
+    metadata_xml: str
+    name_id_format: str = "persistent"
+    # SHA-1 signatures are refused from and never sent to an SP unless it is marked legacy.
+    legacy_sha1: bool = False
+    # Refuse its AuthnRequests unless signed, even if its metadata does not say it signs.
+    require_signed_requests: bool = False
+    # The company's own system: no consent page (like a first-party OIDC client).
+    first_party: bool = False
+    # Friendly names of the attributes released (see saml/attributes.py); empty: all.
+    attributes: tuple[str, ...] = ()
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    metadata: SpMetadata = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metadata", parse_sp_metadata(self.metadata_xml))
+
+    @property
+    def entity_id(self) -> str:
+        return self.metadata.entity_id
+
+    @property
+    def name_id_format_uri(self) -> str:
+        return NAME_ID_FORMATS[self.name_id_format]
+
+
+class SpStore(Protocol):
+    def insert(self, sp: ServiceProvider) -> None:
+        """Raises `Conflict` when the name or the entity id is taken."""
+        ...
+
+    def replace(self, sp: ServiceProvider) -> None: ...
+    def get(self, name: str) -> ServiceProvider | None: ...
+    def by_entity_id(self, entity_id: str) -> ServiceProvider | None: ...
+    def all(self) -> list[ServiceProvider]: ...
+    def delete(self, name: str) -> bool: ...
+    def version(self) -> str: ...
+
+
+class SpRegistry:
+    """`services.saml_sps`."""
+
+    def __init__(self, store: SpStore, audit: Auditor, *, clock: Clock) -> None:
+        self._store = store
+        self._audit = audit
+        self._clock = clock
+
+    def add(
+        self,
+        name: str,
+        *,
+        metadata_xml: str,
+        domain: str,
+        name_id_format: str | None = None,
+        legacy_sha1: bool = False,
+        require_signed_requests: bool = False,
+        first_party: bool = False,
+        attributes: tuple[str, ...] = (),
+        replace: bool = False,
+        actor: Actor | None = None,
+    ) -> ServiceProvider:
+        if not _NAME.match(name):
+            raise InvalidInput("an SP name is lower-case letters, digits, '.', '_' or '-'")
+        if not domain.strip():
+            raise InvalidInput("an SP needs a policy domain (--domain)")
+        unknown = sorted(set(attributes) - set(ATTRIBUTE_URIS))
+        if unknown:
+            known = ", ".join(ATTRIBUTE_URIS)
+            raise InvalidInput(f"unknown attribute(s) {', '.join(unknown)} (known: {known})")
+        offered = parse_sp_metadata(metadata_xml).name_id_formats
+        chosen = name_id_format or _preferred_format(offered)
+        if chosen not in NAME_ID_FORMATS:
+            raise InvalidInput(f"NameID format must be one of {', '.join(NAME_ID_FORMATS)}")
+        existing = self._store.get(name)
+        if existing is not None and not replace:
+            raise Conflict(f"an SP named {name!r} exists already (use --replace)")
+        now = self._clock.now()
+        sp = ServiceProvider(
+            name=name,
+            domain=domain.strip(),
+            metadata_xml=metadata_xml,
+            name_id_format=chosen,
+            legacy_sha1=legacy_sha1,
+            require_signed_requests=require_signed_requests,
+            first_party=first_party,
+            attributes=tuple(attributes),
+            created_at=existing.created_at if existing is not None else now,
+            updated_at=now,
+        )
+        if existing is not None:
+            self._store.replace(sp)
+        else:
+            self._store.insert(sp)
+        self._audit.record(
+            EventType.SAML_SP_ADDED,
+            actor=actor or Actor("admin"),
+            target=name,
+            details={
+                "entity_id": sp.entity_id,
+                "domain": sp.domain,
+                "name_id_format": chosen,
+                "legacy_sha1": legacy_sha1,
+                "first_party": first_party,
+                "attributes": list(attributes),
+                "replaced": existing is not None,
+            },
+        )
+        return sp
+
+    def remove(self, name: str, *, actor: Actor | None = None) -> None:
+        if not self._store.delete(name):
+            raise NotFound(f"no SAML SP named {name!r}")
+        self._audit.record(EventType.SAML_SP_REMOVED, actor=actor or Actor("admin"), target=name)
+
+    def get(self, name: str) -> ServiceProvider | None:
+        return self._store.get(name)
+
+    def by_entity_id(self, entity_id: str) -> ServiceProvider | None:
+        return self._store.by_entity_id(entity_id)
+
+    def list(self) -> Sequence[ServiceProvider]:
+        return self._store.all()
+
+    def version(self) -> str:
+        return self._store.version()
+
+
+def _preferred_format(offered: Sequence[str]) -> str:
+    """The first of the SP's own NameIDFormats that idhub supports; persistent otherwise."""
+    by_uri = {uri: short for short, uri in NAME_ID_FORMATS.items()}
+    return next((by_uri[uri] for uri in offered if uri in by_uri), "persistent")
