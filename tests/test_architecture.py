@@ -27,9 +27,39 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         # Settings are read by config and passed in as values, never looked up from core.
         "idhub.config",
     ),
-    "adapters": ("idhub.oidc", "idhub.web", "idhub.cli", "idhub.bootstrap", "starlette", "uvicorn"),
+    "adapters": (
+        "idhub.oidc",
+        "idhub.cas",
+        "idhub.saml",
+        "idhub.web",
+        "idhub.cli",
+        "idhub.bootstrap",
+        "starlette",
+        "uvicorn",
+    ),
     # The provider works on storage Protocols; which database sits behind them is bootstrap's.
     "oidc": ("idhub.web", "idhub.cli", "idhub.adapters", "sqlalchemy", "starlette", "uvicorn"),
+    # The CAS and SAML fronts are framework-free like oidc/ and meet storage only through ports.
+    "cas": (
+        "idhub.web",
+        "idhub.cli",
+        "idhub.oidc",
+        "idhub.saml",
+        "idhub.adapters",
+        "sqlalchemy",
+        "starlette",
+        "uvicorn",
+    ),
+    "saml": (
+        "idhub.web",
+        "idhub.cli",
+        "idhub.oidc",
+        "idhub.cas",
+        "idhub.adapters",
+        "sqlalchemy",
+        "starlette",
+        "uvicorn",
+    ),
     "sdk": (
         "idhub.core",
         "idhub.adapters",

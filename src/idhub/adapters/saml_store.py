@@ -14,9 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters.db import saml_certificates, saml_message_ids, saml_service_providers
 from idhub.core.logout import DeliveryFailed
+from idhub.core.saml import BINDING_SOAP, Endpoint, SpRecord
 from idhub.errors import Conflict
-from idhub.saml.metadata import BINDING_SOAP, Endpoint
-from idhub.saml.registry import ServiceProvider
 
 SOAP_ENVELOPE = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -26,12 +25,13 @@ SOAP_ENVELOPE = (
 PURGE_EVERY = 500
 
 
-def _to_sp(row: Row[Any]) -> ServiceProvider:
+def _to_sp(row: Row[Any]) -> SpRecord:
     m = row._mapping
-    return ServiceProvider(
+    return SpRecord(
         name=m["name"],
         domain=m["domain"],
         metadata_xml=m["metadata_xml"],
+        entity_id=m["entity_id"],
         name_id_format=m["name_id_format"],
         legacy_sha1=bool(m["legacy_sha1"]),
         require_signed_requests=bool(m["require_signed_requests"]),
@@ -42,7 +42,7 @@ def _to_sp(row: Row[Any]) -> ServiceProvider:
     )
 
 
-def _values(sp: ServiceProvider) -> dict[str, Any]:
+def _values(sp: SpRecord) -> dict[str, Any]:
     return {
         "name": sp.name,
         "entity_id": sp.entity_id,
@@ -59,21 +59,21 @@ def _values(sp: ServiceProvider) -> dict[str, Any]:
 
 
 class SqlSpStore:
-    """Rows of `saml_service_providers`, parsed SPs cached per registry version."""
+    """Rows of `saml_service_providers`, cached per registry version."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._lock = threading.Lock()
-        self._cache: tuple[str, dict[str, ServiceProvider]] | None = None
+        self._cache: tuple[str, dict[str, SpRecord]] | None = None
 
-    def insert(self, sp: ServiceProvider) -> None:
+    def insert(self, sp: SpRecord) -> None:
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(saml_service_providers).values(**_values(sp)))
         except IntegrityError as exc:
             raise Conflict(f"an SP with the name or entity id of {sp.name!r} exists") from exc
 
-    def replace(self, sp: ServiceProvider) -> None:
+    def replace(self, sp: SpRecord) -> None:
         try:
             with self._engine.begin() as conn:
                 conn.execute(
@@ -98,7 +98,7 @@ class SqlSpStore:
             ).one()
         return f"{count}:{latest}"
 
-    def _all(self) -> dict[str, ServiceProvider]:
+    def _all(self) -> dict[str, SpRecord]:
         version = self.version()
         cached = self._cache
         if cached is not None and cached[0] == version:
@@ -112,13 +112,13 @@ class SqlSpStore:
             self._cache = (version, sps)
         return sps
 
-    def get(self, name: str) -> ServiceProvider | None:
+    def get(self, name: str) -> SpRecord | None:
         return self._all().get(name)
 
-    def by_entity_id(self, entity_id: str) -> ServiceProvider | None:
+    def by_entity_id(self, entity_id: str) -> SpRecord | None:
         return next((sp for sp in self._all().values() if sp.entity_id == entity_id), None)
 
-    def all(self) -> list[ServiceProvider]:
+    def all(self) -> list[SpRecord]:
         return list(self._all().values())
 
 

@@ -13,22 +13,14 @@ from xml.etree.ElementTree import Element
 
 from defusedxml import ElementTree
 
+from idhub.core.saml import BINDING_POST, BINDING_REDIRECT, BINDING_SOAP, Endpoint
 from idhub.errors import InvalidInput
+
+__all__ = ["BINDING_POST", "BINDING_REDIRECT", "BINDING_SOAP", "Endpoint", "SpMetadata"]
 
 MD = "urn:oasis:names:tc:SAML:2.0:metadata"
 DS = "http://www.w3.org/2000/09/xmldsig#"
-BINDING_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
-BINDING_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
-BINDING_SOAP = "urn:oasis:names:tc:SAML:2.0:bindings:SOAP"
 MAX_METADATA = 1_000_000
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    binding: str
-    location: str
-    index: int | None = None
-    is_default: bool = False
 
 
 @dataclass(frozen=True)

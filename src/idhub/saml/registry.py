@@ -8,12 +8,13 @@ every assertion it gets. Everything an SP is sent goes to an endpoint its metada
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
+from idhub.core.saml import SpRecord, SpStore
 from idhub.errors import Conflict, InvalidInput, NotFound
 from idhub.saml.attributes import ATTRIBUTE_URIS
 from idhub.saml.metadata import SpMetadata, parse_sp_metadata
@@ -50,6 +51,36 @@ class ServiceProvider:
     def __post_init__(self) -> None:
         object.__setattr__(self, "metadata", parse_sp_metadata(self.metadata_xml))
 
+    def record(self) -> SpRecord:
+        return SpRecord(
+            name=self.name,
+            domain=self.domain,
+            metadata_xml=self.metadata_xml,
+            entity_id=self.entity_id,
+            name_id_format=self.name_id_format,
+            legacy_sha1=self.legacy_sha1,
+            require_signed_requests=self.require_signed_requests,
+            first_party=self.first_party,
+            attributes=self.attributes,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
+    @classmethod
+    def from_record(cls, record: SpRecord) -> ServiceProvider:
+        return cls(
+            name=record.name,
+            domain=record.domain,
+            metadata_xml=record.metadata_xml,
+            name_id_format=record.name_id_format,
+            legacy_sha1=record.legacy_sha1,
+            require_signed_requests=record.require_signed_requests,
+            first_party=record.first_party,
+            attributes=record.attributes,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
     @property
     def entity_id(self) -> str:
         return self.metadata.entity_id
@@ -59,19 +90,6 @@ class ServiceProvider:
         return NAME_ID_FORMATS[self.name_id_format]
 
 
-class SpStore(Protocol):
-    def insert(self, sp: ServiceProvider) -> None:
-        """Raises `Conflict` when the name or the entity id is taken."""
-        ...
-
-    def replace(self, sp: ServiceProvider) -> None: ...
-    def get(self, name: str) -> ServiceProvider | None: ...
-    def by_entity_id(self, entity_id: str) -> ServiceProvider | None: ...
-    def all(self) -> list[ServiceProvider]: ...
-    def delete(self, name: str) -> bool: ...
-    def version(self) -> str: ...
-
-
 class SpRegistry:
     """`services.saml_sps`."""
 
@@ -79,6 +97,23 @@ class SpRegistry:
         self._store = store
         self._audit = audit
         self._clock = clock
+        # Parsed metadata per (name, updated_at): parsing XML on every request would cost
+        # more than answering it. A changed SP has a new `updated_at`, so stale entries fall out.
+        self._parsed: dict[tuple[str, float], ServiceProvider] = {}
+        self._lock = threading.Lock()
+
+    def _provider(self, record: SpRecord | None) -> ServiceProvider | None:
+        if record is None:
+            return None
+        key = (record.name, record.updated_at)
+        sp = self._parsed.get(key)
+        if sp is None:
+            sp = ServiceProvider.from_record(record)
+            with self._lock:
+                if len(self._parsed) > 1000:
+                    self._parsed.clear()
+                self._parsed[key] = sp
+        return sp
 
     def add(
         self,
@@ -123,9 +158,9 @@ class SpRegistry:
             updated_at=now,
         )
         if existing is not None:
-            self._store.replace(sp)
+            self._store.replace(sp.record())
         else:
-            self._store.insert(sp)
+            self._store.insert(sp.record())
         self._audit.record(
             EventType.SAML_SP_ADDED,
             actor=actor or Actor("admin"),
@@ -148,13 +183,13 @@ class SpRegistry:
         self._audit.record(EventType.SAML_SP_REMOVED, actor=actor or Actor("admin"), target=name)
 
     def get(self, name: str) -> ServiceProvider | None:
-        return self._store.get(name)
+        return self._provider(self._store.get(name))
 
     def by_entity_id(self, entity_id: str) -> ServiceProvider | None:
-        return self._store.by_entity_id(entity_id)
+        return self._provider(self._store.by_entity_id(entity_id))
 
     def list(self) -> Sequence[ServiceProvider]:
-        return self._store.all()
+        return [sp for sp in map(self._provider, self._store.all()) if sp is not None]
 
     def version(self) -> str:
         return self._store.version()
