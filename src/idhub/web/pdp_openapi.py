@@ -36,10 +36,16 @@ def _response_ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _error(
+    description: str, codes: list[str], headers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    schema = {
+        "allOf": [_schema_ref("Error")],
+        "properties": {"error": {"type": "string", "enum": codes}},
+    }
     answer: dict[str, Any] = {
         "description": description,
-        "content": {"application/json": {"schema": _schema_ref("Error")}},
+        "content": {"application/json": {"schema": schema}},
     }
     if headers:
         answer["headers"] = headers
@@ -58,10 +64,13 @@ _ERRORS = {
 }
 
 _RESPONSES: dict[str, Any] = {
-    "BadRequest": _error("invalid_request: the description names the offending field"),
+    "BadRequest": _error(
+        "invalid_request: the description names the offending field", ["invalid_request"]
+    ),
     "Unauthorized": _error(
         "invalid_token (RFC 6750 3.1): no access token, or one that is not a valid idhub "
         "access token (bad signature, unknown key, expired, revoked, another audience)",
+        ["invalid_token"],
         {
             "WWW-Authenticate": {
                 "description": 'Bearer realm="idhub", error="invalid_token", ...',
@@ -72,21 +81,27 @@ _RESPONSES: dict[str, Any] = {
     ),
     "Forbidden": _error(
         "insufficient_scope (RFC 6750 3.1, with a WWW-Authenticate challenge naming the "
-        "scope), or access_denied: the token's holder may not ask this question"
+        "scope), or access_denied: the token's holder may not ask this question",
+        ["insufficient_scope", "access_denied"],
     ),
     "TooLarge": _error(
         "invalid_request: the body is larger than `[limits] max_api_body`; a declared "
-        "Content-Length over it is refused before anything is read"
+        "Content-Length over it is refused before anything is read",
+        ["invalid_request"],
     ),
     "TargetTooLong": _error(
         "invalid_request: the request target (path and query) is longer than "
-        "`[limits] max_request_line`"
+        "`[limits] max_request_line`",
+        ["invalid_request"],
     ),
     "HeadTooLarge": _error(
         "invalid_request: more header lines than `[limits] max_headers`, or more header "
-        "bytes than `[limits] max_header_bytes`"
+        "bytes than `[limits] max_header_bytes`",
+        ["invalid_request"],
     ),
-    "Unavailable": _error("policy_unavailable: no policy could be loaded at all"),
+    "Unavailable": _error(
+        "policy_unavailable: no policy could be loaded at all", ["policy_unavailable"]
+    ),
 }
 
 _EXAMPLE = {
