@@ -63,7 +63,7 @@ def check_nul_free(data: bytes) -> bool:
 def _is_form(scope: Scope) -> bool:
     for key, value in scope.get("headers", []):
         if key == b"content-type":
-            return value.split(b";")[0].strip().lower() == FORM_TYPE
+            return bytes(value).split(b";")[0].strip().lower() == FORM_TYPE
     return False
 
 
