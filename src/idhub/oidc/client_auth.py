@@ -40,7 +40,9 @@ def _basic_client_id(header: str) -> str | None:
     except (binascii.Error, ValueError):
         return None
     client_id, colon, _ = decoded.partition(":")
-    return unquote(client_id) if colon and client_id else None
+    client_id = unquote(client_id)
+    # No client id holds a NUL (and PostgreSQL cannot even look one up).
+    return client_id if colon and client_id and "\x00" not in client_id else None
 
 
 def credential_problem(headers: Mapping[str, str], form: Mapping[str, str]) -> OAuth2Error | None:

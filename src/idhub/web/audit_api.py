@@ -148,7 +148,11 @@ class AuditApi:
         refused = await run_in_threadpool(self._refused, request, claims)
         if refused is not None:
             return refused
-        where, page = _query(request, self._clock)
+        try:
+            where, page = _query(request, self._clock)
+        except InvalidInput as exc:
+            # RFC 6750 3.1, as the decision API answers it.
+            return _refuse(400, "invalid_request", exc.message)
         limit, order = page["limit"], page["order"]
         events = await run_in_threadpool(
             self._search,

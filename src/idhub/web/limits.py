@@ -7,7 +7,10 @@
 - a body without a length (chunked) is counted as it arrives and refused with a 413 once it
   passes the limit, so no handler ever holds more than the limit in memory;
 - a client that goes away before its body is complete costs one quiet log line, not a
-  traceback (nobody is left to answer).
+  traceback (nobody is left to answer);
+- a NUL character in a query parameter or an urlencoded form field is a 400: no parameter of
+  any protocol idhub speaks carries one, and PostgreSQL refuses it in text, so it would
+  otherwise fail a lookup (a client id, a username) as a server error.
 
 JSON APIs (`/api/...`) take up to `max_api_body` bytes (a full decision batch); everything
 else, OAuth forms and sign-in pages, `max_form_body`.
@@ -41,6 +44,27 @@ class RequestLimits:
 
 class BodyTooLarge(Exception):
     """Raised from `receive` once a streamed body passes the limit."""
+
+
+class NulInForm(Exception):
+    """Raised from `receive` once an urlencoded body turns out to carry a NUL."""
+
+
+FORM_TYPE = b"application/x-www-form-urlencoded"
+_NUL = (b"\x00", b"%00")
+NUL_REFUSAL = "a parameter contains a NUL character"
+
+
+def check_nul_free(data: bytes) -> bool:
+    """True when raw or percent-encoded query or form bytes carry no NUL."""
+    return not any(nul in data for nul in _NUL)
+
+
+def _is_form(scope: Scope) -> bool:
+    for key, value in scope.get("headers", []):
+        if key == b"content-type":
+            return bytes(value).split(b";")[0].strip().lower() == FORM_TYPE
+    return False
 
 
 async def _refuse(send: Send, status: int, description: str) -> None:
@@ -93,6 +117,9 @@ class LimitsMiddleware:
         if target + sum(len(k) + len(v) + 4 for k, v in headers) > limits.max_header_bytes:
             await _refuse(send, 431, f"the request head is larger than {limits.max_header_bytes}")
             return
+        if not check_nul_free(scope.get("query_string") or b""):
+            await _refuse(send, 400, NUL_REFUSAL)
+            return
         limit = limits.body_limit(str(scope.get("path", "")))
         declared = _declared_length(scope)
         if declared is not None and declared > limit:
@@ -103,14 +130,21 @@ class LimitsMiddleware:
     async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         received = 0
         started = False
+        form = _is_form(scope)
+        tail = b""  # a `%00` may straddle two chunks
 
         async def capped_receive() -> Message:
-            nonlocal received
+            nonlocal received, tail
             message = await receive()
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                chunk = message.get("body", b"")
+                received += len(chunk)
                 if received > limit:
                     raise BodyTooLarge
+                if form:
+                    if not check_nul_free(tail + chunk):
+                        raise NulInForm
+                    tail = (tail + chunk)[-2:]
             return message
 
         async def watched_send(message: Message) -> None:
@@ -124,6 +158,9 @@ class LimitsMiddleware:
         except BodyTooLarge:
             if not started:
                 await _refuse(send, 413, f"the request body is larger than {limit} bytes")
+        except NulInForm:
+            if not started:
+                await _refuse(send, 400, NUL_REFUSAL)
         except ClientDisconnect:
             request_id = scope.get("state", {}).get("request_id", "-")
             log.info("request %s: the client went away before its body was complete", request_id)

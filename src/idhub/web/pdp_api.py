@@ -34,10 +34,12 @@ from idhub.errors import AccessDenied, InvalidInput, PolicyError
 from idhub.web.bearer import BearerError, check_bearer, require_scope, verify_bearer
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
-from idhub.web.pdp_openapi import openapi_document
+from idhub.web.pdp_openapi import MAX_TEXT, openapi_document
 
 MAX_BODY = 2_000_000
 _FIELDS = ("user", "sub", "domain", "type", "action", "owner", "dept", "resource_id")
+# `resource` members and the request fields they stand for.
+_RESOURCE_FIELDS = {"id": "resource_id", "owner": "owner", "dept": "dept"}
 # Claims of a valid idhub access token carrying the scope, or `BearerError`.
 Authorise = Callable[[Request, str], Mapping[str, Any]]
 # Verifies the request's bearer token (any scope) before its body is read; `BearerError`.
@@ -71,8 +73,8 @@ def _text(item: Mapping[str, Any], key: str, where: str, *, required: bool) -> s
         if required:
             raise InvalidInput(f"{where}.{key} is required")
         return ""
-    if not isinstance(value, str) or len(value) > 1000:
-        raise InvalidInput(f"{where}.{key} must be a string of at most 1000 characters")
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise InvalidInput(f"{where}.{key} must be a string of at most {MAX_TEXT} characters")
     return value
 
 
@@ -84,12 +86,21 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
     unknown = sorted(set(item) - set(_FIELDS) - {"resource"})
     if unknown:
         raise InvalidInput(f"{where}: unknown field {unknown[0]!r}")
-    resource = item.get("resource") or {}
+    # Absent or null: no resource; anything but an object is refused, not taken for "none".
+    resource = item.get("resource")
+    resource = {} if resource is None else resource
     if not isinstance(resource, Mapping):
         raise InvalidInput(f"{where}.resource must be an object")
-    merged = {**{k: v for k, v in resource.items() if k in ("owner", "dept", "id")}, **item}
-    if "id" in merged and "resource_id" not in merged:
-        merged["resource_id"] = merged["id"]
+    # Each of id/owner/dept is given once, here or in `resource`: a second spelling of the
+    # record's owner that is silently dropped would decide on an owner nobody checked.
+    given = {k: v for k, v in item.items() if v not in (None, "") and k != "resource"}
+    for key, value in resource.items():
+        if key in _RESOURCE_FIELDS and value not in (None, ""):
+            field = _RESOURCE_FIELDS[key]
+            if field in given:
+                raise InvalidInput(f"{where}: give {field} once, not also as resource.{key}")
+            given[field] = value
+    merged = given
     merged["resource_id"] = resource_id_text(merged.get("resource_id"))
     if not merged.get("user") and not merged.get("sub"):
         raise InvalidInput(f"{where}: give the user as `user` (username) or `sub`")
