@@ -10,3 +10,13 @@
 
 See docs/saml.md.
 """
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# pysaml2 names cryptography's CFB mode when it is imported, and its schema library announces
+# every schema it loads at INFO: neither says anything to an admin reading `idhub serve`.
+warnings.filterwarnings("ignore", message="CFB has been moved")
+logging.getLogger("xmlschema").setLevel(logging.WARNING)
