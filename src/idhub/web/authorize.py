@@ -196,7 +196,9 @@ class Authorize:
             "display_name": who.user.display_name or who.user.username,
             "params": [(k, v) for k, v in params if k not in _OWN_FIELDS],
         }
-        return self._browser.form_page(request, "consent.html", context)
+        return self._browser.form_page(
+            request, "consent.html", {**context, "form_action": "/authorize"}
+        )
 
     def page_error(self, request: Request, error: AuthorizationPageError) -> Response:
         if error.error == "invalid_client":

@@ -172,7 +172,9 @@ class CasLogin:
             "display_name": who.user.display_name or who.user.username,
             "params": [(k, v) for k, v in params.items() if k not in (CSRF_FIELD, CONSENT_FIELD)],
         }
-        return self._browser.form_page(request, "cas_consent.html", context)
+        return self._browser.form_page(
+            request, "consent.html", {**context, "form_action": "/cas/login"}
+        )
 
     async def logout(self, request: Request) -> Response:
         url = request.query_params.get("service") or request.query_params.get("url")
