@@ -6,8 +6,6 @@ each in its own protocol (back-channel logout token, CAS logoutRequest, SAML Log
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -20,20 +18,12 @@ from tests.rp_app import running_rp
 from tests.saml_sp import running_sp
 from tests.sso_support import make_user, oauth_client, register_client
 from tests.test_browser_login import CHROMIUM, CHROMIUM_ARGS
+from tests.test_saml_slo import wait_for
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.filterwarnings("ignore:The httpx module is deprecated"),
 ]
-
-
-def _wait(condition: Callable[[], object], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return bool(condition())
 
 
 def test_oidc_cas_and_saml_share_one_password_and_one_logout(
@@ -93,8 +83,8 @@ def test_oidc_cas_and_saml_share_one_password_and_one_logout(
             finally:
                 browser.close()
         received = rp.wait_for(1)
-        assert _wait(lambda: cas.logged_out == [ticket]), cas.logged_out
-        assert _wait(lambda: sp.logout_requests), "the SAML SP was not told"
+        wait_for(lambda: cas.logged_out == [ticket])
+        wait_for(lambda: sp.logout_requests)
     assert [r["_client"] for r in received] == ["oa"]
     notice = sp.logout_requests[0]
     assert notice["signed"] and notice["valid"] and notice["name_id"] == verdict["name_id"]
