@@ -112,9 +112,7 @@ def _kid(token: str) -> str:
 
 def test_the_cache_honours_exp_and_stays_bounded(idhub: LiveServer) -> None:
     now = [time.time()]
-    v = TokenValidator.from_discovery(
-        idhub.url, audience=AUD, cache_size=2, clock=lambda: now[0]
-    )
+    v = TokenValidator.from_discovery(idhub.url, audience=AUD, cache_size=2, clock=lambda: now[0])
     short = _signed(idhub, exp=int(now[0]) + 60)
     first = v.validate(short)
     first["roles"] = ["admin"]  # a caller's change never reaches the next caller
