@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import binascii
 import json
+import json.scanner
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,30 @@ MIN_RSA_BITS = 2048
 _B64 = bytes.maketrans(b"-_+/=", b"+/***")
 _PAD = (b"", b"", b"==", b"=")
 _a2b = binascii.a2b_base64
-_json = json.JSONDecoder().decode
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# The decoder's C scanner without its wrapper: a JSON value from position 0 and where it ended.
+# NaN and Infinity are Python's extensions, not JSON: an `exp` of NaN would never expire.
+_scan: Any = json.scanner.make_scanner(  # type: ignore[arg-type]
+    json.JSONDecoder(parse_constant=_refuse_constant)
+)
+
+
+def json_object(text: str, what: str) -> dict[str, Any]:
+    """`text` as one JSON object and nothing else; `MalformedToken` naming `what` otherwise."""
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        raise MalformedToken(f"the {what} is not JSON") from None
+    if type(value) is not dict or end != len(text):
+        raise MalformedToken(f"the {what} is not a JSON object")
+    return value
+
+
 # Headers of verified tokens, by their encoded form: idhub's differ only by key and type.
 _HEADERS: dict[str, dict[str, Any]] = {}
 _MAX_HEADERS = 64
@@ -157,12 +181,10 @@ class Parsed:
     def claims(self) -> dict[str, Any]:
         """The payload as a JSON object (call only after the signature verified)."""
         try:
-            claims = _json(self.payload.decode("utf-8"))
-        except (ValueError, RecursionError) as exc:
-            raise MalformedToken("the payload is not JSON") from exc
-        if type(claims) is not dict:
-            raise MalformedToken("the payload is not a JSON object")
-        return claims
+            text = self.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedToken("the payload is not UTF-8") from None
+        return json_object(text, "payload")
 
 
 def parse(token: str) -> Parsed:
@@ -182,11 +204,10 @@ def parse(token: str) -> Parsed:
 
 def _header(head: str) -> dict[str, Any]:
     try:
-        header = _json(b64url_decode(head).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:
-        raise MalformedToken("the header is not JSON") from exc
-    if type(header) is not dict:
-        raise MalformedToken("the header is not a JSON object")
+        text = b64url_decode(head).decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedToken("the header is not UTF-8") from None
+    header = json_object(text, "header")
     if "crit" in header:
         raise MalformedToken("the header names critical extensions this validator lacks")
     return header

@@ -181,13 +181,20 @@ def verify_signed(
     return parsed.claims()
 
 
+_NUMBERS = (int, float)
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if type(value) not in (int, float):  # a bool is not a time either
+    # A bool is not a time, and neither is an overflowed 1e999 (JSON has no NaN).
+    if type(value) not in _NUMBERS or value in _INFINITE:
         raise MissingClaim(f"{name} is not a number")
-    return float(value)
+    return value  # type: ignore[no-any-return]
+
+
+_INFINITE = (float("inf"), float("-inf"))
 
 
 def check_claims(
@@ -200,15 +207,15 @@ def check_claims(
     required: Collection[str],
 ) -> None:
     """Raises the `InvalidToken` subclass for the first claim that is missing or wrong."""
-    missing = [name for name in required if name not in claims]
-    if missing:
-        raise MissingClaim(f"missing claims: {', '.join(missing)}")
+    for name in required:
+        if name not in claims:
+            missing = [name for name in required if name not in claims]
+            raise MissingClaim(f"missing claims: {', '.join(missing)}")
     if claims.get("iss") != issuer:
         raise WrongIssuer(f"issued by {claims.get('iss')!r}, not {issuer!r}")
     aud = claims.get("aud")
-    audiences = aud if isinstance(aud, list) else [aud]
-    if audience not in audiences:
-        raise WrongAudience(f"meant for {audiences}, not {audience!r}")
+    if aud != audience and not (type(aud) is list and audience in aud):
+        raise WrongAudience(f"meant for {aud!r}, not {audience!r}")
     exp = _number(claims, "exp")
     if exp is not None and exp + leeway <= now:
         raise Expired("expired")
