@@ -38,9 +38,8 @@ def _refuse_constant(name: str) -> Any:
 
 # The decoder's C scanner without its wrapper: a JSON value from position 0 and where it ended.
 # NaN and Infinity are Python's extensions, not JSON: an `exp` of NaN would never expire.
-_scan: Any = json.scanner.make_scanner(  # type: ignore[arg-type]
-    json.JSONDecoder(parse_constant=_refuse_constant)
-)
+_decoder: Any = json.JSONDecoder(parse_constant=_refuse_constant)
+_scan: Any = json.scanner.make_scanner(_decoder)
 
 
 def json_object(text: str, what: str) -> dict[str, Any]:
