@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -238,6 +239,7 @@ def main() -> int:
     rows["seen"] = seen
     print(f"{'idhub.sdk, token already seen':<38} {seen:>12,.0f} {1e6 / seen:>9.2f}")
     load_after = os.getloadavg()
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(
         f"load average before / after: {load_before[0]:.2f} / {load_after[0]:.2f} "
         f"on {os.cpu_count()} cores; medians of {args.runs} runs, {args.count} tokens each"
