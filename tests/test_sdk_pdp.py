@@ -140,3 +140,23 @@ def test_errors_say_what_the_api_said(idhub: LiveServer, known_secrets) -> None:
     assert wrong.value.error == "invalid_client"
     with pytest.raises(ValueError, match="issued to system"):
         pdp.check({"sub": "oa", "client_id": "oa"}, *READ)
+
+
+def test_a_batch_is_never_answered_on_two_policy_versions(idhub: LiveServer, known_secrets) -> None:
+    pdp, http, _secret = _client(idhub, known_secrets)
+    held = pdp.check("bob", *READ, owner="alice", dept=SALES1)
+    # The policy moves on, but nothing the client asked since has said so yet.
+    idhub.services.identity.create_user(username="dave", department_path=SALES1)
+    assert idhub.services.authz.refresh_directory()
+    batch = pdp.check_many(
+        [
+            {"user": "bob", "domain": "reimburse", "type": "expense_report", "action": "read",
+             "owner": "alice", "dept": SALES1},
+            {"user": "dave", "domain": "reimburse", "type": "expense_report", "action": "read",
+             "owner": "dave", "dept": SALES1},
+        ]
+    )  # fmt: skip
+    versions = {d.policy_version for d in batch}
+    assert len(versions) == 1 and held.policy_version not in versions
+    # Asked for the one it did not hold, saw a newer version, then asked the whole batch.
+    assert http.asked("/api/v1/authz/check") == 3

@@ -19,9 +19,21 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
+# `resource` members and the request fields they stand for (the API takes either).
+_RESOURCE_FIELDS = {"id": "resource_id", "owner": "owner", "dept": "dept"}
+
+
 def cache_key(kind: str, request: Mapping[str, Any]) -> str:
-    """One text per question: every field counts, in any order."""
-    return kind + json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    """One text per question: every field counts, in any order, and `resource.owner` is the
+    same question as `owner` (what `check` sends and a `check_many` entry may say)."""
+    flat = {k: v for k, v in request.items() if k != "resource"}
+    resource = request.get("resource")
+    if isinstance(resource, Mapping):
+        for name, value in resource.items():
+            flat[_RESOURCE_FIELDS.get(name, "resource." + str(name))] = value
+    if "resource_id" in flat and type(flat["resource_id"]) is int:
+        flat["resource_id"] = str(flat["resource_id"])  # idhub takes 7 and "7" alike
+    return kind + json.dumps(flat, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 class DecisionCache(Generic[T]):
