@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from idhub.oidc.jws import sign
-from idhub.sdk import TokenValidator
+from idhub.sdk import Introspection, TokenValidator
 from idhub.sdk import errors as e
 from tests.conftest import LiveServer, free_port
 
@@ -176,6 +176,14 @@ def test_introspection_sees_a_revocation_at_once(idhub: LiveServer, known_secret
     )
     assert online.validate(token)["client_id"] == "oa-batch"
     assert offline.validate(token)
+    lenient = TokenValidator.from_discovery(
+        idhub.url,
+        audience=AUD,
+        introspection=Introspection(
+            idhub.url + "/introspect", client_id="reimburse", client_secret=rs_secret, ttl=60
+        ),
+    )
+    assert lenient.validate(token)
     revoked = httpx.post(
         idhub.url + "/revoke", data={"token": token}, auth=("oa-batch", batch_secret or "")
     )
@@ -183,6 +191,7 @@ def test_introspection_sees_a_revocation_at_once(idhub: LiveServer, known_secret
     with pytest.raises(e.Revoked):
         online.validate(token)  # although its signature was checked and remembered
     assert offline.validate(token)  # offline validation cannot know: keep tokens short
+    assert lenient.validate(token)  # nor can a remembered "active", for its 60 s
     wrong = TokenValidator.from_discovery(
         idhub.url, audience=AUD, introspect_as=("reimburse", "not-the-secret")
     )
