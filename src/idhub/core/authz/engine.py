@@ -242,6 +242,10 @@ class Engine:
         self._subject_roles[key] = roles
         return roles
 
+    def links_from(self, member: str, domain: str) -> list[tuple[str, Link]]:
+        """The role links whose member is canonical `member` in canonical `domain`."""
+        return self._graph.get(domain, {}).get(member, [])
+
     def username_for_sub(self, sub: str) -> str | None:
         """The username of the directory user with this OIDC subject."""
         index = self._by_sub
