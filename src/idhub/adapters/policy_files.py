@@ -30,7 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from idhub.adapters.mfa_policy_yaml import read_mfa_roles
-from idhub.adapters.sod_policy_yaml import read_sod
 from idhub.adapters.policy_yaml import (
     PolicyReader,
     read_assignments,
@@ -38,6 +37,7 @@ from idhub.adapters.policy_yaml import (
     read_catalog,
     read_fixture,
 )
+from idhub.adapters.sod_policy_yaml import read_sod
 from idhub.core.authz.canonical import canonical_policy
 from idhub.core.authz.model import (
     ANY,

@@ -51,7 +51,9 @@ def _keys(reader: PolicyReader, item: dict[str, Any], allowed: tuple[str, ...]) 
     return True
 
 
-def _text(reader: PolicyReader, item: dict[str, Any], key: str, *, name: bool = False) -> str | None:
+def _text(
+    reader: PolicyReader, item: dict[str, Any], key: str, *, name: bool = False
+) -> str | None:
     value = item.get(key)
     if isinstance(value, int | float) and not isinstance(value, bool):
         value = str(value)
@@ -79,7 +81,9 @@ def _conflict(reader: PolicyReader, item: dict[str, Any]) -> ConflictRule | None
         return None
     raw = item.get("sides")
     if not isinstance(raw, list) or len(raw) < 2 or not all(isinstance(s, str) for s in raw):
-        reader.error("`sides` must list at least two duties (domain:role or domain:type:action)", FILE, line)
+        reader.error(
+            "`sides` must list at least two duties (domain:role or domain:type:action)", FILE, line
+        )
         return None
     sides: list[Side] = []
     for text in raw:
@@ -121,7 +125,9 @@ def _exception(reader: PolicyReader, item: dict[str, Any]) -> SodException | Non
     expiry = _expiry(reader, item)
     if rule is None or user is None or approver is None or reason is None or expiry is None:
         return None
-    return SodException(rule, user, approver, reason, expiry[1], expiry[0], Source(FILE, _line(item)))
+    return SodException(
+        rule, user, approver, reason, expiry[1], expiry[0], Source(FILE, _line(item))
+    )
 
 
 def _record(reader: PolicyReader, item: dict[str, Any]) -> RecordRule | None:
@@ -147,7 +153,11 @@ def _record(reader: PolicyReader, item: dict[str, Any]) -> RecordRule | None:
         if not isinstance(actor, str) or not NAME_RE.match(actor):
             reader.error(f"actor {actor!r} is not a valid name (like approved_by)", FILE, line)
             return None
-        if not isinstance(actions, list) or not actions or not all(isinstance(a, str) for a in actions):
+        if (
+            not isinstance(actions, list)
+            or not actions
+            or not all(isinstance(a, str) for a in actions)
+        ):
             reader.error(f"actions of step {actor!r} must be a list of action names", FILE, line)
             return None
         steps.append((actor, tuple(actions)))

@@ -163,9 +163,7 @@ class _Grants:
         for side in sides:
             allow: dict[str, list[Rule]] = {}
             deny: set[str] = set()
-            keys = [
-                ((side.obj, ANY)[a], (side.act, ANY)[b]) for a, b in _KEYS
-            ]
+            keys = [((side.obj, ANY)[a], (side.act, ANY)[b]) for a, b in _KEYS]
             for (dom, subject), per in buckets.items():
                 if dom not in (side.domain, ANY):
                     continue
@@ -216,9 +214,7 @@ class SodAnalysis:
         home = self.engine.directory.users[username].department
         own = (home,) if home else ()
         out: Held = {}
-        direct = any(
-            (dom, subject) in self.engine.index.buckets for dom in (*self._by_domain, ANY)
-        )
+        direct = any((dom, subject) in self.engine.index.buckets for dom in (*self._by_domain, ANY))
         for domain, sides in self._by_domain.items():
             roles = self.engine.roles_of(subject, domain)
             key = (domain, id(roles))
@@ -270,11 +266,7 @@ class SodAnalysis:
             if len(mine) < 2:
                 continue
             if rule.scope == "department":
-                mine = [
-                    s
-                    for s in mine
-                    if any(t != s and _overlap(held[s], held[t]) for t in mine)
-                ]
+                mine = [s for s in mine if any(t != s and _overlap(held[s], held[t]) for t in mine)]
                 if len(mine) < 2:
                     continue
             out.append(Violation(rule, username, tuple(mine)))

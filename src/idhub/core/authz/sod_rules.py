@@ -197,7 +197,10 @@ def check_sod(
                 if s.domain not in domains:
                     err(f"unknown domain {s.domain!r} in side {s}", rule.source)
                 if s.role not in roles:
-                    err(f"unknown role {s.role!r} in side {s} (declare it in catalog.yaml)", rule.source)
+                    err(
+                        f"unknown role {s.role!r} in side {s} (declare it in catalog.yaml)",
+                        rule.source,
+                    )
             else:
                 check_type(s.domain, s.obj, (s.act,), rule.source)
         if len(set(rule.sides)) != len(rule.sides):
@@ -206,7 +209,9 @@ def check_sod(
         if rule.id in ids:
             err(f"rule id {rule.id!r} is used twice (first at {ids[rule.id]})", rule.source)
         ids.setdefault(rule.id, rule.source)
-        check_type(rule.domain, rule.obj, tuple(a for _, acts in rule.steps for a in acts), rule.source)
+        check_type(
+            rule.domain, rule.obj, tuple(a for _, acts in rule.steps for a in acts), rule.source
+        )
         actors = [actor for actor, _ in rule.steps]
         if rule.owner and rule.owner not in actors:
             err(f"owner: {rule.owner!r} is not one of the rule's steps", rule.source)
@@ -214,7 +219,10 @@ def check_sod(
         for actor, actions in rule.steps:
             for action in actions:
                 if action in seen and seen[action] != actor:
-                    err(f"action {action!r} belongs to two steps ({seen[action]}, {actor})", rule.source)
+                    err(
+                        f"action {action!r} belongs to two steps ({seen[action]}, {actor})",
+                        rule.source,
+                    )
                 seen[action] = actor
     conflict_ids = {r.id for r in sod.conflicts}
     granted: set[tuple[str, str]] = set()
@@ -225,5 +233,7 @@ def check_sod(
             err(f"a second exception for {exc.user!r} under {exc.rule!r}", exc.source)
         granted.add((exc.rule, exc.user))
         if users is not None and not users(exc.user):
-            issues.append(Issue("warning", f"user {exc.user!r} is not in the directory", exc.source))
+            issues.append(
+                Issue("warning", f"user {exc.user!r} is not in the directory", exc.source)
+            )
     return issues
