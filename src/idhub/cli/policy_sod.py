@@ -23,8 +23,13 @@ def violation_issues(report: SodReport) -> list[Issue]:
     for v in report.violations:
         if v.accepted:
             continue
-        level = "error" if v.blocking else "warning"
-        out.append(Issue(level, f"segregation of duties: {v.summary()}", v.rule.source))
+        out.append(
+            Issue(
+                "error" if v.blocking else "warning",
+                f"segregation of duties: {v.summary()}",
+                v.rule.source,
+            )
+        )
     return out
 
 
@@ -104,5 +109,5 @@ def print_changes(changes: dict[str, list[dict[str, Any]]]) -> None:
     for sign, key in (("+", "added"), ("-", "removed")):
         for v in changes[key]:
             state = "accepted" if v["accepted"] else v["severity"]
-            sides = " and ".join(str(s["side"]) for s in v["sides"])  # type: ignore[index]
+            sides = " and ".join(str(s["side"]) for s in v["sides"])
             print(f"{sign} sod {v['rule']} [{state}] {v['user']}: {sides} ({v['source']})")

@@ -122,14 +122,30 @@ class PdpClient:
         owner: str | None = None,
         dept: str | None = None,
         resource_id: str | None = None,
+        actors: Mapping[str, str | Sequence[str]] | None = None,
     ) -> Decision:
+        """`actors`: the record's earlier actors by step (`{"created_by": "alice"}`), for
+        the policy's dynamic segregation-of-duties rules (docs/policies.md)."""
         request = _request(user, domain, type, action, owner, dept, resource_id)
+        if actors is not None:
+            request["actors"] = _actors(actors)
         body = self._post("/api/v1/authz/check", request)
         return Decision(bool(body["allowed"]), str(body.get("reason", "")), body["policy_version"])
 
-    def check_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
-        """Up to 1,000 requests decided on one policy version, in order."""
-        body = self._post("/api/v1/authz/check", {"requests": list(requests)})
+    def check_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        actors: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> list[Decision]:
+        """Up to 1,000 requests decided on one policy version, in order. `actors` is given
+        to every request that does not carry its own `actors`."""
+        items = [dict(r) for r in requests]
+        if actors is not None:
+            shared = _actors(actors)
+            for item in items:
+                item.setdefault("actors", shared)
+        body = self._post("/api/v1/authz/check", {"requests": items})
         version = body["policy_version"]
         return [
             Decision(bool(r["allowed"]), str(r.get("reason", "")), version) for r in body["results"]
@@ -207,6 +223,12 @@ def _request(
     if resource:
         request["resource"] = resource
     return request
+
+
+def _actors(actors: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
+    return {
+        step: people if isinstance(people, str) else list(people) for step, people in actors.items()
+    }
 
 
 def _depts(items: Sequence[Mapping[str, Any]]) -> list[DepartmentScope]:

@@ -39,6 +39,7 @@ from idhub.core.authz.model import (
     user_subject,
     username_of,
 )
+from idhub.core.authz.sod_dynamic import RecordIndex
 from idhub.core.identifiers import (
     canonical_name,
     canonical_path,
@@ -181,6 +182,8 @@ class Engine:
                 (link.role, link)
             )
         self.index = index or RuleIndex(policy.rules)
+        # Dynamic segregation of duties (sod.yaml `records`), asked by the decision API.
+        self.records = RecordIndex(policy.sod)
         self._buckets = self.index.buckets
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[

@@ -102,7 +102,7 @@ class Violation:
         return (self.rule.id, self.user)
 
     def summary(self) -> str:
-        state = "accepted by exception" if self.accepted else self.rule.severity
+        state: str = "accepted by exception" if self.accepted else self.rule.severity
         if self.expired is not None:
             state += f"; its exception expired {self.expired.expires} ({self.expired.source})"
         sides = " and ".join(str(s) for s in self.sides)

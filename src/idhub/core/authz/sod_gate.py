@@ -80,9 +80,13 @@ def audit_events(
             kind = EventType.SOD_VIOLATION
         if kind is None:
             continue
-        outcome = "success" if kind is EventType.SOD_EXCEPTION_GRANTED else "denied"
         details = {**_details(v), "policy_version": version}
-        events.append(PendingEvent(kind, actor, f"sod:{v.rule.id}", outcome, details))
+        granted = kind is EventType.SOD_EXCEPTION_GRANTED
+        events.append(
+            PendingEvent(
+                kind, actor, f"sod:{v.rule.id}", "success" if granted else "denied", details
+            )
+        )
     if len(events) > MAX_EVENTS:
         rest = len(events) - MAX_EVENTS + 1
         events = events[: MAX_EVENTS - 1]

@@ -205,23 +205,26 @@ def check_sod(
                 check_type(s.domain, s.obj, (s.act,), rule.source)
         if len(set(rule.sides)) != len(rule.sides):
             err(f"rule {rule.id!r} names the same side twice", rule.source)
-    for rule in sod.records:
-        if rule.id in ids:
-            err(f"rule id {rule.id!r} is used twice (first at {ids[rule.id]})", rule.source)
-        ids.setdefault(rule.id, rule.source)
+    for record in sod.records:
+        if record.id in ids:
+            err(f"rule id {record.id!r} is used twice (first at {ids[record.id]})", record.source)
+        ids.setdefault(record.id, record.source)
         check_type(
-            rule.domain, rule.obj, tuple(a for _, acts in rule.steps for a in acts), rule.source
+            record.domain,
+            record.obj,
+            tuple(a for _, acts in record.steps for a in acts),
+            record.source,
         )
-        actors = [actor for actor, _ in rule.steps]
-        if rule.owner and rule.owner not in actors:
-            err(f"owner: {rule.owner!r} is not one of the rule's steps", rule.source)
+        actors = [actor for actor, _ in record.steps]
+        if record.owner and record.owner not in actors:
+            err(f"owner: {record.owner!r} is not one of the rule's steps", record.source)
         seen: dict[str, str] = {}
-        for actor, actions in rule.steps:
+        for actor, actions in record.steps:
             for action in actions:
                 if action in seen and seen[action] != actor:
                     err(
                         f"action {action!r} belongs to two steps ({seen[action]}, {actor})",
-                        rule.source,
+                        record.source,
                     )
                 seen[action] = actor
     conflict_ids = {r.id for r in sod.conflicts}
