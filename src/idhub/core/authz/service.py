@@ -178,8 +178,11 @@ class AuthzService:
         engine = self._engine
         if engine is not None:
             if self._sod_for is not engine:
-                self._sod_report = report_for(Outcome(engine, engine.policy), now=self._clock.now())
-                self._sod_for = engine
+                # The directory moved since the last report: what it brought is found now.
+                fresh = report_for(Outcome(engine, engine.policy), now=self._clock.now())
+                if fresh is not None and self._sod_for is not None:
+                    self._record_sod(fresh, Actor.system(), engine.version)
+                self._sod_report, self._sod_for = fresh, engine
             return self._sod_report
         if self._fallback is None:
             return None
