@@ -284,7 +284,7 @@ class AuthzService:
     def _record_sod(self, report: SodReport, actor: Actor, version: str) -> None:
         """Violations, exceptions granted and expired that this version brings."""
         previous = self._sod_report if self._sod_for is not None else None
-        events = audit_events(report, previous, actor=actor, version=version)
+        events = audit_events(report, previous, actor=actor, version=version, now=self._clock.now())
         if not events:
             return
         try:

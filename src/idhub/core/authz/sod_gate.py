@@ -25,7 +25,8 @@ MAX_EVENTS = 1000
 def report_for(outcome: Outcome, *, now: float) -> SodReport | None:
     if outcome.engine is None or outcome.engine.policy.sod is None:
         return None
-    return analyse(outcome.engine, now=now)
+    # Paths only where they are shown: the blocking errors and the audit events.
+    return analyse(outcome.engine, now=now, paths=False)
 
 
 def gate(outcome: Outcome, report: SodReport | None, baseline: SodReport | None) -> Outcome:
@@ -64,7 +65,7 @@ def _details(v: Violation) -> dict[str, Any]:
 
 
 def audit_events(
-    report: SodReport, previous: SodReport | None, *, actor: Actor, version: str
+    report: SodReport, previous: SodReport | None, *, actor: Actor, version: str, now: float
 ) -> list[PendingEvent]:
     """Violations new since `previous`, exceptions newly in force and newly expired."""
     before = previous.by_key() if previous is not None else {}
@@ -80,6 +81,8 @@ def audit_events(
             kind = EventType.SOD_VIOLATION
         if kind is None:
             continue
+        if len(events) < MAX_EVENTS:
+            v = report.with_paths(v, now=now)
         details = {**_details(v), "policy_version": version}
         granted = kind is EventType.SOD_EXCEPTION_GRANTED
         events.append(
