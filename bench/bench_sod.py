@@ -12,8 +12,11 @@ of them `scope: department`) and 10 `records` rules. Measures, medians of --runs
              users, extrapolated: the ratio is what sharing work between users with the same
              roles buys
   reload     `AuthzService.reload` with and without sod.yaml (the analysis is in the gate)
-  decision   `PolicyAnswers.decide` p50 on the same 20,000 questions without and with
+  decision   `PolicyAnswers.decide` p50 on the same 5,000 allowed questions without and with
              `actors`, interleaved rounds; the difference is what dynamic SoD adds
+  sync       the segregation-of-duties review of a directory sync plan of 1,000 moves
+             (`core/authz/sod_sync.py`: the directory copied, the moves applied, the policy
+             compiled against it, the movers analysed before and after)
 
 Usage: python bench/bench_sod.py [--quick] [--runs N] [--work DIR]
 """
@@ -170,7 +173,37 @@ def phase(work: Path, runs: int) -> dict[str, Any]:
                 answers.decide(q)
                 lat.append(time.perf_counter_ns() - t0)
             out.append(statistics.median(lat) / 1000)
+    from idhub.core.authz.sod_sync import SyncDutyReviewer
+    from idhub.core.directory.plan import UserChange
+
+    paths = sorted(engine.directory.departments)
+    movers = rnd.sample(users, 1000)
+    moves = [
+        UserChange(
+            "move",
+            f"ext-{name}",
+            name,
+            {"department": (engine.directory.users[name].department, rnd.choice(paths))},
+            user_id=1,
+            entry=None,
+        )
+        for name in movers
+    ]
+    moves = [
+        dataclasses.replace(m, entry=_entry(m.username, str(m.fields["department"][1])))
+        for m in moves
+    ]
+    reviewer = SyncDutyReviewer(lambda: engine, now=lambda: NOW)
+    review_s, held = [], 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        review = reviewer.review(moves)
+        review_s.append(time.perf_counter() - started)
+        held = len(review.held_back)
     return {
+        "sync_review_1000_moves_s": statistics.median(review_s),
+        "sync_review_found": len(review.violations),
+        "sync_review_held": held,
         "users": len(engine.directory.users),
         "lines": len(engine.policy.rules),
         "links": len(engine.links),
@@ -188,6 +221,23 @@ def phase(work: Path, runs: int) -> dict[str, Any]:
         "actors_add_p50_us": statistics.median(p50_actors) - statistics.median(p50_plain),
         "load_average": os.getloadavg()[0],
     }
+
+
+def _entry(username: str, department: str) -> Any:
+    from idhub.core.directory.mapping import SourceUser
+
+    return SourceUser(
+        external_id=f"ext-{username}",
+        dn=f"uid={username},ou=people",
+        username=username,
+        display_name="",
+        email=None,
+        phone=None,
+        employee_id=None,
+        department=department,
+        disabled=False,
+        modified=None,
+    )
 
 
 def main() -> int:
@@ -224,6 +274,10 @@ def main() -> int:
     print(
         f"{'decision p50 without / with actors':52} {result['decide_p50_us']:.2f} / "
         f"{result['decide_actors_p50_us']:.2f} µs (adds {result['actors_add_p50_us']:.2f} µs)"
+    )
+    print(
+        f"{'sync plan review, 1,000 moves':52} {result['sync_review_1000_moves_s']:.2f} s "
+        f"({result['sync_review_found']} violations added, {result['sync_review_held']} held)"
     )
     print(f"{'load average':52} {result['load_average']:.1f}")
     goals = result["analysis_cold_s"] <= 5 and result["actors_add_p50_us"] <= 5
