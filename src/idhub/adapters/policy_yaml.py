@@ -340,6 +340,10 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
         if roles is not None and not isinstance(roles, list):
             reader.error("expect_roles must be a list", rel, line)
             continue
+        actors = item.get("actors")
+        if actors is not None and not isinstance(actors, dict):
+            reader.error("actors must map steps (approved_by, ...) to usernames", rel, line)
+            continue
         if missing:
             reader.error(f"case is missing {', '.join(dict.fromkeys(missing))}", rel, line)
             continue
@@ -362,6 +366,7 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
                 expect=expect,
                 expect_scope=clean_scope,
                 expect_roles=tuple(str(r) for r in roles) if isinstance(roles, list) else None,
+                actors={k: v for k, v in actors.items() if k != LINE} if actors else None,
             )
         )
     return out

@@ -203,6 +203,8 @@ class PolicyCase:
     expect: Effect | None = None
     expect_scope: Mapping[str, object] | None = None
     expect_roles: tuple[str, ...] | None = None
+    # The record's earlier actors by step, for dynamic segregation of duties (sod.yaml).
+    actors: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
