@@ -157,7 +157,8 @@ class AuthzService:
             else:
                 outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
             report = report_for(outcome, now=self._clock.now())
-            if report is not None:
+            if report is not None and report.blocking:
+                # Only a policy with blocking violations needs the baseline to compare with.
                 outcome = gate(outcome, report, self._sod_baseline(snapshot))
             self._finish(outcome, trigger, actor or Actor.system(), report)
             if outcome.engine is None and self._engine is None and self._fallback is not None:
