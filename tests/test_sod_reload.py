@@ -17,6 +17,7 @@ from idhub.adapters.db import audit_events
 from idhub.bootstrap import Services
 from idhub.config import Settings, load_settings
 from idhub.core.audit import EventType
+from idhub.core.clock import FrozenClock
 from tests.conftest import REPO, CliResult
 
 # bob manages 华东区: dept_manager in reimburse, and approves travel requests in oa.
@@ -69,6 +70,9 @@ def events(services: Services, kind: EventType) -> list[dict[str, object]]:
     return [{**r._mapping, "details": json.loads(r.details)} for r in rows]
 
 
+CLOCK = FrozenClock(1_800_000_000.0)  # 2027-01-15
+
+
 @pytest.fixture
 def services(
     make_settings: Callable[..., Settings],
@@ -79,7 +83,8 @@ def services(
     settings = make_settings(
         db_url, toml="[policy]\nwatch = false\n", env={"IDHUB_POLICY_DIR": str(policy_dir)}
     )
-    made = make_services(settings)
+    CLOCK.set(1_800_000_000.0)
+    made = make_services(settings, clock=CLOCK)
     made.migrate()
     seed(made)
     return made
@@ -125,6 +130,7 @@ def test_a_violation_the_serving_policy_has_does_not_block_an_unrelated_edit(
     # bob moves into 财务部 as well: he now approves (dept_manager) and pays (finance).
     bob = services.identity.get_user_by_username("bob")
     assert bob is not None
+    CLOCK.advance(10)  # the directory fingerprint includes update times
     services.identity.update_user(bob.id, department_path="/总部/财务部")
     assert authz.refresh_directory()
     csv = policy_dir / "oa.csv"
@@ -144,6 +150,28 @@ def test_a_violation_the_serving_policy_has_does_not_block_an_unrelated_edit(
     found = [e for e in found if e["details"]["rule"] == "approve-and-pay"]  # type: ignore[index]
     paths = found[0]["details"]["paths"]  # type: ignore[index]
     assert any("manager of /总部/华东区" in p for p in paths["reimburse:dept_manager"])
+
+
+def test_an_expiring_exception_is_recorded_and_does_not_reject_the_next_reload(
+    services: Services, policy_dir: Path
+) -> None:
+    authz = services.authz
+    _ = authz.engine
+    # carol's exception (review-and-pay) holds through 2029-12-31 UTC.
+    CLOCK.set(1_893_456_000.0)  # 2030-01-01T00:00:00Z
+    csv = policy_dir / "oa.csv"
+    csv.write_text(
+        csv.read_text(encoding="utf-8") + "p, employee, oa, notice, publish, dept, allow\n",
+        encoding="utf-8",
+    )
+    outcome = authz.reload(trigger="test")
+    assert outcome.ok, outcome.errors
+    [expired] = events(services, EventType.SOD_EXCEPTION_EXPIRED)
+    assert expired["details"]["user"] == "carol"  # type: ignore[index]
+    assert expired["details"]["expires"] == "2029-12-31"  # type: ignore[index]
+    # A new rule that blocks someone else is still refused.
+    add_rule(policy_dir)
+    assert not authz.reload(trigger="test").ok
 
 
 # ---------------------------------------------------------------------- the command line

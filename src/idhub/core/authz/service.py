@@ -159,7 +159,8 @@ class AuthzService:
             report = report_for(outcome, now=self._clock.now())
             if report is not None and report.blocking:
                 # Only a policy with blocking violations needs the baseline to compare with.
-                outcome = gate(outcome, report, self._sod_baseline(snapshot))
+                baseline = self._sod_baseline(snapshot)
+                outcome = gate(outcome, report, baseline, now=self._clock.now())
             self._finish(outcome, trigger, actor or Actor.system(), report)
             if outcome.engine is None and self._engine is None and self._fallback is not None:
                 self._serve_last_good(snapshot, outcome)

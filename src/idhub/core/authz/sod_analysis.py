@@ -241,7 +241,14 @@ def analyse(
     return SodAnalysis(engine, sod).run(now=now, paths=paths)
 
 
-def added_blocking(new: SodReport, old: SodReport | None) -> list[Violation]:
-    """Blocking violations of `new` that `old` (the policy serving) does not have."""
+def added_blocking(new: SodReport, old: SodReport | None, *, now: float) -> list[Violation]:
+    """Blocking violations of `new` that `old` (the policy serving) does not have, both judged
+    at `now`: an exception that expired since `old` was made blocks in both, so its expiry
+    alone does not reject a reload."""
     before = old.by_key() if old is not None else {}
-    return [v for v in new.blocking if v.key not in before or not before[v.key].blocking]
+
+    def blocked(v: Violation) -> bool:
+        exc = v.exception or v.expired
+        return v.rule.severity == "block" and (exc is None or not exc.check_valid(now))
+
+    return [v for v in new.blocking if v.key not in before or not blocked(before[v.key])]

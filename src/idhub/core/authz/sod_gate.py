@@ -29,12 +29,14 @@ def report_for(outcome: Outcome, *, now: float) -> SodReport | None:
     return analyse(outcome.engine, now=now, paths=False)
 
 
-def gate(outcome: Outcome, report: SodReport | None, baseline: SodReport | None) -> Outcome:
+def gate(
+    outcome: Outcome, report: SodReport | None, baseline: SodReport | None, *, now: float
+) -> Outcome:
     """`outcome` unless its policy adds blocking violations; then a rejected outcome naming
     each one with the rule's file:line."""
     if report is None:
         return outcome
-    added = added_blocking(report, baseline)
+    added = added_blocking(report, baseline, now=now)
     if not added:
         return outcome
     errors = tuple(
