@@ -5,11 +5,14 @@ real client-credentials tokens and idhub.sdk's PdpClient, on SQLite and PostgreS
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from idhub.adapters.db import audit_events
@@ -208,3 +211,57 @@ def test_record_index_and_its_cost() -> None:
     for _ in range(10_000):
         index.refusal(domain="d", obj="t", action="pay", user="eve", owner="x", actors=actors)
     assert (time.perf_counter() - started) / 10_000 < 200e-6
+
+
+STEP_NAMES = ("created_by", "approved_by", "paid_by")
+PEOPLE = ("ann", "ben", "cat")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(STEP_NAMES),
+        st.lists(st.sampled_from(("create", "approve", "pay", "read")), min_size=1, max_size=2),
+        min_size=2,
+    ),
+    st.sampled_from(("", *STEP_NAMES)),
+    st.sampled_from(("create", "approve", "pay", "read", "export")),
+    st.sampled_from(PEOPLE),
+    st.sampled_from(("", *PEOPLE)),
+    st.dictionaries(st.sampled_from(STEP_NAMES), st.lists(st.sampled_from(PEOPLE), max_size=2)),
+)
+def test_refusal_is_exactly_two_steps_by_one_person(
+    steps: dict[str, list[str]],
+    owner_step: str,
+    action: str,
+    user: str,
+    owner: str,
+    actors: dict[str, list[str]],
+) -> None:
+    """Denied exactly when the action is one step of the rule and the user is the actor (or,
+    for the owner step, the owner) of another step of it."""
+    # An action belongs to the first step listing it (the policy check refuses duplicates).
+    first: dict[str, str] = {}
+    for step, actions in steps.items():
+        for a in actions:
+            first.setdefault(a, step)
+    rule = dataclasses.replace(
+        RULE,
+        steps=tuple((s, tuple(a for a in acts if first[a] == s)) for s, acts in steps.items()),
+        owner=owner_step if owner_step in steps else "",
+    )
+    index = RecordIndex(SodPolicy(records=(rule,)))
+    got = index.refusal(
+        domain="d",
+        obj="t",
+        action=action,
+        user=user,
+        owner=owner,
+        actors={k: tuple(v) for k, v in actors.items()},
+    )
+    mine = first.get(action)
+    expected = mine is not None and any(
+        other != mine and (user in actors.get(other, ()) or (other == rule.owner and owner == user))
+        for other in steps
+    )
+    assert (got is not None) == expected
