@@ -219,6 +219,9 @@ def test_check_diff_and_reload_report_an_added_blocking_violation(
     check = run_cli("policy", "check", config=seeded)
     assert check.code == 1
     assert f"{policy_dir / 'sod.yaml'}:{line}: error: segregation of duties: bob holds" in check.out
+    # CI without a database: the test directory's bob manages 华东区 too.
+    offline = run_cli("policy", "check", "--offline", config=seeded)
+    assert offline.code == 1 and "segregation of duties: bob holds" in offline.out
 
     sod = run_cli("policy", "sod", "--json", config=seeded)
     assert sod.code == 1 and json.loads(sod.out)["ok"] is False

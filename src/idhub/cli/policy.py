@@ -132,9 +132,11 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
         except IdhubError as exc:
             note = f"directory not read ({exc}); directory checks skipped"
     issues = issues + check_policy(policy, _domains(ctx), directory)
-    if directory is not None and policy.sod is not None:
+    # Segregation of duties against the live directory, or offline (CI) the test directory.
+    people = directory if directory is not None else policy.fixture if args.offline else None
+    if people is not None and policy.sod is not None:
         if not any(i.level == "error" for i in issues):
-            engine = Engine(policy, directory, _domains(ctx))
+            engine = Engine(policy, people, _domains(ctx))
             report = analyse(engine, now=ctx.services.clock.now())
             issues = issues + policy_sod.violation_issues(report)
     errors = [i for i in issues if i.level == "error"]
