@@ -546,6 +546,7 @@ class Services:
     def directory_sync(self, name: str) -> DirectorySync:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
         from idhub.adapters.directory_store import lease_owner
+        from idhub.core.authz.sod_sync import SyncDutyReviewer
         from idhub.core.directory.sync import DirectorySync
 
         directory = self.ldap_directory(name)  # raises NotFound naming the configured sources
@@ -565,6 +566,12 @@ class Services:
             owner=lease_owner(),
             batch_size=source.batch_size,
             clock_skew=source.clock_skew,
+            # Segregation of duties: a change adding a blocking violation is held back.
+            duties=SyncDutyReviewer(
+                lambda: self.authz.engine,
+                now=self.clock.now,
+                refresh=lambda: self.authz.refresh_directory(),
+            ),
         )
 
     @cached_property

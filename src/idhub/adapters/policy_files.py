@@ -7,6 +7,7 @@ Layout (all names relative to the policy directory):
                         and role links: `g, member, role, domain`
     catalog.yaml        the roles and, per domain, resource types and their actions
     mfa.yaml            roles whose holders must use a second factor (optional)
+    sod.yaml            segregation of duties: conflicting duties, exceptions (optional)
     assignments.yaml    rules deriving roles from the directory (groups, departments, managers)
     tests/directory.yaml  the small directory the policy tests run against
     tests/*.yaml        policy tests
@@ -36,6 +37,7 @@ from idhub.adapters.policy_yaml import (
     read_catalog,
     read_fixture,
 )
+from idhub.adapters.sod_policy_yaml import read_sod
 from idhub.core.authz.canonical import canonical_policy
 from idhub.core.authz.model import (
     ANY,
@@ -233,6 +235,7 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
     assignments = read_assignments(reader)
     fixture = read_fixture(reader)
     mfa_roles = read_mfa_roles(reader)
+    sod = read_sod(reader)
     cases: list[PolicyCase] = []
     tests_dir = root / "tests"
     if tests_dir.is_dir():
@@ -250,6 +253,7 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
         file_hashes=dict(reader.hashes),
         model_source=model_source,
         mfa_roles=mfa_roles,
+        sod=sod,
     )
     try:
         policy = canonical_policy(policy)

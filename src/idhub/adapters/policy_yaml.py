@@ -44,6 +44,18 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict[Any,
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _construct_timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
+    # A date-shaped value that is no date (2027-13-01) stays text, for the reader of that
+    # field to report with its file:line; PyYAML would raise a bare ValueError.
+    try:
+        return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
 class PolicyReader:
     """Reads files of one policy directory, hashing each and collecting issues."""
 
@@ -328,6 +340,10 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
         if roles is not None and not isinstance(roles, list):
             reader.error("expect_roles must be a list", rel, line)
             continue
+        actors = item.get("actors")
+        if actors is not None and not isinstance(actors, dict):
+            reader.error("actors must map steps (approved_by, ...) to usernames", rel, line)
+            continue
         if missing:
             reader.error(f"case is missing {', '.join(dict.fromkeys(missing))}", rel, line)
             continue
@@ -350,6 +366,7 @@ def read_cases(reader: PolicyReader, path: Path) -> list[PolicyCase]:
                 expect=expect,
                 expect_scope=clean_scope,
                 expect_roles=tuple(str(r) for r in roles) if isinstance(roles, list) else None,
+                actors={k: v for k, v in actors.items() if k != LINE} if actors else None,
             )
         )
     return out

@@ -1,4 +1,4 @@
-"""`idhub policy check|test|explain|diff|reload`: the admin's tools for the policy files.
+"""`idhub policy check|test|explain|diff|sod|reload`: the admin's tools for the policy files.
 
 `check` and `test` exit 1 when the policy has errors or a test fails, so a company's CI can
 gate policy changes on them; they read the directory from the database when one is
@@ -14,6 +14,7 @@ import getpass
 from pathlib import Path
 from typing import Any
 
+from idhub.cli import policy_sod
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
@@ -25,6 +26,7 @@ from idhub.core.authz.model import (
     PolicySet,
     user_subject,
 )
+from idhub.core.authz.sod_analysis import analyse
 from idhub.core.authz.testing import run_policy_tests
 from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError, StorageError
 
@@ -75,6 +77,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_diff)
 
     p = policy_sub.add_parser(
+        "sod", help="segregation of duties: every violation and each path granting each side"
+    )
+    common(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_sod)
+
+    p = policy_sub.add_parser(
         "reload", help="check and test the files, then tell every running server to load them"
     )
     p.set_defaults(func=cmd_reload)
@@ -123,6 +132,13 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
         except IdhubError as exc:
             note = f"directory not read ({exc}); directory checks skipped"
     issues = issues + check_policy(policy, _domains(ctx), directory)
+    # Segregation of duties against the live directory, or offline (CI) the test directory.
+    people = directory if directory is not None else policy.fixture if args.offline else None
+    if people is not None and policy.sod is not None:
+        if not any(i.level == "error" for i in issues):
+            engine = Engine(policy, people, _domains(ctx))
+            report = analyse(engine, now=ctx.services.clock.now())
+            issues = issues + policy_sod.violation_issues(report)
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
     failed = bool(errors) or (args.strict and bool(warnings))
@@ -256,6 +272,12 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def cmd_sod(args: argparse.Namespace, ctx: CliContext) -> int:
+    gc.disable()  # a short-lived process over one large index, as in `diff`
+    engine = _live_engine(args, ctx)
+    return policy_sod.cmd_sod(args, engine, _dir(args, ctx), now=ctx.services.clock.now())
+
+
 def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
     # A short-lived process building two large indexes: the cyclic collector would only
     # rescan objects that all stay alive until exit.
@@ -292,6 +314,7 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
                     "loses": [_perm(p) for p in lost],
                 }
             )
+    duties = policy_sod.sod_changes(old, new, now=ctx.services.clock.now())
     if args.json:
         print_json(
             {
@@ -300,6 +323,7 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
                 "from_version": old_policy.version,
                 "to_version": new_policy.version,
                 "users": changes,
+                "sod": duties,
             }
         )
         return 0
@@ -315,6 +339,7 @@ def cmd_diff(args: argparse.Namespace, ctx: CliContext) -> int:
             print(f"  + {perm}")
         for perm in change["loses"]:
             print(f"  - {perm}")
+    policy_sod.print_changes(duties)
     return 0
 
 

@@ -93,6 +93,11 @@ class EventType(StrEnum):
     SAML_SP_ADDED = "saml.sp_added"
     SAML_SP_REMOVED = "saml.sp_removed"
 
+    # --- segregation of duties (core/authz/sod_*.py) ---
+    SOD_VIOLATION = "sod.violation"
+    SOD_EXCEPTION_GRANTED = "sod.exception_granted"
+    SOD_EXCEPTION_EXPIRED = "sod.exception_expired"
+
 
 def check_event_types(names: Sequence[str]) -> tuple[str, ...]:
     """Validates `--type` / `type=` filter values (exact names or `prefix.*`) against the

@@ -100,9 +100,14 @@ class PdpClient:
         owner: str | None = None,
         dept: str | None = None,
         resource_id: str | None = None,
+        actors: Mapping[str, str | Sequence[str]] | None = None,
     ) -> Decision:
-        """May `user` (a username, a `Subject` or token claims) do `action` on this record?"""
+        """May `user` (a username, a `Subject` or token claims) do `action` on this record?
+        `actors`: the record's earlier actors by step (`{"created_by": "alice"}`), for the
+        policy's dynamic segregation-of-duties rules (docs/policies.md)."""
         request = _request(user, domain, type, action, owner, dept, resource_id)
+        if actors is not None:
+            request["actors"] = _actors(actors)
         key = cache_key("check", request)
         cached = self._decisions.get(key)
         if cached is not None:
@@ -114,10 +119,20 @@ class PdpClient:
         self._remember(key, decision)
         return decision
 
-    def check_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
+    def check_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        *,
+        actors: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> list[Decision]:
         """Up to 1,000 requests decided on one policy version, in order. Each names its user
-        as `user` (a username, a `Subject` or token claims) or `sub`."""
+        as `user` (a username, a `Subject` or token claims) or `sub`. `actors` is given to
+        every request that does not carry its own `actors`."""
         named = [_named(r) for r in requests]
+        if actors is not None:
+            shared = _actors(actors)
+            for item in named:
+                item.setdefault("actors", shared)
         keys = [cache_key("check", r) for r in named]
         known = [self._decisions.get(k) for k in keys]
         asked = [i for i, hit in enumerate(known) if hit is None]
@@ -234,6 +249,12 @@ def _request(
     if resource:
         request["resource"] = resource
     return request
+
+
+def _actors(actors: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
+    return {
+        step: people if isinstance(people, str) else list(people) for step, people in actors.items()
+    }
 
 
 def _error(response: httpx.Response, what: str) -> PdpError:

@@ -83,7 +83,7 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
     default, None when the domain must be given."""
     if not isinstance(item, Mapping):
         raise InvalidInput(f"{where} must be an object")
-    unknown = sorted(set(item) - set(_FIELDS) - {"resource"})
+    unknown = sorted(set(item) - set(_FIELDS) - {"resource", "actors"})
     if unknown:
         raise InvalidInput(f"{where}: unknown field {unknown[0]!r}")
     # Absent or null: no resource; anything but an object is refused, not taken for "none".
@@ -93,7 +93,9 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
         raise InvalidInput(f"{where}.resource must be an object")
     # Each of id/owner/dept is given once, here or in `resource`: a second spelling of the
     # record's owner that is silently dropped would decide on an owner nobody checked.
-    given = {k: v for k, v in item.items() if v not in (None, "") and k != "resource"}
+    given = {
+        k: v for k, v in item.items() if v not in (None, "") and k not in ("resource", "actors")
+    }
     for key, value in resource.items():
         if key in _RESOURCE_FIELDS and value not in (None, ""):
             field = _RESOURCE_FIELDS[key]
@@ -108,6 +110,10 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
     for key in ("type", "action"):
         _text(merged, key, where, required=True)
     try:
+        actors = answers.actors_of(item.get("actors"))
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.{exc.message}") from None
+    try:
         parsed["domain"] = answers.domain_for(parsed["domain"], client=client)
         return canonical_question(
             Question(
@@ -119,6 +125,7 @@ def _question(item: Any, where: str, answers: PolicyAnswers, *, client: str | No
                 owner=parsed["owner"],
                 dept=parsed["dept"],
                 resource_id=parsed["resource_id"],
+                actors=actors,
             )
         )
     except InvalidInput as exc:

@@ -170,6 +170,27 @@ _REQUEST: dict[str, Any] = {
             "or as resource_id/owner/dept (both is a 400); other members are ignored",
             "properties": {"id": _RESOURCE_ID, "owner": _TEXT, "dept": _DEPT},
         },
+        "actors": {
+            "type": ["object", "null"],
+            "description": "dynamic segregation of duties: the record's earlier actors by "
+            'step, e.g. {"created_by": "alice", "approved_by": ["bob"]}. A step '
+            "name that no `records` rule of sod.yaml declares is a 400; an action that would "
+            "make one person perform two steps of one rule on this record is denied, the "
+            "reason naming the rule id",
+            "maxProperties": 20,
+            "additionalProperties": {
+                "oneOf": [
+                    {"type": "string", "maxLength": MAX_TEXT},
+                    {
+                        "type": "array",
+                        "maxItems": 100,
+                        "items": {"type": "string", "maxLength": MAX_TEXT},
+                    },
+                    {"type": "null"},
+                ]
+            },
+            "example": {"created_by": "alice", "approved_by": ["bob"]},
+        },
     },
 }
 

@@ -22,6 +22,7 @@ from idhub.core.authz.model import (
     Rule,
     Scope,
 )
+from idhub.core.authz.sod_rules import canonical_sod
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_subject
 from idhub.errors import InvalidInput
 
@@ -125,6 +126,7 @@ def canonical_policy(policy: PolicySet) -> PolicySet:
         catalog=catalog,
         cases=cases,
         fixture=canonical_directory(policy.fixture) if policy.fixture is not None else None,
+        sod=canonical_sod(policy.sod) if policy.sod is not None else None,
         canonical=True,
     )
 

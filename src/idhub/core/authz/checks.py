@@ -23,6 +23,7 @@ from idhub.core.authz.model import (
     Source,
     username_of,
 )
+from idhub.core.authz.sod_rules import check_sod
 
 
 def _expand(domain: str, domains: tuple[str, ...]) -> tuple[str, ...]:
@@ -134,6 +135,16 @@ def check_policy(
         if assign.kind == "department" and assign.match not in directory.departments:
             warn(f"department {assign.match} does not exist in the directory", assign.source)
 
+    if policy.sod is not None:
+        issues.extend(
+            check_sod(
+                policy.sod,
+                domains=domains,
+                roles=catalog.roles,
+                resources=catalog.resources,
+                users=(lambda name: name in directory.users) if directory is not None else None,
+            )
+        )
     _check_role_graph(policy.links, domains, err)
     _check_reachable(policy, domains, warn)
     return issues

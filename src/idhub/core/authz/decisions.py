@@ -43,6 +43,7 @@ from idhub.core.audit import Actor, RequestContext
 from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
+from idhub.core.authz.sod_dynamic import NO_ACTORS, canonical_actors
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_sub
 from idhub.errors import AccessDenied, InvalidInput, StorageError
 
@@ -72,6 +73,8 @@ class Question:
     owner: str = ""
     dept: str = ""
     resource_id: str = ""
+    # The record's earlier actors by step (`created_by` -> usernames): dynamic SoD.
+    actors: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # True once every field is in its canonical spelling (`canonical_question`).
     canonical: bool = field(default=False, compare=False)
 
@@ -88,6 +91,9 @@ class Question:
             "resource_id": self.resource_id,
         }
 
+    def actors_json(self) -> dict[str, list[str]] | None:
+        return {step: list(people) for step, people in self.actors} or None
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -95,6 +101,8 @@ class Answer:
     reason: str
     # The user the question was about, None when no enabled directory user matched.
     username: str | None
+    # The dynamic SoD rule (sod.yaml `records`) that denied it, "" when none did.
+    sod_rule: str = ""
 
     @property
     def allowed(self) -> bool:
@@ -146,6 +154,10 @@ def canonical_question(question: Question) -> Question:
         owner=canonical_name(question.owner),
         dept=dept,
         resource_id=question.resource_id.strip(),
+        actors=tuple(
+            (canonical_name(step), tuple(canonical_name(p) for p in people))
+            for step, people in question.actors
+        ),
         canonical=True,
     )
 
@@ -384,7 +396,25 @@ class PolicyAnswers:
             question.dept,
         )
         refused = self.owner_refusal(username, question, decision)
-        return refused or Answer(decision, decision.reason, username)
+        if refused is not None:
+            return refused
+        if decision.allowed:
+            step = self.engine.records.refusal(
+                domain=question.domain,
+                obj=question.type,
+                action=question.action,
+                user=username,
+                owner=question.owner,
+                actors=dict(question.actors) if question.actors else NO_ACTORS,
+            )
+            if step is not None:
+                return Answer(Decision(False), step.reason, username, step.rule.id)
+        return Answer(decision, decision.reason, username)
+
+    def actors_of(self, value: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """A request's `actors` in canonical spelling, checked against the steps the
+        policy's `records` rules declare; `InvalidInput` naming what is wrong."""
+        return tuple(canonical_actors(value, self.engine.records.actor_names).items())
 
     def check(
         self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
@@ -399,6 +429,8 @@ class PolicyAnswers:
                         **question.fields(),
                         "user": answer.username or question.user or None,
                         "sub": question.sub or None,
+                        "actors": question.actors_json(),
+                        "sod_rule": answer.sod_rule or None,
                     },
                     answer.decision,
                 )
@@ -436,7 +468,9 @@ class PolicyAnswers:
         )
         explained = explanation_json(self.engine, username, question.domain, result)
         refused = self.owner_refusal(username, question, result.decision)
-        if refused is not None:
+        if refused is None and result.decision.allowed:
+            refused = self.decide(question)
+        if refused is not None and not refused.allowed:
             explained.update(allowed=False, reason=refused.reason)
         return explained
 

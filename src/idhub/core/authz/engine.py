@@ -39,6 +39,7 @@ from idhub.core.authz.model import (
     user_subject,
     username_of,
 )
+from idhub.core.authz.sod_dynamic import RecordIndex
 from idhub.core.identifiers import (
     canonical_name,
     canonical_path,
@@ -181,6 +182,8 @@ class Engine:
                 (link.role, link)
             )
         self.index = index or RuleIndex(policy.rules)
+        # Dynamic segregation of duties (sod.yaml `records`), asked by the decision API.
+        self.records = RecordIndex(policy.sod)
         self._buckets = self.index.buckets
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[
@@ -241,6 +244,10 @@ class Engine:
         roles = {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
         self._subject_roles[key] = roles
         return roles
+
+    def links_from(self, member: str, domain: str) -> list[tuple[str, Link]]:
+        """The role links whose member is canonical `member` in canonical `domain`."""
+        return self._graph.get(domain, {}).get(member, [])
 
     def username_for_sub(self, sub: str) -> str | None:
         """The username of the directory user with this OIDC subject."""

@@ -14,11 +14,14 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from idhub.core.authz.mfa_roles import MfaRoleRule
 from idhub.core.identifiers import canonical_name, canonical_path, is_under
 from idhub.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from idhub.core.authz.sod_rules import SodPolicy
 
 USER_PREFIX = "user:"
 ANY = "*"
@@ -200,6 +203,8 @@ class PolicyCase:
     expect: Effect | None = None
     expect_scope: Mapping[str, object] | None = None
     expect_roles: tuple[str, ...] | None = None
+    # The record's earlier actors by step, for dynamic segregation of duties (sod.yaml).
+    actors: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,8 @@ class PolicySet:
     canonical: bool = field(default=False, compare=False)
     # Roles whose holders must use a second factor (mfa.yaml, core/authz/mfa_roles.py).
     mfa_roles: tuple[MfaRoleRule, ...] = ()
+    # Segregation-of-duties rules (sod.yaml, core/authz/sod_rules.py); None without the file.
+    sod: SodPolicy | None = None
 
     @property
     def version(self) -> str:

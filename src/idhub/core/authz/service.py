@@ -25,6 +25,8 @@ from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestCon
 from idhub.core.authz.build import Loader, Outcome, prepare_policy
 from idhub.core.authz.engine import Decision, Engine
 from idhub.core.authz.model import DirectorySnapshot, PolicySet
+from idhub.core.authz.sod_analysis import SodReport
+from idhub.core.authz.sod_gate import audit_events, gate, report_for
 from idhub.core.clock import Clock
 from idhub.core.identity import User
 from idhub.errors import IdhubError, PolicyError, StorageError
@@ -98,6 +100,9 @@ class AuthzService:
         self._swap_listeners: list[Callable[[], None]] = []
         self._to_warm: Engine | None = None
         self._warmed: Engine | None = None
+        # The SoD report of the serving engine (`_sod_for`), computed when a reload needs it.
+        self._sod_report: SodReport | None = None
+        self._sod_for: Engine | None = None
         self.metrics = Metrics()
         self._random = random.Random()  # noqa: S311 - sampling, not security
 
@@ -160,7 +165,12 @@ class AuthzService:
                 outcome = Outcome(None, None, errors=(f"directory: {exc}",))
             else:
                 outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
-            self._finish(outcome, trigger, actor or Actor.system())
+            report = report_for(outcome, now=self._clock.now())
+            if report is not None and report.blocking:
+                # Only a policy with blocking violations needs the baseline to compare with.
+                baseline = self._sod_baseline(snapshot)
+                outcome = gate(outcome, report, baseline, now=self._clock.now())
+            self._finish(outcome, trigger, actor or Actor.system(), report)
             if outcome.engine is None and self._engine is None and self._fallback is not None:
                 self._serve_last_good(snapshot, outcome)
             if outcome.engine is not None:
@@ -172,6 +182,23 @@ class AuthzService:
                     except IdhubError as exc:
                         log.warning("could not keep a copy of the good policy: %s", exc)
             return outcome
+
+    def _sod_baseline(self, snapshot: DirectorySnapshot) -> SodReport | None:
+        """The SoD report a new policy is compared with: the serving engine's, else the last
+        good copy's on the same directory (None when there is neither)."""
+        engine = self._engine
+        if engine is not None:
+            if self._sod_for is not engine:
+                # The directory moved since the last report: what it brought is found now.
+                fresh = report_for(Outcome(engine, engine.policy), now=self._clock.now())
+                if fresh is not None and self._sod_for is not None:
+                    self._record_sod(fresh, Actor.system(), engine.version)
+                self._sod_report, self._sod_for = fresh, engine
+            return self._sod_report
+        if self._fallback is None:
+            return None
+        last_good = prepare_policy(self._fallback, snapshot, self.domains, warm=False)
+        return report_for(last_good, now=self._clock.now())
 
     def _serve_last_good(self, snapshot: DirectorySnapshot, failed: Outcome) -> None:
         """With nothing serving (a start with broken files), serves the copy of the last
@@ -192,7 +219,9 @@ class AuthzService:
             "serving the last good policy %s until the files are fixed", outcome.engine.version
         )
 
-    def _finish(self, outcome: Outcome, trigger: str, actor: Actor) -> None:
+    def _finish(
+        self, outcome: Outcome, trigger: str, actor: Actor, report: SodReport | None = None
+    ) -> None:
         m = self.metrics
         m.last_reload_at = self._clock.now()
         m.last_reload_seconds = outcome.seconds
@@ -259,6 +288,20 @@ class AuthzService:
                     "warnings": len(outcome.warnings),
                 },
             )
+            if report is not None:
+                self._record_sod(report, actor, outcome.engine.version)
+        self._sod_report, self._sod_for = report, outcome.engine
+
+    def _record_sod(self, report: SodReport, actor: Actor, version: str) -> None:
+        """Violations, exceptions granted and expired that this version brings."""
+        previous = self._sod_report if self._sod_for is not None else None
+        events = audit_events(report, previous, actor=actor, version=version, now=self._clock.now())
+        if not events:
+            return
+        try:
+            self._audit.record_many(events)
+        except IdhubError as exc:
+            log.error("could not record segregation-of-duties events: %s", exc)
 
     def _record(
         self, event: EventType, actor: Actor, outcome: Any, details: dict[str, Any]

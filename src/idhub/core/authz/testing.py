@@ -1,8 +1,9 @@
 """`idhub policy test`: runs the cases in `policies/tests/` against the policy and the small
 directory in `policies/tests/directory.yaml`, like unit tests for the policy.
 
-A case gives a request and the expected decision (`expect: allow|deny`), a user and the
-expected data scope (`expect_scope`), or the roles a user should hold (`expect_roles`).
+A case gives a request and the expected decision (`expect: allow|deny`, decided as the
+decision API decides, `actors:` of the record included), a user and the expected data scope
+(`expect_scope`), or the roles a user should hold (`expect_roles`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from idhub.core.authz.canonical import canonical_policy
 from idhub.core.authz.data_scopes import DeptRef, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, RuleIndex
 from idhub.core.authz.model import DirectorySnapshot, PolicyCase, PolicySet, user_subject
+from idhub.core.authz.sod_dynamic import canonical_actors
 from idhub.core.identifiers import canonical_name, canonical_path
 from idhub.errors import InvalidInput
 
@@ -95,9 +97,18 @@ def run_case(engine: Engine, case: PolicyCase) -> CaseResult:
                 canonical_name(case.owner),
             )
             decision = Decision(False, denial) if denial is not None else decision
+        reason = decision.reason
+        if decision.allowed:
+            # ...and as it applies dynamic segregation of duties (sod.yaml `records`).
+            try:
+                refusal = _record_refusal(engine, case, username)
+            except InvalidInput as exc:
+                return CaseResult(case, False, exc.message)
+            if refusal is not None:
+                decision, reason = Decision(False), refusal
         got = "allow" if decision.allowed else "deny"
         if got != case.expect:
-            problems.append(f"expected {case.expect}, got {got} ({decision.reason})")
+            problems.append(f"expected {case.expect}, got {got} ({reason})")
     if case.expect_scope is not None:
         problem = _compare_scope(
             case.expect_scope, engine.scopes(subject, case.domain, case.obj, case.act)
@@ -111,6 +122,19 @@ def run_case(engine: Engine, case: PolicyCase) -> CaseResult:
                 f"roles are [{', '.join(have)}], expected [{', '.join(sorted(case.expect_roles))}]"
             )
     return CaseResult(case, not problems, "; ".join(problems))
+
+
+def _record_refusal(engine: Engine, case: PolicyCase, username: str) -> str | None:
+    actors = canonical_actors(case.actors, engine.records.actor_names)
+    refusal = engine.records.refusal(
+        domain=canonical_name(case.domain),
+        obj=canonical_name(case.obj),
+        action=canonical_name(case.act),
+        user=username,
+        owner=canonical_name(case.owner),
+        actors=actors,
+    )
+    return refusal.reason if refusal is not None else None
 
 
 def run_policy_tests(

@@ -92,6 +92,11 @@ class SyncPlan:
     complete: bool = True  # False when the source cut the result short
     brake: str | None = None  # why the run must not be applied
     high_water: str | None = None
+    # Segregation of duties: violations the changes would add, and the usernames whose
+    # change is held back because it adds a `block` one (core/authz/sod_sync.py).
+    sod: list[Mapping[str, Any]] = field(default_factory=list)
+    held_back: list[str] = field(default_factory=list)
+    held_changes: list[UserChange] = field(default_factory=list, repr=False)
 
     def counts(self) -> dict[str, int]:
         out = {kind: 0 for kind in ("create", "update", "move", "disable", "enable")}
@@ -100,6 +105,9 @@ class SyncPlan:
         out["seen"] = self.entries_seen
         out["departments_created"] = len(self.new_departments)
         out["warnings"] = len(self.warnings)
+        if self.sod:
+            out["sod_violations"] = len(self.sod)
+            out["held_back"] = len(self.held_back)
         return out
 
     def as_dict(self, *, limit: int | None = None) -> dict[str, Any]:
@@ -115,6 +123,8 @@ class SyncPlan:
             "warnings": self.warnings,
             "changes": [c.as_dict() for c in changes],
             "changes_omitted": len(self.changes) - len(changes),
+            "sod": list(self.sod),
+            "held_back": list(self.held_back),
         }
 
 

@@ -96,6 +96,22 @@ class AuditPort(Protocol):
     def record_many(self, events: Sequence[PendingEvent]) -> None: ...
 
 
+@dataclass(frozen=True)
+class DutyReview:
+    """What segregation of duties says about a sync's user changes: the external ids whose
+    change is held back (it would add a `block` violation) and, for the report, every
+    violation the changes would add (plain data, as `idhub policy sod --json` shows them)."""
+
+    held_back: frozenset[str] = frozenset()
+    violations: tuple[Mapping[str, Any], ...] = ()
+
+
+class DutyReviewer(Protocol):
+    """Segregation of duties over a planned sync (core/authz/sod_sync.py)."""
+
+    def review(self, changes: Sequence[UserChange]) -> DutyReview: ...
+
+
 class SessionTerminator(Protocol):
     def logout_user_everywhere(
         self, user_id: int, *, reason: str, actor: Actor, ctx: Any = None

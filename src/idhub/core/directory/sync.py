@@ -36,6 +36,7 @@ from idhub.core.directory.plan import (
 from idhub.core.directory.ports import (
     AuditPort,
     DirectorySource,
+    DutyReviewer,
     SessionTerminator,
     SyncState,
     SyncStore,
@@ -92,6 +93,7 @@ class DirectorySync:
         owner: str,
         batch_size: int = DEFAULT_BATCH,
         clock_skew: float = 30.0,
+        duties: DutyReviewer | None = None,
     ) -> None:
         self.source = source_name
         self._dir = directory
@@ -107,6 +109,7 @@ class DirectorySync:
         self._batch = max(1, batch_size)
         self._skew = clock_skew
         self._actor = Actor("system", f"sync:{source_name}")
+        self._duties = duties
 
     # ------------------------------------------------------------ entry point
 
@@ -277,6 +280,9 @@ class DirectorySync:
         )
         plan.warnings.extend(warnings)
         plan.changes = changes
+        if self._duties is not None and changes:
+            self._review_duties(plan)
+            changes = plan.changes
 
         departments = self._dir.departments(since)
         for department in departments:
@@ -302,6 +308,9 @@ class DirectorySync:
             plan.groups = groups
         plan.warnings.extend(problems)
         plan.high_water = settled_mark(high, self._mark, now=searched_at, skew=self._skew)
+        if plan.held_back:
+            # A held-back change must be planned again by the next run, not skipped as seen.
+            plan.high_water = state.high_water
         plan.brake = check_brake(
             plan,
             enabled_in_store=enabled_in_store,
@@ -309,6 +318,32 @@ class DirectorySync:
             full_listing=full_listing,
         )
         return plan
+
+    def _review_duties(self, plan: SyncPlan) -> None:
+        """Holds back each change that would add a blocking segregation-of-duties violation;
+        the rest of the sync applies."""
+        assert self._duties is not None
+        review = self._duties.review(plan.changes)
+        plan.sod = list(review.violations)
+        if not review.held_back:
+            return
+        kept: list[UserChange] = []
+        for change in plan.changes:
+            if change.external_id in review.held_back:
+                plan.held_back.append(change.username)
+                plan.held_changes.append(change)
+                rules = sorted(
+                    str(v["rule"])
+                    for v in review.violations
+                    if v.get("held_back") and v.get("user") == change.username.casefold()
+                )
+                plan.warnings.append(
+                    f"{change.username} ({change.kind}) held back: it would break "
+                    f"segregation-of-duties rule {', '.join(rules) or '(see sod)'}"
+                )
+            else:
+                kept.append(change)
+        plan.changes = kept
 
     def _id_pass(self, plan: SyncPlan, state: SyncState) -> tuple[int, list[StoredUser]]:
         """Finds users gone from the source by listing only ids. (-1, []) when not due."""
@@ -365,7 +400,7 @@ class DirectorySync:
 
         dn_index: dict[str, int] | None = None
         if plan.managers:
-            dn_index = self._store.user_ids_by_dn(self.source)
+            dn_index = self._dn_index(plan)
             wanted = {
                 path: (dn_index.get(normalise_dn(dn)) if dn else None)
                 for path, dn in plan.managers.items()
@@ -383,7 +418,7 @@ class DirectorySync:
             directory_changed = directory_changed or bool(moved)
 
         if plan.groups is not None:
-            dn_index = dn_index if dn_index is not None else self._store.user_ids_by_dn(self.source)
+            dn_index = dn_index if dn_index is not None else self._dn_index(plan)
             member_of = self._dir.member_of() if self._membership == "memberOf" else None
             resolved = resolve_memberships(plan.groups, member_of)
             members = {
@@ -411,6 +446,16 @@ class DirectorySync:
                     )
                 )
             directory_changed = directory_changed or bool(group_changes)
+        events.extend(
+            PendingEvent(
+                EventType.SOD_VIOLATION,
+                actor=self._actor,
+                target=f"sod:{found['rule']}",
+                outcome="denied",
+                details={"source": self.source, "run_id": run_id, **found},
+            )
+            for found in plan.sod
+        )
         for start in range(0, len(events), DEFAULT_BATCH):
             self._audit.record_many(events[start : start + DEFAULT_BATCH])
         if directory_changed:
@@ -435,6 +480,15 @@ class DirectorySync:
             log.warning("no logout service: %d disabled users keep sessions", len(disabled_ids))
         counts["sessions_ended"] = ended
         return counts
+
+    def _dn_index(self, plan: SyncPlan) -> dict[str, int]:
+        """Stored user DNs -> ids, plus the DN the source now gives each held-back user: a
+        manager or group naming them by their new DN still means them."""
+        index = self._store.user_ids_by_dn(self.source)
+        for change in plan.held_changes:
+            if change.entry is not None and change.user_id is not None:
+                index.setdefault(normalise_dn(change.entry.dn), change.user_id)
+        return index
 
     def _event(self, run_id: str, target: str, details: dict[str, Any]) -> PendingEvent:
         return PendingEvent(
