@@ -110,7 +110,7 @@ def test_users_are_named_by_username_or_subject(answers: PolicyAnswers) -> None:
     assert by_name.username == by_sub.username == "bob"
     assert by_name.reason == "allowed by t.csv:1"
     # `sub` wins when both are given: it is what a token carries.
-    assert answers.decide(ask(user="bob", sub="sub-nobody")).reason == "unknown user"
+    assert answers.decide(ask(user="bob", sub="sub-nobody")).reason.startswith("unknown subject")
 
 
 def test_unknown_and_disabled_users_are_denied_before_the_policy(
@@ -129,7 +129,7 @@ def test_unknown_and_disabled_users_are_denied_before_the_policy(
     assert answers.scopes(ask(user="ivan")).reason == "user is disabled"
     assert answers.explain(ask(sub="sub-nobody")) == {
         "allowed": False,
-        "reason": "unknown user",
+        "reason": "unknown subject: no directory user has this sub",
         "policy_version": answers.version,
     }
 

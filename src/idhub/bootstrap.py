@@ -664,8 +664,17 @@ class Services:
     def decisions(self) -> Decisions:
         from idhub.core.authz.decisions import Decisions
 
+        def exists(kind: str, value: str) -> bool:
+            # A `user` that is somebody's sub is looked up too, so the answer can say so.
+            identity = self.identity
+            if kind == "user" and identity.get_user_by_username(value) is not None:
+                return True
+            return identity.get_user_by_sub(value) is not None
+
         # Resolved per request, so building the web app does not build the policy service.
-        return Decisions(lambda: self.authz)
+        return Decisions(
+            lambda: self.authz, exists=exists, refresh=lambda: self.authz.refresh_directory()
+        )
 
     @cached_property
     def audit_readers(self) -> AuditReaders:

@@ -10,6 +10,12 @@
 
 `roles` and `policy_version` come from the authorization service and are added only for an
 audience that is a policy domain (contract 4), through the `RoleSource` hook below.
+
+A user's access token for a policy domain's system also carries `preferred_username` and
+`department` whatever the scopes (`record_claims`): that system files records under an owner
+and a department which idhub's data scopes compare, so it needs the canonical spelling of
+both without a call back. Every other access token names the user by `sub` alone, which is
+what the decision API takes (docs/sdk.md, "Which claims an access token carries").
 """
 
 from __future__ import annotations
@@ -76,3 +82,13 @@ def role_claims(
     if roles is None or audience not in set(domains):
         return {}
     return {"roles": list(roles.roles_for(user, audience)), "policy_version": roles.version}
+
+
+def record_claims(user: User, audience: str, *, domains: Iterable[str]) -> dict[str, Any]:
+    """`preferred_username` and `department` (when set) for a policy domain's audience."""
+    if audience not in set(domains):
+        return {}
+    claims: dict[str, Any] = {"preferred_username": user.username}
+    if user.department_path:
+        claims["department"] = user.department_path
+    return claims

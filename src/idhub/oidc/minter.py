@@ -12,7 +12,7 @@ from typing import Any
 from authlib.oauth2.rfc6749 import InvalidGrantError
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
-from idhub.core.claims import RoleSource, role_claims, user_claims
+from idhub.core.claims import RoleSource, record_claims, role_claims, user_claims
 from idhub.core.clients import Client
 from idhub.core.clock import Clock
 from idhub.core.crypto import KeyedHasher, new_token
@@ -55,9 +55,11 @@ class TokenMinter:
     def user_access_token(
         self, client: Client, user: User, *, audience: str, scopes: Iterable[str], **extra: Any
     ) -> tuple[str, dict[str, Any]]:
-        """An access token for `user` carrying their roles at `audience`; `extra` claims
+        """An access token for `user` carrying their roles, username and department at a
+        policy domain's `audience` (`core.claims.record_claims`); `extra` claims
         (None values dropped) and an optional `ttl`."""
-        claims = self.role_claims(user, audience)
+        claims = record_claims(user, audience, domains=self._domains)
+        claims.update(self.role_claims(user, audience))
         claims.update({k: v for k, v in extra.items() if v is not None and k != "ttl"})
         return self._access_tokens.issue(
             client,

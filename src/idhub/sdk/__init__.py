@@ -9,7 +9,7 @@ Depends only on httpx and joserfc, never on the server: a system can vendor this
 """
 
 from idhub.sdk.logout import LogoutEvent, LogoutTokenValidator
-from idhub.sdk.pdp import DataScope, Decision, PdpClient, PdpError
+from idhub.sdk.pdp import DataScope, Decision, PdpClient, PdpError, Subject
 from idhub.sdk.tokens import InvalidToken, TokenValidator
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     "LogoutTokenValidator",
     "PdpClient",
     "PdpError",
+    "Subject",
     "TokenValidator",
 ]

@@ -23,6 +23,34 @@ class PdpError(Exception):
     """The decision API could not answer; treat as deny."""
 
 
+class Subject(str):
+    """A user named by the subject idhub issued (`sub` of an ID or access token), not by
+    username: `pdp.check(Subject(claims["sub"]), ...)`. A plain `str` is a username."""
+
+    __slots__ = ()
+
+
+# Whom a question is about: a username, a `Subject`, or validated token claims (their `sub`).
+User = str | Subject | Mapping[str, Any]
+
+
+def who(user: User) -> dict[str, str]:
+    """The request field naming `user`: `{"user": name}` or `{"sub": sub}`."""
+    if isinstance(user, Subject):
+        return {"sub": str(user)}
+    if isinstance(user, str):
+        return {"user": user}
+    if isinstance(user, Mapping):
+        sub = user.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise ValueError("these claims carry no `sub`: pass validated idhub token claims")
+        if sub == user.get("client_id"):
+            # A client-credentials token: the system itself, no person behind it.
+            raise ValueError(f"this token was issued to system {sub!r}, not to a user")
+        return {"sub": sub}
+    raise TypeError(f"a user is a username, a Subject or token claims, not {type(user).__name__}")
+
+
 @dataclass(frozen=True)
 class Decision:
     allowed: bool
@@ -45,17 +73,22 @@ class DataScope:
     exclude_departments: tuple[DepartmentScope, ...] = ()
     policy_version: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The canonical username idhub resolved the question to ("" when it named nobody, then
+    # `reason` says why and the scope is empty).
+    user: str = ""
+    reason: str = ""
 
     def sql_where(
-        self, *, owner_column: str, dept_column: str, me: str, style: str = "named"
+        self, *, owner_column: str, dept_column: str, me: str | None = None, style: str = "named"
     ) -> tuple[str, dict[str, Any]]:
         """A condition and its parameters, e.g. for SQLAlchemy `text()` (named style).
 
         Column names are the caller's own identifiers; values always go in parameters. The
-        columns hold canonical names and paths (`idhub.sdk.identifiers`); `me` may be spelled
+        columns hold canonical names and paths (`idhub.sdk.identifiers`); `me` (the owner
+        value that is the user's own, by default the username idhub resolved) may be spelled
         any way. A department is below another segment by segment, and a stored path that is
         not canonical (`/a/../b`, `/a//b`, a trailing `/`) is below nothing."""
-        params: dict[str, Any] = {"idhub_me": canonical_name(me)}
+        params: dict[str, Any] = {"idhub_me": canonical_name(self.user if me is None else me)}
         allow: list[str] = []
         if self.all:
             allow.append("1=1")
@@ -114,7 +147,7 @@ class PdpClient:
 
     def check(
         self,
-        user: str,
+        user: User,
         domain: str,
         type: str,
         action: str,
@@ -128,16 +161,17 @@ class PdpClient:
         return Decision(bool(body["allowed"]), str(body.get("reason", "")), body["policy_version"])
 
     def check_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
-        """Up to 1,000 requests decided on one policy version, in order."""
-        body = self._post("/api/v1/authz/check", {"requests": list(requests)})
+        """Up to 1,000 requests decided on one policy version, in order. Each names its user
+        as `user` (a username, a `Subject` or token claims) or `sub`."""
+        body = self._post("/api/v1/authz/check", {"requests": [_named(r) for r in requests]})
         version = body["policy_version"]
         return [
             Decision(bool(r["allowed"]), str(r.get("reason", "")), version) for r in body["results"]
         ]
 
-    def scopes(self, user: str, domain: str, type: str, action: str) -> DataScope:
+    def scopes(self, user: User, domain: str, type: str, action: str) -> DataScope:
         body = self._post(
-            "/api/v1/authz/scopes", {"user": user, "domain": domain, "type": type, "action": action}
+            "/api/v1/authz/scopes", {**who(user), "domain": domain, "type": type, "action": action}
         )
         exclude = body.get("exclude") or {}
         return DataScope(
@@ -148,6 +182,8 @@ class PdpClient:
             exclude_departments=tuple(_depts(exclude.get("departments", []))),
             policy_version=str(body.get("policy_version", "")),
             raw=body,
+            user=str(body.get("user") or ""),
+            reason=str(body.get("reason") or ""),
         )
 
     def _post(self, path: str, payload: Any) -> dict[str, Any]:
@@ -191,8 +227,18 @@ class PdpClient:
             return self._token
 
 
+def _named(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A `check_many` entry with its `user` turned into the field the API takes."""
+    named = dict(request)
+    user = named.get("user")
+    if user is not None and type(user) is not str:
+        del named["user"]
+        named.update(who(user))
+    return named
+
+
 def _request(
-    user: str,
+    user: User,
     domain: str,
     type_: str,
     action: str,
@@ -200,7 +246,7 @@ def _request(
     dept: str | None,
     resource_id: str | None,
 ) -> dict[str, Any]:
-    request: dict[str, Any] = {"user": user, "domain": domain, "type": type_, "action": action}
+    request: dict[str, Any] = {**who(user), "domain": domain, "type": type_, "action": action}
     resource = {
         k: v for k, v in (("owner", owner), ("dept", dept), ("id", resource_id)) if v is not None
     }

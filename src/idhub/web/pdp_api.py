@@ -166,6 +166,7 @@ class DecisionApi:
             _question(item, f"requests[{i}]" if batch else "request", answers, client=client)
             for i, item in enumerate(items)
         ]
+        answers = self._current(answers, questions, asker)
         answers.require_may_ask(asker, questions)
         decided = answers.check(questions, client=client, ctx=request_context(request))
         results = [{"allowed": a.allowed, "reason": a.reason} for a in decided]
@@ -177,6 +178,7 @@ class DecisionApi:
         asker = _asker(self._authorise(request, ASK_SCOPE), self._parties)
         answers = self._decisions.current()
         question = _question(body, "request", answers, client=asker.client_id)
+        answers = self._current(answers, [question], asker)
         answers.require_may_ask(asker, [question])
         answer = answers.scopes(question)
         if answer.username is None:
@@ -189,8 +191,16 @@ class DecisionApi:
         asker = _asker(self._authorise(request, ADMIN_SCOPE), self._parties)
         answers = self._decisions.current()
         question = _question(body, "request", answers, client=None)
+        answers = self._current(answers, [question], asker)
         answers.require_may_ask(asker, [question])
         return JSONResponse(answers.explain(question))
+
+    def _current(
+        self, answers: PolicyAnswers, questions: list[Question], asker: Asker
+    ) -> PolicyAnswers:
+        """Answers that know everyone named, the asking user included (a fresh snapshot)."""
+        asker_sub = "" if asker.is_system else asker.sub
+        return self._decisions.up_to_date(answers, questions, asker_sub=asker_sub)
 
     def policy(self, request: Request, _body: Any) -> Response:
         self._authorise(request, ADMIN_SCOPE)

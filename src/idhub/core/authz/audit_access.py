@@ -57,8 +57,8 @@ class AuditReaders:
             return ReadAccess(
                 False, f"client {client_id!r} is not an admin client ([server] admin_clients)"
             )
-        answers = self._decisions.current()
         question = Question(sub=sub, domain=DOMAIN, type=RESOURCE_TYPE, action=ACTION)
+        answers = self._decisions.up_to_date(self._decisions.current(), [question])
         answer: Answer
         if user.disabled:
             # The directory the engine holds may be a poll behind the identity store.

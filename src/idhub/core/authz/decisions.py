@@ -7,10 +7,14 @@ request carries the same policy version. The rules about asking live here:
 * every field is brought to its canonical spelling once (`canonical_question`, rules in
   `core/identifiers.py`) before anything is matched; a department path with `.`, `..` or
   empty segments is invalid input, never resolved;
-* a user is named by username (`user`) or OIDC subject (`sub`); unknown and disabled users are
-  denied before the policy is asked. A record whose `owner` is not given or names no
-  directory user is denied where a deny on the user's own records (`self`) applies: such a
-  deny must never miss because the owner was left out or spelled as nobody;
+* a user is named by username (`user`) or OIDC subject (`sub`, what every idhub token
+  carries); unknown and disabled users are denied before the policy is asked, with a reason
+  that says which (`unknown subject`, `unknown user`, a subject sent as `user`). A name the
+  serving directory snapshot does not know makes the snapshot refresh first (`up_to_date`):
+  a user created or synced since the last poll is not "unknown" for a poll interval. A
+  record whose `owner` is not given or names no directory user is denied where a deny on
+  the user's own records (`self`) applies: such a deny must never miss because the owner was
+  left out or spelled as nobody;
 * who may ask about whom (`require_may_ask`): a system (a client-credentials token, whose
   `sub` is its client_id) about anyone in the domains it is a party to — its own client_id and
   the audiences it is registered to obtain tokens for — and about every domain only with the
@@ -29,6 +33,8 @@ where in its request that field was.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -38,7 +44,7 @@ from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_sub
-from idhub.errors import AccessDenied, InvalidInput
+from idhub.errors import AccessDenied, InvalidInput, StorageError
 
 MAX_BATCH = 1000
 # Token scopes: asking about users, and the admin's questions (explain, policy status).
@@ -47,6 +53,11 @@ ADMIN_SCOPE = "authz:admin"
 # The right, in idhub's own policy, to ask about someone else with a user's token: the record
 # is the person asked about (owner: their username, dept: their department).
 QUERY_DOMAIN, QUERY_TYPE, QUERY_ACTION = "idhub", "permission", "query"
+# How many distinct unknown names of one request are looked up in the directory store.
+MAX_LOOKUPS = 50
+# After a refresh that found the directory unchanged, unknown names wait this long (seconds)
+# before the next: each refresh reads the directory's fingerprint.
+REFRESH_FLOOR = 0.2
 
 
 @dataclass(frozen=True)
@@ -177,9 +188,23 @@ class DecisionSource(Protocol):
 class Decisions:
     """`services.decisions`: questions about users, answered against the serving policy."""
 
-    def __init__(self, source: Callable[[], DecisionSource]) -> None:
+    def __init__(
+        self,
+        source: Callable[[], DecisionSource],
+        *,
+        exists: Callable[[str, str], bool] | None = None,
+        refresh: Callable[[], bool] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         # Resolved per request, so building the web app does not build the policy service.
         self._source = source
+        # Whether the directory store holds a user by ("sub" | "user", canonical value).
+        self._exists = exists
+        # Recompiles the serving policy on a fresh directory snapshot; True if it moved.
+        self._refresh = refresh
+        self._clock = clock
+        self._idle_until = float("-inf")
+        self._lock = threading.Lock()
 
     def current(self) -> PolicyAnswers:
         """Answers bound to the engine serving now; raises `PolicyError` if there is none."""
@@ -188,6 +213,33 @@ class Decisions:
 
     def policy_status(self) -> dict[str, Any]:
         return self._source().status()
+
+    def up_to_date(
+        self, answers: PolicyAnswers, questions: Sequence[Question], *, asker_sub: str = ""
+    ) -> PolicyAnswers:
+        """`answers`, or answers from a fresh directory snapshot when a question (or the
+        asking user's token) names a user the store holds but the serving snapshot lacks.
+
+        Tokens name people by `sub` from the moment they exist; the snapshot learns of a new
+        user only at the next poll. Made-up names cost one indexed lookup each and never a
+        refresh. Questions parsed against `answers` stay valid: a directory refresh keeps the
+        policy, hence the domains they were checked against."""
+        if self._exists is None or self._refresh is None:
+            return answers
+        missing = answers.unknown_names(questions, asker_sub=asker_sub)[:MAX_LOOKUPS]
+        try:
+            if not any(self._exists(kind, value) for kind, value in missing):
+                return answers
+            now = self._clock()
+            with self._lock:
+                if now < self._idle_until:
+                    return answers
+                moved = self._refresh()
+                if not moved:
+                    self._idle_until = now + REFRESH_FLOOR
+        except StorageError:
+            return answers  # the snapshot we have still answers; the poll retries
+        return self.current() if moved else answers
 
 
 class PolicyAnswers:
@@ -221,13 +273,34 @@ class PolicyAnswers:
             return self.engine.username_for_sub(question.sub)
         return question.user if question.user in self.engine.directory.users else None
 
+    def unknown_names(
+        self, questions: Sequence[Question], *, asker_sub: str = ""
+    ) -> list[tuple[str, str]]:
+        """The distinct ("sub" | "user", canonical value) the questions (and the asking user)
+        name that this snapshot holds no user for, in order."""
+        directory = self.engine.directory
+        names: dict[tuple[str, str], None] = {}
+        if asker_sub and self.engine.username_for_sub(asker_sub) is None:
+            names[("sub", canonical_sub(asker_sub))] = None
+        for question in questions:
+            question = canonical_question(question)
+            if self._named(question) is not None or question.user in directory.ambiguous:
+                continue
+            names[("sub", question.sub) if question.sub else ("user", question.user)] = None
+        return list(names)
+
     def username_of(self, question: Question) -> tuple[str | None, str]:
         """(username or None, why not) for the user a question names by `sub` or `user`."""
         question = canonical_question(question)
         name = self._named(question)
         if name is None:
-            if not question.sub and question.user in self.engine.directory.ambiguous:
+            if question.sub:
+                return None, "unknown subject: no directory user has this sub"
+            if question.user in self.engine.directory.ambiguous:
                 return None, "ambiguous user name"
+            if self.engine.username_for_sub(question.user) is not None:
+                # The mistake every system makes once: the token's `sub` passed as a name.
+                return None, "unknown user: this is a user's subject; send it as `sub`"
             return None, "unknown user"
         if self.engine.directory.users[name].disabled:
             return None, "user is disabled"

@@ -27,7 +27,7 @@ from idhub.core.authz.engine import Decision, Engine
 from idhub.core.authz.model import DirectorySnapshot, PolicySet
 from idhub.core.clock import Clock
 from idhub.core.identity import User
-from idhub.errors import IdhubError, PolicyError
+from idhub.errors import IdhubError, PolicyError, StorageError
 
 log = logging.getLogger("idhub.authz")
 
@@ -138,6 +138,15 @@ class AuthzService:
         except PolicyError:
             # Fail closed: a token without roles grants nothing offline.
             return []
+        if engine.username_for_sub(user.sub) is None:
+            # Created or synced since the last poll: a token minted now would carry no roles
+            # for up to a poll interval. The user exists (the caller holds the row), so a
+            # refresh makes the snapshot know them; it does not repeat for them.
+            try:
+                if self.refresh_directory():
+                    engine = self.engine
+            except StorageError:
+                pass  # the poll retries; meanwhile the token carries the roles known now
         return engine.roles_for(user.username, domain)
 
     # ------------------------------------------------------------------ reloads
