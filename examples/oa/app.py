@@ -19,7 +19,6 @@ from starlette.routing import Route
 
 from examples.oa.budget import BudgetClient, BudgetError
 from examples.oa.store import KINDS, SCHEMA, Requests
-from examples.shared import decisions
 from examples.shared.app import system_app
 from examples.shared.database import Database
 from examples.shared.local_sessions import SCHEMA as SESSIONS_SCHEMA
@@ -58,12 +57,11 @@ class Oa:
     def home(self, request: Request) -> Response:
         user = self.sso.require(request)
         try:
-            scopes = {kind: self.pdp.scopes(user.username, DOMAIN, kind, "read") for kind in KINDS}
-            rows = self.requests.visible(scopes, me=user.username)
+            scopes = {kind: self.pdp.scopes(user.claims, DOMAIN, kind, "read") for kind in KINDS}
+            rows = self.requests.visible(scopes)
             waiting = [r for r in rows if r["status"] == "submitted"]
-            answers = decisions.check_many(
-                self.pdp, [_question(user, r, "approve") for r in waiting]
-            )
+            questions = [_question(user, r, "approve") for r in waiting]
+            answers = self.pdp.check_many(questions) if questions else []
         except PdpError as exc:
             message = f"idhub 无法决策 decision unavailable: {exc}"
             return self.pages.error(request, user, message, 503)
@@ -90,8 +88,8 @@ class Oa:
     def _create(
         self, request: Request, user: SignedIn, kind: str, title: str, amount: int
     ) -> Response:
-        decision = decisions.check(
-            self.pdp, user.claims, DOMAIN, kind, "create", owner=user.username,
+        decision = self.pdp.check(
+            user.claims, DOMAIN, kind, "create", owner=user.username,
             dept=user.department,
         )  # fmt: skip
         if not decision.allowed:
@@ -111,7 +109,10 @@ class Oa:
         row = self.requests.get(request_id)
         if row is None:
             return self.pages.error(request, user, "没有这个申请 no such request", 404)
-        decision = decisions.check_many(self.pdp, [_question(user, row, "approve")])[0]
+        decision = self.pdp.check(
+            user.claims, DOMAIN, row["kind"], "approve", owner=row["owner"], dept=row["dept"],
+            resource_id=str(row["id"]),
+        )  # fmt: skip
         if not decision.allowed:
             message = f"不能审批 may not approve: {decision.reason}"
             return self.pages.error(request, user, message, 403)
@@ -137,10 +138,14 @@ class Oa:
 
 
 def _question(user: SignedIn, row: sqlite3.Row, action: str) -> dict[str, object]:
-    return decisions.question(
-        user.claims, DOMAIN, row["kind"], action, owner=row["owner"], dept=row["dept"],
-        resource_id=str(row["id"]),
-    )  # fmt: skip
+    """One `check_many` entry; `user` is the person's validated access-token claims."""
+    return {
+        "user": user.claims,
+        "domain": DOMAIN,
+        "type": row["kind"],
+        "action": action,
+        "resource": {"owner": row["owner"], "dept": row["dept"], "id": str(row["id"])},
+    }
 
 
 def _back(notice: str) -> Response:

@@ -63,12 +63,12 @@ class Requests:
             ).fetchone()
             return row
 
-    def visible(self, scopes: Mapping[str, DataScope], *, me: str) -> list[sqlite3.Row]:
-        """Every request of each kind that the kind's data scope lets `me` read."""
+    def visible(self, scopes: Mapping[str, DataScope]) -> list[sqlite3.Row]:
+        """Every request of each kind that the kind's data scope (for one person) lets them read."""
         rows: list[sqlite3.Row] = []
         with self._db.connect() as conn:
             for kind, scope in scopes.items():
-                where, params = scope.sql_where(owner_column="owner", dept_column="dept", me=me)
+                where, params = scope.sql_where(owner_column="owner", dept_column="dept")
                 params_all: dict[str, Any] = {**params, "kind": kind}
                 rows += conn.execute(
                     f"SELECT * FROM requests WHERE kind = :kind AND {where}",  # noqa: S608

@@ -26,7 +26,6 @@ from starlette.routing import Route
 
 from examples.reimburse.reservations import ReservationApi
 from examples.reimburse.store import SCHEMA, Conflict, Reimbursements
-from examples.shared import decisions
 from examples.shared.app import system_app
 from examples.shared.database import Database
 from examples.shared.local_sessions import SCHEMA as SESSIONS_SCHEMA
@@ -68,8 +67,8 @@ class Reimburse:
     def home(self, request: Request) -> Response:
         user = self.sso.require(request)
         try:
-            scope = self.pdp.scopes(user.username, DOMAIN, TYPE, "read")
-            page = self.store.visible(scope, me=user.username)
+            scope = self.pdp.scopes(user.claims, DOMAIN, TYPE, "read")
+            page = self.store.visible(scope)
             actions = self._actions(user, page.rows)
         except PdpError as exc:
             message = f"idhub 无法决策 decision unavailable: {exc}"
@@ -85,7 +84,7 @@ class Reimburse:
         asked = [(r, action) for r, action in wanted if action is not None]
         if not asked:
             return {}
-        answers = decisions.check_many(self.pdp, [_question(user, r, a) for r, a in asked if a])
+        answers = self.pdp.check_many([_question(user, r, a) for r, a in asked if a])
         return {r["id"]: a for (r, a), d in zip(asked, answers, strict=True) if d.allowed and a}
 
     async def create(self, request: Request) -> Response:
@@ -108,8 +107,8 @@ class Reimburse:
         reservation = self.store.reservation(reservation_id)
         if reservation is None or reservation["owner"] != user.username:
             return self.pages.error(request, user, "没有这笔预算 no such budget of yours", 404)
-        decision = decisions.check(
-            self.pdp, user.claims, DOMAIN, TYPE, "create", owner=reservation["owner"],
+        decision = self.pdp.check(
+            user.claims, DOMAIN, TYPE, "create", owner=reservation["owner"],
             dept=reservation["dept"],
         )  # fmt: skip
         if not decision.allowed:
@@ -133,7 +132,10 @@ class Reimburse:
         report = self.store.report(report_id)
         if report is None:
             return self.pages.error(request, user, "没有这张报销单 no such report", 404)
-        decision = decisions.check_many(self.pdp, [_question(user, report, action)])[0]
+        decision = self.pdp.check(
+            user.claims, DOMAIN, TYPE, action, owner=report["owner"], dept=report["dept"],
+            resource_id=str(report["id"]),
+        )  # fmt: skip
         if not decision.allowed:
             return self.pages.error(request, user, f"不允许 not allowed: {decision.reason}", 403)
         try:
@@ -147,7 +149,7 @@ class Reimburse:
 
     def archive(self, request: Request) -> Response:
         user = self.sso.require(request)
-        decision = decisions.check(self.pdp, user.claims, "archive", "voucher_archive", "read")
+        decision = self.pdp.check(user.claims, "archive", "voucher_archive", "read")
         if not decision.allowed:
             return self.pages.error(
                 request, user, f"无权查看会计档案 may not read the archive: {decision.reason}", 403
@@ -158,10 +160,14 @@ class Reimburse:
 
 
 def _question(user: SignedIn, report: sqlite3.Row, action: str) -> dict[str, Any]:
-    return decisions.question(
-        user.claims, DOMAIN, TYPE, action, owner=report["owner"], dept=report["dept"],
-        resource_id=str(report["id"]),
-    )  # fmt: skip
+    """One `check_many` entry; `user` is the person's validated access-token claims."""
+    return {
+        "user": user.claims,
+        "domain": DOMAIN,
+        "type": TYPE,
+        "action": action,
+        "resource": {"owner": report["owner"], "dept": report["dept"], "id": str(report["id"])},
+    }
 
 
 def _back(notice: str) -> Response:

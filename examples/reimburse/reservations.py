@@ -15,7 +15,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from examples.reimburse.store import Reimbursements
-from examples.shared import decisions
 from examples.shared.sso import Sso
 from idhub.sdk import InvalidToken, PdpClient, PdpError
 from idhub.sdk.identifiers import InvalidPath
@@ -66,8 +65,9 @@ class ReservationApi:
 
     def _reserve(self, claims: dict[str, Any], caller: str, fields: dict[str, Any]) -> Response:
         try:
-            decision = decisions.check(
-                self._pdp, claims, "reimburse", "budget", "reserve", owner=fields["owner"],
+            # `sub` is the approver (token exchange keeps the person); OA is only the actor.
+            decision = self._pdp.check(
+                claims, "reimburse", "budget", "reserve", owner=fields["owner"],
                 dept=fields["dept"], resource_id=str(fields["oa_request_id"]),
             )  # fmt: skip
         except PdpError as exc:
@@ -75,7 +75,11 @@ class ReservationApi:
         if not decision.allowed:
             return _error(403, "access_denied", f"may not reserve this budget: {decision.reason}")
         try:
-            reservation = self._store.reserve(fields, reserved_by=str(claims["sub"]), via=caller)
+            reservation = self._store.reserve(
+                fields,
+                reserved_by=str(claims.get("preferred_username") or claims["sub"]),
+                via=caller,
+            )
         except InvalidPath as exc:
             return _error(400, "invalid_request", str(exc))
         return JSONResponse({"id": reservation, "status": "reserved"}, status_code=201)

@@ -151,9 +151,9 @@ class Reimbursements:
             ).fetchone()
             return row
 
-    def visible(self, scope: DataScope, *, me: str, limit: int = PAGE, offset: int = 0) -> Page:
-        """The reports `scope` lets `me` read, newest first, one page of them."""
-        where, params = scope.sql_where(owner_column="owner", dept_column="dept", me=me)
+    def visible(self, scope: DataScope, *, limit: int = PAGE, offset: int = 0) -> Page:
+        """The reports the person's `scope` lets them read, newest first, one page of them."""
+        where, params = scope.sql_where(owner_column="owner", dept_column="dept")
         with self._db.connect() as conn:
             total = conn.execute(
                 f"SELECT count(*) FROM reports WHERE {where}",  # noqa: S608
