@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pyotp
 import pytest
 
@@ -178,6 +179,7 @@ def test_the_whole_job_in_a_browser(examples: Examples, browser: Any, known_secr
     assert reserved is not None and reserved["via"] == "oa" and reserved["reserved_by"] == "bob"
     exchanged = events(services, "token.exchanged")
     assert [e["details"]["audience"] for e in exchanged] == ["reimburse"]
+    _budget_api_refusals(examples, known_secrets)
 
     # bob files a purchase request of his own; dave (admin) approves it.
     purchase = file_request(bob, "purchase_request", "投影仪", "3,600")
@@ -308,6 +310,55 @@ def _sql_filter_agrees_with_check(examples: Examples, usernames: list[str]) -> N
         )  # fmt: skip
         allowed = {r["id"] for r, d in zip(everything.rows, decisions, strict=True) if d.allowed}
         assert shown == allowed, username
+
+
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def _budget_api_refusals(examples: Examples, known: Any) -> None:
+    """The budget API takes only OA acting for a person, with a well-formed reservation: no
+    token, a forged one, OA's own client-credentials token (no person), that token passed
+    through an exchange, a malformed body, and bob reserving for himself are all refused."""
+    issuer, oa_secret = examples.idhub.url, examples.secrets["oa"]
+    api = examples.reimburse_url + "/api/budget-reservations"
+    body = {"oa_request_id": 77, "kind": "travel_request", "title": "t", "owner": "alice",
+            "owner_name": "王小丽", "dept": "/总部/华东区/销售一部", "amount_fen": 100}  # fmt: skip
+
+    def post(token: str | None, payload: object = body) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.post(api, json=payload, headers=headers, timeout=10)
+
+    def exchange(token: str) -> httpx.Response:
+        data = {"grant_type": EXCHANGE, "subject_token": token, "subject_token_type": ACCESS}
+        return httpx.post(
+            f"{issuer}/token", data={**data, "resource": "reimburse"}, auth=("oa", oa_secret)
+        )
+
+    before = examples.reimburse.store.open_reservations("alice")
+    assert post(None).status_code == 401
+    assert post("not-a-jwt").json()["error"] == "invalid_token"
+    service = httpx.post(
+        f"{issuer}/token",
+        data={"grant_type": "client_credentials", "resource": "reimburse"},
+        auth=("oa", oa_secret),
+    ).json()["access_token"]
+    known.add(service)
+    assert post(service).json()["error"] == "access_denied"
+    passed_on = exchange(service)
+    if passed_on.status_code == 200:
+        known.add(passed_on.json()["access_token"])
+        assert post(passed_on.json()["access_token"]).status_code == 403
+    # bob's own access token at OA, exchanged as OA does.
+    with examples.oa.sso.sessions._db.connect() as conn:
+        (bob_at_oa,) = conn.execute("SELECT access_token FROM signins WHERE username = 'bob'")
+    exchanged = exchange(bob_at_oa[0]).json()["access_token"]
+    known.add(bob_at_oa[0], exchanged)
+    assert post(exchanged, {**body, "amount_fen": "100"}).json()["error"] == "invalid_request"
+    assert post(exchanged, [body]).status_code == 400
+    own = {**body, "owner": "bob", "dept": "/总部/华东区"}
+    assert post(exchanged, own).json()["error"] == "access_denied"
+    assert examples.reimburse.store.open_reservations("alice") == before
 
 
 def _signed_in(system: Any, sub: str) -> bool:

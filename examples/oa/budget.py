@@ -29,16 +29,19 @@ class BudgetClient:
 
     def exchange(self, user_access_token: str) -> str:
         """An access token for `reimburse` carrying the same person, with OA as the actor."""
-        response = self._http.post(
-            self._settings.issuer + "/token",
-            data={
-                "grant_type": TOKEN_EXCHANGE,
-                "subject_token": user_access_token,
-                "subject_token_type": ACCESS_TOKEN,
-                "resource": "reimburse",
-            },
-            auth=(self._settings.client_id, self._settings.client_secret),
-        )
+        try:
+            response = self._http.post(
+                self._settings.issuer + "/token",
+                data={
+                    "grant_type": TOKEN_EXCHANGE,
+                    "subject_token": user_access_token,
+                    "subject_token_type": ACCESS_TOKEN,
+                    "resource": "reimburse",
+                },
+                auth=(self._settings.client_id, self._settings.client_secret),
+            )
+        except httpx.HTTPError as exc:
+            raise BudgetError(f"idhub is unreachable: {exc}") from exc
         if response.status_code != 200:
             raise BudgetError(f"idhub refused the token exchange: {_error_of(response)}")
         return str(response.json()["access_token"])

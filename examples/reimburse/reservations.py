@@ -54,7 +54,8 @@ class ReservationApi:
             return _error(401, "invalid_token", "the token is not valid for reimburse")
         act = claims.get("act")
         caller = act.get("sub") if isinstance(act, dict) else None
-        if caller not in CALLERS:
+        if caller not in CALLERS or claims.get("sub") in (caller, claims.get("client_id")):
+            # A system's own token, even passed through an exchange, names no person to ask for.
             return _error(403, "access_denied", "only OA, on a person's behalf, reserves budget")
         try:
             body = await request.json()

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from examples.shared.sso import NotSignedIn, Sso, StaleForm
+from idhub.sdk import PdpError
 
 
 def system_app(sso: Sso, routes: Sequence[BaseRoute]) -> Starlette:
@@ -24,6 +25,11 @@ def system_app(sso: Sso, routes: Sequence[BaseRoute]) -> Starlette:
 
     async def stale_form(request: Request, exc: Exception) -> Response:
         return sso.pages.error(request, sso.current(request), str(exc), 403)
+
+    async def no_decision(request: Request, exc: Exception) -> Response:
+        # idhub could not answer: nothing is allowed meanwhile, and the page says why.
+        message = f"idhub 暂时无法决策 idhub could not decide, try again: {exc}"
+        return sso.pages.error(request, sso.current(request), message, 503)
 
     return Starlette(
         routes=[*sso.routes(), *routes],
@@ -36,5 +42,9 @@ def system_app(sso: Sso, routes: Sequence[BaseRoute]) -> Starlette:
                 https_only=settings.base_url.startswith("https://"),
             )
         ],
-        exception_handlers={NotSignedIn: not_signed_in, StaleForm: stale_form},
+        exception_handlers={
+            NotSignedIn: not_signed_in,
+            StaleForm: stale_form,
+            PdpError: no_decision,
+        },
     )

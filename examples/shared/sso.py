@@ -88,6 +88,8 @@ class Sso:
 
     def login_redirect(self, request: Request) -> Response:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.method != "GET":
+            target = "/"  # a form cannot be replayed after signing in; start from the list
         return RedirectResponse(f"/login?next={quote(_local(target), safe='')}", status_code=303)
 
     # ------------------------------------------------------------------ routes
