@@ -104,20 +104,29 @@ def test_a_users_token_subject_reaches_the_decision_api(server: LiveServer, know
 
 
 def test_an_unknown_or_misplaced_subject_is_a_clear_denial(
-    server: LiveServer, known_secrets
+    server: LiveServer, known_secrets, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = server.services
     pdp = _pdp(server, known_secrets)
     carol = services.identity.create_user(username="carol", department_path="/总部/财务部")
+    refreshes = []
+    refresh = services.authz.refresh_directory
+    monkeypatch.setattr(
+        services.authz, "refresh_directory", lambda: refreshes.append(1) or refresh()
+    )
 
     unknown = pdp.check(Subject("0" * 32), *REPORT)
     assert not unknown.allowed and unknown.reason.startswith("unknown subject")
+    for i in range(20):  # made-up people cost a lookup each, never a directory refresh
+        assert not pdp.check(Subject(f"{i:032x}"), *REPORT).allowed
+    assert refreshes == []
     empty = pdp.scopes(Subject("0" * 32), "reimburse", "expense_report", "read")
     assert empty.user == "" and empty.reason.startswith("unknown subject")
     assert empty.sql_where(owner_column="o", dept_column="d")[0] == "(1=0)"
     # The old example's mistake: a subject sent as a username says what to do instead.
     misplaced = pdp.check(carol.sub, *REPORT)
     assert not misplaced.allowed and "send it as `sub`" in misplaced.reason
+    assert refreshes == [1]  # carol exists: the snapshot learnt of her once
 
     raw = httpx.post(
         server.url + "/api/v1/authz/check",

@@ -1,7 +1,8 @@
 """The issuer's signing keys, fetched from its JWKS and refreshed when a token names a key id
 not seen yet (key rotation) — at most once per `min_refresh` seconds, so a flood of forged
 key ids cannot turn into a flood of requests to idhub. The floor is short (1 s) because idhub
-signs with a new key as soon as it is rotated in."""
+signs with a new key as soon as it is rotated in. Keys idhub cannot sign with (another type,
+`use: enc`) are skipped; a key set that cannot be read keeps the keys already held."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
+from idhub.sdk.errors import UnknownKey, VerifierUnavailable
+from idhub.sdk.jws import PublicKey, import_jwk
 
-class JwksError(Exception):
-    pass
+# A key set larger than this is not idhub's.
+MAX_KEYS = 100
 
 
 class JwksCache:
@@ -35,34 +36,58 @@ class JwksCache:
         self._min_refresh = min_refresh
         self._clock = clock
         self._lock = threading.Lock()
-        self._keys: KeySet | None = None
-        self._kids: frozenset[str] = frozenset()
+        self._keys: dict[str, PublicKey] | None = None
         self._fetched_at = float("-inf")
+        self._attempted_at = float("-inf")
 
-    def keys_for(self, kid: str | None) -> KeySet:
-        """The key set, refreshed first if it is stale or lacks `kid`."""
-        now = self._clock()
+    def key(self, kid: str | None) -> PublicKey:
+        """The key named `kid`, refreshing the set first if it is stale or lacks `kid`."""
         keys = self._keys
-        stale = keys is None or now - self._fetched_at > self._max_age
-        unknown = kid is not None and kid not in self._kids
-        if stale or (unknown and now - self._fetched_at >= self._min_refresh):
+        now = self._clock()
+        if keys is not None and kid is not None:
+            found = keys.get(kid)
+            if found is not None and now - self._fetched_at <= self._max_age:
+                return found
+        # Unknown kid, stale set or nothing loaded yet: one attempt per floor, whoever asks.
+        if now - self._attempted_at >= self._min_refresh:
             with self._lock:
-                if self._keys is keys:  # nobody refreshed while we waited
-                    self._fetch()
-        if self._keys is None:
-            raise JwksError(f"no signing keys could be loaded from {self._uri}")
-        return self._keys
+                if now - self._attempted_at >= self._min_refresh:
+                    self._fetch(now)
+        keys = self._keys
+        if keys is None:
+            raise VerifierUnavailable(f"no signing keys could be loaded from {self._uri}")
+        if kid is None:
+            raise UnknownKey("the token names no key id (kid)")
+        found = keys.get(kid)
+        if found is None:
+            raise UnknownKey(f"key {kid!r} is not in the issuer's key set")
+        return found
 
-    def _fetch(self) -> None:
+    def _fetch(self, now: float) -> None:
+        self._attempted_at = now
         try:
             response = self._http.get(self._uri)
             response.raise_for_status()
-            document: Any = response.json()
-            keys = KeySet.import_key_set(document)
-        except (httpx.HTTPError, ValueError, JoseError) as exc:
+            keys = _read(response.json())
+        except (httpx.HTTPError, ValueError, TypeError) as exc:
             if self._keys is None:
-                raise JwksError(f"cannot load signing keys from {self._uri}: {exc}") from exc
+                raise VerifierUnavailable(
+                    f"cannot load signing keys from {self._uri}: {exc}"
+                ) from exc
             return  # keep serving the keys we have; the next refresh may succeed
         self._keys = keys
-        self._kids = frozenset(str(k.get("kid")) for k in document.get("keys", []) if "kid" in k)
         self._fetched_at = self._clock()
+
+
+def _read(document: Any) -> dict[str, PublicKey]:
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or len(entries) > MAX_KEYS:
+        raise ValueError("not a JWKS document")
+    keys: dict[str, PublicKey] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ValueError("a JWKS entry is not an object")
+        key = import_jwk(entry)
+        if key is not None:
+            keys[key.kid] = key
+    return keys

@@ -1,9 +1,11 @@
-"""A client for idhub's decision API: yes/no decisions and data-scope filters.
+"""A client for idhub's decision API: yes/no decisions (`check`, `check_many`) and data-scope
+filters (`scopes`).
 
 It gets its own client-credentials token (`resource=idhub`, scope `authz`) and renews it
-shortly before it expires. `DataScope.sql_where` turns a scope answer into a parameterised
-SQL condition for the system's own tables, whose owner and department columns hold the
-canonical spelling (`idhub.sdk.identifiers`).
+shortly before it expires (or at once when the API refuses it). Answers are kept for a few
+seconds (`cache_ttl`, `idhub.sdk.decision_cache`) and dropped as soon as an answer shows
+another policy version. `DataScope.sql_where` turns a scope answer into a parameterised SQL
+condition for the system's own tables (`idhub.sdk.data_scope`).
 """
 
 from __future__ import annotations
@@ -11,44 +13,38 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from idhub.sdk.identifiers import canonical_name, canonical_path
+from idhub.sdk.data_scope import DataScope, DepartmentScope, data_scope
+from idhub.sdk.decision_cache import DecisionCache, cache_key
+from idhub.sdk.subjects import Subject, User, who
+
+__all__ = [
+    "DataScope",
+    "Decision",
+    "DepartmentScope",
+    "PdpClient",
+    "PdpError",
+    "Subject",
+    "User",
+    "who",
+]
+
+# Renew the client's own token this long before it expires (at most half its lifetime).
+RENEW_BEFORE = 30.0
 
 
 class PdpError(Exception):
-    """The decision API could not answer; treat as deny."""
+    """The decision API could not answer; treat as deny. `status` and `error` are the HTTP
+    status and the API's error code when it answered (0 and "" when it could not be reached)."""
 
-
-class Subject(str):
-    """A user named by the subject idhub issued (`sub` of an ID or access token), not by
-    username: `pdp.check(Subject(claims["sub"]), ...)`. A plain `str` is a username."""
-
-    __slots__ = ()
-
-
-# Whom a question is about: a username, a `Subject`, or validated token claims (their `sub`).
-User = str | Subject | Mapping[str, Any]
-
-
-def who(user: User) -> dict[str, str]:
-    """The request field naming `user`: `{"user": name}` or `{"sub": sub}`."""
-    if isinstance(user, Subject):
-        return {"sub": str(user)}
-    if isinstance(user, str):
-        return {"user": user}
-    if isinstance(user, Mapping):
-        sub = user.get("sub")
-        if not isinstance(sub, str) or not sub:
-            raise ValueError("these claims carry no `sub`: pass validated idhub token claims")
-        if sub == user.get("client_id"):
-            # A client-credentials token: the system itself, no person behind it.
-            raise ValueError(f"this token was issued to system {sub!r}, not to a user")
-        return {"sub": sub}
-    raise TypeError(f"a user is a username, a Subject or token claims, not {type(user).__name__}")
+    def __init__(self, message: str, *, status: int = 0, error: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -58,73 +54,9 @@ class Decision:
     policy_version: str
 
 
-@dataclass(frozen=True)
-class DepartmentScope:
-    path: str
-    subtree: bool
-
-
-@dataclass(frozen=True)
-class DataScope:
-    all: bool
-    self: bool
-    departments: tuple[DepartmentScope, ...]
-    exclude_self: bool = False
-    exclude_departments: tuple[DepartmentScope, ...] = ()
-    policy_version: str = ""
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    # The canonical username idhub resolved the question to ("" when it named nobody, then
-    # `reason` says why and the scope is empty).
-    user: str = ""
-    reason: str = ""
-
-    def sql_where(
-        self, *, owner_column: str, dept_column: str, me: str | None = None, style: str = "named"
-    ) -> tuple[str, dict[str, Any]]:
-        """A condition and its parameters, e.g. for SQLAlchemy `text()` (named style).
-
-        Column names are the caller's own identifiers; values always go in parameters. The
-        columns hold canonical names and paths (`idhub.sdk.identifiers`); `me` (the owner
-        value that is the user's own, by default the username idhub resolved) may be spelled
-        any way. A department is below another segment by segment, and a stored path that is
-        not canonical (`/a/../b`, `/a//b`, a trailing `/`) is below nothing."""
-        params: dict[str, Any] = {"idhub_me": canonical_name(self.user if me is None else me)}
-        allow: list[str] = []
-        if self.all:
-            allow.append("1=1")
-        if self.self:
-            allow.append(f"{owner_column} = :idhub_me")
-        for i, dept in enumerate(self.departments):
-            allow.append(_dept_condition(dept, dept_column, f"idhub_d{i}", params))
-        condition = "(" + (" OR ".join(allow) if allow else "1=0") + ")"
-        deny: list[str] = []
-        if self.exclude_self:
-            deny.append(f"{owner_column} = :idhub_me")
-        for i, dept in enumerate(self.exclude_departments):
-            deny.append(_dept_condition(dept, dept_column, f"idhub_x{i}", params))
-        if deny:
-            condition += " AND NOT (" + " OR ".join(deny) + ")"
-        return condition, params
-
-
-# Stored paths that `LIKE '/a/%'` would take for being below /a although they are not paths:
-# dot segments (`/a/../b`), doubled separators and a trailing separator.
-_NOT_PATHS = ("%/./%", "%/../%", "%/.", "%/..", "%//%", "%/")
-
-
-def _dept_condition(dept: DepartmentScope, column: str, name: str, params: dict[str, Any]) -> str:
-    path = canonical_path(dept.path)
-    params[name] = path
-    if not dept.subtree:
-        return f"{column} = :{name}"
-    # LIKE wildcards inside a department name must match literally.
-    escaped = path.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    params[name + "_below"] = escaped + "/%"
-    guards = ""
-    for i, pattern in enumerate(_NOT_PATHS):
-        params[f"idhub_not_path{i}"] = pattern
-        guards += f" AND {column} NOT LIKE :idhub_not_path{i}"
-    return f"({column} = :{name} OR ({column} LIKE :{name}_below ESCAPE '\\'{guards}))"
+def _keepable(reason: str) -> bool:
+    # Somebody idhub does not know yet may be created or synced a moment later.
+    return not reason.startswith(("unknown user", "unknown subject"))
 
 
 class PdpClient:
@@ -135,6 +67,8 @@ class PdpClient:
         client_id: str,
         client_secret: str,
         http: httpx.Client | None = None,
+        cache_ttl: float = 5.0,
+        cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._base = issuer.rstrip("/")
@@ -142,8 +76,19 @@ class PdpClient:
         self._http = http or httpx.Client(timeout=5.0)
         self._clock = clock
         self._token: str | None = None
-        self._token_expires = 0.0
+        self._renew_at = 0.0
         self._lock = threading.Lock()
+        self._decisions: DecisionCache[Decision] = DecisionCache(
+            ttl=cache_ttl, size=cache_size, clock=clock
+        )
+        self._scopes: DecisionCache[DataScope] = DecisionCache(
+            ttl=cache_ttl, size=cache_size, clock=clock
+        )
+
+    @property
+    def policy_version(self) -> str:
+        """The newest policy version an answer carried ("" before the first)."""
+        return self._decisions.version or self._scopes.version
 
     def check(
         self,
@@ -156,35 +101,67 @@ class PdpClient:
         dept: str | None = None,
         resource_id: str | None = None,
     ) -> Decision:
+        """May `user` (a username, a `Subject` or token claims) do `action` on this record?"""
         request = _request(user, domain, type, action, owner, dept, resource_id)
+        key = cache_key("check", request)
+        cached = self._decisions.get(key)
+        if cached is not None:
+            return cached
         body = self._post("/api/v1/authz/check", request)
-        return Decision(bool(body["allowed"]), str(body.get("reason", "")), body["policy_version"])
+        decision = Decision(
+            bool(body["allowed"]), str(body.get("reason", "")), str(body["policy_version"])
+        )
+        self._remember(key, decision)
+        return decision
 
     def check_many(self, requests: Sequence[Mapping[str, Any]]) -> list[Decision]:
         """Up to 1,000 requests decided on one policy version, in order. Each names its user
         as `user` (a username, a `Subject` or token claims) or `sub`."""
-        body = self._post("/api/v1/authz/check", {"requests": [_named(r) for r in requests]})
-        version = body["policy_version"]
+        named = [_named(r) for r in requests]
+        keys = [cache_key("check", r) for r in named]
+        known = [self._decisions.get(k) for k in keys]
+        asked = [i for i, hit in enumerate(known) if hit is None]
+        if not asked:
+            return [hit for hit in known if hit is not None]
+        decided = self._ask_many([named[i] for i in asked])
+        version = decided[0].policy_version
+        if any(hit is not None and hit.policy_version != version for hit in known):
+            # Remembered answers of an older policy: the batch is decided on one version.
+            decided, asked = self._ask_many(named), list(range(len(named)))
+        answers = list(known)
+        for i, decision in zip(asked, decided, strict=True):
+            answers[i] = decision
+            self._remember(keys[i], decision)
+        return [answer for answer in answers if answer is not None]
+
+    def scopes(self, user: User, domain: str, type: str, action: str) -> DataScope:
+        """Which records of `type` the user may `action`: turn it into SQL with `sql_where`."""
+        request = {**who(user), "domain": domain, "type": type, "action": action}
+        key = cache_key("scopes", request)
+        cached = self._scopes.get(key)
+        if cached is not None:
+            return cached
+        scope = data_scope(self._post("/api/v1/authz/scopes", request))
+        self._decisions.saw(scope.policy_version)
+        if scope.user:
+            self._scopes.put(key, scope, scope.policy_version)
+        else:
+            self._scopes.saw(scope.policy_version)
+        return scope
+
+    def _ask_many(self, requests: list[dict[str, Any]]) -> list[Decision]:
+        body = self._post("/api/v1/authz/check", {"requests": requests})
+        version = str(body["policy_version"])
         return [
             Decision(bool(r["allowed"]), str(r.get("reason", "")), version) for r in body["results"]
         ]
 
-    def scopes(self, user: User, domain: str, type: str, action: str) -> DataScope:
-        body = self._post(
-            "/api/v1/authz/scopes", {**who(user), "domain": domain, "type": type, "action": action}
-        )
-        exclude = body.get("exclude") or {}
-        return DataScope(
-            all=bool(body["all"]),
-            self=bool(body["self"]),
-            departments=tuple(_depts(body.get("departments", []))),
-            exclude_self=bool(exclude.get("self", False)),
-            exclude_departments=tuple(_depts(exclude.get("departments", []))),
-            policy_version=str(body.get("policy_version", "")),
-            raw=body,
-            user=str(body.get("user") or ""),
-            reason=str(body.get("reason") or ""),
-        )
+    def _remember(self, key: str, decision: Decision) -> None:
+        self._scopes.saw(decision.policy_version)
+        if _keepable(decision.reason):
+            self._decisions.put(key, decision, decision.policy_version)
+        else:
+            self._decisions.saw(decision.policy_version)
 
     def _post(self, path: str, payload: Any) -> dict[str, Any]:
         for attempt in (1, 2):
@@ -198,14 +175,17 @@ class PdpClient:
             if response.status_code == 401 and attempt == 1:
                 continue  # token revoked or keys rotated: get a fresh one once
             if response.status_code != 200:
-                raise PdpError(_describe(response))
-            result: dict[str, Any] = response.json()
+                raise _error(response, "the decision API")
+            try:
+                result: dict[str, Any] = response.json()
+            except ValueError:
+                raise PdpError("the decision API answered something other than JSON") from None
             return result
-        raise PdpError("decision API refused a fresh token")
+        raise PdpError("the decision API refused a fresh token", status=401)
 
     def _access_token(self, *, force: bool) -> str:
         with self._lock:
-            if not force and self._token and self._clock() < self._token_expires - 30:
+            if not force and self._token and self._clock() < self._renew_at:
                 return self._token
             try:
                 response = self._http.post(
@@ -220,10 +200,11 @@ class PdpClient:
             except httpx.HTTPError as exc:
                 raise PdpError(f"token endpoint unreachable: {exc}") from exc
             if response.status_code != 200:
-                raise PdpError(_describe(response))
+                raise _error(response, "the token endpoint")
             body = response.json()
+            lifetime = float(body.get("expires_in", 60))
             self._token = str(body["access_token"])
-            self._token_expires = self._clock() + float(body.get("expires_in", 60))
+            self._renew_at = self._clock() + lifetime - min(RENEW_BEFORE, lifetime / 2)
             return self._token
 
 
@@ -255,13 +236,11 @@ def _request(
     return request
 
 
-def _depts(items: Sequence[Mapping[str, Any]]) -> list[DepartmentScope]:
-    return [DepartmentScope(str(d["path"]), bool(d.get("subtree", False))) for d in items]
-
-
-def _describe(response: httpx.Response) -> str:
+def _error(response: httpx.Response, what: str) -> PdpError:
     try:
         body = response.json()
-        return f"{response.status_code} {body.get('error')}: {body.get('error_description', '')}"
-    except ValueError:
-        return f"{response.status_code} from the decision API"
+        error = str(body.get("error") or "")
+        message = f"{response.status_code} {error}: {body.get('error_description', '')}"
+    except (ValueError, AttributeError):
+        error, message = "", f"{response.status_code} from {what}"
+    return PdpError(message, status=response.status_code, error=error)

@@ -1,14 +1,22 @@
-"""ASGI middleware for a Starlette (or any ASGI) system: requires an idhub access token for its
-audience and puts the validated claims in `request.state.idhub_claims`. Errors follow RFC 6750."""
+"""ASGI glue for a Starlette (or any ASGI) system: `BearerAuthMiddleware` requires an idhub
+access token for its audience and puts the validated claims in `request.state.idhub_claims`
+(errors follow RFC 6750); `backchannel_logout_endpoint` serves a `backchannel_logout_uri`.
+The only module of the SDK that imports Starlette."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from starlette.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from idhub.sdk.tokens import InvalidToken, TokenValidator
+from idhub.sdk.bearer import authenticate, bearer_token, challenge
+from idhub.sdk.errors import InvalidToken
+from idhub.sdk.logout import BackchannelLogoutReceiver
+from idhub.sdk.replies import Reply
+from idhub.sdk.tokens import TokenValidator
 
 
 class BearerAuthMiddleware:
@@ -27,29 +35,40 @@ class BearerAuthMiddleware:
         if scope["type"] != "http" or scope["path"] in self.exempt:
             await self.app(scope, receive, send)
             return
-        header = ""
+        header = None
         for key, value in scope.get("headers", []):
             if key == b"authorization":
                 header = value.decode("latin-1")
                 break
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            await _challenge(scope, receive, send, None)
-            return
         try:
-            claims = self.validator.validate(token.strip())
-        except InvalidToken:
-            await _challenge(scope, receive, send, "invalid_token")
+            # Served from memory for a token seen before; a new one may fetch the JWKS or
+            # introspect, which blocks, so only then does it leave the event loop.
+            claims = self.validator.cached(bearer_token(header))
+            if claims is None:
+                claims = await run_in_threadpool(authenticate, self.validator, header)
+        except InvalidToken as exc:
+            await _send(challenge(exc), scope, receive, send)
             return
         scope.setdefault("state", {})["idhub_claims"] = claims
         await self.app(scope, receive, send)
 
 
-async def _challenge(scope: Scope, receive: Receive, send: Send, error: str | None) -> None:
-    challenge = 'Bearer realm="idhub"' + (f', error="{error}"' if error else "")
-    body = {
-        "error": error or "invalid_request",
-        "error_description": "a valid bearer token is required",
-    }
-    response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})
-    await response(scope, receive, send)
+def backchannel_logout_endpoint(receiver: BackchannelLogoutReceiver) -> object:
+    """A Starlette endpoint for `Route(path, endpoint, methods=["POST"])`."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        reply = await run_in_threadpool(
+            receiver.handle_body, body, request.headers.get("content-type")
+        )
+        return _response(reply)
+
+    return endpoint
+
+
+def _response(reply: Reply) -> Response:
+    return Response(reply.body_bytes(), status_code=reply.status, headers=reply.all_headers())
+
+
+async def _send(reply: Reply, scope: Scope, receive: Receive, send: Send) -> None:
+    await _response(reply)(scope, receive, send)

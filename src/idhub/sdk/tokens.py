@@ -1,47 +1,59 @@
 """Offline validation of idhub access tokens (RFC 9068 JWTs) by a resource system.
 
-A system checks, without calling idhub: the signature against idhub's JWKS, `typ: at+jwt`,
-`iss`, that its own name is in `aud`, and the time claims. Tokens already validated are
-remembered until they expire, because the same token arrives on every request of a page.
-Revocation before expiry needs introspection; keep access tokens short instead.
+A system checks, without calling idhub: the signature against idhub's JWKS with an algorithm
+from its allow-list that the key is for, `typ: at+jwt`, `iss`, that its own name is in `aud`,
+`exp`/`nbf`/`iat` with leeway, and that `sub`, `client_id` and `jti` are present. Tokens
+already validated are remembered until they expire (a bounded cache), because the same token
+arrives on every request of a page. Revocation before expiry needs introspection: pass an
+`Introspection` and every use is also asked of idhub.
+
+Each failure raises its own subclass of `InvalidToken` (`idhub.sdk.errors`).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import httpx
-from joserfc import jws, jwt
-from joserfc.errors import JoseError, SecurityWarning
 
-from idhub.sdk.jwks import JwksCache, JwksError
+from idhub.sdk.errors import (
+    Expired,
+    InvalidToken,
+    MalformedToken,
+    MissingClaim,
+    NotYetValid,
+    VerifierUnavailable,
+    WrongAudience,
+    WrongIssuer,
+    WrongTokenType,
+)
+from idhub.sdk.introspection import Introspection
+from idhub.sdk.jwks import JwksCache
+from idhub.sdk.jws import check_algorithm, parse, remember_header
 
-# idhub signs with `EdDSA` (Ed25519) for clients that ask for it; RFC 9864 names the fully
-# specified `Ed25519` instead, and joserfc warns on the older name. The key type is pinned by
-# the JWKS (OKP / Ed25519), so the polymorphism RFC 9864 worries about does not arise here.
-warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
+__all__ = ["DEFAULT_ALGORITHMS", "InvalidToken", "TokenValidator", "check_claims", "verify_signed"]
 
-ACCESS_TOKEN_TYPES = ("at+jwt", "application/at+jwt")
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 DEFAULT_ALGORITHMS = ("ES256", "EdDSA", "RS256")
-
-
-class InvalidToken(Exception):
-    """The token must not be trusted; `str()` says why, for logs (never echo it to users)."""
+ACCESS_TOKEN_CLAIMS = ("iss", "aud", "exp", "iat", "sub", "client_id", "jti")
 
 
 def discover(issuer: str, http: httpx.Client) -> dict[str, Any]:
     """Fetches the issuer's discovery document and checks it names the same issuer."""
     url = issuer.rstrip("/") + "/.well-known/openid-configuration"
-    response = http.get(url)
-    response.raise_for_status()
-    document: dict[str, Any] = response.json()
-    if document.get("issuer") != issuer:
-        raise InvalidToken(f"discovery at {url} names issuer {document.get('issuer')!r}")
+    try:
+        response = http.get(url)
+        response.raise_for_status()
+        document: Any = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise VerifierUnavailable(f"cannot read {url}: {exc}") from exc
+    if not isinstance(document, dict) or document.get("issuer") != issuer:
+        found = document.get("issuer") if isinstance(document, dict) else None
+        raise WrongIssuer(f"discovery at {url} names issuer {found!r}, not {issuer!r}")
     return document
 
 
@@ -57,6 +69,7 @@ class TokenValidator:
         leeway: int = 30,
         cache_size: int = 10_000,
         jwks_min_refresh: float = 1.0,
+        introspection: Introspection | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.issuer = issuer
@@ -65,39 +78,63 @@ class TokenValidator:
         self._jwks = JwksCache(
             jwks_uri or issuer.rstrip("/") + "/jwks", http=self._http, min_refresh=jwks_min_refresh
         )
-        self._algorithms = list(algorithms)
+        self._algorithms = frozenset(algorithms)
         self._leeway = leeway
+        self._introspection = introspection
         self._clock = clock
-        self._cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # token -> (claims, time after which it is no longer served): insertion order, so
+        # the oldest entry goes first when full. Reads take no lock (one dict lookup).
+        self._cache: OrderedDict[str, tuple[dict[str, Any], float]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
     @classmethod
     def from_discovery(
-        cls, issuer: str, *, audience: str, http: httpx.Client | None = None, **kwargs: Any
+        cls,
+        issuer: str,
+        *,
+        audience: str,
+        http: httpx.Client | None = None,
+        introspect_as: tuple[str, str] | None = None,
+        **kwargs: Any,
     ) -> TokenValidator:
+        """A validator configured from the issuer's discovery document. `introspect_as`
+        (client id, secret) also asks idhub about every use (instant revocation)."""
         client = http or httpx.Client(timeout=5.0)
         document = discover(issuer, client)
+        if introspect_as is not None:
+            endpoint = document.get("introspection_endpoint")
+            if not isinstance(endpoint, str):
+                raise VerifierUnavailable(f"{issuer} publishes no introspection endpoint")
+            kwargs["introspection"] = Introspection(
+                endpoint, client_id=introspect_as[0], client_secret=introspect_as[1], http=client
+            )
         return cls(issuer, audience=audience, jwks_uri=document["jwks_uri"], http=client, **kwargs)
 
     def validate(self, token: str) -> dict[str, Any]:
-        """The token's claims, or `InvalidToken`."""
-        now = self._clock()
-        with self._lock:
-            cached = self._cache.get(token)
-            if cached is not None:
-                if cached["exp"] + self._leeway > now:
-                    self._cache.move_to_end(token)
-                    return dict(cached)
-                del self._cache[token]
-        claims = self._validate(token, now)
-        with self._lock:
-            self._cache[token] = claims
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return dict(claims)
+        """The token's claims (a fresh dict each call), or a subclass of `InvalidToken`."""
+        try:
+            hit = self._cache.get(token)
+        except TypeError:  # not even hashable, let alone a token
+            raise MalformedToken("not a compact JWS") from None
+        if hit is not None and hit[1] > self._clock():
+            if self._introspection is not None:
+                self._introspection.require_active(token, hit[0])
+            return hit[0].copy()
+        return self._validate(token)
 
-    def _validate(self, token: str, now: float) -> dict[str, Any]:
+    def cached(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token validated before and not expired, when answering needs no
+        call to idhub (no introspection); None otherwise. Never raises."""
+        if self._introspection is not None or not isinstance(token, str):
+            return None
+        hit = self._cache.get(token)
+        if hit is not None and hit[1] > self._clock():
+            return hit[0].copy()
+        return None
+
+    def _validate(self, token: str) -> dict[str, Any]:
+        now = self._clock()
         claims = verify_signed(
             token, self._jwks, types=ACCESS_TOKEN_TYPES, algorithms=self._algorithms,
             what="an access token",
@@ -108,9 +145,19 @@ class TokenValidator:
             audience=self.audience,
             now=now,
             leeway=self._leeway,
-            required=("iss", "aud", "exp", "iat", "sub", "client_id", "jti"),
+            required=ACCESS_TOKEN_CLAIMS,
         )
-        return claims
+        for name in ("sub", "client_id", "jti"):
+            if not isinstance(claims[name], str):
+                raise MissingClaim(f"{name} is not a string")
+        if self._introspection is not None:
+            self._introspection.require_active(token, claims)
+        with self._lock:
+            cache = self._cache
+            cache[token] = (claims, claims["exp"] + self._leeway)
+            while len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return claims.copy()
 
 
 def verify_signed(
@@ -122,21 +169,32 @@ def verify_signed(
     what: str,
 ) -> dict[str, Any]:
     """The claims of a compact JWS whose `typ` is one of `types` and whose signature verifies
-    against the issuer's keys; `InvalidToken` otherwise. Claims are not checked here."""
-    try:
-        header = jws.extract_compact(token.encode("ascii")).protected
-    except (JoseError, ValueError, UnicodeEncodeError) as exc:
-        raise InvalidToken("not a compact JWS") from exc
+    with an allowed algorithm against the issuer's key it names. Claims are not checked."""
+    parsed = parse(token)
     # Explicit typing keeps one kind of idhub token from being replayed as another.
-    if str(header.get("typ", "")).lower() not in types:
-        raise InvalidToken(f"not {what} (typ is not {next(iter(types))})")
-    try:
-        keys = jwks.keys_for(header.get("kid"))
-        return dict(jwt.decode(token, keys, algorithms=list(algorithms)).claims)
-    except JwksError as exc:
-        raise InvalidToken(str(exc)) from exc
-    except (JoseError, ValueError) as exc:
-        raise InvalidToken(f"signature or format rejected: {exc}") from exc
+    if str(parsed.header.get("typ", "")).lower() not in types:
+        raise WrongTokenType(f"not {what} (typ is not {min(types, key=len)})")
+    key = jwks.key(parsed.kid)
+    alg = check_algorithm(parsed, key, algorithms)
+    key.verify(alg, parsed.signing_input, parsed.signature)
+    remember_header(parsed)
+    return parsed.claims()
+
+
+_NUMBERS = (int, float)
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    # A bool is not a time, and neither is an overflowed 1e999 (JSON has no NaN).
+    if type(value) not in _NUMBERS or value in _INFINITE:
+        raise MissingClaim(f"{name} is not a number")
+    return value  # type: ignore[no-any-return]
+
+
+_INFINITE = (float("inf"), float("-inf"))
 
 
 def check_claims(
@@ -148,19 +206,22 @@ def check_claims(
     leeway: int,
     required: Collection[str],
 ) -> None:
-    missing = [name for name in required if name not in claims]
-    if missing:
-        raise InvalidToken(f"missing claims: {', '.join(missing)}")
-    if claims["iss"] != issuer:
-        raise InvalidToken(f"issued by {claims['iss']!r}, not {issuer!r}")
-    audiences = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-    if audience not in audiences:
-        raise InvalidToken(f"meant for {audiences}, not {audience!r}")
-    if "exp" in claims and not isinstance(claims["exp"], (int, float)):
-        raise InvalidToken("exp is not a number")
-    if "exp" in claims and claims["exp"] + leeway <= now:
-        raise InvalidToken("expired")
-    if isinstance(claims.get("nbf"), (int, float)) and claims["nbf"] - leeway > now:
-        raise InvalidToken("not valid yet")
-    if isinstance(claims.get("iat"), (int, float)) and claims["iat"] - leeway > now:
-        raise InvalidToken("issued in the future")
+    """Raises the `InvalidToken` subclass for the first claim that is missing or wrong."""
+    for name in required:
+        if name not in claims:
+            missing = [name for name in required if name not in claims]
+            raise MissingClaim(f"missing claims: {', '.join(missing)}")
+    if claims.get("iss") != issuer:
+        raise WrongIssuer(f"issued by {claims.get('iss')!r}, not {issuer!r}")
+    aud = claims.get("aud")
+    if aud != audience and not (type(aud) is list and audience in aud):
+        raise WrongAudience(f"meant for {aud!r}, not {audience!r}")
+    exp = _number(claims, "exp")
+    if exp is not None and exp + leeway <= now:
+        raise Expired("expired")
+    nbf = _number(claims, "nbf")
+    if nbf is not None and nbf - leeway > now:
+        raise NotYetValid("not valid yet (nbf)")
+    iat = _number(claims, "iat")
+    if iat is not None and iat - leeway > now:
+        raise NotYetValid("issued in the future (iat)")
