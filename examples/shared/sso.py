@@ -166,6 +166,14 @@ class Sso:
 def _local(target: str) -> str:
     """Only paths on this system: `next` must never send the browser elsewhere."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # Browsers read `/\host` as `//host`; control characters never belong in a path.
+    if (
+        parts.scheme
+        or parts.netloc
+        or not target.startswith("/")
+        or target.startswith("//")
+        or "\\" in target
+        or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target)
+    ):
         return "/"
     return target
