@@ -40,3 +40,28 @@ def test_next_never_leaves_the_system(target: str) -> None:
 
 def test_next_keeps_a_local_page() -> None:
     assert _local("/archive?page=2") == "/archive?page=2"
+
+
+def test_the_systems_import_nothing_of_idhub_but_the_sdk() -> None:
+    """OA and reimbursement are what a company's own systems would be: they may use idhub.sdk,
+    never the server (the `make demo` launcher, examples/demo.py, drives the server's CLI)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    offending = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "demo.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            for name in names:
+                if name.split(".")[0] == "idhub" and not name.startswith("idhub.sdk"):
+                    offending.append(f"{path.relative_to(root)}: {name}")
+    assert offending == []
