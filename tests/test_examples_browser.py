@@ -244,6 +244,8 @@ def test_the_whole_job_in_a_browser(examples: Examples, browser: Any, known_secr
             bob.shot("reimburse-bob-scope.png")
     _sql_filter_agrees_with_check(examples, ["alice", "bob", "carol", "grace"])
     assert grace.page.locator("#reports button").count() == 0  # the auditor only reads
+    grace.post_action(f"/reports/{bob_report + 3}/approve")
+    assert "不允许" in grace.page.locator("#error").inner_text()
     grace.page.goto(reimburse + "/archive")
     assert grace.page.locator("#archive td.voucher").count() == 1
 
