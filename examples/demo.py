@@ -78,10 +78,12 @@ def wanted(demo: DemoClient, base: str) -> dict[str, Any]:
     }
 
 
-def register(demo: DemoClient, base: str, *, env: Mapping[str, str]) -> str:
-    """Makes sure `demo` is registered as served at `base`; returns a fresh secret."""
+def register(
+    demo: DemoClient, base: str, *, listed: Sequence[Mapping[str, Any]], env: Mapping[str, str]
+) -> str:
+    """Makes sure `demo` is registered as served at `base` (`listed`: `idhub client list
+    --json`); returns a fresh secret."""
     want = wanted(demo, base)
-    listed = json.loads(idhub("client", "list", "--json", env=env))
     current = next((c for c in listed if c["client_id"] == demo.client_id), None)
     if current is not None and _same(current, want):
         rotated = json.loads(idhub("client", "rotate-secret", demo.client_id, "--json", env=env))
@@ -142,9 +144,11 @@ def start(plan: Plan, env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     env = {**env, "IDHUB_ISSUER": plan.issuer, "IDHUB_PORT": str(plan.idhub_port)}
     idhub("init", "--demo", env=env)
     app_env = dict(env)
+    listed = json.loads(idhub("client", "list", "--json", env=env))
     for demo in CLIENTS:
         prefix = demo.client_id.upper()
-        app_env[f"{prefix}_CLIENT_SECRET"] = register(demo, plan.base(demo.client_id), env=env)
+        base = plan.base(demo.client_id)
+        app_env[f"{prefix}_CLIENT_SECRET"] = register(demo, base, listed=listed, env=env)
         app_env[f"{prefix}_URL"] = plan.base(demo.client_id)
     app_env["OA_PEER_URL"] = plan.base("reimburse")
     app_env["REIMBURSE_PEER_URL"] = plan.base("oa")
