@@ -28,7 +28,7 @@ from idhub.core.authz.model import (
     Source,
     parse_scope,
 )
-from idhub.errors import InvalidInput, PolicyError
+from idhub.errors import InvalidInput, PolicyError, StorageError
 
 DOMAINS = ("oa", "reimburse")
 
@@ -200,3 +200,57 @@ def test_scopes_of_a_known_user(answers: PolicyAnswers) -> None:
 def test_no_policy_means_no_answers() -> None:
     with pytest.raises(PolicyError):
         Decisions(lambda: FakeSource(None)).current()
+
+
+def test_a_name_the_snapshot_lacks_refreshes_it_only_if_the_directory_holds_it() -> None:
+    """`Decisions.up_to_date`: a real new user is known at once; made-up names cost a lookup
+    and never a refresh; a refresh that finds nothing new is not repeated for 0.2 s; a
+    directory that cannot be read leaves the answers as they were."""
+    stale, fresh = _engine(), _engine()
+    fresh.directory.users["erin"] = DirectoryUser("erin", "sub-erin", "/hq", False, ())
+    source = FakeSource(stale)
+    in_store = {("sub", "sub-erin")}
+    looked_up: list[tuple[str, str]] = []
+    refreshed: list[float] = []
+    now = [100.0]
+    outcome: list[bool | Exception] = [True]
+
+    def exists(kind: str, value: str) -> bool:
+        looked_up.append((kind, value))
+        return (kind, value) in in_store
+
+    def refresh() -> bool:
+        refreshed.append(now[0])
+        result = outcome[0]
+        if isinstance(result, Exception):
+            raise result
+        if result:
+            source._engine = fresh
+        return result
+
+    decisions = Decisions(lambda: source, exists=exists, refresh=refresh, clock=lambda: now[0])
+    answers = decisions.current()
+    made_up = [ask(sub=f"sub-{i}") for i in range(3)] + [ask(user="mallory")]
+    assert decisions.up_to_date(answers, made_up) is answers
+    assert refreshed == [] and len(looked_up) == 4
+    known = [ask(sub="sub-bob"), ask(user="bob")]
+    assert decisions.up_to_date(answers, known) is answers and len(looked_up) == 4
+
+    erin = ask(sub="sub-erin")
+    assert answers.decide(erin).reason.startswith("unknown subject")
+    current = decisions.up_to_date(answers, [erin])
+    assert current is not answers and current.decide(erin).username == "erin"
+
+    # Nothing new in the store after all (a race): not asked again for 0.2 s.
+    source._engine, outcome[0] = stale, False
+    decisions.up_to_date(decisions.current(), [erin])
+    decisions.up_to_date(decisions.current(), [erin])
+    assert len(refreshed) == 2
+    now[0] += 0.25
+    outcome[0] = StorageError("database down")
+    assert decisions.up_to_date(answers, [erin]) is answers
+    assert len(refreshed) == 3
+    # The asking user's own token counts as a name too.
+    now[0] += 0.25
+    outcome[0] = True
+    assert decisions.up_to_date(answers, [ask(user="bob")], asker_sub="sub-erin") is not answers

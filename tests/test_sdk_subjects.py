@@ -13,7 +13,16 @@ from idhub.core.identity import User
 from idhub.sdk import PdpClient, Subject, TokenValidator
 from idhub.sdk.pdp import who
 from tests.conftest import LiveServer
-from tests.oidc_support import RP, issue_code, pkce_pair
+from tests.oidc_support import (
+    ACCESS_TOKEN_TYPE,
+    RP,
+    TOKEN_EXCHANGE,
+    decode,
+    issue_code,
+    oauth_client,
+    pkce_pair,
+    web_client,
+)
 
 SALES1 = "/总部/华东区/销售一部"
 REPORT = ("reimburse", "expense_report", "approve")
@@ -147,3 +156,46 @@ def test_whom_a_question_names() -> None:
         who({"preferred_username": "bob"})
     with pytest.raises(TypeError):
         who(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.filterwarnings("ignore:The httpx module is deprecated")
+def test_every_user_token_idhub_issues_names_its_user(server: LiveServer, known_secrets) -> None:
+    """ID token, OA's access token and the token OA exchanges for reimbursement (RFC 8693):
+    the claims of each, as the SDK validated them, name the same person to the decision API."""
+    services = server.services
+    pdp = _pdp(server, known_secrets)
+    services.identity.create_user(username="alice", department_path=SALES1)
+    bob = services.identity.create_user(username="bob", department_path="/总部/华东区")
+    services.identity.set_department_manager("/总部/华东区", bob.id)
+    _, oa_secret = web_client(services, "oa", allowed_audiences=["reimburse"])
+    known_secrets.add(oa_secret)
+    oa = oauth_client(server.url, "oa", oa_secret, redirect_uri=RP)
+    signed_in = oa.fetch_token(
+        server.url + "/token",
+        grant_type="authorization_code",
+        code=issue_code(services, "oa", bob, scope="openid"),
+    )
+    exchanged = oa.fetch_token(
+        server.url + "/token",
+        grant_type=TOKEN_EXCHANGE,
+        subject_token=signed_in["access_token"],
+        subject_token_type=ACCESS_TOKEN_TYPE,
+        resource="reimburse",
+    )
+    for token in (signed_in["access_token"], signed_in["id_token"], exchanged["access_token"]):
+        known_secrets.add(token)
+    on_behalf = TokenValidator.from_discovery(server.url, audience="reimburse").validate(
+        exchanged["access_token"]
+    )
+    assert on_behalf["act"] == {"sub": "oa"} and on_behalf["preferred_username"] == "bob"
+    every = [
+        TokenValidator.from_discovery(server.url, audience="oa").validate(
+            signed_in["access_token"]
+        ),
+        dict(decode(signed_in["id_token"], server.url).claims),
+        on_behalf,
+    ]
+    for claims in every:
+        assert claims["sub"] == bob.sub
+        assert pdp.check(claims, *REPORT, owner="alice", dept=SALES1).allowed
+        assert pdp.scopes(claims, "reimburse", "expense_report", "read").user == "bob"

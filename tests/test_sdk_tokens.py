@@ -14,11 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from idhub.oidc.jws import sign
 from idhub.sdk import Introspection, TokenValidator
 from idhub.sdk import errors as e
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, serve_asgi
 
 AUD = "reimburse"
 
@@ -197,3 +202,40 @@ def test_introspection_sees_a_revocation_at_once(idhub: LiveServer, known_secret
     )
     with pytest.raises(e.VerifierUnavailable):
         wrong.validate(_signed(idhub))
+
+
+def test_unusable_keys_in_a_key_set_are_skipped_not_fatal() -> None:
+    """A key set served over real HTTP holding, beside one good ES256 key, a 1024-bit RSA key,
+    an EC point that is not on the curve, an encryption key and an unknown key type."""
+    good = ec.generate_private_key(ec.SECP256R1())
+    numbers = good.public_key().public_numbers()
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - the point
+    weak_n = weak.public_key().public_numbers().n
+
+    def b64(value: int, size: int) -> str:
+        return base64.urlsafe_b64encode(value.to_bytes(size, "big")).rstrip(b"=").decode()
+
+    keys = [
+        {"kty": "EC", "crv": "P-256", "kid": "good", "x": b64(numbers.x, 32),
+         "y": b64(numbers.y, 32)},
+        {"kty": "RSA", "kid": "weak", "n": b64(weak_n, 128), "e": "AQAB"},
+        {"kty": "EC", "crv": "P-256", "kid": "off-curve", "x": b64(numbers.x, 32),
+         "y": b64(numbers.y ^ 1, 32)},
+        {"kty": "EC", "crv": "P-256", "kid": "enc", "use": "enc", "x": b64(numbers.x, 32),
+         "y": b64(numbers.y, 32)},
+        {"kty": "oct", "kid": "secret", "k": "c2VjcmV0"},
+    ]  # fmt: skip
+
+    async def jwks(_request: Request) -> JSONResponse:
+        return JSONResponse({"keys": keys})
+
+    with serve_asgi(Starlette(routes=[Route("/jwks", jwks)])) as url:
+        v = TokenValidator(url, audience=AUD)
+        now = int(time.time())
+        claims = {"iss": url, "sub": "s", "aud": AUD, "client_id": "c", "iat": now,
+                  "exp": now + 60, "jti": "j"}  # fmt: skip
+        assert v.validate(sign({"typ": "at+jwt", "alg": "ES256", "kid": "good"}, claims, good))
+        for kid in ("weak", "off-curve", "enc", "secret"):
+            token = sign({"typ": "at+jwt", "alg": "RS256", "kid": kid}, claims, weak)
+            with pytest.raises(e.UnknownKey):
+                v.validate(token)

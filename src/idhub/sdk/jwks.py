@@ -6,6 +6,7 @@ signs with a new key as soon as it is rotated in. Keys idhub cannot sign with (a
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from idhub.sdk.jws import PublicKey, import_jwk
 
 # A key set larger than this is not idhub's.
 MAX_KEYS = 100
+log = logging.getLogger("idhub.sdk.jwks")
 
 
 class JwksCache:
@@ -85,9 +87,13 @@ def _read(document: Any) -> dict[str, PublicKey]:
         raise ValueError("not a JWKS document")
     keys: dict[str, PublicKey] = {}
     for entry in entries:
-        if not isinstance(entry, dict):
-            raise ValueError("a JWKS entry is not an object")
-        key = import_jwk(entry)
+        try:
+            key = import_jwk(entry) if isinstance(entry, dict) else None
+        except ValueError as exc:
+            # One unusable key (too short, broken) must not take the others down with it;
+            # tokens it signed meet `UnknownKey`.
+            log.warning("skipping a key of the issuer's JWKS: %s", exc)
+            continue
         if key is not None:
             keys[key.kid] = key
     return keys
