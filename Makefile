@@ -6,7 +6,7 @@ IDHUB := $(BIN)/idhub
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install install-test system-deps node-deps bench lint typecheck clean
+.PHONY: run test install install-test system-deps node-deps bench lint typecheck clean demo
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,16 @@ run: $(STAMP)
 	$(IDHUB) init --demo
 	$(IDHUB) serve
 
+# idhub on 8000 with the OA (8001) and reimbursement (8002) examples; Ctrl-C stops all three.
+EXAMPLES_STAMP := $(VENV)/.installed-examples
+$(EXAMPLES_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[examples]'
+	touch $(STAMP) $@
+
+demo: $(EXAMPLES_STAMP)
+	bash .ci/system-deps --run
+	$(BIN)/python -m examples.demo
+
 system-deps:
 	bash .ci/system-deps
 
@@ -42,8 +52,8 @@ bench: install-test system-deps
 	$(BIN)/python bench/run_all.py
 
 lint: install-test
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: install-test
 	$(BIN)/mypy src

@@ -546,3 +546,32 @@ def source_toml(server: Slapd, *, name: str = "corp", extra: str = "") -> str:
 
 
 SOURCE_ENV = {"LDAP_BIND_PASSWORD": SERVICE_PASSWORD}
+
+
+def main() -> None:
+    """`python -m tests.slapd [DIR]`: the generated company on a free port until Ctrl-C, for
+    trying directory sync by hand (docs/tutorial.md)."""
+    import sys
+    import tempfile
+
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="slapd-"))
+    company = company_ldif()
+    server = Slapd(workdir, tls=False)
+    server.slapadd(company.ldif)
+    server.start()
+    managers = ", ".join(f"{path}: {uid}" for path, uid in sorted(company.managers.items())[:5])
+    print(f"slapd serving {SUFFIX} at {server.url} (data in {workdir})")
+    print(f"service account {SERVICE_DN}, password {SERVICE_PASSWORD}")
+    print(f"{len(company.people)} people, password {USER_PASSWORD}; managers: {managers}, ...")
+    print("\n" + source_toml(server), flush=True)
+    try:
+        while server.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.destroy()
+
+
+if __name__ == "__main__":
+    main()

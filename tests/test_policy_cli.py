@@ -33,6 +33,7 @@ def seeded(cli_config: Path) -> Path:
         ident.set_group_members(ident.ensure_group("财务审核组").id, [carol.id])
         ident.set_group_members(ident.ensure_group("系统管理员").id, [dave.id])
         ident.set_group_members(ident.ensure_group("审计组").id, [])
+        ident.set_group_members(ident.ensure_group("档案管理组").id, [])
         del alice
     finally:
         services.close()

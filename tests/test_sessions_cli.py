@@ -86,7 +86,7 @@ def test_demo_seeds_a_company_that_can_sign_in(
     secrets_found = dict(re.findall(r"client_id=(\S+) client_secret=(\S+)", first.out))
     assert set(secrets_found) == {"oa", "reimburse"}
     passwords = dict(re.findall(r"demo user (\w+) .*: password (\S+)", first.out))
-    assert set(passwords) == {"alice", "bob", "carol", "dave", "grace"}
+    assert set(passwords) == {"alice", "bob", "carol", "dave", "grace", "kate"}
 
     identity = services.identity
     alice = identity.get_user_by_username("alice")
@@ -108,7 +108,7 @@ def test_demo_seeds_a_company_that_can_sign_in(
     assert again.code == 0, again.err
     assert "client_secret=" not in again.out and "already registered" in again.out
     assert "already present" in again.out
-    assert len(identity.list_users()) == 5
+    assert len(identity.list_users()) == len(passwords)
 
     # The printed secret and password really work: a full code flow with the demo client.
     from authlib.integrations.httpx_client import OAuth2Client

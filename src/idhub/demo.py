@@ -26,6 +26,9 @@ DEPARTMENTS = (
     "/总部/华东区/销售一部",
     "/总部/信息技术部",
     "/总部/审计部",
+    # The accounting archive's keepers (examples/reimburse files vouchers there).
+    "/总部/行政部",
+    "/总部/行政部/档案室",
 )
 ADMIN_GROUP = "系统管理员"
 
@@ -93,6 +96,16 @@ USERS = (
         "E1005",
         groups=("审计组",),
     ),
+    DemoUser(
+        "kate",
+        "孙婷",
+        "/总部/行政部/档案室",
+        "kate-demo-1",
+        "kate@example.com",
+        "13800000006",
+        "E1006",
+        groups=("档案管理组",),
+    ),
 )
 
 
@@ -109,14 +122,24 @@ class DemoClient:
 
 
 CLIENTS = (
+    # OA reserves budget in reimbursement on the approver's behalf (token exchange).
     DemoClient("oa", "OA 办公系统", 8001, allowed_audiences=("reimburse",)),
-    DemoClient("reimburse", "费用报销系统", 8002),
+    # Reimbursement files paid reports in the accounting archive, so it asks about that domain.
+    DemoClient("reimburse", "费用报销系统", 8002, allowed_audiences=("archive",)),
 )
-DEMO_SCOPE = "openid profile email phone groups offline_access"
+# `authz`: the examples ask the decision API with their own client-credentials token.
+DEMO_SCOPE = "openid profile email phone groups offline_access authz"
 ACTOR = Actor("admin", "demo")
 
 
 def seed_demo(services: Services, echo: Callable[[str], None]) -> None:
+    seed_demo_directory(services, echo)
+    _seed_clients(services, echo)
+
+
+def seed_demo_directory(services: Services, echo: Callable[[str], None]) -> None:
+    """Departments, people and groups, without the demo clients (the examples' tests register
+    those with `register_demo_client` on ports of their own)."""
     identity = services.identity
     for path in DEPARTMENTS:
         identity.ensure_department(path)
@@ -149,12 +172,9 @@ def seed_demo(services: Services, echo: Callable[[str], None]) -> None:
             identity.set_department_manager(person.manages, user.id)
         extra = f", groups {', '.join(person.groups)}" if person.groups else ""
         echo(f"demo user {person.username} ({person.name}, {person.department}{extra}): {note}")
-    _seed_clients(services, echo)
 
 
 def _seed_clients(services: Services, echo: Callable[[str], None]) -> None:
-    from idhub.core.clients import TOKEN_EXCHANGE
-
     registry = services.clients
     for demo in CLIENTS:
         if registry.get(demo.client_id) is not None:
@@ -163,23 +183,34 @@ def _seed_clients(services: Services, echo: Callable[[str], None]) -> None:
                 f"(`idhub client rotate-secret {demo.client_id}` prints a new secret)"
             )
             continue
-        grants = ["authorization_code", "refresh_token", "client_credentials"]
-        if demo.allowed_audiences:
-            grants.append(TOKEN_EXCHANGE)
-        client, secret = registry.register(
-            demo.client_id,
-            name=demo.name,
-            redirect_uris=[f"{demo.base}/callback"],
-            post_logout_redirect_uris=[f"{demo.base}/logged-out"],
-            backchannel_logout_uri=f"{demo.base}/backchannel-logout",
-            grant_types=grants,
-            scope=DEMO_SCOPE,
-            first_party=True,
-            public=False,
-            allowed_audiences=list(demo.allowed_audiences),
-            actor=ACTOR,
-        )
+        secret = register_demo_client(services, demo, base=demo.base)
         echo(
-            f"demo client {client.client_id} ({demo.name}): client_id={client.client_id} "
+            f"demo client {demo.client_id} ({demo.name}): client_id={demo.client_id} "
             f"client_secret={secret} redirect_uri={demo.base}/callback"
         )
+
+
+def register_demo_client(services: Services, demo: DemoClient, *, base: str) -> str:
+    """Registers one demo system served at `base` (the examples' tests serve them on free
+    ports); returns its client secret."""
+    from idhub.core.clients import TOKEN_EXCHANGE
+
+    grants = ["authorization_code", "refresh_token", "client_credentials"]
+    if demo.allowed_audiences:
+        grants.append(TOKEN_EXCHANGE)
+    _client, secret = services.clients.register(
+        demo.client_id,
+        name=demo.name,
+        redirect_uris=[f"{base}/callback"],
+        post_logout_redirect_uris=[f"{base}/logged-out"],
+        backchannel_logout_uri=f"{base}/backchannel-logout",
+        grant_types=grants,
+        scope=DEMO_SCOPE,
+        first_party=True,
+        public=False,
+        allowed_audiences=list(demo.allowed_audiences),
+        actor=ACTOR,
+    )
+    if secret is None:  # a confidential client always gets one
+        raise RuntimeError(f"demo client {demo.client_id} was registered without a secret")
+    return secret

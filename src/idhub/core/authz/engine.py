@@ -363,9 +363,16 @@ class Engine:
         obj, act = canonical_name(obj), canonical_name(act)
         owner, dept = canonical_name(owner), canonical_path(dept)
         username = username_of(subject)
+        # In file and line order: the roles come from a set, and an admin (or a tutorial)
+        # comparing two explanations should see the same table.
         matches = tuple(
-            Match(rule, anchors, scope_matches(rule.scope, username, anchors, owner, dept))
-            for rule, anchors in self.candidates(subject, domain, obj, act)
+            sorted(
+                (
+                    Match(rule, anchors, scope_matches(rule.scope, username, anchors, owner, dept))
+                    for rule, anchors in self.candidates(subject, domain, obj, act)
+                ),
+                key=lambda match: match.rule.source,
+            )
         )
         return Explanation(
             decision=self.decide(subject, domain, obj, act, owner, dept),
