@@ -30,7 +30,8 @@ def test_user_commands(
         "--name",
         "张伟",
         "--department",
-        "/总部/财务部",
+        # Not finance: the policy asks the finance department for a second factor.
+        "/总部/华东区/销售一部",
         "--email",
         "zhang@example.com",
         "--password-stdin",
@@ -40,7 +41,7 @@ def test_user_commands(
     )
     assert added.code == 0, added.err
     info = json.loads(added.out)
-    assert info["username"] == "zhang" and info["department"] == "/总部/财务部"
+    assert info["username"] == "zhang" and info["department"] == "/总部/华东区/销售一部"
     assert "zhang-secret-1" not in added.out
     # No terminal and no --password-stdin: refused, nothing created.
     refused = run_cli("user", "add", "li", config=config, stdin="")
