@@ -63,19 +63,17 @@ def test_every_tutorial_command_runs_as_shown(
     (cases,) = [b for b in _blocks(text, "yaml") if "manager_scope_test.yaml" in b]
     (policies / "tests" / "manager_scope_test.yaml").write_text(cases, encoding="utf-8")
     sod = policies / "sod.yaml"
-    # TODO(sod): segregation of duties arrives with the `sod` branch; until it is merged here
-    # its file and `idhub policy sod` do not exist, and the tutorial's SoD step is skipped.
-    if sod.exists():
-        (exception,) = [b for b in _blocks(text, "yaml") if "policies/sod.yaml" in b]
-        rules = sod.read_text(encoding="utf-8")
-        assert "\nexceptions:\n" in rules
-        sod.write_text(rules.replace("\nexceptions:\n", "\nexceptions:\n" + exception, 1))
+    (exception,) = [b for b in _blocks(text, "yaml") if "policies/sod.yaml" in b]
+    rules = sod.read_text(encoding="utf-8")
+    assert "\nexceptions:\n" in rules
+    sod.write_text(rules.replace("\nexceptions:\n", "\nexceptions:\n" + exception, 1))
     config = cli_config.read_text(encoding="utf-8").replace(
         f'dir = "{REPO / "policies"}"', f'dir = "{policies}"'
     )
     cli_config.write_text(config + "\n" + source, encoding="utf-8")
 
-    commands = [c for c in _commands(text) if sod.exists() or c[:2] != ["policy", "sod"]]
+    commands = _commands(text)
+    assert ["policy", "sod"] in [c[:2] for c in commands]
     assert len(commands) >= 14
     outputs: dict[str, str] = {}
     for argv in commands:
