@@ -210,6 +210,16 @@ def test_the_whole_job_in_a_browser(examples: Examples, browser: Any, known_secr
     bob.post_action(f"/reports/{bob_report}/approve")
     assert "不允许" in bob.page.locator("#error").inner_text()
     assert store.report(bob_report)["status"] == "submitted"  # type: ignore[index]
+    # The app sends the report's actors (its segregation-of-duties steps) with every question.
+    refused = [
+        d
+        for d in (e["details"] for e in events(services, "authz.decision"))
+        if d["domain"] == "reimburse"
+        and d["action"] == "approve"
+        and d.get("resource_id") == str(bob_report)
+    ]
+    assert refused and all(d["actors"] == {"created_by": ["bob"]} for d in refused)
+    assert not any(d["allowed"] for d in refused)
     bob.open(reimburse + "/")
     bob.click_in_row("reports", alice_report, "approve")
     assert "已审批" in bob.page.locator("p[role=status]").inner_text()

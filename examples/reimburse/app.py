@@ -134,7 +134,7 @@ class Reimburse:
             return self.pages.error(request, user, "没有这张报销单 no such report", 404)
         decision = self.pdp.check(
             user.claims, DOMAIN, TYPE, action, owner=report["owner"], dept=report["dept"],
-            resource_id=str(report["id"]),
+            resource_id=str(report["id"]), actors=_actors(report),
         )  # fmt: skip
         if not decision.allowed:
             return self.pages.error(request, user, f"不允许 not allowed: {decision.reason}", 403)
@@ -167,7 +167,18 @@ def _question(user: SignedIn, report: sqlite3.Row, action: str) -> dict[str, Any
         "type": TYPE,
         "action": action,
         "resource": {"owner": report["owner"], "dept": report["dept"], "id": str(report["id"])},
+        "actors": _actors(report),
     }
+
+
+def _actors(report: sqlite3.Row) -> dict[str, str]:
+    """Who already acted on the report, so idhub's segregation-of-duties rule for its steps
+    (policies/sod.yaml, expense-report-steps) refuses a second step by the same person."""
+    actors = {"created_by": str(report["owner"])}
+    for step in ("approved_by", "paid_by"):
+        if report[step]:
+            actors[step] = str(report[step])
+    return actors
 
 
 def _back(notice: str) -> Response:
