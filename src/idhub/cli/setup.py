@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default from settings)")
     p.add_argument("--port", type=int, help="port (default from settings)")
     p.add_argument("--workers", type=int, help="worker processes (default from settings)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, server_logs=True)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
