@@ -17,7 +17,7 @@ from typing import Any
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
-from idhub.core.authz.checks import check_policy
+from idhub.core.authz.checks import check_loaded
 from idhub.core.authz.engine import Engine, explanation_json
 from idhub.core.authz.model import (
     DirectorySnapshot,
@@ -122,7 +122,7 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
             directory = _directory(ctx)
         except IdhubError as exc:
             note = f"directory not read ({exc}); directory checks skipped"
-    issues = issues + check_policy(policy, _domains(ctx), directory)
+    issues = check_loaded(policy, issues, _domains(ctx), directory)
     errors = [i for i in issues if i.level == "error"]
     warnings = [i for i in issues if i.level == "warning"]
     failed = bool(errors) or (args.strict and bool(warnings))
@@ -159,7 +159,7 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
     root = _dir(args, ctx)
     policy, issues = _load(ctx, root)
-    issues = issues + check_policy(policy, _domains(ctx), policy.fixture)
+    issues = check_loaded(policy, issues, _domains(ctx), policy.fixture)
     errors = [i for i in issues if i.level == "error"]
     for issue in errors:
         print(_where(root, issue))

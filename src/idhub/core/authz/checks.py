@@ -29,6 +29,20 @@ def _expand(domain: str, domains: tuple[str, ...]) -> tuple[str, ...]:
     return domains if domain == ANY else (domain,)
 
 
+def check_loaded(
+    policy: PolicySet,
+    load_issues: list[Issue],
+    domains: tuple[str, ...],
+    directory: DirectorySnapshot | None = None,
+) -> list[Issue]:
+    """What the loader found, then the checks across files, unless a file could not be read
+    at all: one broken catalog.yaml would otherwise bury its one error under a hundred
+    "unknown role" follow-ons. The admin fixes the root cause and the next run checks the rest."""
+    if any(issue.unreadable for issue in load_issues):
+        return list(load_issues)
+    return load_issues + check_policy(policy, domains, directory)
+
+
 def check_policy(
     policy: PolicySet, domains: tuple[str, ...], directory: DirectorySnapshot | None = None
 ) -> list[Issue]:
