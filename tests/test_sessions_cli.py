@@ -31,6 +31,7 @@ def test_user_commands(
         "张伟",
         "--department",
         "/总部/财务部",
+        "--create-department",
         "--email",
         "zhang@example.com",
         "--password-stdin",

@@ -26,6 +26,7 @@ from idhub.core.authz.model import (
     user_subject,
 )
 from idhub.core.authz.testing import run_policy_tests
+from idhub.core.authz.vocabulary import require_known
 from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError, StorageError
 
 EXIT_FAILED = 1
@@ -205,6 +206,7 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidInput(
             f"unknown domain {args.domain!r} (configured: {', '.join(engine.domains)})"
         )
+    require_known(engine.policy.catalog, args.domain, args.type, args.action)
     subject = user_subject(user.username)
     result = engine.explain(subject, args.domain, args.type, args.action, args.owner, args.dept)
     decision = result.decision

@@ -23,6 +23,7 @@ from idhub.core.authz.model import (
     Source,
     username_of,
 )
+from idhub.core.authz.vocabulary import unknown_name
 
 
 def _expand(domain: str, domains: tuple[str, ...]) -> tuple[str, ...]:
@@ -147,6 +148,13 @@ def check_policy(
             warn(f"group {assign.match!r} does not exist in the directory", assign.source)
         if assign.kind == "department" and assign.match not in directory.departments:
             warn(f"department {assign.match} does not exist in the directory", assign.source)
+
+    # ---- policy tests: a misspelt type or action would pass any `expect: deny` unnoticed
+    for case in policy.cases:
+        if case.obj and case.domain in known_domains:
+            problem = unknown_name(catalog, case.domain, case.obj, case.act)
+            if problem is not None:
+                err(f"test {case.name!r}: {problem}", case.source)
 
     _check_role_graph(policy.links, domains, err)
     _check_reachable(policy, domains, warn)
