@@ -12,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from idhub import errors
+from idhub.bootstrap import translate_failure
 from idhub.web.security_headers import allowed_methods
 
 log = logging.getLogger("idhub.web")
@@ -62,12 +63,18 @@ def error_response(
     code: str,
     message: str,
     headers: Mapping[str, str] | None = None,
+    *,
+    localised: bool = False,
 ) -> Response:
+    """The error as JSON, or as the error page for a browser. `localised`: `message` is a
+    generic sentence with a translation under "http_<code>" (web/i18n.py), which a browser gets
+    in its page's language like every other page."""
     request_id = getattr(request.state, "request_id", None)
     if wants_html(request):
         from idhub.web.templating import render_error
 
-        page = render_error(request, status=status, title=code, message=message)
+        key = f"http_{code}" if localised else None
+        page = render_error(request, status=status, title=code, message=message, key=key)
         page.headers.update(headers or {})
         return page
     body: dict[str, Any] = {"error": code, "error_description": message}
@@ -81,7 +88,8 @@ async def _idhub_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc)
-    return error_response(request, status, exc.code, message_for(exc))
+    generic = any(cls in MESSAGES for cls in type(exc).__mro__)
+    return error_response(request, status, exc.code, message_for(exc), localised=generic)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -91,14 +99,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         # RFC 9110 15.5.6; a path served by one route per method needs all of them named.
         headers["Allow"] = ", ".join(allowed_methods(request))
-    return error_response(request, exc.status_code, code, str(exc.detail), headers)
+    return error_response(request, exc.status_code, code, str(exc.detail), headers, localised=True)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    known = translate_failure(exc)
+    if known is not None:  # a database failure no store translated: answered as its kind
+        return await _idhub_error(request, known)
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unexpected error in request %s", request_id)
     return error_response(
-        request, 500, "server_error", f"An internal error occurred (request {request_id})."
+        request,
+        500,
+        "server_error",
+        f"An internal error occurred (request {request_id}).",
+        localised=True,
     )
 
 
