@@ -79,6 +79,11 @@ def test_a_database_never_initialised_says_run_init(
     for command in COMMANDS:
         line = one_line(run_cli(*command, config=config))
         assert "run `idhub init`" in line, (command, line)
+    # a reload reports the policy rejected (exit 1), for the same reason
+    reload = run_cli("policy", "reload", config=config)
+    assert reload.code == 1 and "Traceback" not in reload.err
+    assert "the database has no idhub tables: run `idhub init`" in reload.out
+    assert len(reload.out.splitlines()) == 2, reload.out
     # and once initialised, the same command works
     assert run_cli("init", config=config).code == 0
     assert run_cli("user", "list", config=config).code == 0

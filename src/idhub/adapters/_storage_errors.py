@@ -60,6 +60,17 @@ def storage_error(exc: BaseException, what: str) -> StorageError:
     )
 
 
+def storage_error_with_detail(exc: BaseException, what: str) -> StorageError:
+    """As `storage_error`, but a statement the database refused keeps the first line of the
+    driver's reason (a constraint's name, say), which an admin running a sync can act on; the
+    SQL and parameters that follow it never reach a message."""
+    error = storage_error(exc, what)
+    if type(error) is not StorageError:
+        return error
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return StorageError(_prefixed(what, lines[0] if lines else type(exc).__name__))
+
+
 def _prefixed(what: str, text: str) -> str:
     return f"{what}: {text}" if what else text
 

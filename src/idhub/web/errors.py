@@ -10,6 +10,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub import errors
 from idhub.bootstrap import translate_failure
@@ -35,6 +36,8 @@ STATUS: Mapping[type[errors.IdhubError], int] = {
 # method that failed) that belong in the log only.
 MESSAGES: Mapping[type[errors.IdhubError], str] = {
     errors.StorageUnavailable: "The database cannot be reached right now; try again shortly.",
+    # The admin's hint (run `idhub init`) is in the log line; a person signing in gets this.
+    errors.SchemaNotReady: "idhub is not set up completely yet; try again later.",
 }
 
 
@@ -102,10 +105,38 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc.status_code, code, str(exc.detail), headers, localised=True)
 
 
+class FailureTranslation:
+    """Answers an exception that is idhub's error in disguise (a database failure a store did
+    not translate, `bootstrap.translate_failure`) as that error: a 503 saying the database is
+    unreachable or not set up, not an "internal error" 500. Sits inside the request-id
+    middleware and outside the routes, so the answer is sent here rather than by Starlette's
+    last-resort handler, which re-raises into the server and drops the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            known = translate_failure(exc)
+            if known is None or started:
+                raise
+            response = await _idhub_error(Request(scope, receive), known)
+            await response(scope, receive, send)
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    known = translate_failure(exc)
-    if known is not None:  # a database failure no store translated: answered as its kind
-        return await _idhub_error(request, known)
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unexpected error in request %s", request_id)
     return error_response(

@@ -145,6 +145,7 @@ class AuthzService:
     def reload(self, *, trigger: str, actor: Actor | None = None) -> Outcome:
         """Prepares the policy off to the side; swaps it in only if everything passes."""
         with self._reload_lock:
+            snapshot: DirectorySnapshot | None = None
             try:
                 snapshot = self._directory.snapshot()
             except IdhubError as exc:
@@ -152,7 +153,9 @@ class AuthzService:
             else:
                 outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
             self._finish(outcome, trigger, actor or Actor.system())
-            if outcome.engine is None and self._engine is None and self._fallback is not None:
+            # Without a directory there is nothing to compile the last good policy against.
+            unserved = outcome.engine is None and self._engine is None
+            if unserved and self._fallback is not None and snapshot is not None:
                 self._serve_last_good(snapshot, outcome)
             if outcome.engine is not None:
                 self._directory_fp = outcome.engine.directory.version
