@@ -206,3 +206,23 @@ def test_no_log_lines_reach_stderr(cli_config: Path, backchannel_receiver: str) 
     # -v asks for them
     verbose = idhub_process("-v", "policy", "reload", config=cli_config)
     assert "INFO idhub.authz" in verbose.stderr
+
+
+def test_anything_unexpected_is_one_line_and_v_shows_where(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from idhub.cli._endings import ending_for
+
+    try:
+        {}["missing"]  # a real KeyError, with a traceback
+    except KeyError as exc:
+        quiet = ending_for(exc)
+        assert capsys.readouterr().err == ""
+        loud = ending_for(exc, verbose=True)
+        shown = capsys.readouterr().err
+    assert quiet.code == 2
+    assert quiet.line == "error: unexpected KeyError: 'missing'; run with -v to see where"
+    assert loud.line == "error: unexpected KeyError: 'missing'"
+    assert shown.startswith("Traceback (most recent call last):") and "test_cli_endings" in shown
+    assert ending_for(KeyboardInterrupt()).code == 130
+    assert ending_for(BrokenPipeError()).line is None
