@@ -34,7 +34,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 
 
 def test_bad_value_points_at_file_and_line(tmp_path: Path) -> None:
-    path = write(tmp_path, '[server]\nissuer = "x"\n\n[tokens]\naccess_token_ttl = "soon"\n')
+    path = write(
+        tmp_path, '[server]\nissuer = "https://x"\n\n[tokens]\naccess_token_ttl = "soon"\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={})
     assert info.value.location == f"{path}:5"

@@ -195,3 +195,56 @@ def test_language_switch_after_a_failed_attempt_keeps_the_request(live_server: L
         english = client.get("/login" + html.unescape(switch.group(1)))
     assert '<html lang="en">' in english.text
     assert hidden_fields(english.text)["return_to"] == return_to
+
+
+def test_a_failed_sign_in_still_names_the_system(live_server: LiveServer) -> None:
+    from tests.sso_support import register_client
+
+    services = live_server.services
+    make_user(services, "kim", "kim-password-1")
+    register_client(services, "oa")  # named "OA"
+    return_to = "/authorize?client_id=oa&response_type=code"
+    for lang, line in (("zh-CN", "登录后将继续访问 <strong>OA</strong>"),
+                       ("en", "After signing in you continue to <strong>OA</strong>")):  # fmt: skip
+        with httpx.Client(base_url=live_server.url, headers={"Accept-Language": lang}) as client:
+            page = client.get("/login", params={"return_to": return_to})
+            assert line in page.text
+            failed = post_login(client, page, "kim", "wrong-password")
+            assert failed.status_code == 401 and line in failed.text
+            expired = client.post("/login", data={"return_to": return_to, "username": "kim"})
+            assert expired.status_code == 400 and line in expired.text
+
+
+def test_the_page_after_a_plain_sign_in_is_useful(live_server: LiveServer) -> None:
+    services = live_server.services
+    make_user(services, "lin", "lin-password-1", display_name="林小红",
+              department_path="/总部/财务部")  # fmt: skip
+    with httpx.Client(base_url=live_server.url, headers={"Accept-Language": "zh-CN"}) as client:
+        signed_in = login(client, "lin", "lin-password-1")
+        assert signed_in.status_code == 200
+        again = client.get("/login")  # a browser already signed in gets the same page
+        account = client.get("/account/security")
+    for page in (signed_in, again):
+        assert "<h1>您已登录</h1>" in page.text
+        assert "林小红" in page.text and "/总部/财务部" in page.text
+        assert re.search(r"登录时间</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC</dd>", page.text)
+        assert '<a href="/account/security" id="account-link">' in page.text
+        assert 'action="/logout"' in page.text
+    assert account.status_code == 200 and "账号安全" in account.text
+
+
+def test_error_pages_speak_the_page_language(live_server: LiveServer) -> None:
+    with httpx.Client(base_url=live_server.url) as client:
+        zh = client.get("/no-such-page", headers={"Accept": "text/html", "Accept-Language": "zh"})
+        en = client.get("/no-such-page", headers={"Accept": "text/html", "Accept-Language": "en"})
+        chosen = client.get("/no-such-page?lang=zh-CN", headers={"Accept": "text/html"})
+        api = client.get("/no-such-page", headers={"Accept": "application/json"})
+        method = client.put("/login", headers={"Accept": "text/html", "Accept-Language": "zh"})
+    assert zh.status_code == 404 and '<html lang="zh-CN">' in zh.text
+    assert "您访问的页面不存在" in zh.text and "Not Found" not in zh.text
+    assert "出错了" in zh.text
+    assert en.status_code == 404 and "There is no page at this address" in en.text
+    assert "您访问的页面不存在" in chosen.text
+    # systems reading JSON keep the stable English error
+    assert api.json()["error"] == "not_found"
+    assert method.status_code == 405 and "该地址不支持这种请求方式" in method.text

@@ -240,3 +240,30 @@ def test_diff_only_skips_users_whose_permissions_cannot_change(
     affected = set(_affected_users(a, b))
     assert changed <= affected
     assert len(affected) < len(before.fixture.users)
+
+
+@pytest.mark.parametrize("name", ["catalog.yaml", "assignments.yaml", "tests/directory.yaml"])
+def test_a_file_that_does_not_parse_is_reported_alone(
+    run_cli: Run, seeded: Path, tmp_path: Path, name: str
+) -> None:
+    # Without it, every role, group or user it declares is "unknown" a hundred times over.
+    target = tmp_path / "unparsable"
+    shutil.copytree(REPO / "policies", target)
+    path = target / name
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[4] += " : : ["
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for command in ("check", "test"):
+        result = run_cli("policy", command, "--dir", str(target), config=seeded)
+        assert result.code == 1
+        reported = [line for line in result.out.splitlines() if ": error: " in line]
+        assert reported == [f"{path}:5: error: not valid YAML: mapping values are not allowed "
+                            "in this context"], result.out  # fmt: skip
+        assert ": warning: " not in result.out
+    # a server's reload reports the same one line
+    services = Services(load_settings(seeded, env={"IDHUB_POLICY_DIR": str(target)}))
+    try:
+        outcome = services.authz.reload(trigger="test")
+    finally:
+        services.close()
+    assert not outcome.ok and len(outcome.errors) == 1 and not outcome.warnings

@@ -32,6 +32,7 @@ def test_user_commands(
         "--department",
         # Not finance: the policy asks the finance department for a second factor.
         "/总部/华东区/销售一部",
+        "--create-department",
         "--email",
         "zhang@example.com",
         "--password-stdin",

@@ -23,7 +23,7 @@ from idhub.config import Settings
 from idhub.core.token_storage import RefreshFamily
 from idhub.errors import StorageError, StorageUnavailable
 from idhub.web.errors import exception_handlers
-from tests.conftest import free_port, serve, serve_asgi
+from tests.conftest import LiveServer, free_port, serve, serve_asgi
 from tests.oidc_support import RP, web_client
 
 
@@ -113,3 +113,24 @@ def test_storage_unavailable_is_a_503_with_a_plain_sentence() -> None:
     assert body["error"] == "storage_unavailable"
     assert "SqlTokenStore" not in body["error_description"]
     assert body["error_description"].endswith(".")
+
+
+def test_an_untranslated_database_error_is_a_503_not_a_500(
+    make_live_server: Callable[..., LiveServer], sqlite_db_url: str
+) -> None:
+    # A schema missing a table: the login page's user lookup fails inside a store; the
+    # last-resort handler classifies the error instead of answering "internal error".
+    from tests.sso_support import post_login
+
+    server = make_live_server(sqlite_db_url)
+    with server.services.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE users RENAME TO users_gone")
+    headers = {"Accept-Language": "zh-CN", "Accept": "text/html"}
+    with httpx.Client(base_url=server.url, headers=headers) as browser:
+        page = browser.get("/login")
+        failed = post_login(browser, page, "alice", "whatever-password")
+        browser.headers["Accept"] = "application/json"
+        again = post_login(browser, page, "alice", "whatever-password")
+    assert failed.status_code == 503, failed.text
+    assert "idhub 尚未完成初始化" in failed.text and "idhub init" not in failed.text
+    assert again.status_code == 503 and again.json()["error"] == "schema_not_ready"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
+from idhub.adapters._storage_errors import as_idhub_error
 from idhub.adapters.database import apply_migrations, create_db_engine
 from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
@@ -65,6 +66,11 @@ if TYPE_CHECKING:
     from idhub.saml.keys import SamlKeys
     from idhub.saml.registry import SpRegistry
     from idhub.saml.requests import PendingRequests
+
+# What an exception that escaped every layer stands for in idhub's error tree (a database
+# failure a store did not translate becomes its StorageError), for the CLI's entry point and
+# the web layer's last-resort handler, which may not import adapters themselves.
+translate_failure = as_idhub_error
 
 
 class Services:

@@ -4,7 +4,8 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
     IdhubError
     ├── ConfigError            bad settings file or environment (file:line when known)
     ├── StorageError           a database statement failed (a write that could not be made)
-    │   └── StorageUnavailable     the database cannot be reached right now (retry later)
+    │   ├── StorageUnavailable     the database cannot be reached right now (retry later)
+    │   └── SchemaNotReady         the database has no idhub tables, or older ones (init/migrate)
     ├── NotFound               a named user, client, key, source ... does not exist
     ├── Conflict               the thing exists already / concurrent change
     ├── InvalidInput           a value an admin or system supplied is not acceptable
@@ -75,6 +76,13 @@ class StorageUnavailable(StorageError):
     """Connection refused, lost or timed out: nothing is wrong with the request itself."""
 
     code = "storage_unavailable"
+
+
+class SchemaNotReady(StorageError):
+    """The database answers but lacks idhub's tables (`idhub init` never ran against it) or has
+    an older schema than this idhub (`idhub migrate` not run after an upgrade)."""
+
+    code = "schema_not_ready"
 
 
 class NotFound(IdhubError):

@@ -18,6 +18,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_error_with_detail
 from idhub.config import DatabaseSettings, redact_url
 from idhub.errors import StorageError
 
@@ -85,7 +86,7 @@ def apply_migrations(engine: Engine) -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
-        raise StorageError(f"database migration failed: {exc}") from exc
+        raise storage_error_with_detail(exc, "database migration failed") from exc
 
 
 @contextlib.contextmanager

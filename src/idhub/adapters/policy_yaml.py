@@ -67,12 +67,16 @@ class PolicyReader:
     def error(self, message: str, file: str, line: int | None = None) -> None:
         self.issues.append(Issue("error", message, Source(file, line or 1)))
 
+    def unreadable(self, message: str, file: str, line: int | None = None) -> None:
+        """The file's content is lost to the policy, not one of its entries."""
+        self.issues.append(Issue("error", message, Source(file, line or 1), unreadable=True))
+
     def read(self, path: Path) -> str | None:
         rel = path.relative_to(self.root).as_posix()
         try:
             data = path.read_bytes()
         except OSError as exc:
-            self.error(f"cannot read: {exc.strerror}", rel)
+            self.unreadable(f"cannot read: {exc.strerror}", rel)
             return None
         self.hashes[rel] = hashlib.sha256(data).hexdigest()
         try:
@@ -80,7 +84,7 @@ class PolicyReader:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
-            self.error("not UTF-8 text", rel, line)
+            self.unreadable("not UTF-8 text", rel, line)
             return None
 
     def yaml(self, path: Path) -> Any:
@@ -92,9 +96,10 @@ class PolicyReader:
             return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
-            self.error(f"not valid YAML: {exc.problem or exc}", rel, mark.line + 1 if mark else 1)
+            line = mark.line + 1 if mark else 1
+            self.unreadable(f"not valid YAML: {exc.problem or exc}", rel, line)
         except yaml.YAMLError as exc:
-            self.error(f"not valid YAML: {exc}", rel)
+            self.unreadable(f"not valid YAML: {exc}", rel)
         return None
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_error_with_detail
 from idhub.adapters.db import sync_runs, sync_state
 from idhub.core.clock import Clock
 from idhub.core.directory.ports import SyncState
-from idhub.errors import StorageError
 
 
 def lease_owner() -> str:
@@ -95,7 +95,9 @@ class SqlSyncLedger:
                     return None
                 return holder if holder not in (None, owner) else ""
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot take the sync lease for {source}: {exc}") from exc
+            raise storage_error_with_detail(
+                exc, f"cannot take the sync lease for {source}"
+            ) from exc
 
     def renew_lease(self, source: str, owner: str, *, ttl: float) -> None:
         with self._engine.begin() as conn:

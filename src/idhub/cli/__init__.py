@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from idhub import __version__
-from idhub.errors import IdhubError
 
 # Modules exposing `register(subparsers)`; each adds one command or command group.
 COMMAND_MODULES = (
@@ -54,25 +53,45 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(verbose=args.verbose, server=getattr(args, "server_logs", False))
     if not getattr(args, "func", None):
         parser.print_help()
         sys.exit(EXIT_ERROR)
     from idhub.cli._context import CliContext
+    from idhub.cli._endings import ending_for, silence_stdout
 
     ctx = CliContext(config_path=args.config)
     try:
         code = args.func(args, ctx)
-    except IdhubError as exc:
-        print(f"idhub: error: {exc}", file=sys.stderr)
-        code = EXIT_ERROR
-    except KeyboardInterrupt:
-        print("idhub: interrupted", file=sys.stderr)
-        code = 130
+        # Inside the try: a reader that went away (`| head`) shows up on this flush.
+        sys.stdout.flush()
+    except BaseException as exc:  # every ending is one line and an exit code, whatever failed
+        if isinstance(exc, SystemExit):  # pragma: no cover - nothing below exits
+            raise
+        ending = ending_for(exc, database=ctx.database_label(), verbose=args.verbose)
+        if isinstance(exc, BrokenPipeError):
+            silence_stdout()
+        if ending.line is not None:
+            print(f"idhub: {ending.line}", file=sys.stderr)
+        code = ending.code
     finally:
         ctx.close()
     sys.exit(code or 0)
+
+
+def configure_logging(*, verbose: bool, server: bool) -> None:
+    """A server logs what it does; a command says what happened in its own output and its
+    one-line error, so library and internal log lines (httpx requests, the policy service's
+    reload report) stay off its stderr unless `-v` asks for them."""
+    if verbose or server:
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        # A handler that drops everything, so logging's last-resort handler (which prints
+        # warnings and errors to stderr when no handler exists) stays unused.
+        root.addHandler(logging.NullHandler())

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 
 from idhub.bootstrap import Services
-from idhub.config import Settings, load_settings
+from idhub.config import Settings, load_settings, redact_url
 
 
 class CliContext:
@@ -20,6 +20,12 @@ class CliContext:
     @cached_property
     def services(self) -> Services:
         return Services(self.settings)
+
+    def database_label(self) -> str | None:
+        """The database URL (password masked) once settings were read, for error lines."""
+        if "settings" not in self.__dict__:
+            return None
+        return redact_url(self.settings.database.url)
 
     def close(self) -> None:
         if "services" in self.__dict__:

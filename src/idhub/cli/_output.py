@@ -6,6 +6,7 @@ import json
 import sys
 import unicodedata
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 
@@ -33,8 +34,43 @@ def print_table(
         print(line(row), file=out)
 
 
+def is_time_key(key: str) -> bool:
+    """Fields holding a moment: storage keeps UTC epoch seconds (docs/architecture.md), an
+    admin and a script both read ISO 8601 better than 1764582312.4417."""
+    return key.endswith("_at") or key in _TIME_KEYS
+
+
+_TIME_KEYS = frozenset({"auth_time", "high_water_time"})
+
+
+def when(epoch: float | None) -> str | None:
+    """ISO 8601 UTC to the second (`2026-12-01T11:24:05Z`), None for None."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def readable_times(value: Any) -> Any:
+    """`value` with every epoch number under a time key (`created_at`, `expires_at`, ...)
+    written as ISO 8601, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: (
+                when(v)
+                if is_time_key(str(k)) and isinstance(v, int | float) and not isinstance(v, bool)
+                else readable_times(v)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [readable_times(v) for v in value]
+    return value
+
+
 def print_json(value: Any, *, out: TextIO | None = None) -> None:
     print(
-        json.dumps(value, ensure_ascii=False, indent=2, sort_keys=True, default=str),
+        json.dumps(
+            readable_times(value), ensure_ascii=False, indent=2, sort_keys=True, default=str
+        ),
         file=out or sys.stdout,
     )

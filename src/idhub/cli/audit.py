@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -62,6 +63,7 @@ def register(sub: Any) -> None:
         help="a head recorded earlier (from a previous verify or an external copy); "
         "detects events removed from the end",
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_verify)
 
     p = actions.add_parser("archive", help="move old events into a compressed archive file")
@@ -89,7 +91,9 @@ def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", help="before this time")
 
 
-def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
+def audit_filter(
+    args: argparse.Namespace, now: float, *, names: _Names | None = None
+) -> AuditFilter:
     def when(value: str | None, flag: str) -> float | None:
         if value is None:
             return None
@@ -98,9 +102,13 @@ def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
         except ValueError as exc:
             raise InvalidInput(f"{flag}: {exc}") from None
 
+    actor = args.actor
+    if names is not None and actor and actor.startswith("user:"):
+        # The listing shows `user:<username>`; filtering by what it shows must work too.
+        actor = f"user:{names.sub_of(actor[5:]) or actor[5:]}"
     return AuditFilter(
         event_types=check_event_types(args.type),
-        actor=args.actor,
+        actor=actor,
         target=args.target,
         outcome=args.outcome,
         since=when(args.since, "--since"),
@@ -108,33 +116,68 @@ def audit_filter(args: argparse.Namespace, now: float) -> AuditFilter:
     )
 
 
-def _rows(events: Iterable[AuditEvent]) -> list[list[Any]]:
+class _Names:
+    """Usernames for the subjects in a listing: the chain records a person by their `sub` (it
+    never changes, and a username in the chain would outlive a rename); an admin reading the
+    table wants the name. Looked up once per subject; the stored events are not touched."""
+
+    def __init__(self, ctx: CliContext) -> None:
+        self._identity = ctx.services.identity
+        self._known: dict[str, str | None] = {}
+
+    def of(self, sub: str) -> str | None:
+        if sub not in self._known:
+            user = self._identity.get_user_by_sub(sub) if _SUB.fullmatch(sub) else None
+            self._known[sub] = user.username if user is not None else None
+        return self._known[sub]
+
+    def sub_of(self, username: str) -> str | None:
+        user = self._identity.get_user_by_username(username)
+        return user.sub if user is not None else None
+
+    def actor(self, event: AuditEvent) -> str:
+        if event.actor_id is None:
+            return event.actor_type
+        name = self.of(event.actor_id) if event.actor_type == "user" else None
+        return f"{event.actor_type}:{name or event.actor_id}"
+
+    def target(self, event: AuditEvent) -> str | None:
+        if event.target is None:
+            return None
+        return self.of(event.target) or event.target
+
+
+# What idhub assigns as `sub` (core/identity.new_subject); anything else is not looked up.
+_SUB = re.compile(r"[0-9a-f]{32}")
+
+
+def _rows(events: Iterable[AuditEvent], names: _Names) -> list[list[Any]]:
     rows = []
     for e in events:
-        actor = e.actor_type if e.actor_id is None else f"{e.actor_type}:{e.actor_id}"
         details = json.dumps(e.details, ensure_ascii=False, sort_keys=True)
         if len(details) > 60:
             details = details[:59] + "…"
-        rows.append([e.seq, iso_time(e.ts), e.event_type, actor, e.target, e.outcome,
-                     e.client_ip, details])  # fmt: skip
+        rows.append([e.seq, iso_time(e.ts), e.event_type, names.actor(e), names.target(e),
+                     e.outcome, e.client_ip, details])  # fmt: skip
     return rows
 
 
 _HEADERS = ("SEQ", "TIME (UTC)", "TYPE", "ACTOR", "TARGET", "OUTCOME", "IP", "DETAILS")
 
 
-def _print_events(events: list[AuditEvent], as_json: bool) -> None:
+def _print_events(events: list[AuditEvent], as_json: bool, names: _Names) -> None:
     if as_json:
         for event in events:
             print(json.dumps(event.to_dict(), ensure_ascii=False), flush=True)
     elif events:
-        print_table(_HEADERS, _rows(events))
+        print_table(_HEADERS, _rows(events, names))
 
 
 def cmd_tail(args: argparse.Namespace, ctx: CliContext) -> int:
     log = ctx.services.audit_log
+    names = _Names(ctx)
     events = list(reversed(log.search(limit=max(args.lines, 0)))) if args.lines > 0 else []
-    _print_events(events, args.json)
+    _print_events(events, args.json, names)
     if not args.follow:
         if not events and not args.json:
             print("no audit events")
@@ -149,9 +192,9 @@ def cmd_tail(args: argparse.Namespace, ctx: CliContext) -> int:
         new = log.search(after_seq=last, limit=1000, newest_first=False)
         if new:
             if args.json:
-                _print_events(new, True)
+                _print_events(new, True, names)
             else:
-                for row in _rows(new):
+                for row in _rows(new, names):
                     print("  ".join("" if v is None else str(v) for v in row), flush=True)
             last = new[-1].seq
             continue
@@ -162,12 +205,12 @@ def cmd_tail(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_search(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
-    where = audit_filter(args, services.clock.now())
+    where = audit_filter(args, services.clock.now(), names=_Names(ctx))
     events = services.audit_log.search(where, limit=max(args.limit, 1))
     if args.json:
         print_json([e.to_dict() for e in events])
     elif events:
-        print_table(_HEADERS, _rows(events))
+        print_table(_HEADERS, _rows(events, _Names(ctx)))
     else:
         print("no matching audit events")
     return 0
@@ -175,7 +218,7 @@ def cmd_search(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_export(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
-    where = audit_filter(args, services.clock.now())
+    where = audit_filter(args, services.clock.now(), names=_Names(ctx))
     target = Path(args.output) if args.output else None
     count = 0
     out = target.open("w", encoding="utf-8") if target else sys.stdout
@@ -192,21 +235,31 @@ def cmd_export(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
+    result = _verify(args, ctx)
+    if args.json:
+        print_json(result)
+    else:
+        _print_verify(result)
+    return 0 if result["ok"] else EXIT_FAILED_CHECK
+
+
+def _verify(args: argparse.Namespace, ctx: CliContext) -> dict[str, Any]:
+    """Every check `audit verify` makes, as plain data (what `--json` prints)."""
     services = ctx.services
     log = services.audit_log
     started = time.monotonic()
     report = log.verify()
-    took = time.monotonic() - started
-    failed = False
-    if report.ok:
-        span = f"events {report.first_seq}..{report.last_seq}" if report.checked else "no events"
-        print(f"live chain OK: {report.checked} events ({span}) in {took:.1f}s")
-        print(f"head: {report.last_seq or 0}:{report.head_hash}")
-    else:
-        assert report.problem is not None
-        failed = True
-        print(f"live chain BROKEN at event {report.problem.seq}: {report.problem.message}")
-        print(f"({report.checked} events before it verified)")
+    live: dict[str, Any] = {
+        "ok": report.ok,
+        "checked": report.checked,
+        "first_seq": report.first_seq,
+        "last_seq": report.last_seq,
+        "seconds": round(time.monotonic() - started, 3),
+        "head": f"{report.last_seq or 0}:{report.head_hash}" if report.ok else None,
+        "problem": None,
+    }
+    if report.problem is not None:
+        live["problem"] = {"seq": report.problem.seq, "message": report.problem.message}
     heads: list[tuple[str, str]] = []
     if args.head:
         heads.append(("--head", args.head))
@@ -215,23 +268,49 @@ def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
         last = _last_line(sink)
         if last:
             heads.append((f"the JSON-lines sink {sink}", f"{last['seq']}:{last['hash']}"))
+    head_checks = []
     for source, head in heads:
         problem = log.check_head(head)
-        if problem:
-            failed = True
-            print(f"head check against {source} FAILED: {problem}")
+        head_checks.append({"source": source, "head": head, "ok": not problem, "problem": problem})
+    archives = [
+        {
+            "path": str(archive.path),
+            "ok": archive.ok,
+            "count": archive.count,
+            "first_seq": archive.first_seq,
+            "last_seq": archive.last_seq,
+            "linked_by": archive.linked_by,
+            "problem": archive.problem,
+        }
+        for archive in services.audit_archives.verify([Path(p) for p in args.archive])
+    ]
+    ok = live["ok"] and all(h["ok"] for h in head_checks) and all(a["ok"] for a in archives)
+    return {"ok": ok, "live": live, "heads": head_checks, "archives": archives}
+
+
+def _print_verify(result: dict[str, Any]) -> None:
+    live = result["live"]
+    if live["ok"]:
+        span = f"events {live['first_seq']}..{live['last_seq']}" if live["checked"] else "no events"
+        print(f"live chain OK: {live['checked']} events ({span}) in {live['seconds']:.1f}s")
+        print(f"head: {live['head']}")
+    else:
+        problem = live["problem"]
+        print(f"live chain BROKEN at event {problem['seq']}: {problem['message']}")
+        print(f"({live['checked']} events before it verified)")
+    for check in result["heads"]:
+        if check["ok"]:
+            print(f"head check against {check['source']} OK")
         else:
-            print(f"head check against {source} OK")
-    for archive in services.audit_archives.verify([Path(p) for p in args.archive]):
-        if archive.ok:
+            print(f"head check against {check['source']} FAILED: {check['problem']}")
+    for archive in result["archives"]:
+        if archive["ok"]:
             print(
-                f"archive {archive.path} OK: {archive.count} events "
-                f"({archive.first_seq}..{archive.last_seq}); linked: {archive.linked_by}"
+                f"archive {archive['path']} OK: {archive['count']} events "
+                f"({archive['first_seq']}..{archive['last_seq']}); linked: {archive['linked_by']}"
             )
         else:
-            failed = True
-            print(f"archive {archive.path} BROKEN: {archive.problem}")
-    return EXIT_FAILED_CHECK if failed else 0
+            print(f"archive {archive['path']} BROKEN: {archive['problem']}")
 
 
 def _last_line(path: Path) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from idhub.cli._context import CliContext
-from idhub.cli._output import print_json, print_table
+from idhub.cli._output import print_json, print_table, readable_times
 from idhub.core.audit import Actor
 from idhub.core.clients import AUTH_METHODS, GRANT_TYPES, SIGNING_ALGS, Client
 from idhub.errors import InvalidInput
@@ -161,7 +161,7 @@ def cmd_list(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def cmd_show(args: argparse.Namespace, ctx: CliContext) -> int:
     client = ctx.services.clients.require(args.client_id)
-    data = client.describe()
+    data = readable_times(client.describe())
     if args.json:
         print_json(data)
         return 0

@@ -18,7 +18,7 @@ from idhub.cli import policy_sod
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor
-from idhub.core.authz.checks import check_policy
+from idhub.core.authz.checks import check_loaded
 from idhub.core.authz.engine import Engine, explanation_json
 from idhub.core.authz.model import (
     DirectorySnapshot,
@@ -28,6 +28,7 @@ from idhub.core.authz.model import (
 )
 from idhub.core.authz.sod_analysis import analyse
 from idhub.core.authz.testing import run_policy_tests
+from idhub.core.authz.vocabulary import require_known
 from idhub.errors import IdhubError, InvalidInput, NotFound, PolicyError, StorageError
 
 EXIT_FAILED = 1
@@ -50,6 +51,7 @@ def register(sub: Any) -> None:
     p = policy_sub.add_parser("test", help="run the policy tests in <dir>/tests/")
     common(p)
     p.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_test)
 
     p = policy_sub.add_parser("explain", help="the decision for one request, and why")
@@ -86,6 +88,7 @@ def register(sub: Any) -> None:
     p = policy_sub.add_parser(
         "reload", help="check and test the files, then tell every running server to load them"
     )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_reload)
 
 
@@ -131,7 +134,7 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
             directory = _directory(ctx)
         except IdhubError as exc:
             note = f"directory not read ({exc}); directory checks skipped"
-    issues = issues + check_policy(policy, _domains(ctx), directory)
+    issues = check_loaded(policy, issues, _domains(ctx), directory)
     # Segregation of duties against the live directory, or offline (CI) the test directory.
     people = directory if directory is not None else policy.fixture if args.offline else None
     if people is not None and policy.sod is not None:
@@ -147,15 +150,7 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
             {
                 "ok": not failed,
                 "version": policy.version,
-                "issues": [
-                    {
-                        "level": i.level,
-                        "message": i.message,
-                        "file": str(root / i.source.file) if i.source else None,
-                        "line": i.source.line if i.source else None,
-                    }
-                    for i in issues
-                ],
+                "issues": [_issue_json(root, i) for i in issues],
                 "note": note or None,
             }
         )
@@ -175,8 +170,32 @@ def cmd_check(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
     root = _dir(args, ctx)
     policy, issues = _load(ctx, root)
-    issues = issues + check_policy(policy, _domains(ctx), policy.fixture)
+    issues = check_loaded(policy, issues, _domains(ctx), policy.fixture)
     errors = [i for i in issues if i.level == "error"]
+    results = run_policy_tests(policy, _domains(ctx)) if not errors and policy.cases else []
+    failed = [r for r in results if not r.passed]
+    ok = not errors and bool(policy.cases) and not failed
+    if args.json:
+        print_json(
+            {
+                "ok": ok,
+                "version": policy.version,
+                "errors": [_issue_json(root, i) for i in errors],
+                "passed": len(results) - len(failed),
+                "failed": len(failed),
+                "cases": [
+                    {
+                        "name": r.case.name,
+                        "file": str(root / r.case.source.file),
+                        "line": r.case.source.line,
+                        "passed": r.passed,
+                        "detail": r.detail or None,
+                    }
+                    for r in results
+                ],
+            }
+        )
+        return 0 if ok else EXIT_FAILED
     for issue in errors:
         print(_where(root, issue))
     if errors:
@@ -185,8 +204,6 @@ def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
     if not policy.cases:
         print(f"no policy tests in {root / 'tests'}")
         return EXIT_FAILED
-    results = run_policy_tests(policy, _domains(ctx))
-    failed = [r for r in results if not r.passed]
     for result in results:
         if args.verbose or not result.passed:
             print(
@@ -197,6 +214,15 @@ def cmd_test(args: argparse.Namespace, ctx: CliContext) -> int:
             )
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     return EXIT_FAILED if failed else 0
+
+
+def _issue_json(root: Path, issue: Issue) -> dict[str, Any]:
+    return {
+        "level": issue.level,
+        "message": issue.message,
+        "file": str(root / issue.source.file) if issue.source else None,
+        "line": issue.source.line if issue.source else None,
+    }
 
 
 def _live_engine(args: argparse.Namespace, ctx: CliContext) -> Engine:
@@ -221,6 +247,7 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
         raise InvalidInput(
             f"unknown domain {args.domain!r} (configured: {', '.join(engine.domains)})"
         )
+    require_known(engine.policy.catalog, args.domain, args.type, args.action)
     subject = user_subject(user.username)
     result = engine.explain(subject, args.domain, args.type, args.action, args.owner, args.dept)
     decision = result.decision
@@ -382,6 +409,21 @@ def cmd_reload(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     actor = Actor("admin", f"cli:{getpass.getuser()}")
     outcome = services.authz.reload(trigger="idhub policy reload", actor=actor)
+    version = outcome.engine.policy.version if outcome.engine is not None else None
+    if args.json:
+        print_json(
+            {
+                "ok": outcome.ok,
+                "version": version,
+                "published": outcome.ok,
+                "errors": list(outcome.errors),
+                "failed_tests": list(outcome.failed_tests),
+                "warnings": list(outcome.warnings),
+                "tests_run": outcome.tests_run,
+                "seconds": round(outcome.seconds, 3),
+            }
+        )
+        return 0 if outcome.ok else EXIT_FAILED
     for line in outcome.errors + outcome.failed_tests:
         print(line)
     if not outcome.ok:
@@ -389,9 +431,8 @@ def cmd_reload(args: argparse.Namespace, ctx: CliContext) -> int:
         return EXIT_FAILED
     for line in outcome.warnings:
         print(line)
-    assert outcome.engine is not None
     print(
-        f"policy {outcome.engine.policy.version} checked, {outcome.tests_run} tests passed; "
+        f"policy {version} checked, {outcome.tests_run} tests passed; "
         "published: running servers load it within a few seconds"
     )
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json
@@ -24,7 +26,7 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default from settings)")
     p.add_argument("--port", type=int, help="port (default from settings)")
     p.add_argument("--workers", type=int, help="worker processes (default from settings)")
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve, server_logs=True)
 
     config = sub.add_parser("config", help="inspect settings")
     config_sub = config.add_subparsers(dest="config_command", metavar="ACTION")
@@ -100,10 +102,9 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
+    # Before migrating and starting anything: a port in use is one line naming it.
+    sock = http_server.listen_socket(host, port)
     ctx.services.migrate()
-    print(
-        f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)"
-    )
     if workers > 1:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:
@@ -130,5 +131,35 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             port=port,
             proxy_headers=False,
         )
-    http_server.run(config)
+    for line in serve_banner(settings.server.issuer, host=host, port=port, workers=workers):
+        print(line)
+    sys.stdout.flush()
+    http_server.run(config, sock)
     return 0
+
+
+def serve_banner(issuer: str, *, host: str, port: int, workers: int) -> list[str]:
+    """What `idhub serve` prints once: where it listens (once), and what to open next."""
+    shown_host = f"[{host}]" if ":" in host else host
+    listening = f"http://{shown_host}:{port}"
+    plural = "worker" if workers == 1 else "workers"
+    base = issuer.rstrip("/")
+    if base == listening:
+        lines = [f"idhub listening on {listening} ({workers} {plural}); Ctrl-C stops it"]
+    else:
+        lines = [
+            f"idhub listening on {listening} as {issuer} ({workers} {plural}); Ctrl-C stops it"
+        ]
+    parts = urlsplit(base)
+    if parts.hostname in ("127.0.0.1", "localhost", "::1") and (parts.port or 80) != port:
+        lines.append(
+            f"note: the issuer names port {parts.port or 80}, idhub listens on {port}: "
+            f"browsers will be sent to the issuer; set IDHUB_ISSUER={listening} to match"
+        )
+    lines += [
+        f"  sign in:    {base}/login",
+        f"  discovery:  {base}/.well-known/openid-configuration",
+        "  next:       `make demo` (in a source checkout) runs the example OA and "
+        "reimbursement systems signed in through this idhub",
+    ]
+    return lines

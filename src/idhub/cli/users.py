@@ -16,7 +16,7 @@ from typing import Any
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import Actor, EventType
-from idhub.core.identity import LOCAL_SOURCE, User
+from idhub.core.identity import LOCAL_SOURCE, User, require_department
 from idhub.errors import InvalidInput, NotFound
 
 ADMIN = Actor("admin", "cli")
@@ -33,6 +33,11 @@ def register(sub: Any) -> None:
     p.add_argument("--phone")
     p.add_argument("--employee-id")
     p.add_argument("--department", help="department path, e.g. /总部/华东区/销售一部")
+    p.add_argument(
+        "--create-department",
+        action="store_true",
+        help="create the --department path if it does not exist (otherwise refused)",
+    )
     pw = p.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--no-password", action="store_true", help="create without a password")
@@ -120,6 +125,11 @@ def describe_user(ctx: CliContext, user: User) -> dict[str, Any]:
 
 def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
+    department = None
+    if args.department:
+        department = require_department(
+            services.identity, args.department, create=args.create_department
+        )
     password_hash = None
     if not args.no_password:
         password = read_password(from_stdin=args.password_stdin)
@@ -130,7 +140,7 @@ def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
         email=args.email,
         phone=args.phone,
         employee_id=args.employee_id,
-        department_path=args.department,
+        department_path=department,
         password_hash=password_hash,
     )
     services.audit.record(

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.defences import check_defences
@@ -105,6 +106,26 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "mode"): ("development", "production"),
     ("mfa", "required"): ("all", "policy", "off"),
 }
+# Settings that are URLs a browser or a system is sent to: absolute, with a scheme and a host.
+_URLS: frozenset[tuple[str, str]] = frozenset({("server", "issuer")})
+
+
+def _url_problem(value: str, what: str) -> str | None:
+    """Why `value` is not an absolute http(s) URL (RFC 3986) fit to be an issuer, or None."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        return f"{what} is not a valid URL ({exc}): {value!r}"
+    del port
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return (
+            f"{what} must be an absolute URL with a scheme and a host, such as "
+            f"https://idhub.example.com or http://127.0.0.1:8000, not {value!r}"
+        )
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        return f"{what} must not have a query or fragment (OpenID Connect Discovery 3): {value!r}"
+    return None
 
 
 def _build_section(
@@ -128,6 +149,10 @@ def _build_section(
         choices = _CHOICES.get((section, key))
         if choices and kwargs[key] not in choices:
             raise fail(f"[{section}] {key} must be one of {', '.join(choices)}", section, key)
+        if (section, key) in _URLS:
+            problem = _url_problem(kwargs[key], f"[{section}] {key}")
+            if problem is not None:
+                raise fail(problem, section, key)
     instance = cls(**kwargs)
     # Defaults that are relative paths follow the same rule as values from the file.
     for f in fields(cls):
@@ -135,6 +160,15 @@ def _build_section(
         if f.name not in kwargs and isinstance(current, Path) and not current.is_absolute():
             instance = replace(instance, **{f.name: base / current})
     return instance
+
+
+def _issuer_from_address(server: ServerSettings) -> ServerSettings:
+    """No issuer set: the address idhub listens on, so `IDHUB_PORT=8010` alone gives a server
+    whose discovery document and redirects name port 8010 rather than the default 8000."""
+    host = server.host if server.host not in ("", "0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    if ":" in host:
+        host = f"[{host}]"
+    return replace(server, issuer=f"http://{host}:{server.port}")
 
 
 def find_config_file(env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -230,6 +264,8 @@ def load_settings(
     for name, cls in _SECTIONS.items():
         if name not in sections:
             sections[name] = _build_section(cls, {}, section=name, base=base, fail=fail)
+    if "issuer" not in doc.get("server", {}):
+        sections["server"] = _issuer_from_address(sections["server"])
     database: DatabaseSettings = sections["database"]
     if "url" not in doc.get("database", {}):
         database = replace(database, url=f"sqlite:///{var_dir / 'idhub.db'}")

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from idhub.errors import InvalidInput
+from idhub.errors import InvalidInput, NotFound
 
 LOCAL_SOURCE = "local"
 
@@ -40,6 +40,22 @@ def parent_paths(path: str) -> list[str]:
 def is_within(path: str, ancestor: str) -> bool:
     """True if `path` is `ancestor` or below it (`/a/bc` is not below `/a/b`)."""
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def require_department(store: IdentityStore, path: str, *, create: bool) -> str:
+    """The normalised `path` if the department exists (or `create` says to make it), else
+    NotFound naming the deepest part of it that does exist. An admin typing a department for
+    a person means one of the company's; a typo must not quietly start a new branch of the
+    tree (which policies and data scopes would then treat as real)."""
+    path = normalise_department_path(path)
+    if create or store.get_department(path) is not None:
+        return path
+    existing = [p for p in parent_paths(path)[:-1] if store.get_department(p) is not None]
+    nearest = f"; the nearest existing one is {existing[-1]}" if existing else ""
+    raise NotFound(
+        f"no department {path}{nearest}",
+        hint="check the spelling, or pass --create-department to create it",
+    )
 
 
 @dataclass(frozen=True)

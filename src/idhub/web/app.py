@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from idhub.bootstrap import Services
-from idhub.web.errors import exception_handlers
+from idhub.web.errors import FailureTranslation, exception_handlers
 from idhub.web.limits import LimitsMiddleware, RequestLimits
 from idhub.web.middleware import RequestContextMiddleware
 from idhub.web.proxies import TrustedProxies
@@ -87,6 +87,8 @@ def create_app(services: Services) -> Starlette:
         middleware=[
             Middleware(RequestContextMiddleware, proxies=_proxies(services)),
             Middleware(LimitsMiddleware, limits=request_limits(services)),
+            # A database error no store translated: answered as idhub's error (web/errors.py).
+            Middleware(FailureTranslation),
         ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,

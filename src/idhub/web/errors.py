@@ -10,8 +10,10 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub import errors
+from idhub.bootstrap import translate_failure
 from idhub.web.security_headers import allowed_methods
 
 log = logging.getLogger("idhub.web")
@@ -34,6 +36,8 @@ STATUS: Mapping[type[errors.IdhubError], int] = {
 # method that failed) that belong in the log only.
 MESSAGES: Mapping[type[errors.IdhubError], str] = {
     errors.StorageUnavailable: "The database cannot be reached right now; try again shortly.",
+    # The admin's hint (run `idhub init`) is in the log line; a person signing in gets this.
+    errors.SchemaNotReady: "idhub is not set up completely yet; try again later.",
 }
 
 
@@ -62,12 +66,18 @@ def error_response(
     code: str,
     message: str,
     headers: Mapping[str, str] | None = None,
+    *,
+    localised: bool = False,
 ) -> Response:
+    """The error as JSON, or as the error page for a browser. `localised`: `message` is a
+    generic sentence with a translation under "http_<code>" (web/i18n.py), which a browser gets
+    in its page's language like every other page."""
     request_id = getattr(request.state, "request_id", None)
     if wants_html(request):
         from idhub.web.templating import render_error
 
-        page = render_error(request, status=status, title=code, message=message)
+        key = f"http_{code}" if localised else None
+        page = render_error(request, status=status, title=code, message=message, key=key)
         page.headers.update(headers or {})
         return page
     body: dict[str, Any] = {"error": code, "error_description": message}
@@ -81,7 +91,8 @@ async def _idhub_error(request: Request, exc: Exception) -> Response:
     status = status_for(exc)
     if status >= 500:
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc)
-    return error_response(request, status, exc.code, message_for(exc))
+    generic = any(cls in MESSAGES for cls in type(exc).__mro__)
+    return error_response(request, status, exc.code, message_for(exc), localised=generic)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -91,14 +102,49 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         # RFC 9110 15.5.6; a path served by one route per method needs all of them named.
         headers["Allow"] = ", ".join(allowed_methods(request))
-    return error_response(request, exc.status_code, code, str(exc.detail), headers)
+    return error_response(request, exc.status_code, code, str(exc.detail), headers, localised=True)
+
+
+class FailureTranslation:
+    """Answers an exception that is idhub's error in disguise (a database failure a store did
+    not translate, `bootstrap.translate_failure`) as that error: a 503 saying the database is
+    unreachable or not set up, not an "internal error" 500. Sits inside the request-id
+    middleware and outside the routes, so the answer is sent here rather than by Starlette's
+    last-resort handler, which re-raises into the server and drops the connection."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            known = translate_failure(exc)
+            if known is None or started:
+                raise
+            response = await _idhub_error(Request(scope, receive), known)
+            await response(scope, receive, send)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unexpected error in request %s", request_id)
     return error_response(
-        request, 500, "server_error", f"An internal error occurred (request {request_id})."
+        request,
+        500,
+        "server_error",
+        f"An internal error occurred (request {request_id}).",
+        localised=True,
     )
 
 

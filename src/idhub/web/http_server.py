@@ -12,8 +12,10 @@ the connection is closed. Sizes of bodies and the request target are checked by
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import re
+import socket
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -23,6 +25,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from idhub.config import LimitsSettings
+from idhub.errors import ConfigError
 
 log = logging.getLogger("idhub.web")
 
@@ -86,12 +89,64 @@ class RedactingAccessFilter(logging.Filter):
         return True
 
 
+class RepeatedAddressFilter(logging.Filter):
+    """`idhub serve` names the address it listens on, with what to open there; uvicorn's
+    "Uvicorn running on ..." would only repeat it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on"))
+
+
 def log_config() -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"] = {"redact": {"()": f"{__name__}.RedactingAccessFilter"}}
+    config["filters"] = {
+        "redact": {"()": f"{__name__}.RedactingAccessFilter"},
+        "address": {"()": f"{__name__}.RepeatedAddressFilter"},
+    }
     # On the logger, so every handler anyone attaches sees the redacted target only.
     config["loggers"]["uvicorn.access"]["filters"] = ["redact"]
+    config["loggers"]["uvicorn.error"]["filters"] = ["address"]
     return config
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The bound socket `run` serves on, opened before anything else starts so that a port in
+    use ends `idhub serve` with one sentence saying which port and how to pick another, not
+    uvicorn's "[Errno 98]" after the application has started up."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            # Ten up, not one: `make demo` puts its example systems on the next ports.
+            other = port + 10 if port + 10 <= 65535 else port - 10
+            raise ConfigError(
+                f"port {port} on {host} is already in use",
+                hint=f"another idhub or program listens there; stop it, or choose a free port: "
+                f"IDHUB_PORT={other} make run, or idhub serve --port {other}",
+            ) from None
+        if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            raise ConfigError(
+                f"cannot listen on {host}: no such address on this machine",
+                hint="set IDHUB_HOST or [server] host, e.g. 127.0.0.1",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                f"not allowed to listen on port {port}",
+                hint="ports below 1024 need privileges; choose another with IDHUB_PORT",
+            ) from None
+        raise
+    except (socket.gaierror, UnicodeError) as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host!r}: {exc}") from None
+    # Listening at once: two sockets bound with SO_REUSEADDR and neither listening yet may
+    # share a port on Linux, and the second idhub would only fail after starting up.
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 class IdhubServerConfig(uvicorn.Config):
@@ -178,14 +233,14 @@ def server_config(
     )
 
 
-def run(config: IdhubServerConfig) -> None:
+def run(config: IdhubServerConfig, sock: socket.socket | None = None) -> None:
     """What `uvicorn.run` does with a ready configuration: one process, or a supervisor of
-    `config.workers` processes sharing one socket."""
+    `config.workers` processes sharing one socket (`sock` from `listen_socket`, or bound here
+    from the configuration's host and port)."""
     from uvicorn.supervisors import Multiprocess
 
-    server = uvicorn.Server(config)
+    sock = sock or listen_socket(config.host, config.port)
     if config.workers > 1:
-        sock = config.bind_socket()
         Multiprocess(config, sockets=[sock]).run()
     else:
-        server.run()
+        uvicorn.Server(config).run(sockets=[sock])

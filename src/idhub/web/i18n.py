@@ -94,6 +94,20 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mfa_forget": "不再记住",
         "mfa_saved": "已保存。",
         "mfa_enrolled": "两步验证已启用。",
+        # --- error pages for HTTP-level errors (web/errors.py, key "http_<code>") ---
+        "http_not_found": "您访问的页面不存在，请检查地址是否正确。",
+        "http_method_not_allowed": "该地址不支持这种请求方式。",
+        "http_error": "请求无法完成。",
+        "http_server_error": "服务器内部出错，请稍后再试；如需联系管理员，请提供下方的请求编号。",
+        "http_storage_unavailable": "数据库暂时无法连接，请稍后再试。",
+        "http_schema_not_ready": "idhub 尚未完成初始化，请稍后再试。",
+        # --- the page after a plain sign-in (web/login.py) ---
+        "signed_in_title": "您已登录",
+        "signed_in_department": "部门",
+        "signed_in_since": "登录时间",
+        "signed_in_systems": "本次登录已进入的系统",
+        "signed_in_next": "现在打开公司的业务系统（如 OA、报销）无需再次登录。",
+        "signed_in_account": "管理账号安全：密码、两步验证、通行密钥",
     },
     "en": {
         "app_name": "idhub single sign-on",
@@ -195,6 +209,25 @@ MESSAGES: dict[str, dict[str, str]] = {
         "mfa_forget": "Forget",
         "mfa_saved": "Saved.",
         "mfa_enrolled": "Two-step verification is on.",
+        # --- error pages for HTTP-level errors (web/errors.py, key "http_<code>") ---
+        "http_not_found": "There is no page at this address; check that it is spelt right.",
+        "http_method_not_allowed": "This address does not accept this kind of request.",
+        "http_error": "The request could not be completed.",
+        "http_server_error": (
+            "Something failed inside idhub; try again shortly. If you contact an administrator, "
+            "give them the request id below."
+        ),
+        "http_storage_unavailable": "The database cannot be reached right now; try again shortly.",
+        "http_schema_not_ready": "idhub is not set up completely yet; try again later.",
+        # --- the page after a plain sign-in (web/login.py) ---
+        "signed_in_title": "You are signed in",
+        "signed_in_department": "Department",
+        "signed_in_since": "Signed in at",
+        "signed_in_systems": "Systems entered in this session",
+        "signed_in_next": (
+            "You can now open your company's systems (OA, reimbursement) without signing in again."
+        ),
+        "signed_in_account": "Account security: password, two-step verification, passkeys",
     },
 }
 

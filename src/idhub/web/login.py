@@ -9,7 +9,8 @@ owed) is the sign-in core's; the second-factor step itself is in `web/second_fac
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,15 +19,15 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.core.clients import ClientRegistry
-from idhub.core.identity import User
 from idhub.core.remembered_devices import DEVICE_COOKIE
-from idhub.core.signin import PasswordSignIn, PasswordStep, SignInCore
+from idhub.core.signin import PasswordSignIn, PasswordStep, SignedIn, SignInCore
 from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
 from idhub.web.second_factor import SecondFactorStep, requested_by, second_factor_step
 
 RETURN_PATHS = ("/authorize", "/cas/login", "/saml/sso", "/account/security")
+ACCOUNT_PAGE = "/account/security"
 MAX_RETURN_TO = 8000
 MAX_USERNAME = 200
 
@@ -57,7 +58,7 @@ class Login:
         self._browser = browser
         self._steps = steps
 
-    def page(
+    async def page(
         self,
         request: Request,
         *,
@@ -65,26 +66,39 @@ class Login:
         username: str = "",
         error: str | None = None,
         status: int = 200,
-        client_name: str | None = None,
         minutes: int | None = None,
     ) -> Response:
+        """The login form; every rendering of it (first view, wrong password, throttled,
+        expired form) names the system the person continues to, found from `return_to`."""
         context = {
             "return_to": return_to or "",
             "username": username,
             "error": error,
-            "client_name": client_name,
+            "client_name": await run_in_threadpool(self.client_name_for, return_to),
             "minutes": minutes,
         }
         return self._browser.form_page(request, "login.html", context, status=status)
 
-    def signed_in_page(self, request: Request, user: User) -> Response:
-        context = {"username": user.username, "display_name": user.display_name or user.username}
+    def signed_in_page(self, request: Request, signed_in: SignedIn) -> Response:
+        """Signed in with nowhere to return to: who, since when, the systems this session
+        entered, and the account page (a portal listing the company's systems may come)."""
+        user, session = signed_in.user, signed_in.session
+        context = {
+            "username": user.username,
+            "display_name": user.display_name or user.username,
+            "department": user.department_path,
+            "since": datetime.fromtimestamp(session.auth_time, UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "systems": [self.client_name_of(c) for c in session.clients],
+            "account_url": ACCOUNT_PAGE,
+        }
         return self._browser.form_page(request, "signed_in.html", context)
 
+    def client_name_of(self, client_id: str) -> str:
+        client = self._clients.get(client_id)
+        return (client.name or client.client_id) if client is not None else client_id
+
     def client_name_for(self, return_to: str | None) -> str | None:
-        if not return_to:
-            return None
-        client_id = parse_qs(urlsplit(return_to).query).get("client_id", [""])[0]
+        client_id, _acr = requested_by(return_to)
         client = self._clients.get(client_id) if client_id else None
         return (client.name or client.client_id) if client is not None else None
 
@@ -95,13 +109,12 @@ class Login:
             cookie = self._browser.session_cookie(request)
             current = await run_in_threadpool(self._signin.current, cookie)
             if current is not None:
-                return self.signed_in_page(request, current.user)
+                return await run_in_threadpool(self.signed_in_page, request, current)
         elif request.query_params.get("switch") != "1":
             owed = await self.step_owed(request, return_to, hint)
             if owed is not None:
                 return owed
-        name = await run_in_threadpool(self.client_name_for, return_to)
-        return self.page(request, return_to=return_to, username=hint, client_name=name)
+        return await self.page(request, return_to=return_to, username=hint)
 
     async def post(self, request: Request) -> Response:
         form = await request.form()
@@ -109,7 +122,7 @@ class Login:
         username = _text(form.get("username"))[:MAX_USERNAME]
         password = _text(form.get("password"))
         if not self._browser.guard.check(request, form):
-            return self.page(
+            return await self.page(
                 request, return_to=return_to, username=username, error="form_expired", status=400
             )
         client_id, acr_values = requested_by(return_to)
@@ -125,7 +138,7 @@ class Login:
                 acr_values=acr_values,
             )
         except DirectoryUnavailable:
-            return self.page(
+            return await self.page(
                 request,
                 return_to=return_to,
                 username=username,
@@ -134,14 +147,14 @@ class Login:
             )
         except TooManyAttempts as exc:
             # The same page whatever the password was: the throttle refused before checking it.
-            refused = self.page(
+            refused = await self.page(
                 request, return_to=return_to, username=username, error="too_many_attempts",
                 status=401, minutes=exc.minutes,
             )  # fmt: skip
             refused.headers["Retry-After"] = str(exc.minutes * 60)
             return refused
         except AuthenticationFailed:
-            return self.page(
+            return await self.page(
                 request, return_to=return_to, username=username, error="login_failed", status=401
             )
         if not isinstance(result, PasswordSignIn):
@@ -150,7 +163,8 @@ class Login:
         if return_to:
             response = RedirectResponse(return_to, status_code=303)
         else:
-            response = self.signed_in_page(request, result.user)
+            signed_in = SignedIn(result.session, result.user)
+            response = await run_in_threadpool(self.signed_in_page, request, signed_in)
         self._browser.set_session_cookie(response, result.cookie)
         return response
 

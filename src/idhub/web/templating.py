@@ -52,5 +52,11 @@ def render(
     return response
 
 
-def render_error(request: Request, *, status: int, title: str, message: str) -> HTMLResponse:
-    return render(request, "error.html", {"code": title, "message": message}, status=status)
+def render_error(
+    request: Request, *, status: int, title: str, message: str, key: str | None = None
+) -> HTMLResponse:
+    """The error page; `key` names the sentence in the page's language to show instead of
+    `message` (which stays the JSON answer's English `error_description`)."""
+    locale = pick_locale(request, default_locale(request))
+    text = translator(locale).get(key, message) if key is not None else message
+    return render(request, "error.html", {"code": title, "message": text}, status=status)

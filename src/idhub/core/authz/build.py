@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from idhub.core.authz.canonical import canonical_directory, canonical_policy
-from idhub.core.authz.checks import check_policy
+from idhub.core.authz.checks import check_loaded
 from idhub.core.authz.engine import Engine, RuleIndex
 from idhub.core.authz.model import DirectorySnapshot, Issue, PolicySet
 from idhub.core.authz.testing import run_policy_tests
@@ -65,7 +65,7 @@ def _prepare(
     except IdhubError as exc:
         return Outcome(None, None, errors=(str(exc),), seconds=time.perf_counter() - started)
     directory = canonical_directory(directory)
-    issues = issues + check_policy(policy, domains, directory)
+    issues = check_loaded(policy, issues, domains, directory)
     errors = tuple(str(i) for i in issues if i.level == "error")
     warnings = tuple(str(i) for i in issues if i.level == "warning")
     if errors:

@@ -24,10 +24,25 @@ from idhub.core.authz.model import (
     username_of,
 )
 from idhub.core.authz.sod_rules import check_sod
+from idhub.core.authz.vocabulary import unknown_name
 
 
 def _expand(domain: str, domains: tuple[str, ...]) -> tuple[str, ...]:
     return domains if domain == ANY else (domain,)
+
+
+def check_loaded(
+    policy: PolicySet,
+    load_issues: list[Issue],
+    domains: tuple[str, ...],
+    directory: DirectorySnapshot | None = None,
+) -> list[Issue]:
+    """What the loader found, then the checks across files, unless a file could not be read
+    at all: one broken catalog.yaml would otherwise bury its one error under a hundred
+    "unknown role" follow-ons. The admin fixes the root cause and the next run checks the rest."""
+    if any(issue.unreadable for issue in load_issues):
+        return list(load_issues)
+    return load_issues + check_policy(policy, domains, directory)
 
 
 def check_policy(
@@ -145,6 +160,13 @@ def check_policy(
                 users=(lambda name: name in directory.users) if directory is not None else None,
             )
         )
+    # ---- policy tests: a misspelt type or action would pass any `expect: deny` unnoticed
+    for case in policy.cases:
+        if case.obj and case.domain in known_domains:
+            problem = unknown_name(catalog, case.domain, case.obj, case.act)
+            if problem is not None:
+                err(f"test {case.name!r}: {problem}", case.source)
+
     _check_role_graph(policy.links, domains, err)
     _check_reachable(policy, domains, warn)
     return issues

@@ -267,6 +267,10 @@ class Issue:
     level: Literal["error", "warning"]
     message: str
     source: Source | None = None
+    # The whole file could not be read (not YAML, not UTF-8, unreadable): every check across
+    # files would then report what the missing content leaves undeclared, not a problem of
+    # its own, so those checks wait until the file reads (`checks.check_loaded`).
+    unreadable: bool = False
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""

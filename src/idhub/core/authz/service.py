@@ -159,6 +159,7 @@ class AuthzService:
     def reload(self, *, trigger: str, actor: Actor | None = None) -> Outcome:
         """Prepares the policy off to the side; swaps it in only if everything passes."""
         with self._reload_lock:
+            snapshot: DirectorySnapshot | None = None
             try:
                 snapshot = self._directory.snapshot()
             except IdhubError as exc:
@@ -166,12 +167,14 @@ class AuthzService:
             else:
                 outcome = prepare_policy(self._load, snapshot, self.domains, warm=False)
             report = report_for(outcome, now=self._clock.now())
-            if report is not None and report.blocking:
+            if report is not None and report.blocking and snapshot is not None:
                 # Only a policy with blocking violations needs the baseline to compare with.
                 baseline = self._sod_baseline(snapshot)
                 outcome = gate(outcome, report, baseline, now=self._clock.now())
             self._finish(outcome, trigger, actor or Actor.system(), report)
-            if outcome.engine is None and self._engine is None and self._fallback is not None:
+            # Without a directory there is nothing to compile the last good policy against.
+            unserved = outcome.engine is None and self._engine is None
+            if unserved and self._fallback is not None and snapshot is not None:
                 self._serve_last_good(snapshot, outcome)
             if outcome.engine is not None:
                 self._directory_fp = outcome.engine.directory.version
