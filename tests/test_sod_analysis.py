@@ -65,7 +65,7 @@ def test_shipped_policy_has_one_accepted_violation_with_every_path() -> None:
         "user:carol -> finance_reviewer in reimburse [group 财务审核组 (assignments.yaml:9)]"
     ]
     [pay] = by_side["reimburse:payment:execute"]
-    assert "department /总部/财务部 and below (assignments.yaml:16)" in pay
+    assert "department /总部/财务部 and below (assignments.yaml:17)" in pay
     assert pay.endswith("(reimburse.csv:26)")
     # The exception expires at the end of its last day, then the violation blocks again.
     late = analyse(engine, now=carol.exception.expires_at if carol.exception else 0)
