@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ class _Prepared:
 
     values: tuple[Any, ...]  # ts .. details, in COLUMNS order
     tail: str
+    # The scrubbed details as a dict, for observers (metrics) that must not parse JSON.
+    details: dict[str, Any] | None = None
 
 
 class _Waiter:
@@ -86,6 +89,11 @@ class SqlAuditLog:
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
         self.listeners: list[Callable[[], None]] = []
+        # Called with (event type, actor id, details) for each event once it is committed
+        # (`record`, `record_many`) or placed in the caller's transaction (`record_in`), and
+        # with the seconds each durable write took: the metrics adapter counts from these.
+        self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
+        self.write_timers: list[Callable[[float], None]] = []
         self._pg_append = PgAppender(COLUMNS)
 
     # ------------------------------------------------------------------ writing
@@ -130,7 +138,8 @@ class SqlAuditLog:
             raise AuditError(f"unknown audit outcome {outcome!r}")
         ctx = ctx or RequestContext()
         try:
-            details_json = canonical_details(scrub_details(dict(details or {})))
+            scrubbed = scrub_details(dict(details or {}))
+            details_json = canonical_details(scrubbed)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
         values = (
@@ -143,7 +152,7 @@ class SqlAuditLog:
             target=values[4], outcome=outcome, client_ip=values[6], user_agent=values[7],
             request_id=values[8], details_json=details_json,
         )  # fmt: skip
-        return _Prepared(values, tail)
+        return _Prepared(values, tail, scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
         me = _Waiter(events)
@@ -154,12 +163,16 @@ class SqlAuditLog:
             if me.done:
                 if me.error is not None:
                     raise _as_audit_error(me.error)
+                self._observe(events)
                 return
             self._writing = True
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
+            started = time.perf_counter()
             self._write([e for w in batch for e in w.events])
+            for timer in self.write_timers:
+                timer(time.perf_counter() - started)
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
             error = exc
         finally:
@@ -170,8 +183,14 @@ class SqlAuditLog:
                 self._cond.notify_all()
         if error is not None:
             raise _as_audit_error(error)
+        self._observe(events)
         for listener in self.listeners:
             listener()
+
+    def _observe(self, events: list[_Prepared]) -> None:
+        for observer in self.observers:
+            for e in events:
+                observer(e.values[1], e.values[3], e.details or {})
 
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
@@ -189,13 +208,12 @@ class SqlAuditLog:
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving)."""
-        self._insert(
-            conn,
-            [
-                self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
-                for e in events
-            ],
-        )
+        prepared = [
+            self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
+            for e in events
+        ]
+        self._insert(conn, prepared)
+        self._observe(prepared)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

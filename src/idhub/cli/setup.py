@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from idhub.cli._context import CliContext
@@ -24,6 +26,11 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default from settings)")
     p.add_argument("--port", type=int, help="port (default from settings)")
     p.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="console lines or one JSON object a line (default from [server] log_format)",
+    )
     p.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="inspect settings")
@@ -94,12 +101,17 @@ def _print_tree(value: dict[str, Any], indent: str = "") -> None:
 def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     from idhub.web import http_server
 
+    if args.log_format:
+        # Through the environment, so worker processes (which rebuild settings) agree.
+        os.environ["IDHUB_LOG_FORMAT"] = args.log_format
+        ctx.__dict__.pop("settings", None)
     settings = ctx.settings
     require_production_ready(settings)
     settings.require_secret_key()
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
+    log_format = settings.server.log_format
     ctx.services.migrate()
     print(
         f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)"
@@ -108,6 +120,8 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:
             os.environ["IDHUB_CONFIG"] = str(settings.config_file.resolve())
+        if settings.metrics.enabled:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_metrics_dir(settings.var_dir))
         config = http_server.server_config(
             "idhub.web.asgi:create",
             factory=True,
@@ -117,6 +131,7 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             workers=workers,
             log_level="warning",
             proxy_headers=False,
+            log_format=log_format,
         )
     else:
         from idhub.web.app import create_app
@@ -129,6 +144,16 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             host=host,
             port=port,
             proxy_headers=False,
+            log_format=log_format,
         )
     http_server.run(config)
     return 0
+
+
+def _fresh_metrics_dir(var_dir: Path) -> Path:
+    """VAR/metrics emptied: values of an earlier run's workers must not be summed in."""
+    path = var_dir / "metrics"
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path

@@ -26,6 +26,7 @@ from idhub.config.settings import (
     DatabaseSettings,
     LdapSourceSettings,
     LimitsSettings,
+    MetricsSettings,
     MfaSettings,
     PasswordSettings,
     PolicySettings,
@@ -46,6 +47,7 @@ __all__ = [
     "DatabaseSettings",
     "LdapSourceSettings",
     "LimitsSettings",
+    "MetricsSettings",
     "MfaSettings",
     "PasswordSettings",
     "PolicySettings",
@@ -80,6 +82,7 @@ _SECTIONS: dict[str, type] = {
     "cas": CasSettings,
     "mfa": MfaSettings,
     "saml": SamlSettings,
+    "metrics": MetricsSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -97,6 +100,12 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_AUDIT_DECISIONS": ("audit", "decisions"),
     "IDHUB_ENV": ("server", "mode"),
     "IDHUB_DEBUG": ("server", "debug"),
+    # --- operate: logs and metrics ---
+    "IDHUB_LOG_FORMAT": ("server", "log_format"),
+    "IDHUB_METRICS_TOKEN": ("metrics", "token"),
+    "IDHUB_METRICS_ENABLED": ("metrics", "enabled"),
+    # prometheus-client's own variable: set by `idhub serve --workers N` for its workers.
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics", "multiprocess_dir"),
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
@@ -104,6 +113,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "proxy_header"): ("x-forwarded-for", "forwarded"),
     ("server", "mode"): ("development", "production"),
     ("mfa", "required"): ("all", "policy", "off"),
+    ("server", "log_format"): ("text", "json"),
 }
 
 
@@ -259,6 +269,7 @@ def load_settings(
         cas=sections["cas"],
         mfa=sections["mfa"],
         saml=sections["saml"],
+        metrics=sections["metrics"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

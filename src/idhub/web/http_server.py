@@ -86,11 +86,15 @@ class RedactingAccessFilter(logging.Filter):
         return True
 
 
-def log_config() -> dict[str, Any]:
+def log_config(log_format: str = "text") -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {"redact": {"()": f"{__name__}.RedactingAccessFilter"}}
     # On the logger, so every handler anyone attaches sees the redacted target only.
     config["loggers"]["uvicorn.access"]["filters"] = ["redact"]
+    if log_format == "json":
+        from idhub.web.log_format import json_logging_config
+
+        config = json_logging_config(config)
     return config
 
 
@@ -158,6 +162,7 @@ def server_config(
     log_level: str = "info",
     factory: bool = False,
     proxy_headers: bool = True,
+    log_format: str = "text",
 ) -> IdhubServerConfig:
     """The uvicorn configuration `idhub serve` runs (and the tests serve with)."""
     return IdhubServerConfig(
@@ -173,7 +178,7 @@ def server_config(
         server_header=False,
         proxy_headers=proxy_headers,
         log_level=log_level,
-        log_config=log_config(),
+        log_config=log_config(log_format),
         lifespan="on",
     )
 

@@ -29,6 +29,7 @@ where in its request that field was.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_sub
+from idhub.core.metrics import NO_METRICS, Metrics
 from idhub.errors import AccessDenied, InvalidInput
 
 MAX_BATCH = 1000
@@ -180,11 +182,13 @@ class Decisions:
     def __init__(self, source: Callable[[], DecisionSource]) -> None:
         # Resolved per request, so building the web app does not build the policy service.
         self._source = source
+        # Decision counts and latency; a server swaps in the Prometheus adapter.
+        self.metrics: Metrics = NO_METRICS
 
     def current(self) -> PolicyAnswers:
         """Answers bound to the engine serving now; raises `PolicyError` if there is none."""
         source = self._source()
-        return PolicyAnswers(source.engine, source)
+        return PolicyAnswers(source.engine, source, self.metrics)
 
     def policy_status(self) -> dict[str, Any]:
         return self._source().status()
@@ -193,9 +197,12 @@ class Decisions:
 class PolicyAnswers:
     """Every answer of one request, from one engine (one policy version)."""
 
-    def __init__(self, engine: Engine, source: DecisionSource) -> None:
+    def __init__(
+        self, engine: Engine, source: DecisionSource, metrics: Metrics = NO_METRICS
+    ) -> None:
         self.engine = engine
         self._source = source
+        self._metrics = metrics
 
     @property
     def version(self) -> str:
@@ -298,6 +305,17 @@ class PolicyAnswers:
 
     def decide(self, question: Question) -> Answer:
         """The one way a question about a user is decided (the decision and audit APIs)."""
+        started = time.perf_counter()
+        answer = self._decide(question)
+        # Only the policy's own domains are label values: a question's text never is.
+        domain = question.domain if question.domain in self.engine.domains else "other"
+        self._metrics.observe(
+            "idhub_decision_duration_seconds", time.perf_counter() - started, domain
+        )
+        self._metrics.inc("idhub_decisions_total", domain, "allow" if answer.allowed else "deny")
+        return answer
+
+    def _decide(self, question: Question) -> Answer:
         question = canonical_question(question)
         username, problem = self.username_of(question)
         if username is None:
