@@ -113,9 +113,14 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     workers = args.workers or settings.server.workers
     log_format = settings.server.log_format
     ctx.services.migrate()
-    print(
+    banner = (
         f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)"
     )
+    if log_format == "json":
+        from idhub.web.log_format import json_line
+
+        banner = json_line("idhub.cli", banner)
+    print(banner, flush=True)
     if workers > 1:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:

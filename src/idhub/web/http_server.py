@@ -179,6 +179,8 @@ def server_config(
         proxy_headers=proxy_headers,
         log_level=log_level,
         log_config=log_config(log_format),
+        # In JSON, idhub's own access record (web/observe.py) replaces uvicorn's line.
+        access_log=log_format != "json",
         lifespan="on",
     )
 

@@ -52,10 +52,16 @@ def json_logging_config(base: dict[str, Any]) -> dict[str, Any]:
     for handler in config["handlers"].values():
         handler["formatter"] = "json"
     config["root"] = {"handlers": ["default"], "level": "INFO"}
-    config["loggers"]["uvicorn.access"]["level"] = "WARNING"
     config["loggers"]["idhub.access"] = {
         "handlers": ["access"],
         "level": "INFO",
         "propagate": False,
     }
     return config
+
+
+def json_line(logger: str, message: str) -> str:
+    """One INFO line in the JSON format, for output written before logging is set up."""
+    record = logging.makeLogRecord({"name": logger, "levelno": logging.INFO,
+                                    "levelname": "INFO", "msg": message})  # fmt: skip
+    return JsonFormatter().format(record)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from urllib.parse import parse_qs
 
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -96,10 +97,19 @@ class ObservedRequests:
                     "method": method,
                     "status": status,
                     "latency_ms": round(seconds * 1000, 3),
-                    "client_id": state.get("client_id"),
+                    "client_id": state.get("client_id") or _query_client_id(scope),
                     "client_ip": state.get("client_ip"),
                 },
             )
+
+
+def _query_client_id(scope: Scope) -> str | None:
+    """`client_id` from the query string (the authorization endpoint's GET), if any."""
+    query: bytes = scope.get("query_string", b"")
+    if b"client_id=" not in query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("client_id")
+    return values[0][:200] if values else None
 
 
 def mount_prefixes(routes: Iterable[BaseRoute]) -> tuple[str, ...]:
