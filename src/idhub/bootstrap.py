@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from idhub.adapters.audit_archive import AuditArchives
     from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
+    from idhub.adapters.backup import BackupSummary, RestoreSummary
     from idhub.adapters.directory_store import SqlDirectoryStore
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.adapters.ldap import LdapDirectory
@@ -261,6 +263,47 @@ class Services:
                 lambda: float(len(self.runtime.warnings())),
             ),
         ]  # fmt: skip
+
+    # --- operate: backup and restore ---------------------------------------------------------
+
+    def backup(self, target: Path) -> BackupSummary:
+        """The database's content and the policy files in one archive (adapters/backup.py)."""
+        from importlib.metadata import version
+
+        from idhub.adapters.backup import write_backup
+
+        return write_backup(
+            self.engine,
+            policy_dir=self.settings.policy.dir,
+            target=target,
+            created_at=self.clock.now(),
+            version=version("idhub"),
+        )
+
+    def restore(self, source: Path, *, policies: Path | None = None) -> RestoreSummary:
+        """Migrates this (empty) database, loads the archive, writes the policy files when
+        their directory is empty, and checks the restored audit chain."""
+        from dataclasses import replace
+
+        from idhub.adapters.backup import Archive, restore_backup, restore_policies
+        from idhub.core.crypto import Sealer
+
+        archive = Archive(source)
+        try:
+            self.migrate()
+            sealer = Sealer(self.settings.require_secret_key())
+            summary = restore_backup(self.engine, archive, unseal=sealer.open)
+            into = policies or self.settings.policy.dir
+            notes = [restore_policies(archive, into)]
+        finally:
+            archive.close()
+        report = self.audit_log.verify()
+        notes.append(
+            f"audit chain verifies: {report.checked} event(s)"
+            if report.ok
+            else f"audit chain does NOT verify: {report.problem}"
+        )
+        return replace(summary, policies_written=into, notes=notes)
 
     # --- identity / directory store ----------------------------------------------------------
 
