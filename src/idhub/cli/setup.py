@@ -27,6 +27,11 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port (default from settings)")
     p.add_argument("--workers", type=int, help="worker processes (default from settings)")
     p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations first (a migration job did; see docs/deployment.md)",
+    )
+    p.add_argument(
         "--log-format",
         choices=("text", "json"),
         help="console lines or one JSON object a line (default from [server] log_format)",
@@ -112,7 +117,8 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
     log_format = settings.server.log_format
-    ctx.services.migrate()
+    if not args.no_migrate:
+        ctx.services.migrate()
     banner = (
         f"idhub serving {settings.server.issuer} on http://{host}:{port} with {workers} worker(s)"
     )
