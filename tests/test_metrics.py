@@ -172,3 +172,27 @@ def test_two_workers_add_up_in_one_scrape(
             assert value(samples, "idhub_http_requests_total", route="/metrics") >= 1
     services = make_services(load_settings(served.config, env={}))
     assert services.settings.metrics.multiprocess_dir is None
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_idhub_exports() -> None:
+    import json
+    import re
+
+    from idhub.core.metrics import CATALOGUE
+    from tests.conftest import REPO
+
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "idhub-dashboard.json").read_text())
+    exported = {spec.name for spec in CATALOGUE} | {
+        "idhub_sessions_active", "idhub_policy_state", "idhub_policy_version_info",
+        "idhub_audit_sink_lag_events", "idhub_db_pool_size", "idhub_background_jobs_failing",
+    }  # fmt: skip
+    histograms = {spec.name for spec in CATALOGUE if spec.kind == "histogram"}
+    asked = set()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            asked |= set(re.findall(r"\bidhub_[a-z_]+", target["expr"]))
+    for name in asked:
+        base = name.removesuffix("_bucket")
+        assert name in exported or (name.endswith("_bucket") and base in histograms), name
+    # Every catalogue metric has a panel.
+    assert {n.removesuffix("_bucket") for n in asked} >= exported

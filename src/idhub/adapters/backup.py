@@ -115,6 +115,10 @@ def write_backup(
                 if conn.dialect.name == "postgresql":
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 with conn.begin():
+                    if conn.dialect.name == "sqlite":
+                        # pysqlite opens no transaction for reads; an explicit one makes every
+                        # table come from one WAL snapshot while writers carry on.
+                        conn.exec_driver_sql("BEGIN")
                     revision = schema_revision(conn)
                     for table in metadata.sorted_tables:
                         counts[table.name] = _dump_table(conn, table, root / "db")
