@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from idhub.bootstrap import Services
@@ -196,3 +198,36 @@ def test_the_grafana_dashboard_asks_only_for_metrics_idhub_exports() -> None:
         assert name in exported or (name.endswith("_bucket") and base in histograms), name
     # Every catalogue metric has a panel.
     assert {n.removesuffix("_bucket") for n in asked} >= exported
+
+
+@pytest.mark.slapd
+def test_scheduled_sync_runs_are_counted_per_source(
+    slapd_company: Any,
+    make_settings: Callable[..., Any],
+    make_services: Callable[..., Services],
+    sqlite_db_url: str,
+) -> None:
+    from tests.slapd import SOURCE_ENV, source_toml
+
+    settings = make_settings(sqlite_db_url, toml=source_toml(slapd_company), env=SOURCE_ENV)
+    services = make_services(settings)
+    services.start_metrics()
+    services.sync_scheduler.run_due()
+    prom = services.prometheus
+    assert prom is not None
+    body, _ = prom.exposition()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    from sqlalchemy import func, select
+
+    from idhub.adapters.db import users
+
+    with services.engine.connect() as conn:
+        created = conn.execute(select(func.count()).select_from(users)).scalar_one()
+    assert created > 0
+    assert value(samples, "idhub_sync_runs_total", source="ldap:corp", outcome="succeeded") == 1
+    assert value(samples, "idhub_sync_changes_total", source="ldap:corp", kind="create") == created
+    assert value(samples, "idhub_sync_duration_seconds_count", source="ldap:corp") == 1
