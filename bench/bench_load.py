@@ -85,7 +85,12 @@ def prepare(root: Path, db_url: str, issuer: str) -> dict[str, Any]:
         f'[policy]\ndir = "{REPO / "policies"}"\nwatch = false\n'
         f'[server]\nissuer = "{issuer}"\n'
         # Every bench client signs in from 127.0.0.1: the per-address throttle is not the subject.
-        "[throttle]\nip_free = 100000\nip_limit = 100001\n",
+        "[throttle]\nip_free = 100000\nip_limit = 100001\n"
+        # The load generator shares the 2 cores and reads answers late; with the default 5 s
+        # a connection it still thinks fresh was already being closed by the server (a
+        # keep-alive race, seen as "server disconnected"). A balancer in front of idhub keeps
+        # its idle upstream connections below idhub's timeout; 30 s plays that part here.
+        "[limits]\nkeep_alive_timeout = 30\n",
         encoding="utf-8",
     )
     env = {**os.environ, "IDHUB_CONFIG": str(config), "IDHUB_SECRET_KEY": SECRET_KEY}
@@ -314,6 +319,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=200)
     parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--keep-logs", type=Path, default=None, help="copy the replicas' logs here")
     opts = parser.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="idhub-bench-load-") as tmp, database() as db_url:
@@ -332,10 +338,12 @@ def main() -> int:
             elapsed = time.monotonic() - marks["at"]
             cpu = cpu_seconds(pids) - marks["cpu"]
             load_after = os.getloadavg()
-        tracebacks = sum(
-            (root / f"replica-{n}.log").read_text(errors="replace").count("Traceback")
-            for n in range(2)
-        )
+        logs = [(root / f"replica-{n}.log").read_text(errors="replace") for n in range(2)]
+        tracebacks = sum(text.count("Traceback") for text in logs)
+        if opts.keep_logs is not None:
+            opts.keep_logs.mkdir(parents=True, exist_ok=True)
+            for n, text in enumerate(logs):
+                (opts.keep_logs / f"replica-{n}.log").write_text(text, encoding="utf-8")
     total = sum(len(v) for v in stats.latencies.values())
     print(
         f"two replicas (1 worker each) on PostgreSQL, {opts.clients} clients, "
