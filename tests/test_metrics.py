@@ -3,6 +3,7 @@ both databases; the endpoint can be closed with a token; several workers add up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -231,3 +232,33 @@ def test_scheduled_sync_runs_are_counted_per_source(
     assert value(samples, "idhub_sync_runs_total", source="ldap:corp", outcome="succeeded") == 1
     assert value(samples, "idhub_sync_changes_total", source="ldap:corp", kind="create") == created
     assert value(samples, "idhub_sync_duration_seconds_count", source="ldap:corp") == 1
+
+
+def test_policy_rejection_and_sink_lag_show(
+    make_live_server: Callable[..., LiveServer], sqlite_db_url: str, tmp_path: Path
+) -> None:
+    import shutil
+
+    from tests.conftest import REPO
+
+    policies = tmp_path / "policies"
+    shutil.copytree(REPO / "policies", policies)
+    sink = tmp_path / "audit.jsonl"
+    live = make_live_server(
+        sqlite_db_url,
+        env={"IDHUB_POLICY_DIR": str(policies)},
+        toml=f'[policy]\nwatch = false\n\n[audit]\njsonl_path = "{sink}"\n',
+    )
+    live.services.authz.reload(trigger="test")
+    (policies / "model.conf").write_text("[request_definition]\nr = \n", encoding="utf-8")
+    live.services.authz.reload(trigger="test")
+    samples = scrape(live.url)
+    assert value(samples, "idhub_policy_reloads_total", result="rejected") == 1
+    assert value(samples, "idhub_policy_state", state="last_reload_ok") == 0
+    assert value(samples, "idhub_policy_state", state="loaded") == 1  # the old one serves
+    lag = [k for k in samples if k[0] == "idhub_audit_sink_lag_events"]
+    assert [dict(k[1])["sink"] for k in lag] == [f"jsonl:{sink}"]
+    deadline = time.monotonic() + 10
+    while value(scrape(live.url), "idhub_audit_sink_lag_events") > 0:
+        assert time.monotonic() < deadline, "the sink never caught up"
+        time.sleep(0.2)
