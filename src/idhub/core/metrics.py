@@ -12,6 +12,7 @@ one function call per event and cannot drift from what the trail says happened.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -159,6 +160,12 @@ class NoMetrics:
 
 
 NO_METRICS = NoMetrics()
+
+
+def clock() -> float:
+    """Seconds on a monotonic, high-resolution clock, for the durations observed here."""
+    return time.perf_counter()
+
 
 _TOKEN_EVENTS = frozenset({"token.issued", "token.refreshed", "token.exchanged"})
 _SIGNIN_FAILURES = frozenset({"login.failed", "login.throttled", "mfa.failed"})

@@ -29,17 +29,16 @@ where in its request that field was.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from idhub.core import metrics as _metrics
 from idhub.core.audit import Actor, RequestContext
 from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_sub
-from idhub.core.metrics import NO_METRICS, Metrics
 from idhub.errors import AccessDenied, InvalidInput
 
 MAX_BATCH = 1000
@@ -182,8 +181,9 @@ class Decisions:
     def __init__(self, source: Callable[[], DecisionSource]) -> None:
         # Resolved per request, so building the web app does not build the policy service.
         self._source = source
-        # Decision counts and latency; a server swaps in the Prometheus adapter.
-        self.metrics: Metrics = NO_METRICS
+
+    # Decision counts and latency; a server sets the Prometheus adapter (start_metrics).
+    metrics: _metrics.Metrics = _metrics.NO_METRICS
 
     def current(self) -> PolicyAnswers:
         """Answers bound to the engine serving now; raises `PolicyError` if there is none."""
@@ -198,7 +198,10 @@ class PolicyAnswers:
     """Every answer of one request, from one engine (one policy version)."""
 
     def __init__(
-        self, engine: Engine, source: DecisionSource, metrics: Metrics = NO_METRICS
+        self,
+        engine: Engine,
+        source: DecisionSource,
+        metrics: _metrics.Metrics = _metrics.NO_METRICS,
     ) -> None:
         self.engine = engine
         self._source = source
@@ -305,13 +308,12 @@ class PolicyAnswers:
 
     def decide(self, question: Question) -> Answer:
         """The one way a question about a user is decided (the decision and audit APIs)."""
-        started = time.perf_counter()
+        started = _metrics.clock()
         answer = self._decide(question)
         # Only the policy's own domains are label values: a question's text never is.
-        domain = question.domain if question.domain in self.engine.domains else "other"
-        self._metrics.observe(
-            "idhub_decision_duration_seconds", time.perf_counter() - started, domain
-        )
+        domain = canonical_name(question.domain)
+        domain = domain if domain in self.engine.domains else "other"
+        self._metrics.observe("idhub_decision_duration_seconds", _metrics.clock() - started, domain)
         self._metrics.inc("idhub_decisions_total", domain, "allow" if answer.allowed else "deny")
         return answer
 
