@@ -262,3 +262,29 @@ def test_policy_rejection_and_sink_lag_show(
     while value(scrape(live.url), "idhub_audit_sink_lag_events") > 0:
         assert time.monotonic() < deadline, "the sink never caught up"
         time.sleep(0.2)
+
+
+def test_metrics_answer_while_the_database_is_unreachable(
+    make_settings: Callable[..., Any],
+    make_services: Callable[..., Services],
+    sqlite_db_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqlalchemy import create_engine
+
+    from idhub.adapters.session_store import SqlSessionStore
+    from tests.conftest import free_port
+    from tests.conftest import serve as serve_app
+
+    port = free_port()
+    services = make_services(make_settings(sqlite_db_url, issuer=f"http://127.0.0.1:{port}"))
+    services.migrate()
+    broken = create_engine(f"sqlite:///{tmp_path / 'missing' / 'idhub.db'}")
+    services.session_store = SqlSessionStore(broken)  # type: ignore[misc]
+    with serve_app(services, port) as url:
+        samples = scrape(url)
+    broken.dispose()
+    assert ("idhub_sessions_active", ()) not in samples  # left out of this scrape ...
+    assert ("idhub_db_pool_size", ()) in samples  # ... the rest still answers
+    assert any("idhub_sessions_active not read" in r.getMessage() for r in caplog.records)
