@@ -12,6 +12,7 @@ is committed; if the write fails every caller in that batch gets `AuditError`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,7 @@ from idhub.core.clock import Clock
 from idhub.errors import AuditError, InvalidInput
 
 _VERIFY_CHUNK = 20_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -163,16 +165,14 @@ class SqlAuditLog:
             if me.done:
                 if me.error is not None:
                     raise _as_audit_error(me.error)
-                self._observe(events)
                 return
             self._writing = True
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
             started = time.perf_counter()
-            self._write([e for w in batch for e in w.events])
-            for timer in self.write_timers:
-                timer(time.perf_counter() - started)
+            self._write(written := [e for w in batch for e in w.events])
+            self._observe(written, seconds=time.perf_counter() - started)
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
             error = exc
         finally:
@@ -183,14 +183,21 @@ class SqlAuditLog:
                 self._cond.notify_all()
         if error is not None:
             raise _as_audit_error(error)
-        self._observe(events)
         for listener in self.listeners:
             listener()
 
-    def _observe(self, events: list[_Prepared]) -> None:
-        for observer in self.observers:
-            for e in events:
-                observer(e.values[1], e.values[3], e.details or {})
+    def _observe(self, events: list[_Prepared], *, seconds: float | None = None) -> None:
+        """Tells the observers (metrics) of events that are written; never raises, so a
+        metric cannot turn a committed append into a failed one."""
+        try:
+            if seconds is not None:
+                for timer in self.write_timers:
+                    timer(seconds)
+            for observer in self.observers:
+                for e in events:
+                    observer(e.values[1], e.values[3], e.details or {})
+        except Exception as exc:  # counting is best effort; the events are in the chain
+            log.warning("audit observers failed: %s", type(exc).__name__)
 
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
