@@ -95,12 +95,12 @@ class Services:
         self.runtime = Runtime(now=self.clock.now)
         # name -> probe returning "ok" or a short reason, shown by /readyz.
         self.readiness_checks: dict[str, Callable[[], str]] = {}
+        self._register_hooks()
         # What every part counts through; `start_metrics` (the web app) replaces the default
         # that counts nothing. Areas append values read at scrape time to `scrape_gauges`
-        # (sink lag, clock offset, ...) before the app starts.
+        # (clock offset, ...) before the app starts.
         self.metrics: Metrics = NO_METRICS
         self.scrape_gauges: list[ScrapeGauge] = []
-        self._register_hooks()
 
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
@@ -232,7 +232,11 @@ class Services:
 
         def sink_lag() -> dict[str, float] | None:
             shipper = self.audit_shipper if "audit_shipper" in self.__dict__ else None
-            return shipper.lag() if shipper is not None else None
+            if shipper is None:
+                return None
+            head = self.audit_log.head()
+            top = head.seq if head is not None else 0
+            return {s.name: float(max(0, top - (s.position() or 0))) for s in shipper.sinks}
 
         pool = self.engine.pool
         size = getattr(pool, "size", None)

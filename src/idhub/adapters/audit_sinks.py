@@ -270,12 +270,6 @@ class AuditShipper:
             return start
         return 0
 
-    def lag(self) -> dict[str, float]:
-        """Events in the trail not yet delivered to each sink (the sink-lag metric)."""
-        head = self._audit.head()
-        top = head.seq if head is not None else 0
-        return {sink.name: float(max(0, top - (sink.position() or 0))) for sink in self.sinks}
-
     def readiness(self) -> str:
         if self.errors:
             return "; ".join(f"{name}: {error}" for name, error in sorted(self.errors.items()))
