@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from idhub.cli._context import CliContext
@@ -132,7 +130,9 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
         if settings.config_file is not None:
             os.environ["IDHUB_CONFIG"] = str(settings.config_file.resolve())
         if settings.metrics.enabled:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_metrics_dir(settings.var_dir))
+            from idhub.cli._metrics_dir import fresh_metrics_dir
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.var_dir))
         config = http_server.server_config(
             "idhub.web.asgi:create",
             factory=True,
@@ -159,12 +159,3 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
         )
     http_server.run(config)
     return 0
-
-
-def _fresh_metrics_dir(var_dir: Path) -> Path:
-    """VAR/metrics emptied: values of an earlier run's workers must not be summed in."""
-    path = var_dir / "metrics"
-    if path.exists():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
