@@ -7,8 +7,11 @@ Each area keeps its wiring in its own block below.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -17,12 +20,16 @@ from idhub.adapters._storage_errors import as_idhub_error
 from idhub.adapters.database import apply_migrations, create_db_engine
 from idhub.config import Settings
 from idhub.core.clock import Clock, SystemClock
+from idhub.core.metrics import NO_METRICS, Metrics, ScrapeGauge, count_sync_run
 from idhub.runtime import Job, Runtime
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from idhub.adapters.audit_archive import AuditArchives
     from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
+    from idhub.adapters.backup import BackupSummary, RestoreSummary
     from idhub.adapters.directory_store import SqlDirectoryStore
     from idhub.adapters.identity_store import SqlIdentityStore
     from idhub.adapters.ldap import LdapDirectory
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from idhub.adapters.mfa_store import SqlMfaStore
     from idhub.adapters.policy_files import PolicyFiles
     from idhub.adapters.policy_watch import PolicyDirChanges
+    from idhub.adapters.prometheus_metrics import PrometheusMetrics
     from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.cas.server import CasServer
@@ -94,6 +102,11 @@ class Services:
         # name -> probe returning "ok" or a short reason, shown by /readyz.
         self.readiness_checks: dict[str, Callable[[], str]] = {}
         self._register_hooks()
+        # What every part counts through; `start_metrics` (the web app) replaces the default
+        # that counts nothing. Areas append values read at scrape time to `scrape_gauges`
+        # (clock offset, ...) before the app starts.
+        self.metrics: Metrics = NO_METRICS
+        self.scrape_gauges: list[ScrapeGauge] = []
 
     def _register_hooks(self) -> None:
         # --- oidc hooks (keys on init, demo clients) ---
@@ -170,6 +183,137 @@ class Services:
             return "ok"
         stopped = self.runtime.readiness_of("audit-sinks", stopped="audit shipper stopped")
         return stopped if stopped != "ok" else self.audit_shipper.readiness()
+
+    # --- operate: metrics ------------------------------------------------------------------
+
+    @cached_property
+    def prometheus(self) -> PrometheusMetrics | None:
+        """The Prometheus side of `metrics` (None when `[metrics] enabled = false`)."""
+        if not self.settings.metrics.enabled:
+            return None
+        from idhub.adapters.prometheus_metrics import PrometheusMetrics
+
+        return PrometheusMetrics(multiprocess_dir=self.settings.metrics.multiprocess_dir)
+
+    def start_metrics(self) -> None:
+        """Counts from here on: audit events, audit write latency, the pool, decisions, and
+        the values read at scrape time. Called once by the web app; the CLI counts nothing."""
+        prom = self.prometheus
+        if prom is None or self.metrics is prom:
+            return
+        from idhub.core.metrics import count_audit_event
+
+        self.metrics = prom
+
+        def observe(event_type: str, actor_id: str | None, details: dict[str, object]) -> None:
+            try:
+                count_audit_event(prom, event_type, actor_id, details)
+            except Exception as exc:  # a metric must never fail an append that committed
+                _log.warning("audit event %s not counted: %s", event_type, type(exc).__name__)
+
+        self.audit_log.observers.append(observe)
+        self.audit_log.write_timers.append(
+            lambda seconds: prom.observe("idhub_audit_append_duration_seconds", seconds)
+        )
+        prom.watch_pool(self.engine)
+        self.decisions.metrics = prom
+        for gauge in self._operate_gauges() + self.scrape_gauges:
+            prom.add_scrape_gauge(gauge)
+
+    def _operate_gauges(self) -> list[ScrapeGauge]:
+        def policy_state() -> dict[str, float] | None:
+            if "authz" not in self.__dict__:
+                return None
+            status = self.authz.status()
+            return {
+                "loaded": 1.0 if status["version"] else 0.0,
+                "last_reload_ok": 1.0 if status["last_reload_ok"] else 0.0,
+                "serving_last_good_copy": 1.0 if status["serving_last_good_copy"] else 0.0,
+            }
+
+        def policy_version() -> dict[str, float] | None:
+            if "authz" not in self.__dict__:
+                return None
+            return {str(self.authz.version): 1.0}
+
+        def sink_lag() -> dict[str, float] | None:
+            shipper = self.audit_shipper if "audit_shipper" in self.__dict__ else None
+            if shipper is None:
+                return None
+            head = self.audit_log.head()
+            top = head.seq if head is not None else 0
+            return {s.name: float(max(0, top - (s.position() or 0))) for s in shipper.sinks}
+
+        pool = self.engine.pool
+        size = getattr(pool, "size", None)
+        return [
+            ScrapeGauge(
+                "idhub_sessions_active",
+                "SSO sessions not ended and not expired (all replicas)",
+                lambda: float(self.session_store.count_active(self.clock.now())),
+            ),
+            ScrapeGauge(
+                "idhub_policy_state", "1 when true: loaded, last_reload_ok, ...", policy_state,
+                label="state",
+            ),
+            ScrapeGauge(
+                "idhub_policy_version_info", "The policy version this process serves",
+                policy_version, label="version",
+            ),
+            ScrapeGauge(
+                "idhub_audit_sink_lag_events", "Audit events not yet in each sink", sink_lag,
+                label="sink",
+            ),
+            ScrapeGauge(
+                "idhub_db_pool_size", "Connections this process's pool keeps open",
+                lambda: float(size()) if callable(size) else None,
+            ),
+            ScrapeGauge(
+                "idhub_background_jobs_failing", "Background jobs whose last run failed",
+                lambda: float(len(self.runtime.warnings())),
+            ),
+        ]  # fmt: skip
+
+    # --- operate: backup and restore ---------------------------------------------------------
+
+    def backup(self, target: Path) -> BackupSummary:
+        """The database's content and the policy files in one archive (adapters/backup.py)."""
+        from importlib.metadata import version
+
+        from idhub.adapters.backup import write_backup
+
+        return write_backup(
+            self.engine,
+            policy_dir=self.settings.policy.dir,
+            target=target,
+            created_at=self.clock.now(),
+            version=version("idhub"),
+        )
+
+    def restore(self, source: Path, *, policies: Path | None = None) -> RestoreSummary:
+        """Migrates this (empty) database, loads the archive, writes the policy files when
+        their directory is empty, and checks the restored audit chain."""
+        from dataclasses import replace
+
+        from idhub.adapters.backup import Archive, restore_backup, restore_policies
+        from idhub.core.crypto import Sealer
+
+        archive = Archive(source)
+        try:
+            self.migrate()
+            sealer = Sealer(self.settings.require_secret_key())
+            summary = restore_backup(self.engine, archive, unseal=sealer.open)
+            into = policies or self.settings.policy.dir
+            notes = [restore_policies(archive, into)]
+        finally:
+            archive.close()
+        report = self.audit_log.verify()
+        notes.append(
+            f"audit chain verifies: {report.checked} event(s)"
+            if report.ok
+            else f"audit chain does NOT verify: {report.problem}"
+        )
+        return replace(summary, policies_written=into, notes=notes)
 
     # --- identity / directory store ----------------------------------------------------------
 
@@ -592,7 +736,22 @@ class Services:
         from idhub.core.directory.scheduler import SyncScheduler
 
         def run(name: str, full: bool) -> object:
-            return self.directory_sync(name).run(full=full)
+            # Timed here, around the whole run, for the sync metrics (core/metrics.py).
+            started = time.perf_counter()
+            status = "failed"
+            try:
+                report = self.directory_sync(name).run(full=full)
+                status = report.status
+                count_sync_run(self.metrics, f"ldap:{name}", status, report.counts)
+                return report
+            except Exception:
+                if status == "failed":
+                    count_sync_run(self.metrics, f"ldap:{name}", status, {})
+                raise
+            finally:
+                self.metrics.observe(
+                    "idhub_sync_duration_seconds", time.perf_counter() - started, f"ldap:{name}"
+                )
 
         def last_full_at(name: str) -> float | None:
             return self.directory_store.state(f"ldap:{name}").last_full_at

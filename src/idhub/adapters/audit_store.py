@@ -12,7 +12,9 @@ is committed; if the write fails every caller in that batch gets `AuditError`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +48,7 @@ from idhub.core.clock import Clock
 from idhub.errors import AuditError, InvalidInput
 
 _VERIFY_CHUNK = 20_000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,6 +57,8 @@ class _Prepared:
 
     values: tuple[Any, ...]  # ts .. details, in COLUMNS order
     tail: str
+    # The scrubbed details as a dict, for observers (metrics) that must not parse JSON.
+    details: dict[str, Any] | None = None
 
 
 class _Waiter:
@@ -86,6 +91,11 @@ class SqlAuditLog:
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
         self.listeners: list[Callable[[], None]] = []
+        # Called with (event type, actor id, details) for each event once it is committed
+        # (`record`, `record_many`) or placed in the caller's transaction (`record_in`), and
+        # with the seconds each durable write took: the metrics adapter counts from these.
+        self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
+        self.write_timers: list[Callable[[float], None]] = []
         self._pg_append = PgAppender(COLUMNS)
 
     # ------------------------------------------------------------------ writing
@@ -130,7 +140,8 @@ class SqlAuditLog:
             raise AuditError(f"unknown audit outcome {outcome!r}")
         ctx = ctx or RequestContext()
         try:
-            details_json = canonical_details(scrub_details(dict(details or {})))
+            scrubbed = scrub_details(dict(details or {}))
+            details_json = canonical_details(scrubbed)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
         values = (
@@ -143,7 +154,7 @@ class SqlAuditLog:
             target=values[4], outcome=outcome, client_ip=values[6], user_agent=values[7],
             request_id=values[8], details_json=details_json,
         )  # fmt: skip
-        return _Prepared(values, tail)
+        return _Prepared(values, tail, scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
         me = _Waiter(events)
@@ -159,7 +170,9 @@ class SqlAuditLog:
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
-            self._write([e for w in batch for e in w.events])
+            started = time.perf_counter()
+            self._write(written := [e for w in batch for e in w.events])
+            self._observe(written, seconds=time.perf_counter() - started)
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
             error = exc
         finally:
@@ -172,6 +185,19 @@ class SqlAuditLog:
             raise _as_audit_error(error)
         for listener in self.listeners:
             listener()
+
+    def _observe(self, events: list[_Prepared], *, seconds: float | None = None) -> None:
+        """Tells the observers (metrics) of events that are written; never raises, so a
+        metric cannot turn a committed append into a failed one."""
+        try:
+            if seconds is not None:
+                for timer in self.write_timers:
+                    timer(seconds)
+            for observer in self.observers:
+                for e in events:
+                    observer(e.values[1], e.values[3], e.details or {})
+        except Exception as exc:  # counting is best effort; the events are in the chain
+            log.warning("audit observers failed: %s", type(exc).__name__)
 
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
@@ -189,13 +215,12 @@ class SqlAuditLog:
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving)."""
-        self._insert(
-            conn,
-            [
-                self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
-                for e in events
-            ],
-        )
+        prepared = [
+            self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
+            for e in events
+        ]
+        self._insert(conn, prepared)
+        self._observe(prepared)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, delete, insert, or_, select, update
+from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters.db import consents, logout_deliveries, session_clients, sso_sessions
@@ -38,6 +38,16 @@ class SqlSessionStore:
         self._engine = engine
 
     # ------------------------------------------------------------------ sessions
+
+    def count_active(self, now: float) -> int:
+        """Sessions neither ended nor expired, for the `idhub_sessions_active` metric."""
+        query = (
+            select(func.count())
+            .select_from(sso_sessions)
+            .where(sso_sessions.c.ended_at.is_(None), sso_sessions.c.expires_at > now)
+        )
+        with self._engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def insert(self, *, id_hash: str, session: SsoSession) -> None:
         with self._engine.begin() as conn:

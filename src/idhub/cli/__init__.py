@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "idhub.cli.directory",
     "idhub.cli.cas",
     "idhub.cli.saml",
+    "idhub.cli.backup",
 )
 
 EXIT_ERROR = 2

@@ -26,6 +26,16 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="bind address (default from settings)")
     p.add_argument("--port", type=int, help="port (default from settings)")
     p.add_argument("--workers", type=int, help="worker processes (default from settings)")
+    p.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations first (a migration job did; see docs/deployment.md)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="console lines or one JSON object a line (default from [server] log_format)",
+    )
     p.set_defaults(func=cmd_serve, server_logs=True)
 
     config = sub.add_parser("config", help="inspect settings")
@@ -96,19 +106,29 @@ def _print_tree(value: dict[str, Any], indent: str = "") -> None:
 def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     from idhub.web import http_server
 
+    if args.log_format:
+        # Through the environment, so worker processes (which rebuild settings) agree.
+        os.environ["IDHUB_LOG_FORMAT"] = args.log_format
+        ctx.__dict__.pop("settings", None)
     settings = ctx.settings
     require_production_ready(settings)
     settings.require_secret_key()
     host = args.host or settings.server.host
     port = args.port or settings.server.port
     workers = args.workers or settings.server.workers
+    log_format = settings.server.log_format
     # Before migrating and starting anything: a port in use is one line naming it.
     sock = http_server.listen_socket(host, port)
-    ctx.services.migrate()
+    if not args.no_migrate:
+        ctx.services.migrate()
     if workers > 1:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:
             os.environ["IDHUB_CONFIG"] = str(settings.config_file.resolve())
+        if settings.metrics.enabled:
+            from idhub.cli._metrics_dir import fresh_metrics_dir
+
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.var_dir))
         config = http_server.server_config(
             "idhub.web.asgi:create",
             factory=True,
@@ -118,6 +138,7 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             workers=workers,
             log_level="warning",
             proxy_headers=False,
+            log_format=log_format,
         )
     else:
         from idhub.web.app import create_app
@@ -130,8 +151,13 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             host=host,
             port=port,
             proxy_headers=False,
+            log_format=log_format,
         )
     for line in serve_banner(settings.server.issuer, host=host, port=port, workers=workers):
+        if log_format == "json":
+            from idhub.web.log_format import json_line
+
+            line = json_line("idhub.cli", line)
         print(line)
     sys.stdout.flush()
     http_server.run(config, sock)

@@ -27,6 +27,7 @@ from idhub.config.settings import (
     DatabaseSettings,
     LdapSourceSettings,
     LimitsSettings,
+    MetricsSettings,
     MfaSettings,
     PasswordSettings,
     PolicySettings,
@@ -47,6 +48,7 @@ __all__ = [
     "DatabaseSettings",
     "LdapSourceSettings",
     "LimitsSettings",
+    "MetricsSettings",
     "MfaSettings",
     "PasswordSettings",
     "PolicySettings",
@@ -81,6 +83,7 @@ _SECTIONS: dict[str, type] = {
     "cas": CasSettings,
     "mfa": MfaSettings,
     "saml": SamlSettings,
+    "metrics": MetricsSettings,
 }
 _TOP_LEVEL = {"var_dir", "secret_key_file"}
 
@@ -98,6 +101,12 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "IDHUB_AUDIT_DECISIONS": ("audit", "decisions"),
     "IDHUB_ENV": ("server", "mode"),
     "IDHUB_DEBUG": ("server", "debug"),
+    # --- operate: logs and metrics ---
+    "IDHUB_LOG_FORMAT": ("server", "log_format"),
+    "IDHUB_METRICS_TOKEN": ("metrics", "token"),
+    "IDHUB_METRICS_ENABLED": ("metrics", "enabled"),
+    # prometheus-client's own variable: set by `idhub serve --workers N` for its workers.
+    "PROMETHEUS_MULTIPROC_DIR": ("metrics", "multiprocess_dir"),
 }
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("audit", "decisions"): ("all", "sampled", "none"),
@@ -105,6 +114,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "proxy_header"): ("x-forwarded-for", "forwarded"),
     ("server", "mode"): ("development", "production"),
     ("mfa", "required"): ("all", "policy", "off"),
+    ("server", "log_format"): ("text", "json"),
 }
 # Settings that are URLs a browser or a system is sent to: absolute, with a scheme and a host.
 _URLS: frozenset[tuple[str, str]] = frozenset({("server", "issuer")})
@@ -295,6 +305,7 @@ def load_settings(
         cas=sections["cas"],
         mfa=sections["mfa"],
         saml=sections["saml"],
+        metrics=sections["metrics"],
         var_dir=var_dir,
         secret_key_file=secret_key_file,
         secret_key=secret,

@@ -77,6 +77,12 @@ def coerce(value: Any, target: Any, *, base: Path, what: str) -> Any:
             raise ValueError(f"{what} must be a path string")
         path = Path(value).expanduser()
         return path if path.is_absolute() else base / path
+    if kind == "Secret | None":
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise ValueError(f"{what} must be a string")
+        return Secret(value)
     if kind == "tuple[str, ...]":
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]

@@ -32,6 +32,9 @@ class ServerSettings:
     # (see `production_problem`).
     mode: str = "development"
     debug: bool = False
+    # "text" (uvicorn's console lines) or "json": one JSON object a line, with an access
+    # record per request (request id, route, status, latency, client id); docs/operations.md.
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,25 @@ class SamlSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """`[metrics]`: the Prometheus endpoint `/metrics` (docs/operations.md)."""
+
+    enabled: bool = True
+    # When set, `/metrics` answers only `Authorization: Bearer <token>` (IDHUB_METRICS_TOKEN).
+    token: Secret | None = None
+    # Where worker processes keep their values; `idhub serve --workers N` sets it (through
+    # prometheus-client's PROMETHEUS_MULTIPROC_DIR) to an emptied VAR/metrics.
+    multiprocess_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        token = "**********" if self.token else None
+        return (
+            f"MetricsSettings(enabled={self.enabled}, token={token!r}, "
+            f"multiprocess_dir={self.multiprocess_dir!r})"
+        )
+
+
+@dataclass(frozen=True)
 class LdapSourceSettings:
     """One `[directory.ldap.<name>]` table, presets applied (see docs/directory.md)."""
 
@@ -223,6 +245,7 @@ class Settings:
     cas: CasSettings = field(default_factory=CasSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)
     saml: SamlSettings = field(default_factory=SamlSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     var_dir: Path = Path("var")
     secret_key_file: Path = Path("var/secret.key")
     secret_key: Secret | None = None

@@ -19,6 +19,7 @@ from idhub.bootstrap import Services
 from idhub.web.errors import FailureTranslation, exception_handlers
 from idhub.web.limits import LimitsMiddleware, RequestLimits
 from idhub.web.middleware import RequestContextMiddleware
+from idhub.web.observe import ObservedRequests, mount_prefixes, route_templates
 from idhub.web.proxies import TrustedProxies
 from idhub.web.security_headers import SecurityHeadersMiddleware
 
@@ -37,6 +38,7 @@ ROUTE_MODULES = (
     "idhub.web.saml",
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
+    "idhub.web.metrics",
 )
 
 
@@ -69,6 +71,7 @@ def create_app(services: Services) -> Starlette:
         module: Any = importlib.import_module(name)
         routes.extend(module.routes(services))
     routes.append(Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static"))
+    services.start_metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -86,6 +89,13 @@ def create_app(services: Services) -> Starlette:
         routes=routes,
         middleware=[
             Middleware(RequestContextMiddleware, proxies=_proxies(services)),
+            Middleware(
+                ObservedRequests,
+                metrics=services.metrics,
+                templates=route_templates(routes),
+                mounts=mount_prefixes(routes),
+                access_records=services.settings.server.log_format == "json",
+            ),
             Middleware(LimitsMiddleware, limits=request_limits(services)),
             # A database error no store translated: answered as idhub's error (web/errors.py).
             Middleware(FailureTranslation),

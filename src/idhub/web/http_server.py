@@ -97,7 +97,7 @@ class RepeatedAddressFilter(logging.Filter):
         return not (isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on"))
 
 
-def log_config() -> dict[str, Any]:
+def log_config(log_format: str = "text") -> dict[str, Any]:
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["filters"] = {
         "redact": {"()": f"{__name__}.RedactingAccessFilter"},
@@ -106,6 +106,10 @@ def log_config() -> dict[str, Any]:
     # On the logger, so every handler anyone attaches sees the redacted target only.
     config["loggers"]["uvicorn.access"]["filters"] = ["redact"]
     config["loggers"]["uvicorn.error"]["filters"] = ["address"]
+    if log_format == "json":
+        from idhub.web.log_format import json_logging_config
+
+        config = json_logging_config(config)
     return config
 
 
@@ -213,6 +217,7 @@ def server_config(
     log_level: str = "info",
     factory: bool = False,
     proxy_headers: bool = True,
+    log_format: str = "text",
 ) -> IdhubServerConfig:
     """The uvicorn configuration `idhub serve` runs (and the tests serve with)."""
     return IdhubServerConfig(
@@ -228,7 +233,9 @@ def server_config(
         server_header=False,
         proxy_headers=proxy_headers,
         log_level=log_level,
-        log_config=log_config(),
+        log_config=log_config(log_format),
+        # In JSON, idhub's own access record (web/observe.py) replaces uvicorn's line.
+        access_log=log_format != "json",
         lifespan="on",
     )
 

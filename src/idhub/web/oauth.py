@@ -3,8 +3,9 @@ requests/responses and the provider's framework-free shapes (also used by `/auth
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -49,6 +50,8 @@ async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestDa
     else:
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
     params, multi = _collect(pairs)
+    # For the access record (web/observe.py): which system asked, never with its secret.
+    request.state.client_id = params.get("client_id") or basic_client_id(request)
     return OAuthRequestData(
         method=request.method,
         uri=uri,
@@ -91,6 +94,18 @@ def _bad_request(description: str) -> Response:
         status_code=400,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def basic_client_id(request: Request) -> str | None:
+    """The user part of `Authorization: Basic` (client_secret_basic), or None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return unquote(decoded.partition(":")[0])[:200] or None
 
 
 def bearer_token(request: Request) -> str | None:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from idhub.core import metrics as _metrics
 from idhub.core.audit import Actor, RequestContext
 from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
@@ -218,10 +219,13 @@ class Decisions:
         self._idle_until = float("-inf")
         self._lock = threading.Lock()
 
+    # Decision counts and latency; a server sets the Prometheus adapter (start_metrics).
+    metrics: _metrics.Metrics = _metrics.NO_METRICS
+
     def current(self) -> PolicyAnswers:
         """Answers bound to the engine serving now; raises `PolicyError` if there is none."""
         source = self._source()
-        return PolicyAnswers(source.engine, source)
+        return PolicyAnswers(source.engine, source, self.metrics)
 
     def policy_status(self) -> dict[str, Any]:
         return self._source().status()
@@ -257,9 +261,15 @@ class Decisions:
 class PolicyAnswers:
     """Every answer of one request, from one engine (one policy version)."""
 
-    def __init__(self, engine: Engine, source: DecisionSource) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        source: DecisionSource,
+        metrics: _metrics.Metrics = _metrics.NO_METRICS,
+    ) -> None:
         self.engine = engine
         self._source = source
+        self._metrics = metrics
 
     @property
     def version(self) -> str:
@@ -383,6 +393,16 @@ class PolicyAnswers:
 
     def decide(self, question: Question) -> Answer:
         """The one way a question about a user is decided (the decision and audit APIs)."""
+        started = _metrics.clock()
+        answer = self._decide(question)
+        # Only the policy's own domains are label values: a question's text never is.
+        domain = canonical_name(question.domain)
+        domain = domain if domain in self.engine.domains else "other"
+        self._metrics.observe("idhub_decision_duration_seconds", _metrics.clock() - started, domain)
+        self._metrics.inc("idhub_decisions_total", domain, "allow" if answer.allowed else "deny")
+        return answer
+
+    def _decide(self, question: Question) -> Answer:
         question = canonical_question(question)
         username, problem = self.username_of(question)
         if username is None:

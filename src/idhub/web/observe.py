@@ -1,0 +1,116 @@
+"""Per-request metrics and the structured access record.
+
+One pure-ASGI wrapper times every request from its first byte to the end of its answer and
+reports it under the route *template* (`/api/v1/decisions`, never the raw path: ids, codes
+and typos must not become label values or log fields), the method and the status. With
+`log_format = "json"` it also writes one `idhub.access` record per request: request id,
+route, method, status, latency and the client id the OAuth layer noted (`state.client_id`).
+The query string is never logged: it carries codes, state and tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from urllib.parse import parse_qs
+
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from idhub.core.metrics import Metrics
+
+access_log = logging.getLogger("idhub.access")
+
+UNMATCHED = "unmatched"
+
+
+def route_templates(routes: Iterable[BaseRoute]) -> dict[object, str]:
+    """endpoint -> its path template, for the routes the router sets `scope["endpoint"]` to."""
+    templates: dict[object, str] = {}
+    for route in routes:
+        if isinstance(route, Route):
+            templates.setdefault(route.endpoint, route.path)
+    return templates
+
+
+class ObservedRequests:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        templates: dict[object, str],
+        mounts: tuple[str, ...] = (),
+        access_records: bool = False,
+    ) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._templates = templates
+        self._mounts = mounts
+        self._access = access_records
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            self._report(scope, status, time.perf_counter() - started)
+
+    def _route(self, scope: Scope) -> str:
+        endpoint = scope.get("endpoint")
+        if endpoint is not None:
+            return self._templates.get(endpoint, UNMATCHED)
+        root = scope.get("root_path", "")
+        for mount in self._mounts:
+            if root.endswith(mount):
+                return mount + "/{path}"
+        return UNMATCHED
+
+    def _report(self, scope: Scope, status: int, seconds: float) -> None:
+        route = self._route(scope)
+        method = str(scope.get("method", ""))
+        code = str(status)
+        self._metrics.inc("idhub_http_requests_total", route, method, code)
+        self._metrics.observe("idhub_http_request_duration_seconds", seconds, route, method, code)
+        if self._access:
+            state = scope.get("state", {})
+            access_log.info(
+                "%s %s %s",
+                method,
+                route,
+                code,
+                extra={
+                    "request_id": state.get("request_id"),
+                    "route": route,
+                    "method": method,
+                    "status": status,
+                    "latency_ms": round(seconds * 1000, 3),
+                    "client_id": state.get("client_id") or _query_client_id(scope),
+                    "client_ip": state.get("client_ip"),
+                },
+            )
+
+
+def _query_client_id(scope: Scope) -> str | None:
+    """`client_id` from the query string (the authorization endpoint's GET), if any."""
+    query: bytes = scope.get("query_string", b"")
+    if b"client_id=" not in query:
+        return None
+    values = parse_qs(query.decode("latin-1")).get("client_id")
+    return values[0][:200] if values else None
+
+
+def mount_prefixes(routes: Iterable[BaseRoute]) -> tuple[str, ...]:
+    return tuple(route.path for route in routes if isinstance(route, Mount))
