@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_boundary, storage_error
 from idhub.adapters.db import (
     change_counters,
     departments,
@@ -28,7 +29,6 @@ from idhub.core.directory.mapping import SourceGroup
 from idhub.core.directory.plan import StoredUser, UserChange, plan_memberships
 from idhub.core.directory.ports import PendingGroupChange
 from idhub.core.identity import new_subject, parent_paths
-from idhub.errors import StorageError
 
 __all__ = ["SqlDirectoryStore", "lease_owner"]
 
@@ -42,6 +42,7 @@ def _chunks(values: Collection[Any]) -> Iterator[list[Any]]:
         yield items[start : start + CHUNK]
 
 
+@storage_boundary
 class SqlDirectoryStore(SqlSyncLedger):
     """The `SyncStore` port: the ledger (lease, runs, state) plus the directory writes."""
 
@@ -176,7 +177,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                         gone,
                     )
         except SQLAlchemyError as exc:
-            raise StorageError(f"directory sync could not write users: {exc}") from exc
+            raise storage_error(exc, "directory sync could not write users") from exc
 
     @staticmethod
     def _executemany_update(conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -260,7 +261,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                         ):
                             ids[path] = dept_id
         except SQLAlchemyError as exc:
-            raise StorageError(f"directory sync could not create departments: {exc}") from exc
+            raise storage_error(exc, "directory sync could not create departments") from exc
         return ids
 
     def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]:

@@ -13,13 +13,14 @@ from collections import defaultdict
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_boundary, storage_error
 from idhub.adapters.db import change_counters, departments, group_members, groups, users
 from idhub.core.authz.model import DirectorySnapshot, DirectoryUser
-from idhub.errors import StorageError
 
 COUNTER = "directory"
 
 
+@storage_boundary
 class SqlDirectoryView:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -42,7 +43,7 @@ class SqlDirectoryView:
                 ).one()
                 parts.append(f"{row[0]}:{row[1]}")
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot read the directory: {exc}") from exc
+            raise storage_error(exc, "cannot read the directory") from exc
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def snapshot(self) -> DirectorySnapshot:
@@ -68,7 +69,7 @@ class SqlDirectoryView:
                     select(group_members.c.group_id, group_members.c.user_id)
                 ).all()
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot read the directory: {exc}") from exc
+            raise storage_error(exc, "cannot read the directory") from exc
         dept_path = {row.id: row.path for row in dept_rows}
         username = {row.id: row.username for row in user_rows}
         group_name = {row.id: row.name for row in group_rows}

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_boundary, storage_error
 from idhub.adapters.db import policy_state
-from idhub.errors import StorageError
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class PublishedPolicy:
     file_hashes: Mapping[str, str]
 
 
+@storage_boundary
 class SqlPolicyState:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -38,7 +39,7 @@ class SqlPolicyState:
                     .limit(1)
                 ).first()
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot read policy state: {exc}") from exc
+            raise storage_error(exc, "cannot read policy state") from exc
         if row is None:
             return None
         return PublishedPolicy(row.version, row.loaded_at, dict(row.file_hashes or {}))
@@ -59,5 +60,5 @@ class SqlPolicyState:
                     )
                 )
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot record policy state: {exc}") from exc
+            raise storage_error(exc, "cannot record policy state") from exc
         return True

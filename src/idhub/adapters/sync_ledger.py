@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_boundary, storage_error
 from idhub.adapters.db import sync_runs, sync_state
 from idhub.core.clock import Clock
 from idhub.core.directory.ports import SyncState
-from idhub.errors import StorageError
 
 
 def lease_owner() -> str:
@@ -41,6 +41,7 @@ def _holder_is_dead(owner: str) -> bool:
     return False
 
 
+@storage_boundary
 class SqlSyncLedger:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine
@@ -95,7 +96,7 @@ class SqlSyncLedger:
                     return None
                 return holder if holder not in (None, owner) else ""
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot take the sync lease for {source}: {exc}") from exc
+            raise storage_error(exc, f"cannot take the sync lease for {source}") from exc
 
     def renew_lease(self, source: str, owner: str, *, ttl: float) -> None:
         with self._engine.begin() as conn:
