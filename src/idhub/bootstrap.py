@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from idhub.core.passkeys import Passkeys
     from idhub.core.password_policy import LocalPasswords
     from idhub.core.passwords import PasswordHasher
+    from idhub.core.readiness import Readiness
     from idhub.core.remembered_devices import RememberedDevices
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
@@ -87,6 +88,8 @@ class Services:
         self.runtime = Runtime(now=self.clock.now)
         # name -> probe returning "ok" or a short reason, shown by /readyz.
         self.readiness_checks: dict[str, Callable[[], str]] = {}
+        # Sources of warning lines: shown by /readyz as "degraded", never failing it.
+        self.readiness_warnings: list[Callable[[], list[str]]] = []
         self._register_hooks()
 
     def _register_hooks(self) -> None:
@@ -106,9 +109,14 @@ class Services:
         # --- audit hooks (sinks) ---
         if self.settings.audit.jsonl_path is not None or self.settings.audit.syslog:
             self._add_audit_sinks_job()
-            self.readiness_checks["audit_sinks"] = self._audit_sinks_ready
-        # --- background jobs: any stopped or failing one shows in /readyz ---
-        self.readiness_checks["background_jobs"] = self.runtime.readiness
+            # A sink behind or failing degrades /readyz; it does not take the replica out.
+            self.readiness_warnings.append(self._audit_sinks_warnings)
+        # --- background jobs: a stopped one fails /readyz, a failing one is a warning ---
+        self.readiness_checks["background_jobs"] = self._jobs_ready
+        self.readiness_warnings.append(self.runtime.warnings)
+        # --- outage: signing keys, the policy's reload state ---
+        self.readiness_checks["keys"] = self._keys_ready
+        self.readiness_warnings.append(self._policy_warnings)
 
     @cached_property
     def engine(self) -> Engine:
@@ -159,11 +167,20 @@ class Services:
             )
         )
 
-    def _audit_sinks_ready(self) -> str:
+    def _audit_sinks_warnings(self) -> list[str]:
         if "audit_shipper" not in self.__dict__ or self.audit_shipper is None:
-            return "ok"
+            return []
+        found = []
         stopped = self.runtime.readiness_of("audit-sinks", stopped="audit shipper stopped")
-        return stopped if stopped != "ok" else self.audit_shipper.readiness()
+        if stopped != "ok":
+            found.append(stopped)
+        lag = self.audit_shipper.lag()
+        self.health.gauges.sink_lag = lag
+        for name, error in sorted(self.audit_shipper.errors.items()):
+            behind = lag.get(name)
+            count = f", {behind} events behind" if behind else ""
+            found.append(f"audit sink {name} failing{count}: {error}")
+        return found
 
     # --- identity / directory store ----------------------------------------------------------
 
@@ -221,6 +238,7 @@ class Services:
             issuer=self.settings.server.issuer,
             clock=self.clock,
             ttl=self.settings.tokens.access_token_ttl,
+            leeway=self.settings.tokens.clock_skew,
         )
 
     @cached_property
@@ -685,6 +703,48 @@ class Services:
         from idhub.adapters.database import check_database_reachable
 
         return check_database_reachable(self.engine)
+
+    @cached_property
+    def health(self) -> Readiness:
+        """`/readyz`'s probes, and the last readings for metrics (`health.gauges`: clock
+        offset, database reachable, policy degraded, audit sink lag)."""
+        from functools import partial
+
+        from idhub.adapters.database import read_database_clock
+        from idhub.core.readiness import Readiness
+
+        return Readiness(
+            database=partial(read_database_clock, self.engine, self.clock.now),
+            checks=self.readiness_checks,
+            warnings=self.readiness_warnings,
+            clock_warning_after=self.settings.database.clock_offset_warning,
+        )
+
+    def database_stalls(self) -> int:
+        """Round trips or connects that ran out of time in this process (PostgreSQL)."""
+        from idhub.adapters._pg_deadline import stall_guard
+
+        guard = stall_guard(self.engine)
+        return guard.stalls if guard is not None else 0
+
+    def _jobs_ready(self) -> str:
+        # The audit shipper stopping is a sink problem: a warning, like a sink failing.
+        return self.runtime.readiness([n for n in self.runtime.names if n != "audit-sinks"])
+
+    def _keys_ready(self) -> str:
+        from idhub.errors import IdhubError
+
+        try:
+            return self.keys.readiness()
+        except IdhubError as exc:  # no secret key, keys sealed under another one
+            return f"signing keys unusable: {exc}"
+
+    def _policy_warnings(self) -> list[str]:
+        if "authz" not in self.__dict__:
+            return []
+        degraded = self.authz.degraded()
+        self.health.gauges.policy_degraded = degraded is not None
+        return [] if degraded is None else [degraded]
 
     # --- sign-in defences: throttle, client-auth guard, password policy ------------------------
 

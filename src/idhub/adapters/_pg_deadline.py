@@ -41,9 +41,7 @@ _COOLDOWN = 1.0
 class StallGuard:
     """What this process knows about the database not answering; one per engine."""
 
-    def __init__(
-        self, cooldown: float, *, now: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, cooldown: float, *, now: Callable[[], float] = time.monotonic) -> None:
         self.cooldown = cooldown
         self._now = now
         self._until = 0.0

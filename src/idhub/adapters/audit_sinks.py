@@ -270,6 +270,22 @@ class AuditShipper:
             return start
         return 0
 
+    def lag(self) -> dict[str, int]:
+        """Events each sink is behind the chain's head ({} when the head cannot be read)."""
+        try:
+            head = self._audit.head()
+        except AuditError:
+            return {}
+        top = head.seq if head is not None else 0
+        behind = {}
+        for sink in self.sinks:
+            try:
+                position = sink.position()
+            except OSError:
+                position = None
+            behind[sink.name] = max(0, top - (position or 0))
+        return behind
+
     def readiness(self) -> str:
         if self.errors:
             return "; ".join(f"{name}: {error}" for name, error in sorted(self.errors.items()))

@@ -19,8 +19,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_error
 from idhub.config import DatabaseSettings, redact_url
-from idhub.errors import StorageError
+from idhub.core.readiness import DatabaseClock
+from idhub.errors import StorageError, StorageUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -157,3 +159,25 @@ def check_database_reachable(engine: Engine) -> bool:
     except SQLAlchemyError:
         return False
     return True
+
+
+def read_database_clock(engine: Engine, now: Callable[[], float]) -> DatabaseClock:
+    """Pings the database and, on PostgreSQL, reads its clock in the same round trip; the
+    offset is taken against the midpoint of the round trip on this replica's clock `now`."""
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                conn.execute(text("SELECT 1"))
+                return DatabaseClock(reachable=True)
+            before = now()
+            server = conn.exec_driver_sql(
+                "SELECT extract(epoch FROM clock_timestamp())::float8"
+            ).scalar_one()
+            after = now()
+    except SQLAlchemyError as exc:
+        unavailable = isinstance(storage_error(exc, "ping"), StorageUnavailable)
+        return DatabaseClock(
+            reachable=False,
+            error="unreachable" if unavailable else f"failing ({type(exc).__name__})",
+        )
+    return DatabaseClock(reachable=True, offset=float(server) - (before + after) / 2)

@@ -6,6 +6,9 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import InvalidRequestError, OAuth2Error
 
+# Seconds a client is asked to wait before retrying a 503 (the web layer's answers say the same).
+RETRY_AFTER = "1"
+
 
 class TemporarilyUnavailable(OAuth2Error):  # type: ignore[misc]
     """A 503 the client may simply retry: the audit trail or the database is down."""

@@ -42,7 +42,7 @@ from idhub.oidc.messages import (
     OAuthResponseData,
 )
 from idhub.oidc.minter import TokenMinter
-from idhub.oidc.protocol_errors import TemporarilyUnavailable
+from idhub.oidc.protocol_errors import RETRY_AFTER, TemporarilyUnavailable
 from idhub.oidc.tokens import AccessTokens
 
 log = logging.getLogger("idhub.oidc")
@@ -335,8 +335,9 @@ class Provider:
             response = self._unavailable()
         except UnicodeDecodeError:
             response = self._bad_credentials()
-        except StorageError:
-            log.exception("token request failed on the database")
+        except StorageError as exc:
+            # One line, no traceback: in an outage every request fails alike.
+            log.error("token request failed on the database: %s", exc)
             return self._unavailable("the database is not reachable; try again later")
         if response.status >= 400 and isinstance(response.body, dict):
             try:
@@ -371,7 +372,8 @@ class Provider:
         description: str = "the audit trail cannot be written; try again later",
     ) -> OAuthResponseData:
         status, body, headers = TemporarilyUnavailable(description)()
-        return OAuthResponseData(status, list(headers), body)
+        # RFC 6749 leaves the wait to HTTP: Retry-After (RFC 9110 10.2.3) on every 503.
+        return OAuthResponseData(status, [*headers, ("Retry-After", RETRY_AFTER)], body)
 
     @staticmethod
     def _bad_credentials() -> OAuthResponseData:
@@ -411,8 +413,8 @@ class Provider:
             return self._unavailable()
         except UnicodeDecodeError:
             return self._bad_credentials()
-        except StorageError:
-            log.exception("%s request failed on the database", endpoint)
+        except StorageError as exc:
+            log.error("%s request failed on the database: %s", endpoint, exc)
             return self._unavailable("the database is not reachable; try again later")
 
     def userinfo(self, bearer_token: str) -> OAuthResponseData:

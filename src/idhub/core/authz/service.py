@@ -353,6 +353,19 @@ class AuthzService:
             )
         return "ok"
 
+    def degraded(self) -> str | None:
+        """Why the policy serving is not the one on disk, or None: a rejected reload keeps
+        the previous policy (or the last good copy) serving, which degrades, not fails."""
+        if self._engine is None:
+            return None  # not a warning: `readiness` fails the replica
+        m = self.metrics
+        first = f": {m.last_error[0]}" if m.last_error else ""
+        if self.serving_fallback:
+            return f"policy: serving the last good copy {self._engine.version}{first}"
+        if not m.last_reload_ok:
+            return f"policy: reload rejected, still serving {self._engine.version}{first}"
+        return None
+
     def status(self) -> dict[str, Any]:
         m = self.metrics
         engine = self._engine
