@@ -19,7 +19,10 @@ from idhub.core.clock import Clock, SystemClock
 from idhub.runtime import Job, Runtime
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from idhub.adapters.audit_archive import AuditArchives
+    from idhub.adapters.audit_sink_check import SinkFileReport
     from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.directory_store import SqlDirectoryStore
@@ -643,6 +646,12 @@ class Services:
         return AuditArchives(
             self.audit_log, directory=self.settings.var_dir / "audit-archive", clock=self.clock
         )
+
+    def audit_sink_file_check(self, path: Path) -> SinkFileReport:
+        """A JSON-lines sink file checked line by line against the live chain."""
+        from idhub.adapters.audit_sink_check import verify_sink_file
+
+        return verify_sink_file(self.audit_log, path)
 
     @cached_property
     def policy_files(self) -> PolicyFiles:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from idhub.bootstrap import Services
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import (
@@ -55,6 +56,13 @@ def register(sub: Any) -> None:
     p = actions.add_parser("verify", help="check the hash chain (exit 1 if broken)")
     p.add_argument(
         "--archive", action="append", default=[], metavar="FILE", help="also check an archive"
+    )
+    p.add_argument(
+        "--jsonl",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also check a JSON-lines sink file line by line against the chain",
     )
     p.add_argument(
         "--head",
@@ -222,6 +230,8 @@ def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
             print(f"head check against {source} FAILED: {problem}")
         else:
             print(f"head check against {source} OK")
+    for sink_file in args.jsonl:
+        failed = _verify_sink_file(services, Path(sink_file)) or failed
     for archive in services.audit_archives.verify([Path(p) for p in args.archive]):
         if archive.ok:
             print(
@@ -232,6 +242,20 @@ def cmd_verify(args: argparse.Namespace, ctx: CliContext) -> int:
             failed = True
             print(f"archive {archive.path} BROKEN: {archive.problem}")
     return EXIT_FAILED_CHECK if failed else 0
+
+
+def _verify_sink_file(services: Services, path: Path) -> bool:
+    """Prints the check of one sink file; True when it failed."""
+    report = services.audit_sink_file_check(path)
+    if not report.ok:
+        print(f"JSON-lines file {path} FAILED: {report.problem}")
+        return True
+    behind = f"; {report.behind} newer events not in it yet" if report.behind else ""
+    print(
+        f"JSON-lines file {path} OK: {report.count} events "
+        f"({report.first_seq}..{report.last_seq}) match the chain{behind}"
+    )
+    return False
 
 
 def _last_line(path: Path) -> dict[str, Any] | None:
