@@ -80,6 +80,15 @@ class DeadlineConnection(psycopg.Connection[Any]):
                 f"the database did not answer within {timeout:.1f}s"
             ) from None
 
+    def rollback(self) -> None:
+        # A connection closed by the deadline above (or lost) has no transaction left: the
+        # server rolls back whatever a dropped connection held. Raising here would only make
+        # the pool log a traceback when it resets the connection on return; the next
+        # checkout's ping finds it closed and replaces it.
+        if self.closed:
+            return
+        super().rollback()
+
 
 def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
     """Makes `engine` open `DeadlineConnection`s and refuse to connect while cooling down."""

@@ -176,7 +176,13 @@ class SqlAuditLog:
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
             if self._pg:
-                self._pg_append.append(conn.connection.driver_connection, events)
+                try:
+                    self._pg_append.append(conn.connection.driver_connection, events)
+                except BaseException:
+                    # The driver's error passed SQLAlchemy by: tell the pool this connection
+                    # is in an unknown state, so it is replaced rather than reused.
+                    conn.invalidate()
+                    raise
                 return
             with conn.begin():
                 self._insert(conn, events)

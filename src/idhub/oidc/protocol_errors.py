@@ -16,6 +16,10 @@ class TemporarilyUnavailable(OAuth2Error):  # type: ignore[misc]
     error = "temporarily_unavailable"
     status_code = 503
 
+    def get_headers(self) -> list[tuple[str, str]]:
+        # RFC 6749 leaves the wait to HTTP: Retry-After (RFC 9110 10.2.3) on every 503.
+        return [*super().get_headers(), ("Retry-After", RETRY_AFTER)]
+
 
 class InvalidTarget(OAuth2Error):  # type: ignore[misc]
     """RFC 8707: the requested resource is unknown or not allowed for this client."""

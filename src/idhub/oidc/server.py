@@ -42,7 +42,7 @@ from idhub.oidc.messages import (
     OAuthResponseData,
 )
 from idhub.oidc.minter import TokenMinter
-from idhub.oidc.protocol_errors import RETRY_AFTER, TemporarilyUnavailable
+from idhub.oidc.protocol_errors import TemporarilyUnavailable
 from idhub.oidc.tokens import AccessTokens
 
 log = logging.getLogger("idhub.oidc")
@@ -372,8 +372,7 @@ class Provider:
         description: str = "the audit trail cannot be written; try again later",
     ) -> OAuthResponseData:
         status, body, headers = TemporarilyUnavailable(description)()
-        # RFC 6749 leaves the wait to HTTP: Retry-After (RFC 9110 10.2.3) on every 503.
-        return OAuthResponseData(status, [*headers, ("Retry-After", RETRY_AFTER)], body)
+        return OAuthResponseData(status, list(headers), body)
 
     @staticmethod
     def _bad_credentials() -> OAuthResponseData:
