@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -143,15 +144,11 @@ class Load:
         self.final_refresh: dict[int, str] = {}
 
     def _call(
-        self,
-        name: str,
-        what: str,
-        send: Callable[[httpx.Client], httpx.Response],
-        client: httpx.Client,
+        self, name: str, what: str, client: httpx.Client, method: str, url: str, **kw: Any
     ) -> httpx.Response | None:
         started = time.monotonic()
         try:
-            response = send(client)
+            response = client.request(method, url, **kw)
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
             with self.tally.lock:
                 self.tally.refused += 1
@@ -180,12 +177,11 @@ class Load:
                     response = self._call(
                         name,
                         f"{name} client_credentials",
-                        lambda c: c.post(
-                            url + "/token",
-                            data={"grant_type": "client_credentials", "scope": "authz"},
-                            auth=("svc", secret),
-                        ),
                         client,
+                        "POST",
+                        url + "/token",
+                        data={"grant_type": "client_credentials", "scope": "authz"},
+                        auth=("svc", secret),
                     )
                     if response is None or response.status_code != 200:
                         time.sleep(0.05)
@@ -196,10 +192,11 @@ class Load:
                     self._call(
                         name,
                         f"{name} introspect",
-                        lambda c: c.post(
-                            url + "/introspect", data={"token": token}, auth=("svc", secret)
-                        ),
                         client,
+                        "POST",
+                        url + "/introspect",
+                        data={"token": token},
+                        auth=("svc", secret),
                     )
 
         self.run(loop)
@@ -212,12 +209,11 @@ class Load:
                     response = self._call(
                         name,
                         f"{name} refresh",
-                        lambda c: c.post(
-                            url + "/token",
-                            data={"grant_type": "refresh_token", "refresh_token": current},
-                            auth=("oa", secret),
-                        ),
                         client,
+                        "POST",
+                        url + "/token",
+                        data={"grant_type": "refresh_token", "refresh_token": current},
+                        auth=("oa", secret),
                     )
                     if response is None or response.status_code != 200:
                         # The client keeps its token and retries (a 503 issued nothing).
@@ -236,10 +232,10 @@ class Load:
                     self._call(
                         name,
                         f"{name} userinfo",
-                        lambda c: c.get(
-                            url + "/userinfo", headers={"Authorization": f"Bearer {access}"}
-                        ),
                         client,
+                        "GET",
+                        url + "/userinfo",
+                        headers={"Authorization": f"Bearer {access}"},
                     )
                     time.sleep(0.05)
 
@@ -253,9 +249,7 @@ class Load:
                 while not self.stop.is_set():
                     path = paths[i % len(paths)]
                     i += 1
-                    response = self._call(
-                        name, f"{name} GET {path}", lambda c: c.get(url + path), client
-                    )
+                    response = self._call(name, f"{name} GET {path}", client, "GET", url + path)
                     if response is not None and path in (
                         "/jwks",
                         "/.well-known/openid-configuration",
@@ -264,7 +258,8 @@ class Load:
                         if response.status_code != 200:
                             with self.tally.lock:
                                 self.tally.bad.append(
-                                    f"{name} GET {path} -> {response.status_code}: answerable from memory"
+                                    f"{name} GET {path} -> {response.status_code}: "
+                                    "answerable from memory"
                                 )
                     time.sleep(0.05)
 
@@ -372,7 +367,8 @@ def test_restart_pause_and_kill_under_load(
             ).scalar_one()
             details = conn.execute(
                 text(
-                    "SELECT details FROM audit_events WHERE event_type IN ('token.issued', 'token.refreshed')"
+                    "SELECT details FROM audit_events "
+                    "WHERE event_type IN ('token.issued', 'token.refreshed')"
                 )
             ).scalars()
             audited = {
