@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 
 from idhub.bootstrap import Services
 from idhub.config import Settings, load_settings
-from tests.conftest import REPO, TEST_SECRET_KEY, free_port
+from tests.conftest import REPO, TEST_SECRET_KEY, free_port, serve
 from tests.oidc_support import RP, issue_code, make_user, pkce_pair, web_client
 from tests.pg_cluster import PgCluster, check_available
 
@@ -419,4 +419,62 @@ def test_restart_pause_and_kill_under_load(
                     replica.process.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     replica.process.kill()
+        services.close()
+
+
+def test_a_paused_database_is_a_fast_503_and_memory_keeps_answering(
+    cluster: PgCluster, tmp_path: Path
+) -> None:
+    """SIGSTOP leaves every connection open and nothing answering: without idhub's own
+    deadline each request would wait for as long as the pause lasts."""
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    settings = load_settings(None, env=_env(tmp_path / "var", cluster, issuer), cwd=tmp_path)
+    services = Services(settings)
+    try:
+        services.migrate()
+        services.keys.ensure_active(lambda _line: None)
+        _, secret = services.clients.register(
+            "svc-paused", grant_types=["client_credentials"], scope="authz"
+        )
+        assert secret is not None
+        form = {"grant_type": "client_credentials", "scope": "authz"}
+        with serve(services, port) as url, httpx.Client(timeout=10) as client:
+            assert client.get(url + "/readyz").status_code == 200
+            assert client.post(url + "/token", data=form, auth=("svc-paused", secret)).is_success
+            cluster.pause()
+            try:
+                timings = {}
+                for what, send in [
+                    (
+                        "token",
+                        lambda: client.post(url + "/token", data=form, auth=("svc-paused", secret)),
+                    ),
+                    ("readyz", lambda: client.get(url + "/readyz")),
+                    (
+                        "token again",
+                        lambda: client.post(url + "/token", data=form, auth=("svc-paused", secret)),
+                    ),
+                    ("jwks", lambda: client.get(url + "/jwks")),
+                    ("discovery", lambda: client.get(url + "/.well-known/openid-configuration")),
+                ]:
+                    started = time.monotonic()
+                    response = send()
+                    timings[what] = (response.status_code, round(time.monotonic() - started, 2))
+                    if what in ("token", "readyz", "token again"):
+                        assert response.status_code == 503, (what, response.text)
+                        assert response.headers["retry-after"] == "1"
+                    else:
+                        assert response.status_code == 200, (what, response.text)
+                assert all(took <= 2.5 for _, took in timings.values()), timings
+                assert services.database_stalls() >= 1
+                assert services.health.gauges.database_reachable is False
+            finally:
+                cluster.resume()
+            deadline = time.monotonic() + 10
+            while client.get(url + "/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "the replica did not recover"
+                time.sleep(0.2)
+            assert client.post(url + "/token", data=form, auth=("svc-paused", secret)).is_success
+    finally:
         services.close()
