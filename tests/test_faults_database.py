@@ -53,6 +53,7 @@ class Tally:
     bad: list[str] = field(default_factory=list)
     refused: int = 0  # connection refused or reset: the replica was killed
     reused: list[str] = field(default_factory=list)  # refresh tokens refused as reused
+    decisions: int = 0
     issued_jtis: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -102,7 +103,7 @@ def _start_replica(
     return Replica(f"http://127.0.0.1:{port}", process, log)
 
 
-def _wait_up(replica: Replica, timeout: float = 30.0) -> None:
+def _wait_up(replica: Replica, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if replica.process.poll() is not None:
@@ -265,6 +266,33 @@ class Load:
 
         self.run(loop)
 
+    def decisions(self, name: str, url: str, token: str) -> None:
+        """The decision API answers from the policy in memory, outage or not."""
+
+        def loop() -> None:
+            question = {"user": "faults", "type": "expense_report", "action": "read"}
+            with httpx.Client(timeout=6) as client:
+                while not self.stop.is_set():
+                    response = self._call(
+                        name,
+                        f"{name} decision",
+                        client,
+                        "POST",
+                        url + "/api/v1/authz/check",
+                        json=question,
+                        headers={"Authorization": f"Bearer {token}"},
+                    )
+                    if response is not None and response.status_code != 200:
+                        with self.tally.lock:
+                            self.tally.bad.append(
+                                f"{name} decision -> {response.status_code}: {response.text[:200]}"
+                            )
+                    with self.tally.lock:
+                        self.tally.decisions += 1
+                    time.sleep(0.05)
+
+        self.run(loop)
+
     def finish(self) -> None:
         self.stop.set()
         for thread in self.threads:
@@ -276,13 +304,17 @@ def _setup(cluster: PgCluster, root: Path, issuer: str) -> tuple[Services, str, 
     services = Services(settings)
     services.migrate()
     services.keys.ensure_active(lambda _line: None)
+    codes: list[str] = []  # the decision client's secret, then "code verifier" pairs
     _, svc_secret = services.clients.register(
         "svc", grant_types=["client_credentials"], scope="authz"
     )
     _, oa_secret = web_client(services, "oa")
-    assert svc_secret is not None and oa_secret is not None
+    _, pdp_secret = services.clients.register(
+        "reimburse", grant_types=["client_credentials"], scope="authz"
+    )
+    assert svc_secret is not None and oa_secret is not None and pdp_secret is not None
+    codes.append(pdp_secret)
     user = make_user(services, "faults")
-    codes = []
     for i in range(2):
         verifier, challenge = pkce_pair()
         code = issue_code(
@@ -318,6 +350,13 @@ def test_restart_pause_and_kill_under_load(
     try:
         _wait_up(a)
         _wait_up(b)
+        pdp_secret, codes = codes[0], codes[1:]
+        pdp = httpx.post(
+            a.url + "/token",
+            data={"grant_type": "client_credentials", "scope": "authz", "resource": "idhub"},
+            auth=("reimburse", pdp_secret),
+        )
+        assert pdp.status_code == 200, pdp.text
         refresh_tokens = []
         for entry in codes:
             code, verifier = entry.split()
@@ -341,6 +380,7 @@ def test_restart_pause_and_kill_under_load(
         load.client_credentials("a", a.url, svc_secret)
         load.client_credentials("b", b.url, svc_secret)
         load.public("a", a.url)
+        load.decisions("a", a.url, pdp.json()["access_token"])
         load.public("b", b.url)
 
         time.sleep(1.5)
@@ -374,7 +414,15 @@ def test_restart_pause_and_kill_under_load(
             audited = {
                 str((d if isinstance(d, dict) else json.loads(d)).get("jti")) for d in details
             }
+            # Decisions answered from memory during the outage, recorded once it was over.
+            deferred = conn.execute(
+                text(
+                    "SELECT count(*) FROM audit_events WHERE event_type = 'authz.decision' "
+                    "AND CAST(details AS TEXT) LIKE '%decided_at%'"
+                )
+            ).scalar_one()
         engine.dispose()
+        assert tally.decisions > 20 and deferred > 0, (tally.decisions, deferred)
         missing = tally.issued_jtis - audited
         assert not missing, f"{len(missing)} tokens handed out have no audit event"
 

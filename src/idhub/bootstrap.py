@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.minter import TokenMinter
+    from idhub.oidc.revocations import MirroredRevocations
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
     from idhub.saml.idp import IdentityProvider
@@ -117,7 +118,10 @@ class Services:
         # --- background jobs: a stopped one fails /readyz, a failing one is a warning ---
         self.readiness_checks["background_jobs"] = self._jobs_ready
         self.readiness_warnings.append(self.runtime.warnings)
-        # --- outage: signing keys, the policy's reload state ---
+        # --- outage: the revocation list's copy, held decision records; signing keys, the
+        # policy's reload state ---
+        self._add_revocation_mirror_job()
+        self._add_decision_audit_job()
         self.readiness_checks["keys"] = self._keys_ready
         self.readiness_warnings.append(self._policy_warnings)
 
@@ -237,11 +241,30 @@ class Services:
 
         return AccessTokens(
             self.keys,
-            self.token_store,
+            self.revocations,
             issuer=self.settings.server.issuer,
             clock=self.clock,
             ttl=self.settings.tokens.access_token_ttl,
             leeway=self.settings.tokens.clock_skew,
+        )
+
+    @cached_property
+    def revocations(self) -> MirroredRevocations:
+        """The revocation list, with the copy in memory that answers during an outage."""
+        from idhub.oidc.revocations import MirroredRevocations
+
+        return MirroredRevocations(self.token_store, self.clock)
+
+    def _add_revocation_mirror_job(self) -> None:
+        # Every 2 s: what a token check may miss when the database goes away is what was
+        # revoked in the last two seconds before.
+        self.runtime.add(
+            Job(
+                name="revocation-mirror",
+                run_once=lambda: self.revocations.refresh_once(),
+                interval=2.0,
+                retry=1.0,
+            )
         )
 
     @cached_property
@@ -751,9 +774,27 @@ class Services:
     def _policy_warnings(self) -> list[str]:
         if "authz" not in self.__dict__:
             return []
+        found = []
         degraded = self.authz.degraded()
         self.health.gauges.policy_degraded = degraded is not None
-        return [] if degraded is None else [degraded]
+        if degraded is not None:
+            found.append(degraded)
+        held = self.authz.decision_audit
+        if held.held or held.dropped:
+            found.append(
+                f"decision audit: {held.held} records held until the database is back"
+                + (f", {held.dropped} dropped" if held.dropped else "")
+            )
+        return found
+
+    def _add_decision_audit_job(self) -> None:
+        def flush() -> None:
+            if "authz" in self.__dict__:
+                self.authz.decision_audit.flush_once()
+
+        self.runtime.add(
+            Job(name="decision-audit", run_once=flush, interval=1.0, retry=1.0, finish=flush)
+        )
 
     # --- sign-in defences: throttle, client-auth guard, password policy ------------------------
 

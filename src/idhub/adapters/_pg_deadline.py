@@ -10,10 +10,11 @@ request behind it hangs. So:
   it the connection is closed (its state is unknown) and the call fails with the driver's
   `OperationalError`, which SQLAlchemy takes for a disconnect and `storage_error` for
   "unavailable";
-- after a round trip or a connect timed out, new connections are refused at once for a
-  short cool-down instead of each request spending the connect timeout on a server that
-  just proved it does not answer. Refused connections (server down, not stalled) are not
-  cooled down: they fail fast by themselves and a restarted server is used at once.
+- after a round trip or a connect timed out, pooled connections are retired and new ones
+  refused at once for a short cool-down, instead of each request spending the deadline or
+  the connect timeout on a server that just proved it does not answer. Refused connections
+  (server down, not stalled) start no cool-down: they fail fast by themselves, and a
+  restarted server is used at once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
 
 from idhub.config import DatabaseSettings
 
@@ -87,7 +89,12 @@ class DeadlineConnection(psycopg.Connection[Any]):
         # checkout's ping finds it closed and replaces it.
         if self.closed:
             return
-        super().rollback()
+        try:
+            super().rollback()
+        except pg_errors.OperationalError:
+            if not self.closed:
+                raise
+            # Closed while rolling back (the deadline again): the same as above.
 
 
 def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
@@ -109,6 +116,15 @@ def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
         conn.answer_deadline = deadline
         conn.guard = guard
         return conn
+
+    @event.listens_for(engine, "checkout")
+    def checkout(_dbapi: Any, _record: Any, _proxy: Any) -> None:
+        # Every pooled connection is suspect once one stopped getting answers: retire them
+        # all now, rather than let each cost a request the full deadline on its ping.
+        if guard.check_cooling_down():
+            retire = DisconnectionError("the database stopped answering moments ago")
+            retire.invalidate_pool = True
+            raise retire
 
     _GUARDS[engine] = guard
     return guard

@@ -308,6 +308,17 @@ class SqlTokenStore:
             connection.close()
         return found is not None
 
+    def revoked_since(self, since: float, now: float) -> list[tuple[str, float]]:
+        """(jti, expires_at) of unexpired access tokens revoked at or after `since` (the
+        table only holds unexpired ones, so this stays small): a replica's copy for outages."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(revoked_tokens.c.jti, revoked_tokens.c.expires_at).where(
+                    revoked_tokens.c.revoked_at >= since, revoked_tokens.c.expires_at > now
+                )
+            ).all()
+        return [(str(row[0]), float(row[1])) for row in rows]
+
     # ------------------------------------------------------------------ a grant's access tokens
 
     @translate_storage_errors

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.authz.build import Loader, Outcome, prepare_policy
+from idhub.core.authz.deferred_audit import DeferredDecisionAudit
 from idhub.core.authz.engine import Decision, Engine
 from idhub.core.authz.model import DirectorySnapshot, PolicySet
 from idhub.core.clock import Clock
@@ -96,6 +97,7 @@ class AuthzService:
         self._reload_lock = threading.Lock()
         self._rejected_published: str | None = None
         self._swap_listeners: list[Callable[[], None]] = []
+        self.decision_audit = DeferredDecisionAudit(audit, clock)
         self._to_warm: Engine | None = None
         self._warmed: Engine | None = None
         self.metrics = Metrics()
@@ -419,5 +421,6 @@ class AuthzService:
                 )
             )
         if events:
-            self._audit.record_many(events)
+            # Held in memory while the database is away, so decisions keep being answered.
+            self.decision_audit.record(events)
         return len(events)
