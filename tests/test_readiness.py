@@ -109,3 +109,28 @@ def test_a_rejected_policy_reload_degrades_and_keeps_serving(
     assert warning.startswith(f"policy: reload rejected, still serving {serving}: oa.csv:")
     assert services.health.gauges.policy_degraded is True
     assert services.authz.engine.version == serving
+
+
+def test_a_broken_probe_is_a_reason_not_a_500() -> None:
+    from idhub.core.readiness import DatabaseClock, Readiness
+
+    def broken() -> str:
+        raise RuntimeError("probe bug")
+
+    def broken_warnings() -> list[str]:
+        raise ValueError("warning bug")
+
+    readiness = Readiness(
+        database=lambda: DatabaseClock(reachable=True, offset=0.1),
+        checks={"keys": lambda: "ok", "odd": broken},
+        warnings=[broken_warnings, lambda: ["fine"]],
+        clock_warning_after=2.0,
+    )
+    report = readiness.assess()
+    assert not report.ready and report.status == "not_ready"
+    assert report.checks == {
+        "database": "ok",
+        "keys": "ok",
+        "odd": "probe failed: RuntimeError: probe bug",
+    }
+    assert report.warnings == ["a readiness warning failed: ValueError: warning bug", "fine"]

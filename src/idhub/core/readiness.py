@@ -98,10 +98,16 @@ class Readiness:
         clock = self._database()
         checks = {"database": "ok" if clock.reachable else (clock.error or "unreachable")}
         for name, probe in self._checks.items():
-            checks[name] = probe()
+            try:
+                checks[name] = probe()
+            except Exception as exc:  # a probe that breaks is a reason, never a 500
+                checks[name] = f"probe failed: {type(exc).__name__}: {exc}"[:200]
         warnings: list[str] = []
         for source in self._warnings:
-            warnings.extend(source())
+            try:
+                warnings.extend(source())
+            except Exception as exc:
+                warnings.append(f"a readiness warning failed: {type(exc).__name__}: {exc}"[:200])
         skew = clock_warning(clock.offset, self._clock_warning_after)
         if skew is not None:
             warnings.append(skew)
