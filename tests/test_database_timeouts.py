@@ -68,3 +68,15 @@ def test_sqlite_gets_its_busy_timeout(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 2500
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_options_in_the_url_are_kept_beside_the_statement_timeout(db_url: str) -> None:
+    url = f"{db_url}?options=-c%20application_name%3Didhub-test"
+    engine = create_db_engine(DatabaseSettings(url=url, statement_timeout=0.4))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "400ms"
+            assert conn.execute(text("SHOW application_name")).scalar_one() == "idhub-test"
+    finally:
+        engine.dispose()

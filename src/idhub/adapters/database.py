@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import storage_error
@@ -49,7 +49,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         kwargs["max_overflow"] = settings.pool_size
         kwargs["pool_pre_ping"] = True
         kwargs["pool_timeout"] = settings.pool_timeout
-        kwargs["connect_args"] = postgres_connect_args(settings)
+        kwargs["connect_args"] = postgres_connect_args(settings, url)
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
@@ -63,12 +63,16 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     return engine
 
 
-def postgres_connect_args(settings: DatabaseSettings) -> dict[str, Any]:
+def postgres_connect_args(settings: DatabaseSettings, url: str = "") -> dict[str, Any]:
     """libpq parameters: the connect timeout, and the server-side statement timeout sent in
-    the start-up packet (no extra round trip per connection)."""
+    the start-up packet (no extra round trip per connection), after any `options` the URL
+    carries itself (`?options=-c search_path=idhub`)."""
     args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(settings.connect_timeout))}
     if settings.statement_timeout > 0:
-        args["options"] = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
+        given = make_url(url).query.get("options", "") if url else ""
+        given = given if isinstance(given, str) else " ".join(given)
+        ours = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
+        args["options"] = f"{given} {ours}".strip()
     return args
 
 
