@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: run test install install-test system-deps node-deps bench lint typecheck clean demo
+.PHONY: test-faults
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,6 +47,11 @@ node-deps:
 
 test: install-test system-deps node-deps
 	$(BIN)/python -m pytest -q
+
+# Only the fault suite (a throwaway PostgreSQL restarted and paused, replicas killed, a full
+# disk); `make test` runs it too.
+test-faults: install-test system-deps
+	$(BIN)/python -m pytest -q -m fault
 
 bench: install-test system-deps
 	bash .ci/system-deps --bench

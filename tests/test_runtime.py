@@ -198,7 +198,8 @@ def test_sighup_wakes_its_job_and_the_handler_is_restored(runtime: Runtime) -> N
     assert signal.getsignal(signal.SIGHUP) == before
 
 
-def test_readyz_warns_of_a_failing_background_job(live_server: LiveServer) -> None:
+def test_readyz_warns_of_a_failing_background_job(server: LiveServer) -> None:
+    live_server = server
     services = live_server.services
     first = httpx.get(f"{live_server.url}/readyz").json()
     assert first["checks"]["background_jobs"] == "ok" and first["status"] == "ready"

@@ -134,3 +134,105 @@ def test_an_untranslated_database_error_is_a_503_not_a_500(
     assert failed.status_code == 503, failed.text
     assert "idhub 尚未完成初始化" in failed.text and "idhub init" not in failed.text
     assert again.status_code == 503 and again.json()["error"] == "schema_not_ready"
+
+
+# ------------------------------------------------------------------ every store, one boundary
+
+
+def _store_classes() -> list[type]:
+    """Every `Sql*` class in `idhub.adapters` built on an engine (the audit log excepted: it
+    answers `AuditError`, which the fronts turn into 503 the same way)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import idhub.adapters
+
+    found = []
+    for info in pkgutil.iter_modules(idhub.adapters.__path__):
+        module = importlib.import_module(f"idhub.adapters.{info.name}")
+        for name, cls in vars(module).items():
+            if not (
+                inspect.isclass(cls)
+                and name.startswith("Sql")
+                and cls.__module__ == module.__name__
+            ):
+                continue
+            params = list(inspect.signature(cls.__init__).parameters)
+            if "engine" in params and name != "SqlAuditLog":
+                found.append(cls)
+    return found
+
+
+def _translates_inside(member: object) -> bool:
+    """Generators and context managers are left alone by `storage_boundary`: the work runs
+    in the caller's `with` block, so they translate their own statements."""
+    import inspect
+
+    inner = getattr(member, "__wrapped__", member)
+    return inspect.isgeneratorfunction(inner)
+
+
+def test_every_public_store_method_translates_database_errors() -> None:
+    import inspect
+
+    from idhub.adapters._storage_errors import check_translated
+
+    classes = _store_classes()
+    assert len(classes) >= 15, [c.__name__ for c in classes]
+    untranslated = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for klass in cls.__mro__
+        if klass.__module__.startswith("idhub.adapters")
+        for name, member in vars(klass).items()
+        if not name.startswith("_")
+        and inspect.isfunction(member)
+        and not _translates_inside(member)
+        and not check_translated(member)
+    ]
+    assert not untranslated, untranslated
+
+
+def test_the_stores_without_a_decorator_of_their_own_are_unavailable_not_500(
+    unreachable_engine: Engine,
+) -> None:
+    from idhub.adapters.cas_store import SqlCasServiceStore, SqlCasTicketStore
+    from idhub.adapters.directory_view import SqlDirectoryView
+    from idhub.adapters.policy_state import SqlPolicyState
+    from idhub.adapters.saml_store import SqlMessageIds, SqlSpStore
+    from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
+    from idhub.adapters.throttle_store import SqlThrottleStore
+    from idhub.core.throttle import ThrottleKey
+
+    calls: list[Callable[[], object]] = [
+        lambda: SqlSessionStore(unreachable_engine).by_sid("sid"),
+        lambda: SqlSessionStore(unreachable_engine).touch("sid", 1.0),
+        lambda: SqlDeliveryStore(unreachable_engine).due(1.0),
+        lambda: SqlThrottleStore(unreachable_engine).counters([ThrottleKey("ip", "10.0.0.1")]),
+        lambda: SqlCasServiceStore(unreachable_engine).all(),
+        lambda: SqlCasTicketStore(unreachable_engine).consume("h", 1.0),
+        lambda: SqlSpStore(unreachable_engine).version(),
+        lambda: SqlMessageIds(unreachable_engine).remember(
+            "id", kind="authn", expires_at=2.0, now=1.0
+        ),
+        lambda: SqlPolicyState(unreachable_engine).latest(),
+        lambda: SqlDirectoryView(unreachable_engine).fingerprint(),
+    ]
+    for call in calls:
+        with pytest.raises(StorageUnavailable):
+            call()
+
+
+def test_a_driver_error_from_a_raw_connection_is_translated(sqlite_db_url: str) -> None:
+    """`is_revoked` runs on a raw driver cursor, past SQLAlchemy: a statement the driver
+    refuses (here the table is gone) must still leave as a StorageError, not sqlite3's."""
+    engine = create_engine(sqlite_db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE revoked_tokens")
+        with pytest.raises(StorageError) as raised:
+            SqlTokenStore(engine).is_revoked("jti")
+        assert type(raised.value.__cause__).__module__ == "sqlite3"
+    finally:
+        engine.dispose()

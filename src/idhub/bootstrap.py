@@ -26,7 +26,10 @@ from idhub.runtime import Job, Runtime
 _log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from idhub.adapters.audit_archive import AuditArchives
+    from idhub.adapters.audit_sink_check import SinkFileReport
     from idhub.adapters.audit_sinks import AuditShipper
     from idhub.adapters.audit_store import SqlAuditLog
     from idhub.adapters.backup import BackupSummary, RestoreSummary
@@ -60,6 +63,7 @@ if TYPE_CHECKING:
     from idhub.core.passkeys import Passkeys
     from idhub.core.password_policy import LocalPasswords
     from idhub.core.passwords import PasswordHasher
+    from idhub.core.readiness import Readiness
     from idhub.core.remembered_devices import RememberedDevices
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
@@ -68,6 +72,7 @@ if TYPE_CHECKING:
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.minter import TokenMinter
+    from idhub.oidc.revocations import MirroredRevocations
     from idhub.oidc.server import Provider
     from idhub.oidc.tokens import AccessTokens, IdTokens
     from idhub.saml.idp import IdentityProvider
@@ -101,6 +106,8 @@ class Services:
         self.runtime = Runtime(now=self.clock.now)
         # name -> probe returning "ok" or a short reason, shown by /readyz.
         self.readiness_checks: dict[str, Callable[[], str]] = {}
+        # Sources of warning lines: shown by /readyz as "degraded", never failing it.
+        self.readiness_warnings: list[Callable[[], list[str]]] = []
         self._register_hooks()
         # What every part counts through; `start_metrics` (the web app) replaces the default
         # that counts nothing. Areas append values read at scrape time to `scrape_gauges`
@@ -125,9 +132,17 @@ class Services:
         # --- audit hooks (sinks) ---
         if self.settings.audit.jsonl_path is not None or self.settings.audit.syslog:
             self._add_audit_sinks_job()
-            self.readiness_checks["audit_sinks"] = self._audit_sinks_ready
-        # --- background jobs: any stopped or failing one shows in /readyz ---
-        self.readiness_checks["background_jobs"] = self.runtime.readiness
+            # A sink behind or failing degrades /readyz; it does not take the replica out.
+            self.readiness_warnings.append(self._audit_sinks_warnings)
+        # --- background jobs: a stopped one fails /readyz, a failing one is a warning ---
+        self.readiness_checks["background_jobs"] = self._jobs_ready
+        self.readiness_warnings.append(self.runtime.warnings)
+        # --- outage: the revocation list's copy, held decision records; signing keys, the
+        # policy's reload state ---
+        self._add_revocation_mirror_job()
+        self._add_decision_audit_job()
+        self.readiness_checks["keys"] = self._keys_ready
+        self.readiness_warnings.append(self._policy_warnings)
 
     @cached_property
     def engine(self) -> Engine:
@@ -178,11 +193,20 @@ class Services:
             )
         )
 
-    def _audit_sinks_ready(self) -> str:
+    def _audit_sinks_warnings(self) -> list[str]:
         if "audit_shipper" not in self.__dict__ or self.audit_shipper is None:
-            return "ok"
+            return []
+        found = []
         stopped = self.runtime.readiness_of("audit-sinks", stopped="audit shipper stopped")
-        return stopped if stopped != "ok" else self.audit_shipper.readiness()
+        if stopped != "ok":
+            found.append(stopped)
+        lag = self.audit_shipper.lag()
+        self.health.gauges.sink_lag = lag
+        for name, error in sorted(self.audit_shipper.errors.items()):
+            behind = lag.get(name)
+            count = f", {behind} events behind" if behind else ""
+            found.append(f"audit sink {name} failing{count}: {error}")
+        return found
 
     # --- operate: metrics ------------------------------------------------------------------
 
@@ -367,10 +391,30 @@ class Services:
 
         return AccessTokens(
             self.keys,
-            self.token_store,
+            self.revocations,
             issuer=self.settings.server.issuer,
             clock=self.clock,
             ttl=self.settings.tokens.access_token_ttl,
+            leeway=self.settings.tokens.clock_skew,
+        )
+
+    @cached_property
+    def revocations(self) -> MirroredRevocations:
+        """The revocation list, with the copy in memory that answers during an outage."""
+        from idhub.oidc.revocations import MirroredRevocations
+
+        return MirroredRevocations(self.token_store, self.clock)
+
+    def _add_revocation_mirror_job(self) -> None:
+        # Every 2 s: what a token check may miss when the database goes away is what was
+        # revoked in the last two seconds before.
+        self.runtime.add(
+            Job(
+                name="revocation-mirror",
+                run_once=lambda: self.revocations.refresh_once(),
+                interval=2.0,
+                retry=1.0,
+            )
         )
 
     @cached_property
@@ -798,6 +842,12 @@ class Services:
             self.audit_log, directory=self.settings.var_dir / "audit-archive", clock=self.clock
         )
 
+    def audit_sink_file_check(self, path: Path) -> SinkFileReport:
+        """A JSON-lines sink file checked line by line against the live chain."""
+        from idhub.adapters.audit_sink_check import verify_sink_file
+
+        return verify_sink_file(self.audit_log, path)
+
     @cached_property
     def policy_files(self) -> PolicyFiles:
         """Reads policy directories, and git revisions of them, for `idhub policy`."""
@@ -866,6 +916,66 @@ class Services:
         from idhub.adapters.database import check_database_reachable
 
         return check_database_reachable(self.engine)
+
+    @cached_property
+    def health(self) -> Readiness:
+        """`/readyz`'s probes, and the last readings for metrics (`health.gauges`: clock
+        offset, database reachable, policy degraded, audit sink lag)."""
+        from functools import partial
+
+        from idhub.adapters.database import read_database_clock
+        from idhub.core.readiness import Readiness
+
+        return Readiness(
+            database=partial(read_database_clock, self.engine, self.clock.now),
+            checks=self.readiness_checks,
+            warnings=self.readiness_warnings,
+            clock_warning_after=self.settings.database.clock_offset_warning,
+        )
+
+    def database_stalls(self) -> int:
+        """Round trips or connects that ran out of time in this process (PostgreSQL)."""
+        from idhub.adapters._pg_deadline import stall_guard
+
+        guard = stall_guard(self.engine)
+        return guard.stalls if guard is not None else 0
+
+    def _jobs_ready(self) -> str:
+        # The audit shipper stopping is a sink problem: a warning, like a sink failing.
+        return self.runtime.readiness([n for n in self.runtime.names if n != "audit-sinks"])
+
+    def _keys_ready(self) -> str:
+        from idhub.errors import IdhubError
+
+        try:
+            return self.keys.readiness()
+        except IdhubError as exc:  # no secret key, keys sealed under another one
+            return f"signing keys unusable: {exc}"
+
+    def _policy_warnings(self) -> list[str]:
+        if "authz" not in self.__dict__:
+            return []
+        found = []
+        degraded = self.authz.degraded()
+        self.health.gauges.policy_degraded = degraded is not None
+        if degraded is not None:
+            found.append(degraded)
+        held = self.authz.decision_audit
+        if held.held or held.dropped:
+            found.append(
+                f"decision audit: {held.held} records held until the database is back"
+                + (f", {held.dropped} dropped" if held.dropped else "")
+            )
+        return found
+
+    def _add_decision_audit_job(self) -> None:
+        def flush() -> None:
+            if "authz" in self.__dict__:
+                self.authz.decision_audit.flush_once()
+
+        self.runtime.add(
+            Job(name="decision-audit", run_once=flush, interval=1.0, retry=1.0, finish=flush)
+        )
 
     # --- sign-in defences: throttle, client-auth guard, password policy ------------------------
 

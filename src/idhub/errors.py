@@ -18,6 +18,7 @@ and carries a stable `code` that the web layer and the CLI map to a status or ex
     ├── DirectoryError         an LDAP / OA directory could not be read as configured
     │   └── SyncAborted        a sync stopped by its safety brake; nothing was changed
     └── AuditError             the audit trail could not be written or does not verify
+        └── AuditUnavailable       ... because the database cannot be reached (retry later)
 
 Protocol errors on the OAuth/OIDC endpoints are authlib's `OAuth2Error` classes, not these.
 """
@@ -147,6 +148,12 @@ class SyncAborted(DirectoryError):
 
 class AuditError(IdhubError):
     code = "audit_error"
+
+
+class AuditUnavailable(AuditError):
+    """The trail could not be written because the database cannot be reached right now."""
+
+    code = "audit_unavailable"
 
 
 class SamlRequestRejected(InvalidInput):

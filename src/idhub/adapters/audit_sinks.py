@@ -48,12 +48,22 @@ class Sink(Protocol):
 
     def deliver(self, events: Sequence[AuditEvent]) -> None: ...
 
+    def repair(self) -> int:
+        """Undoes a delivery torn by a crash (called under the lock before delivering)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class JsonlFileSink:
     """Appends one JSON object per event (the export form, hashes included) and fsyncs
-    each batch; the file's last line is its position, so nothing else needs storing."""
+    each batch; the file's last line is its position, so nothing else needs storing.
+
+    A batch lands whole or not at all: a write or fsync that fails (a full disk) cuts the
+    file back to where the batch began, so the retry never continues a partial line. A tail
+    torn anyway (the process killed mid-write, the machine losing power) is cut off by
+    `repair` before the next delivery, and the events in it are delivered again.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -64,15 +74,58 @@ class JsonlFileSink:
         # Read every time, not cached: another worker process may have appended.
         return _last_seq(self.path)
 
+    def repair(self) -> int:
+        """Cuts a torn last line (one without its newline); returns the bytes removed.
+        Called with the sink's lock held, so no other process is mid-write."""
+        try:
+            handle = self.path.open("r+b")
+        except FileNotFoundError:
+            return 0
+        with handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return 0  # the usual case: one byte read per round
+            keep = size
+            while keep > 0:
+                step = min(keep, 1 << 16)
+                handle.seek(keep - step)
+                chunk = handle.read(step)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    keep = keep - step + newline + 1
+                    break
+                keep -= step
+            if keep == size:
+                return 0
+            handle.truncate(keep)
+            os.fsync(handle.fileno())
+        log.warning("audit sink %s: cut a torn last line (%d bytes)", self.name, size - keep)
+        return size - keep
+
     def deliver(self, events: Sequence[AuditEvent]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in events)
+        data = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in events).encode(
+            "utf-8"
+        )
         # Owner-only: the trail names users, addresses and clients.
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            except OSError:
+                # Shrinking needs no free space; what was written of this batch goes.
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         pass
@@ -161,6 +214,9 @@ class SyslogSink:
             raise
         self._save(events[-1].seq)
 
+    def repair(self) -> int:
+        return 0  # a datagram or an octet-counted frame is whole or not sent
+
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
@@ -245,6 +301,7 @@ class AuditShipper:
             except BlockingIOError:
                 return 0  # another process of this host is shipping right now
             try:
+                sink.repair()
                 after = sink.position()
                 if after is None:
                     after = self._start_position(sink)
@@ -269,6 +326,22 @@ class AuditShipper:
             sink._save(start)
             return start
         return 0
+
+    def lag(self) -> dict[str, int]:
+        """Events each sink is behind the chain's head ({} when the head cannot be read)."""
+        try:
+            head = self._audit.head()
+        except AuditError:
+            return {}
+        top = head.seq if head is not None else 0
+        behind = {}
+        for sink in self.sinks:
+            try:
+                position = sink.position()
+            except OSError:
+                position = None
+            behind[sink.name] = max(0, top - (position or 0))
+        return behind
 
     def readiness(self) -> str:
         if self.errors:

@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from idhub.adapters._storage_errors import storage_error
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY, PgAppender, chain_rows
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
@@ -45,7 +46,7 @@ from idhub.core.audit_chain import (
     canonical_tail,
 )
 from idhub.core.clock import Clock
-from idhub.errors import AuditError, InvalidInput
+from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
 
 _VERIFY_CHUNK = 20_000
 log = logging.getLogger(__name__)
@@ -202,7 +203,13 @@ class SqlAuditLog:
     def _write(self, events: list[_Prepared]) -> None:
         with self._engine.connect() as conn:
             if self._pg:
-                self._pg_append.append(conn.connection.driver_connection, events)
+                try:
+                    self._pg_append.append(conn.connection.driver_connection, events)
+                except BaseException:
+                    # The driver's error passed SQLAlchemy by: tell the pool this connection
+                    # is in an unknown state, so it is replaced rather than reused.
+                    conn.invalidate()
+                    raise
                 return
             with conn.begin():
                 self._insert(conn, events)
@@ -379,8 +386,10 @@ def _as_audit_error(exc: BaseException) -> BaseException:
         return exc
     # The message reaches HTTP clients (503); the driver's words go to the hint (CLI, logs),
     # never the SQL statement and its parameters.
-    error = AuditError("the audit event could not be written, so nothing was done",
-                       hint=_driver_error(exc))  # fmt: skip
+    unavailable = isinstance(storage_error(exc, "audit"), StorageUnavailable)
+    kind = AuditUnavailable if unavailable else AuditError
+    error = kind("the audit event could not be written, so nothing was done",
+                 hint=_driver_error(exc))  # fmt: skip
     error.__cause__ = exc
     return error
 

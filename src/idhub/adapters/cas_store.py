@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import Engine, Row, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import cas_services, cas_tickets
 from idhub.core.cas import CasService, TicketKind, TicketRecord
 from idhub.errors import Conflict
@@ -27,6 +28,7 @@ def _to_service(row: Row[Any]) -> CasService:
     )
 
 
+@storage_boundary
 class SqlCasServiceStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -100,6 +102,7 @@ _CONSUME = (
 _GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
 
 
+@storage_boundary
 class SqlCasTicketStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

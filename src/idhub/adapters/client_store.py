@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import change_counters, clients
 from idhub.core.clients import Client
 from idhub.errors import Conflict
@@ -98,6 +98,7 @@ def _to_row(client: Client) -> dict[str, Any]:
     }
 
 
+@storage_boundary
 class SqlClientStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

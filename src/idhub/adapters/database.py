@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters._storage_errors import storage_error_with_detail
+from idhub.adapters._storage_errors import storage_error, storage_error_with_detail
 from idhub.config import DatabaseSettings, redact_url
-from idhub.errors import StorageError
+from idhub.core.readiness import DatabaseClock
+from idhub.errors import StorageError, StorageUnavailable
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -41,27 +43,49 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         path = url.split("sqlite:///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": settings.busy_timeout}
     else:
         kwargs["pool_size"] = settings.pool_size
         kwargs["max_overflow"] = settings.pool_size
         kwargs["pool_pre_ping"] = True
+        kwargs["pool_timeout"] = settings.pool_timeout
+        kwargs["connect_args"] = postgres_connect_args(settings, url)
     try:
         engine = create_engine(url, **kwargs)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StorageError(f"cannot use database {redact_url(url)}: {exc}") from exc
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(settings.busy_timeout))
+    elif engine.dialect.name == "postgresql":
+        from idhub.adapters._pg_deadline import install_deadlines
+
+        install_deadlines(engine, settings)
     return engine
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
+def postgres_connect_args(settings: DatabaseSettings, url: str = "") -> dict[str, Any]:
+    """libpq parameters: the connect timeout, and the server-side statement timeout sent in
+    the start-up packet (no extra round trip per connection), after any `options` the URL
+    carries itself (`?options=-c search_path=idhub`)."""
+    args: dict[str, Any] = {"connect_timeout": max(2, math.ceil(settings.connect_timeout))}
+    if settings.statement_timeout > 0:
+        given = make_url(url).query.get("options", "") if url else ""
+        given = given if isinstance(given, str) else " ".join(given)
+        ours = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
+        args["options"] = f"{given} {ours}".strip()
+    return args
+
+
+def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cursor.close()
+
+    return pragmas
 
 
 _MIGRATION_LOCK_KEY = 0x1D4B_0001
@@ -82,11 +106,30 @@ def apply_migrations(engine: Engine) -> None:
     try:
         with _ALEMBIC_LOCK, _sqlite_file_lock(engine), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+                # A migration may rewrite big tables: no statement timeout, on either side.
+                conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            with unbounded(conn):
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise storage_error_with_detail(exc, "database migration failed") from exc
+
+
+@contextlib.contextmanager
+def unbounded(conn: Connection) -> Iterator[None]:
+    """Lifts idhub's own wait for answers on this connection (PostgreSQL) while inside."""
+    driver: Any = conn.connection.driver_connection
+    if not hasattr(driver, "answer_deadline"):
+        yield
+        return
+    saved = driver.answer_deadline
+    driver.answer_deadline = None
+    try:
+        yield
+    finally:
+        driver.answer_deadline = saved
 
 
 @contextlib.contextmanager
@@ -120,3 +163,25 @@ def check_database_reachable(engine: Engine) -> bool:
     except SQLAlchemyError:
         return False
     return True
+
+
+def read_database_clock(engine: Engine, now: Callable[[], float]) -> DatabaseClock:
+    """Pings the database and, on PostgreSQL, reads its clock in the same round trip; the
+    offset is taken against the midpoint of the round trip on this replica's clock `now`."""
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name != "postgresql":
+                conn.execute(text("SELECT 1"))
+                return DatabaseClock(reachable=True)
+            before = now()
+            server = conn.exec_driver_sql(
+                "SELECT extract(epoch FROM clock_timestamp())::float8"
+            ).scalar_one()
+            after = now()
+    except SQLAlchemyError as exc:
+        unavailable = isinstance(storage_error(exc, "ping"), StorageUnavailable)
+        return DatabaseClock(
+            reachable=False,
+            error="unreachable" if unavailable else f"failing ({type(exc).__name__})",
+        )
+    return DatabaseClock(reachable=True, offset=float(server) - (before + after) / 2)

@@ -15,7 +15,10 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from idhub.adapters._storage_errors import storage_error_with_detail
+from idhub.adapters._storage_errors import (
+    storage_boundary,
+    storage_error_with_detail,
+)
 from idhub.adapters.db import (
     change_counters,
     departments,
@@ -42,6 +45,7 @@ def _chunks(values: Collection[Any]) -> Iterator[list[Any]]:
         yield items[start : start + CHUNK]
 
 
+@storage_boundary
 class SqlDirectoryStore(SqlSyncLedger):
     """The `SyncStore` port: the ledger (lease, runs, state) plus the directory writes."""
 

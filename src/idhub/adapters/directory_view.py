@@ -13,13 +13,17 @@ from collections import defaultdict
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters._storage_errors import storage_error_with_detail
+from idhub.adapters._storage_errors import (
+    storage_boundary,
+    storage_error_with_detail,
+)
 from idhub.adapters.db import change_counters, departments, group_members, groups, users
 from idhub.core.authz.model import DirectorySnapshot, DirectoryUser
 
 COUNTER = "directory"
 
 
+@storage_boundary
 class SqlDirectoryView:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

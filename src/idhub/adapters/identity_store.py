@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import departments, group_members, groups, password_history, users
 from idhub.core.clock import Clock
 from idhub.core.identity import (
@@ -81,6 +81,7 @@ def _to_department(row: Row[Any]) -> Department:
     )
 
 
+@storage_boundary
 class SqlIdentityStore:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, insert, select, update
 
-from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.client_store import bump_counter, read_counter
 from idhub.adapters.db import signing_keys
 from idhub.core.signing_keys import SigningKeyRecord
@@ -13,6 +13,7 @@ from idhub.core.signing_keys import SigningKeyRecord
 COUNTER = "signing_keys"
 
 
+@storage_boundary
 class SqlKeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

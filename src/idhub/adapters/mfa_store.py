@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import (
     mfa_accounts,
     mfa_challenges,
@@ -50,6 +50,7 @@ def _device(row: Row[Any]) -> RememberedDevice:
     )
 
 
+@storage_boundary
 class SqlMfaStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

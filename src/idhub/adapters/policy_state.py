@@ -10,7 +10,10 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters._storage_errors import storage_error_with_detail
+from idhub.adapters._storage_errors import (
+    storage_boundary,
+    storage_error_with_detail,
+)
 from idhub.adapters.db import policy_state
 
 
@@ -21,6 +24,7 @@ class PublishedPolicy:
     file_hashes: Mapping[str, str]
 
 
+@storage_boundary
 class SqlPolicyState:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import saml_certificates, saml_message_ids, saml_service_providers
 from idhub.core.logout import DeliveryFailed
 from idhub.core.saml import BINDING_SOAP, Endpoint, SpRecord
@@ -58,6 +59,7 @@ def _values(sp: SpRecord) -> dict[str, Any]:
     }
 
 
+@storage_boundary
 class SqlSpStore:
     """Rows of `saml_service_providers`, cached per registry version."""
 
@@ -122,6 +124,7 @@ class SqlSpStore:
         return list(self._all().values())
 
 
+@storage_boundary
 class SqlSamlCertificates:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -147,6 +150,7 @@ class SqlSamlCertificates:
         return stored if stored is not None else certificate_pem
 
 
+@storage_boundary
 class SqlMessageIds:
     """`saml_message_ids`: an id inserted twice is a replay (the primary key says so)."""
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import consents, logout_deliveries, session_clients, sso_sessions
 from idhub.core.logout import Delivery
 from idhub.core.sessions import Participant, SsoSession
@@ -33,6 +34,7 @@ def _to_session(row: Row[Any], participants: Sequence[Participant] = ()) -> SsoS
     )
 
 
+@storage_boundary
 class SqlSessionStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
@@ -236,6 +238,7 @@ def _to_delivery(row: Row[Any]) -> Delivery:
     )
 
 
+@storage_boundary
 class SqlDeliveryStore:
     """Rows of `logout_deliveries`: pending -> delivered, or -> failed after the last retry."""
 

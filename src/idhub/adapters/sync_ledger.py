@@ -16,7 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from idhub.adapters._storage_errors import storage_error_with_detail
+from idhub.adapters._storage_errors import (
+    storage_boundary,
+    storage_error_with_detail,
+)
 from idhub.adapters.db import sync_runs, sync_state
 from idhub.core.clock import Clock
 from idhub.core.directory.ports import SyncState
@@ -41,6 +44,7 @@ def _holder_is_dead(owner: str) -> bool:
     return False
 
 
+@storage_boundary
 class SqlSyncLedger:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, Engine, and_, case, delete, or_, select, tupl
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import throttle_counters as t
 from idhub.core.throttle import CLIENT, CLIENT_IP, IP, Counter, ThrottleKey
 
@@ -30,6 +31,7 @@ def _to_counter(row: Any) -> Counter:
     )
 
 
+@storage_boundary
 class SqlThrottleStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

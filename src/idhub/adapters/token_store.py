@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idhub.adapters._storage_errors import storage_error, translate_storage_errors
+from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import (
     authorization_codes,
     grant_access_tokens,
@@ -41,6 +41,7 @@ def _family(row: Any) -> RefreshFamily:
     )
 
 
+@storage_boundary
 class SqlTokenStore:
     """Every public method raises `StorageError` (or `StorageUnavailable`), never a
     SQLAlchemy error."""
@@ -55,7 +56,6 @@ class SqlTokenStore:
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._revoked_sql = f"SELECT 1 FROM revoked_tokens WHERE jti = {mark}"  # noqa: S608
-        self._driver_error: type[Exception] = engine.dialect.loaded_dbapi.Error
 
     # ------------------------------------------------------------------ codes
 
@@ -292,21 +292,32 @@ class SqlTokenStore:
     @translate_storage_errors
     def is_revoked(self, jti: str) -> bool:
         # On the path of every introspection and API call: a plain driver query on a pooled
-        # connection costs about a seventh of the same query through the Core layer.
+        # connection costs about a seventh of the same query through the Core layer. The
+        # driver's own errors escape SQLAlchemy here; `storage_boundary` translates them.
+        connection = self._engine.raw_connection()
         try:
-            connection = self._engine.raw_connection()
-            try:
-                cursor = connection.cursor()
-                cursor.execute(self._revoked_sql, (jti,))
-                found = cursor.fetchone()
-                cursor.close()
-            finally:
-                connection.close()
-        except self._driver_error as exc:
-            # The raw connection raises the driver's own errors, which SQLAlchemy leaves as
-            # they are.
-            raise storage_error(exc, "SqlTokenStore.is_revoked") from exc
+            cursor = connection.cursor()
+            cursor.execute(self._revoked_sql, (jti,))
+            found = cursor.fetchone()
+            cursor.close()
+        except BaseException:
+            # A failed round trip leaves the connection in an unknown state: never pool it.
+            connection.invalidate()
+            raise
+        finally:
+            connection.close()
         return found is not None
+
+    def revoked_since(self, since: float, now: float) -> list[tuple[str, float]]:
+        """(jti, expires_at) of unexpired access tokens revoked at or after `since` (the
+        table only holds unexpired ones, so this stays small): a replica's copy for outages."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(revoked_tokens.c.jti, revoked_tokens.c.expires_at).where(
+                    revoked_tokens.c.revoked_at >= since, revoked_tokens.c.expires_at > now
+                )
+            ).all()
+        return [(str(row[0]), float(row[1])) for row in rows]
 
     # ------------------------------------------------------------------ a grant's access tokens
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from idhub.bootstrap import Services
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.audit import (
@@ -56,6 +57,13 @@ def register(sub: Any) -> None:
     p = actions.add_parser("verify", help="check the hash chain (exit 1 if broken)")
     p.add_argument(
         "--archive", action="append", default=[], metavar="FILE", help="also check an archive"
+    )
+    p.add_argument(
+        "--jsonl",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also check a JSON-lines sink file line by line against the chain",
     )
     p.add_argument(
         "--head",
@@ -284,8 +292,16 @@ def _verify(args: argparse.Namespace, ctx: CliContext) -> dict[str, Any]:
         }
         for archive in services.audit_archives.verify([Path(p) for p in args.archive])
     ]
+    sink_files = [_sink_file(services, Path(p)) for p in args.jsonl]
     ok = live["ok"] and all(h["ok"] for h in head_checks) and all(a["ok"] for a in archives)
-    return {"ok": ok, "live": live, "heads": head_checks, "archives": archives}
+    ok = ok and all(f["ok"] for f in sink_files)
+    return {
+        "ok": ok,
+        "live": live,
+        "heads": head_checks,
+        "sink_files": sink_files,
+        "archives": archives,
+    }
 
 
 def _print_verify(result: dict[str, Any]) -> None:
@@ -303,6 +319,8 @@ def _print_verify(result: dict[str, Any]) -> None:
             print(f"head check against {check['source']} OK")
         else:
             print(f"head check against {check['source']} FAILED: {check['problem']}")
+    for sink_file in result["sink_files"]:
+        _print_sink_file(sink_file)
     for archive in result["archives"]:
         if archive["ok"]:
             print(
@@ -311,6 +329,31 @@ def _print_verify(result: dict[str, Any]) -> None:
             )
         else:
             print(f"archive {archive['path']} BROKEN: {archive['problem']}")
+
+
+def _sink_file(services: Services, path: Path) -> dict[str, Any]:
+    """The check of one JSON-lines sink file against the chain, as plain data."""
+    report = services.audit_sink_file_check(path)
+    return {
+        "path": str(path),
+        "ok": report.ok,
+        "count": report.count,
+        "first_seq": report.first_seq,
+        "last_seq": report.last_seq,
+        "behind": report.behind,
+        "problem": report.problem,
+    }
+
+
+def _print_sink_file(check: dict[str, Any]) -> None:
+    if not check["ok"]:
+        print(f"JSON-lines file {check['path']} FAILED: {check['problem']}")
+        return
+    behind = f"; {check['behind']} newer events not in it yet" if check["behind"] else ""
+    print(
+        f"JSON-lines file {check['path']} OK: {check['count']} events "
+        f"({check['first_seq']}..{check['last_seq']}) match the chain{behind}"
+    )
 
 
 def _last_line(path: Path) -> dict[str, Any] | None:

@@ -61,6 +61,19 @@ class DatabaseSettings:
     url: str = "sqlite:///var/idhub.db"
     echo: bool = False
     pool_size: int = 10
+    # --- outage: timeouts so a stalled or unreachable database is a fast 503 (seconds) ---
+    # Opening a PostgreSQL connection (libpq counts whole seconds, at least 2).
+    connect_timeout: float = 2.0
+    # One statement: PostgreSQL cancels it past this, and idhub stops waiting for the answer
+    # shortly after, which is what catches a server that is stalled and cancels nothing.
+    # 0 disables both (migrations always run without it).
+    statement_timeout: float = 1.5
+    # Waiting for a free pooled connection when every one is busy.
+    pool_timeout: float = 1.0
+    # SQLite: how long a writer waits for another process's write lock.
+    busy_timeout: float = 5.0
+    # |this replica's clock - the database server's clock| past which /readyz warns.
+    clock_offset_warning: float = 2.0
 
     def __repr__(self) -> str:
         return (
@@ -77,6 +90,9 @@ class TokenSettings:
     code_ttl: int = 60
     session_ttl: int = 10 * 3600
     default_access_token_alg: str = "ES256"  # noqa: S105 - an algorithm name
+    # Seconds a token's `iat`/`nbf` may lie in this replica's future (another replica's clock
+    # running ahead) and still be accepted.
+    clock_skew: int = 10
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.crypto import KeyedHasher, new_token
-from idhub.errors import InvalidInput, NotFound
+from idhub.errors import InvalidInput, NotFound, StorageUnavailable
 
 SIGNING_ALGS = ("RS256", "ES256", "EdDSA")
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
@@ -256,7 +256,15 @@ class ClientRegistry:
         now = time.monotonic()
         if now - self._checked_at < self._recheck:
             return
-        version = self._store.version()
+        try:
+            version = self._store.version()
+        except StorageUnavailable:
+            if not self._cache:
+                raise
+            # The database is away: the clients already seen keep being served as they
+            # were (the decision API answers on); asked again after `recheck`.
+            self._checked_at = now
+            return
         with self._lock:
             if version != self._version:
                 self._cache.clear()

@@ -22,7 +22,7 @@ from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
 from idhub.core.crypto import Sealer
 from idhub.core.signing_keys import SigningKeyRecord, SigningKeyStorage
-from idhub.errors import ConfigError, InvalidInput
+from idhub.errors import ConfigError, InvalidInput, StorageError
 
 ALGS = ("RS256", "ES256", "EdDSA")
 
@@ -128,7 +128,15 @@ class KeyStore:
         if not stale and (not force or now - self._forced_at < 1.0):
             # Unknown kids from strangers must not turn into a database read each.
             return
-        version = self._store.version()
+        try:
+            version = self._store.version()
+        except StorageError:
+            if not self._keys:
+                raise
+            # The database is away: keep serving the keys in memory (JWKS, verification)
+            # and ask again after `recheck`, not on every request.
+            self._checked_at = now
+            return
         with self._lock:
             if version != self._version or not self._keys:
                 self._load()
@@ -174,6 +182,14 @@ class KeyStore:
         if expires is not None and expires <= self._clock.now():
             return None
         return loaded.info.alg, loaded.public_key
+
+    def readiness(self) -> str:
+        """`ok` when this process holds an active signing key (in memory is enough)."""
+        try:
+            self._fresh()
+        except StorageError:
+            return "signing keys cannot be loaded: the database cannot be reached"
+        return "ok" if self._active else "no active signing key (run `idhub init`)"
 
     def jwks(self) -> dict[str, Any]:
         self._fresh()

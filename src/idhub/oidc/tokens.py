@@ -22,8 +22,9 @@ from idhub.oidc.keys import KeyStore
 ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105
 LOGOUT_TOKEN_TYP = "logout+jwt"  # noqa: S105
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
-# Tolerated clock difference between idhub replicas for `iat`/`nbf` checks.
-LEEWAY = 5
+# Tolerated clock difference between idhub replicas for `iat`/`nbf` checks (the default of
+# `[tokens] clock_skew`).
+LEEWAY = 10
 # Signature-checked tokens remembered per process (cleared when full; ~1 KiB each).
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -59,12 +60,16 @@ class AccessTokens:
         issuer: str,
         clock: Clock,
         ttl: int,
+        leeway: float = LEEWAY,
     ) -> None:
         self._keys = keys
         self._revocations = revocations
         self.issuer = issuer
         self._clock = clock
         self.ttl = ttl
+        # A token another replica signed with its clock ahead of ours by up to this is still
+        # valid here; `exp` is not stretched (that would lengthen every token's life).
+        self.leeway = leeway
         self._verified: dict[str, dict[str, Any]] = {}
 
     def issue(
@@ -116,7 +121,7 @@ class AccessTokens:
         if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
             raise InvalidToken("expired")
         iat = claims.get("iat")
-        if isinstance(iat, int | float) and iat > now + LEEWAY:
+        if isinstance(iat, int | float) and iat > now + self.leeway:
             raise InvalidToken("issued in the future")
         if audience is not None:
             aud = claims.get("aud")

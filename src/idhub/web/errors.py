@@ -86,13 +86,21 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+# Seconds a client is asked to wait after a 503: a database or audit outage is either over
+# in a moment (a restart, a fail-over) or long enough that retrying every second is harmless.
+RETRY_AFTER = "1"
+
+
 async def _idhub_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.IdhubError)
     status = status_for(exc)
     if status >= 500:
+        # One line per failed request, no traceback: during an outage every request fails
+        # the same way, and the cause (`exc.__cause__`) is the database's, not idhub's.
         log.error("request %s failed: %s", getattr(request.state, "request_id", "-"), exc)
     generic = any(cls in MESSAGES for cls in type(exc).__mro__)
-    return error_response(request, status, exc.code, message_for(exc), localised=generic)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return error_response(request, status, exc.code, message_for(exc), headers, localised=generic)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.authz.build import Loader, Outcome, prepare_policy
+from idhub.core.authz.deferred_audit import DeferredDecisionAudit
 from idhub.core.authz.engine import Decision, Engine
 from idhub.core.authz.model import DirectorySnapshot, PolicySet
 from idhub.core.authz.sod_analysis import SodReport
@@ -98,6 +99,7 @@ class AuthzService:
         self._reload_lock = threading.Lock()
         self._rejected_published: str | None = None
         self._swap_listeners: list[Callable[[], None]] = []
+        self.decision_audit = DeferredDecisionAudit(audit, clock)
         self._to_warm: Engine | None = None
         self._warmed: Engine | None = None
         # The SoD report of the serving engine (`_sod_for`), computed when a reload needs it.
@@ -408,6 +410,19 @@ class AuthzService:
             )
         return "ok"
 
+    def degraded(self) -> str | None:
+        """Why the policy serving is not the one on disk, or None: a rejected reload keeps
+        the previous policy (or the last good copy) serving, which degrades, not fails."""
+        if self._engine is None:
+            return None  # not a warning: `readiness` fails the replica
+        m = self.metrics
+        first = f": {m.last_error[0]}" if m.last_error else ""
+        if self.serving_fallback:
+            return f"policy: serving the last good copy {self._engine.version}{first}"
+        if not m.last_reload_ok:
+            return f"policy: reload rejected, still serving {self._engine.version}{first}"
+        return None
+
     def status(self) -> dict[str, Any]:
         m = self.metrics
         engine = self._engine
@@ -461,5 +476,6 @@ class AuthzService:
                 )
             )
         if events:
-            self._audit.record_many(events)
+            # Held in memory while the database is away, so decisions keep being answered.
+            self.decision_audit.record(events)
         return len(events)

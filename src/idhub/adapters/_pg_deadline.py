@@ -1,0 +1,138 @@
+"""A bound on how long idhub waits for PostgreSQL, whatever state the server is in.
+
+The server-side `statement_timeout` ends slow statements, but a server that is stalled (paused,
+swapping, behind a dead network path whose kernel still acknowledges packets) cancels nothing
+and answers nothing: without a bound of its own the client thread waits forever and every
+request behind it hangs. So:
+
+- every round trip on a connection waits at most `statement_timeout` plus a small margin
+  (psycopg's `Connection.wait` takes a timeout; the connection subclass gives it one). Past
+  it the connection is closed (its state is unknown) and the call fails with the driver's
+  `OperationalError`, which SQLAlchemy takes for a disconnect and `storage_error` for
+  "unavailable";
+- after a round trip or a connect timed out, pooled connections are retired and new ones
+  refused at once for a short cool-down, instead of each request spending the deadline or
+  the connect timeout on a server that just proved it does not answer. Refused connections
+  (server down, not stalled) start no cool-down: they fail fast by themselves, and a
+  restarted server is used at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import DisconnectionError
+
+from idhub.config import DatabaseSettings
+
+# On top of the statement timeout: the server's own cancel should win when it can answer.
+_MARGIN = 0.25
+# How long new connections are refused after the database ran out of time: short, so a
+# server that comes back is used again at once, and long enough that a stalled one costs
+# one connect timeout per second at most, not one per request.
+_COOLDOWN = 1.0
+
+
+class StallGuard:
+    """What this process knows about the database not answering; one per engine."""
+
+    def __init__(self, cooldown: float, *, now: Callable[[], float] = time.monotonic) -> None:
+        self.cooldown = cooldown
+        self._now = now
+        self._until = 0.0
+        self._lock = threading.Lock()
+        self.stalls = 0  # round trips or connects that ran out of time, since start
+
+    def stalled(self) -> None:
+        with self._lock:
+            self.stalls += 1
+            self._until = self._now() + self.cooldown
+
+    def check_cooling_down(self) -> bool:
+        return self._now() < self._until
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose every wait for the server is bounded by `answer_deadline`
+    seconds (None: unbounded, for migrations)."""
+
+    answer_deadline: float | None = None
+    guard: StallGuard | None = None
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if timeout is None:
+            timeout = self.answer_deadline
+        try:
+            return super().wait(gen, interval=interval, timeout=timeout)
+        except pg_errors.OperationalError as exc:
+            if type(exc).__name__ != "_WaitTimeout":
+                raise
+            # Half a statement may be on the wire: the connection cannot be reused.
+            self.pgconn.finish()
+            if self.guard is not None:
+                self.guard.stalled()
+            raise pg_errors.OperationalError(
+                f"the database did not answer within {timeout:.1f}s"
+            ) from None
+
+    def rollback(self) -> None:
+        # A connection closed by the deadline above (or lost) has no transaction left: the
+        # server rolls back whatever a dropped connection held. Raising here would only make
+        # the pool log a traceback when it resets the connection on return; the next
+        # checkout's ping finds it closed and replaces it.
+        if self.closed:
+            return
+        try:
+            super().rollback()
+        except pg_errors.OperationalError:
+            if not self.closed:
+                raise
+            # Closed while rolling back (the deadline again): the same as above.
+
+
+def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
+    """Makes `engine` open `DeadlineConnection`s and refuse to connect while cooling down."""
+    guard = StallGuard(cooldown=_COOLDOWN)
+    deadline = settings.statement_timeout + _MARGIN if settings.statement_timeout > 0 else None
+
+    @event.listens_for(engine, "do_connect")
+    def connect(_dialect: Any, _record: Any, cargs: Any, cparams: Any) -> DeadlineConnection:
+        if guard.check_cooling_down():
+            raise pg_errors.OperationalError(
+                "the database stopped answering moments ago; not connecting for now"
+            )
+        try:
+            conn = DeadlineConnection.connect(*cargs, **cparams)
+        except pg_errors.ConnectionTimeout:
+            guard.stalled()
+            raise
+        conn.answer_deadline = deadline
+        conn.guard = guard
+        return conn
+
+    @event.listens_for(engine, "checkout")
+    def checkout(_dbapi: Any, _record: Any, _proxy: Any) -> None:
+        # Every pooled connection is suspect once one stopped getting answers: retire them
+        # all now, rather than let each cost a request the full deadline on its ping.
+        if guard.check_cooling_down():
+            retire = DisconnectionError("the database stopped answering moments ago")
+            retire.invalidate_pool = True
+            raise retire
+
+    _GUARDS[engine] = guard
+    return guard
+
+
+def stall_guard(engine: Engine) -> StallGuard | None:
+    """The engine's guard (None for SQLite), for health reports and metrics."""
+    return _GUARDS.get(engine)
+
+
+_GUARDS: weakref.WeakKeyDictionary[Engine, StallGuard] = weakref.WeakKeyDictionary()
