@@ -218,7 +218,7 @@ def test_a_failed_sign_in_still_names_the_system(live_server: LiveServer) -> Non
 def test_the_page_after_a_plain_sign_in_is_useful(live_server: LiveServer) -> None:
     services = live_server.services
     make_user(services, "lin", "lin-password-1", display_name="林小红",
-              department_path="/总部/财务部")  # fmt: skip
+              department_path="/总部/行政部")  # fmt: skip
     with httpx.Client(base_url=live_server.url, headers={"Accept-Language": "zh-CN"}) as client:
         signed_in = login(client, "lin", "lin-password-1")
         assert signed_in.status_code == 200
@@ -226,7 +226,7 @@ def test_the_page_after_a_plain_sign_in_is_useful(live_server: LiveServer) -> No
         account = client.get("/account/security")
     for page in (signed_in, again):
         assert "<h1>您已登录</h1>" in page.text
-        assert "林小红" in page.text and "/总部/财务部" in page.text
+        assert "林小红" in page.text and "/总部/行政部" in page.text
         assert re.search(r"登录时间</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d UTC</dd>", page.text)
         assert '<a href="/account/security" id="account-link">' in page.text
         assert 'action="/logout"' in page.text
