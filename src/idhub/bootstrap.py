@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
+    from idhub.core.transactions import UnitOfWork
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
@@ -134,6 +135,15 @@ class Services:
         from idhub.adapters.audit_store import SqlAuditLog
 
         return SqlAuditLog(self.engine, self.clock)
+
+    # --- units of work: a change and its audit events in one transaction ----------------------
+
+    @cached_property
+    def unit_of_work(self) -> UnitOfWork:
+        """`atomic()` blocks in which store writes and audit events commit together."""
+        from idhub.adapters.unit_of_work import SqlUnitOfWork
+
+        return SqlUnitOfWork(self.engine, self.audit_log)
 
     @cached_property
     def audit_shipper(self) -> AuditShipper | None:
@@ -236,7 +246,7 @@ class Services:
 
     @cached_property
     def token_minter(self) -> TokenMinter:
-        from idhub.core.crypto import KeyedHasher
+        from idhub.core.crypto import KeyedHasher, Sealer
         from idhub.oidc.minter import TokenMinter
 
         return TokenMinter(
@@ -250,6 +260,9 @@ class Services:
             domains=tuple(self.settings.policy.domains),
             # Resolved at the first token, not when the minter is built.
             roles=lambda: self.authz,
+            uow=self.unit_of_work,
+            refresh_sealer=Sealer(self.settings.require_secret_key(), "refresh-successor"),
+            refresh_grace=self.settings.tokens.refresh_reuse_grace,
         )
 
     @cached_property

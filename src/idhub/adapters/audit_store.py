@@ -23,6 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY, PgAppender, chain_rows
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
+from idhub.adapters.unit_of_work import open_unit
 from idhub.core.audit import (
     ACTOR_TYPES,
     OUTCOMES,
@@ -100,9 +101,21 @@ class SqlAuditLog:
         details: dict[str, Any] | None = None,
         ctx: RequestContext | None = None,
     ) -> None:
+        unit = open_unit(self._engine)
+        if unit is not None:
+            # Inside a unit of work the event commits with the change it records.
+            self._prepare(event_type, actor, target, outcome, details, ctx)  # fails here, early
+            unit.record(
+                event_type, actor=actor, target=target, outcome=outcome, details=details, ctx=ctx
+            )
+            return
         self._append([self._prepare(event_type, actor, target, outcome, details, ctx)])
 
     def record_many(self, events: Sequence[PendingEvent]) -> None:
+        unit = open_unit(self._engine)
+        if unit is not None:
+            unit.record_many(events)
+            return
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
@@ -170,6 +183,10 @@ class SqlAuditLog:
                 self._cond.notify_all()
         if error is not None:
             raise _as_audit_error(error)
+        self.notify_listeners()
+
+    def notify_listeners(self) -> None:
+        """Tells the sinks new events are committed (also called by the unit of work)."""
         for listener in self.listeners:
             listener()
 
@@ -188,14 +205,16 @@ class SqlAuditLog:
 
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
         """Appends inside a transaction the caller opened with `locked()`, so the events
-        commit or roll back together with the caller's own changes (archiving)."""
-        self._insert(
-            conn,
-            [
-                self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
-                for e in events
-            ],
-        )
+        commit or roll back together with the caller's own changes (archiving, units of
+        work). Raises `AuditError`; the caller's transaction must then roll back."""
+        prepared = [
+            self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
+            for e in events
+        ]
+        try:
+            self._insert(conn, prepared)
+        except SQLAlchemyError as exc:
+            raise _as_audit_error(exc) from exc
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

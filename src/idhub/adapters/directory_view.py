@@ -14,6 +14,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.db import change_counters, departments, group_members, groups, users
+from idhub.adapters.unit_of_work import connect
 from idhub.core.authz.model import DirectorySnapshot, DirectoryUser
 from idhub.errors import StorageError
 
@@ -26,7 +27,7 @@ class SqlDirectoryView:
 
     def fingerprint(self) -> str:
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 counter = conn.execute(
                     select(change_counters.c.value).where(change_counters.c.name == COUNTER)
                 ).scalar()
@@ -50,7 +51,7 @@ class SqlDirectoryView:
         # fingerprint and builds again.
         version = self.fingerprint()
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 dept_rows = conn.execute(
                     select(departments.c.id, departments.c.path, departments.c.manager_user_id)
                 ).all()

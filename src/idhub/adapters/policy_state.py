@@ -11,6 +11,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters.db import policy_state
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.errors import StorageError
 
 
@@ -27,7 +28,7 @@ class SqlPolicyState:
 
     def latest(self) -> PublishedPolicy | None:
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 row = conn.execute(
                     select(
                         policy_state.c.version,
@@ -49,7 +50,7 @@ class SqlPolicyState:
         if current is not None and current.version == version:
             return False
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(
                     insert(policy_state).values(
                         version=version,

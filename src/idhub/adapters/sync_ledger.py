@@ -17,6 +17,7 @@ from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from idhub.adapters.db import sync_runs, sync_state
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.directory.ports import SyncState
 from idhub.errors import StorageError
@@ -49,7 +50,7 @@ class SqlSyncLedger:
     def acquire_lease(self, source: str, owner: str, *, ttl: float) -> str | None:
         now = self._clock.now()
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 row = conn.execute(
                     select(sync_state.c.lock_owner, sync_state.c.lock_expires_at).where(
                         sync_state.c.source == source
@@ -98,7 +99,7 @@ class SqlSyncLedger:
             raise StorageError(f"cannot take the sync lease for {source}: {exc}") from exc
 
     def renew_lease(self, source: str, owner: str, *, ttl: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sync_state)
                 .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
@@ -106,7 +107,7 @@ class SqlSyncLedger:
             )
 
     def release_lease(self, source: str, owner: str) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sync_state)
                 .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
@@ -114,7 +115,7 @@ class SqlSyncLedger:
             )
 
     def start_run(self, run_id: str, source: str, *, mode: str, dry_run: bool) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(sync_runs).values(
                     id=run_id,
@@ -144,11 +145,11 @@ class SqlSyncLedger:
         }
         if mode is not None:
             values["mode"] = mode
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
 
     def fail_stale_runs(self, source: str) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(
                 conn.execute(
                     update(sync_runs)
@@ -169,11 +170,11 @@ class SqlSyncLedger:
         query = select(sync_runs).order_by(sync_runs.c.started_at.desc()).limit(limit)
         if source is not None:
             query = query.where(sync_runs.c.source == source)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def state(self, source: str) -> SyncState:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(sync_state).where(sync_state.c.source == source)).first()
             id_check = conn.execute(
                 select(func.max(sync_runs.c.started_at)).where(
@@ -193,12 +194,12 @@ class SqlSyncLedger:
         )
 
     def all_states(self) -> list[dict[str, Any]]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [dict(r._mapping) for r in conn.execute(select(sync_state))]
 
     def save_state(self, source: str, *, high_water: str | None, full: bool) -> None:
         now = self._clock.now()
         values: dict[str, Any] = {"high_water": high_water}
         values["last_full_at" if full else "last_incremental_at"] = now
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(update(sync_state).where(sync_state.c.source == source).values(**values))

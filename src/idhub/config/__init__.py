@@ -105,6 +105,11 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "mode"): ("development", "production"),
     ("mfa", "required"): ("all", "policy", "off"),
 }
+# (section, key) -> inclusive numeric bounds.
+_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    # A retry after a lost answer comes within seconds; a long window is a long replay window.
+    ("tokens", "refresh_reuse_grace"): (0.0, 60.0),
+}
 
 
 def _build_section(
@@ -128,6 +133,10 @@ def _build_section(
         choices = _CHOICES.get((section, key))
         if choices and kwargs[key] not in choices:
             raise fail(f"[{section}] {key} must be one of {', '.join(choices)}", section, key)
+        bounds = _BOUNDS.get((section, key))
+        if bounds and not bounds[0] <= kwargs[key] <= bounds[1]:
+            low, high = bounds
+            raise fail(f"[{section}] {key} must be between {low:g} and {high:g}", section, key)
     instance = cls(**kwargs)
     # Defaults that are relative paths follow the same rule as values from the file.
     for f in fields(cls):
