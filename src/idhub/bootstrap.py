@@ -197,6 +197,7 @@ class Services:
             self.audit,
             clock=self.clock,
             default_access_token_alg=self.settings.tokens.default_access_token_alg,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -213,6 +214,7 @@ class Services:
             clock=self.clock,
             # A retired key stays published until the longest-lived token it signed expired.
             retire_for=max(tokens.access_token_ttl, tokens.id_token_ttl) + 300,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -279,6 +281,7 @@ class Services:
             identity=self.identity,
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
         return Provider(
             issuer_url=self.settings.server.issuer,
@@ -357,7 +360,7 @@ class Services:
     def consents(self) -> Consents:
         from idhub.core.consent import Consents
 
-        return Consents(self.session_store, self.audit, self.clock)
+        return Consents(self.session_store, self.audit, self.clock, uow=self.unit_of_work)
 
     @cached_property
     def signin(self) -> SignInCore:
@@ -375,6 +378,7 @@ class Services:
             tickets=LoginTickets(KeyedHasher(self.settings.require_secret_key(), "login-after")),
             clock=self.clock,
             mfa=self.signin_factors,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -414,6 +418,7 @@ class Services:
             channel=HttpLogoutChannel(),
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
         self._register_cas_logout(service)
         self._register_saml_logout(service)
@@ -578,6 +583,7 @@ class Services:
             owner=lease_owner(),
             batch_size=source.batch_size,
             clock_skew=source.clock_skew,
+            uow=self.unit_of_work,
         )
 
     @cached_property
