@@ -14,10 +14,8 @@ write succeeds and is not taken for reuse (the family stays alive, no false alar
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +37,9 @@ from idhub.adapters.db import (
 from idhub.bootstrap import Services
 from idhub.core.audit import Actor, RequestContext
 from idhub.errors import AuditError, Conflict, StorageError
-from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from tests.audit_scan import KnownSecrets
 from tests.conftest import TEST_SECRET_KEY, CliResult
-from tests.oidc_support import RP, issue_code, make_user, prepare, web_client
+from tests.oidc_support import Oidc, endpoint, make_user, prepare, reply, web_client
 from tests.slapd import SOURCE_ENV, Slapd, source_toml
 
 PASSWORD = "Atomic-Audit-Passw0rd"
@@ -100,52 +97,6 @@ def events_of(services: Services, event_type: str) -> int:
     )
 
 
-# ------------------------------------------------------------------ the token endpoint in-process
-
-
-def endpoint(services: Services, path: str, form: dict[str, str], secret: str) -> OAuthResponseData:
-    basic = base64.b64encode(f"oa:{secret}".encode()).decode()
-    data = OAuthRequestData(
-        "POST",
-        services.settings.server.issuer + path,
-        {"content-type": "application/x-www-form-urlencoded", "authorization": f"Basic {basic}"},
-        form,
-        {k: [v] for k, v in form.items()},
-        CTX,
-    )
-    if path == "/token":
-        return services.oidc.token(data)
-    return services.oidc.revoke(data)
-
-
-def body(response: OAuthResponseData) -> dict[str, Any]:
-    assert isinstance(response.body, dict), response
-    return response.body
-
-
-@dataclass
-class Oidc:
-    services: Services
-    secret: str
-    user: Any
-
-    def code(self) -> str:
-        return issue_code(self.services, "oa", self.user, scope="openid profile offline_access")
-
-    def redeem(self, code: str) -> OAuthResponseData:
-        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
-        return endpoint(self.services, "/token", form, self.secret)
-
-    def tokens(self) -> dict[str, Any]:
-        answer = self.redeem(self.code())
-        assert answer.status == 200, answer
-        return body(answer)
-
-    def refresh(self, token: str) -> OAuthResponseData:
-        form = {"grant_type": "refresh_token", "refresh_token": token}
-        return endpoint(self.services, "/token", form, self.secret)
-
-
 @pytest.fixture
 def oidc(services: Services, known_secrets: KnownSecrets) -> Oidc:
     prepare(services)
@@ -181,13 +132,13 @@ def test_refresh_rotation_stands_only_with_its_event(
     known_secrets.add(first["refresh_token"], first["access_token"])
     with refused(services.engine, "audit_events", "INSERT"):
         failed = oidc.refresh(first["refresh_token"])
-    assert failed.status == 503 and body(failed)["error"] == "temporarily_unavailable"
-    assert "access_token" not in body(failed)
+    assert failed.status == 503 and reply(failed)["error"] == "temporarily_unavailable"
+    assert "access_token" not in reply(failed)
     assert not rotated(oidc, first["refresh_token"]), "the rotation stood without its event"
     # The retry is an ordinary refresh: no reuse alarm, the family lives on.
     retried = oidc.refresh(first["refresh_token"])
     assert retried.status == 200, retried
-    known_secrets.add(body(retried)["refresh_token"], body(retried)["access_token"])
+    known_secrets.add(reply(retried)["refresh_token"], reply(retried)["access_token"])
     assert events_of(services, "token.refresh_reuse_detected") == 0
     assert events_of(services, "token.refreshed") == 1
     assert (
@@ -211,14 +162,14 @@ def test_reuse_revocation_stands_only_with_its_alarm(
 ) -> None:
     services = oidc.services
     first = oidc.tokens()
-    second = body(oidc.refresh(first["refresh_token"]))
-    third = body(oidc.refresh(second["refresh_token"]))
+    second = reply(oidc.refresh(first["refresh_token"]))
+    third = reply(oidc.refresh(second["refresh_token"]))
     known_secrets.add(first["refresh_token"], second["refresh_token"], third["refresh_token"])
     revoked = select(func.count()).where(refresh_families.c.revoked_at.is_not(None))
     with refused(services.engine, "audit_events", "INSERT"):
         assert oidc.refresh(first["refresh_token"]).status == 503
     assert count(services, revoked) == 0, "the family was revoked without the reuse alarm"
-    assert body(oidc.refresh(first["refresh_token"]))["error"] == "invalid_grant"
+    assert reply(oidc.refresh(first["refresh_token"]))["error"] == "invalid_grant"
     assert count(services, revoked) == 1
     assert events_of(services, "token.refresh_reuse_detected") == 1
 
@@ -234,12 +185,12 @@ def test_code_redemption_stands_only_with_its_event(
     used = select(func.count()).where(authorization_codes.c.used_at.is_not(None))
     with refused(services.engine, "audit_events", "INSERT"):
         failed = oidc.redeem(code)
-    assert failed.status == 503 and "access_token" not in body(failed)
+    assert failed.status == 503 and "access_token" not in reply(failed)
     assert count(services, used) == 0
     assert count(services, select(func.count()).select_from(refresh_families)) == 0
     answer = oidc.redeem(code)  # the client's retry works: nothing was used up
     assert answer.status == 200, answer
-    known_secrets.add(body(answer)["refresh_token"], body(answer)["access_token"])
+    known_secrets.add(reply(answer)["refresh_token"], reply(answer)["access_token"])
     assert events_of(services, "token.issued") == 1
 
 
