@@ -759,7 +759,9 @@ class Services:
         from idhub.adapters.cas_store import SqlCasServiceStore
         from idhub.cas.services import CasServiceRegistry
 
-        return CasServiceRegistry(SqlCasServiceStore(self.engine), self.audit, self.clock)
+        return CasServiceRegistry(
+            SqlCasServiceStore(self.engine), self.audit, self.clock, uow=self.unit_of_work
+        )
 
     @cached_property
     def cas_tickets(self) -> CasTickets:
@@ -833,6 +835,7 @@ class Services:
             audit=self.audit,
             clock=self.clock,
             issuer_name=self.settings.mfa.totp_issuer,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -902,7 +905,9 @@ class Services:
         from idhub.adapters.saml_store import SqlSpStore
         from idhub.saml.registry import SpRegistry
 
-        return SpRegistry(SqlSpStore(self.engine), self.audit, clock=self.clock)
+        return SpRegistry(
+            SqlSpStore(self.engine), self.audit, clock=self.clock, uow=self.unit_of_work
+        )
 
     @cached_property
     def saml_keys(self) -> SamlKeys:

@@ -44,11 +44,16 @@ class PgAppender:
     def __init__(self, columns: Sequence[str]) -> None:
         self._columns = ", ".join(columns)
         self._insert = f"INSERT INTO audit_events ({self._columns}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608, E501 - constants only
-        # (last seq, last hash) this process wrote; only the group-commit leader touches it.
+        # (last seq, last hash) this process wrote: set by the group-commit leader and by
+        # committed units of work; a hint only, the guarded INSERT checks it.
         self._tail: tuple[int, str] | None = None
 
     def forget(self) -> None:
         self._tail = None
+
+    def remember(self, tail: tuple[int, str]) -> None:
+        # From a unit of work's commit: only a hint for the fast path, never trusted blindly.
+        self._tail = tail
 
     def append(self, raw: Any, events: Sequence[Any]) -> None:
         """Appends on a psycopg connection with no transaction open; commits."""

@@ -198,23 +198,34 @@ class SqlAuditLog:
             with conn.begin():
                 self._insert(conn, events)
 
-    def _insert(self, conn: Connection, events: list[_Prepared]) -> None:
+    def _insert(self, conn: Connection, events: list[_Prepared]) -> tuple[int, str]:
         seq, prev = self.lock_tail(conn)
         rows = chain_rows(events, seq, prev)
         conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
+        return rows[-1][0], rows[-1][-1]
 
-    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
+    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> tuple[int, str]:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving, units of
-        work). Raises `AuditError`; the caller's transaction must then roll back."""
+        work). Returns the (seq, hash) it appended last, for `note_tail` once committed.
+        Raises `AuditError`; the caller's transaction must then roll back."""
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
         ]
+        if not prepared:
+            raise AuditError("record_in needs at least one event")
         try:
-            self._insert(conn, prepared)
+            return self._insert(conn, prepared)
         except SQLAlchemyError as exc:
             raise _as_audit_error(exc) from exc
+
+    def note_tail(self, tail: tuple[int, str]) -> None:
+        """A transaction that appended with `record_in` committed: the next group commit on
+        PostgreSQL can take its one-round-trip path after that tail (the guard in
+        `audit_pg_append` keeps a stale hint harmless: it falls back to reading the tail)."""
+        if self._pg:
+            self._pg_append.remember(tail)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

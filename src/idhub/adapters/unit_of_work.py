@@ -150,16 +150,14 @@ class SqlUnitOfWork:
                     # The write lock now, before any read: see the module docstring.
                     conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
                 yield unit
-                if unit.events:
-                    self._append(conn, unit.events)
+                # `record_in` raises `AuditError` (a 503 "nothing was done"); rollback follows.
+                tail = self._audit_log.record_in(conn, unit.events) if unit.events else None
                 tx.commit()
+                if tail is not None:
+                    self._audit_log.note_tail(tail)
             except BaseException:
                 if tx.is_active:
                     tx.rollback()
                 raise
             finally:
                 _open.reset(token)
-
-    def _append(self, conn: Connection, events: list[PendingEvent]) -> None:
-        # `record_in` raises `AuditError` (a 503 "nothing was done"); the rollback follows.
-        self._audit_log.record_in(conn, events)
