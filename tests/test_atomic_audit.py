@@ -25,9 +25,11 @@ from sqlalchemy import Engine, func, select, text
 from idhub.adapters.db import (
     audit_events,
     authorization_codes,
+    cas_services,
     clients,
     consents,
     departments,
+    mfa_recovery_codes,
     refresh_families,
     refresh_tokens,
     signing_keys,
@@ -401,3 +403,33 @@ def test_sync_batches_stand_only_with_their_events(
     )
     services.directory_sync("corp").run(full=True)
     assert count(services, people) == count(services, user_events) > 0
+
+
+# ------------------------------------------------------------------ beyond the list: CAS, MFA
+
+
+def test_cas_service_registration_stands_only_with_its_event(services: Services) -> None:
+    stored = select(func.count()).select_from(cas_services)
+
+    def register() -> None:
+        services.cas_services.register("oa-cas", urls=["https://oa.example.com/cas"])
+
+    with refused(services.engine, "audit_events", "INSERT"), pytest.raises(AuditError):
+        register()
+    assert count(services, stored) == 0
+    register()
+    assert count(services, stored) == 1 and events_of(services, "cas.service_created") == 1
+
+
+def test_recovery_codes_stand_only_with_their_event(
+    services: Services, known_secrets: KnownSecrets
+) -> None:
+    user = make_user(services)
+    stored = select(func.count()).select_from(mfa_recovery_codes)
+    with refused(services.engine, "audit_events", "INSERT"), pytest.raises(AuditError):
+        services.mfa.new_recovery_codes(user, ctx=CTX)
+    assert count(services, stored) == 0
+    codes = services.mfa.new_recovery_codes(user, ctx=CTX)
+    known_secrets.add(*codes)
+    assert count(services, stored) == len(codes)
+    assert events_of(services, "mfa.recovery_codes_issued") == 1
