@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -73,13 +73,14 @@ def test_sync_killed_mid_apply_leaves_every_applied_change_with_its_event(
         with engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
 
+    errors = (tmp_path / "sync.err").open("w+b")
+    sync = subprocess.Popen(
+        _idhub(config, "sync", "ldap", "corp", "--full"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=errors,
+    )
     try:
-        sync = subprocess.Popen(
-            _idhub(config, "sync", "ldap", "corp", "--full"),
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
         deadline = time.monotonic() + 60
         applied = 0
         while time.monotonic() < deadline and sync.poll() is None:
@@ -87,8 +88,8 @@ def test_sync_killed_mid_apply_leaves_every_applied_change_with_its_event(
             if applied > 0:
                 break
             time.sleep(0.002)
-        assert sync.poll() is None, f"the sync ended before it could be killed: {_err(sync)}"
-        time.sleep(0.05)  # well inside the apply: a few batches in
+        assert sync.poll() is None, f"the sync ended before it could be killed: {_err(errors)}"
+        # The first batch is committed and the rest are on their way: kill it now.
         sync.send_signal(signal.SIGKILL)
         sync.wait(10)
         assert sync.returncode == -signal.SIGKILL
@@ -110,9 +111,13 @@ def test_sync_killed_mid_apply_leaves_every_applied_change_with_its_event(
         finally:
             services.close()
     finally:
+        if sync.poll() is None:
+            sync.kill()
+            sync.wait(10)
+        errors.close()
         engine.dispose()
 
 
-def _err(process: subprocess.Popen[Any]) -> str:
-    assert process.stderr is not None
-    return process.stderr.read().decode(errors="replace")[-2000:]
+def _err(errors: BinaryIO) -> str:
+    errors.seek(0)
+    return errors.read().decode(errors="replace")[-2000:]

@@ -848,6 +848,7 @@ class Services:
             rp_name=self.settings.mfa.totp_issuer,
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -861,6 +862,7 @@ class Services:
             audit=self.audit,
             clock=self.clock,
             ttl=self.settings.mfa.remember_device_days * 86400,
+            uow=self.unit_of_work,
         )
 
     @cached_property
