@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from idhub.adapters.db import audit_events, refresh_families
+from idhub.adapters.token_store import SEALED_SUCCESSOR_KEEP
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.core.clock import FrozenClock
@@ -181,3 +182,23 @@ def test_the_window_is_bounded(make_settings: Callable[..., Settings], db_url: s
     with pytest.raises(ConfigError) as exc:
         make_settings(db_url, toml="[tokens]\nrefresh_reuse_grace = 600\n")
     assert "refresh_reuse_grace must be between 0 and 60" in str(exc.value)
+
+
+def test_housekeeping_drops_the_sealed_successor_after_a_while(
+    graced: tuple[Oidc, FrozenClock], known_secrets: KnownSecrets
+) -> None:
+    oidc, clock = graced
+    first = _ok(oidc.redeem(oidc.code()), known_secrets)
+    _ok(oidc.refresh(first["refresh_token"]), known_secrets)
+    sealed = "SELECT count(*) FROM refresh_tokens WHERE successor_sealed IS NOT NULL"
+    with oidc.services.engine.connect() as conn:
+        assert conn.exec_driver_sql(sealed).scalar_one() == 1
+    oidc.services.token_housekeeping.purge_once()
+    with oidc.services.engine.connect() as conn:
+        assert conn.exec_driver_sql(sealed).scalar_one() == 1  # still inside its keep time
+    clock.advance(SEALED_SUCCESSOR_KEEP + 1)
+    oidc.services.token_housekeeping.purge_once()
+    with oidc.services.engine.connect() as conn:
+        assert conn.exec_driver_sql(sealed).scalar_one() == 0
+    # Without the sealed copy a late presentation is reuse, as after any window.
+    assert reply(oidc.refresh(first["refresh_token"]))["error"] == "invalid_grant"
