@@ -40,6 +40,19 @@ def chain_rows(events: Sequence[Any], seq: int, prev: str) -> list[tuple[Any, ..
     return rows
 
 
+def lock_and_read_tail(raw: Any) -> tuple[int, str] | None:
+    """Takes the append lock inside the transaction open on psycopg connection `raw` and
+    reads the tail, in one round trip: the tail query starts (and takes its READ COMMITTED
+    snapshot) only once the lock is held, so it sees every committed append. None for an
+    empty table."""
+    with raw.pipeline() as pipeline, raw.cursor() as lock, raw.cursor() as tail:
+        lock.execute(_LOCK, (ADVISORY_LOCK_KEY,))
+        tail.execute(_TAIL)
+        pipeline.sync()
+        last = tail.fetchone()
+    return (int(last[0]), str(last[1])) if last is not None else None
+
+
 class PgAppender:
     def __init__(self, columns: Sequence[str]) -> None:
         self._columns = ", ".join(columns)

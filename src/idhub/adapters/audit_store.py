@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY, PgAppender, chain_rows
+from idhub.adapters.audit_pg_append import PgAppender, chain_rows, lock_and_read_tail
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
 from idhub.adapters.unit_of_work import open_unit
@@ -231,16 +231,19 @@ class SqlAuditLog:
         """Takes the append lock (held until the transaction ends) and returns
         (next seq, previous hash)."""
         if self._pg:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            # A unit of work holds the lock from here to COMMIT: one round trip, not two.
+            tail = lock_and_read_tail(conn.connection.driver_connection)
+            if tail is not None:
+                return tail[0] + 1, tail[1]
         else:
             # A write statement makes SQLite take its write lock now, so reading the tail
             # and inserting cannot interleave with another writer (any process).
             conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
-        last = conn.exec_driver_sql(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-        ).first()
-        if last is not None:
-            return int(last[0]) + 1, str(last[1])
+            last = conn.exec_driver_sql(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+            ).first()
+            if last is not None:
+                return int(last[0]) + 1, str(last[1])
         anchor = self.anchor_in(conn)
         return anchor.first_seq, anchor.prev_hash
 
