@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -14,8 +15,9 @@ from authlib.oauth2.rfc7523 import PrivateKeyJWT
 from joserfc import jwk, jwt
 
 from idhub.bootstrap import Services
+from idhub.core.audit import RequestContext
 from idhub.core.identity import User
-from idhub.oidc.messages import OAuthRequestData
+from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -120,3 +122,54 @@ def decode(token: str, url: str) -> jwt.Token:
 
 def post(url: str, path: str, data: dict[str, str], **kw: Any) -> httpx.Response:
     return httpx.post(url + path, data=data, **kw)
+
+
+def endpoint(
+    services: Services, path: str, form: dict[str, str], secret: str, client_id: str = "oa"
+) -> OAuthResponseData:
+    """`/token` or `/revoke` called in-process, the client authenticating with HTTP Basic."""
+    basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+    data = OAuthRequestData(
+        "POST",
+        services.settings.server.issuer + path,
+        {"content-type": "application/x-www-form-urlencoded", "authorization": f"Basic {basic}"},
+        form,
+        {k: [v] for k, v in form.items()},
+        RequestContext("127.0.0.1", "pytest", "req-oidc"),
+    )
+    if path == "/token":
+        return services.oidc.token(data)
+    return services.oidc.revoke(data)
+
+
+def reply(response: OAuthResponseData) -> dict[str, Any]:
+    assert isinstance(response.body, dict), response
+    return response.body
+
+
+@dataclass
+class Oidc:
+    """A confidential client `oa` and a user, driven through the token endpoint."""
+
+    services: Services
+    secret: str
+    user: Any
+    client_id: str = "oa"
+
+    def code(self) -> str:
+        return issue_code(
+            self.services, self.client_id, self.user, scope="openid profile offline_access"
+        )
+
+    def redeem(self, code: str) -> OAuthResponseData:
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
+        return endpoint(self.services, "/token", form, self.secret, self.client_id)
+
+    def tokens(self) -> dict[str, Any]:
+        answer = self.redeem(self.code())
+        assert answer.status == 200, answer
+        return reply(answer)
+
+    def refresh(self, token: str) -> OAuthResponseData:
+        form = {"grant_type": "refresh_token", "refresh_token": token}
+        return endpoint(self.services, "/token", form, self.secret, self.client_id)

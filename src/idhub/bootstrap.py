@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
+    from idhub.core.transactions import UnitOfWork
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
@@ -168,6 +169,15 @@ class Services:
         from idhub.adapters.audit_store import SqlAuditLog
 
         return SqlAuditLog(self.engine, self.clock)
+
+    # --- units of work: a change and its audit events in one transaction ----------------------
+
+    @cached_property
+    def unit_of_work(self) -> UnitOfWork:
+        """`atomic()` blocks in which store writes and audit events commit together."""
+        from idhub.adapters.unit_of_work import SqlUnitOfWork
+
+        return SqlUnitOfWork(self.engine, self.audit_log)
 
     @cached_property
     def audit_shipper(self) -> AuditShipper | None:
@@ -361,6 +371,7 @@ class Services:
             self.audit,
             clock=self.clock,
             default_access_token_alg=self.settings.tokens.default_access_token_alg,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -377,6 +388,7 @@ class Services:
             clock=self.clock,
             # A retired key stays published until the longest-lived token it signed expired.
             retire_for=max(tokens.access_token_ttl, tokens.id_token_ttl) + 300,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -430,7 +442,7 @@ class Services:
 
     @cached_property
     def token_minter(self) -> TokenMinter:
-        from idhub.core.crypto import KeyedHasher
+        from idhub.core.crypto import KeyedHasher, Sealer
         from idhub.oidc.minter import TokenMinter
 
         return TokenMinter(
@@ -444,6 +456,9 @@ class Services:
             domains=tuple(self.settings.policy.domains),
             # Resolved at the first token, not when the minter is built.
             roles=lambda: self.authz,
+            uow=self.unit_of_work,
+            refresh_sealer=Sealer(self.settings.require_secret_key(), "refresh-successor"),
+            refresh_grace=self.settings.tokens.refresh_reuse_grace,
         )
 
     @cached_property
@@ -460,6 +475,7 @@ class Services:
             identity=self.identity,
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
         return Provider(
             issuer_url=self.settings.server.issuer,
@@ -538,7 +554,7 @@ class Services:
     def consents(self) -> Consents:
         from idhub.core.consent import Consents
 
-        return Consents(self.session_store, self.audit, self.clock)
+        return Consents(self.session_store, self.audit, self.clock, uow=self.unit_of_work)
 
     @cached_property
     def signin(self) -> SignInCore:
@@ -556,6 +572,7 @@ class Services:
             tickets=LoginTickets(KeyedHasher(self.settings.require_secret_key(), "login-after")),
             clock=self.clock,
             mfa=self.signin_factors,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -595,6 +612,7 @@ class Services:
             channel=HttpLogoutChannel(),
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
         self._register_cas_logout(service)
         self._register_saml_logout(service)
@@ -766,6 +784,7 @@ class Services:
                 now=self.clock.now,
                 refresh=lambda: self.authz.refresh_directory(),
             ),
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -1031,7 +1050,9 @@ class Services:
         from idhub.adapters.cas_store import SqlCasServiceStore
         from idhub.cas.services import CasServiceRegistry
 
-        return CasServiceRegistry(SqlCasServiceStore(self.engine), self.audit, self.clock)
+        return CasServiceRegistry(
+            SqlCasServiceStore(self.engine), self.audit, self.clock, uow=self.unit_of_work
+        )
 
     @cached_property
     def cas_tickets(self) -> CasTickets:
@@ -1105,6 +1126,7 @@ class Services:
             audit=self.audit,
             clock=self.clock,
             issuer_name=self.settings.mfa.totp_issuer,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -1117,6 +1139,7 @@ class Services:
             rp_name=self.settings.mfa.totp_issuer,
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -1130,6 +1153,7 @@ class Services:
             audit=self.audit,
             clock=self.clock,
             ttl=self.settings.mfa.remember_device_days * 86400,
+            uow=self.unit_of_work,
         )
 
     @cached_property
@@ -1174,7 +1198,9 @@ class Services:
         from idhub.adapters.saml_store import SqlSpStore
         from idhub.saml.registry import SpRegistry
 
-        return SpRegistry(SqlSpStore(self.engine), self.audit, clock=self.clock)
+        return SpRegistry(
+            SqlSpStore(self.engine), self.audit, clock=self.clock, uow=self.unit_of_work
+        )
 
     @cached_property
     def saml_keys(self) -> SamlKeys:

@@ -40,15 +40,33 @@ def chain_rows(events: Sequence[Any], seq: int, prev: str) -> list[tuple[Any, ..
     return rows
 
 
+def lock_and_read_tail(raw: Any) -> tuple[int, str] | None:
+    """Takes the append lock inside the transaction open on psycopg connection `raw` and
+    reads the tail, in one round trip: the tail query starts (and takes its READ COMMITTED
+    snapshot) only once the lock is held, so it sees every committed append. None for an
+    empty table."""
+    with raw.pipeline() as pipeline, raw.cursor() as lock, raw.cursor() as tail:
+        lock.execute(_LOCK, (ADVISORY_LOCK_KEY,))
+        tail.execute(_TAIL)
+        pipeline.sync()
+        last = tail.fetchone()
+    return (int(last[0]), str(last[1])) if last is not None else None
+
+
 class PgAppender:
     def __init__(self, columns: Sequence[str]) -> None:
         self._columns = ", ".join(columns)
         self._insert = f"INSERT INTO audit_events ({self._columns}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608, E501 - constants only
-        # (last seq, last hash) this process wrote; only the group-commit leader touches it.
+        # (last seq, last hash) this process wrote: set by the group-commit leader and by
+        # committed units of work; a hint only, the guarded INSERT checks it.
         self._tail: tuple[int, str] | None = None
 
     def forget(self) -> None:
         self._tail = None
+
+    def remember(self, tail: tuple[int, str]) -> None:
+        # From a unit of work's commit: only a hint for the fast path, never trusted blindly.
+        self._tail = tail
 
     def append(self, raw: Any, events: Sequence[Any]) -> None:
         """Appends on a psycopg connection with no transaction open; commits."""

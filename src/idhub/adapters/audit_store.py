@@ -23,9 +23,14 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import storage_error
-from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY, PgAppender, chain_rows
+from idhub.adapters.audit_pg_append import (
+    PgAppender,
+    chain_rows,
+    lock_and_read_tail,
+)
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
+from idhub.adapters.unit_of_work import open_unit
 from idhub.core.audit import (
     ACTOR_TYPES,
     OUTCOMES,
@@ -111,9 +116,21 @@ class SqlAuditLog:
         details: dict[str, Any] | None = None,
         ctx: RequestContext | None = None,
     ) -> None:
+        unit = open_unit(self._engine)
+        if unit is not None:
+            # Inside a unit of work the event commits with the change it records.
+            self._prepare(event_type, actor, target, outcome, details, ctx)  # fails here, early
+            unit.record(
+                event_type, actor=actor, target=target, outcome=outcome, details=details, ctx=ctx
+            )
+            return
         self._append([self._prepare(event_type, actor, target, outcome, details, ctx)])
 
     def record_many(self, events: Sequence[PendingEvent]) -> None:
+        unit = open_unit(self._engine)
+        if unit is not None:
+            unit.record_many(events)
+            return
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
@@ -184,6 +201,10 @@ class SqlAuditLog:
                 self._cond.notify_all()
         if error is not None:
             raise _as_audit_error(error)
+        self.notify_listeners()
+
+    def notify_listeners(self) -> None:
+        """Tells the sinks new events are committed (also called by the unit of work)."""
         for listener in self.listeners:
             listener()
 
@@ -214,35 +235,54 @@ class SqlAuditLog:
             with conn.begin():
                 self._insert(conn, events)
 
-    def _insert(self, conn: Connection, events: list[_Prepared]) -> None:
+    def _insert(self, conn: Connection, events: list[_Prepared]) -> tuple[int, str]:
         seq, prev = self.lock_tail(conn)
         rows = chain_rows(events, seq, prev)
         conn.exec_driver_sql(self._insert_sql, rows if len(rows) > 1 else rows[0])
+        return rows[-1][0], rows[-1][-1]
 
-    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> None:
+    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> tuple[int, str]:
         """Appends inside a transaction the caller opened with `locked()`, so the events
-        commit or roll back together with the caller's own changes (archiving)."""
+        commit or roll back together with the caller's own changes (archiving, units of
+        work). Returns the (seq, hash) it appended last, for `note_tail` once committed.
+        Raises `AuditError`; the caller's transaction must then roll back."""
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
         ]
-        self._insert(conn, prepared)
+        if not prepared:
+            raise AuditError("record_in needs at least one event")
+        try:
+            tail = self._insert(conn, prepared)
+        except SQLAlchemyError as exc:
+            raise _as_audit_error(exc) from exc
         self._observe(prepared)
+        return tail
+
+    def note_tail(self, tail: tuple[int, str]) -> None:
+        """A transaction that appended with `record_in` committed: the next group commit on
+        PostgreSQL can take its one-round-trip path after that tail (the guard in
+        `audit_pg_append` keeps a stale hint harmless: it falls back to reading the tail)."""
+        if self._pg:
+            self._pg_append.remember(tail)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns
         (next seq, previous hash)."""
         if self._pg:
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+            # A unit of work holds the lock from here to COMMIT: one round trip, not two.
+            tail = lock_and_read_tail(conn.connection.driver_connection)
+            if tail is not None:
+                return tail[0] + 1, tail[1]
         else:
             # A write statement makes SQLite take its write lock now, so reading the tail
             # and inserting cannot interleave with another writer (any process).
             conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
-        last = conn.exec_driver_sql(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-        ).first()
-        if last is not None:
-            return int(last[0]) + 1, str(last[1])
+            last = conn.exec_driver_sql(
+                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
+            ).first()
+            if last is not None:
+                return int(last[0]) + 1, str(last[1])
         anchor = self.anchor_in(conn)
         return anchor.first_seq, anchor.prev_hash
 

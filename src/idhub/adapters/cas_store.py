@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import cas_services, cas_tickets
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.cas import CasService, TicketKind, TicketRecord
 from idhub.errors import Conflict
 
@@ -34,18 +35,18 @@ class SqlCasServiceStore:
         self._engine = engine
 
     def all(self) -> list[CasService]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(select(cas_services).order_by(cas_services.c.name)).all()
         return [_to_service(r) for r in rows]
 
     def get(self, name: str) -> CasService | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(cas_services).where(cas_services.c.name == name)).first()
         return None if row is None else _to_service(row)
 
     def insert(self, service: CasService) -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(
                     insert(cas_services).values(
                         name=service.name,
@@ -63,7 +64,7 @@ class SqlCasServiceStore:
             raise Conflict(f"a CAS service named {service.name!r} exists already") from exc
 
     def delete(self, name: str) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return bool(
                 conn.execute(delete(cas_services).where(cas_services.c.name == name)).rowcount
             )
@@ -108,7 +109,7 @@ class SqlCasTicketStore:
         self._engine = engine
 
     def insert(self, record: TicketRecord) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(cas_tickets).values(
                     ticket_hash=record.ticket_hash,
@@ -129,17 +130,17 @@ class SqlCasTicketStore:
 
     def consume(self, ticket_hash: str, now: float) -> TicketRecord | None:
         # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins.
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
         return None if row is None else _to_ticket(row)
 
     def get(self, ticket_hash: str) -> TicketRecord | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(_GET, {"hash": ticket_hash}).first()
         return None if row is None else _to_ticket(row)
 
     def for_session(self, sid: str, service_name: str) -> list[TicketRecord]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(cas_tickets)
                 .where(
@@ -152,7 +153,7 @@ class SqlCasTicketStore:
         return [_to_ticket(r) for r in rows]
 
     def purge(self, before: float) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(
                 conn.execute(delete(cas_tickets).where(cas_tickets.c.created_at < before)).rowcount
             )

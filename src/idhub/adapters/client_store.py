@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import change_counters, clients
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clients import Client
 from idhub.errors import Conflict
 
@@ -105,20 +106,20 @@ class SqlClientStore:
 
     @translate_storage_errors
     def get(self, client_id: str) -> Client | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(clients).where(clients.c.client_id == client_id)).first()
         return None if row is None else _to_client(row)
 
     @translate_storage_errors
     def list(self) -> list[Client]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(select(clients).order_by(clients.c.client_id))
             return [_to_client(row) for row in rows]
 
     @translate_storage_errors
     def insert(self, client: Client) -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(insert(clients).values(**_to_row(client)))
                 bump_counter(conn, COUNTER)
         except IntegrityError:
@@ -129,7 +130,7 @@ class SqlClientStore:
         values = _to_row(client)
         values.pop("client_id")
         values.pop("created_at")
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(clients).where(clients.c.client_id == client.client_id).values(**values)
             )
@@ -137,12 +138,12 @@ class SqlClientStore:
 
     @translate_storage_errors
     def delete(self, client_id: str) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             found = conn.execute(delete(clients).where(clients.c.client_id == client_id)).rowcount
             bump_counter(conn, COUNTER)
         return bool(found)
 
     @translate_storage_errors
     def version(self) -> int:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return read_counter(conn, COUNTER)

@@ -240,8 +240,13 @@ refresh_tokens = Table(
     Column("family_id", String(64), ForeignKey("refresh_families.id"), nullable=False),
     Column("issued_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
-    # Set when the token was exchanged for a newer one; any later use is reuse.
+    # Set when the token was exchanged for a newer one; any later use is reuse (but see
+    # `[tokens] refresh_reuse_grace`).
     Column("rotated_at", Float, nullable=True),
+    # The token it was exchanged for: keyed hash, and the value sealed (AES-GCM) so a retry
+    # within the grace window gets the same successor back (migration 0009).
+    Column("successor_hash", String(64), nullable=True),
+    Column("successor_sealed", LargeBinary, nullable=True),
 )
 Index("ix_refresh_tokens_family", refresh_tokens.c.family_id)
 

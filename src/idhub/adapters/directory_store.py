@@ -27,6 +27,7 @@ from idhub.adapters.db import (
     users,
 )
 from idhub.adapters.sync_ledger import SqlSyncLedger, lease_owner
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.directory.dn import dn_key
 from idhub.core.directory.mapping import SourceGroup
 from idhub.core.directory.plan import StoredUser, UserChange, plan_memberships
@@ -73,7 +74,7 @@ class SqlDirectoryStore(SqlSyncLedger):
             .where(users.c.source == source)
         )
         out: dict[str, StoredUser] = {}
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             if external_ids is None:
                 rows: Any = conn.execute(query)
                 self._collect(rows, out)
@@ -90,7 +91,7 @@ class SqlDirectoryStore(SqlSyncLedger):
             )
 
     def enabled_ids(self, source: str) -> set[str]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return set(
                 conn.execute(
                     select(users.c.external_id).where(
@@ -101,7 +102,7 @@ class SqlDirectoryStore(SqlSyncLedger):
 
     def usernames_taken(self, usernames: Collection[str]) -> dict[str, str]:
         out: dict[str, str] = {}
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             for chunk in _chunks(usernames):
                 for name, src, ext in conn.execute(
                     select(users.c.username, users.c.source, users.c.external_id).where(
@@ -162,7 +163,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                     fields.pop("disabled_at")
                 updates.append({"_id": change.user_id, **fields})
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 if creates:
                     conn.execute(insert(users), creates)
                 if updates:
@@ -200,7 +201,7 @@ class SqlDirectoryStore(SqlSyncLedger):
             )
 
     def user_ids_by_dn(self, source: str) -> dict[str, int]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return {
                 dn_key(dn): uid
                 for uid, dn in conn.execute(
@@ -214,7 +215,7 @@ class SqlDirectoryStore(SqlSyncLedger):
 
     def missing_departments(self, paths: Collection[str]) -> set[str]:
         found: set[str] = set()
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             for chunk in _chunks(paths):
                 found.update(
                     conn.execute(
@@ -229,7 +230,7 @@ class SqlDirectoryStore(SqlSyncLedger):
         ids: dict[str, int] = {}
         now = self._clock.now()
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 for chunk in _chunks(wanted):
                     for path, dept_id in conn.execute(
                         select(departments.c.path, departments.c.id).where(
@@ -272,7 +273,7 @@ class SqlDirectoryStore(SqlSyncLedger):
     def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]:
         changed: dict[str, tuple[Any, Any]] = {}
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             for chunk in _chunks(managers):
                 for path, current in conn.execute(
                     select(departments.c.path, departments.c.manager_user_id).where(
@@ -298,7 +299,7 @@ class SqlDirectoryStore(SqlSyncLedger):
         now = self._clock.now()
         warnings: list[str] = []
         changes: list[PendingGroupChange] = []
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             existing = {
                 r.external_id: r
                 for r in conn.execute(
@@ -423,7 +424,7 @@ class SqlDirectoryStore(SqlSyncLedger):
         return counts, warnings, changes
 
     def bump_directory_counter(self) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             bumped = conn.execute(
                 update(change_counters)
                 .where(change_counters.c.name == COUNTER)
@@ -441,7 +442,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                     )
 
     def directory_counter(self) -> int:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             value = conn.execute(
                 select(change_counters.c.value).where(change_counters.c.name == COUNTER)
             ).scalar()

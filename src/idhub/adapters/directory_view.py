@@ -18,6 +18,7 @@ from idhub.adapters._storage_errors import (
     storage_error_with_detail,
 )
 from idhub.adapters.db import change_counters, departments, group_members, groups, users
+from idhub.adapters.unit_of_work import connect
 from idhub.core.authz.model import DirectorySnapshot, DirectoryUser
 
 COUNTER = "directory"
@@ -30,7 +31,7 @@ class SqlDirectoryView:
 
     def fingerprint(self) -> str:
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 counter = conn.execute(
                     select(change_counters.c.value).where(change_counters.c.name == COUNTER)
                 ).scalar()
@@ -54,7 +55,7 @@ class SqlDirectoryView:
         # fingerprint and builds again.
         version = self.fingerprint()
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 dept_rows = conn.execute(
                     select(departments.c.id, departments.c.path, departments.c.manager_user_id)
                 ).all()

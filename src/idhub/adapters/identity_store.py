@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.db import departments, group_members, groups, password_history, users
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.identity import (
     LOCAL_SOURCE,
@@ -107,7 +108,7 @@ class SqlIdentityStore:
         return user
 
     def password_hash(self, user_id: int) -> str | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             value = conn.execute(
                 select(users.c.password_hash).where(users.c.id == user_id)
             ).scalar()
@@ -134,7 +135,7 @@ class SqlIdentityStore:
         if department_path:
             department_id = self.ensure_department(department_path).id
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 result = conn.execute(
                     insert(users).values(
                         sub=new_subject(),
@@ -169,7 +170,7 @@ class SqlIdentityStore:
             path = changes.pop("department_path")
             changes["department_id"] = self.ensure_department(path).id if path else None
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 found = conn.execute(
                     update(users)
                     .where(users.c.id == user_id)
@@ -184,7 +185,7 @@ class SqlIdentityStore:
         return user
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
@@ -195,7 +196,7 @@ class SqlIdentityStore:
         """Sets a new password hash and keeps the one it replaces among the user's `keep`
         most recent earlier hashes (older ones are removed), in one transaction."""
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             current = conn.execute(
                 select(users.c.password_hash).where(users.c.id == user_id)
             ).scalar()
@@ -228,7 +229,7 @@ class SqlIdentityStore:
         if limit <= 0:
             return []
         current = self.password_hash(user_id)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(password_history.c.password_hash)
                 .where(password_history.c.user_id == user_id)
@@ -240,7 +241,7 @@ class SqlIdentityStore:
 
     def set_disabled(self, user_id: int, disabled: bool, *, reason: str | None = None) -> User:
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
@@ -258,7 +259,7 @@ class SqlIdentityStore:
 
     def register_failed_login(self, user_id: int, *, lock_after: int, lock_seconds: float) -> User:
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
@@ -279,11 +280,11 @@ class SqlIdentityStore:
 
     def set_locked_until(self, user_id: int, until: float | None) -> None:
         """Marks the account locked until `until` (the throttle decided; None unlocks)."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(update(users).where(users.c.id == user_id).values(locked_until=until))
 
     def clear_failed_logins(self, user_id: int) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(users)
                 .where(users.c.id == user_id)
@@ -296,11 +297,11 @@ class SqlIdentityStore:
         query = _user_query().order_by(users.c.username).limit(limit).offset(offset)
         if source is not None:
             query = query.where(users.c.source == source)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [_to_user(row) for row in conn.execute(query)]
 
     def count_users(self) -> int:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
 
     # ------------------------------------------------------------------ departments
@@ -308,7 +309,7 @@ class SqlIdentityStore:
     def ensure_department(self, path: str, *, source: str = LOCAL_SOURCE) -> Department:
         path = normalise_department_path(path)
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             parent_id: int | None = None
             for partial in parent_paths(path):
                 parent_id = self._ensure_one(conn, partial, parent_id, source, now)
@@ -345,18 +346,18 @@ class SqlIdentityStore:
 
     def get_department(self, path: str) -> Department | None:
         path = normalise_department_path(path)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(departments).where(departments.c.path == path)).first()
         return None if row is None else _to_department(row)
 
     def list_departments(self) -> list[Department]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(select(departments).order_by(departments.c.path))
             return [_to_department(row) for row in rows]
 
     def set_department_manager(self, path: str, user_id: int | None) -> None:
         department = self.ensure_department(path)
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(departments)
                 .where(departments.c.id == department.id)
@@ -367,7 +368,7 @@ class SqlIdentityStore:
 
     @translate_storage_errors
     def user_groups(self, user_id: int) -> list[str]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(groups.c.name)
                 .join(group_members, group_members.c.group_id == groups.c.id)
@@ -381,7 +382,7 @@ class SqlIdentityStore:
         if not name:
             raise InvalidInput("a group needs a name")
         now = self._clock.now()
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             row = conn.execute(select(groups).where(groups.c.name == name)).first()
             if row is None:
                 conn.execute(
@@ -393,7 +394,7 @@ class SqlIdentityStore:
         return Group(id=m["id"], name=m["name"], source=m["source"], external_id=m["external_id"])
 
     def set_group_members(self, group_id: int, user_ids: Sequence[int]) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(delete(group_members).where(group_members.c.group_id == group_id))
             if user_ids:
                 conn.execute(
@@ -402,7 +403,7 @@ class SqlIdentityStore:
                 )
 
     def add_group_member(self, group_id: int, user_id: int) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             exists = conn.execute(
                 select(group_members.c.user_id).where(
                     group_members.c.group_id == group_id, group_members.c.user_id == user_id
@@ -412,6 +413,6 @@ class SqlIdentityStore:
                 conn.execute(insert(group_members).values(group_id=group_id, user_id=user_id))
 
     def _one(self, query: Any) -> User | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(query).first()
         return None if row is None else _to_user(row)

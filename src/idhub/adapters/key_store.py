@@ -8,6 +8,7 @@ from sqlalchemy import Engine, insert, select, update
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
 from idhub.adapters.client_store import bump_counter, read_counter
 from idhub.adapters.db import signing_keys
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.signing_keys import SigningKeyRecord
 
 COUNTER = "signing_keys"
@@ -20,7 +21,7 @@ class SqlKeyStore:
 
     @translate_storage_errors
     def all(self) -> list[SigningKeyRecord]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(select(signing_keys).order_by(signing_keys.c.created_at))
             return [
                 SigningKeyRecord(
@@ -41,7 +42,7 @@ class SqlKeyStore:
         """Stores `record` as the active key for its algorithm and retires the previous active
         key(s) of that algorithm (kept for verification until `retire_until`), atomically.
         Returns the retired kids."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             retired = [
                 str(kid)
                 for kid in conn.execute(
@@ -73,5 +74,5 @@ class SqlKeyStore:
 
     @translate_storage_errors
     def version(self) -> int:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return read_counter(conn, COUNTER)

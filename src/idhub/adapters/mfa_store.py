@@ -18,6 +18,7 @@ from idhub.adapters.db import (
     mfa_passkeys,
     mfa_recovery_codes,
 )
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.mfa import MfaAccount, Passkey
 from idhub.core.remembered_devices import RememberedDevice
 
@@ -59,7 +60,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def account(self, user_id: int) -> MfaAccount | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(
                 select(mfa_accounts).where(mfa_accounts.c.user_id == user_id)
             ).first()
@@ -106,12 +107,12 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def set_required(self, user_id: int, required: bool, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             self._upsert(conn, user_id, now, required=required)
 
     @translate_storage_errors
     def save_totp(self, user_id: int, secret_enc: bytes, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             self._upsert(
                 conn,
                 user_id,
@@ -123,7 +124,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def confirm_totp(self, user_id: int, step: int, now: float) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(mfa_accounts)
                 .where(
@@ -137,7 +138,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def claim_totp_step(self, user_id: int, step: int) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(mfa_accounts)
                 .where(
@@ -154,7 +155,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def remove_totp(self, user_id: int, now: float) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(mfa_accounts)
                 .where(
@@ -172,7 +173,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def record_failure(self, user_id: int, now: float, *, limit: int, block_for: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             if self._exists(conn, user_id):
                 conn.execute(
                     update(mfa_accounts)
@@ -189,7 +190,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def clear_failures(self, user_id: int) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(mfa_accounts)
                 .where(mfa_accounts.c.user_id == user_id, mfa_accounts.c.failed_attempts > 0)
@@ -207,7 +208,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def replace_recovery_codes(self, user_id: int, hashes: Sequence[str], now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(delete(mfa_recovery_codes).where(mfa_recovery_codes.c.user_id == user_id))
             if hashes:
                 conn.execute(
@@ -217,7 +218,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def use_recovery_code(self, user_id: int, code_hash: str, now: float) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(mfa_recovery_codes)
                 .where(
@@ -231,7 +232,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def recovery_codes_left(self, user_id: int) -> int:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             count = conn.execute(
                 select(func.count()).where(
                     mfa_recovery_codes.c.user_id == user_id,
@@ -244,7 +245,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def passkeys(self, user_id: int) -> list[Passkey]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(mfa_passkeys)
                 .where(mfa_passkeys.c.user_id == user_id)
@@ -254,7 +255,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def passkey_by_credential(self, credential_id: str) -> Passkey | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(
                 select(mfa_passkeys).where(mfa_passkeys.c.credential_id == credential_id)
             ).first()
@@ -271,7 +272,7 @@ class SqlMfaStore:
         name: str,
         now: float,
     ) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(mfa_passkeys).values(
                     user_id=user_id,
@@ -285,7 +286,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def record_passkey_use(self, credential_id: str, sign_count: int, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(mfa_passkeys)
                 .where(mfa_passkeys.c.credential_id == credential_id)
@@ -294,7 +295,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def remove_passkey(self, user_id: int, passkey_id: int) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 delete(mfa_passkeys).where(
                     mfa_passkeys.c.user_id == user_id, mfa_passkeys.c.id == passkey_id
@@ -312,7 +313,7 @@ class SqlMfaStore:
         challenge: str,
         expires_at: float,
     ) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             # Expired challenges go as new ones come: the table holds minutes of ceremonies.
             conn.execute(
                 delete(mfa_challenges).where(mfa_challenges.c.expires_at < expires_at - 3600)
@@ -331,7 +332,7 @@ class SqlMfaStore:
     def take_challenge(
         self, handle_hash: str, *, purpose: str, now: float
     ) -> tuple[int | None, str] | None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             row = conn.execute(
                 select(mfa_challenges).where(
                     mfa_challenges.c.handle_hash == handle_hash,
@@ -352,7 +353,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def add_device(self, device: RememberedDevice) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(mfa_devices).values(
                     id=device.id,
@@ -366,13 +367,13 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def device(self, device_id: str) -> RememberedDevice | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(mfa_devices).where(mfa_devices.c.id == device_id)).first()
         return None if row is None else _device(row)
 
     @translate_storage_errors
     def devices(self, user_id: int, now: float) -> list[RememberedDevice]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(mfa_devices)
                 .where(
@@ -386,14 +387,14 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def touch_device(self, device_id: str, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(mfa_devices).where(mfa_devices.c.id == device_id).values(last_used_at=now)
             )
 
     @translate_storage_errors
     def revoke_device(self, user_id: int, device_id: str, now: float) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(mfa_devices)
                 .where(
@@ -409,7 +410,7 @@ class SqlMfaStore:
 
     @translate_storage_errors
     def reset(self, user_id: int, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(mfa_accounts)
                 .where(mfa_accounts.c.user_id == user_id)

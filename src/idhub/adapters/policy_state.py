@@ -15,6 +15,7 @@ from idhub.adapters._storage_errors import (
     storage_error_with_detail,
 )
 from idhub.adapters.db import policy_state
+from idhub.adapters.unit_of_work import begin, connect
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class SqlPolicyState:
 
     def latest(self) -> PublishedPolicy | None:
         try:
-            with self._engine.connect() as conn:
+            with connect(self._engine) as conn:
                 row = conn.execute(
                     select(
                         policy_state.c.version,
@@ -53,7 +54,7 @@ class SqlPolicyState:
         if current is not None and current.version == version:
             return False
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(
                     insert(policy_state).values(
                         version=version,

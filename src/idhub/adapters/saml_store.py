@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import saml_certificates, saml_message_ids, saml_service_providers
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.logout import DeliveryFailed
 from idhub.core.saml import BINDING_SOAP, Endpoint, SpRecord
 from idhub.errors import Conflict
@@ -70,14 +71,14 @@ class SqlSpStore:
 
     def insert(self, sp: SpRecord) -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(insert(saml_service_providers).values(**_values(sp)))
         except IntegrityError as exc:
             raise Conflict(f"an SP with the name or entity id of {sp.name!r} exists") from exc
 
     def replace(self, sp: SpRecord) -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 conn.execute(
                     update(saml_service_providers)
                     .where(saml_service_providers.c.name == sp.name)
@@ -87,14 +88,14 @@ class SqlSpStore:
             raise Conflict(f"another SP has the entity id {sp.entity_id!r}") from exc
 
     def delete(self, name: str) -> bool:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             gone = conn.execute(
                 delete(saml_service_providers).where(saml_service_providers.c.name == name)
             ).rowcount
         return bool(gone)
 
     def version(self) -> str:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             count, latest = conn.execute(
                 select(func.count(), func.max(saml_service_providers.c.updated_at))
             ).one()
@@ -105,7 +106,7 @@ class SqlSpStore:
         cached = self._cache
         if cached is not None and cached[0] == version:
             return cached[1]
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(saml_service_providers).order_by(saml_service_providers.c.name)
             ).all()
@@ -130,7 +131,7 @@ class SqlSamlCertificates:
         self._engine = engine
 
     def get(self, kid: str) -> str | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             value = conn.execute(
                 select(saml_certificates.c.certificate_pem).where(saml_certificates.c.kid == kid)
             ).scalar()
@@ -138,7 +139,7 @@ class SqlSamlCertificates:
 
     def put_if_absent(self, kid: str, certificate_pem: str, *, now: float) -> str:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine, savepoint=True) as conn:
                 conn.execute(
                     insert(saml_certificates).values(
                         kid=kid, certificate_pem=certificate_pem, created_at=now
@@ -163,7 +164,7 @@ class SqlMessageIds:
         if self._count % PURGE_EVERY == 0:
             self.purge(now)
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine, savepoint=True) as conn:
                 conn.execute(
                     insert(saml_message_ids).values(
                         id=message_id[:300], kind=kind, expires_at=expires_at
@@ -174,7 +175,7 @@ class SqlMessageIds:
         return True
 
     def purge(self, now: float) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(
                 conn.execute(
                     delete(saml_message_ids).where(saml_message_ids.c.expires_at < now)

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import consents, logout_deliveries, session_clients, sso_sessions
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.logout import Delivery
 from idhub.core.sessions import Participant, SsoSession
 
@@ -48,11 +49,11 @@ class SqlSessionStore:
             .select_from(sso_sessions)
             .where(sso_sessions.c.ended_at.is_(None), sso_sessions.c.expires_at > now)
         )
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return int(conn.execute(query).scalar_one())
 
     def insert(self, *, id_hash: str, session: SsoSession) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(sso_sessions).values(
                     id_hash=id_hash,
@@ -80,7 +81,7 @@ class SqlSessionStore:
         expires_at: float,
         now: float,
     ) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sso_sessions)
                 .where(sso_sessions.c.sid == sid)
@@ -101,7 +102,7 @@ class SqlSessionStore:
         return self._one(sso_sessions.c.sid == sid)
 
     def active_for_user(self, user_id: int, now: float) -> list[SsoSession]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(sso_sessions)
                 .where(
@@ -114,14 +115,14 @@ class SqlSessionStore:
             return [_to_session(row, self._participants(conn, row._mapping["sid"])) for row in rows]
 
     def touch(self, sid: str, now: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sso_sessions).where(sso_sessions.c.sid == sid).values(last_seen_at=now)
             )
 
     def end(self, sid: str, *, reason: str, now: float) -> bool:
         """Ends the session once: of two concurrent logouts only one sees True."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             changed = conn.execute(
                 update(sso_sessions)
                 .where(sso_sessions.c.sid == sid, sso_sessions.c.ended_at.is_(None))
@@ -131,7 +132,7 @@ class SqlSessionStore:
 
     def add_client(self, sid: str, client_id: str, now: float, *, protocol: str = "oidc") -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine, savepoint=True) as conn:
                 exists = conn.execute(
                     select(session_clients.c.sid).where(
                         session_clients.c.sid == sid, session_clients.c.client_id == client_id
@@ -147,12 +148,12 @@ class SqlSessionStore:
             pass  # a parallel request recorded the same pair first
 
     def clients(self, sid: str) -> list[str]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [p.client_id for p in self._participants(conn, sid)]
 
     def purge_ended(self, before: float) -> int:
         """Deletes sessions that ended or expired before `before` (housekeeping)."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             old = select(sso_sessions.c.sid).where(
                 or_(sso_sessions.c.ended_at < before, sso_sessions.c.expires_at < before)
             )
@@ -175,7 +176,7 @@ class SqlSessionStore:
         return [Participant(str(r[0]), str(r[1])) for r in rows]
 
     def _one(self, condition: Any) -> SsoSession | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(sso_sessions).where(condition)).first()
             if row is None:
                 return None
@@ -184,7 +185,7 @@ class SqlSessionStore:
     # ------------------------------------------------------------------ consents
 
     def granted_scopes(self, user_id: int, client_id: str) -> set[str]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             value = conn.execute(
                 select(consents.c.scope).where(
                     consents.c.user_id == user_id, consents.c.client_id == client_id
@@ -194,7 +195,7 @@ class SqlSessionStore:
 
     def grant(self, user_id: int, client_id: str, scopes: Sequence[str], now: float) -> None:
         """Remembers the union of what was granted before and `scopes`."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             current = conn.execute(
                 select(consents.c.scope).where(
                     consents.c.user_id == user_id, consents.c.client_id == client_id
@@ -215,7 +216,7 @@ class SqlSessionStore:
                 )
 
     def revoke_consents(self, user_id: int) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(conn.execute(delete(consents).where(consents.c.user_id == user_id)).rowcount)
 
 
@@ -256,7 +257,7 @@ class SqlDeliveryStore:
         protocol: str = "oidc",
         ref: str | None = None,
     ) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             result = conn.execute(
                 insert(logout_deliveries).values(
                     protocol=protocol,
@@ -274,7 +275,7 @@ class SqlDeliveryStore:
             return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     def due(self, now: float, *, limit: int = 50) -> list[Delivery]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(logout_deliveries)
                 .where(
@@ -288,7 +289,7 @@ class SqlDeliveryStore:
 
     def claim(self, delivery: Delivery, *, until: float) -> bool:
         """Takes a due row for one attempt: only one replica or thread wins the update."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             won = conn.execute(
                 update(logout_deliveries)
                 .where(
@@ -326,7 +327,7 @@ class SqlDeliveryStore:
         )
 
     def get(self, delivery_id: int) -> Delivery | None:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(
                 select(logout_deliveries).where(logout_deliveries.c.id == delivery_id)
             ).first()
@@ -343,13 +344,13 @@ class SqlDeliveryStore:
             conditions.append(logout_deliveries.c.sid == sid)
         if conditions:
             query = query.where(and_(*conditions))
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [_to_delivery(r) for r in conn.execute(query)]
 
     def purge(self, *, delivered_before: float, failed_before: float) -> int:
         """Deletes delivered rows older than one cut-off and failed rows older than another
         (failed ones are kept longer: an admin may still be looking into them)."""
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(
                 conn.execute(
                     delete(logout_deliveries).where(
@@ -368,7 +369,7 @@ class SqlDeliveryStore:
             )
 
     def _update(self, delivery_id: int, **values: Any) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(logout_deliveries)
                 .where(logout_deliveries.c.id == delivery_id)

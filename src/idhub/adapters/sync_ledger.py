@@ -21,6 +21,7 @@ from idhub.adapters._storage_errors import (
     storage_error_with_detail,
 )
 from idhub.adapters.db import sync_runs, sync_state
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.directory.ports import SyncState
 
@@ -53,7 +54,7 @@ class SqlSyncLedger:
     def acquire_lease(self, source: str, owner: str, *, ttl: float) -> str | None:
         now = self._clock.now()
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine) as conn:
                 row = conn.execute(
                     select(sync_state.c.lock_owner, sync_state.c.lock_expires_at).where(
                         sync_state.c.source == source
@@ -104,7 +105,7 @@ class SqlSyncLedger:
             ) from exc
 
     def renew_lease(self, source: str, owner: str, *, ttl: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sync_state)
                 .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
@@ -112,7 +113,7 @@ class SqlSyncLedger:
             )
 
     def release_lease(self, source: str, owner: str) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(sync_state)
                 .where(sync_state.c.source == source, sync_state.c.lock_owner == owner)
@@ -120,7 +121,7 @@ class SqlSyncLedger:
             )
 
     def start_run(self, run_id: str, source: str, *, mode: str, dry_run: bool) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(sync_runs).values(
                     id=run_id,
@@ -150,11 +151,11 @@ class SqlSyncLedger:
         }
         if mode is not None:
             values["mode"] = mode
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(update(sync_runs).where(sync_runs.c.id == run_id).values(**values))
 
     def fail_stale_runs(self, source: str) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return int(
                 conn.execute(
                     update(sync_runs)
@@ -175,11 +176,11 @@ class SqlSyncLedger:
         query = select(sync_runs).order_by(sync_runs.c.started_at.desc()).limit(limit)
         if source is not None:
             query = query.where(sync_runs.c.source == source)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
     def state(self, source: str) -> SyncState:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(select(sync_state).where(sync_state.c.source == source)).first()
             id_check = conn.execute(
                 select(func.max(sync_runs.c.started_at)).where(
@@ -199,12 +200,12 @@ class SqlSyncLedger:
         )
 
     def all_states(self) -> list[dict[str, Any]]:
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [dict(r._mapping) for r in conn.execute(select(sync_state))]
 
     def save_state(self, source: str, *, high_water: str | None, full: bool) -> None:
         now = self._clock.now()
         values: dict[str, Any] = {"high_water": high_water}
         values["last_full_at" if full else "last_incremental_at"] = now
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(update(sync_state).where(sync_state.c.source == source).values(**values))

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import throttle_counters as t
+from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.throttle import CLIENT, CLIENT_IP, IP, Counter, ThrottleKey
 
 
@@ -41,11 +42,11 @@ class SqlThrottleStore:
             return []
         wanted = [(k.kind, k.value) for k in keys]
         query = select(t).where(tuple_(t.c.kind, t.c.value).in_(wanted))
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [_to_counter(row) for row in conn.execute(query)]
 
     def add_failure(self, key: ThrottleKey, *, now: float, window: float) -> Counter:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             self._upsert(conn, key, now=now, window=window)
             row = conn.execute(select(t).where(t.c.kind == key.kind, t.c.value == key.value)).one()
         return _to_counter(row)
@@ -88,7 +89,7 @@ class SqlThrottleStore:
             conn.execute(update(t).where(mine).values(**changes))
 
     def lock(self, key: ThrottleKey, *, until: float) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 update(t)
                 .where(t.c.kind == key.kind, t.c.value == key.value)
@@ -99,7 +100,7 @@ class SqlThrottleStore:
         if not keys:
             return 0
         wanted = [(k.kind, k.value) for k in keys]
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             result = conn.execute(delete(t).where(tuple_(t.c.kind, t.c.value).in_(wanted)))
         return int(result.rowcount or 0)
 
@@ -110,7 +111,7 @@ class SqlThrottleStore:
             and_(t.c.kind.in_((IP, CLIENT_IP)), t.c.value == source),
             and_(t.c.kind == CLIENT, t.c.value.endswith("@" + source, autoescape=True)),
         )
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             result = conn.execute(delete(t).where(condition))
         return int(result.rowcount or 0)
 
@@ -118,7 +119,7 @@ class SqlThrottleStore:
         """The counters that exist, those locked now first, then by most recent failure."""
         locked_now = case((and_(t.c.locked_until.is_not(None), t.c.locked_until > now), 0), else_=1)
         query = select(t).order_by(locked_now, t.c.last_failed_at.desc()).limit(limit)
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             return [_to_counter(row) for row in conn.execute(query)]
 
     def purge(self, *, before: float, now: float) -> int:
@@ -127,6 +128,6 @@ class SqlThrottleStore:
             t.c.last_failed_at < before,
             or_(t.c.locked_until.is_(None), t.c.locked_until <= now),
         )
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             result = conn.execute(delete(t).where(condition))
         return int(result.rowcount or 0)

@@ -9,7 +9,6 @@ primary-key INSERT, so two replicas racing on the same code or refresh token can
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
@@ -24,7 +23,11 @@ from idhub.adapters.db import (
     revoked_tokens,
     used_assertions,
 )
-from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, RefreshStatus
+from idhub.adapters.unit_of_work import begin, connect, writer_serial
+from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, Rotation
+
+# Seconds a rotated token keeps its sealed successor (longer than any allowed grace window).
+SEALED_SUCCESSOR_KEEP = 300.0
 
 
 def _family(row: Any) -> RefreshFamily:
@@ -41,6 +44,14 @@ def _family(row: Any) -> RefreshFamily:
     )
 
 
+def _code(row: Any) -> CodeRecord:
+    m = row._mapping
+    return CodeRecord(
+        **{k: m[k] for k in CodeRecord.__dataclass_fields__ if k != "amr"},
+        amr=list(m["amr"] or []),
+    )
+
+
 @storage_boundary
 class SqlTokenStore:
     """Every public method raises `StorageError` (or `StorageUnavailable`), never a
@@ -49,19 +60,19 @@ class SqlTokenStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._mark = mark = "%s" if engine.dialect.name == "postgresql" else "?"
-        # SQLite has one writer at a time and waits for the lock by sleeping in growing steps;
-        # queueing this process's writers on a lock of its own keeps those sleeps (and the
-        # latency tail) for the rare collision with another process.
-        self._serial: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        )
         self._revoked_sql = f"SELECT 1 FROM revoked_tokens WHERE jti = {mark}"  # noqa: S608
+
+    def _serial(self) -> contextlib.AbstractContextManager[Any]:
+        # SQLite has one writer at a time and waits for the lock by sleeping in growing steps;
+        # queueing this process's writers (units of work included) on one lock keeps those
+        # sleeps (and the latency tail) for the rare collision with another process.
+        return writer_serial(self._engine)
 
     # ------------------------------------------------------------------ codes
 
     @translate_storage_errors
     def save_code(self, record: CodeRecord) -> None:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             conn.execute(
                 insert(authorization_codes).values(
                     code_hash=record.code_hash,
@@ -84,9 +95,22 @@ class SqlTokenStore:
             )
 
     @translate_storage_errors
+    def find_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
+        with connect(self._engine) as conn:
+            row = conn.execute(
+                select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
+            ).first()
+        if row is None:
+            return "unknown", None
+        if row._mapping["used_at"] is not None:
+            return "used", _code(row)
+        record = _code(row)
+        return ("expired" if record.expires_at <= now else "ok"), record
+
+    @translate_storage_errors
     def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
         """Marks the code used (first use only) and returns it with what happened."""
-        with self._serial, self._engine.begin() as conn:
+        with self._serial(), begin(self._engine) as conn:
             first = conn.execute(
                 update(authorization_codes)
                 .where(
@@ -100,11 +124,7 @@ class SqlTokenStore:
             ).first()
         if row is None:
             return "unknown", None
-        m = row._mapping
-        record = CodeRecord(
-            **{k: m[k] for k in CodeRecord.__dataclass_fields__ if k != "amr"},
-            amr=list(m["amr"] or []),
-        )
+        record = _code(row)
         if not first:
             return "used", record
         if record.expires_at <= now:
@@ -117,7 +137,7 @@ class SqlTokenStore:
     def start_family(
         self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
     ) -> None:
-        with self._serial, self._engine.begin() as conn:
+        with self._serial(), begin(self._engine) as conn:
             conn.execute(
                 insert(refresh_families).values(
                     id=family.id,
@@ -151,95 +171,81 @@ class SqlTokenStore:
         expires_at: float,
         client_id: str,
         scope: list[str] | None = None,
-    ) -> tuple[RefreshStatus, RefreshFamily | None]:
+        sealed: bytes | None = None,
+        grace: float = 0.0,
+    ) -> Rotation:
         """Swaps a current refresh token of `client_id` for a new one in its family, in one
-        transaction.
+        transaction (the caller's unit of work when one is open).
 
         The conditional UPDATE comes first so the transaction holds the write lock from its
         first statement (SQLite cannot upgrade a read snapshot under contention) and so two
-        racing requests with one token cannot both win. Presenting a token that was already
-        rotated is reuse: the whole family is revoked in the same transaction. A token of
-        another client is reported as unknown and left alone; a `scope` beyond the family's
-        changes nothing ("invalid_scope"). Plain driver SQL: this is the refresh hot path.
+        racing requests with one token cannot both win: on PostgreSQL the loser waits for the
+        winner's row lock, then reads the winner's committed successor. Presenting a token
+        that was already rotated is reuse and revokes the whole family - unless it was
+        rotated at most `grace` seconds ago and its successor (stored `sealed` with the
+        rotation) is still unused and unexpired: that is a retry ("grace": the successor is
+        handed back, nothing changes). A token of another client is reported as unknown and
+        left alone; a `scope` beyond the family's changes nothing ("invalid_scope"). Plain
+        driver SQL: this is the refresh hot path.
         """
         m = self._mark
-        with self._serial, self._engine.connect() as conn:
-            tx = conn.begin()
+        with self._serial(), begin(self._engine) as conn:
             won = conn.exec_driver_sql(
                 "UPDATE refresh_tokens SET rotated_at = "  # noqa: S608 - placeholders only
-                f"{m} WHERE token_hash = {m} AND rotated_at IS NULL AND expires_at > {m} "
+                f"{m}, successor_hash = {m}, successor_sealed = {m} WHERE token_hash = {m} "
+                f"AND rotated_at IS NULL AND expires_at > {m} "
                 # Correlated on the primary key: an IN over all of a client's families
                 # would scan them on every refresh.
                 "AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.id = "
                 f"refresh_tokens.family_id AND f.client_id = {m} AND f.revoked_at IS NULL)",
-                (now, token_hash, now, client_id),
+                (now, new_hash, sealed if grace > 0 else None, token_hash, now, client_id),
             ).rowcount
             row = conn.exec_driver_sql(
                 "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608 - placeholders only
-                "f.revoked_at, t.rotated_at, t.expires_at FROM refresh_tokens t "
-                f"JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = {m}",
+                "f.revoked_at, t.rotated_at, t.expires_at, t.successor_sealed, s.rotated_at, "
+                "s.expires_at FROM refresh_tokens t "
+                "JOIN refresh_families f ON f.id = t.family_id "
+                "LEFT JOIN refresh_tokens s ON s.token_hash = t.successor_hash "
+                f"WHERE t.token_hash = {m}",
                 (token_hash,),
             ).first()
             if row is None or row[1] != client_id:
-                tx.rollback()
-                return "unknown", None
+                # Nothing was written: the UPDATE checks the token and the client both.
+                return Rotation("unknown", None)
             family = RefreshFamily(*row[:8])
-            status: RefreshStatus
+            within_scope = not scope or set(scope) <= set(family.scope.split())
             if won == 1:
-                if scope and not set(scope) <= set(family.scope.split()):
-                    tx.rollback()
-                    return "invalid_scope", family
+                if not within_scope:
+                    # Put the token back as it was: the caller's transaction may go on.
+                    conn.exec_driver_sql(
+                        "UPDATE refresh_tokens SET rotated_at = NULL, successor_hash = NULL, "  # noqa: S608 - placeholders only
+                        f"successor_sealed = NULL WHERE token_hash = {m}",
+                        (token_hash,),
+                    )
+                    return Rotation("invalid_scope", family)
                 conn.exec_driver_sql(
                     "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at, "  # noqa: S608 - placeholders only
                     f"rotated_at) VALUES ({m}, {m}, {m}, {m}, NULL)",
                     (new_hash, family.id, now, expires_at),
                 )
-                status = "ok"
-            elif family.revoked_at is not None:
-                status = "revoked"
-            elif row[8] is not None:
-                # Rotated before: a replay.
-                self._revoke(conn, [family.id], now, "refresh_token_reuse")
-                status = "reused"
-            elif row[9] <= now:
-                status = "expired"
-            else:
-                self._revoke(conn, [family.id], now, "refresh_token_reuse")
-                status = "reused"
-            tx.commit()
-        return status, family
-
-    @translate_storage_errors
-    def undo_rotation(self, old_hash: str, new_hash: str) -> None:
-        """Puts a rotation back (the answer carrying the new token could not be sent)."""
-        with self._serial, self._engine.begin() as conn:
-            conn.execute(delete(refresh_tokens).where(refresh_tokens.c.token_hash == new_hash))
-            conn.execute(
-                update(refresh_tokens)
-                .where(refresh_tokens.c.token_hash == old_hash)
-                .values(rotated_at=None)
-            )
-
-    @translate_storage_errors
-    def release_code(self, code_hash: str) -> None:
-        """Makes a consumed code usable again and drops the family its use started (the
-        token answer could not be sent)."""
-        with self._serial, self._engine.begin() as conn:
-            conn.execute(delete(refresh_tokens).where(refresh_tokens.c.family_id == code_hash))
-            conn.execute(delete(refresh_families).where(refresh_families.c.id == code_hash))
-            conn.execute(
-                delete(grant_access_tokens).where(grant_access_tokens.c.grant_id == code_hash)
-            )
-            conn.execute(
-                update(authorization_codes)
-                .where(authorization_codes.c.code_hash == code_hash)
-                .values(used_at=None)
-            )
+                return Rotation("ok", family)
+            if family.revoked_at is not None:
+                return Rotation("revoked", family)
+            rotated_at, token_expires, successor = row[8], row[9], row[10]
+            if rotated_at is None and token_expires <= now:
+                return Rotation("expired", family)
+            if _is_retry(rotated_at, successor, row[11], row[12], now=now, grace=grace):
+                if not within_scope:
+                    return Rotation("invalid_scope", family)
+                return Rotation("grace", family, bytes(successor))
+            # Rotated before, and not a retry within the window: a replay.
+            self._revoke(conn, [family.id], now, "refresh_token_reuse")
+            return Rotation("reused", family)
 
     @translate_storage_errors
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
         """(family, expires_at, rotated_at) of a refresh token, for introspection/revocation."""
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             row = conn.execute(
                 select(refresh_tokens, refresh_families)
                 .join(refresh_families, refresh_families.c.id == refresh_tokens.c.family_id)
@@ -251,7 +257,7 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def revoke_family(self, family_id: str, now: float, reason: str) -> int:
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             return self._revoke(conn, [family_id], now, reason)
 
     @translate_storage_errors
@@ -263,7 +269,7 @@ class SqlTokenStore:
             query = query.where(refresh_families.c.sid == sid)
         if user_id is not None:
             query = query.where(refresh_families.c.user_id == user_id)
-        with self._engine.begin() as conn:
+        with begin(self._engine) as conn:
             ids = [str(i) for i in conn.execute(query).scalars()]
             return self._revoke(conn, ids, now, reason) if ids else 0
 
@@ -282,7 +288,7 @@ class SqlTokenStore:
     @translate_storage_errors
     def revoke_jti(self, jti: str, *, expires_at: float, now: float) -> None:
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine, savepoint=True) as conn:
                 conn.execute(
                     insert(revoked_tokens).values(jti=jti, expires_at=expires_at, revoked_at=now)
                 )
@@ -311,7 +317,7 @@ class SqlTokenStore:
     def revoked_since(self, since: float, now: float) -> list[tuple[str, float]]:
         """(jti, expires_at) of unexpired access tokens revoked at or after `since` (the
         table only holds unexpired ones, so this stays small): a replica's copy for outages."""
-        with self._engine.connect() as conn:
+        with connect(self._engine) as conn:
             rows = conn.execute(
                 select(revoked_tokens.c.jti, revoked_tokens.c.expires_at).where(
                     revoked_tokens.c.revoked_at >= since, revoked_tokens.c.expires_at > now
@@ -323,7 +329,7 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None:
-        with self._serial, self._engine.begin() as conn:
+        with self._serial(), begin(self._engine) as conn:
             conn.execute(
                 insert(grant_access_tokens).values(
                     grant_id=grant_id, jti=jti[:64], expires_at=expires_at
@@ -334,7 +340,7 @@ class SqlTokenStore:
     def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:
         """Copies the grant's unexpired access-token ids onto the revocation list in one
         transaction; ids already there stay as they are."""
-        with self._serial, self._engine.begin() as conn:
+        with self._serial(), begin(self._engine) as conn:
             rows = conn.execute(
                 select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at).where(
                     grant_access_tokens.c.grant_id == grant_id,
@@ -363,7 +369,7 @@ class SqlTokenStore:
     def use_assertion(self, client_id: str, jti: str, *, expires_at: float) -> bool:
         """Records a private_key_jwt assertion id; False if it was seen before (a replay)."""
         try:
-            with self._engine.begin() as conn:
+            with begin(self._engine, savepoint=True) as conn:
                 conn.execute(
                     insert(used_assertions).values(
                         client_id=client_id, jti=jti[:200], expires_at=expires_at
@@ -382,7 +388,7 @@ class SqlTokenStore:
         A family goes when none of its tokens is left.
         """
         counts: dict[str, int] = {}
-        with self._serial, self._engine.begin() as conn:
+        with self._serial(), begin(self._engine) as conn:
             counts["codes"] = conn.execute(
                 delete(authorization_codes).where(authorization_codes.c.expires_at < now - grace)
             ).rowcount
@@ -397,6 +403,16 @@ class SqlTokenStore:
                     .exists(),
                 )
             ).rowcount
+            # A sealed successor serves retries within the grace window (at most a minute);
+            # past that it is dropped, so the database holds no usable token for long.
+            conn.execute(
+                update(refresh_tokens)
+                .where(
+                    refresh_tokens.c.successor_sealed.is_not(None),
+                    refresh_tokens.c.rotated_at < now - SEALED_SUCCESSOR_KEEP,
+                )
+                .values(successor_sealed=None)
+            )
             counts["revoked_tokens"] = conn.execute(
                 delete(revoked_tokens).where(revoked_tokens.c.expires_at < now)
             ).rowcount
@@ -406,3 +422,26 @@ class SqlTokenStore:
                 delete(used_assertions).where(used_assertions.c.expires_at < now)
             ).rowcount
         return {k: int(v) for k, v in counts.items()}
+
+
+def _is_retry(
+    rotated_at: float | None,
+    successor: bytes | None,
+    successor_rotated_at: float | None,
+    successor_expires_at: float | None,
+    *,
+    now: float,
+    grace: float,
+) -> bool:
+    """A rotated token presented again within the grace window, while the successor it was
+    exchanged for is still unused and unexpired (once the client moved on, the old token
+    coming back is a replay whatever the time)."""
+    return (
+        grace > 0
+        and rotated_at is not None
+        and now - rotated_at <= grace
+        and successor is not None
+        and successor_rotated_at is None
+        and successor_expires_at is not None
+        and successor_expires_at > now
+    )

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.cas import ATTRIBUTES, CasService, ServiceStore
 from idhub.core.clock import Clock
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import Conflict, InvalidInput, NotFound
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -114,7 +115,10 @@ class CasServiceRegistry:
     # within this time.
     CACHE_SECONDS = 5.0
 
-    def __init__(self, store: ServiceStore, audit: Auditor, clock: Clock) -> None:
+    def __init__(
+        self, store: ServiceStore, audit: Auditor, clock: Clock, *, uow: UnitOfWork
+    ) -> None:
+        self._uow = uow
         self._store = store
         self._audit = audit
         self._clock = clock
@@ -147,24 +151,26 @@ class CasServiceRegistry:
         )
         if self._store.get(service.name) is not None:
             raise Conflict(f"a CAS service named {service.name!r} exists already")
-        self._store.insert(service)
+        with self._uow.atomic() as tx:
+            self._store.insert(service)
+            tx.record(
+                EventType.CAS_SERVICE_CREATED,
+                actor=actor or Actor.system("cli"),
+                target=service.name,
+                details={k: v for k, v in service.describe().items() if k != "created_at"},
+                ctx=ctx,
+            )
         self._cache = _Cache()
-        self._audit.record(
-            EventType.CAS_SERVICE_CREATED,
-            actor=actor or Actor.system("cli"),
-            target=service.name,
-            details={k: v for k, v in service.describe().items() if k != "created_at"},
-            ctx=ctx,
-        )
         return service
 
     def remove(self, name: str, *, actor: Actor | None = None) -> None:
-        if not self._store.delete(name):
-            raise NotFound(f"no CAS service named {name!r}")
+        with self._uow.atomic() as tx:
+            if not self._store.delete(name):
+                raise NotFound(f"no CAS service named {name!r}")
+            tx.record(
+                EventType.CAS_SERVICE_REMOVED, actor=actor or Actor.system("cli"), target=name
+            )
         self._cache = _Cache()
-        self._audit.record(
-            EventType.CAS_SERVICE_REMOVED, actor=actor or Actor.system("cli"), target=name
-        )
 
     def list(self) -> list[CasService]:
         return self._store.all()

@@ -134,25 +134,27 @@ def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
     if not args.no_password:
         password = read_password(from_stdin=args.password_stdin)
         password_hash = services.local_passwords.hash_new(password, username=args.username)
-    user = services.identity.create_user(
-        username=args.username,
-        display_name=args.name,
-        email=args.email,
-        phone=args.phone,
-        employee_id=args.employee_id,
-        department_path=department,
-        password_hash=password_hash,
-    )
-    services.audit.record(
-        EventType.USER_CREATED,
-        actor=ADMIN,
-        target=user.sub,
-        details={
-            "username": user.username,
-            "source": user.source,
-            "with_password": bool(password_hash),
-        },
-    )
+    # Each user change commits with its audit event (core/transactions.py).
+    with services.unit_of_work.atomic() as tx:
+        user = services.identity.create_user(
+            username=args.username,
+            display_name=args.name,
+            email=args.email,
+            phone=args.phone,
+            employee_id=args.employee_id,
+            department_path=department,
+            password_hash=password_hash,
+        )
+        tx.record(
+            EventType.USER_CREATED,
+            actor=ADMIN,
+            target=user.sub,
+            details={
+                "username": user.username,
+                "source": user.source,
+                "with_password": bool(password_hash),
+            },
+        )
     if args.json:
         print_json(describe_user(ctx, user))
     else:
@@ -196,11 +198,12 @@ def cmd_show(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_disable(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     user = _require(ctx, args.username)
-    services.identity.set_disabled(user.id, True, reason=args.reason)
-    services.audit.record(
-        EventType.USER_DISABLED, actor=ADMIN, target=user.sub, details={"reason": args.reason}
-    )
-    ended = services.logout.logout_user_everywhere(user.id, reason="user disabled", actor=ADMIN)
+    with services.unit_of_work.atomic() as tx:
+        services.identity.set_disabled(user.id, True, reason=args.reason)
+        tx.record(
+            EventType.USER_DISABLED, actor=ADMIN, target=user.sub, details={"reason": args.reason}
+        )
+        ended = services.logout.logout_user_everywhere(user.id, reason="user disabled", actor=ADMIN)
     delivered, failed = services.logout.deliver_due()
     print(f"disabled {user.username}; ended {ended} session(s)")
     if delivered or failed:
@@ -211,9 +214,10 @@ def cmd_disable(args: argparse.Namespace, ctx: CliContext) -> int:
 def cmd_enable(args: argparse.Namespace, ctx: CliContext) -> int:
     services = ctx.services
     user = _require(ctx, args.username)
-    services.identity.set_disabled(user.id, False)
-    apply_unlock(ctx, user, audit_always=False)
-    services.audit.record(EventType.USER_ENABLED, actor=ADMIN, target=user.sub)
+    with services.unit_of_work.atomic() as tx:
+        services.identity.set_disabled(user.id, False)
+        apply_unlock(ctx, user, audit_always=False)
+        tx.record(EventType.USER_ENABLED, actor=ADMIN, target=user.sub)
     print(f"enabled {user.username}")
     return 0
 
@@ -251,9 +255,10 @@ def cmd_set_password(args: argparse.Namespace, ctx: CliContext) -> int:
     if user.source != LOCAL_SOURCE:
         raise InvalidInput(f"{user.username}'s password is kept by {user.source}; change it there")
     password = read_password(from_stdin=args.password_stdin)
-    services.local_passwords.apply_password(user.id, password, username=user.username)
-    apply_unlock(ctx, user, audit_always=False)
-    services.audit.record(EventType.USER_PASSWORD_SET, actor=ADMIN, target=user.sub)
+    with services.unit_of_work.atomic() as tx:
+        services.local_passwords.apply_password(user.id, password, username=user.username)
+        apply_unlock(ctx, user, audit_always=False)
+        tx.record(EventType.USER_PASSWORD_SET, actor=ADMIN, target=user.sub)
     print(f"password set for {user.username}")
     return 0
 

@@ -138,6 +138,13 @@ def _url_problem(value: str, what: str) -> str | None:
     return None
 
 
+# (section, key) -> inclusive numeric bounds.
+_BOUNDS: dict[tuple[str, str], tuple[float, float]] = {
+    # A retry after a lost answer comes within seconds; a long window is a long replay window.
+    ("tokens", "refresh_reuse_grace"): (0.0, 60.0),
+}
+
+
 def _build_section(
     cls: type,
     values: Mapping[str, Any],
@@ -163,6 +170,10 @@ def _build_section(
             problem = _url_problem(kwargs[key], f"[{section}] {key}")
             if problem is not None:
                 raise fail(problem, section, key)
+        bounds = _BOUNDS.get((section, key))
+        if bounds and not bounds[0] <= kwargs[key] <= bounds[1]:
+            low, high = bounds
+            raise fail(f"[{section}] {key} must be between {low:g} and {high:g}", section, key)
     instance = cls(**kwargs)
     # Defaults that are relative paths follow the same rule as values from the file.
     for f in fields(cls):

@@ -89,6 +89,9 @@ class TokenSettings:
     refresh_token_ttl: int = 30 * 24 * 3600
     code_ttl: int = 60
     session_ttl: int = 10 * 3600
+    # Seconds after a rotation in which the superseded refresh token, presented again by its
+    # client, gets the same successor back instead of revoking the family (0: never).
+    refresh_reuse_grace: float = 5.0
     default_access_token_alg: str = "ES256"  # noqa: S105 - an algorithm name
     # Seconds a token's `iat`/`nbf` may lie in this replica's future (another replica's clock
     # running ahead) and still be accepted.

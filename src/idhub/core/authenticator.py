@@ -88,9 +88,18 @@ class Authenticator:
         """The per-account rule (failures before a lock, its length)."""
         return self._throttle.policy.account
 
-    def authenticate(self, username: str, password: str, *, ctx: RequestContext | None) -> User:
+    def authenticate(
+        self,
+        username: str,
+        password: str,
+        *,
+        ctx: RequestContext | None,
+        record_success: bool = True,
+    ) -> User:
         """Returns the signed-in user or raises `AuthenticationFailed` (reason inside);
-        `TooManyAttempts` when the throttle refused the attempt."""
+        `TooManyAttempts` when the throttle refused the attempt. `record_success=False`: the
+        caller records `login.succeeded` (`record_success`) in the transaction that starts
+        the session."""
         username = username.strip()
         user = self._find(username)
         reading = self._throttle.read(self.keys_for(username, user, ctx))
@@ -122,6 +131,11 @@ class Authenticator:
         if user.failed_logins or user.locked_until is not None:
             self._users.clear_failed_logins(user.id)
         self._throttle.apply_success(reading, kinds=(ACCOUNT,))
+        if record_success:
+            self.record_success(user, ctx=ctx)
+        return user
+
+    def record_success(self, user: User, *, ctx: RequestContext | None) -> None:
         self._audit.record(
             EventType.LOGIN_SUCCEEDED,
             actor=Actor("user", user.sub),
@@ -129,7 +143,6 @@ class Authenticator:
             details={"source": user.source, "amr": ["pwd"]},
             ctx=ctx,
         )
-        return user
 
     def keys_for(
         self, username: str, user: User | None, ctx: RequestContext | None

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.crypto import KeyedHasher, new_token
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import InvalidInput, NotFound, StorageUnavailable
 
 SIGNING_ALGS = ("RS256", "ES256", "EdDSA")
@@ -208,7 +209,9 @@ class ClientRegistry:
         clock: Any,
         default_access_token_alg: str = "ES256",  # noqa: S107
         recheck: float = 1.0,
+        uow: UnitOfWork,
     ) -> None:
+        self._uow = uow
         self._store = store
         self._hasher = hasher
         self._audit = audit
@@ -337,20 +340,21 @@ class ClientRegistry:
                 secret_hash=self._hasher.hash(secret) if secret else None,
             )
         )
-        self._store.insert(client)
+        with self._uow.atomic() as tx:
+            self._store.insert(client)
+            tx.record(
+                EventType.CLIENT_CREATED,
+                actor=actor or Actor("admin"),
+                target=client_id,
+                details={
+                    "auth_method": method,
+                    "grant_types": list(client.grant_types),
+                    "scope": " ".join(client.scopes),
+                    "redirect_uris": list(client.redirect_uris),
+                },
+                ctx=ctx,
+            )
         self.invalidate()
-        self._audit.record(
-            EventType.CLIENT_CREATED,
-            actor=actor or Actor("admin"),
-            target=client_id,
-            details={
-                "auth_method": method,
-                "grant_types": list(client.grant_types),
-                "scope": " ".join(client.scopes),
-                "redirect_uris": list(client.redirect_uris),
-            },
-            ctx=ctx,
-        )
         return client, secret
 
     def rotate_secret(
@@ -367,14 +371,15 @@ class ClientRegistry:
         client = replace(
             client, secret_hash=self._hasher.hash(secret), secret_rotated_at=now, updated_at=now
         )
-        self._store.update(client)
+        with self._uow.atomic() as tx:
+            self._store.update(client)
+            tx.record(
+                EventType.CLIENT_SECRET_ROTATED,
+                actor=actor or Actor("admin"),
+                target=client_id,
+                ctx=ctx,
+            )
         self.invalidate()
-        self._audit.record(
-            EventType.CLIENT_SECRET_ROTATED,
-            actor=actor or Actor("admin"),
-            target=client_id,
-            ctx=ctx,
-        )
         return client, secret
 
     def update(
@@ -405,23 +410,25 @@ class ClientRegistry:
         except TypeError as exc:
             raise InvalidInput(f"unknown client field: {exc}") from None
         validate_client(updated)
-        self._store.update(updated)
+        with self._uow.atomic() as tx:
+            self._store.update(updated)
+            tx.record(
+                EventType.CLIENT_UPDATED,
+                actor=actor or Actor("admin"),
+                target=client_id,
+                details={"changed": sorted(changes)},
+                ctx=ctx,
+            )
         self.invalidate()
-        self._audit.record(
-            EventType.CLIENT_UPDATED,
-            actor=actor or Actor("admin"),
-            target=client_id,
-            details={"changed": sorted(changes)},
-            ctx=ctx,
-        )
         return updated
 
     def remove(
         self, client_id: str, *, actor: Actor | None = None, ctx: RequestContext | None = None
     ) -> None:
-        if not self._store.delete(client_id):
-            raise NotFound(f"no client {client_id!r}")
+        with self._uow.atomic() as tx:
+            if not self._store.delete(client_id):
+                raise NotFound(f"no client {client_id!r}")
+            tx.record(
+                EventType.CLIENT_REMOVED, actor=actor or Actor("admin"), target=client_id, ctx=ctx
+            )
         self.invalidate()
-        self._audit.record(
-            EventType.CLIENT_REMOVED, actor=actor or Actor("admin"), target=client_id, ctx=ctx
-        )

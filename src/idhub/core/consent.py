@@ -15,6 +15,7 @@ from typing import Protocol
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.identity import User
+from idhub.core.transactions import UnitOfWork
 
 
 class ConsentStore(Protocol):
@@ -33,7 +34,10 @@ class ConsentNeed(enum.Enum):
 class Consents:
     """`services.consents`: decides whether to ask, and records what the person answered."""
 
-    def __init__(self, store: ConsentStore, audit: Auditor, clock: Clock) -> None:
+    def __init__(
+        self, store: ConsentStore, audit: Auditor, clock: Clock, *, uow: UnitOfWork
+    ) -> None:
+        self._uow = uow
         self._store = store
         self._audit = audit
         self._clock = clock
@@ -65,13 +69,14 @@ class Consents:
     ) -> None:
         """Remembers a grant (never a refusal: the next request simply asks again) and audits
         the answer either way."""
-        if allowed:
-            self._store.grant(user.id, client_id, scopes, self._clock.now())
-        self._audit.record(
-            EventType.CONSENT_GRANTED,
-            actor=Actor("user", user.sub),
-            target=client_id,
-            outcome="success" if allowed else "denied",
-            details={"scope": " ".join(scopes), "decision": "allow" if allowed else "deny"},
-            ctx=ctx,
-        )
+        with self._uow.atomic() as tx:
+            if allowed:
+                self._store.grant(user.id, client_id, scopes, self._clock.now())
+            tx.record(
+                EventType.CONSENT_GRANTED,
+                actor=Actor("user", user.sub),
+                target=client_id,
+                outcome="success" if allowed else "denied",
+                details={"scope": " ".join(scopes), "decision": "allow" if allowed else "deny"},
+                ctx=ctx,
+            )

@@ -23,6 +23,7 @@ from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.identity import User
 from idhub.core.sessions import Participant, SsoSession
+from idhub.core.transactions import UnitOfWork
 
 # Seconds to wait after the 1st, 2nd, ... failed attempt; after the last one the delivery fails.
 RETRY_DELAYS: tuple[float, ...] = (5, 30, 120, 600, 3600)
@@ -184,8 +185,10 @@ class LogoutService:
         channel: LogoutChannel,
         audit: Auditor,
         clock: Clock,
+        uow: UnitOfWork,
         notifiers: dict[str, LogoutNotifier] | None = None,
     ) -> None:
+        self._uow = uow
         # Token-side parts are passed as callables so building `services.logout` does not load
         # signing keys until a delivery is actually made.
         self._sessions = sessions
@@ -243,23 +246,26 @@ class LogoutService:
         session = self._sessions.get(sid)
         if session is None:
             return False
-        ended = self._finish(session, reason=reason)
-        if ended:
-            details: dict[str, Any] = {
-                "sid": sid,
-                "reason": reason,
-                "clients": list(session.clients),
-            }
-            if initiator:
-                details["initiator"] = initiator
-            self._audit.record(
-                EventType.LOGOUT,
-                actor=actor,
-                target=self._sub(session.user_id),
-                details=details,
-                ctx=ctx,
-            )
-            self._notify()
+        # The session's end, its families' revocation, the queued logout messages and the
+        # event commit together (core/transactions.py).
+        with self._uow.atomic() as tx:
+            ended = self._finish(session, reason=reason)
+            if ended:
+                details: dict[str, Any] = {
+                    "sid": sid,
+                    "reason": reason,
+                    "clients": list(session.clients),
+                }
+                if initiator:
+                    details["initiator"] = initiator
+                tx.record(
+                    EventType.LOGOUT,
+                    actor=actor,
+                    target=self._sub(session.user_id),
+                    details=details,
+                    ctx=ctx,
+                )
+                tx.after_commit(self._notify)
         return ended
 
     def logout_user_everywhere(
@@ -269,21 +275,22 @@ class LogoutService:
         families and queues back-channel logout to every client that took part."""
         ended = 0
         clients: list[str] = []
-        for session in self._sessions.active_for_user(user_id):
-            if self._finish(session, reason=reason):
-                ended += 1
-                clients.extend(c for c in session.clients if c not in clients)
-        # Families without a session (e.g. issued before a logout) go too.
-        self._revoker().revoke_families_for_user(user_id)
-        self._audit.record(
-            EventType.SESSION_REVOKED,
-            actor=actor,
-            target=self._sub(user_id),
-            details={"sessions": ended, "reason": reason, "clients": clients},
-            ctx=ctx,
-        )
-        if ended:
-            self._notify()
+        with self._uow.atomic() as tx:
+            for session in self._sessions.active_for_user(user_id):
+                if self._finish(session, reason=reason):
+                    ended += 1
+                    clients.extend(c for c in session.clients if c not in clients)
+            # Families without a session (e.g. issued before a logout) go too.
+            self._revoker().revoke_families_for_user(user_id)
+            tx.record(
+                EventType.SESSION_REVOKED,
+                actor=actor,
+                target=self._sub(user_id),
+                details={"sessions": ended, "reason": reason, "clients": clients},
+                ctx=ctx,
+            )
+            if ended:
+                tx.after_commit(self._notify)
         return ended
 
     def _finish(self, session: SsoSession, *, reason: str) -> bool:

@@ -24,6 +24,7 @@ from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.crypto import KeyedHasher, Sealer
 from idhub.core.identity import User
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import InvalidInput
 
 TOTP_STEP = 30
@@ -129,8 +130,11 @@ class SecondFactors:
         recovery_hasher: KeyedHasher,
         audit: Auditor,
         clock: Clock,
+        uow: UnitOfWork,
         issuer_name: str = "idhub",
     ) -> None:
+        # Each factor change commits with its event (core/transactions.py).
+        self._uow = uow
         self._store = store
         self._sealer = sealer
         self._hasher = recovery_hasher
@@ -160,13 +164,14 @@ class SecondFactors:
         return account is not None and account.required
 
     def apply_required(self, user: User, required: bool, *, actor: Actor) -> None:
-        self._store.set_required(user.id, required, self._clock.now())
-        self._audit.record(
-            EventType.MFA_REQUIREMENT_SET,
-            actor=actor,
-            target=user.sub,
-            details={"required": required},
-        )
+        with self._uow.atomic():
+            self._store.set_required(user.id, required, self._clock.now())
+            self._audit.record(
+                EventType.MFA_REQUIREMENT_SET,
+                actor=actor,
+                target=user.sub,
+                details={"required": required},
+            )
 
     # ------------------------------------------------------------------ TOTP
 
@@ -199,13 +204,14 @@ class SecondFactors:
             return False
         now = self._clock.now()
         step = plan_totp_step(self._open(user, account.totp_secret_enc), code, now=now)
-        if step is None or not self._store.confirm_totp(user.id, step, now):
-            self._failed(user, "totp", "bad_code", ctx)
-            return False
-        self._audit.record(
-            EventType.MFA_ENROLLED, actor=_self(user), target=user.sub,
-            details={"method": "totp"}, ctx=ctx,
-        )  # fmt: skip
+        with self._uow.atomic():
+            if step is None or not self._store.confirm_totp(user.id, step, now):
+                self._failed(user, "totp", "bad_code", ctx)
+                return False
+            self._audit.record(
+                EventType.MFA_ENROLLED, actor=_self(user), target=user.sub,
+                details={"method": "totp"}, ctx=ctx,
+            )  # fmt: skip
         return True
 
     def check_totp(self, user: User, code: str, *, ctx: RequestContext | None) -> bool:
@@ -226,12 +232,13 @@ class SecondFactors:
         return True
 
     def remove_totp(self, user: User, *, ctx: RequestContext | None) -> bool:
-        removed = self._store.remove_totp(user.id, self._clock.now())
-        if removed:
-            self._audit.record(
-                EventType.MFA_REMOVED, actor=_self(user), target=user.sub,
-                details={"method": "totp"}, ctx=ctx,
-            )  # fmt: skip
+        with self._uow.atomic():
+            removed = self._store.remove_totp(user.id, self._clock.now())
+            if removed:
+                self._audit.record(
+                    EventType.MFA_REMOVED, actor=_self(user), target=user.sub,
+                    details={"method": "totp"}, ctx=ctx,
+                )  # fmt: skip
         return removed
 
     # ------------------------------------------------------------------ recovery codes
@@ -240,24 +247,26 @@ class SecondFactors:
         """Ten new codes (the old ones stop working); shown once, kept only as keyed hashes."""
         codes = [_format_code(secrets.token_hex(5)) for _ in range(RECOVERY_CODE_COUNT)]
         hashes = [self._code_hash(user, code) for code in codes]
-        self._store.replace_recovery_codes(user.id, hashes, self._clock.now())
-        self._audit.record(
-            EventType.MFA_RECOVERY_CODES_ISSUED, actor=_self(user), target=user.sub,
-            details={"count": len(codes)}, ctx=ctx,
-        )  # fmt: skip
+        with self._uow.atomic():
+            self._store.replace_recovery_codes(user.id, hashes, self._clock.now())
+            self._audit.record(
+                EventType.MFA_RECOVERY_CODES_ISSUED, actor=_self(user), target=user.sub,
+                details={"count": len(codes)}, ctx=ctx,
+            )  # fmt: skip
         return codes
 
     def use_recovery_code(self, user: User, code: str, *, ctx: RequestContext | None) -> bool:
         normalised = normalise_code(code)
-        if len(normalised) != 10 or not self._store.use_recovery_code(
-            user.id, self._code_hash(user, normalised), self._clock.now()
-        ):
-            self._failed(user, "recovery_code", "bad_code", ctx)
-            return False
-        self._audit.record(
-            EventType.MFA_RECOVERY_CODE_USED, actor=_self(user), target=user.sub,
-            details={"left": self._store.recovery_codes_left(user.id)}, ctx=ctx,
-        )  # fmt: skip
+        with self._uow.atomic():
+            if len(normalised) != 10 or not self._store.use_recovery_code(
+                user.id, self._code_hash(user, normalised), self._clock.now()
+            ):
+                self._failed(user, "recovery_code", "bad_code", ctx)
+                return False
+            self._audit.record(
+                EventType.MFA_RECOVERY_CODE_USED, actor=_self(user), target=user.sub,
+                details={"left": self._store.recovery_codes_left(user.id)}, ctx=ctx,
+            )  # fmt: skip
         return True
 
     # ------------------------------------------------------------------ guessing
@@ -282,8 +291,9 @@ class SecondFactors:
     def reset(self, user: User, *, actor: Actor, ctx: RequestContext | None = None) -> None:
         """Removes every factor and remembered device: the person enrols again at next
         sign-in if they are required to."""
-        self._store.reset(user.id, self._clock.now())
-        self._audit.record(EventType.MFA_RESET, actor=actor, target=user.sub, ctx=ctx)
+        with self._uow.atomic():
+            self._store.reset(user.id, self._clock.now())
+            self._audit.record(EventType.MFA_RESET, actor=actor, target=user.sub, ctx=ctx)
 
     # ------------------------------------------------------------------ helpers
 

@@ -38,6 +38,7 @@ from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
 from idhub.core.identity import User
 from idhub.core.mfa import Passkey
+from idhub.core.transactions import UnitOfWork
 
 CHALLENGE_TTL = 120.0
 MAX_NAME = 100
@@ -102,8 +103,11 @@ class Passkeys:
         rp_name: str,
         audit: Auditor,
         clock: Clock,
+        uow: UnitOfWork,
     ) -> None:
         parts = urlsplit(issuer)
+        # A passkey added or removed commits with its event (core/transactions.py).
+        self._uow = uow
         self._store = store
         self.rp_id = parts.hostname or "localhost"
         self.origin = f"{parts.scheme}://{parts.netloc}"
@@ -153,27 +157,29 @@ class Passkeys:
         if self._store.passkey_by_credential(credential_id) is not None:
             self._failed(user.sub, "already_registered", ctx, ceremony="register")
             return False
-        self._store.add_passkey(
-            user.id,
-            credential_id=credential_id,
-            public_key=verified.credential_public_key,
-            sign_count=verified.sign_count,
-            name=(name.strip() or "passkey")[:MAX_NAME],
-            now=self._clock.now(),
-        )
-        self._audit.record(
-            EventType.MFA_ENROLLED, actor=Actor("user", user.sub), target=user.sub,
-            details={"method": "passkey"}, ctx=ctx,
-        )  # fmt: skip
+        with self._uow.atomic() as tx:
+            self._store.add_passkey(
+                user.id,
+                credential_id=credential_id,
+                public_key=verified.credential_public_key,
+                sign_count=verified.sign_count,
+                name=(name.strip() or "passkey")[:MAX_NAME],
+                now=self._clock.now(),
+            )
+            tx.record(
+                EventType.MFA_ENROLLED, actor=Actor("user", user.sub), target=user.sub,
+                details={"method": "passkey"}, ctx=ctx,
+            )  # fmt: skip
         return True
 
     def remove(self, user: User, passkey_id: int, *, ctx: RequestContext | None) -> bool:
-        removed = self._store.remove_passkey(user.id, passkey_id)
-        if removed:
-            self._audit.record(
-                EventType.MFA_REMOVED, actor=Actor("user", user.sub), target=user.sub,
-                details={"method": "passkey"}, ctx=ctx,
-            )  # fmt: skip
+        with self._uow.atomic() as tx:
+            removed = self._store.remove_passkey(user.id, passkey_id)
+            if removed:
+                tx.record(
+                    EventType.MFA_REMOVED, actor=Actor("user", user.sub), target=user.sub,
+                    details={"method": "passkey"}, ctx=ctx,
+                )  # fmt: skip
         return removed
 
     # ------------------------------------------------------------------ authentication

@@ -17,6 +17,7 @@ from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.crypto import KeyedHasher, new_token
 from idhub.core.identity import User
+from idhub.core.transactions import UnitOfWork
 
 DEVICE_COOKIE = "idhub_device"
 MAX_COOKIE = 200
@@ -57,7 +58,10 @@ class RememberedDevices:
         audit: Auditor,
         clock: Clock,
         ttl: float,
+        uow: UnitOfWork,
     ) -> None:
+        # A device remembered or revoked commits with its event (core/transactions.py).
+        self._uow = uow
         self._store = store
         self._signer = signer
         self._audit = audit
@@ -75,11 +79,12 @@ class RememberedDevices:
             user_agent=(ctx.user_agent or "")[:500] if ctx else None,
             ip=ctx.client_ip if ctx else None,
         )
-        self._store.add_device(device)
-        self._audit.record(
-            EventType.MFA_DEVICE_REMEMBERED, actor=Actor("user", user.sub), target=user.sub,
-            details={"device": device.id, "days": round(self.ttl / 86400, 1)}, ctx=ctx,
-        )  # fmt: skip
+        with self._uow.atomic() as tx:
+            self._store.add_device(device)
+            tx.record(
+                EventType.MFA_DEVICE_REMEMBERED, actor=Actor("user", user.sub), target=user.sub,
+                details={"device": device.id, "days": round(self.ttl / 86400, 1)}, ctx=ctx,
+            )  # fmt: skip
         return f"{device.id}.{self._mac(device.id, user.id)}"
 
     def check(self, cookie: str | None, user_id: int) -> bool:
@@ -102,12 +107,13 @@ class RememberedDevices:
     def revoke(
         self, user: User, device_id: str, *, actor: Actor, ctx: RequestContext | None
     ) -> bool:
-        revoked = self._store.revoke_device(user.id, device_id, self._clock.now())
-        if revoked:
-            self._audit.record(
-                EventType.MFA_DEVICE_REVOKED, actor=actor, target=user.sub,
-                details={"device": device_id}, ctx=ctx,
-            )  # fmt: skip
+        with self._uow.atomic() as tx:
+            revoked = self._store.revoke_device(user.id, device_id, self._clock.now())
+            if revoked:
+                tx.record(
+                    EventType.MFA_DEVICE_REVOKED, actor=actor, target=user.sub,
+                    details={"device": device_id}, ctx=ctx,
+                )  # fmt: skip
         return revoked
 
     def _mac(self, device_id: str, user_id: int) -> str:

@@ -46,6 +46,7 @@ from idhub.core.passkeys import Passkeys
 from idhub.core.pending_logins import PendingLogin, PendingLogins
 from idhub.core.remembered_devices import RememberedDevices
 from idhub.core.sessions import SsoSession, SsoSessions
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import AuthenticationFailed
 
 
@@ -54,8 +55,19 @@ class UserById(Protocol):
 
 
 class PasswordAuthenticator(Protocol):
-    def authenticate(self, username: str, password: str, *, ctx: RequestContext | None) -> User:
+    def authenticate(
+        self,
+        username: str,
+        password: str,
+        *,
+        ctx: RequestContext | None,
+        record_success: bool = True,
+    ) -> User:
         """The signed-in user, or raises `AuthenticationFailed` / `DirectoryUnavailable`."""
+        ...
+
+    def record_success(self, user: User, *, ctx: RequestContext | None) -> None:
+        """Records `login.succeeded` (when `authenticate` was told not to)."""
         ...
 
 
@@ -224,7 +236,9 @@ class SignInCore:
         tickets: LoginTickets,
         clock: Clock,
         mfa: SignInFactors | None = None,
+        uow: UnitOfWork,
     ) -> None:
+        self._uow = uow
         self._mfa = mfa
         self._sessions = sessions
         self._users = users
@@ -338,8 +352,13 @@ class SignInCore:
     ) -> PasswordSignIn:
         """Checks the password and starts (or renews) the browser's session. Raises
         `AuthenticationFailed` or `DirectoryUnavailable` as the authenticator does."""
-        user = self._authenticator.authenticate(username, password, ctx=ctx)
-        return self._start(user, amr=amr, acr=None, cookie=cookie, ctx=ctx)
+        user = self._authenticator.authenticate(username, password, ctx=ctx, record_success=False)
+        return self._start(
+            user, amr=amr, acr=None, cookie=cookie, ctx=ctx, then=self._password_event(user, ctx)
+        )
+
+    def _password_event(self, user: User, ctx: RequestContext | None) -> Callable[[], None]:
+        return lambda: self._authenticator.record_success(user, ctx=ctx)
 
     def _start(
         self,
@@ -349,18 +368,25 @@ class SignInCore:
         acr: str | None,
         cookie: str | None,
         ctx: RequestContext | None,
+        then: Callable[[], None] | None = None,
     ) -> PasswordSignIn:
-        previous = self._sessions.resolve(cookie)
-        if previous is not None and previous.user_id != user.id:
-            # Another person signs in on this browser: the previous person is logged out
-            # everywhere this session reached, not silently replaced.
-            self._logout.end_session(
-                previous.sid, reason="replaced", actor=Actor("user", user.sub), ctx=ctx
+        """Starts (or renews) the session; `then` records the sign-in's event, in the same
+        transaction as the session: no session without its event, and no event of a
+        sign-in whose session was never stored."""
+        with self._uow.atomic():
+            previous = self._sessions.resolve(cookie)
+            if previous is not None and previous.user_id != user.id:
+                # Another person signs in on this browser: the previous person is logged out
+                # everywhere this session reached, not silently replaced.
+                self._logout.end_session(
+                    previous.sid, reason="replaced", actor=Actor("user", user.sub), ctx=ctx
+                )
+                previous = None
+            new_cookie, session = self._sessions.start(
+                user, amr=list(amr), acr=acr, ctx=ctx, previous=previous
             )
-            previous = None
-        new_cookie, session = self._sessions.start(
-            user, amr=list(amr), acr=acr, ctx=ctx, previous=previous
-        )
+            if then is not None:
+                then()
         return PasswordSignIn(new_cookie, user, session)
 
     def sign_out(
@@ -426,17 +452,23 @@ class SignInCore:
         """The password step of the login page: signed in (no second factor needed, or this
         browser is remembered for the person), a second factor to ask for, or enrolment
         first. A person who enrolled a factor is always asked, whatever the system needs."""
-        user = self._authenticator.authenticate(username, password, ctx=ctx)
+        user = self._authenticator.authenticate(username, password, ctx=ctx, record_success=False)
         needed = self._needed_level(user, client_id, acr_values)
         amr = (AMR_PASSWORD,)
+        event = self._password_event(user, ctx)
         if needed == 0:
-            return self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx)
+            return self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx, then=event)
         mfa = self._require_mfa()
         if not mfa.factors.check_enrolled(user.id):
-            started = self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx)
+            started = self._start(
+                user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx, then=event
+            )
             return EnrolmentNeeded(user=user, sign_in=started)
         if needed <= 1 and mfa.devices.check(device_cookie, user.id):
-            return self._start(user, amr=amr, acr=ACR_REMEMBERED, cookie=cookie, ctx=ctx)
+            return self._start(
+                user, amr=amr, acr=ACR_REMEMBERED, cookie=cookie, ctx=ctx, then=event
+            )
+        event()  # the password step passed; no session starts before the second factor
         return self._ask_second_factor(user, amr=amr, needed=needed)
 
     def login_page_step(
@@ -478,8 +510,14 @@ class SignInCore:
             raise AuthenticationFailed("pending_expired")
         factor = self._check_factor(user, method=method, answer=answer, handle=handle, ctx=ctx)
         amr = [a for a in step.amr if a != factor] + [factor]
-        started = self._start(user, amr=amr, acr=ACR_MFA, cookie=cookie, ctx=ctx)
-        mfa.factors.record_used(user, method, ctx=ctx)
+        started = self._start(
+            user,
+            amr=amr,
+            acr=ACR_MFA,
+            cookie=cookie,
+            ctx=ctx,
+            then=lambda: mfa.factors.record_used(user, method, ctx=ctx),
+        )
         if remember and mfa.devices.ttl > 0:
             device = mfa.devices.remember(user, ctx=ctx)
             return PasswordSignIn(started.cookie, user, started.session, device_cookie=device)
@@ -554,11 +592,14 @@ class SignInCore:
         user = self._users.get_user(used.user_id) if used is not None else None
         if used is None or user is None or user.disabled or user.is_locked(self._clock.now()):
             raise AuthenticationFailed("passkey")
-        started = self._start(
-            user, amr=[AMR_HARDWARE_KEY, AMR_USER_PRESENCE], acr=ACR_MFA, cookie=cookie, ctx=ctx
+        return self._start(
+            user,
+            amr=[AMR_HARDWARE_KEY, AMR_USER_PRESENCE],
+            acr=ACR_MFA,
+            cookie=cookie,
+            ctx=ctx,
+            then=lambda: mfa.factors.record_used(user, "passkey", ctx=ctx, passwordless=True),
         )
-        mfa.factors.record_used(user, "passkey", ctx=ctx, passwordless=True)
-        return started
 
     def raise_after_enrolment(
         self, cookie: str | None, factor: str, *, ctx: RequestContext | None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 CodeStatus = Literal["ok", "unknown", "used", "expired"]
-RefreshStatus = Literal["ok", "unknown", "reused", "revoked", "expired", "invalid_scope"]
+RefreshStatus = Literal["ok", "grace", "unknown", "reused", "revoked", "expired", "invalid_scope"]
 
 
 @dataclass(frozen=True)
@@ -49,15 +49,25 @@ class RefreshFamily:
     revoked_at: float | None
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """What presenting a refresh token did: `ok` (rotated), `grace` (a retry within the grace
+    window: `successor` is the sealed token it was already exchanged for), or why not."""
+
+    status: RefreshStatus
+    family: RefreshFamily | None
+    successor: bytes | None = None
+
+
 class CodeStorage(Protocol):
     def save_code(self, record: CodeRecord) -> None: ...
 
-    def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
-        """Marks the code used (first use only) and returns it with what happened."""
+    def find_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
+        """What `consume_code` would answer, without using the code up."""
         ...
 
-    def release_code(self, code_hash: str) -> None:
-        """Makes a consumed code usable again and drops the family its use started."""
+    def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
+        """Marks the code used (first use only) and returns it with what happened."""
         ...
 
 
@@ -75,12 +85,13 @@ class RefreshStorage(Protocol):
         expires_at: float,
         client_id: str,
         scope: list[str] | None = None,
-    ) -> tuple[RefreshStatus, RefreshFamily | None]:
+        sealed: bytes | None = None,
+        grace: float = 0.0,
+    ) -> Rotation:
         """Swaps a current refresh token for a new one in one transaction; a rotated token
-        presented again revokes its family ("reused")."""
+        presented again revokes its family ("reused"), unless it comes back within `grace`
+        seconds while its successor is unused ("grace": the sealed successor is returned)."""
         ...
-
-    def undo_rotation(self, old_hash: str, new_hash: str) -> None: ...
 
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
         """(family, expires_at, rotated_at) of a refresh token."""

@@ -27,7 +27,7 @@ from idhub.core.crypto import sha256_hex
 from idhub.core.token_storage import CodeRecord, RefreshFamily, TokenStorage
 from idhub.oidc.client_auth import ALL_METHODS, CONFIDENTIAL_METHODS
 from idhub.oidc.minter import TokenMinter, issued_details, token_body
-from idhub.oidc.protocol_errors import InvalidTarget, TemporarilyUnavailable, require_param
+from idhub.oidc.protocol_errors import InvalidTarget, require_param
 from idhub.oidc.tokens import AccessTokens
 
 
@@ -93,23 +93,30 @@ class S256Only(CodeChallenge):  # type: ignore[misc]
 
 
 class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
+    """The code is looked at during authlib's validation and used up in
+    `create_token_response`, in one transaction with what its use starts (the refresh
+    family, the access token's record) and the `token.issued` event."""
+
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
 
     def query_authorization_code(self, code: str, client: Any) -> _Code | None:
-        status, record = self.tokens.consume_code(sha256_hex(code), self.clock.now())
+        status, record = self.tokens.find_code(sha256_hex(code), self.clock.now())
         if record is None or record.client_id != client.client_id:
             raise InvalidGrantError("the authorization code is not valid")
         if status == "used":
-            # RFC 6749 4.1.2: a code used twice revokes what it granted: the refresh family
-            # it started and every access token it (or that family) produced.
-            now = self.clock.now()
-            self.tokens.revoke_family(record.code_hash, now, "code_reuse")
-            self.tokens.revoke_grant_tokens(record.code_hash, now=now)
-            self.request.idhub_reason = "code_reuse"
-            raise InvalidGrantError("the authorization code was already used")
+            self._code_reused(record)
         if status == "expired":
             raise InvalidGrantError("the authorization code has expired")
         return _Code(record)
+
+    def _code_reused(self, record: CodeRecord) -> None:
+        # RFC 6749 4.1.2: a code used twice revokes what it granted: the refresh family it
+        # started and every access token it (or that family) produced.
+        now = self.clock.now()
+        self.tokens.revoke_family(record.code_hash, now, "code_reuse")
+        self.tokens.revoke_grant_tokens(record.code_hash, now=now)
+        self.request.idhub_reason = "code_reuse"
+        raise InvalidGrantError("the authorization code was already used")
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         minter = self.minter
@@ -118,30 +125,11 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
         user = minter.active_user(record.user_id)
         scopes = record.scope.split()
         audience = client.resolve_audience(record.resource) or client.audience
+        # Signed before the transaction, so no lock waits on the signatures; if the code
+        # turns out to be used up they are thrown away unseen.
         token, claims = minter.user_access_token(
             client, user, audience=audience, scopes=scopes, auth_time=int(record.auth_time)
         )
-        self.tokens.record_grant_token(
-            record.code_hash, str(claims["jti"]), expires_at=float(claims["exp"])
-        )
-        refresh = None
-        if client.allows_grant("refresh_token"):
-            refresh, refresh_hash, expires_at = minter.new_refresh_token()
-            self.tokens.start_family(
-                RefreshFamily(
-                    id=record.code_hash,
-                    client_id=client.client_id,
-                    user_id=user.id,
-                    sid=record.sid,
-                    scope=record.scope,
-                    audience=audience,
-                    auth_time=record.auth_time,
-                    revoked_at=None,
-                ),
-                token_hash=refresh_hash,
-                issued_at=self.clock.now(),
-                expires_at=expires_at,
-            )
         id_token = None
         if "openid" in scopes:
             id_token = minter.id_token(
@@ -155,30 +143,74 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
                 amr=record.amr,
                 sid=record.sid,
             )
-        try:
-            minter.record_issuance(
-                EventType.TOKEN_ISSUED,
-                client,
-                target=user.sub,
-                ctx=self.audit_ctx,
-                details=issued_details(self.GRANT_TYPE, claims, refresh_token=bool(refresh)),
+        refresh = None
+        with minter.atomic():
+            status, _ = self.tokens.consume_code(record.code_hash, self.clock.now())
+            if status == "ok":
+                refresh = self._start_use(client, record, claims, user.id, audience)
+                minter.record_issuance(
+                    EventType.TOKEN_ISSUED,
+                    client,
+                    target=user.sub,
+                    ctx=self.audit_ctx,
+                    details=issued_details(self.GRANT_TYPE, claims, refresh_token=bool(refresh)),
+                )
+        if status == "used":
+            self._code_reused(record)
+        if status != "ok":
+            raise InvalidGrantError(
+                "the authorization code has expired"
+                if status == "expired"
+                else "the authorization code is not valid"
             )
-        except TemporarilyUnavailable:
-            # Nothing leaves, so nothing may stay used up: the client can simply retry.
-            self.tokens.release_code(record.code_hash)
-            raise
         body = token_body(token, claims, refresh=refresh, id_token=id_token)
         return 200, body, default_json_headers
+
+    def _start_use(
+        self,
+        client: Client,
+        record: CodeRecord,
+        claims: dict[str, Any],
+        user_id: int,
+        audience: str,
+    ) -> str | None:
+        """Records the access token against the grant and starts its refresh family (inside
+        the code's transaction); returns the refresh token, if the client may refresh."""
+        self.tokens.record_grant_token(
+            record.code_hash, str(claims["jti"]), expires_at=float(claims["exp"])
+        )
+        if not client.allows_grant("refresh_token"):
+            return None
+        refresh, refresh_hash, expires_at = self.minter.new_refresh_token()
+        self.tokens.start_family(
+            RefreshFamily(
+                id=record.code_hash,
+                client_id=client.client_id,
+                user_id=user_id,
+                sid=record.sid,
+                scope=record.scope,
+                audience=audience,
+                auth_time=record.auth_time,
+                revoked_at=None,
+            ),
+            token_hash=refresh_hash,
+            issued_at=self.clock.now(),
+            expires_at=expires_at,
+        )
+        return refresh
 
 
 # ---------------------------------------------------------------- refresh token
 
 
 class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
-    """Refresh with rotation on every use; a rotated token presented again revokes its family.
+    """Refresh with rotation on every use; a rotated token presented again revokes its family,
+    except as a retry within `[tokens] refresh_reuse_grace` (docs/oidc.md).
 
-    Lookup, reuse detection, scope check and rotation happen in one transaction
-    (`RefreshStorage.rotate`), so two racing requests with one token cannot both succeed.
+    Lookup, reuse detection, scope check and rotation happen in one statement sequence
+    (`RefreshStorage.rotate`) inside one transaction with the new access token's record and
+    the audit event, so two racing requests with one token cannot both rotate it, and a
+    rotation stands exactly when its `token.refreshed` event does.
     """
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
@@ -188,8 +220,8 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         self.request.client = client
         self.request.refresh_token = require_param(self.request.form, "refresh_token")
 
-    def _reuse(self, minter: TokenMinter, family: RefreshFamily) -> None:
-        """An already-rotated token came back: the family is revoked; record it, refuse."""
+    def _record_reuse(self, minter: TokenMinter, family: RefreshFamily) -> None:
+        """An already-rotated token came back: the family is being revoked; record it."""
         client = self.request.client.client
         minter.record_issuance(
             EventType.REFRESH_REUSE_DETECTED,
@@ -199,62 +231,76 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
             ctx=self.audit_ctx,
             details={"family": family.id[:12], "client_id": family.client_id},
         )
-        self.request.idhub_reason = "refresh_token_reuse"
-        raise InvalidGrantError("the refresh token was already used; the grant is revoked")
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         minter = self.minter
         client: Client = self.request.client.client
         requested = (self.request.payload.scope or "").split()
         refresh, new_hash, expires_at = minter.new_refresh_token()
-        status, family = self.tokens.rotate(
-            minter.refresh_hash(self.request.refresh_token),
-            new_hash=new_hash,
-            now=self.clock.now(),
-            expires_at=expires_at,
-            client_id=client.client_id,
-            scope=requested,
-        )
-        if status == "reused" and family is not None:
-            self._reuse(minter, family)
-        if status == "invalid_scope":
+        old_hash = minter.refresh_hash(self.request.refresh_token)
+        with minter.atomic():
+            rotation = self.tokens.rotate(
+                old_hash,
+                new_hash=new_hash,
+                now=self.clock.now(),
+                expires_at=expires_at,
+                client_id=client.client_id,
+                scope=requested,
+                sealed=minter.seal_successor(refresh, rotated_hash=old_hash),
+                grace=minter.refresh_grace,
+            )
+            family = rotation.family
+            if rotation.status == "reused" and family is not None:
+                self._record_reuse(minter, family)
+            if rotation.status in ("ok", "grace") and family is not None:
+                if rotation.successor is not None:
+                    # A retry within the grace window: the same successor as the first answer.
+                    refresh = minter.open_successor(rotation.successor, rotated_hash=old_hash)
+                token, claims = self._issue(client, family, requested, grace=rotation.successor)
+        if rotation.status == "reused":
+            self.request.idhub_reason = "refresh_token_reuse"
+            raise InvalidGrantError("the refresh token was already used; the grant is revoked")
+        if rotation.status == "invalid_scope":
             raise InvalidScopeError("the scope exceeds what was originally granted")
-        if status != "ok" or family is None:
+        if rotation.status not in ("ok", "grace"):
             raise InvalidGrantError(
                 "the refresh token is not valid"
-                if status == "unknown"
-                else f"the refresh token is {status}"
+                if rotation.status == "unknown"
+                else f"the refresh token is {rotation.status}"
             )
+        # No new ID token: OIDC Core 12.2 lets a refresh response omit it, and an RS256
+        # signature would double the cost of every refresh.
+        body = token_body(token, claims, refresh=refresh)
+        return 200, body, default_json_headers
+
+    def _issue(
+        self, client: Client, family: RefreshFamily, requested: list[str], *, grace: bytes | None
+    ) -> tuple[str, dict[str, Any]]:
+        """The new access token, its record against the grant and the `token.refreshed`
+        event (inside the rotation's transaction: a disabled user rolls the rotation back)."""
+        minter = self.minter
         user = minter.active_user(family.user_id)
-        scopes = requested or family.scope.split()
-        audience = family.audience or client.audience
         token, claims = minter.user_access_token(
             client,
             user,
-            audience=audience,
-            scopes=scopes,
+            audience=family.audience or client.audience,
+            scopes=requested or family.scope.split(),
             auth_time=int(family.auth_time) if family.auth_time else None,
         )
         self.tokens.record_grant_token(
             family.id, str(claims["jti"]), expires_at=float(claims["exp"])
         )
-        try:
-            minter.record_issuance(
-                EventType.TOKEN_REFRESHED,
-                client,
-                target=user.sub,
-                ctx=self.audit_ctx,
-                details=issued_details(self.GRANT_TYPE, claims, family=family.id[:12]),
-            )
-        except TemporarilyUnavailable:
-            # The new refresh token never reaches the client: put the old one back, or its
-            # retry would look like reuse and revoke the whole family.
-            self.tokens.undo_rotation(minter.refresh_hash(self.request.refresh_token), new_hash)
-            raise
-        # No new ID token: OIDC Core 12.2 lets a refresh response omit it, and an RS256
-        # signature would double the cost of every refresh.
-        body = token_body(token, claims, refresh=refresh)
-        return 200, body, default_json_headers
+        more: dict[str, Any] = {"family": family.id[:12]}
+        if grace is not None:
+            more["grace_retry"] = True
+        minter.record_issuance(
+            EventType.TOKEN_REFRESHED,
+            client,
+            target=user.sub,
+            ctx=self.audit_ctx,
+            details=issued_details(self.GRANT_TYPE, claims, **more),
+        )
+        return token, claims
 
 
 # ---------------------------------------------------------------- client credentials

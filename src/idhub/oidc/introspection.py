@@ -16,6 +16,7 @@ from idhub.core.clients import Client
 from idhub.core.clock import Clock
 from idhub.core.identity import IdentityStore
 from idhub.core.token_storage import RefreshStorage, TokenStorage
+from idhub.core.transactions import UnitOfWork
 from idhub.oidc.client_auth import AuthlibClient
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from idhub.oidc.minter import TokenMinter
@@ -62,7 +63,9 @@ class TokenEndpoints:
         identity: IdentityStore,
         audit: Auditor,
         clock: Clock,
+        uow: UnitOfWork,
     ) -> None:
+        self._uow = uow
         self._access_tokens = access_tokens
         self._minter = minter
         self._tokens = tokens
@@ -143,6 +146,20 @@ class TokenEndpoints:
             return _json(
                 400, {"error": "unsupported_token_type", "error_description": "unknown token type"}
             )
+        with self._uow.atomic() as tx:
+            what = self._revoke_one(client, token, hint)
+            if what is not None:
+                tx.record(
+                    EventType.TOKEN_REVOKED,
+                    actor=Actor("client", client.client_id),
+                    details=what,
+                    ctx=data.ctx,
+                )
+        # RFC 7009 2.2: the answer is 200 whether or not the token was known or valid.
+        return _json(200, {})
+
+    def _revoke_one(self, client: Client, token: str, hint: str | None) -> dict[str, Any] | None:
+        """Revokes the token if it is the client's; what was revoked, for the audit event."""
         now = self._clock.now()
         what: dict[str, Any] | None = None
         if token.count(".") == 2 and hint != "refresh_token":
@@ -160,15 +177,7 @@ class TokenEndpoints:
             if found is not None and found[0].client_id == client.client_id:
                 self._tokens.revoke_family(found[0].id, now, "revoked_by_client")
                 what = {"token_type": "refresh_token", "family": found[0].id[:12]}
-        if what is not None:
-            self._audit.record(
-                EventType.TOKEN_REVOKED,
-                actor=Actor("client", client.client_id),
-                details=what,
-                ctx=data.ctx,
-            )
-        # RFC 7009 2.2: the answer is 200 whether or not the token was known or valid.
-        return _json(200, {})
+        return what
 
     # ------------------------------------------------------------------ userinfo
 

@@ -22,6 +22,7 @@ from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
 from idhub.core.crypto import Sealer
 from idhub.core.signing_keys import SigningKeyRecord, SigningKeyStorage
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import ConfigError, InvalidInput, StorageError
 
 ALGS = ("RS256", "ES256", "EdDSA")
@@ -70,7 +71,9 @@ class KeyStore:
         clock: Clock,
         retire_for: float,
         recheck: float = 5.0,
+        uow: UnitOfWork,
     ) -> None:
+        self._uow = uow
         self._store = store
         self._sealer = sealer
         self._audit = audit
@@ -208,17 +211,18 @@ class KeyStore:
         now = self._clock.now()
         public = {**key.as_dict(private=False), "kid": kid, "alg": alg, "use": "sig"}
         sealed = self._sealer.seal(key.as_pem(private=True), aad=kid.encode())
-        retired = self._store.add_active(
-            SigningKeyRecord(kid, alg, public, sealed, now, now, None, None),
-            retire_until=now + self._retire_for,
-        )
+        with self._uow.atomic() as tx:
+            retired = self._store.add_active(
+                SigningKeyRecord(kid, alg, public, sealed, now, now, None, None),
+                retire_until=now + self._retire_for,
+            )
+            tx.record(
+                EventType.KEY_ROTATED if retired else EventType.KEY_CREATED,
+                actor=actor,
+                target=kid,
+                details={"alg": alg, "retired": retired, "retired_until": now + self._retire_for},
+            )
         self.invalidate()
-        self._audit.record(
-            EventType.KEY_ROTATED if retired else EventType.KEY_CREATED,
-            actor=actor,
-            target=kid,
-            details={"alg": alg, "retired": retired, "retired_until": now + self._retire_for},
-        )
         return kid, retired
 
     def ensure_active(self, echo: Callable[[str], None]) -> None:

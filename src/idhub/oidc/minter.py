@@ -5,8 +5,9 @@ issuance audit record that must succeed before any of them leaves (its failure i
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from authlib.oauth2.rfc6749 import InvalidGrantError
@@ -15,8 +16,9 @@ from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.claims import RoleSource, record_claims, role_claims, user_claims
 from idhub.core.clients import Client
 from idhub.core.clock import Clock
-from idhub.core.crypto import KeyedHasher, new_token
+from idhub.core.crypto import KeyedHasher, Sealer, new_token
 from idhub.core.identity import IdentityStore, User
+from idhub.core.transactions import Transaction, UnitOfWork
 from idhub.errors import AuditError
 from idhub.oidc.protocol_errors import TemporarilyUnavailable
 from idhub.oidc.tokens import AccessTokens, IdTokens
@@ -37,6 +39,9 @@ class TokenMinter:
         refresh_ttl: int,
         domains: tuple[str, ...],
         roles: Callable[[], RoleSource | None],
+        uow: UnitOfWork,
+        refresh_sealer: Sealer,
+        refresh_grace: float = 0.0,
     ) -> None:
         self._access_tokens = access_tokens
         self._id_tokens = id_tokens
@@ -49,6 +54,9 @@ class TokenMinter:
         # Resolved per token: the authorization service may be built after the minter.
         self._roles = roles
         self._users: dict[int, tuple[float, User]] = {}
+        self._uow = uow
+        self._refresh_sealer = refresh_sealer
+        self.refresh_grace = refresh_grace
 
     # ------------------------------------------------------------------ tokens
 
@@ -120,6 +128,16 @@ class TokenMinter:
         """The keyed hash a refresh token is stored and looked up by."""
         return self._refresh_hasher.hash(token)
 
+    def seal_successor(self, successor: str, *, rotated_hash: str) -> bytes | None:
+        """The new refresh token sealed for the row of the one it replaces, so a retry within
+        the grace window gets it back (None when the window is off: nothing is kept)."""
+        if self.refresh_grace <= 0:
+            return None
+        return self._refresh_sealer.seal(successor.encode("ascii"), rotated_hash.encode("ascii"))
+
+    def open_successor(self, sealed: bytes, *, rotated_hash: str) -> str:
+        return self._refresh_sealer.open(sealed, rotated_hash.encode("ascii")).decode("ascii")
+
     def role_claims(self, user: User, audience: str) -> dict[str, Any]:
         return role_claims(user, audience, roles=self._roles(), domains=self._domains)
 
@@ -155,6 +173,20 @@ class TokenMinter:
         return self._identity.get_user_by_sub(sub)
 
     # ------------------------------------------------------------------ accounting
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[Transaction]:
+        """One transaction for a grant's changes and their audit event (core/transactions.py):
+        both commit, or neither and the client gets `TemporarilyUnavailable` - no token
+        leaves before its event is committed, and no change stands for a token that did not
+        leave."""
+        try:
+            with self._uow.atomic() as tx:
+                yield tx
+        except AuditError:
+            raise TemporarilyUnavailable(
+                "the audit trail cannot be written; no token was issued, try again later"
+            ) from None
 
     def record_issuance(
         self,

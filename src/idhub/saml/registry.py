@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
 from idhub.core.saml import SpRecord, SpStore
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import Conflict, InvalidInput, NotFound
 from idhub.saml.attributes import ATTRIBUTE_URIS
 from idhub.saml.metadata import SpMetadata, parse_sp_metadata
@@ -93,7 +94,8 @@ class ServiceProvider:
 class SpRegistry:
     """`services.saml_sps`."""
 
-    def __init__(self, store: SpStore, audit: Auditor, *, clock: Clock) -> None:
+    def __init__(self, store: SpStore, audit: Auditor, *, clock: Clock, uow: UnitOfWork) -> None:
+        self._uow = uow
         self._store = store
         self._audit = audit
         self._clock = clock
@@ -157,30 +159,32 @@ class SpRegistry:
             created_at=existing.created_at if existing is not None else now,
             updated_at=now,
         )
-        if existing is not None:
-            self._store.replace(sp.record())
-        else:
-            self._store.insert(sp.record())
-        self._audit.record(
-            EventType.SAML_SP_ADDED,
-            actor=actor or Actor("admin"),
-            target=name,
-            details={
-                "entity_id": sp.entity_id,
-                "domain": sp.domain,
-                "name_id_format": chosen,
-                "legacy_sha1": legacy_sha1,
-                "first_party": first_party,
-                "attributes": list(attributes),
-                "replaced": existing is not None,
-            },
-        )
+        with self._uow.atomic() as tx:
+            if existing is not None:
+                self._store.replace(sp.record())
+            else:
+                self._store.insert(sp.record())
+            tx.record(
+                EventType.SAML_SP_ADDED,
+                actor=actor or Actor("admin"),
+                target=name,
+                details={
+                    "entity_id": sp.entity_id,
+                    "domain": sp.domain,
+                    "name_id_format": chosen,
+                    "legacy_sha1": legacy_sha1,
+                    "first_party": first_party,
+                    "attributes": list(attributes),
+                    "replaced": existing is not None,
+                },
+            )
         return sp
 
     def remove(self, name: str, *, actor: Actor | None = None) -> None:
-        if not self._store.delete(name):
-            raise NotFound(f"no SAML SP named {name!r}")
-        self._audit.record(EventType.SAML_SP_REMOVED, actor=actor or Actor("admin"), target=name)
+        with self._uow.atomic() as tx:
+            if not self._store.delete(name):
+                raise NotFound(f"no SAML SP named {name!r}")
+            tx.record(EventType.SAML_SP_REMOVED, actor=actor or Actor("admin"), target=name)
 
     def get(self, name: str) -> ServiceProvider | None:
         return self._provider(self._store.get(name))

@@ -43,6 +43,7 @@ from idhub.core.directory.ports import (
     TruncatedResult,
 )
 from idhub.core.identity import parent_paths
+from idhub.core.transactions import UnitOfWork
 from idhub.errors import Conflict, DirectoryError, SyncAborted
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,12 @@ class DirectorySync:
         membership: str,
         id_check_interval: float,
         owner: str,
+        uow: UnitOfWork,
         batch_size: int = DEFAULT_BATCH,
         clock_skew: float = 30.0,
         duties: DutyReviewer | None = None,
     ) -> None:
+        self._uow = uow
         self.source = source_name
         self._dir = directory
         self._store = store
@@ -370,28 +373,37 @@ class DirectorySync:
     # ------------------------------------------------------------ applying
 
     def _apply(self, run_id: str, plan: SyncPlan, progress: Progress) -> dict[str, Any]:
+        # Every step below commits its changes together with their `sync.change` events, one
+        # transaction per batch (core/transactions.py): a run killed at any point leaves
+        # every applied change with its event, and the next run plans the rest again.
         counts: dict[str, Any] = {}
         directory_changed = False
         events: list[PendingEvent] = []
-        if plan.new_departments:
-            self._store.ensure_departments(sorted(plan.new_departments), source=self.source)
-            directory_changed = True
-            events.extend(
-                self._event(
-                    run_id, f"department:{p}", {"kind": "department_created", "path": [None, p]}
-                )
-                for p in sorted(plan.new_departments)
-            )
         paths = {c.entry.department for c in plan.changes if c.entry and c.entry.department}
-        department_ids = self._store.ensure_departments(paths, source=self.source) if paths else {}
+        with self._uow.atomic() as tx:
+            if plan.new_departments:
+                self._store.ensure_departments(sorted(plan.new_departments), source=self.source)
+                directory_changed = True
+                tx.record_many(
+                    [
+                        self._event(
+                            run_id,
+                            f"department:{p}",
+                            {"kind": "department_created", "path": [None, p]},
+                        )
+                        for p in sorted(plan.new_departments)
+                    ]
+                )
+            department_ids = (
+                self._store.ensure_departments(paths, source=self.source) if paths else {}
+            )
         total = len(plan.changes)
         disabled_ids: list[int] = []
         for start in range(0, total, self._batch):
             batch = plan.changes[start : start + self._batch]
-            self._store.apply_users(batch, source=self.source, department_ids=department_ids)
-            events.extend(self._user_event(run_id, c) for c in batch)
-            self._audit.record_many(events)
-            events = []
+            with self._uow.atomic() as tx:
+                self._store.apply_users(batch, source=self.source, department_ids=department_ids)
+                tx.record_many([self._user_event(run_id, c) for c in batch])
             disabled_ids.extend(c.user_id for c in batch if c.kind == "disable" and c.user_id)
             if any("department" in c.fields for c in batch):
                 directory_changed = True
@@ -405,14 +417,17 @@ class DirectorySync:
                 path: (dn_index.get(normalise_dn(dn)) if dn else None)
                 for path, dn in plan.managers.items()
             }
-            moved = self._store.set_managers(wanted)
-            for path, (before, after) in moved.items():
-                events.append(
-                    self._event(
-                        run_id,
-                        f"department:{path}",
-                        {"kind": "manager", "manager_user_id": [before, after]},
-                    )
+            with self._uow.atomic() as tx:
+                moved = self._store.set_managers(wanted)
+                tx.record_many(
+                    [
+                        self._event(
+                            run_id,
+                            f"department:{path}",
+                            {"kind": "manager", "manager_user_id": [before, after]},
+                        )
+                        for path, (before, after) in moved.items()
+                    ]
                 )
             counts["managers_changed"] = len(moved)
             directory_changed = directory_changed or bool(moved)
@@ -426,27 +441,32 @@ class DirectorySync:
             }
             del resolved, dn_index, member_of
             dn_index = None
-            group_counts, warnings, group_changes = self._store.sync_groups(
-                self.source, plan.groups, members
-            )
+            with self._uow.atomic() as tx:
+                group_counts, warnings, group_changes = self._store.sync_groups(
+                    self.source, plan.groups, members
+                )
+                for change in group_changes:
+                    events.append(
+                        self._event(
+                            run_id,
+                            f"group:{change.group}",
+                            {
+                                "kind": "group_deleted"
+                                if change.deleted
+                                else ("group_created" if change.created else "membership"),
+                                "members_added": list(change.added),
+                                "members_removed": list(change.removed),
+                            },
+                        )
+                    )
+                tx.record_many(events)
+            events = []
             plan.warnings.extend(warnings)
             counts.update(group_counts)
-            for change in group_changes:
-                events.append(
-                    self._event(
-                        run_id,
-                        f"group:{change.group}",
-                        {
-                            "kind": "group_deleted"
-                            if change.deleted
-                            else ("group_created" if change.created else "membership"),
-                            "members_added": list(change.added),
-                            "members_removed": list(change.removed),
-                        },
-                    )
-                )
             directory_changed = directory_changed or bool(group_changes)
-        events.extend(
+        # What the plan found against segregation of duties: findings, not changes, so they are
+        # recorded on their own after the changes committed.
+        findings = [
             PendingEvent(
                 EventType.SOD_VIOLATION,
                 actor=self._actor,
@@ -455,9 +475,9 @@ class DirectorySync:
                 details={"source": self.source, "run_id": run_id, **found},
             )
             for found in plan.sod
-        )
-        for start in range(0, len(events), DEFAULT_BATCH):
-            self._audit.record_many(events[start : start + DEFAULT_BATCH])
+        ]
+        for start in range(0, len(findings), DEFAULT_BATCH):
+            self._audit.record_many(findings[start : start + DEFAULT_BATCH])
         if directory_changed:
             self._store.bump_directory_counter()
 
