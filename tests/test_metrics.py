@@ -72,6 +72,13 @@ def test_real_flows_are_counted_under_route_templates(server: LiveServer) -> Non
         auth=("oa", web_secret),
     )
     assert refreshed.status_code == 200
+    # The successor used: presenting the superseded token now is reuse, grace window or not.
+    onward = httpx.post(
+        url + "/token",
+        data={"grant_type": "refresh_token", "refresh_token": refreshed.json()["refresh_token"]},
+        auth=("oa", web_secret),
+    )
+    assert onward.status_code == 200
     reused = httpx.post(
         url + "/token",
         data={"grant_type": "refresh_token", "refresh_token": old},
@@ -92,11 +99,11 @@ def test_real_flows_are_counted_under_route_templates(server: LiveServer) -> Non
     assert "page-7f3a9c" not in text and old not in text and secret not in text
     assert (
         value(samples, "idhub_http_requests_total", route="/token", method="POST", status="200")
-        == 4
+        == 5
     )
     assert value(samples, "idhub_http_requests_total", route="/token", status="400") == 1
     assert value(samples, "idhub_http_requests_total", route="unmatched", status="404") == 1
-    assert value(samples, "idhub_http_request_duration_seconds_count", route="/token") == 5
+    assert value(samples, "idhub_http_request_duration_seconds_count", route="/token") == 6
     assert (
         value(
             samples, "idhub_tokens_issued_total", grant_type="client_credentials", client_id="batch"
@@ -108,7 +115,7 @@ def test_real_flows_are_counted_under_route_templates(server: LiveServer) -> Non
         == 1
     )
     assert (
-        value(samples, "idhub_tokens_issued_total", grant_type="refresh_token", client_id="oa") == 1
+        value(samples, "idhub_tokens_issued_total", grant_type="refresh_token", client_id="oa") == 2
     )
     assert value(samples, "idhub_refresh_reuse_detected_total", client_id="oa") == 1
     assert value(samples, "idhub_signin_failures_total") == 1
@@ -288,3 +295,25 @@ def test_metrics_answer_while_the_database_is_unreachable(
     assert ("idhub_sessions_active", ()) not in samples  # left out of this scrape ...
     assert ("idhub_db_pool_size", ()) in samples  # ... the rest still answers
     assert any("idhub_sessions_active not read" in r.getMessage() for r in caplog.records)
+
+
+def test_readiness_readings_and_outage_counters_are_exported(server: LiveServer) -> None:
+    """What `/readyz` last read (database reached, the database server's clock offset) and
+    the outage counters (stalls, held decision records, revocations answered from memory)."""
+    before = scrape(server.url)
+    assert ("idhub_database_reachable", ()) not in before  # nothing read yet
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    samples = scrape(server.url)
+    assert samples[("idhub_database_reachable", ())] == 1.0
+    for name in (
+        "idhub_database_stalls",
+        "idhub_decision_audit_held",
+        "idhub_decision_audit_dropped",
+        "idhub_revocations_answered_from_memory",
+    ):
+        assert samples[(name, ())] == 0.0, name
+    offset = samples.get(("idhub_clock_offset_seconds", ()))
+    if server.services.engine.dialect.name == "postgresql":
+        assert offset is not None and abs(offset) < 2.0  # same host, one clock
+    else:
+        assert offset is None  # SQLite has no server clock

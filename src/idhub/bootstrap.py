@@ -306,6 +306,47 @@ class Services:
                 "idhub_background_jobs_failing", "Background jobs whose last run failed",
                 lambda: float(len(self.runtime.warnings())),
             ),
+            *self._outage_gauges(),
+        ]  # fmt: skip
+
+    def _outage_gauges(self) -> list[ScrapeGauge]:
+        """What the last readiness check read (`health.gauges`) and the outage counters of
+        this process, read at scrape time without touching the database."""
+        gauges = self.health.gauges
+
+        def held(attribute: str) -> float | None:
+            if "authz" not in self.__dict__:
+                return None
+            return float(getattr(self.authz.decision_audit, attribute))
+
+        return [
+            ScrapeGauge(
+                "idhub_clock_offset_seconds",
+                "Database server's clock minus this replica's, at the last readiness check",
+                lambda: gauges.clock_offset,
+            ),
+            ScrapeGauge(
+                "idhub_database_reachable", "1 when the last readiness check reached the database",
+                lambda: None if gauges.database_reachable is None
+                else float(gauges.database_reachable),
+            ),
+            ScrapeGauge(
+                "idhub_database_stalls", "Round trips or connects that ran out of time (process)",
+                lambda: float(self.database_stalls()),
+            ),
+            ScrapeGauge(
+                "idhub_decision_audit_held", "Decision records waiting for the database",
+                lambda: held("held"),
+            ),
+            ScrapeGauge(
+                "idhub_decision_audit_dropped", "Decision records dropped past the holding limit",
+                lambda: held("dropped"),
+            ),
+            ScrapeGauge(
+                "idhub_revocations_answered_from_memory",
+                "Revocation checks answered from the in-memory copy while the database was away",
+                lambda: float(self.revocations.answered_from_memory),
+            ),
         ]  # fmt: skip
 
     # --- operate: backup and restore ---------------------------------------------------------
