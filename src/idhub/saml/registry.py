@@ -17,6 +17,7 @@ from idhub.core.clock import Clock
 from idhub.core.saml import SpRecord, SpStore
 from idhub.errors import Conflict, InvalidInput, NotFound
 from idhub.saml.attributes import ATTRIBUTE_URIS
+from idhub.saml.encryption import AssertionEncrypter, choose_cipher
 from idhub.saml.metadata import SpMetadata, parse_sp_metadata
 
 NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
@@ -47,9 +48,18 @@ class ServiceProvider:
     created_at: float = 0.0
     updated_at: float = 0.0
     metadata: SpMetadata = field(init=False, repr=False, compare=False)
+    # Set when the metadata publishes an encryption key: its assertions are sent encrypted.
+    encrypter: AssertionEncrypter | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "metadata", parse_sp_metadata(self.metadata_xml))
+        metadata = parse_sp_metadata(self.metadata_xml)
+        object.__setattr__(self, "metadata", metadata)
+        encrypter = None
+        if metadata.encryption_certs:
+            encrypter = AssertionEncrypter(
+                metadata.encryption_certs[0], cipher=choose_cipher(metadata.encryption_methods)
+            )
+        object.__setattr__(self, "encrypter", encrypter)
 
     def record(self) -> SpRecord:
         return SpRecord(
