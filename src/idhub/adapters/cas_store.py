@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Any
 
-from sqlalchemy import Engine, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Engine, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from idhub.adapters.db import cas_services, cas_tickets
-from idhub.core.cas import CasService, TicketKind, TicketRecord
+from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
+from idhub.adapters.identity_store import _to_user, _user_query
+from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
+from idhub.core.sessions import SsoSession
 from idhub.errors import Conflict
 
 
@@ -92,17 +96,57 @@ _CONSUME = (
     .where(
         cas_tickets.c.ticket_hash == bindparam("hash"),
         cas_tickets.c.consumed_at.is_(None),
-        cas_tickets.c.kind.in_((TicketKind.SERVICE.value, TicketKind.PROXY.value)),
+        # Not `IN (...)`: an expanding parameter is re-rendered on every execution.
+        or_(
+            cas_tickets.c.kind == TicketKind.SERVICE.value,
+            cas_tickets.c.kind == TicketKind.PROXY.value,
+        ),
     )
     .values(consumed_at=bindparam("now"))
     .returning(*cas_tickets.c)
 )
 _GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
+# The person and (when it is theirs) the session a ticket was issued under, in one statement.
+_HOLDER = (
+    _user_query()
+    .add_columns(*(c.label(f"session_{c.name}") for c in sso_sessions.c))
+    .outerjoin(
+        sso_sessions,
+        and_(sso_sessions.c.sid == bindparam("sid"), sso_sessions.c.user_id == users.c.id),
+    )
+    .where(users.c.id == bindparam("user_id"))
+)
+
+
+def _holder_session(row: Row[Any]) -> SsoSession | None:
+    m = row._mapping
+    if m["session_sid"] is None:
+        return None
+    return SsoSession(
+        sid=m["session_sid"],
+        user_id=m["session_user_id"],
+        auth_time=m["session_auth_time"],
+        amr=tuple(m["session_amr"] or ()),
+        acr=m["session_acr"],
+        created_at=m["session_created_at"],
+        last_seen_at=m["session_last_seen_at"],
+        expires_at=m["session_expires_at"],
+        ended_at=m["session_ended_at"],
+        end_reason=m["session_end_reason"],
+        ip=m["session_ip"],
+        user_agent=m["session_user_agent"],
+    )
 
 
 class SqlCasTicketStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # SQLite has one writer at a time and makes a waiting one sleep 1, 2, 5, 10 ... ms
+        # between tries: this process's validations queue here instead (PostgreSQL locks the
+        # ticket's row and needs no such thing).
+        self._write_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     def insert(self, record: TicketRecord) -> None:
         with self._engine.begin() as conn:
@@ -124,11 +168,18 @@ class SqlCasTicketStore:
                 )
             )
 
-    def consume(self, ticket_hash: str, now: float) -> TicketRecord | None:
-        # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins.
-        with self._engine.begin() as conn:
+    def consume(self, ticket_hash: str, now: float) -> Redeemed | None:
+        # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins. The
+        # session and the person are read in the same transaction, as they are at this moment.
+        with self._write_lock, self._engine.begin() as conn:
             row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
-        return None if row is None else _to_ticket(row)
+            if row is None:
+                return None
+            record = _to_ticket(row)
+            holder = conn.execute(_HOLDER, {"sid": record.sid, "user_id": record.user_id}).first()
+        if holder is None:
+            return Redeemed(record, None, None)
+        return Redeemed(record, _holder_session(holder), _to_user(holder))
 
     def get(self, ticket_hash: str) -> TicketRecord | None:
         with self._engine.connect() as conn:

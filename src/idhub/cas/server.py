@@ -188,9 +188,10 @@ class CasServer:
         if kind not in (TicketKind.SERVICE, TicketKind.PROXY):
             raise _Refused("INVALID_TICKET_SPEC", "not a service or proxy ticket")
         now = self._clock.now()
-        record = self._tickets.redeem(request.ticket, now)
-        if record is None:
+        redeemed = self._tickets.redeem(request.ticket, now)
+        if redeemed is None:
             raise _Refused("INVALID_TICKET", "ticket not recognized, used or expired")
+        record, session, user = redeemed.record, redeemed.session, redeemed.user
         if kind is TicketKind.PROXY and not request.proxy_tickets:
             raise _Refused("INVALID_TICKET", "a proxy ticket must be validated at proxyValidate")
         parsed = parse_service_url(request.service)
@@ -198,10 +199,9 @@ class CasServer:
             raise _Refused("INVALID_SERVICE", "the ticket was not issued for this service")
         if request.renew and not record.from_new_login:
             raise _Refused("INVALID_TICKET_SPEC", "renew: the ticket is not from a new sign-in")
-        session = self._sessions.get(record.sid) if record.sid else None
+        # The session and the person as they are now (read with the consume, not cached).
         if session is None or not session.is_active(now):
             raise _Refused("INVALID_TICKET", "the session the ticket came from has ended")
-        user = self._users.get_user(record.user_id)
         if user is None or user.disabled:
             raise _Refused("INVALID_TICKET", "the account is no longer active")
         service = self.registry.named(record.service_name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
@@ -43,7 +44,7 @@ class ServiceUrl:
     query: tuple[tuple[str, str], ...]
     has_query: bool
 
-    @property
+    @cached_property
     def normalized(self) -> str:
         """One spelling per URL, so a ticket is bound to the service however it was written."""
         default = DEFAULT_PORTS.get(self.scheme)
@@ -51,8 +52,10 @@ class ServiceUrl:
         return urlunsplit((self.scheme, netloc, self.path or "/", urlencode(self.query), ""))
 
 
+@lru_cache(maxsize=4096)
 def parse_service_url(url: str) -> ServiceUrl | None:
-    """The parts of an absolute http(s) URL, or None when it is not one we accept."""
+    """The parts of an absolute http(s) URL, or None when it is not one we accept. Pure, so
+    remembered: every login matches the same few service URLs against the same patterns."""
     if not url or len(url) > MAX_SERVICE_URL or any(c in url for c in "\\\r\n\t "):
         return None
     try:

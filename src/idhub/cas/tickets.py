@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from idhub.core.cas import TicketKind, TicketRecord, TicketStore
+from idhub.core.cas import Redeemed, TicketKind, TicketRecord, TicketStore
 from idhub.core.crypto import Sealer, new_token, sha256_hex
 from idhub.errors import ConfigError
 
-__all__ = ["CasTickets", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
+__all__ = ["CasTickets", "Redeemed", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
 
 MAX_TICKET = 256
 # Tickets kept for single logout are removed once no session they belong to can still be alive.
@@ -103,12 +103,13 @@ class CasTickets:
         self._maybe_purge(now)
         return ticket
 
-    def redeem(self, ticket: str, now: float) -> TicketRecord | None:
-        """Consumes a service or proxy ticket; the record if it existed unused and unexpired."""
-        record = self._store.consume(sha256_hex(ticket), now)
-        if record is None or record.expires_at <= now:
+    def redeem(self, ticket: str, now: float) -> Redeemed | None:
+        """Consumes a service or proxy ticket; the record (with its session and person) if it
+        existed unused and unexpired."""
+        redeemed = self._store.consume(sha256_hex(ticket), now)
+        if redeemed is None or redeemed.record.expires_at <= now:
             return None
-        return record
+        return redeemed
 
     def granting(self, ticket: str, now: float) -> TicketRecord | None:
         """A live proxy-granting ticket's record (not consumed: it grants many proxy tickets)."""
