@@ -93,6 +93,7 @@ class Services:
         # --- oidc hooks (keys on init, demo clients) ---
         self.init_steps.append(self._ensure_signing_keys)
         self._add_token_housekeeping_job()
+        self._add_cas_housekeeping_job()
         # --- sessions/login hooks (demo users, logout delivery and session housekeeping) ---
         self.demo_steps.append(self._seed_demo)
         self._add_logout_jobs()
@@ -778,6 +779,19 @@ class Services:
             clock=self.clock,
             # Development: idhub itself on loopback http may call back proxies on loopback http.
             allow_http_loopback=issuer.startswith("http://") and check_loopback_http(issuer),
+        )
+
+    def _add_cas_housekeeping_job(self) -> None:
+        # Off the login path (it used to run inside a ticket issue once an hour); like
+        # token-housekeeping it waits a full interval first.
+        self.runtime.add(
+            Job(
+                name="cas-housekeeping",
+                run_once=lambda: self.cas_tickets.purge_once(self.clock.now()),
+                interval=600.0,
+                delay=600.0,
+                retry=30.0,
+            )
         )
 
     def _register_cas_logout(self, logout: LogoutService) -> None:

@@ -199,8 +199,14 @@ class SqlCasTicketStore:
             ).all()
         return [_to_ticket(r) for r in rows]
 
-    def purge(self, before: float) -> int:
+    def purge(self, *, created_before: float, expired_before: float) -> int:
+        spent = and_(
+            cas_tickets.c.kind != TicketKind.SERVICE.value,
+            cas_tickets.c.expires_at < expired_before,
+        )
         with self._engine.begin() as conn:
             return int(
-                conn.execute(delete(cas_tickets).where(cas_tickets.c.created_at < before)).rowcount
+                conn.execute(
+                    delete(cas_tickets).where(or_(cas_tickets.c.created_at < created_before, spent))
+                ).rowcount
             )

@@ -20,8 +20,6 @@ from idhub.errors import ConfigError
 __all__ = ["CasTickets", "Redeemed", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
 
 MAX_TICKET = 256
-# Tickets kept for single logout are removed once no session they belong to can still be alive.
-PURGE_INTERVAL = 3600.0
 
 
 # Random bytes per kind: 20 bytes is 27 characters, "ST-" + 27 fits the 32 clients must take.
@@ -59,7 +57,6 @@ class CasTickets:
         self._ttl = ttl
         # How long a service ticket's record stays for single logout (the session lifetime).
         self._keep_for = keep_for
-        self._next_purge = 0.0
 
     @property
     def ttl(self) -> float:
@@ -100,7 +97,6 @@ class CasTickets:
                 sealed=sealed,
             )
         )
-        self._maybe_purge(now)
         return ticket
 
     def redeem(self, ticket: str, now: float) -> Redeemed | None:
@@ -130,9 +126,9 @@ class CasTickets:
             raise ValueError("only service tickets are kept for single logout")
         return self._sealer.open(record.sealed, record.ticket_hash.encode("ascii")).decode("ascii")
 
-    def _maybe_purge(self, now: float) -> None:
-        # Issuing is frequent and cheap to piggyback on; no background thread is needed.
-        if now < self._next_purge:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        self._store.purge(now - self._keep_for)
+    def purge_once(self, now: float) -> int:
+        """The `cas-housekeeping` job: removes tickets that can no longer matter. A service
+        ticket stays (encrypted) while the session it was issued in may live, because that
+        session's single-logout request names it; a spent proxy ticket and an expired
+        proxy-granting ticket serve nothing. Several replicas doing it at once is harmless."""
+        return self._store.purge(created_before=now - self._keep_for, expired_before=now)
