@@ -862,7 +862,14 @@ class Services:
         from idhub.core.pending_logins import PendingLogins
         from idhub.core.signin import SignInFactors
 
-        def system_requires(client_id: str) -> bool:
+        def system_requires(client_id: str, protocol: str) -> bool:
+            # Each front's own registry: a CAS service and an OIDC client may share a name.
+            if protocol == "cas":
+                service = self.cas_services.named(client_id)
+                return service is not None and service.require_mfa
+            if protocol == "saml":
+                sp = self.saml_sps.get(client_id)
+                return sp is not None and sp.require_mfa
             client = self.clients.get(client_id)
             return client is not None and client.require_mfa
 

@@ -28,6 +28,7 @@ def _to_service(row: Row[Any]) -> CasService:
         proxy_callbacks=tuple(m["proxy_callbacks"] or ()),
         single_logout=bool(m["single_logout"]),
         created_at=m["created_at"],
+        require_mfa=bool(m["require_mfa"]),
     )
 
 
@@ -59,6 +60,7 @@ class SqlCasServiceStore:
                         proxy_callbacks=list(service.proxy_callbacks),
                         single_logout=service.single_logout,
                         created_at=service.created_at,
+                        require_mfa=service.require_mfa,
                     )
                 )
         except IntegrityError as exc:

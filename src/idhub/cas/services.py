@@ -134,6 +134,7 @@ class CasServiceRegistry:
         first_party: bool = False,
         proxy_callbacks: Sequence[str] = (),
         single_logout: bool = True,
+        require_mfa: bool = False,
         actor: Actor | None = None,
         ctx: RequestContext | None = None,
     ) -> CasService:
@@ -146,6 +147,7 @@ class CasServiceRegistry:
             first_party=first_party,
             proxy_callbacks=proxy_callbacks,
             single_logout=single_logout,
+            require_mfa=require_mfa,
             now=self._clock.now(),
         )
         if self._store.get(service.name) is not None:
@@ -202,6 +204,7 @@ def plan_service(
     proxy_callbacks: Sequence[str],
     single_logout: bool,
     now: float,
+    require_mfa: bool = False,
 ) -> CasService:
     """Checks an admin's input and builds the service (pure; raises `InvalidInput`)."""
     if not _NAME.match(name):
@@ -228,6 +231,7 @@ def plan_service(
         proxy_callbacks=tuple(proxy_callbacks),
         single_logout=single_logout,
         created_at=now,
+        require_mfa=require_mfa,
     )
 
 

@@ -30,6 +30,8 @@ class CasService:
     proxy_callbacks: tuple[str, ...] = ()
     single_logout: bool = True
     created_at: float = 0.0
+    # A second factor for everyone signing in to it, like an OIDC client's `require_mfa`.
+    require_mfa: bool = False
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -41,6 +43,7 @@ class CasService:
             "first_party": self.first_party,
             "proxy_callbacks": list(self.proxy_callbacks),
             "single_logout": self.single_logout,
+            "require_mfa": self.require_mfa,
             "created_at": self.created_at,
         }
 

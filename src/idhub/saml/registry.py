@@ -47,6 +47,8 @@ class ServiceProvider:
     attributes: tuple[str, ...] = ()
     created_at: float = 0.0
     updated_at: float = 0.0
+    # A second factor for everyone signing in to it (like an OIDC client's).
+    require_mfa: bool = False
     metadata: SpMetadata = field(init=False, repr=False, compare=False)
     # Set when the metadata publishes an encryption key: its assertions are sent encrypted.
     encrypter: AssertionEncrypter | None = field(init=False, repr=False, compare=False)
@@ -74,6 +76,7 @@ class ServiceProvider:
             attributes=self.attributes,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            require_mfa=self.require_mfa,
         )
 
     @classmethod
@@ -89,6 +92,7 @@ class ServiceProvider:
             attributes=record.attributes,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            require_mfa=record.require_mfa,
         )
 
     @property
@@ -136,6 +140,7 @@ class SpRegistry:
         require_signed_requests: bool = False,
         first_party: bool = False,
         attributes: tuple[str, ...] = (),
+        require_mfa: bool = False,
         replace: bool = False,
         actor: Actor | None = None,
     ) -> ServiceProvider:
@@ -166,6 +171,7 @@ class SpRegistry:
             attributes=tuple(attributes),
             created_at=existing.created_at if existing is not None else now,
             updated_at=now,
+            require_mfa=require_mfa,
         )
         if existing is not None:
             self._store.replace(sp.record())
@@ -182,6 +188,8 @@ class SpRegistry:
                 "legacy_sha1": legacy_sha1,
                 "first_party": first_party,
                 "attributes": list(attributes),
+                "require_mfa": require_mfa,
+                "encrypted_assertions": sp.encrypter is not None,
                 "replaced": existing is not None,
             },
         )

@@ -24,7 +24,12 @@ from idhub.core.signin import PasswordSignIn, PasswordStep, SignInCore
 from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
-from idhub.web.second_factor import SecondFactorStep, requested_by, second_factor_step
+from idhub.web.second_factor import (
+    ReturnPathSystem,
+    SecondFactorStep,
+    return_path_system,
+    second_factor_step,
+)
 
 RETURN_PATHS = ("/authorize", "/cas/login", "/saml/sso", "/account/security")
 MAX_RETURN_TO = 8000
@@ -51,11 +56,13 @@ class Login:
         clients: ClientRegistry,
         browser: Browser,
         steps: SecondFactorStep,
+        systems: ReturnPathSystem,
     ) -> None:
         self._signin = signin
         self._clients = clients
         self._browser = browser
         self._steps = steps
+        self._systems = systems
 
     def page(
         self,
@@ -112,7 +119,7 @@ class Login:
             return self.page(
                 request, return_to=return_to, username=username, error="form_expired", status=400
             )
-        client_id, acr_values = requested_by(return_to)
+        wanted = await run_in_threadpool(self._systems, return_to)
         try:
             result = await run_in_threadpool(
                 self._signin.begin_password_sign_in,
@@ -121,8 +128,9 @@ class Login:
                 cookie=self._browser.session_cookie(request),
                 ctx=request_context(request),
                 device_cookie=request.cookies.get(DEVICE_COOKIE),
-                client_id=client_id,
-                acr_values=acr_values,
+                client_id=wanted.client_id,
+                acr_values=wanted.acr_values,
+                protocol=wanted.protocol,
             )
         except DirectoryUnavailable:
             return self.page(
@@ -158,12 +166,13 @@ class Login:
         """The browser's own session owes this request a second factor (step-up) or
         enrolment: that step instead of the password form, unless the request names
         someone else (`login_hint`)."""
-        client_id, acr_values = requested_by(return_to)
+        wanted = await run_in_threadpool(self._systems, return_to)
         step: PasswordStep | None = await run_in_threadpool(
             self._signin.login_page_step,
             self._browser.session_cookie(request),
-            client_id=client_id,
-            acr_values=acr_values,
+            client_id=wanted.client_id,
+            acr_values=wanted.acr_values,
+            protocol=wanted.protocol,
         )
         if step is None:
             return None
@@ -182,6 +191,7 @@ def routes(services: Services) -> list[BaseRoute]:
         clients=services.clients,
         browser=browser_for(services),
         steps=steps,
+        systems=return_path_system(services),
     )
     return [
         Route("/login", endpoint.get, methods=["GET"]),
