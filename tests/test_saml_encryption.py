@@ -113,3 +113,34 @@ def test_an_unreadable_encryption_certificate_is_refused_at_add(
     with pytest.raises(InvalidInput, match="encryption certificate"):
         idhub.services.saml_sps.add("erp", metadata_xml=broken, domain="erp")
     assert idhub.services.saml_sps.get("erp") is None
+
+
+def test_an_encryption_certificate_without_an_rsa_key_is_refused_at_add(
+    idhub: LiveServer, sp: SamlSp
+) -> None:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sp-ec")])
+    start = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(1).not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+    )  # fmt: skip
+    der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    metadata = re.sub(
+        r'(<md:KeyDescriptor use="encryption">.*?<ds:X509Certificate>)[^<]+',
+        lambda m: m.group(1) + der,
+        sp.metadata(),
+        count=1,
+        flags=re.S,
+    )
+    assert der in metadata
+    with pytest.raises(InvalidInput, match="RSA key"):
+        idhub.services.saml_sps.add("erp", metadata_xml=metadata, domain="erp")

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Sequence
 
 import xmlsec
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree
 
 from idhub.errors import InvalidInput
@@ -52,12 +54,16 @@ class AssertionEncrypter:
 
     def __init__(self, certificate_b64: str, *, cipher: str = AES256_GCM) -> None:
         try:
-            base64.b64decode(certificate_b64, validate=True)
+            der = base64.b64decode(certificate_b64, validate=True)
+            public = x509.load_der_x509_certificate(der).public_key()
             self._key = xmlsec.Key.from_memory(
                 _pem(certificate_b64), xmlsec.constants.KeyDataFormatCertPem
             )
         except (ValueError, xmlsec.Error) as exc:
             raise InvalidInput("the SP's encryption certificate cannot be read") from exc
+        if not isinstance(public, rsa.RSAPublicKey):
+            # RSA-OAEP key transport is all idhub offers (and all SAML SPs commonly take).
+            raise InvalidInput("the SP's encryption certificate must hold an RSA key")
         if cipher not in _CIPHERS:
             raise InvalidInput(f"unsupported assertion cipher {cipher}")
         self.cipher = cipher
