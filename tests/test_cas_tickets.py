@@ -126,3 +126,23 @@ def test_housekeeping_is_a_background_job_not_part_of_issuing(services: Services
     _issue(services, user, session)
     # Issuing no longer deletes anything on the login path.
     assert services.cas_tickets.get(sha256_hex(old)) is not None
+
+
+def test_a_validation_and_its_audit_event_are_one_transaction(services: Services) -> None:
+    """The ticket is spent and its validation (or refusal) recorded together: the events sit
+    in the chain, which still verifies, and nothing secret is in them."""
+    user, session = _setup(services)
+    good = _issue(services, user, session)
+    assert getattr(services.cas.validate(ValidationRequest(good, SERVICE)), "user", None)
+    again = services.cas.validate(ValidationRequest(good, SERVICE))
+    assert getattr(again, "code", None) == "INVALID_TICKET"
+    wrong = _issue(services, user, session)
+    other = services.cas.validate(ValidationRequest(wrong, "https://oa.example.com/other/"))
+    assert getattr(other, "code", None) == "INVALID_SERVICE"
+    kinds = [e.event_type for e in services.audit_log.search(limit=50)]
+    assert kinds.count("cas.ticket_validated") == 1
+    assert kinds.count("cas.ticket_rejected") == 2
+    assert services.audit_log.verify().ok
+    with services.engine.connect() as conn:
+        dump = " ".join(str(r) for r in conn.exec_driver_sql("SELECT * FROM audit_events"))
+    assert good not in dump and wrong not in dump

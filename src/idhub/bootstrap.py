@@ -750,7 +750,7 @@ class Services:
         from idhub.core.crypto import Sealer
 
         return CasTickets(
-            SqlCasTicketStore(self.engine),
+            SqlCasTicketStore(self.engine, self.audit_log),
             Sealer(self.settings.require_secret_key(), "cas-tickets"),
             ttl=self.settings.cas.ticket_ttl,
             # Service tickets stay (encrypted) while their session may live, for single logout.

@@ -170,6 +170,11 @@ class SqlAuditLog:
                 self._cond.notify_all()
         if error is not None:
             raise _as_audit_error(error)
+        self.notify_listeners()
+
+    def notify_listeners(self) -> None:
+        """Tells the listeners (sinks) that events were committed; `record_in` callers call it
+        once their transaction has committed."""
         for listener in self.listeners:
             listener()
 

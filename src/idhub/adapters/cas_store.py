@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
 from idhub.adapters.identity_store import _to_user, _user_query
+from idhub.core.audit import PendingEvent
 from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
 from idhub.core.sessions import SsoSession
 from idhub.errors import Conflict
@@ -141,8 +145,10 @@ def _holder_session(row: Row[Any]) -> SsoSession | None:
 
 
 class SqlCasTicketStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit: SqlAuditLog | None = None) -> None:
         self._engine = engine
+        # Appends a validation's audit event inside its consuming transaction.
+        self._audit = audit
         # SQLite has one writer at a time and makes a waiting one sleep 1, 2, 5, 10 ... ms
         # between tries: this process's validations queue here instead (PostgreSQL locks the
         # ticket's row and needs no such thing).
@@ -170,15 +176,36 @@ class SqlCasTicketStore:
                 )
             )
 
-    def consume(self, ticket_hash: str, now: float) -> Redeemed | None:
+    @translate_storage_errors
+    def consume(
+        self,
+        ticket_hash: str,
+        now: float,
+        *,
+        audit: Callable[[Redeemed | None], Sequence[PendingEvent]] | None = None,
+    ) -> Redeemed | None:
         # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins. The
-        # session and the person are read in the same transaction, as they are at this moment.
+        # session and the person are read in the same transaction, as they are at this moment,
+        # and the validation's audit event is appended in it too.
+        if audit is not None and self._audit is None:
+            raise RuntimeError("this ticket store was built without the audit log")
         with self._write_lock, self._engine.begin() as conn:
-            row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
-            if row is None:
-                return None
-            record = _to_ticket(row)
-            holder = conn.execute(_HOLDER, {"sid": record.sid, "user_id": record.user_id}).first()
+            redeemed = self._consume_in(conn, ticket_hash, now)
+            if audit is not None and self._audit is not None:
+                events = audit(redeemed)
+                if events:
+                    self._audit.record_in(conn, events)
+        if audit is not None and self._audit is not None:
+            self._audit.notify_listeners()
+        return redeemed
+
+    @staticmethod
+    def _consume_in(conn: Connection, ticket_hash: str, now: float) -> Redeemed | None:
+        row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
+        if row is None:
+            return None
+        record = _to_ticket(row)
+        holder = conn.execute(_HOLDER, {"sid": record.sid, "user_id": record.user_id}).first()
         if holder is None:
             return Redeemed(record, None, None)
         return Redeemed(record, _holder_session(holder), _to_user(holder))

@@ -11,8 +11,9 @@ it came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from idhub.core.audit import PendingEvent
 from idhub.core.cas import Redeemed, TicketKind, TicketRecord, TicketStore
 from idhub.core.crypto import Sealer, new_token, sha256_hex
 from idhub.errors import ConfigError
@@ -99,13 +100,22 @@ class CasTickets:
         )
         return ticket
 
-    def redeem(self, ticket: str, now: float) -> Redeemed | None:
+    def redeem(
+        self,
+        ticket: str,
+        now: float,
+        *,
+        audit: Callable[[Redeemed | None], Sequence[PendingEvent]] | None = None,
+    ) -> Redeemed | None:
         """Consumes a service or proxy ticket; the record (with its session and person) if it
-        existed unused and unexpired."""
-        redeemed = self._store.consume(sha256_hex(ticket), now)
-        if redeemed is None or redeemed.record.expires_at <= now:
-            return None
-        return redeemed
+        existed unused and unexpired. `audit`, given what was found, returns the events to
+        record in the consuming transaction (see `TicketStore.consume`)."""
+
+        def live(redeemed: Redeemed | None) -> Redeemed | None:
+            return None if redeemed is None or redeemed.record.expires_at <= now else redeemed
+
+        inner = None if audit is None else (lambda found: audit(live(found)))
+        return live(self._store.consume(sha256_hex(ticket), now, audit=inner))
 
     def granting(self, ticket: str, now: float) -> TicketRecord | None:
         """A live proxy-granting ticket's record (not consumed: it grants many proxy tickets)."""

@@ -5,9 +5,11 @@ them live in `idhub.cas`."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from idhub.core.audit import PendingEvent
 from idhub.core.identity import User
 from idhub.core.sessions import SsoSession
 
@@ -92,9 +94,18 @@ class Redeemed:
 
 class TicketStore(Protocol):
     def insert(self, record: TicketRecord) -> None: ...
-    def consume(self, ticket_hash: str, now: float) -> Redeemed | None:
+    def consume(
+        self,
+        ticket_hash: str,
+        now: float,
+        *,
+        audit: Callable[[Redeemed | None], Sequence[PendingEvent]] | None = None,
+    ) -> Redeemed | None:
         """Marks the ticket used and returns it as it was; None when unknown or used before.
-        Of two concurrent calls only one gets the record."""
+        Of two concurrent calls only one gets the record. `audit` is called inside the
+        consuming transaction with what it found; the events it returns join the audit chain
+        in that same transaction, so the ticket is spent and its validation recorded
+        together or not at all (one write transaction per validation instead of two)."""
         ...
 
     def get(self, ticket_hash: str) -> TicketRecord | None: ...
