@@ -152,21 +152,24 @@ class CasServer:
         if request.pgt_url:
             return self._validate_with_callback(request, kind, ctx)
         # The common case: the ticket is spent, checked and its validation (or refusal)
-        # recorded in one transaction, the decision made on what that transaction read.
-        answers: list[Validated | Failure] = []
+        # recorded in one transaction, the decision made on what that transaction read; the
+        # attributes are gathered once it committed (its write lock is the narrow part).
+        decided: list[Failure | tuple[TicketRecord, SsoSession, User, CasService]] = []
 
         def decide(redeemed: Redeemed | None) -> list[PendingEvent]:
-            now = self._clock.now()
             try:
-                record, session, user, service = self._check(request, kind, redeemed, now)
+                checked = self._check(request, kind, redeemed, self._clock.now())
             except _Refused as refused:
-                answers.append(refused.failure)
+                decided.append(refused.failure)
                 return [self._rejected(request, refused.failure, ctx)]
-            answers.append(self._answer(request, record, session, user, service, pgt_iou=None))
-            return [self._validated(record, user, service, pgt_iou=None, ctx=ctx)]
+            decided.append(checked)
+            return [self._validated(checked[0], checked[2], checked[3], pgt_iou=None, ctx=ctx)]
 
         self._tickets.redeem(request.ticket, self._clock.now(), audit=decide)
-        return answers[0]
+        outcome = decided[0]
+        if isinstance(outcome, Failure):
+            return outcome
+        return self._answer(request, *outcome, pgt_iou=None)
 
     def _validate_with_callback(
         self, request: ValidationRequest, kind: TicketKind, ctx: RequestContext | None
