@@ -97,15 +97,16 @@ def idhub(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 @contextlib.contextmanager
-def server(workdir: Path) -> Iterator[tuple[str, str, int]]:
+def server(workdir: Path, database_url: str = "") -> Iterator[tuple[str, str, int]]:
     """(url, alice's password, server pid)."""
     port = free_port()
     config = workdir / "idhub.toml"
+    database = f'[database]\nurl = "{database_url}"\n' if database_url else ""
     config.write_text(
         f'var_dir = "{workdir / "var"}"\n[server]\nissuer = "http://127.0.0.1:{port}"\n'
         f'[policy]\nwatch = false\ndir = "{Path(__file__).resolve().parents[1] / "policies"}"\n'
         # Tickets are issued in one phase and validated in the next: they must outlive it.
-        "[cas]\nticket_ttl = 900\n",
+        "[cas]\nticket_ttl = 900\n" + database,
         encoding="utf-8",
     )
     init = idhub(config, "init", "--demo")
@@ -252,6 +253,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--database-url", default="",
+        help="an empty PostgreSQL database on 127.0.0.1 to use instead of SQLite",
+    )  # fmt: skip
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print(
@@ -263,7 +268,7 @@ def main() -> int:
     results["healthz"] = []
     errors = 0
     try:
-        with server(workdir) as (url, password, pid):
+        with server(workdir, args.database_url) as (url, password, pid):
             cookie = session_cookie(url, password)
             issue = workdir / "issue.lua"
             issue.write_text(ISSUE_LUA % {"service": SERVICE, "cookie": cookie}, "utf-8")
@@ -295,7 +300,8 @@ def main() -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    print(f"idhub serve --workers 2, SQLite; wrk -t1 -c{args.connections}, {args.runs} runs of "
+    backend = "PostgreSQL" if args.database_url else "SQLite"
+    print(f"idhub serve --workers 2, {backend}; wrk -t1 -c{args.connections}, {args.runs} runs of "
           f"{args.duration}s (median run); load average {load}")  # fmt: skip
     print(f"{'phase':<16} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/req':>18}")
     for name, runs in results.items():
