@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
 from saml2.config import IdPConfig
-from saml2.saml import NameID
 from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED, STATUS_SUCCESS
 from saml2.server import Server
 from saml2.time_util import str_to_time
@@ -39,7 +38,13 @@ from idhub.saml.requests import (
     check_algorithm,
     require_redirect_signature,
 )
-from idhub.saml.responses import Assertion, Signing, build_error_response, build_response
+from idhub.saml.responses import (
+    Assertion,
+    Signing,
+    build_error_response,
+    build_logout_request,
+    build_response,
+)
 from idhub.saml.xmldsig import XmlSigner
 
 MAX_ASSERTION_TTL = 300
@@ -405,17 +410,15 @@ class IdentityProvider:
         endpoint = back_channel_endpoint(sp)
         if endpoint is None:
             raise SamlRequestRejected("the SP's metadata lists no SingleLogoutService")
-        sign_alg, digest_alg = self._algorithms(sp)
-        _id, request = self.server().create_logout_request(
-            endpoint.location,
-            sp.entity_id,
-            name_id=NameID(format=name_id.format, text=name_id.value),
-            session_indexes=[session_index],
-            sign=True,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
+        xml = build_logout_request(
+            self._signing(sp),
+            issuer=self.entity_id,
+            destination=endpoint.location,
+            name_id=name_id,
+            session_index=session_index,
+            now=self._clock.now(),
         )
-        return endpoint, str(request)
+        return endpoint, xml
 
     # ------------------------------------------------------------------ metadata
 

@@ -1,5 +1,6 @@
-"""The `Response` and `Assertion` idhub sends to an SP's AssertionConsumerService, built as XML
-text and signed in process (`saml/xmldsig.py`).
+"""The `Response` and `Assertion` idhub sends to an SP's AssertionConsumerService, and the
+`LogoutRequest` it sends an SP's back-channel SingleLogoutService, built as XML text and signed
+in process (`saml/xmldsig.py`).
 
 The shape is the one pysaml2 wrote before the signing moved in process (element order, the
 `ns0`/`ns1`/`ns2` prefixes for protocol, assertion and xmldsig, `xsi:type="xs:string"`
@@ -203,6 +204,31 @@ def build_error_response(
         + signing.template(response_id)
         + _status(STATUS_RESPONDER, sub_status, message)
         + "</ns0:Response>"
+    )
+    root = parse(xml)
+    signing.signer.sign(root)
+    return serialize(root)
+
+
+def build_logout_request(
+    signing: Signing,
+    *,
+    issuer: str,
+    destination: str,
+    name_id: NameIdValue,
+    session_index: str,
+    now: float,
+) -> str:
+    """A signed `LogoutRequest` telling an SP that the session `session_index` names ended."""
+    request_id = new_id()
+    xml = (
+        f'<ns0:LogoutRequest {_ROOT_NS} ID="{request_id}" Version="2.0" '
+        f'IssueInstant="{instant(now)}" Destination={_attr(destination)}>'
+        + _issuer(issuer)
+        + signing.template(request_id)
+        + f"<ns1:NameID Format={_attr(name_id.format)}>{_text(name_id.value)}</ns1:NameID>"
+        + f"<ns0:SessionIndex>{_text(session_index)}</ns0:SessionIndex>"
+        + "</ns0:LogoutRequest>"
     )
     root = parse(xml)
     signing.signer.sign(root)
