@@ -83,6 +83,8 @@ class SamlSp:
     sign_requests: bool = True
     binding: str = REDIRECT
     key_name: str = "sp"
+    # Ask for encrypted assertions (the toolkit then publishes a use="encryption" key).
+    want_encrypted: bool = False
     seen_request_ids: dict[str, bool] = field(default_factory=dict)
     seen_assertions: set[str] = field(default_factory=set)
     logout_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +121,7 @@ class SamlSp:
                 "logoutRequestSigned": True,
                 "logoutResponseSigned": True,
                 "wantAssertionsSigned": True,
+                "wantAssertionsEncrypted": self.want_encrypted,
                 "wantMessagesSigned": query_signed,
                 "signatureAlgorithm": RSA_SHA256,
                 "digestAlgorithm": SHA256,

@@ -38,3 +38,17 @@ def test_bad_patterns_are_refused(run_cli: Callable[..., Any], cli_config: Path)
     for url in ("oa.example.com", "https://user@oa.example.com/", "ftp://oa.example.com/"):
         result = run_cli("cas", "service", "add", "oa", "--url", url, config=cli_config)
         assert result.code != 0 and "--url" in result.err, (url, result.err)
+
+
+def test_require_mfa_is_registered_and_listed(
+    run_cli: Callable[..., Any], cli_config: Path
+) -> None:
+    assert run_cli("migrate", config=cli_config).code == 0
+    for name, extra in (("oa", ["--require-mfa"]), ("plain", [])):
+        added = run_cli(
+            "cas", "service", "add", name, "--url", f"https://{name}.example.com/", *extra,
+            config=cli_config,
+        )  # fmt: skip
+        assert added.code == 0, added.err
+    listed = json.loads(run_cli("cas", "service", "list", "--json", config=cli_config).out)
+    assert {s["name"]: s["require_mfa"] for s in listed} == {"oa": True, "plain": False}

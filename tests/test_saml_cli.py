@@ -99,3 +99,21 @@ def test_metadata_lists_the_new_and_the_retired_key_after_rotation(server: LiveS
     assert new.kid != old.kid
     assert pem_body(new.certificate_pem) in after and pem_body(old.certificate_pem) in after
     assert after.index(pem_body(new.certificate_pem)) < after.index(pem_body(old.certificate_pem))
+
+
+def test_require_mfa_and_encryption_are_listed(
+    run_cli: Callable[..., CliResult], cli_config: Path, tmp_path: Path
+) -> None:
+    assert run_cli("init", config=cli_config).code == 0
+    file = tmp_path / "erp-sp.xml"
+    file.write_text(sp_metadata(), encoding="utf-8")
+    added = run_cli(
+        "saml", "sp", "add", "erp", "--metadata", str(file), "--domain", "erp",
+        "--require-mfa", "--json", config=cli_config,
+    )  # fmt: skip
+    assert added.code == 0, added.err
+    data = json.loads(added.out)
+    # The test SP's metadata marks no key use="encryption": its assertions go signed only.
+    assert data["require_mfa"] is True and data["encrypted_assertions"] is False
+    listed = json.loads(run_cli("saml", "sp", "list", "--json", config=cli_config).out)
+    assert listed[0]["require_mfa"] is True

@@ -120,6 +120,7 @@ class Services:
         # --- oidc hooks (keys on init, demo clients) ---
         self.init_steps.append(self._ensure_signing_keys)
         self._add_token_housekeeping_job()
+        self._add_cas_housekeeping_job()
         # --- sessions/login hooks (demo users, logout delivery and session housekeeping) ---
         self.demo_steps.append(self._seed_demo)
         self._add_logout_jobs()
@@ -1102,7 +1103,7 @@ class Services:
         from idhub.core.crypto import Sealer
 
         return CasTickets(
-            SqlCasTicketStore(self.engine),
+            SqlCasTicketStore(self.engine, self.audit_log),
             Sealer(self.settings.require_secret_key(), "cas-tickets"),
             ttl=self.settings.cas.ticket_ttl,
             # Service tickets stay (encrypted) while their session may live, for single logout.
@@ -1131,6 +1132,19 @@ class Services:
             clock=self.clock,
             # Development: idhub itself on loopback http may call back proxies on loopback http.
             allow_http_loopback=issuer.startswith("http://") and check_loopback_http(issuer),
+        )
+
+    def _add_cas_housekeeping_job(self) -> None:
+        # Off the login path (it used to run inside a ticket issue once an hour); like
+        # token-housekeeping it waits a full interval first.
+        self.runtime.add(
+            Job(
+                name="cas-housekeeping",
+                run_once=lambda: self.cas_tickets.purge_once(self.clock.now()),
+                interval=600.0,
+                delay=600.0,
+                retry=30.0,
+            )
         )
 
     def _register_cas_logout(self, logout: LogoutService) -> None:
@@ -1204,7 +1218,14 @@ class Services:
         from idhub.core.pending_logins import PendingLogins
         from idhub.core.signin import SignInFactors
 
-        def system_requires(client_id: str) -> bool:
+        def system_requires(client_id: str, protocol: str) -> bool:
+            # Each front's own registry: a CAS service and an OIDC client may share a name.
+            if protocol == "cas":
+                service = self.cas_services.named(client_id)
+                return service is not None and service.require_mfa
+            if protocol == "saml":
+                sp = self.saml_sps.get(client_id)
+                return sp is not None and sp.require_mfa
             client = self.clients.get(client_id)
             return client is not None and client.require_mfa
 

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Row, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
-from idhub.adapters.db import cas_services, cas_tickets
+from idhub.adapters.audit_store import SqlAuditLog
+from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
+from idhub.adapters.identity_store import _to_user, _user_query
 from idhub.adapters.unit_of_work import begin, connect
-from idhub.core.cas import CasService, TicketKind, TicketRecord
+from idhub.core.audit import PendingEvent
+from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
+from idhub.core.sessions import SsoSession
 from idhub.errors import Conflict
 
 
@@ -26,6 +33,7 @@ def _to_service(row: Row[Any]) -> CasService:
         proxy_callbacks=tuple(m["proxy_callbacks"] or ()),
         single_logout=bool(m["single_logout"]),
         created_at=m["created_at"],
+        require_mfa=bool(m["require_mfa"]),
     )
 
 
@@ -58,6 +66,7 @@ class SqlCasServiceStore:
                         proxy_callbacks=list(service.proxy_callbacks),
                         single_logout=service.single_logout,
                         created_at=service.created_at,
+                        require_mfa=service.require_mfa,
                     )
                 )
         except IntegrityError as exc:
@@ -95,18 +104,60 @@ _CONSUME = (
     .where(
         cas_tickets.c.ticket_hash == bindparam("hash"),
         cas_tickets.c.consumed_at.is_(None),
-        cas_tickets.c.kind.in_((TicketKind.SERVICE.value, TicketKind.PROXY.value)),
+        # Not `IN (...)`: an expanding parameter is re-rendered on every execution.
+        or_(
+            cas_tickets.c.kind == TicketKind.SERVICE.value,
+            cas_tickets.c.kind == TicketKind.PROXY.value,
+        ),
     )
     .values(consumed_at=bindparam("now"))
     .returning(*cas_tickets.c)
 )
 _GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
+# The person and (when it is theirs) the session a ticket was issued under, in one statement.
+_HOLDER = (
+    _user_query()
+    .add_columns(*(c.label(f"session_{c.name}") for c in sso_sessions.c))
+    .outerjoin(
+        sso_sessions,
+        and_(sso_sessions.c.sid == bindparam("sid"), sso_sessions.c.user_id == users.c.id),
+    )
+    .where(users.c.id == bindparam("user_id"))
+)
+
+
+def _holder_session(row: Row[Any]) -> SsoSession | None:
+    m = row._mapping
+    if m["session_sid"] is None:
+        return None
+    return SsoSession(
+        sid=m["session_sid"],
+        user_id=m["session_user_id"],
+        auth_time=m["session_auth_time"],
+        amr=tuple(m["session_amr"] or ()),
+        acr=m["session_acr"],
+        created_at=m["session_created_at"],
+        last_seen_at=m["session_last_seen_at"],
+        expires_at=m["session_expires_at"],
+        ended_at=m["session_ended_at"],
+        end_reason=m["session_end_reason"],
+        ip=m["session_ip"],
+        user_agent=m["session_user_agent"],
+    )
 
 
 @storage_boundary
 class SqlCasTicketStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit: SqlAuditLog | None = None) -> None:
         self._engine = engine
+        # Appends a validation's audit event inside its consuming transaction.
+        self._audit = audit
+        # SQLite has one writer at a time and makes a waiting one sleep 1, 2, 5, 10 ... ms
+        # between tries: this process's validations queue here instead (PostgreSQL locks the
+        # ticket's row and needs no such thing).
+        self._write_lock: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
 
     def insert(self, record: TicketRecord) -> None:
         with begin(self._engine) as conn:
@@ -128,11 +179,38 @@ class SqlCasTicketStore:
                 )
             )
 
-    def consume(self, ticket_hash: str, now: float) -> TicketRecord | None:
-        # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins.
-        with begin(self._engine) as conn:
-            row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
-        return None if row is None else _to_ticket(row)
+    def consume(
+        self,
+        ticket_hash: str,
+        now: float,
+        *,
+        audit: Callable[[Redeemed | None], Sequence[PendingEvent]] | None = None,
+    ) -> Redeemed | None:
+        # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins. The
+        # session and the person are read in the same transaction, as they are at this moment,
+        # and the validation's audit event is appended in it too.
+        if audit is not None and self._audit is None:
+            raise RuntimeError("this ticket store was built without the audit log")
+        with self._write_lock, begin(self._engine) as conn:
+            redeemed = self._consume_in(conn, ticket_hash, now)
+            if audit is not None and self._audit is not None:
+                events = audit(redeemed)
+                if events:
+                    self._audit.record_in(conn, events)
+        if audit is not None and self._audit is not None:
+            self._audit.notify_listeners()
+        return redeemed
+
+    @staticmethod
+    def _consume_in(conn: Connection, ticket_hash: str, now: float) -> Redeemed | None:
+        row = conn.execute(_CONSUME, {"hash": ticket_hash, "now": now}).first()
+        if row is None:
+            return None
+        record = _to_ticket(row)
+        holder = conn.execute(_HOLDER, {"sid": record.sid, "user_id": record.user_id}).first()
+        if holder is None:
+            return Redeemed(record, None, None)
+        return Redeemed(record, _holder_session(holder), _to_user(holder))
 
     def get(self, ticket_hash: str) -> TicketRecord | None:
         with connect(self._engine) as conn:
@@ -152,8 +230,14 @@ class SqlCasTicketStore:
             ).all()
         return [_to_ticket(r) for r in rows]
 
-    def purge(self, before: float) -> int:
+    def purge(self, *, created_before: float, expired_before: float) -> int:
+        spent = and_(
+            cas_tickets.c.kind != TicketKind.SERVICE.value,
+            cas_tickets.c.expires_at < expired_before,
+        )
         with begin(self._engine) as conn:
             return int(
-                conn.execute(delete(cas_tickets).where(cas_tickets.c.created_at < before)).rowcount
+                conn.execute(
+                    delete(cas_tickets).where(or_(cas_tickets.c.created_at < created_before, spent))
+                ).rowcount
             )

@@ -314,6 +314,8 @@ cas_services = Table(
     Column("proxy_callbacks", JSON, nullable=False, default=list),
     Column("single_logout", Boolean, nullable=False, default=True),
     Column("created_at", Float, nullable=False),
+    # A second factor for everyone signing in to it, like an OIDC client's (migration 0011).
+    Column("require_mfa", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 cas_tickets = Table(
@@ -547,6 +549,8 @@ saml_service_providers = Table(
     Column("attributes", String(500), nullable=False, default=""),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # A second factor for everyone signing in to it, like an OIDC client's (migration 0011).
+    Column("require_mfa", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 # The self-signed certificate wrapped around each RS256 signing key that signed SAML messages

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
@@ -44,6 +44,16 @@ def _user_query() -> Any:
     return select(*_USER_COLUMNS, departments.c.path.label("department_path")).select_from(
         users.outerjoin(departments, users.c.department_id == departments.c.id)
     )
+
+
+# Built once: asked on every token, CAS validation and SAML response (building a statement
+# costs more than running it).
+_USER_GROUPS = (
+    select(groups.c.name)
+    .join(group_members, group_members.c.group_id == groups.c.id)
+    .where(group_members.c.user_id == bindparam("user_id"))
+    .order_by(groups.c.name)
+)
 
 
 def _to_user(row: Row[Any]) -> User:
@@ -369,12 +379,7 @@ class SqlIdentityStore:
     @translate_storage_errors
     def user_groups(self, user_id: int) -> list[str]:
         with connect(self._engine) as conn:
-            rows = conn.execute(
-                select(groups.c.name)
-                .join(group_members, group_members.c.group_id == groups.c.id)
-                .where(group_members.c.user_id == user_id)
-                .order_by(groups.c.name)
-            )
+            rows = conn.execute(_USER_GROUPS, {"user_id": user_id})
             return [str(r[0]) for r in rows]
 
     def ensure_group(self, name: str, *, source: str = LOCAL_SOURCE) -> Group:

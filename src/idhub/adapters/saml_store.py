@@ -41,6 +41,7 @@ def _to_sp(row: Row[Any]) -> SpRecord:
         attributes=tuple(a for a in (m["attributes"] or "").split(",") if a),
         created_at=m["created_at"],
         updated_at=m["updated_at"],
+        require_mfa=bool(m["require_mfa"]),
     )
 
 
@@ -57,6 +58,7 @@ def _values(sp: SpRecord) -> dict[str, Any]:
         "attributes": ",".join(sp.attributes),
         "created_at": sp.created_at,
         "updated_at": sp.updated_at,
+        "require_mfa": sp.require_mfa,
     }
 
 

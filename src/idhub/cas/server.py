@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 from idhub.cas.attributes import AttributeRelease
 from idhub.cas.responses import Failure, ProxyGranted, Validated
 from idhub.cas.services import CasServiceRegistry, check_proxy_callback, parse_service_url
-from idhub.cas.tickets import CasTickets, TicketKind, TicketRecord, ticket_kind
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.cas.tickets import CasTickets, Redeemed, TicketKind, TicketRecord, ticket_kind
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.cas import CasService
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token
@@ -144,26 +144,92 @@ class CasServer:
         self, request: ValidationRequest, *, ctx: RequestContext | None = None
     ) -> Validated | Failure:
         try:
-            record, session, user, service = self._redeem(request)
+            kind = self._precheck(request)
         except _Refused as refused:
-            self._audit.record(
-                EventType.CAS_TICKET_REJECTED,
-                actor=Actor("system", PROTOCOL),
-                target=request.service[:200] if request.service else None,
-                outcome="failure",
-                details={"error": refused.failure.code, "reason": refused.failure.description},
-                ctx=ctx,
-            )
+            self._audit.record_many([self._rejected(request, refused.failure, ctx)])
             return refused.failure
-        pgt_iou = None
+        assert request.ticket is not None
         if request.pgt_url:
-            pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
+            return self._validate_with_callback(request, kind, ctx)
+        # The common case: the ticket is spent, checked and its validation (or refusal)
+        # recorded in one transaction, the decision made on what that transaction read; the
+        # attributes are gathered once it committed (its write lock is the narrow part).
+        decided: list[Failure | tuple[TicketRecord, SsoSession, User, CasService]] = []
+
+        def decide(redeemed: Redeemed | None) -> list[PendingEvent]:
+            try:
+                checked = self._check(request, kind, redeemed, self._clock.now())
+            except _Refused as refused:
+                decided.append(refused.failure)
+                return [self._rejected(request, refused.failure, ctx)]
+            decided.append(checked)
+            return [self._validated(checked[0], checked[2], checked[3], pgt_iou=None, ctx=ctx)]
+
+        self._tickets.redeem(request.ticket, self._clock.now(), audit=decide)
+        outcome = decided[0]
+        if isinstance(outcome, Failure):
+            return outcome
+        return self._answer(request, *outcome, pgt_iou=None)
+
+    def _validate_with_callback(
+        self, request: ValidationRequest, kind: TicketKind, ctx: RequestContext | None
+    ) -> Validated | Failure:
+        """With `pgtUrl`: the proxy callback is an HTTPS request, never made inside a
+        transaction, so the validation is recorded after it."""
+        assert request.ticket is not None and request.pgt_url is not None
+        now = self._clock.now()
+        try:
+            redeemed = self._tickets.redeem(request.ticket, now)
+            record, session, user, service = self._check(request, kind, redeemed, now)
+        except _Refused as refused:
+            self._audit.record_many([self._rejected(request, refused.failure, ctx)])
+            return refused.failure
+        pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
+        self._audit.record_many([self._validated(record, user, service, pgt_iou=pgt_iou, ctx=ctx)])
+        return self._answer(request, record, session, user, service, pgt_iou=pgt_iou)
+
+    def _answer(
+        self,
+        request: ValidationRequest,
+        record: TicketRecord,
+        session: SsoSession,
+        user: User,
+        service: CasService,
+        *,
+        pgt_iou: str | None,
+    ) -> Validated:
         attributes = {}
         if request.attributes:
             attributes = self._attributes.release(
                 user, service, auth_time=session.auth_time, from_new_login=record.from_new_login
             )
-        self._audit.record(
+        return Validated(
+            user=user.username, attributes=attributes, pgt_iou=pgt_iou, proxies=record.proxies
+        )
+
+    @staticmethod
+    def _rejected(
+        request: ValidationRequest, failure: Failure, ctx: RequestContext | None
+    ) -> PendingEvent:
+        return PendingEvent(
+            EventType.CAS_TICKET_REJECTED,
+            actor=Actor("system", PROTOCOL),
+            target=request.service[:200] if request.service else None,
+            outcome="failure",
+            details={"error": failure.code, "reason": failure.description},
+            ctx=ctx,
+        )
+
+    @staticmethod
+    def _validated(
+        record: TicketRecord,
+        user: User,
+        service: CasService,
+        *,
+        pgt_iou: str | None,
+        ctx: RequestContext | None,
+    ) -> PendingEvent:
+        return PendingEvent(
             EventType.CAS_TICKET_VALIDATED,
             actor=Actor("user", user.sub),
             target=service.name,
@@ -175,33 +241,34 @@ class CasServer:
             },
             ctx=ctx,
         )
-        return Validated(
-            user=user.username, attributes=attributes, pgt_iou=pgt_iou, proxies=record.proxies
-        )
 
-    def _redeem(
-        self, request: ValidationRequest
-    ) -> tuple[TicketRecord, SsoSession, User, CasService]:
+    @staticmethod
+    def _precheck(request: ValidationRequest) -> TicketKind:
+        """What is refused without touching a ticket."""
         if not request.ticket or not request.service:
             raise _Refused("INVALID_REQUEST", "ticket and service are both required")
         kind = ticket_kind(request.ticket)
         if kind not in (TicketKind.SERVICE, TicketKind.PROXY):
             raise _Refused("INVALID_TICKET_SPEC", "not a service or proxy ticket")
-        now = self._clock.now()
-        record = self._tickets.redeem(request.ticket, now)
-        if record is None:
+        return kind
+
+    def _check(
+        self, request: ValidationRequest, kind: TicketKind, redeemed: Redeemed | None, now: float
+    ) -> tuple[TicketRecord, SsoSession, User, CasService]:
+        """Every check on a ticket just consumed (spent whatever the outcome)."""
+        if redeemed is None:
             raise _Refused("INVALID_TICKET", "ticket not recognized, used or expired")
+        record, session, user = redeemed.record, redeemed.session, redeemed.user
         if kind is TicketKind.PROXY and not request.proxy_tickets:
             raise _Refused("INVALID_TICKET", "a proxy ticket must be validated at proxyValidate")
-        parsed = parse_service_url(request.service)
+        parsed = parse_service_url(request.service or "")
         if parsed is None or parsed.normalized != record.service_url:
             raise _Refused("INVALID_SERVICE", "the ticket was not issued for this service")
         if request.renew and not record.from_new_login:
             raise _Refused("INVALID_TICKET_SPEC", "renew: the ticket is not from a new sign-in")
-        session = self._sessions.get(record.sid) if record.sid else None
+        # The session and the person as they are now (read with the consume, not cached).
         if session is None or not session.is_active(now):
             raise _Refused("INVALID_TICKET", "the session the ticket came from has ended")
-        user = self._users.get_user(record.user_id)
         if user is None or user.disabled:
             raise _Refused("INVALID_TICKET", "the account is no longer active")
         service = self.registry.named(record.service_name)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
@@ -44,7 +45,7 @@ class ServiceUrl:
     query: tuple[tuple[str, str], ...]
     has_query: bool
 
-    @property
+    @cached_property
     def normalized(self) -> str:
         """One spelling per URL, so a ticket is bound to the service however it was written."""
         default = DEFAULT_PORTS.get(self.scheme)
@@ -52,8 +53,10 @@ class ServiceUrl:
         return urlunsplit((self.scheme, netloc, self.path or "/", urlencode(self.query), ""))
 
 
+@lru_cache(maxsize=4096)
 def parse_service_url(url: str) -> ServiceUrl | None:
-    """The parts of an absolute http(s) URL, or None when it is not one we accept."""
+    """The parts of an absolute http(s) URL, or None when it is not one we accept. Pure, so
+    remembered: every login matches the same few service URLs against the same patterns."""
     if not url or len(url) > MAX_SERVICE_URL or any(c in url for c in "\\\r\n\t "):
         return None
     try:
@@ -135,6 +138,7 @@ class CasServiceRegistry:
         first_party: bool = False,
         proxy_callbacks: Sequence[str] = (),
         single_logout: bool = True,
+        require_mfa: bool = False,
         actor: Actor | None = None,
         ctx: RequestContext | None = None,
     ) -> CasService:
@@ -147,6 +151,7 @@ class CasServiceRegistry:
             first_party=first_party,
             proxy_callbacks=proxy_callbacks,
             single_logout=single_logout,
+            require_mfa=require_mfa,
             now=self._clock.now(),
         )
         if self._store.get(service.name) is not None:
@@ -205,6 +210,7 @@ def plan_service(
     proxy_callbacks: Sequence[str],
     single_logout: bool,
     now: float,
+    require_mfa: bool = False,
 ) -> CasService:
     """Checks an admin's input and builds the service (pure; raises `InvalidInput`)."""
     if not _NAME.match(name):
@@ -231,6 +237,7 @@ def plan_service(
         proxy_callbacks=tuple(proxy_callbacks),
         single_logout=single_logout,
         created_at=now,
+        require_mfa=require_mfa,
     )
 
 

@@ -11,17 +11,16 @@ it came from.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from idhub.core.cas import TicketKind, TicketRecord, TicketStore
+from idhub.core.audit import PendingEvent
+from idhub.core.cas import Redeemed, TicketKind, TicketRecord, TicketStore
 from idhub.core.crypto import Sealer, new_token, sha256_hex
 from idhub.errors import ConfigError
 
-__all__ = ["CasTickets", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
+__all__ = ["CasTickets", "Redeemed", "TicketKind", "TicketRecord", "TicketStore", "ticket_kind"]
 
 MAX_TICKET = 256
-# Tickets kept for single logout are removed once no session they belong to can still be alive.
-PURGE_INTERVAL = 3600.0
 
 
 # Random bytes per kind: 20 bytes is 27 characters, "ST-" + 27 fits the 32 clients must take.
@@ -59,7 +58,6 @@ class CasTickets:
         self._ttl = ttl
         # How long a service ticket's record stays for single logout (the session lifetime).
         self._keep_for = keep_for
-        self._next_purge = 0.0
 
     @property
     def ttl(self) -> float:
@@ -100,15 +98,24 @@ class CasTickets:
                 sealed=sealed,
             )
         )
-        self._maybe_purge(now)
         return ticket
 
-    def redeem(self, ticket: str, now: float) -> TicketRecord | None:
-        """Consumes a service or proxy ticket; the record if it existed unused and unexpired."""
-        record = self._store.consume(sha256_hex(ticket), now)
-        if record is None or record.expires_at <= now:
-            return None
-        return record
+    def redeem(
+        self,
+        ticket: str,
+        now: float,
+        *,
+        audit: Callable[[Redeemed | None], Sequence[PendingEvent]] | None = None,
+    ) -> Redeemed | None:
+        """Consumes a service or proxy ticket; the record (with its session and person) if it
+        existed unused and unexpired. `audit`, given what was found, returns the events to
+        record in the consuming transaction (see `TicketStore.consume`)."""
+
+        def live(redeemed: Redeemed | None) -> Redeemed | None:
+            return None if redeemed is None or redeemed.record.expires_at <= now else redeemed
+
+        inner = None if audit is None else (lambda found: audit(live(found)))
+        return live(self._store.consume(sha256_hex(ticket), now, audit=inner))
 
     def granting(self, ticket: str, now: float) -> TicketRecord | None:
         """A live proxy-granting ticket's record (not consumed: it grants many proxy tickets)."""
@@ -129,9 +136,9 @@ class CasTickets:
             raise ValueError("only service tickets are kept for single logout")
         return self._sealer.open(record.sealed, record.ticket_hash.encode("ascii")).decode("ascii")
 
-    def _maybe_purge(self, now: float) -> None:
-        # Issuing is frequent and cheap to piggyback on; no background thread is needed.
-        if now < self._next_purge:
-            return
-        self._next_purge = now + PURGE_INTERVAL
-        self._store.purge(now - self._keep_for)
+    def purge_once(self, now: float) -> int:
+        """The `cas-housekeeping` job: removes tickets that can no longer matter. A service
+        ticket stays (encrypted) while the session it was issued in may live, because that
+        session's single-logout request names it; a spent proxy ticket and an expired
+        proxy-granting ticket serve nothing. Several replicas doing it at once is harmless."""
+        return self._store.purge(created_before=now - self._keep_for, expired_before=now)

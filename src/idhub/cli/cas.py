@@ -44,6 +44,10 @@ def register(sub: Any) -> None:
         "--no-single-logout", action="store_false", dest="single_logout",
         help="do not send this service the CAS logoutRequest",
     )  # fmt: skip
+    p.add_argument(
+        "--require-mfa", action="store_true",
+        help="everyone signing in to it presents a second factor",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_add)
 
@@ -66,6 +70,7 @@ def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
         first_party=args.first_party,
         proxy_callbacks=args.proxy_callbacks,
         single_logout=args.single_logout,
+        require_mfa=args.require_mfa,
         actor=Actor("admin", "cli"),
     )
     if args.json:

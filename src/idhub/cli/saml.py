@@ -40,6 +40,10 @@ def register(sub: Any) -> None:
     p.add_argument("--first-party", action="store_true", help="skip the consent page")
     p.add_argument("--legacy-sha1", action="store_true", help="accept and send RSA-SHA1")
     p.add_argument("--require-signed-requests", action="store_true")
+    p.add_argument(
+        "--require-mfa", action="store_true",
+        help="everyone signing in to it presents a second factor",
+    )  # fmt: skip
     p.add_argument("--replace", action="store_true", help="update an SP registered already")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_add)
@@ -83,6 +87,8 @@ def describe(sp: ServiceProvider) -> dict[str, Any]:
         "first_party": sp.first_party,
         "legacy_sha1": sp.legacy_sha1,
         "require_signed_requests": sp.require_signed_requests,
+        "require_mfa": sp.require_mfa,
+        "encrypted_assertions": sp.encrypter is not None,
     }
 
 
@@ -96,6 +102,7 @@ def cmd_add(args: argparse.Namespace, ctx: CliContext) -> int:
         first_party=args.first_party,
         legacy_sha1=args.legacy_sha1,
         require_signed_requests=args.require_signed_requests,
+        require_mfa=args.require_mfa,
         replace=args.replace,
         actor=Actor("admin"),
     )

@@ -36,6 +36,8 @@ class SpRecord:
     attributes: tuple[str, ...] = ()
     created_at: float = 0.0
     updated_at: float = 0.0
+    # A second factor for everyone signing in to it, like an OIDC client's `require_mfa`.
+    require_mfa: bool = False
 
 
 class SpStore(Protocol):

@@ -219,7 +219,8 @@ class SignInFactors:
     passkeys: Passkeys
     devices: RememberedDevices
     pending: PendingLogins
-    system_requires: Callable[[str], bool]
+    # (system id, protocol) -> whether that system is registered with `require_mfa`
+    system_requires: Callable[[str, str], bool]
 
 
 class SignInCore:
@@ -292,7 +293,10 @@ class SignInCore:
                 return Refused("login_required", "the user must sign in")
             return LoginNeeded(decision.reason or "no_session")
         assert session is not None and user is not None
-        if level_of(session.acr) < self._needed_level(user, request.client_id, request.acr_values):
+        needed = self._needed_level(
+            user, request.client_id, request.acr_values, protocol=request.protocol
+        )
+        if level_of(session.acr) < needed:
             if request.passive:
                 return Refused("login_required", "the user must present a second factor")
             return LoginNeeded("second_factor")
@@ -411,14 +415,21 @@ class SignInCore:
 
     # ------------------------------------------------------------------ second factors
 
-    def _needed_level(self, user: User, client_id: str | None, acr_values: Sequence[str]) -> int:
+    def _needed_level(
+        self,
+        user: User,
+        client_id: str | None,
+        acr_values: Sequence[str],
+        *,
+        protocol: str = "oidc",
+    ) -> int:
         mfa = self._mfa
         if mfa is None:
             return 0
         return plan_required_level(
             person_required=mfa.requirements.check_person_required(user),
             enrolled=mfa.factors.check_enrolled(user.id),
-            system_requires=bool(client_id) and mfa.system_requires(client_id or ""),
+            system_requires=bool(client_id) and mfa.system_requires(client_id or "", protocol),
             acr_values=acr_values,
         )
 
@@ -448,12 +459,13 @@ class SignInCore:
         device_cookie: str | None = None,
         client_id: str | None = None,
         acr_values: Sequence[str] = (),
+        protocol: str = "oidc",
     ) -> PasswordStep:
         """The password step of the login page: signed in (no second factor needed, or this
         browser is remembered for the person), a second factor to ask for, or enrolment
         first. A person who enrolled a factor is always asked, whatever the system needs."""
         user = self._authenticator.authenticate(username, password, ctx=ctx, record_success=False)
-        needed = self._needed_level(user, client_id, acr_values)
+        needed = self._needed_level(user, client_id, acr_values, protocol=protocol)
         amr = (AMR_PASSWORD,)
         event = self._password_event(user, ctx)
         if needed == 0:
@@ -472,7 +484,12 @@ class SignInCore:
         return self._ask_second_factor(user, amr=amr, needed=needed)
 
     def login_page_step(
-        self, cookie: str | None, *, client_id: str | None, acr_values: Sequence[str]
+        self,
+        cookie: str | None,
+        *,
+        client_id: str | None,
+        acr_values: Sequence[str],
+        protocol: str = "oidc",
     ) -> SecondFactorNeeded | EnrolmentNeeded | None:
         """For the login page when the browser already has a session: the second factor its
         person still owes the request (step-up), enrolment, or None (show the password form)."""
@@ -480,7 +497,7 @@ class SignInCore:
         if current is None or self._mfa is None:
             return None
         user, session = current.user, current.session
-        needed = self._needed_level(user, client_id, acr_values)
+        needed = self._needed_level(user, client_id, acr_values, protocol=protocol)
         if level_of(session.acr) >= needed:
             return None
         if not self._mfa.factors.check_enrolled(user.id):

@@ -17,20 +17,13 @@ from typing import Any, Protocol
 
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
 from saml2.config import IdPConfig
-from saml2.saml import NameID
 from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED, STATUS_SUCCESS
 from saml2.server import Server
 from saml2.time_util import str_to_time
 
 from idhub.core.clock import Clock
 from idhub.errors import SamlRequestRejected
-from idhub.saml._pysaml2 import (
-    SESSION_INDEX,
-    NoAssertionStore,
-    assertion_id_in,
-    attribute_converter,
-    status_of,
-)
+from idhub.saml._pysaml2 import NoAssertionStore, attribute_converter, status_of
 from idhub.saml.attributes import NAME_FORMAT_URI, NameIdValue
 from idhub.saml.keys import SamlKeys
 from idhub.saml.metadata import BINDING_POST, Endpoint
@@ -45,6 +38,14 @@ from idhub.saml.requests import (
     check_algorithm,
     require_redirect_signature,
 )
+from idhub.saml.responses import (
+    Assertion,
+    Signing,
+    build_error_response,
+    build_logout_request,
+    build_response,
+)
+from idhub.saml.xmldsig import XmlSigner
 
 MAX_ASSERTION_TTL = 300
 PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # noqa: S105
@@ -106,6 +107,7 @@ class IdentityProvider:
         self._xmlsec = xmlsec_binary
         self._lock = threading.Lock()
         self._built: tuple[tuple[str, str], Server] | None = None
+        self._signer: tuple[str, XmlSigner] | None = None
 
     @property
     def entity_id(self) -> str:
@@ -291,15 +293,23 @@ class IdentityProvider:
             now=now,
         ):
             raise SamlRequestRejected("this AuthnRequest was answered already")
-        token = SESSION_INDEX.set(session_index)
-        try:
-            response = self._authn_response(
-                pending, sp, attributes, name_id=name_id, auth_time=auth_time
-            )
-        finally:
-            SESSION_INDEX.reset(token)
-        xml = str(response)
-        assertion_id = assertion_id_in(xml)
+        xml, assertion_id = build_response(
+            Assertion(
+                issuer=self.entity_id,
+                audience=sp.entity_id,
+                recipient=pending.acs_url,
+                in_response_to=pending.request_id,
+                name_id=name_id,
+                attributes=attributes,
+                auth_time=auth_time,
+                session_index=session_index,
+                authn_class=PASSWORD_CLASS,
+                now=now,
+                ttl=ttl,
+            ),
+            self._signing(sp),
+            encrypt=sp.encrypter,
+        )
         if not self._ids.remember(
             f"assertion:{assertion_id}", kind="assertion", expires_at=now + ttl + 60, now=now
         ):
@@ -309,42 +319,27 @@ class IdentityProvider:
             assertion_id
         )
 
-    def _authn_response(
-        self,
-        pending: PendingRequest,
-        sp: ServiceProvider,
-        attributes: dict[str, list[str]],
-        *,
-        name_id: NameIdValue,
-        auth_time: float,
-    ) -> Any:
+    def _signing(self, sp: ServiceProvider) -> Signing:
+        material = self._keys.current()
+        opened = self._signer
+        if opened is None or opened[0] != material.kid:
+            opened = (material.kid, XmlSigner(material.private_key))
+            self._signer = opened
         sign_alg, digest_alg = self._algorithms(sp)
-        return self.server().create_authn_response(
-            attributes,
-            in_response_to=pending.request_id,
-            destination=pending.acs_url,
-            sp_entity_id=sp.entity_id,
-            name_id=NameID(format=name_id.format, text=name_id.value),
-            authn={"class_ref": PASSWORD_CLASS, "authn_instant": int(auth_time)},
-            sign_response=True,
-            sign_assertion=True,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
-        )
+        return Signing(opened[1], material.certificate_b64, sign_alg, digest_alg)
 
     def refuse(self, pending: PendingRequest, sp: ServiceProvider, *, passive: bool) -> SamlMessage:
         """A signed error response (`NoPassive` for a passive request, else `RequestDenied`)."""
-        sign_alg, digest_alg = self._algorithms(sp)
-        status = STATUS_NO_PASSIVE if passive else STATUS_REQUEST_DENIED
-        response = self.server().create_error_response(
-            pending.request_id,
-            pending.acs_url,
-            (status, "the request cannot be answered without the person"),
-            sign=True,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
+        xml = build_error_response(
+            self._signing(sp),
+            issuer=self.entity_id,
+            destination=pending.acs_url,
+            in_response_to=pending.request_id,
+            sub_status=STATUS_NO_PASSIVE if passive else STATUS_REQUEST_DENIED,
+            message="the request cannot be answered without the person",
+            now=self._clock.now(),
         )
-        encoded = base64.b64encode(str(response).encode()).decode()
+        encoded = base64.b64encode(xml.encode()).decode()
         return SamlMessage(pending.acs_url, "SAMLResponse", encoded, pending.relay_state)
 
     @staticmethod
@@ -415,17 +410,15 @@ class IdentityProvider:
         endpoint = back_channel_endpoint(sp)
         if endpoint is None:
             raise SamlRequestRejected("the SP's metadata lists no SingleLogoutService")
-        sign_alg, digest_alg = self._algorithms(sp)
-        _id, request = self.server().create_logout_request(
-            endpoint.location,
-            sp.entity_id,
-            name_id=NameID(format=name_id.format, text=name_id.value),
-            session_indexes=[session_index],
-            sign=True,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
+        xml = build_logout_request(
+            self._signing(sp),
+            issuer=self.entity_id,
+            destination=endpoint.location,
+            name_id=name_id,
+            session_index=session_index,
+            now=self._clock.now(),
         )
-        return endpoint, str(request)
+        return endpoint, xml
 
     # ------------------------------------------------------------------ metadata
 

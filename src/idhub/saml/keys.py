@@ -7,9 +7,10 @@ the same one. The IdP metadata lists the certificate of every RS256 key the key 
 publishes, so after a rotation SPs that refresh their metadata trust the new key before it is
 used, and the retired one until it leaves the JWKS (the same overlap as for ID tokens).
 
-pysaml2 signs by running the `xmlsec1` binary, which reads the key from a file: the opened key
-is written to a private temporary directory (mode 0700, file 0600), removed when the process
-ends or the key changes.
+Responses and assertions are signed in process with the opened key (`saml/xmldsig.py`).
+pysaml2, which still signs logout messages, runs the `xmlsec1` binary, which reads the key from
+a file: the opened key is written to a private temporary directory (mode 0700, file 0600),
+removed when the process ends or the key changes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -67,6 +68,12 @@ class SigningMaterial:
     key_file: Path
     cert_file: Path
     certificate_pem: str
+    # Signs responses in process (saml/xmldsig.py); never printed.
+    private_key: rsa.RSAPrivateKey = field(repr=False, compare=False)
+
+    @property
+    def certificate_b64(self) -> str:
+        return pem_body(self.certificate_pem)
 
 
 def pem_body(pem: str) -> str:
@@ -174,4 +181,4 @@ class SamlKeys:
         with os.fdopen(fd, "wb") as out:
             out.write(key_pem)
         cert_file.write_text(cert_pem, encoding="ascii")
-        return SigningMaterial(kid, key_file, cert_file, cert_pem)
+        return SigningMaterial(kid, key_file, cert_file, cert_pem, private_key)

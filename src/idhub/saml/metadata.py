@@ -29,9 +29,12 @@ class SpMetadata:
     acs: tuple[Endpoint, ...]
     slo: tuple[Endpoint, ...]
     signing_certs: tuple[str, ...]  # base64 DER, as in the metadata
+    # Only keys marked `use="encryption"`: many SPs publish one unmarked key and never decrypt.
     encryption_certs: tuple[str, ...]
     authn_requests_signed: bool
     name_id_formats: tuple[str, ...]
+    # The `EncryptionMethod` algorithms listed with its encryption keys, in its order.
+    encryption_methods: tuple[str, ...] = ()
 
     def default_acs(self) -> Endpoint:
         """The ACS for responses nobody asked a particular one for (IdP-initiated, or an
@@ -76,10 +79,10 @@ def _endpoints(sp: Element, tag: str) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def _certs(sp: Element, use: str) -> tuple[str, ...]:
+def _certs(sp: Element, use: str, *, unmarked: bool = True) -> tuple[str, ...]:
     found = []
     for key in sp.findall(f"{{{MD}}}KeyDescriptor"):
-        if key.get("use", use) != use:
+        if key.get("use", use if unmarked else "") != use:
             continue
         for cert in key.iter(f"{{{DS}}}X509Certificate"):
             text = "".join((cert.text or "").split())
@@ -116,7 +119,18 @@ def parse_sp_metadata(xml: str) -> SpMetadata:
         acs=acs,
         slo=_endpoints(sp, "SingleLogoutService"),
         signing_certs=_certs(sp, "signing"),
-        encryption_certs=_certs(sp, "encryption"),
+        encryption_certs=_certs(sp, "encryption", unmarked=False),
         authn_requests_signed=sp.get("AuthnRequestsSigned", "").lower() in ("true", "1"),
         name_id_formats=formats,
+        encryption_methods=_encryption_methods(sp),
+    )
+
+
+def _encryption_methods(sp: Element) -> tuple[str, ...]:
+    return tuple(
+        method.get("Algorithm", "")
+        for key in sp.findall(f"{{{MD}}}KeyDescriptor")
+        if key.get("use") == "encryption"
+        for method in key.findall(f"{{{MD}}}EncryptionMethod")
+        if method.get("Algorithm")
     )

@@ -18,6 +18,7 @@ from idhub.core.saml import SpRecord, SpStore
 from idhub.core.transactions import UnitOfWork
 from idhub.errors import Conflict, InvalidInput, NotFound
 from idhub.saml.attributes import ATTRIBUTE_URIS
+from idhub.saml.encryption import AssertionEncrypter, choose_cipher
 from idhub.saml.metadata import SpMetadata, parse_sp_metadata
 
 NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
@@ -47,10 +48,21 @@ class ServiceProvider:
     attributes: tuple[str, ...] = ()
     created_at: float = 0.0
     updated_at: float = 0.0
+    # A second factor for everyone signing in to it (like an OIDC client's).
+    require_mfa: bool = False
     metadata: SpMetadata = field(init=False, repr=False, compare=False)
+    # Set when the metadata publishes an encryption key: its assertions are sent encrypted.
+    encrypter: AssertionEncrypter | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "metadata", parse_sp_metadata(self.metadata_xml))
+        metadata = parse_sp_metadata(self.metadata_xml)
+        object.__setattr__(self, "metadata", metadata)
+        encrypter = None
+        if metadata.encryption_certs:
+            encrypter = AssertionEncrypter(
+                metadata.encryption_certs[0], cipher=choose_cipher(metadata.encryption_methods)
+            )
+        object.__setattr__(self, "encrypter", encrypter)
 
     def record(self) -> SpRecord:
         return SpRecord(
@@ -65,6 +77,7 @@ class ServiceProvider:
             attributes=self.attributes,
             created_at=self.created_at,
             updated_at=self.updated_at,
+            require_mfa=self.require_mfa,
         )
 
     @classmethod
@@ -80,6 +93,7 @@ class ServiceProvider:
             attributes=record.attributes,
             created_at=record.created_at,
             updated_at=record.updated_at,
+            require_mfa=record.require_mfa,
         )
 
     @property
@@ -128,6 +142,7 @@ class SpRegistry:
         require_signed_requests: bool = False,
         first_party: bool = False,
         attributes: tuple[str, ...] = (),
+        require_mfa: bool = False,
         replace: bool = False,
         actor: Actor | None = None,
     ) -> ServiceProvider:
@@ -158,6 +173,7 @@ class SpRegistry:
             attributes=tuple(attributes),
             created_at=existing.created_at if existing is not None else now,
             updated_at=now,
+            require_mfa=require_mfa,
         )
         with self._uow.atomic() as tx:
             if existing is not None:
@@ -175,6 +191,8 @@ class SpRegistry:
                     "legacy_sha1": legacy_sha1,
                     "first_party": first_party,
                     "attributes": list(attributes),
+                    "require_mfa": require_mfa,
+                    "encrypted_assertions": sp.encrypter is not None,
                     "replaced": existing is not None,
                 },
             )

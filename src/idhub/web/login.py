@@ -24,7 +24,12 @@ from idhub.core.signin import PasswordSignIn, PasswordStep, SignedIn, SignInCore
 from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
-from idhub.web.second_factor import SecondFactorStep, requested_by, second_factor_step
+from idhub.web.second_factor import (
+    ReturnPathSystem,
+    SecondFactorStep,
+    return_path_system,
+    second_factor_step,
+)
 
 RETURN_PATHS = ("/authorize", "/cas/login", "/saml/sso", "/account/security")
 ACCOUNT_PAGE = "/account/security"
@@ -52,11 +57,13 @@ class Login:
         clients: ClientRegistry,
         browser: Browser,
         steps: SecondFactorStep,
+        systems: ReturnPathSystem,
     ) -> None:
         self._signin = signin
         self._clients = clients
         self._browser = browser
         self._steps = steps
+        self._systems = systems
 
     async def page(
         self,
@@ -98,8 +105,12 @@ class Login:
         return (client.name or client.client_id) if client is not None else client_id
 
     def client_name_for(self, return_to: str | None) -> str | None:
-        client_id, _acr = requested_by(return_to)
-        client = self._clients.get(client_id) if client_id else None
+        """The "continue to ..." system: an OIDC client's display name, a CAS service's or
+        SAML SP's registered name."""
+        wanted = self._systems(return_to)
+        if wanted.protocol != "oidc":
+            return wanted.client_id
+        client = self._clients.get(wanted.client_id) if wanted.client_id else None
         return (client.name or client.client_id) if client is not None else None
 
     async def get(self, request: Request) -> Response:
@@ -125,7 +136,7 @@ class Login:
             return await self.page(
                 request, return_to=return_to, username=username, error="form_expired", status=400
             )
-        client_id, acr_values = requested_by(return_to)
+        wanted = await run_in_threadpool(self._systems, return_to)
         try:
             result = await run_in_threadpool(
                 self._signin.begin_password_sign_in,
@@ -134,8 +145,9 @@ class Login:
                 cookie=self._browser.session_cookie(request),
                 ctx=request_context(request),
                 device_cookie=request.cookies.get(DEVICE_COOKIE),
-                client_id=client_id,
-                acr_values=acr_values,
+                client_id=wanted.client_id,
+                acr_values=wanted.acr_values,
+                protocol=wanted.protocol,
             )
         except DirectoryUnavailable:
             return await self.page(
@@ -172,12 +184,13 @@ class Login:
         """The browser's own session owes this request a second factor (step-up) or
         enrolment: that step instead of the password form, unless the request names
         someone else (`login_hint`)."""
-        client_id, acr_values = requested_by(return_to)
+        wanted = await run_in_threadpool(self._systems, return_to)
         step: PasswordStep | None = await run_in_threadpool(
             self._signin.login_page_step,
             self._browser.session_cookie(request),
-            client_id=client_id,
-            acr_values=acr_values,
+            client_id=wanted.client_id,
+            acr_values=wanted.acr_values,
+            protocol=wanted.protocol,
         )
         if step is None:
             return None
@@ -196,6 +209,7 @@ def routes(services: Services) -> list[BaseRoute]:
         clients=services.clients,
         browser=browser_for(services),
         steps=steps,
+        systems=return_path_system(services),
     )
     return [
         Route("/login", endpoint.get, methods=["GET"]),

@@ -41,9 +41,11 @@ from idhub.saml.requests import PendingRequest, PendingRequests
 from idhub.web.authorize import CONSENT_FIELD, TICKET_PARAM
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
+from idhub.web.second_factor import SAML_PENDING_PARAM
 from idhub.web.templating import render
 
-PENDING_PARAM = "idhub_saml"
+# The login page reads it too, to find which SP a return path comes from.
+PENDING_PARAM = SAML_PENDING_PARAM
 MAX_RELAY_STATE = 1000
 
 

@@ -10,6 +10,7 @@ session and remembered-device cookies.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
@@ -30,18 +31,65 @@ from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
 from idhub.web.templating import SECURITY_HEADERS
 
+# The query parameter carrying a sealed pending AuthnRequest (web/saml.py uses it too).
+SAML_PENDING_PARAM = "idhub_saml"
 MAX_ANSWER = 64 * 1024
 ACCOUNT_PAGE = "/account/security"
 
 
-def requested_by(return_to: str | None) -> tuple[str | None, tuple[str, ...]]:
-    """The system and the assurance a return path asks for (its `client_id` and
-    `acr_values`), so the login page asks the core about the same request."""
-    if not return_to:
-        return None, ()
-    query = parse_qs(urlsplit(return_to).query)
-    client_id = query.get("client_id", [""])[0] or None
-    return client_id, tuple(query.get("acr_values", [""])[0].split())
+@dataclass(frozen=True)
+class RequestedBy:
+    """The system a login page's return path comes from, in the sign-in core's words."""
+
+    client_id: str | None = None
+    protocol: str = "oidc"
+    acr_values: tuple[str, ...] = ()
+
+
+class ReturnPathSystem:
+    """Which system, and what assurance, a return path asks for, so the login page asks the
+    core about the same request its front will: `/authorize` names its `client_id` (and
+    `acr_values`); `/cas/login` its `service` URL, which `cas_service` maps to the registered
+    service's name; `/saml/sso` its sealed pending AuthnRequest, which `saml_sp` opens to the
+    SP's name. Anything unknown is no system (only the person's own rules count then)."""
+
+    def __init__(
+        self,
+        *,
+        cas_service: Callable[[str], str | None],
+        saml_sp: Callable[[str], str | None],
+    ) -> None:
+        self._cas_service = cas_service
+        self._saml_sp = saml_sp
+
+    def __call__(self, return_to: str | None) -> RequestedBy:
+        if not return_to:
+            return RequestedBy()
+        parts = urlsplit(return_to)
+        query = parse_qs(parts.query)
+
+        def first(name: str) -> str:
+            return query.get(name, [""])[0]
+
+        if parts.path == "/cas/login":
+            service = first("service")
+            return RequestedBy(self._cas_service(service) if service else None, "cas")
+        if parts.path == "/saml/sso":
+            pending = first(SAML_PENDING_PARAM)
+            return RequestedBy(self._saml_sp(pending) if pending else None, "saml")
+        return RequestedBy(first("client_id") or None, "oidc", tuple(first("acr_values").split()))
+
+
+def return_path_system(services: Services) -> ReturnPathSystem:
+    def cas_service(url: str) -> str | None:
+        found = services.cas.service_for(url)
+        return found.name if found is not None else None
+
+    def saml_sp(token: str) -> str | None:
+        pending = services.saml_pending.open(token, now=services.clock.now())
+        return pending.sp if pending is not None else None
+
+    return ReturnPathSystem(cas_service=cas_service, saml_sp=saml_sp)
 
 
 def _text(value: object, limit: int = 2000) -> str:
