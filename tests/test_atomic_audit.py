@@ -34,6 +34,7 @@ from idhub.adapters.db import (
     refresh_tokens,
     signing_keys,
     sso_sessions,
+    throttle_counters,
     users,
 )
 from idhub.bootstrap import Services
@@ -368,6 +369,32 @@ def test_user_changes_stand_only_with_their_events(
     assert count(services, disabled) == 0, "the user was disabled without the event"
     assert run_cli("user", "disable", "wangwu", "--reason", "left", config=config).code == 0
     assert count(services, disabled) == 1 and events_of(services, "user.disabled") == 1
+
+
+def test_throttle_clearing_stands_only_with_its_event(
+    services: Services,
+    db_url: str,
+    tmp_path: Path,
+    run_cli: Callable[..., CliResult],
+) -> None:
+    config = _cli_config(tmp_path, db_url)
+    with services.engine.begin() as conn:
+        conn.execute(
+            throttle_counters.insert().values(
+                kind="ip", value="10.0.0.7", failures=9, first_failed_at=1.0,
+                last_failed_at=2.0, locked_until=None,
+            )
+        )  # fmt: skip
+    held = select(func.count()).select_from(throttle_counters)
+    with refused(services.engine, "audit_events", "INSERT"):
+        failed = run_cli("throttle", "clear", "--ip", "10.0.0.7", config=config)
+    assert failed.code != 0 and "Traceback" not in failed.err
+    assert count(services, held) == 1, "the counter was cleared without the event"
+    with refused(services.engine, "throttle_counters", "DELETE"):
+        assert run_cli("throttle", "clear", "--ip", "10.0.0.7", config=config).code != 0
+    assert events_of(services, "throttle.cleared") == 0
+    assert run_cli("throttle", "clear", "--ip", "10.0.0.7", config=config).code == 0
+    assert count(services, held) == 0 and events_of(services, "throttle.cleared") == 1
 
 
 # ------------------------------------------------------------------ sync batches

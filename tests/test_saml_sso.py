@@ -199,3 +199,25 @@ def test_third_party_sp_asks_consent_once(idhub: LiveServer) -> None:
             assert verdict["ok"], verdict
             again = deliver(sp, follow(client, client.get(sp.login_url())))
     assert again["ok"], again
+
+
+def test_a_response_that_could_not_be_recorded_leaves_the_request_answerable(
+    idhub: LiveServer, sp: SamlSp
+) -> None:
+    """The AuthnRequest's id, the assertion id, the participant and `saml.response_issued`
+    commit together: when the audit write fails the browser gets a 503, nothing is claimed,
+    and the same request (the browser's retry) is answered once the database takes writes."""
+    from tests.test_atomic_audit import refused
+
+    with httpx.Client(base_url=idhub.url) as client:
+        sign_in(client, client.get(sp.login_url()))  # a session first
+        url = sp.login_url(relay_state="/retry")  # one AuthnRequest, sent twice
+        with refused(idhub.services.engine, "audit_events", "INSERT"):
+            failed = follow(client, client.get(url))
+        assert failed.status_code == 503, failed.text[:300]
+        assert len(events(idhub.services, "saml.response_issued")) == 1
+        retried = follow(client, client.get(url))
+    verdict = deliver(sp, retried)
+    assert verdict["ok"], verdict
+    assert verdict["relay_state"] == "/retry"
+    assert len(events(idhub.services, "saml.response_issued")) == 2

@@ -90,7 +90,6 @@ def cmd_clear(args: argparse.Namespace, ctx: CliContext) -> int:
         source = source_of(args.ip)
         if source is None:
             raise InvalidInput(f"{args.ip!r} is not an IP address")
-        removed = services.throttle.apply_clear_source(args.ip)
         scope, target = "ip", source
     else:
         if args.source is None:
@@ -99,13 +98,18 @@ def cmd_clear(args: argparse.Namespace, ctx: CliContext) -> int:
         if source is None:
             raise InvalidInput(f"{args.source!r} is not an IP address")
         target = client_key(args.client, source)
-        removed = services.throttle.apply_clear([ThrottleKey(CLIENT, target)])
         scope = "client"
-    services.audit.record(
-        EventType.THROTTLE_CLEARED,
-        actor=ADMIN,
-        target=target,
-        details={"scope": scope, "counters": removed},
-    )
+    # The clearing commits with its audit event (core/transactions.py).
+    with services.unit_of_work.atomic() as tx:
+        if scope == "ip":
+            removed = services.throttle.apply_clear_source(args.ip)
+        else:
+            removed = services.throttle.apply_clear([ThrottleKey(CLIENT, target)])
+        tx.record(
+            EventType.THROTTLE_CLEARED,
+            actor=ADMIN,
+            target=target,
+            details={"scope": scope, "counters": removed},
+        )
     print(f"cleared {removed} counter(s) of {scope} {target}")
     return 0

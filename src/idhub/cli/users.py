@@ -227,16 +227,17 @@ def apply_unlock(ctx: CliContext, user: User, *, audit_always: bool = True) -> i
     as `throttle.cleared` (by `enable` and `set-password` only when there was something)."""
     services = ctx.services
     keys = services.authenticator.keys_for(user.username, user, None)
-    removed = services.throttle.apply_clear(keys)
-    services.identity.clear_failed_logins(user.id)
-    if not (audit_always or removed):
-        return removed
-    services.audit.record(
-        EventType.THROTTLE_CLEARED,
-        actor=ADMIN,
-        target=user.username,
-        details={"scope": "account", "counters": removed},
-    )
+    # The clearing commits with its audit event (core/transactions.py).
+    with services.unit_of_work.atomic() as tx:
+        removed = services.throttle.apply_clear(keys)
+        services.identity.clear_failed_logins(user.id)
+        if audit_always or removed:
+            tx.record(
+                EventType.THROTTLE_CLEARED,
+                actor=ADMIN,
+                target=user.username,
+                details={"scope": "account", "counters": removed},
+            )
     return removed
 
 

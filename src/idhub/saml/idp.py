@@ -283,16 +283,12 @@ class IdentityProvider:
         auth_time: float,
         session_index: str,
     ) -> tuple[SamlMessage, str]:
-        """A signed response with a signed assertion; returns it with the assertion id."""
+        """A signed response with a signed assertion; returns it with the assertion id. It
+        stores nothing: the caller claims the ids with `claim` in the transaction that records
+        the response, so a response that could not be recorded leaves its AuthnRequest
+        answerable (the browser's retry works) and no id claimed."""
         now = self._clock.now()
         ttl = min(self._settings.assertion_ttl, MAX_ASSERTION_TTL)
-        if pending.request_id is not None and not self._ids.remember(
-            f"authn:{sp.entity_id}:{pending.request_id}",
-            kind="authn_request",
-            expires_at=now + 2 * self._settings.request_max_age + 60,
-            now=now,
-        ):
-            raise SamlRequestRejected("this AuthnRequest was answered already")
         xml, assertion_id = build_response(
             Assertion(
                 issuer=self.entity_id,
@@ -310,14 +306,27 @@ class IdentityProvider:
             self._signing(sp),
             encrypt=sp.encrypter,
         )
-        if not self._ids.remember(
-            f"assertion:{assertion_id}", kind="assertion", expires_at=now + ttl + 60, now=now
-        ):
-            raise SamlRequestRejected("assertion id collision")  # never expected
         encoded = base64.b64encode(xml.encode()).decode()
         return SamlMessage(pending.acs_url, "SAMLResponse", encoded, pending.relay_state), (
             assertion_id
         )
+
+    def claim(self, pending: PendingRequest, sp: ServiceProvider, assertion_id: str) -> None:
+        """Marks the AuthnRequest answered and the assertion id used (single use, on every
+        replica); `SamlRequestRejected` if the request was answered already."""
+        now = self._clock.now()
+        ttl = min(self._settings.assertion_ttl, MAX_ASSERTION_TTL)
+        if pending.request_id is not None and not self._ids.remember(
+            f"authn:{sp.entity_id}:{pending.request_id}",
+            kind="authn_request",
+            expires_at=now + 2 * self._settings.request_max_age + 60,
+            now=now,
+        ):
+            raise SamlRequestRejected("this AuthnRequest was answered already")
+        if not self._ids.remember(
+            f"assertion:{assertion_id}", kind="assertion", expires_at=now + ttl + 60, now=now
+        ):
+            raise SamlRequestRejected("assertion id collision")  # never expected
 
     def _signing(self, sp: ServiceProvider) -> Signing:
         material = self._keys.current()

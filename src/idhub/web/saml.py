@@ -255,24 +255,27 @@ class SamlFront:
                 auth_time=signed_in.session.auth_time,
                 session_index=session_index_for(signed_in.session.sid, opaque=opaque),
             )
+            # Signed above, outside any transaction; the ids, the participant and the event
+            # commit together (core/transactions.py) before the response leaves.
+            with self._services.unit_of_work.atomic() as tx:
+                self._idp.claim(pending, sp, assertion_id)
+                self._signin.record_participant(signed_in, wanted)
+                tx.record(
+                    EventType.SAML_RESPONSE_ISSUED,
+                    actor=Actor("user", signed_in.user.sub),
+                    target=sp.name,
+                    details={
+                        "sid": signed_in.session.sid,
+                        "assertion_id": assertion_id,
+                        "request_id": pending.request_id,
+                        "acs_url": pending.acs_url,
+                        "attributes": list(released_names(sp)),
+                        "unsolicited": pending.request_id is None,
+                    },
+                    ctx=ctx,
+                )
         except SamlRequestRejected as exc:
             return self.rejected(request, exc.message, ctx)
-        # Recorded only once the assertion is on its way: this SP now takes part.
-        self._signin.record_participant(signed_in, wanted)
-        self._audit.record(
-            EventType.SAML_RESPONSE_ISSUED,
-            actor=Actor("user", signed_in.user.sub),
-            target=sp.name,
-            details={
-                "sid": signed_in.session.sid,
-                "assertion_id": assertion_id,
-                "request_id": pending.request_id,
-                "acs_url": pending.acs_url,
-                "attributes": list(released_names(sp)),
-                "unsolicited": pending.request_id is None,
-            },
-            ctx=ctx,
-        )
         return self.post_page(request, message)
 
     def attributes(self, sp: ServiceProvider, signed_in: SignedIn) -> dict[str, list[str]]:
