@@ -28,6 +28,8 @@ _log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from idhub.core.scim.service import ScimService
+
     from idhub.adapters.audit_archive import AuditArchives
     from idhub.adapters.audit_sink_check import SinkFileReport
     from idhub.adapters.audit_sinks import AuditShipper
@@ -1328,6 +1330,23 @@ class Services:
                 channel=HttpSamlLogoutChannel(),
                 opaque=self.saml_opaque,
             ),
+        )
+
+    # --- SCIM 2.0 service provider (docs/scim.md) --------------------------------------------
+
+    @cached_property
+    def scim(self) -> ScimService:
+        import uuid
+
+        from idhub.adapters.scim_store import SqlScimStore
+        from idhub.core.scim.service import ScimService
+
+        return ScimService(
+            SqlScimStore(self.engine, self.clock, self.identity),
+            self.unit_of_work,
+            {name: s.token_sha256 for name, s in self.settings.scim_sources.items()},
+            new_id=lambda: str(uuid.uuid4()),
+            sessions=self.logout,
         )
 
 
