@@ -104,7 +104,7 @@ def _handlers(services: Services) -> dict[str, Handler]:
             if isinstance(fields[key], list):
                 fields[key] = ",".join(str(v) for v in fields[key])  # type: ignore[union-attr]
         query = parse_query({k: None if v is None else str(v) for k, v in fields.items()})
-        kind = _kind(request)
+        kind = _kind(request) if "kind" in request.path_params else "*"
         return scim_response(await run_in_threadpool(scim.list, kind, call, query))
 
     async def resource(request: Request, call: Call) -> Response:
@@ -145,7 +145,10 @@ def _discovery_handlers() -> dict[str, Handler]:
             return scim_response(discovery.listing(docs))
         return scim_response(discovery.one(docs, ident, "schema"))
 
-    return {"config": config, "types": types, "schemas": schemas}
+    async def not_allowed(request: Request, call: Call) -> Response:
+        raise ScimError(f"{request.method} is not allowed here", status=405)
+
+    return {"config": config, "types": types, "schemas": schemas, "not_allowed": not_allowed}
 
 
 def routes(services: Services) -> list[BaseRoute]:
@@ -154,12 +157,16 @@ def routes(services: Services) -> list[BaseRoute]:
     def route(path: str, name: str, methods: list[str]) -> Route:
         return Route(PREFIX + path, _guarded(services, h[name]), methods=methods)
 
+    # Discovery is read-only: other methods get a SCIM 405 (not the 404 of `/{kind}`).
+    writes = ["POST", "PUT", "PATCH", "DELETE"]
     return [
         route("/ServiceProviderConfig", "config", ["GET"]),
         route("/ResourceTypes", "types", ["GET"]),
         route("/ResourceTypes/{ident}", "types", ["GET"]),
         route("/Schemas", "schemas", ["GET"]),
         route("/Schemas/{ident:path}", "schemas", ["GET"]),
+        *(route(p, "not_allowed", writes) for p in ("/ServiceProviderConfig", "/ResourceTypes", "/Schemas")),
+        route("/.search", "search", ["POST"]),
         route("/{kind}/.search", "search", ["POST"]),
         route("/{kind}", "collection", ["GET", "POST"]),
         route("/{kind}/{ident}", "resource", ["GET", "PUT", "PATCH", "DELETE"]),

@@ -86,7 +86,15 @@ def _container(doc: dict[str, Any], attr: AttrPath, *, create: bool) -> dict[str
 def _apply(doc: dict[str, Any], op: str, target: PatchPath, value: Any) -> None:
     attr = target.attr
     if not attr.names:
-        raise invalid_path(f"{attr} names a schema, not an attribute")
+        if op == "remove" or not isinstance(value, dict):
+            key = lookup(doc, attr.schema or "")[0]
+            if op == "remove" and key is not None:
+                del doc[key]
+                return
+            raise invalid_path(f"{attr} names a schema, not an attribute")
+        for sub, sub_value in value.items():
+            _apply(doc, op, PatchPath(AttrPath(attr.schema, (sub,))), sub_value)
+        return
     if attr.schema is None and attr.names[0].lower() in READ_ONLY:
         if op == "remove":
             raise ScimError(f"{attr} cannot be removed", scim_type="mutability")

@@ -70,7 +70,9 @@ def normalise(kind: str, payload: Any) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise invalid_value(str(exc)[:200]) from exc
     out: dict[str, Any] = parsed.model_dump()
-    for owned in (*_SERVER_OWNED, "members"):
+    # A password is never kept nor returned (RFC 7643 §4.1: `returned: never`); people a
+    # source provisions sign in through their directory or an upstream provider.
+    for owned in (*_SERVER_OWNED, "members", "password"):
         out.pop(owned, None)
     schemas = [GROUP_SCHEMA] if kind == "Group" else [USER_SCHEMA]
     if kind == "User" and out.get(ENTERPRISE):
@@ -83,8 +85,11 @@ def normalise(kind: str, payload: Any) -> dict[str, Any]:
     return out
 
 
-def members_of(payload: Any) -> list[str] | None:
-    """The member ids a Group body names (None when it names none)."""
+DISPLAYS = "_displays"  # in a group's stored document: member id -> the display the source sent
+
+
+def members_of(payload: Any) -> tuple[list[str], dict[str, str]] | None:
+    """The member ids a Group body names and the displays it gave them (None: no members)."""
     if not isinstance(payload, dict):
         return None
     members = lookup(payload, "members")[1]
@@ -93,12 +98,16 @@ def members_of(payload: Any) -> list[str] | None:
     if not isinstance(members, list):
         raise invalid_value("members must be a list")
     out = []
+    displays: dict[str, str] = {}
     for member in members:
         value = lookup(member, "value")[1] if isinstance(member, dict) else None
         if not isinstance(value, str) or not value:
             raise invalid_value("each member needs a value (a user id)")
         out.append(value)
-    return list(dict.fromkeys(out))
+        display = lookup(member, "display")[1]
+        if isinstance(display, str) and display:
+            displays[value] = display[:200]
+    return list(dict.fromkeys(out)), displays
 
 
 def _primary(items: Any) -> str | None:
@@ -144,6 +153,7 @@ def _when(moment: float) -> str:
 def render(kind: str, record: ScimRecord, *, base: str, displays: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": record.scim_id, **record.doc}
     if kind == "Group":
+        displays = {**displays, **(out.pop(DISPLAYS, None) or {})}
         out["members"] = [
             {
                 "value": m,

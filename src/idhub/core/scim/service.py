@@ -27,6 +27,7 @@ from idhub.core.scim.patch import apply_patch
 from idhub.core.scim.ports import ScimRecord, ScimStore, UserColumns
 from idhub.core.scim.query import ListQuery, project, select
 from idhub.core.scim.resources import (
+    DISPLAYS,
     LIST_SCHEMA,
     members_of,
     normalise,
@@ -138,9 +139,12 @@ class ScimService:
         return render(kind, record, base=call.base, displays=self._displays(call, [record]))
 
     def list(self, kind: str, call: Call, query: ListQuery) -> dict[str, Any]:
-        records = self._records(kind, call)
-        displays = self._displays(call, records)
-        docs = [render(kind, r, base=call.base, displays=displays) for r in records]
+        """`kind` "User", "Group", or "*" for a search at the service root (both)."""
+        docs = []
+        for one in KINDS if kind == "*" else (kind,):
+            records = self._records(one, call)
+            displays = self._displays(call, records)
+            docs.extend(render(one, r, base=call.base, displays=displays) for r in records)
         total, page = select(docs, query)
         return {
             "schemas": [LIST_SCHEMA],
@@ -196,9 +200,15 @@ class ScimService:
         operations = next((v for k, v in body.items() if k.lower() == "operations"), None)
         current = dict(record.doc)
         if kind == "Group":
-            current["members"] = [{"value": m} for m in record.members]
+            shown = record.doc.get(DISPLAYS) or {}
+            current.pop(DISPLAYS, None)
+            current["members"] = [
+                {"value": m, **({"display": shown[m]} if m in shown else {})}
+                for m in record.members
+            ]
         changed = apply_patch(current, operations if isinstance(operations, list) else [])
         if kind == "Group":
+            changed.setdefault("members", [])  # removed by the patch: no members left
             return self._save_group(call, record, changed)
         return self._save_user(call, record, normalise("User", changed))
 
@@ -252,10 +262,16 @@ class ScimService:
     # ------------------------------------------------------------ groups
 
     def _save_group(self, call: Call, record: ScimRecord | None, payload: Any) -> dict[str, Any]:
-        members = members_of(payload)
+        named = members_of(payload)
         doc = normalise("Group", payload)
-        if members is None:
+        if named is None:
             members = [] if record is None else list(record.members)
+            given = dict((record.doc.get(DISPLAYS) or {}) if record else {})
+        else:
+            members, given = named
+        shown = {m: given[m] for m in members if m in given}
+        if shown:
+            doc[DISPLAYS] = shown
         live = self._store.live_user_ids(call.owner, members)
         unknown = [m for m in members if m not in live]
         if unknown:
