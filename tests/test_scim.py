@@ -24,9 +24,7 @@ from tests.scim_support import (
 
 
 @pytest.fixture
-def scim(
-    make_live_server: Callable[..., Any], db_url: str, known_secrets: Any
-) -> Iterator[Scim]:
+def scim(make_live_server: Callable[..., Any], db_url: str, known_secrets: Any) -> Iterator[Scim]:
     known_secrets.add(HR_TOKEN, CRM_TOKEN)
     yield from scim_clients(make_live_server, db_url)
 
@@ -83,7 +81,7 @@ def test_bad_input_gets_scim_errors(scim: Scim) -> None:
         assert answer.status_code == 400 and answer.json()["scimType"] == scim_type, answer.text
     broken = scim.hr.post("/Users", content=b"{not json")
     assert broken.status_code == 400 and broken.json()["scimType"] == "invalidSyntax"
-    for text in ['userName eq', 'userName zz "a"', '(userName eq "a"', 'a eq "b" junk']:
+    for text in ["userName eq", 'userName zz "a"', '(userName eq "a"', 'a eq "b" junk']:
         answer = scim.hr.get("/Users", params={"filter": text})
         assert answer.status_code == 400 and answer.json()["scimType"] == "invalidFilter", text
     assert scim.hr.get("/Users/no-such-id").status_code == 404
@@ -94,7 +92,10 @@ def test_each_source_sees_and_changes_only_its_own(scim: Scim) -> None:
     mine = _create(scim.hr, "carol")
     assert scim.crm.get(f"/Users/{mine['id']}").status_code == 404
     assert scim.crm.get("/Users").json()["totalResults"] == 0
-    change = {"schemas": [PATCH], "Operations": [{"op": "replace", "path": "active", "value": False}]}
+    change = {
+        "schemas": [PATCH],
+        "Operations": [{"op": "replace", "path": "active", "value": False}],
+    }
     assert scim.crm.patch(f"/Users/{mine['id']}", json=change).status_code == 404
     assert scim.crm.delete(f"/Users/{mine['id']}").status_code == 404
     assert not scim.services.identity.get_user_by_username("carol").disabled
@@ -125,7 +126,7 @@ def test_filters_sorting_paging_and_projection(scim: Scim) -> None:
     assert names(filter=f'{ENTERPRISE}:employeeNumber eq "E-dave"') == ["dave"]
     assert names(filter=f'id eq "{ids["erin"]}"') == ["erin"]
     assert names(filter='meta.created gt "2000-01-01T00:00:00"', sortBy="userName")[0] == "dave"
-    assert names(filter='title pr') == []
+    assert names(filter="title pr") == []
     assert names(filter='userName ne "dave"', sortBy="userName", sortOrder="descending") == [
         "grace",
         "frank",
@@ -212,7 +213,11 @@ def test_groups_and_members(scim: Scim) -> None:
     other = _create(scim.crm, "leo")
     made = scim.hr.post(
         "/Groups",
-        json={"displayName": "Finance Approvers", "externalId": "g-1", "members": [{"value": a["id"]}]},
+        json={
+            "displayName": "Finance Approvers",
+            "externalId": "g-1",
+            "members": [{"value": a["id"]}],
+        },
     )
     assert made.status_code == 201, made.text
     group = made.json()
@@ -227,10 +232,14 @@ def test_groups_and_members(scim: Scim) -> None:
     answer = _patch(scim.hr, path, {"op": "remove", "path": f'members[value eq "{a["id"]}"]'})
     assert [m["value"] for m in answer.json()["members"]] == [b["id"]]
     # Entra ID removes members with a value list instead of a filter.
-    answer = _patch(scim.hr, path, {"op": "Remove", "path": "members", "value": [{"value": b["id"]}]})
+    answer = _patch(
+        scim.hr, path, {"op": "Remove", "path": "members", "value": [{"value": b["id"]}]}
+    )
     assert "members" not in answer.json()
     # A source cannot put another source's users into its groups, nor see the other's groups.
-    foreign = _patch(scim.hr, path, {"op": "add", "path": "members", "value": [{"value": other["id"]}]})
+    foreign = _patch(
+        scim.hr, path, {"op": "add", "path": "members", "value": [{"value": other["id"]}]}
+    )
     assert foreign.status_code == 400 and foreign.json()["scimType"] == "invalidValue"
     assert scim.crm.get(path).status_code == 404
     listed = scim.hr.get("/Groups", params={"filter": 'displayName eq "finance approvers"'})

@@ -28,8 +28,6 @@ _log = logging.getLogger(__name__)
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from idhub.core.scim.service import ScimService
-
     from idhub.adapters.audit_archive import AuditArchives
     from idhub.adapters.audit_sink_check import SinkFileReport
     from idhub.adapters.audit_sinks import AuditShipper
@@ -67,6 +65,7 @@ if TYPE_CHECKING:
     from idhub.core.passwords import PasswordHasher
     from idhub.core.readiness import Readiness
     from idhub.core.remembered_devices import RememberedDevices
+    from idhub.core.scim.service import ScimService
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle

@@ -109,7 +109,9 @@ class SqlScimStore:
                 )
         except IntegrityError as exc:
             raise uniqueness(f"userName {columns.username[:100]!r} is already taken") from exc
-        return int(result.inserted_primary_key[0])
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
 
     def update_user(
         self,
@@ -132,7 +134,9 @@ class SqlScimStore:
                 if row is not None and bool(row.disabled) != values["disabled"]:
                     values["disabled_at"] = now if values["disabled"] else None
                 conn.execute(
-                    update(users).where(*where).values(**values, attributes=attributes, updated_at=now)
+                    update(users)
+                    .where(*where)
+                    .values(**values, attributes=attributes, updated_at=now)
                 )
         except IntegrityError as exc:
             raise uniqueness(f"userName {columns.username[:100]!r} is already taken") from exc
@@ -238,7 +242,9 @@ class SqlScimStore:
     def delete_group(self, source: str, scim_id: str) -> None:
         with begin(self._engine) as conn:
             group_id = conn.execute(
-                select(groups.c.id).where(groups.c.source == source, groups.c.external_id == scim_id)
+                select(groups.c.id).where(
+                    groups.c.source == source, groups.c.external_id == scim_id
+                )
             ).scalar_one_or_none()
             if group_id is not None:
                 conn.execute(delete(group_members).where(group_members.c.group_id == group_id))

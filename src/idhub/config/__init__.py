@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.defences import check_defences
 from idhub.config.ldap import ldap_sources
-from idhub.config.scim import scim_sources
 from idhub.config.production import production_problem, require_production_ready
+from idhub.config.scim import scim_sources
 from idhub.config.settings import (
     AuditSettings,
     CasSettings,

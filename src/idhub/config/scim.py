@@ -14,7 +14,9 @@ from idhub.config.settings import ScimSourceSettings
 _KEYS = {"token_sha256"}
 
 
-def scim_sources(directory: Mapping[str, Any], *, locator: Locator) -> dict[str, ScimSourceSettings]:
+def scim_sources(
+    directory: Mapping[str, Any], *, locator: Locator
+) -> dict[str, ScimSourceSettings]:
     tables = directory.get("scim", {})
     if not isinstance(tables, dict):
         raise locator.error("[directory.scim] must be a table of named sources", "directory.scim")

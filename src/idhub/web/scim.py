@@ -165,7 +165,10 @@ def routes(services: Services) -> list[BaseRoute]:
         route("/ResourceTypes/{ident}", "types", ["GET"]),
         route("/Schemas", "schemas", ["GET"]),
         route("/Schemas/{ident:path}", "schemas", ["GET"]),
-        *(route(p, "not_allowed", writes) for p in ("/ServiceProviderConfig", "/ResourceTypes", "/Schemas")),
+        *(
+            route(p, "not_allowed", writes)
+            for p in ("/ServiceProviderConfig", "/ResourceTypes", "/Schemas")
+        ),
         route("/.search", "search", ["POST"]),
         route("/{kind}/.search", "search", ["POST"]),
         route("/{kind}", "collection", ["GET", "POST"]),

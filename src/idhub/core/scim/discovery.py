@@ -39,7 +39,7 @@ def service_provider_config(base: str) -> dict[str, Any]:
         etag=ETag(supported=True),
         authentication_schemes=[
             AuthenticationScheme(
-                type="oauthbearertoken",
+                type=AuthenticationScheme.Type.oauthbearertoken,
                 name="Bearer token",
                 description="One token per configured SCIM source (docs/scim.md)",
                 primary=True,

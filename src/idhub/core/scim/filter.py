@@ -281,7 +281,7 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
         return {"co": b in a, "sw": a.startswith(b), "ew": a.endswith(b)}[op]
     if op in ("co", "sw", "ew"):
         return False
-    return {"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b}[op]
+    return bool({"gt": a > b, "ge": a >= b, "lt": a < b, "le": a <= b}[op])
 
 
 def matches(node: Node, doc: dict[str, Any]) -> bool:

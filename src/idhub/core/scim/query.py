@@ -7,8 +7,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idhub.core.scim.errors import ScimError, invalid_value
-from idhub.core.scim.filter import AttrPath, Node, lookup, parse_attr, parse_filter, values_at
+from idhub.core.scim.errors import invalid_value
+from idhub.core.scim.filter import (
+    AttrPath,
+    Node,
+    lookup,
+    matches,
+    parse_attr,
+    parse_filter,
+    values_at,
+)
 
 DEFAULT_COUNT = 100
 MAX_RESULTS = 1000
@@ -48,9 +56,10 @@ def parse_query(params: dict[str, str | None]) -> ListQuery:
     if order not in ("ascending", "descending"):
         raise invalid_value("sortOrder must be ascending or descending")
     text = params.get("filter")
+    sort_by = params.get("sortBy")
     return ListQuery(
         filter=parse_filter(text) if text else None,
-        sort_by=parse_attr(params["sortBy"]) if params.get("sortBy") else None,
+        sort_by=parse_attr(sort_by) if sort_by else None,
         descending=order == "descending",
         # RFC 7644 §3.4.2.4: below 1 is read as 1; a negative count as 0.
         start_index=max(1, _int("startIndex", params.get("startIndex"), 1)),
@@ -71,12 +80,7 @@ def _sort_key(doc: dict[str, Any], attr: AttrPath) -> tuple[int, Any]:
 
 
 def select(docs: Sequence[dict[str, Any]], query: ListQuery) -> tuple[int, list[dict[str, Any]]]:
-    from idhub.core.scim.filter import matches
-
-    try:
-        chosen = [d for d in docs if query.filter is None or matches(query.filter, d)]
-    except ScimError:
-        raise
+    chosen = [d for d in docs if query.filter is None or matches(query.filter, d)]
     if query.sort_by is not None:
         sort_by = query.sort_by
         chosen.sort(key=lambda d: _sort_key(d, sort_by), reverse=query.descending)

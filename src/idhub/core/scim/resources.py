@@ -43,7 +43,7 @@ def _fix_booleans(value: Any) -> Any:
 
 
 def _fix_manager(doc: dict[str, Any]) -> None:
-    key, ext = lookup(doc, ENTERPRISE)
+    ext = lookup(doc, ENTERPRISE)[1]
     if isinstance(ext, dict):
         mkey, manager = lookup(ext, "manager")
         if isinstance(manager, str):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
+from idhub.core.directory.ports import SessionTerminator
 from idhub.core.scim.errors import (
     ScimError,
     invalid_syntax,
@@ -35,7 +36,6 @@ from idhub.core.scim.resources import (
     user_columns,
     version,
 )
-from idhub.core.directory.ports import SessionTerminator
 from idhub.core.transactions import Transaction, UnitOfWork
 
 KINDS = ("User", "Group")
@@ -140,7 +140,7 @@ class ScimService:
 
     def list(self, kind: str, call: Call, query: ListQuery) -> dict[str, Any]:
         """`kind` "User", "Group", or "*" for a search at the service root (both)."""
-        docs = []
+        docs: list[dict[str, Any]] = []
         for one in KINDS if kind == "*" else (kind,):
             records = self._records(one, call)
             displays = self._displays(call, records)
@@ -253,11 +253,13 @@ class ScimService:
             return
         user_id = record.internal_id
         actor = Actor("system", call.owner)
-        tx.after_commit(
-            lambda: sessions.logout_user_everywhere(
+
+        def sign_out() -> None:
+            sessions.logout_user_everywhere(
                 user_id, reason="scim_deprovisioned", actor=actor, ctx=call.ctx
             )
-        )
+
+        tx.after_commit(sign_out)
 
     # ------------------------------------------------------------ groups
 
