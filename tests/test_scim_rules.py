@@ -170,3 +170,37 @@ def test_tokens_name_their_source_and_nothing_else() -> None:
         with pytest.raises(ScimError) as caught:
             service.authenticate(wrong)
         assert caught.value.status == 401
+
+
+def test_cli_token_lines_configure_a_source(
+    run_cli: Any, cli_config: Any, make_settings: Any, sqlite_db_url: str, known_secrets: Any
+) -> None:
+    result = run_cli("scim", "token", "hr", config=cli_config)
+    assert result.code == 0, result.err
+    token = result.out.splitlines()[1].removeprefix("#").strip()
+    known_secrets.add(token)
+    toml = "\n".join(line for line in result.out.splitlines() if not line.startswith("#"))
+    settings = make_settings(sqlite_db_url, toml=toml)
+    assert settings.scim_sources["hr"].token_sha256 == token_digest(token)
+    assert token not in toml
+    bad = run_cli("scim", "token", "no spaces", config=cli_config)
+    assert bad.code == 2 and len(bad.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('[directory.scim.hr]\ntoken_sha256 = "abc"\n', "64 lower-case hex"),
+        ('[directory.scim.hr]\ntoken = "x"\n', "unknown key 'token'"),
+        ('[directory.scim."h r"]\ntoken_sha256 = "' + "0" * 64 + '"\n', "letters, digits"),
+        ("[directory]\nscim = 3\n", "table of named sources"),
+    ],
+)
+def test_bad_source_config_names_file_and_line(
+    make_settings: Any, sqlite_db_url: str, toml: str, message: str
+) -> None:
+    from idhub.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_settings(sqlite_db_url, toml=toml)
+    assert message in str(caught.value) and "idhub.toml" in str(caught.value)
