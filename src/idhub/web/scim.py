@@ -19,7 +19,7 @@ from idhub.core.scim.errors import ScimError, invalid_syntax, not_found
 from idhub.core.scim.query import parse_query, project
 from idhub.core.scim.resources import ERROR_SCHEMA
 from idhub.core.scim.service import Call, check_not_modified
-from idhub.errors import InvalidInput
+from idhub.errors import Conflict, InvalidInput
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
 
@@ -72,6 +72,8 @@ def _guarded(services: Services, handler: Handler) -> Callable[[Request], Awaita
             return error_response(exc)
         except InvalidInput as exc:
             return error_response(ScimError(str(exc), scim_type="invalidValue"))
+        except Conflict as exc:
+            return error_response(ScimError(str(exc), status=409, scim_type="uniqueness"))
 
     return endpoint
 
