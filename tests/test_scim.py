@@ -79,6 +79,18 @@ def test_bad_input_gets_scim_errors(scim: Scim) -> None:
     ]:
         answer = scim.hr.post("/Users", json=bad)
         assert answer.status_code == 400 and answer.json()["scimType"] == scim_type, answer.text
+    # PostgreSQL stores no NUL and the columns have lengths: refused as input, never a 500.
+    for bad in (
+        user_body("nul\x00name"),
+        user_body("ok1", displayName="a\x00b"),
+        user_body("x" * 201),
+        user_body("ok2", emails=[{"value": "a" * 400 + "@x.cn"}]),
+    ):
+        answer = scim.hr.post("/Users", json=bad)
+        assert answer.status_code == 400 and answer.json()["scimType"] == "invalidValue"
+    long_group = scim.hr.post("/Groups", json={"displayName": "g" * 201})
+    assert long_group.status_code == 400
+    assert scim.hr.get("/Users/a%00b").status_code in (400, 404)
     broken = scim.hr.post("/Users", content=b"{not json")
     assert broken.status_code == 400 and broken.json()["scimType"] == "invalidSyntax"
     for text in ["userName eq", 'userName zz "a"', '(userName eq "a"', 'a eq "b" junk']:
@@ -246,6 +258,10 @@ def test_groups_and_members(scim: Scim) -> None:
     assert listed.json()["totalResults"] == 1
     dup = scim.hr.post("/Groups", json={"displayName": "Finance Approvers"})
     assert dup.status_code == 409
+    # A deleted user leaves the source's groups (the group never names a 404).
+    _patch(scim.hr, path, {"op": "add", "path": "members", "value": [{"value": a["id"]}]})
+    scim.hr.delete(f"/Users/{a['id']}")
+    assert "members" not in scim.hr.get(path).json()
     assert scim.hr.delete(path).status_code == 204
     assert scim.hr.get(path).status_code == 404
 

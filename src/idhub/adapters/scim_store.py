@@ -138,6 +138,16 @@ class SqlScimStore:
                     .where(*where)
                     .values(**values, attributes=attributes, updated_at=now)
                 )
+                if deleted:
+                    # Gone for the source: out of its groups too (other groups keep the person).
+                    owned = select(groups.c.id).where(groups.c.source == source)
+                    person = select(users.c.id).where(*where)
+                    conn.execute(
+                        delete(group_members).where(
+                            group_members.c.group_id.in_(owned),
+                            group_members.c.user_id.in_(person),
+                        )
+                    )
         except IntegrityError as exc:
             raise uniqueness(f"userName {columns.username[:100]!r} is already taken") from exc
 

@@ -53,10 +53,29 @@ def _fix_manager(doc: dict[str, Any]) -> None:
             del ext[mkey]
 
 
+# What the identity columns hold (adapters/db.py): longer values are refused, not cut.
+_LIMITS = {"username": 200, "email": 320, "phone": 64, "employee_id": 64, "department": 190}
+
+
+def _check_text(value: Any, where: str = "resource") -> None:
+    """No database stores a NUL, and no attribute needs control characters."""
+    if isinstance(value, str):
+        if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+            raise invalid_value(f"{where} must not contain control characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(str(key), "an attribute name")
+            _check_text(item, str(key)[:100])
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item, where)
+
+
 def normalise(kind: str, payload: Any) -> dict[str, Any]:
     """The stored document for a resource a client sent (its id and meta dropped)."""
     if not isinstance(payload, dict):
         raise invalid_syntax("the request body must be a JSON object")
+    _check_text(payload)
     doc = _fix_booleans({k: v for k, v in payload.items() if k.lower() not in _SERVER_OWNED})
     model: Any = FullUser if kind == "User" else Group
     if kind == "User":
@@ -129,7 +148,7 @@ def user_columns(doc: dict[str, Any], *, deleted: bool = False) -> UserColumns:
     ext = doc.get(ENTERPRISE) or {}
     department = str(ext.get("department") or "").strip().strip("/")
     reason = "scim: deleted" if deleted else (None if doc.get("active", True) else "scim: inactive")
-    return UserColumns(
+    columns = UserColumns(
         username=canonical_name(str(doc["userName"])),
         display_name=str(display)[:200],
         email=_primary(doc.get("emails")),
@@ -138,6 +157,11 @@ def user_columns(doc: dict[str, Any], *, deleted: bool = False) -> UserColumns:
         department=f"/{department}" if department else None,
         disabled_reason=reason,
     )
+    for field_name, limit in _LIMITS.items():
+        value = getattr(columns, field_name)
+        if value is not None and len(value) > limit:
+            raise invalid_value(f"{field_name} is longer than {limit} characters")
+    return columns
 
 
 def version(doc: dict[str, Any], members: tuple[str, ...] = ()) -> str:

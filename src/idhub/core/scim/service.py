@@ -118,6 +118,8 @@ class ScimService:
         return self._store.list_groups(call.owner)
 
     def _record(self, kind: str, call: Call, scim_id: str) -> ScimRecord:
+        if len(scim_id) > 200 or not scim_id.isprintable():
+            raise not_found(f"{kind} not found")
         record = (
             self._store.get_user(call.owner, scim_id)
             if kind == "User"
@@ -279,6 +281,8 @@ class ScimService:
         if unknown:
             raise invalid_value(f"member {unknown[0][:100]} is not a user of this source")
         name = str(doc["displayName"]).strip()
+        if len(name) > 200:
+            raise invalid_value("displayName is longer than 200 characters")
         scim_id = record.scim_id if record else self._new_id()
         if self._store.group_name_taken(name, except_id=record.scim_id if record else None):
             raise uniqueness(f"a group named {name[:100]!r} already exists")
