@@ -287,3 +287,20 @@ def test_every_change_is_audited_with_source_and_request_id(scim: Scim) -> None:
     assert all(e.details["source"] == "scim:hr" and e.details["request_id"] for e in mine)
     assert mine[1].details["request_id"] == "req-scim-0001"
     assert mine[1].details["changes"]["disabled_reason"] == [None, "scim: deleted"]
+
+
+def test_disable_and_delete_sign_the_person_out_everywhere(scim: Scim) -> None:
+    sessions = scim.services.sessions
+    for name, change in [
+        ("nina", lambda path: _patch(scim.hr, path, {"op": "replace", "value": {"active": False}})),
+        ("oscar", lambda path: scim.hr.delete(path)),
+    ]:
+        made = _create(scim.hr, name)
+        user = scim.services.identity.get_user_by_username(name)
+        sessions.start(user, amr=["pwd"])
+        assert len(sessions.active_for_user(user.id)) == 1
+        # A change that does not disable keeps the session.
+        _patch(scim.hr, f"/Users/{made['id']}", {"op": "replace", "path": "title", "value": "x"})
+        assert len(sessions.active_for_user(user.id)) == 1
+        assert change(f"/Users/{made['id']}").status_code in (200, 204)
+        assert sessions.active_for_user(user.id) == []
