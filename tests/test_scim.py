@@ -129,6 +129,14 @@ def test_filters_sorting_paging_and_projection(scim: Scim) -> None:
         return [u["userName"] for u in answer.json()["Resources"]]
 
     assert names(filter='userName eq "ERIN"') == ["erin"]
+    # Equality on userName / id is looked up by index; the rest of the filter still applies,
+    # and another source's people stay invisible.
+    assert names(filter='userName eq "erin" and active eq false') == []
+    assert names(filter='name.familyName eq "test" and userName eq "erin"') == ["erin"]
+    assert names(filter='id eq "no-such-id"') == []
+    assert names(filter='userName eq "nobody"') == []
+    crm = scim.crm.get("/Users", params={"filter": 'userName eq "erin"'}).json()
+    assert crm["totalResults"] == 0
     assert names(filter='userName sw "d" or userName ew "ce"', sortBy="userName") == [
         "dave",
         "grace",

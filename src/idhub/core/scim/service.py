@@ -16,6 +16,7 @@ from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
 from idhub.core.directory.ports import SessionTerminator
+from idhub.core.identifiers import canonical_name
 from idhub.core.scim.errors import (
     ScimError,
     invalid_syntax,
@@ -24,6 +25,7 @@ from idhub.core.scim.errors import (
     precondition_failed,
     uniqueness,
 )
+from idhub.core.scim.filter import Compare, Logical, Node
 from idhub.core.scim.patch import apply_patch
 from idhub.core.scim.ports import ScimRecord, ScimStore, UserColumns
 from idhub.core.scim.query import ListQuery, project, select
@@ -144,7 +146,8 @@ class ScimService:
         """`kind` "User", "Group", or "*" for a search at the service root (both)."""
         docs: list[dict[str, Any]] = []
         for one in KINDS if kind == "*" else (kind,):
-            records = self._records(one, call)
+            narrowed = self._narrow(one, call, query.filter)
+            records = self._records(one, call) if narrowed is None else narrowed
             displays = self._displays(call, records)
             docs.extend(render(one, r, base=call.base, displays=displays) for r in records)
         total, page = select(docs, query)
@@ -155,6 +158,37 @@ class ScimService:
             "itemsPerPage": len(page),
             "Resources": [project(d, query) for d in page],
         }
+
+    def _narrow(self, kind: str, call: Call, node: Node | None) -> list[ScimRecord] | None:
+        """The few candidates of a filter on `id` or `userName` equality (what clouds send
+        before every create: `userName eq "..."`), found by index; None: every resource. The
+        filter itself is still applied to them."""
+        if isinstance(node, Logical) and node.op == "and":
+            left = self._narrow(kind, call, node.left)
+            return left if left is not None else self._narrow(kind, call, node.right)
+        if not (
+            isinstance(node, Compare)
+            and node.op == "eq"
+            and isinstance(node.value, str)
+            and node.attr.schema is None
+            and len(node.attr.names) == 1
+        ):
+            return None
+        name = node.attr.names[0].lower()
+        scim_id: str | None = None
+        if name == "id":
+            scim_id = node.value
+        elif name == "username" and kind == "User":
+            owner = self._store.username_owner(canonical_name(node.value))
+            if owner is None or owner[0] != call.owner:
+                return []
+            scim_id = owner[1]
+        else:
+            return None
+        try:
+            return [self._record(kind, call, scim_id or "")]
+        except ScimError:
+            return []
 
     def get(self, kind: str, call: Call, scim_id: str) -> dict[str, Any]:
         return self._render(kind, call, self._record(kind, call, scim_id))
