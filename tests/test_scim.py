@@ -312,3 +312,18 @@ def test_disable_and_delete_sign_the_person_out_everywhere(scim: Scim) -> None:
         assert len(sessions.active_for_user(user.id)) == 1
         assert change(f"/Users/{made['id']}").status_code in (200, 204)
         assert sessions.active_for_user(user.id) == []
+
+
+def test_racing_creates_of_one_username_make_one_user(scim: Scim) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(_: int) -> int:
+        with httpx.Client(base_url=scim.url, headers=dict(scim.hr.headers), timeout=10) as c:
+            return c.post("/Users", json=user_body("peggy")).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(post, range(8)))
+    assert codes == [201] + [409] * 7
+    assert (
+        scim.hr.get("/Users", params={"filter": 'userName eq "peggy"'}).json()["totalResults"] == 1
+    )
