@@ -95,7 +95,7 @@ def _handlers(services: Services) -> dict[str, Handler]:
             doc = await run_in_threadpool(scim.create, kind, call, payload)
             return _resource_response(doc, 201)
         query = parse_query(_params(request, _QUERY_KEYS + _PROJECTION))
-        return scim_response(await run_in_threadpool(scim.list, kind, call, query))
+        return scim_response(await run_in_threadpool(scim.list_resources, kind, call, query))
 
     async def search(request: Request, call: Call) -> Response:
         body = await _body(request)
@@ -107,7 +107,7 @@ def _handlers(services: Services) -> dict[str, Handler]:
                 fields[key] = ",".join(str(v) for v in fields[key])  # type: ignore[union-attr]
         query = parse_query({k: None if v is None else str(v) for k, v in fields.items()})
         kind = _kind(request) if "kind" in request.path_params else "*"
-        return scim_response(await run_in_threadpool(scim.list, kind, call, query))
+        return scim_response(await run_in_threadpool(scim.list_resources, kind, call, query))
 
     async def resource(request: Request, call: Call) -> Response:
         kind, ident = _kind(request), request.path_params["ident"]

@@ -142,7 +142,7 @@ class ScimService:
     def _render(self, kind: str, call: Call, record: ScimRecord) -> dict[str, Any]:
         return render(kind, record, base=call.base, displays=self._displays(call, [record]))
 
-    def list(self, kind: str, call: Call, query: ListQuery) -> dict[str, Any]:
+    def list_resources(self, kind: str, call: Call, query: ListQuery) -> dict[str, Any]:
         """`kind` "User", "Group", or "*" for a search at the service root (both)."""
         docs: list[dict[str, Any]] = []
         for one in KINDS if kind == "*" else (kind,):
