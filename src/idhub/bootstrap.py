@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from idhub.core.passwords import PasswordHasher
     from idhub.core.readiness import Readiness
     from idhub.core.remembered_devices import RememberedDevices
+    from idhub.core.scim.service import ScimService
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
@@ -1328,6 +1329,23 @@ class Services:
                 channel=HttpSamlLogoutChannel(),
                 opaque=self.saml_opaque,
             ),
+        )
+
+    # --- SCIM 2.0 service provider (docs/scim.md) --------------------------------------------
+
+    @cached_property
+    def scim(self) -> ScimService:
+        import uuid
+
+        from idhub.adapters.scim_store import SqlScimStore
+        from idhub.core.scim.service import ScimService
+
+        return ScimService(
+            SqlScimStore(self.engine, self.clock, self.identity),
+            self.unit_of_work,
+            {name: s.token_sha256 for name, s in self.settings.scim_sources.items()},
+            new_id=lambda: str(uuid.uuid4()),
+            sessions=self.logout,
         )
 
 

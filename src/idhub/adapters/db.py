@@ -90,6 +90,8 @@ groups = Table(
     Column("dn", String(1000), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The SCIM document of a group a SCIM source owns (migration 0013); NULL for the others.
+    Column("attributes", JSON, nullable=True),
 )
 
 group_members = Table(

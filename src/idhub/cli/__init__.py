@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "idhub.cli.cas",
     "idhub.cli.saml",
     "idhub.cli.backup",
+    "idhub.cli.scim",
 )
 
 EXIT_ERROR = 2

@@ -21,6 +21,7 @@ from idhub.config._values import Locator, Secret, coerce, field_types, redact_ur
 from idhub.config.defences import check_defences
 from idhub.config.ldap import ldap_sources
 from idhub.config.production import production_problem, require_production_ready
+from idhub.config.scim import scim_sources
 from idhub.config.settings import (
     AuditSettings,
     CasSettings,
@@ -323,6 +324,7 @@ def load_settings(
         config_file=path,
         directory=doc.get("directory", {}),
         ldap_sources=ldap_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
+        scim_sources=scim_sources(doc.get("directory", {}), locator=locator),
     )
 
 

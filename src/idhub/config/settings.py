@@ -251,6 +251,18 @@ class LdapSourceSettings:
 
 
 @dataclass(frozen=True)
+class ScimSourceSettings:
+    """One `[directory.scim.<name>]` table (docs/scim.md)."""
+
+    name: str
+    token_sha256: str  # hex SHA-256 of the source's bearer token; the token is never stored
+
+    @property
+    def source(self) -> str:
+        return f"scim:{self.name}"
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -273,6 +285,8 @@ class Settings:
     directory: Mapping[str, Any] = field(default_factory=dict)
     # `[directory.ldap.<name>]` parsed and checked (name -> settings).
     ldap_sources: Mapping[str, LdapSourceSettings] = field(default_factory=dict)
+    # `[directory.scim.<name>]` parsed and checked (name -> settings).
+    scim_sources: Mapping[str, ScimSourceSettings] = field(default_factory=dict)
 
     def require_secret_key(self) -> Secret:
         if self.secret_key is None or not self.secret_key:

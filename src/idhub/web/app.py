@@ -39,6 +39,7 @@ ROUTE_MODULES = (
     "idhub.web.audit_api",
     "idhub.web.pdp_api",
     "idhub.web.metrics",
+    "idhub.web.scim",
 )
 
 
