@@ -150,17 +150,26 @@ class DingTalkFake:
             }
         if isinstance(scripted, int):
             return 200, {"errcode": scripted, "errmsg": f"scripted {scripted}"}
+        return self.api(path, query, body)
+
+    def issue_token(self) -> str:
+        with self._lock:
+            self._issued += 1
+            token = f"token-{self._issued}"
+            self._tokens.add(token)
+        return token
+
+    def token_valid(self, query: dict[str, str]) -> bool:
+        with self._lock:
+            return query.get("access_token") in self._tokens
+
+    def api(self, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         if path == "gettoken":
             if query.get("appkey") != APP_KEY or query.get("appsecret") != APP_SECRET:
                 return 200, {"errcode": 40089, "errmsg": "invalid appkey or appsecret"}
-            with self._lock:
-                self._issued += 1
-                token = f"token-{self._issued}"
-                self._tokens.add(token)
+            token = self.issue_token()
             return 200, {"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}
-        with self._lock:
-            valid = query.get("access_token") in self._tokens
-        if not valid:
+        if not self.token_valid(query):
             return 200, {"errcode": 40014, "errmsg": "不合法的access_token"}
         if path == "topapi/v2/department/get":
             dept = self.org.depts.get(int(body.get("dept_id", 0)))
