@@ -219,6 +219,9 @@ class DingTalkFake:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the real servers do
+            disable_nagle_algorithm = True  # headers and body go out at once
+
             def _serve(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}

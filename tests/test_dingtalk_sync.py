@@ -37,18 +37,41 @@ def fake() -> Iterator[DingTalkFake]:
     server.stop()
 
 
+def _make(
+    fake: DingTalkFake,
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    url: str,
+    known_secrets: Any,
+) -> Services:
+    known_secrets.add(APP_SECRET)
+    services = make_services(make_settings(url, toml=source_toml(fake), env=ENV))
+    services.migrate()
+    return services
+
+
 @pytest.fixture
-def corp(
+def corp_db(
     fake: DingTalkFake,
     make_settings: Callable[..., Settings],
     make_services: Callable[..., Services],
     db_url: str,
     known_secrets: Any,
 ) -> Services:
-    known_secrets.add(APP_SECRET)
-    services = make_services(make_settings(db_url, toml=source_toml(fake), env=ENV))
-    services.migrate()
-    return services
+    """On SQLite and PostgreSQL: for what the store decides (writes, leavers, the brake)."""
+    return _make(fake, make_settings, make_services, db_url, known_secrets)
+
+
+@pytest.fixture
+def corp(
+    fake: DingTalkFake,
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    sqlite_db_url: str,
+    known_secrets: Any,
+) -> Services:
+    """On SQLite: for the API client's behaviour, which no database changes."""
+    return _make(fake, make_settings, make_services, sqlite_db_url, known_secrets)
 
 
 def _rows(services: Services, query: Any) -> list[Any]:
@@ -65,17 +88,17 @@ def _sync(services: Services, **kwargs: Any) -> Any:
 
 
 def test_first_sync_builds_the_tree_members_and_managers(
-    corp: Services, fake: DingTalkFake
+    corp_db: Services, fake: DingTalkFake
 ) -> None:
-    report = _sync(corp)
+    report = _sync(corp_db)
     assert report.status == "succeeded" and report.counts["create"] == 30
-    people = _users(corp)
+    people = _users(corp_db)
     assert len(people) == 30
     one = people["dt000007"]
     assert one.source == "dingtalk:corp" and one.external_id == "dt000007"
     assert one.email == "dt000007@example.com" and one.phone == "13800000007"
     assert one.employee_id == "E000007" and one.display_name == "员工000007"
-    paths = {r.path: r for r in _rows(corp, select(departments))}
+    paths = {r.path: r for r in _rows(corp_db, select(departments))}
     assert {"/示例集团", "/示例集团/部门0002", "/示例集团/部门0002/部门0004"} <= set(paths)
     by_id = {r.id: r.username for r in people.values()}
     # The member flagged leader in a department heads it (dt000003 leads department 4).
@@ -85,11 +108,11 @@ def test_first_sync_builds_the_tree_members_and_managers(
     assert fake.calls["gettoken"] == 1
     assert fake.calls["topapi/v2/department/listsub"] == 6
     assert fake.calls["topapi/v2/user/list"] == 6
-    events = _rows(corp, select(audit_events.c.event_type, audit_events.c.details))
+    events = _rows(corp_db, select(audit_events.c.event_type, audit_events.c.details))
     assert sum(1 for e in events if e.event_type == "sync.change") >= 30
     assert APP_SECRET not in json.dumps([e.details for e in events], default=str)
 
-    again = _sync(corp)
+    again = _sync(corp_db)
     assert again.counts["create"] == again.counts["update"] == 0
 
 
@@ -111,21 +134,21 @@ def test_mobile_and_email_may_be_absent(corp: Services, fake: DingTalkFake) -> N
 
 
 def test_leavers_are_disabled_and_the_brake_holds_a_mass_disable(
-    corp: Services, fake: DingTalkFake
+    corp_db: Services, fake: DingTalkFake
 ) -> None:
-    _sync(corp)
+    _sync(corp_db)
     del fake.org.members["dt000020"]
-    report = _sync(corp)
+    report = _sync(corp_db)
     assert report.counts["disable"] == 1
-    assert _users(corp)["dt000020"].disabled
+    assert _users(corp_db)["dt000020"].disabled
 
     # A listing that silently returns far fewer members: the brake stops it, nothing changes.
     for userid in [f"dt{n:06d}" for n in range(21, 30)]:
         del fake.org.members[userid]
     with pytest.raises(SyncAborted):
-        _sync(corp)
-    assert not any(u.disabled for n, u in _users(corp).items() if n != "dt000020")
-    forced = _sync(corp, force=True)
+        _sync(corp_db)
+    assert not any(u.disabled for n, u in _users(corp_db).items() if n != "dt000020")
+    forced = _sync(corp_db, force=True)
     assert forced.counts["disable"] == 9
 
 
@@ -193,14 +216,14 @@ def test_short_and_capped_pages_are_followed_by_cursor(
 
 
 def test_a_department_listing_that_keeps_failing_disables_nobody(
-    corp: Services, fake: DingTalkFake
+    corp_db: Services, fake: DingTalkFake
 ) -> None:
-    _sync(corp)
+    _sync(corp_db)
     fake.fail_always["topapi/v2/department/listsub"] = {"errcode": -1, "errmsg": "系统繁忙"}
     with pytest.raises(DirectoryError, match="department/listsub"):
-        _sync(corp)
-    assert not any(u.disabled for u in _users(corp).values())
-    last = _rows(corp, select(sync_runs).order_by(sync_runs.c.started_at.desc()))[0]
+        _sync(corp_db)
+    assert not any(u.disabled for u in _users(corp_db).values())
+    last = _rows(corp_db, select(sync_runs).order_by(sync_runs.c.started_at.desc()))[0]
     assert last.status == "failed" and "department/listsub" in last.error
 
 
