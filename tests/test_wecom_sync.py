@@ -22,10 +22,11 @@ from tests.wecom_fake import CORP_ID, CORP_SECRET, WeComFake, company
 ENV = {"WECOM_SECRET": CORP_SECRET}
 
 
-def source_toml(fake: WeComFake) -> str:
+def source_toml(fake: WeComFake, extra: str = "") -> str:
     return (
         f'[directory.wecom.corp]\nbase_url = "{fake.url}"\ncorp_id = "{CORP_ID}"\n'
         'corp_secret_env = "WECOM_SECRET"\nretry_base = 0.01\nrate_limit_wait = 2\n'
+        f"{extra}"
     )
 
 
@@ -136,3 +137,30 @@ def test_cli_sync_wecom_dry_run(
     assert plan["status"] == "planned" and plan["counts"]["create"] == 30
     wrong = run_cli("sync", "wecom", "other", config=cli_config)
     assert wrong.code == 2 and "no wecom source named 'other'" in wrong.err
+
+
+def test_list_id_by_cursor_with_capped_pages_then_user_get(
+    fake: WeComFake,
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    sqlite_db_url: str,
+    known_secrets: Any,
+) -> None:
+    known_secrets.add(CORP_SECRET)
+    toml = source_toml(fake, 'member_listing = "list_id"\n')
+    services = make_services(make_settings(sqlite_db_url, toml=toml, env=ENV))
+    services.migrate()
+    fake.page_cap = 8  # far below the 10,000 asked for
+    fake.org.members["dt000010"].depts = [3, 5]  # two pairs, one person
+    fake.org.hidden_contact.add("dt000015")
+    fake.script("cgi-bin/user/get", [45033, -1])
+    report = _sync(services)
+    assert report.counts["create"] == 30 and report.counts["warnings"] == 0
+    people = _users(services)
+    assert people["dt000015"].email is None and people["dt000016"].email is not None
+    paths = {r.id: r.path for r in _rows(services, select(departments))}
+    assert paths[people["dt000010"].department_id] == "/示例集团/部门0003"
+    # 31 pairs, 8 a page: 4 list_id pages; one user/get per person (+2 retried).
+    assert fake.calls["cgi-bin/user/list_id"] == 4
+    assert fake.calls["cgi-bin/user/get"] == 30 + 2
+    assert "cgi-bin/user/list" not in fake.calls

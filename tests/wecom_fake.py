@@ -67,7 +67,35 @@ class WeComFake(DingTalkFake):
                 "errmsg": "ok",
                 "userlist": [self._user(m) for m in self.org.members.values() if dept in m.depts],
             }
+        if path == "cgi-bin/user/list_id":
+            return 200, self._list_id(body)
+        if path == "cgi-bin/user/get":
+            member = self.org.members.get(query.get("userid") or "")
+            if member is None:
+                return 200, {"errcode": 60111, "errmsg": "userid not found"}
+            return 200, {"errcode": 0, "errmsg": "ok", **self._user(member)}
         return 404, {"errcode": 404, "errmsg": "no such api"}
+
+    def _list_id(self, body: dict[str, Any]) -> dict[str, Any]:
+        limit = int(body.get("limit") or 1000)
+        if not 1 <= limit <= 10000:
+            return {"errcode": 40058, "errmsg": "limit out of range"}
+        if self.page_cap is not None:
+            limit = min(limit, self.page_cap)
+        pairs = [
+            {"userid": m.userid, "department": d}
+            for m in sorted(self.org.members.values(), key=lambda m: m.userid)
+            for d in m.depts
+        ]
+        start = int(body.get("cursor") or "0")
+        out: dict[str, Any] = {
+            "errcode": 0,
+            "errmsg": "ok",
+            "dept_user": pairs[start : start + limit],
+        }
+        if start + limit < len(pairs):
+            out["next_cursor"] = str(start + limit)
+        return out
 
     def _below(self, root: int) -> set[int]:
         out = {root}

@@ -7,6 +7,8 @@ several departments is listed by each and kept once, placed in `main_department`
 `department_leader`, names the manager. Status 2 (disabled) and 5 (resigned) are disabled in
 idhub; 1 (active) and 4 (not yet activated, still an employee) are enabled. Apps created
 since 2022 see no mobile or email without the member's consent: those fields may be absent.
+Where user/list is closed to the app, `member_listing = "list_id"` reads `user/list_id` by
+cursor and each member with `user/get`.
 """
 
 from __future__ import annotations
@@ -105,6 +107,9 @@ class WeComDirectory:
         return out
 
     def user_pages(self, since: str | None = None) -> Iterator[UserPage]:
+        if self.settings.member_listing == "list_id":
+            yield from self._pages_by_id()
+            return
         tree = self._departments()
         seen: set[str] = set()
         for dept_id in sorted(tree):
@@ -121,6 +126,40 @@ class WeComDirectory:
                 seen.add(userid)
                 page.users.append(self._map_user(raw, userid, dept_id))
             yield page
+
+    def _pages_by_id(self) -> Iterator[UserPage]:
+        """user/list_id pages (cursor; a page may hold fewer than `limit`), then user/get for
+        each member in the synced tree: one call per member, the price of this listing."""
+        tree = self._departments()
+        seen: set[str] = set()
+        cursor = ""
+        while True:
+            body: dict[str, Any] = {"limit": 10000}
+            if cursor:
+                body["cursor"] = cursor
+            data = self.api.call("POST", "cgi-bin/user/list_id", body=body)
+            wanted = []
+            for pair in data.get("dept_user") or []:
+                userid = str(pair.get("userid") or "")
+                try:
+                    in_tree = int(pair.get("department")) in tree
+                except (TypeError, ValueError):
+                    in_tree = False
+                if userid and in_tree and userid not in seen:
+                    seen.add(userid)
+                    wanted.append(userid)
+            page = UserPage(users=[])
+            for userid in wanted:
+                raw = self.api.call("GET", "cgi-bin/user/get", params={"userid": userid})
+                self._note_leader(raw, userid)
+                page.users.append(self._map_user(raw, userid, self.settings.root_department))
+            yield page
+            next_cursor = str(data.get("next_cursor") or "")
+            if not next_cursor:
+                return
+            if next_cursor == cursor:
+                raise OaApiError("wecom user/list_id: next_cursor did not move")
+            cursor = next_cursor
 
     def _note_leader(self, raw: dict[str, Any], userid: str) -> None:
         departments = raw.get("department") or []

@@ -89,6 +89,12 @@ def _source(
     for key in ("retries", "retry_base", "rate_limit_wait"):
         if kwargs.get(key, 0) < 0:
             raise locator.error(f"[{section}] {key} must not be negative", section, key)
+    listing = kwargs.get("member_listing", "user_list")
+    if listing not in ("user_list", "list_id") or (kind == "dingtalk" and listing != "user_list"):
+        choices = "user_list or list_id" if kind == "wecom" else "user_list"
+        raise locator.error(
+            f"[{section}] member_listing must be {choices}", section, "member_listing"
+        )
     ratio = kwargs.get("max_disable_ratio")
     if ratio is not None and not 0 <= ratio <= 1:
         raise locator.error(

@@ -270,6 +270,9 @@ class OaSourceSettings:
     rate_limit_wait: float = 120.0
     max_disable_ratio: float | None = None
     batch_size: int = 1000
+    # WeCom: "user_list" (members per department) or "list_id" (user/list_id by cursor, then
+    # user/get per member: what apps may call since 2022 where user/list is closed to them).
+    member_listing: str = "user_list"
 
     @property
     def source(self) -> str:
