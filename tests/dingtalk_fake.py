@@ -121,7 +121,7 @@ class DingTalkFake:
 
     def script(self, path: str, answers: list[Any]) -> None:
         """Queue answers for the next calls to `path`: an int errcode, ("sub", code) for a
-        gateway 88 with that sub_code, or ("http", status)."""
+        gateway 88 with that sub_code, ("http", status), or ("raw", bytes) for a non-JSON body."""
         with self._lock:
             self._scripts.setdefault(path, []).extend(answers)
 
@@ -139,6 +139,8 @@ class DingTalkFake:
             scripted = queued.pop(0) if queued else None
         if path in self.fail_always:
             return 200, self.fail_always[path]
+        if isinstance(scripted, tuple) and scripted[0] == "raw":
+            return 200, scripted[1]  # a body that is not JSON (a captive portal, a proxy page)
         if isinstance(scripted, tuple) and scripted[0] == "http":
             return int(scripted[1]), {"message": "bad gateway"}
         if isinstance(scripted, tuple) and scripted[0] == "sub":
@@ -232,7 +234,10 @@ class DingTalkFake:
                 except ValueError:
                     body = {}
                 status, data = fake.answer(parts.path.lstrip("/"), query, body)
-                out = json.dumps(data, ensure_ascii=False).encode("utf-8")
+                if isinstance(data, bytes):
+                    out = data
+                else:
+                    out = json.dumps(data, ensure_ascii=False).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(out)))

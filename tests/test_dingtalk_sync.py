@@ -287,3 +287,32 @@ def test_cli_sync_dingtalk(
     missing = run_cli("sync", "dingtalk", "nope", config=cli_config)
     assert missing.code == 2 and "no dingtalk source named 'nope' (known: corp)" in missing.err
     assert APP_SECRET not in dry.out + dry.err + missing.err
+
+
+def test_neither_the_secret_nor_a_token_reaches_the_log(
+    corp: Services, fake: DingTalkFake, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.script("topapi/v2/user/list", [("http", 502)])
+    with caplog.at_level("DEBUG"):
+        _sync(corp)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "HTTP Request" in text and "access_token=***" in text  # httpx did log the calls
+    assert APP_SECRET not in text and "token-1" not in text
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (("http", 403), "topapi/v2/user/list: HTTP 403"),
+        (("raw", b"<html>proxy login</html>"), "without a JSON body"),
+        (60011, "answered errcode 60011"),
+    ],
+)
+def test_other_failures_fail_the_run_with_one_clear_line(
+    corp: Services, fake: DingTalkFake, answer: Any, message: str
+) -> None:
+    fake.script("topapi/v2/user/list", [answer])
+    with pytest.raises(DirectoryError, match=message) as caught:
+        _sync(corp)
+    assert "\n" not in str(caught.value) and "token-" not in str(caught.value)
+    assert _users(corp) == {}
