@@ -177,7 +177,14 @@ class DingTalkFake:
             dept = self.org.depts.get(int(body.get("dept_id", 0)))
             if dept is None:
                 return 200, {"errcode": 60003, "errmsg": "部门不存在"}
-            result = {"dept_id": dept.id, "name": dept.name, "order": dept.order}
+            result = {
+                "dept_id": dept.id,
+                "name": dept.name,
+                "order": dept.order,
+                "dept_manager_userid_list": sorted(
+                    m.userid for m in self.org.members.values() if dept.id in m.leader_in
+                ),
+            }
             if dept.parent is not None:
                 result["parent_id"] = dept.parent
             return 200, {"errcode": 0, "errmsg": "ok", "result": result}

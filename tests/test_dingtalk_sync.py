@@ -104,9 +104,12 @@ def test_first_sync_builds_the_tree_members_and_managers(
     # The member flagged leader in a department heads it (dt000003 leads department 4).
     assert by_id[paths["/示例集团/部门0002/部门0004"].manager_user_id] == "dt000003"
     assert paths["/示例集团"].manager_user_id is not None
+    # department/get's order among siblings is kept (the fake gives department i order i).
+    assert paths["/示例集团/部门0002/部门0004"].sort_order == 4
     # One token for the run; one listsub per department, one user/list page per department.
     assert fake.calls["gettoken"] == 1
     assert fake.calls["topapi/v2/department/listsub"] == 6
+    assert fake.calls["topapi/v2/department/get"] == 6
     assert fake.calls["topapi/v2/user/list"] == 6
     events = _rows(corp_db, select(audit_events.c.event_type, audit_events.c.details))
     assert sum(1 for e in events if e.event_type == "sync.change") >= 30
@@ -114,6 +117,14 @@ def test_first_sync_builds_the_tree_members_and_managers(
 
     again = _sync(corp_db)
     assert again.counts["create"] == again.counts["update"] == 0
+    assert again.counts["departments_reordered"] == 0
+
+    fake.org.depts[4].order = 40
+    moved = _sync(corp_db)
+    assert moved.counts["departments_reordered"] == 1
+    assert [
+        r.sort_order for r in _rows(corp_db, select(departments)) if r.path.endswith("0004")
+    ] == [40]
 
 
 def test_a_person_in_two_departments_is_one_user(corp: Services, fake: DingTalkFake) -> None:

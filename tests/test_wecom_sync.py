@@ -94,6 +94,7 @@ def test_sync_maps_tree_leaders_statuses_and_absent_contacts(
     paths = {r.path: r for r in _rows(services, select(departments))}
     by_id = {r.id: r.username for r in people.values()}
     assert by_id[paths["/示例集团/部门0002/部门0004"].manager_user_id] == "dt000003"
+    assert paths["/示例集团/部门0002/部门0004"].sort_order == 4
     assert fake.calls["cgi-bin/department/list"] == 1
     assert fake.calls["cgi-bin/user/list"] == 6 and fake.calls["cgi-bin/gettoken"] == 1
 

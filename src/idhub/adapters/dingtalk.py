@@ -1,7 +1,8 @@
 """Reading a DingTalk (钉钉) organisation's contacts through its server API.
 
 The department tree is walked from the root department (1) with `topapi/v2/department/listsub`
-(children only, one level per call); each department's members are read with
+(children only, one level per call) and `topapi/v2/department/get` (name, order, managers);
+each department's members are read with
 `topapi/v2/user/list` by cursor, as long as the answer says `has_more` (pages may be shorter
 than asked for, so their length says nothing). A person in several departments is listed by
 each and kept once. DingTalk lists only current members: a person who left is simply absent,
@@ -58,7 +59,8 @@ class DingTalkDirectory:
         self.api = api or OaApi(settings, RULES, lambda a: _fetch_token(a, settings))
         self._departments: dict[int, OaDepartment] | None = None
         self._paths: dict[int, str] = {}
-        self._leaders: dict[int, str] = {}
+        self._leaders: dict[int, str] = {}  # from members' `leader` flags
+        self._named_leaders: dict[int, str] = {}  # from department/get's manager list
 
     def close(self) -> None:
         self.api.close()
@@ -69,13 +71,7 @@ class DingTalkDirectory:
         if self._departments is not None:
             return self._departments
         root_id = self.settings.root_department
-        root = self.api.call("POST", "topapi/v2/department/get", body={"dept_id": root_id})
-        result = root.get("result") or {}
-        found = {
-            root_id: OaDepartment(
-                root_id, str(result.get("name") or root_id), None, int(result.get("order") or 0)
-            )
-        }
+        found = {root_id: self._detail(root_id, None)}
         queue = [root_id]
         while queue:
             parent = queue.pop(0)
@@ -89,11 +85,25 @@ class DingTalkDirectory:
                     ) from None
                 if dept_id in found:
                     continue  # a cycle or a repeat: each department is walked once
-                found[dept_id] = OaDepartment(dept_id, str(raw.get("name") or dept_id), parent, 0)
+                found[dept_id] = self._detail(dept_id, parent)
                 queue.append(dept_id)
         self._departments = found
         self._paths = department_paths(found)
         return found
+
+    def _detail(self, dept_id: int, parent: int | None) -> OaDepartment:
+        """department/get: the name, the order among siblings and the named managers (listsub
+        gives neither of the last two)."""
+        data = self.api.call("POST", "topapi/v2/department/get", body={"dept_id": dept_id})
+        result = data.get("result") or {}
+        managers = sorted(str(u) for u in result.get("dept_manager_userid_list") or [] if u)
+        if managers:
+            self._named_leaders[dept_id] = managers[0]
+        try:
+            order = int(result.get("order") or 0)
+        except (TypeError, ValueError):
+            order = 0
+        return OaDepartment(dept_id, str(result.get("name") or dept_id), parent, order)
 
     def departments(self, since: str | None = None) -> list[SourceDepartment]:
         tree = self._tree()
@@ -102,11 +112,10 @@ class DingTalkDirectory:
                 external_id=str(dept_id),
                 dn=f"dept={dept_id},o=dingtalk",
                 path=self._paths[dept_id],
-                manager_dn=member_dn("dingtalk", self._leaders[dept_id])
-                if dept_id in self._leaders
-                else None,
+                manager_dn=_manager(self._leaders.get(dept_id) or self._named_leaders.get(dept_id)),
+                order=department.order,
             )
-            for dept_id in tree
+            for dept_id, department in tree.items()
         ]
 
     # ------------------------------------------------------------ users
@@ -180,6 +189,10 @@ class DingTalkDirectory:
 
     def member_of(self) -> dict[str, tuple[str, ...]]:
         return {}
+
+
+def _manager(userid: str | None) -> str | None:
+    return member_dn("dingtalk", userid) if userid else None
 
 
 def _text(value: Any) -> str | None:

@@ -102,6 +102,7 @@ class WeComDirectory:
                     dn=f"dept={dept_id},o=wecom",
                     path=self._paths[dept_id],
                     manager_dn=member_dn("wecom", leader) if leader else None,
+                    order=tree[dept_id].order,
                 )
             )
         return out
