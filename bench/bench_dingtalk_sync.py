@@ -31,7 +31,8 @@ SECRET = "bench-secret-key-0123456789abcdefghijklmnop"
 
 
 def bare_read(url: str, page_size: int) -> int:
-    """What any client must do: token, walk the tree, page every department's members."""
+    """What any client must do: token, walk the tree (each department's details and
+    children), page every department's members."""
     calls = 0
     with httpx.Client(base_url=url, timeout=30) as http:
         token = http.get("/gettoken", params={"appkey": APP_KEY, "appsecret": APP_SECRET}).json()
@@ -40,6 +41,8 @@ def bare_read(url: str, page_size: int) -> int:
         queue, seen = [1], 0
         while queue:
             dept = queue.pop(0)
+            http.post("/topapi/v2/department/get", params=q, json={"dept_id": dept})
+            calls += 1
             kids = http.post("/topapi/v2/department/listsub", params=q, json={"dept_id": dept})
             calls += 1
             queue.extend(d["dept_id"] for d in kids.json()["result"])
