@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from idhub.cas.server import CasServer
     from idhub.cas.services import CasServiceRegistry
     from idhub.cas.tickets import CasTickets
+    from idhub.config import OaSourceSettings
     from idhub.core.audit import Auditor
     from idhub.core.authenticator import Authenticator
     from idhub.core.authz.audit_access import AuditReaders
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
+    from idhub.core.directory.ports import DirectorySource
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
     from idhub.core.identity import PasswordVerifier, User
@@ -130,7 +132,7 @@ class Services:
         self._add_authz_jobs()
         self.readiness_checks["policy"] = self._authz_ready
         # --- directory sync hooks (scheduler) ---
-        if self.settings.ldap_sources:
+        if self.settings.ldap_sources or self.settings.oa_sources:
             self._add_sync_job()
         # --- audit hooks (sinks) ---
         if self.settings.audit.jsonl_path is not None or self.settings.audit.syslog:
@@ -830,6 +832,59 @@ class Services:
             uow=self.unit_of_work,
         )
 
+    def oa_sync(self, source: str) -> DirectorySync:
+        """A sync runner for an OA source, "dingtalk:<name>" or "wecom:<name>"."""
+        from idhub.adapters.directory_store import lease_owner
+        from idhub.core.authz.sod_sync import SyncDutyReviewer
+        from idhub.core.directory.sync import DirectorySync
+
+        settings = self.oa_source(source)
+        ratio = settings.max_disable_ratio
+        return DirectorySync(
+            source_name=settings.source,
+            directory=self.oa_directory(source),
+            store=self.directory_store,
+            audit=self.audit,
+            clock=self.clock,
+            logout=self.logout,
+            max_disable_ratio=self.settings.sync.max_disable_ratio if ratio is None else ratio,
+            change_mark="timestamp",  # unused: OA sources are read whole every run
+            membership="member",
+            id_check_interval=0,
+            owner=lease_owner(),
+            batch_size=settings.batch_size,
+            duties=SyncDutyReviewer(
+                lambda: self.authz.engine,
+                now=self.clock.now,
+                refresh=lambda: self.authz.refresh_directory(),
+            ),
+            uow=self.unit_of_work,
+        )
+
+    def oa_source(self, source: str) -> OaSourceSettings:
+        from idhub.errors import NotFound
+
+        found = self.settings.oa_sources.get(source)
+        if found is None:
+            kind = source.partition(":")[0]
+            known = ", ".join(
+                sorted(s.name for s in self.settings.oa_sources.values() if s.kind == kind)
+            )
+            name = source.partition(":")[2]
+            raise NotFound(f"no {kind} source named {name!r} (known: {known or 'none configured'})")
+        return found
+
+    def oa_directory(self, source: str) -> DirectorySource:
+        """A fresh client of an OA source's server API; the caller closes it."""
+        settings = self.oa_source(source)
+        if settings.kind == "wecom":
+            from idhub.adapters.wecom import WeComDirectory
+
+            return WeComDirectory(settings)
+        from idhub.adapters.dingtalk import DingTalkDirectory
+
+        return DingTalkDirectory(settings)
+
     @cached_property
     def password_verifiers(self) -> dict[str, PasswordVerifier]:
         """source -> verifier for users whose password lives elsewhere (contract 6)."""
@@ -844,26 +899,30 @@ class Services:
         def run(name: str, full: bool) -> object:
             # Timed here, around the whole run, for the sync metrics (core/metrics.py).
             started = time.perf_counter()
+            label = name if ":" in name else f"ldap:{name}"
             status = "failed"
             try:
-                report = self.directory_sync(name).run(full=full)
+                # OA sources are scheduled by their full name ("dingtalk:corp"), LDAP by name.
+                runner = self.oa_sync(name) if ":" in name else self.directory_sync(name)
+                report = runner.run(full=full)
                 status = report.status
-                count_sync_run(self.metrics, f"ldap:{name}", status, report.counts)
+                count_sync_run(self.metrics, label, status, report.counts)
                 return report
             except Exception:
                 if status == "failed":
-                    count_sync_run(self.metrics, f"ldap:{name}", status, {})
+                    count_sync_run(self.metrics, label, status, {})
                 raise
             finally:
                 self.metrics.observe(
-                    "idhub_sync_duration_seconds", time.perf_counter() - started, f"ldap:{name}"
+                    "idhub_sync_duration_seconds", time.perf_counter() - started, label
                 )
 
         def last_full_at(name: str) -> float | None:
-            return self.directory_store.state(f"ldap:{name}").last_full_at
+            source = name if ":" in name else f"ldap:{name}"
+            return self.directory_store.state(source).last_full_at
 
         return SyncScheduler(
-            sources=sorted(self.settings.ldap_sources),
+            sources=sorted(self.settings.ldap_sources) + sorted(self.settings.oa_sources),
             run=run,
             last_full_at=last_full_at,
             clock=self.clock,

@@ -48,6 +48,8 @@ departments = Table(
     Column("manager_user_id", Integer, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Order among siblings as the source gives it (DingTalk / WeCom `order`); NULL: none.
+    Column("sort_order", Integer, nullable=True),
 )
 Index("ix_departments_parent", departments.c.parent_id)
 

@@ -291,6 +291,28 @@ class SqlDirectoryStore(SqlSyncLedger):
                 )
         return changed
 
+    def set_department_orders(self, orders: Mapping[str, int]) -> dict[str, tuple[Any, Any]]:
+        """Stores each department's order among its siblings; returns the ones that moved."""
+        changed: dict[str, tuple[Any, Any]] = {}
+        now = self._clock.now()
+        with begin(self._engine) as conn:
+            for chunk in _chunks(orders):
+                for path, current in conn.execute(
+                    select(departments.c.path, departments.c.sort_order).where(
+                        departments.c.path.in_(chunk)
+                    )
+                ):
+                    if current != orders[path]:
+                        changed[path] = (current, orders[path])
+            if changed:
+                conn.execute(
+                    update(departments)
+                    .where(departments.c.path == bindparam("_path"))
+                    .values(sort_order=bindparam("order"), updated_at=now),
+                    [{"_path": p, "order": after} for p, (_, after) in changed.items()],
+                )
+        return changed
+
     # ------------------------------------------------------------ groups
 
     def sync_groups(

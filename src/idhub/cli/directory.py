@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
 from idhub.core.directory.plan import SyncPlan, UserChange
+from idhub.core.directory.sync import DirectorySync
 
 EXIT_FAILED_CHECK = 1
 SYMBOLS = {"create": "+", "update": "~", "move": ">", "disable": "-", "enable": "^"}
@@ -39,6 +40,18 @@ def register(sub: Any) -> None:
         help="per-user lines to print in text output (default 200; JSON has all)",
     )
     p.set_defaults(func=cmd_sync_ldap)
+
+    # DingTalk and WeCom: read whole every run, so no --full; the rest as for LDAP.
+    for kind, title in (("dingtalk", "DingTalk"), ("wecom", "WeCom")):
+        p = sync_sub.add_parser(kind, help=f"sync one {title} organisation's contacts")
+        p.add_argument("name", help=f"the <name> of [directory.{kind}.<name>]")
+        p.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+        p.add_argument("--force", action="store_true", help="apply even if the safety brake trips")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument(
+            "--limit", type=int, default=200, help="per-user lines to print (default 200)"
+        )
+        p.set_defaults(func=cmd_sync_oa, kind=kind, full=True)
 
     p = sync_sub.add_parser("status", help="last runs and state of every source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -138,7 +151,14 @@ class _ProgressBar:
 
 
 def cmd_sync_ldap(args: argparse.Namespace, ctx: CliContext) -> int:
-    runner = ctx.services.directory_sync(args.name)
+    return _run_sync(args, ctx.services.directory_sync(args.name))
+
+
+def cmd_sync_oa(args: argparse.Namespace, ctx: CliContext) -> int:
+    return _run_sync(args, ctx.services.oa_sync(f"{args.kind}:{args.name}"))
+
+
+def _run_sync(args: argparse.Namespace, runner: DirectorySync) -> int:
     bar = _ProgressBar(sys.stderr, enabled=not args.json)
     try:
         report = runner.run(full=args.full, dry_run=args.dry_run, force=args.force, progress=bar)
@@ -223,6 +243,7 @@ def _print_report(
 def cmd_sync_status(args: argparse.Namespace, ctx: CliContext) -> int:
     store = ctx.services.directory_store
     configured = [s.source for s in ctx.settings.ldap_sources.values()]
+    configured += list(ctx.settings.oa_sources)
     states = {s["source"]: s for s in store.all_states()}
     sources = sorted(set(configured) | set(states))
     out: list[dict[str, Any]] = []

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.defences import check_defences
 from idhub.config.ldap import ldap_sources
+from idhub.config.oa import oa_sources
 from idhub.config.production import production_problem, require_production_ready
 from idhub.config.scim import scim_sources
 from idhub.config.settings import (
@@ -30,6 +31,7 @@ from idhub.config.settings import (
     LimitsSettings,
     MetricsSettings,
     MfaSettings,
+    OaSourceSettings,
     PasswordSettings,
     PolicySettings,
     SamlSettings,
@@ -51,6 +53,7 @@ __all__ = [
     "LimitsSettings",
     "MetricsSettings",
     "MfaSettings",
+    "OaSourceSettings",
     "PasswordSettings",
     "PolicySettings",
     "SamlSettings",
@@ -325,6 +328,7 @@ def load_settings(
         directory=doc.get("directory", {}),
         ldap_sources=ldap_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
         scim_sources=scim_sources(doc.get("directory", {}), locator=locator),
+        oa_sources=oa_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
     )
 
 

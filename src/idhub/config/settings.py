@@ -263,6 +263,35 @@ class ScimSourceSettings:
 
 
 @dataclass(frozen=True)
+class OaSourceSettings:
+    """One `[directory.dingtalk.<name>]` or `[directory.wecom.<name>]` table (docs/directory.md)."""
+
+    kind: str  # "dingtalk" or "wecom"
+    name: str
+    base_url: str
+    client_id: str  # DingTalk appkey / WeCom corpid
+    client_secret: Secret
+    root_department: int = 1
+    page_size: int = 100
+    timeout: float = 10.0
+    # Transient failures (gateway 5xx, "system busy") retried this many times per call.
+    retries: int = 4
+    # First back-off step in seconds (doubled each time); rate limits wait at most
+    # `rate_limit_wait` seconds in all per call before the run gives up.
+    retry_base: float = 1.0
+    rate_limit_wait: float = 120.0
+    max_disable_ratio: float | None = None
+    batch_size: int = 1000
+    # WeCom: "user_list" (members per department) or "list_id" (user/list_id by cursor, then
+    # user/get per member: what apps may call since 2022 where user/list is closed to them).
+    member_listing: str = "user_list"
+
+    @property
+    def source(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -287,6 +316,8 @@ class Settings:
     ldap_sources: Mapping[str, LdapSourceSettings] = field(default_factory=dict)
     # `[directory.scim.<name>]` parsed and checked (name -> settings).
     scim_sources: Mapping[str, ScimSourceSettings] = field(default_factory=dict)
+    # `[directory.dingtalk.<name>]` / `[directory.wecom.<name>]`, keyed "dingtalk:<name>".
+    oa_sources: Mapping[str, OaSourceSettings] = field(default_factory=dict)
 
     def require_secret_key(self) -> Secret:
         if self.secret_key is None or not self.secret_key:

@@ -156,6 +156,7 @@ class SourceDepartment:
     path: str
     manager_dn: str | None
     modified: str | None = None
+    order: int | None = None  # among siblings, for sources that give one (DingTalk, WeCom)
 
 
 # ------------------------------------------------------------------ values

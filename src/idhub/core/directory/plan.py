@@ -86,6 +86,8 @@ class SyncPlan:
     new_departments: set[str] = field(default_factory=set)
     # path -> manager DN (None to clear); only departments whose manager changes.
     managers: dict[str, str | None] = field(default_factory=dict)
+    # path -> order among siblings, from sources that give one (DingTalk, WeCom).
+    orders: dict[str, int] = field(default_factory=dict)
     groups: list[SourceGroup] | None = None  # None: groups not looked at this run
     warnings: list[str] = field(default_factory=list)
     entries_seen: int = 0

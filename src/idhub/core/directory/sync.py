@@ -299,6 +299,7 @@ class DirectorySync:
         wanted_paths |= {p for d in departments for p in parent_paths(d.path)}
         plan.new_departments = self._store.missing_departments(wanted_paths)
         plan.managers = {d.path: d.manager_dn for d in departments}
+        plan.orders = {d.path: d.order for d in departments if d.order is not None}
 
         changed_groups, problems = self._dir.groups(since) if since else ([], [])
         for group in changed_groups:
@@ -431,6 +432,21 @@ class DirectorySync:
                 )
             counts["managers_changed"] = len(moved)
             directory_changed = directory_changed or bool(moved)
+
+        if plan.orders:
+            with self._uow.atomic() as tx:
+                reordered = self._store.set_department_orders(plan.orders)
+                tx.record_many(
+                    [
+                        self._event(
+                            run_id,
+                            f"department:{path}",
+                            {"kind": "order", "order": [before, after]},
+                        )
+                        for path, (before, after) in reordered.items()
+                    ]
+                )
+            counts["departments_reordered"] = len(reordered)
 
         if plan.groups is not None:
             dn_index = dn_index if dn_index is not None else self._dn_index(plan)
