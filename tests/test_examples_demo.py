@@ -141,6 +141,9 @@ def test_make_demo_serves_three_working_pages_and_stops_on_ctrl_c(
     # Ctrl-C stops all three.
     assert demo.interrupt() == 0
     assert not any(_listening(port) for port in ports.values())
+    # The console shows idhub's and the systems' own lines, no library's deprecation notices.
+    console = demo.process.stderr.read() if demo.process.stderr else ""
+    assert "Warning" not in console, console[-2000:]
 
     # Started again: the systems are already registered; a fresh secret works.
     again = Demo(tmp_path, _env(tmp_path, ports))
