@@ -13,13 +13,13 @@ department becomes that department's manager.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from idhub.adapters.oa_api import ApiRules, OaApi, OaApiError
+from idhub.adapters.oa_directory import OaDirectory, UserPage, text
 from idhub.config import OaSourceSettings
 from idhub.core.directory.dn import MappingProblem
-from idhub.core.directory.mapping import SourceDepartment, SourceGroup, SourceUser
+from idhub.core.directory.mapping import SourceDepartment, SourceUser
 from idhub.core.directory.oa_mapping import OaDepartment, department_paths, member_dn
 
 RULES = ApiRules(
@@ -32,38 +32,20 @@ RULES = ApiRules(
 )
 
 
-@dataclass
-class UserPage:
-    users: list[SourceUser]
-    problems: list[str] = field(default_factory=list)
-
-
-def _fetch_token(api: OaApi, settings: OaSourceSettings) -> tuple[str, float]:
-    data = api.call(
-        "GET",
-        "gettoken",
-        params={"appkey": settings.client_id, "appsecret": settings.client_secret.reveal()},
-        authenticated=False,
-    )
-    token = data.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise OaApiError("dingtalk gettoken: no access_token in the answer")
-    return token, float(data.get("expires_in") or 7200)
-
-
-class DingTalkDirectory:
+class DingTalkDirectory(OaDirectory):
     """One configured DingTalk source (a DirectorySource for core/directory/sync.py)."""
 
+    platform = "dingtalk"
+    rules = RULES
+    credentials_call = "gettoken"
+    credential_names = ("appkey", "appsecret")
+
     def __init__(self, settings: OaSourceSettings, *, api: OaApi | None = None) -> None:
-        self.settings = settings
-        self.api = api or OaApi(settings, RULES, lambda a: _fetch_token(a, settings))
+        super().__init__(settings, api=api)
         self._departments: dict[int, OaDepartment] | None = None
         self._paths: dict[int, str] = {}
         self._leaders: dict[int, str] = {}  # from members' `leader` flags
         self._named_leaders: dict[int, str] = {}  # from department/get's manager list
-
-    def close(self) -> None:
-        self.api.close()
 
     # ------------------------------------------------------------ departments
 
@@ -169,10 +151,10 @@ class DingTalkDirectory:
             external_id=userid,
             dn=member_dn("dingtalk", userid),
             username=userid,
-            display_name=_text(raw.get("name")) or userid,
-            email=_text(raw.get("email")) or _text(raw.get("org_email")),
-            phone=_text(raw.get("mobile")),
-            employee_id=_text(raw.get("job_number")),
+            display_name=text(raw.get("name")) or userid,
+            email=text(raw.get("email")) or text(raw.get("org_email")),
+            phone=text(raw.get("mobile")),
+            employee_id=text(raw.get("job_number")),
             department=self._paths.get(home),
             # DingTalk lists only people in the organisation; `active` false means "has not
             # activated the app yet", who is still an employee.
@@ -180,26 +162,9 @@ class DingTalkDirectory:
             modified=None,
         )
 
-    def user_id_pages(self) -> Iterator[list[str]]:
-        for page in self.user_pages():
-            yield [u.external_id for u in page.users]
-
-    def groups(self, since: str | None = None) -> tuple[list[SourceGroup], list[str]]:
-        return [], []
-
-    def member_of(self) -> dict[str, tuple[str, ...]]:
-        return {}
-
 
 def _manager(userid: str | None) -> str | None:
     return member_dn("dingtalk", userid) if userid else None
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    out = str(value).strip()
-    return out or None
 
 
 def _ints(values: Any) -> list[int]:

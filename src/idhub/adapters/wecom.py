@@ -14,12 +14,12 @@ cursor and each member with `user/get`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from idhub.adapters.oa_api import ApiRules, OaApi, OaApiError
+from idhub.adapters.oa_directory import OaDirectory, UserPage, text
 from idhub.config import OaSourceSettings
-from idhub.core.directory.mapping import SourceDepartment, SourceGroup, SourceUser
+from idhub.core.directory.mapping import SourceDepartment, SourceUser
 from idhub.core.directory.oa_mapping import OaDepartment, department_paths, member_dn
 
 RULES = ApiRules(
@@ -33,38 +33,20 @@ RULES = ApiRules(
 DISABLED_STATUSES = {2, 5}
 
 
-@dataclass
-class UserPage:
-    users: list[SourceUser]
-    problems: list[str] = field(default_factory=list)
-
-
-def _fetch_token(api: OaApi, settings: OaSourceSettings) -> tuple[str, float]:
-    data = api.call(
-        "GET",
-        "cgi-bin/gettoken",
-        params={"corpid": settings.client_id, "corpsecret": settings.client_secret.reveal()},
-        authenticated=False,
-    )
-    token = data.get("access_token")
-    if not isinstance(token, str) or not token:
-        raise OaApiError("wecom gettoken: no access_token in the answer")
-    return token, float(data.get("expires_in") or 7200)
-
-
-class WeComDirectory:
+class WeComDirectory(OaDirectory):
     """One configured WeCom source (a DirectorySource for core/directory/sync.py)."""
 
+    platform = "wecom"
+    rules = RULES
+    credentials_call = "cgi-bin/gettoken"
+    credential_names = ("corpid", "corpsecret")
+
     def __init__(self, settings: OaSourceSettings, *, api: OaApi | None = None) -> None:
-        self.settings = settings
-        self.api = api or OaApi(settings, RULES, lambda a: _fetch_token(a, settings))
+        super().__init__(settings, api=api)
         self._tree: dict[int, OaDepartment] | None = None
         self._paths: dict[int, str] = {}
         self._named_leaders: dict[int, str] = {}
         self._leaders: dict[int, str] = {}
-
-    def close(self) -> None:
-        self.api.close()
 
     def _departments(self) -> dict[int, OaDepartment]:
         if self._tree is not None:
@@ -185,28 +167,11 @@ class WeComDirectory:
             external_id=userid,
             dn=member_dn("wecom", userid),
             username=userid,
-            display_name=_text(raw.get("name")) or userid,
-            email=_text(raw.get("email")) or _text(raw.get("biz_mail")),
-            phone=_text(raw.get("mobile")),
+            display_name=text(raw.get("name")) or userid,
+            email=text(raw.get("email")) or text(raw.get("biz_mail")),
+            phone=text(raw.get("mobile")),
             employee_id=None,
             department=self._paths.get(main) or self._paths.get(listed_in),
             disabled=status in DISABLED_STATUSES,
             modified=None,
         )
-
-    def user_id_pages(self) -> Iterator[list[str]]:
-        for page in self.user_pages():
-            yield [u.external_id for u in page.users]
-
-    def groups(self, since: str | None = None) -> tuple[list[SourceGroup], list[str]]:
-        return [], []
-
-    def member_of(self) -> dict[str, tuple[str, ...]]:
-        return {}
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    out = str(value).strip()
-    return out or None
