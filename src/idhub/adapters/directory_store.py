@@ -271,45 +271,34 @@ class SqlDirectoryStore(SqlSyncLedger):
         return ids
 
     def set_managers(self, managers: Mapping[str, int | None]) -> dict[str, tuple[Any, Any]]:
-        changed: dict[str, tuple[Any, Any]] = {}
-        now = self._clock.now()
-        with begin(self._engine) as conn:
-            for chunk in _chunks(managers):
-                for path, current in conn.execute(
-                    select(departments.c.path, departments.c.manager_user_id).where(
-                        departments.c.path.in_(chunk)
-                    )
-                ):
-                    if current != managers[path]:
-                        changed[path] = (current, managers[path])
-            if changed:
-                conn.execute(
-                    update(departments)
-                    .where(departments.c.path == bindparam("_path"))
-                    .values(manager_user_id=bindparam("manager"), updated_at=now),
-                    [{"_path": p, "manager": after} for p, (_, after) in changed.items()],
-                )
-        return changed
+        return self._set_department_column("manager_user_id", managers)
 
     def set_department_orders(self, orders: Mapping[str, int]) -> dict[str, tuple[Any, Any]]:
         """Stores each department's order among its siblings; returns the ones that moved."""
+        return self._set_department_column("sort_order", orders)
+
+    def _set_department_column(
+        self, column: str, wanted: Mapping[str, Any]
+    ) -> dict[str, tuple[Any, Any]]:
+        """Sets `column` of each department (by path) to its wanted value; returns the paths
+        that changed as (before, after)."""
         changed: dict[str, tuple[Any, Any]] = {}
         now = self._clock.now()
         with begin(self._engine) as conn:
-            for chunk in _chunks(orders):
+            for chunk in _chunks(wanted):
                 for path, current in conn.execute(
-                    select(departments.c.path, departments.c.sort_order).where(
+                    select(departments.c.path, departments.c[column]).where(
                         departments.c.path.in_(chunk)
                     )
                 ):
-                    if current != orders[path]:
-                        changed[path] = (current, orders[path])
+                    if current != wanted[path]:
+                        changed[path] = (current, wanted[path])
             if changed:
                 conn.execute(
                     update(departments)
                     .where(departments.c.path == bindparam("_path"))
-                    .values(sort_order=bindparam("order"), updated_at=now),
-                    [{"_path": p, "order": after} for p, (_, after) in changed.items()],
+                    .values({column: bindparam("_value"), "updated_at": now}),
+                    [{"_path": p, "_value": after} for p, (_, after) in changed.items()],
                 )
         return changed
 
