@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
+    from idhub.core.directory.local_departments import LocalDepartments
+    from idhub.core.directory.local_groups import LocalGroups
     from idhub.core.directory.ports import DirectorySource
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
@@ -799,6 +801,30 @@ class Services:
         from idhub.adapters.directory_store import SqlDirectoryStore
 
         return SqlDirectoryStore(self.engine, self.clock)
+
+    @cached_property
+    def local_departments(self) -> LocalDepartments:
+        """Departments an admin keeps by hand (`idhub department ...`)."""
+        from idhub.adapters.directory_admin_store import SqlDirectoryAdminStore
+        from idhub.core.directory.local_departments import LocalDepartments
+
+        return LocalDepartments(
+            SqlDirectoryAdminStore(self.engine, self.clock),
+            counter=self.directory_store,
+            uow=self.unit_of_work,
+        )
+
+    @cached_property
+    def local_groups(self) -> LocalGroups:
+        """Groups an admin keeps by hand (`idhub group ...`)."""
+        from idhub.adapters.directory_admin_store import SqlDirectoryAdminStore
+        from idhub.core.directory.local_groups import LocalGroups
+
+        return LocalGroups(
+            SqlDirectoryAdminStore(self.engine, self.clock),
+            counter=self.directory_store,
+            uow=self.unit_of_work,
+        )
 
     def directory_sync(self, name: str) -> DirectorySync:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""

@@ -93,6 +93,16 @@ class EventType(StrEnum):
     SAML_SP_ADDED = "saml.sp_added"
     SAML_SP_REMOVED = "saml.sp_removed"
 
+    # --- local directory data set by an admin (core/directory/local_*.py) ---
+    DEPARTMENT_ADDED = "directory.department_added"
+    DEPARTMENT_MOVED = "directory.department_moved"
+    DEPARTMENT_MANAGER_SET = "directory.department_manager_set"
+    DEPARTMENT_REMOVED = "directory.department_removed"
+    GROUP_ADDED = "directory.group_added"
+    GROUP_MEMBER_ADDED = "directory.group_member_added"
+    GROUP_MEMBER_REMOVED = "directory.group_member_removed"
+    GROUP_REMOVED = "directory.group_removed"
+
     # --- segregation of duties (core/authz/sod_*.py) ---
     SOD_VIOLATION = "sod.violation"
     SOD_EXCEPTION_GRANTED = "sod.exception_granted"
