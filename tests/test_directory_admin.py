@@ -71,6 +71,8 @@ def test_add_needs_an_existing_parent_and_a_free_name_in_any_spelling(company: S
     row = _paths(company)["/总部/华东区/销售二部"]
     assert row.parent_id == _paths(company)["/总部/华东区"].id and row.name == "销售二部"
     assert company.directory_store.directory_counter() == before + 1
+    assert local.add("新公司", actor=ADMIN).path == "/新公司"  # a root of its own
+    assert _paths(company)["/新公司"].parent_id is None
     # Under a source's department is allowed: a local team inside a synced one.
     assert local.add("/Finance/AP/Audit-Prep", actor=ADMIN).path == "/Finance/AP/Audit-Prep"
     # The parent is found in its canonical spelling too, and the child keeps the stored one.
@@ -98,6 +100,7 @@ def test_add_needs_an_existing_parent_and_a_free_name_in_any_spelling(company: S
     added_events = [e for e in _events(company) if e[0] == "directory.department_added"]
     assert [e[1] for e in added_events] == [
         "department:/总部/华东区/销售二部",
+        "department:/新公司",
         "department:/Finance/AP/Audit-Prep",
         "department:/Finance/AP/Closing",
     ]

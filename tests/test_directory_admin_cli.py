@@ -59,6 +59,7 @@ def test_department_commands(run_cli: Run, config: Path, services: Services) -> 
     assert moved.out == (
         "moved /总部/华东区 to /总部/华北区/华东区 (3 department(s) re-pathed; "
         "2 user(s) moved with them)\n"
+        "note: policies name departments by path: `idhub policy check` lists the old ones\n"
     ), moved.err
     assert services.identity.require_user("alice").department_path == "/总部/华北区/华东区/销售一部"
     renamed = run_cli(
@@ -190,6 +191,15 @@ def test_group_commands_and_refusals(run_cli: Run, config: Path, services: Servi
         "group ldap-admins is owned by ldap:corp; change it there",
     )
     refused(run_cli("group", "show", "nope", config=config), "no group named 'nope'")
+    # Typos in a name: refused, with the close name that exists.
+    refused(
+        run_cli("group", "add-member", "项目组", "bob", "alcie", config=config),
+        "no user named 'alcie' (did you mean 'alice'?)",
+    )
+    refused(
+        run_cli("group", "show", "ldap-admin", config=config),
+        "no group named 'ldap-admin' (did you mean 'ldap-admins'?)",
+    )
 
     shown = json.loads(run_cli("group", "show", "项目组", "--json", config=config).out)
     assert shown["source"] == "local"

@@ -90,6 +90,8 @@ def cmd_move(args: argparse.Namespace, ctx: CliContext) -> int:
             f"moved {moved.before} to {moved.after} ({moved.departments} department(s) "
             f"re-pathed; {moved.users} user(s) moved with them)"
         )
+        # Policies and assignments name departments by path; a move does not edit them.
+        print("note: policies name departments by path: `idhub policy check` lists the old ones")
     return 0
 
 

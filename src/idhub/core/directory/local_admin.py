@@ -18,6 +18,7 @@ recomputes departments, managers and groups exactly as it does after a sync.
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,13 +215,16 @@ def find_person(store: LocalDirectoryStore, username: str) -> Person:
     if exact is not None:
         return exact
     wanted = canonical_name(username)
-    matches = [p for p in store.people() if wanted and canonical_name(p.username) == wanted]
+    people = store.people()
+    matches = [p for p in people if wanted and canonical_name(p.username) == wanted]
     if len(matches) == 1:
         return matches[0]
     if matches:
         names = ", ".join(sorted(p.username for p in matches))
         raise Conflict(f"{username!r} matches several users ({names}); give the exact username")
-    raise NotFound(f"no user named {username!r}")
+    raise NotFound(
+        f"no user named {username!r}", hint=_close(username, [p.username for p in people])
+    )
 
 
 def find_group(groups: Sequence[AdminGroup], name: str) -> AdminGroup:
@@ -236,4 +240,15 @@ def find_group(groups: Sequence[AdminGroup], name: str) -> AdminGroup:
     if matches:
         names = ", ".join(sorted(g.name for g in matches))
         raise Conflict(f"{name!r} matches several groups ({names}); give the exact name")
-    raise NotFound(f"no group named {value!r}")
+    raise NotFound(f"no group named {value!r}", hint=_close(value, [g.name for g in groups]))
+
+
+def _close(typed: str, names: Sequence[str]) -> str | None:
+    """A "did you mean" hint naming a close existing name (a typo), else None. The cutoff is
+    above difflib's default so that a name merely sharing letters is not offered."""
+    spellings = [canonical_name(n) for n in names]
+    found = difflib.get_close_matches(canonical_name(typed), spellings, n=1, cutoff=0.75)
+    if not found:
+        return None
+    spelled = next(n for n in names if canonical_name(n) == found[0])
+    return f"did you mean {spelled!r}?"
