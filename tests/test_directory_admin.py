@@ -16,7 +16,8 @@ from idhub.adapters.db import audit_events, departments, group_members, users
 from idhub.bootstrap import Services
 from idhub.core.audit import Actor
 from idhub.core.authz.decisions import Question
-from idhub.errors import Conflict, InvalidInput, NotFound
+from idhub.errors import AuditError, Conflict, InvalidInput, NotFound, StorageError
+from tests.test_atomic_audit import refused
 
 ADMIN = Actor("admin", "cli")
 
@@ -328,3 +329,33 @@ def test_the_policy_engine_sees_a_manager_and_a_group_set_here_without_a_restart
     company.local_departments.set_manager("/总部/华东区", None, actor=ADMIN)
     assert company.authz.refresh_directory() is True
     assert not _approve(company, "bob")
+
+
+def test_a_change_stands_only_with_its_event(company: Services) -> None:
+    """Failures injected by a database trigger (tests/test_atomic_audit.py): the re-path of a
+    whole subtree, a manager and memberships are rolled back when their event cannot be
+    written, and no event claims a change whose write failed."""
+    local, groups = company.local_departments, company.local_groups
+    groups.add("项目组", actor=ADMIN)
+    before = _paths(company)
+    counter = company.directory_store.directory_counter()
+    events = len(_events(company))
+    with refused(company.engine, "audit_events", "INSERT"):
+        with pytest.raises(AuditError):
+            local.move("/总部/华东区", "/", actor=ADMIN)
+        with pytest.raises(AuditError):
+            local.set_manager("/总部/华东区", "bob", actor=ADMIN)
+        with pytest.raises(AuditError):
+            groups.add_members("项目组", ["alice", "bob"], actor=ADMIN)
+    with refused(company.engine, "departments", "UPDATE"):
+        # SQLite reports a trigger's RAISE(ABORT) as a constraint failure, which the store
+        # takes for a destination taken meanwhile (Conflict); PostgreSQL as an error.
+        with pytest.raises((StorageError, Conflict)):
+            local.move("/总部/华东区", "/", actor=ADMIN)
+    assert {p: (r.parent_id, r.manager_user_id) for p, r in _paths(company).items()} == {
+        p: (r.parent_id, r.manager_user_id) for p, r in before.items()
+    }
+    assert groups.show("项目组")[1] == []
+    assert company.directory_store.directory_counter() == counter
+    assert len(_events(company)) == events
+    _verify(company)
