@@ -8,115 +8,46 @@ the platform down), each a clear page and an audited `login.failed`, never a 500
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from authlib.common.security import generate_token
-from sqlalchemy import select
 
-from idhub.adapters.db import users
 from idhub.config import Settings
 from idhub.core.assurance import ACR_UPSTREAM
 from idhub.errors import ConfigError
-from tests.conftest import LiveServer, free_port
-from tests.dingtalk_fake import APP_KEY, APP_SECRET, DingTalkFake, union_id
-from tests.dingtalk_fake import company as dingtalk_company
-from tests.sso_support import events, oauth_client, register_client, validate_id_token
-from tests.wecom_fake import AGENT_ID, CORP_ID, CORP_SECRET, WeComFake
-from tests.wecom_fake import company as wecom_company
+from tests.conftest import LiveServer
+from tests.dingtalk_fake import APP_KEY, DingTalkFake, union_id
+from tests.sso_support import events, validate_id_token
+from tests.upstream_support import (
+    DINGTALK,
+    ENV,
+    WECOM,
+    Corp,
+    make_corp,
+    no_codes_logged,
+    redeem,
+    running_dingtalk,
+    running_wecom,
+    sign_in_via,
+    synced,
+)
+from tests.wecom_fake import AGENT_ID, CORP_ID, WeComFake
 
 pytestmark = pytest.mark.filterwarnings("ignore:The httpx module is deprecated")
-
-ENV = {"DINGTALK_APP_SECRET": APP_SECRET, "WECOM_CORP_SECRET": CORP_SECRET}
-DINGTALK = "dingtalk-corp"
-WECOM = "wecom-corp"
-
-
-def sources_toml(dingtalk: DingTalkFake, wecom: WeComFake) -> str:
-    return (
-        f'[directory.dingtalk.corp]\nbase_url = "{dingtalk.url}"\napp_key = "{APP_KEY}"\n'
-        'app_secret_env = "DINGTALK_APP_SECRET"\nretry_base = 0.01\nrate_limit_wait = 1\n'
-        f'sign_in = true\nlogin_url = "{dingtalk.url}"\napi_url = "{dingtalk.url}"\n\n'
-        f'[directory.wecom.corp]\nbase_url = "{wecom.url}"\ncorp_id = "{CORP_ID}"\n'
-        'corp_secret_env = "WECOM_CORP_SECRET"\nretry_base = 0.01\nrate_limit_wait = 1\n'
-        f'sign_in = true\nagent_id = "{AGENT_ID}"\nlogin_url = "{wecom.url}"\n'
-        f'app_login_url = "{wecom.url}"\n'
-    )
 
 
 @pytest.fixture
 def dingtalk() -> Iterator[DingTalkFake]:
-    fake = DingTalkFake(dingtalk_company(users=8, departments=3)).start()
-    yield fake
-    fake.stop()
-
-
-def _wecom_org() -> Any:
-    """The same shape as the DingTalk org, with WeCom's own userids (wc...): usernames are
-    unique across sources, and these are different people."""
-    org = wecom_company(users=8, departments=3)
-    org.members = {
-        "wc" + k[2:]: replace(m, userid="wc" + k[2:], email=f"wc{k[2:]}@example.com")
-        for k, m in org.members.items()
-    }
-    return org
+    yield from running_dingtalk()
 
 
 @pytest.fixture
 def wecom() -> Iterator[WeComFake]:
-    fake = WeComFake(_wecom_org()).start()
-    yield fake
-    fake.stop()
-
-
-@dataclass
-class Corp:
-    server: LiveServer
-    dingtalk: DingTalkFake
-    wecom: WeComFake
-    rp_port: int
-    secret: str
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def authorize_url(self, **extra: Any) -> tuple[str, str, str]:
-        """An RP's /authorize URL (authlib), with its PKCE verifier and nonce."""
-        verifier, nonce = generate_token(48), secrets.token_urlsafe(12)
-        url, _ = self.client().create_authorization_url(
-            f"{self.url}/authorize", code_verifier=verifier, nonce=nonce, **extra
-        )
-        return url, verifier, nonce
-
-    def client(self) -> Any:
-        return oauth_client(self.url, "oa", self.secret, port=self.rp_port)
-
-    def at_rp(self, url: str) -> bool:
-        return url.startswith(f"http://127.0.0.1:{self.rp_port}/")
-
-
-def _make_corp(
-    make_live_server: Callable[..., LiveServer],
-    db_url: str,
-    dingtalk: DingTalkFake,
-    wecom: WeComFake,
-    known_secrets: Any,
-) -> Corp:
-    known_secrets.add(APP_SECRET, CORP_SECRET)
-    server = make_live_server(db_url, toml=sources_toml(dingtalk, wecom), env=ENV)
-    for source in ("dingtalk:corp", "wecom:corp"):
-        assert server.services.oa_sync(source).run().status == "succeeded"
-    port = free_port()
-    _, secret = register_client(server.services, "oa", port=port)
-    known_secrets.add(secret)
-    return Corp(server, dingtalk, wecom, port, secret)
+    yield from running_wecom()
 
 
 @pytest.fixture
@@ -128,7 +59,7 @@ def corp_db(
     known_secrets: Any,
 ) -> Corp:
     """On SQLite and PostgreSQL: where the state store and the user lookup decide."""
-    return _make_corp(make_live_server, db_url, dingtalk, wecom, known_secrets)
+    return make_corp(make_live_server, db_url, dingtalk, wecom, known_secrets)
 
 
 @pytest.fixture
@@ -139,70 +70,7 @@ def corp(
     wecom: WeComFake,
     known_secrets: Any,
 ) -> Corp:
-    return _make_corp(make_live_server, sqlite_db_url, dingtalk, wecom, known_secrets)
-
-
-def browse(
-    browser: httpx.Client, url: str, *, stop: Callable[[str], bool], limit: int = 12
-) -> httpx.Response:
-    """GETs `url` and follows redirects across idhub and the fake platform, as a browser
-    would, until one points where `stop` says (the RP's callback); that response is
-    returned with the redirect still in its Location header."""
-    response = browser.get(url)
-    for _ in range(limit):
-        location = response.headers.get("location")
-        if response.status_code not in (302, 303) or location is None:
-            return response
-        if location.startswith("/"):
-            parts = urlsplit(str(response.url))
-            location = f"{parts.scheme}://{parts.netloc}{location}"
-        if stop(location):
-            return response
-        response = browser.get(location)
-    raise AssertionError("too many redirects")
-
-
-def sign_in_via(
-    corp: Corp, browser: httpx.Client, provider: str, *, as_user: str | None
-) -> tuple[httpx.Response, str, str]:
-    """The RP asks /authorize; the login page's button for `provider`; the platform
-    "scans" as `as_user`. Returns the last response, the PKCE verifier and the nonce."""
-    corp.dingtalk.scan_as = corp.wecom.scan_as = as_user
-    url, verifier, nonce = corp.authorize_url()
-    page = browse(browser, url, stop=corp.at_rp)
-    assert page.status_code == 200 and "/login/upstream/" in page.text, page.text[:400]
-    button = _button(page.text, provider)
-    return browse(browser, corp.url + button, stop=corp.at_rp), verifier, nonce
-
-
-def _button(page: str, provider: str) -> str:
-    import html
-    import re
-
-    found = re.search(rf'href="(/login/upstream/{provider}[^"]*)"', page)
-    assert found, f"no {provider} button on the login page"
-    return html.unescape(found.group(1))
-
-
-def _redeem(corp: Corp, landed: httpx.Response, verifier: str, known_secrets: Any) -> Any:
-    location = landed.headers["location"]
-    assert corp.at_rp(location), location
-    token = corp.client().fetch_token(
-        f"{corp.url}/token", authorization_response=location, code_verifier=verifier
-    )
-    known_secrets.add(token["access_token"], token["id_token"])
-    return token
-
-
-def _synced(corp: Corp, source: str, external_id: str) -> Any:
-    with corp.server.services.engine.connect() as conn:
-        return conn.execute(
-            select(users).where(users.c.source == source, users.c.external_id == external_id)
-        ).one()
-
-
-def _no_codes_logged(corp: Corp, known_secrets: Any) -> None:
-    known_secrets.add(*corp.dingtalk.issued, *corp.wecom.issued)
+    return make_corp(make_live_server, sqlite_db_url, dingtalk, wecom, known_secrets)
 
 
 # ------------------------------------------------------------------ the flows
@@ -210,13 +78,13 @@ def _no_codes_logged(corp: Corp, known_secrets: Any) -> None:
 
 def test_dingtalk_sign_in_from_authorize_to_tokens(corp_db: Corp, known_secrets: Any) -> None:
     corp = corp_db
-    person = _synced(corp, "dingtalk:corp", "dt000005")
+    person = synced(corp, "dingtalk:corp", "dt000005")
     # The contacts sync keeps the unionid sign-in matches on (and the title).
     assert person.attributes["unionid"] == union_id("dt000005")
     with httpx.Client(timeout=10) as browser:
         landed, verifier, nonce = sign_in_via(corp, browser, DINGTALK, as_user="dt000005")
         assert landed.status_code == 302, landed.text[:400]
-        token = _redeem(corp, landed, verifier, known_secrets)
+        token = redeem(corp, landed, verifier, known_secrets)
     claims = validate_id_token(corp.url, token["id_token"], client_id="oa", nonce=nonce)
     assert claims["sub"] == person.sub
     assert claims["amr"] == ["dingtalk"] and claims["acr"] == ACR_UPSTREAM
@@ -231,31 +99,31 @@ def test_dingtalk_sign_in_from_authorize_to_tokens(corp_db: Corp, known_secrets:
     assert succeeded["details"]["provider"] == DINGTALK
     assert succeeded["details"]["amr"] == ["dingtalk"]
     assert succeeded["target"] == "dt000005"
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_wecom_sign_in_from_authorize_to_tokens(corp_db: Corp, known_secrets: Any) -> None:
     corp = corp_db
-    person = _synced(corp, "wecom:corp", "wc000003")
+    person = synced(corp, "wecom:corp", "wc000003")
     with httpx.Client(timeout=10) as browser:
         landed, verifier, nonce = sign_in_via(corp, browser, WECOM, as_user="wc000003")
-        token = _redeem(corp, landed, verifier, known_secrets)
+        token = redeem(corp, landed, verifier, known_secrets)
     claims = validate_id_token(corp.url, token["id_token"], client_id="oa", nonce=nonce)
     assert claims["sub"] == person.sub and claims["amr"] == ["wecom"]
     assert corp.wecom.calls["wwlogin/sso/login"] == 1
     assert corp.wecom.logins[-1]["login_type"] == "CorpApp"
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_wecom_in_app_browser_goes_to_the_oauth_page(corp: Corp, known_secrets: Any) -> None:
     agent = "Mozilla/5.0 (iPhone) AppleWebKit/605.1.15 wxwork/4.1.0 MicroMessenger/7.0.1"
     with httpx.Client(timeout=10, headers={"User-Agent": agent}) as browser:
         landed, verifier, _ = sign_in_via(corp, browser, WECOM, as_user="wc000002")
-        _redeem(corp, landed, verifier, known_secrets)
+        redeem(corp, landed, verifier, known_secrets)
     assert corp.wecom.calls["connect/oauth2/authorize"] == 1
     assert corp.wecom.calls["wwlogin/sso/login"] == 0
     assert corp.wecom.logins[-1]["scope"] == "snsapi_base"
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_no_buttons_without_sign_in(
@@ -312,7 +180,7 @@ def test_a_replayed_callback_is_refused(corp_db: Corp, known_secrets: Any) -> No
     assert again.status_code == 400
     assert "state_unknown" in again.text and "已失效" in again.text
     assert _failure_reasons(corp) == ["state_unknown"]
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_a_state_from_another_browser_is_refused_and_not_spent(
@@ -329,7 +197,7 @@ def test_a_state_from_another_browser_is_refused_and_not_spent(
         done = attacker.get(callback)
         assert done.status_code == 303 and "idhub_session" in attacker.cookies
     assert _failure_reasons(corp) == ["state_foreign"]
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_a_callback_without_state_or_for_another_provider(corp: Corp, known_secrets: Any) -> None:
@@ -344,7 +212,7 @@ def test_a_callback_without_state_or_for_another_provider(corp: Corp, known_secr
     assert no_state.status_code == 400 and "state_missing" in no_state.text
     unknown = httpx.get(f"{corp.url}/login/upstream/nosuch/callback?state=x", timeout=10)
     assert unknown.status_code == 404 and "unknown_provider" in unknown.text
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_an_expired_state_is_refused(corp: Corp, known_secrets: Any) -> None:
@@ -356,7 +224,7 @@ def test_an_expired_state_is_refused(corp: Corp, known_secrets: Any) -> None:
             conn.execute(upstream_states.update().values(expires_at=0.0))
         refused = browser.get(callback)
     assert refused.status_code == 400 and "state_unknown" in refused.text
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 # ------------------------------------------------------------------ the platform says no
@@ -377,7 +245,7 @@ def test_a_code_the_platform_refuses(corp: Corp, known_secrets: Any) -> None:
         refused = browser.get(_to_callback(corp, browser, WECOM, "wc000001"))
     assert refused.status_code == 400 and "code_refused" in refused.text
     assert _failure_reasons(corp) == ["code_refused"] * 3
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_the_person_cancelled(corp: Corp) -> None:
@@ -395,13 +263,13 @@ def test_unknown_and_disabled_people_are_refused(corp_db: Corp, known_secrets: A
     assert stranger.status_code == 400 and "unknown_user" in stranger.text
     assert "尚未开通" in stranger.text
     before = len(list(services.identity.list_users()))
-    person = _synced(corp, "dingtalk:corp", "dt000004")
+    person = synced(corp, "dingtalk:corp", "dt000004")
     services.identity.set_disabled(person.id, True, reason="admin")
     with httpx.Client(timeout=10) as browser:
         disabled = browser.get(_to_callback(corp, browser, DINGTALK, "dt000004"))
         assert disabled.status_code == 400 and "user_disabled" in disabled.text
         assert "idhub_session" not in browser.cookies
-    wecom_person = _synced(corp, "wecom:corp", "wc000006")
+    wecom_person = synced(corp, "wecom:corp", "wc000006")
     services.identity.set_disabled(wecom_person.id, True, reason="admin")
     with httpx.Client(timeout=10) as browser:
         disabled = browser.get(_to_callback(corp, browser, WECOM, "wc000006"))
@@ -413,7 +281,7 @@ def test_unknown_and_disabled_people_are_refused(corp_db: Corp, known_secrets: A
     ]
     assert failed[0]["details"]["subject"] == union_id("stranger01")
     assert failed[1]["target"] == "dt000004"
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_a_wecom_visitor_who_is_not_a_member(corp: Corp, known_secrets: Any) -> None:
@@ -422,7 +290,7 @@ def test_a_wecom_visitor_who_is_not_a_member(corp: Corp, known_secrets: Any) -> 
         refused = browser.get(_to_callback(corp, browser, WECOM, "visitor9"))
     assert refused.status_code == 400 and "not_member" in refused.text
     assert "不是本企业的成员" in refused.text
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_the_platform_is_down(corp: Corp, known_secrets: Any) -> None:
@@ -442,7 +310,7 @@ def test_the_platform_is_down(corp: Corp, known_secrets: Any) -> None:
     with httpx.Client(timeout=10) as browser:
         broken = browser.get(_to_callback(corp, browser, DINGTALK, "dt000001"))
     assert broken.status_code == 400 and "upstream_error" in broken.text
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 def test_an_expired_wecom_token_is_refreshed_once(corp: Corp, known_secrets: Any) -> None:
@@ -453,7 +321,7 @@ def test_an_expired_wecom_token_is_refreshed_once(corp: Corp, known_secrets: Any
         done = browser.get(_to_callback(corp, browser, WECOM, "wc000002"))
     assert done.status_code == 303
     assert corp.wecom.calls["cgi-bin/gettoken"] >= 2
-    _no_codes_logged(corp, known_secrets)
+    no_codes_logged(corp, known_secrets)
 
 
 # ------------------------------------------------------------------ the store
