@@ -27,6 +27,7 @@ from tests.upstream_support import (
     ENV,
     WECOM,
     Corp,
+    browse,
     make_corp,
     no_codes_logged,
     redeem,
@@ -400,3 +401,49 @@ def test_config_defaults_and_agent_secret(
     dingtalk = settings.oa_sources["dingtalk:corp"]
     assert dingtalk.login_url == "https://login.dingtalk.com"
     assert dingtalk.api_url == "https://api.dingtalk.com"
+
+
+# ------------------------------------------------------------------ a second factor
+
+
+def test_a_person_with_a_second_factor_is_asked_for_it(corp: Corp, known_secrets: Any) -> None:
+    """DingTalk counts as one factor: someone who enrolled an authenticator app presents it
+    after the scan, and the session then carries both methods at the MFA level."""
+    import pyotp
+
+    from idhub.core.assurance import ACR_MFA
+    from tests.sso_support import hidden_fields
+
+    services = corp.server.services
+    person = services.identity.get_user_by_username("dt000003")
+    assert person is not None
+    enrolment = services.mfa.begin_totp(person)
+    known_secrets.add(enrolment.secret)
+    totp = pyotp.TOTP(enrolment.secret)
+    assert services.mfa.confirm_totp(person, totp.at(services.clock.now() - 30), ctx=None)
+    with httpx.Client(timeout=10) as browser:
+        step, verifier, nonce = sign_in_via(corp, browser, DINGTALK, as_user="dt000003")
+        assert step.status_code == 200 and 'name="answer"' in step.text, step.text[:300]
+        assert "idhub_session" not in browser.cookies  # no session before the second factor
+        start = step.text.index('id="totp-form"')
+        fields = hidden_fields(step.text[start : step.text.index("</form>", start)])
+        code = totp.now()
+        known_secrets.add(code)
+        done = browser.post(f"{corp.url}/login/second-factor", data={**fields, "answer": code})
+        assert done.status_code == 303
+        landed = browse(browser, corp.url + done.headers["location"], stop=corp.at_rp)
+        token = redeem(corp, landed, verifier, known_secrets)
+    claims = validate_id_token(corp.url, token["id_token"], client_id="oa", nonce=nonce)
+    assert claims["acr"] == ACR_MFA and claims["amr"] == ["dingtalk", "otp"]
+    no_codes_logged(corp, known_secrets)
+
+
+def test_a_system_that_needs_mfa_sends_an_unenrolled_person_to_enrol(corp: Corp) -> None:
+    services = corp.server.services
+    services.clients.update("oa", require_mfa=True)
+    with httpx.Client(timeout=10) as browser:
+        step, _, _ = sign_in_via(corp, browser, DINGTALK, as_user="dt000001")
+        # A session at the upstream level, for the enrolment page only.
+        assert "idhub_session" in browser.cookies
+    assert step.status_code == 200 and urlsplit(str(step.url)).path == "/account/security"
+    assert "required=1" in str(step.url)
