@@ -943,6 +943,7 @@ class Services:
             hasher=KeyedHasher(self.settings.require_secret_key(), "upstream-state"),
             audit=self.audit,
             clock=self.clock,
+            uow=self.unit_of_work,
         )
 
     @cached_property

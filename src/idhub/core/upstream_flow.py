@@ -35,6 +35,7 @@ from idhub.core.clock import Clock
 from idhub.core.crypto import KeyedHasher, new_token
 from idhub.core.identity import User
 from idhub.core.signin import PasswordStep, SignInCore
+from idhub.core.transactions import UnitOfWork
 from idhub.core.upstream import UpstreamAccounts, UpstreamFailed, UpstreamIdentity, UpstreamProvider
 
 STATE_TTL = 600.0
@@ -86,6 +87,16 @@ class UpstreamDone:
     provider: str
 
 
+@dataclass(frozen=True)
+class SystemAsking:
+    """The system the browser goes on to after signing in (from `return_to`): what the
+    second-factor rules need to know about it."""
+
+    client_id: str | None = None
+    acr_values: tuple[str, ...] = ()
+    protocol: str = "oidc"
+
+
 class AccountsByProvider:
     """`UpstreamAccounts` that asks the finder registered for the identity's provider."""
 
@@ -113,8 +124,10 @@ class UpstreamSignIn:
         hasher: KeyedHasher,
         audit: Auditor,
         clock: Clock,
+        uow: UnitOfWork,
         ttl: float = STATE_TTL,
     ) -> None:
+        self._uow = uow
         self._providers = {p.name: p for p in providers}
         self._accounts = accounts
         self._states = states
@@ -163,14 +176,15 @@ class UpstreamSignIn:
             url = provider.authorization_url(
                 redirect_uri=redirect_uri, state=state, nonce=nonce, code_verifier=verifier
             )
-        self._states.put(self._key(state), pending, expires_at=now + self.ttl)
-        self._audit.record(
-            EventType.LOGIN_UPSTREAM_STARTED,
-            actor=Actor("user", None),
-            target=name,
-            details={"provider": name, "kind": provider.kind},
-            ctx=ctx,
-        )
+        with self._uow.atomic() as tx:
+            self._states.put(self._key(state), pending, expires_at=now + self.ttl)
+            tx.record(
+                EventType.LOGIN_UPSTREAM_STARTED,
+                actor=Actor("user", None),
+                target=name,
+                details={"provider": name, "kind": provider.kind},
+                ctx=ctx,
+            )
         return UpstreamStart(url=url, cookie=self._binding(state))
 
     # ------------------------------------------------------------------ the way back
@@ -295,16 +309,6 @@ class UpstreamSignIn:
     def _verifier(self, state: str) -> str:
         # 64 characters of [0-9a-f]: within RFC 7636's alphabet and length.
         return self._hasher.hash(f"pkce:{state}")
-
-
-@dataclass(frozen=True)
-class SystemAsking:
-    """The system the browser goes on to after signing in (from `return_to`): what the
-    second-factor rules need to know about it."""
-
-    client_id: str | None = None
-    acr_values: tuple[str, ...] = ()
-    protocol: str = "oidc"
 
 
 _REFUSALS = {
