@@ -28,6 +28,7 @@ from tests.upstream_support import (
     WECOM,
     Corp,
     browse,
+    button,
     make_corp,
     no_codes_logged,
     redeem,
@@ -342,6 +343,13 @@ def test_a_state_is_taken_once(corp_db: Corp) -> None:
     states.put("f" * 64, PendingUpstream("p", None, 300.0), expires_at=400.0)
     states.put("g" * 64, PendingUpstream("p", None, 500.0), expires_at=600.0)
     assert states.take("f" * 64, now=450.0) is None
+    # Callbacks racing for one state (a double click, two replicas): one of them gets it.
+    from concurrent.futures import ThreadPoolExecutor
+
+    states.put("r" * 64, PendingUpstream("p", None, 500.0), expires_at=900.0)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda _: states.take("r" * 64, now=550.0), range(6)))
+    assert sum(1 for g in got if g is not None) == 1
 
 
 # ------------------------------------------------------------------ configuration
@@ -447,3 +455,30 @@ def test_a_system_that_needs_mfa_sends_an_unenrolled_person_to_enrol(corp: Corp)
         assert "idhub_session" in browser.cookies
     assert step.status_code == 200 and urlsplit(str(step.url)).path == "/account/security"
     assert "required=1" in str(step.url)
+
+
+# ------------------------------------------------------------------ other front doors
+
+
+def test_a_cas_login_continues_after_dingtalk(corp: Corp, known_secrets: Any) -> None:
+    """The request that sent the browser to the login page continues after the upstream
+    sign-in as after a password: here a CAS service gets its ticket."""
+    service = "https://cas-app.example.com/oa"
+    corp.server.services.cas_services.register("casoa", urls=[service], first_party=True)
+    corp.dingtalk.scan_as = "dt000006"
+    with httpx.Client(timeout=10) as browser:
+        page = browse(browser, f"{corp.url}/cas/login?service={service}", stop=corp.at_rp)
+        assert page.status_code == 200 and "/login/upstream/" in page.text, page.text[:300]
+        link = button(page.text, DINGTALK)
+        left = browse(browser, corp.url + link, stop=lambda url: url.startswith(service))
+    location = left.headers["location"]
+    assert location.startswith(f"{service}?ticket=ST-"), location
+    ticket = location.split("ticket=", 1)[1]
+    known_secrets.add(ticket)
+    answer = httpx.get(
+        f"{corp.url}/cas/p3/serviceValidate",
+        params={"service": service, "ticket": ticket},
+        timeout=10,
+    )
+    assert "<cas:user>dt000006</cas:user>" in answer.text, answer.text[:500]
+    no_codes_logged(corp, known_secrets)
