@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from idhub.adapters.db import users
 from idhub.config import Settings
 from idhub.core.assurance import ACR_UPSTREAM
 from idhub.errors import ConfigError
@@ -82,7 +83,7 @@ def test_dingtalk_sign_in_from_authorize_to_tokens(corp_db: Corp, known_secrets:
     corp = corp_db
     person = synced(corp, "dingtalk:corp", "dt000005")
     # The contacts sync keeps the unionid sign-in matches on (and the title).
-    assert person.attributes["unionid"] == union_id("dt000005")
+    assert person.attributes == {"unionid": union_id("dt000005"), "title": "财务经理"}
     with httpx.Client(timeout=10) as browser:
         landed, verifier, nonce = sign_in_via(corp, browser, DINGTALK, as_user="dt000005")
         assert landed.status_code == 302, landed.text[:400]
@@ -482,3 +483,28 @@ def test_a_cas_login_continues_after_dingtalk(corp: Corp, known_secrets: Any) ->
     )
     assert "<cas:user>dt000006</cas:user>" in answer.text, answer.text[:500]
     no_codes_logged(corp, known_secrets)
+
+
+# ------------------------------------------------------------------ the sync's part
+
+
+def test_the_sync_fills_in_unionid_and_keeps_other_attributes(corp_db: Corp) -> None:
+    """Users synced before the sync kept unionid (or whose unionid changed) get it on the next
+    run, as an ordinary update; attribute keys the source does not own are left alone."""
+    services = corp_db.server.services
+    with services.engine.begin() as conn:
+        conn.execute(
+            users.update()
+            .where(users.c.source == "dingtalk:corp", users.c.external_id == "dt000002")
+            .values(attributes={"locker": "B-12"})
+        )
+    report = services.oa_sync("dingtalk:corp").run()
+    assert report.counts["update"] == 1, report.counts
+    person = synced(corp_db, "dingtalk:corp", "dt000002")
+    assert person.attributes == {"locker": "B-12", "unionid": union_id("dt000002")}
+    changes = [
+        e["details"] for e in events(services, "sync.change") if e["target"] == "user:dt000002"
+    ]
+    assert any("attributes.unionid" in (c.get("changes") or {}) for c in changes), changes
+    again = services.oa_sync("dingtalk:corp").run()
+    assert again.counts["update"] == 0

@@ -42,7 +42,9 @@ def sources_toml(dingtalk: DingTalkFake, wecom: WeComFake) -> str:
 
 
 def running_dingtalk() -> Iterator[DingTalkFake]:
-    fake = DingTalkFake(dingtalk_company(users=8, departments=3)).start()
+    org = dingtalk_company(users=8, departments=3)
+    org.members["dt000005"].title = "财务经理"
+    fake = DingTalkFake(org).start()
     yield fake
     fake.stop()
 
