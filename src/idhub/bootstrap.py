@@ -74,6 +74,8 @@ if TYPE_CHECKING:
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
     from idhub.core.transactions import UnitOfWork
+    from idhub.core.upstream import UpstreamProvider
+    from idhub.core.upstream_flow import AccountsByProvider, UpstreamSignIn
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
@@ -159,6 +161,10 @@ class Services:
         apply_migrations(self.engine)
 
     def close(self) -> None:
+        for provider in self.__dict__.get("upstream_providers", ()):
+            closer = getattr(provider, "close", None)
+            if closer is not None:
+                closer()
         if "engine" in self.__dict__ and self._engine is None:
             self.engine.dispose()
 
@@ -910,6 +916,61 @@ class Services:
         from idhub.adapters.dingtalk import DingTalkDirectory
 
         return DingTalkDirectory(settings)
+
+    # --- upstream sign-in (DingTalk, WeCom; other upstream providers are appended) ---------
+
+    @cached_property
+    def upstream_accounts(self) -> AccountsByProvider:
+        """provider name -> how its identities are found among idhub's users; a provider
+        appended to `upstream_providers` registers its finder here (`add`)."""
+        from idhub.core.upstream_flow import AccountsByProvider
+
+        return AccountsByProvider()
+
+    @cached_property
+    def upstream_providers(self) -> list[UpstreamProvider]:
+        """The sign-in buttons, in configuration order: every DingTalk / WeCom source with
+        `sign_in = true`. Other kinds (an upstream OpenID Connect IdP) are appended here."""
+        from idhub.adapters.upstream_accounts import SourceKey, SqlSourceAccounts
+        from idhub.adapters.upstream_dingtalk import DingTalkSignIn
+        from idhub.adapters.upstream_wecom import WeComSignIn
+
+        providers: list[UpstreamProvider] = []
+        for settings in self.settings.oa_sources.values():
+            if not settings.sign_in:
+                continue
+            provider: UpstreamProvider
+            if settings.kind == "wecom":
+                provider, key = WeComSignIn(settings), SourceKey(settings.source)
+            else:
+                provider, key = DingTalkSignIn(settings), SourceKey(settings.source, "unionid")
+            providers.append(provider)
+            self.upstream_accounts.add(provider.name, SqlSourceAccounts(self.engine, key))
+        return providers
+
+    @cached_property
+    def upstream(self) -> UpstreamSignIn:
+        """The upstream sign-in flow (core/upstream_flow.py)."""
+        from idhub.adapters.upstream_states import SqlUpstreamStates
+        from idhub.core.crypto import KeyedHasher
+        from idhub.core.upstream_flow import UpstreamSignIn
+        from idhub.errors import ConfigError
+
+        providers = self.upstream_providers
+        names = [p.name for p in providers]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ConfigError(f"two upstream sign-in providers are named {doubled[0]!r}")
+        return UpstreamSignIn(
+            providers=providers,
+            accounts=self.upstream_accounts,
+            states=SqlUpstreamStates(self.engine),
+            signin=self.signin,
+            hasher=KeyedHasher(self.settings.require_secret_key(), "upstream-state"),
+            audit=self.audit,
+            clock=self.clock,
+            uow=self.unit_of_work,
+        )
 
     @cached_property
     def password_verifiers(self) -> dict[str, PasswordVerifier]:

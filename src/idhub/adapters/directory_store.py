@@ -69,6 +69,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                 users.c.dn,
                 users.c.disabled,
                 users.c.disabled_reason,
+                users.c.attributes,
             )
             .select_from(users.outerjoin(departments, users.c.department_id == departments.c.id))
             .where(users.c.source == source)
@@ -87,8 +88,9 @@ class SqlDirectoryStore(SqlSyncLedger):
     def _collect(rows: Any, out: dict[str, StoredUser]) -> None:
         for r in rows:
             out[r[2]] = StoredUser(
-                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11]
-            )
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11],
+                dict(r[12] or {}),
+            )  # fmt: skip
 
     def enabled_ids(self, source: str) -> set[str]:
         with connect(self._engine) as conn:
@@ -130,7 +132,7 @@ class SqlDirectoryStore(SqlSyncLedger):
             if entry is None:
                 gone.append({"_id": change.user_id, **{f"v_{k}": v for k, v in state.items()}})
                 continue
-            fields = {
+            fields: dict[str, Any] = {
                 "username": entry.username,
                 "display_name": entry.display_name,
                 "email": entry.email,
@@ -150,7 +152,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                         "external_id": entry.external_id,
                         "password_hash": None,
                         "failed_logins": 0,
-                        "attributes": {},
+                        "attributes": dict(entry.attributes),
                         "created_at": now,
                     }
                 )
@@ -161,6 +163,8 @@ class SqlDirectoryStore(SqlSyncLedger):
                 ):
                     # Keep the disabled time of users this change does not enable or disable.
                     fields.pop("disabled_at")
+                if change.attributes is not None:
+                    fields["attributes"] = dict(change.attributes)
                 updates.append({"_id": change.user_id, **fields})
         try:
             with begin(self._engine) as conn:

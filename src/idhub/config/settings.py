@@ -285,6 +285,17 @@ class OaSourceSettings:
     # WeCom: "user_list" (members per department) or "list_id" (user/list_id by cursor, then
     # user/get per member: what apps may call since 2022 where user/list is closed to them).
     member_listing: str = "user_list"
+    # Sign-in with the platform's app (docs/upstream.md): the "钉钉扫码登录" / "企业微信登录"
+    # button. `login_url` is the platform's login page host (DingTalk login.dingtalk.com,
+    # WeCom login.work.weixin.qq.com), `api_url` DingTalk's new API host (api.dingtalk.com),
+    # `app_login_url` WeCom's in-app OAuth host (open.weixin.qq.com); WeCom needs `agent_id`,
+    # and `agent_secret` when the sync's corp_secret is not the sign-in app's own.
+    sign_in: bool = False
+    login_url: str | None = None
+    api_url: str | None = None
+    app_login_url: str | None = None
+    agent_id: str | None = None
+    agent_secret: Secret | None = None
 
     @property
     def source(self) -> str:

@@ -33,6 +33,8 @@ OUTCOMES: tuple[str, ...] = ("success", "failure", "denied", "error")
 class EventType(StrEnum):
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
+    # A browser sent to an upstream provider (DingTalk, WeCom, OIDC) to sign in there.
+    LOGIN_UPSTREAM_STARTED = "login.upstream_started"
     MFA_SUCCEEDED = "mfa.succeeded"
     MFA_FAILED = "mfa.failed"
     MFA_ENROLLED = "mfa.enrolled"

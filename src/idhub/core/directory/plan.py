@@ -46,6 +46,7 @@ class StoredUser:
     dn: str | None
     disabled: bool
     disabled_reason: str | None
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,8 @@ class UserChange:
     user_id: int | None = None  # None for creates
     entry: SourceUser | None = None  # None for users gone from the source
     disabled_reason: str | None = None
+    # The user's whole `attributes` after the change, when a source-owned key changes.
+    attributes: Mapping[str, Any] | None = None
 
     def diff(self) -> Mapping[str, tuple[Any, Any]]:
         """field -> (before, after). A create's is derived from its entry on demand rather
@@ -158,6 +161,7 @@ def plan_user(stored: StoredUser | None, entry: SourceUser) -> UserChange | None
                 continue
         if before != after:
             diff[name] = (before, after)
+    attributes = _attributes_after(stored, entry, diff)
     kind: ChangeKind | None = None
     reason = stored.disabled_reason
     if entry.disabled and not stored.disabled:
@@ -182,7 +186,22 @@ def plan_user(stored: StoredUser | None, entry: SourceUser) -> UserChange | None
         user_id=stored.id,
         entry=entry,
         disabled_reason=reason,
+        attributes=attributes,
     )
+
+
+def _attributes_after(
+    stored: StoredUser, entry: SourceUser, diff: dict[str, tuple[Any, Any]]
+) -> Mapping[str, Any] | None:
+    """The stored attributes with the source's keys set, if any of them changes (each change
+    noted in `diff` as `attributes.<key>`); None when they all agree."""
+    changed = False
+    for key, value in entry.attributes:
+        before = stored.attributes.get(key)
+        if before != value:
+            diff[f"attributes.{key}"] = (before, value)
+            changed = True
+    return {**stored.attributes, **dict(entry.attributes)} if changed else None
 
 
 def _value(entry: SourceUser, name: str) -> Any:
