@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from idhub.config import ConfigError, Settings, load_settings
+from idhub.config import ConfigError, Settings, load_settings, production_problem
 from idhub.core.secret import Secret
 
 GOOD = """\
@@ -137,3 +137,24 @@ def test_secret_mistakes(tmp_path: Path) -> None:
     both = head + 'client_secret_env = "S"\nclient_secret_file = "empty.secret"\n'
     failed = failure(tmp_path, both, S="s")
     assert "not both" in failed.message and failed.line == 5
+
+
+def test_production_mode_needs_an_https_upstream(tmp_path: Path) -> None:
+    env = {
+        "IDHUB_ISSUER": "https://sso.example.com",
+        "IDHUB_SECRET_KEY": "Zq3vX9kLm2Pw8Rt5Yb7Nc4Hd6Jf1Gs0Ae-Ui_Ko",
+        "IDHUB_ENV": "production",
+        "S": "s",
+    }
+    table = '[upstream.parent]\nissuer = "{}"\nclient_id = "c"\nclient_secret_env = "S"\n'
+    config = tmp_path / "idhub.toml"
+    for issuer, refused in (
+        ("http://login.parent.example", True),
+        ("http://127.0.0.1:9000", False),
+        ("https://login.parent.example", False),
+    ):
+        config.write_text(table.format(issuer), encoding="utf-8")
+        problem = production_problem(load_settings(config, env=env, cwd=tmp_path))
+        assert (
+            problem == "production mode needs an https:// issuer in [upstream.parent]"
+        ) is refused
