@@ -184,15 +184,6 @@ def test_a_rotated_upstream_key_is_fetched_again(
     assert second.subject == first.subject
 
 
-def test_trusted_upstream_mfa_is_only_counted_when_configured(
-    upstream: LiveServer, registered: str, settings_for: Callable[..., Settings]
-) -> None:
-    plain = provider_for(settings_for(upstream.url, registered, "trust_upstream_mfa = true\n"))
-    identity, _ = run_flow(upstream, plain)
-    # A password at the upstream is not a second factor, trusted or not.
-    assert identity.amr == ("fed",)
-
-
 # ------------------------------------------------------------------ refusals in the flow
 
 

@@ -79,6 +79,7 @@ class OidcUpstream:
         self.name = settings.name
         self.label = settings.label or settings.name
         self._settings = settings
+        self._owns_http = http is None
         self._http = http or httpx.Client(timeout=settings.timeout, follow_redirects=False)
         self._clock = clock or SystemClock()
         self._client_factory = client_factory
@@ -280,15 +281,17 @@ class OidcUpstream:
                 text[key] = str(value)
         amr = claims.get("amr")
         upstream_amr = [str(v) for v in amr if isinstance(v, str)] if isinstance(amr, list) else []
-        # The upstream's methods are kept for the audit trail; only a provider trusted for
-        # them adds its second factor to idhub's own (docs/upstream.md, "acr and amr").
+        # The upstream's own methods are kept as a note (audit, claims), not taken as idhub's:
+        # its second factor is its policy, not ours (docs/upstream.md, "acr and amr").
         text["amr"] = " ".join(upstream_amr)
-        methods = [AMR_FEDERATED]
-        if self._settings.trust_upstream_mfa and "mfa" in upstream_amr:
-            methods.append("mfa")
         return UpstreamIdentity(
-            provider=self.name, subject=str(claims["sub"]), claims=text, amr=tuple(methods)
+            provider=self.name, subject=str(claims["sub"]), claims=text, amr=(AMR_FEDERATED,)
         )
+
+    def close(self) -> None:
+        """Closes the HTTP client this provider made for itself (a shared one is the owner's)."""
+        if self._owns_http:
+            self._http.close()
 
 
 def _short(value: str) -> str:

@@ -313,8 +313,6 @@ class UpstreamOidcSettings:
     timeout: float = 10.0
     clock_skew: float = 60.0
     discovery_ttl: float = 3600.0
-    # Count the upstream's own second factor (`amr` holding "mfa") as idhub's.
-    trust_upstream_mfa: bool = False
 
 
 @dataclass(frozen=True)
