@@ -40,23 +40,23 @@ def test_username_and_employee_number_match(services: Services) -> None:
     assert by_name.find(identity(preferred_username="ｂｏｂ")) == bob
     by_number = accounts(services, match="employee_number", claim="employee_id")
     assert by_number.find(identity(employee_id="e2002")) == bob
-    assert refusal(by_number, identity(employee_id="E2003")).code == "no_account"
+    assert refusal(by_number, identity(employee_id="E2003")).code == "unknown_user"
 
 
-def test_no_account_two_accounts_and_a_disabled_one_are_refused(services: Services) -> None:
+def test_unknown_user_two_accounts_and_a_disabled_one_are_refused(services: Services) -> None:
     found = accounts(services)
     nobody = refusal(found, identity(email="carol@example.com"))
-    assert nobody.code == "no_account"
+    assert nobody.code == "unknown_user"
     assert str(nobody) == "no idhub account for email 'carol@example.com' (from parent)"
 
     services.identity.create_user(username="dave", email="shared@example.com")
     services.identity.create_user(username="dave2", email="Shared@example.com")
     conflict = refusal(found, identity(email="shared@example.com"))
-    assert conflict.code == "account_conflict" and "2 idhub accounts" in str(conflict)
+    assert conflict.code == "ambiguous_user" and "2 idhub accounts" in str(conflict)
 
     erin = services.identity.create_user(username="erin", email="erin@example.com")
     services.identity.set_disabled(erin.id, True, reason="left")
-    assert refusal(found, identity(email="erin@example.com")).code == "account_disabled"
+    assert refusal(found, identity(email="erin@example.com")).code == "user_disabled"
     # A disabled namesake does not hide the one enabled account with that address.
     again = services.identity.create_user(username="erin.new", email="erin@example.com")
     assert found.find(identity(email="erin@example.com")) == again
@@ -66,7 +66,7 @@ def test_usernames_told_apart_only_by_case_are_a_conflict(services: Services) ->
     services.identity.create_user(username="frank")
     services.identity.create_user(username="Frank")
     found = accounts(services, match="username", claim="preferred_username")
-    assert refusal(found, identity(preferred_username="frank")).code == "account_conflict"
+    assert refusal(found, identity(preferred_username="frank")).code == "ambiguous_user"
 
 
 def test_a_verified_email_can_be_required(services: Services) -> None:

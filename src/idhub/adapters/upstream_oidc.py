@@ -188,7 +188,7 @@ class OidcUpstream:
         return document
 
     def _down(self, what: str) -> UpstreamFailed:
-        return UpstreamFailed(f"{self.name} cannot be reached: {what}", code="upstream_unreachable")
+        return UpstreamFailed(f"{self.name} cannot be reached: {what}", code="upstream_unavailable")
 
     # ------------------------------------------------------------------ the code flow
 
@@ -210,7 +210,9 @@ class OidcUpstream:
             error = _short(params.get("error", ""))
             description = _short(params.get("error_description", ""))
             said = f": {description}" if description else ""
-            raise UpstreamFailed(f"{self.name} refused the sign-in ({error}{said})", code="denied")
+            raise UpstreamFailed(
+                f"{self.name} refused the sign-in ({error}{said})", code="code_missing"
+            )
         sent = params.get("iss")
         # RFC 9207: a provider that names itself in the response must be the one we asked.
         if sent is not None and not hmac.compare_digest(
@@ -221,7 +223,7 @@ class OidcUpstream:
                 code="callback_issuer",
             )
         if not params.get("code"):
-            raise UpstreamFailed(f"{self.name} sent no authorization code", code="callback_invalid")
+            raise UpstreamFailed(f"{self.name} sent no authorization code", code="code_missing")
 
     def _exchange(
         self, client: Any, found: Discovery, code: str, code_verifier: str
@@ -236,7 +238,7 @@ class OidcUpstream:
         except OAuthError as exc:
             raise UpstreamFailed(
                 f"{self.name} refused the authorization code ({_short(str(exc.error))})",
-                code="token_refused",
+                code="code_refused",
             ) from None
         except _TRANSPORT as exc:
             raise self._down(f"token request failed ({type(exc).__name__})") from None

@@ -79,15 +79,15 @@ def plan_account(rule: ClaimMatch, identity: UpstreamIdentity, found: list[User]
         raise UpstreamFailed(
             f"{len(enabled)} idhub accounts have {what} (from {identity.provider}); an admin "
             "must make it unique before this person can sign in this way",
-            code="account_conflict",
+            code="ambiguous_user",
         )
     if found:
         raise UpstreamFailed(
             f"the idhub account with {what} (from {identity.provider}) is disabled",
-            code="account_disabled",
+            code="user_disabled",
         )
     raise UpstreamFailed(
-        f"no idhub account for {what} (from {identity.provider})", code="no_account"
+        f"no idhub account for {what} (from {identity.provider})", code="unknown_user"
     )
 
 
