@@ -8,7 +8,6 @@ a message."""
 from __future__ import annotations
 
 import hmac
-import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
@@ -18,8 +17,6 @@ from joserfc.jwk import KeySet
 
 from idhub.core.clock import Clock
 from idhub.core.upstream import UpstreamFailed
-
-log = logging.getLogger(__name__)
 
 # An ID token is a few hundred bytes; a megabyte "token" is an attack on the parser.
 MAX_TOKEN = 16_384

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import importlib
-import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -31,8 +30,6 @@ with warnings.catch_warnings():
     # Without httpx2 installed, authlib's client announces its future move; not ours to fix.
     warnings.filterwarnings("ignore", message="The httpx module is deprecated")
     from authlib.integrations.httpx_client import OAuth2Client, OAuthError
-
-log = logging.getLogger(__name__)
 
 KIND = "oidc"
 AMR_FEDERATED = "fed"  # RFC 8176: signed in through a federated provider
@@ -139,12 +136,17 @@ class OidcUpstream:
                 f"not the configured {issuer!r} (they must be identical)",
                 code="discovery_issuer",
             )
+        # An https provider's secret and codes must not be sent to a plain-http endpoint.
+        schemes = ("https://",) if issuer.startswith("https://") else ("https://", "http://")
         endpoints = {}
-        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri", "userinfo_endpoint"):
             value = document.get(key)
-            if not isinstance(value, str) or not value.startswith(("https://", "http://")):
+            if value is None and key == "userinfo_endpoint":
+                continue
+            if not isinstance(value, str) or not value.startswith(schemes):
                 raise UpstreamFailed(
-                    f"{self.name}: the discovery document has no usable {key}",
+                    f"{self.name}: the discovery document has no usable {key}"
+                    + (" (it must be https, like the issuer)" if isinstance(value, str) else ""),
                     code="discovery_invalid",
                 )
             endpoints[key] = value
@@ -153,14 +155,16 @@ class OidcUpstream:
             raise UpstreamFailed(
                 f"{self.name}: the provider does not support PKCE S256", code="discovery_invalid"
             )
-        userinfo = document.get("userinfo_endpoint")
-        if self._settings.userinfo and not isinstance(userinfo, str):
+        if self._settings.userinfo and "userinfo_endpoint" not in endpoints:
             raise UpstreamFailed(
                 f"{self.name}: userinfo = true, but the provider publishes no userinfo_endpoint",
                 code="discovery_invalid",
             )
         return Discovery(
-            userinfo_endpoint=userinfo if isinstance(userinfo, str) else None, **endpoints
+            authorization_endpoint=endpoints["authorization_endpoint"],
+            token_endpoint=endpoints["token_endpoint"],
+            jwks_uri=endpoints["jwks_uri"],
+            userinfo_endpoint=endpoints.get("userinfo_endpoint"),
         )
 
     def _fetch_jwks(self) -> Mapping[str, Any]:
