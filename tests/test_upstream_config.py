@@ -86,6 +86,7 @@ BAD = [
     ('userinfo = "perhaps"\n', 9, "must be true or false"),
     ('kind = "saml"\n', 9, "kind must be one of oidc, dingtalk, wecom"),
     ('claim = " "\n', 9, "claim must name an upstream claim"),
+    ('ca_file = "no-such-ca.pem"\n', 9, "no-such-ca.pem does not exist"),
 ]
 
 

@@ -7,11 +7,15 @@ is tests/test_upstream_oidc.py)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -21,7 +25,8 @@ from idhub.adapters.upstream_oidc import OidcUpstream
 from idhub.config import UpstreamOidcSettings
 from idhub.core.secret import Secret
 from idhub.core.upstream import UpstreamFailed
-from tests.conftest import serve_asgi
+from tests.conftest import _ThreadedServer, free_port, serve_asgi
+from tests.slapd import make_tls
 
 ISSUER = "https://login.parent.example"
 
@@ -112,3 +117,63 @@ def test_userinfo_needs_its_endpoint_and_errors_are_unavailable() -> None:
     with provider(document(), status=503) as upstream:
         failed = refusal(upstream)
     assert failed.code == "upstream_unavailable" and "answered 503" in str(failed)
+
+
+@contextlib.contextmanager
+def https_provider(tmp_path: Path, **kw: Any) -> Iterator[tuple[str, Callable[..., OidcUpstream]]]:
+    """A discovery document served over real TLS (a test CA's certificate for 127.0.0.1)."""
+    tls = make_tls(tmp_path)
+    port = free_port()
+    issuer = f"https://127.0.0.1:{port}"
+
+    async def discovery(_request: Request) -> Response:
+        return JSONResponse(
+            {
+                "issuer": issuer,
+                "authorization_endpoint": f"{issuer}/authorize",
+                "token_endpoint": f"{issuer}/token",
+                "jwks_uri": f"{issuer}/jwks",
+            }
+        )
+
+    app = Starlette(routes=[Route("/.well-known/openid-configuration", discovery)])
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ssl_certfile=str(tls.cert),
+        ssl_keyfile=str(tls.key),
+    )
+    server = _ThreadedServer(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+
+    def make(**settings: Any) -> OidcUpstream:
+        return OidcUpstream(
+            UpstreamOidcSettings(
+                name="parent", issuer=issuer, client_id="c", client_secret=Secret("s"), **settings
+            )
+        )
+
+    try:
+        yield str(tls.ca), make
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_tls_is_verified_against_the_configured_ca(tmp_path: Path) -> None:
+    with https_provider(tmp_path) as (ca, make):
+        trusted = make(ca_file=Path(ca))
+        assert "code_challenge_method=S256" in trusted.authorization_url(
+            redirect_uri="https://x/cb", state="s", nonce="n", code_verifier="v" * 43
+        )
+        trusted.close()
+        # Without the company CA the certificate does not verify: unavailable, never ignored.
+        stranger = make()
+        failed = refusal(stranger)
+        stranger.close()
+    assert failed.code == "upstream_unavailable" and "ConnectError" in str(failed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import importlib
+import ssl
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,7 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import authlib.deprecate  # noqa: F401 - its "always" filter first, so ours below stays in front
+import certifi
 import httpx
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
+from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from idhub.adapters.upstream_id_token import ProviderKeys, validate_id_token
 from idhub.config.settings import Settings, UpstreamOidcSettings
@@ -76,8 +80,13 @@ class OidcUpstream:
         self.name = settings.name
         self.label = settings.label or settings.name
         self._settings = settings
+        # Made once: loading the CA bundle is most of what a new HTTP client costs (~50 ms on
+        # a busy box), and the token request makes one per sign-in.
+        self._tls = ssl.create_default_context(cafile=str(settings.ca_file or certifi.where()))
         self._owns_http = http is None
-        self._http = http or httpx.Client(timeout=settings.timeout, follow_redirects=False)
+        self._http = http or httpx.Client(
+            timeout=settings.timeout, follow_redirects=False, verify=self._tls
+        )
         self._clock = clock or SystemClock()
         self._client_factory = client_factory
         self._discovery: Discovery | None = None
@@ -89,12 +98,22 @@ class OidcUpstream:
     def authorization_url(
         self, *, redirect_uri: str, state: str, nonce: str, code_verifier: str
     ) -> str:
-        endpoint = self.discovery().authorization_endpoint
-        with self._client(redirect_uri) as client:
-            url, _state = client.create_authorization_url(
-                endpoint, state=state, code_verifier=code_verifier, nonce=nonce
+        # authlib's client builds this same URL; its request parameters, without an HTTP
+        # client that a redirect does not need.
+        s = self._settings
+        return str(
+            prepare_grant_uri(
+                self.discovery().authorization_endpoint,
+                client_id=s.client_id,
+                response_type="code",
+                redirect_uri=redirect_uri,
+                scope=" ".join(s.scopes),
+                state=state,
+                nonce=nonce,
+                code_challenge=create_s256_code_challenge(code_verifier),
+                code_challenge_method="S256",
             )
-        return str(url)
+        )
 
     def complete(
         self, *, redirect_uri: str, params: Mapping[str, str], nonce: str, code_verifier: str
@@ -207,6 +226,7 @@ class OidcUpstream:
             code_challenge_method="S256",
             timeout=s.timeout,
             follow_redirects=False,
+            verify=self._tls,
         )
 
     def _check_callback(self, params: Mapping[str, str]) -> None:

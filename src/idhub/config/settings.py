@@ -313,6 +313,8 @@ class UpstreamOidcSettings:
     timeout: float = 10.0
     clock_skew: float = 60.0
     discovery_ttl: float = 3600.0
+    # PEM file of the CA that issued the provider's TLS certificate (default: certifi's).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)

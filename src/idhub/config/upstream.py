@@ -125,6 +125,9 @@ def _check(section: str, kwargs: dict[str, Any], locator: Locator) -> None:
             raise locator.error(f"[{section}] {key} must be positive", section, key)
     if kwargs.get("clock_skew", 0) < 0:
         raise locator.error(f"[{section}] clock_skew must not be negative", section, "clock_skew")
+    ca_file = kwargs.get("ca_file")
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise locator.error(f"[{section}] ca_file {ca_file} does not exist", section, "ca_file")
 
 
 def _secret(
