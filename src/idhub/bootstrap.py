@@ -930,9 +930,10 @@ class Services:
     @cached_property
     def upstream_providers(self) -> list[UpstreamProvider]:
         """The sign-in buttons, in configuration order: every DingTalk / WeCom source with
-        `sign_in = true`. Other kinds (an upstream OpenID Connect IdP) are appended here."""
+        `sign_in = true`, then every `[upstream.<name>]` OpenID Connect provider."""
         from idhub.adapters.upstream_accounts import SourceKey, SqlSourceAccounts
         from idhub.adapters.upstream_dingtalk import DingTalkSignIn
+        from idhub.adapters.upstream_oidc import build_oidc_accounts, build_oidc_providers
         from idhub.adapters.upstream_wecom import WeComSignIn
 
         providers: list[UpstreamProvider] = []
@@ -946,6 +947,11 @@ class Services:
                 provider, key = DingTalkSignIn(settings), SourceKey(settings.source, "unionid")
             providers.append(provider)
             self.upstream_accounts.add(provider.name, SqlSourceAccounts(self.engine, key))
+        # `[upstream.<name>]` tables of kind "oidc" share one account mapping (by claim).
+        oidc_accounts = build_oidc_accounts(self.settings, self.identity)
+        for oidc in build_oidc_providers(self.settings):
+            providers.append(oidc)
+            self.upstream_accounts.add(oidc.name, oidc_accounts)
         return providers
 
     @cached_property

@@ -303,6 +303,32 @@ class OaSourceSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamOidcSettings:
+    """One `[upstream.<name>]` table of kind "oidc": another OpenID Connect provider people may
+    sign in through (docs/upstream.md). The client secret comes from the environment or a file."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: Secret
+    label: str = ""
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Which idhub attribute ("email", "username", "employee_number") the upstream `claim` names.
+    match: str = "email"
+    claim: str = "email"
+    require_email_verified: bool = False
+    # ID-token signature algorithms accepted (asymmetric only; never "none").
+    allowed_algs: tuple[str, ...] = ("RS256",)
+    userinfo: bool = False
+    token_auth_method: str = "client_secret_basic"  # noqa: S105 - a method's name
+    timeout: float = 10.0
+    clock_skew: float = 60.0
+    discovery_ttl: float = 3600.0
+    # PEM file of the CA that issued the provider's TLS certificate (default: certifi's).
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -329,6 +355,8 @@ class Settings:
     scim_sources: Mapping[str, ScimSourceSettings] = field(default_factory=dict)
     # `[directory.dingtalk.<name>]` / `[directory.wecom.<name>]`, keyed "dingtalk:<name>".
     oa_sources: Mapping[str, OaSourceSettings] = field(default_factory=dict)
+    # `[upstream.<name>]` tables of kind "oidc" parsed and checked (name -> settings).
+    upstream_oidc: Mapping[str, UpstreamOidcSettings] = field(default_factory=dict)
 
     def require_secret_key(self) -> Secret:
         if self.secret_key is None or not self.secret_key:

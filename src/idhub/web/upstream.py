@@ -31,7 +31,8 @@ from idhub.web.second_factor import (
 COOKIE_PATH = "/login/upstream"
 MAX_PARAM = 2000
 # What the callback reads from the query (anything else the provider adds is ignored).
-CALLBACK_PARAMS = ("state", "code", "authCode", "appid", "error", "error_description")
+# `iss` (RFC 9207) lets an OpenID Connect provider's callback be checked against its issuer.
+CALLBACK_PARAMS = ("state", "code", "authCode", "appid", "error", "error_description", "iss")
 # Reason codes the person can do something about get their own sentence; the rest share one.
 _MESSAGES = {
     "state_missing": "upstream_state",
