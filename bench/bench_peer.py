@@ -246,7 +246,7 @@ def main() -> int:
             (s, side): [] for s in SCENARIOS for side in ("idhub", "peer")
         }
         with (
-            serve(data["config"], data["env"], idhub_port) as idhub,
+            serve(data["config"], data["env"], idhub_port, start_timeout=90) as idhub,
             serve_peer(peer_port, peer_secret) as peer,
         ):
             opaque = peer_opaque_token(pbase, pauth["bench-opaque"])

@@ -381,3 +381,44 @@ def test_the_parser_is_httptools_and_the_h11_fallback_guards_alike(
         answer, took = _read_until_closed(sock, 5)
     assert answer.startswith(b"HTTP/1.1 400") and took < 1
     assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_a_response_head_leaves_with_its_body_in_one_write() -> None:
+    """uvicorn writes a response's head and body separately; the corked transport joins
+    them into one send, lets `100 Continue` through at once, and never holds a head past
+    the event loop's next turn (a body that comes later, a close)."""
+    import asyncio
+
+    from idhub.web.http_server import _CorkedTransport
+
+    class Recording:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+    async def scenario() -> None:
+        real = Recording()
+        corked = _CorkedTransport(real, asyncio.get_running_loop())
+        corked.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        assert real.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+        corked.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        corked.write(b"{}")
+        assert real.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+        corked.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        assert len(real.writes) == 2
+        await asyncio.sleep(0)
+        assert real.writes[2].startswith(b"HTTP/1.1 200 OK")
+        corked.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+        corked.close()
+        assert real.writes[3].startswith(b"HTTP/1.1 500") and real.closed
+
+    asyncio.run(scenario())
