@@ -44,7 +44,10 @@ async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestDa
 
     The URI is built from the configured issuer, never from the Host header.
     """
-    uri = issuer.rstrip("/") + request.url.path
+    # What `request.url.path` holds (Starlette escapes these three), without building the
+    # whole URL from the headers first.
+    path = str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
+    uri = issuer.rstrip("/") + path
     if request.method == "POST":
         pairs = await _form_pairs(request)
     else:
