@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, insert, or_, select, update
@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
+from idhub.adapters.group_commit import GroupCommit
 from idhub.adapters.identity_store import _to_user, _user_query
-from idhub.adapters.unit_of_work import begin, connect
+from idhub.adapters.unit_of_work import begin, connect, open_unit, serial_lock, writer_serial
 from idhub.core.audit import PendingEvent
 from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
 from idhub.core.sessions import SsoSession
@@ -146,6 +147,13 @@ def _holder_session(row: Row[Any]) -> SsoSession | None:
     )
 
 
+@dataclass(frozen=True)
+class _Consume:
+    ticket_hash: str
+    now: float
+    audit: Callable[[Redeemed | None], Sequence[PendingEvent]]
+
+
 @storage_boundary
 class SqlCasTicketStore:
     def __init__(self, engine: Engine, audit: SqlAuditLog | None = None) -> None:
@@ -153,10 +161,13 @@ class SqlCasTicketStore:
         # Appends a validation's audit event inside its consuming transaction.
         self._audit = audit
         # SQLite has one writer at a time and makes a waiting one sleep 1, 2, 5, 10 ... ms
-        # between tries: this process's validations queue here instead (PostgreSQL locks the
-        # ticket's row and needs no such thing).
-        self._write_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        # between tries: this process's writers (units of work included) queue on one lock
+        # instead (`writer_serial`). PostgreSQL locks the ticket's row.
+        # Validations with their audit event are group-committed: on SQLite they queue on the
+        # write lock anyway, on PostgreSQL on the audit chain's append lock, held to COMMIT.
+        leader = serial_lock(engine) if engine.dialect.name == "sqlite" else threading.Lock()
+        self._group: GroupCommit[_Consume, Redeemed | None] = GroupCommit(
+            self._consume_batch, leader=leader
         )
 
     def insert(self, record: TicketRecord) -> None:
@@ -189,16 +200,46 @@ class SqlCasTicketStore:
         # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins. The
         # session and the person are read in the same transaction, as they are at this moment,
         # and the validation's audit event is appended in it too.
-        if audit is not None and self._audit is None:
+        if audit is None:
+            with writer_serial(self._engine), begin(self._engine) as conn:
+                return self._consume_in(conn, ticket_hash, now)
+        outcome = self.consume_many([(ticket_hash, now, audit)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def consume_many(
+        self,
+        items: Sequence[tuple[str, float, Callable[[Redeemed | None], Sequence[PendingEvent]]]],
+    ) -> list[Redeemed | Exception | None]:
+        if self._audit is None:
             raise RuntimeError("this ticket store was built without the audit log")
-        with self._write_lock, begin(self._engine) as conn:
-            redeemed = self._consume_in(conn, ticket_hash, now)
-            if audit is not None and self._audit is not None:
-                events = audit(redeemed)
-                if events:
-                    self._audit.record_in(conn, events)
-        if audit is not None and self._audit is not None:
-            self._audit.notify_listeners()
+        if open_unit(self._engine) is not None:
+            # Inside a caller's unit of work: its transaction, its commit, its audit append.
+            found: list[Redeemed | Exception | None] = []
+            with begin(self._engine) as conn:
+                for ticket_hash, now, audit in items:
+                    redeemed = self._consume_in(conn, ticket_hash, now)
+                    self._audit.record_many(audit(redeemed))
+                    found.append(redeemed)
+            return found
+        return self._group.run_many([_Consume(*item) for item in items])
+
+    def _consume_batch(self, batch: Sequence[_Consume]) -> list[Redeemed | None]:
+        """The group committer's one transaction for every consume waiting: each ticket spent
+        and checked on what this transaction read, all their audit events appended at its end,
+        one COMMIT (and one turn of the database's write lock or audit advisory lock) for all."""
+        assert self._audit is not None
+        redeemed: list[Redeemed | None] = []
+        with begin(self._engine) as conn:
+            events: list[PendingEvent] = []
+            for item in batch:
+                redeemed.append(self._consume_in(conn, item.ticket_hash, item.now))
+                events.extend(item.audit(redeemed[-1]))
+            tail = self._audit.record_in(conn, events) if events else None
+        if tail is not None:
+            self._audit.note_tail(tail)
+        self._audit.notify_listeners()
         return redeemed
 
     @staticmethod
