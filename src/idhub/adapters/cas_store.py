@@ -15,9 +15,11 @@ from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
 from idhub.adapters.group_commit import GroupCommit
 from idhub.adapters.identity_store import _to_user, _user_query
+from idhub.adapters.session_store import _to_session
 from idhub.adapters.unit_of_work import begin, connect, open_unit, serial_lock, writer_serial
 from idhub.core.audit import PendingEvent
 from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
+from idhub.core.identity import User
 from idhub.core.sessions import SsoSession
 from idhub.errors import Conflict
 
@@ -114,6 +116,22 @@ _CONSUME = (
     .values(consumed_at=bindparam("now"))
     .returning(*cas_tickets.c)
 )
+# A batch of validations: every ticket in one UPDATE, then their people and sessions.
+_CONSUME_MANY = (
+    update(cas_tickets)
+    .where(
+        cas_tickets.c.ticket_hash.in_(bindparam("hashes", expanding=True)),
+        cas_tickets.c.consumed_at.is_(None),
+        or_(
+            cas_tickets.c.kind == TicketKind.SERVICE.value,
+            cas_tickets.c.kind == TicketKind.PROXY.value,
+        ),
+    )
+    .values(consumed_at=bindparam("now"))
+    .returning(*cas_tickets.c)
+)
+_HOLDERS = _user_query().where(users.c.id.in_(bindparam("ids", expanding=True)))
+_SESSIONS = select(sso_sessions).where(sso_sessions.c.sid.in_(bindparam("sids", expanding=True)))
 _GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
 # The person and (when it is theirs) the session a ticket was issued under, in one statement.
 _HOLDER = (
@@ -230,17 +248,48 @@ class SqlCasTicketStore:
         and checked on what this transaction read, all their audit events appended at its end,
         one COMMIT (and one turn of the database's write lock or audit advisory lock) for all."""
         assert self._audit is not None
-        redeemed: list[Redeemed | None] = []
         with begin(self._engine) as conn:
+            redeemed = self._consume_all(conn, batch)
             events: list[PendingEvent] = []
-            for item in batch:
-                redeemed.append(self._consume_in(conn, item.ticket_hash, item.now))
-                events.extend(item.audit(redeemed[-1]))
+            for item, found in zip(batch, redeemed, strict=True):
+                events.extend(item.audit(found))
             tail = self._audit.record_in(conn, events) if events else None
         if tail is not None:
             self._audit.note_tail(tail)
         self._audit.notify_listeners()
         return redeemed
+
+    @staticmethod
+    def _consume_all(conn: Connection, batch: Sequence[_Consume]) -> list[Redeemed | None]:
+        """`_consume_in` for a batch in three statements whatever its size (per item, two
+        statements cost ~0.2 ms of Python on SQLite and a round trip each on PostgreSQL). A
+        ticket named twice in one batch is spent by the first; the rest find it used."""
+        hashes = list(dict.fromkeys(item.ticket_hash for item in batch))
+        now = max(item.now for item in batch)
+        rows = conn.execute(_CONSUME_MANY, {"hashes": hashes, "now": now}).all()
+        spent = {r._mapping["ticket_hash"]: _to_ticket(r) for r in rows}
+        people: dict[int, User] = {}
+        sessions: dict[str, SsoSession] = {}
+        if spent:
+            ids = sorted({r.user_id for r in spent.values()})
+            people = {u.id: u for u in map(_to_user, conn.execute(_HOLDERS, {"ids": ids}))}
+            sids = sorted({r.sid for r in spent.values() if r.sid})
+            if sids:
+                found = conn.execute(_SESSIONS, {"sids": sids})
+                sessions = {s.sid: s for s in map(_to_session, found)}
+        out: list[Redeemed | None] = []
+        for item in batch:
+            record = spent.pop(item.ticket_hash, None)
+            if record is None:
+                out.append(None)
+                continue
+            user = people.get(record.user_id)
+            session = sessions.get(record.sid) if record.sid else None
+            # Only the ticket holder's own session counts (as the join in `_HOLDER` says).
+            if user is None or (session is not None and session.user_id != user.id):
+                session = None
+            out.append(Redeemed(record, session, user))
+        return out
 
     @staticmethod
     def _consume_in(conn: Connection, ticket_hash: str, now: float) -> Redeemed | None:
