@@ -5,6 +5,7 @@ and the name pysaml2 imported) fails the test if anything is started."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -110,3 +111,124 @@ def test_redirect_bound_logout_response_is_still_signed_in_the_query(
         assert httpx.get(location).json()["errors"] == []
         assert "/login" in str(follow(client, client.get(sp.login_url())).url)
     assert spawned == []
+
+
+def _post_signed(sp: SamlSp, xml: str, *, key_name: str | None = None) -> str:
+    """`xml` enveloped-signed the toolkit's way (with `key_name`'s key when given), base64."""
+    from onelogin.saml2.utils import OneLogin_Saml2_Utils
+
+    settings = (
+        SamlSp(idp_url=sp.idp_url, port=sp.port, key_name=key_name) if key_name else sp
+    ).settings()
+    signed = OneLogin_Saml2_Utils.add_sign(
+        xml,
+        settings.get_sp_key(),
+        settings.get_sp_cert(),
+        sign_algorithm="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+        digest_algorithm="http://www.w3.org/2001/04/xmlenc#sha256",
+    )
+    return base64.b64encode(signed).decode()
+
+
+@pytest.fixture
+def sp(idhub: LiveServer) -> Iterator[SamlSp]:
+    with running_sp(idhub.url) as sp:
+        idhub.services.saml_sps.add(
+            "erp", metadata_xml=sp.metadata(), domain="erp", first_party=True
+        )
+        yield sp
+
+
+def test_a_post_bound_signed_authn_request_is_verified_in_process(
+    idhub: LiveServer, sp: SamlSp, spawned: list[Any]
+) -> None:
+    request_id, xml = sp.authn_request_xml()
+    sp.seen_request_ids[request_id] = True
+    with httpx.Client(base_url=idhub.url) as client:
+        start = client.post("/saml/sso", data={"SAMLRequest": _post_signed(sp, xml)})
+        assert start.status_code == 303, start.text[:300]
+        verdict = deliver(sp, sign_in(client, start))
+    assert verdict["ok"], verdict
+    assert spawned == []
+
+
+def test_a_post_bound_request_signed_by_another_key_is_refused(
+    idhub: LiveServer, sp: SamlSp, spawned: list[Any]
+) -> None:
+    _, xml = sp.authn_request_xml()
+    with httpx.Client(base_url=idhub.url) as client:
+        answer = client.post(
+            "/saml/sso", data={"SAMLRequest": _post_signed(sp, xml, key_name="mallory")}
+        )
+    assert answer.status_code == 400 and "location" not in answer.headers
+    assert events(idhub.services, "saml.request_rejected")
+    assert spawned == []
+
+
+def test_a_wrapped_post_bound_request_is_refused(idhub: LiveServer, sp: SamlSp) -> None:
+    """Signature wrapping: the genuinely signed request moved inside a forged one that carries
+    the same ID (the reference then names two elements) is refused."""
+    _, xml = sp.authn_request_xml()
+    genuine = base64.b64decode(_post_signed(sp, xml)).decode()
+    body = genuine.split("?>", 1)[-1]
+    forged_open = body[: body.index(">") + 1].replace('ForceAuthn="false"', 'ForceAuthn="true"')
+    close = body[body.rindex("</") :]
+    wrapped = forged_open + "<samlp:Extensions>" + body + "</samlp:Extensions>" + close
+    with httpx.Client(base_url=idhub.url) as client:
+        answer = client.post(
+            "/saml/sso", data={"SAMLRequest": base64.b64encode(wrapped.encode()).decode()}
+        )
+    assert answer.status_code == 400 and "location" not in answer.headers
+
+
+def test_verify_enveloped_refuses_what_xmlsec1_refused() -> None:
+    """The in-process check on its own: a genuine signature verifies; the same with a byte of
+    the signed content changed, another key, a duplicated ID or the signature moved off the
+    signed element does not."""
+    from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
+
+    from idhub.saml.xmldsig import (
+        SignatureInvalid,
+        XmlSigner,
+        parse,
+        serialize,
+        signature_template,
+        verify_enveloped,
+    )
+    from tests.saml_sp import keypair
+
+    key_pem, cert_pem = keypair("sp")
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, rsa_keys.RSAPrivateKey)
+    ns = "urn:oasis:names:tc:SAML:2.0:protocol"
+    template = signature_template(
+        prefix="ds",
+        reference_id="r1",
+        sign_alg="http://www.w3.org/2001/04/xmldsig-more#rsa-sha256",
+        digest_alg="http://www.w3.org/2001/04/xmlenc#sha256",
+        certificate_b64="",
+    )
+    xml = (
+        f'<p:AuthnRequest xmlns:p="{ns}" xmlns:ds="http://www.w3.org/2000/09/xmldsig#" ID="r1">'
+        f"{template}<p:Extensions>x</p:Extensions></p:AuthnRequest>"
+    )
+    root = parse(xml)
+    XmlSigner(key).sign(root)
+    signed = serialize(root).encode()
+    node = (ns, "AuthnRequest")
+    verify_enveloped(signed, certificate_pem=cert_pem.encode(), node=node, node_id="r1")
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(
+            signed.replace(b">x<", b">y<"), certificate_pem=cert_pem.encode(), node=node,
+            node_id="r1",
+        )  # fmt: skip
+    _, other_cert = keypair("mallory")
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(signed, certificate_pem=other_cert.encode(), node=node, node_id="r1")
+    twice = signed.replace(b"<p:Extensions>x", b'<p:Extensions><p:AuthnRequest ID="r1"/>x')
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(twice, certificate_pem=cert_pem.encode(), node=node, node_id="r1")
+    with pytest.raises(SignatureInvalid):
+        verify_enveloped(signed, certificate_pem=cert_pem.encode(), node=node, node_id="r2")

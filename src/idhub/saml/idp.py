@@ -23,7 +23,7 @@ from saml2.time_util import str_to_time
 
 from idhub.core.clock import Clock
 from idhub.errors import SamlRequestRejected
-from idhub.saml._pysaml2 import NoAssertionStore, attribute_converter
+from idhub.saml._pysaml2 import InProcessVerification, NoAssertionStore, attribute_converter
 from idhub.saml.attributes import NAME_FORMAT_URI, NameIdValue
 from idhub.saml.keys import SamlKeys
 from idhub.saml.metadata import BINDING_POST, Endpoint
@@ -175,6 +175,8 @@ class IdentityProvider:
         conf.attribute_converters = [attribute_converter()]
         server = Server(config=conf)
         server.session_db = NoAssertionStore()
+        # Enveloped signatures of POST-bound requests verified in process, not by `xmlsec1`.
+        server.sec.crypto = InProcessVerification(server.sec.crypto)
         return server
 
     # ------------------------------------------------------------------ AuthnRequests
