@@ -7,6 +7,9 @@
              assertion encrypted AES-256-GCM, key transported RSA-OAEP)
   signature  one enveloped signature (exclusive c14n, RSA-SHA256) on a small template document,
              in process through the same `xmlsec` binding - the floor: a response needs two
+  logout     `IdentityProvider.logout_response` for an SP whose SingleLogoutService takes the
+             POST binding: the LogoutResponse built and enveloped-signed in process (one
+             signature; pysaml2 ran the xmlsec1 binary for it before)
   xmlsec1    the same signature made by the xmlsec1 binary (how pysaml2 signed before), for scale
   rsa        one RSA-2048 PKCS#1 v1.5 signature in-process (cryptography), for scale
 
@@ -27,6 +30,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 # pysaml2 names a cipher mode cryptography has deprecated, at import.
 warnings.filterwarnings("ignore", message="CFB has been moved")
@@ -39,6 +43,8 @@ from idhub.bootstrap import Services  # noqa: E402
 from idhub.config import load_settings  # noqa: E402
 from idhub.core.crypto import new_secret_key  # noqa: E402
 from idhub.saml.attributes import NameIdValue  # noqa: E402
+from idhub.saml.idp import LogoutRequestInfo  # noqa: E402
+from idhub.saml.metadata import BINDING_POST  # noqa: E402
 from idhub.saml.registry import NAMEID_PERSISTENT, ServiceProvider  # noqa: E402
 from idhub.saml.requests import PendingRequest  # noqa: E402
 from idhub.saml.xmldsig import XmlSigner  # noqa: E402
@@ -59,6 +65,15 @@ TEMPLATE = """<?xml version="1.0"?>
 <Transform Algorithm="http://www.w3.org/2001/10/xml-exc-c14n#"/></Transforms>
 <DigestMethod Algorithm="http://www.w3.org/2001/04/xmlenc#sha256"/><DigestValue/></Reference>
 </SignedInfo><SignatureValue/></Signature></doc>"""
+
+
+def _slo_post_metadata() -> str:
+    """The bench SP's metadata with a POST-bound SingleLogoutService only."""
+    slo = (
+        '<md:SingleLogoutService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"'
+        ' Location="http://127.0.0.1:9/sls"/>'
+    )
+    return SP_METADATA.replace("/sp", "/sp-slo").replace('protocol">', 'protocol">' + slo, 1)
 
 
 def _encrypting_metadata(services: Services) -> str:
@@ -120,8 +135,16 @@ def main() -> int:
         encrypting = services.saml_sps.add(
             "bench-enc", metadata_xml=_encrypting_metadata(services), domain="oa"
         )
+        slo_sp = services.saml_sps.add("bench-slo", metadata_xml=_slo_post_metadata(), domain="oa")
         idp = services.saml_idp
         counter = iter(range(10**9))
+
+        def logout() -> object:
+            asked = SimpleNamespace(id=f"req-{next(counter)}")
+            info = LogoutRequestInfo(slo_sp, asked, "opaque", "/bye", BINDING_POST)
+            message = idp.logout_response(info, success=True)
+            assert message.field == "SAMLResponse" and message.value, message
+            return message
 
         def respond(to: ServiceProvider = sp) -> object:
             pending = PendingRequest(
@@ -162,6 +185,7 @@ def main() -> int:
             "encrypted",
             timed(lambda: respond(encrypting), count=args.count, seconds=args.seconds / 2),
         )
+        answered = row("logout", timed(logout, count=args.count, seconds=args.seconds / 2))
         floor = row("signature", timed(signature, count=args.count, seconds=args.seconds))
         binary = row("xmlsec1", timed(xmlsec1, count=args.count, seconds=args.seconds / 2))
         row("rsa", timed(rsa, count=args.count, seconds=args.seconds / 4))
@@ -171,6 +195,9 @@ def main() -> int:
     print(f"\nCPU per response / (2 x CPU per bare in-process signature) = {ratio:.2f}")
     print(
         f"CPU per response / (2 x CPU per xmlsec1 binary signature) = {response / (2 * binary):.3f}"
+    )
+    print(
+        f"CPU per POST LogoutResponse / CPU per bare in-process signature = {answered / floor:.2f}"
     )
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(f"load average {' '.join(load)}")

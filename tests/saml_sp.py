@@ -25,6 +25,7 @@ from onelogin.saml2.auth import OneLogin_Saml2_Auth
 from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
 from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.logout_request import OneLogin_Saml2_Logout_Request
+from onelogin.saml2.logout_response import OneLogin_Saml2_Logout_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from starlette.applications import Starlette
@@ -85,6 +86,8 @@ class SamlSp:
     key_name: str = "sp"
     # Ask for encrypted assertions (the toolkit then publishes a use="encryption" key).
     want_encrypted: bool = False
+    # The binding of the SP's own SingleLogoutService (where a LogoutResponse comes back).
+    slo_binding: str = REDIRECT
     seen_request_ids: dict[str, bool] = field(default_factory=dict)
     seen_assertions: set[str] = field(default_factory=set)
     logout_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -110,7 +113,7 @@ class SamlSp:
             "sp": {
                 "entityId": self.entity_id,
                 "assertionConsumerService": {"url": self.url + "/acs", "binding": POST},
-                "singleLogoutService": {"url": self.url + "/sls", "binding": REDIRECT},
+                "singleLogoutService": {"url": self.url + "/sls", "binding": self.slo_binding},
                 "NameIDFormat": "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
                 "x509cert": cert,
                 "privateKey": key,
@@ -232,6 +235,31 @@ class SamlSp:
                 name_id_format="urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
             )
         )
+
+    def check_posted_logout_response(self, encoded: str) -> dict[str, Any]:
+        """A LogoutResponse that came back over the POST binding: its enveloped signature by
+        the IdP's certificate, then the toolkit's own checks (destination, issuer, status)."""
+        xml = base64.b64decode(encoded).decode()
+        signed = OneLogin_Saml2_Utils.validate_sign(
+            xml,
+            self.settings().get_idp_cert(),
+            xpath="/samlp:LogoutResponse/ds:Signature",
+            raise_exceptions=False,
+        )
+        # The toolkit checks signatures of the Redirect binding only (see slo_soap).
+        response = OneLogin_Saml2_Logout_Response(self.settings(query_signed=False), encoded)
+        request = {
+            "https": "off", "http_host": f"127.0.0.1:{self.port}", "script_name": "/sls",
+            "get_data": {}, "post_data": {"SAMLResponse": encoded},
+        }  # fmt: skip
+        valid = response.is_valid(request, raise_exceptions=False)
+        return {
+            "signed": bool(signed),
+            "valid": bool(valid),
+            "error": response.get_error(),
+            "status": response.get_status(),
+            "in_response_to": response.get_in_response_to(),
+        }
 
     # ------------------------------------------------------------------ the app
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, insert, or_, select, update
@@ -13,10 +13,13 @@ from sqlalchemy.exc import IntegrityError
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.db import cas_services, cas_tickets, sso_sessions, users
+from idhub.adapters.group_commit import GroupCommit
 from idhub.adapters.identity_store import _to_user, _user_query
-from idhub.adapters.unit_of_work import begin, connect
+from idhub.adapters.session_store import _to_session
+from idhub.adapters.unit_of_work import begin, connect, open_unit, serial_lock, writer_serial
 from idhub.core.audit import PendingEvent
 from idhub.core.cas import CasService, Redeemed, TicketKind, TicketRecord
+from idhub.core.identity import User
 from idhub.core.sessions import SsoSession
 from idhub.errors import Conflict
 
@@ -113,6 +116,22 @@ _CONSUME = (
     .values(consumed_at=bindparam("now"))
     .returning(*cas_tickets.c)
 )
+# A batch of validations: every ticket in one UPDATE, then their people and sessions.
+_CONSUME_MANY = (
+    update(cas_tickets)
+    .where(
+        cas_tickets.c.ticket_hash.in_(bindparam("hashes", expanding=True)),
+        cas_tickets.c.consumed_at.is_(None),
+        or_(
+            cas_tickets.c.kind == TicketKind.SERVICE.value,
+            cas_tickets.c.kind == TicketKind.PROXY.value,
+        ),
+    )
+    .values(consumed_at=bindparam("now"))
+    .returning(*cas_tickets.c)
+)
+_HOLDERS = _user_query().where(users.c.id.in_(bindparam("ids", expanding=True)))
+_SESSIONS = select(sso_sessions).where(sso_sessions.c.sid.in_(bindparam("sids", expanding=True)))
 _GET = select(cas_tickets).where(cas_tickets.c.ticket_hash == bindparam("hash"))
 # The person and (when it is theirs) the session a ticket was issued under, in one statement.
 _HOLDER = (
@@ -146,6 +165,13 @@ def _holder_session(row: Row[Any]) -> SsoSession | None:
     )
 
 
+@dataclass(frozen=True)
+class _Consume:
+    ticket_hash: str
+    now: float
+    audit: Callable[[Redeemed | None], Sequence[PendingEvent]]
+
+
 @storage_boundary
 class SqlCasTicketStore:
     def __init__(self, engine: Engine, audit: SqlAuditLog | None = None) -> None:
@@ -153,10 +179,13 @@ class SqlCasTicketStore:
         # Appends a validation's audit event inside its consuming transaction.
         self._audit = audit
         # SQLite has one writer at a time and makes a waiting one sleep 1, 2, 5, 10 ... ms
-        # between tries: this process's validations queue here instead (PostgreSQL locks the
-        # ticket's row and needs no such thing).
-        self._write_lock: contextlib.AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        # between tries: this process's writers (units of work included) queue on one lock
+        # instead (`writer_serial`). PostgreSQL locks the ticket's row.
+        # Validations with their audit event are group-committed: on SQLite they queue on the
+        # write lock anyway, on PostgreSQL on the audit chain's append lock, held to COMMIT.
+        leader = serial_lock(engine) if engine.dialect.name == "sqlite" else threading.Lock()
+        self._group: GroupCommit[_Consume, Redeemed | None] = GroupCommit(
+            self._consume_batch, leader=leader
         )
 
     def insert(self, record: TicketRecord) -> None:
@@ -189,17 +218,78 @@ class SqlCasTicketStore:
         # One UPDATE ... RETURNING: of two replicas validating the same ticket, one wins. The
         # session and the person are read in the same transaction, as they are at this moment,
         # and the validation's audit event is appended in it too.
-        if audit is not None and self._audit is None:
+        if audit is None:
+            with writer_serial(self._engine), begin(self._engine) as conn:
+                return self._consume_in(conn, ticket_hash, now)
+        outcome = self.consume_many([(ticket_hash, now, audit)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def consume_many(
+        self,
+        items: Sequence[tuple[str, float, Callable[[Redeemed | None], Sequence[PendingEvent]]]],
+    ) -> list[Redeemed | Exception | None]:
+        if self._audit is None:
             raise RuntimeError("this ticket store was built without the audit log")
-        with self._write_lock, begin(self._engine) as conn:
-            redeemed = self._consume_in(conn, ticket_hash, now)
-            if audit is not None and self._audit is not None:
-                events = audit(redeemed)
-                if events:
-                    self._audit.record_in(conn, events)
-        if audit is not None and self._audit is not None:
-            self._audit.notify_listeners()
+        if open_unit(self._engine) is not None:
+            # Inside a caller's unit of work: its transaction, its commit, its audit append.
+            found: list[Redeemed | Exception | None] = []
+            with begin(self._engine) as conn:
+                for ticket_hash, now, audit in items:
+                    redeemed = self._consume_in(conn, ticket_hash, now)
+                    self._audit.record_many(audit(redeemed))
+                    found.append(redeemed)
+            return found
+        return self._group.run_many([_Consume(*item) for item in items])
+
+    def _consume_batch(self, batch: Sequence[_Consume]) -> list[Redeemed | None]:
+        """The group committer's one transaction for every consume waiting: each ticket spent
+        and checked on what this transaction read, all their audit events appended at its end,
+        one COMMIT (and one turn of the database's write lock or audit advisory lock) for all."""
+        assert self._audit is not None
+        with begin(self._engine) as conn:
+            redeemed = self._consume_all(conn, batch)
+            events: list[PendingEvent] = []
+            for item, found in zip(batch, redeemed, strict=True):
+                events.extend(item.audit(found))
+            tail = self._audit.record_in(conn, events) if events else None
+        if tail is not None:
+            self._audit.note_tail(tail)
+        self._audit.notify_listeners()
         return redeemed
+
+    @staticmethod
+    def _consume_all(conn: Connection, batch: Sequence[_Consume]) -> list[Redeemed | None]:
+        """`_consume_in` for a batch in three statements whatever its size (per item, two
+        statements cost ~0.2 ms of Python on SQLite and a round trip each on PostgreSQL). A
+        ticket named twice in one batch is spent by the first; the rest find it used."""
+        hashes = list(dict.fromkeys(item.ticket_hash for item in batch))
+        now = max(item.now for item in batch)
+        rows = conn.execute(_CONSUME_MANY, {"hashes": hashes, "now": now}).all()
+        spent = {r._mapping["ticket_hash"]: _to_ticket(r) for r in rows}
+        people: dict[int, User] = {}
+        sessions: dict[str, SsoSession] = {}
+        if spent:
+            ids = sorted({r.user_id for r in spent.values()})
+            people = {u.id: u for u in map(_to_user, conn.execute(_HOLDERS, {"ids": ids}))}
+            sids = sorted({r.sid for r in spent.values() if r.sid})
+            if sids:
+                found = conn.execute(_SESSIONS, {"sids": sids})
+                sessions = {s.sid: s for s in map(_to_session, found)}
+        out: list[Redeemed | None] = []
+        for item in batch:
+            record = spent.pop(item.ticket_hash, None)
+            if record is None:
+                out.append(None)
+                continue
+            user = people.get(record.user_id)
+            session = sessions.get(record.sid) if record.sid else None
+            # Only the ticket holder's own session counts (as the join in `_HOLDER` says).
+            if user is None or (session is not None and session.user_id != user.id):
+                session = None
+            out.append(Redeemed(record, session, user))
+        return out
 
     @staticmethod
     def _consume_in(conn: Connection, ticket_hash: str, now: float) -> Redeemed | None:

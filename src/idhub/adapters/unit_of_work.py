@@ -82,6 +82,12 @@ def writer_serial(engine: Engine) -> contextlib.AbstractContextManager[Any]:
     caller already inside a unit of work, which holds it)."""
     if engine.dialect.name != "sqlite" or open_unit(engine) is not None:
         return contextlib.nullcontext()
+    return serial_lock(engine)
+
+
+def serial_lock(engine: Engine) -> threading.Lock:
+    """The lock behind `writer_serial` itself, for a writer that queues its own way (the CAS
+    ticket store's group commit); never to be taken inside a unit of work."""
     with _registry_lock:
         lock = _serial_locks.get(engine)
         if lock is None:

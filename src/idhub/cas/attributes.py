@@ -61,11 +61,21 @@ class AttributeRelease:
         self._roles = roles
         self._domains = tuple(domains)
 
+    def groups(self, user_id: int) -> list[str]:
+        return self._groups(user_id)
+
     def release(
-        self, user: User, service: CasService, *, auth_time: float, from_new_login: bool
+        self,
+        user: User,
+        service: CasService,
+        *,
+        auth_time: float,
+        from_new_login: bool,
+        groups: Callable[[int], list[str]] | None = None,
     ) -> Attributes:
+        """`groups`: where to read the person's groups instead (a batch's memo)."""
         wanted = service.attributes
-        claims = user_claims(user, consent_scopes(wanted), groups=self._groups)
+        claims = user_claims(user, consent_scopes(wanted), groups=groups or self._groups)
         out: Attributes = {}
         for attribute in wanted:
             if attribute == "roles":

@@ -17,11 +17,12 @@ Every issued and validated ticket, and every refusal, is audited, never the tick
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from idhub.cas.attributes import AttributeRelease
+from idhub.cas.attributes import AttributeRelease, Attributes
 from idhub.cas.responses import Failure, ProxyGranted, Validated
 from idhub.cas.services import CasServiceRegistry, check_proxy_callback, parse_service_url
 from idhub.cas.tickets import CasTickets, Redeemed, TicketKind, TicketRecord, ticket_kind
@@ -75,6 +76,26 @@ def check_loopback_http(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class _PerBatch:
+    """The attribute release for one batch of validations: each person's groups read once."""
+
+    def __init__(self, release: AttributeRelease) -> None:
+        self._release = release
+        self._groups: dict[int, list[str]] = {}
+
+    def release(
+        self, user: User, service: CasService, *, auth_time: float, from_new_login: bool
+    ) -> Attributes:
+        return self._release.release(
+            user, service, auth_time=auth_time, from_new_login=from_new_login, groups=self._read
+        )
+
+    def _read(self, user_id: int) -> list[str]:
+        if user_id not in self._groups:
+            self._groups[user_id] = self._release.groups(user_id)
+        return list(self._groups[user_id])
 
 
 class CasServer:
@@ -143,33 +164,83 @@ class CasServer:
     def validate(
         self, request: ValidationRequest, *, ctx: RequestContext | None = None
     ) -> Validated | Failure:
-        try:
-            kind = self._precheck(request)
-        except _Refused as refused:
-            self._audit.record_many([self._rejected(request, refused.failure, ctx)])
-            return refused.failure
-        assert request.ticket is not None
-        if request.pgt_url:
-            return self._validate_with_callback(request, kind, ctx)
-        # The common case: the ticket is spent, checked and its validation (or refusal)
-        # recorded in one transaction, the decision made on what that transaction read; the
-        # attributes are gathered once it committed (its write lock is the narrow part).
-        decided: list[Failure | tuple[TicketRecord, SsoSession, User, CasService]] = []
+        outcome = self.validate_many([(request, ctx)])[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
-        def decide(redeemed: Redeemed | None) -> list[PendingEvent]:
+    def validate_many(
+        self, requests: Sequence[tuple[ValidationRequest, RequestContext | None]]
+    ) -> list[Validated | Failure | Exception]:
+        """Validations that arrived together (the web front hands over what queued while the
+        last batch ran). Each is decided on its own, exactly as alone; what they share is
+        the transaction: every ticket is spent, checked and its validation (or refusal)
+        recorded in one, the decision made on what that transaction read. Attributes are
+        gathered once it committed (its write lock is the narrow part), each person's groups
+        read once per batch. One outcome per request, in order: its answer, or the error
+        (storage, audit) that stopped it, with nothing of it kept."""
+        results: dict[int, Validated | Failure | Exception] = {}
+        refusals: dict[int, PendingEvent] = {}
+        common: list[tuple[int, ValidationRequest, TicketKind, RequestContext | None]] = []
+        for i, (request, ctx) in enumerate(requests):
             try:
-                checked = self._check(request, kind, redeemed, self._clock.now())
+                kind = self._precheck(request)
             except _Refused as refused:
-                decided.append(refused.failure)
-                return [self._rejected(request, refused.failure, ctx)]
-            decided.append(checked)
-            return [self._validated(checked[0], checked[2], checked[3], pgt_iou=None, ctx=ctx)]
+                refusals[i] = self._rejected(request, refused.failure, ctx)
+                results[i] = refused.failure
+                continue
+            if request.pgt_url:
+                try:
+                    results[i] = self._validate_with_callback(request, kind, ctx)
+                except Exception as exc:  # this request's outcome, not its neighbours'
+                    results[i] = exc
+            else:
+                common.append((i, request, kind, ctx))
+        if refusals:
+            try:
+                self._audit.record_many(list(refusals.values()))
+            except Exception as exc:  # no refusal without its event
+                results.update(dict.fromkeys(refusals, exc))
+        if common:
+            self._validate_common(common, results)
+        return [results[i] for i in range(len(requests))]
 
-        self._tickets.redeem(request.ticket, self._clock.now(), audit=decide)
-        outcome = decided[0]
-        if isinstance(outcome, Failure):
-            return outcome
-        return self._answer(request, *outcome, pgt_iou=None)
+    def _validate_common(
+        self,
+        common: list[tuple[int, ValidationRequest, TicketKind, RequestContext | None]],
+        results: dict[int, Validated | Failure | Exception],
+    ) -> None:
+        # The store may run a `decide` again if its transaction rolled back and was retried:
+        # the outcome kept is the one of the transaction that committed, i.e. the last.
+        decided: dict[int, Failure | tuple[TicketRecord, SsoSession, User, CasService]] = {}
+
+        def decider(
+            i: int, request: ValidationRequest, kind: TicketKind, ctx: RequestContext | None
+        ) -> Callable[[Redeemed | None], list[PendingEvent]]:
+            def decide(redeemed: Redeemed | None) -> list[PendingEvent]:
+                try:
+                    checked = self._check(request, kind, redeemed, self._clock.now())
+                except _Refused as refused:
+                    decided[i] = refused.failure
+                    return [self._rejected(request, refused.failure, ctx)]
+                decided[i] = checked
+                record, _, user, service = checked
+                return [self._validated(record, user, service, pgt_iou=None, ctx=ctx)]
+
+            return decide
+
+        items = [(r.ticket or "", decider(i, r, kind, ctx)) for i, r, kind, ctx in common]
+        found = self._tickets.redeem_many(items, self._clock.now())
+        groups = _PerBatch(self._attributes)
+        for (i, request, _, _), stored in zip(common, found, strict=True):
+            outcome = stored if isinstance(stored, Exception) else decided[i]
+            if isinstance(outcome, Failure | Exception):
+                results[i] = outcome
+                continue
+            try:
+                results[i] = self._answer(request, *outcome, pgt_iou=None, release=groups)
+            except Exception as exc:  # reading the attributes failed: as it would alone
+                results[i] = exc
 
     def _validate_with_callback(
         self, request: ValidationRequest, kind: TicketKind, ctx: RequestContext | None
@@ -197,10 +268,11 @@ class CasServer:
         service: CasService,
         *,
         pgt_iou: str | None,
+        release: AttributeRelease | _PerBatch | None = None,
     ) -> Validated:
         attributes = {}
         if request.attributes:
-            attributes = self._attributes.release(
+            attributes = (release or self._attributes).release(
                 user, service, auth_time=session.auth_time, from_new_login=record.from_new_login
             )
         return Validated(

@@ -117,6 +117,27 @@ class CasTickets:
         inner = None if audit is None else (lambda found: audit(live(found)))
         return live(self._store.consume(sha256_hex(ticket), now, audit=inner))
 
+    def redeem_many(
+        self,
+        items: Sequence[tuple[str, Callable[[Redeemed | None], Sequence[PendingEvent]]]],
+        now: float,
+    ) -> list[Redeemed | Exception | None]:
+        """`redeem(ticket, now, audit=audit)` for each (ticket, audit), in one transaction
+        where the store can; an item's error is its outcome (see `TicketStore.consume_many`)."""
+
+        def live(redeemed: Redeemed | None) -> Redeemed | None:
+            return None if redeemed is None or redeemed.record.expires_at <= now else redeemed
+
+        def checked(
+            audit: Callable[[Redeemed | None], Sequence[PendingEvent]],
+        ) -> Callable[[Redeemed | None], Sequence[PendingEvent]]:
+            return lambda found: audit(live(found))
+
+        found = self._store.consume_many(
+            [(sha256_hex(ticket), now, checked(audit)) for ticket, audit in items]
+        )
+        return [r if isinstance(r, Exception) else live(r) for r in found]
+
     def granting(self, ticket: str, now: float) -> TicketRecord | None:
         """A live proxy-granting ticket's record (not consumed: it grants many proxy tickets)."""
         record = self._store.get(sha256_hex(ticket))

@@ -92,6 +92,10 @@ class Redeemed:
     user: User | None
 
 
+# Given what a consume found, the audit events to record in the consuming transaction.
+AuditFor = Callable[[Redeemed | None], Sequence[PendingEvent]]
+
+
 class TicketStore(Protocol):
     def insert(self, record: TicketRecord) -> None: ...
     def consume(
@@ -106,6 +110,15 @@ class TicketStore(Protocol):
         consuming transaction with what it found; the events it returns join the audit chain
         in that same transaction, so the ticket is spent and its validation recorded
         together or not at all (one write transaction per validation instead of two)."""
+        ...
+
+    def consume_many(
+        self,
+        items: Sequence[tuple[str, float, Callable[[Redeemed | None], Sequence[PendingEvent]]]],
+    ) -> list[Redeemed | Exception | None]:
+        """`consume(hash, now, audit=audit)` for each item, in one transaction where the store
+        can (a validation burst: one COMMIT for all); one outcome per item, in order: what
+        `consume` would return, or the error it would raise (nothing of that item was kept)."""
         ...
 
     def get(self, ticket_hash: str) -> TicketRecord | None: ...

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 
 from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
 from saml2.config import IdPConfig
-from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED, STATUS_SUCCESS
+from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED
 from saml2.server import Server
 from saml2.time_util import str_to_time
 
 from idhub.core.clock import Clock
 from idhub.errors import SamlRequestRejected
-from idhub.saml._pysaml2 import NoAssertionStore, attribute_converter, status_of
+from idhub.saml._pysaml2 import InProcessVerification, NoAssertionStore, attribute_converter
 from idhub.saml.attributes import NAME_FORMAT_URI, NameIdValue
 from idhub.saml.keys import SamlKeys
 from idhub.saml.metadata import BINDING_POST, Endpoint
@@ -43,6 +43,7 @@ from idhub.saml.responses import (
     Signing,
     build_error_response,
     build_logout_request,
+    build_logout_response,
     build_response,
 )
 from idhub.saml.xmldsig import XmlSigner
@@ -174,6 +175,8 @@ class IdentityProvider:
         conf.attribute_converters = [attribute_converter()]
         server = Server(config=conf)
         server.session_db = NoAssertionStore()
+        # Enveloped signatures of POST-bound requests verified in process, not by `xmlsec1`.
+        server.sec.crypto = InProcessVerification(server.sec.crypto)
         return server
 
     # ------------------------------------------------------------------ AuthnRequests
@@ -385,31 +388,31 @@ class IdentityProvider:
         endpoint = info.sp.metadata.slo_for(BINDING_HTTP_REDIRECT, BINDING_POST)
         if endpoint is None:
             raise SamlRequestRejected("the SP's metadata lists no SingleLogoutService")
-        sign_alg, digest_alg = self._algorithms(info.sp)
-        server = self.server()
-        status = STATUS_SUCCESS if success else STATUS_REQUEST_DENIED
-        response = server.create_logout_response(
-            info.request,
-            bindings=[endpoint.binding],
-            status=status_of(status),
-            sign=endpoint.binding == BINDING_POST,
-            sign_alg=sign_alg,
-            digest_alg=digest_alg,
-        )
         url = endpoint.location
-        if endpoint.binding == BINDING_HTTP_REDIRECT:
-            http = server.apply_binding(
+        # Built and signed here, never by pysaml2 (which signs by running the `xmlsec1`
+        # binary): enveloped for POST; for Redirect the query is signed below, in process.
+        post = endpoint.binding == BINDING_POST
+        xml = build_logout_response(
+            self._signing(info.sp) if post else None,
+            issuer=self.entity_id,
+            destination=url,
+            in_response_to=getattr(info.request, "id", None),
+            success=success,
+            now=self._clock.now(),
+        )
+        if not post:
+            http = self.server().apply_binding(
                 BINDING_HTTP_REDIRECT,
-                str(response),
+                xml,
                 url,
                 info.relay_state or "",
                 response=True,
                 sign=True,
-                sigalg=sign_alg,
+                sigalg=self._algorithms(info.sp)[0],
             )
             location = dict(http["headers"])["Location"]
             return SamlMessage(url, "SAMLResponse", "", info.relay_state, location=location)
-        encoded = base64.b64encode(str(response).encode()).decode()
+        encoded = base64.b64encode(xml.encode()).decode()
         return SamlMessage(url, "SAMLResponse", encoded, info.relay_state)
 
     def logout_request(

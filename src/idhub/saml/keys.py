@@ -7,10 +7,10 @@ the same one. The IdP metadata lists the certificate of every RS256 key the key 
 publishes, so after a rotation SPs that refresh their metadata trust the new key before it is
 used, and the retired one until it leaves the JWKS (the same overlap as for ID tokens).
 
-Responses and assertions are signed in process with the opened key (`saml/xmldsig.py`).
-pysaml2, which still signs logout messages, runs the `xmlsec1` binary, which reads the key from
-a file: the opened key is written to a private temporary directory (mode 0700, file 0600),
-removed when the process ends or the key changes.
+Responses, assertions and logout messages are signed in process with the opened key
+(`saml/xmldsig.py`). pysaml2, which signs the Redirect-binding query of a LogoutResponse (in
+process too), reads the key from a file: the opened key is written to a private temporary
+directory (mode 0700, file 0600), removed when the process ends or the key changes.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class SamlKeys:
         self._cleanup = weakref.finalize(self, shutil.rmtree, self._dir, ignore_errors=True)
 
     def current(self) -> SigningMaterial:
-        """The active key's files for xmlsec1 (re-written when the active key changes)."""
+        """The active key's files for pysaml2 (re-written when the active key changes)."""
         kid, private_key = self._keys.signer(ALG)
         current = self._current
         if current is not None and current.kid == kid:

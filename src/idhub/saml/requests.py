@@ -3,8 +3,9 @@
 - Redirect-binding signatures are verified over the query string exactly as it arrived
   (SAML bindings §3.4.4.1: the URL-encoded `SAMLRequest`, `RelayState` and `SigAlg`), against
   the signing certificates in the SP's metadata. SHA-1 is refused unless the SP is legacy.
-- POST-binding signatures are enveloped in the XML and verified by pysaml2 (xmlsec1); only the
-  algorithm is checked here.
+- POST-binding signatures are enveloped in the XML and verified while pysaml2 parses it, in
+  process (`_pysaml2.InProcessVerification`, `xmldsig.verify_enveloped`); only the algorithm
+  is checked here.
 - A validated AuthnRequest is sealed into a short-lived HMAC'd `PendingRequest` so the browser can
   come back from the login or consent page without the request being parsed (or replayed) again.
 """

@@ -41,6 +41,7 @@ ENTITY = "urn:oasis:names:tc:SAML:2.0:nameid-format:entity"
 BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 STATUS_SUCCESS = "urn:oasis:names:tc:SAML:2.0:status:Success"
 STATUS_RESPONDER = "urn:oasis:names:tc:SAML:2.0:status:Responder"
+STATUS_REQUEST_DENIED = "urn:oasis:names:tc:SAML:2.0:status:RequestDenied"
 _ROOT_NS = f'xmlns:ns0="{PROTOCOL}" xmlns:ns1="{ASSERTION}" xmlns:ns2="{DS}" xmlns:xsi="{XSI}"'
 # Characters XML 1.0 cannot carry at all (a display name from a directory may hold one).
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -230,6 +231,39 @@ def build_logout_request(
         + f"<ns0:SessionIndex>{_text(session_index)}</ns0:SessionIndex>"
         + "</ns0:LogoutRequest>"
     )
+    root = parse(xml)
+    signing.signer.sign(root)
+    return serialize(root)
+
+
+def build_logout_response(
+    signing: Signing | None,
+    *,
+    issuer: str,
+    destination: str,
+    in_response_to: str | None,
+    success: bool,
+    now: float,
+) -> str:
+    """The `LogoutResponse` to an SP's LogoutRequest: enveloped-signed for the POST binding;
+    unsigned (`signing` None) for the Redirect binding, whose signature covers the query."""
+    response_id = new_id()
+    answers = f" InResponseTo={_attr(in_response_to)}" if in_response_to is not None else ""
+    status = (
+        _status(STATUS_SUCCESS, None, None)
+        if success
+        else _status(STATUS_RESPONDER, STATUS_REQUEST_DENIED, None)
+    )
+    xml = (
+        f'<ns0:LogoutResponse {_ROOT_NS} ID="{response_id}"{answers} Version="2.0" '
+        f'IssueInstant="{instant(now)}" Destination={_attr(destination)}>'
+        + _issuer(issuer)
+        + (signing.template(response_id) if signing is not None else "")
+        + status
+        + "</ns0:LogoutResponse>"
+    )
+    if signing is None:
+        return xml
     root = parse(xml)
     signing.signer.sign(root)
     return serialize(root)

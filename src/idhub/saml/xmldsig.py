@@ -8,6 +8,10 @@ with SHA-256 digests (RSA-SHA1 / SHA-1 only for an SP marked legacy, decided by 
 The signature is written as a template where the message wants it (after its `Issuer`, as the
 SAML schema orders it) with the signing certificate in `KeyInfo`; libxmlsec1 fills in the
 digest and the signature value.
+
+`verify_enveloped` checks an SP's enveloped signature the way `xmlsec1 --verify` did for
+pysaml2 (`--id-attr:ID <element>`, `--node-id`, the key from the SP's metadata certificate
+only), in process.
 """
 
 from __future__ import annotations
@@ -75,3 +79,44 @@ class XmlSigner:
         context.key = self._key
         context.register_id(element, "ID")
         context.sign(signature)
+
+
+class SignatureInvalid(Exception):
+    """The enveloped signature does not verify (or is not where it must be)."""
+
+
+def verify_enveloped(
+    xml: bytes, *, certificate_pem: bytes, node: tuple[str, str], node_id: str | None
+) -> None:
+    """Verifies the `Signature` that is a direct child of the `node` element (namespace, local
+    name) whose `ID` is `node_id` (the document's root element when None), with the key of
+    `certificate_pem` and nothing else (never a key the message carries). IDs are taken from
+    `node` elements only; the same ID twice is refused (signature wrapping). The caller
+    (pysaml2) has checked the signature's shape: one `#ID` reference to that element,
+    enveloped and exclusive-c14n transforms, no `Object`. Raises `SignatureInvalid`."""
+    try:
+        root = etree.fromstring(xml, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise SignatureInvalid(f"not XML: {exc}") from exc
+    tag = f"{{{node[0]}}}{node[1]}"
+    context = xmlsec.SignatureContext()
+    ids: dict[str, etree._Element] = {}
+    for element in root.iter(tag):
+        value = element.get("ID")
+        if value is None:
+            continue
+        if value in ids:
+            raise SignatureInvalid(f"the ID {value!r} is used twice")
+        ids[value] = element
+        context.register_id(element, "ID")
+    start = root if node_id is None else ids.get(node_id)
+    if start is None or start.tag != tag:
+        raise SignatureInvalid("the signed element is not in the message")
+    signature = start.find(f"{{{DS}}}Signature")
+    if signature is None:
+        raise SignatureInvalid("no signature on the signed element")
+    try:
+        context.key = xmlsec.Key.from_memory(certificate_pem, xmlsec.constants.KeyDataFormatCertPem)
+        context.verify(signature)
+    except xmlsec.Error as exc:
+        raise SignatureInvalid(f"the signature does not verify: {exc}") from exc
