@@ -36,7 +36,11 @@ ACTIONS = ("create", "read", "update", "submit", "approve", "reject", "export", 
 SCOPES = ("all", "self", "dept", "dept_tree")
 
 
-def sizes(quick: bool) -> dict[str, int]:
+def sizes(quick: bool, lines: int | None = None) -> dict[str, int]:
+    if lines is not None:
+        # The enterprise company with a bigger policy (--lines 1000000): the same users,
+        # departments and roles, more lines per role.
+        return {**sizes(False), "lines": lines}
     if quick:
         return {
             "users": 2000,

@@ -19,8 +19,9 @@ once, `decide` takes arguments that are canonical already (the decision API's qu
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from idhub.core.authz.model import (
     user_subject,
     username_of,
 )
+from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.sod_dynamic import RecordIndex
 from idhub.core.identifiers import (
     canonical_name,
@@ -51,18 +53,61 @@ from idhub.core.identifiers import (
 _EMPTY: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    allowed: bool
-    # The deny that won, or the first allow that matched; None when nothing matched.
-    rule: Rule | None = None
+    """Allowed or not, and the line that decided: the deny that won, or the first allow that
+    matched; no line when nothing matched.
+
+    The engine names the line by its number in the `RuleTable`; its `Rule` is made only when
+    asked for (`reason` and `source` need just the file and line)."""
+
+    __slots__ = ("_line", "_rule", "_table", "allowed")
+
+    def __init__(
+        self,
+        allowed: bool,
+        rule: Rule | None = None,
+        *,
+        table: RuleTable | None = None,
+        line: int = -1,
+    ) -> None:
+        self.allowed = allowed
+        self._rule = rule
+        self._table = table if line >= 0 else None
+        self._line = line
+
+    @property
+    def rule(self) -> Rule | None:
+        if self._rule is None and self._table is not None:
+            self._rule = self._table.rule(self._line)
+        return self._rule
+
+    @property
+    def source(self) -> str | None:
+        """`file:line` of the deciding line, None when nothing matched."""
+        if self._table is not None:
+            return self._table.source(self._line)
+        return str(self._rule.source) if self._rule is not None else None
 
     @property
     def reason(self) -> str:
-        if self.rule is None:
+        if self._table is not None:
+            deny = self._table.deny[self._line]
+        elif self._rule is not None:
+            deny = self._rule.effect == "deny"
+        else:
             return "no rule matched"
-        verb = "denied by" if self.rule.effect == "deny" else "allowed by"
-        return f"{verb} {self.rule.source}"
+        return f"{'denied by' if deny else 'allowed by'} {self.source}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self.allowed == other.allowed and self.rule == other.rule
+
+    def __hash__(self) -> int:
+        return hash((self.allowed, self.rule))
+
+    def __repr__(self) -> str:
+        return f"Decision(allowed={self.allowed!r}, rule={self.rule!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +181,59 @@ def derive_links(
 class RuleIndex:
     """Policy lines bucketed by (domain, subject), then (type, action), in file order.
 
+    `buckets[(domain, subject)][(type, action)]` is the number of the first such line in the
+    `RuleTable`; `next[line]` the number of the next one with the same four names, -1 after
+    the last. Numbers, not `Rule`s: a million lines stay a few arrays and one small dict per
+    (domain, subject), and the (type, action) keys are shared tuples.
+
     Depends on the policy only, so one index serves the policy tests, the live engine and
     every recompilation after a directory change."""
 
-    def __init__(self, rules: tuple[Rule, ...]) -> None:
-        buckets: dict[tuple[str, str], dict[tuple[str, str], list[Rule]]] = {}
-        for rule in rules:
-            key = (rule.domain, rule.subject)
-            per = buckets.get(key)
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        table = RuleTable.from_rules(rules)
+        self.table = table
+        count = len(table)
+        following = array("i", [-1]) * count
+        buckets: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+        by_ids: dict[int, dict[tuple[str, str], int]] = {}
+        pairs: dict[int, tuple[str, str]] = {}
+        subjects, names = table.subjects, table.names
+        width = len(names) + 1
+        sub_col, dom_col, obj_col, act_col = table.subject, table.domain, table.obj, table.act
+        # Backwards, putting each line in front of the ones after it: chains in file order.
+        for i in range(count - 1, -1, -1):
+            sub_id, dom_id = sub_col[i], dom_col[i]
+            outer = sub_id * width + dom_id
+            per = by_ids.get(outer)
             if per is None:
-                per = buckets[key] = {}
-            inner = (rule.obj, rule.act)
-            found = per.get(inner)
-            if found is None:
-                per[inner] = [rule]
-            else:
-                found.append(rule)
+                key = (names[dom_id], subjects[sub_id])
+                per = buckets.get(key)
+                if per is None:
+                    per = buckets[key] = {}
+                by_ids[outer] = per
+            inner_id = obj_col[i] * width + act_col[i]
+            inner = pairs.get(inner_id)
+            if inner is None:
+                inner = pairs[inner_id] = (names[obj_col[i]], names[act_col[i]])
+            first = per.get(inner)
+            if first is not None:
+                following[i] = first
+            per[inner] = i
         self.buckets = buckets
+        self.next = following
+
+    def chain(self, first: int) -> Iterator[int]:
+        """The line numbers of one (type, action) bucket, in file order."""
+        following = self.next
+        i = first
+        while i >= 0:
+            yield i
+            i = following[i]
+
+    def rules_at(self, first: int) -> list[Rule]:
+        """The `Rule`s of one (type, action) bucket, in file order."""
+        rule = self.table.rule
+        return [rule(i) for i in self.chain(first)]
 
 
 class Engine:
@@ -185,6 +266,8 @@ class Engine:
         # Dynamic segregation of duties (sod.yaml `records`), asked by the decision API.
         self.records = RecordIndex(policy.sod)
         self._buckets = self.index.buckets
+        self._table = self.index.table
+        self._next = self.index.next
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[
             tuple[str, frozenset[tuple[str, str | None]]], dict[str, tuple[str, ...]]
@@ -299,24 +382,25 @@ class Engine:
         """The decision on a request whose every argument is canonical."""
         username = username_of(subject)
         keys = ((obj, act), (obj, ANY), (ANY, act), (ANY, ANY))
-        allow: Rule | None = None
+        allow = -1
         buckets = self._buckets
+        table = self._table
+        scopes, scope_col, deny_col, following = table.scopes, table.scope, table.deny, self._next
         for name, anchors in self._subjects(subject, domain):
             for dom in (domain, ANY):
                 bucket = buckets.get((dom, name))
                 if bucket is None:
                     continue
                 for key in keys:
-                    rules = bucket.get(key)
-                    if rules is None:
-                        continue
-                    for rule in rules:
-                        if scope_matches(rule.scope, username, anchors, owner, dept):
-                            if rule.effect == "deny":
-                                return Decision(False, rule)
-                            if allow is None:
-                                allow = rule
-        return Decision(allow is not None, allow)
+                    i = bucket.get(key, -1)
+                    while i >= 0:
+                        if scope_matches(scopes[scope_col[i]], username, anchors, owner, dept):
+                            if deny_col[i]:
+                                return Decision(False, table=table, line=i)
+                            if allow < 0:
+                                allow = i
+                        i = following[i]
+        return Decision(allow >= 0, table=table, line=allow)
 
     def owner_deny(self, subject: str, domain: str, obj: str, act: str, owner: str) -> Rule | None:
         """The deny on the user's own records (a `self` line) that would apply to canonical
@@ -325,9 +409,10 @@ class Engine:
         owner is a directory user or no such line applies."""
         if owner and owner in self.directory.users:
             return None
-        for rule, _anchors in self.candidates(subject, domain, obj, act):
-            if rule.effect == "deny" and rule.scope.kind == "self":
-                return rule
+        table = self._table
+        for i, _anchors in self._candidate_lines(subject, domain, obj, act):
+            if table.deny[i] and table.scopes[table.scope[i]].kind == "self":
+                return table.rule(i)
         return None
 
     def candidates(
@@ -335,16 +420,27 @@ class Engine:
     ) -> list[tuple[Rule, tuple[str, ...]]]:
         """Every line that matches canonical subject, domain, type and action (scope not yet
         applied)."""
+        rule = self._table.rule
+        return [
+            (rule(i), anchors) for i, anchors in self._candidate_lines(subject, domain, obj, act)
+        ]
+
+    def _candidate_lines(
+        self, subject: str, domain: str, obj: str, act: str
+    ) -> Iterator[tuple[int, tuple[str, ...]]]:
+        """`candidates` as line numbers in the `RuleTable`."""
         keys = dict.fromkeys(((obj, act), (obj, ANY), (ANY, act), (ANY, ANY)))
-        out: list[tuple[Rule, tuple[str, ...]]] = []
+        chain = self.index.chain
         for name, anchors in self._subjects(subject, domain):
             for dom in dict.fromkeys((domain, ANY)):
                 bucket = self._buckets.get((dom, name))
                 if bucket is None:
                     continue
                 for key in keys:
-                    out.extend((rule, anchors) for rule in bucket.get(key, ()))
-        return out
+                    first = bucket.get(key)
+                    if first is not None:
+                        for i in chain(first):
+                            yield i, anchors
 
     def scopes(self, subject: str, domain: str, obj: str, act: str) -> ScopeSet:
         return build_scope_set(
@@ -399,19 +495,22 @@ class Engine:
         """(domain, type, action, effect, resolved scope) for every line that applies to the
         user, the unit `policy diff` compares."""
         subject = user_subject(canonical_name(username))
+        table = self._table
         out: set[tuple[str, str, str, str, str]] = set()
         for domain in self.domains:
             for name, anchors in self._subjects(subject, domain):
                 for dom in (domain, ANY):
-                    for (obj, act), rules in self._buckets.get((dom, name), {}).items():
-                        for rule in rules:
-                            kind = rule.scope.kind
+                    for (obj, act), first in self._buckets.get((dom, name), {}).items():
+                        for i in self.index.chain(first):
+                            rule_scope = table.scopes[table.scope[i]]
+                            effect = "deny" if table.deny[i] else "allow"
+                            kind = rule_scope.kind
                             if kind in ("dept", "dept_tree"):
                                 resolved = [f"{kind}:{a}" for a in anchors] or [f"{kind}:-"]
                             else:
-                                resolved = [str(rule.scope)]
+                                resolved = [str(rule_scope)]
                             for scope in resolved:
-                                out.add((domain, obj, act, rule.effect, scope))
+                                out.add((domain, obj, act, effect, scope))
         return out
 
     # ------------------------------------------------------------------ pycasbin
@@ -447,7 +546,7 @@ def explanation_json(
     return {
         "allowed": decision.allowed and not disabled,
         "reason": "user is disabled" if disabled else decision.reason,
-        "rule": str(decision.rule.source) if decision.rule else None,
+        "rule": decision.source,
         "policy_version": engine.version,
         "roles": [
             {
@@ -475,7 +574,8 @@ def explanation_json(
                 "action": m.rule.act,
                 "scope": str(m.rule.scope),
                 "in_scope": m.in_scope,
-                "decisive": decision.rule is m.rule,
+                # Every line has its own file:line, so equal rules are the same line.
+                "decisive": decision.rule == m.rule,
             }
             for m in result.matches
         ],
