@@ -19,15 +19,18 @@ Usage: python bench/bench_authz.py [--quick] [--no-http] [--runs N] [--work DIR]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -382,9 +385,11 @@ def http_requests(work: Path, size: dict[str, int], n: int) -> list[dict[str, st
     return [dict(zip(keys, (r[0][len("user:") :], *r[1:]), strict=True)) for r in mix]
 
 
-def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(work: Path, workers: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+    """`idhub serve --workers N` on the generated company: (base URL, a client-credentials
+    access token with scope authz, the server process)."""
     import socket
-    import threading
 
     import httpx
 
@@ -404,15 +409,15 @@ def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
     from idhub.errors import Conflict
 
     try:
+        # authz:admin: the questions are about every domain, not only the client's own.
         _, secret = services.clients.register(
-            "bench-pdp", grant_types=["client_credentials"], scope="authz"
+            "bench-pdp-all", grant_types=["client_credentials"], scope="authz authz:admin"
         )
     except Conflict:  # a kept --work directory from an earlier run
-        _, secret = services.clients.rotate_secret("bench-pdp")
-    bodies = http_requests(work, size, 100 * 50)
-    batches = [{"requests": bodies[i : i + 100]} for i in range(0, len(bodies), 100)]
+        _, secret = services.clients.rotate_secret("bench-pdp-all")
+    del services
     server = subprocess.Popen(
-        [sys.executable, "-m", "idhub", "serve", "--workers", "2", "--port", str(port)],
+        [sys.executable, "-m", "idhub", "serve", "--workers", str(workers), "--port", str(port)],
         env=env,
         cwd=work,
         stdout=subprocess.DEVNULL,
@@ -420,7 +425,7 @@ def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while True:
             try:
                 if httpx.get(base + "/readyz", timeout=5).status_code == 200:
@@ -432,10 +437,65 @@ def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
             time.sleep(0.5)
         token = httpx.post(
             base + "/token",
-            auth=("bench-pdp", secret or ""),
+            auth=("bench-pdp-all", secret or ""),
             timeout=10,
-            data={"grant_type": "client_credentials", "resource": "idhub", "scope": "authz"},
+            data={
+                "grant_type": "client_credentials",
+                "resource": "idhub",
+                "scope": "authz authz:admin",
+            },
         ).json()["access_token"]
+        yield base, token, server
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def worker_pids(server: subprocess.Popen[bytes]) -> list[int]:
+    """The server's worker processes (children of the supervisor)."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children")
+    try:
+        pids = [int(p) for p in children.read_text().split()]
+    except OSError:
+        return []
+    # uvicorn's supervisor also starts multiprocessing's resource tracker: not a worker.
+    return [p for p in pids if "resource_tracker" not in _cmdline(p)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User plus system CPU seconds the processes have used."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
+    import threading
+
+    import httpx
+
+    bodies = http_requests(work, size, 100 * 50)
+    batches = [{"requests": bodies[i : i + 100]} for i in range(0, len(bodies), 100)]
+    with serving(work, 2) as (base, token, _server):
         headers = {"Authorization": f"Bearer {token}"}
 
         def worker(stop_at: float, counts: list[int], errors: list[int]) -> None:
@@ -463,18 +523,72 @@ def phase_http(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
             for t in threads:
                 t.join()
             rates.append(sum(counts) / (time.monotonic() - started))
-        return {
-            "decisions_per_s": statistics.median(rates),
-            "runs": [round(r) for r in rates],
-            "errors": len(errors),
-            "allowed_share": 0.9,
-        }
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    return {
+        "decisions_per_s": statistics.median(rates),
+        "runs": [round(r) for r in rates],
+        "errors": len(errors),
+        "allowed_share": 0.9,
+    }
+
+
+WRK_SCRIPT = """
+local bodies = {%s}
+local i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "/api/v1/authz/check", nil, bodies[i])
+end
+"""
+
+
+def phase_http_single(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
+    """Single decisions (one question per request, as most systems ask) with `wrk -t1 -c32`
+    against 2 workers, interleaved with a bare `/healthz` run as the baseline: rate, server
+    CPU per request from /proc, and the RSS of the supervisor and the workers, idle and after
+    the load."""
+    import shutil
+
+    if shutil.which("wrk") is None:
+        return {"error": "wrk is not installed"}
+    bodies = http_requests(work, size, 2000)
+    lua = WRK_SCRIPT % ",".join(
+        json.dumps(json.dumps(b, ensure_ascii=False), ensure_ascii=False) for b in bodies
+    )
+    script = work / "single.lua"
+    script.write_text(lua, encoding="utf-8")
+    with serving(work, 2) as (base, token, server):
+        workers = worker_pids(server)
+        time.sleep(2)  # the roles warm-up after start
+        idle = {"supervisor": rss_mb(server.pid), "workers": [rss_mb(p) for p in workers]}
+        header = ["-H", f"Authorization: Bearer {token}", "-H", "Content-Type: application/json"]
+        out: dict[str, list[float]] = {"rate": [], "cpu_us": [], "healthz": [], "healthz_us": []}
+        for _ in range(runs):
+            for kind in ("check", "healthz"):
+                cmd = ["wrk", "-t1", "-c32", "-d10s"]
+                cmd += (
+                    [*header, "-s", str(script), base] if kind == "check" else [base + "/healthz"]
+                )
+                before = cpu_s(workers)
+                text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                spent = cpu_s(workers) - before
+                count = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+                non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+                if non2xx:
+                    raise RuntimeError(f"{kind}: {non2xx.group(1)} failed responses")
+                rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+                key = "rate" if kind == "check" else "healthz"
+                out[key].append(rate)
+                out["cpu_us" if kind == "check" else "healthz_us"].append(spent / count * 1e6)
+        loaded = {"supervisor": rss_mb(server.pid), "workers": [rss_mb(p) for p in workers]}
+    return {
+        "decisions_per_s": statistics.median(out["rate"]),
+        "runs": [round(r) for r in out["rate"]],
+        "cpu_us_per_decision": statistics.median(out["cpu_us"]),
+        "healthz_per_s": statistics.median(out["healthz"]),
+        "healthz_cpu_us": statistics.median(out["healthz_us"]),
+        "rss_idle_mb": idle,
+        "rss_after_load_mb": loaded,
+    }
 
 
 def run_phase(name: str, work: Path, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
@@ -522,6 +636,8 @@ def main() -> int:
             result = phase_casbin_default(work, size)
         elif args.phase == "http":
             result = phase_http(work, size, args.runs)
+        elif args.phase == "http-single":
+            result = phase_http_single(work, size, args.runs)
         else:
             raise SystemExit(f"unknown phase {args.phase}")
         print(json.dumps(result))
