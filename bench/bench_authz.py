@@ -256,12 +256,16 @@ def phase_idhub(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
     services = make_service(work)
     authz = services.authz
     loads, cpu = [], []
+    rss_before = rss_mb(os.getpid())
+    rss_first = 0.0
     for _ in range(runs):
         started, started_cpu = time.perf_counter(), time.process_time()
         outcome = authz.reload(trigger="bench")
         loads.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         assert outcome.ok, outcome.errors[:3] + outcome.failed_tests[:3]
+        rss_first = rss_first or rss_mb(os.getpid())
+    rss_reloaded = rss_mb(os.getpid())
     engine = authz.engine
     rnd = random.Random(5)
     reqs = requests(20000, size, rnd)
@@ -274,6 +278,7 @@ def phase_idhub(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
     started = time.perf_counter()
     engine.warm()
     warm_s = time.perf_counter() - started
+    rss_warm = rss_mb(os.getpid())
     lat = []
     for req in reqs[:5000]:
         t0 = time.perf_counter_ns()
@@ -304,6 +309,17 @@ def phase_idhub(work: Path, size: dict[str, int], runs: int) -> dict[str, Any]:
         "allowed_ratio": allowed / (len(reqs) * runs),
         "scopes_p50_us": statistics.median(scope_lat) / 1000,
         "peak_rss_mb": peak_rss_mb(),
+        # RSS with the services built and nothing loaded; after the first load; after every
+        # reload (the allocator keeps what two engines side by side needed); after warm-up.
+        "rss_mb": {
+            "services": rss_before,
+            "first_load": rss_first,
+            "after_reloads": rss_reloaded,
+            "warm": rss_warm,
+        },
+        # What the first load added (the policy, the directory snapshot, the role links),
+        # per policy line: an upper bound on the cost of a line.
+        "bytes_per_line": (rss_first - rss_before) * 1024 * 1024 / len(engine.policy.rules),
         "lines": len(engine.policy.rules),
         "links": len(engine.links),
     }
@@ -592,16 +608,20 @@ def phase_http_single(work: Path, size: dict[str, int], runs: int) -> dict[str, 
 
 
 def run_phase(name: str, work: Path, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--phase",
-        name,
-        "--work",
-        str(work),
-        "--runs",
-        str(args.runs),
-    ] + (["--quick"] if args.quick else [])
+    cmd = (
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            name,
+            "--work",
+            str(work),
+            "--runs",
+            str(args.runs),
+        ]
+        + (["--quick"] if args.quick else [])
+        + ([f"--lines={args.lines}"] if args.lines else [])
+    )
     try:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -622,10 +642,16 @@ def main() -> int:
     parser.add_argument("--phase")
     parser.add_argument("--work", help="directory for the generated company (kept)")
     parser.add_argument(
-        "--skip", action="append", default=[], help="phase to skip: casbin, casbin-default"
+        "--skip",
+        action="append",
+        default=[],
+        help="phase to skip: casbin, casbin-default, http-single",
+    )
+    parser.add_argument(
+        "--lines", type=int, help="policy lines (the enterprise company otherwise), e.g. 1000000"
     )
     args = parser.parse_args()
-    size = sizes(args.quick)
+    size = sizes(args.quick, args.lines)
     if args.phase:
         work = Path(args.work)
         if args.phase == "idhub":
@@ -660,9 +686,22 @@ def main() -> int:
             else run_phase("casbin-default", work, args, args.casbin_timeout)
         )
         http = run_phase("http", work, args, 900) if args.http else {}
+        single = (
+            run_phase("http-single", work, args, 900)
+            if args.http and "http-single" not in args.skip
+            else {}
+        )
     print(
         json.dumps(
-            {"idhub": idhub, "casbin": casbin, "casbin_default": default, "http": http}, indent=1
+            {
+                "idhub": idhub,
+                "casbin": casbin,
+                "casbin_default": default,
+                "http": http,
+                "http_single": single,
+                "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+            },
+            indent=1,
         )
     )
     rows = [
@@ -684,6 +723,13 @@ def main() -> int:
         ("decisions per CPU second", f"{idhub.get('decisions_per_cpu_s', 0):,.0f}", ""),
         ("scopes p50", f"{idhub.get('scopes_p50_us', 0):.1f} µs", "<= 200 µs"),
         ("peak RSS (idhub phase)", f"{idhub.get('peak_rss_mb', 0):.0f} MB", "<= 400 MB"),
+        (
+            "RSS after the first load / after warm-up",
+            f"{idhub.get('rss_mb', {}).get('first_load', 0):.0f} / "
+            f"{idhub.get('rss_mb', {}).get('warm', 0):.0f} MB",
+            "<= 500 MB at 1M lines",
+        ),
+        ("memory per policy line (first load)", f"{idhub.get('bytes_per_line', 0):.0f} B", ""),
     ]
     if casbin:
         rows.append(
@@ -714,6 +760,34 @@ def main() -> int:
                 ">= 10,000/s",
             )
         )
+    if single and "decisions_per_s" in single:
+        rows += [
+            (
+                "single decisions over HTTP, 2 workers, wrk -c32",
+                f"{single['decisions_per_s']:,.0f}/s",
+                ">= 8,000/s",
+            ),
+            ("  server CPU per decision", f"{single['cpu_us_per_decision']:.0f} µs", ""),
+            (
+                "  bare /healthz, same run",
+                f"{single['healthz_per_s']:,.0f}/s, {single['healthz_cpu_us']:.0f} µs",
+                "",
+            ),
+            (
+                "  RSS supervisor / workers, idle",
+                f"{single['rss_idle_mb']['supervisor']:.0f} / "
+                + " ".join(f"{w:.0f}" for w in single["rss_idle_mb"]["workers"])
+                + " MB",
+                "",
+            ),
+            (
+                "  RSS supervisor / workers, after load",
+                f"{single['rss_after_load_mb']['supervisor']:.0f} / "
+                + " ".join(f"{w:.0f}" for w in single["rss_after_load_mb"]["workers"])
+                + " MB",
+                "<= 150 MB at 100k lines",
+            ),
+        ]
     width = max(len(r[0]) for r in rows)
     print(f"\nauthz benchmark ({'quick' if args.quick else 'full'} size; {os.cpu_count()} cores)")
     for name, value, target in rows:

@@ -272,7 +272,9 @@ class Engine:
         self._roles_memo: dict[
             tuple[str, frozenset[tuple[str, str | None]]], dict[str, tuple[str, ...]]
         ] = {}
-        self._subject_roles: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
+        # domain -> subject -> roles (nested: no (domain, subject) key tuple per user)
+        self._subject_roles: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
+        self._anchor_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._scope_cache: dict[str, Scope] = {}
         self._by_sub: dict[str, str] | None = None
 
@@ -303,8 +305,10 @@ class Engine:
     def roles_of(self, subject: str, domain: str) -> dict[str, tuple[str, ...]]:
         """Every role canonical `subject` holds in canonical `domain` (not the subject itself),
         each with the departments its `dept`/`dept_tree` scopes are relative to."""
-        key = (domain, subject)
-        cached = self._subject_roles.get(key)
+        per_domain = self._subject_roles.get(domain)
+        if per_domain is None:
+            per_domain = self._subject_roles.setdefault(domain, {})
+        cached = per_domain.get(subject)
         if cached is not None:
             return cached
         direct = self._graph.get(domain, {}).get(subject, ())
@@ -320,12 +324,17 @@ class Engine:
                     bucket = collected.setdefault(reached, set())
                     if anchor is not None:
                         bucket.add(anchor)
-            roles = {r: tuple(sorted(a)) for r, a in collected.items()}
+            # Anchor tuples repeat across users (one per department): one copy each.
+            shared = self._anchor_tuples
+            roles = {}
+            for r, a in collected.items():
+                anchors = tuple(sorted(a))
+                roles[r] = shared.setdefault(anchors, anchors)
             self._roles_memo[memo_key] = roles
         # A role may link back to the subject's own name only through a cycle; the subject
         # itself is handled apart (it always matches itself, like pycasbin's has_link).
         roles = {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
-        self._subject_roles[key] = roles
+        per_domain[subject] = roles
         return roles
 
     def links_from(self, member: str, domain: str) -> list[tuple[str, Link]]:
@@ -345,6 +354,9 @@ class Engine:
             subject = user_subject(username)
             for domain in self.domains:
                 self.roles_of(subject, domain)
+        # Every directory user's roles are kept per user now; the memo by direct assignments
+        # only shared work between them (a user met later computes their own).
+        self._roles_memo = {}
 
     def roles_for(self, username: str, domain: str) -> list[str]:
         return sorted(self.roles_of(user_subject(canonical_name(username)), canonical_name(domain)))
