@@ -268,6 +268,12 @@ class Engine:
         self._buckets = self.index.buckets
         self._table = self.index.table
         self._next = self.index.next
+        # domain -> subject -> bucket: no (domain, subject) tuple made per lookup
+        self._by_domain: dict[str, dict[str, dict[tuple[str, str], int]]] = {}
+        for (dom, name), per in self._buckets.items():
+            self._by_domain.setdefault(dom, {})[name] = per
+        # Per scope number: True for `all`, which matches without looking at the request.
+        self._scope_all = tuple(scope.kind == "all" for scope in self._table.scopes)
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[
             tuple[str, frozenset[tuple[str, str | None]]], dict[str, tuple[str, ...]]
@@ -395,18 +401,29 @@ class Engine:
         username = username_of(subject)
         keys = ((obj, act), (obj, ANY), (ANY, act), (ANY, ANY))
         allow = -1
-        buckets = self._buckets
         table = self._table
         scopes, scope_col, deny_col, following = table.scopes, table.scope, table.deny, self._next
-        for name, anchors in self._subjects(subject, domain):
-            for dom in (domain, ANY):
-                bucket = buckets.get((dom, name))
+        everywhere = self._scope_all
+        # The subject's own lines first, then its roles' (the order `_subjects` gives).
+        subjects: list[tuple[str, tuple[str, ...]]] = [
+            (subject, self.anchors(subject, domain, subject))
+        ]
+        subjects.extend(self.roles_of(subject, domain).items())
+        by_domain = self._by_domain
+        exact, star = by_domain.get(domain), by_domain.get(ANY)
+        domains = tuple(d for d in (exact, star) if d is not None)
+        for name, anchors in subjects:
+            for per_domain in domains:
+                bucket = per_domain.get(name)
                 if bucket is None:
                     continue
                 for key in keys:
                     i = bucket.get(key, -1)
                     while i >= 0:
-                        if scope_matches(scopes[scope_col[i]], username, anchors, owner, dept):
+                        sc = scope_col[i]
+                        if everywhere[sc] or scope_matches(
+                            scopes[sc], username, anchors, owner, dept
+                        ):
                             if deny_col[i]:
                                 return Decision(False, table=table, line=i)
                             if allow < 0:
