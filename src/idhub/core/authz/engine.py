@@ -268,10 +268,13 @@ class Engine:
         self._buckets = self.index.buckets
         self._table = self.index.table
         self._next = self.index.next
-        # domain -> subject -> bucket: no (domain, subject) tuple made per lookup
-        self._by_domain: dict[str, dict[str, dict[tuple[str, str], int]]] = {}
+        # domain -> subject -> (bucket, whether it has `*` types or actions): no (domain,
+        # subject) tuple made per lookup, and one lookup instead of four where no line of the
+        # bucket has a wildcard (the other three keys hold `*`, so they cannot be there)
+        self._by_domain: dict[str, dict[str, tuple[dict[tuple[str, str], int], bool]]] = {}
         for (dom, name), per in self._buckets.items():
-            self._by_domain.setdefault(dom, {})[name] = per
+            wild = any(ANY in key for key in per)
+            self._by_domain.setdefault(dom, {})[name] = (per, wild)
         # Per scope number: True for `all`, which matches without looking at the request.
         self._scope_all = tuple(scope.kind == "all" for scope in self._table.scopes)
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
@@ -412,12 +415,14 @@ class Engine:
         by_domain = self._by_domain
         exact, star = by_domain.get(domain), by_domain.get(ANY)
         domains = tuple(d for d in (exact, star) if d is not None)
+        exact_only = keys[:1]
         for name, anchors in subjects:
             for per_domain in domains:
-                bucket = per_domain.get(name)
-                if bucket is None:
+                found = per_domain.get(name)
+                if found is None:
                     continue
-                for key in keys:
+                bucket, wild = found
+                for key in keys if wild else exact_only:
                     i = bucket.get(key, -1)
                     while i >= 0:
                         sc = scope_col[i]
