@@ -48,11 +48,11 @@ from idhub.core.authz.model import (
     Link,
     PolicyCase,
     PolicySet,
-    Rule,
     Scope,
     Source,
     parse_scope,
 )
+from idhub.core.authz.rule_table import RuleTableBuilder
 from idhub.core.identifiers import canonical_name, canonical_subject
 from idhub.errors import InvalidInput, PolicyError
 
@@ -119,15 +119,30 @@ def _subject_ok(value: str) -> bool:
     return bool(NAME_RE.match(value))
 
 
-def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[Link]) -> None:
+def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: list[Link]) -> None:
     rel = path.relative_to(reader.root).as_posix()
     text = reader.read(path)
     if text is None:
         return
-    # Policies repeat the same names and scopes thousands of times: validate each once.
+    # Policies repeat the same names and scopes thousands of times: each field as written is
+    # canonicalised and validated once, and every line shares the one canonical string.
+    names: dict[str, str] = {}
+    subjects: dict[str, str] = {}
     good_names: set[str] = {ANY}
     good_subjects: set[str] = set()
     scopes: dict[str, Scope] = {}
+
+    def name(value: str) -> str:
+        found = names.get(value)
+        if found is None:
+            found = names[value] = canonical_name(value)
+        return found
+
+    def subject_of(value: str) -> str:
+        found = subjects.get(value)
+        if found is None:
+            found = subjects[value] = canonical_subject(value)
+        return found
 
     def name_ok(value: str) -> bool:
         if value in good_names:
@@ -145,19 +160,15 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
             return True
         return False
 
+    add_rule = rules.add
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        fields = [f.strip() for f in line.split(",")]
-        source = Source(rel, number)
-        kind = fields[0]
+        fields = line.split(",")
+        kind = fields[0].strip()
         # Names are matched in their canonical spelling (core/identifiers.py); scopes and
         # effects are parsed from the text as written.
-        names = [
-            canonical_subject(f) if i == 1 else canonical_name(f) if i < 5 else f
-            for i, f in enumerate(fields)
-        ]
         if kind == "p":
             if len(fields) != 7:
                 reader.error(
@@ -167,8 +178,20 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                     number,
                 )
                 continue
-            subject, domain, obj, act = names[1:5]
-            scope_text, effect = fields[5], canonical_name(fields[6])
+            subject = subject_of(fields[1].strip())
+            domain, obj, act = name(fields[2]), name(fields[3]), name(fields[4])
+            scope_text, effect = fields[5].strip(), name(fields[6])
+            scope = scopes.get(scope_text)
+            if (
+                scope is not None
+                and subject in good_subjects
+                and domain in good_names
+                and obj in good_names
+                and act in good_names
+                and effect in ("allow", "deny")
+            ):
+                add_rule(subject, domain, obj, act, scope, effect == "deny", rel, number)
+                continue
             problems = []
             if not subject_ok(subject):
                 problems.append(f"subject {subject!r} is not a role name or user:<username>")
@@ -180,7 +203,6 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                 problems.append(f"action {act!r} is not a valid name")
             if effect not in ("allow", "deny"):
                 problems.append(f"effect must be allow or deny, not {effect!r}")
-            scope = scopes.get(scope_text)
             if scope is None:
                 try:
                     scope = scopes[scope_text] = parse_scope(scope_text)
@@ -191,7 +213,7 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                     reader.error(problem, rel, number)
                 continue
             assert scope is not None
-            rules.append(Rule(subject, domain, obj, act, scope, effect, source))  # type: ignore[arg-type]
+            add_rule(subject, domain, obj, act, scope, effect == "deny", rel, number)
         elif kind == "g":
             if len(fields) != 4:
                 reader.error(
@@ -200,7 +222,9 @@ def _read_csv(reader: PolicyReader, path: Path, rules: list[Rule], links: list[L
                     number,
                 )
                 continue
-            member, role, domain = names[1:]
+            member = subject_of(fields[1].strip())
+            role, domain = name(fields[2]), name(fields[3])
+            source = Source(rel, number)
             if not _subject_ok(member):
                 reader.error(
                     f"member {member!r} is not a role name or user:<username>", rel, number
@@ -224,7 +248,7 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
     if not root.is_dir():
         raise PolicyError("the policy directory does not exist", file=str(root))
     model_source = _read_model(reader)
-    rules: list[Rule] = []
+    rules = RuleTableBuilder()
     links: list[Link] = []
     csv_files = sorted(root.glob("*.csv"))
     if not csv_files:
@@ -244,7 +268,8 @@ def load_policy_dir(root: Path) -> tuple[PolicySet, list[Issue]]:
                 cases.extend(read_cases(reader, path))
     policy = PolicySet(
         root=str(root),
-        rules=tuple(rules),
+        # Names canonical already: the loader canonicalises every field as it reads it.
+        rules=rules.build(canonical=True),
         links=tuple(links),
         assignments=tuple(assignments),
         catalog=catalog,

@@ -291,7 +291,7 @@ def cmd_explain(args: argparse.Namespace, ctx: CliContext) -> int:
                 rule.subject,
                 str(rule.scope),
                 "yes" if match.in_scope else "no",
-                "WINS" if decision.rule is rule else "",
+                "WINS" if decision.rule == rule else "",
             ]
         )
     if rows:

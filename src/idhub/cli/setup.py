@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
     sock = http_server.listen_socket(host, port)
     if not args.no_migrate:
         ctx.services.migrate()
+    config: http_server.IdhubServerConfig | None = None
     if workers > 1:
         # Worker processes rebuild settings from the same file and environment.
         if settings.config_file is not None:
@@ -129,17 +130,6 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             from idhub.cli._metrics_dir import fresh_metrics_dir
 
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(settings.var_dir))
-        config = http_server.server_config(
-            "idhub.web.asgi:create",
-            factory=True,
-            limits=settings.limits,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            proxy_headers=False,
-            log_format=log_format,
-        )
     else:
         from idhub.web.app import create_app
 
@@ -160,6 +150,23 @@ def cmd_serve(args: argparse.Namespace, ctx: CliContext) -> int:
             line = json_line("idhub.cli", line)
         print(line)
     sys.stdout.flush()
+    if workers > 1:
+        # The supervisor only starts and watches workers: it becomes a lean process of its
+        # own (web/supervisor.py) on the same socket, instead of keeping all of idhub loaded.
+        from idhub.web import supervisor
+
+        sock.set_inheritable(True)
+        sys.stderr.flush()
+        os.execv(  # noqa: S606 - our own interpreter and module, no shell involved
+            sys.executable,
+            [
+                sys.executable,
+                "-m",
+                "idhub.web.supervisor",
+                *supervisor.command(sock.fileno(), workers=workers, log_format=log_format),
+            ],
+        )
+    assert config is not None
     http_server.run(config, sock)
     return 0
 

@@ -54,9 +54,8 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-async def _body(request: Request) -> Any:
+def _parse(raw: bytes) -> Any:
     # The server caps what is read (web/limits.py); this bounds what is parsed.
-    raw = await request.body()
     if len(raw) > MAX_BODY:
         raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
     try:
@@ -220,12 +219,17 @@ def _endpoint(
     authenticate: Authenticate,
     read_body: bool = True,
 ) -> Any:
+    def answer(request: Request, raw: bytes | None) -> Response:
+        # Nobody without a valid token gets the body parsed.
+        authenticate(request)
+        return handler(request, _parse(raw) if raw is not None else None)
+
     async def run(request: Request) -> Response:
         try:
-            # Nobody without a valid token gets the body parsed.
-            await run_in_threadpool(authenticate, request)
-            body = await _body(request) if read_body else None
-            return await run_in_threadpool(handler, request, body)
+            # Read here (the server caps its size), then one hop to a worker thread for what
+            # may block on the database: the revocation check and the audit of decisions.
+            raw = await request.body() if read_body else None
+            return await run_in_threadpool(answer, request, raw)
         except BearerError as exc:
             return exc.response()
         except InvalidInput as exc:

@@ -10,7 +10,7 @@ canonical raises `InvalidInput`; the policy loader reports those with file:line 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from idhub.core.authz.model import (
     AssignmentRule,
@@ -22,6 +22,7 @@ from idhub.core.authz.model import (
     Rule,
     Scope,
 )
+from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.sod_rules import canonical_sod
 from idhub.core.identifiers import canonical_name, canonical_path, canonical_subject
 from idhub.errors import InvalidInput
@@ -56,18 +57,33 @@ def canonical_policy(policy: PolicySet) -> PolicySet:
             )
         return found
 
-    rules = tuple(
-        Rule(
-            subject(r.subject),
-            name(r.domain),
-            name(r.obj),
-            name(r.act),
-            scope(r.scope),
-            r.effect,
-            r.source,
+    rules: Sequence[Rule]
+    if isinstance(policy.rules, RuleTable):
+        # Only the distinct names are respelt; the lines' columns are shared.
+        table = policy.rules
+        rules = (
+            table
+            if table.canonical
+            else table.with_tables(
+                subjects=tuple(subject(s) for s in table.subjects),
+                names=tuple(name(n) for n in table.names),
+                scopes=tuple(scope(s) for s in table.scopes),
+                canonical=True,
+            )
         )
-        for r in policy.rules
-    )
+    else:
+        rules = tuple(
+            Rule(
+                subject(r.subject),
+                name(r.domain),
+                name(r.obj),
+                name(r.act),
+                scope(r.scope),
+                r.effect,
+                r.source,
+            )
+            for r in policy.rules
+        )
     links = tuple(
         Link(
             subject(k.member),

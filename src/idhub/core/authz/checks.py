@@ -23,6 +23,7 @@ from idhub.core.authz.model import (
     Source,
     username_of,
 )
+from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.sod_rules import check_sod
 from idhub.core.authz.vocabulary import unknown_name
 
@@ -93,43 +94,14 @@ def check_policy(
         union = types_of.setdefault(ANY, {})
         for obj, actions in per.items():
             union[obj] = union.get(obj, frozenset()) | actions
-    seen: dict[tuple[str, ...], Source] = {}
-    for rule in policy.rules:
-        src = rule.source
-        check_member(rule.subject, src)
-        if not check_domain(rule.domain, src):
-            continue
-        types = types_of.get(rule.domain, {})
-        if rule.obj != ANY and rule.obj not in types:
-            err(f"unknown resource type {rule.obj!r} in domain {rule.domain!r}", src)
-        elif rule.act != ANY and rule.obj != ANY and rule.act not in types[rule.obj]:
-            err(
-                f"unknown action {rule.act!r} for {rule.obj!r} "
-                f"(known: {', '.join(sorted(types[rule.obj]))})",
-                src,
-            )
-        elif (
-            rule.act != ANY
-            and rule.obj == ANY
-            and not any(rule.act in acts for acts in types.values())
-        ):
-            err(f"unknown action {rule.act!r} in domain {rule.domain!r}", src)
-        if rule.scope.kind == "subtree" and directory is not None:
-            if rule.scope.path not in directory.departments:
-                warn(f"department {rule.scope.path} is not in the directory", src)
-        key = (rule.subject, rule.domain, rule.obj, rule.act, str(rule.scope))
-        other = seen.get((*key, rule.effect))
-        if other is not None:
-            warn(f"duplicate of the line at {other}", src)
-            continue
-        opposite = seen.get((*key, "deny" if rule.effect == "allow" else "allow"))
-        if opposite is not None:
-            err(
-                f"allow and deny on the same tuple ({', '.join(key)}): "
-                f"this line and {opposite} contradict each other",
-                src,
-            )
-        seen[(*key, rule.effect)] = src
+    _check_lines(
+        RuleTable.from_rules(policy.rules),
+        issues,
+        types_of,
+        check_member,
+        check_domain,
+        lambda path: directory is None or path in directory.departments,
+    )
 
     # ---- role links
     for link in policy.links:
@@ -258,13 +230,147 @@ def _check_reachable(policy: PolicySet, domains: tuple[str, ...], report: Report
                     seen.add(parent)
                     stack.append(parent)
         reachable[domain] = seen
-    for rule in policy.rules:
-        if rule.subject.startswith(USER_PREFIX):
+    table = RuleTable.from_rules(policy.rules)
+    subjects, names = table.subjects, table.names
+    # Per distinct (subject, domain), then the lines of the pairs nobody can hold.
+    unreachable: dict[tuple[int, int], str] = {}
+    for sub_id, dom_id in set(zip(table.subject, table.domain, strict=True)):
+        subject, domain = subjects[sub_id], names[dom_id]
+        if subject.startswith(USER_PREFIX):
             continue
-        targets = _expand(rule.domain, domains)
-        if not any(rule.subject in reachable.get(d, ()) for d in targets):
-            where = "any domain" if rule.domain == ANY else rule.domain
-            report(
-                f"nobody can hold role {rule.subject!r} in {where}: this line can never match",
-                rule.source,
+        targets = _expand(domain, domains)
+        if not any(subject in reachable.get(d, ()) for d in targets):
+            where = "any domain" if domain == ANY else domain
+            unreachable[(sub_id, dom_id)] = (
+                f"nobody can hold role {subject!r} in {where}: this line can never match"
             )
+    if not unreachable:
+        return
+    for i, pair in enumerate(zip(table.subject, table.domain, strict=True)):
+        message = unreachable.get(pair)
+        if message is not None:
+            report(message, Source(table.files[table.file[i]], table.line[i]))
+
+
+def _check_lines(
+    table: RuleTable,
+    issues: list[Issue],
+    types_of: dict[str, dict[str, frozenset[str]]],
+    check_member: Callable[[str, Source], None],
+    check_domain: Callable[[str, Source], bool],
+    department_known: Callable[[str | None], bool],
+) -> None:
+    """Names, types, actions and scopes of every policy line, and duplicate or contradicting
+    lines, reported in file order.
+
+    Each distinct subject, domain, (domain, type, action) and scope is checked once; then
+    only the lines holding one that reported something, or sharing all five with another
+    line, are checked one by one with their own file:line. A million lines use a few
+    thousand names, so the lines of a good policy are never visited one by one here."""
+    subjects, names = table.subjects, table.names
+    probe = Source("", 0)
+
+    def quiet(check: Callable[[str, Source], object], value: str) -> bool:
+        """Whether `check` reports nothing about `value` (what it reports is taken back)."""
+        before = len(issues)
+        check(value, probe)
+        said = len(issues) > before
+        del issues[before:]
+        return not said
+
+    bad_subjects = {s for s in set(table.subject) if not quiet(check_member, subjects[s])}
+    bad_domains = {d for d in set(table.domain) if not quiet(check_domain, names[d])}
+    bad_types = {
+        key
+        for key in set(zip(table.domain, table.obj, table.act, strict=True))
+        if key[0] not in bad_domains
+        and _type_problem(types_of, names[key[0]], names[key[1]], names[key[2]]) is not None
+    }
+    bad_scopes = {
+        n
+        for n, scope in enumerate(table.scopes)
+        if scope.kind == "subtree" and not department_known(scope.path)
+    }
+    lines = _repeated_lines(table, bad_domains)
+    if bad_subjects or bad_domains or bad_types or bad_scopes:
+        for i, (sub_id, dom_id, obj_id, act_id, scope_id) in enumerate(
+            zip(table.subject, table.domain, table.obj, table.act, table.scope, strict=True)
+        ):
+            if (
+                sub_id in bad_subjects
+                or dom_id in bad_domains
+                or scope_id in bad_scopes
+                or (dom_id, obj_id, act_id) in bad_types
+            ):
+                lines.add(i)
+    first: dict[tuple[int, ...], int] = {}
+    for i in sorted(lines):
+        rule = table.rule(i)
+        src = rule.source
+        check_member(rule.subject, src)
+        if not check_domain(rule.domain, src):
+            continue
+        problem = _type_problem(types_of, rule.domain, rule.obj, rule.act)
+        if problem is not None:
+            issues.append(Issue("error", problem, src))
+        if table.scope[i] in bad_scopes:
+            issues.append(
+                Issue("warning", f"department {rule.scope.path} is not in the directory", src)
+            )
+        key = (table.subject[i], table.domain[i], table.obj[i], table.act[i], table.scope[i])
+        earlier = first.get((*key, table.deny[i]))
+        if earlier is not None:
+            issues.append(
+                Issue("warning", f"duplicate of the line at {table.rule(earlier).source}", src)
+            )
+            continue
+        opposite = first.get((*key, 1 - table.deny[i]))
+        if opposite is not None:
+            shown = (rule.subject, rule.domain, rule.obj, rule.act, str(rule.scope))
+            issues.append(
+                Issue(
+                    "error",
+                    f"allow and deny on the same tuple ({', '.join(shown)}): "
+                    f"this line and {table.rule(opposite).source} contradict each other",
+                    src,
+                )
+            )
+        first[(*key, table.deny[i])] = i
+
+
+def _type_problem(
+    types_of: dict[str, dict[str, frozenset[str]]], domain: str, obj: str, act: str
+) -> str | None:
+    types = types_of.get(domain, {})
+    if obj != ANY and obj not in types:
+        return f"unknown resource type {obj!r} in domain {domain!r}"
+    if act != ANY and obj != ANY and act not in types[obj]:
+        return f"unknown action {act!r} for {obj!r} (known: {', '.join(sorted(types[obj]))})"
+    if act != ANY and obj == ANY and not any(act in acts for acts in types.values()):
+        return f"unknown action {act!r} in domain {domain!r}"
+    return None
+
+
+def _repeated_lines(table: RuleTable, bad_domains: set[int]) -> set[int]:
+    """The lines (of a known domain) sharing subject, domain, type, action and scope with
+    another: the only ones that can be duplicates or contradictions. Found by sorting one
+    number per line rather than keeping a dict of a million tuples."""
+    width = len(table.names) + 1
+    scopes = len(table.scopes) + 1
+    keys = [
+        (((s * width + d) * width + o) * width + a) * scopes + sc
+        for s, d, o, a, sc in zip(
+            table.subject, table.domain, table.obj, table.act, table.scope, strict=True
+        )
+    ]
+    repeated: set[int] = set()
+    previous = -1
+    for key in sorted(keys):
+        if key == previous:
+            repeated.add(key)
+        previous = key
+    if not repeated:
+        return set()
+    return {
+        i for i, key in enumerate(keys) if key in repeated and table.domain[i] not in bad_domains
+    }

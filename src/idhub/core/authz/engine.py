@@ -19,8 +19,9 @@ once, `decide` takes arguments that are canonical already (the decision API's qu
 
 from __future__ import annotations
 
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ from idhub.core.authz.model import (
     user_subject,
     username_of,
 )
+from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.sod_dynamic import RecordIndex
 from idhub.core.identifiers import (
     canonical_name,
@@ -51,18 +53,61 @@ from idhub.core.identifiers import (
 _EMPTY: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
 class Decision:
-    allowed: bool
-    # The deny that won, or the first allow that matched; None when nothing matched.
-    rule: Rule | None = None
+    """Allowed or not, and the line that decided: the deny that won, or the first allow that
+    matched; no line when nothing matched.
+
+    The engine names the line by its number in the `RuleTable`; its `Rule` is made only when
+    asked for (`reason` and `source` need just the file and line)."""
+
+    __slots__ = ("_line", "_rule", "_table", "allowed")
+
+    def __init__(
+        self,
+        allowed: bool,
+        rule: Rule | None = None,
+        *,
+        table: RuleTable | None = None,
+        line: int = -1,
+    ) -> None:
+        self.allowed = allowed
+        self._rule = rule
+        self._table = table if line >= 0 else None
+        self._line = line
+
+    @property
+    def rule(self) -> Rule | None:
+        if self._rule is None and self._table is not None:
+            self._rule = self._table.rule(self._line)
+        return self._rule
+
+    @property
+    def source(self) -> str | None:
+        """`file:line` of the deciding line, None when nothing matched."""
+        if self._table is not None:
+            return self._table.source(self._line)
+        return str(self._rule.source) if self._rule is not None else None
 
     @property
     def reason(self) -> str:
-        if self.rule is None:
+        if self._table is not None:
+            deny = self._table.deny[self._line]
+        elif self._rule is not None:
+            deny = self._rule.effect == "deny"
+        else:
             return "no rule matched"
-        verb = "denied by" if self.rule.effect == "deny" else "allowed by"
-        return f"{verb} {self.rule.source}"
+        return f"{'denied by' if deny else 'allowed by'} {self.source}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self.allowed == other.allowed and self.rule == other.rule
+
+    def __hash__(self) -> int:
+        return hash((self.allowed, self.rule))
+
+    def __repr__(self) -> str:
+        return f"Decision(allowed={self.allowed!r}, rule={self.rule!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,23 +181,59 @@ def derive_links(
 class RuleIndex:
     """Policy lines bucketed by (domain, subject), then (type, action), in file order.
 
+    `buckets[(domain, subject)][(type, action)]` is the number of the first such line in the
+    `RuleTable`; `next[line]` the number of the next one with the same four names, -1 after
+    the last. Numbers, not `Rule`s: a million lines stay a few arrays and one small dict per
+    (domain, subject), and the (type, action) keys are shared tuples.
+
     Depends on the policy only, so one index serves the policy tests, the live engine and
     every recompilation after a directory change."""
 
-    def __init__(self, rules: tuple[Rule, ...]) -> None:
-        buckets: dict[tuple[str, str], dict[tuple[str, str], list[Rule]]] = {}
-        for rule in rules:
-            key = (rule.domain, rule.subject)
-            per = buckets.get(key)
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        table = RuleTable.from_rules(rules)
+        self.table = table
+        count = len(table)
+        following = array("i", [-1]) * count
+        buckets: dict[tuple[str, str], dict[tuple[str, str], int]] = {}
+        by_ids: dict[int, dict[tuple[str, str], int]] = {}
+        pairs: dict[int, tuple[str, str]] = {}
+        subjects, names = table.subjects, table.names
+        width = len(names) + 1
+        sub_col, dom_col, obj_col, act_col = table.subject, table.domain, table.obj, table.act
+        # Backwards, putting each line in front of the ones after it: chains in file order.
+        for i in range(count - 1, -1, -1):
+            sub_id, dom_id = sub_col[i], dom_col[i]
+            outer = sub_id * width + dom_id
+            per = by_ids.get(outer)
             if per is None:
-                per = buckets[key] = {}
-            inner = (rule.obj, rule.act)
-            found = per.get(inner)
-            if found is None:
-                per[inner] = [rule]
-            else:
-                found.append(rule)
+                key = (names[dom_id], subjects[sub_id])
+                per = buckets.get(key)
+                if per is None:
+                    per = buckets[key] = {}
+                by_ids[outer] = per
+            inner_id = obj_col[i] * width + act_col[i]
+            inner = pairs.get(inner_id)
+            if inner is None:
+                inner = pairs[inner_id] = (names[obj_col[i]], names[act_col[i]])
+            first = per.get(inner)
+            if first is not None:
+                following[i] = first
+            per[inner] = i
         self.buckets = buckets
+        self.next = following
+
+    def chain(self, first: int) -> Iterator[int]:
+        """The line numbers of one (type, action) bucket, in file order."""
+        following = self.next
+        i = first
+        while i >= 0:
+            yield i
+            i = following[i]
+
+    def rules_at(self, first: int) -> list[Rule]:
+        """The `Rule`s of one (type, action) bucket, in file order."""
+        rule = self.table.rule
+        return [rule(i) for i in self.chain(first)]
 
 
 class Engine:
@@ -185,11 +266,24 @@ class Engine:
         # Dynamic segregation of duties (sod.yaml `records`), asked by the decision API.
         self.records = RecordIndex(policy.sod)
         self._buckets = self.index.buckets
+        self._table = self.index.table
+        self._next = self.index.next
+        # domain -> subject -> (bucket, whether it has `*` types or actions): no (domain,
+        # subject) tuple made per lookup, and one lookup instead of four where no line of the
+        # bucket has a wildcard (the other three keys hold `*`, so they cannot be there)
+        self._by_domain: dict[str, dict[str, tuple[dict[tuple[str, str], int], bool]]] = {}
+        for (dom, name), per in self._buckets.items():
+            wild = any(ANY in key for key in per)
+            self._by_domain.setdefault(dom, {})[name] = (per, wild)
+        # Per scope number: True for `all`, which matches without looking at the request.
+        self._scope_all = tuple(scope.kind == "all" for scope in self._table.scopes)
         self._reach_memo: dict[tuple[str, str], dict[str, int]] = {}
         self._roles_memo: dict[
             tuple[str, frozenset[tuple[str, str | None]]], dict[str, tuple[str, ...]]
         ] = {}
-        self._subject_roles: dict[tuple[str, str], dict[str, tuple[str, ...]]] = {}
+        # domain -> subject -> roles (nested: no (domain, subject) key tuple per user)
+        self._subject_roles: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {}
+        self._anchor_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._scope_cache: dict[str, Scope] = {}
         self._by_sub: dict[str, str] | None = None
 
@@ -220,8 +314,10 @@ class Engine:
     def roles_of(self, subject: str, domain: str) -> dict[str, tuple[str, ...]]:
         """Every role canonical `subject` holds in canonical `domain` (not the subject itself),
         each with the departments its `dept`/`dept_tree` scopes are relative to."""
-        key = (domain, subject)
-        cached = self._subject_roles.get(key)
+        per_domain = self._subject_roles.get(domain)
+        if per_domain is None:
+            per_domain = self._subject_roles.setdefault(domain, {})
+        cached = per_domain.get(subject)
         if cached is not None:
             return cached
         direct = self._graph.get(domain, {}).get(subject, ())
@@ -237,12 +333,17 @@ class Engine:
                     bucket = collected.setdefault(reached, set())
                     if anchor is not None:
                         bucket.add(anchor)
-            roles = {r: tuple(sorted(a)) for r, a in collected.items()}
+            # Anchor tuples repeat across users (one per department): one copy each.
+            shared = self._anchor_tuples
+            roles = {}
+            for r, a in collected.items():
+                anchors = tuple(sorted(a))
+                roles[r] = shared.setdefault(anchors, anchors)
             self._roles_memo[memo_key] = roles
         # A role may link back to the subject's own name only through a cycle; the subject
         # itself is handled apart (it always matches itself, like pycasbin's has_link).
         roles = {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
-        self._subject_roles[key] = roles
+        per_domain[subject] = roles
         return roles
 
     def links_from(self, member: str, domain: str) -> list[tuple[str, Link]]:
@@ -262,6 +363,9 @@ class Engine:
             subject = user_subject(username)
             for domain in self.domains:
                 self.roles_of(subject, domain)
+        # Every directory user's roles are kept per user now; the memo by direct assignments
+        # only shared work between them (a user met later computes their own).
+        self._roles_memo = {}
 
     def roles_for(self, username: str, domain: str) -> list[str]:
         return sorted(self.roles_of(user_subject(canonical_name(username)), canonical_name(domain)))
@@ -299,24 +403,38 @@ class Engine:
         """The decision on a request whose every argument is canonical."""
         username = username_of(subject)
         keys = ((obj, act), (obj, ANY), (ANY, act), (ANY, ANY))
-        allow: Rule | None = None
-        buckets = self._buckets
-        for name, anchors in self._subjects(subject, domain):
-            for dom in (domain, ANY):
-                bucket = buckets.get((dom, name))
-                if bucket is None:
+        allow = -1
+        table = self._table
+        scopes, scope_col, deny_col, following = table.scopes, table.scope, table.deny, self._next
+        everywhere = self._scope_all
+        # The subject's own lines first, then its roles' (the order `_subjects` gives).
+        subjects: list[tuple[str, tuple[str, ...]]] = [
+            (subject, self.anchors(subject, domain, subject))
+        ]
+        subjects.extend(self.roles_of(subject, domain).items())
+        by_domain = self._by_domain
+        exact, star = by_domain.get(domain), by_domain.get(ANY)
+        domains = tuple(d for d in (exact, star) if d is not None)
+        exact_only = keys[:1]
+        for name, anchors in subjects:
+            for per_domain in domains:
+                found = per_domain.get(name)
+                if found is None:
                     continue
-                for key in keys:
-                    rules = bucket.get(key)
-                    if rules is None:
-                        continue
-                    for rule in rules:
-                        if scope_matches(rule.scope, username, anchors, owner, dept):
-                            if rule.effect == "deny":
-                                return Decision(False, rule)
-                            if allow is None:
-                                allow = rule
-        return Decision(allow is not None, allow)
+                bucket, wild = found
+                for key in keys if wild else exact_only:
+                    i = bucket.get(key, -1)
+                    while i >= 0:
+                        sc = scope_col[i]
+                        if everywhere[sc] or scope_matches(
+                            scopes[sc], username, anchors, owner, dept
+                        ):
+                            if deny_col[i]:
+                                return Decision(False, table=table, line=i)
+                            if allow < 0:
+                                allow = i
+                        i = following[i]
+        return Decision(allow >= 0, table=table, line=allow)
 
     def owner_deny(self, subject: str, domain: str, obj: str, act: str, owner: str) -> Rule | None:
         """The deny on the user's own records (a `self` line) that would apply to canonical
@@ -325,9 +443,10 @@ class Engine:
         owner is a directory user or no such line applies."""
         if owner and owner in self.directory.users:
             return None
-        for rule, _anchors in self.candidates(subject, domain, obj, act):
-            if rule.effect == "deny" and rule.scope.kind == "self":
-                return rule
+        table = self._table
+        for i, _anchors in self._candidate_lines(subject, domain, obj, act):
+            if table.deny[i] and table.scopes[table.scope[i]].kind == "self":
+                return table.rule(i)
         return None
 
     def candidates(
@@ -335,16 +454,27 @@ class Engine:
     ) -> list[tuple[Rule, tuple[str, ...]]]:
         """Every line that matches canonical subject, domain, type and action (scope not yet
         applied)."""
+        rule = self._table.rule
+        return [
+            (rule(i), anchors) for i, anchors in self._candidate_lines(subject, domain, obj, act)
+        ]
+
+    def _candidate_lines(
+        self, subject: str, domain: str, obj: str, act: str
+    ) -> Iterator[tuple[int, tuple[str, ...]]]:
+        """`candidates` as line numbers in the `RuleTable`."""
         keys = dict.fromkeys(((obj, act), (obj, ANY), (ANY, act), (ANY, ANY)))
-        out: list[tuple[Rule, tuple[str, ...]]] = []
+        chain = self.index.chain
         for name, anchors in self._subjects(subject, domain):
             for dom in dict.fromkeys((domain, ANY)):
                 bucket = self._buckets.get((dom, name))
                 if bucket is None:
                     continue
                 for key in keys:
-                    out.extend((rule, anchors) for rule in bucket.get(key, ()))
-        return out
+                    first = bucket.get(key)
+                    if first is not None:
+                        for i in chain(first):
+                            yield i, anchors
 
     def scopes(self, subject: str, domain: str, obj: str, act: str) -> ScopeSet:
         return build_scope_set(
@@ -399,19 +529,22 @@ class Engine:
         """(domain, type, action, effect, resolved scope) for every line that applies to the
         user, the unit `policy diff` compares."""
         subject = user_subject(canonical_name(username))
+        table = self._table
         out: set[tuple[str, str, str, str, str]] = set()
         for domain in self.domains:
             for name, anchors in self._subjects(subject, domain):
                 for dom in (domain, ANY):
-                    for (obj, act), rules in self._buckets.get((dom, name), {}).items():
-                        for rule in rules:
-                            kind = rule.scope.kind
+                    for (obj, act), first in self._buckets.get((dom, name), {}).items():
+                        for i in self.index.chain(first):
+                            rule_scope = table.scopes[table.scope[i]]
+                            effect = "deny" if table.deny[i] else "allow"
+                            kind = rule_scope.kind
                             if kind in ("dept", "dept_tree"):
                                 resolved = [f"{kind}:{a}" for a in anchors] or [f"{kind}:-"]
                             else:
-                                resolved = [str(rule.scope)]
+                                resolved = [str(rule_scope)]
                             for scope in resolved:
-                                out.add((domain, obj, act, rule.effect, scope))
+                                out.add((domain, obj, act, effect, scope))
         return out
 
     # ------------------------------------------------------------------ pycasbin
@@ -447,7 +580,7 @@ def explanation_json(
     return {
         "allowed": decision.allowed and not disabled,
         "reason": "user is disabled" if disabled else decision.reason,
-        "rule": str(decision.rule.source) if decision.rule else None,
+        "rule": decision.source,
         "policy_version": engine.version,
         "roles": [
             {
@@ -475,7 +608,8 @@ def explanation_json(
                 "action": m.rule.act,
                 "scope": str(m.rule.scope),
                 "in_scope": m.in_scope,
-                "decisive": decision.rule is m.rule,
+                # Every line has its own file:line, so equal rules are the same line.
+                "decisive": decision.rule == m.rule,
             }
             for m in result.matches
         ],

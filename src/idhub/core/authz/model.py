@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -239,7 +239,8 @@ class PolicySet:
     """Everything read from a policy directory, in file order."""
 
     root: str
-    rules: tuple[Rule, ...]
+    # A `RuleTable` when read from files (core/authz/rule_table.py); any sequence otherwise.
+    rules: Sequence[Rule]
     links: tuple[Link, ...]
     assignments: tuple[AssignmentRule, ...]
     catalog: Catalog

@@ -463,8 +463,9 @@ class AuthzService:
             details = {k: v for k, v in request.items() if v not in (None, "")}
             details["allowed"] = decision.allowed
             details["policy_version"] = version
-            if decision.rule is not None:
-                details["rule"] = str(decision.rule.source)
+            source = decision.source
+            if source is not None:
+                details["rule"] = source
             events.append(
                 PendingEvent(
                     event_type=EventType.AUTHZ_DECISION,

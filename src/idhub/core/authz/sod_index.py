@@ -66,7 +66,8 @@ class SideIndex:
         self, engine: Engine, permissions: dict[tuple[str, str, str], list[int]]
     ) -> None:
         for (dom, subject), per in engine.index.buckets.items():
-            for (obj, act), rules in per.items():
+            for (obj, act), first in per.items():
+                rules = engine.index.rules_at(first)
                 if ANY in (dom, obj, act):
                     ids = [
                         i
