@@ -830,6 +830,7 @@ class Services:
                 refresh=lambda: self.authz.refresh_directory(),
             ),
             uow=self.unit_of_work,
+            linking=self.settings.identity,
         )
 
     def oa_sync(self, source: str) -> DirectorySync:
@@ -859,6 +860,7 @@ class Services:
                 refresh=lambda: self.authz.refresh_directory(),
             ),
             uow=self.unit_of_work,
+            linking=self.settings.identity,
         )
 
     def oa_source(self, source: str) -> OaSourceSettings:

@@ -10,7 +10,14 @@ from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert,
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
-from idhub.adapters.db import departments, group_members, groups, password_history, users
+from idhub.adapters.db import (
+    departments,
+    group_members,
+    groups,
+    password_history,
+    user_links,
+    users,
+)
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.identity import (
@@ -166,6 +173,17 @@ class SqlIdentityStore:
                     )
                 )
                 user_id = result.inserted_primary_key[0]  # type: ignore[index]
+                if external_id is not None:
+                    # A source-made user's creating link (one identity per person).
+                    conn.execute(
+                        insert(user_links).values(
+                            user_id=user_id,
+                            source=source,
+                            external_id=external_id,
+                            linked_at=now,
+                            linked_by="created",
+                        )
+                    )
         except IntegrityError:
             raise Conflict(f"a user named {username!r} already exists") from None
         created = self.get_user(int(user_id))
