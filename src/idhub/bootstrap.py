@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
+    from idhub.core.directory.link_admin import LinkAdmin
     from idhub.core.directory.ports import DirectorySource
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
@@ -800,6 +801,14 @@ class Services:
 
         return SqlDirectoryStore(self.engine, self.clock)
 
+    @cached_property
+    def link_admin(self) -> LinkAdmin:
+        """An admin's links and unlinks of people across sources (`idhub user link`)."""
+        from idhub.adapters.link_store import SqlLinkStore
+        from idhub.core.directory.link_admin import LinkAdmin
+
+        return LinkAdmin(SqlLinkStore(self.engine, self.clock), self.unit_of_work)
+
     def directory_sync(self, name: str) -> DirectorySync:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
         from idhub.adapters.directory_store import lease_owner
@@ -1407,6 +1416,7 @@ class Services:
             {name: s.token_sha256 for name, s in self.settings.scim_sources.items()},
             new_id=lambda: str(uuid.uuid4()),
             sessions=self.logout,
+            linking=self.settings.identity,
         )
 
 
