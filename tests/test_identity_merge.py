@@ -94,8 +94,7 @@ def test_three_sources_one_identity_per_person(
             source_toml(ldap)
             + f'\n[directory.dingtalk.corp]\nbase_url = "{fake.url}"\napp_key = "{APP_KEY}"\n'
             'app_secret_env = "DINGTALK_APP_SECRET"\nretry_base = 0.01\n'
-            f'\n[directory.scim.hr]\ntoken_sha256 = "{token_digest(HR_TOKEN)}"\n'
-            + IDENTITY
+            f'\n[directory.scim.hr]\ntoken_sha256 = "{token_digest(HR_TOKEN)}"\n' + IDENTITY
         )
         env = {**SOURCE_ENV, "DINGTALK_APP_SECRET": APP_SECRET}
         server = make_live_server(db_url, toml=toml, env=env)

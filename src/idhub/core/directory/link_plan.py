@@ -24,6 +24,7 @@ from idhub.core.directory.plan import (
     StoredUser,
     UserChange,
 )
+from idhub.core.identity import LOCAL_SOURCE
 
 # What a source says about a person and a link records (precedence picks among them).
 RESOLVED = ("display_name", "email", "phone", "employee_id", "department")
@@ -61,6 +62,10 @@ def plan_linked(
     row = row_values(stored)
     mine = entry_values(entry)
     said: dict[str, Mapping[str, Any]] = {s: (attrs or row) for s, attrs in stored.others}
+    if stored.creator == LOCAL_SOURCE:
+        # An admin-made account has no link: what the admin entered (the row) is its word,
+        # and as the creating source it wins the attributes no precedence is set for.
+        said[LOCAL_SOURCE] = row
     said[source] = mine
     linked = linked_sources(stored, source)
     authoritative = check_authoritative(rules, source, creator=stored.creator, linked=linked)

@@ -24,7 +24,13 @@ from idhub.core.clock import Clock
 from idhub.core.directory.change_marks import ChangeMark, later_mark, settled_mark
 from idhub.core.directory.dn import normalise_dn
 from idhub.core.directory.link_plan import check_simple, plan_gone_linked, plan_linked
-from idhub.core.directory.linking import LinkRules, build_index, canonical_keys, match_person
+from idhub.core.directory.linking import (
+    Candidate,
+    LinkRules,
+    build_index,
+    canonical_keys,
+    match_person,
+)
 from idhub.core.directory.mapping import SourceUser
 from idhub.core.directory.plan import (
     StoredUser,
@@ -361,9 +367,11 @@ class DirectorySync:
             )
             for uid, e, p, n, src in self._store.link_people()
         )
-        if not index:
-            return changes
         dropped: set[int] = set()
+        # People this run creates count as candidates for the rest of the run: two entries of
+        # one source with one key are two accounts, and the second is not guessed to be
+        # either of them (placeholder ids below zero: the user does not exist yet).
+        fresh = Candidate(-1, frozenset({self.source}))
         links: list[tuple[UserChange, Any]] = []
         claimed: dict[int, str] = {}
         for change in creates:
@@ -383,7 +391,16 @@ class DirectorySync:
                     reason=f"another person of {self.source} in this run matched the same user",
                 )
             if match.outcome == "none":
+                for key, value in keys.items():
+                    index.setdefault(key, {}).setdefault(value, []).append(fresh)
                 continue
+            if match.outcome == "conflict" and any(c < 0 for c in match.candidates):
+                match = replace(
+                    match,
+                    candidates=tuple(c for c in match.candidates if c >= 0),
+                    reason=f"another person of {self.source} in this run has this "
+                    f"{(match.key or '').replace('_', ' ')}",
+                )
             dropped.add(id(change))
             if match.outcome == "conflict":
                 plan.conflicts.append(

@@ -26,6 +26,7 @@ from idhub.core.directory.linking import (
 )
 from idhub.core.directory.ports import SessionTerminator
 from idhub.core.identifiers import canonical_name
+from idhub.core.identity import LOCAL_SOURCE
 from idhub.core.scim.errors import (
     ScimError,
     invalid_syntax,
@@ -345,6 +346,8 @@ class ScimService:
         words: dict[str, Mapping[str, Any]] = {
             src: (attrs or view.row) for src, attrs in view.others
         }
+        if view.creator == LOCAL_SOURCE:
+            words[LOCAL_SOURCE] = view.row  # an admin-made account's word (link_plan.py)
         words[call.owner] = mine
         values = {
             name: resolve(
