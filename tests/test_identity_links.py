@@ -427,6 +427,12 @@ def test_scim_links_by_key_refuses_ambiguity_and_drops_only_its_link(scim: Scim)
     assert person is not None and identity.get_user_by_username("liu.crm") is None
     assert person.display_name == "Liu Test", "the creating source's name (no precedence set)"
     assert crm.json()["userName"] == "liu.crm" and crm.json()["displayName"] == "Liu from CRM"
+    # What clouds ask before each create finds the linked person by the source's userName.
+    looked = scim.crm.get("/Users", params={"filter": 'userName eq "Liu.CRM"'}).json()
+    assert [r["id"] for r in looked["Resources"]] == [crm.json()["id"]]
+    assert (
+        scim.crm.get("/Users", params={"filter": 'userName eq "liu"'}).json()["totalResults"] == 0
+    )
     # CRM (not authoritative) says inactive: recorded on its link, the person stays enabled.
     patch = {
         "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],

@@ -24,6 +24,7 @@ from idhub.adapters.identity_store import SqlIdentityStore
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.directory.linking import build_index, canonical_keys
+from idhub.core.identifiers import canonical_name
 from idhub.core.identity import new_subject
 from idhub.core.scim.errors import uniqueness
 from idhub.core.scim.ports import LinkView, ScimRecord, UserColumns
@@ -270,6 +271,21 @@ class SqlScimStore:
                 .where(user_links.c.source == source, user_links.c.external_id == scim_id)
                 .values(attrs=held)
             )
+
+    def linked_by_username(self, source: str, username: str) -> list[str]:
+        # Only links that hold their own document (attrs set): few, next to the source's own.
+        wanted = canonical_name(username)
+        with connect(self._engine) as conn:
+            rows = conn.execute(
+                select(user_links.c.external_id, user_links.c.attrs).where(
+                    user_links.c.source == source, user_links.c.attrs.is_not(None)
+                )
+            ).all()
+        return [
+            ext
+            for ext, attrs in rows
+            if canonical_name(str(((attrs or {}).get("scim") or {}).get("userName", ""))) == wanted
+        ]
 
     def drop_link(self, source: str, scim_id: str) -> None:
         """This source no longer describes the person (and may not disable them): its link

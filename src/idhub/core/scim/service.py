@@ -193,7 +193,10 @@ class ScimService:
         elif name == "username" and kind == "User":
             owner = self._store.username_owner(canonical_name(node.value))
             if owner is None or owner[0] != call.owner:
-                return []
+                # A person this source is linked to (someone another source created) goes by
+                # the userName this source gave, kept on its link.
+                found = self._store.linked_by_username(call.owner, node.value)
+                return [r for i in found if (r := self._store.get_user(call.owner, i))]
             scim_id = owner[1]
         else:
             return None
