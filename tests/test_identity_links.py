@@ -328,12 +328,19 @@ def test_sync_links_local_people_records_conflicts_and_admin_links(
     linked = identity.get_user(local.id)
     assert linked is not None and linked.display_name == "员工000001"
     assert linked.username == "wang.local", "the creating source keeps the username"
-    assert {r.source for r in _rows(services, select(user_links))} == {"dingtalk:corp"}
+    assert {r.source for r in _rows(services, select(user_links))} == {"dingtalk:corp", "local"}
     assert len(_rows(services, select(users))) == 8
 
-    # The same conflict seen again stays one open conflict, seen later.
+    # What the admin never entered follows DingTalk; what the admin edits afterwards sticks.
+    fake.org.members["dt000001"].name = "王新名"
     first = _rows(services, select(identity_conflicts))
     services.oa_sync("dingtalk:corp").run()
+    assert identity.get_user(local.id).display_name == "王新名"  # type: ignore[union-attr]
+    identity.update_user(local.id, display_name="王 (admin)")
+    services.oa_sync("dingtalk:corp").run()
+    assert identity.get_user(local.id).display_name == "王 (admin)"  # type: ignore[union-attr]
+
+    # The same conflict seen again stays one open conflict, seen later.
     again = _rows(services, select(identity_conflicts))
     assert len(again) == 1 and again[0].first_seen == first[0].first_seen
     assert again[0].last_seen >= first[0].last_seen and again[0].resolved_at is None

@@ -218,7 +218,8 @@ def _merge(
     services.oa_sync("dingtalk:corp").run()
     shared = _user(services, "shared.a")
     assert shared.display_name == "模糊者" and shared.disabled is False
-    assert _links(services, shared.id) == {"dingtalk:corp": "dtamb"}
+    # The admin-made account's own word is kept on a `local` link.
+    assert _links(services, shared.id) == {"dingtalk:corp": "dtamb", "local": str(shared.id)}
 
     # 5. Gone from DingTalk (a leaver: DingTalk lists only current members), which is not
     # authoritative for LDAP's people: only the link is dropped.

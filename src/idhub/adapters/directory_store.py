@@ -35,7 +35,7 @@ from idhub.core.directory.dn import dn_key
 from idhub.core.directory.mapping import SourceGroup
 from idhub.core.directory.plan import StoredUser, UserChange, plan_memberships
 from idhub.core.directory.ports import PendingGroupChange
-from idhub.core.identity import new_subject, parent_paths
+from idhub.core.identity import LOCAL_SOURCE, new_subject, parent_paths
 
 __all__ = ["SqlDirectoryStore", "lease_owner"]
 
@@ -286,10 +286,8 @@ class SqlDirectoryStore(SqlSyncLedger):
                         "attrs": dict(change.link_attrs or {}),
                     }
                 )
-                fills.extend(
-                    {"_uid": change.user_id, "_src": src, "_attrs": dict(attrs)}
-                    for src, attrs in (change.fill_attrs or {}).items()
-                )
+                if change.fill_attrs is not None:
+                    fills.append({"user_id": change.user_id, **change.fill_attrs})
             elif change.link_attrs is not None:
                 link_attrs.append({"_ext": change.external_id, "_attrs": dict(change.link_attrs)})
             said: Any = change.values if change.values is not None else None
@@ -383,6 +381,31 @@ class SqlDirectoryStore(SqlSyncLedger):
         fills: list[dict[str, Any]],
         now: float,
     ) -> None:
+        # First a person's existing links record the row (as adapters/_links.py does for one
+        # person, here in two statements per batch), then the new links go in.
+        if fills:
+            conn.execute(
+                update(user_links)
+                .where(user_links.c.user_id == bindparam("_uid"), user_links.c.attrs.is_(None))
+                .values(attrs=bindparam("_attrs")),
+                [{"_uid": f["user_id"], "_attrs": dict(f["row"])} for f in fills],
+            )
+            local = [f for f in fills if f["creator"] == LOCAL_SOURCE and not f.get("has_local")]
+            if local:
+                conn.execute(
+                    insert(user_links),
+                    [
+                        {
+                            "user_id": f["user_id"],
+                            "source": LOCAL_SOURCE,
+                            "external_id": str(f["user_id"]),
+                            "linked_at": now,
+                            "linked_by": "created",
+                            "attrs": dict(f["row"]),
+                        }
+                        for f in local
+                    ],
+                )
         if new_links:
             conn.execute(insert(user_links), new_links)
             # A person linked by the sync is no longer a conflict.
@@ -395,17 +418,6 @@ class SqlDirectoryStore(SqlSyncLedger):
                 )
                 .values(resolved_at=now, resolved_by=f"sync:{source}"),
                 [{"_ext": row["external_id"]} for row in new_links],
-            )
-        if fills:
-            conn.execute(
-                update(user_links)
-                .where(
-                    user_links.c.user_id == bindparam("_uid"),
-                    user_links.c.source == bindparam("_src"),
-                    user_links.c.attrs.is_(None),
-                )
-                .values(attrs=bindparam("_attrs")),
-                fills,
             )
         if link_attrs:
             conn.execute(

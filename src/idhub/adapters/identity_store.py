@@ -31,6 +31,8 @@ from idhub.core.identity import (
 )
 from idhub.errors import Conflict, InvalidInput, NotFound
 
+# The columns that are a source's word about a person (user_links.attrs).
+_SAID = {"display_name", "email", "phone", "employee_id"}
 _UPDATABLE = {
     "username",
     "display_name",
@@ -194,8 +196,10 @@ class SqlIdentityStore:
         unknown = set(changes) - _UPDATABLE - {"department_path"}
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+        said = {k: v for k, v in changes.items() if k in _SAID}
         if "department_path" in changes:
             path = changes.pop("department_path")
+            said["department"] = path or None
             changes["department_id"] = self.ensure_department(path).id if path else None
         try:
             with begin(self._engine) as conn:
@@ -204,6 +208,8 @@ class SqlIdentityStore:
                     .where(users.c.id == user_id)
                     .values(**changes, updated_at=self._clock.now())
                 ).rowcount
+                if said:
+                    self._record_local_word(conn, user_id, said)
         except IntegrityError:
             raise Conflict("the change clashes with another user") from None
         if not found:
@@ -211,6 +217,22 @@ class SqlIdentityStore:
         user = self.get_user(user_id)
         assert user is not None
         return user
+
+    @staticmethod
+    def _record_local_word(conn: Any, user_id: int, said: dict[str, Any]) -> None:
+        """An admin's edit of a linked local account is the `local` source's new word
+        (core/directory/linking.py precedence), not a value the next sync overrides."""
+        row = conn.execute(
+            select(user_links.c.id, user_links.c.attrs).where(
+                user_links.c.user_id == user_id, user_links.c.source == LOCAL_SOURCE
+            )
+        ).first()
+        if row is not None:
+            conn.execute(
+                update(user_links)
+                .where(user_links.c.id == row.id)
+                .values(attrs={**(row.attrs or {}), **said})
+            )
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         with begin(self._engine) as conn:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._links import record_row_on_links
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import departments, identity_conflicts, user_links, users
 from idhub.adapters.unit_of_work import begin, connect
@@ -76,6 +77,7 @@ class SqlLinkStore:
                         users.c.employee_id,
                         departments.c.path,
                         users.c.dn,
+                        users.c.source,
                     )
                     .select_from(
                         users.outerjoin(departments, departments.c.id == users.c.department_id)
@@ -92,11 +94,7 @@ class SqlLinkStore:
                 }
                 # Until now the row was what the existing links said; it is recorded on them
                 # before the new source's word starts to blend in.
-                conn.execute(
-                    update(user_links)
-                    .where(user_links.c.user_id == user_id, user_links.c.attrs.is_(None))
-                    .values(attrs=said)
-                )
+                record_row_on_links(conn, user_id, said, creator=row.source, now=now)
                 conn.execute(
                     insert(user_links).values(
                         user_id=user_id,

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from idhub.adapters._links import record_row_on_links
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import (
     departments,
@@ -214,11 +215,7 @@ class SqlScimStore:
         view = self.person_view(user_id)
         assert view is not None
         with begin(self._engine, savepoint=True) as conn:
-            conn.execute(
-                update(user_links)
-                .where(user_links.c.user_id == user_id, user_links.c.attrs.is_(None))
-                .values(attrs=view.row)
-            )
+            record_row_on_links(conn, user_id, view.row, creator=view.creator, now=now)
             conn.execute(
                 insert(user_links).values(
                     user_id=user_id,

@@ -62,9 +62,10 @@ def plan_linked(
     row = row_values(stored)
     mine = entry_values(entry)
     said: dict[str, Mapping[str, Any]] = {s: (attrs or row) for s, attrs in stored.others}
-    if stored.creator == LOCAL_SOURCE:
-        # An admin-made account has no link: what the admin entered (the row) is its word,
-        # and as the creating source it wins the attributes no precedence is set for.
+    if stored.creator == LOCAL_SOURCE and LOCAL_SOURCE not in said:
+        # An admin-made account being linked: what the admin entered (the row) is its word,
+        # kept on a `local` link from now on (adapters/_links.py); as the creating source it
+        # wins the attributes no precedence is set for.
         said[LOCAL_SOURCE] = row
     said[source] = mine
     linked = linked_sources(stored, source)
@@ -102,12 +103,13 @@ def plan_linked(
             diff["disabled_reason"] = (GONE_FROM_SOURCE, DISABLED_IN_SOURCE)
     own = stored.own if stored.own is not None else (row if stored.creator == source else None)
     link_attrs = mine if (match is not None or own != mine) else None
-    fill: dict[str, Mapping[str, Any]] | None = None
+    fill: dict[str, Any] | None = None
     if match is not None:
         kind = "link"
         # The links that so far meant "the row's values" record them now: from here on the
         # row is a blend and no longer says what any one source said.
-        fill = {s: row for s, attrs in stored.others if attrs is None}
+        has_local = any(s == LOCAL_SOURCE for s, _ in stored.others)
+        fill = {"row": row, "creator": stored.creator, "has_local": has_local}
     if not diff and link_attrs is None:
         return None
     if kind is None:

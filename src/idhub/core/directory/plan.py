@@ -72,7 +72,9 @@ class UserChange:
     link_attrs: Mapping[str, Any] | None = None
     link_key: str | None = None
     link_hash: str | None = None
-    fill_attrs: Mapping[str, Mapping[str, Any]] | None = None
+    # A new link: {"row": the users row's values, "creator": users.source}, which the
+    # person's existing links (and a local account's own word) record first.
+    fill_attrs: Mapping[str, Any] | None = None
 
     def department(self) -> str | None:
         """The department path this change puts the person in."""

@@ -349,7 +349,7 @@ class ScimService:
         words: dict[str, Mapping[str, Any]] = {
             src: (attrs or view.row) for src, attrs in view.others
         }
-        if view.creator == LOCAL_SOURCE:
+        if view.creator == LOCAL_SOURCE and LOCAL_SOURCE not in words:
             words[LOCAL_SOURCE] = view.row  # an admin-made account's word (link_plan.py)
         words[call.owner] = mine
         values = {
