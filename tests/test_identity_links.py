@@ -461,8 +461,38 @@ def test_scim_links_by_key_refuses_ambiguity_and_drops_only_its_link(scim: Scim)
     answer = scim.hr.post("/Users", json=body)
     assert answer.status_code == 409 and answer.json()["scimType"] == "uniqueness"
     assert "idhub sync conflicts" in answer.json()["detail"]
+    # A retry is the same conflict (one row, one reserved id), not a new one.
+    assert scim.hr.post("/Users", json=body).status_code == 409
     (conflict,) = scim.services.link_admin.conflicts()
     assert conflict["source"] == "scim:hr" and sorted(conflict["candidate_users"]) == [
         "twin.a",
         "twin.b",
     ]
+    assert (
+        scim.hr.get("/Users", params={"filter": 'userName eq "twin"'}).json()["totalResults"] == 0
+    )
+    # The admin decides; the client's next POST fills the reserved link: no new user.
+    admin = Actor("admin", "tester")
+    scim.services.link_admin.link("twin.b", "scim:hr", conflict["external_id"], actor=admin)
+    assert scim.hr.get(f"/Users/{conflict['external_id']}").status_code == 404  # no doc yet
+    again = scim.hr.post("/Users", json=body)
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == conflict["external_id"] and again.json()["userName"] == "twin"
+    assert identity.get_user_by_username("twin") is None
+    twin = identity.get_user_by_username("twin.b")
+    assert twin is not None and twin.display_name == "Twin Test"
+    assert scim.services.link_admin.conflicts() == []
+
+    # Another source linking to a SCIM-made person leaves HR's document where it was.
+    assert (
+        scim.crm.post(
+            "/Users",
+            json=user_body("liu.other", emails=[{"value": "liu@example.cn"}], **{ENTERPRISE: {}}),
+        ).status_code
+        == 201
+    )
+    mine = scim.hr.get(f"/Users/{hr.json()['id']}")
+    assert mine.status_code == 200 and mine.json()["userName"] == "liu"
+    renamed = scim.hr.put(f"/Users/{hr.json()['id']}", json=user_body("liu", displayName="Liu W"))
+    assert renamed.status_code == 200 and renamed.json()["displayName"] == "Liu W"
+    assert identity.get_user_by_username("liu").display_name == "Liu W"  # type: ignore[union-attr]

@@ -36,7 +36,7 @@ _DELETED = "scim_deleted"
 def _user_record(row: Any) -> ScimRecord:
     """The SCIM user as its source sent it: on the users row for the source that created the
     person, on the source's link for a source linked to someone another source made."""
-    if row.source == row.link_source and row.attrs is None:
+    if row.source == row.link_source:
         held = dict(row.attributes or {})
     else:
         held = dict(row.attrs or {})
@@ -87,14 +87,37 @@ class SqlScimStore:
             rows = conn.execute(
                 self._USER.where(user_links.c.source == source).order_by(users.c.id)
             )
-            return [_user_record(r) for r in rows]
+            return [r for r in map(_user_record, rows) if r.doc]
 
     def get_user(self, source: str, scim_id: str) -> ScimRecord | None:
+        """None also for a link an admin made that the source has not sent a document for."""
         with connect(self._engine) as conn:
             row = conn.execute(
                 self._USER.where(user_links.c.source == source, user_links.c.external_id == scim_id)
             ).first()
-        return None if row is None else _user_record(row)
+        record = None if row is None else _user_record(row)
+        return record if record is not None and record.doc else None
+
+    def reserved_id(self, source: str, username: str) -> tuple[str, bool] | None:
+        """The SCIM id idhub reserved for this source's person `username` when it could not
+        tell who they are (identity_conflicts), and whether an admin has linked it since."""
+        with connect(self._engine) as conn:
+            row = conn.execute(
+                select(identity_conflicts.c.external_id)
+                .where(
+                    identity_conflicts.c.source == source,
+                    identity_conflicts.c.username == username,
+                )
+                .order_by(identity_conflicts.c.id.desc())
+            ).first()
+            if row is None:
+                return None
+            linked = conn.execute(
+                select(user_links.c.user_id).where(
+                    user_links.c.source == source, user_links.c.external_id == row.external_id
+                )
+            ).first()
+        return row.external_id, linked is not None
 
     # ------------------------------------------------------------ one identity per person
 
@@ -257,9 +280,22 @@ class SqlScimStore:
         if deleted:
             held[_DELETED] = True
         with begin(self._engine, savepoint=True) as conn:
-            row = conn.execute(select(users.c.disabled).where(users.c.id == user_id)).first()
+            row = conn.execute(
+                select(users.c.disabled, users.c.source, users.c.attributes).where(
+                    users.c.id == user_id
+                )
+            ).first()
             if row is not None and bool(row.disabled) != values["disabled"]:
                 values["disabled_at"] = now if values["disabled"] else None
+            if row is not None and row.source == source:
+                # The creating source's document stays where it always was (the row's
+                # attributes, whose other keys belong to others and are kept).
+                kept = {k: v for k, v in dict(row.attributes or {}).items() if k != _DELETED}
+                values["attributes"] = {
+                    **kept,
+                    "scim": doc,
+                    **({_DELETED: True} if deleted else {}),
+                }
             conn.execute(
                 update(users).where(users.c.id == user_id).values(**values, updated_at=now)
             )

@@ -221,7 +221,12 @@ class ScimService:
             if owner[0] == call.owner and owner[1]:
                 revived = self._store.get_user(call.owner, owner[1])
         if revived is None:
-            match = self._match(call, columns)
+            reserved = self._store.reserved_id(call.owner, columns.username)
+            if reserved is not None and reserved[1]:
+                # An admin decided who this person is (idhub user link) after an ambiguous
+                # POST: the client's retry fills the link idhub reserved for it.
+                return self._fill_reserved(call, reserved[0], columns, doc)
+            match = self._match(call, columns, reserved[0] if reserved else None)
             if match.outcome == "link":
                 return self._link(call, match, columns, doc, taken=owner is not None)
         if owner is not None and (revived is None or not revived.deleted):
@@ -238,7 +243,21 @@ class ScimService:
 
     # ------------------------------------------------------------ one identity per person
 
-    def _match(self, call: Call, columns: UserColumns) -> Match:
+    def _fill_reserved(
+        self, call: Call, scim_id: str, said: UserColumns, doc: dict[str, Any]
+    ) -> dict[str, Any]:
+        view = self._store.link_view(call.owner, scim_id)
+        if view is None:
+            raise not_found("the reserved link is gone; retry")
+        columns = self._effective(call, view, said)
+        with self._uow.atomic() as tx:
+            self._store.update_linked(
+                call.owner, scim_id, view.user_id, said=said, columns=columns, doc=doc
+            )
+            tx.record_many([self._user_event(call, scim_id, "link", _columns_of(view), columns)])
+        return self.get("User", call, scim_id)
+
+    def _match(self, call: Call, columns: UserColumns, reserved: str | None = None) -> Match:
         """Whether the person being created is someone idhub has already (by the link keys).
         An ambiguous match is recorded for an admin and refused (409): never a guess."""
         rules = self._rules
@@ -255,9 +274,9 @@ class ScimService:
         index = self._store.link_candidates(keys, country_code=rules.country_code)
         match = match_person(keys, index, source=call.owner, order=rules.link_keys)
         if match.outcome == "conflict":
-            # The SCIM id the person would have had: the client never learns it, but the
-            # admin's `idhub user link` needs one to name the person by.
-            scim_id = self._new_id()
+            # The SCIM id the person will have (the same for every retry): the client never
+            # learns it until an admin's `idhub user link` names the person by it.
+            scim_id = reserved or self._new_id()
             found = {
                 "source": call.owner,
                 "external_id": scim_id,
