@@ -496,3 +496,70 @@ def test_scim_links_by_key_refuses_ambiguity_and_drops_only_its_link(scim: Scim)
     renamed = scim.hr.put(f"/Users/{hr.json()['id']}", json=user_body("liu", displayName="Liu W"))
     assert renamed.status_code == 200 and renamed.json()["displayName"] == "Liu W"
     assert identity.get_user_by_username("liu").display_name == "Liu W"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ disabled and authority
+
+
+def test_disables_follow_the_authoritative_source(
+    fake: DingTalkFake,
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    db_url: str,
+    known_secrets: Any,
+) -> None:
+    """DingTalk creates everyone; WeCom (the same people, by email) links to them. A WeCom
+    leaver drops only its link, unless WeCom is configured authoritative; a person WeCom
+    presents as disabled is never linked."""
+    from tests.wecom_fake import CORP_ID, CORP_SECRET, WeComFake
+    from tests.wecom_fake import company as wecom_company
+
+    known_secrets.add(CORP_SECRET)
+    wecom = WeComFake(wecom_company(users=8, departments=3)).start()
+    try:
+        for member in wecom.org.members.values():
+            member.job_number = None  # WeCom has no employee number: email decides
+        wecom.org.status["dt000005"] = 2  # disabled in WeCom before it ever linked
+
+        def services_with(extra: str) -> Services:
+            toml = (
+                f'[directory.dingtalk.corp]\nbase_url = "{fake.url}"\napp_key = "{APP_KEY}"\n'
+                'app_secret_env = "DINGTALK_APP_SECRET"\nretry_base = 0.01\n'
+                f'[directory.wecom.corp]\nbase_url = "{wecom.url}"\ncorp_id = "{CORP_ID}"\n'
+                'corp_secret_env = "WECOM_SECRET"\nretry_base = 0.01\n'
+                "[sync]\nmax_disable_ratio = 0.9\n" + extra
+            )
+            env = {"DINGTALK_APP_SECRET": APP_SECRET, "WECOM_SECRET": CORP_SECRET}
+            made = make_services(make_settings(db_url, toml=toml, env=env))
+            made.migrate()
+            return made
+
+        services = services_with("")
+        assert services.oa_sync("dingtalk:corp").run().counts["create"] == 8
+        report = services.oa_sync("wecom:corp").run()
+        assert report.counts["link"] == 7 and report.counts["create"] == 0, report.counts
+        assert any("dt000005" in w and "not linked" in w for w in report.plan.warnings)
+        sources = {
+            (r.external_id, r.source)
+            for r in _rows(services, select(user_links.c.external_id, user_links.c.source))
+        }
+        assert ("dt000005", "wecom:corp") not in sources and ("dt000004", "wecom:corp") in sources
+
+        # Resigned in WeCom, which is not authoritative: only the link goes.
+        wecom.org.status["dt000004"] = 5
+        report = services.oa_sync("wecom:corp").run()
+        assert report.counts.get("unlink") == 1 and report.counts["disable"] == 0
+        assert not services.identity.get_user_by_username("dt000004").disabled  # type: ignore[union-attr]
+
+        # With WeCom authoritative, its disable disables (and DingTalk still lists them).
+        services = services_with('[identity]\nauthoritative = ["wecom:corp"]\n')
+        wecom.org.status["dt000003"] = 2
+        report = services.oa_sync("wecom:corp").run()
+        assert report.counts["disable"] == 1, report.counts
+        assert services.identity.get_user_by_username("dt000003").disabled  # type: ignore[union-attr]
+        # DingTalk, no longer authoritative for the people WeCom is linked to, cannot undo it.
+        report = services.oa_sync("dingtalk:corp").run()
+        assert report.counts["enable"] == 0
+        assert services.identity.get_user_by_username("dt000003").disabled  # type: ignore[union-attr]
+    finally:
+        wecom.stop()
