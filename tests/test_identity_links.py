@@ -28,6 +28,7 @@ from idhub.core.directory.linking import (
     canonical_mobile,
     check_authoritative,
     match_person,
+    mobile_spellings,
     ranking,
     resolve,
 )
@@ -50,6 +51,10 @@ def test_canonical_values() -> None:
     assert canonical_mobile("+1 (415) 555-0100") == "14155550100"
     assert canonical_mobile("12345") is None and canonical_mobile("") is None
     assert canonical_mobile("13800138000", country_code="852") == "85213800138000"
+    # SCIM's indexed look-up asks for the usual spellings, each the same number.
+    spellings = mobile_spellings(one)
+    assert "138-0013-8000" in spellings and "+86 13800138000" in spellings
+    assert {canonical_mobile(x) for x in spellings} == {one}
     assert canonical_employee_number("  E-001 ") == "E-001"
     assert canonical_employee_number("   ") is None
     assert canonical_keys(email="a@b.cn", phone=None, employee_id=" 7 ") == {

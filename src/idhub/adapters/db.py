@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 NAMING = {
@@ -81,6 +82,11 @@ users = Table(
     UniqueConstraint("source", "external_id", name="uq_users_source_external_id"),
 )
 Index("ix_users_department", users.c.department_id)
+# The link keys a SCIM request looks a person up by, one at a time (core/directory/linking.py;
+# a sync reads them all at once instead).
+Index("ix_users_employee_id", users.c.employee_id)
+Index("ix_users_email_lower", func.lower(users.c.email))
+Index("ix_users_phone", users.c.phone)
 
 # One identity per person (core/directory/linking.py): every (source, external id) that
 # describes an idhub user. users.source / external_id stay the creating link.
@@ -124,6 +130,7 @@ identity_conflicts = Table(
     Column("resolved_by", String(200), nullable=True),
 )
 Index("ix_identity_conflicts_source", identity_conflicts.c.source, identity_conflicts.c.external_id)
+Index("ix_identity_conflicts_username", identity_conflicts.c.source, identity_conflicts.c.username)
 
 groups = Table(
     "groups",

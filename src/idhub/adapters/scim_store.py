@@ -24,7 +24,7 @@ from idhub.adapters.db import (
 from idhub.adapters.identity_store import SqlIdentityStore
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
-from idhub.core.directory.linking import build_index, canonical_keys
+from idhub.core.directory.linking import build_index, canonical_keys, mobile_spellings
 from idhub.core.identifiers import canonical_name
 from idhub.core.identity import new_subject
 from idhub.core.scim.errors import uniqueness
@@ -190,12 +190,14 @@ class SqlScimStore:
         digits and compared canonically here."""
         found: dict[int, tuple[str | None, str | None, str | None]] = {}
         wanted = []
+        # Indexed look-ups only (ix_users_*): a scan per request would make provisioning
+        # slower as the directory grows.
         if "employee_number" in keys:
-            wanted.append(func.trim(users.c.employee_id) == keys["employee_number"])
+            wanted.append(users.c.employee_id == keys["employee_number"])
         if "email" in keys:
             wanted.append(func.lower(users.c.email) == keys["email"])
         if "mobile" in keys:
-            wanted.append(users.c.phone.like(f"%{keys['mobile'][-4:]}"))
+            wanted.append(users.c.phone.in_(mobile_spellings(keys["mobile"], country_code)))
         if not wanted:
             return {}
         with connect(self._engine) as conn:

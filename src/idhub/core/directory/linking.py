@@ -69,6 +69,20 @@ def canonical_mobile(value: str | None, *, country_code: str = DEFAULT_COUNTRY_C
     return country_code + digits.lstrip("0") if digits.startswith("0") else country_code + digits
 
 
+def mobile_spellings(canonical: str, country_code: str = DEFAULT_COUNTRY_CODE) -> list[str]:
+    """The usual ways a stored phone column writes the canonical number, for an indexed
+    look-up of one person (SCIM); a sync compares every stored number canonically."""
+    out = [canonical, "+" + canonical, "00" + canonical]
+    if canonical.startswith(country_code):
+        national = canonical[len(country_code) :]
+        out += [national, f"+{country_code} {national}", f"{country_code} {national}"]
+        if len(national) == 11:  # Chinese mobiles, as often grouped 3-4-4
+            grouped = f"{national[:3]} {national[3:7]} {national[7:]}"
+            dashed = grouped.replace(" ", "-")
+            out += [grouped, dashed, f"+{country_code} {grouped}", f"+{country_code} {dashed}"]
+    return out
+
+
 def canonical_employee_number(value: str | None) -> str | None:
     value = (value or "").strip()
     return value or None

@@ -54,6 +54,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_identity_conflicts"),
     )
     op.create_index("ix_identity_conflicts_source", "identity_conflicts", ["source", "external_id"])
+    op.create_index("ix_identity_conflicts_username", "identity_conflicts", ["source", "username"])
+    # What a SCIM request looks a person up by (the sync reads all users at once instead).
+    op.create_index("ix_users_employee_id", "users", ["employee_id"])
+    op.create_index("ix_users_email_lower", "users", [sa.text("lower(email)")])
+    op.create_index("ix_users_phone", "users", ["phone"])
     # Every user a source made (external_id set) gets its creating link; local users (no
     # external id) have none until an admin or a sync links them.
     op.execute(
@@ -64,6 +69,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_users_phone", table_name="users")
+    op.drop_index("ix_users_email_lower", table_name="users")
+    op.drop_index("ix_users_employee_id", table_name="users")
+    op.drop_index("ix_identity_conflicts_username", table_name="identity_conflicts")
     op.drop_index("ix_identity_conflicts_source", table_name="identity_conflicts")
     op.drop_table("identity_conflicts")
     op.drop_index("ix_user_links_user", table_name="user_links")
