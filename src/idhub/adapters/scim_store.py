@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._links import record_row_on_links
@@ -48,6 +48,17 @@ def _user_record(row: Any) -> ScimRecord:
         internal_id=row.id,
         deleted=bool(held.get(_DELETED)),
     )
+
+
+# Indexed look-ups only (ix_users_*; a scan per request would make provisioning slower as
+# the directory grows), built once so a request does not pay for compiling it.
+_CANDIDATES = select(users.c.id, users.c.email, users.c.phone, users.c.employee_id).where(
+    or_(
+        users.c.employee_id == bindparam("number"),
+        func.lower(users.c.email) == bindparam("email"),
+        users.c.phone.in_(bindparam("phones", expanding=True)),
+    )
+)
 
 
 def _said(columns: UserColumns) -> dict[str, Any]:
@@ -189,23 +200,17 @@ class SqlScimStore:
         for one person's keys: a few indexed lookups, the mobile one narrowed by its last
         digits and compared canonically here."""
         found: dict[int, tuple[str | None, str | None, str | None]] = {}
-        wanted = []
-        # Indexed look-ups only (ix_users_*): a scan per request would make provisioning
-        # slower as the directory grows.
-        if "employee_number" in keys:
-            wanted.append(users.c.employee_id == keys["employee_number"])
-        if "email" in keys:
-            wanted.append(func.lower(users.c.email) == keys["email"])
-        if "mobile" in keys:
-            wanted.append(users.c.phone.in_(mobile_spellings(keys["mobile"], country_code)))
-        if not wanted:
+        if not keys:
             return {}
+        # A key the person lacks is asked as NULL, which equals nothing.
+        mobile = keys.get("mobile")
+        params = {
+            "number": keys.get("employee_number"),
+            "email": keys.get("email"),
+            "phones": mobile_spellings(mobile, country_code) if mobile else [""],
+        }
         with connect(self._engine) as conn:
-            for uid, email, phone, number in conn.execute(
-                select(users.c.id, users.c.email, users.c.phone, users.c.employee_id).where(
-                    or_(*wanted)
-                )
-            ):
+            for uid, email, phone, number in conn.execute(_CANDIDATES, params):
                 found[uid] = (email, phone, number)
             linked: dict[int, set[str]] = {}
             if found:
