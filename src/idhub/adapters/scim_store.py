@@ -61,6 +61,25 @@ _CANDIDATES = select(users.c.id, users.c.email, users.c.phone, users.c.employee_
 )
 
 
+# The id reserved for a person an earlier POST could not place, and the link an admin made.
+_RESERVED = (
+    select(identity_conflicts.c.external_id, user_links.c.user_id)
+    .select_from(
+        identity_conflicts.outerjoin(
+            user_links,
+            (user_links.c.source == identity_conflicts.c.source)
+            & (user_links.c.external_id == identity_conflicts.c.external_id),
+        )
+    )
+    .where(
+        identity_conflicts.c.source == bindparam("source"),
+        identity_conflicts.c.username == bindparam("username"),
+    )
+    .order_by(identity_conflicts.c.id.desc())
+    .limit(1)
+)
+
+
 def _said(columns: UserColumns) -> dict[str, Any]:
     """What a source says of a person, as its link records it (core/directory/link_plan.py)."""
     return {
@@ -113,22 +132,10 @@ class SqlScimStore:
         """The SCIM id idhub reserved for this source's person `username` when it could not
         tell who they are (identity_conflicts), and whether an admin has linked it since."""
         with connect(self._engine) as conn:
-            row = conn.execute(
-                select(identity_conflicts.c.external_id)
-                .where(
-                    identity_conflicts.c.source == source,
-                    identity_conflicts.c.username == username,
-                )
-                .order_by(identity_conflicts.c.id.desc())
-            ).first()
-            if row is None:
-                return None
-            linked = conn.execute(
-                select(user_links.c.user_id).where(
-                    user_links.c.source == source, user_links.c.external_id == row.external_id
-                )
-            ).first()
-        return row.external_id, linked is not None
+            row = conn.execute(_RESERVED, {"source": source, "username": username}).first()
+        if row is None:
+            return None
+        return row.external_id, row.user_id is not None
 
     # ------------------------------------------------------------ one identity per person
 
