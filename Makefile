@@ -6,7 +6,7 @@ IDHUB := $(BIN)/idhub
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test install install-test system-deps node-deps bench lint typecheck clean demo
+.PHONY: run test install install-test system-deps node-deps bench-peer-deps bench lint typecheck clean demo
 .PHONY: test-faults
 
 $(BIN)/python:
@@ -53,8 +53,16 @@ test: install-test system-deps node-deps
 test-faults: install-test system-deps
 	$(BIN)/python -m pytest -q -m fault
 
+# The Node peer bench/bench_peer.py measures idhub against (oidc-provider, pinned by the lock file).
+PEER_STAMP := bench/peer/node_modules/oidc-provider/package.json
+$(PEER_STAMP): bench/peer/package-lock.json
+	cd bench/peer && npm ci --no-audit --no-fund --silent
+	touch $@
+bench-peer-deps: $(PEER_STAMP)
+
 bench: install-test system-deps
 	bash .ci/system-deps --bench
+	$(MAKE) bench-peer-deps
 	$(BIN)/python bench/run_all.py
 
 lint: install-test

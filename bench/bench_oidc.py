@@ -212,7 +212,9 @@ def prepare(root: Path, refresh_count: int) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def serve(config: Path, env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serve(
+    config: Path, env: dict[str, str], port: int, *, start_timeout: float = 30
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -232,15 +234,19 @@ def serve(config: Path, env: dict[str, str], port: int) -> Iterator[subprocess.P
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("idhub serve did not start")
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                tail = proc.stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"idhub serve exited: {tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"idhub serve did not answer within {start_timeout:.0f}s")
             time.sleep(0.2)
         time.sleep(1.5)  # let both workers finish starting
         yield proc

@@ -7,21 +7,41 @@ next_cursor. Tests script its realities: `fake.script(path, [...])` queues answe
 next calls to `path` get first (an errcode, a gateway sub_code, an HTTP status), `fake.expire`
 invalidates issued tokens early, `fake.page_cap` serves fewer members than asked for,
 `fake.fail_always` makes a path fail on every call. `fake.calls` counts requests per path.
+
+Sign-in with DingTalk (its new API's shapes): the login page `oauth2/auth` "scans" for
+`fake.scan_as` (a userid; any string, a member or not) by redirecting back to `redirect_uri`
+with a fresh `authCode` and the `state`, or with no code when `scan_as` is None (the person
+cancelled); codes are single use and live `code_ttl` seconds. `v1.0/oauth2/userAccessToken`
+answers `accessToken` (errors as HTTP 400 `{"code", "message"}`), `v1.0/contact/users/me`
+the person's `unionId` ("u" + the userid reversed, as `user/list` gives it).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 APP_KEY = "dingidhubtestkey"
 APP_SECRET = "dingtalk-test-secret-5f2c9a"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """An answer that sends the browser on (a login page's)."""
+
+    location: str
+
+
+def union_id(userid: str) -> str:
+    return "u" + userid[::-1]
 
 
 @dataclass
@@ -48,7 +68,7 @@ class Member:
     def as_json(self, listed_in: int) -> dict[str, Any]:
         out: dict[str, Any] = {
             "userid": self.userid,
-            "unionid": "u" + self.userid[::-1],
+            "unionid": union_id(self.userid),
             "name": self.name,
             "title": self.title,
             "dept_id_list": list(self.depts),
@@ -95,7 +115,16 @@ def company(users: int = 30, departments: int = 6) -> Org:
 
 
 class DingTalkFake:
+    # Login pages a browser is sent to (no token needed).
+    login_pages: tuple[str, ...] = ("oauth2/auth",)
+
     def __init__(self, org: Org) -> None:
+        self.scan_as: str | None = None
+        self.code_ttl = 300.0
+        self._codes: dict[str, tuple[str, float]] = {}
+        self._user_tokens: dict[str, str] = {}
+        self.logins: list[dict[str, str]] = []  # the query of each login page visit
+        self.issued: list[str] = []  # codes and user tokens handed out (never to be logged)
         self.org = org
         self.calls: Counter[str] = Counter()
         self.page_cap: int | None = None
@@ -132,7 +161,18 @@ class DingTalkFake:
 
     # ------------------------------------------------------------ the API
 
-    def answer(self, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
+    def answer(
+        self,
+        path: str,
+        query: dict[str, str],
+        body: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        if path in self.login_pages:
+            with self._lock:
+                self.calls[path] += 1
+                self.logins.append(dict(query))
+            return self.login_page(path, query)
         with self._lock:
             self.calls[path] += 1
             queued = self._scripts.get(path)
@@ -152,7 +192,75 @@ class DingTalkFake:
             }
         if isinstance(scripted, int):
             return 200, {"errcode": scripted, "errmsg": f"scripted {scripted}"}
+        if path.startswith("v1.0/"):
+            return self.new_api(path, body, headers or {})
         return self.api(path, query, body)
+
+    # ------------------------------------------------------------ sign-in
+
+    def issue_code(self, userid: str) -> str:
+        code = secrets.token_hex(16)
+        with self._lock:
+            self._codes[code] = (userid, time.monotonic())
+            self.issued.append(code)
+        return code
+
+    def take_code(self, code: str) -> str | None:
+        """The userid a code was issued for, once; None when unknown, used or expired."""
+        with self._lock:
+            found = self._codes.pop(code, None)
+        if found is None or time.monotonic() - found[1] > self.code_ttl:
+            return None
+        return found[0]
+
+    def login_page(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        if (
+            query.get("client_id") != APP_KEY
+            or query.get("response_type") != "code"
+            or query.get("scope") != "openid"
+            or not query.get("redirect_uri")
+        ):
+            return 400, {"code": "invalidParameter", "message": "参数错误"}
+        back = {"state": query.get("state", "")}
+        if self.scan_as is not None:
+            back["authCode"] = self.issue_code(self.scan_as)
+        return 302, Redirect(f"{query['redirect_uri']}?{urlencode(back)}")
+
+    def new_api(self, path: str, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+        """api.dingtalk.com: errors as HTTP 4xx with code and message."""
+        if path == "v1.0/oauth2/userAccessToken":
+            if body.get("clientId") != APP_KEY or body.get("clientSecret") != APP_SECRET:
+                return 400, {"code": "InvalidClient", "message": "clientId 或 clientSecret 错误"}
+            if body.get("grantType") != "authorization_code":
+                return 400, {"code": "InvalidGrantType", "message": "grantType 错误"}
+            userid = self.take_code(str(body.get("code") or ""))
+            if userid is None:
+                return 400, {"code": "InvalidAuthCode", "message": "authCode 无效或已过期"}
+            token = secrets.token_hex(16)
+            with self._lock:
+                self._user_tokens[token] = userid
+                self.issued.append(token)
+            return 200, {
+                "accessToken": token,
+                "refreshToken": secrets.token_hex(16),
+                "expireIn": 7200,
+                "corpId": "dingidhubcorp",
+            }
+        if path == "v1.0/contact/users/me":
+            lowered = {k.lower(): v for k, v in headers.items()}
+            with self._lock:
+                userid = self._user_tokens.get(lowered.get("x-acs-dingtalk-access-token", ""))
+            if userid is None:
+                return 401, {"code": "InvalidAuthentication", "message": "不合法的access_token"}
+            member = self.org.members.get(userid)
+            return 200, {
+                "nick": member.name if member else userid,
+                "unionId": union_id(userid),
+                "openId": "o" + userid,
+                "stateCode": "86",
+                **({"mobile": member.mobile} if member and member.mobile else {}),
+            }
+        return 404, {"code": "NotFound", "message": "no such api"}
 
     def issue_token(self) -> str:
         with self._lock:
@@ -240,7 +348,15 @@ class DingTalkFake:
                     body = json.loads(raw) if raw else {}
                 except ValueError:
                     body = {}
-                status, data = fake.answer(parts.path.lstrip("/"), query, body)
+                status, data = fake.answer(
+                    parts.path.lstrip("/"), query, body, dict(self.headers.items())
+                )
+                if isinstance(data, Redirect):
+                    self.send_response(302)
+                    self.send_header("Location", data.location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if isinstance(data, bytes):
                     out = data
                 else:

@@ -139,6 +139,9 @@ def _merge(
     assert person.phone == "+86 13800000001"  # unlisted for DingTalk: the creating source's
     assert person.department_id != ldap_dept
     assert person.sub == ldap_person.sub and person.id == ldap_person.id
+    # DingTalk's own keys (the unionid sign-in with DingTalk matches on) reach the linked user.
+    attributes = person.attributes if isinstance(person.attributes, dict) else {}
+    assert attributes.get("unionid") == "u" + "dt000001"[::-1]
     linked = _rows(
         services,
         select(audit_events.c.target, audit_events.c.details).where(

@@ -205,3 +205,40 @@ def test_throttle_audit_holds_no_typed_name_or_password(hub: Services) -> None:
     assert "secret-name-typed" not in text and "secret-password-typed" not in text
     assert "other-name-" not in text
     assert _events(hub, "login.throttled")
+
+
+def test_the_counter_read_finds_exactly_the_keys_asked_for(hub: Services) -> None:
+    """The read before every client authentication is plain driver SQL
+    (adapters/driver_read.py): it finds one or several keys, not their neighbours, and
+    inside a unit of work it sees that unit's own uncommitted counters."""
+    from idhub.adapters.throttle_store import SqlThrottleStore
+    from idhub.adapters.unit_of_work import begin
+
+    store = SqlThrottleStore(hub.engine)
+    odd = ThrottleKey("client", 'it\'s 100% "odd"@198.51.100.10')
+    near = ThrottleKey("client", 'it\'s 100% "odd"@198.51.100.1')
+    address = ThrottleKey("client_ip", "198.51.100.10")
+    assert store.counters([odd, address]) == []
+    store.add_failure(odd, now=NOW, window=60)
+    store.add_failure(odd, now=NOW + 1, window=60)
+    store.add_failure(address, now=NOW, window=60)
+    found = {c.key: c for c in store.counters([odd, address])}
+    assert set(found) == {odd, address}
+    assert found[odd] == Counter("client", odd.value, 2, NOW + 1, None)
+    assert store.counters([near]) == []
+    assert store.counters([address]) == [Counter("client_ip", address.value, 1, NOW, None)]
+    with begin(hub.engine) as conn:
+        conn.execute(
+            throttle_counters.insert().values(
+                kind="client",
+                value=near.value,
+                failures=3,
+                first_failed_at=NOW,
+                last_failed_at=NOW,
+                locked_until=NOW + 5,
+            )
+        )
+    assert store.counters([near]) == [Counter("client", near.value, 3, NOW, NOW + 5)]
+    with hub.unit_of_work.atomic():
+        store.add_failure(address, now=NOW + 2, window=60)
+        assert store.counters([address])[0].failures == 2

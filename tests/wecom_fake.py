@@ -1,17 +1,24 @@
 """A local WeCom server-API fake (cgi-bin/gettoken, department/list, user/list) in the shapes
 of WeCom's published API, with the same scripting as tests/dingtalk_fake.py (errcode in 200
-bodies, HTTP statuses, tokens expired early, `fail_always`), sharing its HTTP plumbing."""
+bodies, HTTP statuses, tokens expired early, `fail_always`), sharing its HTTP plumbing.
+
+Sign-in with WeCom: the QR code page `wwlogin/sso/login` (login_type CorpApp) and the in-app
+page `connect/oauth2/authorize` (scope snsapi_base) redirect back with a single-use `code`
+for `fake.scan_as`; `cgi-bin/auth/getuserinfo` answers its `userid`, or an `openid` for a
+visitor listed in `fake.outsiders` (not a member), and errcode 40029 for a bad code."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
-from tests.dingtalk_fake import DingTalkFake, Org
+from tests.dingtalk_fake import DingTalkFake, Org, Redirect
 from tests.dingtalk_fake import company as dingtalk_company
 
 CORP_ID = "wwidhubtestcorp"
 CORP_SECRET = "wecom-test-secret-91be07"
+AGENT_ID = "1000002"
 
 
 @dataclass
@@ -29,6 +36,24 @@ def company(users: int = 30, departments: int = 6) -> WeComOrg:
 
 class WeComFake(DingTalkFake):
     org: WeComOrg
+    login_pages = ("wwlogin/sso/login", "connect/oauth2/authorize")
+
+    def __init__(self, org: Org) -> None:
+        super().__init__(org)
+        self.outsiders: set[str] = set()
+
+    def login_page(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        if path == "wwlogin/sso/login":
+            wanted = {"login_type": "CorpApp", "appid": CORP_ID, "agentid": AGENT_ID}
+        else:
+            wanted = {"appid": CORP_ID, "agentid": AGENT_ID, "scope": "snsapi_base"}
+        if any(query.get(k) != v for k, v in wanted.items()) or not query.get("redirect_uri"):
+            return 400, {"errcode": 40001, "errmsg": "invalid parameter"}
+        back = {"state": query.get("state", "")}
+        if self.scan_as is not None:
+            back["code"] = self.issue_code(self.scan_as)
+            back["appid"] = CORP_ID
+        return 302, Redirect(f"{query['redirect_uri']}?{urlencode(back)}")
 
     def api(self, path: str, query: dict[str, str], body: dict[str, Any]) -> tuple[int, Any]:
         if path == "cgi-bin/gettoken":
@@ -67,6 +92,13 @@ class WeComFake(DingTalkFake):
                 "errmsg": "ok",
                 "userlist": [self._user(m) for m in self.org.members.values() if dept in m.depts],
             }
+        if path == "cgi-bin/auth/getuserinfo":
+            userid = self.take_code(query.get("code") or "")
+            if userid is None:
+                return 200, {"errcode": 40029, "errmsg": "invalid code"}
+            if userid in self.outsiders:
+                return 200, {"errcode": 0, "errmsg": "ok", "openid": "o" + userid}
+            return 200, {"errcode": 0, "errmsg": "ok", "userid": userid, "user_ticket": "t"}
         if path == "cgi-bin/user/list_id":
             return 200, self._list_id(body)
         if path == "cgi-bin/user/get":

@@ -57,6 +57,8 @@ if TYPE_CHECKING:
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
     from idhub.core.directory.link_admin import LinkAdmin
+    from idhub.core.directory.local_departments import LocalDepartments
+    from idhub.core.directory.local_groups import LocalGroups
     from idhub.core.directory.ports import DirectorySource
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
@@ -73,6 +75,8 @@ if TYPE_CHECKING:
     from idhub.core.signin import SignInCore, SignInFactors
     from idhub.core.throttle import Throttle
     from idhub.core.transactions import UnitOfWork
+    from idhub.core.upstream import UpstreamProvider
+    from idhub.core.upstream_flow import AccountsByProvider, UpstreamSignIn
     from idhub.oidc.housekeeping import TokenHousekeeping
     from idhub.oidc.introspection import TokensRevoker
     from idhub.oidc.keys import KeyStore
@@ -158,6 +162,10 @@ class Services:
         apply_migrations(self.engine)
 
     def close(self) -> None:
+        for provider in self.__dict__.get("upstream_providers", ()):
+            closer = getattr(provider, "close", None)
+            if closer is not None:
+                closer()
         if "engine" in self.__dict__ and self._engine is None:
             self.engine.dispose()
 
@@ -809,6 +817,30 @@ class Services:
 
         return LinkAdmin(SqlLinkStore(self.engine, self.clock), self.unit_of_work)
 
+    @cached_property
+    def local_departments(self) -> LocalDepartments:
+        """Departments an admin keeps by hand (`idhub department ...`)."""
+        from idhub.adapters.directory_admin_store import SqlDirectoryAdminStore
+        from idhub.core.directory.local_departments import LocalDepartments
+
+        return LocalDepartments(
+            SqlDirectoryAdminStore(self.engine, self.clock),
+            counter=self.directory_store,
+            uow=self.unit_of_work,
+        )
+
+    @cached_property
+    def local_groups(self) -> LocalGroups:
+        """Groups an admin keeps by hand (`idhub group ...`)."""
+        from idhub.adapters.directory_admin_store import SqlDirectoryAdminStore
+        from idhub.core.directory.local_groups import LocalGroups
+
+        return LocalGroups(
+            SqlDirectoryAdminStore(self.engine, self.clock),
+            counter=self.directory_store,
+            uow=self.unit_of_work,
+        )
+
     def directory_sync(self, name: str) -> DirectorySync:
         """A sync runner for `[directory.ldap.<name>]` (a fresh LDAP connection per runner)."""
         from idhub.adapters.directory_store import lease_owner
@@ -895,6 +927,67 @@ class Services:
         from idhub.adapters.dingtalk import DingTalkDirectory
 
         return DingTalkDirectory(settings)
+
+    # --- upstream sign-in (DingTalk, WeCom; other upstream providers are appended) ---------
+
+    @cached_property
+    def upstream_accounts(self) -> AccountsByProvider:
+        """provider name -> how its identities are found among idhub's users; a provider
+        appended to `upstream_providers` registers its finder here (`add`)."""
+        from idhub.core.upstream_flow import AccountsByProvider
+
+        return AccountsByProvider()
+
+    @cached_property
+    def upstream_providers(self) -> list[UpstreamProvider]:
+        """The sign-in buttons, in configuration order: every DingTalk / WeCom source with
+        `sign_in = true`, then every `[upstream.<name>]` OpenID Connect provider."""
+        from idhub.adapters.upstream_accounts import SourceKey, SqlSourceAccounts
+        from idhub.adapters.upstream_dingtalk import DingTalkSignIn
+        from idhub.adapters.upstream_oidc import build_oidc_accounts, build_oidc_providers
+        from idhub.adapters.upstream_wecom import WeComSignIn
+
+        providers: list[UpstreamProvider] = []
+        for settings in self.settings.oa_sources.values():
+            if not settings.sign_in:
+                continue
+            provider: UpstreamProvider
+            if settings.kind == "wecom":
+                provider, key = WeComSignIn(settings), SourceKey(settings.source)
+            else:
+                provider, key = DingTalkSignIn(settings), SourceKey(settings.source, "unionid")
+            providers.append(provider)
+            self.upstream_accounts.add(provider.name, SqlSourceAccounts(self.engine, key))
+        # `[upstream.<name>]` tables of kind "oidc" share one account mapping (by claim).
+        oidc_accounts = build_oidc_accounts(self.settings, self.identity)
+        for oidc in build_oidc_providers(self.settings):
+            providers.append(oidc)
+            self.upstream_accounts.add(oidc.name, oidc_accounts)
+        return providers
+
+    @cached_property
+    def upstream(self) -> UpstreamSignIn:
+        """The upstream sign-in flow (core/upstream_flow.py)."""
+        from idhub.adapters.upstream_states import SqlUpstreamStates
+        from idhub.core.crypto import KeyedHasher
+        from idhub.core.upstream_flow import UpstreamSignIn
+        from idhub.errors import ConfigError
+
+        providers = self.upstream_providers
+        names = [p.name for p in providers]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ConfigError(f"two upstream sign-in providers are named {doubled[0]!r}")
+        return UpstreamSignIn(
+            providers=providers,
+            accounts=self.upstream_accounts,
+            states=SqlUpstreamStates(self.engine),
+            signin=self.signin,
+            hasher=KeyedHasher(self.settings.require_secret_key(), "upstream-state"),
+            audit=self.audit,
+            clock=self.clock,
+            uow=self.unit_of_work,
+        )
 
     @cached_property
     def password_verifiers(self) -> dict[str, PasswordVerifier]:

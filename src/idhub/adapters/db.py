@@ -627,3 +627,18 @@ saml_message_ids = Table(
     Column("expires_at", Float, nullable=False),
 )
 Index("ix_saml_message_ids_expires_at", saml_message_ids.c.expires_at)
+
+# ---------------------------------------------------------------- upstream sign-in
+
+# Browsers sent to an upstream provider (DingTalk, WeCom, OIDC) and not back yet, keyed by a
+# keyed hash of the `state` (core/upstream_flow.py); a row is deleted when it is used.
+upstream_states = Table(
+    "upstream_states",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("provider", String(100), nullable=False),
+    Column("return_to", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+Index("ix_upstream_states_expires_at", upstream_states.c.expires_at)

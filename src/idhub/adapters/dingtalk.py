@@ -160,6 +160,15 @@ class DingTalkDirectory(OaDirectory):
             # activated the app yet", who is still an employee.
             disabled=False,
             modified=None,
+            # Sign-in with DingTalk finds the person by unionid (adapters/upstream_dingtalk.py).
+            attributes=tuple(
+                (key, value)
+                for key, value in (
+                    ("unionid", text(raw.get("unionid"))),
+                    ("title", text(raw.get("title"))),
+                )
+                if value is not None
+            ),
         )
 
 

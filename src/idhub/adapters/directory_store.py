@@ -75,6 +75,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                 users.c.disabled_reason,
                 users.c.source,
                 user_links.c.attrs,
+                users.c.attributes,
             )
             .select_from(
                 user_links.join(users, users.c.id == user_links.c.user_id).outerjoin(
@@ -116,21 +117,9 @@ class SqlDirectoryStore(SqlSyncLedger):
     def _collect(rows: Any, out: dict[str, StoredUser]) -> None:
         for r in rows:
             out[r[2]] = StoredUser(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                r[6],
-                r[7],
-                r[8],
-                r[9],
-                bool(r[10]),
-                r[11],
-                r[12],
-                r[13],
-            )
+                r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11],
+                creator=r[12], own=r[13], attributes=dict(r[14] or {}),
+            )  # fmt: skip
 
     def stored_people(self, user_ids: Collection[int]) -> dict[int, StoredUser]:
         query = select(
@@ -147,6 +136,7 @@ class SqlDirectoryStore(SqlSyncLedger):
             users.c.disabled,
             users.c.disabled_reason,
             users.c.source,
+            users.c.attributes,
         ).select_from(users.outerjoin(departments, users.c.department_id == departments.c.id))
         out: dict[int, StoredUser] = {}
         with connect(self._engine) as conn:
@@ -172,9 +162,10 @@ class SqlDirectoryStore(SqlSyncLedger):
                         r[9],
                         bool(r[10]),
                         r[11],
-                        r[12],
-                        None,
-                        tuple(sorted(links.get(r[0], []), key=lambda x: x[0])),
+                        creator=r[12],
+                        own=None,
+                        others=tuple(sorted(links.get(r[0], []), key=lambda x: x[0])),
+                        attributes=dict(r[13] or {}),
                     )
         return out
 
@@ -302,7 +293,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                     "dn": entry.dn,
                 }
             department = said.get("department")
-            fields = {
+            fields: dict[str, Any] = {
                 "username": said["username"],
                 "display_name": said["display_name"] or "",
                 "email": said["email"],
@@ -322,7 +313,7 @@ class SqlDirectoryStore(SqlSyncLedger):
                         "external_id": entry.external_id,
                         "password_hash": None,
                         "failed_logins": 0,
-                        "attributes": {},
+                        "attributes": dict(entry.attributes),
                         "created_at": now,
                     }
                 )
@@ -333,7 +324,9 @@ class SqlDirectoryStore(SqlSyncLedger):
                 ):
                     # Keep the disabled time of users this change does not enable or disable.
                     fields.pop("disabled_at")
-                if change.fields:
+                if change.attributes is not None:
+                    fields["attributes"] = dict(change.attributes)
+                if change.fields or change.attributes is not None:
                     updates.append({"_id": change.user_id, **fields})
         try:
             with begin(self._engine) as conn:

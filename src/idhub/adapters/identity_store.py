@@ -20,6 +20,7 @@ from idhub.adapters.db import (
 )
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
+from idhub.core.identifiers import canonical_name
 from idhub.core.identity import (
     LOCAL_SOURCE,
     Department,
@@ -349,6 +350,30 @@ class SqlIdentityStore:
             query = query.where(users.c.source == source)
         with connect(self._engine) as conn:
             return [_to_user(row) for row in conn.execute(query)]
+
+    @translate_storage_errors
+    def users_matching(self, attribute: str, value: str, *, limit: int) -> list[User]:
+        """Up to `limit` users whose `attribute` ("email", "username" or "employee_id") is
+        `value` in canonical form (`core.identifiers.canonical_name`), disabled ones included.
+
+        The database narrows by lower(trim(column)) and the canonical comparison decides. SQLite's
+        lower() folds ASCII only, so there a stored non-ASCII value matches when it is stored
+        folded already (PostgreSQL folds by its collation)."""
+        if attribute not in ("email", "username", "employee_id"):
+            raise InvalidInput(f"cannot look users up by {attribute!r}")
+        wanted = canonical_name(value)
+        if not wanted:
+            return []
+        column = users.c[attribute]
+        query = (
+            _user_query()
+            .where(func.lower(func.trim(column)) == wanted)
+            .order_by(users.c.id)
+            .limit(limit)
+        )
+        with connect(self._engine) as conn:
+            rows = [_to_user(row) for row in conn.execute(query)]
+        return [u for u in rows if canonical_name(getattr(u, attribute) or "") == wanted]
 
     def count_users(self) -> int:
         with connect(self._engine) as conn:

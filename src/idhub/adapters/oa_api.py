@@ -27,6 +27,14 @@ from idhub.errors import DirectoryError
 class OaApiError(DirectoryError):
     code = "directory_api_error"
 
+    def __init__(
+        self, message: str, *, errcode: str | None = None, unavailable: bool = False
+    ) -> None:
+        super().__init__(message)
+        # The platform's own code (a sign-in tells "code refused" from "server down" by these).
+        self.errcode = errcode
+        self.unavailable = unavailable
+
 
 class _RedactTokens(logging.Filter):
     """httpx logs each request's URL at INFO; both platforms put the token in the query."""
@@ -123,7 +131,9 @@ class OaApi:
             except _Transient as exc:
                 failures += 1
                 if failures > self._settings.retries:
-                    raise OaApiError(f"{where}: {exc} (gave up after {failures} tries)") from None
+                    raise OaApiError(
+                        f"{where}: {exc} (gave up after {failures} tries)", unavailable=True
+                    ) from None
                 self._sleep(self._backoff(failures))
                 continue
             code, message = _error_code(data)
@@ -139,7 +149,9 @@ class OaApi:
                 if waited + pause > self._settings.rate_limit_wait:
                     raise OaApiError(
                         f"{where}: still rate limited (errcode {code}) after waiting "
-                        f"{waited:.1f} s; try again later"
+                        f"{waited:.1f} s; try again later",
+                        errcode=code,
+                        unavailable=True,
                     )
                 waited += pause
                 self._sleep(pause)
@@ -148,11 +160,13 @@ class OaApi:
                 failures += 1
                 if failures > self._settings.retries:
                     raise OaApiError(
-                        f"{where}: errcode {code} {message} (gave up after {failures} tries)"
+                        f"{where}: errcode {code} {message} (gave up after {failures} tries)",
+                        errcode=code,
+                        unavailable=True,
                     )
                 self._sleep(self._backoff(failures))
                 continue
-            raise OaApiError(f"{where} answered errcode {code}: {message}")
+            raise OaApiError(f"{where} answered errcode {code}: {message}", errcode=code)
 
     def _backoff(self, attempt: int) -> float:
         return float(min(self._settings.retry_base * 2 ** (attempt - 1), 30.0))

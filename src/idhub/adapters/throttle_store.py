@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary
 from idhub.adapters.db import throttle_counters as t
+from idhub.adapters.driver_read import fetch_all, placeholder
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.throttle import CLIENT, CLIENT_IP, IP, Counter, ThrottleKey
 
@@ -36,14 +37,33 @@ def _to_counter(row: Any) -> Counter:
 class SqlThrottleStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._mark = placeholder(engine)
+        self._counters_sql: dict[int, str] = {}
 
     def counters(self, keys: Sequence[ThrottleKey]) -> list[Counter]:
+        # Read before every client authentication (token, introspection, revocation): a
+        # driver query by primary key, not a Core statement (adapters/driver_read.py).
         if not keys:
             return []
-        wanted = [(k.kind, k.value) for k in keys]
-        query = select(t).where(tuple_(t.c.kind, t.c.value).in_(wanted))
-        with connect(self._engine) as conn:
-            return [_to_counter(row) for row in conn.execute(query)]
+        sql = self._counters_sql.get(len(keys))
+        if sql is None:
+            one = f"(kind = {self._mark} AND value = {self._mark})"
+            sql = (
+                "SELECT kind, value, failures, last_failed_at, locked_until "  # noqa: S608
+                f"FROM throttle_counters WHERE {' OR '.join([one] * len(keys))}"
+            )
+            self._counters_sql[len(keys)] = sql
+        params = [part for key in keys for part in (key.kind, key.value)]
+        return [
+            Counter(
+                kind=str(kind),
+                value=str(value),
+                failures=int(failures),
+                last_failed_at=float(last),
+                locked_until=None if locked is None else float(locked),
+            )
+            for kind, value, failures, last, locked in fetch_all(self._engine, sql, params)
+        ]
 
     def add_failure(self, key: ThrottleKey, *, now: float, window: float) -> Counter:
         with begin(self._engine) as conn:

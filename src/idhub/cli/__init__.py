@@ -28,6 +28,8 @@ COMMAND_MODULES = (
     "idhub.cli.saml",
     "idhub.cli.backup",
     "idhub.cli.scim",
+    "idhub.cli.departments",
+    "idhub.cli.groups",
 )
 
 EXIT_ERROR = 2

@@ -41,7 +41,9 @@ from idhub.config.settings import (
     SyncSettings,
     ThrottleSettings,
     TokenSettings,
+    UpstreamOidcSettings,
 )
+from idhub.config.upstream import upstream_oidc
 from idhub.errors import ConfigError
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "SyncSettings",
     "ThrottleSettings",
     "TokenSettings",
+    "UpstreamOidcSettings",
     "describe",
     "find_config_file",
     "load_settings",
@@ -261,13 +264,15 @@ def load_settings(
             sections[name] = _build_section(
                 _SECTIONS[name], value, section=name, base=base, fail=fail
             )
-        elif name in ("directory", "identity"):
+        elif name in ("directory", "identity", "upstream"):
             if not isinstance(value, dict):
                 raise locator.error(f"[{name}] must be a table", name)
         elif name in _TOP_LEVEL or name == "secret_key":
             continue
         else:
-            known = ", ".join(sorted([*_SECTIONS, "directory", "identity", *_TOP_LEVEL]))
+            known = ", ".join(
+                sorted([*_SECTIONS, "directory", "identity", "upstream", *_TOP_LEVEL])
+            )
             raise locator.error(f"unknown section or setting {name!r} (known: {known})", name)
     if "secret_key" in doc:
         raise locator.error(
@@ -331,6 +336,7 @@ def load_settings(
         scim_sources=scim_sources(doc.get("directory", {}), locator=locator),
         oa_sources=oa_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
         identity=identity_rules(doc, locator=locator),
+        upstream_oidc=upstream_oidc(doc.get("upstream", {}), env=env, base=base, locator=locator),
     )
 
 

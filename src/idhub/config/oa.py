@@ -17,6 +17,19 @@ _KINDS = {
     "wecom": ("corp_id", "corp_secret", "https://qyapi.weixin.qq.com"),
 }
 _POSITIVE = ("page_size", "batch_size", "timeout", "root_department")
+# Sign-in settings only one platform has (the other refuses them by name).
+_SIGN_IN_KEYS = {
+    "dingtalk": {"api_url"},
+    "wecom": {"app_login_url", "agent_id"},
+}
+_SIGN_IN_DEFAULTS = {
+    "dingtalk": {"login_url": "https://login.dingtalk.com", "api_url": "https://api.dingtalk.com"},
+    "wecom": {
+        "login_url": "https://login.work.weixin.qq.com",
+        "app_login_url": "https://open.weixin.qq.com",
+    },
+}
+_URL = re.compile(r"^https?://[^/\s]+(/[^\s]*)?$")
 
 
 def oa_sources(
@@ -52,8 +65,12 @@ def _source(
     section = f"directory.{kind}.{name}"
     id_key, secret_key, default_url = _KINDS[kind]
     types = field_types(OaSourceSettings)
-    settable = set(types) - {"kind", "name", "client_id", "client_secret"}
+    other = next(k for k in _KINDS if k != kind)
+    settable = set(types) - {"kind", "name", "client_id", "client_secret", "agent_secret"}
+    settable -= _SIGN_IN_KEYS[other] - _SIGN_IN_KEYS[kind]
     special = {id_key, f"{secret_key}_env", f"{secret_key}_file"}
+    if kind == "wecom":
+        special |= {"agent_secret_env", "agent_secret_file"}
     kwargs: dict[str, Any] = {"kind": kind, "name": name, "base_url": default_url}
     for key, value in table.items():
         if key in special:
@@ -70,8 +87,9 @@ def _source(
             raise locator.error(f"unknown setting [{section}] {key} (known: {known})", section, key)
         kind_name = str(types[key])
         try:
-            if kind_name == "float | None":
-                kwargs[key] = coerce(value, "float", base=base, what=f"[{section}] {key}")
+            if kind_name in ("float | None", "str | None"):
+                plain = kind_name.partition(" ")[0]
+                kwargs[key] = coerce(value, plain, base=base, what=f"[{section}] {key}")
             else:
                 kwargs[key] = coerce(value, kind_name, base=base, what=f"[{section}] {key}")
         except ValueError as exc:
@@ -107,7 +125,43 @@ def _source(
     kwargs["client_secret"] = _secret(
         table, section, secret_key, env=env, base=base, locator=locator
     )
+    _sign_in(kind, table, kwargs, section=section, env=env, base=base, locator=locator)
     return OaSourceSettings(**kwargs)
+
+
+def _sign_in(
+    kind: str,
+    table: Mapping[str, Any],
+    kwargs: dict[str, Any],
+    *,
+    section: str,
+    env: Mapping[str, str],
+    base: Path,
+    locator: Locator,
+) -> None:
+    """The sign-in keys: the platform's hosts (defaults filled in), WeCom's agent."""
+    for key, default in _SIGN_IN_DEFAULTS[kind].items():
+        value = str(kwargs.get(key) or default)
+        if not _URL.match(value):
+            raise locator.error(
+                f"[{section}] {key} must look like https://host[:port]", section, key
+            )
+        kwargs[key] = value.rstrip("/")
+    if kind != "wecom":
+        return
+    agent = kwargs.get("agent_id")
+    if agent is not None and not re.fullmatch(r"[0-9]{1,20}", agent):
+        raise locator.error(f"[{section}] agent_id must be the app's number", section, "agent_id")
+    if kwargs.get("sign_in") and not agent:
+        raise locator.error(
+            f"[{section}] sign_in = true needs agent_id (the sign-in app's AgentId)",
+            section,
+            "sign_in",
+        )
+    if table.get("agent_secret_env") or table.get("agent_secret_file"):
+        kwargs["agent_secret"] = _secret(
+            table, section, "agent_secret", env=env, base=base, locator=locator
+        )
 
 
 def _secret(

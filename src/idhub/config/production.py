@@ -59,6 +59,11 @@ def production_problem(settings: Settings) -> str | None:
         )
     if settings.server.debug:
         return "production mode refuses [server] debug = true (unset it or IDHUB_DEBUG)"
+    for name, upstream in settings.upstream_oidc.items():
+        # The client secret and the codes travel to this issuer: plain http leaks them.
+        parts = urlsplit(upstream.issuer)
+        if parts.scheme != "https" and not _loopback(parts.hostname or ""):
+            return f"production mode needs an https:// issuer in [upstream.{name}]"
     return None
 
 

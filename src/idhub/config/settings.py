@@ -286,10 +286,47 @@ class OaSourceSettings:
     # WeCom: "user_list" (members per department) or "list_id" (user/list_id by cursor, then
     # user/get per member: what apps may call since 2022 where user/list is closed to them).
     member_listing: str = "user_list"
+    # Sign-in with the platform's app (docs/upstream.md): the "钉钉扫码登录" / "企业微信登录"
+    # button. `login_url` is the platform's login page host (DingTalk login.dingtalk.com,
+    # WeCom login.work.weixin.qq.com), `api_url` DingTalk's new API host (api.dingtalk.com),
+    # `app_login_url` WeCom's in-app OAuth host (open.weixin.qq.com); WeCom needs `agent_id`,
+    # and `agent_secret` when the sync's corp_secret is not the sign-in app's own.
+    sign_in: bool = False
+    login_url: str | None = None
+    api_url: str | None = None
+    app_login_url: str | None = None
+    agent_id: str | None = None
+    agent_secret: Secret | None = None
 
     @property
     def source(self) -> str:
         return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class UpstreamOidcSettings:
+    """One `[upstream.<name>]` table of kind "oidc": another OpenID Connect provider people may
+    sign in through (docs/upstream.md). The client secret comes from the environment or a file."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret: Secret
+    label: str = ""
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    # Which idhub attribute ("email", "username", "employee_number") the upstream `claim` names.
+    match: str = "email"
+    claim: str = "email"
+    require_email_verified: bool = False
+    # ID-token signature algorithms accepted (asymmetric only; never "none").
+    allowed_algs: tuple[str, ...] = ("RS256",)
+    userinfo: bool = False
+    token_auth_method: str = "client_secret_basic"  # noqa: S105 - a method's name
+    timeout: float = 10.0
+    clock_skew: float = 60.0
+    discovery_ttl: float = 3600.0
+    # PEM file of the CA that issued the provider's TLS certificate (default: certifi's).
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -321,6 +358,8 @@ class Settings:
     oa_sources: Mapping[str, OaSourceSettings] = field(default_factory=dict)
     # `[identity]` and `[identity.precedence]`: one identity per person (config/identity.py).
     identity: LinkRules = field(default_factory=LinkRules)
+    # `[upstream.<name>]` tables of kind "oidc" parsed and checked (name -> settings).
+    upstream_oidc: Mapping[str, UpstreamOidcSettings] = field(default_factory=dict)
 
     def require_secret_key(self) -> Secret:
         if self.secret_key is None or not self.secret_key:

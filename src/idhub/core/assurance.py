@@ -27,6 +27,9 @@ ACR_PASSWORD = "urn:idhub:acr:pwd"  # noqa: S105 - an assurance level name
 ACR_REMEMBERED = "urn:idhub:acr:remembered"
 ACR_MFA = "urn:idhub:acr:mfa"
 ACR_VALUES = (ACR_PASSWORD, ACR_REMEMBERED, ACR_MFA)
+# A sign-in through another provider (DingTalk, WeCom, an upstream OIDC IdP): one factor as far
+# as idhub knows (level 0, like a password); the session's `amr` names the provider's method.
+ACR_UPSTREAM = "urn:idhub:acr:upstream"
 _LEVELS = {ACR_PASSWORD: 0, ACR_REMEMBERED: 1, ACR_MFA: 2}
 
 # RFC 8176 authentication method references.

@@ -33,6 +33,8 @@ OUTCOMES: tuple[str, ...] = ("success", "failure", "denied", "error")
 class EventType(StrEnum):
     LOGIN_SUCCEEDED = "login.succeeded"
     LOGIN_FAILED = "login.failed"
+    # A browser sent to an upstream provider (DingTalk, WeCom, OIDC) to sign in there.
+    LOGIN_UPSTREAM_STARTED = "login.upstream_started"
     MFA_SUCCEEDED = "mfa.succeeded"
     MFA_FAILED = "mfa.failed"
     MFA_ENROLLED = "mfa.enrolled"
@@ -97,6 +99,16 @@ class EventType(StrEnum):
     SAML_LOGOUT_ANSWERED = "saml.logout_answered"
     SAML_SP_ADDED = "saml.sp_added"
     SAML_SP_REMOVED = "saml.sp_removed"
+
+    # --- local directory data set by an admin (core/directory/local_*.py) ---
+    DEPARTMENT_ADDED = "directory.department_added"
+    DEPARTMENT_MOVED = "directory.department_moved"
+    DEPARTMENT_MANAGER_SET = "directory.department_manager_set"
+    DEPARTMENT_REMOVED = "directory.department_removed"
+    GROUP_ADDED = "directory.group_added"
+    GROUP_MEMBER_ADDED = "directory.group_member_added"
+    GROUP_MEMBER_REMOVED = "directory.group_member_removed"
+    GROUP_REMOVED = "directory.group_removed"
 
     # --- segregation of duties (core/authz/sod_*.py) ---
     SOD_VIOLATION = "sod.violation"

@@ -28,6 +28,7 @@ from idhub.core.assurance import (
     ACR_MFA,
     ACR_PASSWORD,
     ACR_REMEMBERED,
+    ACR_UPSTREAM,
     AMR_HARDWARE_KEY,
     AMR_OTP,
     AMR_PASSWORD,
@@ -36,7 +37,7 @@ from idhub.core.assurance import (
     level_of,
     plan_required_level,
 )
-from idhub.core.audit import Actor, RequestContext
+from idhub.core.audit import Actor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.consent import ConsentNeed, Consents
 from idhub.core.identity import User
@@ -465,22 +466,83 @@ class SignInCore:
         browser is remembered for the person), a second factor to ask for, or enrolment
         first. A person who enrolled a factor is always asked, whatever the system needs."""
         user = self._authenticator.authenticate(username, password, ctx=ctx, record_success=False)
-        needed = self._needed_level(user, client_id, acr_values, protocol=protocol)
-        amr = (AMR_PASSWORD,)
-        event = self._password_event(user, ctx)
+        return self._first_factor_passed(
+            user,
+            amr=(AMR_PASSWORD,),
+            acr=ACR_PASSWORD,
+            event=self._password_event(user, ctx),
+            cookie=cookie,
+            ctx=ctx,
+            device_cookie=device_cookie,
+            needed=self._needed_level(user, client_id, acr_values, protocol=protocol),
+        )
+
+    def upstream_sign_in(
+        self,
+        user: User,
+        *,
+        amr: Sequence[str],
+        provider: str,
+        cookie: str | None,
+        ctx: RequestContext | None,
+        device_cookie: str | None = None,
+        client_id: str | None = None,
+        acr_values: Sequence[str] = (),
+        protocol: str = "oidc",
+    ) -> PasswordStep:
+        """An upstream provider (core/upstream_flow.py) vouched for `user`, who is enabled:
+        the same steps as after a correct password. The upstream method counts as one factor
+        (level 0, `acr` urn:idhub:acr:upstream): a request that needs a second factor gets
+        it asked for here (or enrolment, or a remembered device), as after a password."""
+        methods = tuple(amr) or (provider,)
+        details = {"source": user.source, "amr": list(methods), "method": "upstream"}
+
+        def event() -> None:
+            with self._uow.atomic() as tx:
+                tx.record(
+                    EventType.LOGIN_SUCCEEDED,
+                    actor=Actor("user", user.sub),
+                    target=user.username,
+                    details={**details, "provider": provider},
+                    ctx=ctx,
+                )
+
+        return self._first_factor_passed(
+            user,
+            amr=methods,
+            acr=ACR_UPSTREAM,
+            event=event,
+            cookie=cookie,
+            ctx=ctx,
+            device_cookie=device_cookie,
+            needed=self._needed_level(user, client_id, acr_values, protocol=protocol),
+        )
+
+    def _first_factor_passed(
+        self,
+        user: User,
+        *,
+        amr: tuple[str, ...],
+        acr: str,
+        event: Callable[[], None],
+        cookie: str | None,
+        ctx: RequestContext | None,
+        device_cookie: str | None,
+        needed: int,
+    ) -> PasswordStep:
+        """Signed in at `acr` (nothing more needed), at the remembered level, a session for
+        enrolment, or the second factor to ask for. `event` records the sign-in."""
         if needed == 0:
-            return self._start(user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx, then=event)
+            return self._start(user, amr=amr, acr=acr, cookie=cookie, ctx=ctx, then=event)
         mfa = self._require_mfa()
         if not mfa.factors.check_enrolled(user.id):
-            started = self._start(
-                user, amr=amr, acr=ACR_PASSWORD, cookie=cookie, ctx=ctx, then=event
-            )
+            started = self._start(user, amr=amr, acr=acr, cookie=cookie, ctx=ctx, then=event)
             return EnrolmentNeeded(user=user, sign_in=started)
         if needed <= 1 and mfa.devices.check(device_cookie, user.id):
             return self._start(
                 user, amr=amr, acr=ACR_REMEMBERED, cookie=cookie, ctx=ctx, then=event
             )
-        event()  # the password step passed; no session starts before the second factor
+        event()  # the first factor passed; no session starts before the second factor
         return self._ask_second_factor(user, amr=amr, needed=needed)
 
     def login_page_step(

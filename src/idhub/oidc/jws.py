@@ -43,9 +43,26 @@ def _json(value: dict[str, Any]) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+# The encoded header of each (typ, alg, kid) idhub signs with: a handful per key rotation.
+_HEADERS: dict[tuple[tuple[str, Any], ...], str] = {}
+
+
+def _header_segment(header: dict[str, Any]) -> str:
+    if not all(isinstance(v, str) for v in header.values()):
+        return b64url(_json(header))
+    key = tuple(header.items())
+    segment = _HEADERS.get(key)
+    if segment is None:
+        segment = b64url(_json(header))
+        if len(_HEADERS) > 64:
+            _HEADERS.clear()
+        _HEADERS[key] = segment
+    return segment
+
+
 def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
     alg = header["alg"]
-    signing_input = f"{b64url(_json(header))}.{b64url(_json(claims))}".encode("ascii")
+    signing_input = f"{_header_segment(header)}.{b64url(_json(claims))}".encode("ascii")
     if alg == "ES256":
         der = key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
         r, s = decode_dss_signature(der)

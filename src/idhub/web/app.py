@@ -31,6 +31,7 @@ ROUTE_MODULES = (
     "idhub.web.discovery",
     "idhub.web.oauth",
     "idhub.web.login",
+    "idhub.web.upstream",
     "idhub.web.account",
     "idhub.web.authorize",
     "idhub.web.logout",

@@ -108,6 +108,18 @@ MESSAGES: dict[str, dict[str, str]] = {
         "signed_in_systems": "本次登录已进入的系统",
         "signed_in_next": "现在打开公司的业务系统（如 OA、报销）无需再次登录。",
         "signed_in_account": "管理账号安全：密码、两步验证、通行密钥",
+        # --- sign-in through an upstream provider (web/upstream.py) ---
+        "upstream_dingtalk": "钉钉扫码登录",
+        "upstream_wecom": "企业微信登录",
+        "upstream_state": "这次登录已失效或不是在本浏览器发起的，请回到登录页重新登录。",
+        "upstream_cancelled": "登录未完成（已取消或未授权），请重新登录。",
+        "upstream_code_refused": "登录凭证无效或已过期，请重新扫码登录。",
+        "upstream_unknown_user": "该账号尚未开通统一身份认证，请联系管理员。",
+        "upstream_user_disabled": "该账号已停用，请联系管理员。",
+        "upstream_not_member": "您不是本企业的成员，无法登录。",
+        "upstream_unavailable": "登录服务暂时无法连接，请稍后再试或使用密码登录。",
+        "upstream_unknown_provider": "没有这种登录方式。",
+        "upstream_failed": "通过第三方登录失败，请稍后再试或使用密码登录。",
     },
     "en": {
         "app_name": "idhub single sign-on",
@@ -228,6 +240,25 @@ MESSAGES: dict[str, dict[str, str]] = {
             "You can now open your company's systems (OA, reimbursement) without signing in again."
         ),
         "signed_in_account": "Account security: password, two-step verification, passkeys",
+        # --- sign-in through an upstream provider (web/upstream.py) ---
+        "upstream_dingtalk": "Sign in with DingTalk",
+        "upstream_wecom": "Sign in with WeCom",
+        "upstream_state": (
+            "This sign-in has expired or was started in another browser; please start again "
+            "from the sign-in page."
+        ),
+        "upstream_cancelled": "The sign-in was cancelled or not approved; please try again.",
+        "upstream_code_refused": "The sign-in code was refused or has expired; please try again.",
+        "upstream_unknown_user": (
+            "This account has no idhub identity yet; please contact your administrator."
+        ),
+        "upstream_user_disabled": "This account is disabled; please contact your administrator.",
+        "upstream_not_member": "You are not a member of this organisation and cannot sign in.",
+        "upstream_unavailable": (
+            "The sign-in service cannot be reached right now; try again later or use your password."
+        ),
+        "upstream_unknown_provider": "There is no such way to sign in.",
+        "upstream_failed": "Signing in through the other provider failed; try again later.",
     },
 }
 

@@ -9,8 +9,9 @@ owed) is the sign-in core's; the second-factor step itself is in `web/second_fac
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -21,6 +22,7 @@ from idhub.bootstrap import Services
 from idhub.core.clients import ClientRegistry
 from idhub.core.remembered_devices import DEVICE_COOKIE
 from idhub.core.signin import PasswordSignIn, PasswordStep, SignedIn, SignInCore
+from idhub.core.upstream import UpstreamProvider
 from idhub.errors import AuthenticationFailed, DirectoryUnavailable, TooManyAttempts
 from idhub.web.browser import Browser, browser_for
 from idhub.web.middleware import request_context
@@ -58,7 +60,9 @@ class Login:
         browser: Browser,
         steps: SecondFactorStep,
         systems: ReturnPathSystem,
+        upstream: Sequence[UpstreamProvider] = (),
     ) -> None:
+        self._upstream = tuple(upstream)
         self._signin = signin
         self._clients = clients
         self._browser = browser
@@ -83,8 +87,18 @@ class Login:
             "error": error,
             "client_name": await run_in_threadpool(self.client_name_for, return_to),
             "minutes": minutes,
+            "upstream": self.upstream_buttons(return_to),
         }
         return self._browser.form_page(request, "login.html", context, status=status)
+
+    def upstream_buttons(self, return_to: str | None) -> list[dict[str, str]]:
+        """ "钉钉扫码登录" / "企业微信登录" / another provider's: one per configured provider,
+        each carrying the same return path as the form (web/upstream.py)."""
+        query = f"?{urlencode({'return_to': return_to})}" if return_to else ""
+        return [
+            {"url": f"/login/upstream/{p.name}{query}", "kind": p.kind, "label": p.label}
+            for p in self._upstream
+        ]
 
     def signed_in_page(self, request: Request, signed_in: SignedIn) -> Response:
         """Signed in with nowhere to return to: who, since when, the systems this session
@@ -210,6 +224,7 @@ def routes(services: Services) -> list[BaseRoute]:
         browser=browser_for(services),
         steps=steps,
         systems=return_path_system(services),
+        upstream=services.upstream.providers(),
     )
     return [
         Route("/login", endpoint.get, methods=["GET"]),

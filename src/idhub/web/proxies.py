@@ -9,6 +9,7 @@ This is the one place that decides; uvicorn's own proxy-header handling is switc
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 
@@ -20,9 +21,13 @@ HEADERS = {"x-forwarded-for": b"x-forwarded-for", "forwarded": b"forwarded"}
 MAX_HOPS = 20
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_address(value: str) -> Address | None:
     """An address from a header entry: `203.0.113.7`, `203.0.113.7:4711`, `2001:db8::1`,
-    `[2001:db8::1]:4711`, or None for anything else (`unknown`, obfuscated names, garbage)."""
+    `[2001:db8::1]:4711`, or None for anything else (`unknown`, obfuscated names, garbage).
+
+    Remembered (addresses are immutable): every request parses its peer's address, and the
+    `ipaddress` parse was the costliest part of the request context."""
     text = value.strip().strip('"').strip()
     if text.startswith("["):
         text = text[1:].split("]", 1)[0]

@@ -23,6 +23,7 @@ from idhub.core.directory.plan import (
     ChangeKind,
     StoredUser,
     UserChange,
+    _attributes_after,
 )
 from idhub.core.identity import LOCAL_SOURCE
 
@@ -89,6 +90,9 @@ def plan_linked(
             diff["username"] = (stored.username, entry.username)
         if not _same_dn(stored.dn, entry.dn):
             diff["dn"] = (stored.dn, entry.dn)
+    # Keys the source owns in `attributes` (DingTalk's unionid, which sign-in matches on) are
+    # its own whatever precedence says: no other source writes them.
+    attributes = _attributes_after(stored, entry, diff)
     kind: ChangeKind | None = None
     reason = stored.disabled_reason
     if authoritative:
@@ -127,6 +131,7 @@ def plan_linked(
         link_key=match.key if match else None,
         link_hash=value_hash(match.value) if match and match.value else None,
         fill_attrs=fill,
+        attributes=attributes,
     )
 
 

@@ -137,6 +137,10 @@ class SourceUser:
     disabled: bool
     modified: str | None
     member_of: tuple[str, ...] = ()
+    # Values the source owns beyond the fields above, kept in the user's `attributes` under
+    # these keys (DingTalk's unionid, which sign-in with DingTalk matches on, and title).
+    # Keys a source does not name are left as they are.
+    attributes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ class StoredUser:
     creator: str = ""
     own: Mapping[str, Any] | None = None
     others: tuple[tuple[str, Mapping[str, Any] | None], ...] = ()
+    attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,9 @@ class UserChange:
         if self.values is not None:
             return self.values.get("department")
         return self.entry.department if self.entry else None
+
+    # The user's whole `attributes` after the change, when a source-owned key changes.
+    attributes: Mapping[str, Any] | None = None
 
     def diff(self) -> Mapping[str, tuple[Any, Any]]:
         """field -> (before, after). A create's is derived from its entry on demand rather
@@ -186,6 +190,7 @@ def plan_user(stored: StoredUser | None, entry: SourceUser) -> UserChange | None
                 continue
         if before != after:
             diff[name] = (before, after)
+    attributes = _attributes_after(stored, entry, diff)
     kind: ChangeKind | None = None
     reason = stored.disabled_reason
     if entry.disabled and not stored.disabled:
@@ -210,7 +215,22 @@ def plan_user(stored: StoredUser | None, entry: SourceUser) -> UserChange | None
         user_id=stored.id,
         entry=entry,
         disabled_reason=reason,
+        attributes=attributes,
     )
+
+
+def _attributes_after(
+    stored: StoredUser, entry: SourceUser, diff: dict[str, tuple[Any, Any]]
+) -> Mapping[str, Any] | None:
+    """The stored attributes with the source's keys set, if any of them changes (each change
+    noted in `diff` as `attributes.<key>`); None when they all agree."""
+    changed = False
+    for key, value in entry.attributes:
+        before = stored.attributes.get(key)
+        if before != value:
+            diff[f"attributes.{key}"] = (before, value)
+            changed = True
+    return {**stored.attributes, **dict(entry.attributes)} if changed else None
 
 
 def _value(entry: SourceUser, name: str) -> Any:

@@ -2,7 +2,7 @@
 user's (source, external_id) becomes its first, creating link
 
 Revision ID: 0014
-Revises: 0013
+Revises: 0015 (re-chained after main's 0015 at the merge of main)
 Create Date: 2026-12-01 14:30:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0013"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
