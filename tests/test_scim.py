@@ -111,8 +111,11 @@ def test_each_source_sees_and_changes_only_its_own(scim: Scim) -> None:
     assert scim.crm.patch(f"/Users/{mine['id']}", json=change).status_code == 404
     assert scim.crm.delete(f"/Users/{mine['id']}").status_code == 404
     assert not scim.services.identity.get_user_by_username("carol").disabled
-    # Nor may it take over the person's userName.
-    assert scim.crm.post("/Users", json=user_body("carol")).status_code == 409
+    # Nor may it take over the person's userName with someone else (other link keys: a
+    # different person; the same keys would link it to carol, core/directory/linking.py).
+    other = user_body("carol", emails=[{"value": "another.carol@example.cn", "primary": True}])
+    other[ENTERPRISE] = {"employeeNumber": "E-another-carol"}
+    assert scim.crm.post("/Users", json=other).status_code == 409
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {HR_TOKEN}"}):
         answer = httpx.get(scim.url + "/Users", headers=headers)
         assert answer.status_code == 401 and answer.json()["status"] == "401"

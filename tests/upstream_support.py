@@ -51,10 +51,17 @@ def running_dingtalk() -> Iterator[DingTalkFake]:
 
 def wecom_org() -> Any:
     """The same shape as the DingTalk org, with WeCom's own userids (wc...): usernames are
-    unique across sources, and these are different people."""
+    unique across sources, and these are different people (so their employee numbers and
+    mobiles differ too: with the same ones they would be linked as one person)."""
     org = wecom_company(users=8, departments=3)
     org.members = {
-        "wc" + k[2:]: replace(m, userid="wc" + k[2:], email=f"wc{k[2:]}@example.com")
+        "wc" + k[2:]: replace(
+            m,
+            userid="wc" + k[2:],
+            email=f"wc{k[2:]}@example.com",
+            job_number=f"W{k[2:]}",
+            mobile=f"13900{k[2:]}",
+        )
         for k, m in org.members.items()
     }
     return org

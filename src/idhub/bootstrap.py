@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from idhub.core.client_guard import ClientAuthGuard
     from idhub.core.clients import ClientRegistry
     from idhub.core.consent import Consents
+    from idhub.core.directory.link_admin import LinkAdmin
     from idhub.core.directory.local_departments import LocalDepartments
     from idhub.core.directory.local_groups import LocalGroups
     from idhub.core.directory.ports import DirectorySource
@@ -809,6 +810,14 @@ class Services:
         return SqlDirectoryStore(self.engine, self.clock)
 
     @cached_property
+    def link_admin(self) -> LinkAdmin:
+        """An admin's links and unlinks of people across sources (`idhub user link`)."""
+        from idhub.adapters.link_store import SqlLinkStore
+        from idhub.core.directory.link_admin import LinkAdmin
+
+        return LinkAdmin(SqlLinkStore(self.engine, self.clock), self.unit_of_work)
+
+    @cached_property
     def local_departments(self) -> LocalDepartments:
         """Departments an admin keeps by hand (`idhub department ...`)."""
         from idhub.adapters.directory_admin_store import SqlDirectoryAdminStore
@@ -862,6 +871,7 @@ class Services:
                 refresh=lambda: self.authz.refresh_directory(),
             ),
             uow=self.unit_of_work,
+            linking=self.settings.identity,
         )
 
     def oa_sync(self, source: str) -> DirectorySync:
@@ -891,6 +901,7 @@ class Services:
                 refresh=lambda: self.authz.refresh_directory(),
             ),
             uow=self.unit_of_work,
+            linking=self.settings.identity,
         )
 
     def oa_source(self, source: str) -> OaSourceSettings:
@@ -1498,6 +1509,7 @@ class Services:
             {name: s.token_sha256 for name, s in self.settings.scim_sources.items()},
             new_id=lambda: str(uuid.uuid4()),
             sessions=self.logout,
+            linking=self.settings.identity,
         )
 
 

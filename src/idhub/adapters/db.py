@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
 )
 
 NAMING = {
@@ -81,6 +82,55 @@ users = Table(
     UniqueConstraint("source", "external_id", name="uq_users_source_external_id"),
 )
 Index("ix_users_department", users.c.department_id)
+# The link keys a SCIM request looks a person up by, one at a time (core/directory/linking.py;
+# a sync reads them all at once instead).
+Index("ix_users_employee_id", users.c.employee_id)
+Index("ix_users_email_lower", func.lower(users.c.email))
+Index("ix_users_phone", users.c.phone)
+
+# One identity per person (core/directory/linking.py): every (source, external id) that
+# describes an idhub user. users.source / external_id stay the creating link.
+user_links = Table(
+    "user_links",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(200), nullable=False),
+    Column("linked_at", Float, nullable=False),
+    # "created" (the source made the user), "sync:<source>", "scim:<source>", "admin:<name>"
+    Column("linked_by", String(200), nullable=False),
+    # The link key that matched ("employee_number", "email", "mobile"), and a hash of the
+    # canonical value (not the value: no second copy of personal data); NULL for "created".
+    Column("key", String(50), nullable=True),
+    Column("value_hash", String(64), nullable=True),
+    # What this source last said about the person (display_name, email, ..., dn), so
+    # precedence can tell which ranked source provides a value. NULL: the users row (a
+    # person only one source describes, the common case, costs nothing extra).
+    Column("attrs", JSON, nullable=True),
+    UniqueConstraint("source", "external_id", name="uq_user_links_source_external_id"),
+)
+Index("ix_user_links_user", user_links.c.user_id)
+
+# People a source presented that matched more than one idhub user (or one already linked to
+# another person of that source): neither created nor linked until an admin decides.
+identity_conflicts = Table(
+    "identity_conflicts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("external_id", String(200), nullable=False),
+    Column("username", String(200), nullable=True),
+    Column("key", String(50), nullable=False),
+    Column("reason", String(300), nullable=False, default=""),
+    Column("candidates", JSON, nullable=False, default=list),  # idhub user ids
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("resolved_at", Float, nullable=True),
+    Column("resolved_by", String(200), nullable=True),
+)
+Index("ix_identity_conflicts_source", identity_conflicts.c.source, identity_conflicts.c.external_id)
+Index("ix_identity_conflicts_username", identity_conflicts.c.source, identity_conflicts.c.username)
 
 groups = Table(
     "groups",

@@ -10,9 +10,10 @@ id), so replaying a batch after a crash cannot create a duplicate.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, insert, select, update
+from sqlalchemy import and_, bindparam, delete, insert, literal, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from idhub.adapters._storage_errors import (
@@ -24,6 +25,8 @@ from idhub.adapters.db import (
     departments,
     group_members,
     groups,
+    identity_conflicts,
+    user_links,
     users,
 )
 from idhub.adapters.sync_ledger import SqlSyncLedger, lease_owner
@@ -32,7 +35,7 @@ from idhub.core.directory.dn import dn_key
 from idhub.core.directory.mapping import SourceGroup
 from idhub.core.directory.plan import StoredUser, UserChange, plan_memberships
 from idhub.core.directory.ports import PendingGroupChange
-from idhub.core.identity import new_subject, parent_paths
+from idhub.core.identity import LOCAL_SOURCE, new_subject, parent_paths
 
 __all__ = ["SqlDirectoryStore", "lease_owner"]
 
@@ -55,11 +58,12 @@ class SqlDirectoryStore(SqlSyncLedger):
     def stored_users(
         self, source: str, external_ids: Collection[str] | None = None
     ) -> dict[str, StoredUser]:
+        """The people this source is linked to, keyed by its external id (user_links)."""
         query = (
             select(
                 users.c.id,
                 users.c.sub,
-                users.c.external_id,
+                user_links.c.external_id,
                 users.c.username,
                 users.c.display_name,
                 users.c.email,
@@ -69,19 +73,44 @@ class SqlDirectoryStore(SqlSyncLedger):
                 users.c.dn,
                 users.c.disabled,
                 users.c.disabled_reason,
+                users.c.source,
+                user_links.c.attrs,
                 users.c.attributes,
             )
-            .select_from(users.outerjoin(departments, users.c.department_id == departments.c.id))
-            .where(users.c.source == source)
+            .select_from(
+                user_links.join(users, users.c.id == user_links.c.user_id).outerjoin(
+                    departments, users.c.department_id == departments.c.id
+                )
+            )
+            .where(user_links.c.source == source)
+        )
+        me = user_links.alias("me")
+        other = user_links.alias("other")
+        others_query = (
+            select(me.c.external_id, other.c.source, other.c.attrs)
+            .select_from(other.join(me, me.c.user_id == other.c.user_id))
+            .where(me.c.source == source, other.c.source != source)
         )
         out: dict[str, StoredUser] = {}
+        others: dict[str, list[tuple[str, Any]]] = {}
         with connect(self._engine) as conn:
             if external_ids is None:
                 rows: Any = conn.execute(query)
                 self._collect(rows, out)
+                for ext, src, attrs in conn.execute(others_query):
+                    others.setdefault(ext, []).append((src, attrs))
             else:
                 for chunk in _chunks(external_ids):
-                    self._collect(conn.execute(query.where(users.c.external_id.in_(chunk))), out)
+                    self._collect(
+                        conn.execute(query.where(user_links.c.external_id.in_(chunk))), out
+                    )
+                    for ext, src, attrs in conn.execute(
+                        others_query.where(me.c.external_id.in_(chunk))
+                    ):
+                        others.setdefault(ext, []).append((src, attrs))
+        for ext, links in others.items():
+            if ext in out:
+                out[ext] = replace(out[ext], others=tuple(sorted(links, key=lambda x: x[0])))
         return out
 
     @staticmethod
@@ -89,16 +118,112 @@ class SqlDirectoryStore(SqlSyncLedger):
         for r in rows:
             out[r[2]] = StoredUser(
                 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], bool(r[10]), r[11],
-                dict(r[12] or {}),
+                creator=r[12], own=r[13], attributes=dict(r[14] or {}),
             )  # fmt: skip
+
+    def stored_people(self, user_ids: Collection[int]) -> dict[int, StoredUser]:
+        query = select(
+            users.c.id,
+            users.c.sub,
+            users.c.external_id,
+            users.c.username,
+            users.c.display_name,
+            users.c.email,
+            users.c.phone,
+            users.c.employee_id,
+            departments.c.path,
+            users.c.dn,
+            users.c.disabled,
+            users.c.disabled_reason,
+            users.c.source,
+            users.c.attributes,
+        ).select_from(users.outerjoin(departments, users.c.department_id == departments.c.id))
+        out: dict[int, StoredUser] = {}
+        with connect(self._engine) as conn:
+            for chunk in _chunks(user_ids):
+                links: dict[int, list[tuple[str, Any]]] = {}
+                for uid, src, attrs in conn.execute(
+                    select(user_links.c.user_id, user_links.c.source, user_links.c.attrs).where(
+                        user_links.c.user_id.in_(chunk)
+                    )
+                ):
+                    links.setdefault(uid, []).append((src, attrs))
+                for r in conn.execute(query.where(users.c.id.in_(chunk))):
+                    out[r[0]] = StoredUser(
+                        r[0],
+                        r[1],
+                        r[2] or "",
+                        r[3],
+                        r[4],
+                        r[5],
+                        r[6],
+                        r[7],
+                        r[8],
+                        r[9],
+                        bool(r[10]),
+                        r[11],
+                        creator=r[12],
+                        own=None,
+                        others=tuple(sorted(links.get(r[0], []), key=lambda x: x[0])),
+                        attributes=dict(r[13] or {}),
+                    )
+        return out
+
+    def link_people(
+        self,
+    ) -> Iterator[tuple[int, str | None, str | None, str | None, frozenset[str]]]:
+        with connect(self._engine) as conn:
+            linked: dict[int, set[str]] = {}
+            for uid, src in conn.execute(select(user_links.c.user_id, user_links.c.source)):
+                linked.setdefault(uid, set()).add(src)
+            rows = conn.execute(
+                select(users.c.id, users.c.email, users.c.phone, users.c.employee_id).where(
+                    or_(
+                        users.c.email.is_not(None),
+                        users.c.phone.is_not(None),
+                        users.c.employee_id.is_not(None),
+                    )
+                )
+            ).all()
+        for uid, email, phone, number in rows:
+            yield uid, email, phone, number, frozenset(linked.get(uid, ()))
+
+    def record_conflicts(self, conflicts: Sequence[Mapping[str, Any]]) -> None:
+        """Opens a conflict per person, or refreshes the open one (last seen, candidates)."""
+        now = self._clock.now()
+        with begin(self._engine) as conn:
+            for found in conflicts:
+                where = (
+                    identity_conflicts.c.source == found["source"],
+                    identity_conflicts.c.external_id == found["external_id"],
+                    identity_conflicts.c.resolved_at.is_(None),
+                )
+                values = {
+                    "username": found.get("username"),
+                    "key": found.get("key") or "",
+                    "reason": str(found.get("reason", ""))[:300],
+                    "candidates": list(found.get("candidates", ())),
+                    "last_seen": now,
+                }
+                if not conn.execute(
+                    update(identity_conflicts).where(*where).values(values)
+                ).rowcount:
+                    conn.execute(
+                        insert(identity_conflicts).values(
+                            source=found["source"],
+                            external_id=found["external_id"],
+                            first_seen=now,
+                            **values,
+                        )
+                    )
 
     def enabled_ids(self, source: str) -> set[str]:
         with connect(self._engine) as conn:
             return set(
                 conn.execute(
-                    select(users.c.external_id).where(
-                        users.c.source == source, users.c.disabled.is_(False)
-                    )
+                    select(user_links.c.external_id)
+                    .select_from(user_links.join(users, users.c.id == user_links.c.user_id))
+                    .where(user_links.c.source == source, users.c.disabled.is_(False))
                 ).scalars()
             )
 
@@ -121,8 +246,15 @@ class SqlDirectoryStore(SqlSyncLedger):
         creates: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         gone: list[dict[str, Any]] = []
+        new_links: list[dict[str, Any]] = []
+        unlinks: list[dict[str, Any]] = []
+        link_attrs: list[dict[str, Any]] = []
+        fills: list[dict[str, Any]] = []
         for change in changes:
             entry = change.entry
+            if change.kind == "unlink":
+                unlinks.append({"_ext": change.external_id})
+                continue
             disabled = change.disabled_reason is not None
             state = {
                 "disabled": disabled,
@@ -132,14 +264,43 @@ class SqlDirectoryStore(SqlSyncLedger):
             if entry is None:
                 gone.append({"_id": change.user_id, **{f"v_{k}": v for k, v in state.items()}})
                 continue
+            if change.kind == "link":
+                new_links.append(
+                    {
+                        "user_id": change.user_id,
+                        "source": source,
+                        "external_id": change.external_id,
+                        "linked_at": now,
+                        "linked_by": f"sync:{source}",
+                        "key": change.link_key,
+                        "value_hash": change.link_hash,
+                        "attrs": dict(change.link_attrs or {}),
+                    }
+                )
+                if change.fill_attrs is not None:
+                    fills.append({"user_id": change.user_id, **change.fill_attrs})
+            elif change.link_attrs is not None:
+                link_attrs.append({"_ext": change.external_id, "_attrs": dict(change.link_attrs)})
+            said: Any = change.values if change.values is not None else None
+            if said is None:
+                said = {
+                    "username": entry.username,
+                    "display_name": entry.display_name,
+                    "email": entry.email,
+                    "phone": entry.phone,
+                    "employee_id": entry.employee_id,
+                    "department": entry.department,
+                    "dn": entry.dn,
+                }
+            department = said.get("department")
             fields: dict[str, Any] = {
-                "username": entry.username,
-                "display_name": entry.display_name,
-                "email": entry.email,
-                "phone": entry.phone,
-                "employee_id": entry.employee_id,
-                "department_id": department_ids.get(entry.department) if entry.department else None,
-                "dn": entry.dn,
+                "username": said["username"],
+                "display_name": said["display_name"] or "",
+                "email": said["email"],
+                "phone": said["phone"],
+                "employee_id": said["employee_id"],
+                "department_id": department_ids.get(department) if department else None,
+                "dn": said["dn"],
                 "updated_at": now,
                 **state,
             }
@@ -165,11 +326,26 @@ class SqlDirectoryStore(SqlSyncLedger):
                     fields.pop("disabled_at")
                 if change.attributes is not None:
                     fields["attributes"] = dict(change.attributes)
-                updates.append({"_id": change.user_id, **fields})
+                if change.fields or change.attributes is not None:
+                    updates.append({"_id": change.user_id, **fields})
         try:
             with begin(self._engine) as conn:
                 if creates:
                     conn.execute(insert(users), creates)
+                    # The creating link of each new user, read back by (source, external id).
+                    for chunk in _chunks([row["external_id"] for row in creates]):
+                        conn.execute(
+                            insert(user_links).from_select(
+                                ["user_id", "source", "external_id", "linked_at", "linked_by"],
+                                select(
+                                    users.c.id,
+                                    users.c.source,
+                                    users.c.external_id,
+                                    literal(now),
+                                    literal("created"),
+                                ).where(users.c.source == source, users.c.external_id.in_(chunk)),
+                            )
+                        )
                 if updates:
                     self._executemany_update(conn, updates)
                 if gone:
@@ -184,8 +360,72 @@ class SqlDirectoryStore(SqlSyncLedger):
                         ),
                         gone,
                     )
+                self._write_links(conn, source, new_links, unlinks, link_attrs, fills, now)
         except SQLAlchemyError as exc:
             raise storage_error_with_detail(exc, "directory sync could not write users") from exc
+
+    @staticmethod
+    def _write_links(
+        conn: Any,
+        source: str,
+        new_links: list[dict[str, Any]],
+        unlinks: list[dict[str, Any]],
+        link_attrs: list[dict[str, Any]],
+        fills: list[dict[str, Any]],
+        now: float,
+    ) -> None:
+        # First a person's existing links record the row (as adapters/_links.py does for one
+        # person, here in two statements per batch), then the new links go in.
+        if fills:
+            conn.execute(
+                update(user_links)
+                .where(user_links.c.user_id == bindparam("_uid"), user_links.c.attrs.is_(None))
+                .values(attrs=bindparam("_attrs")),
+                [{"_uid": f["user_id"], "_attrs": dict(f["row"])} for f in fills],
+            )
+            local = [f for f in fills if f["creator"] == LOCAL_SOURCE and not f.get("has_local")]
+            if local:
+                conn.execute(
+                    insert(user_links),
+                    [
+                        {
+                            "user_id": f["user_id"],
+                            "source": LOCAL_SOURCE,
+                            "external_id": str(f["user_id"]),
+                            "linked_at": now,
+                            "linked_by": "created",
+                            "attrs": dict(f["row"]),
+                        }
+                        for f in local
+                    ],
+                )
+        if new_links:
+            conn.execute(insert(user_links), new_links)
+            # A person linked by the sync is no longer a conflict.
+            conn.execute(
+                update(identity_conflicts)
+                .where(
+                    identity_conflicts.c.source == source,
+                    identity_conflicts.c.external_id == bindparam("_ext"),
+                    identity_conflicts.c.resolved_at.is_(None),
+                )
+                .values(resolved_at=now, resolved_by=f"sync:{source}"),
+                [{"_ext": row["external_id"]} for row in new_links],
+            )
+        if link_attrs:
+            conn.execute(
+                update(user_links)
+                .where(user_links.c.source == source, user_links.c.external_id == bindparam("_ext"))
+                .values(attrs=bindparam("_attrs")),
+                link_attrs,
+            )
+        if unlinks:
+            conn.execute(
+                delete(user_links).where(
+                    user_links.c.source == source, user_links.c.external_id == bindparam("_ext")
+                ),
+                unlinks,
+            )
 
     @staticmethod
     def _executemany_update(conn: Any, rows: list[dict[str, Any]]) -> None:
@@ -205,15 +445,19 @@ class SqlDirectoryStore(SqlSyncLedger):
             )
 
     def user_ids_by_dn(self, source: str) -> dict[str, int]:
+        """This source's DN of each person linked to it: the one its link recorded, else
+        (the creating source) the users row's."""
+        out: dict[str, int] = {}
         with connect(self._engine) as conn:
-            return {
-                dn_key(dn): uid
-                for uid, dn in conn.execute(
-                    select(users.c.id, users.c.dn).where(
-                        users.c.source == source, users.c.dn.is_not(None)
-                    )
-                )
-            }
+            for uid, dn, attrs in conn.execute(
+                select(users.c.id, users.c.dn, user_links.c.attrs)
+                .select_from(user_links.join(users, users.c.id == user_links.c.user_id))
+                .where(user_links.c.source == source)
+            ):
+                mine = attrs.get("dn") if attrs else dn
+                if mine:
+                    out[dn_key(mine)] = uid
+        return out
 
     # ------------------------------------------------------------ departments
 

@@ -10,7 +10,14 @@ from sqlalchemy import Connection, Engine, Row, bindparam, delete, func, insert,
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
-from idhub.adapters.db import departments, group_members, groups, password_history, users
+from idhub.adapters.db import (
+    departments,
+    group_members,
+    groups,
+    password_history,
+    user_links,
+    users,
+)
 from idhub.adapters.unit_of_work import begin, connect
 from idhub.core.clock import Clock
 from idhub.core.identifiers import canonical_name
@@ -25,6 +32,8 @@ from idhub.core.identity import (
 )
 from idhub.errors import Conflict, InvalidInput, NotFound
 
+# The columns that are a source's word about a person (user_links.attrs).
+_SAID = {"display_name", "email", "phone", "employee_id"}
 _UPDATABLE = {
     "username",
     "display_name",
@@ -167,6 +176,17 @@ class SqlIdentityStore:
                     )
                 )
                 user_id = result.inserted_primary_key[0]  # type: ignore[index]
+                if external_id is not None:
+                    # A source-made user's creating link (one identity per person).
+                    conn.execute(
+                        insert(user_links).values(
+                            user_id=user_id,
+                            source=source,
+                            external_id=external_id,
+                            linked_at=now,
+                            linked_by="created",
+                        )
+                    )
         except IntegrityError:
             raise Conflict(f"a user named {username!r} already exists") from None
         created = self.get_user(int(user_id))
@@ -177,8 +197,10 @@ class SqlIdentityStore:
         unknown = set(changes) - _UPDATABLE - {"department_path"}
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+        said = {k: v for k, v in changes.items() if k in _SAID}
         if "department_path" in changes:
             path = changes.pop("department_path")
+            said["department"] = path or None
             changes["department_id"] = self.ensure_department(path).id if path else None
         try:
             with begin(self._engine) as conn:
@@ -187,6 +209,8 @@ class SqlIdentityStore:
                     .where(users.c.id == user_id)
                     .values(**changes, updated_at=self._clock.now())
                 ).rowcount
+                if said:
+                    self._record_local_word(conn, user_id, said)
         except IntegrityError:
             raise Conflict("the change clashes with another user") from None
         if not found:
@@ -194,6 +218,22 @@ class SqlIdentityStore:
         user = self.get_user(user_id)
         assert user is not None
         return user
+
+    @staticmethod
+    def _record_local_word(conn: Any, user_id: int, said: dict[str, Any]) -> None:
+        """An admin's edit of a linked local account is the `local` source's new word
+        (core/directory/linking.py precedence), not a value the next sync overrides."""
+        row = conn.execute(
+            select(user_links.c.id, user_links.c.attrs).where(
+                user_links.c.user_id == user_id, user_links.c.source == LOCAL_SOURCE
+            )
+        ).first()
+        if row is not None:
+            conn.execute(
+                update(user_links)
+                .where(user_links.c.id == row.id)
+                .values(attrs={**(row.attrs or {}), **said})
+            )
 
     def set_password_hash(self, user_id: int, password_hash: str) -> None:
         with begin(self._engine) as conn:

@@ -9,11 +9,20 @@ from typing import Any, TextIO
 
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
+from idhub.cli.links import register_sync_commands
 from idhub.core.directory.plan import SyncPlan, UserChange
 from idhub.core.directory.sync import DirectorySync
 
 EXIT_FAILED_CHECK = 1
-SYMBOLS = {"create": "+", "update": "~", "move": ">", "disable": "-", "enable": "^"}
+SYMBOLS = {
+    "create": "+",
+    "update": "~",
+    "move": ">",
+    "disable": "-",
+    "enable": "^",
+    "link": "=",
+    "unlink": "/",
+}
 
 
 def register(sub: Any) -> None:
@@ -56,6 +65,7 @@ def register(sub: Any) -> None:
     p = sync_sub.add_parser("status", help="last runs and state of every source")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_sync_status)
+    register_sync_commands(sync_sub)
 
 
 # ------------------------------------------------------------------ directory test
@@ -187,6 +197,9 @@ def describe_change(change: UserChange) -> str:
         return f"{after.get('display_name', '')} {after.get('department') or ''}{extra}".strip()
     if change.kind == "disable" and change.entry is None:
         return "gone from the directory"
+    if change.kind == "unlink":
+        gone = "gone from" if change.entry is None else "disabled in"
+        return f"{gone} a source that is not authoritative: link dropped, user kept"
     parts = []
     for name, (before, after) in change.fields.items():
         if name == "disabled":
@@ -197,6 +210,8 @@ def describe_change(change: UserChange) -> str:
         )
     if change.kind == "disable":
         parts.insert(0, "disabled in the directory")
+    if change.kind == "link":
+        parts.insert(0, f"linked by {change.link_key}")
     return "; ".join(parts)
 
 
@@ -205,7 +220,16 @@ def _print_report(
 ) -> None:
     title = "plan (dry run, nothing changed)" if dry_run else f"run {run_id}: {status}"
     print(f"{plan.source} {plan.mode} sync - {title}")
-    keys = ("seen", "create", "update", "move", "disable", "enable", "departments_created")
+    keys: tuple[str, ...] = (
+        "seen",
+        "create",
+        "update",
+        "move",
+        "disable",
+        "enable",
+        "departments_created",
+    )
+    keys += tuple(k for k in ("link", "unlink", "conflicts") if counts.get(k))
     extra = [
         k
         for k in (

@@ -15,6 +15,7 @@ from typing import Any
 
 from idhub.cli._context import CliContext
 from idhub.cli._output import print_json, print_table
+from idhub.cli.links import register_user_commands
 from idhub.core.audit import Actor, EventType
 from idhub.core.identity import LOCAL_SOURCE, User, require_department
 from idhub.errors import InvalidInput, NotFound
@@ -76,6 +77,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_set_password)
 
     register_mfa(user_sub)
+    register_user_commands(user_sub)
 
 
 def read_password(*, from_stdin: bool) -> str:

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
 from idhub.config.defences import check_defences
+from idhub.config.identity import identity_rules
 from idhub.config.ldap import ldap_sources
 from idhub.config.oa import oa_sources
 from idhub.config.production import production_problem, require_production_ready
@@ -263,13 +264,15 @@ def load_settings(
             sections[name] = _build_section(
                 _SECTIONS[name], value, section=name, base=base, fail=fail
             )
-        elif name in ("directory", "upstream"):
+        elif name in ("directory", "identity", "upstream"):
             if not isinstance(value, dict):
                 raise locator.error(f"[{name}] must be a table", name)
         elif name in _TOP_LEVEL or name == "secret_key":
             continue
         else:
-            known = ", ".join(sorted([*_SECTIONS, "directory", "upstream", *_TOP_LEVEL]))
+            known = ", ".join(
+                sorted([*_SECTIONS, "directory", "identity", "upstream", *_TOP_LEVEL])
+            )
             raise locator.error(f"unknown section or setting {name!r} (known: {known})", name)
     if "secret_key" in doc:
         raise locator.error(
@@ -332,6 +335,7 @@ def load_settings(
         ldap_sources=ldap_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
         scim_sources=scim_sources(doc.get("directory", {}), locator=locator),
         oa_sources=oa_sources(doc.get("directory", {}), env=env, base=base, locator=locator),
+        identity=identity_rules(doc, locator=locator),
         upstream_oidc=upstream_oidc(doc.get("upstream", {}), env=env, base=base, locator=locator),
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from idhub.config._values import Secret, redact_url
+from idhub.core.directory.linking import LinkRules
 from idhub.core.directory.mapping import AttributeMap
 from idhub.errors import ConfigError
 
@@ -355,6 +356,8 @@ class Settings:
     scim_sources: Mapping[str, ScimSourceSettings] = field(default_factory=dict)
     # `[directory.dingtalk.<name>]` / `[directory.wecom.<name>]`, keyed "dingtalk:<name>".
     oa_sources: Mapping[str, OaSourceSettings] = field(default_factory=dict)
+    # `[identity]` and `[identity.precedence]`: one identity per person (config/identity.py).
+    identity: LinkRules = field(default_factory=LinkRules)
     # `[upstream.<name>]` tables of kind "oidc" parsed and checked (name -> settings).
     upstream_oidc: Mapping[str, UpstreamOidcSettings] = field(default_factory=dict)
 

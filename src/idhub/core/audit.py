@@ -70,6 +70,11 @@ class EventType(StrEnum):
     KEY_ROTATED = "key.rotated"
     SYNC_CHANGE = "sync.change"
     SYNC_RUN = "sync.run"
+    # One identity per person (core/directory/linking.py): a source's link to a user made or
+    # dropped, and a person left unlinked because the keys matched ambiguously.
+    IDENTITY_LINKED = "identity.linked"
+    IDENTITY_UNLINKED = "identity.unlinked"
+    IDENTITY_CONFLICT = "identity.conflict"
     POLICY_RELOADED = "policy.reloaded"
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"

@@ -41,14 +41,20 @@ def planned_directory(
     users = dict(canonical_directory(directory).users)
     touched: dict[str, str] = {}
     for change in changes:
+        if change.kind == "unlink":
+            continue  # only a link goes: the person stays as they are
         name = canonical_name(change.username)
         before = change.fields.get("username", (change.username, change.username))[0]
         old = users.pop(canonical_name(str(before)), None) if change.kind != "create" else None
         entry = change.entry
-        department = _path(entry.department) if entry is not None else None
+        wanted = change.department()  # for a linked person: what precedence chose
+        department = _path(wanted) if entry is not None and wanted else None
         if entry is None and old is not None:
             department = old.department
         disabled = entry.disabled if entry is not None else True
+        if change.values is not None:
+            # A linked person: only an authoritative source's disable counts (link_plan.py).
+            disabled = change.disabled_reason is not None
         if change.kind == "disable":
             disabled = True
         users[name] = DirectoryUser(

@@ -19,7 +19,8 @@ from typing import Any, Literal
 from idhub.core.directory.dn import dn_key, normalise_dn
 from idhub.core.directory.mapping import SourceGroup, SourceUser
 
-ChangeKind = Literal["create", "update", "move", "disable", "enable"]
+ChangeKind = Literal["create", "update", "move", "disable", "enable", "link", "unlink"]
+KINDS: tuple[ChangeKind, ...] = ("create", "update", "move", "disable", "enable", "link", "unlink")
 # Why the sync disabled someone; only users disabled for one of these are re-enabled by it.
 DISABLED_IN_SOURCE = "directory:disabled"
 GONE_FROM_SOURCE = "directory:gone"
@@ -46,6 +47,12 @@ class StoredUser:
     dn: str | None
     disabled: bool
     disabled_reason: str | None
+    # One identity per person (core/directory/linking.py): the source that created the user
+    # (users.source), what this source's link last recorded (None: the row's values), and
+    # the person's other links as (source, recorded values or None).
+    creator: str = ""
+    own: Mapping[str, Any] | None = None
+    others: tuple[tuple[str, Mapping[str, Any] | None], ...] = ()
     attributes: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +66,23 @@ class UserChange:
     user_id: int | None = None  # None for creates
     entry: SourceUser | None = None  # None for users gone from the source
     disabled_reason: str | None = None
+    # Linked people (core/directory/link_plan.py): the column values to write (None: the
+    # entry's, as for a person one source describes), this source's link record to write,
+    # the new link's key and value hash (kind "link"), and links to fill with the row's values.
+    values: Mapping[str, Any] | None = None
+    link_attrs: Mapping[str, Any] | None = None
+    link_key: str | None = None
+    link_hash: str | None = None
+    # A new link: {"row": the users row's values, "creator": users.source}, which the
+    # person's existing links (and a local account's own word) record first.
+    fill_attrs: Mapping[str, Any] | None = None
+
+    def department(self) -> str | None:
+        """The department path this change puts the person in."""
+        if self.values is not None:
+            return self.values.get("department")
+        return self.entry.department if self.entry else None
+
     # The user's whole `attributes` after the change, when a source-owned key changes.
     attributes: Mapping[str, Any] | None = None
 
@@ -102,11 +126,15 @@ class SyncPlan:
     sod: list[Mapping[str, Any]] = field(default_factory=list)
     held_back: list[str] = field(default_factory=list)
     held_changes: list[UserChange] = field(default_factory=list, repr=False)
+    # People matched ambiguously (core/directory/linking.py): neither created nor linked.
+    conflicts: list[Mapping[str, Any]] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         out = {kind: 0 for kind in ("create", "update", "move", "disable", "enable")}
         for change in self.changes:
-            out[change.kind] += 1
+            out[change.kind] = out.get(change.kind, 0) + 1
+        if self.conflicts:
+            out["conflicts"] = len(self.conflicts)
         out["seen"] = self.entries_seen
         out["departments_created"] = len(self.new_departments)
         out["warnings"] = len(self.warnings)
@@ -130,6 +158,7 @@ class SyncPlan:
             "changes_omitted": len(self.changes) - len(changes),
             "sod": list(self.sod),
             "held_back": list(self.held_back),
+            "conflicts": list(self.conflicts),
         }
 
 
@@ -279,7 +308,8 @@ def check_brake(
             f"the directory returned no users while idhub has {enabled_in_store} enabled users "
             "from this source; nothing was changed"
         )
-    disables = sum(1 for c in plan.changes if c.kind == "disable")
+    # Dropping a link is as drastic for a person as a disable: both count.
+    disables = sum(1 for c in plan.changes if c.kind in ("disable", "unlink"))
     if enabled_in_store and disables > max_disable_ratio * enabled_in_store:
         ratio = disables / enabled_in_store
         return (

@@ -23,6 +23,10 @@ class TruncatedResult(DirectoryError):
         self.seen = seen
 
 
+# (user id, email, phone, employee_id, the sources linked to the user)
+LinkPerson = tuple[int, str | None, str | None, str | None, frozenset[str]]
+
+
 class UserPageLike(Protocol):
     users: list[SourceUser]
     problems: list[str]
@@ -69,6 +73,18 @@ class SyncStore(Protocol):
         self, source: str, external_ids: Collection[str] | None = None
     ) -> dict[str, StoredUser]: ...
     def enabled_ids(self, source: str) -> set[str]: ...
+    def link_people(
+        self,
+    ) -> Iterator[tuple[int, str | None, str | None, str | None, frozenset[str]]]:
+        """Every idhub user as (id, email, phone, employee_id, linked sources): what the
+        link keys are matched against (core/directory/linking.py)."""
+        ...
+
+    def stored_people(self, user_ids: Collection[int]) -> dict[int, StoredUser]:
+        """Users by id, every link of theirs in `others` (candidates for a new link)."""
+        ...
+
+    def record_conflicts(self, conflicts: Sequence[Mapping[str, Any]]) -> None: ...
     def usernames_taken(self, usernames: Collection[str]) -> dict[str, str]: ...
     def missing_departments(self, paths: Collection[str]) -> set[str]: ...
     def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]: ...

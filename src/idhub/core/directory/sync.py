@@ -16,13 +16,22 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent
 from idhub.core.clock import Clock
 from idhub.core.directory.change_marks import ChangeMark, later_mark, settled_mark
 from idhub.core.directory.dn import normalise_dn
+from idhub.core.directory.link_plan import check_simple, plan_gone_linked, plan_linked
+from idhub.core.directory.linking import (
+    Candidate,
+    LinkRules,
+    build_index,
+    canonical_keys,
+    match_person,
+)
+from idhub.core.directory.mapping import SourceUser
 from idhub.core.directory.plan import (
     StoredUser,
     SyncPlan,
@@ -96,8 +105,10 @@ class DirectorySync:
         batch_size: int = DEFAULT_BATCH,
         clock_skew: float = 30.0,
         duties: DutyReviewer | None = None,
+        linking: LinkRules | None = None,
     ) -> None:
         self._uow = uow
+        self._rules = linking if linking is not None else LinkRules()
         self.source = source_name
         self._dir = directory
         self._store = store
@@ -241,7 +252,7 @@ class DirectorySync:
                         previous = stored_all.pop(entry.external_id, None)
                     else:
                         previous = known.get(entry.external_id) if known else None
-                    change = plan_user(previous, entry)
+                    change = self._plan_entry(previous, entry)
                     if change is not None:
                         changes.append(change)
                 progress("read", plan.entries_seen, None)
@@ -270,8 +281,9 @@ class DirectorySync:
                     full_listing=True,
                 )
                 return plan
-        changes.extend(c for s in gone if (c := plan_gone(s)))
+        changes.extend(c for s in gone if (c := self._plan_gone(s)))
         del stored_all, gone
+        changes = self._link_new_people(plan, changes)
         if not enabled_in_store and any(c.kind == "disable" for c in changes):
             enabled_in_store = len(self._store.enabled_ids(self.source))
 
@@ -290,12 +302,10 @@ class DirectorySync:
         departments = self._dir.departments(since)
         for department in departments:
             high = later_mark(high, department.modified, self._mark)
-        wanted_paths = {
-            p
-            for c in changes
-            if c.entry and c.entry.department
-            for p in parent_paths(c.entry.department)
-        }
+        if not self._owns_tree():
+            # Another source is the department source: this one's tree is not idhub's.
+            departments = []
+        wanted_paths = {p for c in changes if (d := c.department()) for p in parent_paths(d)}
         wanted_paths |= {p for d in departments for p in parent_paths(d.path)}
         plan.new_departments = self._store.missing_departments(wanted_paths)
         plan.managers = {d.path: d.manager_dn for d in departments}
@@ -322,6 +332,112 @@ class DirectorySync:
             full_listing=full_listing,
         )
         return plan
+
+    # ------------------------------------------------------------ one identity per person
+
+    def _plan_entry(self, stored: StoredUser | None, entry: SourceUser) -> UserChange | None:
+        if stored is None or check_simple(stored, self.source):
+            return plan_user(stored, entry)
+        return plan_linked(stored, entry, source=self.source, rules=self._rules)
+
+    def _plan_gone(self, stored: StoredUser) -> UserChange | None:
+        if check_simple(stored, self.source):
+            return plan_gone(stored)
+        return plan_gone_linked(stored, source=self.source, rules=self._rules)
+
+    def _owns_tree(self) -> bool:
+        wanted = self._rules.department_source
+        return wanted is None or wanted == self.source
+
+    def _link_new_people(self, plan: SyncPlan, changes: list[UserChange]) -> list[UserChange]:
+        """Each person this source presents for the first time is matched against the idhub
+        users by the link keys (one bulk index per run, not a query per person): one candidate
+        becomes a link, an ambiguous match a conflict (neither created nor linked), no match
+        a create as before. A disabled person matching someone is left alone: a source's
+        leaver must not attach itself to the person who stayed."""
+        rules = self._rules
+        creates = [c for c in changes if c.kind == "create" and c.entry is not None]
+        if not creates or not rules.link_keys:
+            return changes
+        index = build_index(
+            (
+                uid,
+                canonical_keys(email=e, phone=p, employee_id=n, country_code=rules.country_code),
+                src,
+            )
+            for uid, e, p, n, src in self._store.link_people()
+        )
+        dropped: set[int] = set()
+        # People this run creates count as candidates for the rest of the run: two entries of
+        # one source with one key are two accounts, and the second is not guessed to be
+        # either of them (placeholder ids below zero: the user does not exist yet).
+        fresh = Candidate(-1, frozenset({self.source}))
+        links: list[tuple[UserChange, Any]] = []
+        claimed: dict[int, str] = {}
+        for change in creates:
+            entry = change.entry
+            assert entry is not None
+            keys = canonical_keys(
+                email=entry.email,
+                phone=entry.phone,
+                employee_id=entry.employee_id,
+                country_code=rules.country_code,
+            )
+            match = match_person(keys, index, source=self.source, order=rules.link_keys)
+            if match.outcome == "link" and match.user_id in claimed:
+                match = replace(
+                    match,
+                    outcome="conflict",
+                    reason=f"another person of {self.source} in this run matched the same user",
+                )
+            if match.outcome == "none":
+                for key, value in keys.items():
+                    index.setdefault(key, {}).setdefault(value, []).append(fresh)
+                continue
+            if match.outcome == "conflict" and any(c < 0 for c in match.candidates):
+                match = replace(
+                    match,
+                    candidates=tuple(c for c in match.candidates if c >= 0),
+                    reason=f"another person of {self.source} in this run has this "
+                    f"{(match.key or '').replace('_', ' ')}",
+                )
+            dropped.add(id(change))
+            if match.outcome == "conflict":
+                plan.conflicts.append(
+                    {
+                        "source": self.source,
+                        "external_id": entry.external_id,
+                        "username": entry.username,
+                        "key": match.key,
+                        "candidates": list(match.candidates),
+                        "reason": match.reason,
+                    }
+                )
+                plan.warnings.append(
+                    f"{entry.username} (id {entry.external_id}) not created or linked: "
+                    f"{match.reason} (see `idhub sync conflicts`)"
+                )
+            elif entry.disabled:
+                plan.warnings.append(
+                    f"{entry.username} (id {entry.external_id}) is disabled in the source and "
+                    "matches an existing user; not linked"
+                )
+            else:
+                assert match.user_id is not None
+                claimed[match.user_id] = entry.external_id
+                links.append((change, match))
+        people = self._store.stored_people(sorted(claimed)) if claimed else {}
+        kept = [c for c in changes if id(c) not in dropped]
+        for change, match in links:
+            stored = people.get(match.user_id)
+            assert change.entry is not None
+            if stored is None:  # removed between the index and now: create after all
+                kept.append(change)
+                continue
+            linked = plan_linked(stored, change.entry, source=self.source, rules=rules, match=match)
+            if linked is not None:
+                kept.append(linked)
+        return kept
 
     def _review_duties(self, plan: SyncPlan) -> None:
         """Holds back each change that would add a blocking segregation-of-duties violation;
@@ -380,8 +496,11 @@ class DirectorySync:
         counts: dict[str, Any] = {}
         directory_changed = False
         events: list[PendingEvent] = []
-        paths = {c.entry.department for c in plan.changes if c.entry and c.entry.department}
+        paths = {d for c in plan.changes if (d := c.department())}
         with self._uow.atomic() as tx:
+            if plan.conflicts:
+                self._store.record_conflicts(plan.conflicts)
+                tx.record_many([self._conflict_event(run_id, found) for found in plan.conflicts])
             if plan.new_departments:
                 self._store.ensure_departments(sorted(plan.new_departments), source=self.source)
                 directory_changed = True
@@ -405,6 +524,9 @@ class DirectorySync:
             with self._uow.atomic() as tx:
                 self._store.apply_users(batch, source=self.source, department_ids=department_ids)
                 tx.record_many([self._user_event(run_id, c) for c in batch])
+                tx.record_many(
+                    [self._link_event(run_id, c) for c in batch if c.kind in ("link", "unlink")]
+                )
             disabled_ids.extend(c.user_id for c in batch if c.kind == "disable" and c.user_id)
             if any("department" in c.fields for c in batch):
                 directory_changed = True
@@ -412,7 +534,7 @@ class DirectorySync:
             progress("apply", min(start + self._batch, total), total)
 
         dn_index: dict[str, int] | None = None
-        if plan.managers:
+        if plan.managers and self._sets_managers():
             dn_index = self._dn_index(plan)
             wanted = {
                 path: (dn_index.get(normalise_dn(dn)) if dn else None)
@@ -532,6 +654,43 @@ class DirectorySync:
             actor=self._actor,
             target=target,
             details={"source": self.source, "run_id": run_id, **details},
+        )
+
+    def _sets_managers(self) -> bool:
+        """Department heads come from the first source listed for "manager", else from the
+        department source, else (the default) from every source as before."""
+        listed = self._rules.precedence.get("manager", ())
+        if listed:
+            return listed[0] == self.source
+        return self._owns_tree()
+
+    def _link_event(self, run_id: str, change: UserChange) -> PendingEvent:
+        linked = change.kind == "link"
+        details: dict[str, Any] = {
+            "source": self.source,
+            "external_id": change.external_id,
+            "user_id": change.user_id,
+            "run_id": run_id,
+            "linked_by": f"sync:{self.source}",
+        }
+        if linked:
+            details["key"] = change.link_key
+        else:
+            details["reason"] = "gone from source" if change.entry is None else "disabled in source"
+        return PendingEvent(
+            EventType.IDENTITY_LINKED if linked else EventType.IDENTITY_UNLINKED,
+            actor=self._actor,
+            target=f"user:{change.username}",
+            details=details,
+        )
+
+    def _conflict_event(self, run_id: str, found: Mapping[str, Any]) -> PendingEvent:
+        return PendingEvent(
+            EventType.IDENTITY_CONFLICT,
+            actor=self._actor,
+            target=f"user:{found['username']}",
+            outcome="denied",
+            details={"run_id": run_id, **found},
         )
 
     def _user_event(self, run_id: str, change: UserChange) -> PendingEvent:

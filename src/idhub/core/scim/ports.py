@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +30,18 @@ class ScimRecord:
     deleted: bool = False
     # Groups only: SCIM ids of the members (users of the same source).
     members: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """A person several sources describe: the row's values and every other link's word."""
+
+    user_id: int
+    creator: str
+    username: str
+    disabled_reason: str | None
+    row: dict[str, Any]
+    others: tuple[tuple[str, Mapping[str, Any] | None], ...]
 
 
 class ScimStore(Protocol):
@@ -69,3 +81,37 @@ class ScimStore(Protocol):
 
     def delete_group(self, source: str, scim_id: str) -> None: ...
     def live_user_ids(self, source: str, scim_ids: Sequence[str]) -> set[str]: ...
+
+    # One identity per person (core/directory/linking.py)
+    def link_view(self, source: str, scim_id: str) -> LinkView | None: ...
+    def person_view(self, user_id: int) -> LinkView | None: ...
+    def link_candidates(self, keys: Mapping[str, str], *, country_code: str) -> dict[str, Any]: ...
+    def link_user(
+        self,
+        source: str,
+        scim_id: str,
+        user_id: int,
+        *,
+        columns: UserColumns,
+        doc: dict[str, Any],
+        key: str | None,
+        value_hash: str | None,
+    ) -> None: ...
+    def update_linked(
+        self,
+        source: str,
+        scim_id: str,
+        user_id: int,
+        *,
+        said: UserColumns,
+        columns: UserColumns,
+        doc: dict[str, Any],
+        deleted: bool = False,
+    ) -> None: ...
+    def drop_link(self, source: str, scim_id: str) -> None: ...
+    def reserved_id(self, source: str, username: str) -> tuple[str, bool] | None: ...
+    def linked_by_username(self, source: str, username: str) -> list[str]:
+        """SCIM ids of this source's links to people other sources made, by its userName."""
+        ...
+
+    def record_conflict(self, found: Mapping[str, Any]) -> None: ...

@@ -15,8 +15,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
+from idhub.core.directory.linking import (
+    LinkRules,
+    Match,
+    canonical_keys,
+    check_authoritative,
+    match_person,
+    resolve,
+    value_hash,
+)
 from idhub.core.directory.ports import SessionTerminator
 from idhub.core.identifiers import canonical_name
+from idhub.core.identity import LOCAL_SOURCE
 from idhub.core.scim.errors import (
     ScimError,
     invalid_syntax,
@@ -27,7 +37,7 @@ from idhub.core.scim.errors import (
 )
 from idhub.core.scim.filter import Compare, Logical, Node
 from idhub.core.scim.patch import apply_patch
-from idhub.core.scim.ports import ScimRecord, ScimStore, UserColumns
+from idhub.core.scim.ports import LinkView, ScimRecord, ScimStore, UserColumns
 from idhub.core.scim.query import ListQuery, project, select
 from idhub.core.scim.resources import (
     DISPLAYS,
@@ -91,7 +101,9 @@ class ScimService:
         *,
         new_id: Any,
         sessions: SessionTerminator | None = None,
+        linking: LinkRules | None = None,
     ) -> None:
+        self._rules = linking if linking is not None else LinkRules()
         self._sessions = sessions
         self._store = store
         self._uow = uow
@@ -181,7 +193,10 @@ class ScimService:
         elif name == "username" and kind == "User":
             owner = self._store.username_owner(canonical_name(node.value))
             if owner is None or owner[0] != call.owner:
-                return []
+                # A person this source is linked to (someone another source created) goes by
+                # the userName this source gave, kept on its link.
+                found = self._store.linked_by_username(call.owner, node.value)
+                return [r for i in found if (r := self._store.get_user(call.owner, i))]
             scim_id = owner[1]
         else:
             return None
@@ -205,8 +220,17 @@ class ScimService:
         if owner is not None:
             if owner[0] == call.owner and owner[1]:
                 revived = self._store.get_user(call.owner, owner[1])
-            if revived is None or not revived.deleted:
-                raise uniqueness(f"userName {doc['userName'][:100]!r} is already taken")
+        if revived is None:
+            reserved = self._store.reserved_id(call.owner, columns.username)
+            if reserved is not None and reserved[1]:
+                # An admin decided who this person is (idhub user link) after an ambiguous
+                # POST: the client's retry fills the link idhub reserved for it.
+                return self._fill_reserved(call, reserved[0], columns, doc)
+            match = self._match(call, columns, reserved[0] if reserved else None)
+            if match.outcome == "link":
+                return self._link(call, match, columns, doc, taken=owner is not None)
+        if owner is not None and (revived is None or not revived.deleted):
+            raise uniqueness(f"userName {doc['userName'][:100]!r} is already taken")
         with self._uow.atomic() as tx:
             if revived is not None:
                 scim_id = revived.scim_id
@@ -216,6 +240,159 @@ class ScimService:
                 self._store.create_user(call.owner, scim_id, columns, doc)
             tx.record_many([self._user_event(call, scim_id, "create", None, columns)])
         return self.get("User", call, scim_id)
+
+    # ------------------------------------------------------------ one identity per person
+
+    def _fill_reserved(
+        self, call: Call, scim_id: str, said: UserColumns, doc: dict[str, Any]
+    ) -> dict[str, Any]:
+        view = self._store.link_view(call.owner, scim_id)
+        if view is None:
+            raise not_found("the reserved link is gone; retry")
+        columns = self._effective(call, view, said)
+        with self._uow.atomic() as tx:
+            self._store.update_linked(
+                call.owner, scim_id, view.user_id, said=said, columns=columns, doc=doc
+            )
+            tx.record_many([self._user_event(call, scim_id, "link", _columns_of(view), columns)])
+        return self.get("User", call, scim_id)
+
+    def _match(self, call: Call, columns: UserColumns, reserved: str | None = None) -> Match:
+        """Whether the person being created is someone idhub has already (by the link keys).
+        An ambiguous match is recorded for an admin and refused (409): never a guess."""
+        rules = self._rules
+        if not rules.link_keys:
+            return Match("none")
+        keys = canonical_keys(
+            email=columns.email,
+            phone=columns.phone,
+            employee_id=columns.employee_id,
+            country_code=rules.country_code,
+        )
+        if not keys:
+            return Match("none")
+        index = self._store.link_candidates(keys, country_code=rules.country_code)
+        match = match_person(keys, index, source=call.owner, order=rules.link_keys)
+        if match.outcome == "conflict":
+            # The SCIM id the person will have (the same for every retry): the client never
+            # learns it until an admin's `idhub user link` names the person by it.
+            scim_id = reserved or self._new_id()
+            found = {
+                "source": call.owner,
+                "external_id": scim_id,
+                "username": columns.username,
+                "key": match.key,
+                "candidates": list(match.candidates),
+                "reason": match.reason,
+            }
+            with self._uow.atomic() as tx:
+                self._store.record_conflict(found)
+                tx.record_many(
+                    [
+                        PendingEvent(
+                            EventType.IDENTITY_CONFLICT,
+                            actor=Actor("system", call.owner),
+                            target=f"user:{columns.username}",
+                            outcome="denied",
+                            details={
+                                **found,
+                                "request_id": call.ctx.request_id if call.ctx else None,
+                            },
+                            ctx=call.ctx,
+                        )
+                    ]
+                )
+            raise uniqueness(
+                f"this person matches several idhub users ({match.reason}); an administrator "
+                "must link them (idhub sync conflicts)"
+            )
+        return match
+
+    def _link(
+        self, call: Call, match: Match, said: UserColumns, doc: dict[str, Any], *, taken: bool
+    ) -> dict[str, Any]:
+        assert match.user_id is not None
+        view = self._store.person_view(match.user_id)
+        if view is None:
+            raise not_found("the matching user is gone; retry")
+        if taken and view.username != said.username:
+            raise uniqueness(f"userName {doc['userName'][:100]!r} is already taken")
+        scim_id = self._new_id()
+        with self._uow.atomic() as tx:
+            self._store.link_user(
+                call.owner,
+                scim_id,
+                match.user_id,
+                columns=said,
+                doc=doc,
+                key=match.key,
+                value_hash=value_hash(match.value) if match.value else None,
+            )
+            linked = self._store.link_view(call.owner, scim_id)
+            assert linked is not None
+            columns = self._effective(call, linked, said)
+            self._store.update_linked(
+                call.owner, scim_id, match.user_id, said=said, columns=columns, doc=doc
+            )
+            tx.record_many(
+                [
+                    PendingEvent(
+                        EventType.IDENTITY_LINKED,
+                        actor=Actor("system", call.owner),
+                        target=f"user:{view.username}",
+                        details={
+                            "user_id": match.user_id,
+                            "source": call.owner,
+                            "external_id": scim_id,
+                            "key": match.key,
+                            "linked_by": call.owner,
+                            "request_id": call.ctx.request_id if call.ctx else None,
+                        },
+                        ctx=call.ctx,
+                    ),
+                    self._user_event(call, scim_id, "link", _columns_of(view), columns),
+                ]
+            )
+        return self.get("User", call, scim_id)
+
+    def _effective(self, call: Call, view: LinkView, said: UserColumns) -> UserColumns:
+        """The row's columns once this source says `said`: precedence over every link; the
+        username stays the creating source's; only an authoritative source disables."""
+        mine = {
+            "display_name": said.display_name,
+            "email": said.email,
+            "phone": said.phone,
+            "employee_id": said.employee_id,
+            "department": said.department,
+        }
+        words: dict[str, Mapping[str, Any]] = {
+            src: (attrs or view.row) for src, attrs in view.others
+        }
+        if view.creator == LOCAL_SOURCE and LOCAL_SOURCE not in words:
+            words[LOCAL_SOURCE] = view.row  # an admin-made account's word (link_plan.py)
+        words[call.owner] = mine
+        values = {
+            name: resolve(
+                self._rules, name, {s: w.get(name) for s, w in words.items()}, view.creator
+            )
+            for name in mine
+        }
+        reason = view.disabled_reason
+        if self._authoritative(call, view):
+            reason = said.disabled_reason
+        return UserColumns(
+            username=said.username if view.creator == call.owner else view.username,
+            display_name=str(values["display_name"] or view.username),
+            email=values["email"],
+            phone=values["phone"],
+            employee_id=values["employee_id"],
+            department=values["department"],
+            disabled_reason=reason,
+        )
+
+    def _authoritative(self, call: Call, view: LinkView) -> bool:
+        linked = [call.owner, *(s for s, _ in view.others)]
+        return check_authoritative(self._rules, call.owner, creator=view.creator, linked=linked)
 
     def replace(
         self, kind: str, call: Call, scim_id: str, payload: Any, *, if_match: str | None
@@ -251,6 +428,10 @@ class ScimService:
     def delete(self, kind: str, call: Call, scim_id: str, *, if_match: str | None) -> None:
         record = self._record(kind, call, scim_id)
         check_if_match(if_match, version(record.doc, record.members))
+        view = self._store.link_view(call.owner, scim_id) if kind == "User" else None
+        if view is not None:
+            self._delete_linked(call, record, view)
+            return
         with self._uow.atomic() as tx:
             if kind == "Group":
                 self._store.delete_group(call.owner, scim_id)
@@ -263,7 +444,73 @@ class ScimService:
             )
             self._end_sessions(tx, call, record)
 
+    def _delete_linked(self, call: Call, record: ScimRecord, view: LinkView) -> None:
+        """DELETE of a person other sources describe too: disabled if this source is
+        authoritative for them, else only this source's link is dropped."""
+        before = _columns_of(view)
+        with self._uow.atomic() as tx:
+            if self._authoritative(call, view):
+                said = user_columns(record.doc, deleted=True)
+                columns = self._effective(call, view, said)
+                self._store.update_linked(
+                    call.owner,
+                    record.scim_id,
+                    view.user_id,
+                    said=said,
+                    columns=columns,
+                    doc=record.doc,
+                    deleted=True,
+                )
+                tx.record_many([self._user_event(call, record.scim_id, "delete", before, columns)])
+                if before.disabled_reason is None:
+                    self._end_sessions(tx, call, record)
+                return
+            self._store.drop_link(call.owner, record.scim_id)
+            tx.record_many(
+                [
+                    PendingEvent(
+                        EventType.IDENTITY_UNLINKED,
+                        actor=Actor("system", call.owner),
+                        target=f"user:{view.username}",
+                        details={
+                            "user_id": view.user_id,
+                            "source": call.owner,
+                            "external_id": record.scim_id,
+                            "reason": "deleted by a source that is not authoritative",
+                            "request_id": call.ctx.request_id if call.ctx else None,
+                        },
+                        ctx=call.ctx,
+                    )
+                ]
+            )
+
+    def _save_linked(
+        self, call: Call, record: ScimRecord, view: LinkView, doc: dict[str, Any]
+    ) -> dict[str, Any]:
+        said = user_columns(doc)
+        before = _columns_of(view)
+        columns = self._effective(call, view, said)
+        if columns.username != before.username:
+            owner = self._store.username_owner(columns.username)
+            if owner is not None:
+                raise uniqueness(f"userName {doc['userName'][:100]!r} is already taken")
+        with self._uow.atomic() as tx:
+            self._store.update_linked(
+                call.owner, record.scim_id, view.user_id, said=said, columns=columns, doc=doc
+            )
+            if doc != record.doc:
+                kind = "update"
+                if before.disabled_reason != columns.disabled_reason:
+                    kind = "disable" if columns.disabled_reason else "enable"
+                tx.record_many([self._user_event(call, record.scim_id, kind, before, columns)])
+                if kind == "disable":
+                    self._end_sessions(tx, call, record)
+        return self.get("User", call, record.scim_id)
+
     def _save_user(self, call: Call, record: ScimRecord, doc: dict[str, Any]) -> dict[str, Any]:
+        view = self._store.link_view(call.owner, record.scim_id)
+        if view is not None:
+            return self._save_linked(call, record, view, doc)
         before = user_columns(record.doc)
         columns = user_columns(doc)
         if columns.username != before.username:
@@ -360,3 +607,16 @@ class ScimService:
     ) -> PendingEvent:
         details = {"kind": f"group.{kind}", "external_id": scim_id, "members": len(list(members))}
         return self._event(call, f"group:{doc.get('displayName')}", details)
+
+
+def _columns_of(view: LinkView) -> UserColumns:
+    row = view.row
+    return UserColumns(
+        username=view.username,
+        display_name=str(row.get("display_name") or ""),
+        email=row.get("email"),
+        phone=row.get("phone"),
+        employee_id=row.get("employee_id"),
+        department=row.get("department"),
+        disabled_reason=view.disabled_reason,
+    )
