@@ -1,7 +1,7 @@
 """upstream_states: browsers sent to an upstream provider (DingTalk, WeCom, OIDC) for sign-in
 and not back yet; each row is used once
 
-Revision ID: 0015
+Revision ID: 0014
 Revises: 0013
 Create Date: 2026-12-01 14:30:00
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0015"
+revision = "0014"
 down_revision = "0013"
 branch_labels = None
 depends_on = None

@@ -1,8 +1,8 @@
 """user_links and identity_conflicts: one identity per person across sources; every existing
 user's (source, external_id) becomes its first, creating link
 
-Revision ID: 0014
-Revises: 0015 (re-chained after main's 0015 at the merge of main)
+Revision ID: 0015
+Revises: 0014
 Create Date: 2026-12-01 14:30:00
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0014"
-down_revision = "0015"
+revision = "0015"
+down_revision = "0014"
 branch_labels = None
 depends_on = None
 
