@@ -83,6 +83,12 @@ class UnitGroups:
         self.commits = 0
         self.units = 0
 
+    def joined(self) -> int:
+        """How many units have joined the group that is open now (0: none is open)."""
+        with self._cond:
+            group = self._open
+            return group.joined if group is not None and group.open else 0
+
     @contextlib.contextmanager
     def unit(self) -> Iterator[OpenUnit]:
         group, leader = self._join()
