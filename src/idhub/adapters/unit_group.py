@@ -8,15 +8,16 @@ its own disk flush: one flush per request, in series, for the whole cluster.
 
 How (leader and members): the first unit to arrive opens a transaction on a pooled connection
 and becomes the group's leader; units arriving while the group is open join it. Each member
-runs its own block, in its own thread, on the group's connection - one at a time (a turn), each
-inside a SAVEPOINT, so a block that raises rolls back only its own statements and the others
-are unaffected. When no joined member is left running its block, the leader closes the group,
-appends every member's events after the chain tail (taking the advisory lock only now) and
-commits once. Each member waits for that outcome and returns only after it: a request never
-answers before the transaction holding its change and its event is durable, and nothing waits
-in memory after its request returned. If the append or the commit fails, the transaction rolls
-back as a whole and every member fails with the same error (a 503 "nothing was done"): no
-change without its event, no event without its change, nothing half-committed.
+runs its own block, in its own thread, on the group's connection - one at a time (a turn), the
+leader's first and every later one inside a SAVEPOINT, so a block that raises rolls back only
+its own statements and the others are unaffected. When no joined member is left running its
+block, the leader closes the group, appends every member's events after the chain tail (taking
+the advisory lock only now) and commits once. Each member waits for that outcome and returns
+only after it: a request never answers before the transaction holding its change and its event
+is durable, and nothing waits in memory after its request returned. If the append or the
+commit fails, the transaction rolls back as a whole and every member fails with the same error
+(a 503 "nothing was done"): no change without its event, no event without its change, nothing
+half-committed.
 
 What joining means for the blocks: they run one after another in one transaction, so a later
 member sees the earlier members' changes as if the requests had been served one by one; row
@@ -48,7 +49,8 @@ MAX_MEMBERS = 32
 
 class _Group:
     __slots__ = (
-        "active", "conn", "done", "error", "events", "joined", "open", "turn", "tx",
+        "active", "broken", "conn", "done", "error", "events", "joined", "open", "savepoints",
+        "turn", "tx",
     )  # fmt: skip
 
     def __init__(self, conn: Connection, tx: RootTransaction) -> None:
@@ -61,6 +63,8 @@ class _Group:
         self.events: list[PendingEvent] = []
         self.done = False
         self.error: IdhubError | None = None
+        self.broken: IdhubError | None = None  # the connection failed between two blocks
+        self.savepoints = 0
 
 
 class UnitGroups:
@@ -91,23 +95,32 @@ class UnitGroups:
 
     @contextlib.contextmanager
     def unit(self) -> Iterator[OpenUnit]:
-        group, leader = self._join()
+        group, leader = self._join()  # a leader holds the turn already
         ran = False
         try:
-            with group.turn:
+            if not leader:
+                group.turn.acquire()
+            try:
+                if group.broken is not None:
+                    raise _fresh(group.broken)
                 conn = group.conn
-                savepoint = conn.begin_nested()
+                savepoint = None
+                if not leader:
+                    # Never released (one round trip saved): it lives until the group commits.
+                    group.savepoints += 1
+                    savepoint = f"idhub_unit_{group.savepoints}"
+                    conn.exec_driver_sql(f"SAVEPOINT {savepoint}")
                 unit = self._new_unit(conn)
                 token = self._current.set(unit)
                 try:
                     yield unit
-                    savepoint.commit()
                 except BaseException:
-                    if savepoint.is_active:
-                        savepoint.rollback()
+                    self._undo(group, savepoint)
                     raise
                 finally:
                     self._current.reset(token)
+            finally:
+                group.turn.release()
             ran = True
         finally:
             with self._cond:
@@ -121,6 +134,21 @@ class UnitGroups:
             self._wait(group)
         if group.error is not None:
             raise _fresh(group.error)
+
+    def _undo(self, group: _Group, savepoint: str | None) -> None:
+        """A block raised: takes back its statements and nobody else's. The leader's block
+        runs first, before anyone joined it, so it needs no savepoint: the transaction is
+        rolled back and begun again for the members waiting for their turn."""
+        try:
+            if savepoint is not None:
+                group.conn.exec_driver_sql(f"ROLLBACK TO SAVEPOINT {savepoint}")
+            else:
+                if group.tx.is_active:
+                    group.tx.rollback()
+                group.tx = group.conn.begin()
+        except DATABASE_ERRORS as exc:
+            group.broken = storage_error(exc, "unit of work")
+            group.broken.__cause__ = exc
 
     def _join(self) -> tuple[_Group, bool]:
         with self._cond:
@@ -140,6 +168,7 @@ class UnitGroups:
             conn.close()
             raise
         group = _Group(conn, tx)
+        group.turn.acquire()  # the leader's block goes first
         with self._cond:
             self._open = group
         return group, True
@@ -154,13 +183,14 @@ class UnitGroups:
                 self._open = None
             events = list(group.events)
         tail: tuple[int, str] | None = None
-        error: IdhubError | None = None
+        error: IdhubError | None = group.broken
         try:
             try:
-                if events:
-                    # `record_in` raises `AuditError` (a 503 "nothing was done").
-                    tail = self._audit_log.record_in(group.conn, events)
-                group.tx.commit()
+                if error is None:
+                    if events:
+                        # `record_in` raises `AuditError` (a 503 "nothing was done").
+                        tail = self._audit_log.record_in(group.conn, events)
+                    group.tx.commit()
             except AuditError as exc:
                 error = exc
             except DATABASE_ERRORS as exc:
