@@ -1,10 +1,11 @@
-"""Group commit of units of work (adapters/unit_group.py): on PostgreSQL concurrent units of
-work share one transaction, one advisory lock and one durable COMMIT, and still each change
-stands exactly with its event; several processes still form one chain.
+"""Group commit of units of work (adapters/unit_group.py): concurrent units of work share one
+transaction, one append lock (PostgreSQL's advisory lock, SQLite's write lock) and one COMMIT,
+and still each change stands exactly with its event; several processes still form one chain.
+Every test runs on SQLite and PostgreSQL.
 
 The grouping tests make the grouping certain instead of hoping for it: the first unit's block
 waits until the others have joined its group, and the group's counters say how many commits
-the units took. Failures are real: a trigger makes PostgreSQL refuse one member's audit row.
+the units took. Failures are real: a trigger makes the database refuse one member's audit row.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine, func, select, text
 
 from idhub.adapters.audit_store import SqlAuditLog
@@ -48,11 +48,6 @@ def _rows(engine: Engine) -> set[str]:
 def _events(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(audit_events)).scalar_one())
-
-
-def _postgres(services: Services) -> None:
-    if services.engine.dialect.name != "postgresql":
-        pytest.skip("units of work are grouped on PostgreSQL only")
 
 
 def _one_group(services: Services, blocks: list[Callable[[], None]]) -> list[BaseException | None]:
@@ -98,30 +93,33 @@ def _one_group(services: Services, blocks: list[Callable[[], None]]) -> list[Bas
 
 @contextlib.contextmanager
 def _refusing_target(engine: Engine, target: str) -> Iterator[None]:
-    """PostgreSQL refuses an audit row with this target (and only that row)."""
+    """The database refuses an audit row with this target (and only that row)."""
+    if engine.dialect.name == "sqlite":
+        create = [
+            "CREATE TRIGGER idhub_refuse_target BEFORE INSERT ON audit_events "
+            f"WHEN NEW.target = '{target}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ]
+        drop = "DROP TRIGGER idhub_refuse_target"
+    else:
+        create = [
+            "CREATE OR REPLACE FUNCTION idhub_refuse_target() RETURNS trigger "
+            f"LANGUAGE plpgsql AS $$ BEGIN IF NEW.target = '{target}' THEN "
+            "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER idhub_refuse_target BEFORE INSERT ON audit_events "
+            "FOR EACH ROW EXECUTE FUNCTION idhub_refuse_target()",
+        ]
+        drop = "DROP TRIGGER idhub_refuse_target ON audit_events"
     with engine.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE OR REPLACE FUNCTION idhub_refuse_target() RETURNS trigger "
-                "LANGUAGE plpgsql AS $$ BEGIN IF NEW.target = '" + target + "' THEN "
-                "RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$"
-            )
-        )
-        conn.execute(
-            text(
-                "CREATE TRIGGER idhub_refuse_target BEFORE INSERT ON audit_events "
-                "FOR EACH ROW EXECUTE FUNCTION idhub_refuse_target()"
-            )
-        )
+        for statement in create:
+            conn.execute(text(statement))
     try:
         yield
     finally:
         with engine.begin() as conn:
-            conn.execute(text("DROP TRIGGER idhub_refuse_target ON audit_events"))
+            conn.execute(text(drop))
 
 
 def test_concurrent_units_commit_together(services: Services) -> None:
-    _postgres(services)
     groups = services.unit_of_work.groups  # type: ignore[attr-defined]
     tokens = services.token_store
     before = groups.commits
@@ -141,7 +139,6 @@ def test_concurrent_units_commit_together(services: Services) -> None:
 
 
 def test_a_failing_batch_fails_every_member_and_keeps_the_chain(services: Services) -> None:
-    _postgres(services)
     tokens = services.token_store
     services.audit.record(EventType.SYNC_RUN, actor=Actor.system())
     blocks = [
@@ -167,7 +164,6 @@ def test_a_failing_batch_fails_every_member_and_keeps_the_chain(services: Servic
 
 
 def test_a_member_whose_block_raises_fails_alone(services: Services) -> None:
-    _postgres(services)
     tokens = services.token_store
 
     def broken() -> None:

@@ -50,11 +50,17 @@ MAX_MEMBERS = 32
 class _Group:
     __slots__ = (
         "active", "broken", "conn", "done", "error", "events", "joined", "open", "savepoints",
-        "turn", "tx",
+        "serial", "turn", "tx",
     )  # fmt: skip
 
-    def __init__(self, conn: Connection, tx: RootTransaction) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        tx: RootTransaction,
+        serial: contextlib.AbstractContextManager[object],
+    ) -> None:
         self.conn = conn
+        self.serial = serial  # held by the leader until the group has committed
         self.tx = tx
         self.turn = threading.Lock()  # who uses `conn` now
         self.joined = 1  # the leader
@@ -76,8 +82,11 @@ class UnitGroups:
         audit_log: SqlAuditLog,
         new_unit: Callable[[Connection], OpenUnit],
         current: ContextVar[OpenUnit | None],
+        serial: Callable[[], contextlib.AbstractContextManager[object]],
     ) -> None:
         self._engine = engine
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._serial = serial
         self._audit_log = audit_log
         self._new_unit = new_unit
         self._current = current
@@ -146,6 +155,7 @@ class UnitGroups:
                 if group.tx.is_active:
                     group.tx.rollback()
                 group.tx = group.conn.begin()
+                self._lock_sqlite(group.conn)
         except DATABASE_ERRORS as exc:
             group.broken = storage_error(exc, "unit of work")
             group.broken.__cause__ = exc
@@ -161,17 +171,29 @@ class UnitGroups:
                 return group, False
         # No group to join: lead a new one. The connection is opened outside the lock, so
         # a slow connect holds up nobody who could join the current group meanwhile.
-        conn = self._engine.connect()
+        serial = self._serial()  # SQLite: this process's and the other processes' writers
+        serial.__enter__()
         try:
-            tx = conn.begin()
+            conn = self._engine.connect()
+            try:
+                tx = conn.begin()
+                self._lock_sqlite(conn)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            conn.close()
+            serial.__exit__(None, None, None)
             raise
-        group = _Group(conn, tx)
+        group = _Group(conn, tx, serial)
         group.turn.acquire()  # the leader's block goes first
         with self._cond:
             self._open = group
         return group, True
+
+    def _lock_sqlite(self, conn: Connection) -> None:
+        if self._sqlite:
+            # The write lock now, before any read (see unit_of_work's module docstring).
+            conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
 
     def _lead(self, group: _Group) -> None:
         """Waits until every member is through its block, then appends and commits."""
@@ -203,8 +225,11 @@ class UnitGroups:
                 with contextlib.suppress(*DATABASE_ERRORS):
                     group.tx.rollback()
         finally:
-            with contextlib.suppress(*DATABASE_ERRORS):
-                group.conn.close()
+            try:
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    group.conn.close()
+            finally:
+                group.serial.__exit__(None, None, None)
             with self._cond:
                 group.error, group.done = error, True
                 if error is None:

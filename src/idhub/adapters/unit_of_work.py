@@ -192,10 +192,16 @@ class SqlUnitOfWork:
         self._engine = engine
         self._audit_log = audit_log
         self._sqlite = engine.dialect.name == "sqlite"
-        # On PostgreSQL concurrent units share a transaction and its commit (unit_group.py).
+        # Concurrent units share a transaction and its commit (unit_group.py).
         self.groups: UnitGroups | None = None
-        if group and engine.dialect.name == "postgresql":
-            self.groups = UnitGroups(engine, audit_log, lambda conn: OpenUnit(engine, conn), _open)
+        if group:
+            self.groups = UnitGroups(
+                engine,
+                audit_log,
+                lambda conn: OpenUnit(engine, conn),
+                _open,
+                lambda: writer_serial(engine),
+            )
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Transaction]:
