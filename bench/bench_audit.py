@@ -4,8 +4,8 @@ several runs:
   append   sustained events/s: one thread calling `record` back to back; 8 threads at once
            (their appends share group commits); `record_many` in batches of 100
   units    units of work (a change - a revoked jti - and its event in one transaction) from 16
-           threads: each in its own transaction, and on PostgreSQL grouped (many units in one
-           transaction and commit, adapters/unit_group.py); runs of the two alternate
+           threads: each in its own transaction, and grouped (many units in one transaction
+           and commit, adapters/unit_group.py); runs of the two alternate
   latency  `record` p50 / p99 for a lone caller (what a token request pays)
   verify   `audit verify` (the store's chain walk) over 1,000,000 events generated with
            batched inserts
@@ -197,7 +197,7 @@ def empty_units(url: str) -> None:
 
 
 def units_rows(kind: str, url: str, runs: int, seconds: float) -> list[tuple[str, str, str]]:
-    shapes = [False, True] if kind == "postgresql" else [False]
+    shapes = [False, True]
     rates: dict[bool, list[float]] = {g: [] for g in shapes}
     for _ in range(runs):
         for grouped in shapes:  # alternating, so both see the same machine

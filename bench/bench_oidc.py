@@ -344,6 +344,22 @@ def peak_rss_mb(pid: int) -> float:
     return peak / 1024
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the server and its workers so far: on a shared machine the CPU a
+    request costs stays meaningful when the rate it reaches does not."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for proc in [str(pid), *children]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
 def warm(base: str, data: dict[str, Any]) -> None:
     auth = {"Authorization": basic("bench-cc", data["cc_secret"])}
     for _ in range(50):
@@ -423,6 +439,7 @@ def bench(root: Path, url: str, opts: argparse.Namespace) -> int:
         for name in order:
             runs = []
             for run in range(opts.runs):
+                cpu_before = server_cpu_seconds(proc.pid)
                 if name in ("refresh", "code_exchange"):
                     runs.append(
                         run_wrk(
@@ -443,6 +460,8 @@ def bench(root: Path, url: str, opts: argparse.Namespace) -> int:
                             script=script,
                         )
                     )
+                used = server_cpu_seconds(proc.pid) - cpu_before
+                runs[-1]["cpu_us"] = used / max(1, runs[-1]["requests"]) * 1e6
             results[name] = runs
         rss = peak_rss_mb(proc.pid)
     print(
@@ -457,15 +476,18 @@ def bench(root: Path, url: str, opts: argparse.Namespace) -> int:
     for name, runs in results.items():
         median = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
         errors = int(sum(r["errors"] for r in runs))
+        # Server CPU per request (both workers), the median over the runs.
+        cpu = sorted(r["cpu_us"] for r in runs)[len(runs) // 2]
         met = median["rate"] >= GOALS[name] and errors == 0
         ok = ok and met
         print(
             f"{name:20} {median['rate']:9.0f} {GOALS[name] or '-':>7} {median['p50']:8.2f} "
-            f"{median['p99']:8.2f} {errors:7d}{'' if met else '  (goal not met)'}"
+            f"{median['p99']:8.2f} {cpu:7.0f} {errors:7d}{'' if met else '  (goal not met)'}"
         )
     print(f"peak worker RSS: {rss:.0f} MiB")
     spread = {n: [round(r["rate"]) for r in rs] for n, rs in results.items()}
     print(f"all runs (req/s): {spread}")
+    print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")
     return 0 if ok else 1
 
 
