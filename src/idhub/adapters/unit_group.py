@@ -49,8 +49,8 @@ MAX_MEMBERS = 32
 
 class _Group:
     __slots__ = (
-        "active", "broken", "conn", "done", "error", "events", "joined", "open", "savepoints",
-        "serial", "turn", "tx",
+        "active", "broken", "conn", "done", "error", "events", "finished", "idle", "joined",
+        "open", "savepoints", "serial", "turn", "tx",
     )  # fmt: skip
 
     def __init__(
@@ -69,6 +69,8 @@ class _Group:
         self.events: list[PendingEvent] = []
         self.done = False
         self.error: IdhubError | None = None
+        self.finished = threading.Event()  # the members wait on this, not on everyone's news
+        self.idle: threading.Condition | None = None  # the leader waits on this for active == 0
         self.broken: IdhubError | None = None  # the connection failed between two blocks
         self.savepoints = 0
 
@@ -90,7 +92,7 @@ class UnitGroups:
         self._audit_log = audit_log
         self._new_unit = new_unit
         self._current = current
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()  # guards the groups' counters and the open group
         self._open: _Group | None = None
         # How many groups committed and how many units they held (for tests and metrics).
         self.commits = 0
@@ -98,7 +100,7 @@ class UnitGroups:
 
     def joined(self) -> int:
         """How many units have joined the group that is open now (0: none is open)."""
-        with self._cond:
+        with self._lock:
             group = self._open
             return group.joined if group is not None and group.open else 0
 
@@ -132,11 +134,12 @@ class UnitGroups:
                 group.turn.release()
             ran = True
         finally:
-            with self._cond:
+            with self._lock:
                 if ran:
                     group.events.extend(unit.events)
                 group.active -= 1
-                self._cond.notify_all()
+                if group.active == 0 and group.idle is not None:
+                    group.idle.notify()
             if leader:
                 self._lead(group)
         if not leader:
@@ -161,7 +164,7 @@ class UnitGroups:
             group.broken.__cause__ = exc
 
     def _join(self) -> tuple[_Group, bool]:
-        with self._cond:
+        with self._lock:
             group = self._open
             if group is not None and group.open:
                 group.joined += 1
@@ -186,7 +189,7 @@ class UnitGroups:
             raise
         group = _Group(conn, tx, serial)
         group.turn.acquire()  # the leader's block goes first
-        with self._cond:
+        with self._lock:
             self._open = group
         return group, True
 
@@ -197,9 +200,10 @@ class UnitGroups:
 
     def _lead(self, group: _Group) -> None:
         """Waits until every member is through its block, then appends and commits."""
-        with self._cond:
+        with self._lock:
+            group.idle = threading.Condition(self._lock)
             while group.active > 0:
-                self._cond.wait()
+                group.idle.wait()
             group.open = False
             if self._open is group:
                 self._open = None
@@ -230,19 +234,17 @@ class UnitGroups:
                     group.conn.close()
             finally:
                 group.serial.__exit__(None, None, None)
-            with self._cond:
+            with self._lock:
                 group.error, group.done = error, True
                 if error is None:
                     self.commits += 1
                     self.units += group.joined
-                self._cond.notify_all()
+            group.finished.set()
         if tail is not None:
             self._audit_log.note_tail(tail)
 
     def _wait(self, group: _Group) -> None:
-        with self._cond:
-            while not group.done:
-                self._cond.wait()
+        group.finished.wait()
 
 
 def _fresh(error: IdhubError) -> IdhubError:

@@ -8,7 +8,8 @@ event instead of appending on a second connection (which on SQLite would wait fo
 lock this very thread holds). The queued events are appended with `record_in` as the last
 statement before COMMIT, so the append lock (PostgreSQL's advisory lock, SQLite's write lock)
 is held for as short a time as a standalone append holds it, and no event is committed for a
-change that rolled back.
+change that rolled back. Concurrent units share one transaction and one commit
+(`unit_group.py`, docs/audit.md "Group commit of units of work").
 
 On SQLite the unit takes the database write lock with its first statement (a read snapshot
 could not be upgraded under contention) and queues writers on a turn of their own
