@@ -1,7 +1,8 @@
 """Group commit of units of work (adapters/unit_group.py): concurrent units of work share one
 transaction, one append lock (PostgreSQL's advisory lock, SQLite's write lock) and one COMMIT,
 and still each change stands exactly with its event; several processes still form one chain.
-Every test runs on SQLite and PostgreSQL.
+Grouping is the default on PostgreSQL; SQLite can group too (`group=True`), and every test runs
+on both.
 
 The grouping tests make the grouping certain instead of hoping for it: the first unit's block
 waits until the others have joined its group, and the group's counters say how many commits
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, func, select, text
 
 from idhub.adapters.audit_store import SqlAuditLog
@@ -31,6 +33,15 @@ from idhub.core.clock import SystemClock
 from idhub.errors import AuditError
 
 MEMBERS = 6
+
+
+@pytest.fixture
+def services(services: Services) -> Services:
+    """The suite's services with grouping on, on SQLite as well (the default there is off)."""
+    services.__dict__["unit_of_work"] = SqlUnitOfWork(
+        services.engine, services.audit_log, group=True
+    )
+    return services
 
 
 def _revoke_in_unit(uow: Any, tokens: SqlTokenStore, jti: str, target: str = "x") -> None:
@@ -197,7 +208,7 @@ def _replica(url: str, name: str, start: Any) -> None:
     units of work and standalone appends at once."""
     engine = create_db_engine(DatabaseSettings(url=url))
     log = SqlAuditLog(engine, SystemClock())
-    uow = SqlUnitOfWork(engine, log)
+    uow = SqlUnitOfWork(engine, log, group=True)
     tokens = SqlTokenStore(engine)
 
     def work(t: int) -> None:

@@ -189,11 +189,18 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: Engine, audit_log: SqlAuditLog, *, group: bool = True) -> None:
+    def __init__(
+        self, engine: Engine, audit_log: SqlAuditLog, *, group: bool | None = None
+    ) -> None:
         self._engine = engine
         self._audit_log = audit_log
         self._sqlite = engine.dialect.name == "sqlite"
-        # Concurrent units share a transaction and its commit (unit_group.py).
+        # Concurrent units share a transaction and its commit (unit_group.py). By default on
+        # PostgreSQL only: there a commit is a WAL flush under the advisory lock, worth sharing;
+        # SQLite's WAL commit is cheap and its writers are serialised anyway, and grouping
+        # measured the same there (docs/performance.md), so it keeps one transaction per unit.
+        if group is None:
+            group = engine.dialect.name == "postgresql"
         self.groups: UnitGroups | None = None
         if group:
             self.groups = UnitGroups(
