@@ -4,8 +4,8 @@ several runs:
   append   sustained events/s: one thread calling `record` back to back; 8 threads at once
            (their appends share group commits); `record_many` in batches of 100
   units    units of work (a change - a revoked jti - and its event in one transaction) from 16
-           threads: each in its own transaction, and grouped (many units in one transaction
-           and commit, adapters/unit_group.py); runs of the two alternate
+           threads, and from 2 processes of 8 threads: each in its own transaction, and grouped
+           (many units in one transaction and commit, adapters/unit_group.py); runs alternate
   latency  `record` p50 / p99 for a lone caller (what a token request pays)
   verify   `audit verify` (the store's chain walk) over 1,000,000 events generated with
            batched inserts
@@ -157,7 +157,9 @@ def append_batches(url: str, seconds: float, size: int = 100) -> float:
     return rate
 
 
-def units_threads(url: str, seconds: float, *, group: bool, threads: int = 16) -> float:
+def units_threads(
+    url: str, seconds: float, *, group: bool, threads: int = 16, prefix: str = "u"
+) -> float:
     """Units of work per second from `threads` threads, each a change and its event."""
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.adapters.unit_of_work import SqlUnitOfWork
@@ -172,7 +174,7 @@ def units_threads(url: str, seconds: float, *, group: bool, threads: int = 16) -
         while time.perf_counter() < stop:
             with uow.atomic() as tx:
                 now = time.time()
-                tokens.revoke_jti(f"u{t}-{counts[t]}", expires_at=now + 60, now=now)
+                tokens.revoke_jti(f"{prefix}{t}-{counts[t]}", expires_at=now + 60, now=now)
                 tx.record(EventType.TOKEN_REVOKED, actor=Actor("client", f"c{t}"),
                           target="reimburse", details=DETAILS, ctx=CTX)  # fmt: skip
             counts[t] += 1
@@ -188,6 +190,31 @@ def units_threads(url: str, seconds: float, *, group: bool, threads: int = 16) -
     return rate
 
 
+def _units_worker(url: str, seconds: float, group: bool, prefix: str, start: Any, out: Any) -> None:
+    start.wait(60)
+    out.put(units_threads(url, seconds, group=group, threads=8, prefix=prefix))
+
+
+def units_processes(url: str, seconds: float, *, group: bool) -> float:
+    """The same from two processes of 8 threads each (two workers or replicas)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_units_worker, args=(url, seconds, group, f"p{n}-", start, out))
+        for n in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(2.0)  # both have imported idhub and are waiting
+    start.set()
+    rates = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return float(sum(rates))
+
+
 def empty_units(url: str) -> None:
     empty(url)
     engine = create_engine(url)
@@ -197,17 +224,22 @@ def empty_units(url: str) -> None:
 
 
 def units_rows(kind: str, url: str, runs: int, seconds: float) -> list[tuple[str, str, str]]:
-    shapes = [False, True]
-    rates: dict[bool, list[float]] = {g: [] for g in shapes}
+    shapes = [
+        (label, grouped)
+        for label in ("16 threads", "2 processes x 8 threads")
+        for grouped in (False, True)
+    ]
+    rates: dict[tuple[str, bool], list[float]] = {shape: [] for shape in shapes}
     for _ in range(runs):
-        for grouped in shapes:  # alternating, so both see the same machine
+        for label, grouped in shapes:  # alternating, so all see the same machine
             empty_units(url)
-            rates[grouped].append(units_threads(url, seconds, group=grouped))
+            run = units_threads if label == "16 threads" else units_processes
+            rates[(label, grouped)].append(run(url, seconds, group=grouped))
     rows = []
-    for grouped, found in rates.items():
-        label = "units of work, 16 threads" + (", grouped" if grouped else ", one each")
+    for (label, grouped), found in rates.items():
+        name = f"units of work, {label}" + (", grouped" if grouped else ", one each")
         spread = "-".join(f"{r:,.0f}" for r in (min(found), max(found)))
-        rows.append((kind, label, f"{statistics.median(found):,.0f} units/s ({spread})"))
+        rows.append((kind, name, f"{statistics.median(found):,.0f} units/s ({spread})"))
     return rows
 
 
