@@ -3,6 +3,9 @@ several runs:
 
   append   sustained events/s: one thread calling `record` back to back; 8 threads at once
            (their appends share group commits); `record_many` in batches of 100
+  units    units of work (a change - a revoked jti - and its event in one transaction) from 16
+           threads, and from 2 processes of 8 threads: each in its own transaction, and grouped
+           (many units in one transaction and commit, adapters/unit_group.py); runs alternate
   latency  `record` p50 / p99 for a lone caller (what a token request pays)
   verify   `audit verify` (the store's chain walk) over 1,000,000 events generated with
            batched inserts
@@ -10,6 +13,7 @@ several runs:
            write and, for comparison, with a no-op recorder (skip with --no-token)
 
 Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--no-token]
+                                  [--backends sqlite,postgresql] [--only-units]
 Traffic goes only to 127.0.0.1; the PostgreSQL database is a throwaway one, dropped after.
 """
 
@@ -151,6 +155,92 @@ def append_batches(url: str, seconds: float, size: int = 100) -> float:
     rate = count / (time.perf_counter() - start)
     engine.dispose()
     return rate
+
+
+def units_threads(
+    url: str, seconds: float, *, group: bool, threads: int = 16, prefix: str = "u"
+) -> float:
+    """Units of work per second from `threads` threads, each a change and its event."""
+    from idhub.adapters.token_store import SqlTokenStore
+    from idhub.adapters.unit_of_work import SqlUnitOfWork
+
+    log, engine = new_log(url)
+    uow = SqlUnitOfWork(engine, log, group=group)
+    tokens = SqlTokenStore(engine)
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(t: int) -> None:
+        while time.perf_counter() < stop:
+            with uow.atomic() as tx:
+                now = time.time()
+                tokens.revoke_jti(f"{prefix}{t}-{counts[t]}", expires_at=now + 60, now=now)
+                tx.record(EventType.TOKEN_REVOKED, actor=Actor("client", f"c{t}"),
+                          target="reimburse", details=DETAILS, ctx=CTX)  # fmt: skip
+            counts[t] += 1
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    rate = sum(counts) / (time.perf_counter() - start)
+    engine.dispose()
+    return rate
+
+
+def _units_worker(url: str, seconds: float, group: bool, prefix: str, start: Any, out: Any) -> None:
+    start.wait(60)
+    out.put(units_threads(url, seconds, group=group, threads=8, prefix=prefix))
+
+
+def units_processes(url: str, seconds: float, *, group: bool) -> float:
+    """The same from two processes of 8 threads each (two workers or replicas)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_units_worker, args=(url, seconds, group, f"p{n}-", start, out))
+        for n in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(2.0)  # both have imported idhub and are waiting
+    start.set()
+    rates = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return float(sum(rates))
+
+
+def empty_units(url: str) -> None:
+    empty(url)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM revoked_tokens"))
+    engine.dispose()
+
+
+def units_rows(kind: str, url: str, runs: int, seconds: float) -> list[tuple[str, str, str]]:
+    shapes = [
+        (label, grouped)
+        for label in ("16 threads", "2 processes x 8 threads")
+        for grouped in (False, True)
+    ]
+    rates: dict[tuple[str, bool], list[float]] = {shape: [] for shape in shapes}
+    for _ in range(runs):
+        for label, grouped in shapes:  # alternating, so all see the same machine
+            empty_units(url)
+            run = units_threads if label == "16 threads" else units_processes
+            rates[(label, grouped)].append(run(url, seconds, group=grouped))
+    rows = []
+    for (label, grouped), found in rates.items():
+        name = f"units of work, {label}" + (", grouped" if grouped else ", one each")
+        spread = "-".join(f"{r:,.0f}" for r in (min(found), max(found)))
+        rows.append((kind, name, f"{statistics.median(found):,.0f} units/s ({spread})"))
+    return rows
 
 
 def latency(url: str, n: int) -> tuple[float, float]:
@@ -379,6 +469,7 @@ def main() -> None:
         help="skip the /token comparison (two servers, ~1 min per backend)",
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--only-units", action="store_true", help="only the units-of-work rows")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
     n_verify = args.verify_events or (100_000 if args.quick else 1_000_000)
@@ -393,6 +484,9 @@ def main() -> None:
 
                 return run
 
+            rows += units_rows(kind, url, args.runs, seconds)
+            if args.only_units:
+                continue
             for label, fn in (
                 ("append, 1 thread", append_single),
                 ("append, 8 threads", append_threads),

@@ -30,7 +30,7 @@ from idhub.adapters.audit_pg_append import (
 )
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.db import audit_anchor, audit_events
-from idhub.adapters.unit_of_work import open_unit
+from idhub.adapters.unit_of_work import open_unit, writer_serial
 from idhub.core.audit import (
     ACTOR_TYPES,
     OUTCOMES,
@@ -222,7 +222,10 @@ class SqlAuditLog:
             log.warning("audit observers failed: %s", type(exc).__name__)
 
     def _write(self, events: list[_Prepared]) -> None:
-        with self._engine.connect() as conn:
+        # SQLite: in the writers' turn (units of work, other processes) rather than in SQLite's
+        # sleeping busy handler. Safe from deadlock: no caller holds the turn while it waits
+        # for an append (inside a unit of work `record` queues into the unit instead).
+        with writer_serial(self._engine), self._engine.connect() as conn:
             if self._pg:
                 try:
                     self._pg_append.append(conn.connection.driver_connection, events)

@@ -9,6 +9,8 @@ primary-key INSERT, so two replicas racing on the same code or refresh token can
 from __future__ import annotations
 
 import contextlib
+import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
@@ -44,6 +46,19 @@ def _family(row: Any) -> RefreshFamily:
     )
 
 
+_CODE_COLUMNS = (*(k for k in CodeRecord.__dataclass_fields__ if k != "amr"), "amr")
+
+
+def _code_row(row: Sequence[Any]) -> CodeRecord:
+    """A `_CODE_COLUMNS` driver row: `amr` is JSON text on SQLite, already a list on
+    PostgreSQL."""
+    values = dict(zip(_CODE_COLUMNS, row, strict=True))
+    amr = values.pop("amr")
+    if isinstance(amr, str | bytes):
+        amr = json.loads(amr)
+    return CodeRecord(**values, amr=list(amr or []))
+
+
 def _code(row: Any) -> CodeRecord:
     m = row._mapping
     return CodeRecord(
@@ -59,8 +74,37 @@ class SqlTokenStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._mark = mark = "%s" if engine.dialect.name == "postgresql" else "?"
-        self._revoked_sql = f"SELECT 1 FROM revoked_tokens WHERE jti = {mark}"  # noqa: S608
+        self._mark = m = "%s" if engine.dialect.name == "postgresql" else "?"
+        self._revoked_sql = f"SELECT 1 FROM revoked_tokens WHERE jti = {m}"  # noqa: S608
+        # The code exchange's and the refresh's statements, built once from constants (they
+        # run inside the write transaction every other writer waits for: driver SQL there
+        # skips SQLAlchemy's statement construction and compile-cache lookups).
+        self._consume_sql = (
+            f"UPDATE authorization_codes SET used_at = {m} "  # noqa: S608 - placeholders only
+            f"WHERE code_hash = {m} AND used_at IS NULL"
+        )
+        self._code_sql = (
+            f"SELECT {', '.join(_CODE_COLUMNS)} FROM authorization_codes "  # noqa: S608
+            f"WHERE code_hash = {m}"
+        )
+        self._family_sql = (
+            "INSERT INTO refresh_families (id, client_id, user_id, sid, scope, audience, "  # noqa: S608
+            f"auth_time, created_at, revoked_at) VALUES ({m}, {m}, {m}, {m}, {m}, {m}, {m}, {m}, "
+            "NULL)"
+        )
+        self._refresh_sql = (
+            "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at, "  # noqa: S608
+            f"rotated_at) VALUES ({m}, {m}, {m}, {m}, NULL)"
+        )
+        self._grant_token_sql = (
+            "INSERT INTO grant_access_tokens (grant_id, jti, expires_at) "  # noqa: S608
+            f"VALUES ({m}, {m}, {m})"
+        )
+        self._find_refresh_sql = (
+            "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608
+            "f.revoked_at, t.expires_at, t.rotated_at FROM refresh_tokens t "
+            f"JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = {m}"
+        )
 
     def _serial(self) -> contextlib.AbstractContextManager[Any]:
         # SQLite has one writer at a time and waits for the lock by sleeping in growing steps;
@@ -111,20 +155,11 @@ class SqlTokenStore:
     def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
         """Marks the code used (first use only) and returns it with what happened."""
         with self._serial(), begin(self._engine) as conn:
-            first = conn.execute(
-                update(authorization_codes)
-                .where(
-                    authorization_codes.c.code_hash == code_hash,
-                    authorization_codes.c.used_at.is_(None),
-                )
-                .values(used_at=now)
-            ).rowcount
-            row = conn.execute(
-                select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
-            ).first()
+            first = conn.exec_driver_sql(self._consume_sql, (now, code_hash)).rowcount
+            row = conn.exec_driver_sql(self._code_sql, (code_hash,)).first()
         if row is None:
             return "unknown", None
-        record = _code(row)
+        record = _code_row(row)
         if not first:
             return "used", record
         if record.expires_at <= now:
@@ -138,28 +173,12 @@ class SqlTokenStore:
         self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
     ) -> None:
         with self._serial(), begin(self._engine) as conn:
-            conn.execute(
-                insert(refresh_families).values(
-                    id=family.id,
-                    client_id=family.client_id,
-                    user_id=family.user_id,
-                    sid=family.sid,
-                    scope=family.scope,
-                    audience=family.audience,
-                    auth_time=family.auth_time,
-                    created_at=issued_at,
-                    revoked_at=None,
-                )
-            )
-            conn.execute(
-                insert(refresh_tokens).values(
-                    token_hash=token_hash,
-                    family_id=family.id,
-                    issued_at=issued_at,
-                    expires_at=expires_at,
-                    rotated_at=None,
-                )
-            )
+            conn.exec_driver_sql(
+                self._family_sql,
+                (family.id, family.client_id, family.user_id, family.sid, family.scope,
+                 family.audience, family.auth_time, issued_at),
+            )  # fmt: skip
+            conn.exec_driver_sql(self._refresh_sql, (token_hash, family.id, issued_at, expires_at))
 
     @translate_storage_errors
     def rotate(
@@ -244,16 +263,13 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
-        """(family, expires_at, rotated_at) of a refresh token, for introspection/revocation."""
+        """(family, expires_at, rotated_at) of a refresh token, for introspection/revocation
+        and for the refresh grant's early signature."""
         with connect(self._engine) as conn:
-            row = conn.execute(
-                select(refresh_tokens, refresh_families)
-                .join(refresh_families, refresh_families.c.id == refresh_tokens.c.family_id)
-                .where(refresh_tokens.c.token_hash == token_hash)
-            ).first()
+            row = conn.exec_driver_sql(self._find_refresh_sql, (token_hash,)).first()
         if row is None:
             return None
-        return _family(row), row._mapping["expires_at"], row._mapping["rotated_at"]
+        return RefreshFamily(*row[:8]), float(row[8]), row[9]
 
     @translate_storage_errors
     def revoke_family(self, family_id: str, now: float, reason: str) -> int:
@@ -330,11 +346,7 @@ class SqlTokenStore:
     @translate_storage_errors
     def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None:
         with self._serial(), begin(self._engine) as conn:
-            conn.execute(
-                insert(grant_access_tokens).values(
-                    grant_id=grant_id, jti=jti[:64], expires_at=expires_at
-                )
-            )
+            conn.exec_driver_sql(self._grant_token_sql, (grant_id, jti[:64], expires_at))
 
     @translate_storage_errors
     def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:

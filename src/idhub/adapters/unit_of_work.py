@@ -8,17 +8,24 @@ event instead of appending on a second connection (which on SQLite would wait fo
 lock this very thread holds). The queued events are appended with `record_in` as the last
 statement before COMMIT, so the append lock (PostgreSQL's advisory lock, SQLite's write lock)
 is held for as short a time as a standalone append holds it, and no event is committed for a
-change that rolled back.
+change that rolled back. Concurrent units share one transaction and one commit
+(`unit_group.py`, docs/audit.md "Group commit of units of work").
 
 On SQLite the unit takes the database write lock with its first statement (a read snapshot
-could not be upgraded under contention) and queues this process's writers on a lock of its
-own, so they wait on a condition rather than in SQLite's sleep-and-retry busy loop.
+could not be upgraded under contention) and queues writers on a turn of their own
+(`writer_serial`) - this process's on a thread lock, several processes' (`--workers 2`) on an
+advisory file lock beside the database - so they wait for each other and are let in the moment
+the previous writer is done, rather than in SQLite's busy handler, which sleeps in growing
+steps of up to 100 ms and left a second worker's code exchange waiting there most of the time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -29,6 +36,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import storage_error
+from idhub.adapters.unit_group import UnitGroups
 from idhub.core.audit import Actor, EventType, Outcome, PendingEvent, RequestContext
 from idhub.core.transactions import Transaction
 
@@ -67,8 +75,69 @@ class OpenUnit:
 
 
 _open: ContextVar[OpenUnit | None] = ContextVar("idhub_unit_of_work", default=None)
-_serial_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
 _registry_lock = threading.Lock()
+
+# How long a writer waits for another process's turn before it goes ahead anyway and lets
+# SQLite's own lock (and busy timeout) decide: the file lock only makes waiting prompt, it
+# is never what keeps the database consistent, so a stuck process cannot wedge the others.
+_TURN_PATIENCE = 2.0
+_POLL_FIRST, _POLL_MAX = 0.00005, 0.0005
+
+
+class WriterTurn:
+    """One SQLite database's writers taking turns: a thread lock for this process, then an
+    advisory `flock` on `DATABASE.write-lock` for the other processes on the same file."""
+
+    def __init__(self, path: str | None) -> None:
+        self._lock = threading.Lock()
+        self._path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._flocked = False
+
+    def __enter__(self) -> WriterTurn:
+        self._lock.acquire()
+        try:
+            self._flocked = self._take_file_lock()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._flocked and self._fd is not None:
+                self._flocked = False
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+    def _take_file_lock(self) -> bool:
+        if self._path is None:
+            return False
+        try:
+            if self._fd is None or self._pid != os.getpid():
+                # A forked child shares its parent's open file and so its lock: its own file.
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._pid = os.getpid()
+            fd = self._fd
+            # Polled rather than a blocking flock, so the wait is bounded; at most one thread
+            # per process polls (the others wait on the thread lock), every 50-500 µs.
+            deadline, pause = time.monotonic() + _TURN_PATIENCE, _POLL_FIRST
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(pause)
+                    pause = min(pause * 2, _POLL_MAX)
+        except OSError:
+            return False  # a read-only directory: SQLite's busy handler still serialises
+
+
+_turns: weakref.WeakKeyDictionary[Engine, WriterTurn] = weakref.WeakKeyDictionary()
 
 
 def open_unit(engine: Engine) -> OpenUnit | None:
@@ -78,8 +147,8 @@ def open_unit(engine: Engine) -> OpenUnit | None:
 
 
 def writer_serial(engine: Engine) -> contextlib.AbstractContextManager[Any]:
-    """The in-process queue for SQLite writers of `engine` (nothing on PostgreSQL, or for a
-    caller already inside a unit of work, which holds it)."""
+    """The turn SQLite writers of `engine` queue on (nothing on PostgreSQL, or for a caller
+    already inside a unit of work, which holds it)."""
     if engine.dialect.name != "sqlite" or open_unit(engine) is not None:
         return contextlib.nullcontext()
     return serial_lock(engine)
@@ -89,10 +158,12 @@ def serial_lock(engine: Engine) -> threading.Lock:
     """The lock behind `writer_serial` itself, for a writer that queues its own way (the CAS
     ticket store's group commit); never to be taken inside a unit of work."""
     with _registry_lock:
-        lock = _serial_locks.get(engine)
-        if lock is None:
-            lock = _serial_locks[engine] = threading.Lock()
-    return lock
+        turn = _turns.get(engine)
+        if turn is None:
+            database = engine.url.database
+            path = f"{database}.write-lock" if database and database != ":memory:" else None
+            turn = _turns[engine] = WriterTurn(path)
+    return turn
 
 
 @contextlib.contextmanager
@@ -124,10 +195,27 @@ def connect(engine: Engine) -> Iterator[Connection]:
 
 
 class SqlUnitOfWork:
-    def __init__(self, engine: Engine, audit_log: SqlAuditLog) -> None:
+    def __init__(
+        self, engine: Engine, audit_log: SqlAuditLog, *, group: bool | None = None
+    ) -> None:
         self._engine = engine
         self._audit_log = audit_log
         self._sqlite = engine.dialect.name == "sqlite"
+        # Concurrent units share a transaction and its commit (unit_group.py). By default on
+        # PostgreSQL only: there a commit is a WAL flush under the advisory lock, worth sharing;
+        # SQLite's WAL commit is cheap and its writers are serialised anyway, and grouping
+        # measured the same there (docs/performance.md), so it keeps one transaction per unit.
+        if group is None:
+            group = engine.dialect.name == "postgresql"
+        self.groups: UnitGroups | None = None
+        if group:
+            self.groups = UnitGroups(
+                engine,
+                audit_log,
+                lambda conn: OpenUnit(engine, conn),
+                _open,
+                lambda: writer_serial(engine),
+            )
 
     @contextlib.contextmanager
     def atomic(self) -> Iterator[Transaction]:
@@ -145,8 +233,13 @@ class SqlUnitOfWork:
             callback()
         self._audit_log.notify_listeners()
 
+    def _run_atomic(self) -> contextlib.AbstractContextManager[OpenUnit]:
+        if self.groups is not None:
+            return self.groups.unit()
+        return self._run_alone()
+
     @contextlib.contextmanager
-    def _run_atomic(self) -> Iterator[OpenUnit]:
+    def _run_alone(self) -> Iterator[OpenUnit]:
         with writer_serial(self._engine), self._engine.connect() as conn:
             tx = conn.begin()
             unit = OpenUnit(self._engine, conn)

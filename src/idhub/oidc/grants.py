@@ -24,6 +24,7 @@ from idhub.core.audit import EventType, RequestContext
 from idhub.core.clients import Client
 from idhub.core.clock import Clock
 from idhub.core.crypto import sha256_hex
+from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, RefreshFamily, TokenStorage
 from idhub.oidc.client_auth import ALL_METHODS, CONFIDENTIAL_METHODS
 from idhub.oidc.minter import TokenMinter, issued_details, token_body
@@ -238,6 +239,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         requested = (self.request.payload.scope or "").split()
         refresh, new_hash, expires_at = minter.new_refresh_token()
         old_hash = minter.refresh_hash(self.request.refresh_token)
+        # Signed before the transaction (as the code grant does), for the family the token
+        # belongs to now: the rotation runs while every other writer waits (SQLite's write
+        # lock; a group's turn), so the user lookup and the signature stay out of it. The
+        # rotation decides; a family that is not the one signed for is signed again inside.
+        early = self._sign_early(client, old_hash, requested)
         with minter.atomic():
             rotation = self.tokens.rotate(
                 old_hash,
@@ -256,7 +262,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
                 if rotation.successor is not None:
                     # A retry within the grace window: the same successor as the first answer.
                     refresh = minter.open_successor(rotation.successor, rotated_hash=old_hash)
-                token, claims = self._issue(client, family, requested, grace=rotation.successor)
+                if early is not None and early[0] == family:
+                    _, user, token, claims = early
+                else:
+                    user, token, claims = self._sign(client, family, requested)
+                self._account(client, family, user, token, claims, grace=rotation.successor)
         if rotation.status == "reused":
             self.request.idhub_reason = "refresh_token_reuse"
             raise InvalidGrantError("the refresh token was already used; the grant is revoked")
@@ -273,11 +283,28 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         body = token_body(token, claims, refresh=refresh)
         return 200, body, default_json_headers
 
-    def _issue(
-        self, client: Client, family: RefreshFamily, requested: list[str], *, grace: bytes | None
-    ) -> tuple[str, dict[str, Any]]:
-        """The new access token, its record against the grant and the `token.refreshed`
-        event (inside the rotation's transaction: a disabled user rolls the rotation back)."""
+    def _sign_early(
+        self, client: Client, token_hash: str, requested: list[str]
+    ) -> tuple[RefreshFamily, User, str, dict[str, Any]] | None:
+        """The access token for the family `token_hash` belongs to, if it is a live family of
+        this client whose user is active; None otherwise (the rotation then says why)."""
+        found = self.tokens.find_refresh(token_hash)
+        if found is None:
+            return None
+        family = found[0]
+        if family.client_id != client.client_id or family.revoked_at is not None:
+            return None
+        if requested and not set(requested) <= set(family.scope.split()):
+            return None  # invalid_scope: the rotation answers it
+        try:
+            user, token, claims = self._sign(client, family, requested)
+        except InvalidGrantError:
+            return None  # the user is gone or disabled: raised again inside, rolling back
+        return family, user, token, claims
+
+    def _sign(
+        self, client: Client, family: RefreshFamily, requested: list[str]
+    ) -> tuple[User, str, dict[str, Any]]:
         minter = self.minter
         user = minter.active_user(family.user_id)
         token, claims = minter.user_access_token(
@@ -287,20 +314,33 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
             scopes=requested or family.scope.split(),
             auth_time=int(family.auth_time) if family.auth_time else None,
         )
+        return user, token, claims
+
+    def _account(
+        self,
+        client: Client,
+        family: RefreshFamily,
+        user: User,
+        token: str,
+        claims: dict[str, Any],
+        *,
+        grace: bytes | None,
+    ) -> None:
+        """The new access token's record against the grant and the `token.refreshed` event
+        (inside the rotation's transaction)."""
         self.tokens.record_grant_token(
             family.id, str(claims["jti"]), expires_at=float(claims["exp"])
         )
         more: dict[str, Any] = {"family": family.id[:12]}
         if grace is not None:
             more["grace_retry"] = True
-        minter.record_issuance(
+        self.minter.record_issuance(
             EventType.TOKEN_REFRESHED,
             client,
             target=user.sub,
             ctx=self.audit_ctx,
             details=issued_details(self.GRANT_TYPE, claims, **more),
         )
-        return token, claims
 
 
 # ---------------------------------------------------------------- client credentials
