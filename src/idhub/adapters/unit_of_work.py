@@ -154,7 +154,7 @@ def writer_serial(engine: Engine) -> contextlib.AbstractContextManager[Any]:
     return serial_lock(engine)
 
 
-def serial_lock(engine: Engine) -> threading.Lock:
+def serial_lock(engine: Engine) -> WriterTurn:
     """The lock behind `writer_serial` itself, for a writer that queues its own way (the CAS
     ticket store's group commit); never to be taken inside a unit of work."""
     with _registry_lock:
