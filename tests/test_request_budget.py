@@ -233,3 +233,34 @@ def test_passkey_options_beyond_the_budget_are_refused_without_a_challenge_row(
         served.clock.advance(WINDOW)
         assert _options(client, token, ALICE).status_code == 200
     assert _rows(services, mfa_challenges) == LIMIT + 2
+
+
+def test_failed_upstream_callbacks_and_passkey_sign_ins_stop_auditing_at_the_budget(
+    served: Served,
+) -> None:
+    services = served.services
+    with httpx.Client(base_url=served.url, timeout=10) as client:
+        made_up = {"state": "x" * 40, "authCode": "nothing"}
+        for _ in range(LIMIT):
+            failed = client.get(
+                f"/login/upstream/{DINGTALK}/callback",
+                params=made_up,
+                headers={"X-Forwarded-For": ALICE, "Accept": "text/html"},
+            )
+            assert failed.status_code == 400
+        refused = client.get(
+            f"/login/upstream/{DINGTALK}/callback",
+            params=made_up,
+            headers={"X-Forwarded-For": ALICE, "Accept": "text/html"},
+        )
+        assert refused.status_code == 429 and refused.headers["retry-after"] == str(WINDOW)
+        assert len(events(services, "login.failed")) == LIMIT
+
+        token = csrf_token(client.get("/login").text)
+        junk = {"csrf_token": token, "handle": "h" * 32, "answer": "{}"}
+        for _ in range(LIMIT):
+            failed = client.post("/login/passkey", data=junk, headers={"X-Forwarded-For": BOB})
+            assert failed.status_code == 401
+        refused = client.post("/login/passkey", data=junk, headers={"X-Forwarded-For": BOB})
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert len(events(services, "mfa.failed")) == LIMIT

@@ -147,8 +147,9 @@ class ThrottleSettings:
 @dataclass(frozen=True)
 class DefencesSettings:
     """`[defences]`: how many writes a request without a session may cause per source address
-    (IPv6 by /64) and window (core/request_budget.py): upstream sign-in starts and passkey
-    ceremonies, each kind counted on its own, in each worker process."""
+    (IPv6 by /64) and window (core/request_budget.py): upstream sign-in starts and callbacks,
+    passkey options and passwordless sign-ins, each kind counted on its own, in each worker
+    process."""
 
     anonymous_writes: int = 30
     anonymous_window: int = 60

@@ -1,8 +1,10 @@
 """How many server-side writes one source address may cause without signing in.
 
 Some requests anyone may send write state before anybody is known: `GET /login/upstream/{name}`
-stores an `upstream_states` row and a `login.upstream_started` audit event, and
-`POST /login/passkey/options` stores an `mfa_challenges` row. Unbounded, a flood from one
+stores an `upstream_states` row and a `login.upstream_started` audit event,
+`POST /login/passkey/options` stores an `mfa_challenges` row, and a failed
+`GET /login/upstream/{name}/callback` (a `login.failed`) or passwordless `POST /login/passkey`
+(an `mfa.failed`) each audits one event. Unbounded, a flood from one
 address grows the database and the audit trail for as long as it lasts. Each such kind of
 write gets a budget per source (the address as core/throttle.py `source_of` keys it: IPv4 as
 is, IPv6 by its /64): at most `limit` in a fixed window of `window` seconds; beyond that the
@@ -28,8 +30,10 @@ from idhub.core.throttle import source_of
 
 # The kinds of anonymous write that are budgeted; each has its own counter per source.
 UPSTREAM_START = "upstream_start"
+UPSTREAM_CALLBACK = "upstream_callback"
 PASSKEY_OPTIONS = "passkey_options"
-KINDS = (UPSTREAM_START, PASSKEY_OPTIONS)
+PASSKEY_SIGN_IN = "passkey_sign_in"
+KINDS = (UPSTREAM_START, UPSTREAM_CALLBACK, PASSKEY_OPTIONS, PASSKEY_SIGN_IN)
 # Requests whose address is missing or unparsable share one counter rather than going free.
 NO_SOURCE = "-"
 

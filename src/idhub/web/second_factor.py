@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from idhub.bootstrap import Services
 from idhub.core.remembered_devices import DEVICE_COOKIE
-from idhub.core.request_budget import PASSKEY_OPTIONS, RequestBudget
+from idhub.core.request_budget import PASSKEY_OPTIONS, PASSKEY_SIGN_IN, RequestBudget
 from idhub.core.signin import (
     EnrolmentNeeded,
     PasswordSignIn,
@@ -221,6 +221,10 @@ class SecondFactorStep:
         return_to = self._check_return_to(_text(form.get("return_to"), 8000))
         if not self._browser.guard.check(request, form):
             return self._browser.error_page(request, "form_expired", "csrf")
+        # Each failed passwordless attempt audits an `mfa.failed`, with nobody known yet.
+        refused = self._budget.spend(PASSKEY_SIGN_IN, request_context(request).client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             result = await run_in_threadpool(
                 self._signin.passkey_sign_in,

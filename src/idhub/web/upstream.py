@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.core.remembered_devices import DEVICE_COOKIE
-from idhub.core.request_budget import UPSTREAM_START, RequestBudget
+from idhub.core.request_budget import UPSTREAM_CALLBACK, UPSTREAM_START, RequestBudget
 from idhub.core.upstream import UpstreamFailed
 from idhub.core.upstream_flow import STATE_COOKIE, SystemAsking, UpstreamDone, UpstreamSignIn
 from idhub.web.browser import Browser, browser_for
@@ -113,6 +113,11 @@ class UpstreamPages:
             for key in CALLBACK_PARAMS
             if (value := request.query_params.get(key)) is not None
         }
+        # A failed callback audits a `login.failed`: a flood of made-up states is bounded too.
+        # The state cookie is kept, so the same callback may be retried after Retry-After.
+        refused = self._budget.spend(UPSTREAM_CALLBACK, request_context(request).client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             done = await run_in_threadpool(self._complete, request, name, params)
         except UpstreamFailed as exc:
