@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from idhub.core.passwords import PasswordHasher
     from idhub.core.readiness import Readiness
     from idhub.core.remembered_devices import RememberedDevices
+    from idhub.core.request_budget import RequestBudget
     from idhub.core.scim.service import ScimService
     from idhub.core.sessions import SsoSessions
     from idhub.core.signin import SignInCore, SignInFactors
@@ -1203,6 +1204,19 @@ class Services:
         )
 
     # --- sign-in defences: throttle, client-auth guard, password policy ------------------------
+
+    @cached_property
+    def request_budget(self) -> RequestBudget:
+        """Writes a request without a session may cause per address (in this process)."""
+        from idhub.core.request_budget import BudgetRule, RequestBudget
+
+        d = self.settings.defences
+        rule = BudgetRule(
+            limit=d.anonymous_writes,
+            window=float(d.anonymous_window),
+            max_sources=d.anonymous_sources,
+        )
+        return RequestBudget(rule, clock=self.clock)
 
     @cached_property
     def throttle(self) -> Throttle:

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from idhub.config._values import Locator, Secret, coerce, field_types, redact_url
-from idhub.config.defences import check_defences
+from idhub.config.defences import check_defences, check_request_budget
 from idhub.config.identity import identity_rules
 from idhub.config.ldap import ldap_sources
 from idhub.config.oa import oa_sources
@@ -28,6 +28,7 @@ from idhub.config.settings import (
     AuditSettings,
     CasSettings,
     DatabaseSettings,
+    DefencesSettings,
     LdapSourceSettings,
     LimitsSettings,
     MetricsSettings,
@@ -52,6 +53,7 @@ __all__ = [
     "AuditSettings",
     "CasSettings",
     "DatabaseSettings",
+    "DefencesSettings",
     "LdapSourceSettings",
     "LimitsSettings",
     "MetricsSettings",
@@ -87,6 +89,7 @@ _SECTIONS: dict[str, type] = {
     "sync": SyncSettings,
     "throttle": ThrottleSettings,
     "passwords": PasswordSettings,
+    "defences": DefencesSettings,
     "limits": LimitsSettings,
     "cas": CasSettings,
     "mfa": MfaSettings,
@@ -302,6 +305,7 @@ def load_settings(
         database = replace(database, url=f"sqlite:///{var_dir / 'idhub.db'}")
     sections["database"] = database
     check_defences(sections["server"], sections["throttle"], sections["passwords"], fail=fail)
+    check_request_budget(sections["defences"], fail=fail)
 
     secret: Secret | None = None
     if env.get("IDHUB_SECRET_KEY"):
@@ -322,6 +326,7 @@ def load_settings(
         sync=sections["sync"],
         throttle=sections["throttle"],
         passwords=sections["passwords"],
+        defences=sections["defences"],
         limits=sections["limits"],
         cas=sections["cas"],
         mfa=sections["mfa"],

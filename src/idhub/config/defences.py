@@ -6,7 +6,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from idhub.config.settings import PasswordSettings, ServerSettings, ThrottleSettings
+from idhub.config.settings import (
+    DefencesSettings,
+    PasswordSettings,
+    ServerSettings,
+    ThrottleSettings,
+)
 from idhub.errors import ConfigError
 
 Fail = Callable[[str, str, str | None], ConfigError]
@@ -61,3 +66,12 @@ def check_defences(
             "passwords",
             None,
         )
+
+
+def check_request_budget(defences: DefencesSettings, *, fail: Fail) -> None:
+    """The anonymous-write budget (core/request_budget.py): every number at least 1, and an
+    address table large enough that ordinary traffic does not push its own counters out."""
+    least_of = {"anonymous_writes": 1, "anonymous_window": 1, "anonymous_sources": 100}
+    for key, least in least_of.items():
+        if getattr(defences, key) < least:
+            raise fail(f"[defences] {key} must be at least {least}", "defences", key)

@@ -145,6 +145,19 @@ class ThrottleSettings:
 
 
 @dataclass(frozen=True)
+class DefencesSettings:
+    """`[defences]`: how many writes a request without a session may cause per source address
+    (IPv6 by /64) and window (core/request_budget.py): upstream sign-in starts and callbacks,
+    passkey options and passwordless sign-ins, each kind counted on its own, in each worker
+    process."""
+
+    anonymous_writes: int = 30
+    anonymous_window: int = 60
+    # Addresses remembered at once (an LRU); bounds the memory a flood of addresses can take.
+    anonymous_sources: int = 10_000
+
+
+@dataclass(frozen=True)
 class PasswordSettings:
     """`[passwords]`: the policy for local passwords and the argon2id parameters."""
 
@@ -339,6 +352,7 @@ class Settings:
     sync: SyncSettings = field(default_factory=SyncSettings)
     throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
     passwords: PasswordSettings = field(default_factory=PasswordSettings)
+    defences: DefencesSettings = field(default_factory=DefencesSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     cas: CasSettings = field(default_factory=CasSettings)
     mfa: MfaSettings = field(default_factory=MfaSettings)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from idhub import errors
 from idhub.bootstrap import translate_failure
+from idhub.core.request_budget import OverBudget
 from idhub.web.security_headers import allowed_methods
 
 log = logging.getLogger("idhub.web")
@@ -84,6 +85,19 @@ def error_response(
     if request_id:
         body["request_id"] = request_id
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def over_budget(request: Request, refusal: OverBudget) -> Response:
+    """429 for a request refused by core/request_budget.py: the translated page for a browser,
+    JSON for a script (the passkey options), `Retry-After` for both."""
+    return error_response(
+        request,
+        429,
+        "too_many_requests",
+        "Too many requests from this address; try again in a minute.",
+        {"Retry-After": str(refusal.retry_after)},
+        localised=True,
+    )
 
 
 # Seconds a client is asked to wait after a 503: a database or audit outage is either over

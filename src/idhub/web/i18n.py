@@ -101,6 +101,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "http_server_error": "服务器内部出错，请稍后再试；如需联系管理员，请提供下方的请求编号。",
         "http_storage_unavailable": "数据库暂时无法连接，请稍后再试。",
         "http_schema_not_ready": "idhub 尚未完成初始化，请稍后再试。",
+        "http_too_many_requests": "来自您所在地址的请求过多，请一分钟后再试。",
         # --- the page after a plain sign-in (web/login.py) ---
         "signed_in_title": "您已登录",
         "signed_in_department": "部门",
@@ -231,6 +232,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         ),
         "http_storage_unavailable": "The database cannot be reached right now; try again shortly.",
         "http_schema_not_ready": "idhub is not set up completely yet; try again later.",
+        "http_too_many_requests": "Too many requests from your address; try again in a minute.",
         # --- the page after a plain sign-in (web/login.py) ---
         "signed_in_title": "You are signed in",
         "signed_in_department": "Department",

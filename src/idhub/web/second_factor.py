@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from idhub.bootstrap import Services
 from idhub.core.remembered_devices import DEVICE_COOKIE
+from idhub.core.request_budget import PASSKEY_OPTIONS, PASSKEY_SIGN_IN, RequestBudget
 from idhub.core.signin import (
     EnrolmentNeeded,
     PasswordSignIn,
@@ -28,6 +29,7 @@ from idhub.core.signin import (
 )
 from idhub.errors import AuthenticationFailed
 from idhub.web.browser import Browser, browser_for
+from idhub.web.errors import over_budget
 from idhub.web.middleware import request_context
 from idhub.web.templating import SECURITY_HEADERS
 
@@ -104,8 +106,10 @@ class SecondFactorStep:
         browser: Browser,
         remember_days: float,
         check_return_to: Callable[[str | None], str | None],
+        budget: RequestBudget,
     ) -> None:
         self._signin = signin
+        self._budget = budget
         self._browser = browser
         self._remember_days = remember_days
         self._check_return_to = check_return_to
@@ -200,6 +204,10 @@ class SecondFactorStep:
         form = await request.form()
         if not self._browser.guard.check(request, form):
             return JSONResponse({"error": "csrf"}, status_code=400, headers=SECURITY_HEADERS)
+        # Each answer stores a challenge row: asked before it is written.
+        refused = self._budget.spend(PASSKEY_OPTIONS, request_context(request).client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             options = await run_in_threadpool(
                 self._signin.passkey_options, _text(form.get("pending")) or None
@@ -213,6 +221,10 @@ class SecondFactorStep:
         return_to = self._check_return_to(_text(form.get("return_to"), 8000))
         if not self._browser.guard.check(request, form):
             return self._browser.error_page(request, "form_expired", "csrf")
+        # Each failed passwordless attempt audits an `mfa.failed`, with nobody known yet.
+        refused = self._budget.spend(PASSKEY_SIGN_IN, request_context(request).client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             result = await run_in_threadpool(
                 self._signin.passkey_sign_in,
@@ -235,4 +247,5 @@ def second_factor_step(
         browser=browser_for(services),
         remember_days=services.settings.mfa.remember_device_days,
         check_return_to=check_return_to,
+        budget=services.request_budget,
     )

@@ -16,9 +16,11 @@ from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
 from idhub.core.remembered_devices import DEVICE_COOKIE
+from idhub.core.request_budget import UPSTREAM_CALLBACK, UPSTREAM_START, RequestBudget
 from idhub.core.upstream import UpstreamFailed
 from idhub.core.upstream_flow import STATE_COOKIE, SystemAsking, UpstreamDone, UpstreamSignIn
 from idhub.web.browser import Browser, browser_for
+from idhub.web.errors import over_budget
 from idhub.web.login import safe_return_to
 from idhub.web.middleware import request_context
 from idhub.web.second_factor import (
@@ -61,8 +63,10 @@ class UpstreamPages:
         steps: SecondFactorStep,
         systems: ReturnPathSystem,
         issuer: str,
+        budget: RequestBudget,
     ) -> None:
         self._flow = flow
+        self._budget = budget
         self._browser = browser
         self._steps = steps
         self._systems = systems
@@ -74,13 +78,18 @@ class UpstreamPages:
     async def start(self, request: Request) -> Response:
         name = request.path_params["name"]
         return_to = safe_return_to(request.query_params.get("return_to"))
+        ctx = request_context(request)
+        # Asked before the flow stores its state row and audit event, never after.
+        refused = self._budget.spend(UPSTREAM_START, ctx.client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             started = await run_in_threadpool(
                 self._flow.begin,
                 name,
                 redirect_uri=self.callback_url(name),
                 return_to=return_to,
-                ctx=request_context(request),
+                ctx=ctx,
             )
         except UpstreamFailed as exc:
             return self.failed(request, exc)
@@ -104,6 +113,11 @@ class UpstreamPages:
             for key in CALLBACK_PARAMS
             if (value := request.query_params.get(key)) is not None
         }
+        # A failed callback audits a `login.failed`: a flood of made-up states is bounded too.
+        # The state cookie is kept, so the same callback may be retried after Retry-After.
+        refused = self._budget.spend(UPSTREAM_CALLBACK, request_context(request).client_ip)
+        if refused is not None:
+            return over_budget(request, refused)
         try:
             done = await run_in_threadpool(self._complete, request, name, params)
         except UpstreamFailed as exc:
@@ -154,6 +168,7 @@ def routes(services: Services) -> list[BaseRoute]:
         steps=second_factor_step(services, check_return_to=safe_return_to),
         systems=return_path_system(services),
         issuer=services.settings.server.issuer,
+        budget=services.request_budget,
     )
     return [
         Route("/login/upstream/{name}", pages.start, methods=["GET"]),
