@@ -24,6 +24,7 @@ from idhub.core.directory.plan import (
     StoredUser,
     UserChange,
     _attributes_after,
+    plan_gone,
 )
 from idhub.core.identity import LOCAL_SOURCE
 
@@ -154,17 +155,7 @@ def plan_gone_linked(stored: StoredUser, *, source: str, rules: LinkRules) -> Us
     only its link is dropped."""
     linked = linked_sources(stored, source)
     if check_authoritative(rules, source, creator=stored.creator, linked=linked):
-        if stored.disabled:
-            return None
-        return UserChange(
-            kind="disable",
-            external_id=stored.external_id,
-            username=stored.username,
-            fields={"disabled": (False, True)},
-            user_id=stored.id,
-            entry=None,
-            disabled_reason=GONE_FROM_SOURCE,
-        )
+        return plan_gone(stored)
     return unlink(stored, source, None)
 
 
