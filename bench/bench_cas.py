@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_oidc import _ms, free_port
+from bench_oidc import _ms, free_port, server_cpu_seconds
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 SERVICE = "http://127.0.0.1:9/app/"
@@ -140,21 +140,6 @@ def server(workdir: Path, database_url: str = "") -> Iterator[tuple[str, str, in
             proc.wait()
 
 
-def server_cpu(pid: int) -> float:
-    """CPU seconds used so far by the server process and its workers."""
-    total = 0.0
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    for proc in [str(pid), *children]:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def session_cookie(url: str, password: str) -> str:
     with httpx.Client(base_url=url, timeout=30) as browser:
         token = CSRF.search(browser.get("/login").text).group(1)  # type: ignore[union-attr]
@@ -220,11 +205,11 @@ def run_wrk(
     cmd.append(url)
     if args:
         cmd += ["--", *args]
-    before = server_cpu(pid)
+    before = server_cpu_seconds(pid)
     out = subprocess.run(
         cmd, capture_output=True, text=True, check=True, timeout=duration + 30
     ).stdout
-    cpu = server_cpu(pid) - before
+    cpu = server_cpu_seconds(pid) - before
 
     def number(pattern: str) -> str:
         found = re.search(pattern, out)

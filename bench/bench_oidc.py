@@ -158,9 +158,9 @@ def database(kind: str, var: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def prepare(root: Path, url: str, count: int, user_count: int) -> dict[str, Any]:
-    """Creates the config, runs `idhub init`, registers clients, creates `user_count` users and
-    pre-issues `count` refresh tokens and `count` authorization codes spread over them."""
+def init_idhub(root: Path, url: str) -> tuple[Path, dict[str, str]]:
+    """An `idhub.toml` under `root` for the database at `url` with the shipped policies (not
+    watched), initialised with `idhub init`; returns it and the environment that names it."""
     var = root / "var"
     var.mkdir(exist_ok=True)
     config = root / "idhub.toml"
@@ -176,6 +176,13 @@ def prepare(root: Path, url: str, count: int, user_count: int) -> dict[str, Any]
         env=env,
         capture_output=True,
     )
+    return config, env
+
+
+def prepare(root: Path, url: str, count: int, user_count: int) -> dict[str, Any]:
+    """Creates the config, runs `idhub init`, registers clients, creates `user_count` users and
+    pre-issues `count` refresh tokens and `count` authorization codes spread over them."""
+    config, env = init_idhub(root, url)
 
     from sqlalchemy import insert
 
@@ -355,19 +362,20 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def server_cpu_seconds(pid: int) -> float:
-    """User + system CPU of the server and its workers so far: on a shared machine the CPU a
-    request costs stays meaningful when the rate it reaches does not."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    """User + system CPU of the server and every live descendant (its workers) so far: on a
+    shared machine the CPU a request costs stays meaningful when the rate it reaches does not."""
     total = 0
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for proc in [str(pid), *children]:
+    todo = [pid]
+    while todo:
+        current = todo.pop()
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+            # Fields after the command name (which may hold spaces) start at state (field 3).
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def warm(base: str, data: dict[str, Any]) -> None:

@@ -39,11 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench_oidc import basic, free_port, run_wrk, serve, write_post_script
+from bench_oidc import (
+    basic,
+    free_port,
+    init_idhub,
+    run_wrk,
+    serve,
+    server_cpu_seconds,
+    write_post_script,
+)
 
 HERE = Path(__file__).resolve().parent
 PEER_DIR = HERE / "peer"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCENARIOS = ("cc ES256", "cc RS256", "introspection")
 CC_BODY = "grant_type=client_credentials&scope=authz"
 # The issue's goals: at most this share of the peer's CPU per request, p99 within this factor.
@@ -51,38 +58,8 @@ CPU_GOAL = 0.67
 P99_GOAL = 2.0
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of `pid` and every live descendant, in seconds."""
-    total = 0
-    todo = [pid]
-    while todo:
-        current = todo.pop()
-        with contextlib.suppress(OSError):
-            stat = Path(f"/proc/{current}/stat").read_text()
-            # Fields after the command name (which may hold spaces) start at state (field 3).
-            fields = stat.rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-            for task in Path(f"/proc/{current}/task").iterdir():
-                with contextlib.suppress(OSError):
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-    return total / CLK_TCK
-
-
 def prepare_idhub(root: Path) -> dict[str, Any]:
-    var = root / "var"
-    config = root / "idhub.toml"
-    config.write_text(
-        f'var_dir = "{var}"\n[database]\nurl = "sqlite:///{var / "idhub.db"}"\n'
-        f'[policy]\ndir = "{HERE.parent / "policies"}"\nwatch = false\n',
-        encoding="utf-8",
-    )
-    env = {**os.environ, "IDHUB_CONFIG": str(config)}
-    subprocess.run(
-        [sys.executable, "-m", "idhub", "-c", str(config), "init"],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    config, env = init_idhub(root, f"sqlite:///{root / 'var' / 'idhub.db'}")
     from idhub.bootstrap import Services
     from idhub.config import load_settings
 
@@ -166,9 +143,9 @@ def measure(
     pid: int, script: Path, url: str, *, duration: int, connections: int
 ) -> dict[str, float]:
     load_before = os.getloadavg()[0]
-    cpu_before = tree_cpu_seconds(pid)
+    cpu_before = server_cpu_seconds(pid)
     result = run_wrk(url, duration=duration, connections=connections, script=script)
-    cpu = tree_cpu_seconds(pid) - cpu_before
+    cpu = server_cpu_seconds(pid) - cpu_before
     result["cpu_us"] = cpu / max(result["requests"], 1) * 1e6
     result["load"] = max(load_before, os.getloadavg()[0])
     return result
