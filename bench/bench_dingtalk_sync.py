@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -58,7 +59,9 @@ def bare_read(url: str, page_size: int) -> int:
     return calls
 
 
-def idhub_sync(url: str, db: Path) -> tuple[float, dict[str, int]]:
+def services_for(url: str, db: Path) -> Any:
+    """idhub's services on a fresh SQLite file `db`, with the fake at `url` as source
+    `dingtalk:bench`."""
     from idhub.bootstrap import Services
     from idhub.config import load_settings
 
@@ -73,6 +76,11 @@ def idhub_sync(url: str, db: Path) -> tuple[float, dict[str, int]]:
     env = {"IDHUB_SECRET_KEY": SECRET, "BENCH_DT_SECRET": APP_SECRET}
     services = Services(load_settings(config, env=env))
     services.migrate()
+    return services
+
+
+def idhub_sync(url: str, db: Path) -> tuple[float, dict[str, int]]:
+    services = services_for(url, db)
     try:
         started = time.perf_counter()
         report = services.oa_sync("dingtalk:bench").run()

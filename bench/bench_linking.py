@@ -28,28 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from bench.bench_dingtalk_sync import bare_read  # noqa: E402
-from tests.dingtalk_fake import APP_KEY, APP_SECRET, DingTalkFake, company  # noqa: E402
-
-SECRET = "bench-secret-key-0123456789abcdefghijklmnop"
-
-
-def services_for(url: str, db: Path) -> Any:
-    from idhub.bootstrap import Services
-    from idhub.config import load_settings
-
-    config = db.with_suffix(".toml")
-    config.write_text(
-        f'var_dir = "{db.parent}"\n[database]\nurl = "sqlite:///{db}"\n'
-        f'[policy]\ndir = "{REPO / "policies"}"\nwatch = false\n'
-        f'[directory.dingtalk.bench]\nbase_url = "{url}"\napp_key = "{APP_KEY}"\n'
-        'app_secret_env = "BENCH_DT_SECRET"\n',
-        encoding="utf-8",
-    )
-    env = {"IDHUB_SECRET_KEY": SECRET, "BENCH_DT_SECRET": APP_SECRET}
-    services = Services(load_settings(config, env=env))
-    services.migrate()
-    return services
+from bench.bench_dingtalk_sync import bare_read, services_for  # noqa: E402
+from tests.dingtalk_fake import DingTalkFake, company  # noqa: E402
 
 
 def seed_local_people(services: Any, users: int) -> None:
