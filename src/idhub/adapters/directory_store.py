@@ -472,6 +472,20 @@ class SqlDirectoryStore(SqlSyncLedger):
                 )
         return set(paths) - found
 
+    def local_departments(self, paths: Collection[str]) -> set[str]:
+        """The paths among `paths` of departments an admin made in idhub (source "local")."""
+        found: set[str] = set()
+        with connect(self._engine) as conn:
+            for chunk in _chunks(paths):
+                found.update(
+                    conn.execute(
+                        select(departments.c.path).where(
+                            departments.c.path.in_(chunk), departments.c.source == LOCAL_SOURCE
+                        )
+                    ).scalars()
+                )
+        return found
+
     def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]:
         """path -> id for every path given (and its ancestors), creating the missing ones."""
         wanted = {p for path in paths for p in parent_paths(path)}
