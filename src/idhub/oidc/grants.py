@@ -67,11 +67,21 @@ class GrantSupport:
 # ---------------------------------------------------------------- authorization code
 
 
-class _Code:
-    """authlib's AuthorizationCodeMixin over a consumed code row."""
+def _live(user: User | None) -> User:
+    """The user a grant mints for, read with the grant itself; `InvalidGrantError` once they
+    are gone or disabled (what `TokenMinter.active_user` answers)."""
+    if user is None or user.disabled:
+        raise InvalidGrantError("the user of this grant no longer exists or is disabled")
+    return user
 
-    def __init__(self, record: CodeRecord) -> None:
+
+class _Code:
+    """authlib's AuthorizationCodeMixin over a code row, with the user it was issued to (read
+    in the same statement)."""
+
+    def __init__(self, record: CodeRecord, user: User | None) -> None:
         self.record = record
+        self.user = user
 
     def get_redirect_uri(self) -> str:
         return self.record.redirect_uri
@@ -101,14 +111,14 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
 
     def query_authorization_code(self, code: str, client: Any) -> _Code | None:
-        status, record = self.tokens.find_code(sha256_hex(code), self.clock.now())
+        status, record, user = self.tokens.find_code_and_user(sha256_hex(code), self.clock.now())
         if record is None or record.client_id != client.client_id:
             raise InvalidGrantError("the authorization code is not valid")
         if status == "used":
             self._code_reused(record)
         if status == "expired":
             raise InvalidGrantError("the authorization code has expired")
-        return _Code(record)
+        return _Code(record, user)
 
     def _code_reused(self, record: CodeRecord) -> None:
         # RFC 6749 4.1.2: a code used twice revokes what it granted: the refresh family it
@@ -122,8 +132,9 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         minter = self.minter
         client: Client = self.request.client.client
-        record: CodeRecord = self.request.authorization_code.record
-        user = minter.active_user(record.user_id)
+        code: _Code = self.request.authorization_code
+        record = code.record
+        user = _live(code.user)
         scopes = record.scope.split()
         audience = client.resolve_audience(record.resource) or client.audience
         # Signed before the transaction, so no lock waits on the signatures; if the code
@@ -146,7 +157,7 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
             )
         refresh = None
         with minter.atomic():
-            status, _ = self.tokens.consume_code(record.code_hash, self.clock.now())
+            status = self.tokens.consume_code(record.code_hash, self.clock.now())
             if status == "ok":
                 refresh = self._start_use(client, record, claims, user.id, audience)
                 minter.record_issuance(
@@ -288,25 +299,24 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
     ) -> tuple[RefreshFamily, User, str, dict[str, Any]] | None:
         """The access token for the family `token_hash` belongs to, if it is a live family of
         this client whose user is active; None otherwise (the rotation then says why)."""
-        found = self.tokens.find_refresh(token_hash)
+        found = self.tokens.find_refresh_and_user(token_hash)
         if found is None:
             return None
-        family = found[0]
+        family, user = found[0], found[3]
         if family.client_id != client.client_id or family.revoked_at is not None:
             return None
         if requested and not set(requested) <= set(family.scope.split()):
             return None  # invalid_scope: the rotation answers it
-        try:
-            user, token, claims = self._sign(client, family, requested)
-        except InvalidGrantError:
+        if user is None or user.disabled:
             return None  # the user is gone or disabled: raised again inside, rolling back
-        return family, user, token, claims
+        return (family, *self._sign(client, family, requested, user))
 
     def _sign(
-        self, client: Client, family: RefreshFamily, requested: list[str]
+        self, client: Client, family: RefreshFamily, requested: list[str], user: User | None = None
     ) -> tuple[User, str, dict[str, Any]]:
         minter = self.minter
-        user = minter.active_user(family.user_id)
+        if user is None:
+            user = minter.active_user(family.user_id)
         token, claims = minter.user_access_token(
             client,
             user,
