@@ -140,6 +140,10 @@ class SqlTokenStore:
             "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at, "  # noqa: S608
             f"rotated_at) VALUES ({m}, {m}, {m}, {m}, NULL)"
         )
+        self._revoke_jti_sql = (
+            "INSERT INTO revoked_tokens (jti, expires_at, revoked_at) "  # noqa: S608
+            f"VALUES ({m}, {m}, {m}) ON CONFLICT (jti) DO NOTHING"
+        )
         self._grant_token_sql = (
             "INSERT INTO grant_access_tokens (grant_id, jti, expires_at) "  # noqa: S608
             f"VALUES ({m}, {m}, {m})"
@@ -452,29 +456,27 @@ class SqlTokenStore:
     @translate_storage_errors
     def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:
         """Copies the grant's unexpired access-token ids onto the revocation list in one
-        transaction; ids already there stay as they are."""
+        transaction; ids already there stay as they are. Idempotent under concurrency too:
+        several replays of one code racing each other revoke the same ids, and the loser of
+        each insert skips it (`ON CONFLICT DO NOTHING`, SQLite and PostgreSQL alike) instead
+        of failing the request."""
         with self._serial(), begin(self._engine) as conn:
             rows = conn.execute(
-                select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at).where(
+                select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at)
+                .where(
                     grant_access_tokens.c.grant_id == grant_id,
                     grant_access_tokens.c.expires_at > now,
                 )
+                # One order for every revoker: two racing ones cannot deadlock on the rows.
+                .order_by(grant_access_tokens.c.jti)
             ).all()
-            known = set(
-                conn.execute(
-                    select(revoked_tokens.c.jti).where(
-                        revoked_tokens.c.jti.in_([row.jti for row in rows])
-                    )
-                ).scalars()
-            )
-            fresh = [
-                {"jti": row.jti, "expires_at": row.expires_at, "revoked_at": now}
-                for row in rows
-                if row.jti not in known
-            ]
-            if fresh:
-                conn.execute(insert(revoked_tokens), fresh)
-        return len(fresh)
+            cursor = _cursor(conn)
+            added = 0
+            for jti, expires_at in rows:
+                cursor.execute(self._revoke_jti_sql, (jti, expires_at, now))
+                added += max(0, cursor.rowcount)
+            cursor.close()
+        return added
 
     # ------------------------------------------------------------------ client assertions
 

@@ -9,6 +9,7 @@ leaves open, and each grant's `create_token_response` issues through `TokenMinte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.consts import default_json_headers
@@ -215,6 +216,15 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
 # ---------------------------------------------------------------- refresh token
 
 
+@dataclass(frozen=True)
+class _Early:
+    """What the refresh grant read (and signed) before its transaction."""
+
+    family: RefreshFamily
+    user: User | None
+    signed: tuple[str, dict[str, Any]] | None
+
+
 class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
     """Refresh with rotation on every use; a rotated token presented again revokes its family,
     except as a retry within `[tokens] refresh_reuse_grace` (docs/oidc.md).
@@ -273,8 +283,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
                 if rotation.successor is not None:
                     # A retry within the grace window: the same successor as the first answer.
                     refresh = minter.open_successor(rotation.successor, rotated_hash=old_hash)
-                if early is not None and early[0] == family:
-                    _, user, token, claims = early
+                if early is not None and early.family == family:
+                    # Read with the family a moment ago: a user disabled since the last
+                    # token is refused now (raised here, the rotation rolls back).
+                    user = _live(early.user)
+                    token, claims = early.signed or self._sign(client, family, requested, user)[1:]
                 else:
                     user, token, claims = self._sign(client, family, requested)
                 self._account(client, family, user, token, claims, grace=rotation.successor)
@@ -294,11 +307,10 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         body = token_body(token, claims, refresh=refresh)
         return 200, body, default_json_headers
 
-    def _sign_early(
-        self, client: Client, token_hash: str, requested: list[str]
-    ) -> tuple[RefreshFamily, User, str, dict[str, Any]] | None:
-        """The access token for the family `token_hash` belongs to, if it is a live family of
-        this client whose user is active; None otherwise (the rotation then says why)."""
+    def _sign_early(self, client: Client, token_hash: str, requested: list[str]) -> _Early | None:
+        """The family `token_hash` belongs to and its user, read together, with the access
+        token signed when it is a live family of this client whose user is active; None when
+        the family is not this client's live one (the rotation then says why)."""
         found = self.tokens.find_refresh_and_user(token_hash)
         if found is None:
             return None
@@ -308,8 +320,9 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         if requested and not set(requested) <= set(family.scope.split()):
             return None  # invalid_scope: the rotation answers it
         if user is None or user.disabled:
-            return None  # the user is gone or disabled: raised again inside, rolling back
-        return (family, *self._sign(client, family, requested, user))
+            return _Early(family, user, None)  # refused inside, after reuse detection
+        _, token, claims = self._sign(client, family, requested, user)
+        return _Early(family, user, (token, claims))
 
     def _sign(
         self, client: Client, family: RefreshFamily, requested: list[str], user: User | None = None
