@@ -25,6 +25,7 @@ from idhub.adapters.db import (
     revoked_tokens,
     used_assertions,
 )
+from idhub.adapters.driver_read import fetch_all
 from idhub.adapters.unit_of_work import begin, connect, writer_serial
 from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, Rotation
@@ -222,13 +223,12 @@ class SqlTokenStore:
     def find_code_and_user(
         self, code_hash: str, now: float
     ) -> tuple[CodeStatus, CodeRecord | None, User | None]:
-        with connect(self._engine) as conn:
-            cursor = _cursor(conn)
-            cursor.execute(self._code_user_sql, (code_hash,))
-            row = cursor.fetchone()
-            cursor.close()
-        if row is None:
+        # A pooled driver connection, no SQLAlchemy Connection: this read is on every
+        # exchange and costs less than building one.
+        rows = fetch_all(self._engine, self._code_user_sql, (code_hash,))
+        if not rows:
             return "unknown", None, None
+        row = rows[0]
         width = len(_CODE_COLUMNS)
         record, user = _code_row(row[:width]), _joined_user(row[width + 1 :])
         if row[width] is not None:
@@ -355,13 +355,10 @@ class SqlTokenStore:
     def find_refresh_and_user(
         self, token_hash: str
     ) -> tuple[RefreshFamily, float, float | None, User | None] | None:
-        with connect(self._engine) as conn:
-            cursor = _cursor(conn)
-            cursor.execute(self._refresh_user_sql, (token_hash,))
-            row = cursor.fetchone()
-            cursor.close()
-        if row is None:
+        rows = fetch_all(self._engine, self._refresh_user_sql, (token_hash,))
+        if not rows:
             return None
+        row = rows[0]
         return RefreshFamily(*row[:8]), float(row[8]), row[9], _joined_user(row[10:])
 
     @translate_storage_errors
