@@ -326,6 +326,8 @@ def test_an_evicted_source_is_summarised_not_forgotten() -> None:
     assert budget.size() == 100
     with pytest.raises(ValueError):
         budget.admit(UPSTREAM_START, ALICE, "login.upstream_started")
+    with pytest.raises(ValueError):
+        budget.spend(SAML_REJECTED, ALICE)
 
 
 # ------------------------------------------------------------------ failure events over HTTP

@@ -43,6 +43,8 @@ UPSTREAM_START = "upstream_start"
 UPSTREAM_CALLBACK = "upstream_callback"
 PASSKEY_OPTIONS = "passkey_options"
 PASSKEY_SIGN_IN = "passkey_sign_in"
+# Kinds whose request is refused over the budget (`spend`).
+REQUEST_KINDS = (UPSTREAM_START, UPSTREAM_CALLBACK, PASSKEY_OPTIONS, PASSKEY_SIGN_IN)
 # Kinds whose request is refused anyway; only its failure event is budgeted (`admit`).
 LOGIN_REFUSED = "login_refused"
 CLIENT_REFUSED = "client_refused"
@@ -50,7 +52,7 @@ TOKEN_FAILED = "token_failed"  # noqa: S105 (a budget kind, not a secret)
 CAS_REJECTED = "cas_rejected"
 SAML_REJECTED = "saml_rejected"
 EVENT_KINDS = (LOGIN_REFUSED, CLIENT_REFUSED, TOKEN_FAILED, CAS_REJECTED, SAML_REJECTED)
-KINDS = (UPSTREAM_START, UPSTREAM_CALLBACK, PASSKEY_OPTIONS, PASSKEY_SIGN_IN, *EVENT_KINDS)
+KINDS = (*REQUEST_KINDS, *EVENT_KINDS)
 # Expired counters looked at per `admit`, so closed windows are summarised while traffic lasts
 # without one call paying for the whole table.
 SWEEP_STEP = 4
@@ -126,8 +128,8 @@ class RequestBudget:
     def spend(self, kind: str, address: str | None) -> OverBudget | None:
         """Count one write of `kind` from `address`, or refuse it (nothing counted) if the
         source already spent its budget in the current window."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown request budget kind {kind!r}")
+        if kind not in REQUEST_KINDS:
+            raise ValueError(f"{kind!r} is not a request budget kind")
         key = (kind, source_of(address) or NO_SOURCE)
         now = self._clock.now()
         closed: list[Suppressed] = []
