@@ -27,6 +27,7 @@ from idhub.core.request_budget import (
     CLIENT_REFUSED,
     LOGIN_REFUSED,
     PASSKEY_OPTIONS,
+    SAML_LOGOUT_NOOP,
     SAML_REJECTED,
     TOKEN_FAILED,
     UPSTREAM_START,
@@ -37,6 +38,7 @@ from idhub.core.request_budget import (
 from idhub.errors import ConfigError
 from tests.conftest import free_port, serve
 from tests.dingtalk_fake import DingTalkFake
+from tests.saml_sp import running_sp
 from tests.sso_support import csrf_token, events, login
 from tests.upstream_support import DINGTALK, ENV, running_dingtalk, running_wecom, sources_toml
 from tests.wecom_fake import WeComFake
@@ -474,3 +476,22 @@ def test_rejected_saml_requests_are_audited_within_the_budget(guarded: Served) -
     (summary,) = _summaries(guarded)
     assert summary["kind"] == SAML_REJECTED
     assert summary["suppressed"] == {"saml.request_rejected": 2}
+
+
+def test_logout_requests_that_end_no_session_are_audited_within_the_budget(
+    guarded: Served,
+) -> None:
+    services = guarded.services
+    with running_sp(guarded.url) as sp:
+        services.saml_sps.add("erp", metadata_xml=sp.metadata(), domain="erp", first_party=True)
+        # One signed LogoutRequest, replayed: nobody is signed in, nothing ends.
+        url = sp.logout_url("nobody", None)
+        with httpx.Client(headers={"X-Forwarded-For": ALICE}) as client:
+            answers = [client.get(url) for _ in range(LIMIT + 2)]
+    assert len({(r.status_code, r.headers.get("location", "")[:40]) for r in answers}) == 1
+    assert answers[0].status_code in (200, 303), answers[0].text[:300]
+    answered = events(services, "saml.logout_answered")
+    assert len(answered) == LIMIT and not answered[0]["details"]["session_ended"]
+    (summary,) = _summaries(guarded)
+    assert summary["kind"] == SAML_LOGOUT_NOOP
+    assert summary["suppressed"] == {"saml.logout_answered": 2}

@@ -21,11 +21,12 @@ Other anonymous requests are refused anyway and only their *failure event* is th
 password attempt refused by the throttle (`login.throttled`), a client refused by the client
 throttle (`client.auth_throttled`), a failed `/token` request from no authenticated client
 (`token.request_failed`), a bad CAS ticket (`cas.ticket_rejected`), a SAML request refused
-(`saml.request_rejected`). Their answer is what the protocol requires and never changes here;
-`admit` only decides whether the event is written: the first `limit` per source and window
-are, the rest are counted, and each window that dropped any closes with one summary
-(`Suppressed`, written as `audit.suppressed` by core/failure_audit.py) saying how many of which
-event were not written, so nothing is lost without a trace.
+(`saml.request_rejected`), a SAML LogoutRequest that ended no session (`saml.logout_answered`).
+Their answer is what the protocol requires and never changes here; `admit` only decides
+whether the event is written: the first `limit` per source and window are, the rest are
+counted, and each window that dropped any closes with one summary (`Suppressed`, written as
+`audit.suppressed` by core/failure_audit.py) saying how many of which event were not written,
+so nothing is lost without a trace.
 """
 
 from __future__ import annotations
@@ -51,7 +52,16 @@ CLIENT_REFUSED = "client_refused"
 TOKEN_FAILED = "token_failed"  # noqa: S105 (a budget kind, not a secret)
 CAS_REJECTED = "cas_rejected"
 SAML_REJECTED = "saml_rejected"
-EVENT_KINDS = (LOGIN_REFUSED, CLIENT_REFUSED, TOKEN_FAILED, CAS_REJECTED, SAML_REJECTED)
+# A LogoutRequest answered without a session to end (anyone may replay one).
+SAML_LOGOUT_NOOP = "saml_logout_noop"
+EVENT_KINDS = (
+    LOGIN_REFUSED,
+    CLIENT_REFUSED,
+    TOKEN_FAILED,
+    CAS_REJECTED,
+    SAML_REJECTED,
+    SAML_LOGOUT_NOOP,
+)
 KINDS = (*REQUEST_KINDS, *EVENT_KINDS)
 # Expired counters looked at per `admit`, so closed windows are summarised while traffic lasts
 # without one call paying for the whole table.

@@ -24,7 +24,7 @@ from idhub.bootstrap import Services
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.claims import RoleSource
 from idhub.core.failure_audit import FailureAudit
-from idhub.core.request_budget import SAML_REJECTED
+from idhub.core.request_budget import SAML_LOGOUT_NOOP, SAML_REJECTED
 from idhub.core.signin import (
     ConsentNeeded,
     LoginNeeded,
@@ -320,13 +320,18 @@ class SamlFront:
             return self.rejected(request, exc.message, ctx)
         ended = self.end_session_for(request, info, ctx)
         message = self._idp.logout_response(info, success=True)
-        self._audit.record(
+        event = PendingEvent(
             EventType.SAML_LOGOUT_ANSWERED,
             actor=Actor("system"),
             target=info.sp.name,
             details={"session_ended": ended, "binding": binding},
             ctx=ctx,
         )
+        if ended:
+            self._audit.record_many([event])
+        else:
+            # Nothing ended: a request anyone may send (or replay) for a known SP.
+            self._failures.record(SAML_LOGOUT_NOOP, event)
         response = self.post_page(request, message)
         if ended:
             self._browser.clear_session_cookie(response)
