@@ -495,3 +495,16 @@ def test_logout_requests_that_end_no_session_are_audited_within_the_budget(
     (summary,) = _summaries(guarded)
     assert summary["kind"] == SAML_LOGOUT_NOOP
     assert summary["suppressed"] == {"saml.logout_answered": 2}
+
+
+def test_summaries_whose_write_failed_are_handed_out_again_within_a_bound() -> None:
+    clock = FrozenClock(1_000.0)
+    budget = RequestBudget(BudgetRule(limit=1, window=60, max_sources=100), clock=clock)
+    for _ in range(3):
+        budget.admit(TOKEN_FAILED, ALICE, "token.request_failed")
+    clock.advance(60)
+    (summary,) = budget.close_expired()
+    budget.requeue([summary])  # the audit write failed
+    assert budget.admit(TOKEN_FAILED, BOB, "token.request_failed").summaries == (summary,)
+    budget.requeue([summary] * 150)
+    assert len(budget.close_all()) == 100 and budget.lost() == 50

@@ -27,30 +27,41 @@ class FailureAudit:
 
     def events(self, kind: str, event: PendingEvent) -> list[PendingEvent]:
         """What to write for `event` (a failure of `kind`): the event if the source has budget
-        left, after the summaries of windows that closed meanwhile; maybe nothing."""
-        address = event.ctx.client_ip if event.ctx is not None else None
-        admission = self._budget.admit(kind, address, event.event_type.value)
-        out = [summary_event(s) for s in admission.summaries]
-        if admission.record:
-            out.append(event)
-        return out
+        left, after the summaries of windows that closed meanwhile; maybe nothing. For a
+        caller that writes them in its own transaction."""
+        summaries, record = self._admit(kind, event)
+        return [summary_event(s) for s in summaries] + ([event] if record else [])
 
     def record(self, kind: str, event: PendingEvent) -> None:
-        """Writes what `events` says, in one commit; AuditError as `Auditor.record` raises."""
-        self._write(self.events(kind, event))
+        """Writes what `events` says, in one commit; AuditError as `Auditor.record` raises,
+        and the summaries are kept for the next write."""
+        summaries, record = self._admit(kind, event)
+        self._write(summaries, [event] if record else [])
 
     def flush_expired(self) -> int:
         """Writes the summaries of windows that ended; how many."""
-        return self._write([summary_event(s) for s in self._budget.close_expired()])
+        return self._write(self._budget.close_expired())
 
     def flush_all(self) -> int:
         """Writes the summaries of every window that suppressed events so far (at shutdown)."""
-        return self._write([summary_event(s) for s in self._budget.close_all()])
+        return self._write(self._budget.close_all())
 
-    def _write(self, events: Sequence[PendingEvent]) -> int:
-        if events:
-            self._audit.record_many(events)
-        return len(events)
+    def _admit(self, kind: str, event: PendingEvent) -> tuple[list[Suppressed], bool]:
+        address = event.ctx.client_ip if event.ctx is not None else None
+        admission = self._budget.admit(kind, address, event.event_type.value)
+        return list(admission.summaries), admission.record
+
+    def _write(self, summaries: list[Suppressed], events: Sequence[PendingEvent] = ()) -> int:
+        written = [summary_event(s) for s in summaries] + list(events)
+        if not written:
+            return 0
+        try:
+            self._audit.record_many(written)
+        except Exception:
+            # A summary is the only trace of what it counts: it waits for the next write.
+            self._budget.requeue(summaries)
+            raise
+        return len(written)
 
 
 def summary_event(summary: Suppressed) -> PendingEvent:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from idhub.core.clock import Clock
@@ -130,6 +131,7 @@ class RequestBudget:
         self._refused = 0
         # Summaries closed by `spend` (which writes no events), handed out by the next `admit`.
         self._pending: list[Suppressed] = []
+        self._lost = 0
 
     @property
     def rule(self) -> BudgetRule:
@@ -153,6 +155,7 @@ class RequestBudget:
             # Windows of event kinds swept here: their summaries wait for the next `admit`
             # or `close_expired`, since a refused-request kind writes no event to carry them.
             self._pending.extend(closed)
+            self._bound_pending()
         return None
 
     def admit(self, kind: str, address: str | None, event: str) -> Admission:
@@ -203,7 +206,21 @@ class RequestBudget:
                 window.dropped = {}
         return closed
 
+    def requeue(self, summaries: Sequence[Suppressed]) -> None:
+        """Summaries whose write failed, handed out again by the next `admit` or close."""
+        if summaries:
+            with self._lock:
+                self._pending.extend(summaries)
+                self._bound_pending()
+
     # ------------------------------------------------------------------ under the lock
+
+    def _bound_pending(self) -> None:
+        # While the audit trail cannot be written, summaries wait; at most one table's worth.
+        excess = len(self._pending) - self._rule.max_sources
+        if excess > 0:
+            del self._pending[:excess]
+            self._lost += excess
 
     def _expired(self, window: _Window, now: float) -> bool:
         # A clock stepped back counts as a fresh window rather than an endless one.
@@ -256,3 +273,8 @@ class RequestBudget:
     def refused(self) -> int:
         with self._lock:
             return self._refused
+
+    def lost(self) -> int:
+        """Summaries given up because too many waited for an audit trail that failed."""
+        with self._lock:
+            return self._lost
