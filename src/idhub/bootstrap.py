@@ -1240,6 +1240,11 @@ class Services:
             if "failure_audit" in self.__dict__:
                 self.failure_audit.flush_all()
 
+        def lost() -> list[str]:
+            n = self.request_budget.lost() if "request_budget" in self.__dict__ else 0
+            return [f"failure audit: {n} audit.suppressed summaries dropped"] if n else []
+
+        self.readiness_warnings.append(lost)
         every = min(10.0, float(self.settings.defences.anonymous_window))
         self.runtime.add(
             Job(
