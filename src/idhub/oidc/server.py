@@ -22,12 +22,14 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 
-from idhub.core.audit import Actor, Auditor, EventType
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
+from idhub.core.failure_audit import FailureAudit
 from idhub.core.identity import User
+from idhub.core.request_budget import TOKEN_FAILED
 from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
@@ -136,6 +138,7 @@ class Provider:
         introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         client_guard: ClientAuthGuard | None = None,
+        failures: FailureAudit | None = None,
     ) -> None:
         if not is_secure_transport(issuer_url):
             raise ConfigError(
@@ -151,6 +154,7 @@ class Provider:
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
+        self._failures = failures
         server = AuthlibServer(
             registry,
             minter=minter,
@@ -359,13 +363,24 @@ class Provider:
         if request.idhub_reason:
             details["reason"] = request.idhub_reason
         claimed = client or str(request.form.get("client_id") or "")[:100] or None
-        self._audit.record(
+        event = PendingEvent(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
             details=details,
             ctx=request.idhub_ctx,
         )
+        self._record_failure_event(request, event)
+
+    def _record_failure_event(self, request: IdhubRequest, event: PendingEvent) -> None:
+        """A client that proved who it is gets every failure recorded; one that did not (no
+        client, or a public one, which anyone may name) is within the per-address budget of
+        failure events (core/failure_audit.py). The answer is the same either way."""
+        proven = request.client is not None and getattr(request, "auth_method", None) != "none"
+        if proven or self._failures is None:
+            self._audit.record_many([event])
+        else:
+            self._failures.record(TOKEN_FAILED, event)
 
     @staticmethod
     def _unavailable(
