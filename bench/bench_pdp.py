@@ -13,7 +13,7 @@ The server CPU per request comes from /proc (user + system time of the worker pr
 before and after each run), which stays comparable on a busy box; req/s does not. The company
 is bench_authz's `--quick` one (kept in `--work` for re-runs).
 
-Usage: python bench/bench_pdp.py [--runs 3] [--seconds 5] [--work DIR] [--port 25100]
+Usage: python bench/bench_pdp.py [--runs 3] [--seconds 5] [--work DIR] [--port N]
 """
 
 from __future__ import annotations
@@ -97,6 +97,14 @@ def wrk(url: str, pids: list[int], seconds: int, extra: list[str]) -> tuple[floa
     return rate, spent / max(count, 1) * 1e6
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def measure(work: Path, runs: int, seconds: int, port: int) -> dict[str, Any]:
     size = bench_authz.sizes(True)
     bodies = bench_authz.http_requests(work, size, 2000)
@@ -109,9 +117,10 @@ def measure(work: Path, runs: int, seconds: int, port: int) -> dict[str, Any]:
         kind: {"rate": [], "cpu_us": []} for kind in ("bare", "healthz", "check")
     }
     loads: list[str] = []
+    bare_port = port + 1 if port else free_port()
     with (
         bench_authz.serving(work, 2, port) as (base, token, server),
-        bare_serving(port + 1) as bare,
+        bare_serving(bare_port) as bare,
     ):
         idhub_pids = bench_authz.worker_pids(server)
         bare_pids = bench_authz.worker_pids(bare)
@@ -120,7 +129,7 @@ def measure(work: Path, runs: int, seconds: int, port: int) -> dict[str, Any]:
         for _ in range(runs):
             for kind in ("bare", "healthz", "check"):
                 if kind == "bare":
-                    got = wrk(f"http://127.0.0.1:{port + 1}/healthz", bare_pids, seconds, [])
+                    got = wrk(f"http://127.0.0.1:{bare_port}/healthz", bare_pids, seconds, [])
                 elif kind == "healthz":
                     got = wrk(base + "/healthz", idhub_pids, seconds, [])
                 else:
@@ -147,7 +156,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--work", help="directory for the generated company (kept)")
-    parser.add_argument("--port", type=int, default=25100, help="idhub's; the bare app's is +1")
+    parser.add_argument(
+        "--port", type=int, default=0, help="idhub's (the bare app's is +1); free ports if 0"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="idhub-bench-pdp-") as tmp:
         work = Path(args.work) if args.work else Path(tmp)
