@@ -412,16 +412,19 @@ def http_requests(work: Path, size: dict[str, int], n: int) -> list[dict[str, st
 
 
 @contextlib.contextmanager
-def serving(work: Path, workers: int) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+def serving(
+    work: Path, workers: int, port: int = 0
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """`idhub serve --workers N` on the generated company: (base URL, a client-credentials
-    access token with scope authz, the server process)."""
+    access token with scope authz, the server process); on `port`, or a free one."""
     import socket
 
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    if not port:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     env = {
         **os.environ,
         "IDHUB_DATABASE_URL": f"sqlite:///{work / 'idhub.db'}",

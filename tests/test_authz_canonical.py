@@ -272,6 +272,14 @@ class _Source:
     ) -> int:
         return 0
 
+    def decision_events(
+        self, decisions: object, *, actor: Actor, version: str, ctx: RequestContext | None = None
+    ) -> list[object]:
+        return []
+
+    def append_decision_events(self, events: object) -> None:
+        pass
+
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), st.data())

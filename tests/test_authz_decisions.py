@@ -87,6 +87,20 @@ class FakeSource:
         self.recorded.append(([(dict(r), d) for r, d in decisions], actor, version))
         return len(decisions)
 
+    def decision_events(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> list[Any]:
+        # One stand-in event per batch: what the write receives, to check it is one write.
+        return [([(dict(r), d) for r, d in decisions], actor, version)]
+
+    def append_decision_events(self, events: Sequence[Any]) -> None:
+        self.recorded.extend(events)
+
 
 @pytest.fixture
 def source() -> FakeSource:

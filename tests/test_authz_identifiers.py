@@ -60,6 +60,19 @@ class Source:
         self.recorded.extend(decisions)
         return len(decisions)
 
+    def decision_events(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> list[Any]:
+        return list(decisions)
+
+    def append_decision_events(self, events: Sequence[Any]) -> None:
+        self.recorded.extend(events)
+
 
 @pytest.fixture(scope="module")
 def engine() -> Engine:

@@ -115,3 +115,24 @@ def test_audience_rules(services: Services) -> None:
     assert client.resolve_audience("erp") is None
     plain, _ = services.clients.register("rb", redirect_uris=["https://rb.example/cb"])
     assert plain.resolve_audience("idhub") is None
+
+
+def test_party_domains_without_a_database_read_only_while_fresh(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services], db_url: str
+) -> None:
+    """`party_domains_if_fresh` (the decision API's event loop) answers what `party_domains`
+    would, or None whenever that answer could need the store: never a staler one."""
+    settings = make_settings(db_url)
+    writer = make_services(settings)
+    reader = make_services(settings)
+    reader.clients._recheck = 0.2
+    writer.clients.register("svc", grant_types=["client_credentials"], scope="authz")
+    assert reader.clients.party_domains_if_fresh("svc") is None  # never looked up
+    domains = reader.clients.party_domains("svc")
+    assert reader.clients.party_domains_if_fresh("svc") == domains
+    writer.clients.update("svc", disabled=True)
+    time.sleep(0.25)
+    # The version check is due: not from memory, and the full lookup sees the change.
+    assert reader.clients.party_domains_if_fresh("svc") is None
+    assert reader.clients.party_domains("svc") == frozenset()
+    assert reader.clients.party_domains_if_fresh("svc") == frozenset()

@@ -3,8 +3,10 @@ from /token, the shipped policy, and the demo company in SQLite and PostgreSQL."
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,3 +448,80 @@ def test_a_system_asks_only_about_the_domains_it_is_registered_for(api: Api) -> 
     assert api.post("/api/v1/authz/check", about_erp, token=token).json()["allowed"] is True
     admin = api.post("/api/v1/authz/check", about_erp, token=api.admin_token)
     assert admin.json()["allowed"] is True
+
+
+# ---------------------------------------------------------------- checks on the event loop
+# A caller whose token was verified before is answered on the event loop when nothing needs
+# the database (web/pdp_api.py, `check_without_waiting`); these pin down that the shortcut
+# refuses and records exactly what the worker-thread path does.
+
+ALLOWED = {
+    "user": "bob",
+    "domain": "reimburse",
+    "type": "expense_report",
+    "action": "approve",
+    "resource": {"id": "789", "owner": "alice", "dept": SALES1},
+}
+
+
+def _claims(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+def test_a_revoked_caller_token_is_refused_at_once_even_when_remembered(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The in-memory copy of the list stops refreshing: the refusal must come from the table.
+    monkeypatch.setattr(api.live.services.revocations, "refresh_once", lambda: 0)
+    for _ in range(3):  # the first verifies in a worker thread, the others are remembered
+        assert api.post("/api/v1/authz/check", ALLOWED).json()["allowed"] is True
+    claims = _claims(api.token)
+    api.live.services.token_store.revoke_jti(
+        str(claims["jti"]),
+        expires_at=float(claims["exp"]),
+        now=time.time(),  # type: ignore[arg-type]
+    )
+    # Not after the revocation mirror's next refresh: the very next request.
+    refused = api.post("/api/v1/authz/check", ALLOWED)
+    assert refused.status_code == 401, refused.text
+    assert refused.json()["error"] == "invalid_token"
+
+
+def test_an_expired_remembered_caller_token_is_refused(api: Api) -> None:
+    services = api.live.services
+    client = services.clients.get("reimburse")
+    assert client is not None
+    token, claims = services.access_tokens.issue(
+        client, sub="reimburse", audience="idhub", scopes=["authz"], ttl=2
+    )
+    for _ in range(2):
+        assert api.post("/api/v1/authz/check", ALLOWED, token=token).status_code == 200
+    while time.time() <= claims["exp"] + 0.05:
+        time.sleep(0.1)
+    refused = api.post("/api/v1/authz/check", ALLOWED, token=token)
+    assert refused.status_code == 401, refused.text
+
+
+def test_a_denial_decided_on_the_event_loop_is_in_the_trail_before_the_answer(api: Api) -> None:
+    assert api.post("/api/v1/authz/check", ALLOWED).json()["allowed"] is True  # remembered
+    before = len(decisions(api.live))
+    for i in range(5):
+        # Not his own report: deny beats allow (reimburse.csv).
+        own = {**ALLOWED, "resource": {"id": f"own-{i}", "owner": "bob", "dept": "/总部/华东区"}}
+        answer = api.post("/api/v1/authz/check", own)
+        assert answer.json()["allowed"] is False, answer.text
+        # Read straight after the answer, from another connection: already committed.
+        recorded = decisions(api.live)
+        assert len(recorded) == before + i + 1
+        assert recorded[-1]["details"]["resource_id"] == f"own-{i}"
+        assert recorded[-1]["outcome"] == "denied"
+
+
+def test_a_user_the_snapshot_lacks_is_looked_up_even_for_a_remembered_token(api: Api) -> None:
+    assert api.post("/api/v1/authz/check", ALLOWED).json()["allowed"] is True  # remembered
+    # Created after the serving snapshot: only the directory store knows frank yet.
+    api.live.services.identity.create_user(username="frank", department_path="/总部/华东区")
+    asked = {**ALLOWED, "user": "frank"}
+    answer = api.post("/api/v1/authz/check", asked).json()
+    assert "unknown user" not in answer["reason"], answer

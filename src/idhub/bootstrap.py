@@ -470,9 +470,12 @@ class Services:
     @cached_property
     def revocations(self) -> MirroredRevocations:
         """The revocation list, with the copy in memory that answers during an outage."""
+        from idhub.adapters.revocation_probe import revocation_probe
         from idhub.oidc.revocations import MirroredRevocations
 
-        return MirroredRevocations(self.token_store, self.clock)
+        return MirroredRevocations(
+            self.token_store, self.clock, probe=revocation_probe(self.engine)
+        )
 
     def _add_revocation_mirror_job(self) -> None:
         # Every 2 s: what a token check may miss when the database goes away is what was

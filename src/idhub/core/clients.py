@@ -282,6 +282,20 @@ class ClientRegistry:
             return frozenset()
         return frozenset((client.audience, *client.allowed_audiences))
 
+    def party_domains_if_fresh(self, client_id: str) -> frozenset[str] | None:
+        """`party_domains` when memory holds the answer and the version check is not due
+        (the same answer `party_domains` would give now, without its possible database read);
+        None otherwise, and the caller asks `party_domains` off the event loop."""
+        if time.monotonic() - self._checked_at >= self._recheck:
+            return None
+        try:
+            client = self._cache[client_id]
+        except KeyError:
+            return None
+        if client is None or client.disabled:
+            return frozenset()
+        return frozenset((client.audience, *client.allowed_audiences))
+
     def invalidate(self) -> None:
         with self._lock:
             self._cache.clear()

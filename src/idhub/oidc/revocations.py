@@ -8,6 +8,13 @@ made during it (revoking needs the database). What the copy can miss is a revoca
 the last refresh interval before the outage began; past `max_age` the check fails (503)
 rather than trust an old copy. This is what lets the decision API keep answering from its
 loaded policy while the database is away.
+
+`is_revoked_without_waiting` is for the event loop: it asks the probe the composition root
+gave (on SQLite, the same table read on a connection that never waits, adapters/
+revocation_probe.py) and answers None when there is none or it cannot answer, so the caller
+asks `is_revoked` in a worker thread. The in-memory copy is never used for it: a copy
+refreshed every couple of seconds would accept, for up to that long, a token another worker
+or replica has revoked, which a check against the database does not.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ class MirroredRevocations:
         *,
         max_age: float = 60.0,
         monotonic: Callable[[], float] = time.monotonic,
+        probe: Callable[[str], bool | None] | None = None,
     ) -> None:
         self._source = source
+        self._probe = probe
         self._clock = clock
         self._max_age = max_age
         self._monotonic = monotonic
@@ -78,3 +87,7 @@ class MirroredRevocations:
             with self._lock:
                 self.answered_from_memory += 1
                 return jti in self._revoked
+
+    def is_revoked_without_waiting(self, jti: str) -> bool | None:
+        """The database's answer if it can be had without blocking, else None."""
+        return None if self._probe is None else self._probe(jti)

@@ -21,6 +21,7 @@ from idhub.web.limits import LimitsMiddleware, RequestLimits
 from idhub.web.middleware import RequestContextMiddleware
 from idhub.web.observe import ObservedRequests, mount_prefixes, route_templates
 from idhub.web.proxies import TrustedProxies
+from idhub.web.routing import IndexedRouter
 from idhub.web.security_headers import SecurityHeadersMiddleware
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -46,11 +47,13 @@ ROUTE_MODULES = (
 
 class IdhubApp(Starlette):
     """Starlette with the security headers outside its error handling, so even the answer to
-    an unexpected error carries them."""
+    an unexpected error carries them, and the router that finds fixed paths by dict
+    (web/routing.py)."""
 
     def __init__(self, *, issuer: str, **kwargs: Any) -> None:
         self._issuer = issuer
         super().__init__(**kwargs)
+        self.router = IndexedRouter(self.router.routes, lifespan=kwargs.get("lifespan"))
 
     def build_middleware_stack(self) -> ASGIApp:
         return SecurityHeadersMiddleware(super().build_middleware_stack(), issuer=self._issuer)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import secrets
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -41,9 +40,11 @@ class RequestContextMiddleware:
             # The access log and anything reading `request.client` see the same address.
             scope["client"] = (client, 0)
 
+        line = (b"x-request-id", request_id.encode("latin-1"))
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message).append("X-Request-ID", request_id)
+                message["headers"] = [*message.get("headers", ()), line]
             await send(message)
 
         await self.app(scope, receive, send_with_id)

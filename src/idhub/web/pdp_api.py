@@ -22,6 +22,7 @@ from idhub.bootstrap import Services
 from idhub.core.authz.decisions import (
     ADMIN_SCOPE,
     ASK_SCOPE,
+    Answer,
     Asker,
     Decisions,
     PolicyAnswers,
@@ -31,7 +32,14 @@ from idhub.core.authz.decisions import (
     resource_id_text,
 )
 from idhub.errors import AccessDenied, InvalidInput, PolicyError
-from idhub.web.bearer import BearerError, check_bearer, require_scope, verify_bearer
+from idhub.web.bearer import (
+    BearerError,
+    VerifiedBearers,
+    check_bearer,
+    require_scope,
+    verify_bearer,
+    verify_bearer_without_waiting,
+)
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
 from idhub.web.pdp_openapi import MAX_TEXT, openapi_document
@@ -44,6 +52,9 @@ _RESOURCE_FIELDS = {"id": "resource_id", "owner": "owner", "dept": "dept"}
 Authorise = Callable[[Request, str], Mapping[str, Any]]
 # Verifies the request's bearer token (any scope) before its body is read; `BearerError`.
 Authenticate = Callable[[Request], None]
+# A check decided on the event loop: the answer, what to run in a thread, or None (see
+# `DecisionApi.check_without_waiting`).
+WithoutWaiting = Callable[[Request, bytes], "Response | Callable[[], Response] | None"]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -145,8 +156,15 @@ def _asker(claims: Mapping[str, Any], parties: Callable[[str], frozenset[str]]) 
     )
 
 
+# What remains of a decision after the event loop decided it: the durable write of its audit
+# events and then the answer, run in a worker thread.
+Recorded = Callable[[], Response]
+
+
 class DecisionApi:
-    """The handlers of `/api/v1/authz/*`; each runs in a worker thread."""
+    """The handlers of `/api/v1/authz/*`; each runs in a worker thread, except that a check
+    whose every step can be answered from memory is decided on the event loop
+    (`check_without_waiting`)."""
 
     def __init__(
         self,
@@ -154,15 +172,63 @@ class DecisionApi:
         decisions: Decisions,
         authorise: Authorise,
         parties: Callable[[str], frozenset[str]],
+        parties_if_fresh: Callable[[str], frozenset[str] | None] | None = None,
     ) -> None:
         self._decisions = decisions
         self._authorise = authorise
         self._parties = parties
+        self._parties_if_fresh = parties_if_fresh
+        # Set once a worker thread has had a policy answer: loading the first policy reads
+        # files and the database, which the event loop must never do.
+        self._policy_loaded = False
 
     def check(self, request: Request, body: Any) -> Response:
         asker = _asker(self._authorise(request, ASK_SCOPE), self._parties)
-        client = asker.client_id
         answers = self._decisions.current()
+        self._policy_loaded = True
+        questions, batch = self._questions(body, answers, asker)
+        answers = self._current(answers, questions, asker)
+        answers.require_may_ask(asker, questions)
+        ctx = request_context(request)
+        decided, events = answers.decide_batch(questions, client=asker.client_id, ctx=ctx)
+        answers.record_events(events)
+        return _decided(answers, decided, batch=batch)
+
+    def check_without_waiting(
+        self, request: Request, body: Any, claims: Mapping[str, Any]
+    ) -> Response | Recorded | None:
+        """`check` on the event loop for a caller whose token was verified without waiting
+        (`claims`): the answer when nothing needs writing, `Recorded` when audit events must
+        be durable before it (a denial), None when a step would read the database (the
+        client's registration due for its version check, a name the snapshot lacks), and the
+        caller runs `check` in a worker thread instead. The same checks in the same order."""
+        if not self._policy_loaded or self._parties_if_fresh is None:
+            return None
+        claims = require_scope(dict(claims), ASK_SCOPE)
+        domains = self._parties_if_fresh(_client_of(claims))
+        if domains is None:
+            return None
+        asker = _asker(claims, lambda _client: domains)
+        answers = self._decisions.current()
+        questions, batch = self._questions(body, answers, asker)
+        if answers.unknown_names(questions, asker_sub="" if asker.is_system else asker.sub):
+            return None  # `up_to_date` looks these names up in the directory store
+        answers.require_may_ask(asker, questions)
+        ctx = request_context(request)
+        decided, events = answers.decide_batch(questions, client=asker.client_id, ctx=ctx)
+        response = _decided(answers, decided, batch=batch)
+        if not events:
+            return response
+
+        def recorded() -> Response:
+            answers.record_events(events)
+            return response
+
+        return recorded
+
+    @staticmethod
+    def _questions(body: Any, answers: PolicyAnswers, asker: Asker) -> tuple[list[Question], bool]:
+        client = asker.client_id
         batch = isinstance(body, Mapping) and "requests" in body
         items = body["requests"] if batch else [body]
         if not isinstance(items, list):
@@ -172,13 +238,7 @@ class DecisionApi:
             _question(item, f"requests[{i}]" if batch else "request", answers, client=client)
             for i, item in enumerate(items)
         ]
-        answers = self._current(answers, questions, asker)
-        answers.require_may_ask(asker, questions)
-        decided = answers.check(questions, client=client, ctx=request_context(request))
-        results = [{"allowed": a.allowed, "reason": a.reason} for a in decided]
-        if batch:
-            return JSONResponse({"policy_version": answers.version, "results": results})
-        return JSONResponse({**results[0], "policy_version": answers.version})
+        return questions, batch
 
     def scopes(self, request: Request, body: Any) -> Response:
         asker = _asker(self._authorise(request, ASK_SCOPE), self._parties)
@@ -213,11 +273,19 @@ class DecisionApi:
         return JSONResponse(self._decisions.policy_status())
 
 
+def _decided(answers: PolicyAnswers, decided: list[Answer], *, batch: bool) -> Response:
+    results = [{"allowed": a.allowed, "reason": a.reason} for a in decided]
+    if batch:
+        return JSONResponse({"policy_version": answers.version, "results": results})
+    return JSONResponse({**results[0], "policy_version": answers.version})
+
+
 def _endpoint(
     handler: Callable[[Request, Any], Response],
     *,
     authenticate: Authenticate,
     read_body: bool = True,
+    without_waiting: WithoutWaiting | None = None,
 ) -> Any:
     def answer(request: Request, raw: bytes | None) -> Response:
         # Nobody without a valid token gets the body parsed.
@@ -229,6 +297,15 @@ def _endpoint(
             # Read here (the server caps its size), then one hop to a worker thread for what
             # may block on the database: the revocation check and the audit of decisions.
             raw = await request.body() if read_body else None
+            if without_waiting is not None and raw is not None:
+                # A thread hop costs more CPU than the rest of a single decision: what can be
+                # decided from memory is decided here, and only a durable audit write (or a
+                # step that would read the database) goes to a worker thread.
+                done = without_waiting(request, raw)
+                if isinstance(done, Response):
+                    return done
+                if done is not None:
+                    return await run_in_threadpool(done)
             return await run_in_threadpool(answer, request, raw)
         except BearerError as exc:
             return exc.response()
@@ -244,8 +321,10 @@ def _endpoint(
 
 
 def routes(services: Services) -> list[BaseRoute]:
+    remembered = VerifiedBearers(services.clock)
+
     def authenticate(request: Request) -> None:
-        request.state.bearer_claims = verify_bearer(bearer_token(request), services)
+        request.state.bearer_claims = verify_bearer(bearer_token(request), services, remembered)
 
     def authorise(request: Request, scope: str) -> Mapping[str, Any]:
         claims = getattr(request.state, "bearer_claims", None)
@@ -255,8 +334,18 @@ def routes(services: Services) -> list[BaseRoute]:
 
     decisions = services.decisions
     api = DecisionApi(
-        decisions=decisions, authorise=authorise, parties=services.clients.party_domains
+        decisions=decisions,
+        authorise=authorise,
+        parties=services.clients.party_domains,
+        parties_if_fresh=services.clients.party_domains_if_fresh,
     )
+
+    def check_without_waiting(request: Request, raw: bytes) -> Response | Recorded | None:
+        claims = verify_bearer_without_waiting(bearer_token(request), services, remembered)
+        if claims is None:
+            return None
+        return api.check_without_waiting(request, _parse(raw), claims)
+
     issuer = services.settings.server.issuer
 
     async def metrics(request: Request) -> Response:
@@ -270,8 +359,9 @@ def routes(services: Services) -> list[BaseRoute]:
     def guarded(handler: Callable[[Request, Any], Response], *, read_body: bool = True) -> Any:
         return _endpoint(handler, authenticate=authenticate, read_body=read_body)
 
+    check = _endpoint(api.check, authenticate=authenticate, without_waiting=check_without_waiting)
     return [
-        Route("/api/v1/authz/check", guarded(api.check), methods=["POST"]),
+        Route("/api/v1/authz/check", check, methods=["POST"]),
         Route("/api/v1/authz/scopes", guarded(api.scopes), methods=["POST"]),
         Route("/api/v1/authz/explain", guarded(api.explain), methods=["POST"]),
         Route("/api/v1/authz/policy", guarded(api.policy, read_body=False), methods=["GET"]),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.routing import Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,7 +28,13 @@ STATIC_PREFIX = "/static/"
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp, *, issuer: str) -> None:
         self.app = app
-        self._hsts = issuer.lower().startswith("https://")
+        # Raw (lower-case bytes) header lines, built once: this runs on every response, and
+        # `MutableHeaders` decoded and re-scanned the whole list for each header it touched.
+        always = [(b"x-content-type-options", b"nosniff")]
+        if issuer.lower().startswith("https://"):
+            always.append((b"strict-transport-security", HSTS.encode()))
+        self._always = tuple(always)
+        self._no_store = (b"cache-control", b"no-store")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -39,17 +44,29 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["X-Content-Type-Options"] = "nosniff"
-                if "server" in headers:
-                    del headers["server"]
-                if "cache-control" not in headers and not static:
-                    headers["Cache-Control"] = "no-store"
-                if self._hsts:
-                    headers["Strict-Transport-Security"] = HSTS
+                message["headers"] = self._headers(message.get("headers", ()), static=static)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+    def _headers(
+        self, given: Iterable[tuple[bytes, bytes]], *, static: bool
+    ) -> list[tuple[bytes, bytes]]:
+        """The response's header lines without `server` and the ones set here, plus ours."""
+        ours = self._always
+        kept: list[tuple[bytes, bytes]] = []
+        cached = static
+        for key, value in given:
+            name = key.lower()
+            if name == b"cache-control":
+                cached = True
+            elif name == b"server" or any(name == own for own, _ in ours):
+                continue
+            kept.append((key, value))
+        kept.extend(ours)
+        if not cached:
+            kept.append(self._no_store)
+        return kept
 
 
 def allowed_methods(request: Request) -> list[str]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from idhub.core import metrics as _metrics
-from idhub.core.audit import Actor, RequestContext
+from idhub.core.audit import Actor, PendingEvent, RequestContext
 from idhub.core.authz.data_scopes import NOTHING, ScopeSet
 from idhub.core.authz.engine import Decision, Engine, explanation_json
 from idhub.core.authz.model import user_subject
@@ -196,6 +196,17 @@ class DecisionSource(Protocol):
         version: str,
         ctx: RequestContext | None = None,
     ) -> int: ...
+
+    def decision_events(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> list[PendingEvent]: ...
+
+    def append_decision_events(self, events: Sequence[PendingEvent]) -> None: ...
 
 
 class Decisions:
@@ -440,9 +451,18 @@ class PolicyAnswers:
         self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
     ) -> list[Answer]:
         """Decides a batch a client asked and records it in the audit trail in one write."""
+        answers, events = self.decide_batch(questions, client=client, ctx=ctx)
+        self.record_events(events)
+        return answers
+
+    def decide_batch(
+        self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
+    ) -> tuple[list[Answer], list[PendingEvent]]:
+        """A batch's answers and the audit events that must be written (`record_events`)
+        before any of them is given; touches no database, so it may run on the event loop."""
         require_batch_size(len(questions))
         answers = [self.decide(question) for question in questions]
-        self.record(
+        events = self._source.decision_events(
             [
                 (
                     {
@@ -457,9 +477,14 @@ class PolicyAnswers:
                 for question, answer in zip(questions, answers, strict=True)
             ],
             actor=Actor("client", client),
+            version=self.version,
             ctx=ctx,
         )
-        return answers
+        return answers, events
+
+    def record_events(self, events: Sequence[PendingEvent]) -> None:
+        """Writes `decide_batch`'s events durably (blocks on the database: a worker thread)."""
+        self._source.append_decision_events(events)
 
     def scopes(self, question: Question) -> ScopeAnswer:
         """Which records of `type` the user may `action` (not audited: no single record)."""

@@ -453,6 +453,20 @@ class AuthzService:
         ctx: RequestContext | None = None,
     ) -> int:
         """Records every denial and the allows `[audit] decisions` asks for, in one batch."""
+        events = self.decision_events(decisions, actor=actor, version=version, ctx=ctx)
+        self.append_decision_events(events)
+        return len(events)
+
+    def decision_events(
+        self,
+        decisions: Sequence[tuple[Mapping[str, Any], Decision]],
+        *,
+        actor: Actor,
+        version: str,
+        ctx: RequestContext | None = None,
+    ) -> list[PendingEvent]:
+        """The audit events of a batch (every denial, the allows `[audit] decisions` asks
+        for), built without touching the database: a batch with none needs no write at all."""
         events: list[PendingEvent] = []
         for request, decision in decisions:
             if decision.allowed:
@@ -476,7 +490,10 @@ class AuthzService:
                     ctx=ctx,
                 )
             )
+        return events
+
+    def append_decision_events(self, events: Sequence[PendingEvent]) -> None:
+        """Writes a batch's events durably in one transaction before the caller answers;
+        held in memory only while the database is away (core/authz/deferred_audit.py)."""
         if events:
-            # Held in memory while the database is away, so decisions keep being answered.
             self.decision_audit.record(events)
-        return len(events)

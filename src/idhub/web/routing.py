@@ -1,0 +1,78 @@
+"""The router idhub serves with: Starlette's, with the routes that can match a fixed path
+looked up in a dict instead of tried one by one.
+
+Starlette tries every route's regular expression in order until one matches; with ~40 routes
+the decision API (near the end of the list) paid ~40 matches per request, about a tenth of its
+in-process CPU. For each route path without parameters, the index holds every route whose
+pattern matches that path (the route itself, parameterised routes and mounts that would also
+match it), in the original order, so the first full match and the 405 partial match are the
+ones Starlette's scan finds. Any other path (parameters, typos, 404s) takes Starlette's own
+scan, so the index can only ever be smaller than the list it replaces, never different.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from starlette._utils import get_route_path
+from starlette.routing import BaseRoute, Match, Mount, Route, Router
+from starlette.types import Receive, Scope, Send
+
+
+def candidates_by_path(routes: Sequence[BaseRoute]) -> dict[str, tuple[BaseRoute, ...]]:
+    """Fixed route path -> the routes (in order) that may match a request for that path."""
+    index: dict[str, tuple[BaseRoute, ...]] = {}
+    for route in routes:
+        if not isinstance(route, Route) or "{" in route.path or route.path in index:
+            continue
+        path = route.path
+        index[path] = tuple(r for r in routes if _may_match(r, path))
+    return index
+
+
+def _may_match(route: BaseRoute, path: str) -> bool:
+    if isinstance(route, Route | Mount):
+        return route.path_regex.match(path) is not None
+    return True  # a kind of route whose matching is not a path pattern: always tried
+
+
+class IndexedRouter(Router):
+    def __init__(self, routes: Sequence[BaseRoute], **kwargs: Any) -> None:
+        super().__init__(routes, **kwargs)
+        self._indexed_count = -1
+        self._index: dict[str, tuple[BaseRoute, ...]] = {}
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if self._indexed_count != len(self.routes):  # a route added after start-up
+                self._index = candidates_by_path(self.routes)
+                self._indexed_count = len(self.routes)
+            found = self._index.get(get_route_path(scope))
+            if found is not None and await self._dispatch(found, scope, receive, send):
+                return
+        await super().app(scope, receive, send)
+
+    async def _dispatch(
+        self, routes: tuple[BaseRoute, ...], scope: Scope, receive: Receive, send: Send
+    ) -> bool:
+        """Starlette's match loop over `routes`; False when none matched at all (the full
+        scan then answers with its redirect or 404, as it would have)."""
+        scope.setdefault("router", self)
+        partial: BaseRoute | None = None
+        partial_scope: Scope = {}
+        for route in routes:
+            match, child_scope = route.matches(scope)
+            if match is Match.FULL:
+                scope["route"] = route
+                scope.update(child_scope)
+                await route.handle(scope, receive, send)
+                return True
+            if match is Match.PARTIAL and partial is None:
+                partial, partial_scope = route, child_scope
+        if partial is None:
+            return False
+        scope["route"] = partial
+        scope.update(partial_scope)
+        await partial.handle(scope, receive, send)
+        return True

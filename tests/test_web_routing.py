@@ -1,0 +1,80 @@
+"""The router idhub serves with (web/routing.py) answers every path as Starlette's own scan
+does: the same route, the same 405, the same redirect and 404; only fixed paths are indexed."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.testclient import TestClient
+
+from idhub.bootstrap import Services
+from idhub.web.app import create_app
+from idhub.web.routing import IndexedRouter, candidates_by_path
+
+
+def _answer(name: str) -> Callable[[Request], PlainTextResponse]:
+    def endpoint(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"{name} {request.path_params}")
+
+    return endpoint
+
+
+def _routes() -> list[BaseRoute]:
+    # A parameterised route before fixed ones it also matches, one path served by two routes
+    # (one per method), a fixed path only a later route takes, and a mount.
+    return [
+        Route("/items/{name}", _answer("param"), methods=["GET"]),
+        Route("/items/new", _answer("new-post"), methods=["POST"]),
+        Route("/items/new", _answer("new-put"), methods=["PUT"]),
+        Route("/only-post", _answer("only-post"), methods=["POST"]),
+        Route("/a/", _answer("slash")),
+        Mount("/files", app=PlainTextResponse("mounted")),
+        Route("/files", _answer("files-route")),
+    ]
+
+
+def _client(router: Router) -> TestClient:
+    app = Starlette()
+    app.router = router
+    return TestClient(app, follow_redirects=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    list(
+        itertools.product(
+            ["GET", "POST", "PUT", "DELETE"],
+            ["/items/new", "/items/x", "/only-post", "/a", "/a/", "/files", "/files/x", "/nope"],
+        )
+    ),
+)
+def test_every_path_gets_the_answer_of_starlettes_scan(method: str, path: str) -> None:
+    indexed = _client(IndexedRouter(_routes())).request(method, path)
+    scanned = _client(Router(_routes())).request(method, path)
+    assert (indexed.status_code, indexed.text, indexed.headers.get("location")) == (
+        scanned.status_code,
+        scanned.text,
+        scanned.headers.get("location"),
+    )
+
+
+def test_the_index_holds_every_route_that_may_match_in_order() -> None:
+    routes = _routes()
+    index = candidates_by_path(routes)
+    assert index["/items/new"] == (routes[0], routes[1], routes[2])
+    assert index["/files"] == (routes[6],)  # the mount takes /files/... only
+    assert "/items/{name}" not in index
+
+
+def test_idhub_serves_with_the_index(services: Services) -> None:
+    app = create_app(services)
+    assert isinstance(app.router, IndexedRouter)
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/api/v1/authz/check").status_code == 405
