@@ -14,11 +14,21 @@ request behind it hangs. So:
   refused at once for a short cool-down, instead of each request spending the deadline or
   the connect timeout on a server that just proved it does not answer. Refused connections
   (server down, not stalled) start no cool-down: they fail fast by themselves, and a
-  restarted server is used at once.
+  restarted server is used at once;
+- a pooled connection is checked for life on checkout without a round trip: an idle
+  PostgreSQL connection receives nothing unless its session is ending (server shutdown or
+  restart, `pg_terminate_backend`, `idle_session_timeout`, a crashed backend: a FATAL
+  message or end of file on the socket). So a socket with something to read, or a
+  connection psycopg already knows is broken, retires the pool - what a failed ping did -
+  and a quiet socket is used as it is. A server that went silent (stalled, network gone)
+  fails a ping and a real statement alike only after the deadline, so the ping bought
+  nothing there; it cost every checkout a round trip (docs/performance.md, 2026-12-01
+  second session).
 """
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 import weakref
@@ -118,16 +128,37 @@ def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
         return conn
 
     @event.listens_for(engine, "checkout")
-    def checkout(_dbapi: Any, _record: Any, _proxy: Any) -> None:
+    def checkout(dbapi: Any, _record: Any, _proxy: Any) -> None:
         # Every pooled connection is suspect once one stopped getting answers: retire them
         # all now, rather than let each cost a request the full deadline on its ping.
         if guard.check_cooling_down():
             retire = DisconnectionError("the database stopped answering moments ago")
             retire.invalidate_pool = True
             raise retire
+        if not session_ended(dbapi):
+            return
+        # One session ended: a restart ends them all, so retire the pool as a failed ping
+        # did (SQLAlchemy then opens a fresh connection for this checkout).
+        ended = DisconnectionError("the database ended this pooled connection's session")
+        ended.invalidate_pool = True
+        raise ended
 
     _GUARDS[engine] = guard
     return guard
+
+
+def session_ended(conn: psycopg.Connection[Any]) -> bool:
+    """True when idle connection `conn` is known or shown to be unusable: psycopg marked it
+    closed or broken, or the server sent it something while it was idle (a session's end;
+    see the module docstring). A poll with no timeout: no round trip, no wait."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
 
 
 def stall_guard(engine: Engine) -> StallGuard | None:

@@ -46,8 +46,8 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": settings.busy_timeout}
     else:
         kwargs["pool_size"] = settings.pool_size
-        kwargs["max_overflow"] = settings.pool_size
-        kwargs["pool_pre_ping"] = True
+        kwargs["max_overflow"] = settings.pool_overflow
+        # No pre-ping: `_pg_deadline` checks each checkout for life without a round trip.
         kwargs["pool_timeout"] = settings.pool_timeout
         kwargs["connect_args"] = postgres_connect_args(settings, url)
     try:
