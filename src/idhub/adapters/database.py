@@ -10,12 +10,8 @@ import math
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -88,12 +84,20 @@ def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
     return pragmas
 
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# Alembic (with Mako and Pygments under it, ~10 MB) is imported when a migration or a schema
+# check runs, not by every server worker that only opens the engine.
+
 _MIGRATION_LOCK_KEY = 0x1D4B_0001
 # Alembic keeps its migration context in module globals: one migration per process at a time.
 _ALEMBIC_LOCK = threading.Lock()
 
 
 def _alembic_config() -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return cfg
@@ -112,6 +116,8 @@ def apply_migrations(engine: Engine) -> None:
                 if conn.dialect.name == "postgresql":
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_KEY})")
                 cfg.attributes["connection"] = conn
+                from alembic import command
+
                 command.upgrade(cfg, "head")
     except SQLAlchemyError as exc:
         raise storage_error_with_detail(exc, "database migration failed") from exc
@@ -149,6 +155,9 @@ def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
 
 
 def check_schema_current(engine: Engine) -> bool:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(_alembic_config())
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_heads()

@@ -13,17 +13,11 @@ import base64
 import calendar
 import threading
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from saml2 import BINDING_HTTP_POST, BINDING_HTTP_REDIRECT, BINDING_SOAP
-from saml2.config import IdPConfig
-from saml2.samlp import STATUS_NO_PASSIVE, STATUS_REQUEST_DENIED
-from saml2.server import Server
-from saml2.time_util import str_to_time
+from typing import TYPE_CHECKING, Any, Protocol
 
 from idhub.core.clock import Clock
+from idhub.core.saml import BINDING_REDIRECT, BINDING_SOAP
 from idhub.errors import SamlRequestRejected
-from idhub.saml._pysaml2 import InProcessVerification, NoAssertionStore, attribute_converter
 from idhub.saml.attributes import NAME_FORMAT_URI, NameIdValue
 from idhub.saml.keys import SamlKeys
 from idhub.saml.metadata import BINDING_POST, Endpoint
@@ -38,16 +32,18 @@ from idhub.saml.requests import (
     check_algorithm,
     require_redirect_signature,
 )
-from idhub.saml.responses import (
-    Assertion,
-    Signing,
-    build_error_response,
-    build_logout_request,
-    build_logout_response,
-    build_response,
-)
-from idhub.saml.xmldsig import XmlSigner
 
+if TYPE_CHECKING:
+    # pysaml2 (and the XML schema library under it) is imported when the first SAML message is
+    # parsed, and lxml and libxmlsec1 (`responses`, `xmldsig`) when the first one is built or
+    # signed, not when a worker starts: ~30 MB a worker that never sees SAML does not need.
+    from saml2.server import Server
+
+    from idhub.saml.responses import Signing
+    from idhub.saml.xmldsig import XmlSigner
+
+STATUS_NO_PASSIVE = "urn:oasis:names:tc:SAML:2.0:status:NoPassive"
+STATUS_REQUEST_DENIED = "urn:oasis:names:tc:SAML:2.0:status:RequestDenied"
 MAX_ASSERTION_TTL = 300
 PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # noqa: S105
 
@@ -139,12 +135,12 @@ class IdentityProvider:
                 "idp": {
                     "endpoints": {
                         "single_sign_on_service": [
-                            (sso, BINDING_HTTP_REDIRECT),
-                            (sso, BINDING_HTTP_POST),
+                            (sso, BINDING_REDIRECT),
+                            (sso, BINDING_POST),
                         ],
                         "single_logout_service": [
-                            (slo, BINDING_HTTP_REDIRECT),
-                            (slo, BINDING_HTTP_POST),
+                            (slo, BINDING_REDIRECT),
+                            (slo, BINDING_POST),
                         ],
                     },
                     "name_id_format": list(NAME_ID_FORMATS.values()),
@@ -170,6 +166,11 @@ class IdentityProvider:
         }
         if self._xmlsec:
             config["xmlsec_binary"] = self._xmlsec
+        from saml2.config import IdPConfig
+        from saml2.server import Server
+
+        from idhub.saml._pysaml2 import InProcessVerification, NoAssertionStore, attribute_converter
+
         conf = IdPConfig()
         conf.load(config)
         conf.attribute_converters = [attribute_converter()]
@@ -226,7 +227,7 @@ class IdentityProvider:
             or sp.metadata.authn_requests_signed
             or self._settings.require_signed_requests
         )
-        if binding == BINDING_HTTP_REDIRECT:
+        if binding == BINDING_REDIRECT:
             if must or "Signature=" in raw_query:
                 require_redirect_signature(sp, raw_query, message=field)
             return
@@ -242,6 +243,8 @@ class IdentityProvider:
 
     def _require_recent(self, message: Any) -> None:
         """IssueInstant within `request_max_age` of now, either way (clock skew)."""
+        from saml2.time_util import str_to_time
+
         try:
             issued = calendar.timegm(str_to_time(str(message.issue_instant)))
         except (TypeError, ValueError) as exc:
@@ -290,6 +293,8 @@ class IdentityProvider:
         stores nothing: the caller claims the ids with `claim` in the transaction that records
         the response, so a response that could not be recorded leaves its AuthnRequest
         answerable (the browser's retry works) and no id claimed."""
+        from idhub.saml.responses import Assertion, build_response
+
         now = self._clock.now()
         ttl = min(self._settings.assertion_ttl, MAX_ASSERTION_TTL)
         xml, assertion_id = build_response(
@@ -332,6 +337,9 @@ class IdentityProvider:
             raise SamlRequestRejected("assertion id collision")  # never expected
 
     def _signing(self, sp: ServiceProvider) -> Signing:
+        from idhub.saml.responses import Signing
+        from idhub.saml.xmldsig import XmlSigner
+
         material = self._keys.current()
         opened = self._signer
         if opened is None or opened[0] != material.kid:
@@ -342,6 +350,8 @@ class IdentityProvider:
 
     def refuse(self, pending: PendingRequest, sp: ServiceProvider, *, passive: bool) -> SamlMessage:
         """A signed error response (`NoPassive` for a passive request, else `RequestDenied`)."""
+        from idhub.saml.responses import build_error_response
+
         xml = build_error_response(
             self._signing(sp),
             issuer=self.entity_id,
@@ -385,7 +395,9 @@ class IdentityProvider:
 
     def logout_response(self, info: LogoutRequestInfo, *, success: bool) -> SamlMessage:
         """The LogoutResponse, sent back the way the SP's metadata asks (Redirect or POST)."""
-        endpoint = info.sp.metadata.slo_for(BINDING_HTTP_REDIRECT, BINDING_POST)
+        from idhub.saml.responses import build_logout_response
+
+        endpoint = info.sp.metadata.slo_for(BINDING_REDIRECT, BINDING_POST)
         if endpoint is None:
             raise SamlRequestRejected("the SP's metadata lists no SingleLogoutService")
         url = endpoint.location
@@ -402,7 +414,7 @@ class IdentityProvider:
         )
         if not post:
             http = self.server().apply_binding(
-                BINDING_HTTP_REDIRECT,
+                BINDING_REDIRECT,
                 xml,
                 url,
                 info.relay_state or "",
@@ -419,6 +431,8 @@ class IdentityProvider:
         self, sp: ServiceProvider, *, name_id: NameIdValue, session_index: str
     ) -> tuple[Endpoint, str]:
         """(SLO endpoint, signed LogoutRequest XML) for telling `sp` its session ended."""
+        from idhub.saml.responses import build_logout_request
+
         endpoint = back_channel_endpoint(sp)
         if endpoint is None:
             raise SamlRequestRejected("the SP's metadata lists no SingleLogoutService")

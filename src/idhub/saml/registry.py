@@ -11,6 +11,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from idhub.core.audit import Actor, Auditor, EventType
 from idhub.core.clock import Clock
@@ -18,8 +19,10 @@ from idhub.core.saml import SpRecord, SpStore
 from idhub.core.transactions import UnitOfWork
 from idhub.errors import Conflict, InvalidInput, NotFound
 from idhub.saml.attributes import ATTRIBUTE_URIS
-from idhub.saml.encryption import AssertionEncrypter, choose_cipher
 from idhub.saml.metadata import SpMetadata, parse_sp_metadata
+
+if TYPE_CHECKING:
+    from idhub.saml.encryption import AssertionEncrypter
 
 NAMEID_PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
@@ -59,6 +62,9 @@ class ServiceProvider:
         object.__setattr__(self, "metadata", metadata)
         encrypter = None
         if metadata.encryption_certs:
+            # libxmlsec1 is loaded for the first SP that asks for encrypted assertions.
+            from idhub.saml.encryption import AssertionEncrypter, choose_cipher
+
             encrypter = AssertionEncrypter(
                 metadata.encryption_certs[0], cipher=choose_cipher(metadata.encryption_methods)
             )

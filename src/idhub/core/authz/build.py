@@ -13,6 +13,7 @@ from idhub.core.authz.checks import check_loaded
 from idhub.core.authz.engine import Engine, RuleIndex
 from idhub.core.authz.model import DirectorySnapshot, Issue, PolicySet
 from idhub.core.authz.testing import run_policy_tests
+from idhub.core.heap import give_back_freed_memory
 from idhub.errors import IdhubError
 
 Loader = Callable[[], tuple[PolicySet, list[Issue]]]
@@ -52,6 +53,9 @@ def prepare_policy(
     finally:
         if collecting:
             gc.enable()
+        # The parse, the checks and the policy tests are garbage now (the old engine too, once
+        # the caller swaps): pages glibc would otherwise keep for later go back to the OS.
+        give_back_freed_memory()
 
 
 def _prepare(

@@ -42,6 +42,7 @@ from idhub.core.authz.model import (
 )
 from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.sod_dynamic import RecordIndex
+from idhub.core.heap import give_back_freed_memory
 from idhub.core.identifiers import (
     canonical_name,
     canonical_path,
@@ -153,6 +154,15 @@ def derive_links(
             by_group.setdefault(group, []).append(user.username)
         if user.department is not None:
             by_dept.setdefault(user.department, []).append(user.username)
+    # One `user:<name>` string per user, not one per derived link (a user is in many).
+    subjects: dict[str, str] = {}
+
+    def subject_of(username: str) -> str:
+        subject = subjects.get(username)
+        if subject is None:
+            subject = subjects[username] = user_subject(username)
+        return subject
+
     for rule in policy.assignments:
         origin = f"{rule.describe()} ({rule.source})"
         members: list[tuple[str, str | None]]
@@ -174,7 +184,7 @@ def derive_links(
                     members.append((boss.username, path))
         for username, anchor in members:
             where = origin if anchor is None else f"manager of {anchor} ({rule.source})"
-            add(Link(user_subject(username), rule.role, rule.domain, rule.source, anchor, where))
+            add(Link(subject_of(username), rule.role, rule.domain, rule.source, anchor, where))
     return out
 
 
@@ -256,12 +266,11 @@ class Engine:
         self._homes: dict[str, str] = {
             u.username: u.department for u in directory.users.values() if u.department
         }
-        # domain -> member -> [(role, link)]
-        self._graph: dict[str, dict[str, list[tuple[str, Link]]]] = {}
+        # domain -> member -> its links (the link names the role: no (role, link) pair per
+        # link, ~6 MB at 100,000 derived links)
+        self._graph: dict[str, dict[str, list[Link]]] = {}
         for link in self.links:
-            self._graph.setdefault(link.domain, {}).setdefault(link.member, []).append(
-                (link.role, link)
-            )
+            self._graph.setdefault(link.domain, {}).setdefault(link.member, []).append(link)
         self.index = index or RuleIndex(policy.rules)
         # Dynamic segregation of duties (sod.yaml `records`), asked by the decision API.
         self.records = RecordIndex(policy.sod)
@@ -304,7 +313,8 @@ class Engine:
             depth = found[node]
             if depth >= MAX_ROLE_DEPTH - 1:
                 continue
-            for parent, _link in graph.get(node, ()):
+            for link in graph.get(node, ()):
+                parent = link.role
                 if parent not in found:
                     found[parent] = depth + 1
                     queue.append(parent)
@@ -320,35 +330,47 @@ class Engine:
         cached = per_domain.get(subject)
         if cached is not None:
             return cached
-        direct = self._graph.get(domain, {}).get(subject, ())
-        username = username_of(subject)
-        home = self._homes.get(username) if username is not None else None
-        signature = frozenset((role, link.anchor or home) for role, link in direct)
-        memo_key = (domain, signature)
+        memo_key = (domain, self._signature(subject, domain))
         roles = self._roles_memo.get(memo_key)
         if roles is None:
-            collected: dict[str, set[str]] = {}
-            for role, anchor in signature:
-                for reached in self._reach(domain, role):
-                    bucket = collected.setdefault(reached, set())
-                    if anchor is not None:
-                        bucket.add(anchor)
-            # Anchor tuples repeat across users (one per department): one copy each.
-            shared = self._anchor_tuples
-            roles = {}
-            for r, a in collected.items():
-                anchors = tuple(sorted(a))
-                roles[r] = shared.setdefault(anchors, anchors)
-            self._roles_memo[memo_key] = roles
-        # A role may link back to the subject's own name only through a cycle; the subject
-        # itself is handled apart (it always matches itself, like pycasbin's has_link).
-        roles = {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
+            roles = self._roles_memo[memo_key] = self._roles_by_signature(*memo_key)
+        roles = self._own(subject, roles)
         per_domain[subject] = roles
         return roles
 
+    def _signature(self, subject: str, domain: str) -> frozenset[tuple[str, str | None]]:
+        """The subject's direct roles, each with the department it is anchored at."""
+        direct = self._graph.get(domain, {}).get(subject, ())
+        username = username_of(subject)
+        home = self._homes.get(username) if username is not None else None
+        return frozenset((link.role, link.anchor or home) for link in direct)
+
+    def _roles_by_signature(
+        self, domain: str, signature: frozenset[tuple[str, str | None]]
+    ) -> dict[str, tuple[str, ...]]:
+        collected: dict[str, set[str]] = {}
+        for role, anchor in signature:
+            for reached in self._reach(domain, role):
+                bucket = collected.setdefault(reached, set())
+                if anchor is not None:
+                    bucket.add(anchor)
+        # Anchor tuples repeat across users (one per department): one copy each.
+        shared = self._anchor_tuples
+        roles = {}
+        for r, a in collected.items():
+            anchors = tuple(sorted(a))
+            roles[r] = shared.setdefault(anchors, anchors)
+        return roles
+
+    @staticmethod
+    def _own(subject: str, roles: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        # A role may link back to the subject's own name only through a cycle; the subject
+        # itself is handled apart (it always matches itself, like pycasbin's has_link).
+        return {r: a for r, a in roles.items() if r != subject} if subject in roles else roles
+
     def links_from(self, member: str, domain: str) -> list[tuple[str, Link]]:
         """The role links whose member is canonical `member` in canonical `domain`."""
-        return self._graph.get(domain, {}).get(member, [])
+        return [(link.role, link) for link in self._graph.get(domain, {}).get(member, ())]
 
     def username_for_sub(self, sub: str) -> str | None:
         """The username of the directory user with this OIDC subject."""
@@ -358,14 +380,35 @@ class Engine:
         return index.get(canonical_sub(sub))
 
     def warm(self) -> None:
-        """Computes every directory user's roles now, so no request pays for it."""
-        for username in self.directory.users:
-            subject = user_subject(username)
-            for domain in self.domains:
-                self.roles_of(subject, domain)
+        """Computes every directory user's roles now, so no request pays for it.
+
+        In two passes, so what is kept is not interleaved with what is thrown away: first
+        every (domain, direct roles) signature with its users, then one roles dict per
+        signature, handed to each of its users. The first pass's objects are freed together
+        at the end and their memory goes back to the allocator in whole arenas, instead of
+        leaving holes between the roles that stay (measured: 30 MB of RSS at 100,000 lines
+        for 14 MB of roles)."""
+        # One `user:<name>` string per user, the key of their roles in every domain.
+        subjects = [user_subject(username) for username in self.directory.users]
+        groups: dict[tuple[str, frozenset[tuple[str, str | None]]], list[str]] = {}
+        for domain in self.domains:
+            known = self._subject_roles.get(domain, {})
+            for subject in subjects:
+                if subject not in known:
+                    key = (domain, self._signature(subject, domain))
+                    groups.setdefault(key, []).append(subject)
+        for (domain, signature), members in groups.items():
+            per_domain = self._subject_roles.setdefault(domain, {})
+            roles = self._roles_memo.get((domain, signature))
+            if roles is None:
+                roles = self._roles_by_signature(domain, signature)
+            for subject in members:
+                per_domain[subject] = self._own(subject, roles)
+        del groups, subjects
         # Every directory user's roles are kept per user now; the memo by direct assignments
         # only shared work between them (a user met later computes their own).
         self._roles_memo = {}
+        give_back_freed_memory()
 
     def roles_for(self, username: str, domain: str) -> list[str]:
         return sorted(self.roles_of(user_subject(canonical_name(username)), canonical_name(domain)))
@@ -519,7 +562,8 @@ class Engine:
             node = queue.popleft()
             if len(chains[node]) >= MAX_ROLE_DEPTH:
                 continue
-            for parent, link in graph.get(node, ()):
+            for link in graph.get(node, ()):
+                parent = link.role
                 if parent not in chains:
                     chains[parent] = (*chains[node], link)
                     queue.append(parent)

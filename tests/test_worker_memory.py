@@ -1,0 +1,183 @@
+"""What keeps a server worker's memory down (issue 15): the parts it may never use are imported
+when first used, the role graph holds one string per user, the warm-up gives the same roles as
+computing them on demand, and a reload leaves the old engine to be freed."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+from idhub.bootstrap import Services
+from idhub.config import Settings
+from idhub.core.authz.engine import Engine
+from idhub.core.authz.model import (
+    AssignmentRule,
+    Catalog,
+    DirectorySnapshot,
+    DirectoryUser,
+    Link,
+    PolicySet,
+    Rule,
+    Source,
+    parse_scope,
+    user_subject,
+)
+from idhub.core.heap import give_back_freed_memory
+from tests.conftest import REPO
+
+SRC_DIR = Path(__file__).resolve().parents[1] / "src"
+# What a worker that never answers SAML nor migrates must not have imported at start.
+LAZY = ("saml2", "xmlschema", "xmlsec", "lxml", "alembic")
+
+WORKER = """
+import json, os, sys
+from idhub.web import asgi
+app = asgi.create()
+services = app.state.services
+services.authz.load_for_serving()
+before = [m for m in {lazy!r} if m in sys.modules]
+# First use: the pysaml2 server and the IdP metadata.
+idp = services.saml_idp
+server = idp.server()
+metadata = idp.metadata_xml()
+print(json.dumps({{
+    "before": before,
+    "after": [m for m in {lazy!r} if m in sys.modules],
+    "server": type(server).__name__,
+    "metadata": metadata.startswith("<") and "IDPSSODescriptor" in metadata,
+    "allowed": services.authz.engine.check("user:alice", "oa", "notice", "read", "", "").allowed,
+}}))
+"""
+
+
+def run_worker(tmp_path: Path) -> dict[str, object]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC_DIR),
+        "IDHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'idhub.db'}",
+        "IDHUB_POLICY_DIR": str(REPO / "policies"),
+        "IDHUB_SECRET_KEY": "worker-memory-test-key-0123456789abcdef0123",
+        "IDHUB_VAR_DIR": str(tmp_path / "var"),
+        "IDHUB_ISSUER": "http://127.0.0.1:26500",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "idhub", "init"],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", WORKER.format(lazy=LAZY)],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_a_worker_imports_pysaml2_lxml_xmlsec_and_alembic_only_when_used(
+    tmp_path: Path,
+) -> None:
+    result = run_worker(tmp_path)
+    assert result["before"] == [], "imported at worker start"
+    # Used for the first time, they load and work.
+    assert result["server"] == "Server"
+    assert result["metadata"] is True
+    assert "saml2" in result["after"]  # type: ignore[operator]
+
+
+def _engine_with_groups(users: int = 30) -> Engine:
+    source = Source("assignments.yaml", 1)
+    policy = PolicySet(
+        root="t",
+        rules=(
+            Rule("staff", "oa", "doc", "read", parse_scope("dept"), "allow", Source("p.csv", 1)),
+            Rule("lead", "*", "doc", "approve", parse_scope("all"), "allow", Source("p.csv", 2)),
+        ),
+        links=(Link("lead", "staff", "oa", source),),
+        assignments=(
+            AssignmentRule("group", "staff", "oa", source, "g1"),
+            AssignmentRule("group", "lead", "oa", source, "g2"),
+            AssignmentRule("department", "staff", "reimburse", source, "/hq"),
+            AssignmentRule("manager", "lead", "reimburse", source),
+        ),
+        catalog=Catalog(),
+        file_hashes={"p.csv": "1"},
+    )
+    people = {
+        f"u{i}": DirectoryUser(
+            f"u{i}",
+            f"s{i}",
+            "/hq/a" if i % 2 else "/hq/b",
+            False,
+            tuple(g for g, on in (("g1", i % 3 != 0), ("g2", i % 5 == 0)) if on),
+        )
+        for i in range(users)
+    }
+    directory = DirectorySnapshot(
+        users=people,
+        departments={"/hq": "u0", "/hq/a": "u1", "/hq/b": None},
+        groups=frozenset({"g1", "g2"}),
+        version="t",
+    )
+    return Engine(policy, directory, ("oa", "reimburse"))
+
+
+def test_derived_links_share_one_subject_string_per_user() -> None:
+    engine = _engine_with_groups()
+    by_user: dict[str, list[str]] = {}
+    for link in engine.links:
+        by_user.setdefault(link.member, []).append(link.member)
+    # u15 is in g2 and in /hq/a (under /hq): two derived links, one string.
+    members = by_user[user_subject("u15")]
+    assert len(members) == 2
+    assert all(m is members[0] for m in members)
+
+
+def test_warm_gives_every_user_the_roles_computed_on_demand() -> None:
+    warm, cold = _engine_with_groups(), _engine_with_groups()
+    warm.warm()
+    for username in cold.directory.users:
+        for domain in ("oa", "reimburse", "elsewhere"):
+            subject = user_subject(username)
+            assert warm.roles_of(subject, domain) == cold.roles_of(subject, domain)
+            assert warm.roles_for(username, domain) == cold.roles_for(username, domain)
+    assert warm.roles_of(user_subject("u15"), "oa") == {"staff": ("/hq/a",), "lead": ("/hq/a",)}
+    # A user met only after the warm-up (not in the directory) still gets theirs.
+    assert warm.roles_of(user_subject("stranger"), "oa") == {}
+
+
+def test_malloc_trim_is_available_here() -> None:
+    # glibc on this box: the trim runs (elsewhere it would return False and do nothing).
+    assert give_back_freed_memory() is True
+
+
+def test_a_reload_leaves_the_old_engine_to_be_freed(
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(db_url, env={"IDHUB_POLICY_DIR": str(REPO / "policies")})
+    services = make_services(settings)
+    services.migrate()
+    authz = services.authz
+    old = weakref.ref(authz.engine)
+    # A new directory version forces a new engine (same policy files).
+    outcome = authz.reload(trigger="test")
+    assert outcome.ok
+    authz.warm_once()
+    gc.collect()
+    assert authz.engine is not None
+    assert old() is None
