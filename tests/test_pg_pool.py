@@ -118,3 +118,29 @@ def test_the_pool_settings_are_read_from_the_file(
     settings = make_settings(sqlite_db_url, toml="[database]\npool_size = 7\npool_overflow = 3\n")
     assert (settings.database.pool_size, settings.database.pool_overflow) == (7, 3)
     assert (DatabaseSettings().pool_size, DatabaseSettings().pool_overflow) == (20, 0)
+
+
+def test_a_hot_read_outside_a_unit_is_one_round_trip(pg_engine: Engine) -> None:
+    from idhub.adapters.driver_read import fetch_all
+
+    assert fetch_all(pg_engine, "SELECT %s::int + 1", [1]) == [(2,)]  # the pool holds one now
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "libpq.trace"
+        with open(trace, "w", encoding="utf-8") as out:
+            pooled = pg_engine.raw_connection()
+            pgconn = pooled.driver_connection.pgconn  # type: ignore[union-attr]
+            pooled.close()
+            pgconn.trace(out.fileno())
+            try:
+                assert fetch_all(pg_engine, "SELECT %s::int + 1", [41]) == [(42,)]
+            finally:
+                pgconn.untrace()
+                out.flush()
+                os.fsync(out.fileno())
+        sent = [line for line in trace.read_text().splitlines() if "\tF\t" in line]
+    # No BEGIN before it and no ROLLBACK after it: only the statement's own messages.
+    assert not any("BEGIN" in line or "ROLLBACK" in line for line in sent), sent
+    assert any("SELECT" in line for line in sent), sent
+    # Back in the pool in its usual mode: the next transaction opens as before.
+    with pg_engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]

@@ -27,11 +27,21 @@ def fetch_all(engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any
     if unit is not None:
         return [tuple(row) for row in unit.conn.exec_driver_sql(sql, tuple(params))]
     connection = engine.raw_connection()
+    driver = connection.driver_connection
+    # psycopg opens a transaction for the first statement, so a lone read would be three round
+    # trips (BEGIN, the SELECT, and the pool's ROLLBACK on return); in autocommit it is the
+    # SELECT alone, and a single statement sees one snapshot either way. The connection is
+    # idle here (the pool hands out none in a transaction), which the switch requires.
+    autocommit = engine.dialect.name == "postgresql" and driver is not None
     try:
+        if autocommit:
+            driver.autocommit = True  # type: ignore[union-attr]
         cursor = connection.cursor()
         cursor.execute(sql, tuple(params))
         rows = [tuple(row) for row in cursor.fetchall()]
         cursor.close()
+        if autocommit:
+            driver.autocommit = False  # type: ignore[union-attr]
     except BaseException:
         # A failed round trip leaves the connection in an unknown state: never pool it.
         connection.invalidate()
