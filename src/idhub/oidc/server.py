@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 
-from idhub.core.audit import Actor, Auditor, EventType
+from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
@@ -32,6 +32,7 @@ from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
+from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome, LeanRequest
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
@@ -165,6 +166,11 @@ class Provider:
         server.register_grant(TokenExchangeGrant)
         server.register_client_auth_method("private_key_jwt", assertion_auth)
         self.server = server
+        # The common client-credentials request skips authlib's generic machinery with the
+        # same answers (oidc/client_credentials.py); None sends every request the generic way.
+        self.lean_client_credentials: LeanClientCredentials | None = LeanClientCredentials(
+            registry=registry, minter=minter, guard=client_guard
+        )
 
     # ------------------------------------------------------------------ /authorize
 
@@ -325,6 +331,44 @@ class Provider:
     # ------------------------------------------------------------------ token endpoint
 
     def token(self, data: OAuthRequestData) -> OAuthResponseData:
+        lean = self.lean_client_credentials
+        if lean is not None:
+            try:
+                planned = lean.plan(data)
+            except StorageError as exc:
+                log.error("token request failed on the database: %s", exc)
+                return self._unavailable("the database is not reachable; try again later")
+            if planned is not None:
+                return self._lean_token(lean, planned)
+        return self._generic_token(data)
+
+    def _lean_token(self, lean: LeanClientCredentials, req: LeanRequest) -> OAuthResponseData:
+        """The same answers, errors and audit events as `_generic_token` for the requests
+        `lean.plan` accepts (tests/test_oidc_lean_client_credentials.py holds them side by side)."""
+        outcome = LeanOutcome()
+        try:
+            response = lean.answer(req, outcome)
+        except OAuth2Error as exc:
+            response = _error_response(exc)
+        except AuditError:
+            response = self._unavailable()
+        except StorageError as exc:
+            log.error("token request failed on the database: %s", exc)
+            return self._unavailable("the database is not reachable; try again later")
+        if response.status >= 400 and isinstance(response.body, dict):
+            try:
+                self._record_failure(
+                    response,
+                    client_id=outcome.client_id,
+                    params=req.data.params,
+                    reason=None,
+                    ctx=req.data.ctx,
+                )
+            except AuditError:
+                return self._unavailable()
+        return response
+
+    def _generic_token(self, data: OAuthRequestData) -> OAuthResponseData:
         request = IdhubRequest(data)
         try:
             _require_well_formed(data)
@@ -341,30 +385,43 @@ class Provider:
             return self._unavailable("the database is not reachable; try again later")
         if response.status >= 400 and isinstance(response.body, dict):
             try:
-                self._record_failure(request, response)
+                self._record_failure(
+                    response,
+                    client_id=request.client.client_id if request.client is not None else None,
+                    params=request.form,
+                    reason=request.idhub_reason,
+                    ctx=request.idhub_ctx,
+                )
             except AuditError:
                 return self._unavailable()
         return response
 
-    def _record_failure(self, request: IdhubRequest, response: OAuthResponseData) -> None:
+    def _record_failure(
+        self,
+        response: OAuthResponseData,
+        *,
+        client_id: str | None,
+        params: Mapping[str, Any],
+        reason: str | None,
+        ctx: RequestContext | None,
+    ) -> None:
         body = response.body if isinstance(response.body, dict) else {}
         if body.get("error") == "temporarily_unavailable":
             return
-        client = request.client.client_id if request.client is not None else None
         details: dict[str, Any] = {
-            "grant_type": str(request.form.get("grant_type", ""))[:100],
+            "grant_type": str(params.get("grant_type", ""))[:100],
             "error": body.get("error"),
             "description": str(body.get("error_description", ""))[:200],
         }
-        if request.idhub_reason:
-            details["reason"] = request.idhub_reason
-        claimed = client or str(request.form.get("client_id") or "")[:100] or None
+        if reason:
+            details["reason"] = reason
+        claimed = client_id or str(params.get("client_id") or "")[:100] or None
         self._audit.record(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
             details=details,
-            ctx=request.idhub_ctx,
+            ctx=ctx,
         )
 
     @staticmethod
