@@ -28,7 +28,7 @@ from typing import Any
 from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import InvalidClientError, InvalidScopeError
 
-from idhub.core.audit import EventType, RequestContext
+from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.oidc.client_auth import basic_credentials
@@ -45,14 +45,14 @@ _JSON_HEADERS = tuple(default_json_headers)
 _BASIC = re.compile(r"[Bb][Aa][Ss][Ii][Cc] [A-Za-z0-9+/]+={0,2}")
 
 
-def issue_service_token(
+def sign_service_token(
     minter: TokenMinter,
     client: Client,
     params: Mapping[str, Any],
     ctx: RequestContext | None,
-) -> dict[str, Any]:
-    """The token answer for an authenticated client allowed the grant; its `token.issued`
-    event is committed before this returns (`TemporarilyUnavailable` otherwise)."""
+) -> tuple[dict[str, Any], PendingEvent]:
+    """The token answer for an authenticated client allowed the grant, and its `token.issued`
+    event, which must be committed before the answer may leave."""
     audience = client.resolve_audience(params.get("resource") or params.get("audience"))
     if audience is None:
         raise InvalidTarget("the requested resource is not allowed for this client")
@@ -66,14 +66,26 @@ def issue_service_token(
     token, claims = minter.service_access_token(
         client, sub=client.client_id, audience=audience, scopes=scopes
     )
-    minter.record_issuance(
+    event = PendingEvent(
         EventType.TOKEN_ISSUED,
-        client,
+        Actor("client", client.client_id),
         target=client.client_id,
-        ctx=ctx,
         details=issued_details(GRANT_TYPE, claims),
+        ctx=ctx,
     )
-    return token_body(token, claims)
+    return token_body(token, claims), event
+
+
+def issue_service_token(
+    minter: TokenMinter,
+    client: Client,
+    params: Mapping[str, Any],
+    ctx: RequestContext | None,
+) -> dict[str, Any]:
+    """`sign_service_token` with its event committed (`TemporarilyUnavailable` otherwise)."""
+    body, event = sign_service_token(minter, client, params, ctx)
+    minter.record_issuances([event])
+    return body
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,9 @@ class LeanRequest:
 
 
 class LeanClientCredentials:
-    """The lean path (module docstring). `authenticated` is set on the request's outcome
-    holder so the caller records a failure against the same actor the generic path would."""
+    """The lean path (module docstring). `sign` notes the authenticated client on the
+    request's `LeanOutcome`, so a later failure is recorded against the same actor as the
+    generic path would record it."""
 
     def __init__(
         self,
@@ -137,8 +150,9 @@ class LeanClientCredentials:
             return None
         return LeanRequest(data=data, client=client, secret=secret)
 
-    def answer(self, req: LeanRequest, outcome: LeanOutcome) -> OAuthResponseData:
-        """The 200 answer; raises the `OAuth2Error` the generic path would raise."""
+    def sign(self, req: LeanRequest, outcome: LeanOutcome) -> tuple[dict[str, Any], PendingEvent]:
+        """The answer's body and the event to commit before it leaves; raises the
+        `OAuth2Error` the generic path would raise."""
         guard = self._guard
         attempt = guard.begin(req.data.headers, req.data.params, req.data.ctx) if guard else None
         if attempt is not None and attempt.refused:
@@ -150,7 +164,11 @@ class LeanClientCredentials:
         if attempt is not None:
             attempt.succeeded()
         outcome.client_id = req.client.client_id
-        body = issue_service_token(self._minter, req.client, req.data.params, req.data.ctx)
+        return sign_service_token(self._minter, req.client, req.data.params, req.data.ctx)
+
+    @staticmethod
+    def answer(body: dict[str, Any]) -> OAuthResponseData:
+        """The 200 answer once the body's event is committed."""
         return OAuthResponseData(200, list(_JSON_HEADERS), body)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from authlib.common.security import is_secure_transport
@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
@@ -32,7 +32,7 @@ from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
-from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome, LeanRequest
+from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
@@ -148,6 +148,7 @@ class Provider:
         self.code_ttl = code_ttl
         self._tokens = tokens
         self._audit = audit
+        self._minter = minter
         self._clock = clock
         self._userinfo = userinfo
         self._introspect = introspect
@@ -331,39 +332,68 @@ class Provider:
     # ------------------------------------------------------------------ token endpoint
 
     def token(self, data: OAuthRequestData) -> OAuthResponseData:
+        return self.token_many([data])[0]
+
+    def token_many(self, batch: Sequence[OAuthRequestData]) -> list[OAuthResponseData]:
+        """Token requests that arrived together (web/oauth.py hands over what queued while
+        the last batch ran), one answer each, in order. Each is decided on its own exactly as
+        alone; what the lean client-credentials requests among them share is the append of
+        their `token.issued` events, committed before any of their tokens leaves (when it
+        fails, none does). Every other request goes through authlib on its own."""
+        answers: dict[int, OAuthResponseData] = {}
+        signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
         lean = self.lean_client_credentials
-        if lean is not None:
+        for i, data in enumerate(batch):
             try:
-                planned = lean.plan(data)
+                planned = lean.plan(data) if lean is not None else None
             except StorageError as exc:
                 log.error("token request failed on the database: %s", exc)
-                return self._unavailable("the database is not reachable; try again later")
-            if planned is not None:
-                return self._lean_token(lean, planned)
-        return self._generic_token(data)
+                answers[i] = self._unavailable("the database is not reachable; try again later")
+                continue
+            if lean is None or planned is None:
+                answers[i] = self._generic_token(data)
+                continue
+            outcome = LeanOutcome()
+            try:
+                body, event = lean.sign(planned, outcome)
+            except OAuth2Error as exc:
+                answers[i] = self._failed(
+                    _error_response(exc),
+                    client_id=outcome.client_id,
+                    params=data.params,
+                    reason=None,
+                    ctx=data.ctx,
+                )
+            except AuditError:
+                answers[i] = self._unavailable()
+            except StorageError as exc:
+                log.error("token request failed on the database: %s", exc)
+                answers[i] = self._unavailable("the database is not reachable; try again later")
+            else:
+                signed.append((i, body, event))
+        if signed:
+            answers.update(self._commit_issued(signed))
+        return [answers[i] for i in range(len(batch))]
 
-    def _lean_token(self, lean: LeanClientCredentials, req: LeanRequest) -> OAuthResponseData:
-        """The same answers, errors and audit events as `_generic_token` for the requests
-        `lean.plan` accepts (tests/test_oidc_lean_client_credentials.py holds them side by side)."""
-        outcome = LeanOutcome()
+    def _commit_issued(
+        self, signed: list[tuple[int, dict[str, Any], PendingEvent]]
+    ) -> dict[int, OAuthResponseData]:
         try:
-            response = lean.answer(req, outcome)
-        except OAuth2Error as exc:
-            response = _error_response(exc)
-        except AuditError:
-            response = self._unavailable()
+            self._minter.record_issuances([event for _, _, event in signed])
+        except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
+            refused = _error_response(exc)
+            return {i: refused for i, _, _ in signed}
         except StorageError as exc:
             log.error("token request failed on the database: %s", exc)
-            return self._unavailable("the database is not reachable; try again later")
+            down = self._unavailable("the database is not reachable; try again later")
+            return {i: down for i, _, _ in signed}
+        return {i: LeanClientCredentials.answer(body) for i, body, _ in signed}
+
+    def _failed(self, response: OAuthResponseData, **failure: Any) -> OAuthResponseData:
+        """`response`, once its failure is recorded (a 503 when that cannot be written)."""
         if response.status >= 400 and isinstance(response.body, dict):
             try:
-                self._record_failure(
-                    response,
-                    client_id=outcome.client_id,
-                    params=req.data.params,
-                    reason=None,
-                    ctx=req.data.ctx,
-                )
+                self._record_failure(response, **failure)
             except AuditError:
                 return self._unavailable()
         return response
@@ -383,18 +413,13 @@ class Provider:
             # One line, no traceback: in an outage every request fails alike.
             log.error("token request failed on the database: %s", exc)
             return self._unavailable("the database is not reachable; try again later")
-        if response.status >= 400 and isinstance(response.body, dict):
-            try:
-                self._record_failure(
-                    response,
-                    client_id=request.client.client_id if request.client is not None else None,
-                    params=request.form,
-                    reason=request.idhub_reason,
-                    ctx=request.idhub_ctx,
-                )
-            except AuditError:
-                return self._unavailable()
-        return response
+        return self._failed(
+            response,
+            client_id=request.client.client_id if request.client is not None else None,
+            params=request.form,
+            reason=request.idhub_reason,
+            ctx=request.idhub_ctx,
+        )
 
     def _record_failure(
         self,
