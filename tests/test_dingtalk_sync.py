@@ -16,6 +16,7 @@ from sqlalchemy import select
 from idhub.adapters.db import audit_events, departments, sync_runs, users
 from idhub.bootstrap import Services
 from idhub.config import Settings
+from idhub.core.audit import Actor
 from idhub.errors import ConfigError, DirectoryError, SyncAborted
 from tests.dingtalk_fake import APP_KEY, APP_SECRET, DingTalkFake, Member, company
 
@@ -327,3 +328,31 @@ def test_other_failures_fail_the_run_with_one_clear_line(
         _sync(corp)
     assert "\n" not in str(caught.value) and "token-" not in str(caught.value)
     assert _users(corp) == {}
+
+
+def test_a_department_made_in_idhub_keeps_its_manager_and_order(
+    corp_db: Services, fake: DingTalkFake
+) -> None:
+    # An admin made the department (and its parents) by hand before DingTalk was connected,
+    # and gave it a head of their choosing.
+    admin = Actor("admin", "root")
+    local = corp_db.local_departments
+    for path in ("/示例集团", "/示例集团/部门0002", "/示例集团/部门0002/部门0004"):
+        local.add(path, actor=admin)
+    corp_db.identity.create_user(username="boss", display_name="Boss")
+    local.set_manager("/示例集团/部门0002/部门0004", "boss", actor=admin)
+
+    report = _sync(corp_db)
+    assert report.status == "succeeded"
+    paths = {r.path: r for r in _rows(corp_db, select(departments))}
+    kept = paths["/示例集团/部门0002/部门0004"]
+    boss = _users(corp_db)["boss"]
+    # DingTalk names dt000003 the leader and order 4; the admin's choice stands.
+    assert kept.manager_user_id == boss.id and kept.sort_order is None
+    assert any("were made in idhub" in w and "部门0004" in w for w in report.plan.warnings)
+    # A department DingTalk made is still DingTalk's to head and order.
+    theirs = [r for r in paths.values() if r.source == "dingtalk:corp"]
+    assert theirs and any(r.manager_user_id is not None for r in theirs)
+    assert all(r.sort_order is not None for r in theirs)
+    # The sync's people still land in the kept department.
+    assert any(u.department_id == kept.id for u in _users(corp_db).values())

@@ -203,6 +203,30 @@ def test_a_state_from_another_browser_is_refused_and_not_spent(
     no_codes_logged(corp, known_secrets)
 
 
+def test_sign_ins_started_in_several_tabs_each_finish(corp_db: Corp, known_secrets: Any) -> None:
+    corp = corp_db
+    with httpx.Client(timeout=10) as browser:
+        first = _to_callback(corp, browser, DINGTALK, "dt000001")
+        second = _to_callback(corp, browser, DINGTALK, "dt000002")
+        # The first tab comes back after the second one started: both are this browser's.
+        done = browser.get(first)
+        assert done.status_code == 303 and "idhub_session" in browser.cookies
+        # Its binding is gone with it; the second tab's stays and finishes too.
+        assert len(browser.cookies.get("idhub_upstream", "").split(".")) == 1
+        assert browser.get(second).status_code == 303
+        assert "idhub_upstream" not in browser.cookies
+        assert browser.get(first).status_code == 400  # its binding went with it
+    with httpx.Client(timeout=10) as browser:
+        # At most four under way: a fifth start pushes the oldest out.
+        started = [_to_callback(corp, browser, DINGTALK, "dt000001") for _ in range(5)]
+        assert len(browser.cookies.get("idhub_upstream", "").split(".")) == 4
+        oldest = browser.get(started[0])
+        assert oldest.status_code == 400 and "state_foreign" in oldest.text
+        assert browser.get(started[4]).status_code == 303
+    assert _failure_reasons(corp) == ["state_foreign", "state_foreign"]
+    no_codes_logged(corp, known_secrets)
+
+
 def test_a_callback_without_state_or_for_another_provider(corp: Corp, known_secrets: Any) -> None:
     with httpx.Client(timeout=10) as browser:
         callback = _to_callback(corp, browser, DINGTALK, "dt000001")

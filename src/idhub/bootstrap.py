@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from idhub.core.directory.ports import DirectorySource
     from idhub.core.directory.scheduler import SyncScheduler
     from idhub.core.directory.sync import DirectorySync
+    from idhub.core.failure_audit import FailureAudit
     from idhub.core.identity import PasswordVerifier, User
     from idhub.core.logout import LogoutService
     from idhub.core.mfa import SecondFactors
@@ -152,6 +153,7 @@ class Services:
         # policy's reload state ---
         self._add_revocation_mirror_job()
         self._add_decision_audit_job()
+        self._add_failure_audit_job()
         self.readiness_checks["keys"] = self._keys_ready
         self.readiness_warnings.append(self._policy_warnings)
 
@@ -550,6 +552,7 @@ class Services:
             introspect=endpoints.introspect,
             revoke=endpoints.revoke,
             client_guard=self.client_guard,
+            failures=self.failure_audit,
         )
 
     @cached_property
@@ -649,6 +652,7 @@ class Services:
             clock=self.clock,
             throttle=self.throttle,
             fingerprint=KeyedHasher(self.settings.require_secret_key(), "typed-username").hash,
+            failures=self.failure_audit,
         )
 
     @cached_property
@@ -1219,6 +1223,40 @@ class Services:
         return RequestBudget(rule, clock=self.clock)
 
     @cached_property
+    def failure_audit(self) -> FailureAudit:
+        """Failure events of anonymous requests, written within `request_budget`."""
+        from idhub.core.failure_audit import FailureAudit
+
+        return FailureAudit(self.audit, self.request_budget)
+
+    def _add_failure_audit_job(self) -> None:
+        # Summaries of windows that suppressed events, written soon after the window ends
+        # even when the flood stopped, and all of them at shutdown.
+        def flush_expired() -> None:
+            if "failure_audit" in self.__dict__:
+                self.failure_audit.flush_expired()
+
+        def flush_all() -> None:
+            if "failure_audit" in self.__dict__:
+                self.failure_audit.flush_all()
+
+        def lost() -> list[str]:
+            n = self.request_budget.lost() if "request_budget" in self.__dict__ else 0
+            return [f"failure audit: {n} audit.suppressed summaries dropped"] if n else []
+
+        self.readiness_warnings.append(lost)
+        every = min(10.0, float(self.settings.defences.anonymous_window))
+        self.runtime.add(
+            Job(
+                name="failure-audit",
+                run_once=flush_expired,
+                interval=every,
+                retry=every,
+                finish=flush_all,
+            )
+        )
+
+    @cached_property
     def throttle(self) -> Throttle:
         """Failure counters per address, account and client, shared through the database."""
         from idhub.adapters.throttle_store import SqlThrottleStore
@@ -1247,7 +1285,7 @@ class Services:
     def client_guard(self) -> ClientAuthGuard:
         from idhub.core.client_guard import ClientAuthGuard
 
-        return ClientAuthGuard(self.throttle, self.audit)
+        return ClientAuthGuard(self.throttle, self.audit, self.failure_audit)
 
     @cached_property
     def local_passwords(self) -> LocalPasswords:
@@ -1310,6 +1348,7 @@ class Services:
             clock=self.clock,
             # Development: idhub itself on loopback http may call back proxies on loopback http.
             allow_http_loopback=issuer.startswith("http://") and check_loopback_http(issuer),
+            failures=self.failure_audit,
         )
 
     def _add_cas_housekeeping_job(self) -> None:

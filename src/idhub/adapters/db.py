@@ -86,6 +86,11 @@ Index("ix_users_department", users.c.department_id)
 # a sync reads them all at once instead).
 Index("ix_users_employee_id", users.c.employee_id)
 Index("ix_users_email_lower", func.lower(users.c.email))
+# What `users_matching` narrows by (an upstream sign-in's account lookup): without these the
+# lookup scans every user, since lower(trim(x)) cannot use an index on x or lower(x).
+Index("ix_users_username_folded", func.lower(func.trim(users.c.username)))
+Index("ix_users_email_folded", func.lower(func.trim(users.c.email)))
+Index("ix_users_employee_id_folded", func.lower(func.trim(users.c.employee_id)))
 Index("ix_users_phone", users.c.phone)
 
 # One identity per person (core/directory/linking.py): every (source, external id) that

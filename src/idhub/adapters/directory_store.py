@@ -462,15 +462,19 @@ class SqlDirectoryStore(SqlSyncLedger):
     # ------------------------------------------------------------ departments
 
     def missing_departments(self, paths: Collection[str]) -> set[str]:
+        return set(paths) - self._existing_paths(paths)
+
+    def local_departments(self, paths: Collection[str]) -> set[str]:
+        """The paths among `paths` of departments an admin made in idhub (source "local")."""
+        return self._existing_paths(paths, departments.c.source == LOCAL_SOURCE)
+
+    def _existing_paths(self, paths: Collection[str], *where: Any) -> set[str]:
         found: set[str] = set()
         with connect(self._engine) as conn:
             for chunk in _chunks(paths):
-                found.update(
-                    conn.execute(
-                        select(departments.c.path).where(departments.c.path.in_(chunk))
-                    ).scalars()
-                )
-        return set(paths) - found
+                query = select(departments.c.path).where(departments.c.path.in_(chunk), *where)
+                found.update(conn.execute(query).scalars())
+        return found
 
     def ensure_departments(self, paths: Collection[str], *, source: str) -> dict[str, int]:
         """path -> id for every path given (and its ancestors), creating the missing ones."""

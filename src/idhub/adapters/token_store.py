@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from idhub.adapters._storage_errors import storage_boundary, translate_storage_errors
@@ -25,7 +25,9 @@ from idhub.adapters.db import (
     revoked_tokens,
     used_assertions,
 )
+from idhub.adapters.driver_read import fetch_all
 from idhub.adapters.unit_of_work import begin, connect, writer_serial
+from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, Rotation
 
 # Seconds a rotated token keeps its sealed successor (longer than any allowed grace window).
@@ -59,12 +61,53 @@ def _code_row(row: Sequence[Any]) -> CodeRecord:
     return CodeRecord(**values, amr=list(amr or []))
 
 
-def _code(row: Any) -> CodeRecord:
-    m = row._mapping
-    return CodeRecord(
-        **{k: m[k] for k in CodeRecord.__dataclass_fields__ if k != "amr"},
-        amr=list(m["amr"] or []),
+# The user a code or refresh token is for, read in the same statement as the grant (a second
+# round trip through the identity store cost as much as the lookup itself).
+_USER_JOIN_COLUMNS = (
+    "u.id, u.sub, u.username, u.display_name, u.email, u.phone, u.employee_id, "
+    "u.department_id, d.path, u.source, u.external_id, u.dn, u.disabled, u.disabled_reason, "
+    "u.failed_logins, u.locked_until, u.attributes"
+)
+_USER_JOIN = (
+    "LEFT JOIN users u ON u.id = {user_id} LEFT JOIN departments d ON d.id = u.department_id"
+)
+
+
+def _joined_user(row: Sequence[Any]) -> User | None:
+    """The `_USER_JOIN_COLUMNS` part of a row (None when the user is gone): `attributes` is
+    JSON text on SQLite, already a dict on PostgreSQL."""
+    if row[0] is None:
+        return None
+    attributes = row[16]
+    if isinstance(attributes, str | bytes):
+        attributes = json.loads(attributes)
+    return User(
+        id=row[0],
+        sub=row[1],
+        username=row[2],
+        display_name=row[3] or "",
+        email=row[4],
+        phone=row[5],
+        employee_id=row[6],
+        department_id=row[7],
+        department_path=row[8],
+        source=row[9],
+        external_id=row[10],
+        dn=row[11],
+        disabled=bool(row[12]),
+        disabled_reason=row[13],
+        failed_logins=row[14] or 0,
+        locked_until=row[15],
+        attributes=dict(attributes or {}),
     )
+
+
+def _cursor(conn: Connection) -> Any:
+    """The driver cursor of `conn`, inside its transaction: the grants' statements run while
+    every other writer waits (SQLite's write lock, a group's turn), and a driver call costs a
+    fraction of SQLAlchemy's execution path (result metadata, statement cache). Driver errors
+    escaping here are translated by `storage_boundary` like SQLAlchemy's."""
+    return conn.connection.cursor()
 
 
 @storage_boundary
@@ -81,11 +124,13 @@ class SqlTokenStore:
         # skips SQLAlchemy's statement construction and compile-cache lookups).
         self._consume_sql = (
             f"UPDATE authorization_codes SET used_at = {m} "  # noqa: S608 - placeholders only
-            f"WHERE code_hash = {m} AND used_at IS NULL"
+            f"WHERE code_hash = {m} AND used_at IS NULL RETURNING expires_at"
         )
-        self._code_sql = (
-            f"SELECT {', '.join(_CODE_COLUMNS)} FROM authorization_codes "  # noqa: S608
-            f"WHERE code_hash = {m}"
+        self._code_used_sql = f"SELECT 1 FROM authorization_codes WHERE code_hash = {m}"  # noqa: S608
+        self._code_user_sql = (
+            f"SELECT {', '.join('c.' + c for c in _CODE_COLUMNS)}, c.used_at, "  # noqa: S608
+            f"{_USER_JOIN_COLUMNS} FROM authorization_codes c "
+            f"{_USER_JOIN.format(user_id='c.user_id')} WHERE c.code_hash = {m}"
         )
         self._family_sql = (
             "INSERT INTO refresh_families (id, client_id, user_id, sid, scope, audience, "  # noqa: S608
@@ -96,6 +141,10 @@ class SqlTokenStore:
             "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at, "  # noqa: S608
             f"rotated_at) VALUES ({m}, {m}, {m}, {m}, NULL)"
         )
+        self._revoke_jti_sql = (
+            "INSERT INTO revoked_tokens (jti, expires_at, revoked_at) "  # noqa: S608
+            f"VALUES ({m}, {m}, {m}) ON CONFLICT (jti) DO NOTHING"
+        )
         self._grant_token_sql = (
             "INSERT INTO grant_access_tokens (grant_id, jti, expires_at) "  # noqa: S608
             f"VALUES ({m}, {m}, {m})"
@@ -104,6 +153,33 @@ class SqlTokenStore:
             "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608
             "f.revoked_at, t.expires_at, t.rotated_at FROM refresh_tokens t "
             f"JOIN refresh_families f ON f.id = t.family_id WHERE t.token_hash = {m}"
+        )
+        self._refresh_user_sql = (
+            "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608
+            f"f.revoked_at, t.expires_at, t.rotated_at, {_USER_JOIN_COLUMNS} "
+            "FROM refresh_tokens t JOIN refresh_families f ON f.id = t.family_id "
+            f"{_USER_JOIN.format(user_id='f.user_id')} WHERE t.token_hash = {m}"
+        )
+        self._rotate_sql = (
+            "UPDATE refresh_tokens SET rotated_at = "  # noqa: S608 - placeholders only
+            f"{m}, successor_hash = {m}, successor_sealed = {m} WHERE token_hash = {m} "
+            f"AND rotated_at IS NULL AND expires_at > {m} "
+            # Correlated on the primary key: an IN over all of a client's families
+            # would scan them on every refresh.
+            "AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.id = "
+            f"refresh_tokens.family_id AND f.client_id = {m} AND f.revoked_at IS NULL)"
+        )
+        self._rotated_sql = (
+            "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608 - placeholders only
+            "f.revoked_at, t.rotated_at, t.expires_at, t.successor_sealed, s.rotated_at, "
+            "s.expires_at FROM refresh_tokens t "
+            "JOIN refresh_families f ON f.id = t.family_id "
+            "LEFT JOIN refresh_tokens s ON s.token_hash = t.successor_hash "
+            f"WHERE t.token_hash = {m}"
+        )
+        self._unrotate_sql = (
+            "UPDATE refresh_tokens SET rotated_at = NULL, successor_hash = NULL, "  # noqa: S608 - placeholders only
+            f"successor_sealed = NULL WHERE token_hash = {m}"
         )
 
     def _serial(self) -> contextlib.AbstractContextManager[Any]:
@@ -140,31 +216,40 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def find_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
-        with connect(self._engine) as conn:
-            row = conn.execute(
-                select(authorization_codes).where(authorization_codes.c.code_hash == code_hash)
-            ).first()
-        if row is None:
-            return "unknown", None
-        if row._mapping["used_at"] is not None:
-            return "used", _code(row)
-        record = _code(row)
-        return ("expired" if record.expires_at <= now else "ok"), record
+        status, record, _ = self.find_code_and_user(code_hash, now)
+        return status, record
 
     @translate_storage_errors
-    def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
-        """Marks the code used (first use only) and returns it with what happened."""
+    def find_code_and_user(
+        self, code_hash: str, now: float
+    ) -> tuple[CodeStatus, CodeRecord | None, User | None]:
+        # A pooled driver connection, no SQLAlchemy Connection: this read is on every
+        # exchange and costs less than building one.
+        rows = fetch_all(self._engine, self._code_user_sql, (code_hash,))
+        if not rows:
+            return "unknown", None, None
+        row = rows[0]
+        width = len(_CODE_COLUMNS)
+        record, user = _code_row(row[:width]), _joined_user(row[width + 1 :])
+        if row[width] is not None:
+            return "used", record, user
+        return ("expired" if record.expires_at <= now else "ok"), record, user
+
+    @translate_storage_errors
+    def consume_code(self, code_hash: str, now: float) -> CodeStatus:
+        """Marks the code used (first use only) and says what happened: one conditional
+        UPDATE decides first use, so of two racing redemptions exactly one gets "ok"."""
         with self._serial(), begin(self._engine) as conn:
-            first = conn.exec_driver_sql(self._consume_sql, (now, code_hash)).rowcount
-            row = conn.exec_driver_sql(self._code_sql, (code_hash,)).first()
-        if row is None:
-            return "unknown", None
-        record = _code_row(row)
-        if not first:
-            return "used", record
-        if record.expires_at <= now:
-            return "expired", record
-        return "ok", record
+            cursor = _cursor(conn)
+            cursor.execute(self._consume_sql, (now, code_hash))
+            first = cursor.fetchall()
+            if not first:
+                cursor.execute(self._code_used_sql, (code_hash,))
+                seen = cursor.fetchall()
+            cursor.close()
+        if first:
+            return "expired" if first[0][0] <= now else "ok"
+        return "used" if seen else "unknown"
 
     # ------------------------------------------------------------------ refresh families
 
@@ -173,12 +258,14 @@ class SqlTokenStore:
         self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
     ) -> None:
         with self._serial(), begin(self._engine) as conn:
-            conn.exec_driver_sql(
+            cursor = _cursor(conn)
+            cursor.execute(
                 self._family_sql,
                 (family.id, family.client_id, family.user_id, family.sid, family.scope,
                  family.audience, family.auth_time, issued_at),
             )  # fmt: skip
-            conn.exec_driver_sql(self._refresh_sql, (token_hash, family.id, issued_at, expires_at))
+            cursor.execute(self._refresh_sql, (token_hash, family.id, issued_at, expires_at))
+            cursor.close()
 
     @translate_storage_errors
     def rotate(
@@ -204,62 +291,75 @@ class SqlTokenStore:
         rotated at most `grace` seconds ago and its successor (stored `sealed` with the
         rotation) is still unused and unexpired: that is a retry ("grace": the successor is
         handed back, nothing changes). A token of another client is reported as unknown and
-        left alone; a `scope` beyond the family's changes nothing ("invalid_scope"). Plain
-        driver SQL: this is the refresh hot path.
+        left alone; a `scope` beyond the family's changes nothing ("invalid_scope"). Driver
+        cursor SQL: this is the refresh hot path.
         """
-        m = self._mark
         with self._serial(), begin(self._engine) as conn:
-            won = conn.exec_driver_sql(
-                "UPDATE refresh_tokens SET rotated_at = "  # noqa: S608 - placeholders only
-                f"{m}, successor_hash = {m}, successor_sealed = {m} WHERE token_hash = {m} "
-                f"AND rotated_at IS NULL AND expires_at > {m} "
-                # Correlated on the primary key: an IN over all of a client's families
-                # would scan them on every refresh.
-                "AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.id = "
-                f"refresh_tokens.family_id AND f.client_id = {m} AND f.revoked_at IS NULL)",
-                (now, new_hash, sealed if grace > 0 else None, token_hash, now, client_id),
-            ).rowcount
-            row = conn.exec_driver_sql(
-                "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608 - placeholders only
-                "f.revoked_at, t.rotated_at, t.expires_at, t.successor_sealed, s.rotated_at, "
-                "s.expires_at FROM refresh_tokens t "
-                "JOIN refresh_families f ON f.id = t.family_id "
-                "LEFT JOIN refresh_tokens s ON s.token_hash = t.successor_hash "
-                f"WHERE t.token_hash = {m}",
-                (token_hash,),
-            ).first()
-            if row is None or row[1] != client_id:
-                # Nothing was written: the UPDATE checks the token and the client both.
-                return Rotation("unknown", None)
-            family = RefreshFamily(*row[:8])
-            within_scope = not scope or set(scope) <= set(family.scope.split())
-            if won == 1:
-                if not within_scope:
-                    # Put the token back as it was: the caller's transaction may go on.
-                    conn.exec_driver_sql(
-                        "UPDATE refresh_tokens SET rotated_at = NULL, successor_hash = NULL, "  # noqa: S608 - placeholders only
-                        f"successor_sealed = NULL WHERE token_hash = {m}",
-                        (token_hash,),
-                    )
-                    return Rotation("invalid_scope", family)
-                conn.exec_driver_sql(
-                    "INSERT INTO refresh_tokens (token_hash, family_id, issued_at, expires_at, "  # noqa: S608 - placeholders only
-                    f"rotated_at) VALUES ({m}, {m}, {m}, {m}, NULL)",
-                    (new_hash, family.id, now, expires_at),
-                )
-                return Rotation("ok", family)
-            if family.revoked_at is not None:
-                return Rotation("revoked", family)
-            rotated_at, token_expires, successor = row[8], row[9], row[10]
-            if rotated_at is None and token_expires <= now:
-                return Rotation("expired", family)
-            if _is_retry(rotated_at, successor, row[11], row[12], now=now, grace=grace):
-                if not within_scope:
-                    return Rotation("invalid_scope", family)
-                return Rotation("grace", family, bytes(successor))
-            # Rotated before, and not a retry within the window: a replay.
-            self._revoke(conn, [family.id], now, "refresh_token_reuse")
-            return Rotation("reused", family)
+            cursor = _cursor(conn)
+            try:
+                return self._rotate(
+                    conn, cursor, token_hash, new_hash=new_hash, now=now,
+                    expires_at=expires_at, client_id=client_id, scope=scope, sealed=sealed,
+                    grace=grace,
+                )  # fmt: skip
+            finally:
+                cursor.close()
+
+    def _rotate(
+        self,
+        conn: Connection,
+        cursor: Any,
+        token_hash: str,
+        *,
+        new_hash: str,
+        now: float,
+        expires_at: float,
+        client_id: str,
+        scope: list[str] | None,
+        sealed: bytes | None,
+        grace: float,
+    ) -> Rotation:
+        cursor.execute(
+            self._rotate_sql,
+            (now, new_hash, sealed if grace > 0 else None, token_hash, now, client_id),
+        )
+        won = cursor.rowcount
+        cursor.execute(self._rotated_sql, (token_hash,))
+        row = cursor.fetchone()
+        if row is None or row[1] != client_id:
+            # Nothing was written: the UPDATE checks the token and the client both.
+            return Rotation("unknown", None)
+        family = RefreshFamily(*row[:8])
+        within_scope = not scope or set(scope) <= set(family.scope.split())
+        if won == 1:
+            if not within_scope:
+                # Put the token back as it was: the caller's transaction may go on.
+                cursor.execute(self._unrotate_sql, (token_hash,))
+                return Rotation("invalid_scope", family)
+            cursor.execute(self._refresh_sql, (new_hash, family.id, now, expires_at))
+            return Rotation("ok", family)
+        if family.revoked_at is not None:
+            return Rotation("revoked", family)
+        rotated_at, token_expires, successor = row[8], row[9], row[10]
+        if rotated_at is None and token_expires <= now:
+            return Rotation("expired", family)
+        if _is_retry(rotated_at, successor, row[11], row[12], now=now, grace=grace):
+            if not within_scope:
+                return Rotation("invalid_scope", family)
+            return Rotation("grace", family, bytes(successor))
+        # Rotated before, and not a retry within the window: a replay.
+        self._revoke(conn, [family.id], now, "refresh_token_reuse")
+        return Rotation("reused", family)
+
+    @translate_storage_errors
+    def find_refresh_and_user(
+        self, token_hash: str
+    ) -> tuple[RefreshFamily, float, float | None, User | None] | None:
+        rows = fetch_all(self._engine, self._refresh_user_sql, (token_hash,))
+        if not rows:
+            return None
+        row = rows[0]
+        return RefreshFamily(*row[:8]), float(row[8]), row[9], _joined_user(row[10:])
 
     @translate_storage_errors
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
@@ -346,34 +446,34 @@ class SqlTokenStore:
     @translate_storage_errors
     def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None:
         with self._serial(), begin(self._engine) as conn:
-            conn.exec_driver_sql(self._grant_token_sql, (grant_id, jti[:64], expires_at))
+            cursor = _cursor(conn)
+            cursor.execute(self._grant_token_sql, (grant_id, jti[:64], expires_at))
+            cursor.close()
 
     @translate_storage_errors
     def revoke_grant_tokens(self, grant_id: str, *, now: float) -> int:
         """Copies the grant's unexpired access-token ids onto the revocation list in one
-        transaction; ids already there stay as they are."""
+        transaction; ids already there stay as they are. Idempotent under concurrency too:
+        several replays of one code racing each other revoke the same ids, and the loser of
+        each insert skips it (`ON CONFLICT DO NOTHING`, SQLite and PostgreSQL alike) instead
+        of failing the request."""
         with self._serial(), begin(self._engine) as conn:
             rows = conn.execute(
-                select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at).where(
+                select(grant_access_tokens.c.jti, grant_access_tokens.c.expires_at)
+                .where(
                     grant_access_tokens.c.grant_id == grant_id,
                     grant_access_tokens.c.expires_at > now,
                 )
+                # One order for every revoker: two racing ones cannot deadlock on the rows.
+                .order_by(grant_access_tokens.c.jti)
             ).all()
-            known = set(
-                conn.execute(
-                    select(revoked_tokens.c.jti).where(
-                        revoked_tokens.c.jti.in_([row.jti for row in rows])
-                    )
-                ).scalars()
-            )
-            fresh = [
-                {"jti": row.jti, "expires_at": row.expires_at, "revoked_at": now}
-                for row in rows
-                if row.jti not in known
-            ]
-            if fresh:
-                conn.execute(insert(revoked_tokens), fresh)
-        return len(fresh)
+            cursor = _cursor(conn)
+            added = 0
+            for jti, expires_at in rows:
+                cursor.execute(self._revoke_jti_sql, (jti, expires_at, now))
+                added += max(0, cursor.rowcount)
+            cursor.close()
+        return added
 
     # ------------------------------------------------------------------ client assertions
 

@@ -30,7 +30,9 @@ from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestCon
 from idhub.core.cas import CasService
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token
+from idhub.core.failure_audit import FailureAudit
 from idhub.core.identity import User
+from idhub.core.request_budget import CAS_REJECTED
 from idhub.core.sessions import SsoSession
 
 PROTOCOL = "cas"
@@ -113,6 +115,7 @@ class CasServer:
         audit: Auditor,
         clock: Clock,
         allow_http_loopback: bool = False,
+        failures: FailureAudit | None = None,
     ) -> None:
         self.registry = registry
         self._tickets = tickets
@@ -123,6 +126,9 @@ class CasServer:
         self._audit = audit
         self._clock = clock
         self._allow_http_loopback = allow_http_loopback
+        # Anyone may present a made-up ticket: refusals are audited within the per-address
+        # budget (core/failure_audit.py); the CAS answer is the same either way.
+        self._failures = failures
 
     # ------------------------------------------------------------------ login and logout
 
@@ -180,13 +186,13 @@ class CasServer:
         read once per batch. One outcome per request, in order: its answer, or the error
         (storage, audit) that stopped it, with nothing of it kept."""
         results: dict[int, Validated | Failure | Exception] = {}
-        refusals: dict[int, PendingEvent] = {}
+        refusals: dict[int, list[PendingEvent]] = {}
         common: list[tuple[int, ValidationRequest, TicketKind, RequestContext | None]] = []
         for i, (request, ctx) in enumerate(requests):
             try:
                 kind = self._precheck(request)
             except _Refused as refused:
-                refusals[i] = self._rejected(request, refused.failure, ctx)
+                refusals[i] = self._rejections(request, refused.failure, ctx)
                 results[i] = refused.failure
                 continue
             if request.pgt_url:
@@ -196,9 +202,10 @@ class CasServer:
                     results[i] = exc
             else:
                 common.append((i, request, kind, ctx))
-        if refusals:
+        written = [event for events in refusals.values() for event in events]
+        if written:
             try:
-                self._audit.record_many(list(refusals.values()))
+                self._audit.record_many(written)
             except Exception as exc:  # no refusal without its event
                 results.update(dict.fromkeys(refusals, exc))
         if common:
@@ -222,7 +229,7 @@ class CasServer:
                     checked = self._check(request, kind, redeemed, self._clock.now())
                 except _Refused as refused:
                     decided[i] = refused.failure
-                    return [self._rejected(request, refused.failure, ctx)]
+                    return self._rejections(request, refused.failure, ctx)
                 decided[i] = checked
                 record, _, user, service = checked
                 return [self._validated(record, user, service, pgt_iou=None, ctx=ctx)]
@@ -253,7 +260,9 @@ class CasServer:
             redeemed = self._tickets.redeem(request.ticket, now)
             record, session, user, service = self._check(request, kind, redeemed, now)
         except _Refused as refused:
-            self._audit.record_many([self._rejected(request, refused.failure, ctx)])
+            rejections = self._rejections(request, refused.failure, ctx)
+            if rejections:
+                self._audit.record_many(rejections)
             return refused.failure
         pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
         self._audit.record_many([self._validated(record, user, service, pgt_iou=pgt_iou, ctx=ctx)])
@@ -279,11 +288,12 @@ class CasServer:
             user=user.username, attributes=attributes, pgt_iou=pgt_iou, proxies=record.proxies
         )
 
-    @staticmethod
-    def _rejected(
-        request: ValidationRequest, failure: Failure, ctx: RequestContext | None
-    ) -> PendingEvent:
-        return PendingEvent(
+    def _rejections(
+        self, request: ValidationRequest, failure: Failure, ctx: RequestContext | None
+    ) -> list[PendingEvent]:
+        """The events to write for a refused validation: its `cas.ticket_rejected` within the
+        budget, with any summary due; possibly none."""
+        event = PendingEvent(
             EventType.CAS_TICKET_REJECTED,
             actor=Actor("system", PROTOCOL),
             target=request.service[:200] if request.service else None,
@@ -291,6 +301,7 @@ class CasServer:
             details={"error": failure.code, "reason": failure.description},
             ctx=ctx,
         )
+        return [event] if self._failures is None else self._failures.events(CAS_REJECTED, event)
 
     @staticmethod
     def _validated(
@@ -422,11 +433,15 @@ class CasServer:
         return ProxyGranted(ticket)
 
     def _proxy_refused(self, failure: Failure, ctx: RequestContext | None) -> Failure:
-        self._audit.record(
+        event = PendingEvent(
             EventType.CAS_TICKET_REJECTED,
             actor=Actor("system", PROTOCOL),
             outcome="failure",
             details={"error": failure.code, "reason": failure.description, "endpoint": "proxy"},
             ctx=ctx,
         )
+        if self._failures is None:
+            self._audit.record_many([event])
+        else:
+            self._failures.record(CAS_REJECTED, event)
         return failure

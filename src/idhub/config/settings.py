@@ -148,8 +148,9 @@ class ThrottleSettings:
 class DefencesSettings:
     """`[defences]`: how many writes a request without a session may cause per source address
     (IPv6 by /64) and window (core/request_budget.py): upstream sign-in starts and callbacks,
-    passkey options and passwordless sign-ins, each kind counted on its own, in each worker
-    process."""
+    passkey options and passwordless sign-ins (refused over it), and the failure events of
+    refused sign-ins, clients, `/token` requests, CAS tickets and SAML requests (left out over
+    it, counted in `audit.suppressed`), each kind counted on its own, in each worker process."""
 
     anonymous_writes: int = 30
     anonymous_window: int = 60

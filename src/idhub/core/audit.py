@@ -79,6 +79,9 @@ class EventType(StrEnum):
     POLICY_REJECTED = "policy.rejected"
     AUTHZ_DECISION = "authz.decision"
     AUDIT_ARCHIVED = "audit.archived"
+    # Failure events of anonymous requests left out over the per-address budget, counted
+    # (core/failure_audit.py).
+    AUDIT_SUPPRESSED = "audit.suppressed"
     # Sign-in defences (core/throttle.py): refusals, locks starting, an admin's unlock.
     LOGIN_THROTTLED = "login.throttled"
     LOGIN_LOCKOUT = "login.lockout"

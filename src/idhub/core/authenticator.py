@@ -14,11 +14,13 @@ import unicodedata
 from collections.abc import Callable
 from typing import NoReturn, Protocol
 
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.crypto import sha256_hex
+from idhub.core.failure_audit import FailureAudit
 from idhub.core.identity import LOCAL_SOURCE, PasswordVerifier, User
 from idhub.core.passwords import PasswordHasher
+from idhub.core.request_budget import LOGIN_REFUSED
 from idhub.core.throttle import (
     ACCOUNT,
     IP,
@@ -73,6 +75,7 @@ class Authenticator:
         clock: Clock,
         throttle: Throttle,
         fingerprint: Callable[[str], str] | None = None,
+        failures: FailureAudit | None = None,
     ) -> None:
         self._users = users
         self._local = local_verifier
@@ -82,6 +85,9 @@ class Authenticator:
         self._clock = clock
         self._throttle = throttle
         self._fingerprint = fingerprint
+        # Refusals (throttled, locked) cost no password check and come as fast as they are
+        # sent: their events are written within the per-address budget.
+        self._failures = failures
 
     @property
     def lockout(self) -> ThrottleRule:
@@ -114,7 +120,7 @@ class Authenticator:
             self._fail(username, user, "disabled", ctx, reading=reading)
         if user.is_locked(self._clock.now()):
             self._hasher.spend_equal_time(password)
-            self._fail(username, user, "locked", ctx)
+            self._fail(username, user, "locked", ctx, refused=True)
 
         verifier = self._local if user.source == LOCAL_SOURCE else self._verifier_for(user.source)
         try:
@@ -177,9 +183,13 @@ class Authenticator:
         }
         if refusal.key.kind == ACCOUNT and refusal.locked:
             # Kept as a failed sign-in with reason "locked", as before there was a throttle.
-            self._record(EventType.LOGIN_FAILED, username, user, "locked", ctx, extra=details)
+            self._record(
+                EventType.LOGIN_FAILED, username, user, "locked", ctx, extra=details, refused=True
+            )
             raise TooManyAttempts("locked", retry_after=refusal.retry_after)
-        self._record(EventType.LOGIN_THROTTLED, username, user, "throttled", ctx, extra=details)
+        self._record(
+            EventType.LOGIN_THROTTLED, username, user, "throttled", ctx, extra=details, refused=True
+        )
         raise TooManyAttempts("throttled", retry_after=refusal.retry_after)
 
     def _fail(
@@ -191,6 +201,7 @@ class Authenticator:
         *,
         detail: str | None = None,
         reading: Reading | None = None,
+        refused: bool = False,
     ) -> NoReturn:
         locked: list[Counter] = []
         if reading is not None and reason in COUNTED:
@@ -200,7 +211,9 @@ class Authenticator:
                 # Mirrored on the user so `idhub user show` and every reader of the user see it.
                 self._users.set_locked_until(user.id, counter.locked_until)
                 detail = "account now locked"
-        self._record(EventType.LOGIN_FAILED, username, user, reason, ctx, detail=detail)
+        self._record(
+            EventType.LOGIN_FAILED, username, user, reason, ctx, detail=detail, refused=refused
+        )
         for counter in locked:
             self._record(
                 EventType.LOGIN_LOCKOUT,
@@ -231,6 +244,7 @@ class Authenticator:
         *,
         detail: str | None = None,
         extra: dict[str, object] | None = None,
+        refused: bool = False,
     ) -> None:
         details: dict[str, object] = {"reason": reason, **(extra or {})}
         target: str | None = None
@@ -244,7 +258,7 @@ class Authenticator:
             details["typed_name_fingerprint"] = self._fingerprint(username)[:16]
         if detail:
             details["detail"] = detail[:200]
-        self._audit.record(
+        pending = PendingEvent(
             event,
             actor=Actor("user", user.sub if user is not None else None),
             target=target,
@@ -252,3 +266,7 @@ class Authenticator:
             details=details,
             ctx=ctx,
         )
+        if refused and self._failures is not None:
+            self._failures.record(LOGIN_REFUSED, pending)
+        else:
+            self._audit.record_many([pending])

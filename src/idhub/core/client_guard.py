@@ -13,7 +13,9 @@ import binascii
 from collections.abc import Mapping
 from urllib.parse import unquote
 
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
+from idhub.core.failure_audit import FailureAudit
+from idhub.core.request_budget import CLIENT_REFUSED
 from idhub.core.throttle import (
     CLIENT,
     CLIENT_IP,
@@ -74,9 +76,14 @@ class ClientAttempt:
 
 
 class ClientAuthGuard:
-    def __init__(self, throttle: Throttle, audit: Auditor) -> None:
+    def __init__(
+        self, throttle: Throttle, audit: Auditor, failures: FailureAudit | None = None
+    ) -> None:
         self._throttle = throttle
         self._audit = audit
+        # A refused attempt is answered before any secret is checked, as fast as they come:
+        # its event is written within the per-address budget.
+        self._failures = failures
 
     def begin(
         self, headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
@@ -92,7 +99,7 @@ class ClientAuthGuard:
         attempt = ClientAttempt(self, self._throttle.read(keys), client_id, ctx)
         refusal = attempt.reading.refusal
         if refusal is not None:
-            self._audit.record(
+            event = PendingEvent(
                 EventType.CLIENT_AUTH_THROTTLED,
                 actor=Actor("client", client_id),
                 outcome="failure",
@@ -103,6 +110,10 @@ class ClientAuthGuard:
                 },
                 ctx=ctx,
             )
+            if self._failures is not None:
+                self._failures.record(CLIENT_REFUSED, event)
+            else:
+                self._audit.record_many([event])
         return attempt
 
     def apply_failure(self, attempt: ClientAttempt) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from idhub.core.identity import User
+
 CodeStatus = Literal["ok", "unknown", "used", "expired"]
 RefreshStatus = Literal["ok", "grace", "unknown", "reused", "revoked", "expired", "invalid_scope"]
 
@@ -66,8 +68,16 @@ class CodeStorage(Protocol):
         """What `consume_code` would answer, without using the code up."""
         ...
 
-    def consume_code(self, code_hash: str, now: float) -> tuple[CodeStatus, CodeRecord | None]:
-        """Marks the code used (first use only) and returns it with what happened."""
+    def find_code_and_user(
+        self, code_hash: str, now: float
+    ) -> tuple[CodeStatus, CodeRecord | None, User | None]:
+        """`find_code` and the user the code is for (None when gone), read together: the
+        code exchange needs both."""
+        ...
+
+    def consume_code(self, code_hash: str, now: float) -> CodeStatus:
+        """Marks the code used (first use only) and says what happened; of two racing
+        redemptions of one code exactly one gets "ok"."""
         ...
 
 
@@ -95,6 +105,12 @@ class RefreshStorage(Protocol):
 
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
         """(family, expires_at, rotated_at) of a refresh token."""
+        ...
+
+    def find_refresh_and_user(
+        self, token_hash: str
+    ) -> tuple[RefreshFamily, float, float | None, User | None] | None:
+        """`find_refresh` and the family's user (None when gone), read together."""
         ...
 
     def revoke_family(self, family_id: str, now: float, reason: str) -> int: ...

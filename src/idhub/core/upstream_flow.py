@@ -3,7 +3,8 @@
 The flow around the port of core/upstream.py, the same for every provider:
 
 - `begin`: a fresh random `state` (256 bits). Its keyed hash goes into a short cookie on the
-  browser (`idhub_upstream`, HttpOnly, SameSite=Lax, path /login/upstream) and, under a
+  browser (`idhub_upstream`, HttpOnly, SameSite=Lax, path /login/upstream; it holds the
+  bindings of up to `MAX_BINDINGS` sign-ins under way, one per tab) and, under a
   second keyed hash, into the server-side table of pending upstream sign-ins with the provider
   and where the browser returns afterwards. Stored server-side rather than sealed so that
   "single use" holds on every replica: taking a state deletes its row in one statement, and
@@ -41,6 +42,21 @@ from idhub.core.upstream import UpstreamAccounts, UpstreamFailed, UpstreamIdenti
 STATE_TTL = 600.0
 STATE_COOKIE = "idhub_upstream"
 MAX_STATE = 100
+# Sign-ins one browser may have under way at once (tabs): the cookie holds this many
+# bindings, newest last, and the oldest goes first. Each is 64 hex characters, so the cookie
+# stays far below the 4 KB browsers keep.
+MAX_BINDINGS = 4
+_BINDING_LENGTH = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def _bindings(cookie: str | None) -> list[str]:
+    """The well-formed bindings of a state cookie (anything else in it is ignored)."""
+    return [
+        part
+        for part in (cookie or "").split(".")[: MAX_BINDINGS * 2]
+        if len(part) == _BINDING_LENGTH and set(part) <= _HEX
+    ]
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,13 @@ class BrowserAware(Protocol):
 @dataclass(frozen=True)
 class UpstreamStart:
     url: str
-    cookie: str  # the value of STATE_COOKIE
+    binding: str  # what binds the state to this browser (`cookie_after` puts it in the cookie)
+
+    def cookie_after(self, cookie: str | None) -> str:
+        """The new value of STATE_COOKIE: the browser's other sign-ins under way (up to
+        MAX_BINDINGS - 1, newest kept) and this one, so a second tab does not void the first."""
+        kept = [b for b in _bindings(cookie) if b != self.binding][-(MAX_BINDINGS - 1) :]
+        return ".".join([*kept, self.binding])
 
 
 @dataclass(frozen=True)
@@ -185,7 +207,7 @@ class UpstreamSignIn:
                 details={"provider": name, "kind": provider.kind},
                 ctx=ctx,
             )
-        return UpstreamStart(url=url, cookie=self._binding(state))
+        return UpstreamStart(url=url, binding=self._binding(state))
 
     # ------------------------------------------------------------------ the way back
 
@@ -244,7 +266,10 @@ class UpstreamSignIn:
     ) -> PendingUpstream:
         if not state or len(state) > MAX_STATE:
             raise UpstreamFailed("the sign-in came back without its state", code="state_missing")
-        if not state_cookie or not hmac.compare_digest(self._binding(state), state_cookie):
+        binding = self._binding(state)
+        # Every binding is compared, in constant time each, whatever the first ones gave.
+        matches = [hmac.compare_digest(binding, b) for b in _bindings(state_cookie)]
+        if not any(matches):
             # Started in another browser (or the cookie is gone): not spent, not ours.
             raise UpstreamFailed(
                 "this sign-in was not started in this browser", code="state_foreign"
@@ -299,6 +324,14 @@ class UpstreamSignIn:
 
     def _key(self, state: str) -> str:
         return self._hasher.hash(f"key:{state}")
+
+    def cookie_after_callback(self, cookie: str | None, state: str | None) -> str | None:
+        """The browser's state cookie once the callback for `state` is answered: that state's
+        binding gone (spent, or never this browser's), the other tabs' kept; None when none
+        is left."""
+        spent = self._binding(state) if state and len(state) <= MAX_STATE else None
+        kept = [b for b in _bindings(cookie) if not (spent and hmac.compare_digest(b, spent))]
+        return ".".join(kept) or None
 
     def _binding(self, state: str) -> str:
         return self._hasher.hash(f"browser:{state}")

@@ -9,6 +9,7 @@ leaves open, and each grant's `create_token_response` issues through `TokenMinte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from authlib.consts import default_json_headers
@@ -68,11 +69,21 @@ class GrantSupport:
 # ---------------------------------------------------------------- authorization code
 
 
-class _Code:
-    """authlib's AuthorizationCodeMixin over a consumed code row."""
+def _live(user: User | None) -> User:
+    """The user a grant mints for, read with the grant itself; `InvalidGrantError` once they
+    are gone or disabled (what `TokenMinter.active_user` answers)."""
+    if user is None or user.disabled:
+        raise InvalidGrantError("the user of this grant no longer exists or is disabled")
+    return user
 
-    def __init__(self, record: CodeRecord) -> None:
+
+class _Code:
+    """authlib's AuthorizationCodeMixin over a code row, with the user it was issued to (read
+    in the same statement)."""
+
+    def __init__(self, record: CodeRecord, user: User | None) -> None:
         self.record = record
+        self.user = user
 
     def get_redirect_uri(self) -> str:
         return self.record.redirect_uri
@@ -102,14 +113,14 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
 
     def query_authorization_code(self, code: str, client: Any) -> _Code | None:
-        status, record = self.tokens.find_code(sha256_hex(code), self.clock.now())
+        status, record, user = self.tokens.find_code_and_user(sha256_hex(code), self.clock.now())
         if record is None or record.client_id != client.client_id:
             raise InvalidGrantError("the authorization code is not valid")
         if status == "used":
             self._code_reused(record)
         if status == "expired":
             raise InvalidGrantError("the authorization code has expired")
-        return _Code(record)
+        return _Code(record, user)
 
     def _code_reused(self, record: CodeRecord) -> None:
         # RFC 6749 4.1.2: a code used twice revokes what it granted: the refresh family it
@@ -123,8 +134,9 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
         minter = self.minter
         client: Client = self.request.client.client
-        record: CodeRecord = self.request.authorization_code.record
-        user = minter.active_user(record.user_id)
+        code: _Code = self.request.authorization_code
+        record = code.record
+        user = _live(code.user)
         scopes = record.scope.split()
         audience = client.resolve_audience(record.resource) or client.audience
         # Signed before the transaction, so no lock waits on the signatures; if the code
@@ -147,7 +159,7 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
             )
         refresh = None
         with minter.atomic():
-            status, _ = self.tokens.consume_code(record.code_hash, self.clock.now())
+            status = self.tokens.consume_code(record.code_hash, self.clock.now())
             if status == "ok":
                 refresh = self._start_use(client, record, claims, user.id, audience)
                 minter.record_issuance(
@@ -203,6 +215,15 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
 
 
 # ---------------------------------------------------------------- refresh token
+
+
+@dataclass(frozen=True)
+class _Early:
+    """What the refresh grant read (and signed) before its transaction."""
+
+    family: RefreshFamily
+    user: User | None
+    signed: tuple[str, dict[str, Any]] | None
 
 
 class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
@@ -263,8 +284,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
                 if rotation.successor is not None:
                     # A retry within the grace window: the same successor as the first answer.
                     refresh = minter.open_successor(rotation.successor, rotated_hash=old_hash)
-                if early is not None and early[0] == family:
-                    _, user, token, claims = early
+                if early is not None and early.family == family:
+                    # Read with the family a moment ago: a user disabled since the last
+                    # token is refused now (raised here, the rotation rolls back).
+                    user = _live(early.user)
+                    token, claims = early.signed or self._sign(client, family, requested, user)[1:]
                 else:
                     user, token, claims = self._sign(client, family, requested)
                 self._account(client, family, user, token, claims, grace=rotation.successor)
@@ -284,30 +308,29 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         body = token_body(token, claims, refresh=refresh)
         return 200, body, default_json_headers
 
-    def _sign_early(
-        self, client: Client, token_hash: str, requested: list[str]
-    ) -> tuple[RefreshFamily, User, str, dict[str, Any]] | None:
-        """The access token for the family `token_hash` belongs to, if it is a live family of
-        this client whose user is active; None otherwise (the rotation then says why)."""
-        found = self.tokens.find_refresh(token_hash)
+    def _sign_early(self, client: Client, token_hash: str, requested: list[str]) -> _Early | None:
+        """The family `token_hash` belongs to and its user, read together, with the access
+        token signed when it is a live family of this client whose user is active; None when
+        the family is not this client's live one (the rotation then says why)."""
+        found = self.tokens.find_refresh_and_user(token_hash)
         if found is None:
             return None
-        family = found[0]
+        family, user = found[0], found[3]
         if family.client_id != client.client_id or family.revoked_at is not None:
             return None
         if requested and not set(requested) <= set(family.scope.split()):
             return None  # invalid_scope: the rotation answers it
-        try:
-            user, token, claims = self._sign(client, family, requested)
-        except InvalidGrantError:
-            return None  # the user is gone or disabled: raised again inside, rolling back
-        return family, user, token, claims
+        if user is None or user.disabled:
+            return _Early(family, user, None)  # refused inside, after reuse detection
+        _, token, claims = self._sign(client, family, requested, user)
+        return _Early(family, user, (token, claims))
 
     def _sign(
-        self, client: Client, family: RefreshFamily, requested: list[str]
+        self, client: Client, family: RefreshFamily, requested: list[str], user: User | None = None
     ) -> tuple[User, str, dict[str, Any]]:
         minter = self.minter
-        user = minter.active_user(family.user_id)
+        if user is None:
+            user = minter.active_user(family.user_id)
         token, claims = minter.user_access_token(
             client,
             user,

@@ -27,7 +27,9 @@ from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
+from idhub.core.failure_audit import FailureAudit
 from idhub.core.identity import User
+from idhub.core.request_budget import TOKEN_FAILED
 from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
@@ -137,6 +139,7 @@ class Provider:
         introspect: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         revoke: Callable[[OAuthRequestData, AuthlibClient], OAuthResponseData],
         client_guard: ClientAuthGuard | None = None,
+        failures: FailureAudit | None = None,
     ) -> None:
         if not is_secure_transport(issuer_url):
             raise ConfigError(
@@ -153,6 +156,7 @@ class Provider:
         self._userinfo = userinfo
         self._introspect = introspect
         self._revoke = revoke
+        self._failures = failures
         server = AuthlibServer(
             registry,
             minter=minter,
@@ -360,6 +364,8 @@ class Provider:
                 answers[i] = self._failed(
                     _error_response(exc),
                     client_id=outcome.client_id,
+                    # Only client_secret_basic takes the lean path: authenticated is proven.
+                    proven=outcome.client_id is not None,
                     params=data.params,
                     reason=None,
                     ctx=data.ctx,
@@ -416,6 +422,7 @@ class Provider:
         return self._failed(
             response,
             client_id=request.client.client_id if request.client is not None else None,
+            proven=request.client is not None and getattr(request, "auth_method", None) != "none",
             params=request.form,
             reason=request.idhub_reason,
             ctx=request.idhub_ctx,
@@ -426,6 +433,7 @@ class Provider:
         response: OAuthResponseData,
         *,
         client_id: str | None,
+        proven: bool,
         params: Mapping[str, Any],
         reason: str | None,
         ctx: RequestContext | None,
@@ -441,13 +449,23 @@ class Provider:
         if reason:
             details["reason"] = reason
         claimed = client_id or str(params.get("client_id") or "")[:100] or None
-        self._audit.record(
+        event = PendingEvent(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
             details=details,
             ctx=ctx,
         )
+        self._record_failure_event(proven, event)
+
+    def _record_failure_event(self, proven: bool, event: PendingEvent) -> None:
+        """A client that proved who it is gets every failure recorded; one that did not (no
+        client, or a public one, which anyone may name) is within the per-address budget of
+        failure events (core/failure_audit.py). The answer is the same either way."""
+        if proven or self._failures is None:
+            self._audit.record_many([event])
+        else:
+            self._failures.record(TOKEN_FAILED, event)
 
     @staticmethod
     def _unavailable(

@@ -21,8 +21,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from idhub.bootstrap import Services
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.claims import RoleSource
+from idhub.core.failure_audit import FailureAudit
+from idhub.core.request_budget import SAML_LOGOUT_NOOP, SAML_REJECTED
 from idhub.core.signin import (
     ConsentNeeded,
     LoginNeeded,
@@ -58,6 +60,7 @@ class SamlFront:
         pending: PendingRequests,
         browser: Browser,
         audit: Auditor,
+        failures: FailureAudit,
         services: Services,
     ) -> None:
         self._signin = signin
@@ -65,6 +68,9 @@ class SamlFront:
         self._pending = pending
         self._browser = browser
         self._audit = audit
+        # A rejected request needs no session: its event is written within the per-address
+        # budget (core/failure_audit.py); the answer to the browser is the same either way.
+        self._failures = failures
         # Attribute sources (groups, roles) resolved at the first response, not at start-up.
         self._services = services
 
@@ -218,7 +224,7 @@ class SamlFront:
             return self.issue(request, sp, pending, wanted, outcome, ctx)
         if isinstance(outcome, Refused):
             message = self._idp.refuse(pending, sp, passive=pending.is_passive)
-            self._audit.record(
+            event = PendingEvent(
                 EventType.SAML_REQUEST_REJECTED,
                 actor=Actor("system"),
                 target=sp.name,
@@ -226,6 +232,7 @@ class SamlFront:
                 details={"reason": outcome.error, "request_id": pending.request_id},
                 ctx=ctx,
             )
+            self._failures.record(SAML_REJECTED, event)
             return self.post_page(request, message)
         token = self._pending.seal(pending)
         if isinstance(outcome, ConsentNeeded):
@@ -313,13 +320,18 @@ class SamlFront:
             return self.rejected(request, exc.message, ctx)
         ended = self.end_session_for(request, info, ctx)
         message = self._idp.logout_response(info, success=True)
-        self._audit.record(
+        event = PendingEvent(
             EventType.SAML_LOGOUT_ANSWERED,
             actor=Actor("system"),
             target=info.sp.name,
             details={"session_ended": ended, "binding": binding},
             ctx=ctx,
         )
+        if ended:
+            self._audit.record_many([event])
+        else:
+            # Nothing ended: a request anyone may send (or replay) for a known SP.
+            self._failures.record(SAML_LOGOUT_NOOP, event)
         response = self.post_page(request, message)
         if ended:
             self._browser.clear_session_cookie(response)
@@ -365,13 +377,14 @@ class SamlFront:
         return self._browser.form_page(request, "saml_consent.html", context)
 
     def rejected(self, request: Request, reason: str, ctx: RequestContext) -> Response:
-        self._audit.record(
+        event = PendingEvent(
             EventType.SAML_REQUEST_REJECTED,
             actor=Actor("system"),
             outcome="failure",
             details={"reason": reason[:200]},
             ctx=ctx,
         )
+        self._failures.record(SAML_REJECTED, event)
         message = f"{self._browser.message(request, 'bad_request')} ({reason[:200]})"
         return render(
             request, "error.html", {"code": "saml_request_rejected", "message": message}, status=400
@@ -407,6 +420,7 @@ def routes(services: Services) -> list[BaseRoute]:
         pending=services.saml_pending,
         browser=browser_for(services),
         audit=services.audit,
+        failures=services.failure_audit,
         services=services,
     )
     return [

@@ -96,7 +96,7 @@ class UpstreamPages:
         response = RedirectResponse(started.url, status_code=303)
         response.set_cookie(
             STATE_COOKIE,
-            started.cookie,
+            started.cookie_after(request.cookies.get(STATE_COOKIE)),
             max_age=int(self._flow.ttl),
             httponly=True,
             # Lax: the provider sends the browser back with a top-level GET, which carries it.
@@ -124,14 +124,29 @@ class UpstreamPages:
             response = self.failed(request, exc)
         else:
             response = self._steps.answer(request, done.step, return_to=done.return_to)
-        # The state is spent (or was never this browser's): its cookie goes either way.
-        response.delete_cookie(
-            STATE_COOKIE,
-            httponly=True,
-            samesite="lax",
-            secure=self._browser.secure,
-            path=COOKIE_PATH,
+        # The state is spent (or was never this browser's): its binding goes either way, and
+        # the sign-ins other tabs started stay.
+        left = self._flow.cookie_after_callback(
+            request.cookies.get(STATE_COOKIE), params.get("state")
         )
+        if left is None:
+            response.delete_cookie(
+                STATE_COOKIE,
+                httponly=True,
+                samesite="lax",
+                secure=self._browser.secure,
+                path=COOKIE_PATH,
+            )
+        else:
+            response.set_cookie(
+                STATE_COOKIE,
+                left,
+                max_age=int(self._flow.ttl),
+                httponly=True,
+                samesite="lax",
+                secure=self._browser.secure,
+                path=COOKIE_PATH,
+            )
         return response
 
     def _complete(self, request: Request, name: str, params: dict[str, str]) -> UpstreamDone:

@@ -308,8 +308,20 @@ class DirectorySync:
         wanted_paths = {p for c in changes if (d := c.department()) for p in parent_paths(d)}
         wanted_paths |= {p for d in departments for p in parent_paths(d.path)}
         plan.new_departments = self._store.missing_departments(wanted_paths)
-        plan.managers = {d.path: d.manager_dn for d in departments}
-        plan.orders = {d.path: d.order for d in departments if d.order is not None}
+        # A department an admin made in idhub is the admin's: `idhub department` refuses to
+        # edit a source's departments, and in turn a source that lists the same path does not
+        # overwrite its manager or order on every run (the two would take turns).
+        kept = self._store.local_departments({d.path for d in departments})
+        if kept:
+            shown = ", ".join(sorted(kept)[:5]) + (", ..." if len(kept) > 5 else "")
+            plan.warnings.append(
+                f"{len(kept)} department(s) listed by {self.source} were made in idhub and keep "
+                f"their own manager and order: {shown}"
+            )
+        plan.managers = {d.path: d.manager_dn for d in departments if d.path not in kept}
+        plan.orders = {
+            d.path: d.order for d in departments if d.order is not None and d.path not in kept
+        }
 
         changed_groups, problems = self._dir.groups(since) if since else ([], [])
         for group in changed_groups:
