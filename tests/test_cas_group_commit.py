@@ -181,3 +181,26 @@ def test_concurrent_http_validations_each_get_their_answer(cas_server: LiveServe
     assert sum("<cas:user>alice</cas:user>" in b for b in bodies) == 24
     assert sum('code="INVALID_TICKET"' in b for b in bodies) == 24
     assert services.audit_log.verify().ok
+
+
+def test_the_batcher_runs_up_to_its_concurrency_of_batches_at_once() -> None:
+    running: list[int] = []
+    peak: list[int] = []
+
+    def run(batch: Sequence[int]) -> list[int | Exception]:
+        running.append(1)
+        peak.append(len(running))
+        time.sleep(0.05)
+        running.pop()
+        return [n for n in batch]
+
+    batcher: Batcher[int, int] = Batcher(run, concurrency=2)
+
+    async def main() -> list[int]:
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # its batch runs; a second one takes what comes next
+        rest = await asyncio.gather(*(batcher.submit(n) for n in range(1, 10)))
+        return [await first, *rest]
+
+    assert asyncio.run(main()) == list(range(10))
+    assert max(peak) == 2

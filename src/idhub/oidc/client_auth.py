@@ -32,17 +32,26 @@ MAX_ASSERTION_LIFETIME = 3600 + 60
 LEEWAY = 30
 
 
-def _basic_client_id(header: str) -> str | None:
-    """The client id of `Authorization: Basic ...`; None when nothing usable follows."""
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """(client id, secret) of `Authorization: Basic ...` (both form-urlencoded inside, RFC 6749
+    2.3.1); None when nothing usable follows. The scheme is the caller's to check."""
     _, _, credentials = header.strip().partition(" ")
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, ValueError):
         return None
-    client_id, colon, _ = decoded.partition(":")
+    client_id, colon, secret = decoded.partition(":")
     client_id = unquote(client_id)
     # No client id holds a NUL (and PostgreSQL cannot even look one up).
-    return client_id if colon and client_id and "\x00" not in client_id else None
+    if not colon or not client_id or "\x00" in client_id:
+        return None
+    return client_id, unquote(secret)
+
+
+def _basic_client_id(header: str) -> str | None:
+    """The client id of `Authorization: Basic ...`; None when nothing usable follows."""
+    credentials = basic_credentials(header)
+    return credentials[0] if credentials is not None else None
 
 
 def credential_problem(headers: Mapping[str, str], form: Mapping[str, str]) -> OAuth2Error | None:

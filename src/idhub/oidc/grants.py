@@ -28,8 +28,9 @@ from idhub.core.crypto import sha256_hex
 from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, RefreshFamily, TokenStorage
 from idhub.oidc.client_auth import ALL_METHODS, CONFIDENTIAL_METHODS
+from idhub.oidc.client_credentials import issue_service_token
 from idhub.oidc.minter import TokenMinter, issued_details, token_body
-from idhub.oidc.protocol_errors import InvalidTarget, require_param
+from idhub.oidc.protocol_errors import require_param
 from idhub.oidc.tokens import AccessTokens
 
 
@@ -370,32 +371,12 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
 
 
 class ServiceGrant(GrantSupport, ClientCredentialsGrant):  # type: ignore[misc]
+    """authlib's client-credentials grant; what it issues is `issue_service_token`, shared with
+    the lean path (oidc/client_credentials.py) that answers most of these requests."""
+
     TOKEN_ENDPOINT_AUTH_METHODS = CONFIDENTIAL_METHODS
 
     def create_token_response(self) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        minter = self.minter
         client: Client = self.request.client.client
-        form = self.request.form
-        audience = client.resolve_audience(form.get("resource") or form.get("audience"))
-        if audience is None:
-            raise InvalidTarget("the requested resource is not allowed for this client")
-        requested = (self.request.payload.scope or "").split()
-        if requested:
-            scopes = client.allowed_scope(requested)
-            if len(scopes) != len(set(requested)):
-                raise InvalidScopeError("the client may not request some of these scopes")
-        else:
-            # Without a scope the client gets what it is registered for, minus sign-in scopes.
-            user_only = {"openid", "profile", "email", "phone", "groups", "offline_access"}
-            scopes = [s for s in client.scopes if s not in user_only]
-        token, claims = minter.service_access_token(
-            client, sub=client.client_id, audience=audience, scopes=scopes
-        )
-        minter.record_issuance(
-            EventType.TOKEN_ISSUED,
-            client,
-            target=client.client_id,
-            ctx=self.audit_ctx,
-            details=issued_details(self.GRANT_TYPE, claims),
-        )
-        return 200, token_body(token, claims), default_json_headers
+        body = issue_service_token(self.minter, client, self.request.form, self.audit_ctx)
+        return 200, body, default_json_headers

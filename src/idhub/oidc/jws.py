@@ -39,8 +39,13 @@ def b64url_decode(text: str) -> bytes:
         raise MalformedJWS("bad base64url") from exc
 
 
+# One encoder for every token: `json.dumps` with options builds a new encoder on each call,
+# which costs as much as encoding the claims themselves. The output is byte-for-byte the same.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def _json(value: dict[str, Any]) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 # The encoded header of each (typ, alg, kid) idhub signs with: a handful per key rotation.

@@ -35,6 +35,10 @@ class Headers(Mapping[str, str]):
         return len(self._data)
 
 
+# Reused: `json.dumps` with options builds a new encoder on every call (same bytes out).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 @dataclass(frozen=True)
 class OAuthRequestData:
     """An HTTP request as the provider sees it.
@@ -69,7 +73,7 @@ class OAuthResponseData:
 
     def json_bytes(self) -> bytes:
         if isinstance(self.body, dict):
-            return json.dumps(self.body, separators=(",", ":"), ensure_ascii=False).encode()
+            return _ENCODER.encode(self.body).encode()
         return self.body.encode()
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from authlib.oauth2.rfc6749 import InvalidGrantError
 
-from idhub.core.audit import Actor, Auditor, EventType, RequestContext
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.claims import RoleSource, record_claims, role_claims, user_claims
 from idhub.core.clients import Client
 from idhub.core.clock import Clock
@@ -209,6 +209,16 @@ class TokenMinter:
                 details=details,
                 ctx=ctx,
             )
+        except AuditError:
+            raise TemporarilyUnavailable(
+                "the audit trail cannot be written; no token was issued, try again later"
+            ) from None
+
+    def record_issuances(self, events: Sequence[PendingEvent]) -> None:
+        """Commits the events of tokens about to leave, in one append (`record_many`: all or
+        none); `TemporarilyUnavailable` when they cannot be written (then none may leave)."""
+        try:
+            self._audit.record_many(events)
         except AuditError:
             raise TemporarilyUnavailable(
                 "the audit trail cannot be written; no token was issued, try again later"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from authlib.common.security import is_secure_transport
@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749 import (
     UnsupportedGrantTypeError,
 )
 
-from idhub.core.audit import Actor, Auditor, EventType, PendingEvent
+from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
@@ -34,6 +34,7 @@ from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
+from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome
 from idhub.oidc.exchange import TokenExchangeGrant
 from idhub.oidc.grants import CodeGrant, RotatingRefreshGrant, S256Only, ServiceGrant
 from idhub.oidc.messages import (
@@ -150,6 +151,7 @@ class Provider:
         self.code_ttl = code_ttl
         self._tokens = tokens
         self._audit = audit
+        self._minter = minter
         self._clock = clock
         self._userinfo = userinfo
         self._introspect = introspect
@@ -169,6 +171,11 @@ class Provider:
         server.register_grant(TokenExchangeGrant)
         server.register_client_auth_method("private_key_jwt", assertion_auth)
         self.server = server
+        # The common client-credentials request skips authlib's generic machinery with the
+        # same answers (oidc/client_credentials.py); None sends every request the generic way.
+        self.lean_client_credentials: LeanClientCredentials | None = LeanClientCredentials(
+            registry=registry, minter=minter, guard=client_guard
+        )
 
     # ------------------------------------------------------------------ /authorize
 
@@ -329,6 +336,75 @@ class Provider:
     # ------------------------------------------------------------------ token endpoint
 
     def token(self, data: OAuthRequestData) -> OAuthResponseData:
+        return self.token_many([data])[0]
+
+    def token_many(self, batch: Sequence[OAuthRequestData]) -> list[OAuthResponseData]:
+        """Token requests that arrived together (web/oauth.py hands over what queued while
+        the last batch ran), one answer each, in order. Each is decided on its own exactly as
+        alone; what the lean client-credentials requests among them share is the append of
+        their `token.issued` events, committed before any of their tokens leaves (when it
+        fails, none does). Every other request goes through authlib on its own."""
+        answers: dict[int, OAuthResponseData] = {}
+        signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
+        lean = self.lean_client_credentials
+        for i, data in enumerate(batch):
+            try:
+                planned = lean.plan(data) if lean is not None else None
+            except StorageError as exc:
+                log.error("token request failed on the database: %s", exc)
+                answers[i] = self._unavailable("the database is not reachable; try again later")
+                continue
+            if lean is None or planned is None:
+                answers[i] = self._generic_token(data)
+                continue
+            outcome = LeanOutcome()
+            try:
+                body, event = lean.sign(planned, outcome)
+            except OAuth2Error as exc:
+                answers[i] = self._failed(
+                    _error_response(exc),
+                    client_id=outcome.client_id,
+                    # Only client_secret_basic takes the lean path: authenticated is proven.
+                    proven=outcome.client_id is not None,
+                    params=data.params,
+                    reason=None,
+                    ctx=data.ctx,
+                )
+            except AuditError:
+                answers[i] = self._unavailable()
+            except StorageError as exc:
+                log.error("token request failed on the database: %s", exc)
+                answers[i] = self._unavailable("the database is not reachable; try again later")
+            else:
+                signed.append((i, body, event))
+        if signed:
+            answers.update(self._commit_issued(signed))
+        return [answers[i] for i in range(len(batch))]
+
+    def _commit_issued(
+        self, signed: list[tuple[int, dict[str, Any], PendingEvent]]
+    ) -> dict[int, OAuthResponseData]:
+        try:
+            self._minter.record_issuances([event for _, _, event in signed])
+        except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
+            refused = _error_response(exc)
+            return {i: refused for i, _, _ in signed}
+        except StorageError as exc:
+            log.error("token request failed on the database: %s", exc)
+            down = self._unavailable("the database is not reachable; try again later")
+            return {i: down for i, _, _ in signed}
+        return {i: LeanClientCredentials.answer(body) for i, body, _ in signed}
+
+    def _failed(self, response: OAuthResponseData, **failure: Any) -> OAuthResponseData:
+        """`response`, once its failure is recorded (a 503 when that cannot be written)."""
+        if response.status >= 400 and isinstance(response.body, dict):
+            try:
+                self._record_failure(response, **failure)
+            except AuditError:
+                return self._unavailable()
+        return response
+
+    def _generic_token(self, data: OAuthRequestData) -> OAuthResponseData:
         request = IdhubRequest(data)
         try:
             _require_well_formed(data)
@@ -343,40 +419,49 @@ class Provider:
             # One line, no traceback: in an outage every request fails alike.
             log.error("token request failed on the database: %s", exc)
             return self._unavailable("the database is not reachable; try again later")
-        if response.status >= 400 and isinstance(response.body, dict):
-            try:
-                self._record_failure(request, response)
-            except AuditError:
-                return self._unavailable()
-        return response
+        return self._failed(
+            response,
+            client_id=request.client.client_id if request.client is not None else None,
+            proven=request.client is not None and getattr(request, "auth_method", None) != "none",
+            params=request.form,
+            reason=request.idhub_reason,
+            ctx=request.idhub_ctx,
+        )
 
-    def _record_failure(self, request: IdhubRequest, response: OAuthResponseData) -> None:
+    def _record_failure(
+        self,
+        response: OAuthResponseData,
+        *,
+        client_id: str | None,
+        proven: bool,
+        params: Mapping[str, Any],
+        reason: str | None,
+        ctx: RequestContext | None,
+    ) -> None:
         body = response.body if isinstance(response.body, dict) else {}
         if body.get("error") == "temporarily_unavailable":
             return
-        client = request.client.client_id if request.client is not None else None
         details: dict[str, Any] = {
-            "grant_type": str(request.form.get("grant_type", ""))[:100],
+            "grant_type": str(params.get("grant_type", ""))[:100],
             "error": body.get("error"),
             "description": str(body.get("error_description", ""))[:200],
         }
-        if request.idhub_reason:
-            details["reason"] = request.idhub_reason
-        claimed = client or str(request.form.get("client_id") or "")[:100] or None
+        if reason:
+            details["reason"] = reason
+        claimed = client_id or str(params.get("client_id") or "")[:100] or None
         event = PendingEvent(
             EventType.TOKEN_REQUEST_FAILED,
             actor=Actor("client", claimed),
             outcome="failure",
             details=details,
-            ctx=request.idhub_ctx,
+            ctx=ctx,
         )
-        self._record_failure_event(request, event)
+        self._record_failure_event(proven, event)
 
-    def _record_failure_event(self, request: IdhubRequest, event: PendingEvent) -> None:
+    def _record_failure_event(self, proven: bool, event: PendingEvent) -> None:
         """A client that proved who it is gets every failure recorded; one that did not (no
         client, or a public one, which anyone may name) is within the per-address budget of
         failure events (core/failure_audit.py). The answer is the same either way."""
-        proven = request.client is not None and getattr(request, "auth_method", None) != "none"
         if proven or self._failures is None:
             self._audit.record_many([event])
         else:

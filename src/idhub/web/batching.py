@@ -27,7 +27,7 @@ MAX_BATCH = 64
 class _Lane(Generic[P, R]):
     def __init__(self) -> None:
         self.pending: list[tuple[P, asyncio.Future[R]]] = []
-        self.running = False
+        self.running = 0
 
 
 class Batcher(Generic[P, R]):
@@ -36,10 +36,15 @@ class Batcher(Generic[P, R]):
         run_batch: Callable[[Sequence[P]], Sequence[R | Exception]],
         *,
         max_batch: int = MAX_BATCH,
+        concurrency: int = 1,
     ) -> None:
-        """`run_batch` answers each payload, in order, with its result or its own error."""
+        """`run_batch` answers each payload, in order, with its result or its own error.
+
+        `concurrency`: how many batches may be in the threadpool at once. With two, one batch
+        can compute (sign tokens) while the other waits for a lock or a commit."""
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._concurrency = concurrency
         # Per event loop: a test client may run the app on a loop of its own.
         self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane[P, R]] = (
             weakref.WeakKeyDictionary()
@@ -53,8 +58,8 @@ class Batcher(Generic[P, R]):
             lane = self._lanes[loop] = _Lane()
         future: asyncio.Future[R] = loop.create_future()
         lane.pending.append((payload, future))
-        if not lane.running:
-            lane.running = True
+        if lane.running < self._concurrency:
+            lane.running += 1
             task = loop.create_task(self._drain(lane))
             self._drains.add(task)  # a reference, or the task may be collected mid-way
             task.add_done_callback(self._drains.discard)
@@ -82,8 +87,9 @@ class Batcher(Generic[P, R]):
                     else:
                         future.set_result(result)
         finally:
-            lane.running = False
-            for _, future in lane.pending:  # only if the drain itself was cancelled
-                if not future.done():
-                    future.cancel()
-            lane.pending.clear()
+            lane.running -= 1
+            if not lane.running:
+                for _, future in lane.pending:  # only if the drain itself was cancelled
+                    if not future.done():
+                        future.cancel()
+                lane.pending.clear()
