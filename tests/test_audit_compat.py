@@ -57,7 +57,8 @@ def _record_all(log: SqlAuditLog, clock: FrozenClock) -> None:
         details={"password": "hunter2", "Client_Secret": "s3cret", "token": "",
                  "code": None, "nested": {"refresh_token": "rt", "ok": "fine",
                  "list": ["plain", _JWT, {"assertion": "x"}]}, "note": f"Bearer {_JWT}",
-                 "already": {"secret": "[redacted]"}},
+                 "already": {"secret": "[redacted]"}, "TOKEN": 12345, "Secret_Key": False,
+                 "key": "-----BEGIN EC PRIVATE KEY-----\nMHc...", "pem": "-----BEGIN CERT"},
         ctx=ctx,
     )  # fmt: skip
     clock.advance(1.0 / 3.0)
