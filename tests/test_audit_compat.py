@@ -145,3 +145,11 @@ def test_the_same_events_are_stored_byte_for_byte_as_before(services: Services) 
     clock = FrozenClock(1_800_000_000.123456)
     _record_all(SqlAuditLog(services.engine, clock), clock)
     assert _rows(services) == _fixture_rows()
+
+
+def test_recording_leaves_the_callers_details_as_they_were(services: Services) -> None:
+    details = {"password": "hunter2", "nested": {"token": "t", "list": [_JWT]}, "ok": 1}
+    before = json.dumps(details, sort_keys=True)
+    services.audit.record(EventType.USER_PASSWORD_SET, actor=Actor("admin", "a"), details=details)
+    assert json.dumps(details, sort_keys=True) == before
+    assert services.audit_log.verify().ok

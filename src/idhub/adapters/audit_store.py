@@ -57,6 +57,7 @@ from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnav
 _VERIFY_CHUNK = 20_000
 # A write statement that changes nothing: SQLite takes the database write lock for it.
 _SQLITE_LOCK = "UPDATE audit_anchor SET id = id WHERE 0"
+_NO_CONTEXT = RequestContext()
 log = logging.getLogger(__name__)
 
 
@@ -152,16 +153,18 @@ class SqlAuditLog:
     ) -> _Prepared:
         # The vocabulary is closed: a typo in a caller must fail loudly, not log garbage.
         try:
-            kind = EventType(event_type).value
+            kind = (
+                event_type if isinstance(event_type, EventType) else EventType(event_type)
+            ).value
         except ValueError:
             raise AuditError(f"unknown audit event type {event_type!r}") from None
         if actor.type not in ACTOR_TYPES:
             raise AuditError(f"unknown audit actor type {actor.type!r}")
         if outcome not in OUTCOMES:
             raise AuditError(f"unknown audit outcome {outcome!r}")
-        ctx = ctx or RequestContext()
+        ctx = ctx or _NO_CONTEXT
         try:
-            scrubbed = scrub_details(dict(details or {}))
+            scrubbed = scrub_details(details or {})  # a new dict: the caller's is never changed
             details_json = canonical_details(scrubbed)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
