@@ -654,10 +654,10 @@ def cpu_rows(kinds: list[str], runs: int, seconds: float) -> list[tuple[str, str
             with database(kind) as url:  # `idhub init` wants a database of its own
                 # A durable commit on PostgreSQL takes ~1-20 ms here: fewer tokens there.
                 runs_found.append(cpu_token(url, 1000 if kind == "sqlite" else 300))
-            audited = statistics.median(r[0] for r in runs_found)
-            bare = statistics.median(r[1] for r in runs_found)
-            result = f"{audited:,.0f} / {bare:,.0f} µs (audit +{audited - bare:,.0f} µs)"
-            rows.append((kind, "CPU per cc token() with / without audit", result))
+        audited = statistics.median(r[0] for r in runs_found)
+        bare = statistics.median(r[1] for r in runs_found)
+        result = f"{audited:,.0f} / {bare:,.0f} µs (audit +{audited - bare:,.0f} µs)"
+        rows.append((kind, "CPU per cc token() with / without audit", result))
         print(f"# {kind} done", file=sys.stderr, flush=True)
     return rows
 
