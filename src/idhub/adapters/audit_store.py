@@ -234,21 +234,21 @@ class SqlAuditLog:
         # Both on the pooled driver connection itself: SQLAlchemy's `Connection` around a
         # three-statement transaction cost more CPU than the database did (module docstring
         # of audit_sqlite_append).
-        with writer_serial(self._engine):
-            raw = self._engine.raw_connection()
+        # A `Connection` is still opened (cheap, and what engine events such as the tests'
+        # database tracker see), but no statement goes through it.
+        with writer_serial(self._engine), self._engine.connect() as conn:
+            driver = conn.connection.driver_connection
             try:
                 if self._pg:
-                    self._pg_append.append(raw.driver_connection, events)
+                    self._pg_append.append(driver, events)
                 else:
-                    sqlite_append(raw.driver_connection, self._insert_sql, events)
+                    sqlite_append(driver, self._insert_sql, events)
             except BaseException:
                 if self._pg:
                     # Half a pipeline may be on the wire: tell the pool this connection is in
                     # an unknown state, so it is replaced rather than reused.
-                    raw.invalidate()
+                    conn.invalidate()
                 raise
-            finally:
-                raw.close()
 
     def _insert(self, conn: Connection, events: list[_Prepared]) -> tuple[int, str]:
         # On the caller's transaction, but through its driver connection (the lock and the
