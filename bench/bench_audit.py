@@ -11,9 +11,13 @@ several runs:
            batched inserts
   token    /token client-credentials p50 over real HTTP (uvicorn, one worker) with the audit
            write and, for comparison, with a no-op recorder (skip with --no-token)
+  cpu      (--cpu, instead of the above) this process's CPU time per append - one thread, 8
+           threads, `record_many` x100 - and per client-credentials token with the provider's
+           `token()` called in process (metrics on, as the server runs), with the audit write
+           and with a no-op recorder, so the audit's share of a token shows without HTTP
 
 Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--no-token]
-                                  [--backends sqlite,postgresql] [--only-units]
+                                  [--backends sqlite,postgresql] [--only-units] [--cpu]
 Traffic goes only to 127.0.0.1; the PostgreSQL database is a throwaway one, dropped after.
 """
 
@@ -102,6 +106,12 @@ def empty(url: str) -> None:
 def new_log(url: str) -> tuple[SqlAuditLog, Any]:
     engine = create_db_engine(DatabaseSettings(url=url))
     return SqlAuditLog(engine, SystemClock()), engine
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, every thread (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def one(log: SqlAuditLog, i: int) -> None:
@@ -470,8 +480,12 @@ def main() -> None:
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--only-units", action="store_true", help="only the units-of-work rows")
+    parser.add_argument("--cpu", action="store_true", help="only the CPU-per-append rows")
     args = parser.parse_args()
     seconds = 1.0 if args.quick else 3.0
+    if args.cpu:
+        print_rows(cpu_rows(args.backends.split(","), args.runs, seconds))
+        return
     n_verify = args.verify_events or (100_000 if args.quick else 1_000_000)
     rows: list[tuple[str, str, str]] = []
     for kind in args.backends.split(","):
@@ -519,12 +533,133 @@ def main() -> None:
                 )
                 rows.append((kind, "/token p50 with / without audit", result))
             print(f"# {kind} done", file=sys.stderr, flush=True)
+    print_rows(rows)
+
+
+def print_rows(rows: list[tuple[str, str, str]]) -> None:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     width = max(len(r[1]) for r in rows)
     print(f"{'backend':<11} {'operation':<{width}}  result")
     for kind, op, result in rows:
         print(f"{kind:<11} {op:<{width}}  {result}")
-    print(f"peak RSS {rss:.0f} MiB")
+    print(f"peak RSS {rss:.0f} MiB; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+
+
+# ------------------------------------------------------------------ CPU per append / token
+
+
+def cpu_append(url: str, seconds: float, threads: int, batch: int) -> float:
+    """µs of this process's CPU per event: `threads` threads calling `record` (batch 1) or
+    `record_many` with `batch` events, back to back for `seconds`."""
+    log, engine = new_log(url)
+    one(log, 0)  # warm the pool
+    events = [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", f"c{i % 50}"), "reimburse",
+                           details={**DETAILS, "jti": f"j{i}"}, ctx=CTX)
+              for i in range(batch)]  # fmt: skip
+    counts = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(t: int) -> None:
+        while time.perf_counter() < stop:
+            if batch == 1:
+                one(log, counts[t])
+            else:
+                log.record_many(events)
+            counts[t] += batch
+
+    started = cpu_seconds()
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    used = cpu_seconds() - started
+    engine.dispose()
+    return used / sum(counts) * 1e6
+
+
+def cpu_token(url: str, n: int) -> tuple[float, float]:
+    """µs of CPU per client-credentials token through the provider's `token()` in process,
+    with the audit write and with a no-op recorder in its place (alternating blocks)."""
+    import base64
+
+    from bench_oidc import init_idhub
+
+    from idhub.bootstrap import Services
+    from idhub.config import load_settings
+    from idhub.oidc.messages import OAuthRequestData
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config, _env = init_idhub(Path(tmp), url)
+        services = Services(load_settings(config, env={}))
+        _, secret = services.clients.register(
+            "bench-cc", grant_types=["client_credentials"], scope="authz",
+            allowed_audiences=["reimburse"],
+        )  # fmt: skip
+        services.start_metrics()
+        basic = base64.b64encode(f"bench-cc:{secret}".encode()).decode()
+        form = {"grant_type": "client_credentials", "resource": "reimburse"}
+        headers = {"content-type": "application/x-www-form-urlencoded",
+                   "authorization": f"Basic {basic}"}  # fmt: skip
+        data = OAuthRequestData(
+            "POST", services.settings.server.issuer + "/token", headers, form,
+            {k: [v] for k, v in form.items()}, CTX,
+        )  # fmt: skip
+        minter = services.token_minter
+        audit = minter._audit  # swapped below to compare
+
+        class NoAudit:
+            def record(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+            def record_many(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        def block(recorder: Any) -> float:
+            minter._audit = recorder
+            started = cpu_seconds()
+            for _ in range(n):
+                response = services.oidc.token(data)
+                assert response.status == 200, response
+            return (cpu_seconds() - started) / n * 1e6
+
+        block(audit)
+        block(NoAudit())
+        with_audit, without = [], []
+        for _ in range(3):
+            with_audit.append(block(audit))
+            without.append(block(NoAudit()))
+        services.close()
+    return statistics.median(with_audit), statistics.median(without)
+
+
+def cpu_rows(kinds: list[str], runs: int, seconds: float) -> list[tuple[str, str, str]]:
+    rows = []
+    for kind in kinds:
+        with database(kind) as url:
+            for label, threads, batch in (
+                ("CPU per append, 1 thread", 1, 1),
+                ("CPU per append, 8 threads", 8, 1),
+                ("CPU per event, record_many x100", 1, 100),
+            ):
+                found = []
+                for _ in range(runs):
+                    empty(url)
+                    found.append(cpu_append(url, seconds, threads, batch))
+                spread = "-".join(f"{r:,.0f}" for r in (min(found), max(found)))
+                rows.append((kind, label, f"{statistics.median(found):,.0f} µs ({spread})"))
+                print(f"# {rows[-1]}", file=sys.stderr, flush=True)
+        runs_found = []
+        for _ in range(runs):
+            with database(kind) as url:  # `idhub init` wants a database of its own
+                # A durable commit on PostgreSQL takes ~1-20 ms here: fewer tokens there.
+                runs_found.append(cpu_token(url, 1000 if kind == "sqlite" else 300))
+        audited = statistics.median(r[0] for r in runs_found)
+        bare = statistics.median(r[1] for r in runs_found)
+        result = f"{audited:,.0f} / {bare:,.0f} µs (audit +{audited - bare:,.0f} µs)"
+        rows.append((kind, "CPU per cc token() with / without audit", result))
+        print(f"# {kind} done", file=sys.stderr, flush=True)
+    return rows
 
 
 if __name__ == "__main__":

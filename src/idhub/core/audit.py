@@ -186,29 +186,49 @@ def scrub_details(details: dict[str, Any]) -> dict[str, Any]:
     lists what it replaced under `_redacted`, so a careless caller cannot leak a secret into
     an append-only log (where it could never be removed) and the gap stays visible."""
     found: list[str] = []
-
-    def clean(value: Any, path: str) -> Any:
-        if isinstance(value, dict):
-            out = {}
-            for key, item in value.items():
-                sub = f"{path}.{key}" if path else str(key)
-                if str(key).lower() in _SECRET_KEYS and item not in (None, "", REDACTED):
-                    found.append(sub)
-                    out[key] = REDACTED
-                else:
-                    out[key] = clean(item, sub)
-            return out
-        if isinstance(value, list | tuple):
-            return [clean(item, f"{path}[{i}]") for i, item in enumerate(value)]
-        if isinstance(value, str) and SECRET_SHAPE.search(value):
-            found.append(path)
-            return REDACTED
-        return value
-
-    cleaned: dict[str, Any] = clean(details, "")
+    cleaned = _clean_dict(details, "", found)
     if found:
         cleaned["_redacted"] = sorted(set(found))
     return cleaned
+
+
+# Every audited request passes through here (a token's event: five short strings), so the
+# walk builds a key's path only when it redacts or descends, and tries the two literal
+# prefixes the pattern needs before running it; what it returns is unchanged.
+
+
+def _clean_dict(value: dict[Any, Any], path: str, found: list[str]) -> dict[Any, Any]:
+    out: dict[Any, Any] = {}
+    for key, item in value.items():
+        if item is None:  # kept under any key
+            out[key] = item
+            continue
+        name = key if key.__class__ is str else str(key)
+        if name.lower() in _SECRET_KEYS and item != "" and item != REDACTED:
+            found.append(f"{path}.{name}" if path else name)
+            out[key] = REDACTED
+        elif item.__class__ is str:
+            out[key] = _clean_str(item, f"{path}.{name}" if path else name, found)
+        else:
+            out[key] = _clean(item, f"{path}.{name}" if path else name, found)
+    return out
+
+
+def _clean(value: Any, path: str, found: list[str]) -> Any:
+    if isinstance(value, dict):
+        return _clean_dict(value, path, found)
+    if isinstance(value, list | tuple):
+        return [_clean(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
+    if isinstance(value, str):
+        return _clean_str(value, path, found)
+    return value
+
+
+def _clean_str(value: str, path: str, found: list[str]) -> str:
+    if ("eyJ" in value or "-----BEGIN " in value) and SECRET_SHAPE.search(value):
+        found.append(path)
+        return REDACTED
+    return value
 
 
 # ------------------------------------------------------------------ stored events

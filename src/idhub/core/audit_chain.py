@@ -25,16 +25,20 @@ GENESIS_HASH = "0" * 64
 CANONICAL_VERSION = 1
 
 
+# `json.dumps` with these options builds a new encoder on every call; one built once gives
+# the same text (an encoder keeps no state between calls, so threads may share it).
+_DETAILS_ENCODER = json.JSONEncoder(
+    sort_keys=True,
+    ensure_ascii=False,
+    separators=(",", ":"),
+    allow_nan=False,
+    default=str,
+)
+
+
 def canonical_details(details: dict[str, Any]) -> str:
     """The stored and hashed text of `details` (raises ValueError for NaN/Infinity)."""
-    return json.dumps(
-        details,
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        allow_nan=False,
-        default=str,
-    )
+    return _DETAILS_ENCODER.encode(details)
 
 
 def canonical_tail(
