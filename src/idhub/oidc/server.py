@@ -351,8 +351,7 @@ class Provider:
             try:
                 planned = lean.plan(data) if lean is not None else None
             except StorageError as exc:
-                log.error("token request failed on the database: %s", exc)
-                answers[i] = self._unavailable("the database is not reachable; try again later")
+                answers[i] = self._database_down(exc)
                 continue
             if lean is None or planned is None:
                 answers[i] = self._generic_token(data)
@@ -373,8 +372,7 @@ class Provider:
             except AuditError:
                 answers[i] = self._unavailable()
             except StorageError as exc:
-                log.error("token request failed on the database: %s", exc)
-                answers[i] = self._unavailable("the database is not reachable; try again later")
+                answers[i] = self._database_down(exc)
             else:
                 signed.append((i, body, event))
         if signed:
@@ -390,8 +388,7 @@ class Provider:
             refused = _error_response(exc)
             return {i: refused for i, _, _ in signed}
         except StorageError as exc:
-            log.error("token request failed on the database: %s", exc)
-            down = self._unavailable("the database is not reachable; try again later")
+            down = self._database_down(exc)
             return {i: down for i, _, _ in signed}
         return {i: LeanClientCredentials.answer(body) for i, body, _ in signed}
 
@@ -416,9 +413,7 @@ class Provider:
         except UnicodeDecodeError:
             response = self._bad_credentials()
         except StorageError as exc:
-            # One line, no traceback: in an outage every request fails alike.
-            log.error("token request failed on the database: %s", exc)
-            return self._unavailable("the database is not reachable; try again later")
+            return self._database_down(exc)
         return self._failed(
             response,
             client_id=request.client.client_id if request.client is not None else None,
@@ -467,6 +462,12 @@ class Provider:
         else:
             self._failures.record(TOKEN_FAILED, event)
 
+    @classmethod
+    def _database_down(cls, exc: StorageError, endpoint: str = "token") -> OAuthResponseData:
+        # One line, no traceback: in an outage every request fails alike.
+        log.error("%s request failed on the database: %s", endpoint, exc)
+        return cls._unavailable("the database is not reachable; try again later")
+
     @staticmethod
     def _unavailable(
         description: str = "the audit trail cannot be written; try again later",
@@ -513,8 +514,7 @@ class Provider:
         except UnicodeDecodeError:
             return self._bad_credentials()
         except StorageError as exc:
-            log.error("%s request failed on the database: %s", endpoint, exc)
-            return self._unavailable("the database is not reachable; try again later")
+            return self._database_down(exc, endpoint)
 
     def userinfo(self, bearer_token: str) -> OAuthResponseData:
         return self._userinfo(bearer_token)
