@@ -28,7 +28,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -147,58 +146,10 @@ def questions(work: Path, count: int) -> list[dict[str, str]]:
 
 @contextlib.contextmanager
 def serving(work: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
-    import httpx
-
-    from idhub.bootstrap import Services
-    from idhub.config import load_settings
-    from idhub.errors import Conflict
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    services = Services(load_settings(None, env=environment(work), cwd=work))
-    services.keys.ensure_active(lambda _line: None)
-    try:
-        _, secret = services.clients.register(
-            "bench-memory", grant_types=["client_credentials"], scope="authz authz:admin"
-        )
-    except Conflict:
-        _, secret = services.clients.rotate_secret("bench-memory")
-    del services
-    server = subprocess.Popen(
-        [sys.executable, "-m", "idhub", "serve", "--workers", "2", "--port", str(port)],
-        env={**os.environ, **environment(work, port)},
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
-            time.sleep(0.5)
-        token = httpx.post(
-            base + "/token",
-            auth=("bench-memory", secret or ""),
-            timeout=10,
-            data={
-                "grant_type": "client_credentials",
-                "resource": "idhub",
-                "scope": "authz authz:admin",
-            },
-        ).json()["access_token"]
-        yield base, token, server
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    """`idhub serve --workers 2` on `work` (base URL, a decision-API token, the server):
+    bench_authz's, since both lay out a work directory the same way (`environment`)."""
+    with bench_authz.serving(work, 2) as served:
+        yield served
 
 
 def settled(pids: list[int], bound: float = 120.0) -> None:
