@@ -131,6 +131,18 @@ def append_single(url: str, seconds: float) -> float:
     return rate
 
 
+def _threads_rate(work: Callable[[int], None], counts: list[int]) -> float:
+    """Runs `work(t)` on one thread per entry of `counts` (each counts its own operations
+    there); the operations per second of all of them together."""
+    start = time.perf_counter()
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(len(counts))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
 def append_threads(url: str, seconds: float, threads: int = 8) -> float:
     log, engine = new_log(url)
     one(log, 0)
@@ -142,13 +154,7 @@ def append_threads(url: str, seconds: float, threads: int = 8) -> float:
             one(log, counts[t])
             counts[t] += 1
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    rate = sum(counts) / (time.perf_counter() - start)
+    rate = _threads_rate(work, counts)
     engine.dispose()
     return rate
 
@@ -189,13 +195,7 @@ def units_threads(
                           target="reimburse", details=DETAILS, ctx=CTX)  # fmt: skip
             counts[t] += 1
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    rate = sum(counts) / (time.perf_counter() - start)
+    rate = _threads_rate(work, counts)
     engine.dispose()
     return rate
 
