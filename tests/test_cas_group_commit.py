@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,10 @@ import pytest
 from idhub.bootstrap import Services
 from idhub.cas.responses import Failure, Validated
 from idhub.cas.server import ValidationRequest
-from idhub.core.audit import Actor, EventType, PendingEvent
+from idhub.config import Settings
+from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
 from idhub.core.cas import Redeemed
+from idhub.core.clock import FrozenClock
 from idhub.core.crypto import sha256_hex
 from idhub.web.batching import Batcher
 from tests.conftest import LiveServer
@@ -103,6 +106,96 @@ def test_a_failing_item_costs_only_itself(services: Services) -> None:
     assert _kinds(services).count("cas.ticket_validated") == before + 2
     # The bad one's ticket was not spent: it still validates.
     assert isinstance(services.cas.validate(ValidationRequest(tickets[1], SERVICE)), Validated)
+    assert services.audit_log.verify().ok
+
+
+# ------------------------------------------------------------------ refusals and the budget
+
+ALICE = RequestContext(client_ip="203.0.113.7")
+BOB = RequestContext(client_ip="198.51.100.9")
+MADE_UP = "ST-" + "A" * 27
+
+
+def _budgeted(
+    make_settings: Callable[..., Settings],
+    make_services: Callable[..., Services],
+    db_url: str,
+    limit: int,
+) -> tuple[Services, FrozenClock]:
+    clock = FrozenClock(time.time())
+    toml = f"\n[defences]\nanonymous_writes = {limit}\nanonymous_window = 60\n"
+    return make_services(make_settings(db_url, toml=toml), clock=clock), clock
+
+
+class _Rollbacks:
+    """Makes the audit append inside the ticket store's group transaction fail while `armed`
+    (as a deadline or a lost connection would): the transaction rolls back after every
+    refusal in it was decided, and the group commit retries the batch one by one."""
+
+    def __init__(self, services: Services) -> None:
+        audit = services.cas_tickets._store._audit
+        assert audit is not None
+        append = audit.record_in
+        self.armed: Callable[[int], bool] = lambda size: False
+        self.failed: list[int] = []
+
+        def flaky(conn: Any, events: Sequence[PendingEvent]) -> Any:
+            if self.armed(len(events)):
+                self.failed.append(len(events))
+                raise RuntimeError("the transaction rolled back")
+            return append(conn, events)
+
+        audit.record_in = flaky  # type: ignore[method-assign]
+
+
+def test_a_retried_batch_spends_a_refusals_budget_once(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services], db_url: str
+) -> None:
+    """The batch fails once and is retried one by one, so the refused item is decided twice:
+    the address's budget is spent once for it, not twice."""
+    services, _ = _budgeted(make_settings, make_services, db_url, limit=2)
+    user, session = _setup(services)
+    good = _issue(services, user, session)
+    rollbacks = _Rollbacks(services)
+    rollbacks.armed = lambda size: size > 1 and not rollbacks.failed
+    refused, validated = services.cas.validate_many(
+        [(ValidationRequest(MADE_UP, SERVICE), ALICE), (ValidationRequest(good, SERVICE), None)]
+    )
+    assert rollbacks.failed == [2]
+    assert isinstance(refused, Failure) and refused.code == "INVALID_TICKET"
+    assert isinstance(validated, Validated)
+    # Alice's second refusal is within her budget of two, so it is written too.
+    again = services.cas.validate_many([(ValidationRequest(MADE_UP, SERVICE), ALICE)])
+    assert isinstance(again[0], Failure)
+    assert _kinds(services).count("cas.ticket_rejected") == 2
+    assert services.audit_log.verify().ok
+
+
+def test_a_refusal_that_rolled_back_gives_its_summary_back(
+    make_settings: Callable[..., Settings], make_services: Callable[..., Services], db_url: str
+) -> None:
+    """The summary of a closed window rides with the next refusal's write; when that write's
+    transaction does not commit, the summary waits for the next one instead of being lost."""
+    services, clock = _budgeted(make_settings, make_services, db_url, limit=1)
+    user, session = _setup(services)
+    for _ in range(2):  # the second is over Alice's budget: suppressed
+        services.cas.validate_many([(ValidationRequest(MADE_UP, SERVICE), ALICE)])
+    clock.advance(61)
+    rollbacks = _Rollbacks(services)
+    rollbacks.armed = lambda size: True
+    good = _issue(services, user, session)
+    outcomes = services.cas.validate_many(
+        [(ValidationRequest(MADE_UP, SERVICE), ALICE), (ValidationRequest(good, SERVICE), None)]
+    )
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
+    assert _kinds(services).count("audit.suppressed") == 0
+    rollbacks.armed = lambda size: False
+    services.cas.validate_many([(ValidationRequest(MADE_UP, SERVICE), BOB)])
+    summaries = [
+        e for e in services.audit_log.search(limit=50) if e.event_type == "audit.suppressed"
+    ]
+    assert len(summaries) == 1
+    assert summaries[0].details["suppressed"] == {"cas.ticket_rejected": 1}
     assert services.audit_log.verify().ok
 
 

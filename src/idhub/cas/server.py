@@ -30,7 +30,7 @@ from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestCon
 from idhub.core.cas import CasService
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token
-from idhub.core.failure_audit import FailureAudit
+from idhub.core.failure_audit import FailureAudit, FailureWrite
 from idhub.core.identity import User
 from idhub.core.request_budget import CAS_REJECTED
 from idhub.core.sessions import SsoSession
@@ -186,7 +186,7 @@ class CasServer:
         read once per batch. One outcome per request, in order: its answer, or the error
         (storage, audit) that stopped it, with nothing of it kept."""
         results: dict[int, Validated | Failure | Exception] = {}
-        refusals: dict[int, list[PendingEvent]] = {}
+        refusals: dict[int, FailureWrite] = {}
         common: list[tuple[int, ValidationRequest, TicketKind, RequestContext | None]] = []
         for i, (request, ctx) in enumerate(requests):
             try:
@@ -202,12 +202,14 @@ class CasServer:
                     results[i] = exc
             else:
                 common.append((i, request, kind, ctx))
-        written = [event for events in refusals.values() for event in events]
+        written = [event for write in refusals.values() for event in write.events]
         if written:
             try:
                 self._audit.record_many(written)
             except Exception as exc:  # no refusal without its event
                 results.update(dict.fromkeys(refusals, exc))
+                for write in refusals.values():
+                    self._not_written(write)
         if common:
             self._validate_common(common, results)
         return [results[i] for i in range(len(requests))]
@@ -218,8 +220,11 @@ class CasServer:
         results: dict[int, Validated | Failure | Exception],
     ) -> None:
         # The store may run a `decide` again if its transaction rolled back and was retried:
-        # the outcome kept is the one of the transaction that committed, i.e. the last.
+        # the outcome kept is the one of the transaction that committed, i.e. the last. A
+        # refusal keeps the budget's first answer (`refused`), so a retry neither spends the
+        # address's budget twice nor drops the summaries the rolled-back attempt carried.
         decided: dict[int, Failure | tuple[TicketRecord, SsoSession, User, CasService]] = {}
+        refused: dict[int, FailureWrite] = {}
 
         def decider(
             i: int, request: ValidationRequest, kind: TicketKind, ctx: RequestContext | None
@@ -227,10 +232,13 @@ class CasServer:
             def decide(redeemed: Redeemed | None) -> list[PendingEvent]:
                 try:
                     checked = self._check(request, kind, redeemed, self._clock.now())
-                except _Refused as refused:
-                    decided[i] = refused.failure
-                    return self._rejections(request, refused.failure, ctx)
+                except _Refused as refusal:
+                    decided[i] = refusal.failure
+                    refused[i] = self._rejections(request, refusal.failure, ctx, refused.get(i))
+                    return refused[i].events
                 decided[i] = checked
+                if i in refused:  # refused by an attempt that rolled back, granted by this one
+                    self._not_written(refused.pop(i))
                 record, _, user, service = checked
                 return [self._validated(record, user, service, pgt_iou=None, ctx=ctx)]
 
@@ -240,6 +248,8 @@ class CasServer:
         found = self._tickets.redeem_many(items, self._clock.now())
         groups = _PerBatch(self._attributes)
         for (i, request, _, _), stored in zip(common, found, strict=True):
+            if isinstance(stored, Exception) and i in refused:
+                self._not_written(refused[i])
             outcome = stored if isinstance(stored, Exception) else decided[i]
             if isinstance(outcome, Failure | Exception):
                 results[i] = outcome
@@ -260,9 +270,13 @@ class CasServer:
             redeemed = self._tickets.redeem(request.ticket, now)
             record, session, user, service = self._check(request, kind, redeemed, now)
         except _Refused as refused:
-            rejections = self._rejections(request, refused.failure, ctx)
-            if rejections:
-                self._audit.record_many(rejections)
+            write = self._rejections(request, refused.failure, ctx)
+            if write.events:
+                try:
+                    self._audit.record_many(write.events)
+                except Exception:
+                    self._not_written(write)
+                    raise
             return refused.failure
         pgt_iou = self._grant_proxy(request.pgt_url, record, session, service)
         self._audit.record_many([self._validated(record, user, service, pgt_iou=pgt_iou, ctx=ctx)])
@@ -289,10 +303,15 @@ class CasServer:
         )
 
     def _rejections(
-        self, request: ValidationRequest, failure: Failure, ctx: RequestContext | None
-    ) -> list[PendingEvent]:
-        """The events to write for a refused validation: its `cas.ticket_rejected` within the
-        budget, with any summary due; possibly none."""
+        self,
+        request: ValidationRequest,
+        failure: Failure,
+        ctx: RequestContext | None,
+        earlier: FailureWrite | None = None,
+    ) -> FailureWrite:
+        """What to write for a refused validation: its `cas.ticket_rejected` within the
+        budget, with any summary due; possibly nothing. `earlier` is the budget's answer to an
+        attempt of the same validation that rolled back: kept, not asked again."""
         event = PendingEvent(
             EventType.CAS_TICKET_REJECTED,
             actor=Actor("system", PROTOCOL),
@@ -301,7 +320,15 @@ class CasServer:
             details={"error": failure.code, "reason": failure.description},
             ctx=ctx,
         )
-        return [event] if self._failures is None else self._failures.events(CAS_REJECTED, event)
+        if earlier is not None:
+            return earlier.again(event)
+        if self._failures is None:
+            return FailureWrite(event=event)
+        return self._failures.admit(CAS_REJECTED, event)
+
+    def _not_written(self, write: FailureWrite) -> None:
+        if self._failures is not None:
+            self._failures.not_written(write)
 
     @staticmethod
     def _validated(

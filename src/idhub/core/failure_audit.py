@@ -15,9 +15,35 @@ Only failure paths call this; a success never spends or waits on the budget.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent
 from idhub.core.request_budget import RequestBudget, Suppressed
+
+
+@dataclass(frozen=True)
+class FailureWrite:
+    """What the budget decided for one failure event, for a caller that writes it in its own
+    transaction: the summaries due and the event itself if the source had budget left.
+
+    The summaries were taken out of the budget by the decision, so a caller whose transaction
+    did not commit hands the write back (`FailureAudit.not_written`) rather than losing the
+    only count of what they suppressed; and a caller whose transaction may run its decision
+    again (a group commit retrying a failed batch one by one) keeps the write it got the
+    first time (`again`) rather than spending the source's budget twice."""
+
+    summaries: tuple[Suppressed, ...] = ()
+    event: PendingEvent | None = None
+
+    @property
+    def events(self) -> list[PendingEvent]:
+        summaries = [summary_event(s) for s in self.summaries]
+        return summaries if self.event is None else [*summaries, self.event]
+
+    def again(self, event: PendingEvent) -> FailureWrite:
+        """The same admission for the event of a retried decision (same summaries, written
+        or not as the first time)."""
+        return FailureWrite(self.summaries, None if self.event is None else event)
 
 
 class FailureAudit:
@@ -25,12 +51,18 @@ class FailureAudit:
         self._audit = audit
         self._budget = budget
 
-    def events(self, kind: str, event: PendingEvent) -> list[PendingEvent]:
+    def admit(self, kind: str, event: PendingEvent) -> FailureWrite:
         """What to write for `event` (a failure of `kind`): the event if the source has budget
         left, after the summaries of windows that closed meanwhile; maybe nothing. For a
-        caller that writes them in its own transaction."""
+        caller that writes them in its own transaction (and calls `not_written` if it did
+        not commit)."""
         summaries, record = self._admit(kind, event)
-        return [summary_event(s) for s in summaries] + ([event] if record else [])
+        return FailureWrite(tuple(summaries), event if record else None)
+
+    def not_written(self, write: FailureWrite) -> None:
+        """A write from `admit` whose transaction rolled back: its summaries go out with the
+        next write instead."""
+        self._budget.requeue(write.summaries)
 
     def record(self, kind: str, event: PendingEvent) -> None:
         """Writes what `events` says, in one commit; AuditError as `Auditor.record` raises,
