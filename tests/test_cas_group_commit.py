@@ -145,7 +145,7 @@ class _Rollbacks:
                 raise RuntimeError("the transaction rolled back")
             return append(conn, events)
 
-        audit.record_in = flaky  # type: ignore[method-assign]
+        audit.record_in = flaky
 
 
 def test_a_retried_batch_spends_a_refusals_budget_once(
