@@ -86,12 +86,17 @@ def test_idhub_initiated_logout_reaches_every_saml_sp(
         assert notice["signed"] and notice["valid"], notice
         assert notice["name_id"] == session["name_id"]
         assert notice["session_indexes"] == [session["session_index"]]
-    with idhub.services.engine.connect() as conn:
-        rows = conn.execute(select(logout_deliveries)).all()
-    assert {(r.protocol, r.client_id, r.status) for r in rows} == {
-        ("saml", "erp", "delivered"),
-        ("saml", "archive", "delivered"),
-    }
+
+    # The SP has the request before the deliverer has its answer and marks the row: wait
+    # for the rows rather than reading them at the moment the SP saw the request.
+    def deliveries() -> set[tuple[str, str, str]]:
+        with idhub.services.engine.connect() as conn:
+            rows = conn.execute(select(logout_deliveries)).all()
+        return {(r.protocol, r.client_id, r.status) for r in rows}
+
+    delivered = {("saml", "erp", "delivered"), ("saml", "archive", "delivered")}
+    wait_for(lambda: deliveries() == delivered)
+    assert deliveries() == delivered
 
 
 def test_an_unreachable_sp_is_retried_and_recorded(
