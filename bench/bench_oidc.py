@@ -12,7 +12,7 @@ and socket errors over all runs. Traffic goes only to 127.0.0.1; everything live
 temporary directory that is removed afterwards.
 
     .venv/bin/python bench/bench_oidc.py [--duration 5] [--runs 3] [--connections 32]
-        [--users 1000] [--database sqlite|postgresql] [--only SCENARIO ...]
+        [--users 1000] [--database sqlite|postgresql] [--port PORT] [--only SCENARIO ...]
 """
 
 from __future__ import annotations
@@ -394,6 +394,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--database", choices=["sqlite", "postgresql"], default="sqlite")
+    # On a shared machine each user of it keeps to a port range of their own.
+    parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     opts = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (Debian package `wrk`)", file=sys.stderr)
@@ -409,7 +411,7 @@ def main() -> int:
 def bench(root: Path, url: str, opts: argparse.Namespace) -> int:
     per_run = 3000 * opts.duration
     data = prepare(root, url, per_run * opts.runs + 1000, max(1, opts.users))
-    port = free_port()
+    port = opts.port or free_port()
     base = f"http://127.0.0.1:{port}"
     cc_auth = basic("bench-cc", data["cc_secret"])
     scripts = {

@@ -124,12 +124,12 @@ def post(url: str, path: str, data: dict[str, str], **kw: Any) -> httpx.Response
     return httpx.post(url + path, data=data, **kw)
 
 
-def endpoint(
+def form_request(
     services: Services, path: str, form: dict[str, str], secret: str, client_id: str = "oa"
-) -> OAuthResponseData:
-    """`/token` or `/revoke` called in-process, the client authenticating with HTTP Basic."""
+) -> OAuthRequestData:
+    """A form POST to `path` as the web layer hands it over, with HTTP Basic client auth."""
     basic = base64.b64encode(f"{client_id}:{secret}".encode()).decode()
-    data = OAuthRequestData(
+    return OAuthRequestData(
         "POST",
         services.settings.server.issuer + path,
         {"content-type": "application/x-www-form-urlencoded", "authorization": f"Basic {basic}"},
@@ -137,6 +137,13 @@ def endpoint(
         {k: [v] for k, v in form.items()},
         RequestContext("127.0.0.1", "pytest", "req-oidc"),
     )
+
+
+def endpoint(
+    services: Services, path: str, form: dict[str, str], secret: str, client_id: str = "oa"
+) -> OAuthResponseData:
+    """`/token` or `/revoke` called in-process, the client authenticating with HTTP Basic."""
+    data = form_request(services, path, form, secret, client_id)
     if path == "/token":
         return services.oidc.token(data)
     return services.oidc.revoke(data)

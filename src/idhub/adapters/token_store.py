@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -26,9 +26,10 @@ from idhub.adapters.db import (
     used_assertions,
 )
 from idhub.adapters.driver_read import fetch_all
-from idhub.adapters.unit_of_work import begin, connect, writer_serial
+from idhub.adapters.unit_of_work import begin, connect, open_unit, writer_serial
 from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, Rotation
+from idhub.errors import StorageError
 
 # Seconds a rotated token keeps its sealed successor (longer than any allowed grace window).
 SEALED_SUCCESSOR_KEEP = 300.0
@@ -181,6 +182,36 @@ class SqlTokenStore:
             "UPDATE refresh_tokens SET rotated_at = NULL, successor_hash = NULL, "  # noqa: S608 - placeholders only
             f"successor_sealed = NULL WHERE token_hash = {m}"
         )
+
+    @contextlib.contextmanager
+    def nested(self) -> Iterator[None]:
+        """A part of the unit of work open on this thread that rolls back alone: a SAVEPOINT,
+        and the events and after-commit callbacks queued inside it are dropped with it (they
+        must not commit for changes that did not happen). For one grant among several
+        sharing a unit (oidc/grant_batch.py); `StorageError` when no unit is open."""
+        unit = open_unit(self._engine)
+        if unit is None:
+            raise StorageError("nested() needs an open unit of work")
+        events, callbacks = len(unit.events), len(unit.callbacks)
+        # Driver statements, not `Connection.begin_nested()`: SQLAlchemy compiles its
+        # SAVEPOINT and RELEASE afresh every time (not cacheable), which profiled at more
+        # than the grant's own statements. SQLite and PostgreSQL both keep a savepoint after
+        # ROLLBACK TO (PostgreSQL leaves a failed statement's abort state there), so RELEASE
+        # follows either way.
+        cursor = _cursor(unit.conn)
+        try:
+            cursor.execute("SAVEPOINT idhub_grant")
+            try:
+                yield
+            except BaseException:
+                del unit.events[events:]
+                del unit.callbacks[callbacks:]
+                cursor.execute("ROLLBACK TO SAVEPOINT idhub_grant")
+                cursor.execute("RELEASE SAVEPOINT idhub_grant")
+                raise
+            cursor.execute("RELEASE SAVEPOINT idhub_grant")
+        finally:
+            cursor.close()
 
     def _serial(self) -> contextlib.AbstractContextManager[Any]:
         # SQLite has one writer at a time and waits for the lock by sleeping in growing steps;

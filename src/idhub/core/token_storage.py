@@ -9,6 +9,7 @@ replicas racing on one code or refresh token cannot both win.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -151,6 +152,13 @@ class TokenPurge(Protocol):
         ...
 
 
+class NestedWrites(Protocol):
+    def nested(self) -> AbstractContextManager[None]:
+        """Inside an open unit of work: a part of it that rolls back alone when its block
+        raises, with the events queued inside it (several grants sharing one unit)."""
+        ...
+
+
 class TokenStorage(
     CodeStorage,
     RefreshStorage,
@@ -158,6 +166,7 @@ class TokenStorage(
     GrantAccessTokens,
     AssertionLedger,
     TokenPurge,
+    NestedWrites,
     Protocol,
 ):
     """Everything above in one store (what the SQL adapter provides)."""

@@ -4,6 +4,7 @@ requests come in as `OAuthRequestData`, responses leave as `OAuthResponseData`."
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -52,6 +53,8 @@ class IdhubRequest(OAuth2Request):  # type: ignore[misc]
         self._params = params
         self.idhub_ctx = data.ctx
         self.idhub_reason: str | None = None
+        # A grant's write section left for the batch it arrived in (oidc/grant_batch.py).
+        self.idhub_deferred: Callable[[], dict[str, Any]] | None = None
 
     @property
     def form(self) -> dict[str, str]:

@@ -9,6 +9,7 @@ leaves open, and each grant's `create_token_response` issues through `TokenMinte
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from idhub.core.clock import Clock
 from idhub.core.crypto import sha256_hex
 from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, RefreshFamily, TokenStorage
+from idhub.oidc import grant_batch
 from idhub.oidc.client_auth import ALL_METHODS, CONFIDENTIAL_METHODS
 from idhub.oidc.client_credentials import issue_service_token
 from idhub.oidc.minter import TokenMinter, issued_details, token_body
@@ -64,6 +66,22 @@ class GrantSupport:
     def audit_ctx(self) -> RequestContext | None:
         ctx: RequestContext | None = getattr(self.request, "idhub_ctx", None)
         return ctx
+
+    def _write_section(self) -> AbstractContextManager[Any]:
+        """The transaction a grant's changes and its event go in: a unit of work of its own,
+        or a savepoint of the one a batch's grants share (oidc/grant_batch.py)."""
+        if grant_batch.sharing_unit():
+            return self.tokens.nested()
+        return self.minter.atomic()
+
+    def _answer(self, section: grant_batch.Section) -> dict[str, Any]:
+        """What `section` (the grant's write section) answers with, run now; or, while a
+        batch collects write sections, left on the request for the batch to run in its
+        shared unit of work, the body returned here being a placeholder never sent."""
+        if grant_batch.deferring():
+            self.request.idhub_deferred = section
+            return {}
+        return section()
 
 
 # ---------------------------------------------------------------- authorization code
@@ -103,6 +121,16 @@ class S256Only(CodeChallenge):  # type: ignore[misc]
 
     def get_authorization_code_challenge_method(self, authorization_code: _Code) -> str | None:
         return authorization_code.record.code_challenge_method
+
+
+@dataclass(frozen=True)
+class _Signed:
+    """What a code exchange signed before its write section."""
+
+    audience: str
+    token: str
+    claims: dict[str, Any]
+    id_token: str | None
 
 
 class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
@@ -157,12 +185,21 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
                 amr=record.amr,
                 sid=record.sid,
             )
+        signed = _Signed(audience, token, claims, id_token)
+        body = self._answer(lambda: self._redeem(client, record, user, signed))
+        return 200, body, default_json_headers
+
+    def _redeem(
+        self, client: Client, record: CodeRecord, user: User, signed: _Signed
+    ) -> dict[str, Any]:
+        """The write section: uses the code up and starts what it grants, with its event."""
+        token, claims, audience = signed.token, signed.claims, signed.audience
         refresh = None
-        with minter.atomic():
+        with self._write_section():
             status = self.tokens.consume_code(record.code_hash, self.clock.now())
             if status == "ok":
                 refresh = self._start_use(client, record, claims, user.id, audience)
-                minter.record_issuance(
+                self.minter.record_issuance(
                     EventType.TOKEN_ISSUED,
                     client,
                     target=user.sub,
@@ -177,8 +214,7 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
                 if status == "expired"
                 else "the authorization code is not valid"
             )
-        body = token_body(token, claims, refresh=refresh, id_token=id_token)
-        return 200, body, default_json_headers
+        return token_body(token, claims, refresh=refresh, id_token=signed.id_token)
 
     def _start_use(
         self,
@@ -226,6 +262,18 @@ class _Early:
     signed: tuple[str, dict[str, Any]] | None
 
 
+@dataclass(frozen=True)
+class _Rotating:
+    """What a refresh prepared before its write section."""
+
+    old_hash: str
+    refresh: str
+    new_hash: str
+    expires_at: float
+    requested: list[str]
+    early: _Early | None
+
+
 class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
     """Refresh with rotation on every use; a rotated token presented again revokes its family,
     except as a retry within `[tokens] refresh_reuse_grace` (docs/oidc.md).
@@ -266,12 +314,20 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         # lock; a group's turn), so the user lookup and the signature stay out of it. The
         # rotation decides; a family that is not the one signed for is signed again inside.
         early = self._sign_early(client, old_hash, requested)
-        with minter.atomic():
+        rotating = _Rotating(old_hash, refresh, new_hash, expires_at, requested, early)
+        return 200, self._answer(lambda: self._rotate(client, rotating)), default_json_headers
+
+    def _rotate(self, client: Client, rotating: _Rotating) -> dict[str, Any]:
+        """The write section: rotates the token (or detects its reuse) and records the new
+        access token with its event."""
+        minter, early, requested = self.minter, rotating.early, rotating.requested
+        old_hash, refresh = rotating.old_hash, rotating.refresh
+        with self._write_section():
             rotation = self.tokens.rotate(
                 old_hash,
-                new_hash=new_hash,
+                new_hash=rotating.new_hash,
                 now=self.clock.now(),
-                expires_at=expires_at,
+                expires_at=rotating.expires_at,
                 client_id=client.client_id,
                 scope=requested,
                 sealed=minter.seal_successor(refresh, rotated_hash=old_hash),
@@ -305,8 +361,7 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
             )
         # No new ID token: OIDC Core 12.2 lets a refresh response omit it, and an RS256
         # signature would double the cost of every refresh.
-        body = token_body(token, claims, refresh=refresh)
-        return 200, body, default_json_headers
+        return token_body(token, claims, refresh=refresh)
 
     def _sign_early(self, client: Client, token_hash: str, requested: list[str]) -> _Early | None:
         """The family `token_hash` belongs to and its user, read together, with the access

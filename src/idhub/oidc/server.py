@@ -15,6 +15,7 @@ from typing import Any
 
 from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
+from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import (
     InvalidClientError,
     InvalidRequestError,
@@ -32,6 +33,7 @@ from idhub.core.identity import User
 from idhub.core.request_budget import TOKEN_FAILED
 from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
+from idhub.oidc import grant_batch
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
 from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome
@@ -346,6 +348,7 @@ class Provider:
         fails, none does). Every other request goes through authlib on its own."""
         answers: dict[int, OAuthResponseData] = {}
         signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
+        generic: list[tuple[int, OAuthRequestData]] = []
         lean = self.lean_client_credentials
         for i, data in enumerate(batch):
             try:
@@ -354,7 +357,7 @@ class Provider:
                 answers[i] = self._database_down(exc)
                 continue
             if lean is None or planned is None:
-                answers[i] = self._generic_token(data)
+                generic.append((i, data))
                 continue
             outcome = LeanOutcome()
             try:
@@ -375,9 +378,50 @@ class Provider:
                 answers[i] = self._database_down(exc)
             else:
                 signed.append((i, body, event))
+        if generic:
+            answers.update(self._generic_tokens(generic))
         if signed:
             answers.update(self._commit_issued(signed))
         return [answers[i] for i in range(len(batch))]
+
+    def _generic_tokens(
+        self, items: list[tuple[int, OAuthRequestData]]
+    ) -> dict[int, OAuthResponseData]:
+        """The batch's requests that go through authlib. With more than one, the code
+        exchanges and refreshes among them share one unit of work for their write sections
+        (oidc/grant_batch.py); everything else about each is decided on its own."""
+        if len(items) == 1:
+            return {items[0][0]: self._generic_token(items[0][1])}
+        answers: dict[int, OAuthResponseData] = {}
+        deferred: list[tuple[int, IdhubRequest]] = []
+        with grant_batch.collecting():
+            for i, data in items:
+                request = IdhubRequest(data)
+                answers[i] = self._generic_token(data, request)
+                if request.idhub_deferred is not None:
+                    deferred.append((i, request))
+        if not deferred:
+            return answers
+        try:
+            results = grant_batch.run_sections(
+                self._minter, [r.idhub_deferred for _, r in deferred if r.idhub_deferred]
+            )
+        except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
+            refused = _error_response(exc)
+            return {**answers, **{i: refused for i, _ in deferred}}
+        except AuditError:
+            return {**answers, **{i: self._unavailable() for i, _ in deferred}}
+        except StorageError as exc:
+            down = self._database_down(exc)
+            return {**answers, **{i: down for i, _ in deferred}}
+        for (i, request), result in zip(deferred, results, strict=True):
+            response = (
+                _error_response(result)
+                if isinstance(result, OAuth2Error)
+                else self.server.handle_response(200, result, default_json_headers)
+            )
+            answers[i] = self._concluded(request, response)
+        return answers
 
     def _commit_issued(
         self, signed: list[tuple[int, dict[str, Any], PendingEvent]]
@@ -401,8 +445,13 @@ class Provider:
                 return self._unavailable()
         return response
 
-    def _generic_token(self, data: OAuthRequestData) -> OAuthResponseData:
-        request = IdhubRequest(data)
+    def _generic_token(
+        self, data: OAuthRequestData, request: IdhubRequest | None = None
+    ) -> OAuthResponseData:
+        """One request through authlib; a grant that left its write section to a batch
+        (`request.idhub_deferred`) gets a placeholder, concluded by `_generic_tokens`."""
+        if request is None:
+            request = IdhubRequest(data)
         try:
             _require_well_formed(data)
             response: OAuthResponseData = self.server.create_token_response(request)
@@ -413,7 +462,15 @@ class Provider:
         except UnicodeDecodeError:
             response = self._bad_credentials()
         except StorageError as exc:
+            request.idhub_deferred = None
             return self._database_down(exc)
+        if request.idhub_deferred is not None and response.status == 200:
+            return response
+        request.idhub_deferred = None
+        return self._concluded(request, response)
+
+    def _concluded(self, request: IdhubRequest, response: OAuthResponseData) -> OAuthResponseData:
+        """`response` to `request`, once a refusal is recorded."""
         return self._failed(
             response,
             client_id=request.client.client_id if request.client is not None else None,
