@@ -203,6 +203,47 @@ def test_a_reused_code_revokes_the_access_tokens_it_produced(
     assert stale.status_code == 400
 
 
+def test_a_reused_refresh_token_revokes_the_access_tokens_of_its_family(
+    any_db_live: LiveServer, known_secrets: KnownSecrets
+) -> None:
+    """The stolen copy of a rotated refresh token comes back: the family dies, and so do the
+    access tokens it produced, the code's and the refreshes' (either holder may be the thief)."""
+    live = any_db_live
+    services = live.services
+    _, secret = web_client(services, "oa")
+    assert secret
+    known_secrets.add(secret)
+    user = make_user(services)
+    code = issue_code(services, "oa", user, scope="openid profile offline_access")
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
+    first = httpx.post(live.url + "/token", data=form, auth=("oa", secret)).json()
+
+    def refresh(token: str) -> httpx.Response:
+        data = {"grant_type": "refresh_token", "refresh_token": token}
+        return httpx.post(live.url + "/token", data=data, auth=("oa", secret))
+
+    second = refresh(first["refresh_token"]).json()
+    # The successor is used, so the first token coming back is no retry within the grace
+    # window (`[tokens] refresh_reuse_grace`) but reuse.
+    third = refresh(second["refresh_token"]).json()
+    access = [first["access_token"], second["access_token"], third["access_token"]]
+
+    def active(token: str) -> bool:
+        answer = httpx.post(live.url + "/introspect", data={"token": token}, auth=("oa", secret))
+        return bool(answer.json()["active"])
+
+    assert all(active(token) for token in access)
+    reused = refresh(first["refresh_token"])
+    assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
+    assert not any(active(token) for token in access)
+    assert refresh(third["refresh_token"]).status_code == 400
+    # Another grant of the same person and client is untouched.
+    other = issue_code(services, "oa", user, scope="openid")
+    form["code"] = other
+    fresh = httpx.post(live.url + "/token", data=form, auth=("oa", secret)).json()
+    assert active(fresh["access_token"])
+
+
 # ------------------------------------------------------------------ /authorize
 
 

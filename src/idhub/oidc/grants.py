@@ -323,10 +323,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         minter, early, requested = self.minter, rotating.early, rotating.requested
         old_hash, refresh = rotating.old_hash, rotating.refresh
         with self._write_section():
+            now = self.clock.now()
             rotation = self.tokens.rotate(
                 old_hash,
                 new_hash=rotating.new_hash,
-                now=self.clock.now(),
+                now=now,
                 expires_at=rotating.expires_at,
                 client_id=client.client_id,
                 scope=requested,
@@ -335,6 +336,10 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
             )
             family = rotation.family
             if rotation.status == "reused" and family is not None:
+                # Either holder may be the thief (RFC 9700 4.14.2): the access tokens the
+                # family produced (the code's and every refresh's) are revoked with it, in the
+                # same transaction as the family and its alarm.
+                self.tokens.revoke_grant_tokens(family.id, now=now)
                 self._record_reuse(minter, family)
             if rotation.status in ("ok", "grace") and family is not None:
                 if rotation.successor is not None:
