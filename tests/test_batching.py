@@ -1,0 +1,74 @@
+"""web/batching.py's hand-over: batches run on the batcher's own threads (no more at once
+than its concurrency), carry the drain's context variables, and a batch handed over is
+answered even when its drain is cancelled while it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+import time
+from collections.abc import Sequence
+
+from idhub.web.batching import Batcher
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def test_batches_run_on_the_batchers_own_threads() -> None:
+    names: list[str] = []
+
+    def run(batch: Sequence[int]) -> list[int | Exception]:
+        names.append(threading.current_thread().name)
+        time.sleep(0.01)
+        return list(batch)
+
+    batcher: Batcher[int, int] = Batcher(run, concurrency=2)
+
+    async def main() -> list[int]:
+        answers = []
+        for round_ in range(5):
+            answers += await asyncio.gather(*(batcher.submit(round_ * 10 + n) for n in range(6)))
+        return answers
+
+    assert asyncio.run(main()) == [r * 10 + n for r in range(5) for n in range(6)]
+    assert all(name.startswith("idhub-batch") for name in names), names
+    assert len(set(names)) <= 2
+
+
+def test_the_drains_context_variables_reach_the_batch() -> None:
+    seen: list[str] = []
+
+    def run(batch: Sequence[int]) -> list[int | Exception]:
+        seen.append(WHO.get())
+        return list(batch)
+
+    batcher: Batcher[int, int] = Batcher(run)
+
+    async def main() -> int:
+        WHO.set("request 1")
+        return await batcher.submit(1)
+
+    assert asyncio.run(main()) == 1
+    assert seen == ["request 1"]
+
+
+def test_a_batch_handed_over_is_answered_when_its_drain_is_cancelled() -> None:
+    started = threading.Event()
+
+    def run(batch: Sequence[int]) -> list[int | Exception]:
+        started.set()
+        time.sleep(0.2)  # the drain is cancelled meanwhile
+        return [n * 2 for n in batch]
+
+    batcher: Batcher[int, int] = Batcher(run)
+
+    async def main() -> int:
+        answer = asyncio.ensure_future(batcher.submit(21))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        for drain in list(batcher._drains):
+            drain.cancel()
+        return await asyncio.wait_for(answer, timeout=5)
+
+    assert asyncio.run(main()) == 42

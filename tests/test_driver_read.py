@@ -1,0 +1,148 @@
+"""Lone driver reads (adapters/driver_read.py): on a SQLite file they run on connections held
+out of the pool, which must still see every commit, give up a connection that failed, and
+let go of everything when the engine is disposed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Engine, event
+
+from idhub.adapters.audit_store import SqlAuditLog
+from idhub.adapters.database import create_db_engine
+from idhub.adapters.db import throttle_counters
+from idhub.adapters.driver_read import HELD_READERS, fetch_all, placeholder
+from idhub.adapters.unit_of_work import SqlUnitOfWork, begin
+from idhub.config import DatabaseSettings
+from idhub.core.clock import SystemClock
+from idhub.errors import StorageError
+
+SQL = "SELECT failures FROM throttle_counters WHERE kind = {m} AND value = {m}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_db_engine(DatabaseSettings(url=db_url))
+    yield engine
+    engine.dispose()
+
+
+def _read(engine: Engine) -> list[tuple[object, ...]]:
+    return fetch_all(engine, SQL.format(m=placeholder(engine)), ["client", "a@b"])
+
+
+def _insert(engine: Engine, failures: int) -> None:
+    with begin(engine) as conn:  # joins an open unit of work
+        conn.execute(
+            throttle_counters.insert().values(
+                kind="client",
+                value="a@b",
+                failures=failures,
+                first_failed_at=1.0,
+                last_failed_at=1.0,
+            )
+        )
+
+
+def test_a_read_sees_what_another_connection_committed_just_before(
+    engine: Engine, db_url: str
+) -> None:
+    assert _read(engine) == []  # on SQLite the connection is now held for the next read
+    other = create_db_engine(DatabaseSettings(url=db_url))  # another process, in effect
+    try:
+        _insert(other, 3)
+        assert _read(engine) == [(3,)]
+        with other.begin() as conn:
+            conn.exec_driver_sql("UPDATE throttle_counters SET failures = 4")
+        assert _read(engine) == [(4,)]
+    finally:
+        other.dispose()
+
+
+class _Undo(Exception):
+    pass
+
+
+def test_inside_a_unit_of_work_the_read_sees_the_units_own_changes(engine: Engine) -> None:
+    assert _read(engine) == []
+    units = SqlUnitOfWork(engine, SqlAuditLog(engine, SystemClock()), group=False)
+    with pytest.raises(_Undo), units.atomic():
+        _insert(engine, 2)  # joins the unit's transaction
+        assert _read(engine) == [(2,)]
+        raise _Undo
+    assert _read(engine) == []
+
+
+def test_lone_sqlite_reads_do_not_check_out_a_connection_each(sqlite_db_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=sqlite_db_url))
+    checkouts: list[object] = []
+    event.listen(engine, "checkout", lambda *_args: checkouts.append(1))
+    try:
+        for _ in range(20):
+            assert _read(engine) == []
+        assert len(checkouts) == 1
+    finally:
+        engine.dispose()
+
+
+def test_held_readers_are_bounded_and_given_back_on_dispose(sqlite_db_url: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=sqlite_db_url))
+    readers = HELD_READERS + 3
+    together = threading.Barrier(readers, timeout=10)
+
+    def meet() -> int:
+        together.wait()  # every reader is inside its SELECT at once: a connection each
+        return 1
+
+    closed: list[object] = []
+    event.listen(engine, "connect", lambda conn, _rec: conn.create_function("meet", 0, meet))
+    event.listen(engine, "close", lambda *_args: closed.append(1))
+    try:
+        with ThreadPoolExecutor(readers) as pool:
+            rows = list(pool.map(lambda _i: fetch_all(engine, "SELECT meet()", []), range(readers)))
+        assert rows == [[(1,)]] * readers
+        assert engine.pool.checkedout() == HELD_READERS  # type: ignore[attr-defined]
+    finally:
+        engine.dispose()
+    assert len(closed) == readers  # the held ones closed for real, not left in the old pool
+    # The engine still works after a dispose (a new pool), and holds again.
+    assert _read(engine) == []
+    assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+    engine.dispose()
+
+
+def test_a_failed_read_is_a_storage_error_and_its_connection_is_dropped(
+    sqlite_db_url: str,
+) -> None:
+    from idhub.adapters.throttle_store import SqlThrottleStore
+    from idhub.core.throttle import ThrottleKey
+
+    engine = create_db_engine(DatabaseSettings(url=sqlite_db_url))
+    store = SqlThrottleStore(engine)
+    try:
+        assert store.counters([ThrottleKey("client", "a@b")]) == []
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE throttle_counters RENAME TO gone")
+        with pytest.raises(StorageError):
+            store.counters([ThrottleKey("client", "a@b")])
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE gone RENAME TO throttle_counters")
+        assert store.counters([ThrottleKey("client", "a@b")]) == []
+    finally:
+        engine.dispose()
+
+
+def test_a_memory_database_is_read_on_the_pools_own_connection() -> None:
+    engine = create_db_engine(DatabaseSettings(url="sqlite:///:memory:"))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+            conn.exec_driver_sql("INSERT INTO t VALUES (7)")
+        assert fetch_all(engine, "SELECT n FROM t WHERE n = ?", [7]) == [(7,)]
+    finally:
+        engine.dispose()
