@@ -34,7 +34,6 @@ from idhub.core.authz.decisions import (
 from idhub.errors import AccessDenied, InvalidInput, PolicyError
 from idhub.web.bearer import (
     BearerError,
-    VerifiedBearers,
     check_bearer,
     require_scope,
     verify_bearer,
@@ -321,10 +320,8 @@ def _endpoint(
 
 
 def routes(services: Services) -> list[BaseRoute]:
-    remembered = VerifiedBearers(services.clock)
-
     def authenticate(request: Request) -> None:
-        request.state.bearer_claims = verify_bearer(bearer_token(request), services, remembered)
+        request.state.bearer_claims = verify_bearer(bearer_token(request), services)
 
     def authorise(request: Request, scope: str) -> Mapping[str, Any]:
         claims = getattr(request.state, "bearer_claims", None)
@@ -341,7 +338,7 @@ def routes(services: Services) -> list[BaseRoute]:
     )
 
     def check_without_waiting(request: Request, raw: bytes) -> Response | Recorded | None:
-        claims = verify_bearer_without_waiting(bearer_token(request), services, remembered)
+        claims = verify_bearer_without_waiting(bearer_token(request), services)
         if claims is None:
             return None
         return api.check_without_waiting(request, _parse(raw), claims)
