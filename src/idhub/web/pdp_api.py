@@ -10,7 +10,7 @@ allows as `[audit] decisions` says, go to the audit trail in one `record_many` p
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -32,6 +32,7 @@ from idhub.core.authz.decisions import (
     resource_id_text,
 )
 from idhub.errors import AccessDenied, InvalidInput, PolicyError
+from idhub.web.batching import Batcher
 from idhub.web.bearer import (
     BearerError,
     check_bearer,
@@ -42,6 +43,7 @@ from idhub.web.bearer import (
 from idhub.web.middleware import request_context
 from idhub.web.oauth import bearer_token
 from idhub.web.pdp_openapi import MAX_TEXT, openapi_document
+from idhub.web.pdp_records import ToRecord, record_all
 
 MAX_BODY = 2_000_000
 _FIELDS = ("user", "sub", "domain", "type", "action", "owner", "dept", "resource_id")
@@ -51,9 +53,11 @@ _RESOURCE_FIELDS = {"id": "resource_id", "owner": "owner", "dept": "dept"}
 Authorise = Callable[[Request, str], Mapping[str, Any]]
 # Verifies the request's bearer token (any scope) before its body is read; `BearerError`.
 Authenticate = Callable[[Request], None]
-# A check decided on the event loop: the answer, what to run in a thread, or None (see
+# A check decided on the event loop: the answer, what to record before it, or None (see
 # `DecisionApi.check_without_waiting`).
-WithoutWaiting = Callable[[Request, bytes], "Response | Callable[[], Response] | None"]
+WithoutWaiting = Callable[[Request, bytes], "Response | ToRecord | None"]
+# Writes a `ToRecord` durably (in a worker thread) and then gives its answer.
+Record = Callable[[ToRecord], Awaitable[Response]]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -155,11 +159,6 @@ def _asker(claims: Mapping[str, Any], parties: Callable[[str], frozenset[str]]) 
     )
 
 
-# What remains of a decision after the event loop decided it: the durable write of its audit
-# events and then the answer, run in a worker thread.
-Recorded = Callable[[], Response]
-
-
 class DecisionApi:
     """The handlers of `/api/v1/authz/*`; each runs in a worker thread, except that a check
     whose every step can be answered from memory is decided on the event loop
@@ -195,9 +194,9 @@ class DecisionApi:
 
     def check_without_waiting(
         self, request: Request, body: Any, claims: Mapping[str, Any]
-    ) -> Response | Recorded | None:
+    ) -> Response | ToRecord | None:
         """`check` on the event loop for a caller whose token was verified without waiting
-        (`claims`): the answer when nothing needs writing, `Recorded` when audit events must
+        (`claims`): the answer when nothing needs writing, `ToRecord` when audit events must
         be durable before it (a denial), None when a step would read the database (the
         client's registration due for its version check, a name the snapshot lacks), and the
         caller runs `check` in a worker thread instead. The same checks in the same order."""
@@ -218,12 +217,7 @@ class DecisionApi:
         response = _decided(answers, decided, batch=batch)
         if not events:
             return response
-
-        def recorded() -> Response:
-            answers.record_events(events)
-            return response
-
-        return recorded
+        return ToRecord(answers=answers, events=events, response=response)
 
     @staticmethod
     def _questions(body: Any, answers: PolicyAnswers, asker: Asker) -> tuple[list[Question], bool]:
@@ -285,6 +279,7 @@ def _endpoint(
     authenticate: Authenticate,
     read_body: bool = True,
     without_waiting: WithoutWaiting | None = None,
+    record: Record | None = None,
 ) -> Any:
     def answer(request: Request, raw: bytes | None) -> Response:
         # Nobody without a valid token gets the body parsed.
@@ -304,7 +299,8 @@ def _endpoint(
                 if isinstance(done, Response):
                     return done
                 if done is not None:
-                    return await run_in_threadpool(done)
+                    assert record is not None
+                    return await record(done)
             return await run_in_threadpool(answer, request, raw)
         except BearerError as exc:
             return exc.response()
@@ -337,7 +333,7 @@ def routes(services: Services) -> list[BaseRoute]:
         parties_if_fresh=services.clients.party_domains_if_fresh,
     )
 
-    def check_without_waiting(request: Request, raw: bytes) -> Response | Recorded | None:
+    def check_without_waiting(request: Request, raw: bytes) -> Response | ToRecord | None:
         claims = verify_bearer_without_waiting(bearer_token(request), services)
         if claims is None:
             return None
@@ -356,7 +352,15 @@ def routes(services: Services) -> list[BaseRoute]:
     def guarded(handler: Callable[[Request, Any], Response], *, read_body: bool = True) -> Any:
         return _endpoint(handler, authenticate=authenticate, read_body=read_body)
 
-    check = _endpoint(api.check, authenticate=authenticate, without_waiting=check_without_waiting)
+    # Two batches in the threadpool at once: one can be committing while the next is handed
+    # over (the audit store commits what queued meanwhile in one transaction).
+    records: Batcher[ToRecord, Response] = Batcher(record_all, concurrency=2)
+    check = _endpoint(
+        api.check,
+        authenticate=authenticate,
+        without_waiting=check_without_waiting,
+        record=records.submit,
+    )
     return [
         Route("/api/v1/authz/check", check, methods=["POST"]),
         Route("/api/v1/authz/scopes", guarded(api.scopes), methods=["POST"]),
