@@ -11,7 +11,7 @@ from joserfc import jwk, jwt
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.core.clock import FrozenClock
-from idhub.oidc.tokens import BACKCHANNEL_EVENT, InvalidToken
+from idhub.oidc.tokens import BACKCHANNEL_EVENT, AccessTokens, InvalidToken
 from tests.oidc_support import make_user, prepare, web_client
 
 
@@ -122,3 +122,124 @@ def test_housekeeping_drops_only_what_can_no_longer_matter(
         assert conn.execute(select(revoked_tokens.c.jti)).scalars().all() == ["j2"]
         assert conn.execute(select(func.count()).select_from(used_assertions)).scalar_one() == 0
     assert store.is_revoked("j2") and not store.is_revoked("j1")
+
+
+# ------------------------------------------------------- verification without waiting
+# `verify_without_waiting` is the event loop's check (the decision API): it reads the one
+# cache of signature-checked tokens, and answers only when no step could block.
+
+
+def _revoke(services: Services, token: str) -> None:
+    claims = services.access_tokens.verify_offline(token)
+    services.token_store.revoke_jti(
+        str(claims["jti"]), expires_at=float(claims["exp"]), now=services.clock.now()
+    )
+
+
+def test_an_unchecked_token_must_wait_and_a_checked_one_is_answered(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, _clock = clocked
+    client, _ = web_client(services, "oa")
+    token, claims = services.access_tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    assert services.access_tokens.verify_without_waiting(token, audience="oa") is None
+    services.access_tokens.verify(token, audience="oa")
+    answered = services.access_tokens.verify_without_waiting(token, audience="oa")
+    if services.engine.dialect.name == "sqlite":
+        assert answered is not None and answered["jti"] == claims["jti"]
+    else:  # no read of PostgreSQL's revocation list can be had without a round trip
+        assert answered is None
+    with pytest.raises(InvalidToken) as exc:
+        services.access_tokens.verify_without_waiting(token, audience="reimburse")
+    assert exc.value.reason == "wrong audience"
+
+
+def test_a_revocation_is_seen_without_waiting_on_the_next_use(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, _clock = clocked
+    client, _ = web_client(services, "oa")
+    token, _ = services.access_tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    services.access_tokens.verify(token, audience="oa")
+    _revoke(services, token)
+    if services.engine.dialect.name == "sqlite":
+        with pytest.raises(InvalidToken) as exc:
+            services.access_tokens.verify_without_waiting(token, audience="oa")
+        assert exc.value.reason == "revoked"
+    else:
+        assert services.access_tokens.verify_without_waiting(token, audience="oa") is None
+    with pytest.raises(InvalidToken):  # and the thread's check agrees
+        services.access_tokens.verify(token, audience="oa")
+
+
+def test_a_checked_token_is_refused_without_waiting_at_its_exp(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, clock = clocked
+    client, _ = web_client(services, "oa")
+    token, claims = services.access_tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    services.access_tokens.verify_offline(token)
+    clock.advance(claims["exp"] - clock.now())  # exp itself is expired, as `verify` has it
+    with pytest.raises(InvalidToken) as exc:
+        services.access_tokens.verify_without_waiting(token)
+    assert exc.value.reason == "expired"
+
+
+class _Revocations:
+    """A revocation list whose event-loop answer the test sets."""
+
+    def __init__(self) -> None:
+        self.without_waiting: bool | None = False
+
+    def is_revoked(self, jti: str) -> bool:
+        return False
+
+    def is_revoked_without_waiting(self, jti: str) -> bool | None:
+        return self.without_waiting
+
+
+def _tokens(services: Services, revocations: _Revocations, **kwargs: int) -> AccessTokens:
+    return AccessTokens(
+        services.keys,
+        revocations,
+        issuer=services.access_tokens.issuer,
+        clock=services.clock,
+        ttl=300,
+        **kwargs,
+    )
+
+
+def test_a_revocation_list_that_cannot_answer_now_means_must_wait(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, _clock = clocked
+    client, _ = web_client(services, "oa")
+    revocations = _Revocations()
+    tokens = _tokens(services, revocations)
+    token, _ = tokens.issue(client, sub="s", audience="oa", scopes=["x"])
+    tokens.verify(token)
+    assert tokens.verify_without_waiting(token) is not None
+    revocations.without_waiting = None
+    assert tokens.verify_without_waiting(token) is None
+    revocations.without_waiting = True
+    with pytest.raises(InvalidToken):
+        tokens.verify_without_waiting(token)
+
+
+def test_the_verified_cache_is_bounded_and_holds_no_token(
+    clocked: tuple[Services, FrozenClock],
+) -> None:
+    services, _clock = clocked
+    client, _ = web_client(services, "oa")
+    tokens = _tokens(services, _Revocations(), verified_limit=3)
+    issued = [tokens.issue(client, sub="s", audience="oa", scopes=["x"])[0] for _ in range(10)]
+    for token in issued:
+        tokens.verify_offline(token)
+    assert len(tokens._verified) <= 3
+    assert not any(
+        token.encode() in key or key in token.encode()
+        for token in issued
+        for key in tokens._verified
+    )
+    assert tokens.verify_without_waiting(issued[-1]) is not None
+    assert tokens.verify_without_waiting(issued[0]) is None  # forgotten: checked again

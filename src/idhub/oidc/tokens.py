@@ -3,7 +3,8 @@ logout tokens, and the verification of access tokens (contract 3).
 
 Access tokens carry a real `aud` (the resource system), so OA and reimbursement validate them
 offline against the JWKS; `verify` additionally consults the revocation list, which is what
-introspection and idhub's own APIs use.
+introspection and idhub's own APIs use, and `verify_without_waiting` is the same check for the
+event loop (web/bearer.py): it answers only when no step can block.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class InvalidToken(Exception):
 class RevocationList(Protocol):
     def is_revoked(self, jti: str) -> bool: ...
 
+    def is_revoked_without_waiting(self, jti: str) -> bool | None:
+        """The list's answer if it can be had without blocking, else None."""
+        ...
+
 
 def new_jti() -> str:
     return secrets.token_urlsafe(16)
@@ -61,6 +66,7 @@ class AccessTokens:
         clock: Clock,
         ttl: int,
         leeway: float = LEEWAY,
+        verified_limit: int = VERIFIED_CACHE_SIZE,
     ) -> None:
         self._keys = keys
         self._revocations = revocations
@@ -70,7 +76,10 @@ class AccessTokens:
         # A token another replica signed with its clock ahead of ours by up to this is still
         # valid here; `exp` is not stretched (that would lengthen every token's life).
         self.leeway = leeway
-        self._verified: dict[str, dict[str, Any]] = {}
+        # Claims of signature-checked tokens by the SHA-256 of the token: the one cache of
+        # verified tokens in a process (the event loop's check reads it too), holding no token.
+        self._verified: dict[bytes, dict[str, Any]] = {}
+        self._verified_limit = verified_limit
 
     def issue(
         self,
@@ -108,14 +117,38 @@ class AccessTokens:
             raise InvalidToken("revoked")
         return claims
 
+    def verify_without_waiting(
+        self, token: str, *, audience: str | None = None
+    ) -> dict[str, Any] | None:
+        """`verify` for the event loop: the claims, or None ("must wait": the caller runs
+        `verify` in a worker thread) when a step could block - a token whose signature this
+        process has not checked yet (a key may have to be read), or a revocation list that
+        cannot be read without waiting. Raises `InvalidToken` as `verify` does: expiry,
+        audience and revocation are checked on every use, only the signature is remembered."""
+        claims = self._verified.get(_cache_key(token))
+        if claims is None:
+            return None
+        claims = self._current(claims, audience)
+        revoked = self._revocations.is_revoked_without_waiting(str(claims["jti"]))
+        if revoked is None:
+            return None
+        if revoked:
+            raise InvalidToken("revoked")
+        return claims
+
     def verify_offline(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """Everything `verify` checks except the revocation list (what a resource server does)."""
-        claims = self._verified.get(token)
+        key = _cache_key(token)
+        claims = self._verified.get(key)
         if claims is None:
             claims = self._check_signed(token)
-            if len(self._verified) >= VERIFIED_CACHE_SIZE:
-                self._verified.clear()
-            self._verified[token] = claims
+            if len(self._verified) >= self._verified_limit:
+                self._verified.clear()  # strangers' tokens must not grow memory without bound
+            self._verified[key] = claims
+        return self._current(claims, audience)
+
+    def _current(self, claims: dict[str, Any], audience: str | None) -> dict[str, Any]:
+        """A copy of signature-checked claims if they are valid now and for `audience`."""
         now = self._clock.now()
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= now:
@@ -158,6 +191,10 @@ class AccessTokens:
         if not isinstance(claims.get("jti"), str) or not isinstance(claims.get("sub"), str):
             raise InvalidToken("missing jti or sub")
         return claims
+
+
+def _cache_key(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
 
 
 class IdTokens:

@@ -7,8 +7,6 @@ the route turns into an RFC 6750 answer with `error_response(exc)`.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -47,80 +45,28 @@ def error_response(exc: BearerError) -> JSONResponse:
     return exc.response()
 
 
-# Verified tokens a process remembers for the event-loop check (cleared when full).
-VERIFIED_LIMIT = 10_000
-
-
-class VerifiedBearers:
-    """Claims of idhub-audience access tokens this process has fully verified, by the SHA-256
-    of the token (the map holds no token), each until its `exp`.
-
-    What a remembered token skips is only what cannot change for the same bytes: the form,
-    the signature, the issuer, the audience and `iat` (time only moves on). Expiry is looked
-    at on every use, and revocation too (`verify_bearer_without_waiting`), so a remembered
-    token is refused the moment it expires or is revoked, as a full verification would."""
-
-    def __init__(self, clock: Any, *, limit: int = VERIFIED_LIMIT) -> None:
-        self._clock = clock
-        self._limit = limit
-        self._claims: dict[bytes, dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def remember(self, token: str, claims: dict[str, Any]) -> None:
-        key = hashlib.sha256(token.encode()).digest()
-        with self._lock:
-            if len(self._claims) >= self._limit:
-                self._claims.clear()  # strangers' tokens must not grow memory without bound
-            self._claims[key] = dict(claims)
-
-    def recall(self, token: str) -> dict[str, Any] | None:
-        """The remembered claims while the token is unexpired, else None (then forgotten)."""
-        key = hashlib.sha256(token.encode()).digest()
-        claims = self._claims.get(key)
-        if claims is None:
-            return None
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or exp <= self._clock.now():
-            with self._lock:
-                self._claims.pop(key, None)
-            return None
-        return claims
-
-
-def verify_bearer(
-    token: str | None, services: Services, remember: VerifiedBearers | None = None
-) -> dict[str, Any]:
+def verify_bearer(token: str | None, services: Services) -> dict[str, Any]:
     """Claims of a valid idhub access token, whatever its scope (touches the revocation list:
-    for worker threads); raises `BearerError`. A token that passes goes into `remember`."""
+    for worker threads); raises `BearerError`."""
     if not token:
         raise BearerError(401, "invalid_token", "an access token is required")
     try:
-        claims = services.access_tokens.verify(token, audience=IDHUB_AUDIENCE)
+        return services.access_tokens.verify(token, audience=IDHUB_AUDIENCE)
     except InvalidToken:
         raise BearerError(401, "invalid_token", "the access token is not valid") from None
-    if remember is not None:
-        remember.remember(token, claims)
-    return claims
 
 
-def verify_bearer_without_waiting(
-    token: str | None, services: Services, remembered: VerifiedBearers
-) -> dict[str, Any] | None:
-    """`verify_bearer` on the event loop for a token verified before: its claims, or None when
-    the answer needs a worker thread (a token not remembered, or expired: the full check then
-    refuses it; a revocation list that cannot be read without waiting). Raises `BearerError`
-    for a missing or revoked token."""
+def verify_bearer_without_waiting(token: str | None, services: Services) -> dict[str, Any] | None:
+    """`verify_bearer` on the event loop: the claims, or None when the answer needs a worker
+    thread (`AccessTokens.verify_without_waiting`: a token whose signature this process has
+    not checked, a revocation list that cannot be read without waiting). Raises `BearerError`
+    for a missing, expired, foreign or revoked token."""
     if not token:
         raise BearerError(401, "invalid_token", "an access token is required")
-    claims = remembered.recall(token)
-    if claims is None:
-        return None
-    revoked = services.revocations.is_revoked_without_waiting(str(claims["jti"]))
-    if revoked is None:
-        return None
-    if revoked:
-        raise BearerError(401, "invalid_token", "the access token is not valid")
-    return dict(claims)
+    try:
+        return services.access_tokens.verify_without_waiting(token, audience=IDHUB_AUDIENCE)
+    except InvalidToken:
+        raise BearerError(401, "invalid_token", "the access token is not valid") from None
 
 
 def require_scope(claims: dict[str, Any], scope: str | None) -> dict[str, Any]:

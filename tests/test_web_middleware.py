@@ -1,0 +1,74 @@
+"""The request context middleware (web/middleware.py): request ids."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from idhub.web.middleware import RequestContextMiddleware
+
+
+async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _ids(
+    middleware: RequestContextMiddleware, count: int, inbound: bytes | None = None
+) -> list[str]:
+    async def run() -> list[str]:
+        seen: list[str] = []
+        for _ in range(count):
+            sent: list[Message] = []
+            headers = [(b"x-request-id", inbound)] if inbound else []
+            scope = {"type": "http", "headers": headers, "client": ("127.0.0.1", 1)}
+            await middleware(scope, _receive, _into(sent))
+            line = dict(sent[0]["headers"])[b"x-request-id"].decode()
+            assert scope["state"]["request_id"] == line
+            seen.append(line)
+        return seen
+
+    return asyncio.run(run())
+
+
+def _into(sent: list[Message]) -> Send:
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    return send
+
+
+async def _receive() -> Message:
+    return {"type": "http.request", "body": b""}
+
+
+def test_fresh_request_ids_are_unique_hex_and_cost_no_system_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    middleware = RequestContextMiddleware(_ok)
+
+    def refused(*_args: object) -> bytes:
+        raise AssertionError("a request id read the kernel's random source")
+
+    # Per request: the generator was seeded when the middleware was built.
+    monkeypatch.setattr(secrets, "token_hex", refused)
+    monkeypatch.setattr(secrets, "token_bytes", refused)
+    ids = _ids(middleware, 2000)
+    assert all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_two_processes_worth_of_middleware_do_not_share_a_sequence() -> None:
+    first, second = RequestContextMiddleware(_ok), RequestContextMiddleware(_ok)
+    assert not set(_ids(first, 50)) & set(_ids(second, 50))
+
+
+def test_a_sane_inbound_request_id_is_kept_and_a_bad_one_replaced() -> None:
+    middleware = RequestContextMiddleware(_ok)
+    assert _ids(middleware, 1, b"req-12345678") == ["req-12345678"]
+    (replaced,) = _ids(middleware, 1, b"bad id with spaces")
+    assert re.fullmatch(r"[0-9a-f]{16}", replaced)
