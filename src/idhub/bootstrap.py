@@ -80,7 +80,8 @@ if TYPE_CHECKING:
     from idhub.core.upstream import UpstreamProvider
     from idhub.core.upstream_flow import AccountsByProvider, UpstreamSignIn
     from idhub.oidc.housekeeping import TokenHousekeeping
-    from idhub.oidc.introspection import TokensRevoker
+    from idhub.oidc.introspection import TokenEndpoints, TokensRevoker
+    from idhub.oidc.introspection_lean import LeanIntrospection
     from idhub.oidc.keys import KeyStore
     from idhub.oidc.minter import TokenMinter
     from idhub.oidc.revocations import MirroredRevocations
@@ -522,14 +523,13 @@ class Services:
         )
 
     @cached_property
-    def oidc(self) -> Provider:
-        from idhub.oidc.client_auth import PrivateKeyJWT
+    def token_endpoints(self) -> TokenEndpoints:
+        """Introspection, revocation and userinfo behind client authentication."""
         from idhub.oidc.introspection import TokenEndpoints
-        from idhub.oidc.server import Provider
 
-        issuer_url = self.settings.server.issuer.rstrip("/")
-        endpoints = TokenEndpoints(
+        return TokenEndpoints(
             access_tokens=self.access_tokens,
+            revocations=self.revocations,
             minter=self.token_minter,
             tokens=self.token_store,
             identity=self.identity,
@@ -537,6 +537,26 @@ class Services:
             clock=self.clock,
             uow=self.unit_of_work,
         )
+
+    @cached_property
+    def introspection(self) -> LeanIntrospection:
+        """`/introspect`: the lean path for the common request, the provider's otherwise."""
+        from idhub.oidc.introspection_lean import LeanIntrospection
+
+        return LeanIntrospection(
+            provider=self.oidc,
+            endpoints=self.token_endpoints,
+            registry=self.clients,
+            guard=self.client_guard,
+        )
+
+    @cached_property
+    def oidc(self) -> Provider:
+        from idhub.oidc.client_auth import PrivateKeyJWT
+        from idhub.oidc.server import Provider
+
+        issuer_url = self.settings.server.issuer.rstrip("/")
+        endpoints = self.token_endpoints
         return Provider(
             issuer_url=self.settings.server.issuer,
             registry=self.clients,

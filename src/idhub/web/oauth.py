@@ -149,8 +149,11 @@ class OAuthEndpoints:
         issuer: str,
         inline: bool = False,
         batch_tokens: bool = False,
+        introspect: Callable[[OAuthRequestData], OAuthResponseData] | None = None,
     ) -> None:
         self._provider = provider
+        # The lean introspection path (oidc/introspection_lean.py) when given.
+        self._introspect = introspect or provider.introspect
         self._issuer = issuer
         self._inline = inline
         self._token_batches: Batcher[OAuthRequestData, OAuthResponseData] | None = (
@@ -200,7 +203,7 @@ class OAuthEndpoints:
             Route("/token", self.token, methods=["POST"]),
             Route(
                 "/introspect",
-                self.form_endpoint(provider.introspect, inline=self._inline),
+                self.form_endpoint(self._introspect, inline=self._inline),
                 methods=["POST"],
             ),
             Route("/revoke", self.form_endpoint(provider.revoke), methods=["POST"]),
@@ -214,5 +217,6 @@ def routes(services: Services) -> list[BaseRoute]:
         issuer=services.settings.server.issuer,
         inline=services.engine.dialect.name == "sqlite",
         batch_tokens=services.engine.dialect.name == "sqlite",
+        introspect=services.introspection.introspect,
     )
     return endpoints.routes()
