@@ -20,18 +20,16 @@ generic path sees the request as if the lean one did not exist.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from authlib.consts import default_json_headers
-from authlib.oauth2.rfc6749 import InvalidClientError, InvalidScopeError
+from authlib.oauth2.rfc6749 import InvalidScopeError
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
 from idhub.core.client_guard import ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
-from idhub.oidc.client_auth import basic_credentials
+from idhub.oidc.basic_only import BasicOnly, plan_basic_only, require_basic_client
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from idhub.oidc.minter import TokenMinter, issued_details, token_body
 from idhub.oidc.protocol_errors import InvalidTarget
@@ -39,10 +37,7 @@ from idhub.oidc.protocol_errors import InvalidTarget
 GRANT_TYPE = "client_credentials"
 # Without a scope the client gets what it is registered for, minus sign-in scopes.
 _USER_ONLY = frozenset({"openid", "profile", "email", "phone", "groups", "offline_access"})
-# Body fields that mean another client-authentication method (or a conflict with Basic).
-_OTHER_METHODS = ("client_secret", "client_assertion", "client_assertion_type")
 _JSON_HEADERS = tuple(default_json_headers)
-_BASIC = re.compile(r"[Bb][Aa][Ss][Ii][Cc] [A-Za-z0-9+/]+={0,2}")
 
 
 def sign_service_token(
@@ -88,15 +83,6 @@ def issue_service_token(
     return body
 
 
-@dataclass(frozen=True)
-class LeanRequest:
-    """A client-credentials request the lean path may answer (see `LeanClientCredentials`)."""
-
-    data: OAuthRequestData
-    client: Client
-    secret: str
-
-
 class LeanClientCredentials:
     """The lean path (module docstring). `sign` notes the authenticated client on the
     request's `LeanOutcome`, so a later failure is recorded against the same actor as the
@@ -113,58 +99,19 @@ class LeanClientCredentials:
         self._minter = minter
         self._guard = guard
 
-    def plan(self, data: OAuthRequestData) -> LeanRequest | None:
+    def plan(self, data: OAuthRequestData) -> BasicOnly | None:
         """The request for the lean path, or None for the generic one. No effects."""
-        params = data.params
-        if data.method != "POST" or params.get("grant_type") != GRANT_TYPE:
+        if data.params.get("grant_type") != GRANT_TYPE:
             return None
-        for values in data.multi.values():
-            if len(values) > 1:
-                return None
-        for name in _OTHER_METHODS:
-            if name in params:
-                return None
-        # One `authorization` header spelled as the web layer hands it over, of exactly the
-        # form `Basic <base64>`: for it idhub's parse (`credential_problem`, the throttle's
-        # claimed id) and authlib's `client_secret_basic` read the same id and secret, so the
-        # generic path could not decide anything else before authenticating the client.
-        headers = data.headers
-        header = headers.get("authorization")
-        if header is None or _BASIC.fullmatch(header) is None:
-            return None
-        if sum(1 for name in headers if name.lower() == "authorization") != 1:
-            return None
-        credentials = basic_credentials(header)
-        if credentials is None or not credentials[1]:
-            return None
-        client_id, secret = credentials
-        named = params.get("client_id")
-        if named and named != client_id:
-            return None
-        client = self._registry.get(client_id)
-        if (
-            client is None
-            or client.token_endpoint_auth_method != "client_secret_basic"  # noqa: S105
-            or not client.allows_grant(GRANT_TYPE)
-        ):
-            return None
-        return LeanRequest(data=data, client=client, secret=secret)
+        req = plan_basic_only(data, self._registry)
+        return req if req is not None and req.client.allows_grant(GRANT_TYPE) else None
 
-    def sign(self, req: LeanRequest, outcome: LeanOutcome) -> tuple[dict[str, Any], PendingEvent]:
+    def sign(self, req: BasicOnly, outcome: LeanOutcome) -> tuple[dict[str, Any], PendingEvent]:
         """The answer's body and the event to commit before it leaves; raises the
         `OAuth2Error` the generic path would raise."""
-        guard = self._guard
-        attempt = guard.begin(req.data.headers, req.data.params, req.data.ctx) if guard else None
-        if attempt is not None and attempt.refused:
-            raise InvalidClientError(status_code=401, description="too many failed attempts")
-        if not self._registry.check_secret(req.client, req.secret):
-            if attempt is not None:
-                attempt.failed()
-            raise InvalidClientError(status_code=401, description="client authentication failed")
-        if attempt is not None:
-            attempt.succeeded()
-        outcome.client_id = req.client.client_id
-        return sign_service_token(self._minter, req.client, req.data.params, req.data.ctx)
+        client = require_basic_client(req, self._registry, self._guard)
+        outcome.client_id = client.client_id
+        return sign_service_token(self._minter, client, req.data.params, req.data.ctx)
 
     @staticmethod
     def answer(body: dict[str, Any]) -> OAuthResponseData:
