@@ -145,10 +145,10 @@ def questions(work: Path, count: int) -> list[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def serving(work: Path) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
+def serving(work: Path, port: int = 0) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """`idhub serve --workers 2` on `work` (base URL, a decision-API token, the server):
     bench_authz's, since both lay out a work directory the same way (`environment`)."""
-    with bench_authz.serving(work, 2) as served:
+    with bench_authz.serving(work, 2, port) as served:
         yield served
 
 
@@ -164,7 +164,7 @@ def settled(pids: list[int], bound: float = 120.0) -> None:
         last = now
 
 
-def phase_serve(work: Path, load_seconds: int) -> dict[str, Any]:
+def phase_serve(work: Path, load_seconds: int, port: int = 0) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         return {"error": "wrk is not installed"}
     bodies = questions(work, 2000)
@@ -173,7 +173,7 @@ def phase_serve(work: Path, load_seconds: int) -> dict[str, Any]:
     )
     script = work / "memory.lua"
     script.write_text(lua, encoding="utf-8")
-    with serving(work) as (base, token, server):
+    with serving(work, port) as (base, token, server):
         workers = bench_authz.worker_pids(server)
         settled(workers)
         idle = {"supervisor": smaps(server.pid), "workers": [smaps(p) for p in workers]}
@@ -205,7 +205,7 @@ def phase_serve(work: Path, load_seconds: int) -> dict[str, Any]:
 
 def run_phase(name: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--phase", name, "--work", str(work)]
-    cmd += [f"--load-seconds={args.load_seconds}"]
+    cmd += [f"--load-seconds={args.load_seconds}", f"--port={args.port}"]
     try:
         out = subprocess.run(
             cmd, check=True, capture_output=True, text=True, timeout=args.load_seconds + 900
@@ -258,13 +258,14 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs of the steps phase")
     parser.add_argument("--skip", action="append", default=[], help="demo or company")
     parser.add_argument("--skip-serve", action="store_true")
+    parser.add_argument("--port", type=int, default=0, help="for `serve` (default: a free one)")
     args = parser.parse_args()
     if args.phase:
         work = Path(args.work)
         if args.phase == "steps":
             result = phase_steps(work)
         elif args.phase == "serve":
-            result = phase_serve(work, args.load_seconds)
+            result = phase_serve(work, args.load_seconds, args.port)
         else:
             raise SystemExit(f"unknown phase {args.phase}")
         print(json.dumps(result))

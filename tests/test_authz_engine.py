@@ -164,3 +164,50 @@ def test_explain_names_the_chain_and_the_winning_line() -> None:
         ("t.csv:1", True),
         ("t.csv:2", True),
     }
+
+
+def test_decide_walks_own_lines_roles_exact_and_star_domains_and_wildcards() -> None:
+    """`decide`'s loop (no list of subjects, wildcard keys only for buckets holding them):
+    every combination of the user's own lines, a role's, the exact and the `*` domain, exact
+    and `*` types and actions, and a domain with no bucket at all, against pycasbin, with the
+    deciding line."""
+    e = engine(
+        [
+            ("user:ann", "oa", "doc", "read", "dept", "allow"),  # own line, home-relative
+            ("staff", "*", "doc", "*", "all", "allow"),  # role, `*` domain, `*` action
+            ("staff", "reimburse", "*", "approve", "self", "allow"),  # `*` type
+            ("staff", "reimburse", "claim", "approve", "all", "deny"),  # deny beats allow
+            ("lead", "oa", "doc", "delete", "dept_tree", "allow"),  # a second role
+        ],
+        links=[("user:ann", "staff", "*"), ("staff", "lead", "oa")],
+        users={"ann": ("/hq/a", False, ())},
+    )
+    cases = [
+        (("user:ann", "oa", "doc", "read", "", "/hq/a"), "t.csv:1"),
+        (("user:ann", "oa", "doc", "read", "", "/hq/b"), "t.csv:2"),
+        (("user:ann", "oa", "doc", "delete", "", "/hq/a/x"), "t.csv:2"),
+        (("user:ann", "reimburse", "note", "approve", "ann", ""), "t.csv:3"),
+        (("user:ann", "reimburse", "note", "approve", "bob", ""), None),
+        (("user:ann", "reimburse", "claim", "approve", "ann", ""), "t.csv:4"),
+        (("user:ann", "erp", "doc", "read", "", ""), None),  # not a configured domain
+        (("user:bob", "oa", "doc", "read", "", ""), None),  # nobody
+        (("staff", "oa", "doc", "write", "", ""), "t.csv:2"),  # a role asked directly
+    ]
+    for request, line in cases:
+        decision = e.decide(*request)
+        assert decision.source == line, request
+        expected = reference_enforcer(e).enforce(*request)
+        assert decision.allowed is expected, request
+        assert decision == e.check(*request)
+    # Lines only in `*` (none in the asked domain), then none in the asked domain nor `*`.
+    star = engine(
+        [("staff", "*", "doc", "read", "all", "allow")],
+        links=[("user:ann", "staff", "*")],
+        users={"ann": (None, False, ())},
+    )
+    assert star.decide("user:ann", "oa", "doc", "read").source == "t.csv:1"
+    assert reference_enforcer(star).enforce("user:ann", "oa", "doc", "read", "", "") is True
+    bare = engine(
+        [("staff", "oa", "doc", "read", "all", "allow")], users={"ann": (None, False, ())}
+    )
+    assert bare.decide("user:ann", "reimburse", "doc", "read").source is None

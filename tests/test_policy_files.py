@@ -11,6 +11,7 @@ import pytest
 from idhub.adapters.policy_files import load_policy_dir
 from idhub.core.authz.checks import check_policy
 from idhub.core.authz.model import DirectorySnapshot, DirectoryUser, Issue
+from idhub.core.authz.rule_table import RuleTable
 from idhub.core.authz.testing import run_policy_tests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +172,37 @@ def test_failing_policy_test_is_reported_with_its_location(policy_dir: Path) -> 
     assert len(failed) == 1
     assert str(failed[0].case.source) == f"tests/reimburse_test.yaml:{line}"
     assert "expected allow, got deny (denied by reimburse.csv:" in failed[0].detail
+
+
+def test_field_texts_seen_on_accepted_lines_are_reused_but_still_checked_per_column(
+    policy_dir: Path,
+) -> None:
+    """The loader remembers each field text of an accepted `p` line with its number: a later
+    line repeating the texts gives the same line as reading it afresh (names canonical, in
+    any spelling), and a text accepted in one column is not taken for valid in another
+    (a `user:` subject as a domain, a scope text as an effect)."""
+    line = append(
+        policy_dir / "reimburse.csv",
+        "p, user:Bob, reimburse, expense_report, read, self, allow\n"
+        "p,user:Bob,REIMBURSE,expense_report,read,self,deny\n"
+        "p, user:Bob, reimburse, expense_report, read, self, allow\n"
+        "p, user:Bob, user:Bob, expense_report, read, self, allow\n"
+        "p, user:Bob, reimburse, expense_report, read, self, self\n"
+        "p, user:Bob, reimburse, expense_report, read, dept:总部, allow\n",
+    )
+    policy, issues = load_policy_dir(policy_dir)
+    errors = [f"{i.source}: {i.message}" for i in issues if i.level == "error"]
+    assert errors == [
+        f"reimburse.csv:{line + 3}: domain 'user:bob' is not a valid name",
+        f"reimburse.csv:{line + 4}: effect must be allow or deny, not 'self'",
+        f"reimburse.csv:{line + 5}: department scope 'dept:总部' must look like "
+        "dept:/总部/华东区: department path '总部' must start with / (like /总部/华东区)",
+    ]
+    mine = [r for r in policy.rules if r.subject == "user:bob"]
+    assert [(r.domain, r.obj, r.act, str(r.scope), r.effect, r.source.line) for r in mine] == [
+        ("reimburse", "expense_report", "read", "self", "allow", line),
+        ("reimburse", "expense_report", "read", "self", "deny", line + 1),
+        ("reimburse", "expense_report", "read", "self", "allow", line + 2),
+    ]
+    # The same table as numbering the same rules one field at a time.
+    assert RuleTable.from_rules(tuple(policy.rules)).columns() == policy.rules.columns()

@@ -3,6 +3,9 @@ side uses, and the token endpoint answers it with a 503 `temporarily_unavailable
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -236,3 +239,40 @@ def test_a_driver_error_from_a_raw_connection_is_translated(sqlite_db_url: str) 
         assert type(raised.value.__cause__).__module__ == "sqlite3"
     finally:
         engine.dispose()
+
+
+RAW_PSYCOPG = """
+import sys
+from sqlalchemy import create_engine
+from idhub.adapters._storage_errors import translate_storage_errors
+from idhub.errors import SchemaNotReady
+loaded_first = "psycopg" in sys.modules
+engine = create_engine(sys.argv[1])  # loads psycopg, after the module above
+raw = engine.raw_connection()
+
+@translate_storage_errors
+def read() -> None:
+    raw.cursor().execute("SELECT 1 FROM idhub_no_such_table")
+
+try:
+    read()
+except SchemaNotReady as exc:
+    print(loaded_first, type(exc.__cause__).__module__)
+"""
+
+
+def test_a_psycopg_error_is_translated_though_psycopg_loaded_after_the_boundary(
+    pg_database: str,
+) -> None:
+    """psycopg is not imported by the error boundary (an SQLite worker never loads it), yet on
+    PostgreSQL the driver's own errors, past SQLAlchemy, still leave as idhub errors: in a
+    fresh process where psycopg is first loaded by the engine, after the boundary module."""
+    out = subprocess.run(
+        [sys.executable, "-c", RAW_PSYCOPG, pg_database],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.split() == ["False", "psycopg.errors"]

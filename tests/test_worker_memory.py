@@ -13,6 +13,8 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.core.authz.engine import Engine
@@ -34,6 +36,8 @@ from tests.conftest import REPO
 SRC_DIR = Path(__file__).resolve().parents[1] / "src"
 # What a worker that never answers SAML nor migrates must not have imported at start.
 LAZY = ("saml2", "xmlschema", "xmlsec", "lxml", "alembic")
+# Nor, one that is never provisioned by SCIM, never sees a passkey and runs on SQLite.
+LAZY_TOO = ("scim2_models", "pydantic", "webauthn", "cbor2", "psycopg")
 
 WORKER = """
 import json, os, sys
@@ -42,6 +46,12 @@ app = asgi.create()
 services = app.state.services
 services.authz.load_for_serving()
 before = [m for m in {lazy!r} if m in sys.modules]
+before_too = [m for m in {lazy_too!r} if m in sys.modules]
+# First use: SCIM discovery and a SCIM document, a passkey ceremony.
+from idhub.core.scim import discovery, resources
+schemas = [d["id"] for d in discovery.schemas("http://x/scim/v2")]
+user_doc = resources.normalise("User", {{"userName": "Zoe", "active": "True"}})
+ceremony = services.passkeys.begin_authentication(None)
 # First use: the pysaml2 server and the IdP metadata.
 idp = services.saml_idp
 server = idp.server()
@@ -52,6 +62,11 @@ print(json.dumps({{
     "server": type(server).__name__,
     "metadata": metadata.startswith("<") and "IDPSSODescriptor" in metadata,
     "allowed": services.authz.engine.check("user:alice", "oa", "notice", "read", "", "").allowed,
+    "before_too": before_too,
+    "after_too": [m for m in {lazy_too!r} if m in sys.modules],
+    "schemas": schemas,
+    "active": user_doc["active"],
+    "challenge": bool(ceremony.options.get("challenge")),
 }}))
 """
 
@@ -75,7 +90,7 @@ def run_worker(tmp_path: Path) -> dict[str, object]:
         timeout=120,
     )
     out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", WORKER.format(lazy=LAZY)],
+        [sys.executable, "-W", "ignore", "-c", WORKER.format(lazy=LAZY, lazy_too=LAZY_TOO)],
         env=env,
         cwd=tmp_path,
         check=True,
@@ -86,15 +101,37 @@ def run_worker(tmp_path: Path) -> dict[str, object]:
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """One fresh worker process for the import tests (each run costs ~10 s here)."""
+    return run_worker(tmp_path_factory.mktemp("worker"))
+
+
 def test_a_worker_imports_pysaml2_lxml_xmlsec_and_alembic_only_when_used(
-    tmp_path: Path,
+    worker: dict[str, object],
 ) -> None:
-    result = run_worker(tmp_path)
+    result = worker
     assert result["before"] == [], "imported at worker start"
     # Used for the first time, they load and work.
     assert result["server"] == "Server"
     assert result["metadata"] is True
     assert "saml2" in result["after"]  # type: ignore[operator]
+
+
+def test_a_worker_on_sqlite_imports_scim_models_webauthn_and_psycopg_only_when_used(
+    worker: dict[str, object],
+) -> None:
+    result = worker
+    assert result["before_too"] == [], "imported at worker start"
+    # Used for the first time, they load and work; psycopg is never needed on SQLite.
+    assert result["after_too"] == ["scim2_models", "pydantic", "webauthn", "cbor2"]
+    assert result["schemas"] == [
+        "urn:ietf:params:scim:schemas:core:2.0:User",
+        "urn:ietf:params:scim:schemas:core:2.0:Group",
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User",
+    ]
+    assert result["active"] is True
+    assert result["challenge"] is True
 
 
 def _engine_with_groups(users: int = 30) -> Engine:

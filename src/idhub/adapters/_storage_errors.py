@@ -4,7 +4,8 @@ the layers above never see (or import) a database library's exceptions.
 Two ways in, one rule: `translate_storage_errors` wraps one method, `storage_boundary` every
 public method of a store class (what each `Sql*Store` uses, so a method added later cannot
 forget it). Both catch SQLAlchemy's errors and the drivers' own (`sqlite3.Error`,
-`psycopg.Error`), which escape SQLAlchemy on the paths that use a raw driver connection.
+`psycopg.Error`), which escape SQLAlchemy on the paths that use a raw driver connection
+(`database_errors()`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sqlite3
+import sys
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -55,17 +57,21 @@ def _schema_problem(exc: BaseException) -> str | None:
     return None
 
 
-def _driver_errors() -> tuple[type[BaseException], ...]:
-    found: list[type[BaseException]] = [SQLAlchemyError, sqlite3.Error]
-    try:
-        import psycopg
-    except ImportError:  # an SQLite-only install
-        return tuple(found)
-    found.append(psycopg.Error)
-    return tuple(found)
+_ALWAYS = (SQLAlchemyError, sqlite3.Error)
 
 
-DATABASE_ERRORS = _driver_errors()
+def database_errors() -> tuple[type[BaseException], ...]:
+    """The exception classes a database failure can arrive as, for an `except` clause.
+
+    psycopg's are included once psycopg is loaded, and psycopg is never imported here: only a
+    process that has loaded it (SQLAlchemy does, to connect to PostgreSQL) can meet its errors,
+    and a worker on SQLite is spared its ~10 MB. So this is asked when an error is matched, not
+    fixed when this module is imported, which happens before any engine is made."""
+    psycopg = sys.modules.get("psycopg")
+    error = getattr(psycopg, "Error", None)  # None too while psycopg is still being imported
+    return _ALWAYS if error is None else (*_ALWAYS, error)
+
+
 _TRANSLATED = "__idhub_storage_boundary__"
 
 
@@ -128,7 +134,7 @@ def translate_storage_errors(method: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return method(*args, **kwargs)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise storage_error(exc, what) from exc
 
     setattr(wrapper, _TRANSLATED, True)

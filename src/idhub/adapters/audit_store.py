@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from idhub.adapters._storage_errors import DATABASE_ERRORS, storage_error
+from idhub.adapters._storage_errors import database_errors, storage_error
 from idhub.adapters.audit_pg_append import (
     PgAppender,
     chain_rows,
@@ -285,7 +285,7 @@ class SqlAuditLog:
             raise AuditError("record_in needs at least one event")
         try:
             tail = self._insert(conn, prepared)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             # The driver's own errors too: on PostgreSQL the lock and tail read go through the
             # raw psycopg connection, past SQLAlchemy's translation.
             raise _as_audit_error(exc) from exc
@@ -326,7 +326,7 @@ class SqlAuditLog:
             with self._engine.connect() as conn, conn.begin():
                 self.lock_tail(conn)
                 yield conn
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             raise AuditError("the audit log cannot be read", hint=_driver_error(exc)) from exc
 
     # ------------------------------------------------------------------ reading

@@ -12,10 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-
-import httpx
+from typing import TYPE_CHECKING
 
 from idhub.core.logout import DeliveryFailed, LogoutService
+
+if TYPE_CHECKING:
+    # httpx is imported on the first delivery: importing it loads its command line too (click,
+    # rich, Pygments), which a worker that never sends a logout should not carry.
+    import httpx
 
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 5.0
@@ -25,21 +29,28 @@ class HttpLogoutChannel:
     def __init__(
         self, *, connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT
     ) -> None:
-        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._timeouts = (read_timeout, connect_timeout)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         with self._lock:
             if self._client is None:
+                read, connect = self._timeouts
                 # No redirects: a logout token goes to the registered URI and nowhere else.
-                self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(read, connect=connect), follow_redirects=False
+                )
             return self._client
 
     def post(self, uri: str, logout_token: str) -> None:
         self.send(uri, {"logout_token": logout_token})
 
     def send(self, uri: str, fields: Mapping[str, str]) -> None:
+        import httpx
+
         try:
             response = self._http().post(
                 uri,

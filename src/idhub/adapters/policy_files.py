@@ -119,6 +119,23 @@ def _subject_ok(value: str) -> bool:
     return bool(NAME_RE.match(value))
 
 
+def _remember(
+    fields: list[str],
+    rules: RuleTableBuilder,
+    subjects: dict[str, int],
+    names: dict[str, int],
+    scopes: dict[str, int],
+    effects: dict[str, bool],
+) -> None:
+    """After `rules` accepted the `p` line `fields` (so every field is valid): each field
+    text as written, with the number the builder gave its canonical value."""
+    table = rules.last_line()
+    subjects[fields[1]] = table[0]
+    names[fields[2]], names[fields[3]], names[fields[4]] = table[1], table[2], table[3]
+    scopes[fields[5]] = table[4]
+    effects[fields[6]] = table[5] == 1
+
+
 def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: list[Link]) -> None:
     rel = path.relative_to(reader.root).as_posix()
     text = reader.read(path)
@@ -160,6 +177,15 @@ def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: 
             return True
         return False
 
+    # Each field text as written (spaces and case included) once its line was accepted: its
+    # number in the builder's tables, so the next line repeating it is a few dict lookups and
+    # one append, not a canonicalisation, a validity check and a table lookup per field.
+    known_subjects: dict[str, int] = {}
+    known_names: dict[str, int] = {}
+    known_scopes: dict[str, int] = {}
+    known_effects: dict[str, bool] = {}
+    file_number = rules.file_number(rel)
+    add_numbers = rules.add_numbers
     add_rule = rules.add
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -169,6 +195,21 @@ def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: 
         kind = fields[0].strip()
         # Names are matched in their canonical spelling (core/identifiers.py); scopes and
         # effects are parsed from the text as written.
+        if kind == "p" and len(fields) == 7:
+            sub_id = known_subjects.get(fields[1])
+            dom_id, obj_id = known_names.get(fields[2]), known_names.get(fields[3])
+            act_id, scope_id = known_names.get(fields[4]), known_scopes.get(fields[5])
+            deny = known_effects.get(fields[6])
+            if (
+                sub_id is not None
+                and dom_id is not None
+                and obj_id is not None
+                and act_id is not None
+                and scope_id is not None
+                and deny is not None
+            ):
+                add_numbers(sub_id, dom_id, obj_id, act_id, scope_id, deny, file_number, number)
+                continue
         if kind == "p":
             if len(fields) != 7:
                 reader.error(
@@ -191,6 +232,7 @@ def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: 
                 and effect in ("allow", "deny")
             ):
                 add_rule(subject, domain, obj, act, scope, effect == "deny", rel, number)
+                _remember(fields, rules, known_subjects, known_names, known_scopes, known_effects)
                 continue
             problems = []
             if not subject_ok(subject):
@@ -214,6 +256,7 @@ def _read_csv(reader: PolicyReader, path: Path, rules: RuleTableBuilder, links: 
                 continue
             assert scope is not None
             add_rule(subject, domain, obj, act, scope, effect == "deny", rel, number)
+            _remember(fields, rules, known_subjects, known_names, known_scopes, known_effects)
         elif kind == "g":
             if len(fields) != 4:
                 reader.error(

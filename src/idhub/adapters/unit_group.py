@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, RootTransaction
 
-from idhub.adapters._storage_errors import DATABASE_ERRORS, storage_error
+from idhub.adapters._storage_errors import database_errors, storage_error
 from idhub.core.audit import PendingEvent
 from idhub.errors import AuditError, IdhubError
 
@@ -159,7 +159,7 @@ class UnitGroups:
                     group.tx.rollback()
                 group.tx = group.conn.begin()
                 self._lock_sqlite(group.conn)
-        except DATABASE_ERRORS as exc:
+        except database_errors() as exc:
             group.broken = storage_error(exc, "unit of work")
             group.broken.__cause__ = exc
 
@@ -219,18 +219,18 @@ class UnitGroups:
                     group.tx.commit()
             except AuditError as exc:
                 error = exc
-            except DATABASE_ERRORS as exc:
+            except database_errors() as exc:
                 error = storage_error(exc, "unit of work")
                 error.__cause__ = exc
             except BaseException as exc:  # every member must learn the outcome, whatever it was
                 error = AuditError("the transaction was interrupted, so nothing was done")
                 error.__cause__ = exc
             if error is not None and group.tx.is_active:
-                with contextlib.suppress(*DATABASE_ERRORS):
+                with contextlib.suppress(*database_errors()):
                     group.tx.rollback()
         finally:
             try:
-                with contextlib.suppress(*DATABASE_ERRORS):
+                with contextlib.suppress(*database_errors()):
                     group.conn.close()
             finally:
                 group.serial.__exit__(None, None, None)

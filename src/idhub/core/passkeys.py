@@ -17,22 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    options_to_json,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AuthenticatorSelectionCriteria,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
-
 from idhub.core.audit import Actor, Auditor, EventType, RequestContext
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
@@ -43,6 +27,9 @@ from idhub.core.transactions import UnitOfWork
 CHALLENGE_TTL = 120.0
 MAX_NAME = 100
 MAX_RESPONSE = 64 * 1024
+# webauthn (with cbor2, ~14 MB) is imported inside the methods that run a ceremony: every
+# sign-in front imports this module through `core/signin`, but a worker whose users never use
+# a passkey should not carry it.
 
 
 class PasskeyStore(Protocol):
@@ -118,6 +105,15 @@ class Passkeys:
     # ------------------------------------------------------------------ registration
 
     def begin_registration(self, user: User) -> Ceremony:
+        from webauthn import generate_registration_options
+        from webauthn.helpers import base64url_to_bytes
+        from webauthn.helpers.structs import (
+            AuthenticatorSelectionCriteria,
+            PublicKeyCredentialDescriptor,
+            ResidentKeyRequirement,
+            UserVerificationRequirement,
+        )
+
         existing = self._store.passkeys(user.id)
         options = generate_registration_options(
             rp_id=self.rp_id,
@@ -139,6 +135,10 @@ class Passkeys:
     def finish_registration(
         self, user: User, handle: str, response: str, *, name: str, ctx: RequestContext | None
     ) -> bool:
+        from webauthn import verify_registration_response
+        from webauthn.helpers import base64url_to_bytes, bytes_to_base64url
+        from webauthn.helpers.exceptions import WebAuthnException
+
         taken = self._take(handle, "register")
         if taken is None or taken[0] != user.id or len(response) > MAX_RESPONSE:
             self._failed(user.sub, "expired_challenge", ctx, ceremony="register")
@@ -187,6 +187,13 @@ class Passkeys:
     def begin_authentication(self, user_id: int | None) -> Ceremony:
         """For one person (second factor: their credentials are listed) or for whoever the
         authenticator holds a passkey for (passwordless: user verification required)."""
+        from webauthn import generate_authentication_options
+        from webauthn.helpers import base64url_to_bytes
+        from webauthn.helpers.structs import (
+            PublicKeyCredentialDescriptor,
+            UserVerificationRequirement,
+        )
+
         allow = (
             [
                 PublicKeyCredentialDescriptor(id=base64url_to_bytes(p.credential_id))
@@ -212,6 +219,10 @@ class Passkeys:
     ) -> PasskeyUse | None:
         """The person the authenticator proved, or None. For a second factor `user_id` is the
         person who passed the password, and the credential must be theirs."""
+        from webauthn import verify_authentication_response
+        from webauthn.helpers import base64url_to_bytes
+        from webauthn.helpers.exceptions import WebAuthnException
+
         purpose = "second_factor" if user_id is not None else "passwordless"
         taken = self._take(handle, purpose)
         if taken is None or taken[0] != user_id or len(response) > MAX_RESPONSE:
@@ -242,6 +253,9 @@ class Passkeys:
     # ------------------------------------------------------------------ helpers
 
     def _ceremony(self, purpose: str, user_id: int | None, options: Any) -> Ceremony:
+        from webauthn import options_to_json
+        from webauthn.helpers import bytes_to_base64url
+
         handle = new_token(24)
         self._store.save_challenge(
             sha256_hex(handle),

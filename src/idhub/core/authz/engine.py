@@ -30,6 +30,7 @@ from idhub.core.authz.data_scopes import ScopeSet, build_scope_set
 from idhub.core.authz.model import (
     ANY,
     MAX_ROLE_DEPTH,
+    USER_PREFIX,
     DirectorySnapshot,
     Link,
     PolicySet,
@@ -52,6 +53,7 @@ from idhub.core.identifiers import (
 )
 
 _EMPTY: tuple[str, ...] = ()
+_USER_PREFIX_LEN = len(USER_PREFIX)
 
 
 class Decision:
@@ -109,6 +111,10 @@ class Decision:
 
     def __repr__(self) -> str:
         return f"Decision(allowed={self.allowed!r}, rule={self.rule!r})"
+
+
+# What `decide` answers when no line matched: nothing in it is ever changed, so one serves all.
+_NO_MATCH = Decision(False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,30 +449,48 @@ class Engine:
     def decide(
         self, subject: str, domain: str, obj: str, act: str, owner: str = "", dept: str = ""
     ) -> Decision:
-        """The decision on a request whose every argument is canonical."""
-        username = username_of(subject)
-        keys = ((obj, act), (obj, ANY), (ANY, act), (ANY, ANY))
-        allow = -1
+        """The decision on a request whose every argument is canonical.
+
+        The hot path of the decision API. At a million lines a request still looks at ~3
+        subjects, ~2 buckets and ~1 line, so what it costs is the fixed work around them:
+        nothing is built per call that the answer does not need (no list of subjects, no
+        generator of domains, the three keys with a `*` only for a bucket that has such
+        lines, one shared "nothing matched" answer)."""
+        username = subject[_USER_PREFIX_LEN:] if subject.startswith(USER_PREFIX) else None
+        per_subject = self._subject_roles.get(domain)
+        roles = per_subject.get(subject) if per_subject is not None else None
+        if roles is None:
+            roles = self.roles_of(subject, domain)
+        by_domain = self._by_domain
+        exact, star = by_domain.get(domain), by_domain.get(ANY)
+        if exact is None:
+            if star is None:
+                return _NO_MATCH
+            domains: tuple[dict[str, tuple[dict[tuple[str, str], int], bool]], ...] = (star,)
+        else:
+            domains = (exact,) if star is None else (exact, star)
         table = self._table
         scopes, scope_col, deny_col, following = table.scopes, table.scope, table.deny, self._next
         everywhere = self._scope_all
-        # The subject's own lines first, then its roles' (the order `_subjects` gives).
-        subjects: list[tuple[str, tuple[str, ...]]] = [
-            (subject, self.anchors(subject, domain, subject))
-        ]
-        subjects.extend(self.roles_of(subject, domain).items())
-        by_domain = self._by_domain
-        exact, star = by_domain.get(domain), by_domain.get(ANY)
-        domains = tuple(d for d in (exact, star) if d is not None)
-        exact_only = keys[:1]
-        for name, anchors in subjects:
+        key = (obj, act)
+        only = (key,)
+        wild_keys: tuple[tuple[str, str], ...] | None = None
+        allow = -1
+        # The subject's own lines first (relative to the user's home department), then its
+        # roles' (the order `_subjects` gives); for each, the exact domain's bucket, then `*`'s.
+        home = self._homes.get(username) if username is not None else None
+        name, anchors = subject, ((home,) if home else _EMPTY)
+        others = iter(roles.items())
+        while True:
             for per_domain in domains:
                 found = per_domain.get(name)
                 if found is None:
                     continue
                 bucket, wild = found
-                for key in keys if wild else exact_only:
-                    i = bucket.get(key, -1)
+                if wild and wild_keys is None:
+                    wild_keys = (key, (obj, ANY), (ANY, act), (ANY, ANY))
+                for k in wild_keys if wild else only:  # type: ignore[union-attr]
+                    i = bucket.get(k, -1)
                     while i >= 0:
                         sc = scope_col[i]
                         if everywhere[sc] or scope_matches(
@@ -477,7 +501,11 @@ class Engine:
                             if allow < 0:
                                 allow = i
                         i = following[i]
-        return Decision(allow >= 0, table=table, line=allow)
+            step = next(others, None)
+            if step is None:
+                break
+            name, anchors = step
+        return Decision(True, table=table, line=allow) if allow >= 0 else _NO_MATCH
 
     def owner_deny(self, subject: str, domain: str, obj: str, act: str, owner: str) -> Rule | None:
         """The deny on the user's own records (a `self` line) that would apply to canonical

@@ -202,20 +202,62 @@ class RuleTableBuilder:
         file: str,
         line: int,
     ) -> None:
-        names = self._names
-        number = self._number
+        self.add_numbers(
+            self.subject_number(subject),
+            self.name_number(domain),
+            self.name_number(obj),
+            self.name_number(act),
+            self.scope_number(scope),
+            deny,
+            self.file_number(file),
+            line,
+        )
+
+    # The numbers of names, so a reader that has seen a field before (the same text on
+    # another line) adds the line without looking its names up again (`add_numbers`).
+
+    def subject_number(self, subject: str) -> int:
+        return self._number(self._subjects, subject)
+
+    def name_number(self, name: str) -> int:
+        """Of a domain, resource type or action (one table for the three)."""
+        return self._number(self._names, name)
+
+    def scope_number(self, scope: Scope) -> int:
         scope_id = self._scopes.get(scope)
         if scope_id is None:
             scope_id = self._scopes[scope] = len(self._scopes)
+        return scope_id
+
+    def file_number(self, file: str) -> int:
+        return self._number(self._files, file)
+
+    def add_numbers(
+        self,
+        subject: int,
+        domain: int,
+        obj: int,
+        act: int,
+        scope: int,
+        deny: bool,
+        file: int,
+        line: int,
+    ) -> None:
+        """A line whose names are numbers this builder gave (`subject_number`, ...)."""
         c = self._columns
-        c[0].append(number(self._subjects, subject))
-        c[1].append(number(names, domain))
-        c[2].append(number(names, obj))
-        c[3].append(number(names, act))
-        c[4].append(scope_id)
+        c[0].append(subject)
+        c[1].append(domain)
+        c[2].append(obj)
+        c[3].append(act)
+        c[4].append(scope)
         c[5].append(1 if deny else 0)
-        c[6].append(number(self._files, file))
+        c[6].append(file)
         c[7].append(line)
+
+    def last_line(self) -> tuple[int, ...]:
+        """The numbers of the line added last (subject, domain, type, action, scope, deny,
+        file, line)."""
+        return tuple(column[-1] for column in self._columns)
 
     def build(self, *, canonical: bool = False) -> RuleTable:
         return RuleTable(

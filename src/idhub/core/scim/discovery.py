@@ -5,24 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from scim2_models import (
-    AuthenticationScheme,
-    Bulk,
-    ChangePassword,
-    EnterpriseUser,
-    ETag,
-    Filter,
-    Group,
-    Patch,
-    ResourceType,
-    ServiceProviderConfig,
-    Sort,
-    User,
-)
-
 from idhub.core.scim.errors import not_found
 from idhub.core.scim.query import MAX_RESULTS
-from idhub.core.scim.resources import LIST_SCHEMA, FullUser
+from idhub.core.scim.resources import LIST_SCHEMA, shapes
+
+# scim2-models is imported in each function, on the first discovery request: a worker never
+# asked for SCIM discovery does not load it (nor pydantic) at start.
 
 
 def _meta(base: str, kind: str, name: str) -> dict[str, Any]:
@@ -30,6 +18,17 @@ def _meta(base: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def service_provider_config(base: str) -> dict[str, Any]:
+    from scim2_models import (
+        AuthenticationScheme,
+        Bulk,
+        ChangePassword,
+        ETag,
+        Filter,
+        Patch,
+        ServiceProviderConfig,
+        Sort,
+    )
+
     config = ServiceProviderConfig(
         patch=Patch(supported=True),
         bulk=Bulk(supported=False, max_operations=0, max_payload_size=0),
@@ -55,8 +54,10 @@ def service_provider_config(base: str) -> dict[str, Any]:
 
 
 def resource_types(base: str) -> list[dict[str, Any]]:
+    from scim2_models import ResourceType
+
     out = []
-    for model in (FullUser, Group):
+    for model in shapes():
         doc: dict[str, Any] = ResourceType.from_resource(model).model_dump()
         doc["meta"] = {
             "resourceType": "ResourceType",
@@ -67,6 +68,8 @@ def resource_types(base: str) -> list[dict[str, Any]]:
 
 
 def schemas(base: str) -> list[dict[str, Any]]:
+    from scim2_models import EnterpriseUser, Group, User
+
     out = []
     for model in (User, Group, EnterpriseUser):
         doc: dict[str, Any] = model.to_schema().model_dump()

@@ -3,13 +3,11 @@ normalised; what idhub serves back (id, meta, ETag); and the idhub identity a us
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
-
-import pydantic
-from scim2_models import EnterpriseUser, Group, User
 
 from idhub.core.identifiers import canonical_name
 from idhub.core.scim.errors import invalid_syntax, invalid_value
@@ -23,7 +21,16 @@ LIST_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:ListResponse"
 PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 _SERVER_OWNED = ("id", "meta")
 _BOOLEANS = ("active", "primary")
-FullUser = User[EnterpriseUser]
+
+
+@functools.cache
+def shapes() -> tuple[Any, Any]:
+    """The scim2-models shapes (full User with the enterprise extension, Group). Imported on
+    the first SCIM document, not at start: scim2-models and pydantic under it are ~16 MB a
+    server worker that is never provisioned by SCIM would otherwise carry."""
+    from scim2_models import EnterpriseUser, Group, User
+
+    return User[EnterpriseUser], Group
 
 
 def _fix_booleans(value: Any) -> Any:
@@ -77,7 +84,10 @@ def normalise(kind: str, payload: Any) -> dict[str, Any]:
         raise invalid_syntax("the request body must be a JSON object")
     _check_text(payload)
     doc = _fix_booleans({k: v for k, v in payload.items() if k.lower() not in _SERVER_OWNED})
-    model: Any = FullUser if kind == "User" else Group
+    import pydantic  # loaded by `shapes()` already: this only names it here
+
+    full_user, group = shapes()
+    model: Any = full_user if kind == "User" else group
     if kind == "User":
         _fix_manager(doc)
     try:
