@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from idhub.adapters.database import apply_migrations, create_db_engine
-from idhub.adapters.db import metadata
 from idhub.bootstrap import Services
 from idhub.config import DatabaseSettings, Settings, load_settings
+from tests.db_reset import empty_postgres
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -71,11 +72,12 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
-def _truncate_postgres(url: str) -> None:
-    engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+@pytest.fixture(scope="session")
+def pg_reset_engine(pg_database: str) -> Iterator[Engine]:
+    """Empties the session database before each PostgreSQL test. No pooling: between tests
+    nothing of the suite's own stays connected, as tests counting connections expect."""
+    engine = create_engine(pg_database, poolclass=NullPool)
+    yield engine
     engine.dispose()
 
 
@@ -85,7 +87,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url_for(request, tmp_path)
     url: str = request.getfixturevalue("pg_database")
-    _truncate_postgres(url)
+    empty_postgres(request.getfixturevalue("pg_reset_engine"))
     return url
 
 
