@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
@@ -26,6 +26,10 @@ from idhub.adapters.database import apply_migrations, create_db_engine
 from idhub.bootstrap import Services
 from idhub.config import DatabaseSettings, Settings, load_settings
 from tests.db_reset import empty_postgres
+
+if TYPE_CHECKING:
+    from tests.dingtalk_fake import DingTalkFake
+    from tests.wecom_fake import WeComFake
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -347,6 +351,26 @@ def make_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     yield factory
     for server in made:
         server.destroy()
+
+
+# ------------------------------------------------------------ DingTalk and WeCom fakes
+
+
+@pytest.fixture
+def dingtalk() -> Iterator[DingTalkFake]:
+    """The DingTalk fake with sign-in set up (tests/upstream_support.py), for this test only:
+    tests script its answers and count its calls."""
+    from tests.upstream_support import running_dingtalk
+
+    yield from running_dingtalk()
+
+
+@pytest.fixture
+def wecom() -> Iterator[WeComFake]:
+    """The WeCom fake, people distinct from the DingTalk fake's (tests/upstream_support.py)."""
+    from tests.upstream_support import running_wecom
+
+    yield from running_wecom()
 
 
 # ------------------------------------------------------------ audit: never in the log
