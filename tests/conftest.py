@@ -3,6 +3,7 @@ services, the app served by a real uvicorn on a free port, and the CLI run in-pr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import secrets
@@ -14,16 +15,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import uvicorn
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
 
 from idhub.adapters.database import apply_migrations, create_db_engine
-from idhub.adapters.db import metadata
 from idhub.bootstrap import Services
 from idhub.config import DatabaseSettings, Settings, load_settings
+from tests.db_reset import empty_postgres
+
+if TYPE_CHECKING:
+    from tests.dingtalk_fake import DingTalkFake
+    from tests.wecom_fake import WeComFake
 
 REPO = Path(__file__).resolve().parents[1]
 PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -71,11 +77,12 @@ def pg_database() -> Iterator[str]:
     admin.dispose()
 
 
-def _truncate_postgres(url: str) -> None:
-    engine = create_engine(url)
-    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+@pytest.fixture(scope="session")
+def pg_reset_engine(pg_database: str) -> Iterator[Engine]:
+    """Empties the session database before each PostgreSQL test. No pooling: between tests
+    nothing of the suite's own stays connected, as tests counting connections expect."""
+    engine = create_engine(pg_database, poolclass=NullPool)
+    yield engine
     engine.dispose()
 
 
@@ -85,7 +92,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return sqlite_url_for(request, tmp_path)
     url: str = request.getfixturevalue("pg_database")
-    _truncate_postgres(url)
+    empty_postgres(request.getfixturevalue("pg_reset_engine"))
     return url
 
 
@@ -166,8 +173,54 @@ class LiveServer:
 
 
 class _ThreadedServer(uvicorn.Server):
+    """uvicorn in a thread. Its main loop looks at `should_exit` every 0.1 s and its shutdown
+    first sleeps 0.1 s; `stop` wakes the loop, and the shutdown ends as soon as no connection
+    is left (hundreds of servers a run, each paid ~0.15 s)."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+
     def install_signal_handlers(self) -> None:  # the test runner owns signals
         pass
+
+    async def main_loop(self) -> None:
+        # uvicorn's own loop (a tick every 0.1 s keeps the Date header fresh and checks
+        # should_exit), with a wake-up that ends the wait early.
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's first steps (stop listening, ask each connection to finish: an idle
+        # keep-alive one closes, a busy one after its response), then it sleeps 0.1 s and
+        # waits in 0.1 s steps. Here the same wait, looking every 5 ms; whatever is still
+        # open after 0.1 s goes through uvicorn's own shutdown and its grace period.
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        state = self.server_state
+        deadline = time.monotonic() + 0.1
+        while (state.connections or state.tasks) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        if state.connections or state.tasks or self.force_exit:
+            await super().shutdown(sockets)
+            return
+        for server in self.servers:
+            await server.wait_closed()
+        await self.lifespan.shutdown()
+
+    def stop(self) -> None:
+        """From another thread: exit now (before the main loop runs, its first tick sees it)."""
+        self.should_exit = True
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: it has ended
+                self._loop.call_soon_threadsafe(self._wake.set)
 
 
 @contextlib.contextmanager
@@ -193,11 +246,11 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("test server did not start")
-        time.sleep(0.02)
+        time.sleep(0.005)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=10)
 
 
@@ -321,6 +374,26 @@ def make_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..
     yield factory
     for server in made:
         server.destroy()
+
+
+# ------------------------------------------------------------ DingTalk and WeCom fakes
+
+
+@pytest.fixture
+def dingtalk() -> Iterator[DingTalkFake]:
+    """The DingTalk fake with sign-in set up (tests/upstream_support.py), for this test only:
+    tests script its answers and count its calls."""
+    from tests.upstream_support import running_dingtalk
+
+    yield from running_dingtalk()
+
+
+@pytest.fixture
+def wecom() -> Iterator[WeComFake]:
+    """The WeCom fake, people distinct from the DingTalk fake's (tests/upstream_support.py)."""
+    from tests.upstream_support import running_wecom
+
+    yield from running_wecom()
 
 
 # ------------------------------------------------------------ audit: never in the log

@@ -40,7 +40,7 @@ from tests.conftest import free_port, serve
 from tests.dingtalk_fake import DingTalkFake
 from tests.saml_sp import running_sp
 from tests.sso_support import csrf_token, events, login
-from tests.upstream_support import DINGTALK, ENV, running_dingtalk, running_wecom, sources_toml
+from tests.upstream_support import DINGTALK, ENV, sources_toml
 from tests.wecom_fake import WeComFake
 
 pytestmark = pytest.mark.filterwarnings("ignore:The httpx module is deprecated")
@@ -136,16 +136,6 @@ class Served:
     url: str
     services: Services
     clock: FrozenClock
-
-
-@pytest.fixture
-def dingtalk() -> Iterator[DingTalkFake]:
-    yield from running_dingtalk()
-
-
-@pytest.fixture
-def wecom() -> Iterator[WeComFake]:
-    yield from running_wecom()
 
 
 @pytest.fixture

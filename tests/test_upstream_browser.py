@@ -5,7 +5,7 @@ code; the tokens name the upstream method in `amr`. Never downloads a browser.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,6 @@ from tests.upstream_support import (
     Corp,
     make_corp,
     no_codes_logged,
-    running_dingtalk,
-    running_wecom,
     synced,
 )
 from tests.wecom_fake import WeComFake
@@ -40,16 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-
-
-@pytest.fixture
-def dingtalk() -> Iterator[DingTalkFake]:
-    yield from running_dingtalk()
-
-
-@pytest.fixture
-def wecom() -> Iterator[WeComFake]:
-    yield from running_wecom()
 
 
 @pytest.fixture

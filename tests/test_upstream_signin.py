@@ -8,7 +8,7 @@ the platform down), each a clear page and an audited `login.failed`, never a 500
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,24 +33,12 @@ from tests.upstream_support import (
     make_corp,
     no_codes_logged,
     redeem,
-    running_dingtalk,
-    running_wecom,
     sign_in_via,
     synced,
 )
 from tests.wecom_fake import AGENT_ID, CORP_ID, WeComFake
 
 pytestmark = pytest.mark.filterwarnings("ignore:The httpx module is deprecated")
-
-
-@pytest.fixture
-def dingtalk() -> Iterator[DingTalkFake]:
-    yield from running_dingtalk()
-
-
-@pytest.fixture
-def wecom() -> Iterator[WeComFake]:
-    yield from running_wecom()
 
 
 @pytest.fixture
