@@ -23,11 +23,7 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import DATABASE_ERRORS, storage_error
-from idhub.adapters.audit_pg_append import (
-    PgAppender,
-    chain_rows,
-    lock_and_read_tail,
-)
+from idhub.adapters.audit_pg_append import append_committed, chain_rows, lock_and_read_tail
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import sqlite_append, sqlite_tail
 from idhub.adapters.db import audit_anchor, audit_events
@@ -106,7 +102,6 @@ class SqlAuditLog:
         # with the seconds each durable write took: the metrics adapter counts from these.
         self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.write_timers: list[Callable[[float], None]] = []
-        self._pg_append = PgAppender(COLUMNS)
 
     # ------------------------------------------------------------------ writing
 
@@ -240,13 +235,13 @@ class SqlAuditLog:
             driver = conn.connection.driver_connection
             try:
                 if self._pg:
-                    self._pg_append.append(driver, events)
+                    append_committed(driver, events)
                 else:
                     sqlite_append(driver, self._insert_sql, events)
             except BaseException:
                 if self._pg:
-                    # Half a pipeline may be on the wire: tell the pool this connection is in
-                    # an unknown state, so it is replaced rather than reused.
+                    # The statement may be half on the wire and the connection is left in
+                    # autocommit: tell the pool its state is unknown, so it is replaced.
                     conn.invalidate()
                 raise
 
@@ -275,8 +270,8 @@ class SqlAuditLog:
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> tuple[int, str]:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving, units of
-        work). Returns the (seq, hash) it appended last, for `note_tail` once committed.
-        Raises `AuditError`; the caller's transaction must then roll back."""
+        work). Returns the (seq, hash) it appended last. Raises `AuditError`; the caller's
+        transaction must then roll back."""
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
@@ -291,13 +286,6 @@ class SqlAuditLog:
             raise _as_audit_error(exc) from exc
         self._observe(prepared)
         return tail
-
-    def note_tail(self, tail: tuple[int, str]) -> None:
-        """A transaction that appended with `record_in` committed: the next group commit on
-        PostgreSQL can take its one-round-trip path after that tail (the guard in
-        `audit_pg_append` keeps a stale hint harmless: it falls back to reading the tail)."""
-        if self._pg:
-            self._pg_append.remember(tail)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns
