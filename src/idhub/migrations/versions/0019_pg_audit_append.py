@@ -1,8 +1,9 @@
 """PostgreSQL: `idhub_audit_append`, a server-side append of a batch of audit events, so an
 append is one round trip whatever other writers did since (adapters/audit_pg_append.py)
 
-The client still builds every event's canonical form (everything after `seq`, the "tail");
-the function takes the chain lock, reads the tail of the chain, and links the batch behind it
+The client still builds every event's canonical form (everything after `seq`, the "tail")
+and sends the batch as one JSON array of [columns..., tail] per event; the function takes the
+chain lock, reads the tail of the chain, and links the batch behind it
 with the same hash as `core/audit_chain.py`: SHA-256 of the previous hash's ASCII followed by
 the UTF-8 of `[seq,` + tail. The canonical form does not change; the verifier checks rows
 written here like any other. SQLite needs nothing: its appends are local calls.
@@ -26,13 +27,10 @@ depends_on = None
 # server, so all of them queue on the same lock. A migration is a snapshot: the number is
 # written out, and a test checks it against the adapter's constant.
 _CREATE = """
-CREATE FUNCTION idhub_audit_append(
-    p_ts double precision[], p_event_type text[], p_actor_type text[], p_actor_id text[],
-    p_target text[], p_outcome text[], p_client_ip text[], p_user_agent text[],
-    p_request_id text[], p_details text[], p_tail text[],
-    OUT last_seq bigint, OUT last_hash text
-) LANGUAGE plpgsql AS $$
+CREATE FUNCTION idhub_audit_append(p_events json, OUT last_seq bigint, OUT last_hash text)
+LANGUAGE plpgsql AS $$
 DECLARE
+    v_event json;
     v_hash text;
 BEGIN
     -- Held until the transaction ends (after its commit is flushed), so the next appender
@@ -48,26 +46,29 @@ BEGIN
             last_hash := repeat('0', 64);
         END IF;
     END IF;
-    FOR i IN 1 .. coalesce(array_length(p_tail, 1), 0) LOOP
+    -- Each event: [ts, event_type, actor_type, actor_id, target, outcome, client_ip,
+    -- user_agent, request_id, details, canonical tail]; ts keeps its shortest round-trip
+    -- decimal, so the double stored is the client's.
+    FOR v_event IN
+        SELECT e FROM json_array_elements(p_events) WITH ORDINALITY AS t(e, n) ORDER BY n
+    LOOP
         last_seq := last_seq + 1;
         v_hash := encode(
-            sha256(convert_to(last_hash || '[' || last_seq::text || ',' || p_tail[i], 'UTF8')),
+            sha256(convert_to(last_hash || '[' || last_seq::text || ',' || (v_event->>10),
+                              'UTF8')),
             'hex');
         INSERT INTO audit_events (seq, ts, event_type, actor_type, actor_id, target, outcome,
                                   client_ip, user_agent, request_id, details, prev_hash, hash)
-        VALUES (last_seq, p_ts[i], p_event_type[i], p_actor_type[i], p_actor_id[i],
-                p_target[i], p_outcome[i], p_client_ip[i], p_user_agent[i], p_request_id[i],
-                p_details[i], last_hash, v_hash);
+        VALUES (last_seq, (v_event->>0)::double precision, v_event->>1, v_event->>2,
+                v_event->>3, v_event->>4, v_event->>5, v_event->>6, v_event->>7, v_event->>8,
+                v_event->>9, last_hash, v_hash);
         last_hash := v_hash;
     END LOOP;
 END
 $$
 """
 
-_DROP = (
-    "DROP FUNCTION idhub_audit_append(double precision[], text[], text[], text[], text[], "
-    "text[], text[], text[], text[], text[], text[])"
-)
+_DROP = "DROP FUNCTION idhub_audit_append(json)"
 
 
 def upgrade() -> None:
