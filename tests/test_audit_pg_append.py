@@ -6,6 +6,7 @@ databases (SQLite's append hashes in Python: the same events must verify on eith
 from __future__ import annotations
 
 import select
+import signal
 import socket
 import threading
 import time
@@ -221,3 +222,57 @@ def test_an_append_whose_backend_dies_writes_nothing_and_the_next_one_works(
     finally:
         engine.dispose()
         admin.dispose()
+
+
+class _Interrupted(BaseException):
+    """What a signal handler raises in the main thread, as KeyboardInterrupt would."""
+
+
+def test_a_caller_interrupted_while_queued_leaves_the_queue_and_the_others_finish(
+    services: Services,
+) -> None:
+    """The main thread queues behind a batch in flight and is interrupted there: its event
+    is not written later behind its back, and the caller queued after it still gets its
+    event written and its answer (the queue is not left waiting for it)."""
+    log = SqlAuditLog(services.engine, SystemClock())
+    gate, writing = threading.Event(), threading.Event()
+    real_write = log._write
+
+    def held_write(events: Any) -> None:
+        writing.set()
+        gate.wait(10)
+        real_write(events)
+
+    log._write = held_write  # type: ignore[method-assign]
+    count = log.count()
+    leader = threading.Thread(
+        target=log.record, args=(EventType.SYNC_RUN,), kwargs={"actor": Actor.system("lead")}
+    )
+    leader.start()
+    assert writing.wait(10)
+    behind = threading.Thread(
+        target=lambda: (
+            time.sleep(0.3),  # queued after the main thread
+            log.record(EventType.SYNC_RUN, actor=Actor.system("behind")),
+        )
+    )
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    main = threading.get_ident()
+    threading.Timer(0.6, lambda: signal.pthread_kill(main, signal.SIGUSR1)).start()
+    threading.Timer(0.9, gate.set).start()
+    behind.start()
+    try:
+        with pytest.raises(_Interrupted):
+            log.record(EventType.SYNC_RUN, actor=Actor.system("interrupted"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    leader.join(10)
+    behind.join(10)
+    assert not leader.is_alive() and not behind.is_alive()
+    actors = [e.actor_id for e in log.search(newest_first=False)][count:]
+    assert sorted(actors) == ["behind", "lead"]
+    assert log.verify().ok

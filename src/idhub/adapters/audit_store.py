@@ -68,12 +68,18 @@ class _Prepared:
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "events")
+    """One caller of `_append`. It sleeps on its own lock, which a leader releases exactly
+    once: when its events are written (`done`), or to hand it the lead (`lead`)."""
+
+    __slots__ = ("done", "error", "events", "lead", "wake")
 
     def __init__(self, events: list[_Prepared]) -> None:
         self.events = events
         self.done = False
+        self.lead = False
         self.error: BaseException | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class SqlAuditLog:
         # Built from constants only; a pre-built driver statement keeps `record` cheap.
         columns, marks = ", ".join(COLUMNS), ", ".join([mark] * len(COLUMNS))
         self._insert_sql = f"INSERT INTO audit_events ({columns}) VALUES ({marks})"  # noqa: S608
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
@@ -176,16 +182,21 @@ class SqlAuditLog:
         return _Prepared(values, tail, scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
+        # Each follower is woken once, by the leader that wrote its events, and the lead
+        # passes to one queued caller: waking every waiter after every batch (a condition's
+        # notify_all) cost each queued caller a wake-up and a GIL hand-over per batch.
         me = _Waiter(events)
-        with self._cond:
+        with self._mutex:
             self._queue.append(me)
-            while self._writing and not me.done:
-                self._cond.wait()
+            me.lead = not self._writing
+            self._writing = True
+        if not me.lead:
+            self._follow(me)
             if me.done:
                 if me.error is not None:
                     raise _as_audit_error(me.error)
                 return
-            self._writing = True
+        with self._mutex:
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
@@ -195,14 +206,41 @@ class SqlAuditLog:
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
             error = exc
         finally:
-            with self._cond:
+            with self._mutex:
                 for waiter in batch:
                     waiter.done, waiter.error = True, error
-                self._writing = False
-                self._cond.notify_all()
+                successor = self._pass_lead()
+            for waiter in batch:
+                if waiter is not me:
+                    waiter.wake.release()
+            if successor is not None:
+                successor.wake.release()
         if error is not None:
             raise _as_audit_error(error)
         self.notify_listeners()
+
+    def _pass_lead(self) -> _Waiter | None:
+        """Under the mutex: the queued caller that writes the next batch, or none queued."""
+        if not self._queue:
+            self._writing = False
+            return None
+        successor = self._queue[0]
+        successor.lead = True
+        return successor
+
+    def _follow(self, me: _Waiter) -> None:
+        try:
+            me.wake.acquire()
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread): leave the queue, and pass
+            # on the lead if it was handed here, or the callers behind would wait forever.
+            with self._mutex:
+                if me in self._queue:
+                    self._queue.remove(me)
+                successor = self._pass_lead() if me.lead and not me.done else None
+            if successor is not None:
+                successor.wake.release()
+            raise
 
     def notify_listeners(self) -> None:
         """Tells the sinks new events are committed (also called by the unit of work)."""
