@@ -23,11 +23,7 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import database_errors, storage_error
-from idhub.adapters.audit_pg_append import (
-    PgAppender,
-    chain_rows,
-    lock_and_read_tail,
-)
+from idhub.adapters.audit_pg_append import append_committed, chain_rows, lock_and_read_tail
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import sqlite_append, sqlite_tail
 from idhub.adapters.db import audit_anchor, audit_events
@@ -72,12 +68,18 @@ class _Prepared:
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "events")
+    """One caller of `_append`. It sleeps on its own lock, which a leader releases exactly
+    once: when its events are written (`done`), or to hand it the lead (`lead`)."""
+
+    __slots__ = ("done", "error", "events", "lead", "wake")
 
     def __init__(self, events: list[_Prepared]) -> None:
         self.events = events
         self.done = False
+        self.lead = False
         self.error: BaseException | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class SqlAuditLog:
         # Built from constants only; a pre-built driver statement keeps `record` cheap.
         columns, marks = ", ".join(COLUMNS), ", ".join([mark] * len(COLUMNS))
         self._insert_sql = f"INSERT INTO audit_events ({columns}) VALUES ({marks})"  # noqa: S608
-        self._cond = threading.Condition()
+        self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
@@ -106,7 +108,6 @@ class SqlAuditLog:
         # with the seconds each durable write took: the metrics adapter counts from these.
         self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
         self.write_timers: list[Callable[[float], None]] = []
-        self._pg_append = PgAppender(COLUMNS)
 
     # ------------------------------------------------------------------ writing
 
@@ -181,16 +182,21 @@ class SqlAuditLog:
         return _Prepared(values, tail, scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
+        # Each follower is woken once, by the leader that wrote its events, and the lead
+        # passes to one queued caller: waking every waiter after every batch (a condition's
+        # notify_all) cost each queued caller a wake-up and a GIL hand-over per batch.
         me = _Waiter(events)
-        with self._cond:
+        with self._mutex:
             self._queue.append(me)
-            while self._writing and not me.done:
-                self._cond.wait()
+            me.lead = not self._writing
+            self._writing = True
+        if not me.lead:
+            self._follow(me)
             if me.done:
                 if me.error is not None:
                     raise _as_audit_error(me.error)
                 return
-            self._writing = True
+        with self._mutex:
             batch, self._queue = self._queue, []
         error: BaseException | None = None
         try:
@@ -200,14 +206,41 @@ class SqlAuditLog:
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
             error = exc
         finally:
-            with self._cond:
+            with self._mutex:
                 for waiter in batch:
                     waiter.done, waiter.error = True, error
-                self._writing = False
-                self._cond.notify_all()
+                successor = self._pass_lead()
+            for waiter in batch:
+                if waiter is not me:
+                    waiter.wake.release()
+            if successor is not None:
+                successor.wake.release()
         if error is not None:
             raise _as_audit_error(error)
         self.notify_listeners()
+
+    def _pass_lead(self) -> _Waiter | None:
+        """Under the mutex: the queued caller that writes the next batch, or none queued."""
+        if not self._queue:
+            self._writing = False
+            return None
+        successor = self._queue[0]
+        successor.lead = True
+        return successor
+
+    def _follow(self, me: _Waiter) -> None:
+        try:
+            me.wake.acquire()
+        except BaseException:
+            # Interrupted (KeyboardInterrupt in the main thread): leave the queue, and pass
+            # on the lead if it was handed here, or the callers behind would wait forever.
+            with self._mutex:
+                if me in self._queue:
+                    self._queue.remove(me)
+                successor = self._pass_lead() if me.lead and not me.done else None
+            if successor is not None:
+                successor.wake.release()
+            raise
 
     def notify_listeners(self) -> None:
         """Tells the sinks new events are committed (also called by the unit of work)."""
@@ -240,13 +273,13 @@ class SqlAuditLog:
             driver = conn.connection.driver_connection
             try:
                 if self._pg:
-                    self._pg_append.append(driver, events)
+                    append_committed(driver, events)
                 else:
                     sqlite_append(driver, self._insert_sql, events)
             except BaseException:
                 if self._pg:
-                    # Half a pipeline may be on the wire: tell the pool this connection is in
-                    # an unknown state, so it is replaced rather than reused.
+                    # The statement may be half on the wire and the connection is left in
+                    # autocommit: tell the pool its state is unknown, so it is replaced.
                     conn.invalidate()
                 raise
 
@@ -275,8 +308,8 @@ class SqlAuditLog:
     def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> tuple[int, str]:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving, units of
-        work). Returns the (seq, hash) it appended last, for `note_tail` once committed.
-        Raises `AuditError`; the caller's transaction must then roll back."""
+        work). Returns the (seq, hash) it appended last. Raises `AuditError`; the caller's
+        transaction must then roll back."""
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
@@ -291,13 +324,6 @@ class SqlAuditLog:
             raise _as_audit_error(exc) from exc
         self._observe(prepared)
         return tail
-
-    def note_tail(self, tail: tuple[int, str]) -> None:
-        """A transaction that appended with `record_in` committed: the next group commit on
-        PostgreSQL can take its one-round-trip path after that tail (the guard in
-        `audit_pg_append` keeps a stale hint harmless: it falls back to reading the tail)."""
-        if self._pg:
-            self._pg_append.remember(tail)
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

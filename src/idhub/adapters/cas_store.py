@@ -253,9 +253,8 @@ class SqlCasTicketStore:
             events: list[PendingEvent] = []
             for item, found in zip(batch, redeemed, strict=True):
                 events.extend(item.audit(found))
-            tail = self._audit.record_in(conn, events) if events else None
-        if tail is not None:
-            self._audit.note_tail(tail)
+            if events:
+                self._audit.record_in(conn, events)
         self._audit.notify_listeners()
         return redeemed
 

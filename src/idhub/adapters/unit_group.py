@@ -208,14 +208,13 @@ class UnitGroups:
             if self._open is group:
                 self._open = None
             events = list(group.events)
-        tail: tuple[int, str] | None = None
         error: IdhubError | None = group.broken
         try:
             try:
                 if error is None:
                     if events:
                         # `record_in` raises `AuditError` (a 503 "nothing was done").
-                        tail = self._audit_log.record_in(group.conn, events)
+                        self._audit_log.record_in(group.conn, events)
                     group.tx.commit()
             except AuditError as exc:
                 error = exc
@@ -240,8 +239,6 @@ class UnitGroups:
                     self.commits += 1
                     self.units += group.joined
             group.finished.set()
-        if tail is not None:
-            self._audit_log.note_tail(tail)
 
     def _wait(self, group: _Group) -> None:
         group.finished.wait()

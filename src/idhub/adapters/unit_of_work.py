@@ -250,10 +250,9 @@ class SqlUnitOfWork:
                     conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
                 yield unit
                 # `record_in` raises `AuditError` (a 503 "nothing was done"); rollback follows.
-                tail = self._audit_log.record_in(conn, unit.events) if unit.events else None
+                if unit.events:
+                    self._audit_log.record_in(conn, unit.events)
                 tx.commit()
-                if tail is not None:
-                    self._audit_log.note_tail(tail)
             except BaseException:
                 if tx.is_active:
                     tx.rollback()

@@ -1,0 +1,278 @@
+"""The PostgreSQL append (adapters/audit_pg_append.py, migration 0019): one round trip per
+batch whatever other writers did, hashes computed on the server equal to the canonical form's,
+and an append whose backend dies is an error with nothing written. The hash test runs on both
+databases (SQLite's append hashes in Python: the same events must verify on either)."""
+
+from __future__ import annotations
+
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
+from idhub.adapters.audit_store import SqlAuditLog
+from idhub.adapters.database import create_db_engine
+from idhub.bootstrap import Services
+from idhub.config import DatabaseSettings
+from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
+from idhub.core.clock import FrozenClock, SystemClock
+from idhub.errors import AuditError
+from tests.conftest import _truncate_postgres
+
+PG_HOST = "127.0.0.1:5432"
+
+
+class TurnCounter:
+    """A TCP relay to the PostgreSQL server that counts round trips: each time the client
+    sends after the server has answered (or sends first) is one turn of the conversation."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.turns = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            server = socket.create_connection(("127.0.0.1", 5432))
+            threading.Thread(target=self._relay, args=(client, server), daemon=True).start()
+
+    def _relay(self, client: socket.socket, server: socket.socket) -> None:
+        answered = True  # the client speaks first
+        with client, server:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([client, server], [], [], 0.2)
+                for sock in ready:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    if sock is client:
+                        with self._lock:
+                            if answered:
+                                self.turns += 1
+                            answered = False
+                        server.sendall(data)
+                    else:
+                        answered = True
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """An empty, migrated PostgreSQL database (these tests are about PostgreSQL only)."""
+    _truncate_postgres(pg_database)
+    return pg_database
+
+
+@pytest.fixture
+def relay() -> Iterator[TurnCounter]:
+    counter = TurnCounter()
+    yield counter
+    counter.close()
+
+
+def test_an_append_is_one_round_trip_after_another_process_appended(
+    pg_url: str, relay: TurnCounter
+) -> None:
+    """Two logs (as two worker processes would) take turns: every append finds a tail it did
+    not write, and is still one round trip (three before 0019: the guessed tail missed, then
+    the lock with the tail read, then the insert with COMMIT)."""
+    counted = create_db_engine(
+        DatabaseSettings(url=pg_url.replace(PG_HOST, f"127.0.0.1:{relay.port}"))
+    )
+    other = create_db_engine(DatabaseSettings(url=pg_url))
+    mine, theirs = SqlAuditLog(counted, SystemClock()), SqlAuditLog(other, SystemClock())
+    try:
+        # Connecting, and psycopg preparing the statement on its sixth execution (one extra
+        # round trip, once per connection), happen here.
+        for _ in range(6):
+            mine.record(EventType.TOKEN_ISSUED, actor=Actor("client", "warm-up"))
+        for i in range(5):
+            theirs.record(EventType.TOKEN_ISSUED, actor=Actor("client", "theirs"), target=str(i))
+            before = relay.turns
+            mine.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "mine"), f"{i}-{k}")
+                 for k in range(3)]
+            )  # fmt: skip
+            assert relay.turns - before == 1
+    finally:
+        counted.dispose()
+        other.dispose()
+    report = SqlAuditLog(create_db_engine(DatabaseSettings(url=pg_url)), SystemClock())
+    assert report.verify().ok
+
+
+def test_server_side_hashes_match_the_canonical_form(services: Services) -> None:
+    """Text the server could read differently from Python: backslashes (a `::bytea` cast
+    would take them for escapes), quotes, non-ASCII in every field, control characters,
+    JSON-looking strings, None fields, odd floats; `verify` recomputes every hash in Python."""
+    log = SqlAuditLog(services.engine, FrozenClock(1_764_620_000.123456789))
+    awkward = [
+        "back\\slash \\x41 \\\\ \\000",
+        "quote \" ' `",
+        "Zürich 北京 💳 e\u0301",
+        "tab\tnew\nline \x1f \u2028",
+        '{"json": [1, 2]}',
+    ]
+    events = [
+        PendingEvent(
+            EventType.TOKEN_ISSUED,
+            actor=Actor("client", text_),
+            target=text_,
+            details={"k": text_, text_: [text_, None, 1.5e-7, 10**20], "n": -0.0},
+            ctx=RequestContext(client_ip="::1", user_agent=text_, request_id=text_),
+        )
+        for text_ in awkward
+    ]
+    log.record_many(events)
+    log.record(EventType.SYNC_RUN, actor=Actor.system("sync"))  # None target, no context
+    report = log.verify()
+    assert report.ok, report.problem
+    assert report.checked >= len(awkward) + 1
+
+
+def test_the_function_takes_the_adapters_lock(pg_url: str) -> None:
+    """Units of work and archiving take the lock from the client, the function on the
+    server: one key, or two writers could link to the same tail."""
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            body = conn.execute(
+                text("SELECT prosrc FROM pg_proc WHERE proname = 'idhub_audit_append'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert f"pg_advisory_xact_lock({ADVISORY_LOCK_KEY})" in body
+
+
+def test_an_append_whose_backend_dies_writes_nothing_and_the_next_one_works(
+    pg_url: str,
+) -> None:
+    """The append waits inside the function for the lock another session holds; its backend
+    is terminated (as a crash or an operator would): the caller gets an AuditError, nothing
+    of its batch is in the chain, and the pool's next connection appends normally (it is not
+    left in autocommit, nor in a broken state)."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    outcome: list[Any] = []
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        count = log.count()
+        with admin.connect() as holder, admin.connect() as killer:
+            holder.execute(text("BEGIN"))
+            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+
+            def append() -> None:
+                try:
+                    log.record_many(
+                        [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "lost"), str(k))
+                         for k in range(3)]
+                    )  # fmt: skip
+                    outcome.append(None)
+                except AuditError as exc:
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=append)
+            worker.start()
+            waiting: list[int] = []
+            deadline = time.monotonic() + 1.0  # inside the 1.5 s statement timeout
+            while not waiting and time.monotonic() < deadline:
+                waiting = list(
+                    killer.execute(
+                        text(
+                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
+                            "AND NOT granted AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                        )
+                    ).scalars()
+                )
+            assert waiting, "the append never queued on the lock"
+            killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": waiting[0]})
+            worker.join(5)
+            holder.execute(text("ROLLBACK"))
+        assert len(outcome) == 1 and isinstance(outcome[0], AuditError)
+        assert log.count() == count
+        log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
+        # Every pooled connection is back in transactions: a unit's statements still roll
+        # back together (an autocommit connection would have kept the first insert).
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+        report = log.verify()
+        assert report.ok, report.problem
+        assert log.count() == count + 1
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+class _Interrupted(BaseException):
+    """What a signal handler raises in the main thread, as KeyboardInterrupt would."""
+
+
+def test_a_caller_interrupted_while_queued_leaves_the_queue_and_the_others_finish(
+    services: Services,
+) -> None:
+    """The main thread queues behind a batch in flight and is interrupted there: its event
+    is not written later behind its back, and the caller queued after it still gets its
+    event written and its answer (the queue is not left waiting for it)."""
+    log = SqlAuditLog(services.engine, SystemClock())
+    gate, writing = threading.Event(), threading.Event()
+    real_write = log._write
+
+    def held_write(events: Any) -> None:
+        writing.set()
+        gate.wait(10)
+        real_write(events)
+
+    log._write = held_write  # type: ignore[method-assign]
+    count = log.count()
+    leader = threading.Thread(
+        target=log.record, args=(EventType.SYNC_RUN,), kwargs={"actor": Actor.system("lead")}
+    )
+    leader.start()
+    assert writing.wait(10)
+    behind = threading.Thread(
+        target=lambda: (
+            time.sleep(0.3),  # queued after the main thread
+            log.record(EventType.SYNC_RUN, actor=Actor.system("behind")),
+        )
+    )
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise _Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    main = threading.get_ident()
+    threading.Timer(0.6, lambda: signal.pthread_kill(main, signal.SIGUSR1)).start()
+    threading.Timer(0.9, gate.set).start()
+    behind.start()
+    try:
+        with pytest.raises(_Interrupted):
+            log.record(EventType.SYNC_RUN, actor=Actor.system("interrupted"))
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    leader.join(10)
+    behind.join(10)
+    assert not leader.is_alive() and not behind.is_alive()
+    actors = [e.actor_id for e in log.search(newest_first=False)][count:]
+    assert sorted(actors) == ["behind", "lead"]
+    assert log.verify().ok
