@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
 from idhub.adapters.audit_store import SqlAuditLog
@@ -24,7 +24,7 @@ from idhub.config import DatabaseSettings
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
 from idhub.core.clock import FrozenClock, SystemClock
 from idhub.errors import AuditError
-from tests.conftest import _truncate_postgres
+from tests.db_reset import empty_postgres
 
 PG_HOST = "127.0.0.1:5432"
 
@@ -76,9 +76,9 @@ class TurnCounter:
 
 
 @pytest.fixture
-def pg_url(pg_database: str) -> str:
+def pg_url(pg_database: str, pg_reset_engine: Engine) -> str:
     """An empty, migrated PostgreSQL database (these tests are about PostgreSQL only)."""
-    _truncate_postgres(pg_database)
+    empty_postgres(pg_reset_engine)
     return pg_database
 
 
