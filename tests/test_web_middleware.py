@@ -72,3 +72,26 @@ def test_a_sane_inbound_request_id_is_kept_and_a_bad_one_replaced() -> None:
     assert _ids(middleware, 1, b"req-12345678") == ["req-12345678"]
     (replaced,) = _ids(middleware, 1, b"bad id with spaces")
     assert re.fullmatch(r"[0-9a-f]{16}", replaced)
+
+
+def test_a_forked_process_does_not_repeat_its_parents_request_ids() -> None:
+    """Built before a fork, the generator must not give parent and child the same ids."""
+    import os
+
+    from idhub.web.middleware import RequestIds
+
+    ids = RequestIds()
+    ids.new()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe and exits
+        try:
+            os.write(write, ",".join(ids.new() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        childs = pipe.read().split(",")
+    os.waitpid(child, 0)
+    parents = [ids.new() for _ in range(3)]
+    assert len(childs) == 3 and not set(childs) & set(parents)

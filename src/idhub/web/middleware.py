@@ -4,6 +4,7 @@ client address and user agent that audit events carry. The client address is the
 
 from __future__ import annotations
 
+import os
 import random
 import re
 
@@ -24,7 +25,11 @@ class RequestIds:
     a single decision's CPU on the event loop (docs/performance.md, Authorization)."""
 
     def __init__(self) -> None:
-        self._bits = random.Random().getrandbits  # noqa: S311 - an id, not a secret
+        generator = random.Random()  # noqa: S311 - an id, not a secret
+        self._bits = generator.getrandbits
+        # Workers are spawned today, but a process forked after the app was built (a
+        # pre-forking server, a test) must not hand out its parent's sequence of ids.
+        os.register_at_fork(after_in_child=generator.seed)
 
     def new(self) -> str:
         return f"{self._bits(64):016x}"
