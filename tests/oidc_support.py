@@ -6,8 +6,8 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 from authlib.integrations.httpx_client import OAuth2Client
@@ -18,6 +18,9 @@ from idhub.bootstrap import Services
 from idhub.core.audit import RequestContext
 from idhub.core.identity import User
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+
+if TYPE_CHECKING:
+    from tests.audit_scan import KnownSecrets
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
@@ -124,6 +127,32 @@ def post(url: str, path: str, data: dict[str, str], **kw: Any) -> httpx.Response
     return httpx.post(url + path, data=data, **kw)
 
 
+def basic_header(client_id: str, secret: str) -> str:
+    """An `Authorization: Basic` value as RFC 6749 2.3.1 spells it (both parts form-encoded)."""
+    raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+def raw_form_request(
+    path: str, form: list[tuple[str, str]], ip: str, *, headers: dict[str, str] | None = None
+) -> OAuthRequestData:
+    """A form POST to `path` as the web layer hands it over, repeated fields kept (first value
+    in `params`, all in `multi`), from client address `ip`, with any headers given."""
+    params: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for key, value in form:
+        params.setdefault(key, value)
+        multi.setdefault(key, []).append(value)
+    return OAuthRequestData(
+        method="POST",
+        uri="http://127.0.0.1:8000" + path,
+        headers={"content-type": "application/x-www-form-urlencoded", **(headers or {})},
+        params=params,
+        multi=multi,
+        ctx=RequestContext(client_ip=ip, user_agent="test", request_id="rid"),
+    )
+
+
 def form_request(
     services: Services, path: str, form: dict[str, str], secret: str, client_id: str = "oa"
 ) -> OAuthRequestData:
@@ -162,6 +191,17 @@ class Oidc:
     secret: str
     user: Any
     client_id: str = "oa"
+
+    @classmethod
+    def ready(cls, services: Services, known_secrets: KnownSecrets) -> Oidc:
+        """On prepared `services`: a user and the client `oa`, whose secret the audit scan
+        is told to look for (it must never appear in the trail)."""
+        prepare(services)
+        user = make_user(services)
+        _, secret = web_client(services, "oa")
+        assert secret is not None
+        known_secrets.add(secret)
+        return cls(services, str(secret), user)
 
     def code(self) -> str:
         return issue_code(

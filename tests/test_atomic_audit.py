@@ -42,7 +42,7 @@ from idhub.core.audit import Actor, RequestContext
 from idhub.errors import AuditError, Conflict, StorageError
 from tests.audit_scan import KnownSecrets
 from tests.conftest import TEST_SECRET_KEY, CliResult
-from tests.oidc_support import Oidc, endpoint, make_user, prepare, reply, web_client
+from tests.oidc_support import Oidc, endpoint, make_user, prepare, reply
 from tests.slapd import SOURCE_ENV, Slapd, source_toml
 
 PASSWORD = "Atomic-Audit-Passw0rd"
@@ -102,12 +102,7 @@ def events_of(services: Services, event_type: str) -> int:
 
 @pytest.fixture
 def oidc(services: Services, known_secrets: KnownSecrets) -> Oidc:
-    prepare(services)
-    user = make_user(services)
-    _, secret = web_client(services, "oa")
-    assert secret is not None
-    known_secrets.add(secret)
-    return Oidc(services, str(secret), user)
+    return Oidc.ready(services, known_secrets)
 
 
 def rotated(oidc: Oidc, token: str) -> bool:

@@ -20,18 +20,13 @@ from sqlalchemy import event
 from idhub.bootstrap import Services
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from tests.audit_scan import KnownSecrets
-from tests.oidc_support import RP, Oidc, form_request, make_user, prepare, reply, web_client
+from tests.oidc_support import RP, Oidc, form_request, make_user, reply
 from tests.test_atomic_audit import events_of, refused, rotated
 
 
 @pytest.fixture
 def oidc(services: Services, known_secrets: KnownSecrets) -> Oidc:
-    prepare(services)
-    user = make_user(services)
-    _, secret = web_client(services, "oa")
-    assert secret is not None
-    known_secrets.add(secret)
-    return Oidc(services, str(secret), user)
+    return Oidc.ready(services, known_secrets)
 
 
 def _redeem(oidc: Oidc, code: str) -> OAuthRequestData:

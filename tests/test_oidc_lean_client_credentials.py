@@ -7,11 +7,9 @@ is frozen, so a throttle delay cannot run out between the two."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 import pytest
@@ -20,39 +18,22 @@ from sqlalchemy import select, text
 from idhub.adapters.db import audit_events
 from idhub.bootstrap import Services
 from idhub.config import Settings
-from idhub.core.audit import RequestContext
 from idhub.core.clock import FrozenClock
 from idhub.oidc import jws
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from tests.conftest import LiveServer
-from tests.oidc_support import prepare
+from tests.oidc_support import basic_header as _basic
+from tests.oidc_support import prepare, raw_form_request
 
 LEAN_IP, GENERIC_IP = "10.9.0.1", "10.9.0.2"
 # What differs between two tokens issued a moment apart.
 VOLATILE = {"jti", "iat", "exp"}
 
 
-def _basic(client_id: str, secret: str) -> str:
-    raw = f"{quote(client_id, safe='')}:{quote(secret, safe='')}".encode()
-    return "Basic " + base64.b64encode(raw).decode()
-
-
 def _request(
     form: list[tuple[str, str]], ip: str, *, headers: dict[str, str] | None = None
 ) -> OAuthRequestData:
-    params: dict[str, str] = {}
-    multi: dict[str, list[str]] = {}
-    for key, value in form:
-        params.setdefault(key, value)
-        multi.setdefault(key, []).append(value)
-    return OAuthRequestData(
-        method="POST",
-        uri="http://127.0.0.1:8000/token",
-        headers={"content-type": "application/x-www-form-urlencoded", **(headers or {})},
-        params=params,
-        multi=multi,
-        ctx=RequestContext(client_ip=ip, user_agent="test", request_id="rid"),
-    )
+    return raw_form_request("/token", form, ip, headers=headers)
 
 
 def _send(
@@ -161,7 +142,11 @@ def test_lean_and_generic_paths_answer_and_record_alike(services: Services) -> N
         ([cc, ("client_secret", "x")], auth, 400),  # two methods
         ([cc], {"authorization": _basic("nobody", "x")}, 401),  # unknown client
         ([cc], {"authorization": _basic("gone", secrets["gone"])}, 401),  # disabled
-        ([cc], {"authorization": _basic("web-only", secrets["web-only"])}, 400),  # unauthorized
+        (
+            [cc],
+            {"authorization": _basic("web-only", secrets["web-only"])},
+            400,
+        ),  # unauthorized
         ([cc], {"authorization": _basic("posting", secrets["posting"])}, 401),  # wrong method
         ([cc], {"authorization": "Basic !!!"}, 401),  # unusable Basic
         ([cc], {"authorization": _basic("batch", "")}, 401),  # empty secret

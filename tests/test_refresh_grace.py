@@ -21,7 +21,7 @@ from idhub.config import Settings
 from idhub.core.clock import FrozenClock
 from idhub.oidc.messages import OAuthResponseData
 from tests.audit_scan import KnownSecrets
-from tests.oidc_support import Oidc, make_user, prepare, reply, web_client
+from tests.oidc_support import Oidc, reply, web_client
 
 
 def _oidc(
@@ -33,12 +33,7 @@ def _oidc(
 ) -> tuple[Oidc, FrozenClock]:
     clock = FrozenClock()
     services = make_services(make_settings(db_url, toml=toml), clock=clock)
-    prepare(services)
-    user = make_user(services)
-    _, secret = web_client(services, "oa")
-    assert secret is not None
-    known_secrets.add(secret)
-    return Oidc(services, str(secret), user), clock
+    return Oidc.ready(services, known_secrets), clock
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.oidc.messages import OAuthResponseData
 from tests.audit_scan import KnownSecrets
-from tests.oidc_support import Oidc, make_user, prepare, reply, web_client
+from tests.oidc_support import Oidc, reply
 
 RACERS = 6
 
@@ -35,12 +35,7 @@ def _oidc(
     toml: str = "",
 ) -> Oidc:
     services = make_services(make_settings(db_url, toml=toml))
-    prepare(services)
-    user = make_user(services)
-    _, secret = web_client(services, "oa")
-    assert secret is not None
-    known_secrets.add(secret)
-    return Oidc(services, str(secret), user)
+    return Oidc.ready(services, known_secrets)
 
 
 def _race(call: Callable[[], OAuthResponseData]) -> list[OAuthResponseData]:
