@@ -159,47 +159,58 @@ def any_db_live(make_live_server: Callable[..., LiveServer], db_url: str) -> Liv
     return server
 
 
+class _OverHttp:
+    """The client `oa` and a user at a live server: codes, the token endpoint, introspection."""
+
+    def __init__(self, live: LiveServer, known_secrets: KnownSecrets) -> None:
+        self.live = live
+        _, secret = web_client(live.services, "oa")
+        assert secret
+        known_secrets.add(secret)
+        self.secret = secret
+        self.user = make_user(live.services)
+
+    def exchange_form(self, scope: str = "openid profile offline_access") -> dict[str, str]:
+        code = issue_code(self.live.services, "oa", self.user, scope=scope)
+        return {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
+
+    def token(self, form: dict[str, str]) -> httpx.Response:
+        return httpx.post(self.live.url + "/token", data=form, auth=("oa", self.secret))
+
+    def refresh(self, token: str) -> httpx.Response:
+        return self.token({"grant_type": "refresh_token", "refresh_token": token})
+
+    def active(self, token: str) -> bool:
+        answer = httpx.post(
+            self.live.url + "/introspect", data={"token": token}, auth=("oa", self.secret)
+        )
+        return bool(answer.json()["active"])
+
+
 def test_a_reused_code_revokes_the_access_tokens_it_produced(
     any_db_live: LiveServer, known_secrets: KnownSecrets
 ) -> None:
     live = any_db_live
-    services = live.services
-    _, secret = web_client(services, "oa")
-    assert secret
-    known_secrets.add(secret)
-    user = make_user(services)
-    code = issue_code(services, "oa", user, scope="openid profile offline_access")
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
-    first = httpx.post(live.url + "/token", data=form, auth=("oa", secret))
+    oa = _OverHttp(live, known_secrets)
+    form = oa.exchange_form()
+    first = oa.token(form)
     assert first.status_code == 200, first.text
     tokens = first.json()
-    refreshed = httpx.post(
-        live.url + "/token",
-        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
-        auth=("oa", secret),
-    ).json()
+    refreshed = oa.refresh(tokens["refresh_token"]).json()
     access = [tokens["access_token"], refreshed["access_token"]]
-
-    def active(token: str) -> bool:
-        answer = httpx.post(live.url + "/introspect", data={"token": token}, auth=("oa", secret))
-        return bool(answer.json()["active"])
 
     def userinfo(token: str) -> int:
         answer = httpx.get(live.url + "/userinfo", headers={"Authorization": f"Bearer {token}"})
         return answer.status_code
 
-    assert all(active(token) for token in access)
+    assert all(oa.active(token) for token in access)
     assert userinfo(access[0]) == 200
-    again = httpx.post(live.url + "/token", data=form, auth=("oa", secret))
+    again = oa.token(form)
     assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-    assert not any(active(token) for token in access)
+    assert not any(oa.active(token) for token in access)
     assert userinfo(access[0]) == 401 and userinfo(access[1]) == 401
-    assert not active(refreshed["refresh_token"])
-    stale = httpx.post(
-        live.url + "/token",
-        data={"grant_type": "refresh_token", "refresh_token": refreshed["refresh_token"]},
-        auth=("oa", secret),
-    )
+    assert not oa.active(refreshed["refresh_token"])
+    stale = oa.refresh(refreshed["refresh_token"])
     assert stale.status_code == 400
 
 
@@ -208,40 +219,21 @@ def test_a_reused_refresh_token_revokes_the_access_tokens_of_its_family(
 ) -> None:
     """The stolen copy of a rotated refresh token comes back: the family dies, and so do the
     access tokens it produced, the code's and the refreshes' (either holder may be the thief)."""
-    live = any_db_live
-    services = live.services
-    _, secret = web_client(services, "oa")
-    assert secret
-    known_secrets.add(secret)
-    user = make_user(services)
-    code = issue_code(services, "oa", user, scope="openid profile offline_access")
-    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": RP}
-    first = httpx.post(live.url + "/token", data=form, auth=("oa", secret)).json()
-
-    def refresh(token: str) -> httpx.Response:
-        data = {"grant_type": "refresh_token", "refresh_token": token}
-        return httpx.post(live.url + "/token", data=data, auth=("oa", secret))
-
-    second = refresh(first["refresh_token"]).json()
+    oa = _OverHttp(any_db_live, known_secrets)
+    first = oa.token(oa.exchange_form()).json()
+    second = oa.refresh(first["refresh_token"]).json()
     # The successor is used, so the first token coming back is no retry within the grace
     # window (`[tokens] refresh_reuse_grace`) but reuse.
-    third = refresh(second["refresh_token"]).json()
+    third = oa.refresh(second["refresh_token"]).json()
     access = [first["access_token"], second["access_token"], third["access_token"]]
-
-    def active(token: str) -> bool:
-        answer = httpx.post(live.url + "/introspect", data={"token": token}, auth=("oa", secret))
-        return bool(answer.json()["active"])
-
-    assert all(active(token) for token in access)
-    reused = refresh(first["refresh_token"])
+    assert all(oa.active(token) for token in access)
+    reused = oa.refresh(first["refresh_token"])
     assert reused.status_code == 400 and reused.json()["error"] == "invalid_grant"
-    assert not any(active(token) for token in access)
-    assert refresh(third["refresh_token"]).status_code == 400
+    assert not any(oa.active(token) for token in access)
+    assert oa.refresh(third["refresh_token"]).status_code == 400
     # Another grant of the same person and client is untouched.
-    other = issue_code(services, "oa", user, scope="openid")
-    form["code"] = other
-    fresh = httpx.post(live.url + "/token", data=form, auth=("oa", secret)).json()
-    assert active(fresh["access_token"])
+    fresh = oa.token(oa.exchange_form(scope="openid")).json()
+    assert oa.active(fresh["access_token"])
 
 
 # ------------------------------------------------------------------ /authorize
