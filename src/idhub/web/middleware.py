@@ -17,6 +17,13 @@ from idhub.web.proxies import TrustedProxies
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
+_GENERATOR = random.Random()  # noqa: S311 - an id, not a secret
+# Workers are spawned today, but a process forked after the app was built (a pre-forking
+# server, a test) must not hand out its parent's sequence of ids: one hook for the process,
+# not one per app built.
+os.register_at_fork(after_in_child=_GENERATOR.seed)
+
+
 class RequestIds:
     """Fresh request ids: 64 random bits each, as 16 hex digits, from a generator seeded from
     the operating system once per process. A request id ties the log lines and audit events of
@@ -25,11 +32,7 @@ class RequestIds:
     a single decision's CPU on the event loop (docs/performance.md, Authorization)."""
 
     def __init__(self) -> None:
-        generator = random.Random()  # noqa: S311 - an id, not a secret
-        self._bits = generator.getrandbits
-        # Workers are spawned today, but a process forked after the app was built (a
-        # pre-forking server, a test) must not hand out its parent's sequence of ids.
-        os.register_at_fork(after_in_child=generator.seed)
+        self._bits = _GENERATOR.getrandbits
 
     def new(self) -> str:
         return f"{self._bits(64):016x}"
