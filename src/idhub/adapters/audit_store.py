@@ -25,9 +25,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from idhub.adapters._storage_errors import database_errors, storage_error
 from idhub.adapters.audit_pg_append import append_committed, chain_rows, lock_and_read_tail
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
-from idhub.adapters.audit_sqlite_append import sqlite_append, sqlite_tail
+from idhub.adapters.audit_sqlite_append import (
+    HeldWriter,
+    check_holdable,
+    sqlite_append,
+    sqlite_tail,
+)
 from idhub.adapters.db import audit_anchor, audit_events
-from idhub.adapters.unit_of_work import open_unit, writer_serial
+from idhub.adapters.unit_of_work import WriterTurn, open_unit, serial_lock, writer_serial
 from idhub.core.audit import (
     ACTOR_TYPES,
     OUTCOMES,
@@ -98,6 +103,11 @@ class SqlAuditLog:
         # Built from constants only; a pre-built driver statement keeps `record` cheap.
         columns, marks = ", ".join(COLUMNS), ", ".join([mark] * len(COLUMNS))
         self._insert_sql = f"INSERT INTO audit_events ({columns}) VALUES ({marks})"  # noqa: S608
+        # A SQLite file: the appends keep one pooled connection and take the writers' turn
+        # directly (`writer_serial` would look it up for every append).
+        self._held: tuple[HeldWriter, WriterTurn] | None = None
+        if check_holdable(engine):
+            self._held = HeldWriter(engine), serial_lock(engine)
         self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []
         self._writing = False
@@ -263,12 +273,17 @@ class SqlAuditLog:
     def _write(self, events: list[_Prepared]) -> None:
         # SQLite: in the writers' turn (units of work, other processes) rather than in SQLite's
         # sleeping busy handler. Safe from deadlock: no caller holds the turn while it waits
-        # for an append (inside a unit of work `record` queues into the unit instead).
-        # Both on the pooled driver connection itself: SQLAlchemy's `Connection` around a
+        # for an append (inside a unit of work `record` queues into the unit instead, so
+        # `_write` never runs inside one and takes the turn itself).
+        # Both backends on the driver connection itself: SQLAlchemy's `Connection` around a
         # three-statement transaction cost more CPU than the database did (module docstring
-        # of audit_sqlite_append).
-        # A `Connection` is still opened (cheap, and what engine events such as the tests'
-        # database tracker see), but no statement goes through it.
+        # of audit_sqlite_append); a SQLite file's appends also keep their connection
+        # (`HeldWriter`) instead of a pool checkout and check-in each.
+        if self._held is not None:
+            writer, turn = self._held
+            with turn:
+                writer.append(self._engine, self._insert_sql, events)
+            return
         with writer_serial(self._engine), self._engine.connect() as conn:
             driver = conn.connection.driver_connection
             try:
