@@ -12,9 +12,11 @@ several runs:
   token    /token client-credentials p50 over real HTTP (uvicorn, one worker) with the audit
            write and, for comparison, with a no-op recorder (skip with --no-token)
   cpu      (--cpu, instead of the above) this process's CPU time per append - one thread, 8
-           threads, `record_many` x100 - and per client-credentials token with the provider's
-           `token()` called in process (metrics on, as the server runs), with the audit write
-           and with a no-op recorder, so the audit's share of a token shows without HTTP
+           threads, `record_many` x100; two processes of two threads appending to one
+           database (their CPU per event, as a server's two workers) - and per
+           client-credentials token with the provider's `token()` called in process (metrics
+           on, as the server runs), with the audit write and with a no-op recorder, so the
+           audit's share of a token shows without HTTP
 
 Usage: python bench/bench_audit.py [--quick] [--runs N] [--verify-events N] [--no-token]
                                   [--backends sqlite,postgresql] [--only-units] [--cpu]
@@ -578,6 +580,50 @@ def cpu_append(url: str, seconds: float, threads: int, batch: int) -> float:
     return used / sum(counts) * 1e6
 
 
+def _cpu_append_worker(url: str, seconds: float, threads: int, start: Any, out: Any) -> None:
+    start.wait(60)
+    log, engine = new_log(url)
+    one(log, 0)
+    counts = [0] * threads
+    began = cpu_seconds()
+    stop = time.perf_counter() + seconds
+
+    def work(t: int) -> None:
+        while time.perf_counter() < stop:
+            one(log, counts[t])
+            counts[t] += 1
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put((cpu_seconds() - began, sum(counts)))
+    engine.dispose()
+
+
+def cpu_append_processes(url: str, seconds: float, threads: int = 2) -> float:
+    """µs of CPU per event with two processes (a server's two workers) of `threads` threads
+    each appending to one database at once: their writers take turns on the database, so
+    this counts what waiting for the other process's turn costs too."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_cpu_append_worker, args=(url, seconds, threads, start, out))
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(2.0)  # both have imported idhub and are waiting
+    start.set()
+    found = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    return sum(f[0] for f in found) / sum(f[1] for f in found) * 1e6
+
+
 def cpu_token(url: str, n: int) -> tuple[float, float]:
     """µs of CPU per client-credentials token through the provider's `token()` in process,
     with the audit write and with a no-op recorder in its place (alternating blocks)."""
@@ -649,6 +695,14 @@ def cpu_rows(kinds: list[str], runs: int, seconds: float) -> list[tuple[str, str
                 spread = "-".join(f"{r:,.0f}" for r in (min(found), max(found)))
                 rows.append((kind, label, f"{statistics.median(found):,.0f} µs ({spread})"))
                 print(f"# {rows[-1]}", file=sys.stderr, flush=True)
+            found = []
+            for _ in range(runs):
+                empty(url)
+                found.append(cpu_append_processes(url, seconds))
+            spread = "-".join(f"{r:,.0f}" for r in (min(found), max(found)))
+            label = "CPU per append, 2 processes x 2 threads"
+            rows.append((kind, label, f"{statistics.median(found):,.0f} µs ({spread})"))
+            print(f"# {rows[-1]}", file=sys.stderr, flush=True)
         runs_found = []
         for _ in range(runs):
             with database(kind) as url:  # `idhub init` wants a database of its own
