@@ -26,8 +26,8 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, event
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.pool import QueuePool
 
 from idhub.adapters.audit_pg_append import chain_rows
 from idhub.core.audit_chain import GENESIS_HASH
@@ -87,7 +87,7 @@ class HeldWriter:
 
     # No reference to the engine beyond the calls: the finalizer must not keep it alive.
     def __init__(self, engine: Engine) -> None:
-        self._held: PoolProxiedConnection | None = None
+        self._held: Connection | None = None
         self._pid = 0
         # Bumped by `engine.dispose()`: a connection of the old pool is closed, not kept.
         self._generation = 0
@@ -101,11 +101,13 @@ class HeldWriter:
         if connection is None or self._pid != os.getpid():
             # A forked child must not use its parent's sqlite3 connection (SQLite forbids
             # it); it is left alone there, not closed, and this process takes its own.
-            connection = engine.raw_connection()
+            # Through a `Connection`, so engine events (the tests' tracker of every database
+            # a test wrote) see the append's database; no statement goes through it.
+            connection = engine.connect()
         self._held = None
         generation = self._generation
         try:
-            last = sqlite_append(connection.driver_connection, insert_sql, events)
+            last = sqlite_append(connection.connection.driver_connection, insert_sql, events)
         except BaseException:
             # Whatever failed (a blink, a full disk, a renamed table), this connection is not
             # trusted again: the next append starts on a fresh one.
