@@ -11,7 +11,8 @@ from sqlalchemy import create_engine, inspect, text
 
 from idhub.adapters.database import apply_migrations, check_schema_current, create_db_engine
 from idhub.adapters.db import metadata
-from idhub.config import DatabaseSettings
+from idhub.config import ConfigError, DatabaseSettings, load_settings
+from idhub.errors import StorageError
 from tests.conftest import PG_SERVER
 
 
@@ -103,3 +104,36 @@ def test_participants_recorded_before_the_protocol_column_count_as_oidc(
         rows = conn.execute(text("SELECT client_id, protocol FROM session_clients")).all()
     assert [tuple(r) for r in rows] == [("oa", "oidc")]
     engine.dispose()
+
+
+@pytest.mark.parametrize(("setting", "level"), [("normal", 1), ("full", 2)])
+def test_sqlite_synchronous_setting_reaches_every_connection(
+    tmp_path: Path, setting: str, level: int
+) -> None:
+    """`[database] sqlite_synchronous` is applied to each pooled SQLite connection (1 is
+    NORMAL, 2 is FULL in SQLite's own numbering); "normal" is the default."""
+    path = tmp_path / "idhub.toml"
+    path.write_text(
+        f'[database]\nurl = "sqlite:///{tmp_path / "x.db"}"\nsqlite_synchronous = "{setting}"\n'
+    )
+    settings = load_settings(path, env={})
+    engine = create_db_engine(settings.database)
+    try:
+        with engine.connect() as first, engine.connect() as second:
+            for conn in (first, second):
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == level
+    finally:
+        engine.dispose()
+    if setting == "normal":
+        assert DatabaseSettings(url="sqlite://").sqlite_synchronous == "normal"
+
+
+def test_sqlite_synchronous_bad_value_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "idhub.toml"
+    path.write_text('[database]\nsqlite_synchronous = "off"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert info.value.location == f"{path}:2"
+    assert "normal, full" in str(info.value)
+    with pytest.raises(StorageError, match="sqlite_synchronous must be one of normal, full"):
+        create_db_engine(DatabaseSettings(url="sqlite://", sqlite_synchronous="off"))

@@ -32,8 +32,17 @@ def normalise_url(url: str) -> str:
     return url
 
 
+# `[database] sqlite_synchronous` -> the PRAGMA's level (docs/deployment.md).
+_SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
 def create_db_engine(settings: DatabaseSettings) -> Engine:
     url = normalise_url(settings.url)
+    if settings.sqlite_synchronous not in _SYNCHRONOUS:
+        raise StorageError(
+            f"sqlite_synchronous must be one of {', '.join(_SYNCHRONOUS)}, "
+            f"not {settings.sqlite_synchronous!r}"
+        )
     kwargs: dict[str, Any] = {"echo": settings.echo, "future": True}
     if url.startswith("sqlite"):
         path = url.split("sqlite:///", 1)[-1]
@@ -51,7 +60,11 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         raise StorageError(f"cannot use database {redact_url(url)}: {exc}") from exc
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas(settings.busy_timeout))
+        event.listen(
+            engine,
+            "connect",
+            _sqlite_pragmas(settings.busy_timeout, settings.sqlite_synchronous),
+        )
     elif engine.dialect.name == "postgresql":
         from idhub.adapters._pg_deadline import install_deadlines
 
@@ -72,11 +85,14 @@ def postgres_connect_args(settings: DatabaseSettings, url: str = "") -> dict[str
     return args
 
 
-def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
+def _sqlite_pragmas(busy_timeout: float, synchronous: str) -> Callable[[Any, Any], None]:
+    # A name from the fixed table, never the setting's text, goes into the statement.
+    level = _SYNCHRONOUS[synchronous]
+
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA synchronous={level}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()

@@ -126,6 +126,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("server", "mode"): ("development", "production"),
     ("mfa", "required"): ("all", "policy", "off"),
     ("server", "log_format"): ("text", "json"),
+    ("database", "sqlite_synchronous"): ("normal", "full"),
 }
 # Settings that are URLs a browser or a system is sent to: absolute, with a scheme and a host.
 _URLS: frozenset[tuple[str, str]] = frozenset({("server", "issuer")})

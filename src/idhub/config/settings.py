@@ -78,6 +78,11 @@ class DatabaseSettings:
     pool_timeout: float = 1.0
     # SQLite: how long a writer waits for another process's write lock.
     busy_timeout: float = 5.0
+    # SQLite in WAL mode: "normal" makes every commit durable against a crash of the process
+    # (the WAL is written before COMMIT returns) and leaves the fsync to the checkpoint, so
+    # an operating-system crash or power loss can lose the last commits; "full" fsyncs the
+    # WAL at every commit (a few ms each on a virtual disk). See docs/deployment.md.
+    sqlite_synchronous: str = "normal"
     # |this replica's clock - the database server's clock| past which /readyz warns.
     clock_offset_warning: float = 2.0
 
