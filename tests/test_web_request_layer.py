@@ -37,7 +37,10 @@ LIMITS = RequestLimits(
 
 
 def layer(
-    app: Callable[[Scope, Receive, Send], object], metrics: PrometheusMetrics
+    app: Callable[[Scope, Receive, Send], object],
+    metrics: PrometheusMetrics,
+    *,
+    debug: bool = False,
 ) -> RequestLayer:
     return RequestLayer(
         app,  # type: ignore[arg-type]
@@ -45,7 +48,7 @@ def layer(
         limits=LIMITS,
         headers=ResponseHeaders(issuer="https://sso.example.test"),
         observer=RequestObserver(metrics=metrics, templates={}),
-        failures=FailureAnswers(),
+        failures=FailureAnswers(debug=debug),
     )
 
 
@@ -219,3 +222,19 @@ def test_a_response_start_is_rewritten_once_and_static_files_stay_cacheable() ->
     assert body == {"type": "http.response.body", "body": b"ok"}
     (start, _) = drive(layer(app, metrics), http_scope("/static/idhub.css"))
     assert b"cache-control" not in dict(start["headers"])
+
+
+def test_only_debug_mode_answers_with_the_traceback_page() -> None:
+    """`[server] debug` (refused in production mode) keeps Starlette's traceback page."""
+
+    async def broken(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("the details")
+
+    for debug in (False, True):
+        sent: list[Message] = []
+        with pytest.raises(RuntimeError):
+            drive_into(layer(broken, PrometheusMetrics(), debug=debug), http_scope(), sent)
+        start, body = sent
+        assert start["status"] == 500
+        check_headed(start)
+        assert (b"the details" in body["body"]) is debug
