@@ -238,3 +238,21 @@ def test_only_debug_mode_answers_with_the_traceback_page() -> None:
         assert start["status"] == 500
         check_headed(start)
         assert (b"the details" in body["body"]) is debug
+
+
+def test_an_error_answer_that_fails_itself_ends_in_the_last_resort_500() -> None:
+    async def missing(scope: Scope, receive: Receive, send: Send) -> None:
+        raise LookupError("no such thing")
+
+    async def broken_handler(request: Request, exc: Exception) -> Response:
+        raise RuntimeError("the error page broke")
+
+    asgi = layer(missing, PrometheusMetrics())
+    asgi._failures.handlers[LookupError] = broken_handler
+    sent: list[Message] = []
+    with pytest.raises(RuntimeError):
+        drive_into(asgi, http_scope(), sent)
+    start, body = sent
+    assert start["status"] == 500
+    check_headed(start)
+    assert b"server_error" in body["body"]

@@ -67,7 +67,7 @@ class RequestLayer:
     - sends every answer with the security headers and the request id (web/security_headers.py);
     - reports the request's route, status and time when it is over (web/observe.py).
 
-    These were six nested middlewares (Starlette's two among them), each wrapping `send` and
+    These were seven nested middlewares (Starlette's two among them), each wrapping `send` and
     re-checking the message type on every message; one layer does one header scan, builds
     one `send` and one `receive` wrapper, and touches each response start once. What each
     used to see it still sees: a refusal, an error page and a 500 carry the request id and
@@ -179,9 +179,15 @@ class RequestLayer:
             if started:
                 raise exc
             handler, error = handled
-            response = await handler(Request(scope, receive), error)
-            await response(scope, receive, answer)
-            return
+            try:
+                response = await handler(Request(scope, receive), error)
+            except Exception as failed:
+                # The error answer itself failed: the last resort below answers that, as
+                # Starlette's error middleware outside its exception middleware did.
+                exc = failed
+            else:
+                await response(scope, receive, answer)
+                return
         refusal = body_refusal(exc, limit)
         if refusal is not None:
             if not started:
