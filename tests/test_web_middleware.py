@@ -1,4 +1,4 @@
-"""The request context middleware (web/middleware.py): request ids."""
+"""The request context the request layer sets up (web/middleware.py): request ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import secrets
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
-from idhub.web.middleware import RequestContextMiddleware
+from idhub.adapters.prometheus_metrics import PrometheusMetrics
+from idhub.web.middleware import RequestLayer
+from tests.test_web_request_layer import layer
 
 
 async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
@@ -17,15 +19,17 @@ async def _ok(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b""})
 
 
-def _ids(
-    middleware: RequestContextMiddleware, count: int, inbound: bytes | None = None
-) -> list[str]:
+def _layer() -> RequestLayer:
+    return layer(_ok, PrometheusMetrics())
+
+
+def _ids(middleware: RequestLayer, count: int, inbound: bytes | None = None) -> list[str]:
     async def run() -> list[str]:
         seen: list[str] = []
         for _ in range(count):
             sent: list[Message] = []
             headers = [(b"x-request-id", inbound)] if inbound else []
-            scope = {"type": "http", "headers": headers, "client": ("127.0.0.1", 1)}
+            scope = {"type": "http", "path": "/", "headers": headers, "client": ("127.0.0.1", 1)}
             await middleware(scope, _receive, _into(sent))
             line = dict(sent[0]["headers"])[b"x-request-id"].decode()
             assert scope["state"]["request_id"] == line
@@ -49,7 +53,7 @@ async def _receive() -> Message:
 def test_fresh_request_ids_are_unique_hex_and_cost_no_system_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    middleware = RequestContextMiddleware(_ok)
+    middleware = _layer()
 
     def refused(*_args: object) -> bytes:
         raise AssertionError("a request id read the kernel's random source")
@@ -63,12 +67,12 @@ def test_fresh_request_ids_are_unique_hex_and_cost_no_system_call(
 
 
 def test_two_processes_worth_of_middleware_do_not_share_a_sequence() -> None:
-    first, second = RequestContextMiddleware(_ok), RequestContextMiddleware(_ok)
+    first, second = _layer(), _layer()
     assert not set(_ids(first, 50)) & set(_ids(second, 50))
 
 
 def test_a_sane_inbound_request_id_is_kept_and_a_bad_one_replaced() -> None:
-    middleware = RequestContextMiddleware(_ok)
+    middleware = _layer()
     assert _ids(middleware, 1, b"req-12345678") == ["req-12345678"]
     (replaced,) = _ids(middleware, 1, b"bad id with spaces")
     assert re.fullmatch(r"[0-9a-f]{16}", replaced)

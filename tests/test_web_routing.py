@@ -8,10 +8,12 @@ from collections.abc import Callable
 
 import pytest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Mount, Route, Router, request_response
 from starlette.testclient import TestClient
+from starlette.types import Receive, Scope, Send
 
 from idhub.bootstrap import Services
 from idhub.web.app import create_app
@@ -78,3 +80,31 @@ def test_idhub_serves_with_the_index(services: Services) -> None:
     with TestClient(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/api/v1/authz/check").status_code == 405
+
+
+def test_function_endpoints_leave_their_errors_to_the_apps_handlers() -> None:
+    """Without Starlette's per-route wrapper (`lean_endpoint`), an endpoint's error still gets
+    its handler's answer, from the handler around the router; a plain ASGI route is kept."""
+
+    def gone(request: Request) -> PlainTextResponse:
+        raise HTTPException(410, "gone for good")
+
+    async def teapot(request: Request) -> PlainTextResponse:
+        raise HTTPException(418, "short and stout")
+
+    class Raw:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await PlainTextResponse("raw")(scope, receive, send)
+
+    raw = Raw()
+
+    routes = [Route("/gone", gone), Route("/teapot", teapot), Route("/raw", raw)]
+    router = IndexedRouter(routes)
+    with _client(router) as client:
+        assert (client.get("/gone").status_code, client.get("/gone").text) == (410, "gone for good")
+        assert client.get("/teapot").status_code == 418
+        assert client.get("/raw").text == "raw"
+    wrapped = getattr(request_response(gone), "__code__", None)
+    assert wrapped is not None
+    assert all(getattr(r.app, "__code__", None) is not wrapped for r in routes[:2])
+    assert routes[2].app is raw

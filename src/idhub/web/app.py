@@ -5,24 +5,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
 
 from idhub.bootstrap import Services
-from idhub.web.errors import FailureTranslation, exception_handlers
-from idhub.web.limits import LimitsMiddleware, RequestLimits
-from idhub.web.middleware import RequestContextMiddleware
-from idhub.web.observe import ObservedRequests, mount_prefixes, route_templates
+from idhub.web.errors import FailureAnswers, exception_handlers
+from idhub.web.limits import RequestLimits
+from idhub.web.middleware import RequestLayer
+from idhub.web.observe import RequestObserver, mount_prefixes, route_templates
 from idhub.web.proxies import TrustedProxies
 from idhub.web.routing import IndexedRouter
-from idhub.web.security_headers import SecurityHeadersMiddleware
+from idhub.web.security_headers import ResponseHeaders
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -46,17 +45,18 @@ ROUTE_MODULES = (
 
 
 class IdhubApp(Starlette):
-    """Starlette with the security headers outside its error handling, so even the answer to
-    an unexpected error carries them, and the router that finds fixed paths by dict
-    (web/routing.py)."""
+    """Starlette with one request layer (web/middleware.py) in place of its middleware stack,
+    and the router that finds fixed paths by dict (web/routing.py)."""
 
-    def __init__(self, *, issuer: str, **kwargs: Any) -> None:
-        self._issuer = issuer
+    def __init__(self, *, layer: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        self._layer = layer
         super().__init__(**kwargs)
         self.router = IndexedRouter(self.router.routes, lifespan=kwargs.get("lifespan"))
 
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeadersMiddleware(super().build_middleware_stack(), issuer=self._issuer)
+        # Instead of Starlette's error middleware, the user middleware and its exception
+        # middleware: `RequestLayer` does what each of them did, in one layer.
+        return self._layer(self.router)
 
 
 def request_limits(services: Services) -> RequestLimits:
@@ -88,23 +88,28 @@ def create_app(services: Services) -> Starlette:
         finally:
             services.runtime.stop()
 
+    server = services.settings.server
+    observer = RequestObserver(
+        metrics=services.metrics,
+        templates=route_templates(routes),
+        mounts=mount_prefixes(routes),
+        access_records=server.log_format == "json",
+    )
+
+    def layer(router: ASGIApp) -> ASGIApp:
+        return RequestLayer(
+            router,
+            proxies=_proxies(services),
+            limits=request_limits(services),
+            headers=ResponseHeaders(issuer=server.issuer),
+            observer=observer,
+            failures=FailureAnswers(debug=server.debug),
+        )
+
     app = IdhubApp(
-        issuer=services.settings.server.issuer,
-        debug=services.settings.server.debug,
+        layer=layer,
+        debug=server.debug,
         routes=routes,
-        middleware=[
-            Middleware(RequestContextMiddleware, proxies=_proxies(services)),
-            Middleware(
-                ObservedRequests,
-                metrics=services.metrics,
-                templates=route_templates(routes),
-                mounts=mount_prefixes(routes),
-                access_records=services.settings.server.log_format == "json",
-            ),
-            Middleware(LimitsMiddleware, limits=request_limits(services)),
-            # A database error no store translated: answered as idhub's error (web/errors.py).
-            Middleware(FailureTranslation),
-        ],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )

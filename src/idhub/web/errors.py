@@ -4,13 +4,15 @@ are logged with the request id and answered with a short sentence carrying that 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from idhub import errors
 from idhub.bootstrap import translate_failure
@@ -127,37 +129,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(request, exc.status_code, code, str(exc.detail), headers, localised=True)
 
 
-class FailureTranslation:
-    """Answers an exception that is idhub's error in disguise (a database failure a store did
-    not translate, `bootstrap.translate_failure`) as that error: a 503 saying the database is
-    unreachable or not set up, not an "internal error" 500. Sits inside the request-id
-    middleware and outside the routes, so the answer is sent here rather than by Starlette's
-    last-resort handler, which re-raises into the server and drops the connection."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, watched)
-        except Exception as exc:
-            known = translate_failure(exc)
-            if known is None or started:
-                raise
-            response = await _idhub_error(Request(scope, receive), known)
-            await response(scope, receive, send)
-
-
 async def _unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unexpected error in request %s", request_id)
@@ -176,3 +147,40 @@ def exception_handlers() -> dict[Any, Callable[[Request, Exception], Any]]:
         HTTPException: _http_error,
         Exception: _unexpected,
     }
+
+
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class FailureAnswers:
+    """What the request layer (web/middleware.py) answers for an exception that left the
+    application, in the order the handlers were once stacked: idhub's errors and HTTP errors
+    by their handler; then an exception that is idhub's error in disguise (a database failure
+    a store did not translate, `bootstrap.translate_failure`) as that error - a 503 saying the
+    database is unreachable or not set up, not an "internal error" 500; anything else is
+    `unexpected`."""
+
+    def __init__(self, *, debug: bool = False) -> None:
+        self.handlers: dict[Any, Handler] = {
+            cls: handler for cls, handler in exception_handlers().items() if cls is not Exception
+        }
+        # `debug = true` (refused in production mode): Starlette's traceback page.
+        self._debug = ServerErrorMiddleware(_no_app, debug=True) if debug else None
+
+    def handled(self, exc: Exception) -> tuple[Handler, Exception] | None:
+        """The handler for `exc` and the error it is handed, or None when it is unexpected."""
+        for cls in type(exc).__mro__:
+            handler = self.handlers.get(cls)
+            if handler is not None:
+                return handler, exc
+        known = translate_failure(exc)
+        return (_idhub_error, known) if known is not None else None
+
+    async def unexpected(self, request: Request, exc: Exception) -> Response:
+        if self._debug is not None:
+            return await run_in_threadpool(self._debug.debug_response, request, exc)
+        return await _unexpected(request, exc)
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("only the debug page of ServerErrorMiddleware is used")

@@ -12,20 +12,17 @@
   any protocol idhub speaks carries one, and PostgreSQL refuses it in text, so it would
   otherwise fail a lookup (a client id, a username) as a server error.
 
-JSON APIs (`/api/...`) take up to `max_api_body` bytes (a full decision batch); everything
+The one request layer (web/middleware.py) applies these to every request. JSON APIs
+(`/api/...`) take up to `max_api_body` bytes (a full decision batch); everything
 else, OAuth forms and sign-in pages, `max_form_body`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 
-from starlette.requests import ClientDisconnect
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-log = logging.getLogger("idhub.web")
+from starlette.types import Message, Receive, Scope, Send
 
 API_PREFIX = "/api/"
 
@@ -51,23 +48,16 @@ class NulInForm(Exception):
 
 
 FORM_TYPE = b"application/x-www-form-urlencoded"
-_NUL = (b"\x00", b"%00")
 NUL_REFUSAL = "a parameter contains a NUL character"
 
 
 def check_nul_free(data: bytes) -> bool:
     """True when raw or percent-encoded query or form bytes carry no NUL."""
-    return not any(nul in data for nul in _NUL)
+    return b"\x00" not in data and b"%00" not in data
 
 
-def _is_form(scope: Scope) -> bool:
-    for key, value in scope.get("headers", []):
-        if key == b"content-type":
-            return bytes(value).split(b";")[0].strip().lower() == FORM_TYPE
-    return False
-
-
-async def _refuse(send: Send, status: int, description: str) -> None:
+async def refuse(send: Send, status: int, description: str) -> None:
+    """The JSON refusal of a request the limits turn away, before or while reading it."""
     body = json.dumps({"error": "invalid_request", "error_description": description}).encode()
     await send(
         {
@@ -85,82 +75,68 @@ async def _refuse(send: Send, status: int, description: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _declared_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", []):
-        if key == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+def request_refusal(
+    limits: RequestLimits, scope: Scope, *, head_bytes: int, length: bytes | None, limit: int
+) -> tuple[int, str] | None:
+    """(status, reason) when the request is refused before its body is read: by its head, or
+    by a declared `length` over the path's `limit`. `head_bytes`: the headers' size on the
+    wire (name, value, ": " and CRLF each)."""
+    query: bytes = scope.get("query_string") or b""
+    target = len(scope.get("raw_path") or b"") + len(query)
+    if target > limits.max_request_line:
+        return 414, f"the request target is longer than {limits.max_request_line} bytes"
+    if len(scope["headers"]) > limits.max_headers:
+        return 431, f"more than {limits.max_headers} header lines"
+    if target + head_bytes > limits.max_header_bytes:
+        return 431, f"the request head is larger than {limits.max_header_bytes}"
+    if not check_nul_free(query):
+        return 400, NUL_REFUSAL
+    declared = declared_length(length) if length is not None else None
+    if declared is not None and declared > limit:
+        return 413, f"the request body is larger than {limit} bytes"
     return None
 
 
-class LimitsMiddleware:
-    def __init__(self, app: ASGIApp, *, limits: RequestLimits) -> None:
-        self.app = app
-        self._limits = limits
+def body_refusal(exc: BaseException, limit: int) -> tuple[int, str] | None:
+    """(status, reason) for an exception `capped_receive` raised, else None."""
+    if isinstance(exc, BodyTooLarge):
+        return 413, f"the request body is larger than {limit} bytes"
+    if isinstance(exc, NulInForm):
+        return 400, NUL_REFUSAL
+    return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limits = self._limits
-        target = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
-        if target > limits.max_request_line:
-            too_long = f"the request target is longer than {limits.max_request_line} bytes"
-            await _refuse(send, 414, too_long)
-            return
-        headers = scope.get("headers", [])
-        if len(headers) > limits.max_headers:
-            await _refuse(send, 431, f"more than {limits.max_headers} header lines")
-            return
-        if target + sum(len(k) + len(v) + 4 for k, v in headers) > limits.max_header_bytes:
-            await _refuse(send, 431, f"the request head is larger than {limits.max_header_bytes}")
-            return
-        if not check_nul_free(scope.get("query_string") or b""):
-            await _refuse(send, 400, NUL_REFUSAL)
-            return
-        limit = limits.body_limit(str(scope.get("path", "")))
-        declared = _declared_length(scope)
-        if declared is not None and declared > limit:
-            await _refuse(send, 413, f"the request body is larger than {limit} bytes")
-            return
-        await self._capped(scope, receive, send, limit)
 
-    async def _capped(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        received = 0
-        started = False
-        form = _is_form(scope)
-        tail = b""  # a `%00` may straddle two chunks
+def capped_receive(receive: Receive, limit: int, *, form: bool) -> Receive:
+    """`receive` counting the body as it arrives: past `limit` bytes it raises `BodyTooLarge`,
+    and in an urlencoded form (`form`) a NUL raises `NulInForm`, so no handler ever holds
+    more than the limit or a NUL-carrying parameter."""
+    received = 0
+    tail = b""  # a `%00` may straddle two chunks
 
-        async def capped_receive() -> Message:
-            nonlocal received, tail
-            message = await receive()
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > limit:
-                    raise BodyTooLarge
-                if form:
-                    if not check_nul_free(tail + chunk):
-                        raise NulInForm
-                    tail = (tail + chunk)[-2:]
-            return message
+    async def capped() -> Message:
+        nonlocal received, tail
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            received += len(chunk)
+            if received > limit:
+                raise BodyTooLarge
+            if form:
+                if not check_nul_free(tail + chunk):
+                    raise NulInForm
+                tail = (tail + chunk)[-2:]
+        return message
 
-        async def watched_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+    return capped
 
-        try:
-            await self.app(scope, capped_receive, watched_send)
-        except BodyTooLarge:
-            if not started:
-                await _refuse(send, 413, f"the request body is larger than {limit} bytes")
-        except NulInForm:
-            if not started:
-                await _refuse(send, 400, NUL_REFUSAL)
-        except ClientDisconnect:
-            request_id = scope.get("state", {}).get("request_id", "-")
-            log.info("request %s: the client went away before its body was complete", request_id)
+
+def check_form_type(content_type: bytes) -> bool:
+    return content_type.split(b";")[0].strip().lower() == FORM_TYPE
+
+
+def declared_length(value: bytes) -> int | None:
+    """A `Content-Length` value as a number, None when it is none."""
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -1,8 +1,9 @@
 """Per-request metrics and the structured access record.
 
-One pure-ASGI wrapper times every request from its first byte to the end of its answer and
-reports it under the route *template* (`/api/v1/decisions`, never the raw path: ids, codes
-and typos must not become label values or log fields), the method and the status. With
+The request layer (web/middleware.py) times every request from its first byte to the end of
+its answer and reports it here under the route *template* (`/api/v1/decisions`, never the
+raw path: ids, codes and typos must not become label values or log fields), the method and
+the status. With
 `log_format = "json"` it also writes one `idhub.access` record per request: request id,
 route, method, status, latency and the client id the OAuth layer noted (`state.client_id`).
 The query string is never logged: it carries codes, state and tokens.
@@ -11,12 +12,11 @@ The query string is never logged: it carries codes, state and tokens.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from idhub.core.metrics import Metrics
 
@@ -34,39 +34,22 @@ def route_templates(routes: Iterable[BaseRoute]) -> dict[object, str]:
     return templates
 
 
-class ObservedRequests:
+class RequestObserver:
+    """Counts and times answered requests; called once per request by the request layer
+    (web/middleware.py) when the request is over, whatever its outcome."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         metrics: Metrics,
         templates: dict[object, str],
         mounts: tuple[str, ...] = (),
         access_records: bool = False,
     ) -> None:
-        self.app = app
         self._metrics = metrics
         self._templates = templates
         self._mounts = mounts
         self._access = access_records
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def observed_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed_send)
-        finally:
-            self._report(scope, status, time.perf_counter() - started)
 
     def _route(self, scope: Scope) -> str:
         endpoint = scope.get("endpoint")
@@ -78,7 +61,7 @@ class ObservedRequests:
                 return mount + "/{path}"
         return UNMATCHED
 
-    def _report(self, scope: Scope, status: int, seconds: float) -> None:
+    def report(self, scope: Scope, status: int, seconds: float) -> None:
         route = self._route(scope)
         method = str(scope.get("method", ""))
         code = str(status)

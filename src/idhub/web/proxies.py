@@ -42,6 +42,15 @@ def parse_address(value: str) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=4096)
+def address_text(value: str) -> str:
+    """The canonical text of a peer address (`::ffff:192.0.2.1` -> `192.0.2.1`), or the value
+    itself when it is no address. Remembered: formatting an address was most of what the
+    client address still cost when no proxy is trusted."""
+    address = parse_address(value)
+    return str(address) if address is not None else value
+
+
 def forwarded_for(value: str) -> list[str]:
     """The `for=` values of an RFC 7239 `Forwarded` header, in order (empty for elements
     without one: they count as an unknown hop)."""
@@ -72,8 +81,10 @@ class TrustedProxies:
         self, peer: str | None, headers: Sequence[tuple[bytes, bytes]]
     ) -> str | None:
         """The client's address for a connection from `peer` carrying `headers` (ASGI pairs)."""
+        if not self._networks:
+            return address_text(peer) if peer else peer
         peer_address = parse_address(peer) if peer else None
-        if not self._networks or not self.check_trusted(peer_address):
+        if not self.check_trusted(peer_address):
             return str(peer_address) if peer_address is not None else peer
         wanted = HEADERS[self._header]
         lines = [v.decode("latin-1") for k, v in headers if k == wanted]

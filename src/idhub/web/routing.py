@@ -8,16 +8,54 @@ pattern matches that path (the route itself, parameterised routes and mounts tha
 match it), in the original order, so the first full match and the 405 partial match are the
 ones Starlette's scan finds. Any other path (parameters, typos, 404s) takes Starlette's own
 scan, so the index can only ever be smaller than the list it replaces, never different.
+
+Function endpoints run without Starlette's per-route exception wrapper (`lean_endpoint`): the
+application's one handler of errors, around the router, answers them with the same handlers
+(web/middleware.py in idhub, Starlette's exception middleware in a plain Starlette app). The
+wrapper wrapped `send` once more and caught and re-raised what it did not handle, on every
+request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from starlette._utils import get_route_path
-from starlette.routing import BaseRoute, Match, Mount, Route, Router
-from starlette.types import Receive, Scope, Send
+from starlette._utils import get_route_path, is_async_callable
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Match, Mount, Route, Router, request_response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+# Every app `request_response` builds runs this code: a route whose app runs it is a plain
+# function endpoint (no route middleware around it).
+# (A Starlette whose wrapper is no plain function: the sentinel matches nothing.)
+_WRAPPED_ENDPOINT = getattr(request_response(lambda request: Response()), "__code__", object())
+
+
+def lean_endpoint(func: Callable[[Request], Any]) -> ASGIApp:
+    """Starlette's `request_response` without its exception wrapper: an error leaves for the
+    handler around the router, which answers it as the wrapper would have."""
+    on_loop = is_async_callable(func)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        response: Response
+        if on_loop:
+            response = await func(request)
+        else:  # a synchronous endpoint runs in the threadpool, as before
+            response = await run_in_threadpool(func, request)
+        await response(scope, receive, send)
+
+    return app
+
+
+def make_lean(routes: Sequence[BaseRoute]) -> None:
+    """Gives each plain function route `lean_endpoint` in place of `request_response`."""
+    for route in routes:
+        if isinstance(route, Route) and getattr(route.app, "__code__", None) is _WRAPPED_ENDPOINT:
+            route.app = lean_endpoint(route.endpoint)
 
 
 def candidates_by_path(routes: Sequence[BaseRoute]) -> dict[str, tuple[BaseRoute, ...]]:
@@ -46,6 +84,7 @@ class IndexedRouter(Router):
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self._indexed_count != len(self.routes):  # a route added after start-up
+                make_lean(self.routes)
                 self._index = candidates_by_path(self.routes)
                 self._indexed_count = len(self.routes)
             found = self._index.get(get_route_path(scope))

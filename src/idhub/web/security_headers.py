@@ -1,5 +1,6 @@
-"""Headers every response carries, added outside everything else so error pages, static files
-and the JSON APIs get them alike.
+"""Headers every response carries, added by the one request layer (web/middleware.py) to
+every answer that leaves through it, so error pages, static files, refusals and the JSON APIs
+get them alike.
 
 - `X-Content-Type-Options: nosniff`: a browser never guesses a JSON or text answer is HTML.
 - `Cache-Control: no-store` on every response that sets no caching policy of its own: tokens,
@@ -19,51 +20,46 @@ from collections.abc import Iterable
 
 from starlette.requests import Request
 from starlette.routing import Match, Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HSTS = "max-age=31536000"
 STATIC_PREFIX = "/static/"
 
 
-class SecurityHeadersMiddleware:
-    def __init__(self, app: ASGIApp, *, issuer: str) -> None:
-        self.app = app
+class ResponseHeaders:
+    """The header lines of every response, computed once per response start by the request
+    layer (web/middleware.py) from the ones the application set."""
+
+    def __init__(self, *, issuer: str) -> None:
         # Raw (lower-case bytes) header lines, built once: this runs on every response, and
         # `MutableHeaders` decoded and re-scanned the whole list for each header it touched.
         always = [(b"x-content-type-options", b"nosniff")]
         if issuer.lower().startswith("https://"):
             always.append((b"strict-transport-security", HSTS.encode()))
         self._always = tuple(always)
+        self._own = frozenset(name for name, _ in always) | {b"server"}
         self._no_store = (b"cache-control", b"no-store")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        static = str(scope.get("path", "")).startswith(STATIC_PREFIX)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = self._headers(message.get("headers", ()), static=static)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _headers(
-        self, given: Iterable[tuple[bytes, bytes]], *, static: bool
+    def lines(
+        self,
+        given: Iterable[tuple[bytes, bytes]],
+        *,
+        static: bool,
+        extra: tuple[bytes, bytes],
     ) -> list[tuple[bytes, bytes]]:
-        """The response's header lines without `server` and the ones set here, plus ours."""
-        ours = self._always
+        """The response's header lines without `server` and the ones set here, plus ours and
+        `extra` (the request id); `static`: a static file, cacheable unless it says not."""
+        own = self._own
         kept: list[tuple[bytes, bytes]] = []
         cached = static
         for key, value in given:
             name = key.lower()
             if name == b"cache-control":
                 cached = True
-            elif name == b"server" or any(name == own for own, _ in ours):
+            elif name in own:
                 continue
             kept.append((key, value))
-        kept.extend(ours)
+        kept.append(extra)
+        kept.extend(self._always)
         if not cached:
             kept.append(self._no_store)
         return kept
