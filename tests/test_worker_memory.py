@@ -39,6 +39,11 @@ LAZY = ("saml2", "xmlschema", "xmlsec", "lxml", "alembic")
 # Nor, one that is never provisioned by SCIM, never sees a passkey and runs on SQLite.
 LAZY_TOO = ("scim2_models", "pydantic", "webauthn", "cbor2", "psycopg")
 
+# Nor, one that never sends a back-channel message, nor signs anyone in through another
+# provider, nor syncs an OA platform: httpx (with its command line's rich, click and Pygments)
+# and authlib's client on httpx2.
+LAZY_HTTP = ("httpx", "httpx2", "rich", "click", "pygments", "authlib.integrations.httpx_client")
+
 WORKER = """
 import json, os, sys
 from idhub.web import asgi
@@ -47,6 +52,7 @@ services = app.state.services
 services.authz.load_for_serving()
 before = [m for m in {lazy!r} if m in sys.modules]
 before_too = [m for m in {lazy_too!r} if m in sys.modules]
+before_http = [m for m in {lazy_http!r} if m in sys.modules]
 # First use: SCIM discovery and a SCIM document, a passkey ceremony.
 from idhub.core.scim import discovery, resources
 schemas = [d["id"] for d in discovery.schemas("http://x/scim/v2")]
@@ -67,7 +73,99 @@ print(json.dumps({{
     "schemas": schemas,
     "active": user_doc["active"],
     "challenge": bool(ceremony.options.get("challenge")),
+    "before_http": before_http,
+    **first_http_uses(),
+    "after_http": [m for m in {lazy_http!r} if m in sys.modules],
 }}))
+"""
+
+# The first use of each HTTP client a worker may hold, against a small server on 127.0.0.1.
+HTTP_USES = """
+import json, sys, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Answers(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def answer(self, status, document):
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        base = "http://127.0.0.1:%d" % self.server.server_port
+        if self.path.startswith("/.well-known/openid-configuration"):
+            return self.answer(200, {{
+                "issuer": base, "authorization_endpoint": base + "/authorize",
+                "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
+            }})
+        self.answer(200, {{"errcode": 0, "path": self.path.split("?")[0]}})
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/token":
+            return self.answer(400, {{"error": "invalid_grant"}})
+        if self.path == "/v1.0/oauth2/userAccessToken":
+            return self.answer(400, {{"code": "invalidAuthCode"}})
+        self.answer(200, {{}})
+
+
+def refused(call):
+    from idhub.core.upstream import UpstreamFailed
+
+    try:
+        call()
+    except UpstreamFailed as exc:
+        return exc.code
+    return None
+
+
+def first_http_uses():
+    from idhub.adapters.cas_callback import HttpProxyCallback
+    from idhub.adapters.oa_api import ApiRules, OaApi
+    from idhub.adapters.saml_store import HttpSamlLogoutChannel
+    from idhub.adapters.upstream_dingtalk import DingTalkSignIn
+    from idhub.adapters.upstream_oidc import OidcUpstream
+    from idhub.config import OaSourceSettings
+    from idhub.config.settings import UpstreamOidcSettings
+    from idhub.core.saml import BINDING_SOAP, Endpoint
+    from idhub.core.secret import Secret
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = "http://127.0.0.1:%d" % server.server_port
+    made = [
+        HttpProxyCallback(), HttpSamlLogoutChannel(),
+        OidcUpstream(UpstreamOidcSettings("up", base, "client", Secret("s"))),
+        DingTalkSignIn(OaSourceSettings("dingtalk", "d", base, "key", Secret("s"), api_url=base)),
+        OaApi(OaSourceSettings("wecom", "w", base, "corp", Secret("s")),
+              ApiRules("wecom", frozenset(), frozenset(), frozenset()), lambda api: ("t", 7200.0)),
+    ]
+    built = [m for m in {lazy_http!r} if m in sys.modules]
+    callback, channel, oidc, dingtalk, api = made
+    try:
+        return {{
+            "http_built": built,
+            "pgt_delivered": callback.deliver(base + "/pgt", pgt_id="PGT-1", pgt_iou="PGTIOU-1"),
+            "saml_sent": channel.send(Endpoint(BINDING_SOAP, base + "/slo"), "<LogoutRequest/>"),
+            "oidc_token_endpoint": oidc.discovery().token_endpoint == base + "/token",
+            "oidc_code": refused(lambda: oidc.complete(
+                redirect_uri=base + "/cb", params={{"code": "c"}}, nonce="n", code_verifier="v" * 43
+            )),
+            "dingtalk_code": refused(lambda: dingtalk.complete(
+                redirect_uri=base + "/cb", params={{"authCode": "c"}}, nonce="", code_verifier=""
+            )),
+            "oa_answer": api.call("GET", "ping", authenticated=False)["path"],
+        }}
+    finally:
+        for client in (callback, oidc, dingtalk, api):
+            client.close()
+        server.shutdown()
 """
 
 
@@ -89,8 +187,11 @@ def run_worker(tmp_path: Path) -> dict[str, object]:
         capture_output=True,
         timeout=120,
     )
+    names = {"lazy": LAZY, "lazy_too": LAZY_TOO, "lazy_http": LAZY_HTTP}
+    # The helpers come first; they import nothing until called (after the worker's "before").
+    script = HTTP_USES.format(**names) + WORKER.format(**names)
     out = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", WORKER.format(lazy=LAZY, lazy_too=LAZY_TOO)],
+        [sys.executable, "-W", "ignore", "-c", script],
         env=env,
         cwd=tmp_path,
         check=True,
@@ -132,6 +233,22 @@ def test_a_worker_on_sqlite_imports_scim_models_webauthn_and_psycopg_only_when_u
     ]
     assert result["active"] is True
     assert result["challenge"] is True
+
+
+def test_a_worker_imports_httpx_and_authlibs_client_only_when_first_used(
+    worker: dict[str, object],
+) -> None:
+    result = worker
+    assert result["before_http"] == [], "imported at worker start"
+    # Building the clients does not import them either; the first call does, and works.
+    assert result["http_built"] == []
+    assert result["pgt_delivered"] is True
+    assert result["saml_sent"] is None
+    assert result["oidc_token_endpoint"] is True
+    assert result["oidc_code"] == "code_refused"
+    assert result["dingtalk_code"] == "code_refused"
+    assert result["oa_answer"] == "/ping"
+    assert {"httpx", "authlib.integrations.httpx_client"} <= set(result["after_http"])  # type: ignore[arg-type]
 
 
 def _engine_with_groups(users: int = 30) -> Engine:
