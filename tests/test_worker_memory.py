@@ -248,7 +248,9 @@ def test_a_worker_imports_httpx_and_authlibs_client_only_when_first_used(
     assert result["oidc_code"] == "code_refused"
     assert result["dingtalk_code"] == "code_refused"
     assert result["oa_answer"] == "/ping"
-    assert {"httpx", "authlib.integrations.httpx_client"} <= set(result["after_http"])  # type: ignore[arg-type]
+    after = result["after_http"]
+    assert isinstance(after, list)
+    assert {"httpx", "authlib.integrations.httpx_client"} <= set(after)
 
 
 def _engine_with_groups(users: int = 30) -> Engine:
