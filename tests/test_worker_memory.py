@@ -36,8 +36,9 @@ from tests.conftest import REPO
 SRC_DIR = Path(__file__).resolve().parents[1] / "src"
 # What a worker that never answers SAML nor migrates must not have imported at start.
 LAZY = ("saml2", "xmlschema", "xmlsec", "lxml", "alembic")
-# Nor, one that is never provisioned by SCIM, never sees a passkey and runs on SQLite.
-LAZY_TOO = ("scim2_models", "pydantic", "webauthn", "cbor2", "psycopg")
+# Nor, one that is never provisioned by SCIM, never sees a passkey nor draws an authenticator
+# app's QR code, and runs on SQLite.
+LAZY_TOO = ("scim2_models", "pydantic", "webauthn", "cbor2", "psycopg", "segno")
 
 # Nor, one that never sends a back-channel message, nor signs anyone in through another
 # provider, nor syncs an OA platform: httpx (with its command line's rich, click and Pygments)
@@ -58,6 +59,9 @@ from idhub.core.scim import discovery, resources
 schemas = [d["id"] for d in discovery.schemas("http://x/scim/v2")]
 user_doc = resources.normalise("User", {{"userName": "Zoe", "active": "True"}})
 ceremony = services.passkeys.begin_authentication(None)
+# First use: an authenticator app's QR code.
+from idhub.web.account import qr_svg
+qr = qr_svg("otpauth://totp/idhub:zoe?secret=JBSWY3DPEHPK3PXP&issuer=idhub")
 # First use: the pysaml2 server and the IdP metadata.
 idp = services.saml_idp
 server = idp.server()
@@ -73,6 +77,7 @@ print(json.dumps({{
     "schemas": schemas,
     "active": user_doc["active"],
     "challenge": bool(ceremony.options.get("challenge")),
+    "qr": qr.startswith("<svg") and "<path" in qr,
     "before_http": before_http,
     **first_http_uses(),
     "after_http": [m for m in {lazy_http!r} if m in sys.modules],
@@ -219,13 +224,13 @@ def test_a_worker_imports_pysaml2_lxml_xmlsec_and_alembic_only_when_used(
     assert "saml2" in result["after"]  # type: ignore[operator]
 
 
-def test_a_worker_on_sqlite_imports_scim_models_webauthn_and_psycopg_only_when_used(
+def test_a_worker_on_sqlite_imports_scim_models_webauthn_segno_and_psycopg_only_when_used(
     worker: dict[str, object],
 ) -> None:
     result = worker
     assert result["before_too"] == [], "imported at worker start"
     # Used for the first time, they load and work; psycopg is never needed on SQLite.
-    assert result["after_too"] == ["scim2_models", "pydantic", "webauthn", "cbor2"]
+    assert result["after_too"] == ["scim2_models", "pydantic", "webauthn", "cbor2", "segno"]
     assert result["schemas"] == [
         "urn:ietf:params:scim:schemas:core:2.0:User",
         "urn:ietf:params:scim:schemas:core:2.0:Group",
@@ -233,6 +238,7 @@ def test_a_worker_on_sqlite_imports_scim_models_webauthn_and_psycopg_only_when_u
     ]
     assert result["active"] is True
     assert result["challenge"] is True
+    assert result["qr"] is True
 
 
 def test_a_worker_imports_httpx_and_authlibs_client_only_when_first_used(
