@@ -307,6 +307,43 @@ def test_derived_links_share_one_subject_string_per_user() -> None:
     assert all(m is members[0] for m in members)
 
 
+def test_an_engine_keeps_its_links_as_numbers_and_makes_a_link_when_asked() -> None:
+    engine = _engine_with_groups()
+    first = engine.links[0]
+    # The static line, as written; no `Link` is kept, each is made on demand.
+    assert first == Link("lead", "staff", "oa", Source("assignments.yaml", 1))
+    assert engine.links[0] is not first
+    # u5 is in g1 and g2: its two links in oa, in the order the rules were written.
+    assert [link for _, link in engine.links_from(user_subject("u5"), "oa")] == [
+        Link(
+            user_subject("u5"),
+            "staff",
+            "oa",
+            Source("assignments.yaml", 1),
+            None,
+            "group g1 (assignments.yaml:1)",
+        ),
+        Link(
+            user_subject("u5"),
+            "lead",
+            "oa",
+            Source("assignments.yaml", 1),
+            None,
+            "group g2 (assignments.yaml:1)",
+        ),
+    ]
+
+
+def test_warm_keeps_each_users_roles_as_one_flat_row() -> None:
+    engine = _engine_with_groups()
+    engine.warm()
+    row = engine._subject_roles["oa"][user_subject("u15")]
+    # role, anchors, role, anchors: ~100 bytes less than a dict per user and domain
+    assert isinstance(row, tuple)
+    assert dict(zip(row[::2], row[1::2], strict=True)) == {"staff": ("/hq/a",), "lead": ("/hq/a",)}
+    assert sys.getsizeof(row) < sys.getsizeof(engine.roles_of(user_subject("u15"), "oa"))
+
+
 def test_warm_gives_every_user_the_roles_computed_on_demand() -> None:
     warm, cold = _engine_with_groups(), _engine_with_groups()
     warm.warm()
