@@ -6,27 +6,41 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    # httpx is imported on the first callback: with it come its command line's click, rich and
+    # Pygments (~10 MB), which a worker that never proxies a CAS ticket should not carry.
+    import httpx
 
 log = logging.getLogger("idhub.cas")
 
-TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+READ_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
 
 
 class HttpProxyCallback:
-    def __init__(self, *, timeout: httpx.Timeout = TIMEOUT) -> None:
-        self._timeout = timeout
+    def __init__(
+        self, *, read_timeout: float = READ_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT
+    ) -> None:
+        self._timeouts = (read_timeout, connect_timeout)
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
 
     def _http(self) -> httpx.Client:
+        import httpx
+
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(timeout=self._timeout, follow_redirects=False)
+                read, connect = self._timeouts
+                self._client = httpx.Client(
+                    timeout=httpx.Timeout(read, connect=connect), follow_redirects=False
+                )
             return self._client
 
     def deliver(self, url: str, *, pgt_id: str, pgt_iou: str) -> bool:
+        import httpx
+
         try:
             response = self._http().get(url, params={"pgtId": pgt_id, "pgtIou": pgt_iou})
         except httpx.HTTPError as exc:

@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from idhub.config import OaSourceSettings
 from idhub.errors import DirectoryError
+
+if TYPE_CHECKING:
+    # httpx is imported with the first call's client: it brings its command line (click, rich,
+    # Pygments, ~10 MB), which a worker that never syncs nor signs in through an OA platform
+    # need not carry.
+    import httpx
 
 
 class OaApiError(DirectoryError):
@@ -42,6 +47,9 @@ class _RedactTokens(logging.Filter):
     _pattern = re.compile(r"(access_token|appsecret|corpsecret)=[^&\s]+")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Only httpx logs to this logger, so httpx is loaded by the time a record gets here.
+        import httpx
+
         if record.args:
             record.args = tuple(
                 self._pattern.sub(r"\1=***", str(a)) if isinstance(a, (str, httpx.URL)) else a
@@ -87,13 +95,27 @@ class OaApi:
         self._fetch_token = fetch_token
         self._sleep = sleep
         self._clock = clock
-        self._http = httpx.Client(base_url=settings.base_url, timeout=settings.timeout)
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
         self._token: str | None = None
         self._token_until = 0.0
         self.calls: Counter[str] = Counter()  # path -> requests sent (retries included)
 
+    def _http(self) -> httpx.Client:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(
+                    base_url=self._settings.base_url, timeout=self._settings.timeout
+                )
+            return self._client
+
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     # ------------------------------------------------------------ tokens
 
@@ -174,9 +196,11 @@ class OaApi:
     def _send(
         self, method: str, path: str, query: Mapping[str, Any], body: Mapping[str, Any] | None
     ) -> dict[str, Any]:
+        import httpx
+
         self.calls[path] += 1
         try:
-            response = self._http.request(method, "/" + path, params=query, json=body)
+            response = self._http().request(method, "/" + path, params=query, json=body)
         except httpx.TimeoutException:
             raise _Transient("timed out") from None
         except httpx.TransportError as exc:

@@ -7,7 +7,6 @@ import base64
 import threading
 from typing import Any
 
-import httpx
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
@@ -190,11 +189,16 @@ class HttpSamlLogoutChannel:
     HTTP-POST binding's form (`SAMLRequest`, base64) sent server to server."""
 
     def __init__(self, *, timeout: float = 5.0) -> None:
-        self._timeout = httpx.Timeout(timeout, connect=3.0)
+        self._timeout = timeout
 
     def send(self, endpoint: Endpoint, logout_request_xml: str) -> None:
+        # Imported on the first logout sent: httpx brings its command line (click, rich,
+        # Pygments, ~10 MB), which a worker that never ends a SAML session should not carry.
+        import httpx
+
+        timeout = httpx.Timeout(self._timeout, connect=3.0)
         try:
-            with httpx.Client(timeout=self._timeout, follow_redirects=False) as client:
+            with httpx.Client(timeout=timeout, follow_redirects=False) as client:
                 if endpoint.binding == BINDING_SOAP:
                     response = client.post(
                         endpoint.location,

@@ -16,14 +16,18 @@ an error message.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-import httpx
 
 from idhub.config import OaSourceSettings
 from idhub.core.upstream import UpstreamFailed, UpstreamIdentity
+
+if TYPE_CHECKING:
+    # httpx is imported with the first sign-in's client: it brings its command line (click,
+    # rich, Pygments, ~10 MB), which a worker whose users never choose DingTalk need not carry.
+    import httpx
 
 AMR_DINGTALK = "dingtalk"
 MAX_CODE = 200
@@ -39,12 +43,25 @@ class DingTalkSignIn:
         self._settings = settings
         self._login_url = settings.login_url or "https://login.dingtalk.com"
         self._api_url = settings.api_url or "https://api.dingtalk.com"
-        # One client for the provider's life (thread-safe, keeps connections): building one
-        # loads the CA bundle, ~90 ms here, which per sign-in was most of its cost.
-        self._http = httpx.Client(base_url=self._api_url, timeout=settings.timeout)
+        # One client for the provider's life (thread-safe, keeps connections), made on the
+        # first call: building one loads the CA bundle, ~90 ms here, which per sign-in was most
+        # of its cost.
+        self._client: httpx.Client | None = None
+        self._lock = threading.Lock()
+
+    def _http(self) -> httpx.Client:
+        import httpx
+
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(base_url=self._api_url, timeout=self._settings.timeout)
+            return self._client
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def authorization_url(
         self, *, redirect_uri: str, state: str, nonce: str, code_verifier: str
@@ -110,8 +127,10 @@ class DingTalkSignIn:
         json: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
+        import httpx
+
         try:
-            response = self._http.request(method, path, json=json, headers=headers)
+            response = self._http().request(method, path, json=json, headers=headers)
         except httpx.HTTPError as exc:
             # Only the kind of failure: its text may carry the URL.
             raise UpstreamFailed(

@@ -9,18 +9,19 @@ Every failure is `UpstreamFailed` with a code; codes, tokens and secrets are nev
 
 from __future__ import annotations
 
+import functools
 import hmac
 import importlib
 import ssl
+import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import authlib.deprecate  # noqa: F401 - its "always" filter first, so ours below stays in front
 import certifi
-import httpx
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
@@ -30,10 +31,12 @@ from idhub.core.clock import Clock, SystemClock
 from idhub.core.upstream import UpstreamFailed, UpstreamIdentity, UpstreamProvider
 from idhub.core.upstream_oidc_mapping import AccountLookup, ClaimAccounts, ClaimMatch
 
-with warnings.catch_warnings():
-    # Without httpx2 installed, authlib's client announces its future move; not ours to fix.
-    warnings.filterwarnings("ignore", message="The httpx module is deprecated")
-    from authlib.integrations.httpx_client import OAuth2Client, OAuthError
+if TYPE_CHECKING:
+    # httpx, and authlib's client with httpx2 under it, are imported when a provider first
+    # talks to its server: together with httpx's command line (click, rich, Pygments) they are
+    # ~14 MB that a worker nobody signs in through need not carry.
+    import httpx
+    from authlib.integrations.httpx_client import OAuthError
 
 KIND = "oidc"
 AMR_FEDERATED = "fed"  # RFC 8176: signed in through a federated provider
@@ -43,17 +46,28 @@ _MAX_ERROR_TEXT = 200
 _PROTOCOL_CLAIMS = frozenset({"aud", "exp", "iat", "nbf", "nonce", "at_hash", "c_hash", "azp"})
 
 
+@functools.cache
+def _authlib_client() -> tuple[Callable[..., Any], type[OAuthError]]:
+    """authlib's OAuth 2 client and its error, imported on the first code exchange."""
+    with warnings.catch_warnings():
+        # Without httpx2 installed, authlib's client announces its future move; not ours to fix.
+        warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+        from authlib.integrations.httpx_client import OAuth2Client
+        from authlib.integrations.httpx_client import OAuthError as error
+    return OAuth2Client, error
+
+
+@functools.cache
 def _transport_errors() -> tuple[type[Exception], ...]:
     """httpx's errors, and httpx2's when authlib's client runs on that fork."""
+    import httpx
+
     errors: list[type[Exception]] = [httpx.HTTPError]
     try:
         errors.append(importlib.import_module("httpx2").HTTPError)
     except ImportError:
         pass
     return tuple(errors)
-
-
-_TRANSPORT = _transport_errors()
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class OidcUpstream:
         *,
         http: httpx.Client | None = None,
         clock: Clock | None = None,
-        client_factory: Callable[..., Any] = OAuth2Client,
+        client_factory: Callable[..., Any] | None = None,
     ) -> None:
         self.name = settings.name
         self.label = settings.label or settings.name
@@ -83,12 +97,11 @@ class OidcUpstream:
         # Made once: loading the CA bundle is most of what a new HTTP client costs (~50 ms on
         # a busy box), and the token request makes one per sign-in.
         self._tls = ssl.create_default_context(cafile=str(settings.ca_file or certifi.where()))
-        self._owns_http = http is None
-        self._http = http or httpx.Client(
-            timeout=settings.timeout, follow_redirects=False, verify=self._tls
-        )
+        self._shared_http = http
+        self._own_http: httpx.Client | None = None  # made on the first discovery or JWKS fetch
+        self._lock = threading.Lock()
         self._clock = clock or SystemClock()
-        self._client_factory = client_factory
+        self._client_factory = client_factory  # None: authlib's OAuth2Client, when first needed
         self._discovery: Discovery | None = None
         self._discovered_at = 0.0
         self._keys = ProviderKeys(self._fetch_jwks, self._clock)
@@ -189,9 +202,23 @@ class OidcUpstream:
     def _fetch_jwks(self) -> Mapping[str, Any]:
         return self._get_json(self.discovery().jwks_uri, "JWKS")
 
+    def _http(self) -> httpx.Client:
+        if self._shared_http is not None:
+            return self._shared_http
+        import httpx
+
+        with self._lock:
+            if self._own_http is None:
+                self._own_http = httpx.Client(
+                    timeout=self._settings.timeout, follow_redirects=False, verify=self._tls
+                )
+            return self._own_http
+
     def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        import httpx
+
         try:
-            response = self._http.get(url, headers={"accept": "application/json"})
+            response = self._http().get(url, headers={"accept": "application/json"})
         except httpx.TimeoutException:
             raise self._down(f"timed out fetching its {what}") from None
         except httpx.HTTPError as exc:
@@ -217,7 +244,8 @@ class OidcUpstream:
 
     def _client(self, redirect_uri: str) -> Any:
         s = self._settings
-        return self._client_factory(
+        factory = self._client_factory or _authlib_client()[0]
+        return factory(
             client_id=s.client_id,
             client_secret=s.client_secret.reveal(),
             token_endpoint_auth_method=s.token_auth_method,
@@ -252,6 +280,7 @@ class OidcUpstream:
     def _exchange(
         self, client: Any, found: Discovery, code: str, code_verifier: str
     ) -> dict[str, Any]:
+        _, oauth_error = _authlib_client()
         try:
             token = client.fetch_token(
                 found.token_endpoint,
@@ -259,12 +288,12 @@ class OidcUpstream:
                 code=code,
                 code_verifier=code_verifier,
             )
-        except OAuthError as exc:
+        except oauth_error as exc:
             raise UpstreamFailed(
                 f"{self.name} refused the authorization code ({_short(str(exc.error))})",
                 code="code_refused",
             ) from None
-        except _TRANSPORT as exc:
+        except _transport_errors() as exc:
             raise self._down(f"token request failed ({type(exc).__name__})") from None
         except ValueError:
             raise UpstreamFailed(
@@ -278,7 +307,7 @@ class OidcUpstream:
         assert found.userinfo_endpoint is not None
         try:
             response = client.get(found.userinfo_endpoint, headers={"accept": "application/json"})
-        except _TRANSPORT as exc:
+        except _transport_errors() as exc:
             raise self._down(f"userinfo request failed ({type(exc).__name__})") from None
         try:
             info = response.json() if response.status_code == 200 else None
@@ -316,8 +345,10 @@ class OidcUpstream:
 
     def close(self) -> None:
         """Closes the HTTP client this provider made for itself (a shared one is the owner's)."""
-        if self._owns_http:
-            self._http.close()
+        with self._lock:
+            if self._own_http is not None:
+                self._own_http.close()
+                self._own_http = None
 
 
 def _short(value: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-import segno
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -47,6 +46,10 @@ def _secret_of(uri: str) -> str:
 
 def qr_svg(uri: str) -> str:
     """The provisioning URI as an inline SVG QR code (no image service, no script)."""
+    # Imported when someone first sets up an authenticator app (~1.5 MB a worker would
+    # otherwise carry from start).
+    import segno
+
     return str(segno.make(uri, error="m").svg_inline(scale=4, dark="#000", light="#fff"))
 
 
