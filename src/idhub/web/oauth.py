@@ -136,10 +136,12 @@ class OAuthEndpoints:
 
     `batch_tokens`: token requests go to the threadpool in batches (web/batching.py): what
     queued while the last batch ran goes over in one hop, and the batch's client-credentials
-    tokens commit their events in one append (`Provider.token_many`). Right for SQLite, where
-    every append waits its turn for the one write lock anyway: 40 threads each holding one
-    request bought only GIL contention and thread hand-overs. On PostgreSQL each request keeps
-    its own thread, so the network round trips of many requests overlap.
+    tokens commit their events in one append (`Provider.token_many`), after one throttle read
+    for all of them. Right for SQLite, where every append waits its turn for the one write
+    lock anyway: 40 threads each holding one request bought only GIL contention and thread
+    hand-overs. And for PostgreSQL, whose appends queue on the chain's advisory lock: a
+    thread per request cost ~25 % more server CPU per token (docs/performance.md, 2026-12-02),
+    once a batch no longer made its throttle reads one round trip after another.
     """
 
     def __init__(
@@ -216,7 +218,7 @@ def routes(services: Services) -> list[BaseRoute]:
         provider=services.oidc,
         issuer=services.settings.server.issuer,
         inline=services.engine.dialect.name == "sqlite",
-        batch_tokens=services.engine.dialect.name == "sqlite",
+        batch_tokens=True,
         introspect=services.introspection.introspect,
     )
     return endpoints.routes()
