@@ -342,3 +342,39 @@ def test_a_failure_in_a_batch_is_seen_by_the_requests_after_it(
     # The batch's own read, then one per request after the first failure; alone, one each.
     assert reads[:6] == [2, 2, 2, 2, 2, 2] and len(reads) == 12
     assert _sorted(_events(services, LEAN_IP)) == _sorted(_events(services, GENERIC_IP))
+
+
+def test_only_the_batched_grants_go_in_batches(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `batched_grants` (PostgreSQL: client credentials only) every other grant is handed
+    to the threadpool alone (`Provider.token`), as before; client credentials go in batches
+    (`Provider.token_many`, which the batcher calls directly)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from idhub.web.oauth import OAuthEndpoints
+
+    secrets = _register(services)
+    alone: list[str | None] = []
+    token = services.oidc.token
+
+    def counted(data: OAuthRequestData) -> OAuthResponseData:
+        alone.append(data.params.get("grant_type"))
+        return token(data)
+
+    monkeypatch.setattr(services.oidc, "token", counted)
+    endpoints = OAuthEndpoints(
+        provider=services.oidc,
+        issuer=services.settings.server.issuer,
+        batch_tokens=True,
+        batched_grants=frozenset({"client_credentials"}),
+    )
+    auth = {"Authorization": _basic("batch", secrets["batch"])}
+    with TestClient(Starlette(routes=endpoints.routes())) as client:
+        cc = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
+        refresh = client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers=auth
+        )
+    assert cc.status_code == 200 and refresh.status_code == 400
+    assert alone == ["refresh_token"]
