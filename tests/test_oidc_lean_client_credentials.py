@@ -291,7 +291,7 @@ def _rows(services: Services) -> list[Any]:
 
 def _counting_reads(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many keys each throttle read asked for (the real store still answers)."""
-    store = services.throttle._store  # noqa: SLF001 - the real store, observed
+    store = services.throttle._store  # the real store, observed
     reads: list[int] = []
     real = store.counters
 
