@@ -287,3 +287,94 @@ def test_concurrent_token_requests_over_http_each_get_their_own_answer(
 def _rows(services: Services) -> list[Any]:
     with services.engine.connect() as conn:
         return list(conn.execute(select(audit_events)).all())
+
+
+def _counting_reads(services: Services, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many keys each throttle read asked for (the real store still answers)."""
+    store = services.throttle._store  # the real store, observed
+    reads: list[int] = []
+    real = store.counters
+
+    def counters(keys: Any) -> Any:
+        reads.append(len(keys))
+        return real(keys)
+
+    monkeypatch.setattr(store, "counters", counters)
+    return reads
+
+
+def test_a_batch_reads_the_throttle_once(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lean requests of a batch read their throttle counters in one query, not one each:
+    on PostgreSQL each read is a round trip, and one after another they made a batch slower
+    than a thread per request (docs/performance.md)."""
+    secrets = _register(services)
+    auth = {"authorization": _basic("batch", secrets["batch"])}
+    other = {"authorization": _basic("batch-rs", secrets["batch-rs"])}
+    cc = [("grant_type", "client_credentials")]
+    batch = [_request(cc, LEAN_IP, headers=auth) for _ in range(5)]
+    batch += [_request(cc, GENERIC_IP, headers=other)]
+    reads = _counting_reads(services, monkeypatch)
+    assert [a.status for a in services.oidc.token_many(batch)] == [200] * 6
+    # One read; its keys: each address once, each (client, address) once.
+    assert reads == [4]
+
+
+def test_a_failure_in_a_batch_is_seen_by_the_requests_after_it(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a request of the batch counted a failure, the ones after it read the counters
+    again, as they would alone: wrong secrets past the free ones get "too many failed
+    attempts", and so does the right secret behind them."""
+    secrets = _register(services)
+    wrong = {"authorization": _basic("batch", "not-the-secret")}
+    right = {"authorization": _basic("batch", secrets["batch"])}
+    cc = [("grant_type", "client_credentials")]
+    headers = [wrong] * 5 + [right]
+    reads = _counting_reads(services, monkeypatch)
+    together = services.oidc.token_many([_request(cc, LEAN_IP, headers=h) for h in headers])
+    alone = [services.oidc.token(_request(cc, GENERIC_IP, headers=h)) for h in headers]
+    assert [_answer(services, r) for r in together] == [_answer(services, r) for r in alone]
+    descriptions = [r.body["error_description"] for r in together]  # type: ignore[index]
+    assert descriptions[0] == "client authentication failed"
+    assert descriptions[-2:] == ["too many failed attempts"] * 2
+    # The batch's own read, then one per request after the first failure; alone, one each.
+    assert reads[:6] == [2, 2, 2, 2, 2, 2] and len(reads) == 12
+    assert _sorted(_events(services, LEAN_IP)) == _sorted(_events(services, GENERIC_IP))
+
+
+def test_only_the_batched_grants_go_in_batches(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With `batched_grants` (PostgreSQL: client credentials only) every other grant is handed
+    to the threadpool alone (`Provider.token`), as before; client credentials go in batches
+    (`Provider.token_many`, which the batcher calls directly)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from idhub.web.oauth import OAuthEndpoints
+
+    secrets = _register(services)
+    alone: list[str | None] = []
+    token = services.oidc.token
+
+    def counted(data: OAuthRequestData) -> OAuthResponseData:
+        alone.append(data.params.get("grant_type"))
+        return token(data)
+
+    monkeypatch.setattr(services.oidc, "token", counted)
+    endpoints = OAuthEndpoints(
+        provider=services.oidc,
+        issuer=services.settings.server.issuer,
+        batch_tokens=True,
+        batched_grants=frozenset({"client_credentials"}),
+    )
+    auth = {"Authorization": _basic("batch", secrets["batch"])}
+    with TestClient(Starlette(routes=endpoints.routes())) as client:
+        cc = client.post("/token", data={"grant_type": "client_credentials"}, headers=auth)
+        refresh = client.post(
+            "/token", data={"grant_type": "refresh_token", "refresh_token": "x"}, headers=auth
+        )
+    assert cc.status_code == 200 and refresh.status_code == 400
+    assert alone == ["refresh_token"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import InvalidClientError
 
-from idhub.core.client_guard import ClientAuthGuard
+from idhub.core.client_guard import ClientAttempt, ClientAuthGuard
 from idhub.core.clients import Client, ClientRegistry
 from idhub.oidc.client_auth import basic_credentials
 from idhub.oidc.messages import OAuthRequestData
@@ -75,12 +75,18 @@ def plan_basic_only(
 
 
 def require_basic_client(
-    req: BasicOnly, registry: ClientRegistry, guard: ClientAuthGuard | None
+    req: BasicOnly,
+    registry: ClientRegistry,
+    guard: ClientAuthGuard | None,
+    *,
+    attempt: ClientAttempt | None = None,
 ) -> Client:
     """The client, once the throttle let the attempt through and the secret is right; raises
-    the `InvalidClientError` the generic path raises otherwise (the attempt counted)."""
+    the `InvalidClientError` the generic path raises otherwise (the attempt counted).
+    `attempt`: the request's attempt already begun (a batch's, `ClientAuthGuard.begin_batch`)."""
     data = req.data
-    attempt = guard.begin(data.headers, data.params, data.ctx) if guard is not None else None
+    if attempt is None and guard is not None:
+        attempt = guard.begin(data.headers, data.params, data.ctx)
     if attempt is not None and attempt.refused:
         raise InvalidClientError(status_code=401, description="too many failed attempts")
     if not registry.check_secret(req.client, req.secret):

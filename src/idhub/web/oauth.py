@@ -136,10 +136,16 @@ class OAuthEndpoints:
 
     `batch_tokens`: token requests go to the threadpool in batches (web/batching.py): what
     queued while the last batch ran goes over in one hop, and the batch's client-credentials
-    tokens commit their events in one append (`Provider.token_many`). Right for SQLite, where
-    every append waits its turn for the one write lock anyway: 40 threads each holding one
-    request bought only GIL contention and thread hand-overs. On PostgreSQL each request keeps
-    its own thread, so the network round trips of many requests overlap.
+    tokens commit their events in one append (`Provider.token_many`), after one throttle read
+    for all of them. Right for SQLite, where every append waits its turn for the one write
+    lock anyway: 40 threads each holding one request bought only GIL contention and thread
+    hand-overs. And for PostgreSQL, whose appends queue on the chain's advisory lock: a
+    thread per request cost ~25 % more server CPU per token (docs/performance.md, 2026-12-02),
+    once a batch no longer made its throttle reads one round trip after another.
+    `batched_grants`: the grant types that go in batches (None: all). On PostgreSQL only
+    client credentials: a batch's code exchanges and refreshes share one unit of work whose
+    savepoints are round trips one after another, and measured at a third of their rate
+    alone, where each unit already shares its commit with the other threads' (unit_group.py).
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class OAuthEndpoints:
         issuer: str,
         inline: bool = False,
         batch_tokens: bool = False,
+        batched_grants: frozenset[str] | None = None,
         introspect: Callable[[OAuthRequestData], OAuthResponseData] | None = None,
     ) -> None:
         self._provider = provider
@@ -159,6 +166,7 @@ class OAuthEndpoints:
         self._token_batches: Batcher[OAuthRequestData, OAuthResponseData] | None = (
             Batcher(provider.token_many, concurrency=2) if batch_tokens else None
         )
+        self._batched_grants = batched_grants
         self._token_alone = self.form_endpoint(provider.token)
 
     def form_endpoint(
@@ -184,6 +192,9 @@ class OAuthEndpoints:
             data = await read_oauth_request(request, issuer=self._issuer)
         except BadForm as exc:
             return _bad_request(str(exc))
+        grants = self._batched_grants
+        if grants is not None and data.params.get("grant_type") not in grants:
+            return to_response(await run_in_threadpool(self._provider.token, data))
         return to_response(await batches.submit(data))
 
     async def userinfo(self, request: Request) -> Response:
@@ -212,11 +223,13 @@ class OAuthEndpoints:
 
 
 def routes(services: Services) -> list[BaseRoute]:
+    sqlite = services.engine.dialect.name == "sqlite"
     endpoints = OAuthEndpoints(
         provider=services.oidc,
         issuer=services.settings.server.issuer,
-        inline=services.engine.dialect.name == "sqlite",
-        batch_tokens=services.engine.dialect.name == "sqlite",
+        inline=sqlite,
+        batch_tokens=True,
+        batched_grants=None if sqlite else frozenset({"client_credentials"}),
         introspect=services.introspection.introspect,
     )
     return endpoints.routes()
