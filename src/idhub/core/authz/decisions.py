@@ -456,10 +456,17 @@ class PolicyAnswers:
         return answers
 
     def decide_batch(
-        self, questions: Sequence[Question], *, client: str, ctx: RequestContext | None
+        self,
+        questions: Sequence[Question],
+        *,
+        client: str,
+        ctx: RequestContext | Callable[[], RequestContext | None] | None,
     ) -> tuple[list[Answer], list[PendingEvent]]:
         """A batch's answers and the audit events that must be written (`record_events`)
-        before any of them is given; touches no database, so it may run on the event loop."""
+        before any of them is given; touches no database, so it may run on the event loop.
+        `ctx` may be a function, called only when there is an event to carry it: most
+        single checks record nothing, and reading the request's context was a few percent
+        of one."""
         require_batch_size(len(questions))
         answers = [self.decide(question) for question in questions]
         events = self._source.decision_events(
@@ -478,8 +485,11 @@ class PolicyAnswers:
             ],
             actor=Actor("client", client),
             version=self.version,
-            ctx=ctx,
+            ctx=None if callable(ctx) else ctx,
         )
+        if events and callable(ctx):
+            context = ctx()
+            events = [replace(event, ctx=context) for event in events]
         return answers, events
 
     def record_events(self, events: Sequence[PendingEvent]) -> None:
