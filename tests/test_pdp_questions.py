@@ -122,3 +122,19 @@ def test_the_request_context_is_read_only_for_a_check_that_records() -> None:
 
 def _q(answers: PolicyAnswers, body: dict[str, Any]) -> Any:
     return _question(body, "request", answers, client="reimburse")
+
+
+def test_an_answer_is_the_bytes_and_headers_starlette_would_send() -> None:
+    from starlette.responses import JSONResponse
+
+    from idhub.web.pdp_api import _Json
+
+    reason = 'denied by 报销.csv:3 "x"\n'
+    content = {"allowed": False, "reason": reason, "policy_version": "v1"}
+    ours, theirs = _Json(content), JSONResponse(content)
+    assert (ours.status_code, ours.body, ours.raw_headers) == (
+        theirs.status_code,
+        theirs.body,
+        theirs.raw_headers,
+    )
+    assert ours.background is None

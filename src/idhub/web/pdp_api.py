@@ -81,10 +81,17 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 
 class _Json(JSONResponse):
-    """`JSONResponse` rendered by the shared encoder: the same bytes, less CPU."""
+    """A 200 `JSONResponse` rendered by the shared encoder, its two header lines made
+    directly: the same bytes and headers as `JSONResponse(content)`, less CPU."""
 
-    def render(self, content: Any) -> bytes:
-        return _ENCODER.encode(content).encode("utf-8")
+    def __init__(self, content: Any) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body = _ENCODER.encode(content).encode("utf-8")
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode("latin-1")),
+            (b"content-type", b"application/json"),
+        ]
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
