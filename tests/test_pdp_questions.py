@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
-from idhub.core.authz.decisions import Decisions, PolicyAnswers
+from idhub.core.authz.decisions import Decisions, PolicyAnswers, Question
 from idhub.core.authz.engine import Decision
 from idhub.errors import InvalidInput
 from idhub.web.pdp_api import _flat_question, _question
@@ -138,3 +138,32 @@ def test_an_answer_is_the_bytes_and_headers_starlette_would_send() -> None:
         theirs.raw_headers,
     )
     assert ours.background is None
+
+
+def test_canonical_question_carries_every_field_of_a_question() -> None:
+    """`canonical_question` builds a new `Question` naming each field: a field added later
+    must be carried too, not silently dropped to its default."""
+    import dataclasses
+
+    from idhub.core.authz.decisions import canonical_question
+
+    given = Question(
+        domain="Reimburse",
+        type="Expense_Report",
+        action="READ",
+        user=" Bob",
+        sub="sub-bob",
+        owner="Alice ",
+        dept="/hq",
+        resource_id=" 42",
+        actors=(("Created_By", ("Alice",)),),
+    )
+    canonical = canonical_question(given)
+    for item in dataclasses.fields(Question):
+        if item.name == "canonical":
+            continue
+        assert getattr(given, item.name) != item.default, f"set {item.name} in this test"
+        assert getattr(canonical, item.name) not in ("", ()), item.name
+    assert canonical.canonical
+    assert (canonical.domain, canonical.user, canonical.resource_id) == ("reimburse", "bob", "42")
+    assert canonical.actors == (("created_by", ("alice",)),)
