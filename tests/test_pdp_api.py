@@ -577,7 +577,7 @@ def test_checks_that_find_the_registration_due_wait_for_one_read_not_a_thread_ea
     """Once a second the client registration's version check is due (a database read): the
     checks arriving meanwhile wait for one read in a worker thread and are then decided on
     the event loop (web/pdp_api.py, `PartiesDue`), instead of each taking the thread path."""
-    from idhub.web import pdp_api
+    from starlette.concurrency import run_in_threadpool
 
     assert api.post("/api/v1/authz/check", ALLOWED).json()["allowed"] is True  # remembered
     clients = api.live.services.clients
@@ -591,13 +591,12 @@ def test_checks_that_find_the_registration_due_wait_for_one_read_not_a_thread_ea
 
     monkeypatch.setattr(clients._store, "version", slow_version)
     hops: list[str] = []
-    threadpool = pdp_api.run_in_threadpool
 
     async def counted(*args: object, **kwargs: object) -> object:
         hops.append("hop")
-        return await threadpool(*args, **kwargs)  # type: ignore[arg-type]
+        return await run_in_threadpool(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pdp_api, "run_in_threadpool", counted)
+    monkeypatch.setattr("idhub.web.pdp_api.run_in_threadpool", counted)
     clients._checked_at = 0.0  # the version check is due now
     headers = {"Authorization": f"Bearer {api.token}"}
 
