@@ -350,6 +350,31 @@ def test_the_access_log_carries_no_credentials(
     assert "client_id=oa" in text and "scope=openid" in text and "code=-" in text
 
 
+@pytest.mark.parametrize(("level", "logged"), [("warning", False), ("info", True)])
+def test_the_access_line_is_formatted_only_when_it_is_written(level: str, logged: bool) -> None:
+    """uvicorn formats its access line's arguments for every response once the logger has a
+    handler, even when the level drops the record; idhub's protocol asks the level first."""
+    import asyncio
+
+    from uvicorn.server import ServerState
+
+    from idhub.web import http_server
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # never called
+        raise AssertionError
+
+    config = server_config(app, limits=LimitsSettings(), host="127.0.0.1", port=0, log_level=level)
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        for protocol in (http_server.GuardedHttpToolsProtocol, http_server.GuardedH11Protocol):
+            made = protocol(config, ServerState(), {}, _loop=loop)
+            assert made.access_logger.hasHandlers()
+            assert made.access_log is logged, protocol.__name__
+    finally:
+        loop.close()
+
+
 def test_redacted_targets() -> None:
     assert redact_target("/healthz") == "/healthz"
     assert redact_target("/cb?code=abc&state=xyz") == "/cb?code=-&state=-"

@@ -569,3 +569,45 @@ def test_denials_decided_together_share_one_write_and_each_waits_for_it(
     if api.live.services.engine.dialect.name == "sqlite":
         # Decided on the event loop: at most two writes in flight, the rest queued together.
         assert len(writes) < 8, writes
+
+
+def test_checks_that_find_the_registration_due_wait_for_one_read_not_a_thread_each(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a second the client registration's version check is due (a database read): the
+    checks arriving meanwhile wait for one read in a worker thread and are then decided on
+    the event loop (web/pdp_api.py, `PartiesDue`), instead of each taking the thread path."""
+    from starlette.concurrency import run_in_threadpool
+
+    assert api.post("/api/v1/authz/check", ALLOWED).json()["allowed"] is True  # remembered
+    clients = api.live.services.clients
+    version = clients._store.version
+    reads: list[int] = []
+
+    def slow_version() -> int:
+        reads.append(1)
+        time.sleep(0.3)  # every check of the burst arrives while this read runs
+        return version()
+
+    monkeypatch.setattr(clients._store, "version", slow_version)
+    hops: list[str] = []
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        hops.append("hop")
+        return await run_in_threadpool(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("idhub.web.pdp_api.run_in_threadpool", counted)
+    clients._checked_at = 0.0  # the version check is due now
+    headers = {"Authorization": f"Bearer {api.token}"}
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api.live.url, headers=headers, timeout=20) as http:
+            asked = [http.post("/api/v1/authz/check", json=ALLOWED) for _ in range(12)]
+            return list(await asyncio.gather(*asked))
+
+    answers = asyncio.run(burst())
+    assert [a.json()["allowed"] for a in answers] == [True] * 12
+    if api.live.services.engine.dialect.name == "sqlite":
+        # PostgreSQL has no probe: its checks take the thread path for the revocation read.
+        assert hops == [], f"{len(hops)} checks took the thread path"
+        assert 1 <= len(reads) <= 2, reads
