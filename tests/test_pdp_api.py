@@ -451,6 +451,29 @@ def test_a_system_asks_only_about_the_domains_it_is_registered_for(api: Api) -> 
     assert admin.json()["allowed"] is True
 
 
+def test_a_token_of_a_disabled_or_removed_client_asks_nothing(api: Api) -> None:
+    """A system token outlives its client's registration by up to its lifetime; the decision
+    API is asked online and refuses it from the moment the client is disabled or removed,
+    also for the domain named by its own client_id (and for a remembered token)."""
+    own = {"user": "bob", "domain": "reimburse", "type": "expense_report", "action": "approve"}
+    for _ in range(2):  # the second is answered from the remembered token, on the event loop
+        assert api.post("/api/v1/authz/check", own).status_code == 200
+    clients = api.live.services.clients
+    clients.update("reimburse", disabled=True)
+    refused = api.post("/api/v1/authz/check", own)
+    assert refused.status_code == 403, refused.text
+    assert "no longer registered or is disabled" in refused.json()["error_description"]
+    clients.update("reimburse", disabled=False)
+    assert api.post("/api/v1/authz/check", own).status_code == 200
+    erp = client_token(api.live, "erp", "authz")
+    about_erp = {**own, "domain": "erp", "type": "voucher"}
+    assert api.post("/api/v1/authz/check", about_erp, token=erp).status_code == 200
+    clients.remove("erp")
+    gone = api.post("/api/v1/authz/check", about_erp, token=erp)
+    assert gone.status_code == 403, gone.text
+    assert "'erp' is no longer registered" in gone.json()["error_description"]
+
+
 # ---------------------------------------------------------------- checks on the event loop
 # A caller whose token was verified before is answered on the event loop when nothing needs
 # the database (web/pdp_api.py, `check_without_waiting`); these pin down that the shortcut

@@ -219,11 +219,15 @@ def _client_of(claims: Mapping[str, Any]) -> str:
 
 def _asker(claims: Mapping[str, Any], parties: Callable[[str], frozenset[str]]) -> Asker:
     client_id = _client_of(claims)
+    # Every registered, enabled client is a party to its own audience at least: no domains
+    # means the registration is gone or disabled.
+    domains = parties(client_id)
     return Asker(
         client_id=client_id,
         sub=str(claims.get("sub") or ""),
-        domains=parties(client_id),
+        domains=domains,
         admin=ADMIN_SCOPE in str(claims.get("scope") or "").split(),
+        registered=bool(domains),
     )
 
 
