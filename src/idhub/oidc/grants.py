@@ -71,7 +71,7 @@ class GrantSupport:
         """The transaction a grant's changes and its event go in: a unit of work of its own,
         or a savepoint of the one a batch's grants share (oidc/grant_batch.py)."""
         if grant_batch.sharing_unit():
-            return self.tokens.nested()
+            return self.minter.nested()
         return self.minter.atomic()
 
     def _answer(self, section: grant_batch.Section) -> dict[str, Any]:
@@ -333,6 +333,9 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
                 scope=requested,
                 sealed=minter.seal_successor(refresh, rotated_hash=old_hash),
                 grace=minter.refresh_grace,
+                # Read with its user a moment ago: a rotation that wins in it needs no
+                # second read of the family inside the section every other writer waits for.
+                family=early.family if early is not None else None,
             )
             family = rotation.family
             if rotation.status == "reused" and family is not None:
