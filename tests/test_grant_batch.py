@@ -196,3 +196,37 @@ def test_a_batch_of_refreshes_does_not_read_their_families_again_in_the_shared_u
     # waits for: the rotation that wins does not read it again there.
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert not [s for s in reads if "refresh_families" in s], reads
+
+
+def test_tokens_are_made_and_sealed_before_the_shared_unit_opens(
+    oidc: Oidc, known_secrets: KnownSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared unit holds the write lock every other writer waits for: the new refresh
+    tokens (random bytes, a keyed hash) and their sealed copies for the grace window are made
+    before it opens, not inside a member's write section."""
+    from idhub.adapters.unit_of_work import open_unit
+
+    services = oidc.services
+    minter = services.token_minter
+    inside: list[tuple[str, bool]] = []
+
+    def watched(name: str) -> Any:
+        made = getattr(minter, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            inside.append((name, open_unit(services.engine) is not None))
+            return made(*args, **kwargs)
+
+        return call
+
+    earlier = [_issued(oidc, known_secrets) for _ in range(2)]
+    codes = [oidc.code() for _ in range(2)]
+    monkeypatch.setattr(minter, "new_refresh_token", watched("new_refresh_token"))
+    monkeypatch.setattr(minter, "seal_successor", watched("seal_successor"))
+    answers = services.oidc.token_many(
+        [_refresh(oidc, b["refresh_token"]) for b in earlier] + [_redeem(oidc, c) for c in codes]
+    )
+    _keep(known_secrets, answers)
+    assert [a.status for a in answers] == [200] * 4, answers
+    assert {name for name, _ in inside} == {"new_refresh_token", "seal_successor"}
+    assert not [name for name, opened in inside if opened], inside
