@@ -157,3 +157,76 @@ def test_when_the_shared_append_fails_no_member_gets_a_token(
     assert [a.status for a in retried] == [200] * 3, retried
     assert events_of(services, "token.issued") == 1 + 2
     assert events_of(services, "token.refreshed") == 1
+
+
+@contextmanager
+def _unit_statements(services: Services) -> Iterator[list[str]]:
+    """The SQL run on the connections units of work open meanwhile (SQLite's trace callback:
+    the driver-cursor statements SQLAlchemy's events do not see)."""
+    seen: list[str] = []
+    traced: list[Any] = []
+
+    def trace(conn: Any) -> None:
+        driver = conn.connection.driver_connection
+        driver.set_trace_callback(seen.append)
+        traced.append(driver)
+
+    event.listen(services.engine, "engine_connect", trace)
+    try:
+        yield seen
+    finally:
+        event.remove(services.engine, "engine_connect", trace)
+        for driver in traced:
+            driver.set_trace_callback(None)
+
+
+def test_a_batch_of_refreshes_does_not_read_their_families_again_in_the_shared_unit(
+    oidc: Oidc, known_secrets: KnownSecrets
+) -> None:
+    services = oidc.services
+    if services.engine.dialect.name != "sqlite":
+        pytest.skip("the statement trace is SQLite's; PostgreSQL's endpoint does not batch")
+    earlier = [_issued(oidc, known_secrets) for _ in range(3)]
+    with _unit_statements(services) as statements:
+        answers = services.oidc.token_many([_refresh(oidc, b["refresh_token"]) for b in earlier])
+    _keep(known_secrets, answers)
+    assert [a.status for a in answers] == [200] * 3, answers
+    assert sum(s.startswith("UPDATE refresh_tokens") for s in statements) == 3, statements
+    # Each family was read with its user before the write section, which every other writer
+    # waits for: the rotation that wins does not read it again there.
+    reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    assert not [s for s in reads if "refresh_families" in s], reads
+
+
+def test_tokens_are_made_and_sealed_before_the_shared_unit_opens(
+    oidc: Oidc, known_secrets: KnownSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared unit holds the write lock every other writer waits for: the new refresh
+    tokens (random bytes, a keyed hash) and their sealed copies for the grace window are made
+    before it opens, not inside a member's write section."""
+    from idhub.adapters.unit_of_work import open_unit
+
+    services = oidc.services
+    minter = services.token_minter
+    inside: list[tuple[str, bool]] = []
+
+    def watched(name: str) -> Any:
+        made = getattr(minter, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            inside.append((name, open_unit(services.engine) is not None))
+            return made(*args, **kwargs)
+
+        return call
+
+    earlier = [_issued(oidc, known_secrets) for _ in range(2)]
+    codes = [oidc.code() for _ in range(2)]
+    monkeypatch.setattr(minter, "new_refresh_token", watched("new_refresh_token"))
+    monkeypatch.setattr(minter, "seal_successor", watched("seal_successor"))
+    answers = services.oidc.token_many(
+        [_refresh(oidc, b["refresh_token"]) for b in earlier] + [_redeem(oidc, c) for c in codes]
+    )
+    _keep(known_secrets, answers)
+    assert [a.status for a in answers] == [200] * 4, answers
+    assert {name for name, _ in inside} == {"new_refresh_token", "seal_successor"}
+    assert not [name for name, opened in inside if opened], inside

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
@@ -29,7 +29,6 @@ from idhub.adapters.driver_read import fetch_all
 from idhub.adapters.unit_of_work import begin, connect, open_unit, writer_serial
 from idhub.core.identity import User
 from idhub.core.token_storage import CodeRecord, CodeStatus, RefreshFamily, Rotation
-from idhub.errors import StorageError
 
 # Seconds a rotated token keeps its sealed successor (longer than any allowed grace window).
 SEALED_SUCCESSOR_KEEP = 300.0
@@ -103,6 +102,14 @@ def _joined_user(row: Sequence[Any]) -> User | None:
     )
 
 
+def _unit_cursor(engine: Engine) -> Any | None:
+    """The driver cursor of the unit of work open on this thread (None when there is none):
+    a grant's statements inside its write section go straight to it, without a connection
+    context, a writer-turn check or a cursor of their own per call."""
+    unit = open_unit(engine)
+    return None if unit is None else unit.cursor()
+
+
 def _cursor(conn: Connection) -> Any:
     """The driver cursor of `conn`, inside its transaction: the grants' statements run while
     every other writer waits (SQLite's write lock, a group's turn), and a driver call costs a
@@ -168,7 +175,8 @@ class SqlTokenStore:
             # Correlated on the primary key: an IN over all of a client's families
             # would scan them on every refresh.
             "AND EXISTS (SELECT 1 FROM refresh_families f WHERE f.id = "
-            f"refresh_tokens.family_id AND f.client_id = {m} AND f.revoked_at IS NULL)"
+            f"refresh_tokens.family_id AND f.client_id = {m} AND f.revoked_at IS NULL) "
+            "RETURNING family_id"
         )
         self._rotated_sql = (
             "SELECT f.id, f.client_id, f.user_id, f.sid, f.scope, f.audience, f.auth_time, "  # noqa: S608 - placeholders only
@@ -182,36 +190,6 @@ class SqlTokenStore:
             "UPDATE refresh_tokens SET rotated_at = NULL, successor_hash = NULL, "  # noqa: S608 - placeholders only
             f"successor_sealed = NULL WHERE token_hash = {m}"
         )
-
-    @contextlib.contextmanager
-    def nested(self) -> Iterator[None]:
-        """A part of the unit of work open on this thread that rolls back alone: a SAVEPOINT,
-        and the events and after-commit callbacks queued inside it are dropped with it (they
-        must not commit for changes that did not happen). For one grant among several
-        sharing a unit (oidc/grant_batch.py); `StorageError` when no unit is open."""
-        unit = open_unit(self._engine)
-        if unit is None:
-            raise StorageError("nested() needs an open unit of work")
-        events, callbacks = len(unit.events), len(unit.callbacks)
-        # Driver statements, not `Connection.begin_nested()`: SQLAlchemy compiles its
-        # SAVEPOINT and RELEASE afresh every time (not cacheable), which profiled at more
-        # than the grant's own statements. SQLite and PostgreSQL both keep a savepoint after
-        # ROLLBACK TO (PostgreSQL leaves a failed statement's abort state there), so RELEASE
-        # follows either way.
-        cursor = _cursor(unit.conn)
-        try:
-            cursor.execute("SAVEPOINT idhub_grant")
-            try:
-                yield
-            except BaseException:
-                del unit.events[events:]
-                del unit.callbacks[callbacks:]
-                cursor.execute("ROLLBACK TO SAVEPOINT idhub_grant")
-                cursor.execute("RELEASE SAVEPOINT idhub_grant")
-                raise
-            cursor.execute("RELEASE SAVEPOINT idhub_grant")
-        finally:
-            cursor.close()
 
     def _serial(self) -> contextlib.AbstractContextManager[Any]:
         # SQLite has one writer at a time and waits for the lock by sleeping in growing steps;
@@ -270,17 +248,23 @@ class SqlTokenStore:
     def consume_code(self, code_hash: str, now: float) -> CodeStatus:
         """Marks the code used (first use only) and says what happened: one conditional
         UPDATE decides first use, so of two racing redemptions exactly one gets "ok"."""
+        cursor = _unit_cursor(self._engine)
+        if cursor is not None:
+            return self._consume(cursor, code_hash, now)
         with self._serial(), begin(self._engine) as conn:
             cursor = _cursor(conn)
-            cursor.execute(self._consume_sql, (now, code_hash))
-            first = cursor.fetchall()
-            if not first:
-                cursor.execute(self._code_used_sql, (code_hash,))
-                seen = cursor.fetchall()
-            cursor.close()
+            try:
+                return self._consume(cursor, code_hash, now)
+            finally:
+                cursor.close()
+
+    def _consume(self, cursor: Any, code_hash: str, now: float) -> CodeStatus:
+        cursor.execute(self._consume_sql, (now, code_hash))
+        first = cursor.fetchall()
         if first:
             return "expired" if first[0][0] <= now else "ok"
-        return "used" if seen else "unknown"
+        cursor.execute(self._code_used_sql, (code_hash,))
+        return "used" if cursor.fetchall() else "unknown"
 
     # ------------------------------------------------------------------ refresh families
 
@@ -288,14 +272,20 @@ class SqlTokenStore:
     def start_family(
         self, family: RefreshFamily, *, token_hash: str, issued_at: float, expires_at: float
     ) -> None:
+        family_row = (
+            family.id, family.client_id, family.user_id, family.sid, family.scope,
+            family.audience, family.auth_time, issued_at,
+        )  # fmt: skip
+        token_row = (token_hash, family.id, issued_at, expires_at)
+        cursor = _unit_cursor(self._engine)
+        if cursor is not None:
+            cursor.execute(self._family_sql, family_row)
+            cursor.execute(self._refresh_sql, token_row)
+            return
         with self._serial(), begin(self._engine) as conn:
             cursor = _cursor(conn)
-            cursor.execute(
-                self._family_sql,
-                (family.id, family.client_id, family.user_id, family.sid, family.scope,
-                 family.audience, family.auth_time, issued_at),
-            )  # fmt: skip
-            cursor.execute(self._refresh_sql, (token_hash, family.id, issued_at, expires_at))
+            cursor.execute(self._family_sql, family_row)
+            cursor.execute(self._refresh_sql, token_row)
             cursor.close()
 
     @translate_storage_errors
@@ -310,6 +300,7 @@ class SqlTokenStore:
         scope: list[str] | None = None,
         sealed: bytes | None = None,
         grace: float = 0.0,
+        family: RefreshFamily | None = None,
     ) -> Rotation:
         """Swaps a current refresh token of `client_id` for a new one in its family, in one
         transaction (the caller's unit of work when one is open).
@@ -324,15 +315,20 @@ class SqlTokenStore:
         handed back, nothing changes). A token of another client is reported as unknown and
         left alone; a `scope` beyond the family's changes nothing ("invalid_scope"). Driver
         cursor SQL: this is the refresh hot path.
+
+        `family`: the live family the token was found in a moment ago (`find_refresh_and_user`).
+        A token never moves to another family and a family's columns other than its
+        revocation never change, so when the UPDATE wins for a token of that family (its
+        RETURNING says which) and within it, that is the family: not read again.
         """
+        args = (token_hash, new_hash, now, expires_at, client_id, scope, sealed, grace, family)
+        unit = open_unit(self._engine)
+        if unit is not None:
+            return self._rotate(unit.conn, unit.cursor(), *args)
         with self._serial(), begin(self._engine) as conn:
             cursor = _cursor(conn)
             try:
-                return self._rotate(
-                    conn, cursor, token_hash, new_hash=new_hash, now=now,
-                    expires_at=expires_at, client_id=client_id, scope=scope, sealed=sealed,
-                    grace=grace,
-                )  # fmt: skip
+                return self._rotate(conn, cursor, *args)
             finally:
                 cursor.close()
 
@@ -341,7 +337,6 @@ class SqlTokenStore:
         conn: Connection,
         cursor: Any,
         token_hash: str,
-        *,
         new_hash: str,
         now: float,
         expires_at: float,
@@ -349,12 +344,24 @@ class SqlTokenStore:
         scope: list[str] | None,
         sealed: bytes | None,
         grace: float,
+        known: RefreshFamily | None,
     ) -> Rotation:
         cursor.execute(
             self._rotate_sql,
             (now, new_hash, sealed if grace > 0 else None, token_hash, now, client_id),
         )
-        won = cursor.rowcount
+        won_in = cursor.fetchall()
+        won = len(won_in)
+        if (
+            won == 1
+            and known is not None
+            and known.revoked_at is None
+            and known.client_id == client_id
+            and won_in[0][0] == known.id
+            and (not scope or set(scope) <= set(known.scope.split()))
+        ):
+            cursor.execute(self._refresh_sql, (new_hash, known.id, now, expires_at))
+            return Rotation("ok", known)
         cursor.execute(self._rotated_sql, (token_hash,))
         row = cursor.fetchone()
         if row is None or row[1] != client_id:
@@ -476,9 +483,14 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def record_grant_token(self, grant_id: str, jti: str, *, expires_at: float) -> None:
+        row = (grant_id, jti[:64], expires_at)
+        cursor = _unit_cursor(self._engine)
+        if cursor is not None:
+            cursor.execute(self._grant_token_sql, row)
+            return
         with self._serial(), begin(self._engine) as conn:
             cursor = _cursor(conn)
-            cursor.execute(self._grant_token_sql, (grant_id, jti[:64], expires_at))
+            cursor.execute(self._grant_token_sql, row)
             cursor.close()
 
     @translate_storage_errors

@@ -9,7 +9,6 @@ replicas racing on one code or refresh token cannot both win.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -98,10 +97,13 @@ class RefreshStorage(Protocol):
         scope: list[str] | None = None,
         sealed: bytes | None = None,
         grace: float = 0.0,
+        family: RefreshFamily | None = None,
     ) -> Rotation:
         """Swaps a current refresh token for a new one in one transaction; a rotated token
         presented again revokes its family ("reused"), unless it comes back within `grace`
-        seconds while its successor is unused ("grace": the sealed successor is returned)."""
+        seconds while its successor is unused ("grace": the sealed successor is returned).
+        `family`: the live family `find_refresh_and_user` found the token in a moment ago;
+        when the swap wins in it, the family is not read again."""
         ...
 
     def find_refresh(self, token_hash: str) -> tuple[RefreshFamily, float, float | None] | None:
@@ -152,13 +154,6 @@ class TokenPurge(Protocol):
         ...
 
 
-class NestedWrites(Protocol):
-    def nested(self) -> AbstractContextManager[None]:
-        """Inside an open unit of work: a part of it that rolls back alone when its block
-        raises, with the events queued inside it (several grants sharing one unit)."""
-        ...
-
-
 class TokenStorage(
     CodeStorage,
     RefreshStorage,
@@ -166,7 +161,6 @@ class TokenStorage(
     GrantAccessTokens,
     AssertionLedger,
     TokenPurge,
-    NestedWrites,
     Protocol,
 ):
     """Everything above in one store (what the SQL adapter provides)."""

@@ -53,3 +53,10 @@ class UnitOfWork(Protocol):
     def atomic(self) -> AbstractContextManager[Transaction]:
         """One transaction for the block; see the module docstring."""
         ...
+
+    def nested(self) -> AbstractContextManager[None]:
+        """Inside an open `atomic()` block on this thread: a part of it that rolls back alone
+        when its block raises, with the events and after-commit callbacks queued inside it
+        (several grants sharing one unit, oidc/grant_batch.py). `StorageError` when no unit
+        is open."""
+        ...

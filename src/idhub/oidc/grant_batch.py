@@ -16,7 +16,7 @@ What does not change:
   unit has committed; when it fails, every member of the batch gets the same refusal (503),
   as the batch's client-credentials tokens do when their shared append fails.
 - Each member decides exactly as alone: its write section runs in a savepoint of the shared
-  unit (`TokenStorage.nested`), so a member that raises inside it (a user disabled since the
+  unit (`UnitOfWork.nested`), so a member that raises inside it (a user disabled since the
   lookup) rolls back its own changes and events and no one else's; a member whose decision
   must stand and still refuse (a reused code or refresh token revokes its grant) keeps its
   changes and answers with its error. A second use of one code or refresh token in the same

@@ -71,7 +71,7 @@ class GrantSupport:
         """The transaction a grant's changes and its event go in: a unit of work of its own,
         or a savepoint of the one a batch's grants share (oidc/grant_batch.py)."""
         if grant_batch.sharing_unit():
-            return self.tokens.nested()
+            return self.minter.nested()
         return self.minter.atomic()
 
     def _answer(self, section: grant_batch.Section) -> dict[str, Any]:
@@ -131,6 +131,7 @@ class _Signed:
     token: str
     claims: dict[str, Any]
     id_token: str | None
+    refresh: tuple[str, str, float] | None  # (token, hash, expires_at) if the client refreshes
 
 
 class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
@@ -185,7 +186,9 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
                 amr=record.amr,
                 sid=record.sid,
             )
-        signed = _Signed(audience, token, claims, id_token)
+        # The refresh token too (random bytes and a keyed hash): nothing of it needs the lock.
+        refresh = minter.new_refresh_token() if client.allows_grant("refresh_token") else None
+        signed = _Signed(audience, token, claims, id_token, refresh)
         body = self._answer(lambda: self._redeem(client, record, user, signed))
         return 200, body, default_json_headers
 
@@ -193,12 +196,12 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
         self, client: Client, record: CodeRecord, user: User, signed: _Signed
     ) -> dict[str, Any]:
         """The write section: uses the code up and starts what it grants, with its event."""
-        token, claims, audience = signed.token, signed.claims, signed.audience
+        token, claims = signed.token, signed.claims
         refresh = None
         with self._write_section():
             status = self.tokens.consume_code(record.code_hash, self.clock.now())
             if status == "ok":
-                refresh = self._start_use(client, record, claims, user.id, audience)
+                refresh = self._start_use(client, record, signed, user.id)
                 self.minter.record_issuance(
                     EventType.TOKEN_ISSUED,
                     client,
@@ -217,21 +220,17 @@ class CodeGrant(GrantSupport, AuthorizationCodeGrant):  # type: ignore[misc]
         return token_body(token, claims, refresh=refresh, id_token=signed.id_token)
 
     def _start_use(
-        self,
-        client: Client,
-        record: CodeRecord,
-        claims: dict[str, Any],
-        user_id: int,
-        audience: str,
+        self, client: Client, record: CodeRecord, signed: _Signed, user_id: int
     ) -> str | None:
         """Records the access token against the grant and starts its refresh family (inside
         the code's transaction); returns the refresh token, if the client may refresh."""
+        claims, audience = signed.claims, signed.audience
         self.tokens.record_grant_token(
             record.code_hash, str(claims["jti"]), expires_at=float(claims["exp"])
         )
-        if not client.allows_grant("refresh_token"):
+        if signed.refresh is None:
             return None
-        refresh, refresh_hash, expires_at = self.minter.new_refresh_token()
+        refresh, refresh_hash, expires_at = signed.refresh
         self.tokens.start_family(
             RefreshFamily(
                 id=record.code_hash,
@@ -272,6 +271,7 @@ class _Rotating:
     expires_at: float
     requested: list[str]
     early: _Early | None
+    sealed: bytes | None  # the new token sealed for a retry within the grace window
 
 
 class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[misc]
@@ -314,7 +314,9 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
         # lock; a group's turn), so the user lookup and the signature stay out of it. The
         # rotation decides; a family that is not the one signed for is signed again inside.
         early = self._sign_early(client, old_hash, requested)
-        rotating = _Rotating(old_hash, refresh, new_hash, expires_at, requested, early)
+        # Sealed here too (an AES-GCM encryption), not inside the write section.
+        sealed = minter.seal_successor(refresh, rotated_hash=old_hash)
+        rotating = _Rotating(old_hash, refresh, new_hash, expires_at, requested, early, sealed)
         return 200, self._answer(lambda: self._rotate(client, rotating)), default_json_headers
 
     def _rotate(self, client: Client, rotating: _Rotating) -> dict[str, Any]:
@@ -331,8 +333,11 @@ class RotatingRefreshGrant(GrantSupport, RefreshTokenGrant):  # type: ignore[mis
                 expires_at=rotating.expires_at,
                 client_id=client.client_id,
                 scope=requested,
-                sealed=minter.seal_successor(refresh, rotated_hash=old_hash),
+                sealed=rotating.sealed,
                 grace=minter.refresh_grace,
+                # Read with its user a moment ago: a rotation that wins in it needs no
+                # second read of the family inside the section every other writer waits for.
+                family=early.family if early is not None else None,
             )
             family = rotation.family
             if rotation.status == "reused" and family is not None:

@@ -188,6 +188,11 @@ class TokenMinter:
                 "the audit trail cannot be written; no token was issued, try again later"
             ) from None
 
+    def nested(self) -> contextlib.AbstractContextManager[None]:
+        """Inside `atomic()`: a part of it that rolls back alone (one grant's write section
+        among a batch's, oidc/grant_batch.py; `UnitOfWork.nested`)."""
+        return self._uow.nested()
+
     def record_issuance(
         self,
         event: EventType,
