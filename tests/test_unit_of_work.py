@@ -5,12 +5,16 @@ PostgreSQL. The token endpoint's batches run each grant's write section in one
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from idhub.adapters.db import audit_events, revoked_tokens
+from idhub.adapters.unit_of_work import open_unit
 from idhub.bootstrap import Services
 from idhub.core.audit import Actor, EventType
 from idhub.core.transactions import Transaction
@@ -52,3 +56,39 @@ def test_a_nested_part_that_raises_rolls_back_alone_with_its_events(services: Se
 def test_nested_needs_an_open_unit(services: Services) -> None:
     with pytest.raises(StorageError), services.unit_of_work.nested():
         pass
+
+
+def test_a_unit_whose_commit_fails_leaves_nothing_behind(
+    make_settings: Any, make_services: Any, sqlite_db_url: str
+) -> None:
+    """A COMMIT that fails (here a foreign key SQLite checks only at COMMIT; a full disk is the
+    same) leaves SQLite's transaction open on its connection. Given back to the pool like that
+    (SQLAlchemy's pool skips its rollback when the transaction was ended through the
+    `Connection`), the connection kept the write lock, and the next unit on it inherited the
+    failed unit's writes: here it failed as well; had the cause passed (space freed on a full
+    disk) it would have committed them with its own. Now nothing of the failed unit remains,
+    nothing of it is counted (the audit observers hear of a unit's events only after its
+    COMMIT), and the next unit commits just its own."""
+    services = make_services(make_settings(sqlite_db_url))
+    seen: list[str] = []
+    services.audit_log.observers.append(lambda event_type, *_: seen.append(event_type))
+    uow = services.unit_of_work
+    with pytest.raises(StorageError), uow.atomic() as tx:
+        unit = open_unit(services.engine)
+        assert unit is not None
+        unit.conn.exec_driver_sql("PRAGMA defer_foreign_keys=ON")
+        unit.conn.exec_driver_sql(
+            "INSERT INTO departments (id, name, path, parent_id, source, created_at, updated_at)"
+            " VALUES (9001, 'x', '/x', 424242, 'local', 0, 0)"
+        )
+        _revoke(services, "failed", tx)
+    assert seen == []
+    with uow.atomic() as tx:
+        _revoke(services, "kept", tx)
+    assert seen == ["token.revoked"]
+    # Read from the file by a connection of its own, outside the pool.
+    with contextlib.closing(sqlite3.connect(sqlite_db_url.split("///", 1)[1])) as raw:
+        assert raw.execute("SELECT count(*) FROM departments WHERE id = 9001").fetchone() == (0,)
+        assert raw.execute("SELECT jti FROM revoked_tokens").fetchall() == [("kept",)]
+        assert raw.execute("SELECT target FROM audit_events").fetchall() == [("kept",)]
+    assert services.audit_log.verify().ok

@@ -221,7 +221,7 @@ def _move(
                 conn.execute(insert(audit_anchor).values(id=1, **values))
             else:
                 conn.execute(update(audit_anchor).values(**values))
-            log.record_in(
+            appended = log.record_in(
                 conn,
                 [
                     PendingEvent(
@@ -240,6 +240,7 @@ def _move(
             )
     except SQLAlchemyError as exc:
         raise AuditError(f"archiving failed, nothing was removed: {exc}") from exc
+    appended.committed()
 
 
 def _chunks(events: Iterator[AuditEvent]) -> Iterator[list[AuditEvent]]:

@@ -94,6 +94,18 @@ class Anchor:
     archive_file: str | None = None
 
 
+@dataclass(frozen=True)
+class AppendedIn:
+    """Events `record_in` placed in a caller's transaction: the last (seq, hash), and
+    `committed`, which the caller calls after its COMMIT succeeded. Observers (metrics)
+    learn of the events only then: a transaction that rolls back, or whose COMMIT fails,
+    counts nothing."""
+
+    seq: int
+    hash: str
+    committed: Callable[[], None]
+
+
 class SqlAuditLog:
     def __init__(self, engine: Engine, clock: Clock) -> None:
         self._engine = engine
@@ -320,11 +332,12 @@ class SqlAuditLog:
             cursor.close()
         return rows[-1][0], rows[-1][-1]
 
-    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> tuple[int, str]:
+    def record_in(self, conn: Connection, events: Sequence[PendingEvent]) -> AppendedIn:
         """Appends inside a transaction the caller opened with `locked()`, so the events
         commit or roll back together with the caller's own changes (archiving, units of
-        work). Returns the (seq, hash) it appended last. Raises `AuditError`; the caller's
-        transaction must then roll back."""
+        work). Returns what it appended; the caller calls its `committed()` once its
+        transaction has committed, and only then are the events counted (metrics). Raises
+        `AuditError`; the caller's transaction must then roll back."""
         prepared = [
             self._prepare(e.event_type, e.actor, e.target, e.outcome, e.details, e.ctx)
             for e in events
@@ -337,8 +350,7 @@ class SqlAuditLog:
             # The driver's own errors too: on PostgreSQL the lock and tail read go through the
             # raw psycopg connection, past SQLAlchemy's translation.
             raise _as_audit_error(exc) from exc
-        self._observe(prepared)
-        return tail
+        return AppendedIn(tail[0], tail[1], lambda: self._observe(prepared))
 
     def lock_tail(self, conn: Connection) -> tuple[int, str]:
         """Takes the append lock (held until the transaction ends) and returns

@@ -248,13 +248,16 @@ class SqlCasTicketStore:
         and checked on what this transaction read, all their audit events appended at its end,
         one COMMIT (and one turn of the database's write lock or audit advisory lock) for all."""
         assert self._audit is not None
+        appended = None
         with begin(self._engine) as conn:
             redeemed = self._consume_all(conn, batch)
             events: list[PendingEvent] = []
             for item, found in zip(batch, redeemed, strict=True):
                 events.extend(item.audit(found))
             if events:
-                self._audit.record_in(conn, events)
+                appended = self._audit.record_in(conn, events)
+        if appended is not None:
+            appended.committed()
         self._audit.notify_listeners()
         return redeemed
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -65,6 +66,7 @@ def create_db_engine(settings: DatabaseSettings) -> Engine:
             "connect",
             _sqlite_pragmas(settings.busy_timeout, settings.sqlite_synchronous),
         )
+        event.listen(engine, "checkin", _end_left_transaction)
     elif engine.dialect.name == "postgresql":
         from idhub.adapters._pg_deadline import install_deadlines
 
@@ -83,6 +85,21 @@ def postgres_connect_args(settings: DatabaseSettings, url: str = "") -> dict[str
         ours = f"-c statement_timeout={int(settings.statement_timeout * 1000)}"
         args["options"] = f"{given} {ours}".strip()
     return args
+
+
+def _end_left_transaction(dbapi_connection: Any, record: Any) -> None:
+    """Rolls back a transaction a SQLite connection still holds as it returns to the pool.
+    A COMMIT that fails (a foreign key checked at COMMIT, a full disk, an I/O error) leaves
+    SQLite's transaction open, and SQLAlchemy's pool does not roll back on return when the
+    transaction was ended through the `Connection`: the connection would keep the write lock
+    and hand the failed transaction's writes to whoever takes it next. One attribute read
+    per return when nothing is left open."""
+    if dbapi_connection is not None and dbapi_connection.in_transaction:
+        try:
+            dbapi_connection.rollback()
+        except sqlite3.Error as exc:
+            # Not even a rollback works: closed, and the pool opens a fresh one in its place.
+            record.invalidate(exc)
 
 
 def _sqlite_pragmas(busy_timeout: float, synchronous: str) -> Callable[[Any, Any], None]:

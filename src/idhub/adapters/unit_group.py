@@ -214,10 +214,11 @@ class UnitGroups:
         try:
             try:
                 if error is None:
-                    if events:
-                        # `record_in` raises `AuditError` (a 503 "nothing was done").
-                        self._audit_log.record_in(group.conn, events)
+                    # `record_in` raises `AuditError` (a 503 "nothing was done").
+                    appended = self._audit_log.record_in(group.conn, events) if events else None
                     group.tx.commit()
+                    if appended is not None:
+                        appended.committed()
             except AuditError as exc:
                 error = exc
             except database_errors() as exc:

@@ -310,10 +310,11 @@ class SqlUnitOfWork:
                     unit.cursor().execute(_TAKE_WRITE_LOCK)
                 yield unit
                 # `record_in` raises `AuditError` (a 503 "nothing was done"); rollback follows.
-                if unit.events:
-                    self._audit_log.record_in(conn, unit.events)
+                appended = self._audit_log.record_in(conn, unit.events) if unit.events else None
                 unit.close()
                 tx.commit()
+                if appended is not None:
+                    appended.committed()
             except BaseException:
                 unit.close()
                 if tx.is_active:
