@@ -8,7 +8,6 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,7 +16,6 @@ from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
 from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import (
-    InvalidClientError,
     InvalidRequestError,
     OAuth2Error,
     UnsupportedGrantTypeError,
@@ -47,10 +45,8 @@ from idhub.oidc.messages import (
     OAuthResponseData,
 )
 from idhub.oidc.minter import TokenMinter
-from idhub.oidc.protocol_errors import TemporarilyUnavailable
+from idhub.oidc.outage_answers import bad_credentials, database_down, error_answer, unavailable
 from idhub.oidc.tokens import AccessTokens
-
-log = logging.getLogger("idhub.oidc")
 
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 
@@ -115,11 +111,6 @@ def _require_well_formed(data: OAuthRequestData) -> None:
 def _printable(name: str) -> str:
     """A parameter name fit for an error description (RFC 6749 5.2)."""
     return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in name)
-
-
-def _error_response(exc: OAuth2Error) -> OAuthResponseData:
-    status, body, headers = exc()
-    return OAuthResponseData(status, list(headers), body)
 
 
 class Provider:
@@ -354,7 +345,7 @@ class Provider:
             try:
                 planned = lean.plan(data) if lean is not None else None
             except StorageError as exc:
-                answers[i] = self._database_down(exc)
+                answers[i] = database_down(exc)
                 continue
             if lean is None or planned is None:
                 generic.append((i, data))
@@ -364,7 +355,7 @@ class Provider:
                 body, event = lean.sign(planned, outcome)
             except OAuth2Error as exc:
                 answers[i] = self._failed(
-                    _error_response(exc),
+                    error_answer(exc),
                     client_id=outcome.client_id,
                     # Only client_secret_basic takes the lean path: authenticated is proven.
                     proven=outcome.client_id is not None,
@@ -373,9 +364,9 @@ class Provider:
                     ctx=data.ctx,
                 )
             except AuditError:
-                answers[i] = self._unavailable()
+                answers[i] = unavailable()
             except StorageError as exc:
-                answers[i] = self._database_down(exc)
+                answers[i] = database_down(exc)
             else:
                 signed.append((i, body, event))
         if generic:
@@ -407,16 +398,16 @@ class Provider:
                 self._minter, [r.idhub_deferred for _, r in deferred if r.idhub_deferred]
             )
         except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
-            refused = _error_response(exc)
+            refused = error_answer(exc)
             return {**answers, **{i: refused for i, _ in deferred}}
         except AuditError:
-            return {**answers, **{i: self._unavailable() for i, _ in deferred}}
+            return {**answers, **{i: unavailable() for i, _ in deferred}}
         except StorageError as exc:
-            down = self._database_down(exc)
+            down = database_down(exc)
             return {**answers, **{i: down for i, _ in deferred}}
         for (i, request), result in zip(deferred, results, strict=True):
             response = (
-                _error_response(result)
+                error_answer(result)
                 if isinstance(result, OAuth2Error)
                 else self.server.handle_response(200, result, default_json_headers)
             )
@@ -429,10 +420,10 @@ class Provider:
         try:
             self._minter.record_issuances([event for _, _, event in signed])
         except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
-            refused = _error_response(exc)
+            refused = error_answer(exc)
             return {i: refused for i, _, _ in signed}
         except StorageError as exc:
-            down = self._database_down(exc)
+            down = database_down(exc)
             return {i: down for i, _, _ in signed}
         return {i: LeanClientCredentials.answer(body) for i, body, _ in signed}
 
@@ -442,7 +433,7 @@ class Provider:
             try:
                 self._record_failure(response, **failure)
             except AuditError:
-                return self._unavailable()
+                return unavailable()
         return response
 
     def _generic_token(
@@ -456,14 +447,14 @@ class Provider:
             _require_well_formed(data)
             response: OAuthResponseData = self.server.create_token_response(request)
         except OAuth2Error as exc:
-            response = _error_response(exc)
+            response = error_answer(exc)
         except AuditError:
-            response = self._unavailable()
+            response = unavailable()
         except UnicodeDecodeError:
-            response = self._bad_credentials()
+            response = bad_credentials()
         except StorageError as exc:
             request.idhub_deferred = None
-            return self._database_down(exc)
+            return database_down(exc)
         if request.idhub_deferred is not None and response.status == 200:
             return response
         request.idhub_deferred = None
@@ -519,26 +510,6 @@ class Provider:
         else:
             self._failures.record(TOKEN_FAILED, event)
 
-    @classmethod
-    def _database_down(cls, exc: StorageError, endpoint: str = "token") -> OAuthResponseData:
-        # One line, no traceback: in an outage every request fails alike.
-        log.error("%s request failed on the database: %s", endpoint, exc)
-        return cls._unavailable("the database is not reachable; try again later")
-
-    @staticmethod
-    def _unavailable(
-        description: str = "the audit trail cannot be written; try again later",
-    ) -> OAuthResponseData:
-        status, body, headers = TemporarilyUnavailable(description)()
-        return OAuthResponseData(status, list(headers), body)
-
-    @staticmethod
-    def _bad_credentials() -> OAuthResponseData:
-        """HTTP Basic credentials that are not UTF-8 (authlib would raise on them)."""
-        error = InvalidClientError(status_code=401, description="client authentication failed")
-        status, body, headers = error()
-        return OAuthResponseData(status, list(headers), body)
-
     # ------------------------------------------------------------------ other endpoints
 
     def _client_auth(self, data: OAuthRequestData, endpoint: str) -> tuple[IdhubRequest, Any]:
@@ -565,13 +536,13 @@ class Provider:
             _, client = self._client_auth(data, endpoint)
             return handler(data, client)
         except OAuth2Error as exc:
-            return _error_response(exc)
+            return error_answer(exc)
         except AuditError:
-            return self._unavailable()
+            return unavailable()
         except UnicodeDecodeError:
-            return self._bad_credentials()
+            return bad_credentials()
         except StorageError as exc:
-            return self._database_down(exc, endpoint)
+            return database_down(exc, endpoint)
 
     def userinfo(self, bearer_token: str) -> OAuthResponseData:
         return self._userinfo(bearer_token)
