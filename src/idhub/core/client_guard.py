@@ -4,6 +4,9 @@ revocation endpoints: per client id tried from an address, and per address.
 The OAuth layer asks `begin` before it authenticates a client and reports the outcome on the
 returned attempt; it never sees the counters. The client id is the one the request claims
 (HTTP Basic user name, `client_id` field or the assertion's subject as authlib reads it).
+
+Attempts decided together (one batch of token requests, web/batching.py) may share their read
+through a `ThrottleBatch`: see there for what that keeps and what it saves.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from idhub.core.request_budget import CLIENT_REFUSED
 from idhub.core.throttle import (
     CLIENT,
     CLIENT_IP,
+    Counter,
     Reading,
     Throttle,
     ThrottleKey,
@@ -45,6 +49,45 @@ def claimed_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> st
     return str(named)[:MAX_CLIENT_ID] if named else None
 
 
+class ThrottleBatch:
+    """The throttle counters of attempts decided together, read once per set of keys.
+
+    A batch of token requests (what queued on a worker's event loop while its last batch ran)
+    is decided one request after another on one thread, and its requests mostly come from one
+    client at one address: each read the same two counters, one database read per request
+    for the same rows. Within a batch the first attempt under a set of keys reads them and the
+    others are judged on those counters, each at its own moment (a delay or a lock that runs
+    out meanwhile lets it through, as a fresh read would; `Throttle.assess`).
+
+    What keeps this from loosening the throttle: any attempt in the batch that changes a
+    counter (a failure counted, or a success that clears the client's counters) drops the
+    shared read, so the next attempt reads again and sees the change; a guess is therefore
+    never judged on counters from before an earlier guess of its batch. A failure recorded
+    by another worker or replica meanwhile is seen by the next batch, which reads afresh,
+    as it was seen by the next request before: the read a batch shares is never older than
+    the batch itself (at most `web/batching.MAX_BATCH` requests, a few milliseconds of
+    signing). Used by one thread, for one batch, then dropped."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[ThrottleKey, ...], tuple[Counter, ...]] = {}
+
+    def read(self, throttle: Throttle, keys: tuple[ThrottleKey, ...]) -> Reading:
+        known = self._counters.get(keys)
+        if known is not None:
+            return throttle.assess(keys, known)
+        reading = throttle.read(keys)
+        self._counters[keys] = reading.counters
+        return reading
+
+    def forget(self, keys: tuple[ThrottleKey, ...]) -> None:
+        """The counters of `keys` changed: the next attempt under any of them reads again."""
+        changed = set(keys)
+        for shared in [k for k in self._counters if changed.intersection(k)]:
+            del self._counters[shared]
+
+
 class ClientAttempt:
     """One client authentication: refused already, or to be reported as failed or succeeded."""
 
@@ -54,11 +97,13 @@ class ClientAttempt:
         reading: Reading,
         client_id: str | None,
         ctx: RequestContext | None,
+        batch: ThrottleBatch | None = None,
     ) -> None:
         self._guard = guard
         self.reading = reading
         self.client_id = client_id
         self.ctx = ctx
+        self.batch = batch
 
     @property
     def refused(self) -> bool:
@@ -89,14 +134,31 @@ class ClientAuthGuard:
         self, headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
     ) -> ClientAttempt:
         """Reads the counters (one query); a refused attempt is audited here."""
-        client_id = claimed_client_id(headers, form)
+        return self.begin_claimed(claimed_client_id(headers, form), ctx)
+
+    def begin_claimed(
+        self,
+        client_id: str | None,
+        ctx: RequestContext | None,
+        *,
+        batch: ThrottleBatch | None = None,
+    ) -> ClientAttempt:
+        """`begin` for a caller that already decoded the client id the request claims (the
+        lean paths, from the Basic header they parsed); with `batch`, the read is shared by
+        the batch's attempts under the same keys (`ThrottleBatch`)."""
+        client_id = client_id[:MAX_CLIENT_ID] if client_id else None
         source = source_of(ctx.client_ip if ctx is not None else None)
         keys = []
         if source is not None:
             keys.append(ThrottleKey(CLIENT_IP, source))
         if client_id:
             keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
-        attempt = ClientAttempt(self, self._throttle.read(keys), client_id, ctx)
+        wanted = tuple(keys)
+        if batch is None:
+            reading = self._throttle.read(wanted)
+        else:
+            reading = batch.read(self._throttle, wanted)
+        attempt = ClientAttempt(self, reading, client_id, ctx, batch)
         refusal = attempt.reading.refusal
         if refusal is not None:
             event = PendingEvent(
@@ -117,6 +179,8 @@ class ClientAuthGuard:
         return attempt
 
     def apply_failure(self, attempt: ClientAttempt) -> None:
+        if attempt.batch is not None:
+            attempt.batch.forget(attempt.reading.keys)
         for counter in self._throttle.apply_failure(attempt.reading):
             self._audit.record(
                 EventType.CLIENT_AUTH_LOCKOUT,
@@ -131,4 +195,7 @@ class ClientAuthGuard:
             )
 
     def apply_success(self, attempt: ClientAttempt) -> None:
+        cleared = [c.key for c in attempt.reading.counters if c.kind == CLIENT]
+        if cleared and attempt.batch is not None:
+            attempt.batch.forget(tuple(cleared))
         self._throttle.apply_success(attempt.reading, kinds=(CLIENT,))

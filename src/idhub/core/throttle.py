@@ -206,7 +206,15 @@ class Throttle:
         keys = tuple(keys)
         if not keys:
             return Reading(keys)
-        found = {c.key: c for c in self._store.counters(keys)}
+        return self.assess(keys, self._store.counters(keys))
+
+    def assess(self, keys: tuple[ThrottleKey, ...], counters: Sequence[Counter]) -> Reading:
+        """What `read` answers for `keys` when the store holds `counters` for them, judged
+        now: for a caller that read them a moment ago (core/client_guard.py `ThrottleBatch`)
+        and must still see a delay or a lock run out as the clock moves."""
+        if not keys:
+            return Reading(keys)
+        found = {c.key: c for c in counters}
         now = self._clock.now()
         refusals = []
         for key in keys:

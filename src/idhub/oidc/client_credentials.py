@@ -27,7 +27,7 @@ from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import InvalidScopeError
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
-from idhub.core.client_guard import ClientAuthGuard
+from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
 from idhub.oidc.basic_only import BasicOnly, plan_basic_only, require_basic_client
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
@@ -106,10 +106,13 @@ class LeanClientCredentials:
         req = plan_basic_only(data, self._registry)
         return req if req is not None and req.client.allows_grant(GRANT_TYPE) else None
 
-    def sign(self, req: BasicOnly, outcome: LeanOutcome) -> tuple[dict[str, Any], PendingEvent]:
+    def sign(
+        self, req: BasicOnly, outcome: LeanOutcome, *, batch: ThrottleBatch | None = None
+    ) -> tuple[dict[str, Any], PendingEvent]:
         """The answer's body and the event to commit before it leaves; raises the
-        `OAuth2Error` the generic path would raise."""
-        client = require_basic_client(req, self._registry, self._guard)
+        `OAuth2Error` the generic path would raise. `batch`: the throttle read shared by the
+        requests decided together (core/client_guard.py `ThrottleBatch`)."""
+        client = require_basic_client(req, self._registry, self._guard, batch=batch)
         outcome.client_id = client.client_id
         return sign_service_token(self._minter, client, req.data.params, req.data.ctx)
 

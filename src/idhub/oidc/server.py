@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749 import (
 )
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
-from idhub.core.client_guard import ClientAuthGuard
+from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
@@ -341,6 +341,9 @@ class Provider:
         signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
         generic: list[tuple[int, OAuthRequestData]] = []
         lean = self.lean_client_credentials
+        # The lean requests' throttle reads, shared while no attempt among them changes a
+        # counter (core/client_guard.py `ThrottleBatch`): one read per client and address.
+        throttle_reads = ThrottleBatch()
         for i, data in enumerate(batch):
             try:
                 planned = lean.plan(data) if lean is not None else None
@@ -352,7 +355,7 @@ class Provider:
                 continue
             outcome = LeanOutcome()
             try:
-                body, event = lean.sign(planned, outcome)
+                body, event = lean.sign(planned, outcome, batch=throttle_reads)
             except OAuth2Error as exc:
                 answers[i] = self._failed(
                     error_answer(exc),
