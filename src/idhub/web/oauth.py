@@ -49,26 +49,37 @@ async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestDa
     # whole URL from the headers first.
     path = str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
     uri = issuer.rstrip("/") + path
+    # What `request.headers.items()` yields (names as the server lowercased them, latin-1),
+    # later ones winning, read straight from the scope instead of through Starlette's
+    # `Headers` object and its decoding on every lookup.
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]
+    }
     if request.method == "POST":
-        pairs = await _form_pairs(request)
+        pairs = await _form_pairs(request, headers.get("content-type", ""))
     else:
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
     params, multi = _collect(pairs)
-    # For the access record (web/observe.py): which system asked, never with its secret.
-    request.state.client_id = params.get("client_id") or basic_client_id(request)
     return OAuthRequestData(
         method=request.method,
         uri=uri,
-        headers={k: v for k, v in request.headers.items()},
+        headers=headers,
         params=params,
         multi=multi,
         ctx=request_context(request),
     )
 
 
-async def _form_pairs(request: Request) -> list[tuple[str, str]]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != FORM_TYPE:
+def note_client(request: Request, data: OAuthRequestData) -> None:
+    """For the access record (web/observe.py): which system asked, never with its secret.
+
+    Noted once the provider has answered, so the Basic header it decoded (once per request,
+    `OAuthRequestData.basic_credentials`) is not decoded a second time here."""
+    request.state.client_id = data.params.get("client_id") or _basic_client_id(data)
+
+
+async def _form_pairs(request: Request, content_type: str) -> list[tuple[str, str]]:
+    if content_type.split(";")[0].strip().lower() != FORM_TYPE:
         raise BadForm(f"the request body must be {FORM_TYPE}")
     body = await request.body()
     if len(body) > MAX_FORM:
@@ -100,13 +111,17 @@ def _bad_request(description: str) -> Response:
     )
 
 
-def basic_client_id(request: Request) -> str | None:
+def _basic_client_id(data: OAuthRequestData) -> str | None:
     """The user part of `Authorization: Basic` (client_secret_basic), or None."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
+    header = data.headers.get("authorization", "")
+    if header.partition(" ")[0].lower() != "basic":
         return None
+    credentials = data.basic_credentials
+    if credentials is not None:
+        return credentials[0][:200]
+    # Unusable for authentication (no colon, a NUL), yet worth naming in the record.
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(header.partition(" ")[2].strip(), validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
     return unquote(decoded.partition(":")[0])[:200] or None
@@ -170,9 +185,12 @@ class OAuthEndpoints:
                 data = await read_oauth_request(request, issuer=self._issuer)
             except BadForm as exc:
                 return _bad_request(str(exc))
-            if inline:
-                return to_response(handle(data))
-            return to_response(await run_in_threadpool(handle, data))
+            try:
+                if inline:
+                    return to_response(handle(data))
+                return to_response(await run_in_threadpool(handle, data))
+            finally:
+                note_client(request, data)
 
         return endpoint
 
@@ -184,7 +202,10 @@ class OAuthEndpoints:
             data = await read_oauth_request(request, issuer=self._issuer)
         except BadForm as exc:
             return _bad_request(str(exc))
-        return to_response(await batches.submit(data))
+        try:
+            return to_response(await batches.submit(data))
+        finally:
+            note_client(request, data)
 
     async def userinfo(self, request: Request) -> Response:
         token = bearer_token(request)
@@ -192,6 +213,7 @@ class OAuthEndpoints:
             # RFC 6750 2.2: the token may come as a form field instead.
             try:
                 data = await read_oauth_request(request, issuer=self._issuer)
+                note_client(request, data)
                 token = data.params.get("access_token")
             except BadForm:
                 token = None
