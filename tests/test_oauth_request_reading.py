@@ -10,13 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from authlib.consts import default_json_headers
 from starlette.requests import Request
+from starlette.responses import Response
 
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.oidc import messages
-from idhub.oidc.messages import OAuthRequestData
-from idhub.web.oauth import BadForm, note_client, read_oauth_request
+from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+from idhub.web.oauth import BadForm, note_client, read_oauth_request, to_response
 from tests.oidc_support import basic_header, prepare, raw_form_request
 
 ISSUER = "http://127.0.0.1:8000"
@@ -157,3 +159,40 @@ def test_a_request_decodes_its_basic_header_once(
     assert isinstance(reply.body, dict) and reply.body["active"] is True
     note_client(request, asked)
     assert len(decoded) == 2
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        OAuthResponseData(200, list(default_json_headers), {"access_token": "a.b.c", "n": 1}),
+        OAuthResponseData(200, list(default_json_headers), {"active": False}),
+        OAuthResponseData(
+            401,
+            [*default_json_headers, ("WWW-Authenticate", "Basic")],
+            {"error": "invalid_client", "error_description": "客户端"},
+        ),
+        OAuthResponseData(503, [*default_json_headers, ("Retry-After", "1")], {"error": "x"}),
+        OAuthResponseData(400, [("content-type", "application/json")], {"error": "y"}),
+        OAuthResponseData(302, [("Location", "http://127.0.0.1:9/cb?code=c")]),
+    ],
+)
+def test_an_answer_is_sent_as_starlette_builds_it(answer: OAuthResponseData) -> None:
+    """The head of a JSON answer built once per header shape is the head Starlette builds."""
+    headers = dict(answer.headers)
+    if isinstance(answer.body, dict):
+        headers.pop("Content-Type", None)
+        expected = Response(
+            answer.json_bytes(),
+            status_code=answer.status,
+            headers=headers,
+            media_type="application/json",
+        )
+    else:
+        expected = Response(answer.body, status_code=answer.status, headers=headers)
+    for _ in range(2):  # built, then from the kept head
+        sent = to_response(answer)
+        assert (sent.status_code, sent.raw_headers, sent.body) == (
+            expected.status_code,
+            expected.raw_headers,
+            expected.body,
+        )
