@@ -4,13 +4,16 @@ revocation endpoints: per client id tried from an address, and per address.
 The OAuth layer asks `begin` before it authenticates a client and reports the outcome on the
 returned attempt; it never sees the counters. The client id is the one the request claims
 (HTTP Basic user name, `client_id` field or the assertion's subject as authlib reads it).
+
+Attempts decided together (one batch of token requests, web/batching.py) may share their read
+through a `ThrottleBatch`: see there for what that keeps and what it saves.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from urllib.parse import unquote
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
@@ -19,8 +22,8 @@ from idhub.core.request_budget import CLIENT_REFUSED
 from idhub.core.throttle import (
     CLIENT,
     CLIENT_IP,
+    Counter,
     Reading,
-    Snapshot,
     Throttle,
     ThrottleKey,
     client_key,
@@ -46,6 +49,45 @@ def claimed_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> st
     return str(named)[:MAX_CLIENT_ID] if named else None
 
 
+class ThrottleBatch:
+    """The throttle counters of attempts decided together, read once per set of keys.
+
+    A batch of token requests (what queued on a worker's event loop while its last batch ran)
+    is decided one request after another on one thread, and its requests mostly come from one
+    client at one address: each read the same two counters, one database read per request
+    for the same rows. Within a batch the first attempt under a set of keys reads them and the
+    others are judged on those counters, each at its own moment (a delay or a lock that runs
+    out meanwhile lets it through, as a fresh read would; `Throttle.assess`).
+
+    What keeps this from loosening the throttle: any attempt in the batch that changes a
+    counter (a failure counted, or a success that clears the client's counters) drops the
+    shared read, so the next attempt reads again and sees the change; a guess is therefore
+    never judged on counters from before an earlier guess of its batch. A failure recorded
+    by another worker or replica meanwhile is seen by the next batch, which reads afresh,
+    as it was seen by the next request before: the read a batch shares is never older than
+    the batch itself (at most `web/batching.MAX_BATCH` requests, a few milliseconds of
+    signing). Used by one thread, for one batch, then dropped."""
+
+    __slots__ = ("_counters",)
+
+    def __init__(self) -> None:
+        self._counters: dict[tuple[ThrottleKey, ...], tuple[Counter, ...]] = {}
+
+    def read(self, throttle: Throttle, keys: tuple[ThrottleKey, ...]) -> Reading:
+        known = self._counters.get(keys)
+        if known is not None:
+            return throttle.assess(keys, known)
+        reading = throttle.read(keys)
+        self._counters[keys] = reading.counters
+        return reading
+
+    def forget(self, keys: tuple[ThrottleKey, ...]) -> None:
+        """The counters of `keys` changed: the next attempt under any of them reads again."""
+        changed = set(keys)
+        for shared in [k for k in self._counters if changed.intersection(k)]:
+            del self._counters[shared]
+
+
 class ClientAttempt:
     """One client authentication: refused already, or to be reported as failed or succeeded."""
 
@@ -55,13 +97,13 @@ class ClientAttempt:
         reading: Reading,
         client_id: str | None,
         ctx: RequestContext | None,
+        batch: ThrottleBatch | None = None,
     ) -> None:
         self._guard = guard
         self.reading = reading
         self.client_id = client_id
         self.ctx = ctx
-        # Told when this attempt writes counters (see `BatchAttempts`).
-        self.on_write: Callable[[], None] | None = None
+        self.batch = batch
 
     @property
     def refused(self) -> bool:
@@ -72,13 +114,9 @@ class ClientAttempt:
         return self.reading.refusal.retry_after if self.reading.refusal is not None else 0.0
 
     def failed(self) -> None:
-        if self.on_write is not None:
-            self.on_write()
         self._guard.apply_failure(self)
 
     def succeeded(self) -> None:
-        if self.on_write is not None and any(c.kind == CLIENT for c in self.reading.counters):
-            self.on_write()  # a success clears the client counters it found
         self._guard.apply_success(self)
 
 
@@ -96,33 +134,43 @@ class ClientAuthGuard:
         self, headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
     ) -> ClientAttempt:
         """Reads the counters (one query); a refused attempt is audited here."""
-        client_id, keys = _claim(headers, form, ctx)
-        return self.opened(ClientAttempt(self, self._throttle.read(keys), client_id, ctx))
+        return self.begin_claimed(claimed_client_id(headers, form), ctx)
 
-    def begin_batch(self, requests: Sequence[AttemptRequest]) -> BatchAttempts:
-        """The attempts of requests handled one after another, their counters read now in
-        one query for all of them (`BatchAttempts`)."""
-        claims = [_claim(*request) for request in requests]
-        snapshot = self._throttle.snapshot([key for _, keys in claims for key in keys])
-        return BatchAttempts(self, requests, claims, snapshot)
-
-    def reading_from(self, snapshot: Snapshot, keys: Sequence[ThrottleKey]) -> Reading:
-        return self._throttle.read_from(snapshot, keys)
-
-    def opened(self, attempt: ClientAttempt) -> ClientAttempt:
-        """`attempt`, its refusal (if any) audited."""
+    def begin_claimed(
+        self,
+        client_id: str | None,
+        ctx: RequestContext | None,
+        *,
+        batch: ThrottleBatch | None = None,
+    ) -> ClientAttempt:
+        """`begin` for a caller that already decoded the client id the request claims (the
+        lean paths, from the Basic header they parsed); with `batch`, the read is shared by
+        the batch's attempts under the same keys (`ThrottleBatch`)."""
+        client_id = client_id[:MAX_CLIENT_ID] if client_id else None
+        source = source_of(ctx.client_ip if ctx is not None else None)
+        keys = []
+        if source is not None:
+            keys.append(ThrottleKey(CLIENT_IP, source))
+        if client_id:
+            keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
+        wanted = tuple(keys)
+        if batch is None:
+            reading = self._throttle.read(wanted)
+        else:
+            reading = batch.read(self._throttle, wanted)
+        attempt = ClientAttempt(self, reading, client_id, ctx, batch)
         refusal = attempt.reading.refusal
         if refusal is not None:
             event = PendingEvent(
                 EventType.CLIENT_AUTH_THROTTLED,
-                actor=Actor("client", attempt.client_id),
+                actor=Actor("client", client_id),
                 outcome="failure",
                 details={
                     "scope": refusal.key.kind,
                     "locked": refusal.locked,
                     "retry_after": round(refusal.retry_after),
                 },
-                ctx=attempt.ctx,
+                ctx=ctx,
             )
             if self._failures is not None:
                 self._failures.record(CLIENT_REFUSED, event)
@@ -131,6 +179,8 @@ class ClientAuthGuard:
         return attempt
 
     def apply_failure(self, attempt: ClientAttempt) -> None:
+        if attempt.batch is not None:
+            attempt.batch.forget(attempt.reading.keys)
         for counter in self._throttle.apply_failure(attempt.reading):
             self._audit.record(
                 EventType.CLIENT_AUTH_LOCKOUT,
@@ -145,64 +195,7 @@ class ClientAuthGuard:
             )
 
     def apply_success(self, attempt: ClientAttempt) -> None:
+        cleared = [c.key for c in attempt.reading.counters if c.kind == CLIENT]
+        if cleared and attempt.batch is not None:
+            attempt.batch.forget(tuple(cleared))
         self._throttle.apply_success(attempt.reading, kinds=(CLIENT,))
-
-
-# What an attempt is begun from: the request's headers, its form and its context.
-AttemptRequest = tuple[Mapping[str, str], Mapping[str, str], RequestContext | None]
-
-
-def _claim(
-    headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
-) -> tuple[str | None, list[ThrottleKey]]:
-    """The client id a request claims and the throttle keys its attempt is counted under."""
-    client_id = claimed_client_id(headers, form)
-    source = source_of(ctx.client_ip if ctx is not None else None)
-    keys = []
-    if source is not None:
-        keys.append(ThrottleKey(CLIENT_IP, source))
-    if client_id:
-        keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
-    return client_id, keys
-
-
-class BatchAttempts:
-    """The client authentications of a batch of requests that are decided one after another
-    (the token endpoint's batches), with their counters read in one query up front instead of
-    one query each.
-
-    `begin(i)` is what `ClientAuthGuard.begin` of request i would return at that point of the
-    batch: the reading comes from the batch's snapshot only as long as no earlier attempt of
-    the batch wrote counters (a failure counted, counters cleared by a success); after the
-    first write every later request reads the database itself, as it would have alone, so a
-    failure (or a lock) earlier in the batch is seen by the requests after it. Writes of other
-    processes between the snapshot and an attempt are the same race as between two requests
-    running side by side, each reading before the other's failure is counted."""
-
-    def __init__(
-        self,
-        guard: ClientAuthGuard,
-        requests: Sequence[AttemptRequest],
-        claims: list[tuple[str | None, list[ThrottleKey]]],
-        snapshot: Snapshot,
-    ) -> None:
-        self._guard = guard
-        self._requests = requests
-        self._claims = claims
-        self._snapshot: Snapshot | None = snapshot
-
-    def begin(self, index: int) -> ClientAttempt:
-        """The attempt of request `index`; its refusal (if any) is audited here."""
-        if self._snapshot is None:
-            attempt = self._guard.begin(*self._requests[index])
-        else:
-            client_id, keys = self._claims[index]
-            reading = self._guard.reading_from(self._snapshot, keys)
-            attempt = self._guard.opened(
-                ClientAttempt(self._guard, reading, client_id, self._requests[index][2])
-            )
-        attempt.on_write = self._written
-        return attempt
-
-    def _written(self) -> None:
-        self._snapshot = None

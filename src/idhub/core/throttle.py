@@ -133,15 +133,6 @@ class Reading:
     refusal: Refusal | None = None
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """Counters read at one moment for a set of keys (`Throttle.snapshot`): `found` holds
-    those that existed, every other key of `keys` had none."""
-
-    keys: tuple[ThrottleKey, ...]
-    found: dict[ThrottleKey, Counter]
-
-
 def plan_refusal(counter: Counter, rule: ThrottleRule, now: float) -> Refusal | None:
     """Pure: the refusal `counter` implies at `now` under `rule`, or None."""
     if counter.locked_until is not None and counter.locked_until > now:
@@ -215,32 +206,16 @@ class Throttle:
         keys = tuple(keys)
         if not keys:
             return Reading(keys)
-        found = {c.key: c for c in self._store.counters(keys)}
-        return self._reading(keys, found, self._clock.now())
+        return self.assess(keys, self._store.counters(keys))
 
-    def snapshot(self, keys: Sequence[ThrottleKey]) -> Snapshot:
-        """The counters of every key of several attempts, in ONE query: a batch of token
-        requests then pays one round trip to the database instead of one per request (on
-        PostgreSQL those reads, one after another, were most of a batch's time). Each attempt
-        then takes its reading from it with `read_from`."""
-        wanted = tuple(dict.fromkeys(keys))
-        found = self._store.counters(wanted) if wanted else []
-        return Snapshot(wanted, {c.key: c for c in found})
-
-    def read_from(self, snapshot: Snapshot, keys: Sequence[ThrottleKey]) -> Reading:
-        """What `read(keys)` returns, from counters read earlier into `snapshot` (which must
-        hold every key of `keys`); the refusal is judged now."""
-        keys = tuple(keys)
+    def assess(self, keys: tuple[ThrottleKey, ...], counters: Sequence[Counter]) -> Reading:
+        """What `read` answers for `keys` when the store holds `counters` for them, judged
+        now: for a caller that read them a moment ago (core/client_guard.py `ThrottleBatch`)
+        and must still see a delay or a lock run out as the clock moves."""
         if not keys:
             return Reading(keys)
-        missing = [key for key in keys if key not in snapshot.keys]
-        if missing:
-            raise ValueError(f"the snapshot did not read {missing[0]}")
-        return self._reading(keys, snapshot.found, self._clock.now())
-
-    def _reading(
-        self, keys: tuple[ThrottleKey, ...], found: dict[ThrottleKey, Counter], now: float
-    ) -> Reading:
+        found = {c.key: c for c in counters}
+        now = self._clock.now()
         refusals = []
         for key in keys:
             counter = found.get(key)

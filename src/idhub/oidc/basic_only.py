@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import InvalidClientError
 
-from idhub.core.client_guard import ClientAttempt, ClientAuthGuard
+from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
-from idhub.oidc.client_auth import basic_credentials
 from idhub.oidc.messages import OAuthRequestData
 
 # Body fields that mean another client-authentication method (or a conflict with Basic).
@@ -35,6 +34,8 @@ class BasicOnly:
     data: OAuthRequestData
     client: Client
     secret: str
+    # The client id as the header spells it (decoded): the id the throttle counts under.
+    client_id: str
 
 
 def plan_basic_only(
@@ -61,7 +62,7 @@ def plan_basic_only(
         return None
     if sum(1 for name in headers if name.lower() == "authorization") != 1:
         return None
-    credentials = basic_credentials(header)
+    credentials = data.basic_credentials  # of this header: the one `authorization` there is
     if credentials is None or not credentials[1]:
         return None
     client_id, secret = credentials
@@ -71,7 +72,7 @@ def plan_basic_only(
     client = registry.get(client_id)
     if client is None or client.token_endpoint_auth_method != "client_secret_basic":  # noqa: S105
         return None
-    return BasicOnly(data=data, client=client, secret=secret)
+    return BasicOnly(data=data, client=client, secret=secret, client_id=client_id)
 
 
 def require_basic_client(
@@ -79,14 +80,17 @@ def require_basic_client(
     registry: ClientRegistry,
     guard: ClientAuthGuard | None,
     *,
-    attempt: ClientAttempt | None = None,
+    batch: ThrottleBatch | None = None,
 ) -> Client:
     """The client, once the throttle let the attempt through and the secret is right; raises
-    the `InvalidClientError` the generic path raises otherwise (the attempt counted).
-    `attempt`: the request's attempt already begun (a batch's, `ClientAuthGuard.begin_batch`)."""
-    data = req.data
-    if attempt is None and guard is not None:
-        attempt = guard.begin(data.headers, data.params, data.ctx)
+    the `InvalidClientError` the generic path raises otherwise (the attempt counted). With
+    `batch`, the throttle's read is shared with the batch's other attempts (`ThrottleBatch`).
+
+    The throttle counts under the id the header claims, which is what `ClientAuthGuard.begin`
+    would decode from it (the Basic user name): taken from the request's one decode."""
+    attempt = (
+        guard.begin_claimed(req.client_id, req.data.ctx, batch=batch) if guard is not None else None
+    )
     if attempt is not None and attempt.refused:
         raise InvalidClientError(status_code=401, description="too many failed attempts")
     if not registry.check_secret(req.client, req.secret):

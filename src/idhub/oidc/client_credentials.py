@@ -20,14 +20,14 @@ generic path sees the request as if the lean one did not exist.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import InvalidScopeError
 
 from idhub.core.audit import Actor, EventType, PendingEvent, RequestContext
-from idhub.core.client_guard import BatchAttempts, ClientAttempt, ClientAuthGuard
+from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
 from idhub.oidc.basic_only import BasicOnly, plan_basic_only, require_basic_client
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
@@ -106,19 +106,13 @@ class LeanClientCredentials:
         req = plan_basic_only(data, self._registry)
         return req if req is not None and req.client.allows_grant(GRANT_TYPE) else None
 
-    def begin_batch(self, reqs: Sequence[BasicOnly]) -> BatchAttempts | None:
-        """The client authentications of `reqs`, to be signed one after another in this
-        order, with their throttle counters read in one query (None without a throttle)."""
-        if self._guard is None:
-            return None
-        return self._guard.begin_batch([(r.data.headers, r.data.params, r.data.ctx) for r in reqs])
-
     def sign(
-        self, req: BasicOnly, outcome: LeanOutcome, *, attempt: ClientAttempt | None = None
+        self, req: BasicOnly, outcome: LeanOutcome, *, batch: ThrottleBatch | None = None
     ) -> tuple[dict[str, Any], PendingEvent]:
         """The answer's body and the event to commit before it leaves; raises the
-        `OAuth2Error` the generic path would raise. `attempt`: from `begin_batch`."""
-        client = require_basic_client(req, self._registry, self._guard, attempt=attempt)
+        `OAuth2Error` the generic path would raise. `batch`: the throttle read shared by the
+        requests decided together (core/client_guard.py `ThrottleBatch`)."""
+        client = require_basic_client(req, self._registry, self._guard, batch=batch)
         outcome.client_id = client.client_id
         return sign_service_token(self._minter, client, req.data.params, req.data.ctx)
 

@@ -23,6 +23,7 @@ from idhub.errors import AuditError, StorageError
 from idhub.oidc.basic_only import plan_basic_only, require_basic_client
 from idhub.oidc.introspection import TokenEndpoints
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+from idhub.oidc.outage_answers import database_down, error_answer, unavailable
 from idhub.oidc.server import Provider
 
 # The generic path refuses a malformed `grant_type` even here (`_require_well_formed`);
@@ -56,9 +57,8 @@ class LeanIntrospection:
             client = require_basic_client(planned, self._registry, self._guard)
             return self._endpoints.introspect_for(data, client)
         except OAuth2Error as exc:
-            status, body, headers = exc()
-            return OAuthResponseData(status, list(headers), body)
+            return error_answer(exc)
         except AuditError:
-            return Provider._unavailable()
+            return unavailable()
         except StorageError as exc:
-            return Provider._database_down(exc, "introspection")
+            return database_down(exc, "introspection")

@@ -8,7 +8,6 @@ in two for the login/consent pages: `validate_authorization` (before anyone sign
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -17,14 +16,13 @@ from authlib.common.security import is_secure_transport
 from authlib.common.urls import add_params_to_uri
 from authlib.consts import default_json_headers
 from authlib.oauth2.rfc6749 import (
-    InvalidClientError,
     InvalidRequestError,
     OAuth2Error,
     UnsupportedGrantTypeError,
 )
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
-from idhub.core.client_guard import ClientAuthGuard
+from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
 from idhub.core.clock import Clock
 from idhub.core.crypto import new_token, sha256_hex
@@ -35,7 +33,6 @@ from idhub.core.token_storage import CodeRecord, TokenStorage
 from idhub.errors import AuditError, ConfigError, StorageError
 from idhub.oidc import grant_batch
 from idhub.oidc.authlib_server import AuthlibServer, IdhubRequest
-from idhub.oidc.basic_only import BasicOnly
 from idhub.oidc.client_auth import AuthlibClient, PrivateKeyJWT, credential_problem
 from idhub.oidc.client_credentials import LeanClientCredentials, LeanOutcome
 from idhub.oidc.exchange import TokenExchangeGrant
@@ -48,10 +45,8 @@ from idhub.oidc.messages import (
     OAuthResponseData,
 )
 from idhub.oidc.minter import TokenMinter
-from idhub.oidc.protocol_errors import TemporarilyUnavailable
+from idhub.oidc.outage_answers import bad_credentials, database_down, error_answer, unavailable
 from idhub.oidc.tokens import AccessTokens
-
-log = logging.getLogger("idhub.oidc")
 
 PROMPTS = frozenset({"none", "login", "consent", "select_account"})
 
@@ -116,11 +111,6 @@ def _require_well_formed(data: OAuthRequestData) -> None:
 def _printable(name: str) -> str:
     """A parameter name fit for an error description (RFC 6749 5.2)."""
     return "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "?" for c in name)
-
-
-def _error_response(exc: OAuth2Error) -> OAuthResponseData:
-    status, body, headers = exc()
-    return OAuthResponseData(status, list(headers), body)
 
 
 class Provider:
@@ -351,52 +341,24 @@ class Provider:
         signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
         generic: list[tuple[int, OAuthRequestData]] = []
         lean = self.lean_client_credentials
-        plans: list[tuple[int, BasicOnly]] = []
+        # The lean requests' throttle reads, shared while no attempt among them changes a
+        # counter (core/client_guard.py `ThrottleBatch`): one read per client and address.
+        throttle_reads = ThrottleBatch()
         for i, data in enumerate(batch):
             try:
                 planned = lean.plan(data) if lean is not None else None
             except StorageError as exc:
-                answers[i] = self._database_down(exc)
+                answers[i] = database_down(exc)
                 continue
             if lean is None or planned is None:
                 generic.append((i, data))
                 continue
-            plans.append((i, planned))
-        if lean is not None and plans:
-            signed = self._sign_lean(lean, plans, answers)
-        if generic:
-            answers.update(self._generic_tokens(generic))
-        if signed:
-            answers.update(self._commit_issued(signed))
-        return [answers[i] for i in range(len(batch))]
-
-    def _sign_lean(
-        self,
-        lean: LeanClientCredentials,
-        plans: list[tuple[int, BasicOnly]],
-        answers: dict[int, OAuthResponseData],
-    ) -> list[tuple[int, dict[str, Any], PendingEvent]]:
-        """The batch's lean client-credentials requests, one after another: a failure goes to
-        `answers`, a signed token (its event still to commit) is returned."""
-        signed: list[tuple[int, dict[str, Any], PendingEvent]] = []
-        attempts = None
-        if len(plans) > 1:
-            # One throttle read for all of them (on PostgreSQL one round trip each, one after
-            # another, made a batch slower than a thread per request: docs/performance.md).
-            try:
-                attempts = lean.begin_batch([planned for _, planned in plans])
-            except StorageError as exc:
-                answers.update((i, self._database_down(exc)) for i, _ in plans)
-                return signed
-        for k, (i, planned) in enumerate(plans):
-            data = planned.data
             outcome = LeanOutcome()
             try:
-                attempt = attempts.begin(k) if attempts is not None else None
-                body, event = lean.sign(planned, outcome, attempt=attempt)
+                body, event = lean.sign(planned, outcome, batch=throttle_reads)
             except OAuth2Error as exc:
                 answers[i] = self._failed(
-                    _error_response(exc),
+                    error_answer(exc),
                     client_id=outcome.client_id,
                     # Only client_secret_basic takes the lean path: authenticated is proven.
                     proven=outcome.client_id is not None,
@@ -405,12 +367,16 @@ class Provider:
                     ctx=data.ctx,
                 )
             except AuditError:
-                answers[i] = self._unavailable()
+                answers[i] = unavailable()
             except StorageError as exc:
-                answers[i] = self._database_down(exc)
+                answers[i] = database_down(exc)
             else:
                 signed.append((i, body, event))
-        return signed
+        if generic:
+            answers.update(self._generic_tokens(generic))
+        if signed:
+            answers.update(self._commit_issued(signed))
+        return [answers[i] for i in range(len(batch))]
 
     def _generic_tokens(
         self, items: list[tuple[int, OAuthRequestData]]
@@ -435,16 +401,16 @@ class Provider:
                 self._minter, [r.idhub_deferred for _, r in deferred if r.idhub_deferred]
             )
         except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
-            refused = _error_response(exc)
+            refused = error_answer(exc)
             return {**answers, **{i: refused for i, _ in deferred}}
         except AuditError:
-            return {**answers, **{i: self._unavailable() for i, _ in deferred}}
+            return {**answers, **{i: unavailable() for i, _ in deferred}}
         except StorageError as exc:
-            down = self._database_down(exc)
+            down = database_down(exc)
             return {**answers, **{i: down for i, _ in deferred}}
         for (i, request), result in zip(deferred, results, strict=True):
             response = (
-                _error_response(result)
+                error_answer(result)
                 if isinstance(result, OAuth2Error)
                 else self.server.handle_response(200, result, default_json_headers)
             )
@@ -457,10 +423,10 @@ class Provider:
         try:
             self._minter.record_issuances([event for _, _, event in signed])
         except OAuth2Error as exc:  # TemporarilyUnavailable: no token leaves
-            refused = _error_response(exc)
+            refused = error_answer(exc)
             return {i: refused for i, _, _ in signed}
         except StorageError as exc:
-            down = self._database_down(exc)
+            down = database_down(exc)
             return {i: down for i, _, _ in signed}
         return {i: LeanClientCredentials.answer(body) for i, body, _ in signed}
 
@@ -470,7 +436,7 @@ class Provider:
             try:
                 self._record_failure(response, **failure)
             except AuditError:
-                return self._unavailable()
+                return unavailable()
         return response
 
     def _generic_token(
@@ -484,14 +450,14 @@ class Provider:
             _require_well_formed(data)
             response: OAuthResponseData = self.server.create_token_response(request)
         except OAuth2Error as exc:
-            response = _error_response(exc)
+            response = error_answer(exc)
         except AuditError:
-            response = self._unavailable()
+            response = unavailable()
         except UnicodeDecodeError:
-            response = self._bad_credentials()
+            response = bad_credentials()
         except StorageError as exc:
             request.idhub_deferred = None
-            return self._database_down(exc)
+            return database_down(exc)
         if request.idhub_deferred is not None and response.status == 200:
             return response
         request.idhub_deferred = None
@@ -547,26 +513,6 @@ class Provider:
         else:
             self._failures.record(TOKEN_FAILED, event)
 
-    @classmethod
-    def _database_down(cls, exc: StorageError, endpoint: str = "token") -> OAuthResponseData:
-        # One line, no traceback: in an outage every request fails alike.
-        log.error("%s request failed on the database: %s", endpoint, exc)
-        return cls._unavailable("the database is not reachable; try again later")
-
-    @staticmethod
-    def _unavailable(
-        description: str = "the audit trail cannot be written; try again later",
-    ) -> OAuthResponseData:
-        status, body, headers = TemporarilyUnavailable(description)()
-        return OAuthResponseData(status, list(headers), body)
-
-    @staticmethod
-    def _bad_credentials() -> OAuthResponseData:
-        """HTTP Basic credentials that are not UTF-8 (authlib would raise on them)."""
-        error = InvalidClientError(status_code=401, description="client authentication failed")
-        status, body, headers = error()
-        return OAuthResponseData(status, list(headers), body)
-
     # ------------------------------------------------------------------ other endpoints
 
     def _client_auth(self, data: OAuthRequestData, endpoint: str) -> tuple[IdhubRequest, Any]:
@@ -593,13 +539,13 @@ class Provider:
             _, client = self._client_auth(data, endpoint)
             return handler(data, client)
         except OAuth2Error as exc:
-            return _error_response(exc)
+            return error_answer(exc)
         except AuditError:
-            return self._unavailable()
+            return unavailable()
         except UnicodeDecodeError:
-            return self._bad_credentials()
+            return bad_credentials()
         except StorageError as exc:
-            return self._database_down(exc, endpoint)
+            return database_down(exc, endpoint)
 
     def userinfo(self, bearer_token: str) -> OAuthResponseData:
         return self._userinfo(bearer_token)

@@ -4,7 +4,7 @@ requests/responses and the provider's framework-free shapes (also used by `/auth
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl, unquote
 
 from starlette.concurrency import run_in_threadpool
@@ -49,26 +49,37 @@ async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestDa
     # whole URL from the headers first.
     path = str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
     uri = issuer.rstrip("/") + path
+    # What `request.headers.items()` yields (names as the server lowercased them, latin-1),
+    # later ones winning, read straight from the scope instead of through Starlette's
+    # `Headers` object and its decoding on every lookup.
+    headers = {
+        name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]
+    }
     if request.method == "POST":
-        pairs = await _form_pairs(request)
+        pairs = await _form_pairs(request, headers.get("content-type", ""))
     else:
         pairs = parse_qsl(request.url.query, keep_blank_values=True)
     params, multi = _collect(pairs)
-    # For the access record (web/observe.py): which system asked, never with its secret.
-    request.state.client_id = params.get("client_id") or basic_client_id(request)
     return OAuthRequestData(
         method=request.method,
         uri=uri,
-        headers={k: v for k, v in request.headers.items()},
+        headers=headers,
         params=params,
         multi=multi,
         ctx=request_context(request),
     )
 
 
-async def _form_pairs(request: Request) -> list[tuple[str, str]]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != FORM_TYPE:
+def note_client(request: Request, data: OAuthRequestData) -> None:
+    """For the access record (web/observe.py): which system asked, never with its secret.
+
+    Noted once the provider has answered, so the Basic header it decoded (once per request,
+    `OAuthRequestData.basic_credentials`) is not decoded a second time here."""
+    request.state.client_id = data.params.get("client_id") or _basic_client_id(data)
+
+
+async def _form_pairs(request: Request, content_type: str) -> list[tuple[str, str]]:
+    if content_type.split(";")[0].strip().lower() != FORM_TYPE:
         raise BadForm(f"the request body must be {FORM_TYPE}")
     body = await request.body()
     if len(body) > MAX_FORM:
@@ -80,16 +91,66 @@ async def _form_pairs(request: Request) -> list[tuple[str, str]]:
 
 
 def to_response(data: OAuthResponseData) -> Response:
-    headers = dict(data.headers)
     if isinstance(data.body, dict):
-        headers.pop("Content-Type", None)
-        return Response(
-            data.json_bytes(),
-            status_code=data.status,
-            headers=headers,
-            media_type="application/json",
-        )
-    return Response(data.body, status_code=data.status, headers=headers)
+        # No content-length on these statuses (Starlette's rule): never a JSON answer's.
+        head = None if data.status < 200 or data.status in (204, 304) else _json_head(data.headers)
+        if head is not None:
+            return _JsonAnswer(data.json_bytes(), data.status, head)
+        return _json_response(data.json_bytes(), data.status, data.headers)
+    return Response(data.body, status_code=data.status, headers=dict(data.headers))
+
+
+def _json_response(body: bytes, status: int, headers: Sequence[tuple[str, str]]) -> Response:
+    named = dict(headers)
+    named.pop("Content-Type", None)
+    return Response(body, status_code=status, headers=named, media_type="application/json")
+
+
+# The head of a JSON answer depends only on the provider's list of headers, and there are a
+# handful of those (the JSON defaults; with WWW-Authenticate; with Retry-After): each is built
+# once by Starlette's own `Response` and then only its content-length changes. Building it
+# per answer was about a fifth of the web layer's cost of one token answer (callgrind).
+# Only JSON answers: their headers are fixed by the server, never a redirect's Location.
+_JSON_HEADS: dict[tuple[tuple[str, str], ...], tuple[tuple[tuple[bytes, bytes], ...], int]] = {}
+_MAX_HEADS = 64
+
+
+def _json_head(
+    headers: Sequence[tuple[str, str]],
+) -> tuple[tuple[tuple[bytes, bytes], ...], int] | None:
+    """The raw head `_json_response` builds for `headers` (with a placeholder length) and
+    where its content-length is; None when that is not of the usual form."""
+    key = tuple(headers)
+    head = _JSON_HEADS.get(key)
+    if head is not None:
+        return head
+    if any(name.lower() == "content-length" for name, _ in headers):
+        return None
+    raw = _json_response(b"", 200, headers).raw_headers
+    at = [i for i, (name, _) in enumerate(raw) if name == b"content-length"]
+    if len(at) != 1:
+        return None
+    head = (tuple(raw), at[0])
+    if len(_JSON_HEADS) < _MAX_HEADS:
+        _JSON_HEADS[key] = head
+    return head
+
+
+class _JsonAnswer(Response):
+    """What `_json_response` answers, its head copied from `_json_head` (the same bytes)."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, status: int, head: tuple[tuple[tuple[bytes, bytes], ...], int]
+    ) -> None:
+        raw, at = head
+        self.status_code = status
+        self.background = None
+        self.body = body
+        headers = list(raw)
+        headers[at] = (b"content-length", str(len(body)).encode("latin-1"))
+        self.raw_headers = headers
 
 
 def _bad_request(description: str) -> Response:
@@ -100,13 +161,17 @@ def _bad_request(description: str) -> Response:
     )
 
 
-def basic_client_id(request: Request) -> str | None:
+def _basic_client_id(data: OAuthRequestData) -> str | None:
     """The user part of `Authorization: Basic` (client_secret_basic), or None."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
+    header = data.headers.get("authorization", "")
+    if header.partition(" ")[0].lower() != "basic":
         return None
+    credentials = data.basic_credentials
+    if credentials is not None:
+        return credentials[0][:200]
+    # Unusable for authentication (no colon, a NUL), yet worth naming in the record.
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        decoded = base64.b64decode(header.partition(" ")[2].strip(), validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
         return None
     return unquote(decoded.partition(":")[0])[:200] or None
@@ -137,11 +202,12 @@ class OAuthEndpoints:
     `batch_tokens`: token requests go to the threadpool in batches (web/batching.py): what
     queued while the last batch ran goes over in one hop, and the batch's client-credentials
     tokens commit their events in one append (`Provider.token_many`), after one throttle read
-    for all of them. Right for SQLite, where every append waits its turn for the one write
-    lock anyway: 40 threads each holding one request bought only GIL contention and thread
-    hand-overs. And for PostgreSQL, whose appends queue on the chain's advisory lock: a
-    thread per request cost ~25 % more server CPU per token (docs/performance.md, 2026-12-02),
-    once a batch no longer made its throttle reads one round trip after another.
+    per client and address (core/client_guard.py `ThrottleBatch`). Right for SQLite, where
+    every append waits its turn for the one write lock anyway: 40 threads each holding one
+    request bought only GIL contention and thread hand-overs. And for PostgreSQL, whose appends
+    queue on the chain's advisory lock: a thread per request cost ~25-30 % more server CPU per
+    token (docs/performance.md, 2026-12-02 PostgreSQL client credentials), once a batch no
+    longer made its throttle reads one round trip after another.
     `batched_grants`: the grant types that go in batches (None: all). On PostgreSQL only
     client credentials: a batch's code exchanges and refreshes share one unit of work whose
     savepoints are round trips one after another, and measured at a third of their rate
@@ -178,9 +244,12 @@ class OAuthEndpoints:
                 data = await read_oauth_request(request, issuer=self._issuer)
             except BadForm as exc:
                 return _bad_request(str(exc))
-            if inline:
-                return to_response(handle(data))
-            return to_response(await run_in_threadpool(handle, data))
+            try:
+                if inline:
+                    return to_response(handle(data))
+                return to_response(await run_in_threadpool(handle, data))
+            finally:
+                note_client(request, data)
 
         return endpoint
 
@@ -192,10 +261,13 @@ class OAuthEndpoints:
             data = await read_oauth_request(request, issuer=self._issuer)
         except BadForm as exc:
             return _bad_request(str(exc))
-        grants = self._batched_grants
-        if grants is not None and data.params.get("grant_type") not in grants:
-            return to_response(await run_in_threadpool(self._provider.token, data))
-        return to_response(await batches.submit(data))
+        try:
+            grants = self._batched_grants
+            if grants is not None and data.params.get("grant_type") not in grants:
+                return to_response(await run_in_threadpool(self._provider.token, data))
+            return to_response(await batches.submit(data))
+        finally:
+            note_client(request, data)
 
     async def userinfo(self, request: Request) -> Response:
         token = bearer_token(request)
@@ -203,6 +275,7 @@ class OAuthEndpoints:
             # RFC 6750 2.2: the token may come as a form field instead.
             try:
                 data = await read_oauth_request(request, issuer=self._issuer)
+                note_client(request, data)
                 token = data.params.get("access_token")
             except BadForm:
                 token = None
