@@ -183,3 +183,37 @@ def test_bearer_helper_for_idhub_apis(server: LiveServer) -> None:
     }
     claims = asyncio.run(require_bearer(Request(scope), server.services, scope="authz"))
     assert claims["sub"] == "svc"
+
+
+def test_tokens_of_a_disabled_or_removed_client_stop_counting_online(server: LiveServer) -> None:
+    """An access token outlives its client's disabling or removal until `exp`. Whoever asks
+    idhub online learns at once that it no longer counts: introspection answers inactive,
+    userinfo refuses, idhub's own APIs refuse (`AccessTokens.verify`); enabled again, the
+    token counts again (it was never revoked)."""
+    services = server.services
+    token, _ = _service_token(server)
+    _, rs_secret = services.clients.register(
+        "rs", grant_types=["client_credentials"], scope="read", default_audience="idhub"
+    )
+    auth = ("rs", rs_secret or "")
+    assert _introspect(server, token, auth).json()["active"] is True
+    services.clients.update("svc", disabled=True)
+    assert _introspect(server, token, auth).json() == {"active": False}
+    with pytest.raises(InvalidToken, match="client disabled"):
+        services.access_tokens.verify(token)
+    services.clients.update("svc", disabled=False)
+    assert _introspect(server, token, auth).json()["active"] is True
+
+    user = make_user(services)
+    _, secret = web_client(services, "oa")
+    client = oauth_client(server.url, "oa", secret, redirect_uri=RP)
+    tokens = client.fetch_token(
+        server.url + "/token",
+        grant_type="authorization_code",
+        code=issue_code(services, "oa", user),
+    )
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert httpx.get(server.url + "/userinfo", headers=bearer).status_code == 200
+    services.clients.remove("oa")
+    refused = httpx.get(server.url + "/userinfo", headers=bearer)
+    assert refused.status_code == 401 and "invalid_token" in refused.headers["www-authenticate"]

@@ -466,6 +466,7 @@ class Services:
             clock=self.clock,
             ttl=self.settings.tokens.access_token_ttl,
             leeway=self.settings.tokens.clock_skew,
+            clients=self.clients,
         )
 
     @cached_property

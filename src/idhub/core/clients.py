@@ -277,6 +277,21 @@ class ClientRegistry:
                 self._version = version
             self._checked_at = now
 
+    def enabled(self, client_id: str) -> bool:
+        """Whether `client_id` is registered and not disabled (cached, like `get`)."""
+        return self.get(client_id) is not None
+
+    def enabled_if_fresh(self, client_id: str) -> bool | None:
+        """`enabled` when memory holds the answer and the version check is not due; None
+        otherwise (the caller asks `enabled` off the event loop)."""
+        if time.monotonic() - self._checked_at >= self._recheck:
+            return None
+        try:
+            client = self._cache[client_id]
+        except KeyError:
+            return None
+        return client is not None and not client.disabled
+
     def party_domains(self, client_id: str) -> frozenset[str]:
         """The audiences a client is registered for (its default and allowed ones): where a
         system takes part, and so the policy domains it may ask the decision API about."""

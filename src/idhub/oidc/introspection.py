@@ -111,6 +111,8 @@ class TokenEndpoints:
             return None, "revoked"
         if not _concerns(client, claims):
             return None, "not addressed to the asking client"
+        if not self._access_tokens.client_enabled(claims):
+            return None, "the token's client is disabled or removed"
         out = {k: claims[k] for k in _CLAIMS_OUT if k in claims}
         out.update(active=True, token_type="Bearer")  # noqa: S106
         return out, ""

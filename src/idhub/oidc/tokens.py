@@ -46,6 +46,20 @@ class RevocationList(Protocol):
         ...
 
 
+class ClientStanding(Protocol):
+    """Whether a client is registered and enabled now (core/clients.py `ClientRegistry`)."""
+
+    def enabled(self, client_id: str) -> bool: ...
+
+    def enabled_if_fresh(self, client_id: str) -> bool | None:
+        """`enabled` when memory holds the answer; None when it would read the database."""
+        ...
+
+
+def _client_of(claims: dict[str, Any]) -> str:
+    return str(claims.get("client_id") or "")
+
+
 def new_jti() -> str:
     return secrets.token_urlsafe(16)
 
@@ -67,8 +81,13 @@ class AccessTokens:
         ttl: int,
         leeway: float = LEEWAY,
         verified_limit: int = VERIFIED_CACHE_SIZE,
+        clients: ClientStanding | None = None,
     ) -> None:
         self._keys = keys
+        # Whether a token's client is still registered and enabled (None: not checked, for
+        # a resource server's offline view). A token outlives its client's disabling or
+        # removal until `exp`; the online checks refuse it from that moment.
+        self._clients = clients
         self._revocations = revocations
         self.issuer = issuer
         self._clock = clock
@@ -115,6 +134,8 @@ class AccessTokens:
         claims = self.verify_offline(token, audience=audience)
         if self._revocations.is_revoked(str(claims["jti"])):
             raise InvalidToken("revoked")
+        if self._clients is not None and not self._clients.enabled(_client_of(claims)):
+            raise InvalidToken("client disabled or removed")
         return claims
 
     def verify_without_waiting(
@@ -134,7 +155,23 @@ class AccessTokens:
             return None
         if revoked:
             raise InvalidToken("revoked")
+        if self._clients is not None:
+            enabled = self._clients.enabled_if_fresh(_client_of(claims))
+            if enabled is None:
+                return None
+            if not enabled:
+                raise InvalidToken("client disabled or removed")
         return claims
+
+    def remembered_client(self, token: str) -> str | None:
+        """The `client_id` of a token whose signature this process has checked, else None."""
+        claims = self._verified.get(_cache_key(token))
+        return None if claims is None else _client_of(claims)
+
+    def client_enabled(self, claims: dict[str, Any]) -> bool:
+        """Whether the client of verified `claims` is still registered and enabled (for a
+        check built on `verify_offline`, such as introspection)."""
+        return self._clients is None or self._clients.enabled(_client_of(claims))
 
     def verify_offline(self, token: str, *, audience: str | None = None) -> dict[str, Any]:
         """Everything `verify` checks except the revocation list (what a resource server does)."""

@@ -219,15 +219,11 @@ def _client_of(claims: Mapping[str, Any]) -> str:
 
 def _asker(claims: Mapping[str, Any], parties: Callable[[str], frozenset[str]]) -> Asker:
     client_id = _client_of(claims)
-    # Every registered, enabled client is a party to its own audience at least: no domains
-    # means the registration is gone or disabled.
-    domains = parties(client_id)
     return Asker(
         client_id=client_id,
         sub=str(claims.get("sub") or ""),
-        domains=domains,
+        domains=parties(client_id),
         admin=ADMIN_SCOPE in str(claims.get("scope") or "").split(),
-        registered=bool(domains),
     )
 
 
@@ -462,6 +458,22 @@ def _parties_refresh(parties: Callable[[str], frozenset[str]]) -> Refresh:
     return refreshes.submit
 
 
+def _claims_without_waiting(
+    request: Request, services: Services
+) -> Mapping[str, Any] | PartiesDue | None:
+    """The caller's verified claims on the event loop; `PartiesDue` for a remembered token
+    whose client's standing is due for the registry's version check (one shared read brings
+    it up to date, not a thread each); None when the check must run in a worker thread."""
+    token = bearer_token(request)
+    claims = verify_bearer_without_waiting(token, services)
+    if claims is not None:
+        return claims
+    client_id = services.access_tokens.remembered_client(token or "")
+    if client_id is not None and services.clients.enabled_if_fresh(client_id) is None:
+        return PartiesDue(client_id)
+    return None
+
+
 def routes(services: Services) -> list[BaseRoute]:
     def authenticate(request: Request) -> None:
         request.state.bearer_claims = verify_bearer(bearer_token(request), services)
@@ -483,9 +495,9 @@ def routes(services: Services) -> list[BaseRoute]:
     def check_without_waiting(
         request: Request, raw: bytes
     ) -> Response | ToRecord | PartiesDue | None:
-        claims = verify_bearer_without_waiting(bearer_token(request), services)
-        if claims is None:
-            return None
+        claims = _claims_without_waiting(request, services)
+        if not isinstance(claims, Mapping):
+            return claims
         return api.check_without_waiting(request, _parse(raw), claims)
 
     issuer = services.settings.server.issuer

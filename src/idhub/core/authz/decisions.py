@@ -131,10 +131,6 @@ class Asker:
     domains: frozenset[str] = frozenset()
     # The token carries `authz:admin` (an admin tool): it may ask about every domain.
     admin: bool = False
-    # The client the token was issued to is still registered and enabled. A token outlives
-    # its client's removal or disabling by up to its lifetime; the decision API, which is
-    # asked online, refuses it from the moment the registration says so.
-    registered: bool = True
 
     @property
     def is_system(self) -> bool:
@@ -365,10 +361,6 @@ class PolicyAnswers:
 
     def require_may_ask(self, asker: Asker, questions: Sequence[Question]) -> None:
         """Raises `AccessDenied` unless the token's holder may ask about each person named."""
-        if not asker.registered:
-            raise AccessDenied(
-                f"the token's client {asker.client_id!r} is no longer registered or is disabled"
-            )
         if asker.is_system:
             self._require_party_to(asker, questions)
             return
