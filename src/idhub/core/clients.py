@@ -192,6 +192,13 @@ def validate_client(client: Client) -> Client:
     return client
 
 
+def _domains(client: Client | None) -> frozenset[str]:
+    """The policy domains a client takes part in: none for an unknown or disabled one."""
+    if client is None:
+        return frozenset()
+    return frozenset((client.audience, *client.allowed_audiences))
+
+
 class ClientRegistry:
     """Creates and changes clients (audited) and serves lookups from a per-process cache.
 
@@ -284,35 +291,31 @@ class ClientRegistry:
     def enabled_if_fresh(self, client_id: str) -> bool | None:
         """`enabled` when memory holds the answer and the version check is not due; None
         otherwise (the caller asks `enabled` off the event loop)."""
-        if time.monotonic() - self._checked_at >= self._recheck:
-            return None
-        try:
-            client = self._cache[client_id]
-        except KeyError:
-            return None
-        return client is not None and not client.disabled
+        fresh, client = self._if_fresh(client_id)
+        return client is not None if fresh else None
 
     def party_domains(self, client_id: str) -> frozenset[str]:
         """The audiences a client is registered for (its default and allowed ones): where a
         system takes part, and so the policy domains it may ask the decision API about."""
-        client = self.get(client_id)
-        if client is None:
-            return frozenset()
-        return frozenset((client.audience, *client.allowed_audiences))
+        return _domains(self.get(client_id))
 
     def party_domains_if_fresh(self, client_id: str) -> frozenset[str] | None:
         """`party_domains` when memory holds the answer and the version check is not due
         (the same answer `party_domains` would give now, without its possible database read);
         None otherwise, and the caller asks `party_domains` off the event loop."""
+        fresh, client = self._if_fresh(client_id)
+        return _domains(client) if fresh else None
+
+    def _if_fresh(self, client_id: str) -> tuple[bool, Client | None]:
+        """(True, what `get` would answer now) when memory holds it and the version check is
+        not due, without a database read; (False, None) otherwise."""
         if time.monotonic() - self._checked_at >= self._recheck:
-            return None
+            return False, None
         try:
             client = self._cache[client_id]
         except KeyError:
-            return None
-        if client is None or client.disabled:
-            return frozenset()
-        return frozenset((client.audience, *client.allowed_audiences))
+            return False, None
+        return True, None if client is None or client.disabled else client
 
     def invalidate(self) -> None:
         with self._lock:
