@@ -2,9 +2,10 @@
 logout tokens, and the verification of access tokens (contract 3).
 
 Access tokens carry a real `aud` (the resource system), so OA and reimbursement validate them
-offline against the JWKS; `verify` additionally consults the revocation list, which is what
-introspection and idhub's own APIs use, and `verify_without_waiting` is the same check for the
-event loop (web/bearer.py): it answers only when no step can block.
+offline against the JWKS; `verify` additionally consults the revocation list and whether the
+token's client is still registered and enabled, which is what userinfo and idhub's own APIs
+use (introspection checks the same two on `verify_offline`), and `verify_without_waiting` is
+the same check for the event loop (web/bearer.py): it answers only when no step can block.
 """
 
 from __future__ import annotations
@@ -143,9 +144,10 @@ class AccessTokens:
     ) -> dict[str, Any] | None:
         """`verify` for the event loop: the claims, or None ("must wait": the caller runs
         `verify` in a worker thread) when a step could block - a token whose signature this
-        process has not checked yet (a key may have to be read), or a revocation list that
-        cannot be read without waiting. Raises `InvalidToken` as `verify` does: expiry,
-        audience and revocation are checked on every use, only the signature is remembered."""
+        process has not checked yet (a key may have to be read), a revocation list that cannot
+        be read without waiting, or a client registry due for its version check. Raises
+        `InvalidToken` as `verify` does: expiry, audience, revocation and the client's
+        standing are checked on every use, only the signature is remembered."""
         claims = self._verified.get(_cache_key(token))
         if claims is None:
             return None

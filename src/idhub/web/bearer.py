@@ -59,8 +59,9 @@ def verify_bearer(token: str | None, services: Services) -> dict[str, Any]:
 def verify_bearer_without_waiting(token: str | None, services: Services) -> dict[str, Any] | None:
     """`verify_bearer` on the event loop: the claims, or None when the answer needs a worker
     thread (`AccessTokens.verify_without_waiting`: a token whose signature this process has
-    not checked, a revocation list that cannot be read without waiting). Raises `BearerError`
-    for a missing, expired, foreign or revoked token."""
+    not checked, a revocation list that cannot be read without waiting, a client registry due
+    for its version check). Raises `BearerError` for a missing, expired, foreign or revoked
+    token, or one whose client is disabled or removed."""
     if not token:
         raise BearerError(401, "invalid_token", "an access token is required")
     try:
