@@ -32,6 +32,7 @@ from idhub.adapters.audit_sqlite_append import (
     sqlite_tail,
 )
 from idhub.adapters.db import audit_anchor, audit_events
+from idhub.adapters.unit_group import TAKE_SQLITE_WRITE_LOCK
 from idhub.adapters.unit_of_work import WriterTurn, open_unit, serial_lock, writer_serial
 from idhub.core.audit import (
     ACTOR_TYPES,
@@ -56,8 +57,6 @@ from idhub.core.clock import Clock
 from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
 
 _VERIFY_CHUNK = 20_000
-# A write statement that changes nothing: SQLite takes the database write lock for it.
-_SQLITE_LOCK = "UPDATE audit_anchor SET id = id WHERE 0"
 _NO_CONTEXT = RequestContext()
 log = logging.getLogger(__name__)
 
@@ -320,7 +319,7 @@ class SqlAuditLog:
         else:
             cursor = driver.cursor()
             # The write lock, in case the caller's transaction has not taken it yet.
-            cursor.execute(_SQLITE_LOCK)
+            cursor.execute(TAKE_SQLITE_WRITE_LOCK)
             seq, prev = sqlite_tail(cursor)
         try:
             rows = chain_rows(events, seq, prev)
@@ -363,7 +362,7 @@ class SqlAuditLog:
         else:
             # A write statement makes SQLite take its write lock now, so reading the tail
             # and inserting cannot interleave with another writer (any process).
-            conn.exec_driver_sql(_SQLITE_LOCK)
+            conn.exec_driver_sql(TAKE_SQLITE_WRITE_LOCK)
             last = conn.exec_driver_sql(
                 "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1"
             ).first()

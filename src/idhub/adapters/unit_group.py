@@ -45,6 +45,10 @@ if TYPE_CHECKING:
     from idhub.adapters.unit_of_work import OpenUnit
 
 MAX_MEMBERS = 32
+# A write statement that changes nothing: SQLite takes the database write lock for it, so a
+# transaction that begins with it holds the lock before any read (unit_of_work's docstring).
+# The one spelling for units, unit groups and the audit log's own appends.
+TAKE_SQLITE_WRITE_LOCK = "UPDATE audit_anchor SET id = id WHERE 0"
 
 
 class _Group:
@@ -198,7 +202,7 @@ class UnitGroups:
     def _lock_sqlite(self, conn: Connection) -> None:
         if self._sqlite:
             # The write lock now, before any read (see unit_of_work's module docstring).
-            conn.exec_driver_sql("UPDATE audit_anchor SET id = id WHERE 0")
+            conn.exec_driver_sql(TAKE_SQLITE_WRITE_LOCK)
 
     def _lead(self, group: _Group) -> None:
         """Waits until every member is through its block, then appends and commits."""

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine
 
 from idhub.adapters._storage_errors import database_errors, storage_error
-from idhub.adapters.unit_group import UnitGroups
+from idhub.adapters.unit_group import TAKE_SQLITE_WRITE_LOCK, UnitGroups
 from idhub.core.audit import Actor, EventType, Outcome, PendingEvent, RequestContext
 from idhub.core.transactions import Transaction
 from idhub.errors import StorageError
@@ -115,10 +115,6 @@ class OpenUnit:
     def after_commit(self, callback: Callable[[], None]) -> None:
         self.callbacks.append(callback)
 
-
-# Makes a SQLite transaction take the write lock at once (the driver begins it before a DML
-# statement; one that changes no row still takes the lock).
-_TAKE_WRITE_LOCK = "UPDATE audit_anchor SET id = id WHERE 0"
 
 _open: ContextVar[OpenUnit | None] = ContextVar("idhub_unit_of_work", default=None)
 _registry_lock = threading.Lock()
@@ -307,7 +303,7 @@ class SqlUnitOfWork:
                 if self._sqlite:
                     # The write lock now, before any read: see the module docstring. On the
                     # unit's cursor: SQLAlchemy's execution path cost more than the statement.
-                    unit.cursor().execute(_TAKE_WRITE_LOCK)
+                    unit.cursor().execute(TAKE_SQLITE_WRITE_LOCK)
                 yield unit
                 # `record_in` raises `AuditError` (a 503 "nothing was done"); rollback follows.
                 appended = self._audit_log.record_in(conn, unit.events) if unit.events else None
