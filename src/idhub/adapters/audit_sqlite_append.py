@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, Engine, event
-from sqlalchemy.pool import QueuePool
 
 from idhub.adapters.audit_pg_append import chain_rows
 from idhub.core.audit_chain import GENESIS_HASH
@@ -66,19 +65,6 @@ def sqlite_append(raw: Any, insert_sql: str, events: Sequence[Any]) -> tuple[int
     finally:
         cursor.close()
     return rows[-1][0], rows[-1][-1]
-
-
-def check_holdable(engine: Engine) -> bool:
-    """Whether `engine`'s appends may keep a connection: a SQLite file behind a `QueuePool`
-    (a `:memory:` database is a different database on every connection, and other pools
-    hand each thread its own connection or are cheap already)."""
-    database = engine.url.database or ""
-    return (
-        engine.dialect.name == "sqlite"
-        and isinstance(engine.pool, QueuePool)
-        and database not in ("", ":memory:")
-        and "mode=memory" not in database
-    )
 
 
 class HeldWriter:

@@ -27,11 +27,11 @@ from idhub.adapters.audit_pg_append import append_committed, chain_rows, lock_an
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import (
     HeldWriter,
-    check_holdable,
     sqlite_append,
     sqlite_tail,
 )
 from idhub.adapters.db import audit_anchor, audit_events
+from idhub.adapters.driver_read import can_hold_connections
 from idhub.adapters.unit_group import TAKE_SQLITE_WRITE_LOCK
 from idhub.adapters.unit_of_work import WriterTurn, open_unit, serial_lock, writer_serial
 from idhub.core.audit import (
@@ -117,7 +117,7 @@ class SqlAuditLog:
         # A SQLite file: the appends keep one pooled connection and take the writers' turn
         # directly (`writer_serial` would look it up for every append).
         self._held: tuple[HeldWriter, WriterTurn] | None = None
-        if check_holdable(engine):
+        if can_hold_connections(engine):
             self._held = HeldWriter(engine), serial_lock(engine)
         self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []

@@ -123,10 +123,22 @@ _readers: weakref.WeakKeyDictionary[Engine, _HeldReaders | None] = weakref.WeakK
 _readers_lock = threading.Lock()
 
 
-def _held_readers(engine: Engine) -> _HeldReaders | None:
-    """The engine's held readers: only for a SQLite file behind a `QueuePool` (a `:memory:`
+def can_hold_connections(engine: Engine) -> bool:
+    """Whether connections of `engine` may be kept out of its pool between uses (these held
+    readers, the audit log's held writer): a SQLite file behind a `QueuePool`. A `:memory:`
     database is a different database on every connection, and other pools are cheap or
-    single-connection already)."""
+    single-connection already."""
+    database = engine.url.database or ""
+    return (
+        engine.dialect.name == "sqlite"
+        and isinstance(engine.pool, QueuePool)
+        and database not in ("", ":memory:")
+        and "mode=memory" not in database
+    )
+
+
+def _held_readers(engine: Engine) -> _HeldReaders | None:
+    """The engine's held readers, where `can_hold_connections`."""
     try:
         return _readers[engine]
     except KeyError:
@@ -134,14 +146,8 @@ def _held_readers(engine: Engine) -> _HeldReaders | None:
     with _readers_lock:
         if engine in _readers:
             return _readers[engine]
-        database = engine.url.database or ""
         readers = None
-        if (
-            engine.dialect.name == "sqlite"
-            and isinstance(engine.pool, QueuePool)
-            and database not in ("", ":memory:")
-            and "mode=memory" not in database
-        ):
+        if can_hold_connections(engine):
             readers = _HeldReaders()
             event.listen(engine, "engine_disposed", lambda _engine: readers.close())
             # An engine dropped without `dispose()`: give its held connections back first.
