@@ -276,3 +276,45 @@ def test_a_caller_interrupted_while_queued_leaves_the_queue_and_the_others_finis
     actors = [e.actor_id for e in log.search(newest_first=False)][count:]
     assert sorted(actors) == ["behind", "lead"]
     assert log.verify().ok
+
+
+def test_a_batch_goes_in_with_one_insert_statement(pg_url: str) -> None:
+    """Migration 0020: the function inserts a batch with one INSERT ... SELECT (0019 ran one
+    INSERT per event while holding the chain lock). A statement-level trigger counts the
+    INSERT statements; the chain written that way still verifies, and continues after it."""
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE TABLE insert_statements (n int)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION count_insert() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN INSERT INTO insert_statements VALUES (1); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER count_insert AFTER INSERT ON audit_events "
+                "FOR EACH STATEMENT EXECUTE FUNCTION count_insert()"
+            )
+        )
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    try:
+        log.record_many(
+            [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), str(k)) for k in range(5)]
+        )
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="after")
+        with admin.begin() as conn:
+            statements = conn.execute(text("SELECT count(*) FROM insert_statements")).scalar()
+            seqs = conn.execute(text("SELECT seq FROM audit_events ORDER BY seq")).scalars().all()
+            conn.execute(text("DROP TRIGGER count_insert ON audit_events"))
+            conn.execute(text("DROP FUNCTION count_insert()"))
+            conn.execute(text("DROP TABLE insert_statements"))
+        assert statements == 2  # one per append, whatever its size
+        assert seqs == [1, 2, 3, 4, 5, 6]
+        report = log.verify()
+        assert report.ok, report.problem
+        assert report.checked == 6
+    finally:
+        engine.dispose()
+        admin.dispose()
