@@ -5,6 +5,7 @@ databases (SQLite's append hashes in Python: the same events must verify on eith
 
 from __future__ import annotations
 
+import secrets
 import select
 import signal
 import socket
@@ -317,4 +318,57 @@ def test_a_batch_goes_in_with_one_insert_statement(pg_url: str) -> None:
         assert report.checked == 6
     finally:
         engine.dispose()
+        admin.dispose()
+
+
+def test_migration_0020_downgrades_to_the_row_by_row_append_and_back() -> None:
+    """Both bodies of the function link the same chain: events appended under 0020, then
+    under 0019 after a downgrade, then under 0020 again verify as one chain."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from idhub.adapters.database import MIGRATIONS_DIR, apply_migrations
+
+    name = f"idhub_test_0020_{secrets.token_hex(4)}"
+    admin = create_engine(f"postgresql+psycopg://postgres@{PG_HOST}/test",
+                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"postgresql+psycopg://postgres@{PG_HOST}/{name}"
+    engine = create_db_engine(DatabaseSettings(url=url))
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+
+    def migrate(step: Any, target: str) -> str:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, target)
+            return str(
+                conn.execute(
+                    text("SELECT prosrc FROM pg_proc WHERE proname = 'idhub_audit_append'")
+                ).scalar_one()
+            )
+
+    try:
+        apply_migrations(engine)
+        log = SqlAuditLog(engine, SystemClock())
+        for step, target, marker in (
+            (command.upgrade, "head", "jsonb_array_elements"),
+            (command.downgrade, "0019", "FOR v_event IN"),
+            (command.upgrade, "0020", "jsonb_array_elements"),
+        ):
+            body = migrate(step, target)
+            assert marker in body
+            assert f"pg_advisory_xact_lock({ADVISORY_LOCK_KEY})" in body
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", target), str(k))
+                 for k in range(3)]
+            )  # fmt: skip
+        report = log.verify()
+        assert report.ok, report.problem
+        assert report.checked == 9
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
