@@ -5,6 +5,7 @@ databases (SQLite's append hashes in Python: the same events must verify on eith
 
 from __future__ import annotations
 
+import secrets
 import select
 import signal
 import socket
@@ -276,3 +277,98 @@ def test_a_caller_interrupted_while_queued_leaves_the_queue_and_the_others_finis
     actors = [e.actor_id for e in log.search(newest_first=False)][count:]
     assert sorted(actors) == ["behind", "lead"]
     assert log.verify().ok
+
+
+def test_a_batch_goes_in_with_one_insert_statement(pg_url: str) -> None:
+    """Migration 0020: the function inserts a batch with one INSERT ... SELECT (0019 ran one
+    INSERT per event while holding the chain lock). A statement-level trigger counts the
+    INSERT statements; the chain written that way still verifies, and continues after it."""
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(text("CREATE TABLE insert_statements (n int)"))
+        conn.execute(
+            text(
+                "CREATE FUNCTION count_insert() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN INSERT INTO insert_statements VALUES (1); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER count_insert AFTER INSERT ON audit_events "
+                "FOR EACH STATEMENT EXECUTE FUNCTION count_insert()"
+            )
+        )
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    try:
+        log.record_many(
+            [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), str(k)) for k in range(5)]
+        )
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="after")
+        with admin.begin() as conn:
+            statements = conn.execute(text("SELECT count(*) FROM insert_statements")).scalar()
+            seqs = conn.execute(text("SELECT seq FROM audit_events ORDER BY seq")).scalars().all()
+            conn.execute(text("DROP TRIGGER count_insert ON audit_events"))
+            conn.execute(text("DROP FUNCTION count_insert()"))
+            conn.execute(text("DROP TABLE insert_statements"))
+        assert statements == 2  # one per append, whatever its size
+        assert seqs == [1, 2, 3, 4, 5, 6]
+        report = log.verify()
+        assert report.ok, report.problem
+        assert report.checked == 6
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def test_migration_0020_downgrades_to_the_row_by_row_append_and_back() -> None:
+    """Both bodies of the function link the same chain: events appended under 0020, then
+    under 0019 after a downgrade, then under 0020 again verify as one chain."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from idhub.adapters.database import MIGRATIONS_DIR, apply_migrations
+
+    name = f"idhub_test_0020_{secrets.token_hex(4)}"
+    admin = create_engine(f"postgresql+psycopg://postgres@{PG_HOST}/test",
+                          isolation_level="AUTOCOMMIT")  # fmt: skip
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = f"postgresql+psycopg://postgres@{PG_HOST}/{name}"
+    engine = create_db_engine(DatabaseSettings(url=url))
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+
+    def migrate(step: Any, target: str) -> str:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            step(cfg, target)
+            return str(
+                conn.execute(
+                    text("SELECT prosrc FROM pg_proc WHERE proname = 'idhub_audit_append'")
+                ).scalar_one()
+            )
+
+    try:
+        apply_migrations(engine)
+        log = SqlAuditLog(engine, SystemClock())
+        for step, target, marker in (
+            (command.upgrade, "head", "jsonb_array_elements"),
+            (command.downgrade, "0019", "FOR v_event IN"),
+            (command.upgrade, "0020", "jsonb_array_elements"),
+        ):
+            body = migrate(step, target)
+            assert marker in body
+            assert f"pg_advisory_xact_lock({ADVISORY_LOCK_KEY})" in body
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", target), str(k))
+                 for k in range(3)]
+            )  # fmt: skip
+        report = log.verify()
+        assert report.ok, report.problem
+        assert report.checked == 9
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -3,7 +3,7 @@
 Every append holds the advisory lock (`pg_advisory_xact_lock`) from before the tail is known
 until its commit is flushed, so concurrent writers - threads, worker processes, replicas -
 still form one chain. A batch of events (everything a process's group commit collected) is
-one statement, `SELECT * FROM idhub_audit_append(...)` (migration 0019), run in autocommit:
+one statement, `SELECT * FROM idhub_audit_append(...)` (migrations 0019, 0020), run in autocommit:
 the function takes the lock, reads the tail, and links and inserts the batch behind it; the
 statement's own transaction commits before the server answers, and psycopg returns only
 after that answer (an error raised at commit reaches the caller), so nothing is answered
