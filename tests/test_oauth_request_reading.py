@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 from authlib.consts import default_json_headers
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, request_response
 
 from idhub.bootstrap import Services
 from idhub.config import Settings
 from idhub.oidc import messages
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
-from idhub.web.oauth import BadForm, note_client, read_oauth_request, to_response
+from idhub.web.middleware import scope_context
+from idhub.web.oauth import BadForm, FormEndpoint, note_client, read_oauth_request, to_response
 from tests.oidc_support import basic_header, prepare, raw_form_request
 
 ISSUER = "http://127.0.0.1:8000"
@@ -196,3 +198,138 @@ def test_an_answer_is_sent_as_starlette_builds_it(answer: OAuthResponseData) -> 
             expected.raw_headers,
             expected.body,
         )
+
+
+def _reference_context(request: Request) -> tuple[str | None, str | None, str | None]:
+    """What `request_context` read through Starlette's objects before `scope_context`."""
+    client = getattr(request.state, "client_ip", None)
+    if client is None and request.client:
+        client = request.client.host
+    agent = request.headers.get("user-agent")
+    return client, agent[:500] if agent else None, getattr(request.state, "request_id", None)
+
+
+@pytest.mark.parametrize(
+    ("headers", "state", "peer"),
+    [
+        ([(b"user-agent", b"one"), (b"user-agent", b"two")], {"request_id": "r-1"}, True),
+        ([(b"user-agent", "caf\xe9".encode("latin-1") * 300)], {"client_ip": "10.0.0.9"}, True),
+        ([(b"user-agent", b"")], {}, False),
+        ([], {"client_ip": "10.0.0.9", "request_id": "r-2"}, False),
+    ],
+)
+def test_the_scope_context_is_what_starlettes_request_gives(
+    headers: list[tuple[bytes, bytes]], state: dict[str, str], peer: bool
+) -> None:
+    request = _request(b"", headers)
+    request.scope["state"] = dict(state)
+    if not peer:
+        del request.scope["client"]
+    ctx = scope_context(request.scope)
+    assert (ctx.client_ip, ctx.user_agent, ctx.request_id) == _reference_context(request)
+
+
+async def _reference_endpoint(
+    request: Request, answer: Callable[[OAuthRequestData], OAuthResponseData]
+) -> Response:
+    """A form endpoint as a Starlette function endpoint: the Request path."""
+    try:
+        data = await read_oauth_request(request, issuer=ISSUER)
+    except BadForm as exc:
+        return JSONResponse(
+            {"error": "invalid_request", "error_description": str(exc)},
+            status_code=400,
+            headers={"Cache-Control": "no-store"},
+        )
+    try:
+        return to_response(answer(data))
+    finally:
+        note_client(request, data)
+
+
+async def _reference(request: Request) -> Response:
+    return await _reference_endpoint(request, _echo)
+
+
+def _drive(
+    app: Callable[..., Any],
+    chunks: list[bytes],
+    headers: list[tuple[bytes, bytes]],
+    *,
+    complete: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One request through `app` (an ASGI app of scope, receive, send), its body in `chunks`:
+    the messages it sent and the scope's state after."""
+    request = _request(b"", headers)
+    scope = request.scope
+    pending = list(chunks)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not pending:
+            return {"type": "http.disconnect"}
+        chunk = pending.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(pending) or not complete}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent, scope["state"]
+
+
+def _echo(data: OAuthRequestData) -> OAuthResponseData:
+    """An answer that shows everything the endpoint read."""
+    assert data.ctx is not None
+    return OAuthResponseData(
+        200 if data.params.get("ok") else 401,
+        list(default_json_headers),
+        {
+            "method": data.method,
+            "uri": data.uri,
+            "headers": data.headers,
+            "multi": data.multi,
+            "ctx": [data.ctx.client_ip, data.ctx.user_agent, data.ctx.request_id],
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("chunks", "headers"),
+    [
+        ([b"ok=1&grant_type=client_credentials&scope=a+b&scope=c"], FORM),
+        ([b"ok=1&client_id=po", b"sted&x=", b""], [*FORM, (b"user-agent", b"ua")]),
+        ([b"grant_type=x"], [*FORM, (b"authorization", basic_header("svc", "s").encode())]),
+        ([b"a=b"], [(b"content-type", b"application/json")]),
+        ([b"a=" + b"x" * 70_000], FORM),
+        ([b"a=\xff"], FORM),
+        ([b""], FORM),
+    ],
+)
+def test_the_asgi_form_endpoint_answers_as_the_request_path_byte_for_byte(
+    chunks: list[bytes], headers: list[tuple[bytes, bytes]]
+) -> None:
+    async def answer(data: OAuthRequestData) -> OAuthResponseData:
+        return _echo(data)
+
+    asgi = FormEndpoint(answer, issuer=ISSUER)
+    assert _drive(asgi, chunks, headers) == _drive(request_response(_reference), chunks, headers)
+
+
+def test_a_client_gone_before_its_body_is_complete_leaves_as_from_starlette() -> None:
+    async def answer(data: OAuthRequestData) -> OAuthResponseData:
+        raise AssertionError("never asked")
+
+    with pytest.raises(ClientDisconnect):
+        _drive(FormEndpoint(answer, issuer=ISSUER), [b"a=b", b"c"], FORM, complete=False)
+    with pytest.raises(ClientDisconnect):
+        _drive(request_response(_reference), [b"a=b", b"c"], FORM, complete=False)
+
+
+def test_the_oauth_form_routes_are_asgi_form_endpoints(hub: Services) -> None:
+    from idhub.web.oauth import routes
+
+    served = {r.path: r for r in routes(hub) if isinstance(r, Route)}
+    for path in ("/token", "/introspect", "/revoke"):
+        assert isinstance(served[path].endpoint, FormEndpoint)
+        assert served[path].app is served[path].endpoint

@@ -108,3 +108,39 @@ def test_function_endpoints_leave_their_errors_to_the_apps_handlers() -> None:
     assert wrapped is not None
     assert all(getattr(r.app, "__code__", None) is not wrapped for r in routes[:2])
     assert routes[2].app is raw
+
+
+def test_a_fixed_path_is_dispatched_directly_with_the_scope_starlette_sets() -> None:
+    """The direct dispatch (`direct_routes`) hands the endpoint the scope keys Starlette's scan
+    sets (route, endpoint, path_params, router); a method the first route does not serve
+    still takes the scan (its 405, or a later route of the same path)."""
+    seen: list[dict[str, object]] = []
+
+    def look(request: Request) -> PlainTextResponse:
+        keys = ("route", "endpoint", "path_params")
+        seen.append({key: request.scope[key] for key in keys})
+        seen[-1]["router_kind"] = type(request.scope["router"]).__name__
+        return PlainTextResponse("ok")
+
+    def routes() -> list[BaseRoute]:
+        return [
+            Route("/look", look, methods=["POST"]),
+            Route("/look", _answer("look-put"), methods=["PUT"]),
+            Route("/items/{name}", _answer("param"), methods=["GET"]),
+            Route("/items/new", look, methods=["GET"]),
+        ]
+
+    indexed, scanned = IndexedRouter(routes()), Router(routes())
+    answers = []
+    for router in (indexed, scanned):
+        with _client(router) as client:
+            answers.append([client.request(m, "/look").text for m in ("POST", "PUT", "GET")])
+            answers[-1].append(client.get("/items/new").text)
+    assert answers[0] == answers[1]
+    assert answers[0] == ["ok", "look-put {}", "Method Not Allowed", "param {'name': 'new'}"]
+    assert sorted(indexed._direct) == ["/look"]  # /items/new is the parameterised route's first
+    direct, scan = seen
+    assert direct["route"] is indexed.routes[0] and scan["route"] is scanned.routes[0]
+    assert direct["endpoint"] is scan["endpoint"] is look
+    assert direct["path_params"] == scan["path_params"] == {}
+    assert direct["router_kind"] == "IndexedRouter" and scan["router_kind"] == "Router"

@@ -132,7 +132,25 @@ class ScrapeGauge:
     label: str = ""
 
 
+class Tally(Protocol):
+    """A counter and a histogram of the catalogue with the same labels, fed together: one
+    `add(labels, value)` adds 1 to the counter and records `value` in the histogram. What is
+    added may be held back until `flush` (see `Metrics.tally`)."""
+
+    def add(self, labels: tuple[str, ...], value: float) -> None: ...
+
+    def flush(self) -> None:
+        """Writes what `add` held back."""
+        ...
+
+
 class Metrics(Protocol):
+    def tally(self, counter: str, histogram: str) -> Tally:
+        """A `Tally` of `counter` and `histogram` (same label names). Its additions may be held
+        in the process until `flush`, which the caller must call soon after (the request layer
+        does at the end of the event loop's turn); the exposition includes what is held."""
+        ...
+
     def inc(self, name: str, *labels: str, amount: float = 1.0) -> None:
         """Adds to a counter (or gauge) of the catalogue; labels in the spec's order."""
         ...
@@ -146,8 +164,19 @@ class Metrics(Protocol):
         ...
 
 
+class _NoTally:
+    def add(self, labels: tuple[str, ...], value: float) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 class NoMetrics:
     """The default: counts nothing (the CLI, and servers with `[metrics] enabled = false`)."""
+
+    def tally(self, counter: str, histogram: str) -> Tally:
+        return _NoTally()
 
     def inc(self, name: str, *labels: str, amount: float = 1.0) -> None:
         pass

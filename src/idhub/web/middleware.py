@@ -205,12 +205,25 @@ class RequestLayer:
 
 
 def request_context(request: Request) -> RequestContext:
-    client = getattr(request.state, "client_ip", None)
-    if client is None and request.client:
-        client = request.client.host
-    agent = request.headers.get("user-agent")
+    return scope_context(request.scope)
+
+
+def scope_context(scope: Scope) -> RequestContext:
+    """What `request_context` reads, from the scope itself (no `Request`, `State` and
+    `Headers` objects): the address the layer decided (else the peer's), the first
+    `User-Agent` line as Starlette's `Headers.get` takes it, and the request id."""
+    state = scope.setdefault("state", {})
+    client = state.get("client_ip")
+    peer = scope.get("client")
+    if client is None and peer:
+        client = peer[0]
+    agent: str | None = None
+    for key, value in scope["headers"]:
+        if key == b"user-agent":
+            agent = value.decode("latin-1")
+            break
     return RequestContext(
         client_ip=client,
         user_agent=agent[:500] if agent else None,
-        request_id=getattr(request.state, "request_id", None),
+        request_id=state.get("request_id"),
     )

@@ -8,15 +8,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl, unquote
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from idhub.bootstrap import Services
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from idhub.oidc.server import Provider
 from idhub.web.batching import Batcher
-from idhub.web.middleware import request_context
+from idhub.web.middleware import scope_context
 
 FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_FORM = 64 * 1024
@@ -45,28 +46,69 @@ async def read_oauth_request(request: Request, *, issuer: str) -> OAuthRequestDa
 
     The URI is built from the configured issuer, never from the Host header.
     """
-    # What `request.url.path` holds (Starlette escapes these three), without building the
-    # whole URL from the headers first.
-    path = str(request.scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
-    uri = issuer.rstrip("/") + path
+    if request.method == "POST":
+        return await _form_request(request.scope, request.body, issuer)
+    headers = _scope_headers(request.scope)
+    pairs = parse_qsl(request.url.query, keep_blank_values=True)
+    return _request_data(request.scope, issuer, headers, pairs)
+
+
+async def read_form_request(scope: Scope, receive: Receive, *, issuer: str) -> OAuthRequestData:
+    """`read_oauth_request` of a POST, its body read straight from `receive` (no `Request`):
+    for the ASGI form endpoints (`FormEndpoint`)."""
+
+    async def body() -> bytes:
+        return await receive_body(receive)
+
+    return await _form_request(scope, body, issuer)
+
+
+async def receive_body(receive: Receive) -> bytes:
+    """The whole request body, as Starlette's `Request.body` reads it: the `http.request`
+    messages' bodies up to the one without `more_body`; a disconnect is `ClientDisconnect`."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+
+
+async def _form_request(
+    scope: Scope, body: Callable[[], Awaitable[bytes]], issuer: str
+) -> OAuthRequestData:
+    headers = _scope_headers(scope)
+    pairs = await _form_pairs(body, headers.get("content-type", ""))
+    return _request_data(scope, issuer, headers, pairs)
+
+
+def _scope_headers(scope: Scope) -> dict[str, str]:
     # What `request.headers.items()` yields (names as the server lowercased them, latin-1),
     # later ones winning, read straight from the scope instead of through Starlette's
     # `Headers` object and its decoding on every lookup.
-    headers = {
-        name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]
-    }
-    if request.method == "POST":
-        pairs = await _form_pairs(request, headers.get("content-type", ""))
-    else:
-        pairs = parse_qsl(request.url.query, keep_blank_values=True)
+    return {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+
+
+def _request_data(
+    scope: Scope, issuer: str, headers: dict[str, str], pairs: list[tuple[str, str]]
+) -> OAuthRequestData:
+    # What `request.url.path` holds (Starlette escapes these three), without building the
+    # whole URL from the headers first.
+    path = str(scope["path"]).replace("?", "%3F").replace("#", "%23").replace("\\", "%5C")
     params, multi = _collect(pairs)
     return OAuthRequestData(
-        method=request.method,
-        uri=uri,
+        method=scope["method"],
+        uri=issuer.rstrip("/") + path,
         headers=headers,
         params=params,
         multi=multi,
-        ctx=request_context(request),
+        ctx=scope_context(scope),
     )
 
 
@@ -75,17 +117,26 @@ def note_client(request: Request, data: OAuthRequestData) -> None:
 
     Noted once the provider has answered, so the Basic header it decoded (once per request,
     `OAuthRequestData.basic_credentials`) is not decoded a second time here."""
-    request.state.client_id = data.params.get("client_id") or _basic_client_id(data)
+    note_scope_client(request.scope, data)
 
 
-async def _form_pairs(request: Request, content_type: str) -> list[tuple[str, str]]:
+def note_scope_client(scope: Scope, data: OAuthRequestData) -> None:
+    """`note_client` on the scope's state."""
+    scope.setdefault("state", {})["client_id"] = data.params.get("client_id") or _basic_client_id(
+        data
+    )
+
+
+async def _form_pairs(
+    body: Callable[[], Awaitable[bytes]], content_type: str
+) -> list[tuple[str, str]]:
     if content_type.split(";")[0].strip().lower() != FORM_TYPE:
         raise BadForm(f"the request body must be {FORM_TYPE}")
-    body = await request.body()
-    if len(body) > MAX_FORM:
+    raw = await body()
+    if len(raw) > MAX_FORM:
         raise BadForm("the request body is too large")
     try:
-        return parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
     except UnicodeDecodeError:
         raise BadForm("the request body is not UTF-8") from None
 
@@ -186,6 +237,34 @@ def bearer_token(request: Request) -> str | None:
     return token.strip()
 
 
+class FormEndpoint:
+    """A form-post OAuth endpoint (`/token`, `/introspect`, `/revoke`) as a plain ASGI app:
+    the body read straight from `receive` and the scope read for the headers and the request
+    context, instead of a Starlette `Request` and its `Headers`, `State` and body stream. The
+    answer is the one a function endpoint gave (`read_oauth_request`'s refusals, then
+    `answer`'s response through `to_response`), and an exception leaves for the request
+    layer's handlers as a function endpoint's did (web/routing.py `lean_endpoint`).
+    `tests/test_oauth_request_reading.py` holds both to the same bytes."""
+
+    def __init__(
+        self, answer: Callable[[OAuthRequestData], Awaitable[OAuthResponseData]], *, issuer: str
+    ) -> None:
+        self._answer = answer
+        self._issuer = issuer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            data = await read_form_request(scope, receive, issuer=self._issuer)
+        except BadForm as exc:
+            response = _bad_request(str(exc))
+        else:
+            try:
+                response = to_response(await self._answer(data))
+            finally:
+                note_scope_client(scope, data)
+        await response(scope, receive, send)
+
+
 class OAuthEndpoints:
     """`/token`, `/introspect`, `/revoke` (form posts, RFC 6749 / 7662 / 7009) and `/userinfo`.
 
@@ -233,41 +312,28 @@ class OAuthEndpoints:
             Batcher(provider.token_many, concurrency=2) if batch_tokens else None
         )
         self._batched_grants = batched_grants
-        self._token_alone = self.form_endpoint(provider.token)
 
     def form_endpoint(
         self, handle: Callable[[OAuthRequestData], OAuthResponseData], *, inline: bool = False
-    ) -> Callable[[Request], Awaitable[Response]]:
+    ) -> FormEndpoint:
+        """The ASGI endpoint answering a form post with `handle` (in the threadpool, or on
+        the event loop with `inline`)."""
 
-        async def endpoint(request: Request) -> Response:
-            try:
-                data = await read_oauth_request(request, issuer=self._issuer)
-            except BadForm as exc:
-                return _bad_request(str(exc))
-            try:
-                if inline:
-                    return to_response(handle(data))
-                return to_response(await run_in_threadpool(handle, data))
-            finally:
-                note_client(request, data)
+        async def answer(data: OAuthRequestData) -> OAuthResponseData:
+            if inline:
+                return handle(data)
+            return await run_in_threadpool(handle, data)
 
-        return endpoint
+        return FormEndpoint(answer, issuer=self._issuer)
 
-    async def token(self, request: Request) -> Response:
+    async def token_answer(self, data: OAuthRequestData) -> OAuthResponseData:
         batches = self._token_batches
         if batches is None:
-            return await self._token_alone(request)
-        try:
-            data = await read_oauth_request(request, issuer=self._issuer)
-        except BadForm as exc:
-            return _bad_request(str(exc))
-        try:
-            grants = self._batched_grants
-            if grants is not None and data.params.get("grant_type") not in grants:
-                return to_response(await run_in_threadpool(self._provider.token, data))
-            return to_response(await batches.submit(data))
-        finally:
-            note_client(request, data)
+            return await run_in_threadpool(self._provider.token, data)
+        grants = self._batched_grants
+        if grants is not None and data.params.get("grant_type") not in grants:
+            return await run_in_threadpool(self._provider.token, data)
+        return await batches.submit(data)
 
     async def userinfo(self, request: Request) -> Response:
         token = bearer_token(request)
@@ -284,7 +350,7 @@ class OAuthEndpoints:
     def routes(self) -> list[BaseRoute]:
         provider = self._provider
         return [
-            Route("/token", self.token, methods=["POST"]),
+            Route("/token", FormEndpoint(self.token_answer, issuer=self._issuer), methods=["POST"]),
             Route(
                 "/introspect",
                 self.form_endpoint(self._introspect, inline=self._inline),

@@ -11,6 +11,7 @@ The query string is never logged: it carries codes, state and tokens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from urllib.parse import parse_qs
@@ -50,6 +51,12 @@ class RequestObserver:
         self._templates = templates
         self._mounts = mounts
         self._access = access_records
+        self._requests = metrics.tally(
+            "idhub_http_requests_total", "idhub_http_request_duration_seconds"
+        )
+        self._flush_due = False
+        # (endpoint, method, status) -> the label values: built once per kind of answer.
+        self._labels: dict[tuple[object, str, int], tuple[str, str, str]] = {}
 
     def _route(self, scope: Scope) -> str:
         endpoint = scope.get("endpoint")
@@ -62,12 +69,22 @@ class RequestObserver:
         return UNMATCHED
 
     def report(self, scope: Scope, status: int, seconds: float) -> None:
-        route = self._route(scope)
+        endpoint = scope.get("endpoint")
         method = str(scope.get("method", ""))
-        code = str(status)
-        self._metrics.inc("idhub_http_requests_total", route, method, code)
-        self._metrics.observe("idhub_http_request_duration_seconds", seconds, route, method, code)
+        key = (endpoint, method, status)
+        try:
+            labels = self._labels.get(key) if endpoint is not None else None
+        except TypeError:  # an endpoint that cannot be a dict key: not remembered
+            labels = endpoint = None
+        if labels is None:
+            labels = (self._route(scope), method, str(status))
+            if endpoint is not None and len(self._labels) < _MAX_LABELS:
+                self._labels[key] = labels
+        self._requests.add(labels, seconds)
+        self._flush_soon()
         if self._access:
+            route = labels[0]
+            code = labels[2]
             state = scope.get("state", {})
             access_log.info(
                 "%s %s %s",
@@ -84,6 +101,27 @@ class RequestObserver:
                     "client_ip": state.get("client_ip"),
                 },
             )
+
+    def _flush_soon(self) -> None:
+        """The requests' counts reach the metric values at the end of this event-loop turn:
+        the requests a turn answers are written together (adapters/prometheus_metrics.py)."""
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside a loop: nothing would run a later flush
+            self._requests.flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        self._requests.flush()
+
+
+# Label sets are bounded by the routes, methods and statuses; this only caps the memo.
+_MAX_LABELS = 4096
 
 
 def _query_client_id(scope: Scope) -> str | None:

@@ -75,19 +75,47 @@ def _may_match(route: BaseRoute, path: str) -> bool:
     return True  # a kind of route whose matching is not a path pattern: always tried
 
 
+def direct_routes(index: dict[str, tuple[BaseRoute, ...]]) -> dict[str, Route]:
+    """Fixed path -> its route, where Starlette's scan would take that route first for every
+    method it serves: the first candidate is a plain `Route` of exactly that path (no
+    parameters to convert) with a list of methods. A request for another method still goes
+    the whole way (the 405, or a later route serving that method)."""
+    direct: dict[str, Route] = {}
+    for path, found in index.items():
+        first = found[0] if found else None
+        if type(first) is Route and first.path == path and first.methods:
+            direct[path] = first
+    return direct
+
+
 class IndexedRouter(Router):
     def __init__(self, routes: Sequence[BaseRoute], **kwargs: Any) -> None:
         super().__init__(routes, **kwargs)
         self._indexed_count = -1
         self._index: dict[str, tuple[BaseRoute, ...]] = {}
+        self._direct: dict[str, Route] = {}
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             if self._indexed_count != len(self.routes):  # a route added after start-up
                 make_lean(self.routes)
                 self._index = candidates_by_path(self.routes)
+                self._direct = direct_routes(self._index)
                 self._indexed_count = len(self.routes)
-            found = self._index.get(get_route_path(scope))
+            path = get_route_path(scope)
+            route = self._direct.get(path)
+            if route is not None and scope["method"] in route.methods:  # type: ignore[operator]
+                # What Starlette's scan, `Route.matches` and `Route.handle` do for the first
+                # route's full match, without the regex, the match tuple and the second
+                # method check.
+                if "router" not in scope:
+                    scope["router"] = self
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = dict(scope.get("path_params", {}))
+                await route.app(scope, receive, send)
+                return
+            found = self._index.get(path)
             if found is not None and await self._dispatch(found, scope, receive, send):
                 return
         await super().app(scope, receive, send)
