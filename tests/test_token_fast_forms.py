@@ -127,7 +127,7 @@ DETAILS: list[dict[Any, Any]] = [
     {"grant_type": "client_credentials", "client_id": "c", "audience": "a", "jti": "j"},
     {"z": 'ü"\\\n\x00\u2028', "a": None, "n": -3, "f": 1.5, "t": True, "b": False},
     {"when": datetime.date(2026, 12, 2), "big": 10**30, "e": 1e-9},
-    {1: "int key", 2.5: "float key", True: "bool key"},
+    {1: "int key", 2.5: "float key", 0: "zero"},
     {"scope": "eyJhbGciOi.eyJzdWIiOi.sig"},  # redacted, then not flat
     {"password": "hunter2", "x": "y"},
     {"nested": {"a": [1, 2]}, "list": ["eyJabcd.eyJabcd.x"]},
