@@ -44,14 +44,15 @@ from idhub.core.audit import (
     Outcome,
     PendingEvent,
     RequestContext,
-    scrub_details,
+    scrub_flat,
 )
 from idhub.core.audit_chain import (
     GENESIS_HASH,
     ChainVerifier,
     VerifyReport,
     canonical_details,
-    canonical_tail,
+    canonical_flat_details,
+    chain_tail,
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
@@ -174,33 +175,37 @@ class SqlAuditLog:
         ctx: RequestContext | None,
     ) -> _Prepared:
         # The vocabulary is closed: a typo in a caller must fail loudly, not log garbage.
-        try:
-            kind = (
-                event_type if isinstance(event_type, EventType) else EventType(event_type)
-            ).value
-        except ValueError:
-            raise AuditError(f"unknown audit event type {event_type!r}") from None
-        if actor.type not in ACTOR_TYPES:
-            raise AuditError(f"unknown audit actor type {actor.type!r}")
+        if event_type.__class__ is EventType:
+            kind: str = event_type._value_  # the plain value, without Enum's descriptor call
+        else:
+            try:
+                kind = EventType(event_type)._value_
+            except ValueError:
+                raise AuditError(f"unknown audit event type {event_type!r}") from None
+        actor_type = actor.type
+        if actor_type not in ACTOR_TYPES:
+            raise AuditError(f"unknown audit actor type {actor_type!r}")
         if outcome not in OUTCOMES:
             raise AuditError(f"unknown audit outcome {outcome!r}")
         ctx = ctx or _NO_CONTEXT
         try:
-            scrubbed = scrub_details(details or {})  # a new dict: the caller's is never changed
-            details_json = canonical_details(scrubbed)
+            # A new dict: the caller's is never changed.
+            scrubbed, flat = scrub_flat(details) if details else ({}, True)
+            details_json = canonical_flat_details(scrubbed) if flat else canonical_details(scrubbed)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
+        actor_id, target = _clip(actor.id, 300), _clip(target, 500)
+        client_ip, user_agent = _clip(ctx.client_ip, 64), _clip(ctx.user_agent, 500)
+        request_id = _clip(ctx.request_id, 64)
+        ts = self._clock.now()
         values = (
-            self._clock.now(), kind, actor.type, _clip(actor.id, 300), _clip(target, 500),
-            outcome, _clip(ctx.client_ip, 64), _clip(ctx.user_agent, 500),
-            _clip(ctx.request_id, 64), details_json,
+            ts, kind, actor_type, actor_id, target, outcome, client_ip, user_agent, request_id,
+            details_json,
         )  # fmt: skip
-        tail = canonical_tail(
-            ts=values[0], event_type=kind, actor_type=actor.type, actor_id=values[3],
-            target=values[4], outcome=outcome, client_ip=values[6], user_agent=values[7],
-            request_id=values[8], details_json=details_json,
-        )  # fmt: skip
-        return _Prepared(values, tail, scrubbed)
+        # The canonical form after `seq` (core/audit_chain.py `canonical_tail`), built here
+        # from the fields at hand rather than through the keyword call.
+        fields = (kind, actor_type, actor_id, target, outcome, client_ip, user_agent, request_id)
+        return _Prepared(values, chain_tail(ts, fields, details_json), scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
         # Each follower is woken once, by the leader that wrote its events, and the lead

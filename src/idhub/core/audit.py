@@ -185,16 +185,49 @@ def scrub_details(details: dict[str, Any]) -> dict[str, Any]:
     """Replaces values under secret-named keys and token-shaped strings with a marker, and
     lists what it replaced under `_redacted`, so a careless caller cannot leak a secret into
     an append-only log (where it could never be removed) and the gap stays visible."""
+    return scrub_flat(details)[0]
+
+
+def scrub_flat(details: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """`scrub_details`, and whether the result is flat: no value of it is a dict or a list,
+    so its canonical text needs no check for reference cycles
+    (core/audit_chain.py `canonical_flat_details`)."""
     found: list[str] = []
-    cleaned = _clean_dict(details, "", found)
+    cleaned, flat = _clean_top(details, found)
     if found:
         cleaned["_redacted"] = sorted(set(found))
-    return cleaned
+        return cleaned, False
+    return cleaned, flat
 
 
 # Every audited request passes through here (a token's event: five short strings), so the
 # walk builds a key's path only when it redacts or descends, and tries the two literal
 # prefixes the pattern needs before running it; what it returns is unchanged.
+
+
+def _clean_top(value: dict[Any, Any], found: list[str]) -> tuple[dict[Any, Any], bool]:
+    """`_clean_dict` at the top level, with the strings' check inline (no call per value)
+    and noting whether any value was a container."""
+    out: dict[Any, Any] = {}
+    flat = True
+    for key, item in value.items():
+        if item is None:  # kept under any key
+            out[key] = item
+            continue
+        name = key if key.__class__ is str else str(key)
+        if name.lower() in _SECRET_KEYS and item != "" and item != REDACTED:
+            found.append(name)
+            out[key] = REDACTED
+        elif item.__class__ is str:
+            if ("eyJ" in item or "-----BEGIN " in item) and SECRET_SHAPE.search(item):
+                found.append(name)
+                item = REDACTED
+            out[key] = item
+        else:
+            out[key] = cleaned = _clean(item, name, found)
+            if isinstance(cleaned, dict | list):
+                flat = False
+    return out, flat
 
 
 def _clean_dict(value: dict[Any, Any], path: str, found: list[str]) -> dict[Any, Any]:

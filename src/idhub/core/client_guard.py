@@ -22,7 +22,6 @@ from idhub.core.request_budget import CLIENT_REFUSED
 from idhub.core.throttle import (
     CLIENT,
     CLIENT_IP,
-    Counter,
     Reading,
     Throttle,
     ThrottleKey,
@@ -31,6 +30,18 @@ from idhub.core.throttle import (
 )
 
 MAX_CLIENT_ID = 100
+_KEYS_REMEMBERED = 4_096
+
+
+def _throttle_keys(client_id: str | None, source: str | None) -> tuple[ThrottleKey, ...]:
+    """The counters an attempt by `client_id` from `source` is judged on: the address, then
+    the client id as tried from it."""
+    keys = []
+    if source is not None:
+        keys.append(ThrottleKey(CLIENT_IP, source))
+    if client_id:
+        keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
+    return tuple(keys)
 
 
 def claimed_client_id(headers: Mapping[str, str], form: Mapping[str, str]) -> str | None:
@@ -68,24 +79,26 @@ class ThrottleBatch:
     the batch itself (at most `web/batching.MAX_BATCH` requests, a few milliseconds of
     signing). Used by one thread, for one batch, then dropped."""
 
-    __slots__ = ("_counters",)
+    __slots__ = ("_readings",)
 
     def __init__(self) -> None:
-        self._counters: dict[tuple[ThrottleKey, ...], tuple[Counter, ...]] = {}
+        self._readings: dict[tuple[ThrottleKey, ...], Reading] = {}
 
     def read(self, throttle: Throttle, keys: tuple[ThrottleKey, ...]) -> Reading:
-        known = self._counters.get(keys)
+        known = self._readings.get(keys)
         if known is not None:
-            return throttle.assess(keys, known)
+            # No counters under the keys (the usual case): nothing to judge again, the
+            # reading is what `assess` would answer at any moment.
+            return known if not known.counters else throttle.assess(keys, known.counters)
         reading = throttle.read(keys)
-        self._counters[keys] = reading.counters
+        self._readings[keys] = reading
         return reading
 
     def forget(self, keys: tuple[ThrottleKey, ...]) -> None:
         """The counters of `keys` changed: the next attempt under any of them reads again."""
         changed = set(keys)
-        for shared in [k for k in self._counters if changed.intersection(k)]:
-            del self._counters[shared]
+        for shared in [k for k in self._readings if changed.intersection(k)]:
+            del self._readings[shared]
 
 
 class ClientAttempt:
@@ -129,6 +142,9 @@ class ClientAuthGuard:
         # A refused attempt is answered before any secret is checked, as fast as they come:
         # its event is written within the per-address budget.
         self._failures = failures
+        # The counter keys of each (claimed client id, address) seen: a few systems at a few
+        # addresses ask all the time, and the keys are a pure function of the two.
+        self._keys: dict[tuple[str | None, str | None], tuple[ThrottleKey, ...]] = {}
 
     def begin(
         self, headers: Mapping[str, str], form: Mapping[str, str], ctx: RequestContext | None
@@ -148,12 +164,12 @@ class ClientAuthGuard:
         the batch's attempts under the same keys (`ThrottleBatch`)."""
         client_id = client_id[:MAX_CLIENT_ID] if client_id else None
         source = source_of(ctx.client_ip if ctx is not None else None)
-        keys = []
-        if source is not None:
-            keys.append(ThrottleKey(CLIENT_IP, source))
-        if client_id:
-            keys.append(ThrottleKey(CLIENT, client_key(client_id, source)))
-        wanted = tuple(keys)
+        wanted = self._keys.get((client_id, source))
+        if wanted is None:
+            wanted = _throttle_keys(client_id, source)
+            if len(self._keys) >= _KEYS_REMEMBERED:
+                self._keys.clear()  # strangers' ids must not grow memory without bound
+            self._keys[(client_id, source)] = wanted
         if batch is None:
             reading = self._throttle.read(wanted)
         else:
@@ -195,6 +211,8 @@ class ClientAuthGuard:
             )
 
     def apply_success(self, attempt: ClientAttempt) -> None:
+        if not attempt.reading.counters:
+            return  # nothing to clear (the usual case)
         cleared = [c.key for c in attempt.reading.counters if c.kind == CLIENT]
         if cleared and attempt.batch is not None:
             attempt.batch.forget(tuple(cleared))

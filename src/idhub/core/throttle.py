@@ -19,7 +19,7 @@ import time
 from collections import Counter as _Tally
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from idhub.core.clock import Clock
 
@@ -94,8 +94,11 @@ class ThrottlePolicy:
         return rules[kind]
 
 
-@dataclass(frozen=True)
-class ThrottleKey:
+class ThrottleKey(NamedTuple):
+    """A counter's key. A named tuple rather than a frozen dataclass: every client
+    authentication hashes and compares a few of these (the batch's shared read, the
+    counters found), and a tuple does that in C where a dataclass calls Python."""
+
     kind: str
     value: str
 
@@ -212,8 +215,8 @@ class Throttle:
         """What `read` answers for `keys` when the store holds `counters` for them, judged
         now: for a caller that read them a moment ago (core/client_guard.py `ThrottleBatch`)
         and must still see a delay or a lock run out as the clock moves."""
-        if not keys:
-            return Reading(keys)
+        if not counters:
+            return Reading(keys)  # nothing counted under these keys: nothing to refuse
         found = {c.key: c for c in counters}
         now = self._clock.now()
         refusals = []
@@ -252,6 +255,8 @@ class Throttle:
         """Clears the counters of `kinds` that `reading` found; writes nothing if there were
         none. Address counters are never cleared by a success: one good account would
         otherwise let its owner keep guessing at others."""
+        if not reading.counters:
+            return
         stale = [c.key for c in reading.counters if c.kind in kinds]
         if stale:
             self._store.clear(stale)

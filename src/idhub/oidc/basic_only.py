@@ -50,9 +50,9 @@ def plan_basic_only(
     for values in data.multi.values():
         if len(values) > 1:
             return None
-    for name in (*OTHER_METHODS, *refuse):
-        if name in params:
-            return None
+    names = params.keys()
+    if not names.isdisjoint(OTHER_METHODS) or not names.isdisjoint(refuse):
+        return None
     # One `authorization` header spelled as the web layer hands it over, of exactly the form
     # `Basic <base64>`: for it idhub's parse (`credential_problem`, the throttle's claimed id)
     # and authlib's `client_secret_basic` read the same id and secret.
@@ -60,7 +60,7 @@ def plan_basic_only(
     header = headers.get("authorization")
     if header is None or _BASIC.fullmatch(header) is None:
         return None
-    if sum(1 for name in headers if name.lower() == "authorization") != 1:
+    if list(map(str.lower, headers)).count("authorization") != 1:
         return None
     credentials = data.basic_credentials  # of this header: the one `authorization` there is
     if credentials is None or not credentials[1]:

@@ -28,8 +28,14 @@ class MalformedJWS(ValueError):
     """The value is not a compact JWS idhub can read."""
 
 
+# base64url without padding straight from `binascii` (what `base64.urlsafe_b64encode` does
+# under two more Python calls): every token signed runs it twice, once for its payload and
+# once for its signature.
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -52,7 +58,8 @@ def _json(value: dict[str, Any]) -> bytes:
 _HEADERS: dict[tuple[tuple[str, Any], ...], str] = {}
 
 
-def _header_segment(header: dict[str, Any]) -> str:
+def header_segment(header: dict[str, Any]) -> str:
+    """The first part of a compact JWS for `header` (remembered for all-string headers)."""
     if not all(isinstance(v, str) for v in header.values()):
         return b64url(_json(header))
     key = tuple(header.items())
@@ -73,19 +80,24 @@ _SHA256 = hashes.SHA256()
 
 
 def sign(header: dict[str, Any], claims: dict[str, Any], key: Any) -> str:
-    alg = header["alg"]
-    signing_input = f"{_header_segment(header)}.{b64url(_json(claims))}".encode("ascii")
+    signing_input = f"{header_segment(header)}.{b64url(_json(claims))}"
+    return signing_input + "." + signature(header["alg"], key, signing_input.encode("ascii"))
+
+
+def signature(alg: str, key: Any, signing_input: bytes) -> str:
+    """The third part of a compact JWS: `signing_input` signed with `key` under `alg`, in
+    base64url. For callers that build the first two parts themselves (oidc/tokens.py's
+    access tokens from pre-encoded constant parts); `sign` is the generic form."""
     if alg == "ES256":
-        der = key.sign(signing_input, _ECDSA_SHA256)
-        r, s = decode_dss_signature(der)
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
+        raw = r.to_bytes(32, "big") + s.to_bytes(32, "big")
     elif alg == "RS256":
-        signature = key.sign(signing_input, _PKCS1, _SHA256)
+        raw = key.sign(signing_input, _PKCS1, _SHA256)
     elif alg == "EdDSA":
-        signature = key.sign(signing_input)
+        raw = key.sign(signing_input)
     else:
         raise ValueError(f"idhub does not sign with {alg}")
-    return signing_input.decode("ascii") + "." + b64url(signature)
+    return b64url(raw)
 
 
 def parse(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
