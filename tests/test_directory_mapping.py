@@ -337,3 +337,19 @@ def test_incremental_filters_per_change_mark() -> None:
     assert ol._since("(objectClass=inetOrgPerson)", "20260101000001Z") == (
         "(&(objectClass=inetOrgPerson)(modifyTimestamp>=20260101000001Z))"
     )
+
+
+@pytest.mark.parametrize("attribute", ["samaccountname", "displayname", "mail", "employeeid"])
+def test_an_entry_with_a_nul_in_a_stored_attribute_is_skipped_with_its_reason(
+    attribute: str,
+) -> None:
+    # PostgreSQL stores no NUL: the entry is a mapping problem (skipped, reported) on both
+    # databases, not a user the run fails to write on one of them.
+    with pytest.raises(MappingProblem, match="NUL"):
+        map_user(
+            RECORDED_AD_DN,
+            {**RECORDED_AD_USER, attribute: [b"a\x00b"]},
+            attributes=AD,
+            department_from="dn",
+            department_base=AD_BASE,
+        )

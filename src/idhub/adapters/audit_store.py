@@ -45,6 +45,8 @@ from idhub.core.audit import (
     PendingEvent,
     RequestContext,
     scrub_flat,
+    storable_details,
+    storable_text,
 )
 from idhub.core.audit_chain import (
     GENESIS_HASH,
@@ -192,6 +194,9 @@ class SqlAuditLog:
             # A new dict: the caller's is never changed.
             scrubbed, flat = scrub_flat(details) if details else ({}, True)
             details_json = canonical_flat_details(scrubbed) if flat else canonical_details(scrubbed)
+            if "\\u0000" in details_json:  # a NUL somewhere in it (core/audit.py)
+                scrubbed = storable_details(scrubbed)
+                details_json = canonical_details(scrubbed)
         except (TypeError, ValueError) as exc:
             raise AuditError(f"audit event {kind}: details are not JSON: {exc}") from exc
         actor_id, target = _clip(actor.id, 300), _clip(target, 500)
@@ -508,6 +513,8 @@ class SqlAuditLog:
 
 def _clip(value: str | None, size: int) -> str | None:
     # Column sizes are limits of the schema; an over-long user agent must not lose the event.
+    # Nor may a NUL in it (core/audit.py `storable_text`).
+    value = storable_text(value)
     return value if value is None or len(value) <= size else value[: size - 1] + "…"
 
 

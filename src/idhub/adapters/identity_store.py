@@ -29,6 +29,7 @@ from idhub.core.identity import (
     new_subject,
     normalise_department_path,
     parent_paths,
+    refuse_nul,
 )
 from idhub.errors import Conflict, InvalidInput, NotFound
 
@@ -150,6 +151,10 @@ class SqlIdentityStore:
         username = username.strip()
         if not username or any(ord(ch) < 32 for ch in username) or len(username) > 200:
             raise InvalidInput(f"{username!r} is not a usable username")
+        refuse_nul(
+            {"display name": display_name, "email": email, "phone": phone,
+             "employee id": employee_id, "external id": external_id}
+        )  # fmt: skip
         now = self._clock.now()
         department_id = None
         if department_path:
@@ -197,6 +202,7 @@ class SqlIdentityStore:
         unknown = set(changes) - _UPDATABLE - {"department_path"}
         if unknown:
             raise InvalidInput(f"cannot change {', '.join(sorted(unknown))}")
+        refuse_nul(changes)
         said = {k: v for k, v in changes.items() if k in _SAID}
         if "department_path" in changes:
             path = changes.pop("department_path")

@@ -264,6 +264,31 @@ def _clean_str(value: str, path: str, found: list[str]) -> str:
     return value
 
 
+# ------------------------------------------------------------------ storable text
+
+# PostgreSQL stores no NUL in text or jsonb (SQLite would), so an actor id, user agent or
+# detail carrying one (an upstream profile, a SCIM value) made the append fail there. Every
+# recorded text is stored with U+FFFD in its place, on both databases, so the chain, the
+# search and an export read the same everywhere.
+NUL_SHOWN_AS = "\ufffd"
+
+
+def storable_text(value: str | None) -> str | None:
+    return value if value is None or "\x00" not in value else value.replace("\x00", NUL_SHOWN_AS)
+
+
+def storable_details(value: Any) -> Any:
+    """`value` with every NUL in its strings and keys replaced (only called when its JSON
+    text holds one: the common event pays one substring check)."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_details(k): storable_details(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable_details(item) for item in value]
+    return value
+
+
 # ------------------------------------------------------------------ stored events
 
 

@@ -20,6 +20,15 @@ def new_subject() -> str:
     return secrets.token_hex(16)
 
 
+def refuse_nul(fields: Mapping[str, Any]) -> None:
+    """PostgreSQL stores no NUL in text and SQLite would: a person's field carrying one is
+    refused with its name on both databases, never stored on one and a storage error on the
+    other."""
+    for name, value in fields.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"{name} must not contain a NUL character")
+
+
 def normalise_department_path(path: str) -> str:
     """`总部/财务部/` -> `/总部/财务部`; refuses empty segments and control characters."""
     parts = [p.strip() for p in path.strip().strip("/").split("/")]

@@ -55,8 +55,12 @@ class IdhubApp(Starlette):
 
     def build_middleware_stack(self) -> ASGIApp:
         # Instead of Starlette's error middleware, the user middleware and its exception
-        # middleware: `RequestLayer` does what each of them did, in one layer.
-        return self._layer(self.router)
+        # middleware: `RequestLayer` does what each of them did, in one layer. It calls the
+        # router's own `app`, not `Router.__call__` (one more coroutine per request, which
+        # only forwards there while the router has no middleware of its own, as here).
+        router = self.router
+        target = router.app if router.middleware_stack == router.app else router
+        return self._layer(target)
 
 
 def request_limits(services: Services) -> RequestLimits:

@@ -245,14 +245,18 @@ def map_user(
         department = department_from_value(text(raw.get(attributes.department.lower())))
     else:
         department = department_from_dn(dn, department_base)
+    email = _optional(attributes.email, raw)
+    phone = _optional(attributes.phone, raw)
+    employee_id = _optional(attributes.employee_id, raw)
+    _refuse_nul(dn, external_id, username, display, email, phone, employee_id, department)
     return SourceUser(
         external_id=external_id,
         dn=dn,
         username=username,
         display_name=display,
-        email=_optional(attributes.email, raw),
-        phone=_optional(attributes.phone, raw),
-        employee_id=_optional(attributes.employee_id, raw),
+        email=email,
+        phone=phone,
+        employee_id=employee_id,
         department=department,
         disabled=is_disabled(attributes, raw),
         modified=text(raw.get(attributes.modified.lower())) if attributes.modified else None,
@@ -262,6 +266,13 @@ def map_user(
 
 def _optional(name: str, raw: RawAttributes) -> str | None:
     return text(raw.get(name.lower())) if name else None
+
+
+def _refuse_nul(dn: str, *values: str | None) -> None:
+    # PostgreSQL stores no NUL in text (SQLite would): the entry is skipped with its reason on
+    # both databases, instead of the run failing on one of them when it writes the user.
+    if any(v is not None and "\x00" in v for v in values):
+        raise MappingProblem(f"{dn}: an attribute holds a NUL character")
 
 
 def map_group(dn: str, raw: RawAttributes, *, attributes: AttributeMap) -> SourceGroup:
