@@ -125,14 +125,16 @@ def test_the_threads_end_with_their_batcher() -> None:
     def run(batch: Sequence[int]) -> list[int | Exception]:
         return list(batch)
 
-    before = {t.ident for t in threading.enumerate()}
+    # Thread objects, not idents: an ident is reused by a thread started after another
+    # (an earlier test's batch thread) ended, which made this test see no new thread.
+    before = set(threading.enumerate())
     batcher: Batcher[int, int] = Batcher(run, concurrency=2)
 
     async def main(batcher: Batcher[int, int]) -> list[int]:
         return list(await asyncio.gather(*(batcher.submit(n) for n in range(4))))
 
     assert asyncio.run(main(batcher)) == [0, 1, 2, 3]
-    started = [t for t in threading.enumerate() if t.ident not in before]
+    started = [t for t in threading.enumerate() if t not in before]
     assert started and all(t.name.startswith("idhub-batch") for t in started)
     del batcher
     gc.collect()
