@@ -252,17 +252,18 @@ class Services:
         prom = self.prometheus
         if prom is None or self.metrics is prom:
             return
-        from idhub.core.metrics import count_audit_event
+        from idhub.core.metrics import count_audit_events
 
         self.metrics = prom
 
-        def observe(event_type: str, actor_id: str | None, details: dict[str, object]) -> None:
+        def observe(events: list[tuple[str, str | None, dict[str, object]]]) -> None:
+            # A committed batch (never before its COMMIT): one counter write per label set.
             try:
-                count_audit_event(prom, event_type, actor_id, details)
+                count_audit_events(prom, events)
             except Exception as exc:  # a metric must never fail an append that committed
-                _log.warning("audit event %s not counted: %s", event_type, type(exc).__name__)
+                _log.warning("%d audit events not counted: %s", len(events), type(exc).__name__)
 
-        self.audit_log.observers.append(observe)
+        self.audit_log.batch_observers.append(observe)
         self.audit_log.write_timers.append(
             lambda seconds: prom.observe("idhub_audit_append_duration_seconds", seconds)
         )

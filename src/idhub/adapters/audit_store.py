@@ -60,6 +60,8 @@ from idhub.core.clock import Clock
 from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
 
 _VERIFY_CHUNK = 20_000
+# What an observer learns of a committed event: its type, actor id and scrubbed details.
+ObservedEvent = tuple[str, str | None, dict[str, Any]]
 _NO_CONTEXT = RequestContext()
 log = logging.getLogger(__name__)
 
@@ -128,9 +130,12 @@ class SqlAuditLog:
         # Called (without arguments) after each commit; sinks use it to wake up early.
         self.listeners: list[Callable[[], None]] = []
         # Called with (event type, actor id, details) for each event once it is committed
-        # (`record`, `record_many`) or placed in the caller's transaction (`record_in`), and
-        # with the seconds each durable write took: the metrics adapter counts from these.
+        # (`record`, `record_many`, or the caller's transaction after `record_in`), and with
+        # the seconds each durable write took: the metrics adapter counts from these. The
+        # batch observers get a committed batch's events as one list of those triples, so
+        # they can count the batch at once (core/metrics.py `count_audit_events`).
         self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
+        self.batch_observers: list[Callable[[list[ObservedEvent]], None]] = []
         self.write_timers: list[Callable[[float], None]] = []
 
     # ------------------------------------------------------------------ writing
@@ -288,6 +293,10 @@ class SqlAuditLog:
             for observer in self.observers:
                 for e in events:
                     observer(e.values[1], e.values[3], e.details or {})
+            if self.batch_observers:
+                batch = [(e.values[1], e.values[3], e.details or {}) for e in events]
+                for batch_observer in self.batch_observers:
+                    batch_observer(batch)
         except Exception as exc:  # counting is best effort; the events are in the chain
             log.warning("audit observers failed: %s", type(exc).__name__)
 
