@@ -17,6 +17,7 @@ get them alike.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from operator import itemgetter
 
 from starlette.requests import Request
 from starlette.routing import Match, Mount, Route
@@ -25,6 +26,7 @@ HSTS = "max-age=31536000"
 STATIC_PREFIX = "/static/"
 
 _MAX_SHAPES = 256
+_name = itemgetter(0)
 Tails = dict[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...] | None]
 
 
@@ -64,9 +66,8 @@ class ResponseHeaders:
         if type(given) is not list:
             given = list(given)
         tails = self._tails[static]
-        # A list comprehension is the cheapest way to the names in CPython 3.11 (timeit:
-        # less than `tuple(map(itemgetter(0), given))`).
-        shape = tuple([key for key, _ in given])
+        # The names in C (callgrind: fewer instructions than a comprehension's function).
+        shape = tuple(map(_name, given))
         try:
             tail = tails[shape]
         except KeyError:
