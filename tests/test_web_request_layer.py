@@ -110,7 +110,9 @@ def test_the_app_has_one_layer_between_starlette_and_the_router(app_services: Se
     assert isinstance(app, IdhubApp)
     stack = app.build_middleware_stack()
     assert isinstance(stack, RequestLayer)
-    # The router's own `app`, without `Router.__call__` in between (it has no middleware).
+    # The router's own dispatch (`IndexedRouter.app`), called directly while the router has
+    # no middleware of its own (web/app.py, main 973cbfb): nothing between them.
+    assert app.router.middleware_stack == app.router.app
     assert stack.app == app.router.app
 
 
