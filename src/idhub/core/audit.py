@@ -193,7 +193,7 @@ def scrub_flat(details: dict[str, Any]) -> tuple[dict[str, Any], bool]:
     so its canonical text needs no check for reference cycles
     (core/audit_chain.py `canonical_flat_details`)."""
     found: list[str] = []
-    cleaned, flat = _clean_top(details, found)
+    cleaned, flat = _clean_dict(details, "", found)
     if found:
         cleaned["_redacted"] = sorted(set(found))
         return cleaned, False
@@ -205,33 +205,11 @@ def scrub_flat(details: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 # prefixes the pattern needs before running it; what it returns is unchanged.
 
 
-def _clean_top(value: dict[Any, Any], found: list[str]) -> tuple[dict[Any, Any], bool]:
-    """`_clean_dict` at the top level, with the strings' check inline (no call per value)
-    and noting whether any value was a container."""
+def _clean_dict(value: dict[Any, Any], path: str, found: list[str]) -> tuple[dict[Any, Any], bool]:
+    """The cleaned copy, and whether it is flat (no value of it a dict or a list). A string's
+    check is inline (no call per value) and its path is built only when it is redacted."""
     out: dict[Any, Any] = {}
     flat = True
-    for key, item in value.items():
-        if item is None:  # kept under any key
-            out[key] = item
-            continue
-        name = key if key.__class__ is str else str(key)
-        if name.lower() in _SECRET_KEYS and item != "" and item != REDACTED:
-            found.append(name)
-            out[key] = REDACTED
-        elif item.__class__ is str:
-            if ("eyJ" in item or "-----BEGIN " in item) and SECRET_SHAPE.search(item):
-                found.append(name)
-                item = REDACTED
-            out[key] = item
-        else:
-            out[key] = cleaned = _clean(item, name, found)
-            if isinstance(cleaned, dict | list):
-                flat = False
-    return out, flat
-
-
-def _clean_dict(value: dict[Any, Any], path: str, found: list[str]) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
     for key, item in value.items():
         if item is None:  # kept under any key
             out[key] = item
@@ -241,15 +219,20 @@ def _clean_dict(value: dict[Any, Any], path: str, found: list[str]) -> dict[Any,
             found.append(f"{path}.{name}" if path else name)
             out[key] = REDACTED
         elif item.__class__ is str:
-            out[key] = _clean_str(item, f"{path}.{name}" if path else name, found)
+            if ("eyJ" in item or "-----BEGIN " in item) and SECRET_SHAPE.search(item):
+                found.append(f"{path}.{name}" if path else name)
+                item = REDACTED
+            out[key] = item
         else:
-            out[key] = _clean(item, f"{path}.{name}" if path else name, found)
-    return out
+            out[key] = cleaned = _clean(item, f"{path}.{name}" if path else name, found)
+            if isinstance(cleaned, dict | list):
+                flat = False
+    return out, flat
 
 
 def _clean(value: Any, path: str, found: list[str]) -> Any:
     if isinstance(value, dict):
-        return _clean_dict(value, path, found)
+        return _clean_dict(value, path, found)[0]
     if isinstance(value, list | tuple):
         return [_clean(item, f"{path}[{i}]", found) for i, item in enumerate(value)]
     if isinstance(value, str):
