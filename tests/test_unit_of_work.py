@@ -71,7 +71,7 @@ def test_a_unit_whose_commit_fails_leaves_nothing_behind(
     COMMIT), and the next unit commits just its own."""
     services = make_services(make_settings(sqlite_db_url))
     seen: list[str] = []
-    services.audit_log.observers.append(lambda event_type, *_: seen.append(event_type))
+    services.audit_log.observers.append(lambda batch: seen.extend(e[0] for e in batch))
     uow = services.unit_of_work
     with pytest.raises(StorageError), uow.atomic() as tx:
         unit = open_unit(services.engine)

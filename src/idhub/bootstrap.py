@@ -263,7 +263,7 @@ class Services:
             except Exception as exc:  # a metric must never fail an append that committed
                 _log.warning("%d audit events not counted: %s", len(events), type(exc).__name__)
 
-        self.audit_log.batch_observers.append(observe)
+        self.audit_log.observers.append(observe)
         self.audit_log.write_timers.append(
             lambda seconds: prom.observe("idhub_audit_append_duration_seconds", seconds)
         )

@@ -129,13 +129,11 @@ class SqlAuditLog:
         self._writing = False
         # Called (without arguments) after each commit; sinks use it to wake up early.
         self.listeners: list[Callable[[], None]] = []
-        # Called with (event type, actor id, details) for each event once it is committed
-        # (`record`, `record_many`, or the caller's transaction after `record_in`), and with
-        # the seconds each durable write took: the metrics adapter counts from these. The
-        # batch observers get a committed batch's events as one list of those triples, so
-        # they can count the batch at once (core/metrics.py `count_audit_events`).
-        self.observers: list[Callable[[str, str | None, dict[str, Any]], None]] = []
-        self.batch_observers: list[Callable[[list[ObservedEvent]], None]] = []
+        # Called with a committed batch's events as one list of (event type, actor id,
+        # details) once they are committed (`record`, `record_many`, or the caller's
+        # transaction after `record_in`), so a batch is counted at once (core/metrics.py
+        # `count_audit_events`); and with the seconds each durable write took.
+        self.observers: list[Callable[[list[ObservedEvent]], None]] = []
         self.write_timers: list[Callable[[float], None]] = []
 
     # ------------------------------------------------------------------ writing
@@ -290,13 +288,10 @@ class SqlAuditLog:
             if seconds is not None:
                 for timer in self.write_timers:
                     timer(seconds)
-            for observer in self.observers:
-                for e in events:
-                    observer(e.values[1], e.values[3], e.details or {})
-            if self.batch_observers:
+            if self.observers:
                 batch = [(e.values[1], e.values[3], e.details or {}) for e in events]
-                for batch_observer in self.batch_observers:
-                    batch_observer(batch)
+                for observer in self.observers:
+                    observer(batch)
         except Exception as exc:  # counting is best effort; the events are in the chain
             log.warning("audit observers failed: %s", type(exc).__name__)
 
