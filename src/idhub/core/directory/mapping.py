@@ -28,6 +28,8 @@ from idhub.core.directory.dn import (
     dn_key,
     normalise_dn,
 )
+from idhub.core.identity import refuse_nul
+from idhub.errors import InvalidInput
 
 RawAttributes = Mapping[str, Sequence[bytes]]  # lower-cased attribute name -> raw values
 
@@ -248,7 +250,14 @@ def map_user(
     email = _optional(attributes.email, raw)
     phone = _optional(attributes.phone, raw)
     employee_id = _optional(attributes.employee_id, raw)
-    _refuse_nul(dn, external_id, username, display, email, phone, employee_id, department)
+    try:  # PostgreSQL stores no NUL (SQLite would): skipped with its reason on both
+        refuse_nul(
+            {"the stable id": external_id, "the username": username, "the display name": display,
+             "the email": email, "the phone": phone, "the employee id": employee_id,
+             "the department": department}
+        )  # fmt: skip
+    except InvalidInput as exc:
+        raise MappingProblem(f"{dn}: {exc}") from None
     return SourceUser(
         external_id=external_id,
         dn=dn,
@@ -266,13 +275,6 @@ def map_user(
 
 def _optional(name: str, raw: RawAttributes) -> str | None:
     return text(raw.get(name.lower())) if name else None
-
-
-def _refuse_nul(dn: str, *values: str | None) -> None:
-    # PostgreSQL stores no NUL in text (SQLite would): the entry is skipped with its reason on
-    # both databases, instead of the run failing on one of them when it writes the user.
-    if any(v is not None and "\x00" in v for v in values):
-        raise MappingProblem(f"{dn}: an attribute holds a NUL character")
 
 
 def map_group(dn: str, raw: RawAttributes, *, attributes: AttributeMap) -> SourceGroup:
