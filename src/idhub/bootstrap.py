@@ -1284,6 +1284,7 @@ class Services:
     @cached_property
     def throttle(self) -> Throttle:
         """Failure counters per address, account and client, shared through the database."""
+        from idhub.adapters.sqlite_readonly import readonly_sqlite
         from idhub.adapters.throttle_store import SqlThrottleStore
         from idhub.core.throttle import Throttle, ThrottlePolicy, ThrottleRule
 
@@ -1304,7 +1305,8 @@ class Services:
             client=rule(t.client_free, t.client_limit, t.client_lock),
             client_ip=rule(t.client_ip_free, t.client_ip_limit, t.client_ip_lock),
         )
-        return Throttle(SqlThrottleStore(self.engine), policy=policy, clock=self.clock)
+        store = SqlThrottleStore(self.engine, readonly=readonly_sqlite(self.engine))
+        return Throttle(store, policy=policy, clock=self.clock)
 
     @cached_property
     def client_guard(self) -> ClientAuthGuard:
