@@ -23,7 +23,12 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import database_errors, storage_error
-from idhub.adapters.audit_pg_append import HeldAppender, chain_rows, lock_and_read_tail
+from idhub.adapters.audit_pg_append import (
+    HeldAppender,
+    batch_part,
+    chain_rows,
+    lock_and_read_tail,
+)
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import (
     HeldWriter,
@@ -80,10 +85,11 @@ class _Waiter:
     """One caller of `_append`. It sleeps on its own lock, which a leader releases exactly
     once: when its events are written (`done`), or to hand it the lead (`lead`)."""
 
-    __slots__ = ("done", "error", "events", "lead", "wake")
+    __slots__ = ("done", "error", "events", "lead", "part", "wake")
 
-    def __init__(self, events: list[_Prepared]) -> None:
+    def __init__(self, events: list[_Prepared], part: str = "") -> None:
         self.events = events
+        self.part = part  # PostgreSQL: the events as JSON, encoded before queueing
         self.done = False
         self.lead = False
         self.error: BaseException | None = None
@@ -222,7 +228,7 @@ class SqlAuditLog:
         # Each follower is woken once, by the leader that wrote its events, and the lead
         # passes to one queued caller: waking every waiter after every batch (a condition's
         # notify_all) cost each queued caller a wake-up and a GIL hand-over per batch.
-        me = _Waiter(events)
+        me = _Waiter(events, batch_part(events) if self._pg_held is not None else "")
         with self._mutex:
             self._queue.append(me)
             me.lead = not self._writing
@@ -271,8 +277,9 @@ class SqlAuditLog:
             started = time.perf_counter()
             with held.locked() as append:
                 batch = self._take()
-                append(written := [e for w in batch for e in w.events])
-            self._observe(written, seconds=time.perf_counter() - started)
+                append([w.part for w in batch])
+            seconds = time.perf_counter() - started
+            self._observe([e for w in batch for e in w.events], seconds=seconds)
         except BaseException as exc:
             if not batch:
                 # Failed (or interrupted) before it collected anything: only this caller's
