@@ -558,3 +558,53 @@ def test_two_processes_appending_at_once_write_one_chain(pg_url: str) -> None:
         assert report.ok, report.problem
     finally:
         engine.dispose()
+
+
+def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str) -> None:
+    """The leader holds the chain lock and has collected its batch when its backend is
+    terminated: its callers get AuditError, nothing of the batch is in the chain, the lock
+    is free for others at once, and the next append (on a fresh connection) works."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        count = log.count()
+        assert log._pg_held is not None
+        real_locked = log._pg_held.locked
+
+        @contextlib.contextmanager
+        def dying_locked() -> Iterator[Any]:
+            with real_locked() as append:
+                with admin.connect() as killer:
+                    holder = killer.execute(
+                        text(
+                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                            "AND database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database())"
+                        )
+                    ).scalar_one()
+                    killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": holder})
+                yield append
+
+        log._pg_held.locked = dying_locked  # type: ignore[method-assign]
+        with pytest.raises(AuditError):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "lost"), str(k))
+                 for k in range(3)]
+            )  # fmt: skip
+        log._pg_held.locked = real_locked  # type: ignore[method-assign]
+        with admin.connect() as other:
+            free = other.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+            ).scalar_one()
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        assert free is True
+        assert log.count() == count
+        log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
+        assert log.count() == count + 1
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+        admin.dispose()
