@@ -5,6 +5,8 @@ databases (SQLite's append hashes in Python: the same events must verify on eith
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import secrets
 import select
 import signal
@@ -90,12 +92,13 @@ def relay() -> Iterator[TurnCounter]:
     counter.close()
 
 
-def test_an_append_is_one_round_trip_after_another_process_appended(
+def test_an_append_is_two_round_trips_after_another_process_appended(
     pg_url: str, relay: TurnCounter
 ) -> None:
     """Two logs (as two worker processes would) take turns: every append finds a tail it did
-    not write, and is still one round trip (three before 0019: the guessed tail missed, then
-    the lock with the tail read, then the insert with COMMIT)."""
+    not write, and is still two round trips: the chain lock, then the batch with its COMMIT
+    (the leader collects its batch between the two, `_lead_locked`; one round trip from 0019
+    to 0020, three before 0019)."""
     counted = create_db_engine(
         DatabaseSettings(url=pg_url.replace(PG_HOST, f"127.0.0.1:{relay.port}"))
     )
@@ -113,7 +116,7 @@ def test_an_append_is_one_round_trip_after_another_process_appended(
                 [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "mine"), f"{i}-{k}")
                  for k in range(3)]
             )  # fmt: skip
-            assert relay.turns - before == 1
+            assert relay.turns - before == 2
     finally:
         counted.dispose()
         other.dispose()
@@ -237,14 +240,31 @@ def test_a_caller_interrupted_while_queued_leaves_the_queue_and_the_others_finis
     event written and its answer (the queue is not left waiting for it)."""
     log = SqlAuditLog(services.engine, SystemClock())
     gate, writing = threading.Event(), threading.Event()
-    real_write = log._write
+    if log._pg_held is None:
+        real_write = log._write
 
-    def held_write(events: Any) -> None:
-        writing.set()
-        gate.wait(10)
-        real_write(events)
+        def held_write(events: Any) -> None:
+            writing.set()
+            gate.wait(10)
+            real_write(events)
 
-    log._write = held_write  # type: ignore[method-assign]
+        log._write = held_write  # type: ignore[method-assign]
+    else:
+        # PostgreSQL: the leader holds the chain lock and has collected its batch.
+        real_locked = log._pg_held.locked
+
+        @contextlib.contextmanager
+        def held_locked() -> Iterator[Any]:
+            with real_locked() as append:
+
+                def held_append(events: Any) -> Any:
+                    writing.set()
+                    gate.wait(10)
+                    return append(events)
+
+                yield held_append
+
+        log._pg_held.locked = held_locked  # type: ignore[method-assign]
     count = log.count()
     leader = threading.Thread(
         target=log.record, args=(EventType.SYNC_RUN,), kwargs={"actor": Actor.system("lead")}
@@ -371,4 +391,220 @@ def test_migration_0020_downgrades_to_the_row_by_row_append_and_back() -> None:
         engine.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _lock_waiters(conn: Any) -> int:
+    return len(
+        conn.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).all()
+    )
+
+
+def _wait_until(check: Any, what: str, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_what_queues_while_the_leader_waits_for_the_lock_goes_in_its_flush(pg_url: str) -> None:
+    """Another process holds the chain lock (its turn, flush included); this process's leader
+    waits for it, and two more callers queue meanwhile. The leader takes its batch only once
+    it holds the lock, so all three events go in one append and one commit (with the batch
+    taken before the lock wait, as until 0020, the two behind waited for a second turn)."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    appends: list[float] = []
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        count = log.count()
+        log.write_timers.append(appends.append)
+        with admin.connect() as holder, admin.connect() as watcher:
+            holder.execute(text("BEGIN"))
+            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            callers = [
+                threading.Thread(
+                    target=log.record,
+                    args=(EventType.TOKEN_ISSUED,),
+                    kwargs={"actor": Actor("client", name)},
+                )
+                for name in ("leader", "second", "third")
+            ]
+            callers[0].start()
+            _wait_until(lambda: _lock_waiters(watcher) == 1, "the leader never waited")
+            for caller in callers[1:]:
+                caller.start()
+            _wait_until(
+                lambda: sum(1 for w in list(log._queue) if not w.lead) == 2,
+                "the other two never queued",
+            )
+            holder.execute(text("ROLLBACK"))
+            for caller in callers:
+                caller.join(10)
+        assert not any(caller.is_alive() for caller in callers)
+        assert len(appends) == 1
+        assert log.count() == count + 3
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def test_a_leader_interrupted_in_the_lock_wait_writes_nothing_and_passes_the_lead(
+    pg_url: str,
+) -> None:
+    """The main thread leads and waits for the chain lock another session holds; a caller
+    queues behind it; the main thread is interrupted there (as by KeyboardInterrupt). Its
+    event is not written, its connection (and the lock request) is gone, and the caller
+    behind takes the lead and gets its event written once the lock is free."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        count = log.count()
+        with admin.connect() as holder, admin.connect() as watcher:
+            holder.execute(text("BEGIN"))
+            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            behind = threading.Thread(
+                target=lambda: (
+                    _wait_until(lambda: _lock_waiters(watcher) == 1, "no leader waited"),
+                    log.record(EventType.SYNC_RUN, actor=Actor.system("behind")),
+                )
+            )
+
+            def interrupt(_signum: int, _frame: Any) -> None:
+                raise _Interrupted
+
+            previous = signal.signal(signal.SIGUSR1, interrupt)
+            main = threading.get_ident()
+
+            def interrupt_when_queued() -> None:
+                _wait_until(
+                    lambda: any(not w.lead for w in list(log._queue)),
+                    "the caller behind never queued",
+                )
+                signal.pthread_kill(main, signal.SIGUSR1)
+
+            behind.start()
+            threading.Thread(target=interrupt_when_queued).start()
+            try:
+                with pytest.raises(_Interrupted):
+                    log.record(EventType.SYNC_RUN, actor=Actor.system("interrupted"))
+            finally:
+                signal.signal(signal.SIGUSR1, previous)
+            # The caller behind now leads and waits for the lock itself, on its own
+            # connection (the interrupted one's backend has let go of its request).
+            _wait_until(lambda: _lock_waiters(watcher) == 1, "the caller behind never led")
+            holder.execute(text("ROLLBACK"))
+            behind.join(10)
+        assert not behind.is_alive()
+        actors = [e.actor_id for e in log.search(newest_first=False)][count:]
+        assert actors == ["behind"]
+        log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def _append_from_a_process(url: str, name: str, rounds: int) -> None:
+    engine = create_db_engine(DatabaseSettings(url=url))
+    log = SqlAuditLog(engine, SystemClock())
+
+    def loop(thread: int) -> None:
+        for i in range(rounds):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", name), f"{thread}-{i}-{k}")
+                 for k in range(3)]
+            )  # fmt: skip
+
+    threads = [threading.Thread(target=loop, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    engine.dispose()
+
+
+def test_two_processes_appending_at_once_write_one_chain(pg_url: str) -> None:
+    """Two processes of four threads each (as `serve --workers 2`), each leader holding the
+    chain lock on its kept connection while it collects: every event is in the chain once,
+    and the chain verifies."""
+    spawn = multiprocessing.get_context("spawn")
+    workers = [
+        spawn.Process(target=_append_from_a_process, args=(pg_url, name, 40))
+        for name in ("one", "two")
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert all(worker.exitcode == 0 for worker in workers)
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    try:
+        log = SqlAuditLog(engine, SystemClock())
+        targets = [(e.actor_id, e.target) for e in log.iter_events()]
+        assert len(targets) == len(set(targets)) == 2 * 4 * 40 * 3
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+
+
+def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str) -> None:
+    """The leader holds the chain lock and has collected its batch when its backend is
+    terminated: its callers get AuditError, nothing of the batch is in the chain, the lock
+    is free for others at once, and the next append (on a fresh connection) works."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        count = log.count()
+        assert log._pg_held is not None
+        real_locked = log._pg_held.locked
+
+        @contextlib.contextmanager
+        def dying_locked() -> Iterator[Any]:
+            with real_locked() as append:
+                with admin.connect() as killer:
+                    holder = killer.execute(
+                        text(
+                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                            "AND database = (SELECT oid FROM pg_database "
+                            "WHERE datname = current_database())"
+                        )
+                    ).scalar_one()
+                    killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": holder})
+                yield append
+
+        log._pg_held.locked = dying_locked  # type: ignore[method-assign]
+        with pytest.raises(AuditError):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "lost"), str(k))
+                 for k in range(3)]
+            )  # fmt: skip
+        log._pg_held.locked = real_locked  # type: ignore[method-assign]
+        with admin.connect() as other:
+            free = other.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+            ).scalar_one()
+            other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        assert free is True
+        assert log.count() == count
+        log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
+        assert log.count() == count + 1
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
         admin.dispose()

@@ -23,7 +23,12 @@ from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import database_errors, storage_error
-from idhub.adapters.audit_pg_append import append_committed, chain_rows, lock_and_read_tail
+from idhub.adapters.audit_pg_append import (
+    HeldAppender,
+    batch_part,
+    chain_rows,
+    lock_and_read_tail,
+)
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import (
     HeldWriter,
@@ -80,10 +85,11 @@ class _Waiter:
     """One caller of `_append`. It sleeps on its own lock, which a leader releases exactly
     once: when its events are written (`done`), or to hand it the lead (`lead`)."""
 
-    __slots__ = ("done", "error", "events", "lead", "wake")
+    __slots__ = ("done", "error", "events", "lead", "part", "wake")
 
-    def __init__(self, events: list[_Prepared]) -> None:
+    def __init__(self, events: list[_Prepared], part: str = "") -> None:
         self.events = events
+        self.part = part  # PostgreSQL: the events as JSON, encoded before queueing
         self.done = False
         self.lead = False
         self.error: BaseException | None = None
@@ -124,6 +130,9 @@ class SqlAuditLog:
         self._held: tuple[HeldWriter, WriterTurn] | None = None
         if can_hold_connections(engine):
             self._held = HeldWriter(engine), serial_lock(engine)
+        # PostgreSQL: the appends keep one connection too, and the leader takes the chain
+        # lock on it before it collects its batch (`_lead_locked`).
+        self._pg_held = HeldAppender(engine) if self._pg else None
         self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []
         self._writing = False
@@ -219,7 +228,7 @@ class SqlAuditLog:
         # Each follower is woken once, by the leader that wrote its events, and the lead
         # passes to one queued caller: waking every waiter after every batch (a condition's
         # notify_all) cost each queued caller a wake-up and a GIL hand-over per batch.
-        me = _Waiter(events)
+        me = _Waiter(events, batch_part(events) if self._pg_held is not None else "")
         with self._mutex:
             self._queue.append(me)
             me.lead = not self._writing
@@ -230,28 +239,69 @@ class SqlAuditLog:
                 if me.error is not None:
                     raise _as_audit_error(me.error)
                 return
+        if self._pg_held is not None:
+            batch, error = self._lead_locked(me, self._pg_held)
+        else:
+            batch, error = self._lead(me)
+        self._finish(me, batch, error)
+        if error is not None:
+            raise _as_audit_error(error)
+        self.notify_listeners()
+
+    def _take(self) -> list[_Waiter]:
         with self._mutex:
             batch, self._queue = self._queue, []
-        error: BaseException | None = None
+        return batch
+
+    def _lead(self, me: _Waiter) -> tuple[list[_Waiter], BaseException | None]:
+        """SQLite: writes the whole queue as one batch."""
+        batch = self._take()
         try:
             started = time.perf_counter()
             self._write(written := [e for w in batch for e in w.events])
             self._observe(written, seconds=time.perf_counter() - started)
         except BaseException as exc:  # every waiter must learn the outcome, whatever it was
-            error = exc
-        finally:
-            with self._mutex:
-                for waiter in batch:
-                    waiter.done, waiter.error = True, error
-                successor = self._pass_lead()
+            return batch, exc
+        return batch, None
+
+    def _lead_locked(
+        self, me: _Waiter, held: HeldAppender
+    ) -> tuple[list[_Waiter], BaseException | None]:
+        """PostgreSQL: takes the chain lock first and only then the queue as its batch, so
+        whatever arrived while another process held the lock (its whole turn, flush
+        included) goes into this flush instead of waiting for the next one. The lock is
+        held from before the batch is taken until its commit is flushed, as before; each
+        caller is still answered only after the commit of its own events."""
+        batch: list[_Waiter] = []
+        try:
+            started = time.perf_counter()
+            with held.locked() as append:
+                batch = self._take()
+                append([w.part for w in batch])
+            seconds = time.perf_counter() - started
+            self._observe([e for w in batch for e in w.events], seconds=seconds)
+        except BaseException as exc:
+            if not batch:
+                # Failed (or interrupted) before it collected anything: only this caller's
+                # attempt failed; the callers queued behind get the lead and try themselves.
+                with self._mutex:
+                    if me in self._queue:
+                        self._queue.remove(me)
+                batch = [me]
+            return batch, exc
+        return batch, None
+
+    def _finish(self, me: _Waiter, batch: list[_Waiter], error: BaseException | None) -> None:
+        """Tells every caller of `batch` its outcome and hands the lead on."""
+        with self._mutex:
             for waiter in batch:
-                if waiter is not me:
-                    waiter.wake.release()
-            if successor is not None:
-                successor.wake.release()
-        if error is not None:
-            raise _as_audit_error(error)
-        self.notify_listeners()
+                waiter.done, waiter.error = True, error
+            successor = self._pass_lead()
+        for waiter in batch:
+            if waiter is not me:
+                waiter.wake.release()
+        if successor is not None:
+            successor.wake.release()
 
     def _pass_lead(self) -> _Waiter | None:
         """Under the mutex: the queued caller that writes the next batch, or none queued."""
@@ -296,13 +346,14 @@ class SqlAuditLog:
             log.warning("audit observers failed: %s", type(exc).__name__)
 
     def _write(self, events: list[_Prepared]) -> None:
-        # SQLite: in the writers' turn (units of work, other processes) rather than in SQLite's
-        # sleeping busy handler. Safe from deadlock: no caller holds the turn while it waits
-        # for an append (inside a unit of work `record` queues into the unit instead, so
-        # `_write` never runs inside one and takes the turn itself).
-        # Both backends on the driver connection itself: SQLAlchemy's `Connection` around a
-        # three-statement transaction cost more CPU than the database did (module docstring
-        # of audit_sqlite_append); a SQLite file's appends also keep their connection
+        # SQLite only (PostgreSQL: `_lead_locked`). In the writers' turn (units of work,
+        # other processes) rather than in SQLite's sleeping busy handler. Safe from
+        # deadlock: no caller holds the turn while it waits for an append (inside a unit of
+        # work `record` queues into the unit instead, so `_write` never runs inside one and
+        # takes the turn itself).
+        # On the driver connection itself: SQLAlchemy's `Connection` around a three-statement
+        # transaction cost more CPU than the database did (module docstring of
+        # audit_sqlite_append); a SQLite file's appends also keep their connection
         # (`HeldWriter`) instead of a pool checkout and check-in each.
         if self._held is not None:
             writer, turn = self._held
@@ -310,18 +361,7 @@ class SqlAuditLog:
                 writer.append(self._engine, self._insert_sql, events)
             return
         with writer_serial(self._engine), self._engine.connect() as conn:
-            driver = conn.connection.driver_connection
-            try:
-                if self._pg:
-                    append_committed(driver, events)
-                else:
-                    sqlite_append(driver, self._insert_sql, events)
-            except BaseException:
-                if self._pg:
-                    # The statement may be half on the wire and the connection is left in
-                    # autocommit: tell the pool its state is unknown, so it is replaced.
-                    conn.invalidate()
-                raise
+            sqlite_append(conn.connection.driver_connection, self._insert_sql, events)
 
     def _insert(self, conn: Connection, events: list[_Prepared]) -> tuple[int, str]:
         # On the caller's transaction, but through its driver connection (the lock and the
