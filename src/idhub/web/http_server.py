@@ -29,24 +29,14 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # uvicorn without its `standard` extra: the h11 guard below serves
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
-
 from idhub.config import LimitsSettings
 from idhub.errors import ConfigError
+from idhub.web.http_guard import REQUEST_TIMEOUT_RESPONSE, access_logged, log
 
-log = logging.getLogger("idhub.web")
-
-REQUEST_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 16\r\n"
-    b"x-content-type-options: nosniff\r\n"
-    b"connection: close\r\n\r\n"
-    b"request timeout\n"
-)
+try:
+    from idhub.web.http_protocol import GuardedHttpToolsProtocol
+except ImportError:  # uvicorn without its `standard` extra: the h11 guard below serves
+    GuardedHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 # Query parameters whose values may appear in the access log; every other value (codes,
 # state, tokens, hints, login tickets, return URLs carrying all of these) is replaced.
@@ -171,16 +161,6 @@ class IdhubServerConfig(uvicorn.Config):
         self.request_timeout = request_timeout
 
 
-def _access_logged(protocol: Any) -> bool:
-    """Whether a connection writes uvicorn's access line. uvicorn asks only whether the logger
-    has handlers, and then formats the line's arguments (the client address, the path quoted
-    again) for every response even when the level (`idhub serve` runs workers at `warning`)
-    drops the record: ~2% of a single decision's CPU for nothing. Asked once per connection,
-    so a level changed at run time applies to the connections opened after it."""
-    logger = protocol.access_logger
-    return bool(protocol.access_log) and logger.isEnabledFor(logging.INFO)
-
-
 class _RequestDeadline:
     """The per-request deadline both guarded protocols share: armed when a request's first
     byte arrives (or the connection opens), disarmed once the request is whole."""
@@ -219,7 +199,7 @@ class GuardedH11Protocol(_RequestDeadline, H11Protocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self.access_log = _access_logged(self)
+        self.access_log = access_logged(self)
         self._request_timeout = float(getattr(config, "request_timeout", 10.0))
         self._deadline: Any = None
         self._partial = False
@@ -239,102 +219,6 @@ class GuardedH11Protocol(_RequestDeadline, H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-
-
-class _CorkedTransport:
-    """The transport a response is written through, holding the response head back until its
-    body follows, so that both leave in one `send`: uvicorn writes them separately, and with
-    TCP_NODELAY each write is its own syscall and segment (py-spy: the head's write alone was
-    a quarter of a worker's samples under `wrk -c32`). The head waits at most until the event
-    loop's next turn, so a streamed response whose body comes later still starts at once."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._held is not None:
-            data, self._held = self._held + data, None
-        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
-            self._held = data
-            self._loop.call_soon(self.flush)
-            return
-        self._transport.write(data)
-
-    def flush(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return bool(self._transport.is_closing())
-
-
-if HttpToolsProtocol is not None:
-
-    class GuardedHttpToolsProtocol(_RequestDeadline, HttpToolsProtocol):
-        """uvicorn's httptools protocol with a deadline for receiving each whole request and a
-        cap on the bytes of a request head still incomplete (llhttp buffers no head itself,
-        but uvicorn would collect header lines without bound)."""
-
-        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-            super().__init__(config, *args, **kwargs)
-            self.access_log = _access_logged(self)
-            self._request_timeout = float(getattr(config, "request_timeout", 10.0))
-            self._max_head = int(config.h11_max_incomplete_event_size or 16 * 1024)
-            self._deadline = None
-            self._partial = False
-            # Between a request's first byte and its headers' end: the head bytes seen.
-            self._head: int | None = None
-            self._receiving = False
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._deadline is None and not self._receiving:
-                self._arm()
-            self._partial = True
-            super().data_received(data)
-            if self._head is None:
-                return
-            # Still inside a head: all of this chunk from the request's start is head.
-            self._head += len(data)
-            if self._head > self._max_head:
-                self._disarm()
-                self.send_400_response("the request head is too large")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._receiving = True
-            self._head = 0
-            if self._deadline is None:
-                self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._head = None
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not None and cycle.transport is self.transport:
-                cycle.transport = _CorkedTransport(self.transport, self.loop)
-
-        def on_message_complete(self) -> None:
-            self._receiving = False
-            self._disarm()
-            super().on_message_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
 
 def server_config(
@@ -357,7 +241,7 @@ def server_config(
         port=port,
         workers=workers,
         factory=factory,
-        http=GuardedH11Protocol if HttpToolsProtocol is None else GuardedHttpToolsProtocol,
+        http=GuardedH11Protocol if GuardedHttpToolsProtocol is None else GuardedHttpToolsProtocol,
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=limits.keep_alive_timeout,
         server_header=False,
