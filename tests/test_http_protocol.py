@@ -79,6 +79,7 @@ class App:
             for _ in range(size):
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+            self.seen.append({"path": path, "sent": time.monotonic()})
             return
         if path == "/slow-read":  # reads the body slowly: the server must hold back
             body, kinds = b"", []
@@ -92,6 +93,8 @@ class App:
             self.seen.append({"path": path, "size": len(body), "messages": len(kinds)})
             await self.answer(send, str(len(body)).encode())
             return
+        if path == "/late":  # starts reading only once the body's pieces have all arrived
+            await asyncio.sleep(0.3)
         body, kinds = await self.read_body(receive)
         record = {
             "path": path,
@@ -255,6 +258,14 @@ def test_a_chunked_request_body_arrives_whole(serve: Callable[..., tuple[int, Ap
     # It came in pieces, each `more_body` but the last.
     assert len(answer["messages"]) > 1 and answer["messages"][-1] == "http.request"
     assert all(kind == "http.request+" for kind in answer["messages"][:-1])
+    # Pieces that arrived before the application read are handed over together.
+    with _connect(port) as sock:
+        sock.sendall(b"POST /late HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"5\r\nhello\r\n", b"1\r\n,\r\n", b"6\r\n world\r\n", b"0\r\n\r\n"):
+            sock.sendall(part)
+            time.sleep(0.02)
+        answer = _body(_read_response(sock, bytearray()))
+    assert answer["body"] == "hello, world" and answer["messages"] == ["http.request"]
 
 
 def test_a_client_leaving_mid_body_is_a_disconnect(serve: Callable[..., tuple[int, App]]) -> None:
@@ -293,7 +304,8 @@ def test_head_answers_carry_no_body(serve: Callable[..., tuple[int, App]]) -> No
         head = _read_response(sock, buffer, head_only=True)
         assert head.startswith(b"HTTP/1.1 200") and b"content-length: " in head
         # What follows is the next answer, not a body.
-        assert _body(_read_response(sock, buffer))["path"] == "/next"
+        following = _read_response(sock, buffer)
+        assert following.startswith(b"HTTP/1.1 200") and _body(following)["path"] == "/next"
 
 
 def test_connection_close_and_http_1_0(serve: Callable[..., tuple[int, App]]) -> None:
@@ -329,8 +341,10 @@ def test_flow_control_both_ways(serve: Callable[..., tuple[int, App]]) -> None:
     # A body much larger than the read high-water mark, to an app reading slowly.
     size = 2_000_000
     with _connect(port) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(b"POST /slow-read HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
-        sock.sendall(b"b" * size)
+        for _ in range(size // 4000):  # pieces that pile up while the app sleeps
+            sock.sendall(b"b" * 4000)
         answer = _read_response(sock, bytearray())
     assert answer.endswith(b"\r\n\r\n%d" % size)
     assert app.seen[0]["size"] == size and app.seen[0]["messages"] > 1
@@ -339,8 +353,10 @@ def test_flow_control_both_ways(serve: Callable[..., tuple[int, App]]) -> None:
     with _connect(port) as sock:
         sock.sendall(b"GET /big?64 HTTP/1.1\r\nHost: x\r\n\r\n")
         time.sleep(0.5)
+        reading = time.monotonic()
         answer = _read_response(sock, bytearray())
     assert len(answer.split(b"\r\n\r\n", 1)[1]) == 64 * 262144
+    assert app.seen[1]["sent"] > reading  # its last piece waited for the client
 
 
 def test_application_errors(serve: Callable[..., tuple[int, App]]) -> None:
@@ -366,6 +382,27 @@ def test_a_slow_request_after_an_answered_one_gets_a_408(
         sock.sendall(b"POST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc")
         answer, took = _closed(sock)
     assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 1.2 < took < 2.5
+    # Its head incomplete (no answer of its own begun yet): a 408 all the same.
+    with _connect(port) as sock:
+        sock.sendall(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _body(_read_response(sock, bytearray()))["path"] == "/first"
+        sock.sendall(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        answer, took = _closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert 1.2 < took < 2.5
+
+
+def test_a_deadline_during_an_answer_writes_no_408_into_it(
+    serve: Callable[..., tuple[int, App]],
+) -> None:
+    """A pipelined request cut off while the answer before it is still streaming: the
+    connection closes, and no 408 is written into the middle of that answer."""
+    port, _ = serve()
+    with _connect(port) as sock:
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\n")
+        answer, took = _closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"408" not in answer
     assert 1.2 < took < 2.5
 
 
