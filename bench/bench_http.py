@@ -4,13 +4,18 @@ that the server's instructions per request can be counted under valgrind (start-
 between two request counts) or its CPU read from /proc.
 
     python bench/bench_http.py --requests 3000 [--connections 8] [--callgrind OUT]
+        [--app bare|introspect --work DIR] [--wrk SECONDS]
 
 The server exits after exactly `--requests` answers (uvicorn's `limit_max_requests`); the
 client sends exactly that many POSTs (a 41-byte urlencoded body, the head wrk sends for
 `/token`) over `--connections` keep-alive connections, one request at a time on each. Prints
 the server's CPU µs per request (utime + stime over the whole run, start-up included: use the
 difference between two counts) and, with `--callgrind OUT`, runs the server under
-`valgrind --tool=callgrind` and prints its instruction total (Ir).
+`valgrind --tool=callgrind` and prints its instruction total (Ir). `--app introspect` serves
+idhub's whole app instead (bench/bench_asgi.py's database in `--work`, made on first use) and
+sends `/introspect` requests of an ES256 access token by its client. `--wrk SECONDS` loads
+the server with `wrk -t1 -c32` for that long instead (the same request) and prints its CPU
+per answered request from /proc, start-up excluded.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,15 +71,44 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": ANSWER})
 
 
-def serve(port: int, requests: int) -> None:
+def idhub_app(work: Path) -> Any:
+    """idhub's app on bench/bench_asgi.py's database, as `idhub serve` builds it."""
+    sys.path.insert(0, str(HERE))
+    from bench_asgi import prepare
+
+    data = prepare(work)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idhub-bench-http-")
+    from idhub.bootstrap import Services
+    from idhub.config import load_settings
+    from idhub.web.app import create_app
+
+    return create_app(Services(load_settings(Path(data["config"]), env=dict(os.environ))))
+
+
+def introspect_request(work: Path) -> bytes:
+    sys.path.insert(0, str(HERE))
+    from bench_asgi import prepare
+
+    data = prepare(work)
+    body = f"token={data['access']}".encode()
+    return (
+        b"POST /introspect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: " + data["auth"].encode() + b"\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+
+
+def serve(port: int, requests: int, app_name: str, work: Path | None) -> None:
     import uvicorn
 
     from idhub.config import LimitsSettings
     from idhub.web.http_server import server_config
 
+    app = bare_app if app_name == "bare" or work is None else idhub_app(work)
     # As `idhub serve` runs it: uvicorn's proxy-header middleware off (web/proxies.py decides).
     config = server_config(
-        bare_app,
+        app,
         limits=LimitsSettings(),
         host="127.0.0.1",
         port=port,
@@ -84,13 +119,13 @@ def serve(port: int, requests: int) -> None:
     uvicorn.Server(config).run()
 
 
-async def _client(port: int, requests: int, connections: int) -> None:
+async def _client(port: int, requests: int, connections: int, request: bytes = REQUEST) -> None:
     share = [requests // connections + (i < requests % connections) for i in range(connections)]
 
     async def one(count: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         for _ in range(count):
-            writer.write(REQUEST)
+            writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), head
             length = re.search(rb"content-length: (\d+)", head, re.I)
@@ -112,20 +147,53 @@ def _wait_listening(port: int, bound: float) -> None:
     raise SystemExit("the server did not start")
 
 
+def _load(pid: int, port: int, seconds: int, request: bytes) -> int:
+    """wrk -t1 -c32 for `seconds` (after a one-second warm-up); the server's CPU per answer."""
+    sys.path.insert(0, str(HERE))
+    from bench_oidc import run_wrk, server_cpu_seconds, write_post_script
+
+    head, _, body = request.partition(b"\r\n\r\n")
+    auth = re.search(rb"Authorization: ([^\r\n]*)", head)
+    path = head.split(b" ")[1].decode()
+    with tempfile.TemporaryDirectory() as tmp:
+        script = write_post_script(
+            Path(tmp) / "post.lua", body.decode(), auth.group(1).decode() if auth else ""
+        )
+        url = f"http://127.0.0.1:{port}{path}"
+        run_wrk(url, duration=1, connections=32, script=script)
+        before = server_cpu_seconds(pid)
+        result = run_wrk(url, duration=seconds, connections=32, script=script)
+        cpu = server_cpu_seconds(pid) - before
+    print(
+        f"wrk {result['requests']:.0f} requests, {result['rate']:.0f}/s, errors "
+        f"{result['errors']:.0f}; server cpu {cpu / result['requests'] * 1e6:.1f} us/request"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--callgrind", default=None)
+    parser.add_argument("--app", choices=("bare", "introspect"), default="bare")
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--wrk", type=int, default=0)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.serve:
-        serve(opts.serve, opts.requests)
+        serve(opts.serve, opts.requests, opts.app, opts.work)
         return 0
+    request = REQUEST
+    if opts.app == "introspect":
+        opts.work = opts.work or Path(tempfile.mkdtemp(prefix="idhub-bench-http-"))
+        opts.work.mkdir(parents=True, exist_ok=True)
+        request = introspect_request(opts.work)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     command = [sys.executable, __file__, "--serve", str(port), "--requests", str(opts.requests)]
+    command += ["--app", opts.app] + (["--work", str(opts.work)] if opts.work else [])
     if opts.callgrind:
         command = [
             "valgrind",
@@ -133,12 +201,16 @@ def main() -> int:
             f"--callgrind-out-file={opts.callgrind}",
             *command,
         ]
+    if opts.wrk:
+        command[command.index("--requests") + 1] = str(10**9)
     started = time.monotonic()
     server = subprocess.Popen(command, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         # The probe connection counts no request: it sends nothing.
         _wait_listening(port, 120)
-        asyncio.run(_client(port, opts.requests, opts.connections))
+        if opts.wrk:
+            return _load(server.pid, port, opts.wrk, request)
+        asyncio.run(_client(port, opts.requests, opts.connections, request))
         _, err = server.communicate(timeout=600)
     finally:
         if server.poll() is None:
