@@ -4,7 +4,7 @@ that the server's instructions per request can be counted under valgrind (start-
 between two request counts) or its CPU read from /proc.
 
     python bench/bench_http.py --requests 3000 [--connections 8] [--callgrind OUT]
-        [--app bare|introspect --work DIR] [--wrk SECONDS]
+        [--app bare|introspect|token --work DIR] [--wrk SECONDS]
 
 The server exits after exactly `--requests` answers (uvicorn's `limit_max_requests`); the
 client sends exactly that many POSTs (a 41-byte urlencoded body, the head wrk sends for
@@ -13,7 +13,8 @@ the server's CPU µs per request (utime + stime over the whole run, start-up inc
 difference between two counts) and, with `--callgrind OUT`, runs the server under
 `valgrind --tool=callgrind` and prints its instruction total (Ir). `--app introspect` serves
 idhub's whole app instead (bench/bench_asgi.py's database in `--work`, made on first use) and
-sends `/introspect` requests of an ES256 access token by its client. `--wrk SECONDS` loads
+sends `/introspect` requests of an ES256 access token by its client (`--app token`:
+client-credentials `/token` requests, ES256, each audited). `--wrk SECONDS` loads
 the server with `wrk -t1 -c32` for that long instead (the same request) and prints its CPU
 per answered request from /proc, start-up excluded.
 """
@@ -85,14 +86,16 @@ def idhub_app(work: Path) -> Any:
     return create_app(Services(load_settings(Path(data["config"]), env=dict(os.environ))))
 
 
-def introspect_request(work: Path) -> bytes:
+def idhub_request(work: Path, app_name: str) -> bytes:
+    """`/introspect` of the access token, or a client-credentials `/token`, by its client."""
     sys.path.insert(0, str(HERE))
     from bench_asgi import prepare
 
     data = prepare(work)
-    body = f"token={data['access']}".encode()
+    body = f"token={data['access']}".encode() if app_name == "introspect" else BODY
+    path = b"/introspect" if app_name == "introspect" else b"/token"
     return (
-        b"POST /introspect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"POST " + path + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Authorization: " + data["auth"].encode() + b"\r\n"
         b"Content-Type: application/x-www-form-urlencoded\r\n"
         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -176,7 +179,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--callgrind", default=None)
-    parser.add_argument("--app", choices=("bare", "introspect"), default="bare")
+    parser.add_argument("--app", choices=("bare", "introspect", "token"), default="bare")
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--wrk", type=int, default=0)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
@@ -185,10 +188,10 @@ def main() -> int:
         serve(opts.serve, opts.requests, opts.app, opts.work)
         return 0
     request = REQUEST
-    if opts.app == "introspect":
+    if opts.app != "bare":
         opts.work = opts.work or Path(tempfile.mkdtemp(prefix="idhub-bench-http-"))
         opts.work.mkdir(parents=True, exist_ok=True)
-        request = introspect_request(opts.work)
+        request = idhub_request(opts.work, opts.app)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
