@@ -2,16 +2,23 @@
 reads anything, no `Server` banner, and an access log without credentials in it.
 
 uvicorn on its own closes idle keep-alive connections, but lets a client that sends one header
-byte a second hold a connection (and a slot) for ever. `GuardedHttpToolsProtocol` gives every
-request a deadline from its first byte (or from the connection opening) until its last; a
-request still incomplete then gets a 408 and the connection is closed. It also stops buffering
-a request head that grows past `[limits] max_header_bytes` (400 and closed). Sizes of bodies
-and the request target are checked by `web/limits.py` inside the application.
+byte a second hold a connection (and a slot) for ever. `GuardedHttpToolsProtocol`
+(web/http_protocol.py) gives every request a deadline from its first byte (or from the
+connection opening) until its last; a request still incomplete then gets a 408 and the
+connection is closed. It also stops buffering a request head that grows past
+`[limits] max_header_bytes` (400 and closed). Sizes of bodies and the request target are
+checked by `web/limits.py` inside the application.
 
 The parser is httptools (llhttp, in C), not h11 (pure Python): measured on this box with
 `wrk -t1 -c32` against a bare ASGI app, h11 spends ~125 µs of CPU per request and httptools
-~35; on a token request that difference was a fifth of idhub's CPU. `GuardedH11Protocol`, the
-same guard over h11, is what runs when httptools is not installed.
+~35; on a token request that difference was a fifth of idhub's CPU. Over httptools, idhub's
+protocol keeps uvicorn's connection handling (flow control, upgrades, shutdown, the 400 for
+unparsable input) but does the per-request part itself with less work: one watchdog timer
+per connection rather than two timers per request, no `asyncio.Event` per request, the
+response head built in one pass and written with its body in one `write` (bench/bench_http.py:
+~28% fewer instructions per request for the HTTP layer than uvicorn's cycle under the same
+guards; docs/performance.md). `GuardedH11Protocol`, uvicorn's h11 protocol under the same
+deadline, is what runs when httptools is not installed.
 """
 
 from __future__ import annotations
@@ -29,24 +36,14 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-try:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-except ImportError:  # uvicorn without its `standard` extra: the h11 guard below serves
-    HttpToolsProtocol = None  # type: ignore[assignment,misc]
-
 from idhub.config import LimitsSettings
 from idhub.errors import ConfigError
+from idhub.web.http_guard import REQUEST_TIMEOUT_RESPONSE, access_logged, log
 
-log = logging.getLogger("idhub.web")
-
-REQUEST_TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\n"
-    b"content-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 16\r\n"
-    b"x-content-type-options: nosniff\r\n"
-    b"connection: close\r\n\r\n"
-    b"request timeout\n"
-)
+try:
+    from idhub.web.http_protocol import GuardedHttpToolsProtocol
+except ImportError:  # uvicorn without its `standard` extra: the h11 guard below serves
+    GuardedHttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 # Query parameters whose values may appear in the access log; every other value (codes,
 # state, tokens, hints, login tickets, return URLs carrying all of these) is replaced.
@@ -171,16 +168,6 @@ class IdhubServerConfig(uvicorn.Config):
         self.request_timeout = request_timeout
 
 
-def _access_logged(protocol: Any) -> bool:
-    """Whether a connection writes uvicorn's access line. uvicorn asks only whether the logger
-    has handlers, and then formats the line's arguments (the client address, the path quoted
-    again) for every response even when the level (`idhub serve` runs workers at `warning`)
-    drops the record: ~2% of a single decision's CPU for nothing. Asked once per connection,
-    so a level changed at run time applies to the connections opened after it."""
-    logger = protocol.access_logger
-    return bool(protocol.access_log) and logger.isEnabledFor(logging.INFO)
-
-
 class _RequestDeadline:
     """The per-request deadline both guarded protocols share: armed when a request's first
     byte arrives (or the connection opens), disarmed once the request is whole."""
@@ -219,7 +206,7 @@ class GuardedH11Protocol(_RequestDeadline, H11Protocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self.access_log = _access_logged(self)
+        self.access_log = access_logged(self)
         self._request_timeout = float(getattr(config, "request_timeout", 10.0))
         self._deadline: Any = None
         self._partial = False
@@ -239,102 +226,6 @@ class GuardedH11Protocol(_RequestDeadline, H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
-
-
-class _CorkedTransport:
-    """The transport a response is written through, holding the response head back until its
-    body follows, so that both leave in one `send`: uvicorn writes them separately, and with
-    TCP_NODELAY each write is its own syscall and segment (py-spy: the head's write alone was
-    a quarter of a worker's samples under `wrk -c32`). The head waits at most until the event
-    loop's next turn, so a streamed response whose body comes later still starts at once."""
-
-    __slots__ = ("_held", "_loop", "_transport")
-
-    def __init__(self, transport: Any, loop: Any) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._held is not None:
-            data, self._held = self._held + data, None
-        elif data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
-            self._held = data
-            self._loop.call_soon(self.flush)
-            return
-        self._transport.write(data)
-
-    def flush(self) -> None:
-        if self._held is not None:
-            held, self._held = self._held, None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def is_closing(self) -> bool:
-        return bool(self._transport.is_closing())
-
-
-if HttpToolsProtocol is not None:
-
-    class GuardedHttpToolsProtocol(_RequestDeadline, HttpToolsProtocol):
-        """uvicorn's httptools protocol with a deadline for receiving each whole request and a
-        cap on the bytes of a request head still incomplete (llhttp buffers no head itself,
-        but uvicorn would collect header lines without bound)."""
-
-        def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
-            super().__init__(config, *args, **kwargs)
-            self.access_log = _access_logged(self)
-            self._request_timeout = float(getattr(config, "request_timeout", 10.0))
-            self._max_head = int(config.h11_max_incomplete_event_size or 16 * 1024)
-            self._deadline = None
-            self._partial = False
-            # Between a request's first byte and its headers' end: the head bytes seen.
-            self._head: int | None = None
-            self._receiving = False
-
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._arm()
-
-        def data_received(self, data: bytes) -> None:
-            if self._deadline is None and not self._receiving:
-                self._arm()
-            self._partial = True
-            super().data_received(data)
-            if self._head is None:
-                return
-            # Still inside a head: all of this chunk from the request's start is head.
-            self._head += len(data)
-            if self._head > self._max_head:
-                self._disarm()
-                self.send_400_response("the request head is too large")
-
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._receiving = True
-            self._head = 0
-            if self._deadline is None:
-                self._arm()
-
-        def on_headers_complete(self) -> None:
-            self._head = None
-            super().on_headers_complete()
-            cycle = self.cycle
-            if cycle is not None and cycle.transport is self.transport:
-                cycle.transport = _CorkedTransport(self.transport, self.loop)
-
-        def on_message_complete(self) -> None:
-            self._receiving = False
-            self._disarm()
-            super().on_message_complete()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm()
-            super().connection_lost(exc)
 
 
 def server_config(
@@ -357,7 +248,7 @@ def server_config(
         port=port,
         workers=workers,
         factory=factory,
-        http=GuardedH11Protocol if HttpToolsProtocol is None else GuardedHttpToolsProtocol,
+        http=GuardedH11Protocol if GuardedHttpToolsProtocol is None else GuardedHttpToolsProtocol,
         h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_keep_alive=limits.keep_alive_timeout,
         server_header=False,
