@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from psycopg import pq
 from sqlalchemy import Connection, Engine
-from sqlalchemy import event as sa_event
 
 from idhub.adapters._pg_deadline import session_ended, stall_guard
+from idhub.adapters.held_connection import HeldConnection
 from idhub.core.audit_chain import canonical_bytes, chain_hash
 
 ADVISORY_LOCK_KEY = 0x1D4B_A0D1
@@ -111,7 +110,7 @@ def append_locked(raw: Any, parts: Sequence[str]) -> tuple[int, str]:
     return int(last[0]), str(last[1])
 
 
-class HeldAppender:
+class HeldAppender(HeldConnection):
     """One pooled connection of a PostgreSQL engine, kept for the audit appends of this
     process (a checkout and check-in per append cost client CPU, and the leader takes the
     chain lock on it before it collects its batch). Not thread-safe on purpose: its one
@@ -120,35 +119,17 @@ class HeldAppender:
     and with it the lock, ends on the server) and the next append takes a fresh one."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
         self._engine: Callable[[], Engine | None] = weakref.ref(engine)
-        self._held: Connection | None = None
-        self._pid = 0
-        # Bumped by `engine.dispose()`: a connection of the old pool is closed, not kept.
-        self._generation = 0
-        sa_event.listen(engine, "engine_disposed", lambda _engine: self.close())
-        weakref.finalize(engine, self.close)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Callable[[Sequence[str]], tuple[int, str]]]:
         """Holds the chain lock in a transaction on the held connection and yields the call
         that appends a batch and commits; leaving without that call rolls back (the lock is
         released, nothing written)."""
-        connection = self._held
-        if connection is not None and self._pid == os.getpid() and self._unusable(connection):
-            # What the pool's checkout would have seen (a session ended by a restart, the
-            # database cooling down after a stall): a fresh checkout decides, as for any.
-            connection.invalidate()
-            connection.close()
-            connection = None
-        if connection is None or self._pid != os.getpid():
-            # A forked child must not share its parent's socket: it takes its own.
-            engine = self._engine()
-            if engine is None:
-                raise RuntimeError("the audit log's engine is gone")
-            connection = engine.connect()
-            connection.connection.driver_connection.autocommit = True  # type: ignore[union-attr]
-        self._held = None
-        generation = self._generation
+        # What the pool's checkout would have seen (a session ended by a restart, the
+        # database cooling down after a stall) sends a held connection back for a fresh one.
+        connection, generation = self.take(self._connect, unusable=self._unusable)
         raw: Any = connection.connection.driver_connection
         appended = False
 
@@ -165,15 +146,21 @@ class HeldAppender:
                     cursor.execute(b"ROLLBACK", prepare=False)
         except BaseException:
             # The statement may be half on the wire, a lock may be held: not trusted again.
-            connection.invalidate()
-            connection.close()
+            self.discard(connection)
             raise
-        if generation == self._generation:
-            self._held, self._pid = connection, os.getpid()
-        else:
-            # The engine was disposed meanwhile: back to (the old) pool, as the pool gave it.
+
+        def as_pooled() -> None:
             raw.autocommit = False
-            connection.close()
+
+        self.keep(connection, generation, unkept=as_pooled)
+
+    def _connect(self) -> Connection:
+        engine = self._engine()
+        if engine is None:
+            raise RuntimeError("the audit log's engine is gone")
+        connection = engine.connect()
+        connection.connection.driver_connection.autocommit = True  # type: ignore[union-attr]
+        return connection
 
     def _unusable(self, connection: Connection) -> bool:
         engine = self._engine()
@@ -182,10 +169,3 @@ class HeldAppender:
             return True
         raw: Any = connection.connection.driver_connection
         return session_ended(raw)
-
-    def close(self) -> None:
-        self._generation += 1
-        connection, self._held = self._held, None
-        if connection is not None and self._pid == os.getpid():
-            connection.invalidate()
-            connection.close()

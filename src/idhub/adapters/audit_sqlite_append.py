@@ -21,14 +21,13 @@ is dropped for good, and the next append takes a fresh one.
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Engine
 
 from idhub.adapters.audit_pg_append import chain_rows
+from idhub.adapters.held_connection import HeldConnection
 from idhub.core.audit_chain import GENESIS_HASH
 
 _BEGIN = "BEGIN IMMEDIATE"
@@ -67,49 +66,20 @@ def sqlite_append(raw: Any, insert_sql: str, events: Sequence[Any]) -> tuple[int
     return rows[-1][0], rows[-1][-1]
 
 
-class HeldWriter:
-    """One pooled connection of a SQLite file's engine, kept for the audit appends. Not
-    thread-safe on purpose: its one caller at a time is the append's group-commit leader."""
-
-    # No reference to the engine beyond the calls: the finalizer must not keep it alive.
-    def __init__(self, engine: Engine) -> None:
-        self._held: Connection | None = None
-        self._pid = 0
-        # Bumped by `engine.dispose()`: a connection of the old pool is closed, not kept.
-        self._generation = 0
-        event.listen(engine, "engine_disposed", lambda _engine: self.close())
-        # An engine dropped without `dispose()`: give the held connection back first.
-        weakref.finalize(engine, self.close)
+class HeldWriter(HeldConnection):
+    """The held connection (adapters/held_connection.py) of a SQLite file's engine."""
 
     def append(self, engine: Engine, insert_sql: str, events: Sequence[Any]) -> tuple[int, str]:
         """`sqlite_append` on the held connection (taken from the pool when none is held)."""
-        connection = self._held
-        if connection is None or self._pid != os.getpid():
-            # A forked child must not use its parent's sqlite3 connection (SQLite forbids
-            # it); it is left alone there, not closed, and this process takes its own.
-            # Through a `Connection`, so engine events (the tests' tracker of every database
-            # a test wrote) see the append's database; no statement goes through it.
-            connection = engine.connect()
-        self._held = None
-        generation = self._generation
+        # Through a `Connection`, so engine events (the tests' tracker of every database a
+        # test wrote) see the append's database; no statement goes through it.
+        connection, generation = self.take(engine.connect)
         try:
             last = sqlite_append(connection.connection.driver_connection, insert_sql, events)
         except BaseException:
             # Whatever failed (a blink, a full disk, a renamed table), this connection is not
             # trusted again: the next append starts on a fresh one.
-            connection.invalidate()
-            connection.close()
+            self.discard(connection)
             raise
-        if generation == self._generation:
-            self._held, self._pid = connection, os.getpid()
-        else:
-            connection.close()  # the engine was disposed meanwhile: back to (the old) pool
+        self.keep(connection, generation)
         return last
-
-    def close(self) -> None:
-        self._generation += 1
-        connection, self._held = self._held, None
-        if connection is not None and self._pid == os.getpid():
-            # Really closed: a connection given back to a disposed pool would stay open there.
-            connection.invalidate()
-            connection.close()
