@@ -239,6 +239,13 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False
     )
+    with serve_config(config) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_config(config: uvicorn.Config) -> Iterator[str]:
+    """Runs uvicorn with `config` (on 127.0.0.1) in a thread; yields its URL once it listens."""
     server = _ThreadedServer(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -248,7 +255,7 @@ def serve_asgi(app: Any, port: int | None = None) -> Iterator[str]:
             raise RuntimeError("test server did not start")
         time.sleep(0.005)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{config.port}"
     finally:
         server.stop()
         thread.join(timeout=10)

@@ -8,28 +8,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from idhub.bootstrap import Services
 from idhub.config import LimitsSettings, Settings
 from idhub.web.app import create_app
 from idhub.web.http_server import redact_target, server_config
-from tests.conftest import LiveServer, free_port
+from tests.conftest import LiveServer, free_port, serve_config
 from tests.oidc_support import prepare
 
 LIMITS_TOML = "[limits]\nrequest_timeout = 1.5\nmax_header_bytes = 8192\n"
-
-
-class _Thread(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns signals
-        pass
 
 
 @contextlib.contextmanager
@@ -45,18 +38,8 @@ def _serve(
     )
     if http is not None:
         config.http = http
-    server = _Thread(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_config(config) as url:
+        yield url
 
 
 @pytest.fixture

@@ -16,19 +16,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 
 from idhub.config import LimitsSettings
 from idhub.web.http_protocol import GuardedHttpToolsProtocol
 from idhub.web.http_server import server_config
-from tests.conftest import free_port
+from tests.conftest import free_port, serve_config
 
 LIMITS = LimitsSettings(request_timeout=1.5, keep_alive_timeout=1, max_header_bytes=8192)
-
-
-class _Thread(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # the test runner owns signals
-        pass
 
 
 class App:
@@ -131,19 +125,11 @@ def serve() -> Iterator[Callable[..., tuple[int, App]]]:
     def running(app: App) -> Iterator[int]:
         port = free_port()
         config = server_config(app, limits=LIMITS, host="127.0.0.1", port=port, log_level="warning")
-        server = _Thread(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        try:
-            yield port
-        finally:
-            app.released.set()
-            server.should_exit = True
-            thread.join(timeout=10)
+        with serve_config(config):
+            try:
+                yield port
+            finally:
+                app.released.set()
 
     def start() -> tuple[int, App]:
         app = App()
