@@ -183,6 +183,13 @@ def _body(response: bytes) -> Any:
     return json.loads(response.split(b"\r\n\r\n", 1)[1])
 
 
+def _wait_until_seen(app: App, bound: float = 5) -> None:
+    """Waits (up to `bound` seconds) for the app to have finished one request."""
+    deadline = time.monotonic() + bound
+    while not app.seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _closed(sock: socket.socket, bound: float = 5) -> tuple[bytes, float]:
     """What the server still sends until it closes, and after how long."""
     started = time.monotonic()
@@ -259,9 +266,7 @@ def test_a_client_leaving_mid_body_is_a_disconnect(serve: Callable[..., tuple[in
     with _connect(port) as sock:
         sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\npart")
         time.sleep(0.2)
-    deadline = time.monotonic() + 5
-    while not app.seen and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until_seen(app)
     assert app.seen and app.seen[0]["messages"][-1] == "http.disconnect"
     assert app.seen[0]["body"] == "part"
 
@@ -275,9 +280,7 @@ def test_a_receive_after_the_body_waits_for_the_disconnect(
     with _connect(port) as sock:
         sock.sendall(b"POST /after HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok")
         time.sleep(0.4)
-    deadline = time.monotonic() + 5
-    while not app.seen and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_until_seen(app)
     assert app.seen[0]["after"] == "http.disconnect"
     assert app.seen[0]["waited"] >= 0.3
 
