@@ -17,18 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from idhub.adapters._storage_errors import database_errors, storage_error
-from idhub.adapters.audit_pg_append import (
-    HeldAppender,
-    batch_part,
-    chain_rows,
-    lock_and_read_tail,
-)
+from idhub.adapters.audit_pg_append import batch_part, chain_rows, lock_and_read_tail
 from idhub.adapters.audit_query import COLUMNS, columns, filtered, row_event
 from idhub.adapters.audit_sqlite_append import (
     HeldWriter,
@@ -63,6 +58,9 @@ from idhub.core.audit_chain import (
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
+
+if TYPE_CHECKING:
+    from idhub.adapters.audit_pg_held import HeldAppender
 
 _VERIFY_CHUNK = 20_000
 # What an observer learns of a committed event: its type, actor id and scrubbed details.
@@ -132,7 +130,12 @@ class SqlAuditLog:
             self._held = HeldWriter(engine), serial_lock(engine)
         # PostgreSQL: the appends keep one connection too, and the leader takes the chain
         # lock on it before it collects its batch (`_lead_locked`).
-        self._pg_held = HeldAppender(engine) if self._pg else None
+        self._pg_held: HeldAppender | None = None
+        if self._pg:
+            # Imported here: it loads psycopg, which a SQLite worker never needs.
+            from idhub.adapters.audit_pg_held import HeldAppender
+
+            self._pg_held = HeldAppender(engine)
         self._mutex = threading.Lock()
         self._queue: list[_Waiter] = []
         self._writing = False
