@@ -758,6 +758,7 @@ class Services:
     def authz(self) -> AuthzService:
         from functools import partial
 
+        from idhub.adapters.decision_spool import FileDecisionSpool
         from idhub.adapters.directory_view import SqlDirectoryView
         from idhub.adapters.policy_files import keep_last_good, load_policy_dir
         from idhub.adapters.policy_state import SqlPolicyState
@@ -777,6 +778,7 @@ class Services:
             changes=self.policy_changes.take if policy.watch else None,
             keep=partial(keep_last_good, into=last_good),
             fallback=partial(load_policy_dir, last_good),
+            spool=FileDecisionSpool(self.settings.var_dir / "decision-spool"),
         )
 
     @cached_property

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
 from idhub.core.authz.build import Loader, Outcome, prepare_policy
-from idhub.core.authz.deferred_audit import DeferredDecisionAudit
+from idhub.core.authz.deferred_audit import DeferredDecisionAudit, HeldSpool
 from idhub.core.authz.engine import Decision, Engine
 from idhub.core.authz.model import DirectorySnapshot, PolicySet
 from idhub.core.authz.sod_analysis import SodReport
@@ -78,6 +78,7 @@ class AuthzService:
         changes: Callable[[], set[str]] | None = None,
         keep: Callable[[PolicySet], None] | None = None,
         fallback: Loader | None = None,
+        spool: HeldSpool | None = None,
     ) -> None:
         self.domains = domains
         self._load = load
@@ -99,7 +100,7 @@ class AuthzService:
         self._reload_lock = threading.Lock()
         self._rejected_published: str | None = None
         self._swap_listeners: list[Callable[[], None]] = []
-        self.decision_audit = DeferredDecisionAudit(audit, clock)
+        self.decision_audit = DeferredDecisionAudit(audit, clock, spool=spool)
         self._to_warm: Engine | None = None
         self._warmed: Engine | None = None
         # The SoD report of the serving engine (`_sod_for`), computed when a reload needs it.
