@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -146,10 +146,16 @@ class DeferredDecisionAudit:
         return written
 
     def _keep(self, events: Sequence[PendingEvent]) -> None:
+        self._to_spool(lambda spool: spool.keep(events))
+
+    def _settle(self, count: int) -> None:
+        self._to_spool(lambda spool: spool.settle(count))
+
+    def _to_spool(self, step: Callable[[HeldSpool], None]) -> None:
         if not self._spooling or self._spool is None:
             return
         try:
-            self._spool.keep(events)
+            step(self._spool)
         except OSError as exc:
             # Out of step from here on: what is settled can no longer be told to it.
             self._spooling = False
@@ -164,12 +170,3 @@ class DeferredDecisionAudit:
         except OSError:
             return  # still failing: the next empty flush tries again
         self._spooling = True
-
-    def _settle(self, count: int) -> None:
-        if not self._spooling or self._spool is None:
-            return
-        try:
-            self._spool.settle(count)
-        except OSError as exc:
-            self._spooling = False
-            log.warning("decision audit: held in memory only, the spool failed: %s", exc)
