@@ -61,8 +61,13 @@ class HeldPgReaders(HeldReaders):
             connection.close()
         connection = engine.raw_connection()  # the checkout's own checks run here
         driver: Any = connection.driver_connection
-        # Idle as the pool hands it out, which the switch requires.
-        driver.autocommit = True
+        try:
+            # Idle as the pool hands it out, which the switch requires.
+            driver.autocommit = True
+        except BaseException:
+            connection.invalidate()  # in an unknown state: not back in the pool
+            connection.close()
+            raise
         return connection
 
     def _fit(self, connection: PoolProxiedConnection) -> bool:
