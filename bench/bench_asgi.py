@@ -20,13 +20,17 @@ imports and warm-up cancel):
     valgrind --tool=callgrind --callgrind-out-file=/tmp/a.out python bench/bench_asgi.py \
         --scenario cc --requests 1200 --warm 200 --work /tmp/asgi-work
 
-`--work` keeps the initialised database between runs (made on first use).
+`--work` keeps the initialised database between runs (made on first use). With `--database
+postgresql` it is a database on the local server (127.0.0.1:5432, user postgres) named after
+the work directory, kept with it; `--drop` removes it at the end. Only idhub's process is
+measured: the server's backends are other processes (callgrind does not follow them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -39,16 +43,42 @@ HERE = Path(__file__).resolve().parent
 CC_BODY = b"grant_type=client_credentials&scope=authz"
 
 
-def prepare(work: Path) -> dict[str, Any]:
+def pg_name(work: Path) -> str:
+    """The PostgreSQL database kept for `work`."""
+    return "idhub_bench_asgi_" + hashlib.sha256(str(work.resolve()).encode()).hexdigest()[:12]
+
+
+def pg_admin(statement: str) -> None:
+    sys.path.insert(0, str(HERE))
+    from bench_oidc import PG_SERVER
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(statement))
+    finally:
+        admin.dispose()
+
+
+def prepare(work: Path, database: str = "sqlite") -> dict[str, Any]:
     """The config, the client's Basic header and an access token, made once per `work`."""
-    saved = work / "bench_asgi.json"
+    saved = work / ("bench_asgi.json" if database == "sqlite" else f"bench_asgi_{database}.json")
     if saved.exists():
         data: dict[str, Any] = json.loads(saved.read_text(encoding="utf-8"))
         return data
     sys.path.insert(0, str(HERE))
-    from bench_oidc import basic, init_idhub
+    from bench_oidc import PG_SERVER, basic, init_idhub
 
-    config, _ = init_idhub(work, f"sqlite:///{work / 'var' / 'idhub.db'}")
+    if database == "sqlite":
+        url = f"sqlite:///{work / 'var' / 'idhub.db'}"
+    else:
+        pg_admin(f'DROP DATABASE IF EXISTS "{pg_name(work)}" WITH (FORCE)')
+        pg_admin(f'CREATE DATABASE "{pg_name(work)}"')
+        url = f"{PG_SERVER}/{pg_name(work)}"
+        work = work / database
+        work.mkdir(exist_ok=True)
+    config, _ = init_idhub(work, url)
     from idhub.bootstrap import Services
     from idhub.config import load_settings
 
@@ -158,10 +188,12 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--drop", action="store_true", help="PostgreSQL: drop the database after")
     opts = parser.parse_args()
     work = opts.work or Path(tempfile.mkdtemp(prefix="idhub-bench-asgi-"))
     work.mkdir(parents=True, exist_ok=True)
-    data = prepare(work)
+    data = prepare(work, opts.database)
     # As `idhub serve --workers 2` does, before prometheus-client is imported.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="idhub-bench-asgi-metrics-")
     import uvloop
@@ -176,6 +208,8 @@ def main() -> int:
         seconds = uvloop.run(drive(app, opts, data))
     finally:
         services.close()
+        if opts.database == "postgresql" and (opts.drop or opts.work is None):
+            pg_admin(f'DROP DATABASE IF EXISTS "{pg_name(work)}" WITH (FORCE)')
     timed = opts.requests - opts.warm
     print(f"{opts.scenario}: {timed} requests, {seconds / timed * 1e6:.1f} µs CPU per request")
     return 0

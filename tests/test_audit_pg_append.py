@@ -608,3 +608,45 @@ def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_an_append_whose_commit_fails_is_an_error_with_nothing_written(pg_url: str) -> None:
+    """The append's round trips go on the driver connection without a cursor
+    (`audit_pg_held._simple`): an error raised only at COMMIT (a deferred constraint
+    trigger) still reaches the caller, so no token leaves with its event unwritten; nothing
+    of the batch stays, and the next append works on a fresh connection."""
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.target = 'refused' THEN RAISE EXCEPTION 'refused at commit'; "
+                "END IF; RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON audit_events "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
+            )
+        )
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    try:
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="before")
+        with pytest.raises(AuditError):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), t)
+                 for t in ("kept?", "refused")]
+            )  # fmt: skip
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="after")
+        with admin.begin() as conn:
+            targets = conn.execute(text("SELECT target FROM audit_events ORDER BY seq")).all()
+            conn.execute(text("DROP TRIGGER refuse_at_commit ON audit_events"))
+            conn.execute(text("DROP FUNCTION refuse_at_commit()"))
+        assert [t for (t,) in targets] == ["before", "after"]
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+        admin.dispose()

@@ -1,15 +1,19 @@
-"""Lone driver reads (adapters/driver_read.py): on a SQLite file they run on connections held
-out of the pool, which must still see every commit, give up a connection that failed, and
+"""Lone driver reads (adapters/driver_read.py): on a SQLite file and on PostgreSQL they run on
+connections held out of the pool, which must still see every commit, give up a connection
+that failed (or, on PostgreSQL, whose session ended, or while the database cools down), and
 let go of everything when the engine is disposed."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.pool import NullPool
 
 from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.database import create_db_engine
@@ -18,7 +22,8 @@ from idhub.adapters.driver_read import HELD_READERS, fetch_all, placeholder
 from idhub.adapters.unit_of_work import SqlUnitOfWork, begin
 from idhub.config import DatabaseSettings
 from idhub.core.clock import SystemClock
-from idhub.errors import StorageError
+from idhub.errors import StorageError, StorageUnavailable
+from tests.db_reset import empty_postgres
 
 SQL = "SELECT failures FROM throttle_counters WHERE kind = {m} AND value = {m}"
 
@@ -144,5 +149,91 @@ def test_a_memory_database_is_read_on_the_pools_own_connection() -> None:
             conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
             conn.exec_driver_sql("INSERT INTO t VALUES (7)")
         assert fetch_all(engine, "SELECT n FROM t WHERE n = ?", [7]) == [(7,)]
+    finally:
+        engine.dispose()
+
+
+# PostgreSQL: lone reads are held out of the pool too (adapters/pg_held_readers.py), in
+# autocommit, and still meet what the pool's checkout checked.
+
+
+@pytest.fixture
+def pg_engine(pg_database: str, pg_reset_engine: Engine) -> Iterator[Engine]:
+    empty_postgres(pg_reset_engine)
+    engine = create_db_engine(DatabaseSettings(url=pg_database))
+    yield engine
+    engine.dispose()
+
+
+def _backend_pid(engine: Engine) -> int:
+    return int(fetch_all(engine, "SELECT pg_backend_pid()", [])[0][0])
+
+
+def test_lone_postgresql_reads_do_not_check_out_a_connection_each(pg_engine: Engine) -> None:
+    checkouts: list[object] = []
+    event.listen(pg_engine, "checkout", lambda *_args: checkouts.append(1))
+    pids = {_backend_pid(pg_engine) for _ in range(20)}
+    assert len(checkouts) == 1
+    assert len(pids) == 1  # one session, kept (and its prepared statements with it)
+    assert pg_engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+
+
+def test_a_held_postgresql_reader_whose_session_ended_is_given_up(
+    pg_engine: Engine, pg_database: str
+) -> None:
+    first = _backend_pid(pg_engine)
+    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar()
+    admin.dispose()
+    time.sleep(0.2)  # the server's FATAL message and end of file reach the socket
+    # No error: the ended session is noticed before use and a fresh connection reads.
+    second = _backend_pid(pg_engine)
+    assert second != first
+    assert _read(pg_engine) == []
+
+
+def test_a_held_postgresql_reader_is_not_used_while_the_database_cools_down(
+    pg_engine: Engine,
+) -> None:
+    from idhub.adapters._pg_deadline import stall_guard
+    from idhub.adapters.throttle_store import SqlThrottleStore
+    from idhub.core.throttle import ThrottleKey
+
+    store = SqlThrottleStore(pg_engine)
+    assert store.counters([ThrottleKey("client", "a@b")]) == []  # a connection held now
+    guard = stall_guard(pg_engine)
+    assert guard is not None
+    guard.cooldown = 0.3
+    guard.stalled()  # as after a round trip that ran out of time
+    # Refused at once, as a checkout is while cooling down, not sent on the held connection.
+    with pytest.raises(StorageUnavailable):
+        store.counters([ThrottleKey("client", "a@b")])
+    time.sleep(0.35)
+    assert store.counters([ThrottleKey("client", "a@b")]) == []
+
+
+def test_a_forked_child_does_not_read_on_its_parents_held_connection(pg_engine: Engine) -> None:
+    parent = _backend_pid(pg_engine)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child reports through the pipe
+        try:
+            os.write(write_end, str(_backend_pid(pg_engine)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(child, 0)
+    reported = os.read(read_end, 64).decode()
+    os.close(read_end)
+    assert reported.isdigit() and int(reported) != parent
+    assert _backend_pid(pg_engine) == parent  # the parent's session is still its own
+
+
+def test_a_small_postgresql_pool_holds_no_reader(pg_database: str) -> None:
+    engine = create_db_engine(DatabaseSettings(url=pg_database, pool_size=3))
+    try:
+        assert _backend_pid(engine) > 0
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         engine.dispose()

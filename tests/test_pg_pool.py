@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -121,15 +122,16 @@ def test_the_pool_settings_are_read_from_the_file(
 
 
 def test_a_hot_read_outside_a_unit_is_one_round_trip(pg_engine: Engine) -> None:
-    from idhub.adapters.driver_read import fetch_all
+    from idhub.adapters.driver_read import _held_readers, fetch_all
 
-    assert fetch_all(pg_engine, "SELECT %s::int + 1", [1]) == [(2,)]  # the pool holds one now
+    assert fetch_all(pg_engine, "SELECT %s::int + 1", [1]) == [(2,)]  # now held for the next
+    readers = _held_readers(pg_engine)
+    assert readers is not None
+    (held,) = readers._idle
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "libpq.trace"
         with open(trace, "w", encoding="utf-8") as out:
-            pooled = pg_engine.raw_connection()
-            pgconn = pooled.driver_connection.pgconn  # type: ignore[union-attr]
-            pooled.close()
+            pgconn = held.driver_connection.pgconn  # type: ignore[union-attr]
             pgconn.trace(out.fileno())
             try:
                 assert fetch_all(pg_engine, "SELECT %s::int + 1", [41]) == [(42,)]
@@ -141,6 +143,27 @@ def test_a_hot_read_outside_a_unit_is_one_round_trip(pg_engine: Engine) -> None:
     # No BEGIN before it and no ROLLBACK after it: only the statement's own messages.
     assert not any("BEGIN" in line or "ROLLBACK" in line for line in sent), sent
     assert any("SELECT" in line for line in sent), sent
-    # Back in the pool in its usual mode: the next transaction opens as before.
-    with pg_engine.connect() as conn:
-        assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+
+
+def test_a_lone_read_gives_back_to_the_pool_a_connection_in_its_usual_mode(
+    pg_database: str,
+) -> None:
+    from idhub.adapters.driver_read import fetch_all
+
+    # A pool of 4 spares one held reader; of two reads at once, one connection goes back.
+    engine = create_db_engine(DatabaseSettings(url=pg_database, pool_size=4))
+    try:
+        together = threading.Barrier(2, timeout=10)
+
+        def read(_i: int) -> list[tuple[object, ...]]:
+            together.wait()
+            return fetch_all(engine, "SELECT 1 FROM pg_sleep(0.2)", [])
+
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(read, range(2))) == [[(1,)], [(1,)]]
+        assert engine.pool.checkedout() == 1  # type: ignore[attr-defined]
+        with engine.connect() as conn:
+            # Back in the pool in its usual mode: the next transaction opens as before.
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+    finally:
+        engine.dispose()

