@@ -7,6 +7,7 @@ not meant for the asking client, never saying which: the reason goes to the audi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authlib.consts import default_json_headers
@@ -36,6 +37,15 @@ _CLAIMS_OUT = (
     "policy_version",
     "auth_time",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class KnownAccess:
+    """An access token's `offline_claims` and whether its `jti` was on the revocation list
+    when read for this request (`TokenEndpoints.introspect_for`'s `known`)."""
+
+    claims: dict[str, Any]
+    revoked: bool
 
 
 class RevocationCheck(Protocol):
@@ -84,15 +94,40 @@ class TokenEndpoints:
     def introspect(self, data: OAuthRequestData, wrapper: AuthlibClient) -> OAuthResponseData:
         return self.introspect_for(data, wrapper.client)
 
-    def introspect_for(self, data: OAuthRequestData, client: Client) -> OAuthResponseData:
-        """The answer to `client`, already authenticated, about the token `data` names."""
+    def offline_claims(self, data: OAuthRequestData) -> dict[str, Any] | None:
+        """The claims `introspect_for` would examine as an access token's, verified offline
+        (form, signature, issuer, time: `AccessTokens.verify_offline`), or None when `data`
+        names no such token (none, a refresh token, one that fails the check). Pure CPU on
+        the token alone, no database and no client involved: a caller may ask before it has
+        authenticated the client, to read the token's revocation with the client's throttle
+        counters (oidc/introspection_lean.py), and tells the client nothing by asking."""
+        token = data.params.get("token")
+        if (
+            not token
+            or token.count(".") != 2
+            or data.params.get("token_type_hint") == "refresh_token"
+        ):
+            return None
+        try:
+            return self._access_tokens.verify_offline(token)
+        except InvalidToken:
+            return None
+
+    def introspect_for(
+        self, data: OAuthRequestData, client: Client, *, known: KnownAccess | None = None
+    ) -> OAuthResponseData:
+        """The answer to `client`, already authenticated, about the token `data` names.
+
+        `known`: what the caller already read about that token (`offline_claims` of this
+        `data`, and its revocation read since), used instead of reading it again."""
         token = data.params.get("token")
         if not token:
             return _json(400, {"error": "invalid_request", "error_description": "missing 'token'"})
         hint = data.params.get("token_type_hint")
-        looks_like_jwt = token.count(".") == 2
-        if looks_like_jwt and hint != "refresh_token":
-            result, reason = self._introspect_access(client, token)
+        # `known` comes from `offline_claims`, which took the token as an access token
+        # already (counting the dots of a long token again is not free).
+        if known is not None or (token.count(".") == 2 and hint != "refresh_token"):
+            result, reason = self._introspect_access(client, token, known)
         else:
             result, reason = self._introspect_refresh(client, token)
         if result is None:
@@ -100,14 +135,20 @@ class TokenEndpoints:
             return _json(200, {"active": False})
         return _json(200, result)
 
-    def _introspect_access(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
+    def _introspect_access(
+        self, client: Client, token: str, known: KnownAccess | None
+    ) -> tuple[dict[str, Any] | None, str]:
         # What `AccessTokens.verify` checks, with the revocation list read through the probe
         # where there is one (oidc/revocations.py): the same rows, without a pool checkout.
-        try:
-            claims = self._access_tokens.verify_offline(token)
-        except InvalidToken as exc:
-            return None, exc.reason
-        if self._revocations.is_revoked_probing_first(str(claims["jti"])):
+        if known is not None:
+            claims, revoked = known.claims, known.revoked
+        else:
+            try:
+                claims = self._access_tokens.verify_offline(token)
+            except InvalidToken as exc:
+                return None, exc.reason
+            revoked = self._revocations.is_revoked_probing_first(str(claims["jti"]))
+        if revoked:
             return None, "revoked"
         if not _concerns(client, claims):
             return None, "not addressed to the asking client"
