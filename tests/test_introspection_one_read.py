@@ -162,3 +162,36 @@ def test_a_throttled_client_gets_the_same_refusal(services: Services) -> None:
     kinds = [kind for kind, _ in _reasons(services)]
     assert kinds[-2:] == ["client.auth_throttled", "client.auth_throttled"]
     assert "token.introspected_inactive" not in kinds
+
+
+def test_an_active_answer_is_encoded_once_per_token(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its bytes are what encoding the body gives, asked again and again; every check still
+    runs: a client the token does not concern learns nothing from the kept answer."""
+    from idhub.oidc import introspection
+    from idhub.oidc.messages import encode_json
+
+    secret = _client(services, "rs")
+    other = basic_header("other", _client(services, "other"))
+    auth = basic_header("rs", secret)
+    token, second = _token(services, "rs"), _token(services, "rs")
+    encoded: list[dict[str, Any]] = []
+
+    def counted(body: dict[str, Any]) -> bytes:
+        encoded.append(body)
+        return encode_json(body)
+
+    monkeypatch.setattr(introspection, "encode_json", counted)
+    answers = [_ask(services, token, auth) for _ in range(3)]
+    for answer in answers:
+        assert isinstance(answer.body, dict) and answer.body["active"] is True
+        assert answer.json_bytes() == encode_json(answer.body)
+    assert answers[1].body == answers[0].body and answers[1].body is not answers[0].body
+    assert len(encoded) == 1
+    assert _ask(services, second, auth).body != answers[0].body  # its own answer
+    assert len(encoded) == 2
+    assert _ask(services, token, other).body == {"active": False}  # not addressed to it
+    assert _reasons(services) == [
+        ("token.introspected_inactive", "not addressed to the asking client")
+    ]

@@ -41,6 +41,11 @@ class Headers(Mapping[str, str]):
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
+def encode_json(body: dict[str, Any]) -> bytes:
+    """The bytes `OAuthResponseData.json_bytes` sends for `body`."""
+    return _ENCODER.encode(body).encode()
+
+
 @dataclass(frozen=True)
 class OAuthRequestData:
     """An HTTP request as the provider sees it.
@@ -77,6 +82,9 @@ class OAuthResponseData:
     headers: list[tuple[str, str]] = field(default_factory=list)
     # A dict is sent as JSON; a str as-is (empty for redirects).
     body: dict[str, Any] | str = ""
+    # `body`'s JSON as `json_bytes` would encode it, when the maker has it already (an
+    # answer it encoded before: oidc/introspection.py). Not part of the answer's identity.
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def location(self) -> str | None:
@@ -86,8 +94,10 @@ class OAuthResponseData:
         return None
 
     def json_bytes(self) -> bytes:
+        if self.encoded is not None:
+            return self.encoded
         if isinstance(self.body, dict):
-            return _ENCODER.encode(self.body).encode()
+            return encode_json(self.body)
         return self.body.encode()
 
 
