@@ -34,10 +34,6 @@ def _to_counter(row: Any) -> Counter:
     )
 
 
-def _key_params(keys: Sequence[ThrottleKey]) -> list[str]:
-    return [part for key in keys for part in (key.kind, key.value)]
-
-
 @storage_boundary
 class SqlThrottleStore:
     def __init__(self, engine: Engine, *, readonly: ReadOnlySqlite | None = None) -> None:
@@ -61,6 +57,7 @@ class SqlThrottleStore:
                 len(keys)
             )
             self._counters_sql[len(keys)] = sql
+        params = [part for key in keys for part in (key.kind, key.value)]
         return [
             Counter(
                 kind=str(kind),
@@ -69,7 +66,7 @@ class SqlThrottleStore:
                 last_failed_at=float(last),
                 locked_until=None if locked is None else float(locked),
             )
-            for kind, value, failures, last, locked in self._fetch(sql, _key_params(keys))
+            for kind, value, failures, last, locked in self._fetch(sql, params)
         ]
 
     def counters_and_revoked(
@@ -98,9 +95,9 @@ class SqlThrottleStore:
             self._joint_sql[len(keys)] = sql
         counters: list[Counter] = []
         found = False
-        for source, kind, value, failures, last, locked in self._fetch(
-            sql, [*_key_params(keys), jti]
-        ):
+        params = [part for key in keys for part in (key.kind, key.value)]
+        params.append(jti)
+        for source, kind, value, failures, last, locked in self._fetch(sql, params):
             if source:  # the revocation list's row
                 found = True
                 continue

@@ -7,7 +7,6 @@ not meant for the asking client, never saying which: the reason goes to the audi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authlib.consts import default_json_headers
@@ -41,13 +40,10 @@ _CLAIMS_OUT = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class KnownAccess:
-    """An access token's `offline_claims` and whether its `jti` was on the revocation list
-    when read for this request (`TokenEndpoints.introspect_for`'s `known`)."""
-
-    claims: dict[str, Any]
-    revoked: bool
+# An access token's `offline_claims` and whether its `jti` was on the revocation list when
+# read for this request (`TokenEndpoints.introspect_for`'s `known`). A plain pair: made on
+# every introspection.
+KnownAccess = tuple[dict[str, Any], bool]
 
 
 class RevocationCheck(Protocol):
@@ -163,7 +159,7 @@ class TokenEndpoints:
         # What `AccessTokens.verify` checks, with the revocation list read through the probe
         # where there is one (oidc/revocations.py): the same rows, without a pool checkout.
         if known is not None:
-            claims, revoked = known.claims, known.revoked
+            claims, revoked = known
         else:
             try:
                 claims = self._access_tokens.verify_offline(token)

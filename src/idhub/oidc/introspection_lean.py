@@ -34,7 +34,7 @@ from idhub.core.clients import ClientRegistry
 from idhub.core.throttle import Counter, ThrottleKey
 from idhub.errors import AuditError, StorageError
 from idhub.oidc.basic_only import plan_basic_only, require_basic_client
-from idhub.oidc.introspection import KnownAccess, TokenEndpoints
+from idhub.oidc.introspection import TokenEndpoints
 from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
 from idhub.oidc.outage_answers import database_down, error_answer, unavailable
 from idhub.oidc.server import Provider
@@ -47,22 +47,6 @@ _REFUSE = ("grant_type",)
 # The throttle counters of some keys and whether a `jti` is revoked, in one read
 # (adapters/throttle_store.py `SqlThrottleStore.counters_and_revoked`).
 JointRead = Callable[[Sequence[ThrottleKey], str], tuple[Sequence[Counter], bool]]
-
-
-class _JointRead:
-    """The throttle's counter read for one attempt (`ClientAuthGuard.begin_claimed`'s
-    `read`) that also reads the revocation of the token's `jti`, kept for the answer."""
-
-    __slots__ = ("_joint", "_jti", "revoked")
-
-    def __init__(self, joint: JointRead, jti: str) -> None:
-        self._joint = joint
-        self._jti = jti
-        self.revoked: bool | None = None
-
-    def __call__(self, keys: tuple[ThrottleKey, ...]) -> Sequence[Counter]:
-        counters, self.revoked = self._joint(keys, self._jti)
-        return counters
 
 
 class LeanIntrospection:
@@ -96,12 +80,18 @@ class LeanIntrospection:
                 client = require_basic_client(planned, self._registry, self._guard)
                 return self._endpoints.introspect_for(data, client)
             # The token's revocation is read in the throttle's query (module docstring).
-            read = _JointRead(joint, str(claims["jti"]))
+            jti = str(claims["jti"])
+            revoked: list[bool] = []
+
+            def read(keys: tuple[ThrottleKey, ...]) -> Sequence[Counter]:
+                counters, found = joint(keys, jti)
+                revoked.append(found)
+                return counters
+
             client = require_basic_client(planned, self._registry, self._guard, read=read)
-            if read.revoked is None:  # the throttle read elsewhere (it never does today)
+            if not revoked:  # the throttle read elsewhere (it never does today)
                 return self._endpoints.introspect_for(data, client)
-            known = KnownAccess(claims=claims, revoked=read.revoked)
-            return self._endpoints.introspect_for(data, client, known=known)
+            return self._endpoints.introspect_for(data, client, known=(claims, revoked[0]))
         except OAuth2Error as exc:
             return error_answer(exc)
         except AuditError:
