@@ -4,9 +4,10 @@ validated authorization request the login/consent pages work with."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, overload
+from functools import cached_property
+from typing import Any
 
 from idhub.core.audit import RequestContext
 from idhub.core.clients import Client
@@ -43,34 +44,6 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 def encode_json(body: dict[str, Any]) -> bytes:
     """The bytes `OAuthResponseData.json_bytes` sends for `body`."""
     return _ENCODER.encode(body).encode()
-
-
-_T = TypeVar("_T")
-_V = TypeVar("_V")
-
-
-class _once_per_object(Generic[_T, _V]):
-    """`functools.cached_property` without its lock: the value is computed at the first
-    read and kept in the object's `__dict__`, where later reads find it before this
-    descriptor. Python 3.11's `cached_property` takes an `RLock` on every first read, which
-    cost more than the Basic decode it guarded; two threads reading the same request at
-    once (none does) would both compute the same pure value."""
-
-    def __init__(self, func: Callable[[_T], _V]) -> None:
-        self._func = func
-        self._name = func.__name__
-        self.__doc__ = func.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type[Any] | None = None) -> _once_per_object[_T, _V]: ...
-    @overload
-    def __get__(self, obj: _T, owner: type[Any] | None = None) -> _V: ...
-    def __get__(self, obj: _T | None, owner: type[Any] | None = None) -> Any:
-        if obj is None:
-            return self
-        value = self._func(obj)
-        obj.__dict__[self._name] = value
-        return value
 
 
 # The two shapes below are made once or twice per request. A frozen dataclass's own
@@ -114,7 +87,7 @@ class OAuthRequestData:
         fields["multi"] = {} if multi is None else multi
         fields["ctx"] = ctx
 
-    @_once_per_object
+    @cached_property
     def basic_credentials(self) -> tuple[str, str] | None:
         """(client id, secret) in the `authorization` header, as `client_auth.basic_credentials`
         reads them (the scheme is the caller's to check); None without a usable one.
