@@ -233,12 +233,12 @@ def test_introspect_endpoint_serves_through_the_lean_path(
 def test_introspection_reads_revocations_through_the_probe_on_sqlite(
     services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On SQLite the pooled store is not asked (the probe reads the same rows); a revocation
-    committed by anyone is seen at once. On PostgreSQL there is no probe: the store answers."""
+    """The pooled store is not asked on either database (the lean path reads the revocation
+    in the throttle's query, tests/test_introspection_one_read.py; the probe where that is
+    not taken); a revocation committed by anyone is seen at once."""
     secrets = _register(services)
     auth = {"authorization": _basic("rs", secrets["rs"])}
     token = _token(services, "rs", "idhub")
-    sqlite = services.engine.dialect.name == "sqlite"
     store_reads: list[str] = []
     original = services.token_store.is_revoked
 
@@ -253,7 +253,7 @@ def test_introspection_reads_revocations_through_the_probe_on_sqlite(
     services.token_store.revoke_jti(jti, expires_at=NOW + 600, now=NOW)
     second = services.introspection.introspect(_request([("token", token)], LEAN_IP, headers=auth))
     assert second.status == 200 and second.body == {"active": False}
-    assert store_reads == ([] if sqlite else [jti, jti])
+    assert store_reads == []
 
 
 def test_probing_first_falls_back_to_the_store(services: Services) -> None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from idhub.adapters.policy_watch import PolicyDirChanges
     from idhub.adapters.prometheus_metrics import PrometheusMetrics
     from idhub.adapters.session_store import SqlDeliveryStore, SqlSessionStore
+    from idhub.adapters.throttle_store import SqlThrottleStore
     from idhub.adapters.token_store import SqlTokenStore
     from idhub.cas.server import CasServer
     from idhub.cas.services import CasServiceRegistry
@@ -550,6 +551,7 @@ class Services:
             endpoints=self.token_endpoints,
             registry=self.clients,
             guard=self.client_guard,
+            joint_read=self.throttle_store.counters_and_revoked,
         )
 
     @cached_property
@@ -1286,8 +1288,6 @@ class Services:
     @cached_property
     def throttle(self) -> Throttle:
         """Failure counters per address, account and client, shared through the database."""
-        from idhub.adapters.sqlite_readonly import readonly_sqlite
-        from idhub.adapters.throttle_store import SqlThrottleStore
         from idhub.core.throttle import Throttle, ThrottlePolicy, ThrottleRule
 
         t = self.settings.throttle
@@ -1307,8 +1307,14 @@ class Services:
             client=rule(t.client_free, t.client_limit, t.client_lock),
             client_ip=rule(t.client_ip_free, t.client_ip_limit, t.client_ip_lock),
         )
-        store = SqlThrottleStore(self.engine, readonly=readonly_sqlite(self.engine))
-        return Throttle(store, policy=policy, clock=self.clock)
+        return Throttle(self.throttle_store, policy=policy, clock=self.clock)
+
+    @cached_property
+    def throttle_store(self) -> SqlThrottleStore:
+        from idhub.adapters.sqlite_readonly import readonly_sqlite
+        from idhub.adapters.throttle_store import SqlThrottleStore
+
+        return SqlThrottleStore(self.engine, readonly=readonly_sqlite(self.engine))
 
     @cached_property
     def client_guard(self) -> ClientAuthGuard:

@@ -43,6 +43,7 @@ class SqlThrottleStore:
         self._engine = engine
         self._mark = placeholder(engine)
         self._counters_sql: dict[int, str] = {}
+        self._joint_sql: dict[int, str] = {}
         self._readonly = readonly
 
     def counters(self, keys: Sequence[ThrottleKey]) -> list[Counter]:
@@ -52,18 +53,11 @@ class SqlThrottleStore:
             return []
         sql = self._counters_sql.get(len(keys))
         if sql is None:
-            one = f"(kind = {self._mark} AND value = {self._mark})"
-            sql = (
-                "SELECT kind, value, failures, last_failed_at, locked_until "  # noqa: S608
-                f"FROM throttle_counters WHERE {' OR '.join([one] * len(keys))}"
+            sql = "SELECT kind, value, failures, last_failed_at, locked_until " + self._where(
+                len(keys)
             )
             self._counters_sql[len(keys)] = sql
         params = [part for key in keys for part in (key.kind, key.value)]
-        rows = None
-        if self._readonly is not None and open_unit(self._engine) is None:
-            rows = self._readonly.fetch_all(sql, params)
-        if rows is None:  # inside a unit of work, on PostgreSQL, or the file busy right now
-            rows = fetch_all(self._engine, sql, params)
         return [
             Counter(
                 kind=str(kind),
@@ -72,8 +66,63 @@ class SqlThrottleStore:
                 last_failed_at=float(last),
                 locked_until=None if locked is None else float(locked),
             )
-            for kind, value, failures, last, locked in rows
+            for kind, value, failures, last, locked in self._fetch(sql, params)
         ]
+
+    def counters_and_revoked(
+        self, keys: Sequence[ThrottleKey], jti: str
+    ) -> tuple[list[Counter], bool]:
+        """`counters(keys)` and whether access token `jti` is on the revocation list
+        (`revoked_tokens`, as `SqlTokenStore.is_revoked` reads it), in one statement.
+
+        For introspection, which asks both about every request: one read where there were
+        two (on SQLite two lone reads, on PostgreSQL two pool checkouts and round trips).
+        One statement is also one snapshot, so both answers are of the same moment; each is
+        what its own query would have answered then, never a cached value."""
+        sql = self._joint_sql.get(len(keys))
+        if sql is None:
+            # The first column tells the two apart: 1 for the revocation list's row.
+            revoked = (
+                "SELECT 1, jti, '', 0, 0, NULL FROM revoked_tokens "  # noqa: S608
+                f"WHERE jti = {self._mark}"
+            )
+            sql = revoked
+            if keys:
+                sql = (
+                    "SELECT 0, kind, value, failures, last_failed_at, locked_until "
+                    f"{self._where(len(keys))} UNION ALL {revoked}"
+                )
+            self._joint_sql[len(keys)] = sql
+        counters: list[Counter] = []
+        found = False
+        params = [part for key in keys for part in (key.kind, key.value)]
+        params.append(jti)
+        for source, kind, value, failures, last, locked in self._fetch(sql, params):
+            if source:  # the revocation list's row
+                found = True
+                continue
+            counters.append(
+                Counter(
+                    kind=str(kind),
+                    value=str(value),
+                    failures=int(failures),
+                    last_failed_at=float(last),
+                    locked_until=None if locked is None else float(locked),
+                )
+            )
+        return counters, found
+
+    def _where(self, count: int) -> str:
+        one = f"(kind = {self._mark} AND value = {self._mark})"
+        return f"FROM throttle_counters WHERE {' OR '.join([one] * count)}"
+
+    def _fetch(self, sql: str, params: list[str]) -> list[Any]:
+        rows = None
+        if self._readonly is not None and open_unit(self._engine) is None:
+            rows = self._readonly.fetch_all(sql, params)
+        if rows is None:  # inside a unit of work, on PostgreSQL, or the file busy right now
+            rows = fetch_all(self._engine, sql, params)
+        return rows
 
     def add_failure(self, key: ThrottleKey, *, now: float, window: float) -> Counter:
         with begin(self._engine) as conn:

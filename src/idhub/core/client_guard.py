@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import unquote
 
 from idhub.core.audit import Actor, Auditor, EventType, PendingEvent, RequestContext
@@ -22,6 +22,7 @@ from idhub.core.request_budget import CLIENT_REFUSED
 from idhub.core.throttle import (
     CLIENT,
     CLIENT_IP,
+    Counter,
     Reading,
     Throttle,
     ThrottleKey,
@@ -30,6 +31,8 @@ from idhub.core.throttle import (
 )
 
 MAX_CLIENT_ID = 100
+# The stored counters of an attempt's keys, read now (`begin_claimed`'s `read`).
+CounterRead = Callable[[tuple[ThrottleKey, ...]], Sequence[Counter]]
 _KEYS_REMEMBERED = 4_096
 
 
@@ -158,10 +161,14 @@ class ClientAuthGuard:
         ctx: RequestContext | None,
         *,
         batch: ThrottleBatch | None = None,
+        read: CounterRead | None = None,
     ) -> ClientAttempt:
         """`begin` for a caller that already decoded the client id the request claims (the
         lean paths, from the Basic header they parsed); with `batch`, the read is shared by
-        the batch's attempts under the same keys (`ThrottleBatch`)."""
+        the batch's attempts under the same keys (`ThrottleBatch`). With `read` (and no
+        batch), the counters come from it instead of the throttle's own read: for a caller
+        whose one query also fetches something else it needs (the lean introspection, the
+        token's revocation); it must answer what the throttle's store would, read now."""
         client_id = client_id[:MAX_CLIENT_ID] if client_id else None
         source = source_of(ctx.client_ip if ctx is not None else None)
         wanted = self._keys.get((client_id, source))
@@ -170,10 +177,12 @@ class ClientAuthGuard:
             if len(self._keys) >= _KEYS_REMEMBERED:
                 self._keys.clear()  # strangers' ids must not grow memory without bound
             self._keys[(client_id, source)] = wanted
-        if batch is None:
-            reading = self._throttle.read(wanted)
-        else:
+        if batch is not None:
             reading = batch.read(self._throttle, wanted)
+        elif read is not None:
+            reading = self._throttle.assess(wanted, read(wanted))
+        else:
+            reading = self._throttle.read(wanted)
         attempt = ClientAttempt(self, reading, client_id, ctx, batch)
         refusal = attempt.reading.refusal
         if refusal is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from authlib.oauth2.rfc6749 import InvalidClientError
 
-from idhub.core.client_guard import ClientAuthGuard, ThrottleBatch
+from idhub.core.client_guard import ClientAuthGuard, CounterRead, ThrottleBatch
 from idhub.core.clients import Client, ClientRegistry
 from idhub.oidc.messages import OAuthRequestData
 
@@ -81,15 +81,19 @@ def require_basic_client(
     guard: ClientAuthGuard | None,
     *,
     batch: ThrottleBatch | None = None,
+    read: CounterRead | None = None,
 ) -> Client:
     """The client, once the throttle let the attempt through and the secret is right; raises
     the `InvalidClientError` the generic path raises otherwise (the attempt counted). With
-    `batch`, the throttle's read is shared with the batch's other attempts (`ThrottleBatch`).
+    `batch`, the throttle's read is shared with the batch's other attempts (`ThrottleBatch`);
+    with `read`, the counters come from it (`ClientAuthGuard.begin_claimed`).
 
     The throttle counts under the id the header claims, which is what `ClientAuthGuard.begin`
     would decode from it (the Basic user name): taken from the request's one decode."""
     attempt = (
-        guard.begin_claimed(req.client_id, req.data.ctx, batch=batch) if guard is not None else None
+        guard.begin_claimed(req.client_id, req.data.ctx, batch=batch, read=read)
+        if guard is not None
+        else None
     )
     if attempt is not None and attempt.refused:
         raise InvalidClientError(status_code=401, description="too many failed attempts")

@@ -18,10 +18,12 @@ from idhub.core.identity import IdentityStore
 from idhub.core.token_storage import RefreshStorage, TokenStorage
 from idhub.core.transactions import UnitOfWork
 from idhub.oidc.client_auth import AuthlibClient
-from idhub.oidc.messages import OAuthRequestData, OAuthResponseData
+from idhub.oidc.messages import OAuthRequestData, OAuthResponseData, encode_json
 from idhub.oidc.minter import TokenMinter
 from idhub.oidc.tokens import AccessTokens, InvalidToken
 
+# Active answers whose encoding is kept (`TokenEndpoints._encoded`), per process.
+_ANSWERS_KEPT = 4_096
 _CLAIMS_OUT = (
     "scope",
     "client_id",
@@ -36,6 +38,12 @@ _CLAIMS_OUT = (
     "policy_version",
     "auth_time",
 )
+
+
+# An access token's `offline_claims` and whether its `jti` was on the revocation list when
+# read for this request (`TokenEndpoints.introspect_for`'s `known`). A plain pair: made on
+# every introspection.
+KnownAccess = tuple[dict[str, Any], bool]
 
 
 class RevocationCheck(Protocol):
@@ -78,36 +86,87 @@ class TokenEndpoints:
         self._identity = identity
         self._audit = audit
         self._clock = clock
+        # jti -> (an active answer, its JSON): `_encoded`.
+        self._answers: dict[str, tuple[dict[str, Any], bytes]] = {}
 
     # ------------------------------------------------------------------ introspection
 
     def introspect(self, data: OAuthRequestData, wrapper: AuthlibClient) -> OAuthResponseData:
         return self.introspect_for(data, wrapper.client)
 
-    def introspect_for(self, data: OAuthRequestData, client: Client) -> OAuthResponseData:
-        """The answer to `client`, already authenticated, about the token `data` names."""
+    def offline_claims(self, data: OAuthRequestData) -> dict[str, Any] | None:
+        """The claims `introspect_for` would examine as an access token's, verified offline
+        (form, signature, issuer, time: `AccessTokens.verify_offline`), or None when `data`
+        names no such token (none, a refresh token, one that fails the check). Pure CPU on
+        the token alone, no database and no client involved: a caller may ask before it has
+        authenticated the client, to read the token's revocation with the client's throttle
+        counters (oidc/introspection_lean.py), and tells the client nothing by asking."""
+        token = data.params.get("token")
+        if (
+            not token
+            or token.count(".") != 2
+            or data.params.get("token_type_hint") == "refresh_token"
+        ):
+            return None
+        try:
+            return self._access_tokens.verify_offline(token)
+        except InvalidToken:
+            return None
+
+    def introspect_for(
+        self, data: OAuthRequestData, client: Client, *, known: KnownAccess | None = None
+    ) -> OAuthResponseData:
+        """The answer to `client`, already authenticated, about the token `data` names.
+
+        `known`: what the caller already read about that token (`offline_claims` of this
+        `data`, and its revocation read since), used instead of reading it again."""
         token = data.params.get("token")
         if not token:
             return _json(400, {"error": "invalid_request", "error_description": "missing 'token'"})
         hint = data.params.get("token_type_hint")
-        looks_like_jwt = token.count(".") == 2
-        if looks_like_jwt and hint != "refresh_token":
-            result, reason = self._introspect_access(client, token)
+        # `known` comes from `offline_claims`, which took the token as an access token
+        # already (counting the dots of a long token again is not free).
+        if known is not None or (token.count(".") == 2 and hint != "refresh_token"):
+            result, reason = self._introspect_access(client, token, known)
         else:
             result, reason = self._introspect_refresh(client, token)
         if result is None:
             self._inactive(client, reason, data.ctx)
             return _json(200, {"active": False})
-        return _json(200, result)
+        return OAuthResponseData(200, list(default_json_headers), result, self._encoded(result))
 
-    def _introspect_access(self, client: Client, token: str) -> tuple[dict[str, Any] | None, str]:
+    def _encoded(self, answer: dict[str, Any]) -> bytes:
+        """`answer`'s JSON, encoded once per token: a token's active answer is its claims
+        (the same for every asker), and a resource server asks about the same token again
+        and again; encoding it was about a tenth of an introspection's CPU. Every check
+        (expiry, revocation, audience, the client's standing) still runs on every request
+        before this; only the encoding of the answer they let through is reused, and only
+        for an answer equal to the one encoded (kept under its `jti`, bounded)."""
+        jti = answer.get("jti")
+        kept = self._answers.get(jti) if isinstance(jti, str) else None
+        if kept is not None and kept[0] == answer:
+            return kept[1]
+        encoded = encode_json(answer)
+        if isinstance(jti, str):
+            if len(self._answers) >= _ANSWERS_KEPT:
+                self._answers.clear()  # strangers' tokens must not grow memory without bound
+            self._answers[jti] = (dict(answer), encoded)
+        return encoded
+
+    def _introspect_access(
+        self, client: Client, token: str, known: KnownAccess | None
+    ) -> tuple[dict[str, Any] | None, str]:
         # What `AccessTokens.verify` checks, with the revocation list read through the probe
         # where there is one (oidc/revocations.py): the same rows, without a pool checkout.
-        try:
-            claims = self._access_tokens.verify_offline(token)
-        except InvalidToken as exc:
-            return None, exc.reason
-        if self._revocations.is_revoked_probing_first(str(claims["jti"])):
+        if known is not None:
+            claims, revoked = known
+        else:
+            try:
+                claims = self._access_tokens.verify_offline(token)
+            except InvalidToken as exc:
+                return None, exc.reason
+            revoked = self._revocations.is_revoked_probing_first(str(claims["jti"]))
+        if revoked:
             return None, "revoked"
         if not _concerns(client, claims):
             return None, "not addressed to the asking client"

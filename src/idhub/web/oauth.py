@@ -136,9 +136,27 @@ async def _form_pairs(
     if len(raw) > MAX_FORM:
         raise BadForm("the request body is too large")
     try:
-        return parse_qsl(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=False)
+        return split_form(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise BadForm("the request body is not UTF-8") from None
+
+
+def split_form(text: str) -> list[tuple[str, str]]:
+    """`parse_qsl(text, keep_blank_values=True)`'s pairs.
+
+    The common body (`token=...&token_type_hint=...`, a client-credentials grant) holds no
+    `+` and no `%`, and then nothing in it is unquoted: each `&`-separated part that is not
+    empty is a name up to its first `=` and the value after it (`""` without one), which is
+    what `parse_qsl` answers for it, without its per-field unquoting calls. Anything else
+    goes to `parse_qsl` itself."""
+    if "%" in text or "+" in text:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=False)
+    pairs = []
+    for part in text.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((name, value))
+    return pairs
 
 
 def to_response(data: OAuthResponseData) -> Response:
