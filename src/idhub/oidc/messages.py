@@ -3,7 +3,6 @@ validated authorization request the login/consent pages work with."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -11,6 +10,7 @@ from typing import Any
 
 from idhub.core.audit import RequestContext
 from idhub.core.clients import Client
+from idhub.oidc.answer_json import answer_json
 from idhub.oidc.client_auth import basic_credentials
 
 
@@ -35,10 +35,6 @@ class Headers(Mapping[str, str]):
 
     def __len__(self) -> int:
         return len(self._data)
-
-
-# Reused: `json.dumps` with options builds a new encoder on every call (same bytes out).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class OAuthResponseData:
 
     def json_bytes(self) -> bytes:
         if isinstance(self.body, dict):
-            return _ENCODER.encode(self.body).encode()
+            return answer_json(self.body)
         return self.body.encode()
 
 
