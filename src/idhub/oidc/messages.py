@@ -3,10 +3,9 @@ validated authorization request the login/consent pages work with."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar, overload
 
 from idhub.core.audit import RequestContext
 from idhub.core.clients import Client
@@ -37,6 +36,32 @@ class Headers(Mapping[str, str]):
         return len(self._data)
 
 
+T = TypeVar("T")
+
+
+class _ReadOnce(Generic[T]):
+    """`functools.cached_property` without its lock: on Python 3.11 every first read takes
+    an `RLock` around the computation, which cost more than decoding a Basic header. Two
+    threads reading one request at once would each compute the same value (the function is
+    pure), and one would be kept; a request is read by one thread at a time anyway. The value
+    goes into the instance's `__dict__`, which later reads find before this descriptor."""
+
+    def __init__(self, func: Callable[[Any], T]) -> None:
+        self._func = func
+        self._name = func.__name__
+        self.__doc__ = func.__doc__
+
+    @overload
+    def __get__(self, instance: None, owner: type | None = None) -> _ReadOnce[T]: ...
+    @overload
+    def __get__(self, instance: object, owner: type | None = None) -> T: ...
+    def __get__(self, instance: object, owner: type | None = None) -> T | _ReadOnce[T]:
+        if instance is None:
+            return self
+        value = instance.__dict__[self._name] = self._func(instance)
+        return value
+
+
 @dataclass(frozen=True)
 class OAuthRequestData:
     """An HTTP request as the provider sees it.
@@ -54,7 +79,7 @@ class OAuthRequestData:
     multi: Mapping[str, list[str]] = field(default_factory=dict)
     ctx: RequestContext | None = None
 
-    @cached_property
+    @_ReadOnce
     def basic_credentials(self) -> tuple[str, str] | None:
         """(client id, secret) in the `authorization` header, as `client_auth.basic_credentials`
         reads them (the scheme is the caller's to check); None without a usable one.
