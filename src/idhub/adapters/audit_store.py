@@ -560,7 +560,10 @@ class SqlAuditLog:
 
 def _clip(value: str | None, size: int) -> str | None:
     # Column sizes are limits of the schema; an over-long user agent must not lose the event.
-    # Nor may a NUL in it (core/audit.py `storable_text`).
+    # Nor may a NUL in it (core/audit.py `storable_text`). Five per event: the common value
+    # (short, no NUL) is answered before any further call.
+    if value is None or (len(value) <= size and "\x00" not in value):
+        return value
     value = storable_text(value)
     return value if value is None or len(value) <= size else value[: size - 1] + "…"
 
