@@ -52,8 +52,19 @@ def answer_json(body: dict[str, Any]) -> bytes:
             text = "null"
         else:  # floats, lists, dicts, subclasses: json's own rules, for the whole body
             return _encoded(body)
-        items.append(f"{encode_basestring(key)}:{text}")
+        name = _KEYS.get(key)
+        if name is None:
+            name = encode_basestring(key) + ":"
+            if len(_KEYS) < _KEYS_KEPT:
+                _KEYS[key] = name
+        items.append(name + text)
     return ("{" + ",".join(items) + "}").encode()
+
+
+# The answers' keys (the provider's constants) with their JSON text and colon; the bound only
+# caps what an odd body could add.
+_KEYS: dict[str, str] = {}
+_KEYS_KEPT = 256
 
 
 def _encoded(body: dict[str, Any]) -> bytes:
