@@ -44,6 +44,7 @@ from idhub.core.audit import (
     Outcome,
     PendingEvent,
     RequestContext,
+    plain_details_text,
     scrub_flat,
     storable_details,
     storable_text,
@@ -206,9 +207,16 @@ class SqlAuditLog:
             raise AuditError(f"unknown audit outcome {outcome!r}")
         ctx = ctx or _NO_CONTEXT
         try:
-            # A new dict: the caller's is never changed.
-            scrubbed, flat = scrub_flat(details) if details else ({}, True)
-            details_json = canonical_flat_details(scrubbed) if flat else canonical_details(scrubbed)
+            # A new dict: the caller's is never changed. The common event's details need no
+            # scrubbing and are written in one pass (core/audit.py `plain_details_text`).
+            plain = plain_details_text(details) if details else "{}"
+            if plain is not None:
+                scrubbed, details_json = dict(details) if details else {}, plain
+            else:
+                scrubbed, flat = scrub_flat(details) if details else ({}, True)
+                details_json = (
+                    canonical_flat_details(scrubbed) if flat else canonical_details(scrubbed)
+                )
             if "\\u0000" in details_json:  # a NUL somewhere in it (core/audit.py)
                 scrubbed = storable_details(scrubbed)
                 details_json = canonical_details(scrubbed)
@@ -560,7 +568,10 @@ class SqlAuditLog:
 
 def _clip(value: str | None, size: int) -> str | None:
     # Column sizes are limits of the schema; an over-long user agent must not lose the event.
-    # Nor may a NUL in it (core/audit.py `storable_text`).
+    # Nor may a NUL in it (core/audit.py `storable_text`). Five per event: the common value
+    # (short, no NUL) is answered before any further call.
+    if value is None or (len(value) <= size and "\x00" not in value):
+        return value
     value = storable_text(value)
     return value if value is None or len(value) <= size else value[: size - 1] + "…"
 

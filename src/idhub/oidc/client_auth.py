@@ -43,11 +43,13 @@ def basic_credentials(header: str) -> tuple[str, str] | None:
     except (binascii.Error, ValueError):
         return None
     client_id, colon, secret = decoded.partition(":")
-    client_id = unquote(client_id)
+    # `unquote` answers a value without `%` as it is; most ids and secrets have none.
+    if "%" in client_id:
+        client_id = unquote(client_id)
     # No client id holds a NUL (and PostgreSQL cannot even look one up).
     if not colon or not client_id or "\x00" in client_id:
         return None
-    return client_id, unquote(secret)
+    return client_id, unquote(secret) if "%" in secret else secret
 
 
 def _basic_client_id(header: str) -> str | None:

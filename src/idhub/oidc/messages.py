@@ -3,7 +3,6 @@ validated authorization request the login/consent pages work with."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -11,6 +10,7 @@ from typing import Any
 
 from idhub.core.audit import RequestContext
 from idhub.core.clients import Client
+from idhub.oidc.answer_json import answer_json
 from idhub.oidc.client_auth import basic_credentials
 
 
@@ -37,13 +37,9 @@ class Headers(Mapping[str, str]):
         return len(self._data)
 
 
-# Reused: `json.dumps` with options builds a new encoder on every call (same bytes out).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
 def encode_json(body: dict[str, Any]) -> bytes:
     """The bytes `OAuthResponseData.json_bytes` sends for `body`."""
-    return _ENCODER.encode(body).encode()
+    return answer_json(body)
 
 
 # The two shapes below are made once or twice per request. A frozen dataclass's own
