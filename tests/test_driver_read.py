@@ -19,6 +19,7 @@ from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.database import create_db_engine
 from idhub.adapters.db import throttle_counters
 from idhub.adapters.driver_read import HELD_READERS, fetch_all, placeholder
+from idhub.adapters.token_store import SqlTokenStore
 from idhub.adapters.unit_of_work import SqlUnitOfWork, begin
 from idhub.config import DatabaseSettings
 from idhub.core.clock import SystemClock
@@ -237,3 +238,22 @@ def test_a_small_postgresql_pool_holds_no_reader(pg_database: str) -> None:
         assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         engine.dispose()
+
+
+def test_the_revocation_check_is_a_lone_read_that_sees_each_revocation(engine: Engine) -> None:
+    """`SqlTokenStore.is_revoked`, on every bearer check: one kept connection for all of them
+    (on PostgreSQL one autocommit statement each, not BEGIN, SELECT and ROLLBACK), and each
+    answer as fresh as the last commit."""
+    store = SqlTokenStore(engine)
+    now = time.time()
+    checkouts: list[object] = []
+    event.listen(engine, "checkout", lambda *_args: checkouts.append(1))
+    assert not any(store.is_revoked(f"jti-{i}") for i in range(10))
+    store.revoke_jti("jti-3", expires_at=now + 600, now=now)
+    assert store.is_revoked("jti-3") and not store.is_revoked("jti-4")
+    # The revocation's own write took one; the ten checks and the two after it one between them.
+    assert len(checkouts) <= 2, len(checkouts)
+    with SqlUnitOfWork(engine, SqlAuditLog(engine, SystemClock()), group=False).atomic():
+        store.revoke_jti("jti-5", expires_at=now + 600, now=now)
+        assert store.is_revoked("jti-5")  # inside the unit: its own change, on its connection
+    assert store.is_revoked("jti-5")

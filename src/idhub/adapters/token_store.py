@@ -451,22 +451,12 @@ class SqlTokenStore:
 
     @translate_storage_errors
     def is_revoked(self, jti: str) -> bool:
-        # On the path of every introspection and API call: a plain driver query on a pooled
-        # connection costs about a seventh of the same query through the Core layer. The
+        # On the path of every bearer check: a plain driver query (about a seventh of the same
+        # query through the Core layer), as a lone read (adapters/driver_read.py): on a held
+        # connection where there is one, in autocommit on PostgreSQL (one round trip, not
+        # BEGIN, SELECT and the pool's ROLLBACK), on the unit's connection inside one. The
         # driver's own errors escape SQLAlchemy here; `storage_boundary` translates them.
-        connection = self._engine.raw_connection()
-        try:
-            cursor = connection.cursor()
-            cursor.execute(self._revoked_sql, (jti,))
-            found = cursor.fetchone()
-            cursor.close()
-        except BaseException:
-            # A failed round trip leaves the connection in an unknown state: never pool it.
-            connection.invalidate()
-            raise
-        finally:
-            connection.close()
-        return found is not None
+        return bool(fetch_all(self._engine, self._revoked_sql, (jti,)))
 
     def revoked_since(self, since: float, now: float) -> list[tuple[str, float]]:
         """(jti, expires_at) of unexpired access tokens revoked at or after `since` (the
