@@ -58,16 +58,7 @@ class SqlThrottleStore:
             )
             self._counters_sql[len(keys)] = sql
         params = [part for key in keys for part in (key.kind, key.value)]
-        return [
-            Counter(
-                kind=str(kind),
-                value=str(value),
-                failures=int(failures),
-                last_failed_at=float(last),
-                locked_until=None if locked is None else float(locked),
-            )
-            for kind, value, failures, last, locked in self._fetch(sql, params)
-        ]
+        return [_counter(*row) for row in self._fetch(sql, params)]
 
     def counters_and_revoked(
         self, keys: Sequence[ThrottleKey], jti: str
@@ -97,19 +88,11 @@ class SqlThrottleStore:
         found = False
         params = [part for key in keys for part in (key.kind, key.value)]
         params.append(jti)
-        for source, kind, value, failures, last, locked in self._fetch(sql, params):
+        for source, *row in self._fetch(sql, params):
             if source:  # the revocation list's row
                 found = True
-                continue
-            counters.append(
-                Counter(
-                    kind=str(kind),
-                    value=str(value),
-                    failures=int(failures),
-                    last_failed_at=float(last),
-                    locked_until=None if locked is None else float(locked),
-                )
-            )
+            else:
+                counters.append(_counter(*row))
         return counters, found
 
     def _where(self, count: int) -> str:
@@ -210,3 +193,14 @@ class SqlThrottleStore:
         with begin(self._engine) as conn:
             result = conn.execute(delete(t).where(condition))
         return int(result.rowcount or 0)
+
+
+def _counter(kind: Any, value: Any, failures: Any, last: Any, locked: Any) -> Counter:
+    """A counter from its row as the driver returns it."""
+    return Counter(
+        kind=str(kind),
+        value=str(value),
+        failures=int(failures),
+        last_failed_at=float(last),
+        locked_until=None if locked is None else float(locked),
+    )
