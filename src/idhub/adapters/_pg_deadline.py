@@ -161,6 +161,13 @@ def session_ended(conn: psycopg.Connection[Any]) -> bool:
         return True
 
 
+def unfit_to_reuse(guard: StallGuard | None, conn: psycopg.Connection[Any]) -> bool:
+    """What the pool's checkout refuses a connection for (`install_deadlines`), for one held
+    out of the pool between uses (the audit appender's, the lone readers'): the database
+    cooling down after a stall, or this connection's session ended."""
+    return (guard is not None and guard.check_cooling_down()) or session_ended(conn)
+
+
 def stall_guard(engine: Engine) -> StallGuard | None:
     """The engine's guard (None for SQLite), for health reports and metrics."""
     return _GUARDS.get(engine)

@@ -16,7 +16,7 @@ from psycopg import generators, pq
 from psycopg.pq.abc import PGresult
 from sqlalchemy import Connection, Engine
 
-from idhub.adapters._pg_deadline import session_ended, stall_guard
+from idhub.adapters._pg_deadline import stall_guard, unfit_to_reuse
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
 from idhub.adapters.held_connection import HeldConnection
 
@@ -129,7 +129,4 @@ class HeldAppender(HeldConnection):
     def _unusable(self, connection: Connection) -> bool:
         engine = self._engine()
         guard = stall_guard(engine) if engine is not None else None
-        if guard is not None and guard.check_cooling_down():
-            return True
-        raw: Any = connection.connection.driver_connection
-        return session_ended(raw)
+        return unfit_to_reuse(guard, connection.connection.driver_connection)  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from psycopg.pq import TransactionStatus
 from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection, QueuePool
 
-from idhub.adapters._pg_deadline import StallGuard, session_ended, stall_guard
+from idhub.adapters._pg_deadline import StallGuard, stall_guard, unfit_to_reuse
 from idhub.adapters.held_readers import HELD_READERS, HeldReaders
 
 # A held reader is a pool connection nobody else can take: at most a quarter of the pool, so
@@ -71,9 +71,7 @@ class HeldPgReaders(HeldReaders):
         return connection
 
     def _fit(self, connection: PoolProxiedConnection) -> bool:
-        if self._guard is not None and self._guard.check_cooling_down():
-            return False
-        return not session_ended(connection.driver_connection)  # type: ignore[arg-type]
+        return not unfit_to_reuse(self._guard, connection.driver_connection)  # type: ignore[arg-type]
 
     def _idle_now(self, driver: Any) -> bool:
         return bool(driver.pgconn.transaction_status == TransactionStatus.IDLE)
