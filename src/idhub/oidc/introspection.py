@@ -46,6 +46,13 @@ _CLAIMS_OUT = (
 KnownAccess = tuple[dict[str, Any], bool]
 
 
+def _taken_as_access(token: str, hint: str | None) -> bool:
+    """Whether introspection and revocation examine `token` as an access token (a compact
+    JWS, unless the client hints it is a refresh token) rather than look it up as a refresh
+    token."""
+    return token.count(".") == 2 and hint != "refresh_token"
+
+
 class RevocationCheck(Protocol):
     def is_revoked_probing_first(self, jti: str) -> bool: ...
 
@@ -102,11 +109,7 @@ class TokenEndpoints:
         authenticated the client, to read the token's revocation with the client's throttle
         counters (oidc/introspection_lean.py), and tells the client nothing by asking."""
         token = data.params.get("token")
-        if (
-            not token
-            or token.count(".") != 2
-            or data.params.get("token_type_hint") == "refresh_token"
-        ):
+        if not token or not _taken_as_access(token, data.params.get("token_type_hint")):
             return None
         try:
             return self._access_tokens.verify_offline(token)
@@ -126,7 +129,7 @@ class TokenEndpoints:
         hint = data.params.get("token_type_hint")
         # `known` comes from `offline_claims`, which took the token as an access token
         # already (counting the dots of a long token again is not free).
-        if known is not None or (token.count(".") == 2 and hint != "refresh_token"):
+        if known is not None or _taken_as_access(token, hint):
             result, reason = self._introspect_access(client, token, known)
         else:
             result, reason = self._introspect_refresh(client, token)
@@ -236,7 +239,7 @@ class TokenEndpoints:
         """Revokes the token if it is the client's; what was revoked, for the audit event."""
         now = self._clock.now()
         what: dict[str, Any] | None = None
-        if token.count(".") == 2 and hint != "refresh_token":
+        if _taken_as_access(token, hint):
             try:
                 claims = self._access_tokens.verify_offline(token)
             except InvalidToken:
