@@ -40,21 +40,33 @@ def derive_key(master: Secret, label: str, length: int = 32) -> bytes:
     return hkdf.derive(master.reveal().encode("utf-8"))
 
 
+# SHA-256's block size in bytes: HMAC pads (or first hashes) its key to it.
+_BLOCK = 64
+
+
 class KeyedHasher:
     """HMAC-SHA-256 under a purpose-specific key; `check` compares in constant time."""
 
     def __init__(self, master: Secret, purpose: str) -> None:
         self._key = derive_key(master, f"hmac:{purpose}")
-        # The HMAC keyed once and copied per value: keying (OpenSSL's context set-up and the
-        # two key-pad blocks) was about half of each hash's CPU, and every client
-        # authentication hashes the presented secret. Never updated itself, so threads may
-        # copy it at once; the digests are those of `hmac.new(key, value, sha256)` (tested).
-        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
+        # HMAC (RFC 2104) is SHA-256(K ^ opad || SHA-256(K ^ ipad || value)): the two hashes
+        # are started once on the padded key, as `hmac` itself builds them without OpenSSL's
+        # HMAC, and copied per value. Every client authentication hashes the presented
+        # secret; copying OpenSSL's keyed HMAC context (`hmac.new(...).copy()`) took ~17,500
+        # instructions per hash, two plain SHA-256 copies ~12,000. Never updated themselves,
+        # so threads may copy them at once; the digests are those of
+        # `hmac.new(key, value, sha256)` (tested).
+        key = self._key if len(self._key) <= _BLOCK else hashlib.sha256(self._key).digest()
+        padded = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(padded.translate(hmac.trans_36))
+        self._outer = hashlib.sha256(padded.translate(hmac.trans_5C))
 
     def hash(self, value: str) -> str:
-        mac = self._keyed.copy()
-        mac.update(value.encode("utf-8"))
-        return mac.hexdigest()
+        inner = self._inner.copy()
+        inner.update(value.encode("utf-8"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def check(self, value: str, stored: str | None) -> bool:
         if not stored:
