@@ -55,7 +55,7 @@ from idhub.core.audit_chain import (
     VerifyReport,
     canonical_details,
     canonical_flat_details,
-    chain_tail,
+    event_tail,
 )
 from idhub.core.clock import Clock
 from idhub.errors import AuditError, AuditUnavailable, InvalidInput, StorageUnavailable
@@ -231,9 +231,11 @@ class SqlAuditLog:
             details_json,
         )  # fmt: skip
         # The canonical form after `seq` (core/audit_chain.py `canonical_tail`), built here
-        # from the fields at hand rather than through the keyword call.
-        fields = (kind, actor_type, actor_id, target, outcome, client_ip, user_agent, request_id)
-        return _Prepared(values, chain_tail(ts, fields, details_json), scrubbed)
+        # from the fields at hand rather than through the keyword call; the text of the
+        # first five, the same for a client's every token, is remembered (`event_tail`).
+        head = (kind, actor_type, actor_id, target, outcome)
+        tail = event_tail(ts, head, client_ip, user_agent, request_id, details_json)
+        return _Prepared(values, tail, scrubbed)
 
     def _append(self, events: list[_Prepared]) -> None:
         # Each follower is woken once, by the leader that wrote its events, and the lead
