@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -20,6 +21,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from idhub.core.secret import Secret
 from idhub.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 
 def new_token(nbytes: int = 32) -> str:
@@ -44,6 +48,19 @@ def derive_key(master: Secret, label: str, length: int = 32) -> bytes:
 _BLOCK = 64
 
 
+def hmac_sha256_starts(key: bytes) -> tuple[HASH, HASH]:
+    """The inner and outer SHA-256 of HMAC-SHA-256 under `key` (RFC 2104), each fed its
+    padded key block: a value's HMAC is the outer's copy fed the digest of the inner's copy
+    fed the value. A key longer than a block is hashed first, as HMAC does."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    padded = key.ljust(_BLOCK, b"\0")
+    return (
+        hashlib.sha256(padded.translate(hmac.trans_36)),
+        hashlib.sha256(padded.translate(hmac.trans_5C)),
+    )
+
+
 class KeyedHasher:
     """HMAC-SHA-256 under a purpose-specific key; `check` compares in constant time."""
 
@@ -56,10 +73,7 @@ class KeyedHasher:
         # instructions per hash, two plain SHA-256 copies ~12,000. Never updated themselves,
         # so threads may copy them at once; the digests are those of
         # `hmac.new(key, value, sha256)` (tested).
-        key = self._key if len(self._key) <= _BLOCK else hashlib.sha256(self._key).digest()
-        padded = key.ljust(_BLOCK, b"\0")
-        self._inner = hashlib.sha256(padded.translate(hmac.trans_36))
-        self._outer = hashlib.sha256(padded.translate(hmac.trans_5C))
+        self._inner, self._outer = hmac_sha256_starts(self._key)
 
     def hash(self, value: str) -> str:
         inner = self._inner.copy()
