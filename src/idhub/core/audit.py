@@ -150,7 +150,7 @@ class Actor:
     type: ActorType
     id: str | None = None
 
-    def __init__(self, type: ActorType, id: str | None = None) -> None:  # noqa: A002
+    def __init__(self, type: ActorType, id: str | None = None) -> None:
         fields = self.__dict__
         fields["type"] = type
         fields["id"] = id
