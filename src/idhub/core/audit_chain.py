@@ -107,9 +107,10 @@ def event_tail(
     target, outcome), whose JSON text is remembered (`_HEADS`): the same text.
 
     Every event's tail escapes its eight fields; a client's token events, a user's sign-ins,
-    repeat the same five (~550 instructions each to escape and join, ~2,800 per event) and
-    differ only in the request's three. The remembered text is a pure function of the five
-    strings, so keeping it changes nothing but the work."""
+    repeat the same five and differ only in the request's three. Escaping and joining the
+    five in a list comprehension was ~5,500 of the ~50,000 instructions of a token event's
+    preparation. The remembered text is a pure function of the five strings, so keeping it
+    changes nothing but the work."""
     text = _HEADS.get(head)
     if text is None:
         text = ",".join([_encode(v) if v is not None else "null" for v in head])
