@@ -14,12 +14,22 @@ versions count instructions with callgrind at two counts and take the difference
 
     valgrind --tool=callgrind --callgrind-out-file=/dev/null python bench/bench_cc_tokens.py \
         --runs 1 --count 1200   # minus the same at --count 200, divided by 1000
+
+That difference still carries whatever of the start-up differs between two runs (the keys
+`idhub init` makes, the services' set-up): up to ~35,000 instructions per token here. The
+timed runs go through `functools.reduce` (the warm-up does not), so callgrind can count
+only them:
+
+    valgrind --tool=callgrind --collect-atstart=no --toggle-collect=functools_reduce \
+        --callgrind-out-file=/tmp/cc.out python bench/bench_cc_tokens.py --runs 1 --count 1600
+    # the total in /tmp/cc.out divided by 1600
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import os
 import shutil
 import tempfile
@@ -81,18 +91,21 @@ def bench(root: Path, opts: argparse.Namespace) -> int:
     issuer = services.settings.server.issuer
     step = max(1, opts.batch)
 
-    def run(requests: list[Any]) -> None:
-        for start in range(0, len(requests), step):
-            for answer in services.oidc.token_many(requests[start : start + step]):
-                if answer.status != 200:
-                    raise SystemExit(f"{answer.status} {answer.body!r}")
+    def batch(_: None, requests: list[Any]) -> None:
+        for answer in services.oidc.token_many(requests):
+            if answer.status != 200:
+                raise SystemExit(f"{answer.status} {answer.body!r}")
 
-    run(_requests(issuer, auth, opts.warm))
+    def batches(requests: list[Any]) -> list[list[Any]]:
+        return [requests[start : start + step] for start in range(0, len(requests), step)]
+
+    for warm in batches(_requests(issuer, auth, opts.warm)):
+        batch(None, warm)
     per_token = []
     for _ in range(opts.runs):
-        requests = _requests(issuer, auth, opts.count)
+        timed = batches(_requests(issuer, auth, opts.count))
         cpu = time.process_time()
-        run(requests)
+        functools.reduce(batch, timed, None)  # what callgrind's --toggle-collect counts
         per_token.append((time.process_time() - cpu) / opts.count * 1e6)
     per_token.sort()
     runs = ", ".join(f"{c:.0f}" for c in per_token)
