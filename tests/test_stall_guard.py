@@ -127,10 +127,16 @@ def _select(engine: Engine) -> float:
     return time.monotonic() - started
 
 
+def _backend_pid(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
 def test_one_stopped_backend_fails_its_own_request_and_no_other(engine: Engine) -> None:
     guard = stall_guard(engine)
     assert guard is not None
     stuck = engine.connect()
+    pooled = {_backend_pid(engine)}  # another connection, back in the pool
     pid = stuck.execute(text("SELECT pg_backend_pid()")).scalar_one()
     stuck.commit()
     failed: list[BaseException] = []
@@ -162,6 +168,9 @@ def test_one_stopped_backend_fails_its_own_request_and_no_other(engine: Engine) 
     assert not guard.check_cooling_down()
     assert answered_meanwhile > 20
     assert _select(engine) < 0.5
+    # The pooled connection is still the one opened before: one closed connection did not
+    # retire the pool as a restart does (SQLAlchemy's reading of a closed connection).
+    assert _backend_pid(engine) in pooled
 
 
 def test_a_stopped_server_is_refused_at_once_after_its_second_timeout(

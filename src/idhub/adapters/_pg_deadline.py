@@ -91,6 +91,10 @@ class StallGuard:
         return self._now() < self._until
 
 
+class AnswerDeadlinePassed(pg_errors.OperationalError):
+    """A round trip got no answer within the deadline; its connection is closed."""
+
+
 class DeadlineConnection(psycopg.Connection[Any]):
     """A psycopg connection whose every wait for the server is bounded by `answer_deadline`
     seconds (None: unbounded, for migrations)."""
@@ -110,7 +114,7 @@ class DeadlineConnection(psycopg.Connection[Any]):
             self.pgconn.finish()
             if self.guard is not None:
                 self.guard.stalled()
-            raise pg_errors.OperationalError(
+            raise AnswerDeadlinePassed(
                 f"the database did not answer within {timeout:.1f}s"
             ) from None
         guard = self.guard
@@ -170,6 +174,15 @@ def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
         ended = DisconnectionError("the database ended this pooled connection's session")
         ended.invalidate_pool = True
         raise ended
+
+    @event.listens_for(engine, "handle_error")
+    def only_this_connection(context: Any) -> None:
+        # SQLAlchemy takes a closed connection for a disconnect and retires the whole pool,
+        # as after a restart. A round trip past the deadline closed only its own connection
+        # (`DeadlineConnection.wait`): the others are as good as they were, and if the
+        # database proves stalled the checkout above retires them all anyway.
+        if isinstance(context.original_exception, AnswerDeadlinePassed):
+            context.invalidate_pool_on_disconnect = False
 
     _GUARDS[engine] = guard
     return guard
