@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
+from urllib.parse import parse_qsl
 
 import pytest
 from starlette.requests import Request
@@ -24,7 +25,7 @@ from idhub.web.batching import Batcher
 from idhub.web.errors import FailureAnswers
 from idhub.web.limits import RequestLimits, check_nul_free
 from idhub.web.middleware import RequestLayer
-from idhub.web.oauth import FormEndpoint
+from idhub.web.oauth import FormEndpoint, _scope_headers, form_pairs
 from idhub.web.observe import RequestObserver
 from idhub.web.proxies import TrustedProxies
 from idhub.web.routing import IndexedRouter
@@ -230,3 +231,31 @@ def test_no_request_id_pattern_is_run_for_a_request_without_the_header(
     assert ids([(b"x-request-id", b"abcdefgh-1")]) == b"abcdefgh-1"
     assert ids([(b"x-request-id", b"bad id!")]) != b"bad id!"
     assert asked == ["abcdefgh-1", "bad id!"]
+
+
+def _python_frames_entered(call: Any, *args: Any) -> list[str]:
+    """The names of the Python frames `call(*args)` enters below its own."""
+    entered: list[str] = []
+
+    def watch(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            entered.append(frame.f_code.co_name)
+
+    sys.setprofile(watch)
+    try:
+        call(*args)
+    finally:
+        sys.setprofile(None)
+    return entered[1:]  # [0] is `call` itself
+
+
+def test_a_plain_form_is_split_without_a_comprehension() -> None:
+    text = "grant_type=client_credentials&&scope=authz&x"
+    assert form_pairs(text) == parse_qsl(text, keep_blank_values=True)
+    assert _python_frames_entered(form_pairs, text) == []
+
+
+def test_the_headers_are_read_from_the_scope_without_a_comprehension() -> None:
+    scope = {"headers": [(b"a", b"1"), (b"b", b"\xe9"), (b"a", b"2")]}
+    assert _scope_headers(scope) == {"a": "2", "b": "é"}
+    assert _python_frames_entered(_scope_headers, scope) == []
