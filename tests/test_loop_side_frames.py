@@ -259,3 +259,35 @@ def test_the_headers_are_read_from_the_scope_without_a_comprehension() -> None:
     scope = {"headers": [(b"a", b"1"), (b"b", b"\xe9"), (b"a", b"2")]}
     assert _scope_headers(scope) == {"a": "2", "b": "é"}
     assert _python_frames_entered(_scope_headers, scope) == []
+
+
+def test_a_response_heads_known_names_are_not_checked_again() -> None:
+    from types import SimpleNamespace
+
+    from idhub.web.http_protocol import _Exchange
+
+    protocol = SimpleNamespace(
+        transport=None, server_state=SimpleNamespace(default_headers=[(b"date", b"x")])
+    )
+    lines = [(b"content-type", b"application/json"), (b"Content-Length", b"2")]
+
+    def head() -> bytes:
+        cycle = _Exchange(
+            protocol,  # type: ignore[arg-type]
+            {"method": "GET"},
+            keep_alive=True,
+            expect_100_continue=False,
+        )
+        return cycle._build_head(200, lines)
+
+    first = head()  # learns the names
+    assert first.endswith(b"date: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n")
+    assert _python_frames_entered(head) == ["__init__", "_build_head"]
+    assert head() == first
+    with pytest.raises(RuntimeError, match="header name"):
+        _Exchange(
+            protocol,  # type: ignore[arg-type]
+            {"method": "GET"},
+            keep_alive=True,
+            expect_100_continue=False,
+        )._build_head(200, [(b"bad name", b"1")])

@@ -409,8 +409,9 @@ class _Exchange:
         parts = [STATUS_LINE[status]]
         values = []
         has_close = False
+        known = _NAMES.get  # the table read here: a call of `_checked_name` per line cost more
         for name, value in itertools.chain(self.protocol.server_state.default_headers, headers):
-            name = _checked_name(name)
+            name = known(name) or _checked_name(name)
             values.append(value)
             if name == b"content-length":
                 if self.framing is None:
