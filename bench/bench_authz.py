@@ -445,13 +445,25 @@ def serving(
     except Conflict:  # a kept --work directory from an earlier run
         _, secret = services.clients.rotate_secret("bench-pdp-all")
     del services
-    server = subprocess.Popen(
-        [sys.executable, "-m", "idhub", "serve", "--workers", str(workers), "--port", str(port)],
-        env=env,
-        cwd=work,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # To a file: an unread pipe fills after 64 KiB and then blocks every worker that logs.
+    log = work / f"serve-{port}.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "idhub",
+                "serve",
+                "--workers",
+                str(workers),
+                "--port",
+                str(port),
+            ],
+            env=env,
+            cwd=work,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -462,7 +474,8 @@ def serving(
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready")
+                tail = log.read_bytes().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"server did not become ready: {tail}")
             time.sleep(0.5)
         token = httpx.post(
             base + "/token",

@@ -4,7 +4,7 @@ that the server's instructions per request can be counted under valgrind (start-
 between two request counts) or its CPU read from /proc.
 
     python bench/bench_http.py --requests 3000 [--connections 8] [--callgrind OUT]
-        [--app bare|introspect|token --work DIR] [--wrk SECONDS]
+        [--app bare|introspect|token --work DIR] [--wrk SECONDS] [--port PORT]
 
 The server exits after exactly `--requests` answers (uvicorn's `limit_max_requests`); the
 client sends exactly that many POSTs (a 41-byte urlencoded body, the head wrk sends for
@@ -183,6 +183,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--wrk", type=int, default=0)
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help="server port (default: any free)")
     opts = parser.parse_args()
     if opts.serve:
         serve(opts.serve, opts.requests, opts.app, opts.work)
@@ -193,7 +194,7 @@ def main() -> int:
         opts.work.mkdir(parents=True, exist_ok=True)
         request = idhub_request(opts.work, opts.app)
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", opts.port))
         port = int(sock.getsockname()[1])
     command = [sys.executable, __file__, "--serve", str(port), "--requests", str(opts.requests)]
     command += ["--app", opts.app] + (["--work", str(opts.work)] if opts.work else [])

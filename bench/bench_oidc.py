@@ -294,6 +294,28 @@ def prepare(root: Path, url: str, count: int, user_count: int) -> dict[str, Any]
     }
 
 
+def server_log(config: Path, port: int) -> Path:
+    return config.parent / f"serve-{port}.log"
+
+
+def log_summary(log: Path, *, shown: int = 3) -> str:
+    """How many warnings and errors the server logged, and the commonest few (numbers
+    masked so that one message counts once), for the line under the table."""
+    counts: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "WARNING" not in line and "ERROR" not in line and "Traceback" not in line:
+            continue
+        shape = re.sub(r"\d+(\.\d+)?", "N", line)[-160:]
+        counts[shape] = counts.get(shape, 0) + 1
+    if not counts:
+        return "server log: no warnings or errors"
+    total = sum(counts.values())
+    common = sorted(counts.items(), key=lambda item: -item[1])[:shown]
+    return f"server log: {total} warnings or errors; commonest:\n" + "\n".join(
+        f"  {n} x {shape}" for shape, n in common
+    )
+
+
 @contextlib.contextmanager
 def serve(
     config: Path,
@@ -302,24 +324,29 @@ def serve(
     *,
     start_timeout: float = 90,  # a busy machine starts slowly
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "idhub",
-            "-c",
-            str(config),
-            "serve",
-            "--workers",
-            "2",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # The server's log goes to a file, not a pipe: a pipe nobody reads fills after 64 KiB and
+    # then blocks every worker that logs (a burst of warnings under load would stall the run
+    # it is about), and the file is there to count what went wrong (`log_summary`).
+    log = server_log(config, port)
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "idhub",
+                "-c",
+                str(config),
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + start_timeout
         while True:
@@ -329,8 +356,7 @@ def serve(
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None:
-                assert proc.stderr is not None
-                tail = proc.stderr.read().decode(errors="replace")[-2000:]
+                tail = log.read_bytes().decode(errors="replace")[-2000:]
                 raise RuntimeError(f"idhub serve exited: {tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"idhub serve did not answer within {start_timeout:.0f}s")
@@ -512,6 +538,7 @@ def bench(root: Path, url: str, opts: argparse.Namespace) -> int:
             f"{median['p99']:8.2f} {cpu:7.0f} {errors:7d}{'' if met else '  (goal not met)'}"
         )
     print(f"peak worker RSS: {rss:.0f} MiB")
+    print(log_summary(server_log(data["config"], port)))
     spread = {n: [round(r["rate"]) for r in rs] for n, rs in results.items()}
     print(f"all runs (req/s): {spread}")
     print(f"load average at the end: {Path('/proc/loadavg').read_text().split()[:3]}")

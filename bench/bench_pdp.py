@@ -60,25 +60,29 @@ def bare_serving(port: int) -> Iterator[subprocess.Popen[bytes]]:
     cmd += ["warning", "--host", "127.0.0.1", "--port", str(port)]
     path = os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the bare app did not start")
-            time.sleep(0.3)
-        yield server
-    finally:
-        server.terminate()
+    # To a file: an unread pipe fills after 64 KiB and then blocks every worker that logs.
+    with tempfile.TemporaryFile() as log:
+        server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or server.poll() is not None:
+                    log.seek(0)
+                    tail = log.read().decode(errors="replace")[-2000:]
+                    raise RuntimeError(f"the bare app did not start: {tail}")
+                time.sleep(0.3)
+            yield server
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def wrk(url: str, pids: list[int], seconds: int, extra: list[str]) -> tuple[float, float]:

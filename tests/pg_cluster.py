@@ -3,6 +3,7 @@ data directory and port, run as the `postgres` OS user, so the shared server is 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -107,12 +108,16 @@ class PgCluster:
 
     def pause(self) -> None:
         """SIGSTOP on the whole cluster: connections stay open, nothing answers."""
-        for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
         for pid in self.pids():
-            os.kill(pid, signal.SIGCONT)
+            # A backend whose session ended since it was listed has nothing to stop.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def destroy(self) -> None:
         self.stop(mode="immediate")

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from idhub.adapters._pg_deadline import session_ended
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
 from idhub.adapters.audit_store import SqlAuditLog
 from idhub.adapters.database import create_db_engine
@@ -612,7 +613,7 @@ def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str
 
 def test_an_append_whose_commit_fails_is_an_error_with_nothing_written(pg_url: str) -> None:
     """The append's round trips go on the driver connection without a cursor
-    (`audit_pg_held._simple`): an error raised only at COMMIT (a deferred constraint
+    (`audit_pg_held._pipelined`): an error raised only at COMMIT (a deferred constraint
     trigger) still reaches the caller, so no token leaves with its event unwritten; nothing
     of the batch stays, and the next append works on a fresh connection."""
     admin = create_engine(pg_url)
@@ -644,6 +645,110 @@ def test_an_append_whose_commit_fails_is_an_error_with_nothing_written(pg_url: s
             targets = conn.execute(text("SELECT target FROM audit_events ORDER BY seq")).all()
             conn.execute(text("DROP TRIGGER refuse_at_commit ON audit_events"))
             conn.execute(text("DROP FUNCTION refuse_at_commit()"))
+        assert [t for (t,) in targets] == ["before", "after"]
+        report = log.verify()
+        assert report.ok, report.problem
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def _held_driver_connection(log: SqlAuditLog) -> Any:
+    held = log._pg_held._held if log._pg_held is not None else None
+    assert held is not None, "the appender keeps no connection"
+    return held.connection.driver_connection
+
+
+def test_the_appends_of_a_held_connection_run_one_statement_prepared_on_its_session(
+    pg_url: str,
+) -> None:
+    """The append is a statement prepared on the server once per held connection, its batch
+    a parameter (`audit_pg_held.append_locked`): as one simple-protocol message with the
+    batch as a literal, the backend lexed, analysed and planned the whole text again for
+    every append. The session's prepared statement counts one execution per append, and a
+    fresh connection (the held one's backend terminated) prepares its own and appends on."""
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    admin = create_engine(pg_url)
+    log = SqlAuditLog(engine, SystemClock())
+
+    def executions(raw: Any) -> list[tuple[str, int]]:
+        rows = raw.execute(
+            "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%idhub_audit_append(%'"
+        ).fetchall()
+        return [(str(name), int(count)) for name, count in rows]
+
+    try:
+        for i in range(7):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), f"{i}-{k}")
+                 for k in range(i % 3 + 1)]
+            )  # fmt: skip
+        first = _held_driver_connection(log)
+        [(name, count)] = executions(first)
+        assert count == 7
+        with admin.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first.info.backend_pid})
+        _wait_until(lambda: _ended(first), "the held connection's session to end")
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="fresh")
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="fresh 2")
+        second = _held_driver_connection(log)
+        assert second is not first
+        [(fresh_name, fresh_count)] = executions(second)
+        assert fresh_name != name
+        assert fresh_count == 2
+        report = log.verify()
+        assert report.ok, report.problem
+        assert report.checked == 1 + 2 + 3 + 1 + 2 + 3 + 1 + 2
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+def _ended(raw: Any) -> bool:
+    return bool(session_ended(raw))
+
+
+def test_an_append_refused_by_the_database_is_an_error_and_its_commit_never_runs(
+    pg_url: str,
+) -> None:
+    """The append and its COMMIT go out in one pipeline: when the append itself fails (here a
+    trigger refusing a row), the server skips the COMMIT queued behind it, the caller gets
+    `AuditError`, nothing of the batch stays, and the next append works."""
+    admin = create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_now() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                "BEGIN IF NEW.target = 'refused' THEN RAISE EXCEPTION 'refused'; "
+                "END IF; RETURN NEW; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_now BEFORE INSERT ON audit_events "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_now()"
+            )
+        )
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    try:
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="before")
+        with pytest.raises(AuditError):
+            log.record_many(
+                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), t)
+                 for t in ("kept?", "refused")]
+            )  # fmt: skip
+        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="after")
+        with admin.begin() as conn:
+            targets = conn.execute(text("SELECT target FROM audit_events ORDER BY seq")).all()
+            free = conn.execute(
+                text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
+            ).scalar_one()
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            conn.execute(text("DROP TRIGGER refuse_now ON audit_events"))
+            conn.execute(text("DROP FUNCTION refuse_now()"))
+        assert free is True
         assert [t for (t,) in targets] == ["before", "after"]
         report = log.verify()
         assert report.ok, report.problem

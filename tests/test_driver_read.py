@@ -206,7 +206,8 @@ def test_a_held_postgresql_reader_is_not_used_while_the_database_cools_down(
     guard = stall_guard(pg_engine)
     assert guard is not None
     guard.cooldown = 0.3
-    guard.stalled()  # as after a round trip that ran out of time
+    guard.stalled()  # as after two round trips that ran out of time, nothing answered between
+    guard.stalled()
     # Refused at once, as a checkout is while cooling down, not sent on the held connection.
     with pytest.raises(StorageUnavailable):
         store.counters([ThrottleKey("client", "a@b")])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from idhub.config import LimitsSettings
-from idhub.web.http_protocol import GuardedHttpToolsProtocol
+from idhub.web.http_protocol import REQUEST_TASK, GuardedHttpToolsProtocol
 from idhub.web.http_server import server_config
 from tests.conftest import free_port, serve_config
 
@@ -86,6 +86,11 @@ class App:
                     break
             self.seen.append({"path": path, "size": len(body), "messages": len(kinds)})
             await self.answer(send, str(len(body)).encode())
+            return
+        if path == "/task":  # answers the name of the task it runs in
+            await self.read_body(receive)
+            task = asyncio.current_task()
+            await self.answer(send, task.get_name().encode() if task else b"")
             return
         if path == "/late":  # starts reading only once the body's pieces have all arrived
             await asyncio.sleep(0.3)
@@ -513,3 +518,15 @@ def test_a_response_head_leaves_with_its_body_in_one_write() -> None:
         protocol.connection_lost(None)
 
     asyncio.run(scenario())
+
+
+def test_each_request_runs_in_a_task_named_once_for_all(
+    serve: Callable[..., tuple[int, App]],
+) -> None:
+    # Named when made: an unnamed task formats its own `Task-N` first (web/http_protocol.py).
+    port, _ = serve()
+    sock, buffer = _connect(port), bytearray()
+    for _ in range(2):
+        sock.sendall(b"GET /task HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert _read_response(sock, buffer).split(b"\r\n\r\n", 1)[1] == REQUEST_TASK.encode()
+    sock.close()

@@ -10,11 +10,12 @@ request behind it hangs. So:
   it the connection is closed (its state is unknown) and the call fails with the driver's
   `OperationalError`, which SQLAlchemy takes for a disconnect and `storage_error` for
   "unavailable";
-- after a round trip or a connect timed out, pooled connections are retired and new ones
+- once the database is taken for stalled (`StallGuard`: a second round trip or connect ran
+  out of time with no answer between the two), pooled connections are retired and new ones
   refused at once for a short cool-down, instead of each request spending the deadline or
-  the connect timeout on a server that just proved it does not answer. Refused connections
-  (server down, not stalled) start no cool-down: they fail fast by themselves, and a
-  restarted server is used at once;
+  the connect timeout on a server that just proved it does not answer; any answer ends the
+  cool-down. Refused connections (server down, not stalled) start none: they fail fast by
+  themselves, and a restarted server is used at once;
 - a pooled connection is checked for life on checkout without a round trip: an idle
   PostgreSQL connection receives nothing unless its session is ending (server shutdown or
   restart, `pg_terminate_backend`, `idle_session_timeout`, a crashed backend: a FATAL
@@ -51,7 +52,17 @@ _COOLDOWN = 1.0
 
 
 class StallGuard:
-    """What this process knows about the database not answering; one per engine."""
+    """What this process knows about the database not answering; one per engine.
+
+    One round trip that ran out of time proves little on its own: under full load one
+    statement can miss the deadline (a bind the server took over a second for, a descheduled
+    backend) while every other connection is being answered, and refusing the database for
+    a second then turned that one slow answer into thousands of 503s (docs/performance.md,
+    2026-12-04). A stalled server answers nobody, so the database is taken for stalled when
+    a second round trip or connect runs out of time with no answer in between: under load
+    the second comes within milliseconds of the first (every request in flight waits on the
+    same server), and a process sending one request at a time pays the deadline once more.
+    An answer on any connection ends the cool-down: the server is answering again."""
 
     def __init__(self, cooldown: float, *, now: Callable[[], float] = time.monotonic) -> None:
         self.cooldown = cooldown
@@ -59,14 +70,29 @@ class StallGuard:
         self._until = 0.0
         self._lock = threading.Lock()
         self.stalls = 0  # round trips or connects that ran out of time, since start
+        # A round trip or connect ran out of time and none has been answered since. Read
+        # without the lock on every answer (`DeadlineConnection.wait`): a stale False there
+        # only delays ending a cool-down to the next answer.
+        self.unanswered = False
 
     def stalled(self) -> None:
         with self._lock:
             self.stalls += 1
-            self._until = self._now() + self.cooldown
+            if self.unanswered:
+                self._until = self._now() + self.cooldown
+            self.unanswered = True
+
+    def answered(self) -> None:
+        with self._lock:
+            self.unanswered = False
+            self._until = 0.0
 
     def check_cooling_down(self) -> bool:
         return self._now() < self._until
+
+
+class AnswerDeadlinePassed(pg_errors.OperationalError):
+    """A round trip got no answer within the deadline; its connection is closed."""
 
 
 class DeadlineConnection(psycopg.Connection[Any]):
@@ -80,7 +106,7 @@ class DeadlineConnection(psycopg.Connection[Any]):
         if timeout is None:
             timeout = self.answer_deadline
         try:
-            return super().wait(gen, interval=interval, timeout=timeout)
+            answer = super().wait(gen, interval=interval, timeout=timeout)
         except pg_errors.OperationalError as exc:
             if type(exc).__name__ != "_WaitTimeout":
                 raise
@@ -88,9 +114,13 @@ class DeadlineConnection(psycopg.Connection[Any]):
             self.pgconn.finish()
             if self.guard is not None:
                 self.guard.stalled()
-            raise pg_errors.OperationalError(
+            raise AnswerDeadlinePassed(
                 f"the database did not answer within {timeout:.1f}s"
             ) from None
+        guard = self.guard
+        if guard is not None and guard.unanswered:
+            guard.answered()
+        return answer
 
     def rollback(self) -> None:
         # A connection closed by the deadline above (or lost) has no transaction left: the
@@ -123,6 +153,8 @@ def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
         except pg_errors.ConnectionTimeout:
             guard.stalled()
             raise
+        if guard.unanswered:
+            guard.answered()  # the server took a connection: it answers again
         conn.answer_deadline = deadline
         conn.guard = guard
         return conn
@@ -142,6 +174,15 @@ def install_deadlines(engine: Engine, settings: DatabaseSettings) -> StallGuard:
         ended = DisconnectionError("the database ended this pooled connection's session")
         ended.invalidate_pool = True
         raise ended
+
+    @event.listens_for(engine, "handle_error")
+    def only_this_connection(context: Any) -> None:
+        # SQLAlchemy takes a closed connection for a disconnect and retires the whole pool,
+        # as after a restart. A round trip past the deadline closed only its own connection
+        # (`DeadlineConnection.wait`): the others are as good as they were, and if the
+        # database proves stalled the checkout above retires them all anyway.
+        if isinstance(context.original_exception, AnswerDeadlinePassed):
+            context.invalidate_pool_on_disconnect = False
 
     _GUARDS[engine] = guard
     return guard

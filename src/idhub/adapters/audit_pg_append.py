@@ -6,7 +6,8 @@ still form one chain. A process's group-commit leader (adapters/audit_store.py
 `_lead_locked`) keeps one connection (`HeldAppender`) and on it first takes the lock (`BEGIN;
 SELECT pg_advisory_xact_lock(...)`, `lock_chain`), and only once it holds it collects the
 queue as its batch and sends it with its COMMIT (`idhub_audit_append(...); COMMIT`,
-`append_locked`; migrations 0019, 0020): the function reads the tail, links and inserts the
+`append_locked`, a statement prepared once per connection, sent with its COMMIT in one
+pipeline; migrations 0019, 0020): the function reads the tail, links and inserts the
 batch behind it, and psycopg returns only after COMMIT's answer (an error raised at commit
 reaches the caller), so nothing is answered before its event is durable. The canonical form
 of each event is still built in Python, outside the lock, and each caller encodes its own

@@ -7,25 +7,38 @@ adapters/audit_store.py imports it only for a PostgreSQL engine.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from psycopg import errors as pg_errors
 from psycopg import generators, pq
-from psycopg.pq.abc import PGresult
+from psycopg.abc import PQGen
+from psycopg.pq.abc import PGconn, PGresult
 from sqlalchemy import Connection, Engine
 
 from idhub.adapters._pg_deadline import stall_guard, unfit_to_reuse
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
 from idhub.adapters.held_connection import HeldConnection
 
-# One simple-query message each (several statements, no parameters: PostgreSQL's simple
-# protocol runs them in order and stops at the first error), so taking the lock is one round
-# trip and the append with its COMMIT another. psycopg's pipeline mode took five for the same.
+# One simple-query message (several statements, no parameters: PostgreSQL's simple protocol
+# runs them in order and stops at the first error), so taking the lock is one round trip.
 _BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY})".encode()
-_APPEND_HEAD = b"SELECT last_seq, last_hash FROM idhub_audit_append("
-_APPEND_TAIL = b"::json); COMMIT"
+# The append is a statement prepared on the server once per held connection, its batch a
+# parameter, and goes out with its COMMIT and a Sync in libpq's pipeline mode: one round trip,
+# as the simple-protocol message it replaces (the batch as a literal in the SQL text). That
+# message's text was lexed, analysed and planned again by the backend for every append, the
+# batch's few kilobytes of literal included: ~20 % of the backend's CPU per append of ten
+# events, measured (docs/performance.md, branch `pgcpu`). psycopg's own pipeline took five
+# round trips for the same, hence libpq's directly.
+_APPEND = b"SELECT last_seq, last_hash FROM idhub_audit_append($1::json)"
+_COMMIT = b"COMMIT"
+# A name of its own for each connection it is prepared on: a connection that goes back to the
+# pool (engine disposed while held) may keep an earlier one, and psycopg may deallocate every
+# statement of a pooled connection (on a ROLLBACK it sees), so no name is reused or trusted
+# once the connection was out of the appender's hands.
+_NAMES = itertools.count(1)
 
 
 def _simple(raw: Any, query: bytes) -> list[PGresult]:
@@ -49,6 +62,46 @@ def _simple(raw: Any, query: bytes) -> list[PGresult]:
     return results
 
 
+def _until_sync(pgconn: PGconn) -> PQGen[list[PGresult]]:
+    """Flushes what was queued in pipeline mode on `pgconn` and collects every statement's
+    results up to the pipeline's Sync (an error's, and the aborted ones' after it,
+    included)."""
+    yield from generators.send(pgconn)
+    results: list[PGresult] = []
+    while True:
+        got = yield from generators.fetch_many(pgconn)
+        if not got:
+            # Nothing queued any more and no Sync: never left waiting for one.
+            raise pg_errors.InternalError("the pipeline ended without its sync")
+        if got[0].status == pq.ExecStatus.PIPELINE_SYNC:
+            return results
+        results.extend(got)
+
+
+def _pipelined(raw: Any, send: Callable[[PGconn], None]) -> list[PGresult]:
+    """Sends the statements `send` queues on psycopg connection `raw`'s libpq connection in
+    pipeline mode, then a Sync, and returns their results once the Sync arrived: one round
+    trip, with the connection's own wait (so the answer deadline bounds it). The first
+    statement's error is raised as `_simple` raises it; after an error the server skips
+    every statement up to the Sync, so a COMMIT queued behind a failed statement never
+    runs."""
+    pgconn = raw.pgconn
+    with raw.lock:
+        pgconn.enter_pipeline_mode()
+        send(pgconn)
+        pgconn.pipeline_sync()
+        # On an exception the caller discards the connection, pipeline mode and all.
+        results: list[PGresult] = raw.wait(_until_sync(pgconn))
+        pgconn.exit_pipeline_mode()
+    for result in results:
+        status = result.status
+        if status == pq.ExecStatus.FATAL_ERROR:
+            raise pg_errors.error_from_result(result, encoding=raw.info.encoding)
+        if status != pq.ExecStatus.TUPLES_OK and status != pq.ExecStatus.COMMAND_OK:
+            raise pg_errors.InternalError(f"unexpected result: {pq.ExecStatus(status).name}")
+    return results
+
+
 def lock_chain(raw: Any) -> None:
     """Opens a transaction on psycopg connection `raw` (idle, in autocommit, so psycopg sends
     no BEGIN of its own) and returns once it holds the chain lock, in one round trip. The
@@ -56,19 +109,27 @@ def lock_chain(raw: Any) -> None:
     _simple(raw, _BEGIN_LOCKED)
 
 
-def append_locked(raw: Any, parts: Sequence[str]) -> tuple[int, str]:
+def append_locked(raw: Any, parts: Sequence[str], name: bytes, *, prepare: bool) -> tuple[int, str]:
     """Appends the events of `parts` (`batch_part`) in the transaction `lock_chain` opened
     and commits it, in one round trip; returns once the commit is flushed (an error at
     COMMIT raises here), with the (seq, hash) of the last event. The function takes the
     lock again (re-entrant within the transaction), so it reads the tail under the lock
-    whoever called it. The batch goes in as a string literal quoted by libpq
-    (`PQescapeLiteral`, which knows the connection's encoding and quoting rules): a
-    parameter would need the extended protocol, which cannot carry the COMMIT in the same
-    message."""
-    batch = "[" + ",".join(parts) + "]"
-    literal = pq.Escaping(raw.pgconn).escape_literal(batch.encode())
-    appended = _simple(raw, _APPEND_HEAD + literal + _APPEND_TAIL)[0]
-    # One row of text values (the simple protocol's format): bigint and ASCII hex.
+    whoever called it. The append runs as the statement prepared as `name` on this
+    connection's session, prepared first in the same round trip when `prepare`."""
+    batch = ("[" + ",".join(parts) + "]").encode()
+
+    def send(pgconn: PGconn) -> None:
+        if prepare:
+            pgconn.send_prepare(name, _APPEND)
+        pgconn.send_query_prepared(name, [batch])
+        pgconn.send_query_params(_COMMIT, None)
+
+    results = _pipelined(raw, send)
+    appended, committed = results[-2], results[-1]
+    if committed.command_status != _COMMIT:
+        # COMMIT of a transaction that had failed answers ROLLBACK, without an error.
+        raise pg_errors.InternalError("the append's transaction did not commit")
+    # One row of text values: bigint and ASCII hex.
     seq, digest = appended.get_value(0, 0), appended.get_value(0, 1)
     if appended.ntuples != 1 or seq is None or digest is None:
         raise pg_errors.InternalError("the append returned no tail")
@@ -86,6 +147,8 @@ class HeldAppender(HeldConnection):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self._engine: Callable[[], Engine | None] = weakref.ref(engine)
+        # The held connection the append is prepared on, and the statement's name there.
+        self._prepared: tuple[Connection, bytes] | None = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Callable[[Sequence[str]], tuple[int, str]]]:
@@ -97,11 +160,17 @@ class HeldAppender(HeldConnection):
         connection, generation = self.take(self._connect, unusable=self._unusable)
         raw: Any = connection.connection.driver_connection
         appended = False
+        if self._prepared is not None and self._prepared[0] is connection:
+            name, fresh = self._prepared[1], False
+        else:
+            name, fresh = b"idhub_audit_append_%d" % next(_NAMES), True
 
         def append(parts: Sequence[str]) -> tuple[int, str]:
             nonlocal appended
             appended = True
-            return append_locked(raw, parts)
+            tail = append_locked(raw, parts, name, prepare=fresh)
+            self._prepared = (connection, name)
+            return tail
 
         try:
             lock_chain(raw)
@@ -110,6 +179,7 @@ class HeldAppender(HeldConnection):
                 _simple(raw, b"ROLLBACK")
         except BaseException:
             # The statement may be half on the wire, a lock may be held: not trusted again.
+            self._prepared = None
             self.discard(connection)
             raise
 

@@ -26,7 +26,7 @@ import functools
 import queue
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 P = TypeVar("P")
@@ -135,16 +135,28 @@ class Batcher(Generic[P, R]):
         self._lanes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lane[P, R]] = (
             weakref.WeakKeyDictionary()
         )
+        # The last loop's lane, its loop held weakly: a server has one loop, and the
+        # dictionary's `get` is Python code making a new weak reference on every call.
+        self._last: tuple[weakref.ref[asyncio.AbstractEventLoop], _Lane[P, R]] | None = None
         self._drains: set[asyncio.Task[None]] = set()
         # Started on first use; they end when the batcher is collected.
         self._workers = _Workers(concurrency)
         weakref.finalize(self, self._workers.stop)
 
-    async def submit(self, payload: P) -> R:
+    def submit(self, payload: P) -> Awaitable[R]:
+        """Queues `payload`; its answer is awaited on what this returns (the payload's own
+        future: a plain function, so no coroutine per request stands between the caller and
+        the future). Called on the event loop."""
         loop = asyncio.get_running_loop()
-        lane = self._lanes.get(loop)
-        if lane is None:
-            lane = self._lanes[loop] = _Lane()
+        last = self._last
+        if last is not None and last[0]() is loop:
+            lane = last[1]
+        else:
+            found = self._lanes.get(loop)
+            if found is None:
+                found = self._lanes[loop] = _Lane()
+            lane = found
+            self._last = (weakref.ref(loop), lane)
         future: asyncio.Future[R] = loop.create_future()
         lane.pending.append((payload, future))
         if lane.running < self._concurrency:
@@ -154,7 +166,7 @@ class Batcher(Generic[P, R]):
             task.add_done_callback(self._drains.discard)
         # A client that went away cancels its wait, not the batch: once handed over, the work
         # is done (a ticket spent and recorded) as it would be by a threadpool call.
-        return await future
+        return future
 
     async def _drain(self, lane: _Lane[P, R]) -> None:
         try:

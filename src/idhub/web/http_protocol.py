@@ -24,6 +24,7 @@ of reading and writing), task bookkeeping. Written here, with the same behaviour
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import itertools
 import math
 import urllib.parse
@@ -50,6 +51,9 @@ _NAMES: dict[bytes, bytes] = {}
 _MAX_NAMES = 512
 # The watchdog's longest sleep; also its shortest, so that a zero timeout cannot spin it.
 _MIN_TICK = 0.05
+# The name of every request's task. Without one, each task formats its own `Task-N` when it
+# is made (Python 3.11's C task; uvloop's `create_task` only renames it afterwards).
+REQUEST_TASK = "idhub-request"
 
 
 def _checked_name(name: bytes) -> bytes:
@@ -193,6 +197,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         self.parser = None  # type: ignore[assignment]
 
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """uvicorn's, with the task made as the loop's `create_task` makes it when no task
+        factory is set (the loop's task class, the same context rule), but named."""
+        loop = self.loop
+        context = contextvars.Context() if self.config.reset_contextvars else None
+        if loop.get_task_factory() is None:
+            task = asyncio.Task(cycle.run_asgi(app), loop=loop, name=REQUEST_TASK, context=context)
+        else:
+            task = loop.create_task(cycle.run_asgi(app), name=REQUEST_TASK, context=context)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
     # ------------------------------------------------------------------ parser callbacks
 
     def on_message_begin(self) -> None:
@@ -249,7 +265,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             expect_100_continue=self.expect_100_continue,
         )
         if previous is None or previous.response_complete:
-            self._start_asgi_task(cycle, app)  # type: ignore[arg-type]
+            self._start_asgi_task(cycle, app)
         else:
             # Pipelined: answered in order, and nothing more is read until this one starts.
             self.flow.pause_reading()
@@ -393,8 +409,9 @@ class _Exchange:
         parts = [STATUS_LINE[status]]
         values = []
         has_close = False
+        known = _NAMES.get  # the table read here: a call of `_checked_name` per line cost more
         for name, value in itertools.chain(self.protocol.server_state.default_headers, headers):
-            name = _checked_name(name)
+            name = known(name) or _checked_name(name)
             values.append(value)
             if name == b"content-length":
                 if self.framing is None:

@@ -149,8 +149,9 @@ class RequestLayer:
                 content_type = value if content_type is None else content_type
             elif key == b"content-length":
                 length = value if length is None else length
-        text = inbound.decode("latin-1") if inbound is not None else ""
-        request_id = text if _REQUEST_ID.match(text) else self._ids.new()
+        # A sane inbound id is kept; without the header there is nothing to match.
+        text = inbound.decode("latin-1") if inbound is not None else None
+        request_id = text if text is not None and _REQUEST_ID.match(text) else self._ids.new()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         peer = scope.get("client")

@@ -18,8 +18,8 @@ request.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
 
 from starlette._utils import get_route_path, is_async_callable
 from starlette.concurrency import run_in_threadpool
@@ -95,7 +95,10 @@ class IndexedRouter(Router):
         self._index: dict[str, tuple[BaseRoute, ...]] = {}
         self._direct: dict[str, Route] = {}
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def app(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """What Starlette's `Router.app` does, as a plain function returning what the caller
+        awaits: for a fixed path the route's own app, called here (no coroutine of the
+        router's between the request layer and the endpoint); otherwise `_scan`."""
         if scope["type"] == "http":
             if self._indexed_count != len(self.routes):  # a route added after start-up
                 make_lean(self.routes)
@@ -113,12 +116,17 @@ class IndexedRouter(Router):
                 scope["route"] = route
                 scope["endpoint"] = route.endpoint
                 scope["path_params"] = dict(scope.get("path_params", {}))
-                await route.app(scope, receive, send)
-                return
+                return cast(Coroutine[Any, Any, None], route.app(scope, receive, send))
             found = self._index.get(path)
-            if found is not None and await self._dispatch(found, scope, receive, send):
-                return
-        await super().app(scope, receive, send)
+            if found is not None:
+                return self._scan(found, scope, receive, send)
+        return super().app(scope, receive, send)
+
+    async def _scan(
+        self, routes: tuple[BaseRoute, ...], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        if not await self._dispatch(routes, scope, receive, send):
+            await super().app(scope, receive, send)
 
     async def _dispatch(
         self, routes: tuple[BaseRoute, ...], scope: Scope, receive: Receive, send: Send
