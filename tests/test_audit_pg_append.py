@@ -43,7 +43,8 @@ class TurnCounter:
         self.turns = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         self._listener.settimeout(0.2)
@@ -75,7 +76,10 @@ class TurnCounter:
                         client.sendall(data)
 
     def close(self) -> None:
+        # The listener is closed only once the accept loop has seen the stop (within its
+        # 0.2 s timeout): closed under a blocked accept() it raised EBADF in that thread.
         self._stop.set()
+        self._acceptor.join(5)
         self._listener.close()
 
 
