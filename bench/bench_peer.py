@@ -43,9 +43,11 @@ from bench_oidc import (
     basic,
     free_port,
     init_idhub,
+    log_summary,
     run_wrk,
     serve,
     server_cpu_seconds,
+    server_log,
     write_post_script,
 )
 
@@ -275,7 +277,9 @@ def main() -> int:
                             )
                         )
                         time.sleep(0.5)
-        return 0 if report(results, opts, scenarios) else 1
+        ok = report(results, opts, scenarios)
+        print(f"idhub {log_summary(server_log(data['config'], idhub_port))}")
+        return 0 if ok else 1
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
