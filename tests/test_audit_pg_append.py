@@ -14,10 +14,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Connection, Engine, create_engine, text
 
 from idhub.adapters._pg_deadline import session_ended
 from idhub.adapters.audit_pg_append import ADVISORY_LOCK_KEY
@@ -95,6 +96,83 @@ def relay() -> Iterator[TurnCounter]:
     counter = TurnCounter()
     yield counter
     counter.close()
+
+
+def _advisory_pids(conn: Connection, *, granted: bool) -> list[int]:
+    """The backends of this database holding (`granted`) or waiting for an advisory lock (the
+    chain lock here)."""
+    return [
+        int(pid)
+        for pid in conn.execute(
+            text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted = :granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"granted": granted},
+        ).scalars()
+    ]
+
+
+def _lock_waiters(conn: Connection) -> list[int]:
+    return _advisory_pids(conn, granted=False)
+
+
+def _wait_until(check: Any, what: str, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+@dataclass
+class LogWithAnEvent:
+    """A PostgreSQL log holding one event, and an autocommit engine beside it for the test's
+    own sessions (holding the chain lock, looking at pg_locks, ending backends)."""
+
+    engine: Engine
+    log: SqlAuditLog
+    admin: Engine
+    count: int  # events in the log before the test's own
+
+
+@contextlib.contextmanager
+def a_log_with_an_event(pg_url: str) -> Iterator[LogWithAnEvent]:
+    engine = create_db_engine(DatabaseSettings(url=pg_url))
+    log = SqlAuditLog(engine, SystemClock())
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    try:
+        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
+        yield LogWithAnEvent(engine, log, admin, log.count())
+    finally:
+        engine.dispose()
+        admin.dispose()
+
+
+@dataclass
+class ChainLockHeld:
+    """`LogWithAnEvent`'s log while `holder` (another session) holds the chain lock in an
+    open transaction, as another process's turn does; `watcher` is a third session."""
+
+    engine: Engine
+    log: SqlAuditLog
+    holder: Connection
+    watcher: Connection
+    count: int
+
+    def release(self) -> None:
+        self.holder.execute(text("ROLLBACK"))
+
+
+@contextlib.contextmanager
+def holding_the_chain_lock(pg_url: str) -> Iterator[ChainLockHeld]:
+    with (
+        a_log_with_an_event(pg_url) as base,
+        base.admin.connect() as holder,
+        base.admin.connect() as watcher,
+    ):
+        holder.execute(text("BEGIN"))
+        holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        yield ChainLockHeld(base.engine, base.log, holder, watcher, base.count)
 
 
 def test_an_append_is_two_round_trips_after_another_process_appended(
@@ -179,58 +257,40 @@ def test_an_append_whose_backend_dies_writes_nothing_and_the_next_one_works(
     is terminated (as a crash or an operator would): the caller gets an AuditError, nothing
     of its batch is in the chain, and the pool's next connection appends normally (it is not
     left in autocommit, nor in a broken state)."""
-    engine = create_db_engine(DatabaseSettings(url=pg_url))
-    log = SqlAuditLog(engine, SystemClock())
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     outcome: list[Any] = []
-    try:
-        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
-        count = log.count()
-        with admin.connect() as holder, admin.connect() as killer:
-            holder.execute(text("BEGIN"))
-            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+    with holding_the_chain_lock(pg_url) as held:
+        log = held.log
 
-            def append() -> None:
-                try:
-                    log.record_many(
-                        [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "lost"), str(k))
-                         for k in range(3)]
-                    )  # fmt: skip
-                    outcome.append(None)
-                except AuditError as exc:
-                    outcome.append(exc)
+        def append() -> None:
+            try:
+                log.record_many(
+                    [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "lost"), str(k))
+                     for k in range(3)]
+                )  # fmt: skip
+                outcome.append(None)
+            except AuditError as exc:
+                outcome.append(exc)
 
-            worker = threading.Thread(target=append)
-            worker.start()
-            waiting: list[int] = []
-            deadline = time.monotonic() + 1.0  # inside the 1.5 s statement timeout
-            while not waiting and time.monotonic() < deadline:
-                waiting = list(
-                    killer.execute(
-                        text(
-                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
-                            "AND NOT granted AND database = "
-                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
-                        )
-                    ).scalars()
-                )
-            assert waiting, "the append never queued on the lock"
-            killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": waiting[0]})
-            worker.join(5)
-            holder.execute(text("ROLLBACK"))
+        worker = threading.Thread(target=append)
+        worker.start()
+        waiting: list[int] = []
+        deadline = time.monotonic() + 1.0  # inside the 1.5 s statement timeout
+        while not waiting and time.monotonic() < deadline:
+            waiting = _lock_waiters(held.watcher)
+        assert waiting, "the append never queued on the lock"
+        held.watcher.execute(text("SELECT pg_terminate_backend(:p)"), {"p": waiting[0]})
+        worker.join(5)
+        held.release()
         assert len(outcome) == 1 and isinstance(outcome[0], AuditError)
-        assert log.count() == count
+        assert log.count() == held.count
         log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
         # Every pooled connection is back in transactions: a unit's statements still roll
         # back together (an autocommit connection would have kept the first insert).
-        with engine.connect() as conn:
+        with held.engine.connect() as conn:
             assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
         report = log.verify()
         assert report.ok, report.problem
-        assert log.count() == count + 1
-    finally:
-        engine.dispose()
-        admin.dispose()
+        assert log.count() == held.count + 1
 
 
 class _Interrupted(BaseException):
@@ -399,67 +459,39 @@ def test_migration_0020_downgrades_to_the_row_by_row_append_and_back() -> None:
         admin.dispose()
 
 
-def _lock_waiters(conn: Any) -> int:
-    return len(
-        conn.execute(
-            text(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-            )
-        ).all()
-    )
-
-
-def _wait_until(check: Any, what: str, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.01)
-
-
 def test_what_queues_while_the_leader_waits_for_the_lock_goes_in_its_flush(pg_url: str) -> None:
     """Another process holds the chain lock (its turn, flush included); this process's leader
     waits for it, and two more callers queue meanwhile. The leader takes its batch only once
     it holds the lock, so all three events go in one append and one commit (with the batch
     taken before the lock wait, as until 0020, the two behind waited for a second turn)."""
-    engine = create_db_engine(DatabaseSettings(url=pg_url))
-    log = SqlAuditLog(engine, SystemClock())
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
     appends: list[float] = []
-    try:
-        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
-        count = log.count()
+    with holding_the_chain_lock(pg_url) as held:
+        log = held.log
         log.write_timers.append(appends.append)
-        with admin.connect() as holder, admin.connect() as watcher:
-            holder.execute(text("BEGIN"))
-            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-            callers = [
-                threading.Thread(
-                    target=log.record,
-                    args=(EventType.TOKEN_ISSUED,),
-                    kwargs={"actor": Actor("client", name)},
-                )
-                for name in ("leader", "second", "third")
-            ]
-            callers[0].start()
-            _wait_until(lambda: _lock_waiters(watcher) == 1, "the leader never waited")
-            for caller in callers[1:]:
-                caller.start()
-            _wait_until(
-                lambda: sum(1 for w in list(log._queue) if not w.lead) == 2,
-                "the other two never queued",
+        callers = [
+            threading.Thread(
+                target=log.record,
+                args=(EventType.TOKEN_ISSUED,),
+                kwargs={"actor": Actor("client", name)},
             )
-            holder.execute(text("ROLLBACK"))
-            for caller in callers:
-                caller.join(10)
+            for name in ("leader", "second", "third")
+        ]
+        callers[0].start()
+        _wait_until(lambda: len(_lock_waiters(held.watcher)) == 1, "the leader never waited")
+        for caller in callers[1:]:
+            caller.start()
+        _wait_until(
+            lambda: sum(1 for w in list(log._queue) if not w.lead) == 2,
+            "the other two never queued",
+        )
+        held.release()
+        for caller in callers:
+            caller.join(10)
         assert not any(caller.is_alive() for caller in callers)
         assert len(appends) == 1
-        assert log.count() == count + 3
+        assert log.count() == held.count + 3
         report = log.verify()
         assert report.ok, report.problem
-    finally:
-        engine.dispose()
-        admin.dispose()
 
 
 def test_a_leader_interrupted_in_the_lock_wait_writes_nothing_and_passes_the_lead(
@@ -469,56 +501,46 @@ def test_a_leader_interrupted_in_the_lock_wait_writes_nothing_and_passes_the_lea
     queues behind it; the main thread is interrupted there (as by KeyboardInterrupt). Its
     event is not written, its connection (and the lock request) is gone, and the caller
     behind takes the lead and gets its event written once the lock is free."""
-    engine = create_db_engine(DatabaseSettings(url=pg_url))
-    log = SqlAuditLog(engine, SystemClock())
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
-        count = log.count()
-        with admin.connect() as holder, admin.connect() as watcher:
-            holder.execute(text("BEGIN"))
-            holder.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-            behind = threading.Thread(
-                target=lambda: (
-                    _wait_until(lambda: _lock_waiters(watcher) == 1, "no leader waited"),
-                    log.record(EventType.SYNC_RUN, actor=Actor.system("behind")),
-                )
+    with holding_the_chain_lock(pg_url) as held:
+        log, watcher = held.log, held.watcher
+        behind = threading.Thread(
+            target=lambda: (
+                _wait_until(lambda: len(_lock_waiters(watcher)) == 1, "no leader waited"),
+                log.record(EventType.SYNC_RUN, actor=Actor.system("behind")),
             )
+        )
 
-            def interrupt(_signum: int, _frame: Any) -> None:
-                raise _Interrupted
+        def interrupt(_signum: int, _frame: Any) -> None:
+            raise _Interrupted
 
-            previous = signal.signal(signal.SIGUSR1, interrupt)
-            main = threading.get_ident()
+        previous = signal.signal(signal.SIGUSR1, interrupt)
+        main = threading.get_ident()
 
-            def interrupt_when_queued() -> None:
-                _wait_until(
-                    lambda: any(not w.lead for w in list(log._queue)),
-                    "the caller behind never queued",
-                )
-                signal.pthread_kill(main, signal.SIGUSR1)
+        def interrupt_when_queued() -> None:
+            _wait_until(
+                lambda: any(not w.lead for w in list(log._queue)),
+                "the caller behind never queued",
+            )
+            signal.pthread_kill(main, signal.SIGUSR1)
 
-            behind.start()
-            threading.Thread(target=interrupt_when_queued).start()
-            try:
-                with pytest.raises(_Interrupted):
-                    log.record(EventType.SYNC_RUN, actor=Actor.system("interrupted"))
-            finally:
-                signal.signal(signal.SIGUSR1, previous)
-            # The caller behind now leads and waits for the lock itself, on its own
-            # connection (the interrupted one's backend has let go of its request).
-            _wait_until(lambda: _lock_waiters(watcher) == 1, "the caller behind never led")
-            holder.execute(text("ROLLBACK"))
-            behind.join(10)
+        behind.start()
+        threading.Thread(target=interrupt_when_queued).start()
+        try:
+            with pytest.raises(_Interrupted):
+                log.record(EventType.SYNC_RUN, actor=Actor.system("interrupted"))
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+        # The caller behind now leads and waits for the lock itself, on its own
+        # connection (the interrupted one's backend has let go of its request).
+        _wait_until(lambda: len(_lock_waiters(watcher)) == 1, "the caller behind never led")
+        held.release()
+        behind.join(10)
         assert not behind.is_alive()
-        actors = [e.actor_id for e in log.search(newest_first=False)][count:]
+        actors = [e.actor_id for e in log.search(newest_first=False)][held.count :]
         assert actors == ["behind"]
         log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
         report = log.verify()
         assert report.ok, report.problem
-    finally:
-        engine.dispose()
-        admin.dispose()
 
 
 def _append_from_a_process(url: str, name: str, rounds: int) -> None:
@@ -569,12 +591,8 @@ def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str
     """The leader holds the chain lock and has collected its batch when its backend is
     terminated: its callers get AuditError, nothing of the batch is in the chain, the lock
     is free for others at once, and the next append (on a fresh connection) works."""
-    engine = create_db_engine(DatabaseSettings(url=pg_url))
-    log = SqlAuditLog(engine, SystemClock())
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    try:
-        log.record(EventType.SYNC_RUN, actor=Actor.system("before"))
-        count = log.count()
+    with a_log_with_an_event(pg_url) as base:
+        log, admin = base.log, base.admin
         assert log._pg_held is not None
         real_locked = log._pg_held.locked
 
@@ -582,13 +600,7 @@ def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str
         def dying_locked() -> Iterator[Any]:
             with real_locked() as append:
                 with admin.connect() as killer:
-                    holder = killer.execute(
-                        text(
-                            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                            "AND database = (SELECT oid FROM pg_database "
-                            "WHERE datname = current_database())"
-                        )
-                    ).scalar_one()
+                    (holder,) = _advisory_pids(killer, granted=True)
                     killer.execute(text("SELECT pg_terminate_backend(:p)"), {"p": holder})
                 yield append
 
@@ -605,14 +617,11 @@ def test_a_leader_whose_backend_dies_holding_the_lock_writes_nothing(pg_url: str
             ).scalar_one()
             other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
         assert free is True
-        assert log.count() == count
+        assert log.count() == base.count
         log.record(EventType.SYNC_RUN, actor=Actor.system("after"))
-        assert log.count() == count + 1
+        assert log.count() == base.count + 1
         report = log.verify()
         assert report.ok, report.problem
-    finally:
-        engine.dispose()
-        admin.dispose()
 
 
 def test_an_append_whose_commit_fails_is_an_error_with_nothing_written(pg_url: str) -> None:
