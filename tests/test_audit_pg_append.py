@@ -629,41 +629,8 @@ def test_an_append_whose_commit_fails_is_an_error_with_nothing_written(pg_url: s
     (`audit_pg_held._pipelined`): an error raised only at COMMIT (a deferred constraint
     trigger) still reaches the caller, so no token leaves with its event unwritten; nothing
     of the batch stays, and the next append works on a fresh connection."""
-    admin = create_engine(pg_url)
-    with admin.begin() as conn:
-        conn.execute(
-            text(
-                "CREATE FUNCTION refuse_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.target = 'refused' THEN RAISE EXCEPTION 'refused at commit'; "
-                "END IF; RETURN NULL; END $$"
-            )
-        )
-        conn.execute(
-            text(
-                "CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON audit_events "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_at_commit()"
-            )
-        )
-    engine = create_db_engine(DatabaseSettings(url=pg_url))
-    log = SqlAuditLog(engine, SystemClock())
-    try:
-        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="before")
-        with pytest.raises(AuditError):
-            log.record_many(
-                [PendingEvent(EventType.TOKEN_ISSUED, Actor("client", "c"), t)
-                 for t in ("kept?", "refused")]
-            )  # fmt: skip
-        log.record(EventType.TOKEN_ISSUED, actor=Actor("client", "c"), target="after")
-        with admin.begin() as conn:
-            targets = conn.execute(text("SELECT target FROM audit_events ORDER BY seq")).all()
-            conn.execute(text("DROP TRIGGER refuse_at_commit ON audit_events"))
-            conn.execute(text("DROP FUNCTION refuse_at_commit()"))
-        assert [t for (t,) in targets] == ["before", "after"]
-        report = log.verify()
-        assert report.ok, report.problem
-    finally:
-        engine.dispose()
-        admin.dispose()
+    targets, _ = _appends_beside_a_refusing_trigger(pg_url, "refuse_at_commit", at_commit=True)
+    assert targets == ["before", "after"]
 
 
 def _held_driver_connection(log: SqlAuditLog) -> Any:
@@ -718,29 +685,28 @@ def test_the_appends_of_a_held_connection_run_one_statement_prepared_on_its_sess
         admin.dispose()
 
 
-def _ended(raw: Any) -> bool:
-    return bool(session_ended(raw))
-
-
-def test_an_append_refused_by_the_database_is_an_error_and_its_commit_never_runs(
-    pg_url: str,
-) -> None:
-    """The append and its COMMIT go out in one pipeline: when the append itself fails (here a
-    trigger refusing a row), the server skips the COMMIT queued behind it, the caller gets
-    `AuditError`, nothing of the batch stays, and the next append works."""
+def _appends_beside_a_refusing_trigger(
+    pg_url: str, name: str, *, at_commit: bool
+) -> tuple[list[str], bool]:
+    """With trigger `name` refusing any row whose target is 'refused' (at COMMIT, as a
+    deferred constraint trigger, when `at_commit`; else before the insert): appends 'before',
+    a batch of 'kept?' and 'refused' (which must raise AuditError), then 'after'. Returns the
+    targets stored and whether the chain lock was free afterwards; the chain must verify."""
     admin = create_engine(pg_url)
     with admin.begin() as conn:
         conn.execute(
             text(
-                "CREATE FUNCTION refuse_now() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                "BEGIN IF NEW.target = 'refused' THEN RAISE EXCEPTION 'refused'; "
-                "END IF; RETURN NEW; END $$"
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                f"BEGIN IF NEW.target = 'refused' THEN RAISE EXCEPTION '{name}'; "
+                f"END IF; RETURN {'NULL' if at_commit else 'NEW'}; END $$"
             )
         )
+        when = "AFTER INSERT" if at_commit else "BEFORE INSERT"
+        deferred = "DEFERRABLE INITIALLY DEFERRED " if at_commit else ""
         conn.execute(
             text(
-                "CREATE TRIGGER refuse_now BEFORE INSERT ON audit_events "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_now()"
+                f"CREATE {'CONSTRAINT ' if at_commit else ''}TRIGGER {name} {when} ON "
+                f"audit_events {deferred}FOR EACH ROW EXECUTE FUNCTION {name}()"
             )
         )
     engine = create_db_engine(DatabaseSettings(url=pg_url))
@@ -759,12 +725,26 @@ def test_an_append_refused_by_the_database_is_an_error_and_its_commit_never_runs
                 text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}
             ).scalar_one()
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-            conn.execute(text("DROP TRIGGER refuse_now ON audit_events"))
-            conn.execute(text("DROP FUNCTION refuse_now()"))
-        assert free is True
-        assert [t for (t,) in targets] == ["before", "after"]
+            conn.execute(text(f"DROP TRIGGER {name} ON audit_events"))
+            conn.execute(text(f"DROP FUNCTION {name}()"))
         report = log.verify()
         assert report.ok, report.problem
+        return [t for (t,) in targets], bool(free)
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def _ended(raw: Any) -> bool:
+    return bool(session_ended(raw))
+
+
+def test_an_append_refused_by_the_database_is_an_error_and_its_commit_never_runs(
+    pg_url: str,
+) -> None:
+    """The append and its COMMIT go out in one pipeline: when the append itself fails (here a
+    trigger refusing a row), the server skips the COMMIT queued behind it, the caller gets
+    `AuditError`, nothing of the batch stays, and the next append works."""
+    targets, free = _appends_beside_a_refusing_trigger(pg_url, "refuse_now", at_commit=False)
+    assert free is True
+    assert targets == ["before", "after"]
