@@ -51,15 +51,21 @@ def _simple(raw: Any, query: bytes) -> list[PGresult]:
     with raw.lock:
         raw.pgconn.send_query(query)
         results: list[PGresult] = raw.wait(generators.execute(raw.pgconn))
+    _check(raw, results)
+    if not results:
+        raise pg_errors.InternalError("got no result from the query")
+    return results
+
+
+def _check(raw: Any, results: list[PGresult]) -> None:
+    """Raises the first statement's error as psycopg's cursor would, or InternalError for a
+    result that is neither rows nor a command's completion."""
     for result in results:
         status = result.status
         if status == pq.ExecStatus.FATAL_ERROR:
             raise pg_errors.error_from_result(result, encoding=raw.info.encoding)
         if status != pq.ExecStatus.TUPLES_OK and status != pq.ExecStatus.COMMAND_OK:
             raise pg_errors.InternalError(f"unexpected result: {pq.ExecStatus(status).name}")
-    if not results:
-        raise pg_errors.InternalError("got no result from the query")
-    return results
 
 
 def _until_sync(pgconn: PGconn) -> PQGen[list[PGresult]]:
@@ -93,12 +99,7 @@ def _pipelined(raw: Any, send: Callable[[PGconn], None]) -> list[PGresult]:
         # On an exception the caller discards the connection, pipeline mode and all.
         results: list[PGresult] = raw.wait(_until_sync(pgconn))
         pgconn.exit_pipeline_mode()
-    for result in results:
-        status = result.status
-        if status == pq.ExecStatus.FATAL_ERROR:
-            raise pg_errors.error_from_result(result, encoding=raw.info.encoding)
-        if status != pq.ExecStatus.TUPLES_OK and status != pq.ExecStatus.COMMAND_OK:
-            raise pg_errors.InternalError(f"unexpected result: {pq.ExecStatus(status).name}")
+    _check(raw, results)
     return results
 
 
