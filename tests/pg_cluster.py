@@ -11,9 +11,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.conftest import free_port
 
@@ -122,3 +124,18 @@ class PgCluster:
     def destroy(self) -> None:
         self.stop(mode="immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def running_cluster() -> Iterator[PgCluster]:
+    """A started cluster for a module's tests, destroyed after them (a fixture's body:
+    `yield from running_cluster()`); skips where none can be made."""
+    reason = check_available()
+    if reason:
+        pytest.skip(reason)
+    made = PgCluster()
+    try:
+        made.init()
+        made.start()
+        yield made
+    finally:
+        made.destroy()

@@ -29,7 +29,7 @@ from idhub.bootstrap import Services
 from idhub.config import Settings, load_settings
 from tests.conftest import REPO, TEST_SECRET_KEY, free_port, serve
 from tests.oidc_support import RP, issue_code, make_user, pkce_pair, web_client
-from tests.pg_cluster import PgCluster, check_available
+from tests.pg_cluster import PgCluster, running_cluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -117,16 +117,7 @@ def _wait_up(replica: Replica, timeout: float = 60.0) -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
-    reason = check_available()
-    if reason:
-        pytest.skip(reason)
-    made = PgCluster()
-    try:
-        made.init()
-        made.start()
-        yield made
-    finally:
-        made.destroy()
+    yield from running_cluster()
 
 
 def _jti(access_token: str) -> str:

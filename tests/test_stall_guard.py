@@ -22,7 +22,7 @@ from sqlalchemy import Engine, text
 from idhub.adapters._pg_deadline import StallGuard, stall_guard
 from idhub.adapters.database import create_db_engine
 from idhub.config import DatabaseSettings
-from tests.pg_cluster import PgCluster, check_available
+from tests.pg_cluster import PgCluster, running_cluster
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(120)]
 
@@ -90,16 +90,7 @@ def test_an_answer_ends_a_cool_down() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
-    reason = check_available()
-    if reason:
-        pytest.skip(reason)
-    made = PgCluster()
-    try:
-        made.init()
-        made.start()
-        yield made
-    finally:
-        made.destroy()
+    yield from running_cluster()
 
 
 @pytest.fixture
